@@ -1,0 +1,82 @@
+"""Errors that carry their meaning: an HTTP status and a message that says what to fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BargeError(Exception):
+    """Something went wrong."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str | None = None, *, field: str | None = None, **detail: Any):
+        self.message = message or (self.__doc__ or self.code).strip()
+        self.field = field
+        self.detail = detail
+        super().__init__(self.message)
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.field:
+            body["field"] = self.field
+        if self.detail:
+            body["detail"] = self.detail
+        return body
+
+
+class InvalidSpec(BargeError):
+    """The job spec is invalid."""
+
+    status_code = 422
+    code = "invalid_spec"
+
+
+class NotFound(BargeError):
+    """Not found."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class Unauthorized(BargeError):
+    """Missing or invalid API key: send `Authorization: Bearer <key>` (create one with `barge keys create`)."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Conflict(BargeError):
+    """The request conflicts with the current state."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class ServiceUnavailable(BargeError):
+    """A service Barge depends on is unavailable; retry shortly."""
+
+    status_code = 503
+    code = "service_unavailable"
+
+
+class IllegalTransition(BargeError):
+    """A job state transition that the state machine does not allow."""
+
+    status_code = 409
+    code = "illegal_transition"
+
+
+class StorageError(BargeError):
+    """The object store refused or failed a request."""
+
+    status_code = 502
+    code = "storage_error"
+
+
+class PermanentJobError(BargeError):
+    """A failure that retrying cannot fix (bad model directory, unreadable input): fail the job."""
+
+    status_code = 422
+    code = "permanent_error"

@@ -1,0 +1,86 @@
+"""Celery configuration and task names, shared by the API (which sends by name) and the worker.
+
+Task arguments are ids only. Shard work goes to the ``gpu`` queue; planning, finalizing and
+reconciling go to ``control``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from barge.settings import Settings
+
+GPU_QUEUE = "gpu"
+CONTROL_QUEUE = "control"
+
+PLAN_JOB = "barge.plan_job"
+RUN_SHARD = "barge.run_shard"
+FINALIZE_JOB = "barge.finalize_job"
+RECONCILE = "barge.reconcile"
+
+ROUTES = {
+    PLAN_JOB: CONTROL_QUEUE,
+    RUN_SHARD: GPU_QUEUE,
+    FINALIZE_JOB: CONTROL_QUEUE,
+    RECONCILE: CONTROL_QUEUE,
+}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport_options: dict[str, Any] = {}
+    if settings.is_filesystem_broker:
+        folder = settings.broker_folder
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        transport_options = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    else:
+        transport_options = {"confirm_publish": True}
+    return {
+        "broker_url": settings.resolved_broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": settings.broker_timeout_seconds,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_queues": [Queue(GPU_QUEUE), Queue(CONTROL_QUEUE)],
+        "task_default_queue": CONTROL_QUEUE,
+        "task_routes": {name: {"queue": q} for name, q in ROUTES.items()},
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        # The filesystem transport has no fanout exchange for remote control.
+        "worker_enable_remote_control": not settings.is_filesystem_broker,
+        "beat_schedule": {
+            "reconcile": {"task": RECONCILE, "schedule": settings.reconcile_seconds},
+        },
+    }
+
+
+def make_celery(settings: Settings, name: str = "barge") -> Celery:
+    app = Celery(name)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def send(app: Celery, task_name: str, *args: Any) -> None:
+    """Publish a task by name with a bounded retry, so a down broker fails fast, never hangs."""
+    app.send_task(
+        task_name,
+        args=list(args),
+        queue=ROUTES[task_name],
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+    )

@@ -1,0 +1,100 @@
+"""One settings object for every Barge process (env prefix ``BARGE_``).
+
+With nothing configured Barge runs *embedded*: a SQLite file, kombu's filesystem broker transport
+and a local directory as the object store, all under ``./.barge/``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BARGE_", extra="ignore")
+
+    env: Literal["dev", "test", "prod"] = "dev"
+    home: Path = Path(".barge")
+
+    # Stores. Empty means "embedded default under `home`".
+    database_url: str = ""
+    broker_url: str = ""
+    storage_backend: Literal["local", "s3"] = "local"
+    local_store_dir: Path | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    allowed_buckets: list[str] = Field(default_factory=list)
+    local_model_dirs: list[Path] = Field(default_factory=list)
+
+    # Worker.
+    cache_dir: Path | None = None
+    model_cache_size: int = 2
+    lease_seconds: float = 120.0
+    heartbeat_seconds: float = 3.0
+    max_attempts: int = 3
+    shard_records: int = 10_000
+    device: str = ""  # "" = cuda when available, else cpu
+
+    # Scheduler / reconciler.
+    reconcile_seconds: float = 15.0
+    dispatch_grace_seconds: float = 60.0
+
+    # API.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    max_metadata_bytes: int = 16_384
+    broker_timeout_seconds: float = 5.0
+
+    @model_validator(mode="after")
+    def _check_prod(self) -> Settings:
+        if self.env == "prod":
+            missing = [
+                name
+                for name, value in (
+                    ("BARGE_DATABASE_URL", self.database_url),
+                    ("BARGE_BROKER_URL", self.broker_url),
+                )
+                if not value or value.startswith(("sqlite", "filesystem"))
+            ]
+            if missing or self.storage_backend != "s3":
+                raise ValueError(
+                    "BARGE_ENV=prod needs a server database, a server broker and "
+                    "BARGE_STORAGE_BACKEND=s3; not set or embedded: "
+                    + ", ".join(missing or ["BARGE_STORAGE_BACKEND"])
+                )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'barge.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def is_filesystem_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("filesystem")
+
+    @property
+    def broker_folder(self) -> Path:
+        return (self.home / "broker").resolve()
+
+    @property
+    def resolved_local_store_dir(self) -> Path:
+        return (self.local_store_dir or self.home / "objects").resolve()
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return (self.cache_dir or self.home / "cache").resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

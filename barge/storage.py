@@ -1,0 +1,323 @@
+"""Object storage behind one small interface: S3 (boto3) in production, a local directory embedded.
+
+Every location is an ``s3://bucket/key`` URI in both modes, so a job spec means the same thing
+whichever backend runs it. The local backend maps ``s3://bucket/key`` to ``<dir>/bucket/key``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from barge.errors import InvalidSpec, NotFound, StorageError
+from barge.settings import Settings
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str, *, field: str = "uri") -> S3Uri:
+        if not isinstance(uri, str) or not uri.startswith("s3://"):
+            raise InvalidSpec(f"{field} must be an s3://bucket/key URI, got {uri!r}", field=field)
+        rest = uri[len("s3://") :]
+        bucket, _, key = rest.partition("/")
+        if not bucket:
+            raise InvalidSpec(f"{field} has no bucket: {uri!r}", field=field)
+        return cls(bucket, key)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def join(self, name: str) -> S3Uri:
+        base = self.key if not self.key or self.key.endswith("/") else self.key + "/"
+        return S3Uri(self.bucket, base + name)
+
+    def as_prefix(self) -> S3Uri:
+        if not self.key or self.key.endswith("/"):
+            return self
+        return S3Uri(self.bucket, self.key + "/")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    uri: S3Uri
+    size: int
+    etag: str
+
+
+class ObjectStore(Protocol):
+    def head(self, uri: S3Uri) -> ObjectInfo | None: ...
+    def list(self, prefix: S3Uri) -> list[ObjectInfo]: ...
+    def open(self, uri: S3Uri, start: int = 0, end: int | None = None) -> IO[bytes]: ...
+    def get_bytes(self, uri: S3Uri) -> bytes: ...
+    def put_bytes(self, uri: S3Uri, data: bytes) -> None: ...
+    def put_file(self, uri: S3Uri, path: Path) -> None: ...
+    def delete(self, uri: S3Uri) -> None: ...
+
+
+def check_bucket_allowed(settings: Settings, uri: S3Uri, field: str) -> None:
+    if settings.allowed_buckets and uri.bucket not in settings.allowed_buckets:
+        raise InvalidSpec(
+            f"{field}: bucket {uri.bucket!r} is not one Barge may use "
+            f"(allowed: {', '.join(settings.allowed_buckets)})",
+            field=field,
+        )
+
+
+class LocalStore:
+    """A directory that behaves like a bucket store: atomic PUTs by rename, byte-range reads."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _path(self, uri: S3Uri) -> Path:
+        path = (self.root / uri.bucket / uri.key).resolve()
+        if self.root.resolve() not in path.parents and path != self.root.resolve():
+            raise InvalidSpec(f"{uri} escapes the object store")
+        return path
+
+    def head(self, uri: S3Uri) -> ObjectInfo | None:
+        path = self._path(uri)
+        if not uri.key or not path.is_file():
+            return None
+        st = path.stat()
+        return ObjectInfo(uri, st.st_size, f"{st.st_mtime_ns:x}-{st.st_size:x}")
+
+    def list(self, prefix: S3Uri) -> list[ObjectInfo]:
+        bucket_dir = self.root / prefix.bucket
+        if not bucket_dir.is_dir():
+            return []
+        out = []
+        for dirpath, _dirs, files in os.walk(bucket_dir):
+            for name in files:
+                if name.startswith(".barge-tmp-"):
+                    continue
+                key = str(Path(dirpath, name).relative_to(bucket_dir))
+                if key.startswith(prefix.key):
+                    info = self.head(S3Uri(prefix.bucket, key))
+                    if info:
+                        out.append(info)
+        return sorted(out, key=lambda i: i.uri.key)
+
+    def open(self, uri: S3Uri, start: int = 0, end: int | None = None) -> IO[bytes]:
+        path = self._path(uri)
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"no object at {uri}") from None
+        f.seek(start)
+        if end is None:
+            return f
+        return _Limited(f, end - start)
+
+    def get_bytes(self, uri: S3Uri) -> bytes:
+        with self.open(uri) as f:
+            return f.read()
+
+    def put_bytes(self, uri: S3Uri, data: bytes) -> None:
+        self._atomic_write(uri, lambda f: f.write(data))
+
+    def put_file(self, uri: S3Uri, path: Path) -> None:
+        def copy(f: IO[bytes]) -> None:
+            with path.open("rb") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+
+        self._atomic_write(uri, copy)
+
+    def _atomic_write(self, uri: S3Uri, write: Any) -> None:
+        path = self._path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".barge-tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def delete(self, uri: S3Uri) -> None:
+        self._path(uri).unlink(missing_ok=True)
+
+
+class _Limited(io.RawIOBase):
+    def __init__(self, f: IO[bytes], remaining: int):
+        self._f = f
+        self._remaining = remaining
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._remaining <= 0:
+            return 0
+        view = memoryview(b)[: self._remaining]
+        n = self._f.readinto(view)  # type: ignore[attr-defined]
+        self._remaining -= n or 0
+        return n or 0
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+class S3Store:
+    """AWS S3 or any S3-compatible server (MinIO, moto) through boto3 with standard retries."""
+
+    def __init__(self, settings: Settings):
+        import boto3
+        from botocore.config import Config
+
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            config=Config(
+                retries={"mode": "standard", "max_attempts": 6},
+                connect_timeout=10,
+                read_timeout=120,
+                s3={"addressing_style": "path"} if settings.s3_endpoint_url else {},
+            ),
+        )
+
+    def _wrap(self, exc: Exception, uri: S3Uri) -> Exception:
+        from botocore.exceptions import ClientError
+
+        if isinstance(exc, ClientError):
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return NotFound(f"no object at {uri}")
+            if code == "NoSuchBucket":
+                return NotFound(f"bucket {uri.bucket!r} does not exist ({uri})")
+            if code in ("AccessDenied", "403"):
+                return StorageError(f"access denied to {uri}")
+        return StorageError(f"object store error on {uri}: {exc}")
+
+    def head(self, uri: S3Uri) -> ObjectInfo | None:
+        if not uri.key:
+            return None
+        try:
+            r = self.client.head_object(Bucket=uri.bucket, Key=uri.key)
+        except Exception as exc:
+            err = self._wrap(exc, uri)
+            if isinstance(err, NotFound):
+                return None
+            raise err from exc
+        return ObjectInfo(uri, int(r["ContentLength"]), str(r.get("ETag", "")).strip('"'))
+
+    def list(self, prefix: S3Uri) -> list[ObjectInfo]:
+        out = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=prefix.bucket, Prefix=prefix.key
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    out.append(
+                        ObjectInfo(
+                            S3Uri(prefix.bucket, obj["Key"]),
+                            int(obj["Size"]),
+                            str(obj.get("ETag", "")).strip('"'),
+                        )
+                    )
+        except Exception as exc:
+            err = self._wrap(exc, prefix)
+            if isinstance(err, NotFound):
+                return []
+            raise err from exc
+        return sorted(out, key=lambda i: i.uri.key)
+
+    def open(self, uri: S3Uri, start: int = 0, end: int | None = None) -> IO[bytes]:
+        kwargs: dict[str, Any] = {"Bucket": uri.bucket, "Key": uri.key}
+        if start or end is not None:
+            if end is not None and end <= start:
+                return io.BytesIO(b"")
+            kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        try:
+            body = self.client.get_object(**kwargs)["Body"]
+        except Exception as exc:
+            raise self._wrap(exc, uri) from exc
+        return body  # type: ignore[no-any-return]
+
+    def get_bytes(self, uri: S3Uri) -> bytes:
+        with self.open(uri) as f:
+            return f.read()
+
+    def put_bytes(self, uri: S3Uri, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=uri.bucket, Key=uri.key, Body=data)
+        except Exception as exc:
+            raise self._wrap(exc, uri) from exc
+
+    def put_file(self, uri: S3Uri, path: Path) -> None:
+        # upload_file switches to multipart above 8 MiB and aborts the upload if any part fails,
+        # so an object is either complete or absent.
+        try:
+            self.client.upload_file(str(path), uri.bucket, uri.key)
+        except Exception as exc:
+            raise self._wrap(exc, uri) from exc
+
+    def delete(self, uri: S3Uri) -> None:
+        try:
+            self.client.delete_object(Bucket=uri.bucket, Key=uri.key)
+        except Exception as exc:
+            raise self._wrap(exc, uri) from exc
+
+
+class SeekableObject(io.RawIOBase):
+    """A read-only seekable view of an object through range reads (for Parquet footers)."""
+
+    def __init__(self, store: ObjectStore, info: ObjectInfo):
+        self._store = store
+        self._info = info
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._info.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        end = min(self._pos + len(b), self._info.size)
+        if end <= self._pos:
+            return 0
+        with self._store.open(self._info.uri, self._pos, end) as f:
+            data = f.read()
+        n = len(data)
+        memoryview(b)[:n] = data
+        self._pos += n
+        return n
+
+    def size(self) -> int:
+        return self._info.size
+
+
+def make_store(settings: Settings) -> ObjectStore:
+    if settings.storage_backend == "s3":
+        return S3Store(settings)
+    return LocalStore(settings.resolved_local_store_dir)
+
+
+def iter_prefix_files(store: ObjectStore, prefix: S3Uri) -> Iterator[tuple[ObjectInfo, str]]:
+    """Objects under a prefix with their path relative to it."""
+    base = prefix.as_prefix()
+    for info in store.list(base):
+        yield info, info.uri.key[len(base.key) :]

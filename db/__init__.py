@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models, session scopes, repositories and the job state machine."""

@@ -1,0 +1,322 @@
+"""Queries and conditional updates. Repositories flush; only boundaries commit."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.models import ApiKey, Job, JobEvent, Shard, Tenant
+from db.state import (
+    FINAL,
+    SHARD_CANCELLED,
+    SHARD_FAILED,
+    SHARD_PENDING,
+    SHARD_RUNNING,
+    SHARD_SUCCEEDED,
+)
+
+# --- tenants and keys -------------------------------------------------------------------------
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_api_key(session: Session, tenant_name: str) -> str:
+    """Create (or reuse) the tenant and a new key; returns the key, which is stored hashed."""
+    tenant = session.scalar(select(Tenant).where(Tenant.name == tenant_name))
+    if tenant is None:
+        tenant = Tenant(name=tenant_name)
+        session.add(tenant)
+        session.flush()
+    key = "bk_" + secrets.token_urlsafe(32)
+    session.add(ApiKey(tenant_id=tenant.id, key_hash=hash_key(key), prefix=key[:10]))
+    session.flush()
+    return key
+
+
+def tenant_for_key(session: Session, key: str) -> Tenant | None:
+    return session.scalar(
+        select(Tenant)
+        .join(ApiKey, ApiKey.tenant_id == Tenant.id)
+        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+    )
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+def get_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID | None = None) -> Job | None:
+    query = select(Job).where(Job.id == job_id)
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
+    return session.scalar(query)
+
+
+def lock_job(session: Session, job_id: uuid.UUID) -> Job | None:
+    """The job row, locked until the transaction ends (a no-op lock on SQLite)."""
+    return session.scalar(
+        select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
+    )
+
+
+def job_by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str) -> Job | None:
+    return session.scalar(
+        select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
+    )
+
+
+def active_job_for_output(session: Session, output_uri: str) -> Job | None:
+    return session.scalar(
+        select(Job).where(Job.output_uri == output_uri, Job.status.not_in(FINAL)).limit(1)
+    )
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    padded = cursor + "=" * (-len(cursor) % 4)
+    created, _, job_id = base64.urlsafe_b64decode(padded).decode().partition("|")
+    return datetime.fromisoformat(created), uuid.UUID(job_id)
+
+
+def list_jobs(
+    session: Session,
+    tenant_id: uuid.UUID,
+    *,
+    status: str | None = None,
+    type_: str | None = None,
+    cursor: tuple[datetime, uuid.UUID] | None = None,
+    limit: int = 50,
+) -> list[Job]:
+    """Newest first; ``cursor`` is the (created_at, id) of the last job of the previous page."""
+    query = select(Job).where(Job.tenant_id == tenant_id)
+    if status:
+        query = query.where(Job.status == status)
+    if type_:
+        query = query.where(Job.type == type_)
+    if cursor:
+        created, last_id = cursor
+        query = query.where(
+            or_(Job.created_at < created, and_(Job.created_at == created, Job.id < last_id))
+        )
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+@dataclass
+class Progress:
+    records_succeeded: int = 0
+    records_failed: int = 0
+    shards_done: int = 0
+    shards_running: int = 0
+
+
+def progress_for(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, Progress]:
+    """Counts summed over shards (workers write shard rows only, never a hot job row)."""
+    if not job_ids:
+        return {}
+    done = func.sum(
+        case((Shard.status.in_([SHARD_SUCCEEDED, SHARD_FAILED, SHARD_CANCELLED]), 1), else_=0)
+    )
+    running = func.sum(case((Shard.status == SHARD_RUNNING, 1), else_=0))
+    rows = session.execute(
+        select(
+            Shard.job_id,
+            func.coalesce(func.sum(Shard.records_succeeded), 0),
+            func.coalesce(func.sum(Shard.records_failed), 0),
+            func.coalesce(done, 0),
+            func.coalesce(running, 0),
+        )
+        .where(Shard.job_id.in_(job_ids))
+        .group_by(Shard.job_id)
+    )
+    out = {job_id: Progress() for job_id in job_ids}
+    for job_id, ok, failed, n_done, n_running in rows:
+        out[job_id] = Progress(int(ok), int(failed), int(n_done), int(n_running))
+    return out
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+def add_event(
+    session: Session, job_id: uuid.UUID, kind: str, message: str, **data: Any
+) -> JobEvent:
+    event = JobEvent(job_id=job_id, kind=kind, message=message, data=data)
+    session.add(event)
+    session.flush()
+    return event
+
+
+def list_events(
+    session: Session, job_id: uuid.UUID, after: int = 0, limit: int = 500
+) -> list[JobEvent]:
+    return list(
+        session.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.id > after)
+            .order_by(JobEvent.id)
+            .limit(limit)
+        )
+    )
+
+
+# --- shards -----------------------------------------------------------------------------------
+
+
+def shards_of(session: Session, job_id: uuid.UUID) -> list[Shard]:
+    return list(session.scalars(select(Shard).where(Shard.job_id == job_id).order_by(Shard.index)))
+
+
+def claim_shard(
+    session: Session, shard_id: uuid.UUID, worker: str, lease: timedelta
+) -> int | None:
+    """Take the shard if it is pending or its lease expired; returns the new attempt (the fencing
+    token) or None when someone else holds it or it is finished."""
+    now = utcnow()
+    result = session.execute(
+        update(Shard)
+        .where(
+            Shard.id == shard_id,
+            or_(
+                Shard.status == SHARD_PENDING,
+                and_(Shard.status == SHARD_RUNNING, Shard.lease_expires_at < now),
+            ),
+        )
+        .values(
+            status=SHARD_RUNNING,
+            attempt=Shard.attempt + 1,
+            worker=worker,
+            lease_expires_at=now + lease,
+            heartbeat_at=now,
+            started_at=now,
+            records_succeeded=0,
+            records_failed=0,
+        )
+        .returning(Shard.attempt),
+        execution_options={"synchronize_session": False},
+    )
+    row = result.first()
+    return int(row[0]) if row else None
+
+
+def _held(shard_id: uuid.UUID, attempt: int) -> Any:
+    return and_(Shard.id == shard_id, Shard.attempt == attempt, Shard.status == SHARD_RUNNING)
+
+
+def heartbeat_shard(
+    session: Session,
+    shard_id: uuid.UUID,
+    attempt: int,
+    lease: timedelta,
+    succeeded: int,
+    failed: int,
+) -> bool:
+    """Extend the lease and record progress; False when the lease was lost (stop working)."""
+    now = utcnow()
+    result = session.execute(
+        update(Shard)
+        .where(_held(shard_id, attempt))
+        .values(
+            lease_expires_at=now + lease,
+            heartbeat_at=now,
+            records_succeeded=succeeded,
+            records_failed=failed,
+        ),
+        execution_options={"synchronize_session": False},
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def finish_shard(
+    session: Session,
+    shard_id: uuid.UUID,
+    attempt: int,
+    status: str,
+    *,
+    succeeded: int,
+    failed: int,
+    output_key: str | None,
+    errors_key: str | None,
+    error: str | None = None,
+) -> bool:
+    """Mark the shard final if ``attempt`` still holds it (fencing)."""
+    result = session.execute(
+        update(Shard)
+        .where(_held(shard_id, attempt))
+        .values(
+            status=status,
+            records_succeeded=succeeded,
+            records_failed=failed,
+            output_key=output_key,
+            errors_key=errors_key,
+            last_error=error,
+            finished_at=utcnow(),
+            lease_expires_at=None,
+        ),
+        execution_options={"synchronize_session": False},
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release_shard(session: Session, shard_id: uuid.UUID, attempt: int, error: str) -> bool:
+    """Give a held shard back (pending) after a retryable failure."""
+    result = session.execute(
+        update(Shard)
+        .where(_held(shard_id, attempt))
+        .values(status=SHARD_PENDING, last_error=error, lease_expires_at=None, dispatched_at=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def settle_unstarted_shard(session: Session, shard_id: uuid.UUID, status: str, error: str) -> bool:
+    """Finish a shard that no one holds (cancelled before it ran, or out of attempts)."""
+    now = utcnow()
+    result = session.execute(
+        update(Shard)
+        .where(
+            Shard.id == shard_id,
+            or_(
+                Shard.status == SHARD_PENDING,
+                and_(Shard.status == SHARD_RUNNING, Shard.lease_expires_at < now),
+            ),
+        )
+        .values(status=status, last_error=error, finished_at=now, lease_expires_at=None),
+        execution_options={"synchronize_session": False},
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def cancel_pending_shards(session: Session, job_id: uuid.UUID) -> int:
+    result = session.execute(
+        update(Shard)
+        .where(Shard.job_id == job_id, Shard.status == SHARD_PENDING)
+        .values(status=SHARD_CANCELLED, finished_at=utcnow(), last_error="job cancelled"),
+        execution_options={"synchronize_session": False},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def unfinished_shard_count(session: Session, job_id: uuid.UUID) -> int:
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Shard)
+            .where(Shard.job_id == job_id, Shard.status.in_([SHARD_PENDING, SHARD_RUNNING]))
+        )
+        or 0
+    )

@@ -1,0 +1,94 @@
+"""The job state machine: the one place job status changes.
+
+``queued → running → succeeded | failed``, with ``cancelling → cancelled`` from any non-final
+state. Every transition is a conditional UPDATE on the current status (so two processes cannot
+both move the same job), stamps its time and appends a ``job_events`` row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from barge.errors import IllegalTransition
+from db.base import utcnow
+from db.models import Job, JobEvent
+
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLING = "cancelling"
+CANCELLED = "cancelled"
+
+JOB_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED)
+FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+TRANSITIONS: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({RUNNING, FAILED, CANCELLING}),
+    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLING}),
+    CANCELLING: frozenset({CANCELLED}),
+    SUCCEEDED: frozenset(),
+    FAILED: frozenset(),
+    CANCELLED: frozenset(),
+}
+
+# Shard statuses (moved by conditional UPDATEs in db.repositories).
+SHARD_PENDING = "pending"
+SHARD_RUNNING = "running"
+SHARD_SUCCEEDED = "succeeded"
+SHARD_FAILED = "failed"
+SHARD_CANCELLED = "cancelled"
+SHARD_FINAL = frozenset({SHARD_SUCCEEDED, SHARD_FAILED, SHARD_CANCELLED})
+
+
+def is_legal(src: str, dst: str) -> bool:
+    return dst in TRANSITIONS.get(src, frozenset())
+
+
+def transition(
+    session: Session,
+    job: Job,
+    to: str,
+    *,
+    message: str = "",
+    error: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> JobEvent:
+    """Move ``job`` to ``to`` or raise IllegalTransition; flushes, never commits."""
+    src = job.status
+    if not is_legal(src, to):
+        raise IllegalTransition(f"job {job.id} cannot go from {src} to {to}")
+    now = utcnow()
+    values: dict[str, Any] = {"status": to, "updated_at": now}
+    if to == RUNNING and job.started_at is None:
+        values["started_at"] = now
+    if to in FINAL:
+        values["finished_at"] = now
+    if error is not None:
+        values["error"] = error
+    result = session.execute(
+        update(Job).where(Job.id == job.id, Job.status == src).values(**values),
+        execution_options={"synchronize_session": False},
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.refresh(job)
+        raise IllegalTransition(
+            f"job {job.id} changed concurrently (now {job.status}); cannot go from {src} to {to}"
+        )
+    for key, value in values.items():
+        set_committed_value(job, key, value)
+    event = JobEvent(
+        job_id=job.id,
+        at=now,
+        kind="status",
+        from_status=src,
+        to_status=to,
+        message=message or (error or ""),
+        data=data or {},
+    )
+    session.add(event)
+    session.flush()
+    return event

@@ -1,0 +1,1 @@
+"""Alembic migrations: the only way Barge's schema changes."""

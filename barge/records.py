@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from barge.errors import InvalidSpec, PermanentJobError
-from barge.storage import ObjectInfo, ObjectStore, SeekableObject
+from barge.storage import ObjectInfo, ObjectStore, S3Uri, SeekableObject
 
 FORMATS = ("jsonl", "csv", "parquet")
 _SUFFIXES = {
@@ -53,6 +53,16 @@ def detect_format(key: str, declared: str = "auto") -> Format | None:
 def is_data_object(key: str) -> bool:
     name = key.rsplit("/", 1)[-1]
     return bool(name) and not name.startswith(("_", "."))
+
+
+def resolve_inputs(store: ObjectStore, input_uri: str) -> list[ObjectInfo]:
+    """One object, or every data object under a prefix (sorted by key)."""
+    uri = S3Uri.parse(input_uri, field="input")
+    if uri.key and not uri.key.endswith("/"):
+        info = store.head(uri)
+        if info is not None:
+            return [info]
+    return [o for o in store.list(uri.as_prefix()) if is_data_object(o.uri.key)]
 
 
 @dataclass
@@ -174,7 +184,7 @@ def iter_range(
 
 def _parse_json_line(line: bytes, line_no: int) -> Record:
     try:
-        text = line.decode("utf-8")
+        text = line.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as exc:
         return Record(line_no, None, f"line is not valid UTF-8 ({exc.reason} at byte {exc.start})")
     try:

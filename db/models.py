@@ -57,6 +57,7 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    model_uri: Mapped[str | None] = mapped_column(Text)  # the spec's model, resolved
     output_uri: Mapped[str] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     records_total: Mapped[int | None] = mapped_column(BigInteger)

@@ -67,6 +67,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("idempotency_key", sa.String(length=200), nullable=True),
+        sa.Column("model_uri", sa.Text(), nullable=True),
         sa.Column("output_uri", sa.Text(), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("records_total", sa.BigInteger(), nullable=True),

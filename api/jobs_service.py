@@ -1,0 +1,210 @@
+"""Submitting and presenting jobs: the checks a submission must pass before it is accepted."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.schemas import JobOut, OutputOut, ProgressOut
+from barge.errors import Conflict, InvalidSpec
+from barge.queue import FINALIZE_JOB, PLAN_JOB
+from barge.records import detect_format, peek_fields, resolve_inputs
+from barge.settings import Settings
+from barge.specs import InferenceSpec
+from barge.storage import ObjectStore, S3Uri, check_bucket_allowed
+from db import repositories as repo
+from db import state
+from db.base import utcnow
+from db.models import Job, Model, Tenant
+from api.deps import UnitOfWork
+
+
+def resolve_model(
+    session: Session, settings: Settings, store: ObjectStore, tenant: Tenant, ref: str
+) -> str:
+    """The model's location: an s3:// prefix, an allowed local directory, or a registry entry."""
+    if ref.startswith("s3://"):
+        uri = S3Uri.parse(ref, field="model").as_prefix()
+        check_bucket_allowed(settings, uri, "model")
+        if not store.list(uri):
+            raise InvalidSpec(f"no model directory at {uri}", field="model")
+        return str(uri)
+    if ref.startswith(("/", "file://")):
+        path = ref.removeprefix("file://")
+        roots = settings.local_model_dirs
+        if not any(path == str(r) or path.startswith(str(r).rstrip("/") + "/") for r in roots):
+            raise InvalidSpec(
+                f"local model directory {path} is not under BARGE_LOCAL_MODEL_DIRS; "
+                "upload the model to S3 or ask the operator to allow the directory",
+                field="model",
+            )
+        return path
+    name, _, version = ref.partition("@")
+    query = select(Model).where(Model.tenant_id == tenant.id, Model.name == name)
+    if version:
+        if not version.isdigit():
+            raise InvalidSpec(f"model version must be a number: {ref!r}", field="model")
+        query = query.where(Model.version == int(version))
+    found = session.scalar(query.order_by(Model.version.desc()).limit(1))
+    if found is None:
+        raise InvalidSpec(
+            f"model {ref!r} is neither an s3:// URI nor a registered model name[@version]",
+            field="model",
+        )
+    return found.uri
+
+
+def check_input(settings: Settings, store: ObjectStore, spec: InferenceSpec) -> None:
+    uri = S3Uri.parse(spec.input, field="input")
+    check_bucket_allowed(settings, uri, "input")
+    objects = resolve_inputs(store, spec.input)
+    if not objects:
+        raise InvalidSpec(f"no input object or prefix at {spec.input}", field="input")
+    unknown = [str(o.uri) for o in objects if detect_format(o.uri.key, spec.input_format) is None]
+    if unknown:
+        raise InvalidSpec(
+            f"cannot tell the format of {', '.join(unknown[:5])}: name inputs .jsonl, .csv or "
+            ".parquet (optionally .gz) or set input_format",
+            field="input",
+        )
+    first = objects[0]
+    fmt = detect_format(first.uri.key, spec.input_format)
+    assert fmt is not None
+    fields = peek_fields(store, first, fmt)
+    if not fields:
+        return  # nothing readable to check against; bad records are reported per record
+    shown = ", ".join(fields[:20])
+    if spec.text_field not in fields:
+        raise InvalidSpec(
+            f"text_field {spec.text_field!r} is not a field of {first.uri} (its fields: {shown})",
+            field="text_field",
+        )
+    if spec.id_field and spec.id_field not in fields:
+        raise InvalidSpec(
+            f"id_field {spec.id_field!r} is not a field of {first.uri} (its fields: {shown})",
+            field="id_field",
+        )
+
+
+def check_output(session: Session, settings: Settings, store: ObjectStore, spec: InferenceSpec) -> None:
+    out = S3Uri.parse(spec.output, field="output").as_prefix()
+    check_bucket_allowed(settings, out, "output")
+    if store.head(out.join("_manifest.json")) is not None:
+        raise InvalidSpec(
+            f"output prefix {out} already holds a finished job's outputs (_manifest.json); "
+            "choose a new output prefix",
+            field="output",
+        )
+    active = repo.active_job_for_output(session, str(out))
+    if active is not None:
+        raise InvalidSpec(
+            f"output prefix {out} is in use by job {active.id} ({active.status}); "
+            "choose a new output prefix",
+            field="output",
+        )
+
+
+def submit(
+    uow: UnitOfWork,
+    settings: Settings,
+    store: ObjectStore,
+    tenant: Tenant,
+    spec: InferenceSpec,
+    idempotency_key: str | None,
+) -> tuple[Job, bool]:
+    """Validate against the stores, create the job, queue its planning; (job, created)."""
+    session = uow.session
+    spec_json = spec.model_dump(mode="json")
+    if idempotency_key:
+        existing = repo.job_by_idempotency_key(session, tenant.id, idempotency_key)
+        if existing is not None:
+            if existing.spec != spec_json:
+                raise Conflict(
+                    f"Idempotency-Key {idempotency_key!r} was used for job {existing.id} with a "
+                    "different spec; use a new key for a new job"
+                )
+            return existing, False
+    if len(json.dumps(spec.metadata)) > settings.max_metadata_bytes:
+        raise InvalidSpec(
+            f"metadata is larger than {settings.max_metadata_bytes} bytes", field="metadata"
+        )
+    model_uri = resolve_model(session, settings, store, tenant, spec.model)
+    check_input(settings, store, spec)
+    check_output(session, settings, store, spec)
+    now = utcnow()
+    job = Job(
+        tenant_id=tenant.id,
+        type=spec.type,
+        status=state.QUEUED,
+        spec=spec_json,
+        meta=spec.metadata,
+        idempotency_key=idempotency_key,
+        model_uri=model_uri,
+        output_uri=str(S3Uri.parse(spec.output).as_prefix()),
+        created_at=now,
+        updated_at=now,
+        dispatched_at=now,
+    )
+    session.add(job)
+    session.flush()
+    repo.add_event(session, job.id, "created", "job accepted", spec=spec_json)
+    uow.send_after_commit(PLAN_JOB, str(job.id))
+    return job, True
+
+
+def present(job: Job, progress: repo.Progress, now: datetime | None = None) -> JobOut:
+    now = now or utcnow()
+    done = progress.records_succeeded + progress.records_failed
+    rate: float | None = None
+    eta: float | None = None
+    if job.started_at is not None:
+        elapsed = ((job.finished_at or now) - job.started_at).total_seconds()
+        if elapsed > 0 and done:
+            rate = round(done / elapsed, 2)
+    if rate and job.status == state.RUNNING and job.records_total is not None:
+        eta = round(max(0, job.records_total - done) / rate, 1)
+    out = S3Uri.parse(job.output_uri)
+    manifest = str(out.join("_manifest.json")) if job.manifest is not None else None
+    errors = str(out.join("errors/")) if progress.records_failed else None
+    return JobOut(
+        id=str(job.id),
+        type=job.type,
+        status=job.status,
+        spec=job.spec,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        progress=ProgressOut(
+            records_total=job.records_total,
+            records_succeeded=progress.records_succeeded,
+            records_failed=progress.records_failed,
+            shards_total=job.shards_total,
+            shards_done=progress.shards_done,
+            records_per_second=rate,
+            eta_seconds=eta,
+        ),
+        output=OutputOut(uri=job.output_uri, manifest=manifest, errors=errors),
+        error=job.error,
+        metadata=job.meta or {},
+    )
+
+
+def present_many(session: Session, jobs: list[Job]) -> list[JobOut]:
+    progress = repo.progress_for(session, [j.id for j in jobs])
+    now = utcnow()
+    return [present(j, progress[j.id], now) for j in jobs]
+
+
+def cancel(uow: UnitOfWork, job: Job) -> Job:
+    if job.status in state.FINAL:
+        raise Conflict(f"job {job.id} is already {job.status}; there is nothing to cancel")
+    if job.status == state.CANCELLING:
+        return job
+    state.transition(uow.session, job, state.CANCELLING, message="cancel requested")
+    repo.cancel_pending_shards(uow.session, job.id)
+    uow.send_after_commit(FINALIZE_JOB, str(job.id))
+    return job

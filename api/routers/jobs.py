@@ -1,0 +1,121 @@
+"""/v1/jobs: thin handlers; the rules live in api.jobs_service and db."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from api import jobs_service as service
+from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
+from api.schemas import ErrorOut, EventList, EventOut, JobList, JobOut
+from barge.errors import InvalidSpec, NotFound
+from barge.specs import JOB_TYPES, InferenceSpec
+from db import repositories as repo
+from db.models import Job, Tenant
+from db.state import JOB_STATUSES
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorOut},
+    404: {"model": ErrorOut},
+    409: {"model": ErrorOut},
+    422: {"model": ErrorOut},
+}
+
+
+def _job(uow: UoW, tenant: Tenant, job_id: str) -> Job:
+    try:
+        parsed = uuid.UUID(job_id)
+    except ValueError:
+        raise NotFound(f"no job {job_id!r}") from None
+    job = repo.get_job(uow.session, parsed, tenant.id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    return job
+
+
+@router.post("", status_code=201, response_model=JobOut, responses=ERRORS)
+def create_job(
+    spec: InferenceSpec,
+    uow: UoW,
+    tenant: CurrentTenant,
+    settings: SettingsDep,
+    store: StoreDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobOut:
+    """Submit a job. The same `Idempotency-Key` from the same tenant returns the same job."""
+    job, created = service.submit(uow, settings, store, tenant, spec, idempotency_key)
+    if not created:
+        response.status_code = 200
+    return service.present_many(uow.session, [job])[0]
+
+
+@router.get("", response_model=JobList, responses=ERRORS)
+def list_jobs(
+    uow: UoW,
+    tenant: CurrentTenant,
+    status: str | None = None,
+    type: str | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> JobList:
+    """The tenant's jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
+    if status is not None and status not in JOB_STATUSES:
+        raise InvalidSpec(f"status must be one of {', '.join(JOB_STATUSES)}", field="status")
+    if type is not None and type not in JOB_TYPES:
+        raise InvalidSpec(f"type must be one of {', '.join(JOB_TYPES)}", field="type")
+    try:
+        decoded = repo.decode_cursor(cursor) if cursor else None
+    except ValueError:
+        raise InvalidSpec("cursor is not one this API returned", field="cursor") from None
+    jobs = repo.list_jobs(
+        uow.session, tenant.id, status=status, type_=type, cursor=decoded, limit=limit + 1
+    )
+    page = jobs[:limit]
+    return JobList(
+        jobs=service.present_many(uow.session, page),
+        next_cursor=repo.encode_cursor(page[-1]) if len(jobs) > limit else None,
+    )
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
+def get_job(job_id: str, uow: UoW, tenant: CurrentTenant) -> JobOut:
+    return service.present_many(uow.session, [_job(uow, tenant, job_id)])[0]
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=ERRORS)
+def cancel_job(job_id: str, uow: UoW, tenant: CurrentTenant) -> JobOut:
+    """Cancel: running shards stop within one batch; what was written stays and is listed."""
+    job = service.cancel(uow, _job(uow, tenant, job_id))
+    return service.present_many(uow.session, [job])[0]
+
+
+@router.get("/{job_id}/events", response_model=EventList, responses=ERRORS)
+def job_events(
+    job_id: str,
+    uow: UoW,
+    tenant: CurrentTenant,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> EventList:
+    """The job's events in order; pass `next_after` back as `after` to follow along."""
+    job = _job(uow, tenant, job_id)
+    events = repo.list_events(uow.session, job.id, after, limit)
+    return EventList(
+        events=[
+            EventOut(
+                id=e.id,
+                at=e.at,
+                kind=e.kind,
+                from_status=e.from_status,
+                to_status=e.to_status,
+                message=e.message,
+                data=e.data or {},
+            )
+            for e in events
+        ],
+        next_after=events[-1].id if events else after,
+    )

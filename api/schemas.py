@@ -1,0 +1,65 @@
+"""Response bodies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class ProgressOut(BaseModel):
+    records_total: int | None
+    records_succeeded: int
+    records_failed: int
+    shards_total: int | None
+    shards_done: int
+    records_per_second: float | None
+    eta_seconds: float | None
+
+
+class OutputOut(BaseModel):
+    uri: str
+    manifest: str | None
+    errors: str | None
+
+
+class JobOut(BaseModel):
+    id: str
+    type: str
+    status: str
+    spec: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: ProgressOut
+    output: OutputOut
+    error: str | None
+    metadata: dict[str, Any]
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None
+
+
+class EventOut(BaseModel):
+    id: int
+    at: datetime
+    kind: str
+    from_status: str | None
+    to_status: str | None
+    message: str
+    data: dict[str, Any]
+
+
+class EventList(BaseModel):
+    events: list[EventOut]
+    next_after: int
+
+
+class ErrorOut(BaseModel):
+    error: str
+    message: str
+    field: str | None = None
+    detail: Any = None

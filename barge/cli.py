@@ -1,0 +1,382 @@
+"""The ``barge`` command: run the servers, manage keys, submit and watch jobs.
+
+Server commands start processes by module name (``api.app``, ``worker.celery_app``), so this
+shared package never imports the API or the worker itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from barge.client import ApiError, Client
+from barge.settings import get_settings
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# --- servers ------------------------------------------------------------------------------------
+
+
+def _celery_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", *args]
+
+
+def worker_argv(queues: str = "gpu,control", concurrency: int = 1, hostname: str | None = None) -> list[str]:
+    argv = _celery_argv(
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(concurrency),
+        "-Q",
+        queues,
+        "--without-gossip",
+        "--without-mingle",
+    )
+    if hostname:
+        argv += ["--hostname", hostname]
+    return argv
+
+
+def scheduler_argv() -> list[str]:
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    schedule = (settings.home / "celerybeat-schedule").resolve()
+    return _celery_argv("beat", "--loglevel", "INFO", "--schedule", str(schedule))
+
+
+def api_argv(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app",
+            "--host", host, "--port", str(port), "--log-level", "warning"]
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    os.execv(sys.executable, api_argv(args.host, args.port))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    argv = worker_argv(args.queues, args.concurrency, args.hostname)
+    os.execv(argv[0], argv)
+
+
+def cmd_scheduler(_: argparse.Namespace) -> int:
+    argv = scheduler_argv()
+    os.execv(argv[0], argv)
+
+
+def db_upgrade() -> str:
+    from db.migrate import upgrade  # the db package: fine for an admin command
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    return url
+
+
+def cmd_db_upgrade(_: argparse.Namespace) -> int:
+    url = db_upgrade()
+    print(f"database at {url.split('@')[-1]} is at the newest schema", file=sys.stderr)
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from db import repositories
+    from db.session import session_scope
+
+    with session_scope(get_settings().resolved_database_url) as session:
+        key = repositories.create_api_key(session, args.tenant)
+    print(key)
+    return 0
+
+
+def start_stack(host: str, port: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
+    """The embedded stack: api + worker + scheduler as child processes."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for name, argv in (
+        ("api", api_argv(host, port)),
+        ("worker", worker_argv()),
+        ("scheduler", scheduler_argv()),
+    ):
+        log = (log_dir / f"{name}.log").open("ab")
+        procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def stop_stack(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def wait_healthy(client: Client, procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise SystemExit(f"a Barge process exited early (code {p.returncode}); see its log")
+        try:
+            last = client.health()
+            if last.get("status") == "ok":
+                return
+        except ApiError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise SystemExit(f"the API did not become healthy within {timeout:.0f}s: {last}")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    db_upgrade()
+    log_dir = settings.home.resolve() / "logs"
+    procs = start_stack(args.host, args.port, log_dir)
+    url = f"http://{args.host}:{args.port}"
+    try:
+        wait_healthy(Client(url, ""), procs)
+        print(f"Barge is up: API {url} (docs {url}/docs), logs in {log_dir}", file=sys.stderr)
+        print("create a key with `barge keys create --tenant NAME`; Ctrl-C stops", file=sys.stderr)
+        while all(p.poll() is None for p in procs):
+            time.sleep(1)
+        print("a Barge process exited; stopping the rest", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_stack(procs)
+
+
+# --- client commands ----------------------------------------------------------------------------
+
+
+def load_spec(path: str) -> dict[str, Any]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path}: a job spec must be a JSON/YAML object")
+    return data
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "--"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def progress_line(job: dict[str, Any], width: int = 24) -> str:
+    p = job["progress"]
+    total = p.get("records_total")
+    done = p["records_succeeded"] + p["records_failed"]
+    frac = (done / total) if total else (1.0 if job["status"] in FINAL else 0.0)
+    bar = "#" * int(frac * width) + "." * (width - int(frac * width))
+    rate = p.get("records_per_second")
+    return (
+        f"{job['status']:<10} [{bar}] {frac:6.1%}  {done}/{total if total is not None else '?'} records"
+        f"  {p['records_failed']} failed  {rate or 0:.1f} rec/s  ETA {_fmt_seconds(p.get('eta_seconds'))}"
+    )
+
+
+def wait_for(client: Client, job_id: str, interval: float = 1.0, out: Any = None) -> dict[str, Any]:
+    out = out or sys.stderr
+    tty = out.isatty()
+    last_print = 0.0
+    while True:
+        job = client.job(job_id)
+        line = progress_line(job)
+        now = time.monotonic()
+        if tty:
+            out.write("\r" + line + "  ")
+            out.flush()
+        elif now - last_print >= 5 or job["status"] in FINAL:
+            out.write(line + "\n")
+            last_print = now
+        if job["status"] in FINAL:
+            if tty:
+                out.write("\n")
+            return job
+        time.sleep(interval)
+
+
+def _report_final(job: dict[str, Any]) -> int:
+    print(f"job {job['id']} {job['status']}", file=sys.stderr)
+    if job.get("error"):
+        print(f"error: {job['error']}", file=sys.stderr)
+    print(f"outputs: {job['output']['uri']}", file=sys.stderr)
+    if job["output"].get("errors"):
+        print(f"per-record errors: {job['output']['errors']}", file=sys.stderr)
+    return 0 if job["status"] == "succeeded" else 1
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    client = Client()
+    job = client.submit(load_spec(args.spec), args.idempotency_key)
+    print(job["id"])
+    print(f"submitted job {job['id']} ({job['status']})", file=sys.stderr)
+    if args.wait:
+        return _report_final(wait_for(client, job["id"]))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    job = Client().job(args.id)
+    if args.json:
+        _print_json(job)
+    else:
+        print(progress_line(job))
+        if job.get("error"):
+            print(f"error: {job['error']}")
+        print(f"output: {job['output']['uri']}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    page = Client().jobs(status=args.status, type=args.type, limit=args.limit, cursor=args.cursor)
+    if args.json:
+        _print_json(page)
+        return 0
+    print(f"{'ID':<36}  {'TYPE':<9}  {'STATUS':<10}  {'DONE':>15}  CREATED")
+    for job in page["jobs"]:
+        p = job["progress"]
+        done = f"{p['records_succeeded'] + p['records_failed']}/{p['records_total'] or '?'}"
+        print(f"{job['id']:<36}  {job['type']:<9}  {job['status']:<10}  {done:>15}  {job['created_at']}")
+    if page.get("next_cursor"):
+        print(f"more: barge list --cursor {page['next_cursor']}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    job = Client().cancel(args.id)
+    print(f"job {job['id']} is {job['status']}", file=sys.stderr)
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    client = Client()
+    after = 0
+    while True:
+        page = client.events(args.id, after)
+        for e in page["events"]:
+            change = f" {e['from_status']} -> {e['to_status']}" if e["to_status"] else ""
+            print(f"{e['at']}  {e['kind']:<12}{change}  {e['message']}")
+        after = page["next_after"]
+        if not args.follow or (not page["events"] and client.job(args.id)["status"] in FINAL):
+            return 0
+        time.sleep(1)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    return _report_final(wait_for(Client(), args.id))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from barge.demo import run_demo
+
+    return run_demo(port=args.port, records=args.records)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="barge", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="run the embedded stack (api + worker + scheduler)")
+    p.add_argument("--host", default=get_settings().api_host)
+    p.add_argument("--port", type=int, default=get_settings().api_port)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("api", help="run the HTTP API")
+    p.add_argument("--host", default=get_settings().api_host)
+    p.add_argument("--port", type=int, default=get_settings().api_port)
+    p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("worker", help="run a worker (one per GPU; set CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--queues", default="gpu,control")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--hostname", default=None)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("scheduler", help="run the scheduler (Celery beat: reconciler)")
+    p.set_defaults(func=cmd_scheduler)
+
+    db = sub.add_parser("db", help="database administration").add_subparsers(dest="db", required=True)
+    db.add_parser("upgrade", help="apply all migrations").set_defaults(func=cmd_db_upgrade)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys", required=True)
+    p = keys.add_parser("create", help="create a key; prints only the key")
+    p.add_argument("--tenant", required=True)
+    p.set_defaults(func=cmd_keys_create)
+
+    p = sub.add_parser("submit", help="submit a job spec (JSON or YAML file, - for stdin)")
+    p.add_argument("spec")
+    p.add_argument("--wait", action="store_true", help="show progress until the job ends")
+    p.add_argument("--idempotency-key", default=None)
+    p.set_defaults(func=cmd_submit)
+
+    for name, func, help_ in (
+        ("status", cmd_status, "a job's status and progress"),
+        ("cancel", cmd_cancel, "cancel a job"),
+        ("wait", cmd_wait, "show live progress until the job ends"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("id")
+        if name == "status":
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("events", help="a job's events")
+    p.add_argument("id")
+    p.add_argument("--follow", "-f", action="store_true")
+    p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("list", help="list jobs, newest first")
+    p.add_argument("--status")
+    p.add_argument("--type")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--cursor")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("demo", help="run a real embedding job on the embedded stack")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--records", type=int, default=2000)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ApiError as exc:
+        print(f"barge: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""A small HTTP client for the Barge API (used by the CLI)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: Any):
+        self.status = status
+        self.body = body
+        if isinstance(body, dict):
+            message = body.get("message") or body.get("detail") or body
+        else:
+            message = body
+        super().__init__(f"HTTP {status}: {message}")
+
+
+class Client:
+    def __init__(self, url: str | None = None, key: str | None = None, timeout: float = 30.0):
+        self.url = (url or os.environ.get("BARGE_API_URL") or "http://127.0.0.1:8000").rstrip("/")
+        self.key = key if key is not None else os.environ.get("BARGE_API_KEY", "")
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(0, f"cannot reach the Barge API at {self.url} ({exc}); is it running? "
+                           "(`barge up`, or set BARGE_API_URL)") from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, body)
+        return body
+
+    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call("POST", "/v1/jobs", json=spec, headers=headers)  # type: ignore[no-any-return]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
+
+    def jobs(self, **params: Any) -> dict[str, Any]:
+        params = {k: v for k, v in params.items() if v is not None}
+        return self._call("GET", "/v1/jobs", params=params)  # type: ignore[no-any-return]
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/jobs/{job_id}/cancel")  # type: ignore[no-any-return]
+
+    def events(self, job_id: str, after: int = 0) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}/events", params={"after": after})  # type: ignore[no-any-return]
+
+    def health(self) -> dict[str, Any]:
+        try:
+            return self._call("GET", "/healthz")  # type: ignore[no-any-return]
+        except ApiError as exc:
+            if exc.status == 503 and isinstance(exc.body, dict):
+                return exc.body
+            raise

@@ -1,0 +1,1 @@
+"""The Celery worker: thin tasks over plain functions (planning, shard runs, finalizing)."""

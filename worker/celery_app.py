@@ -1,0 +1,33 @@
+"""The worker's Celery app. Run: ``barge worker`` (or ``celery -A worker.celery_app worker``).
+
+One worker process per GPU (set ``CUDA_VISIBLE_DEVICES``), prefork with one child: CUDA, the
+database engine and the model cache are created in the child (``worker_process_init``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from barge.queue import make_celery
+from barge.settings import get_settings
+
+app = make_celery(get_settings(), name="barge-worker")
+app.conf.include = ["worker.tasks"]
+
+
+@worker_process_init.connect
+def _init_child(**_: Any) -> None:
+    from worker.context import init_context
+
+    logging.getLogger("barge").setLevel(logging.INFO)
+    init_context(app)
+
+
+@worker_process_shutdown.connect
+def _shutdown_child(**_: Any) -> None:
+    from db.session import dispose_engines
+
+    dispose_engines()

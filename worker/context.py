@@ -1,0 +1,59 @@
+"""Per-process worker resources, created in the pool child (``worker_process_init``), never at
+import and never in a prefork parent."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from celery import Celery
+from sqlalchemy.orm import Session
+
+from barge.queue import make_celery, send
+from barge.settings import Settings, get_settings
+from barge.storage import ObjectStore, make_store
+from db.session import dispose_engines, session_scope
+from worker.models import ModelCache
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    store: ObjectStore
+    models: ModelCache
+    celery: Celery
+    name: str
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """The task boundary: commit on success, roll back on error."""
+        with session_scope(self.settings.resolved_database_url) as session:
+            yield session
+
+    def send(self, task_name: str, *args: object) -> None:
+        send(self.celery, task_name, *args)
+
+
+_context: WorkerContext | None = None
+
+
+def init_context(celery: Celery | None = None) -> WorkerContext:
+    global _context
+    dispose_engines()  # never reuse connections inherited from a parent process
+    settings = get_settings()
+    store = make_store(settings)
+    _context = WorkerContext(
+        settings=settings,
+        store=store,
+        models=ModelCache(settings, store),
+        celery=celery or make_celery(settings),
+        name=f"{socket.gethostname()}:{os.getpid()}",
+    )
+    return _context
+
+
+def get_context() -> WorkerContext:
+    return _context or init_context()

@@ -1,0 +1,119 @@
+"""Finalizing a job: once every shard is settled, write ``_manifest.json`` (and ``_SUCCESS`` on
+success) last, then move the job to its final state. Idempotent: safe to run twice."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from barge.specs import InferenceSpec
+from barge.storage import S3Uri
+from db import repositories as repo
+from db import state
+from db.base import utcnow
+from db.models import Job, Shard
+from worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
+    with ctx.session() as session:
+        job = repo.lock_job(session, job_id)
+        if job is None or job.manifest is not None:
+            return  # gone, or already finalized
+        if job.status == state.QUEUED:
+            return  # not planned yet
+        if repo.unfinished_shard_count(session, job_id):
+            return  # the last shard to settle sends us again
+        shards = repo.shards_of(session, job_id)
+        target, error = _outcome(job, shards)
+        manifest = build_manifest(job, shards, target, error)
+        out = S3Uri.parse(job.output_uri).as_prefix()
+        ctx.store.put_bytes(
+            out.join("_manifest.json"), json.dumps(manifest, indent=2).encode() + b"\n"
+        )
+        if target == state.SUCCEEDED:
+            ctx.store.put_bytes(out.join("_SUCCESS"), b"")
+        job.manifest = manifest
+        if job.status != target:
+            counts = manifest["records"]
+            state.transition(
+                session,
+                job,
+                target,
+                error=error,
+                message=error
+                or f"{counts['succeeded']} records succeeded, {counts['failed']} failed",
+                data={"records": counts},
+            )
+
+
+def _outcome(job: Job, shards: list[Shard]) -> tuple[str, str | None]:
+    if job.status == state.CANCELLING:
+        return state.CANCELLED, None
+    if job.status == state.FAILED:
+        return state.FAILED, job.error
+    failed_shards = [s for s in shards if s.status == state.SHARD_FAILED]
+    if failed_shards:
+        return state.FAILED, failed_shards[0].last_error or f"shard {failed_shards[0].index} failed"
+    ok = sum(s.records_succeeded for s in shards)
+    bad = sum(s.records_failed for s in shards)
+    limit = InferenceSpec.model_validate(job.spec).max_failed_ratio
+    if ok + bad and bad / (ok + bad) > limit:
+        return (
+            state.FAILED,
+            f"{bad} of {ok + bad} records failed ({bad / (ok + bad):.1%}), more than "
+            f"max_failed_ratio {limit:.1%}; see the errors/ files",
+        )
+    return state.SUCCEEDED, None
+
+
+def build_manifest(
+    job: Job, shards: list[Shard], status: str, error: str | None
+) -> dict[str, Any]:
+    finished = utcnow()
+    ok = sum(s.records_succeeded for s in shards)
+    bad = sum(s.records_failed for s in shards)
+    spec = job.spec
+    return {
+        "job_id": str(job.id),
+        "status": status,
+        "error": error,
+        "task": spec.get("task"),
+        "model": spec.get("model"),
+        "model_uri": job.model_uri,
+        "input": spec.get("input"),
+        "output": job.output_uri,
+        "output_format": spec.get("output_format", "jsonl"),
+        "records": {
+            "total": job.records_total or 0,
+            "succeeded": ok,
+            "failed": bad,
+            "not_processed": max(0, (job.records_total or 0) - ok - bad),
+        },
+        "parts": [
+            {
+                "key": s.output_key,
+                "shard": s.index,
+                "source": s.source_uri,
+                "records": s.records_succeeded,
+                "complete": s.status == state.SHARD_SUCCEEDED,
+            }
+            for s in shards
+            if s.output_key
+        ],
+        "errors": [
+            {"key": s.errors_key, "shard": s.index, "records": s.records_failed}
+            for s in shards
+            if s.errors_key
+        ],
+        "timings": {
+            "created_at": job.created_at.isoformat(),
+            "started_at": job.started_at.isoformat() if job.started_at else None,
+            "finished_at": finished.isoformat(),
+            "seconds": round((finished - (job.started_at or job.created_at)).total_seconds(), 3),
+        },
+    }

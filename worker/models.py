@@ -1,0 +1,245 @@
+"""Model directories: fetch to a local cache, load with safetensors only, keep warm, predict."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from barge.errors import InvalidSpec, PermanentJobError
+from barge.settings import Settings
+from barge.storage import ObjectStore, S3Uri, iter_prefix_files
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _local_model_dir(settings: Settings, ref: str) -> Path | None:
+    if ref.startswith("file://"):
+        ref = ref[len("file://") :]
+    if not ref.startswith("/"):
+        return None
+    path = Path(ref).resolve()
+    roots = [r.resolve() for r in settings.local_model_dirs]
+    if not any(path == r or r in path.parents for r in roots):
+        raise InvalidSpec(
+            f"local model directory {path} is not under BARGE_LOCAL_MODEL_DIRS "
+            f"({', '.join(map(str, roots)) or 'not set'}); put the model in S3 or allow the directory",
+            field="model",
+        )
+    return path
+
+
+def list_model_files(settings: Settings, store: ObjectStore, ref: str) -> dict[str, str]:
+    """Relative path → fingerprint (ETag or mtime/size) of every file in the model directory."""
+    local = _local_model_dir(settings, ref)
+    if local is not None:
+        if not local.is_dir():
+            return {}
+        return {
+            str(p.relative_to(local)): f"{p.stat().st_mtime_ns}-{p.stat().st_size}"
+            for p in sorted(local.rglob("*"))
+            if p.is_file()
+        }
+    uri = S3Uri.parse(ref, field="model")
+    return {rel: info.etag for info, rel in iter_prefix_files(store, uri) if rel}
+
+
+def check_model_files(ref: str, files: dict[str, str]) -> None:
+    """Refuse a directory that is not a loadable safetensors Hugging Face model, saying why."""
+    if not files:
+        raise PermanentJobError(f"model directory {ref} is empty or does not exist")
+    if "config.json" not in files:
+        raise PermanentJobError(
+            f"model directory {ref} has no config.json: it must be a Hugging Face model "
+            f"directory (found: {', '.join(sorted(files)[:8])})"
+        )
+    if not any(name.endswith(".safetensors") for name in files):
+        pickled = [n for n in files if n.endswith(PICKLED_WEIGHTS)]
+        why = f" (found pickled weights {', '.join(pickled)}, which Barge never loads)" if pickled else ""
+        raise PermanentJobError(
+            f"model directory {ref} has no *.safetensors weights{why}; save it with "
+            "save_pretrained(..., safe_serialization=True)"
+        )
+
+
+def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path, str]:
+    """A local directory holding the model and its revision (a hash of the files' fingerprints).
+
+    S3 models are copied once into ``<cache>/models/<uri-hash>-<revision>`` and reused.
+    """
+    files = list_model_files(settings, store, ref)
+    check_model_files(ref, files)
+    revision = hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:16]
+    local = _local_model_dir(settings, ref)
+    if local is not None:
+        return local, revision
+    uri = S3Uri.parse(ref, field="model").as_prefix()
+    target = (
+        settings.resolved_cache_dir
+        / "models"
+        / f"{hashlib.sha256(str(uri).encode()).hexdigest()[:16]}-{revision}"
+    )
+    if (target / ".complete").exists():
+        return target, revision
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel in files:
+        if rel.endswith(PICKLED_WEIGHTS):
+            continue  # never copied, never loaded
+        dest = tmp / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with store.open(uri.join(rel)) as src, dest.open("wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    (tmp / ".complete").write_text(revision)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target, revision
+
+
+def pick_device(settings: Settings) -> Any:
+    import torch
+
+    if settings.device:
+        return torch.device(settings.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class LoadedModel:
+    task: str
+    model: Any
+    tokenizer: Any
+    device: Any
+    ref: str
+    revision: str
+    load_seconds: float
+    labels: dict[int, str] = field(default_factory=dict)
+
+    def autocast(self) -> Any:
+        import contextlib
+
+        import torch
+
+        if self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return contextlib.nullcontext()
+
+
+def load_model(path: Path, task: str, device: Any, ref: str, revision: str) -> LoadedModel:
+    import transformers
+
+    classes = {
+        "embed": transformers.AutoModel,
+        "classify": transformers.AutoModelForSequenceClassification,
+        "generate": transformers.AutoModelForCausalLM,
+    }
+    started = time.monotonic()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        model = classes[task].from_pretrained(
+            str(path), use_safetensors=True, local_files_only=True, trust_remote_code=False
+        )
+    except Exception as exc:
+        raise PermanentJobError(f"cannot load model {ref} for task {task!r}: {exc}") from exc
+    model.eval().to(device)
+    if task == "generate":
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    labels = {}
+    if task == "classify":
+        labels = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+    return LoadedModel(
+        task, model, tokenizer, device, ref, revision, time.monotonic() - started, labels
+    )
+
+
+class ModelCache:
+    """Loaded models kept warm across tasks and jobs, least recently used evicted first."""
+
+    def __init__(self, settings: Settings, store: ObjectStore):
+        self.settings = settings
+        self.store = store
+        self._models: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, ref: str, task: str) -> LoadedModel:
+        path, revision = fetch_model(self.settings, self.store, ref)
+        key = (ref, revision, task)
+        with self._lock:
+            loaded = self._models.get(key)
+            if loaded is not None:
+                self._models.move_to_end(key)
+                return loaded
+            loaded = load_model(path, task, pick_device(self.settings), ref, revision)
+            self._models[key] = loaded
+            while len(self._models) > max(1, self.settings.model_cache_size):
+                self._models.popitem(last=False)
+            return loaded
+
+
+def predict(loaded: LoadedModel, texts: Sequence[str], params: Any, seed: int = 0) -> list[dict[str, Any]]:
+    """Run one batch; returns one result dict per text, in order."""
+    import torch
+
+    tok = loaded.tokenizer
+    enc = tok(
+        list(texts),
+        padding=True,
+        truncation=True,
+        max_length=params.max_length,
+        return_tensors="pt",
+    ).to(loaded.device)
+    with torch.inference_mode(), loaded.autocast():
+        if loaded.task == "embed":
+            hidden = loaded.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = pooled.float()
+            if params.normalize:
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+            return [{"embedding": row} for row in pooled.cpu().tolist()]
+        if loaded.task == "classify":
+            logits = loaded.model(**enc).logits.float()
+            probs = torch.softmax(logits, dim=-1).cpu()
+            out = []
+            for row in probs.tolist():
+                best = max(range(len(row)), key=row.__getitem__)
+                names = [loaded.labels.get(i, str(i)) for i in range(len(row))]
+                out.append(
+                    {
+                        "label": names[best],
+                        "score": row[best],
+                        "scores": dict(zip(names, row, strict=True)),
+                    }
+                )
+            return out
+        # generate
+        generator_kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "pad_token_id": tok.pad_token_id,
+        }
+        if params.temperature > 0:
+            torch.manual_seed(seed)
+            generator_kwargs.update(do_sample=True, temperature=params.temperature)
+        else:
+            generator_kwargs.update(do_sample=False)
+        generated = loaded.model.generate(**enc, **generator_kwargs)
+        new_tokens = generated[:, enc["input_ids"].shape[1] :]
+        texts_out = tok.batch_decode(new_tokens, skip_special_tokens=True)
+        return [{"text": t} for t in texts_out]

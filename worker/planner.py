@@ -1,0 +1,100 @@
+"""Planning: resolve the inputs, split them into shards, start the job, dispatch the shards."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from barge.errors import BargeError, PermanentJobError
+from barge.queue import FINALIZE_JOB, RUN_SHARD
+from barge.records import detect_format, plan_ranges, resolve_inputs
+from barge.specs import InferenceSpec
+from db import repositories as repo
+from db import state
+from db.base import utcnow
+from db.models import Shard
+from worker.context import WorkerContext
+from worker.models import check_model_files, list_model_files
+
+log = logging.getLogger(__name__)
+
+
+def plan_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
+    with ctx.session() as session:
+        job = repo.get_job(session, job_id)
+        if job is None:
+            log.warning("plan: job %s does not exist", job_id)
+            return
+        if job.status != state.QUEUED:
+            if job.status == state.CANCELLING:
+                ctx.send(FINALIZE_JOB, str(job_id))
+            return  # already planned (duplicate delivery) or final
+        spec = InferenceSpec.model_validate(job.spec)
+        try:
+            shards, total, n_objects = _plan(ctx, spec, job.model_uri or spec.model, job_id)
+        except BargeError as exc:
+            state.transition(session, job, state.FAILED, error=f"planning failed: {exc.message}")
+            shards = []
+        if job.status == state.FAILED:
+            session.commit()
+            ctx.send(FINALIZE_JOB, str(job_id))  # writes the failed job's manifest
+            return
+        now = utcnow()
+        for shard in shards:
+            shard.dispatched_at = now
+            session.add(shard)
+        job.records_total = total
+        job.shards_total = len(shards)
+        session.flush()
+        state.transition(
+            session,
+            job,
+            state.RUNNING,
+            message=f"planned {len(shards)} shards over {n_objects} objects, {total} records",
+            data={"shards": len(shards), "objects": n_objects, "records": total},
+        )
+        shard_refs = [(str(s.id), s.index) for s in shards]
+    for shard_id, index in shard_refs:  # after commit
+        ctx.send(RUN_SHARD, shard_id, str(job_id), index)
+    if not shard_refs:
+        ctx.send(FINALIZE_JOB, str(job_id))
+
+
+def _plan(
+    ctx: WorkerContext, spec: InferenceSpec, model_ref: str, job_id: uuid.UUID
+) -> tuple[list[Shard], int, int]:
+    check_model_files(model_ref, list_model_files(ctx.settings, ctx.store, model_ref))
+    objects = resolve_inputs(ctx.store, spec.input)
+    if not objects:
+        raise PermanentJobError(f"no input objects at {spec.input}")
+    shard_records = spec.shard_size or ctx.settings.shard_records
+    shards: list[Shard] = []
+    offset = 0
+    for info in objects:
+        fmt = detect_format(info.uri.key, spec.input_format)
+        if fmt is None:
+            raise PermanentJobError(
+                f"cannot tell the format of {info.uri}: name it .jsonl, .csv or .parquet "
+                "(optionally .gz) or set input_format"
+            )
+        ranges, count = plan_ranges(ctx.store, info, fmt, shard_records)
+        for rng in ranges:
+            shards.append(
+                Shard(
+                    id=uuid.uuid4(),
+                    job_id=job_id,
+                    index=len(shards),
+                    source_uri=str(info.uri),
+                    source_etag=info.etag,
+                    input_format=fmt.name,
+                    compressed=fmt.gzip,
+                    start_record=rng.start_record,
+                    record_count=rng.record_count,
+                    record_offset=offset + rng.start_record,
+                    first_line=rng.first_line,
+                    byte_start=rng.byte_start,
+                    byte_end=rng.byte_end,
+                )
+            )
+        offset += count
+    return shards, offset, len(objects)

@@ -1,0 +1,34 @@
+"""Thin Celery tasks: unpack ids, call plain functions. Every task is idempotent."""
+
+from __future__ import annotations
+
+import uuid
+
+from barge.queue import FINALIZE_JOB, PLAN_JOB, RECONCILE, RUN_SHARD
+from worker import finalize, planner, reconciler, runner
+from worker.celery_app import app
+from worker.context import get_context
+
+
+@app.task(name=PLAN_JOB)
+def plan_job(job_id: str) -> None:
+    """Split a queued job's inputs into shards and dispatch them."""
+    planner.plan_job(get_context(), uuid.UUID(job_id))
+
+
+@app.task(name=RUN_SHARD)
+def run_shard(shard_id: str, job_id: str = "", index: int = -1) -> None:
+    """Run one shard (job id and index are there for operators reading Flower)."""
+    runner.run_shard(get_context(), uuid.UUID(shard_id))
+
+
+@app.task(name=FINALIZE_JOB)
+def finalize_job(job_id: str) -> None:
+    """Write the manifest and move the job to its final state once its shards are settled."""
+    finalize.finalize_job(get_context(), uuid.UUID(job_id))
+
+
+@app.task(name=RECONCILE)
+def reconcile() -> None:
+    """Re-send lost or expired work; finalize jobs whose shards are all settled."""
+    reconciler.reconcile(get_context())

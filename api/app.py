@@ -55,7 +55,10 @@ async def _db_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
     log.warning("database unavailable: %s", exc)
     return JSONResponse(
         status_code=503,
-        content={"error": "database_unavailable", "message": "the database is unavailable; retry shortly"},
+        content={
+            "error": "database_unavailable",
+            "message": "the database is unavailable; retry shortly",
+        },
     )
 
 
@@ -63,7 +66,10 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error")
     return JSONResponse(
         status_code=500,
-        content={"error": "internal_error", "message": f"unexpected {type(exc).__name__}; see the API logs"},
+        content={
+            "error": "internal_error",
+            "message": f"unexpected {type(exc).__name__}; see the API logs",
+        },
     )
 
 

@@ -57,16 +57,16 @@ def get_uow(request: Request) -> Iterator[UnitOfWork]:
         try:
             send(request.app.state.celery, task_name, *args)
         except Exception as exc:  # committed already: the reconciler dispatches it later
-            log.warning("could not publish %s%s now (%s); the reconciler will", task_name, args, exc)
+            log.warning(
+                "could not publish %s%s now (%s); the reconciler will", task_name, args, exc
+            )
 
 
 # scope="function": commit (and publish) before the response goes out, never after.
 UoW = Annotated[UnitOfWork, Depends(get_uow, scope="function")]
 
 
-def current_tenant(
-    uow: UoW, authorization: Annotated[str | None, Header()] = None
-) -> Tenant:
+def current_tenant(uow: UoW, authorization: Annotated[str | None, Header()] = None) -> Tenant:
     if not authorization:
         raise Unauthorized()
     scheme, _, key = authorization.partition(" ")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.deps import UnitOfWork
 from api.schemas import JobOut, OutputOut, ProgressOut
 from barge.errors import Conflict, InvalidSpec
 from barge.queue import FINALIZE_JOB, PLAN_JOB
@@ -20,7 +20,6 @@ from db import repositories as repo
 from db import state
 from db.base import utcnow
 from db.models import Job, Model, Tenant
-from api.deps import UnitOfWork
 
 
 def resolve_model(
@@ -90,7 +89,9 @@ def check_input(settings: Settings, store: ObjectStore, spec: InferenceSpec) -> 
         )
 
 
-def check_output(session: Session, settings: Settings, store: ObjectStore, spec: InferenceSpec) -> None:
+def check_output(
+    session: Session, settings: Settings, store: ObjectStore, spec: InferenceSpec
+) -> None:
     out = S3Uri.parse(spec.output, field="output").as_prefix()
     check_bucket_allowed(settings, out, "output")
     if store.head(out.join("_manifest.json")) is not None:

@@ -33,7 +33,9 @@ def _celery_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app", *args]
 
 
-def worker_argv(queues: str = "gpu,control", concurrency: int = 1, hostname: str | None = None) -> list[str]:
+def worker_argv(
+    queues: str = "gpu,control", concurrency: int = 1, hostname: str | None = None
+) -> list[str]:
     argv = _celery_argv(
         "worker",
         "--loglevel",
@@ -60,8 +62,19 @@ def scheduler_argv() -> list[str]:
 
 
 def api_argv(host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app",
-            "--host", host, "--port", str(port), "--log-level", "warning"]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "api.app:create_app",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -263,7 +276,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for job in page["jobs"]:
         p = job["progress"]
         done = f"{p['records_succeeded'] + p['records_failed']}/{p['records_total'] or '?'}"
-        print(f"{job['id']:<36}  {job['type']:<9}  {job['status']:<10}  {done:>15}  {job['created_at']}")
+        print(
+            f"{job['id']:<36}  {job['type']:<9}  {job['status']:<10}  {done:>15}  {job['created_at']}"
+        )
     if page.get("next_cursor"):
         print(f"more: barge list --cursor {page['next_cursor']}")
     return 0
@@ -322,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scheduler", help="run the scheduler (Celery beat: reconciler)")
     p.set_defaults(func=cmd_scheduler)
 
-    db = sub.add_parser("db", help="database administration").add_subparsers(dest="db", required=True)
+    db = sub.add_parser("db", help="database administration").add_subparsers(
+        dest="db", required=True
+    )
     db.add_parser("upgrade", help="apply all migrations").set_defaults(func=cmd_db_upgrade)
 
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys", required=True)

@@ -30,8 +30,11 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ApiError(0, f"cannot reach the Barge API at {self.url} ({exc}); is it running? "
-                           "(`barge up`, or set BARGE_API_URL)") from exc
+            raise ApiError(
+                0,
+                f"cannot reach the Barge API at {self.url} ({exc}); is it running? "
+                "(`barge up`, or set BARGE_API_URL)",
+            ) from exc
         try:
             body = response.json()
         except ValueError:

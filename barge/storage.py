@@ -117,7 +117,7 @@ class LocalStore:
         f.seek(start)
         if end is None:
             return f
-        return _Limited(f, end - start)
+        return _Limited(f, end - start)  # type: ignore[return-value]
 
     def get_bytes(self, uri: S3Uri) -> bytes:
         with self.open(uri) as f:
@@ -167,6 +167,27 @@ class _Limited(io.RawIOBase):
 
     def close(self) -> None:
         self._f.close()
+        super().close()
+
+
+class _BodyReader(io.RawIOBase):
+    """botocore's streaming body as a raw file, so it can be buffered and read by lines."""
+
+    def __init__(self, body: Any):
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self._body.read(len(b))
+        n = len(data)
+        memoryview(b)[:n] = data
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
         super().close()
 
 
@@ -246,7 +267,7 @@ class S3Store:
             body = self.client.get_object(**kwargs)["Body"]
         except Exception as exc:
             raise self._wrap(exc, uri) from exc
-        return body  # type: ignore[no-any-return]
+        return io.BufferedReader(_BodyReader(body), 1 << 20)
 
     def get_bytes(self, uri: S3Uri) -> bytes:
         with self.open(uri) as f:

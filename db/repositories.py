@@ -65,14 +65,15 @@ def get_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID | None = N
 def lock_job(session: Session, job_id: uuid.UUID) -> Job | None:
     """The job row, locked until the transaction ends (a no-op lock on SQLite)."""
     return session.scalar(
-        select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
+        select(Job)
+        .where(Job.id == job_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
 
 
 def job_by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str) -> Job | None:
-    return session.scalar(
-        select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
-    )
+    return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
 
 
 def active_job_for_output(session: Session, output_uri: str) -> Job | None:
@@ -181,9 +182,7 @@ def shards_of(session: Session, job_id: uuid.UUID) -> list[Shard]:
     return list(session.scalars(select(Shard).where(Shard.job_id == job_id).order_by(Shard.index)))
 
 
-def claim_shard(
-    session: Session, shard_id: uuid.UUID, worker: str, lease: timedelta
-) -> int | None:
+def claim_shard(session: Session, shard_id: uuid.UUID, worker: str, lease: timedelta) -> int | None:
     """Take the shard if it is pending or its lease expired; returns the new attempt (the fencing
     token) or None when someone else holds it or it is finished."""
     now = utcnow()
@@ -277,7 +276,9 @@ def release_shard(session: Session, shard_id: uuid.UUID, attempt: int, error: st
     result = session.execute(
         update(Shard)
         .where(_held(shard_id, attempt))
-        .values(status=SHARD_PENDING, last_error=error, lease_expires_at=None, dispatched_at=utcnow()),
+        .values(
+            status=SHARD_PENDING, last_error=error, lease_expires_at=None, dispatched_at=utcnow()
+        ),
         execution_options={"synchronize_session": False},
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]

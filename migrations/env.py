@@ -3,8 +3,8 @@ from __future__ import annotations
 from alembic import context
 
 from barge.settings import get_settings
-from db.base import Base
 from db import models  # noqa: F401  (registers the tables)
+from db.base import Base
 from db.session import make_engine
 
 config = context.config
@@ -12,9 +12,7 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    return (
-        config.get_main_option("sqlalchemy.url") or get_settings().resolved_database_url
-    )
+    return config.get_main_option("sqlalchemy.url") or get_settings().resolved_database_url
 
 
 def run_migrations_offline() -> None:

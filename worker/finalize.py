@@ -71,9 +71,7 @@ def _outcome(job: Job, shards: list[Shard]) -> tuple[str, str | None]:
     return state.SUCCEEDED, None
 
 
-def build_manifest(
-    job: Job, shards: list[Shard], status: str, error: str | None
-) -> dict[str, Any]:
+def build_manifest(job: Job, shards: list[Shard], status: str, error: str | None) -> dict[str, Any]:
     finished = utcnow()
     ok = sum(s.records_succeeded for s in shards)
     bad = sum(s.records_failed for s in shards)

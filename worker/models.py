@@ -67,7 +67,11 @@ def check_model_files(ref: str, files: dict[str, str]) -> None:
         )
     if not any(name.endswith(".safetensors") for name in files):
         pickled = [n for n in files if n.endswith(PICKLED_WEIGHTS)]
-        why = f" (found pickled weights {', '.join(pickled)}, which Barge never loads)" if pickled else ""
+        why = (
+            f" (found pickled weights {', '.join(pickled)}, which Barge never loads)"
+            if pickled
+            else ""
+        )
         raise PermanentJobError(
             f"model directory {ref} has no *.safetensors weights{why}; save it with "
             "save_pretrained(..., safe_serialization=True)"
@@ -193,7 +197,9 @@ class ModelCache:
             return loaded
 
 
-def predict(loaded: LoadedModel, texts: Sequence[str], params: Any, seed: int = 0) -> list[dict[str, Any]]:
+def predict(
+    loaded: LoadedModel, texts: Sequence[str], params: Any, seed: int = 0
+) -> list[dict[str, Any]]:
     """Run one batch; returns one result dict per text, in order."""
     import torch
 

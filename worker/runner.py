@@ -358,7 +358,9 @@ def _process_window(
             batch = todo[start : start + spec.batch_size]
             seed = params.seed + window[batch[0][0]][0] if spec.task == "generate" else 0
             for (i, rec_id, _text), (ok, value) in zip(
-                batch, _predict_isolating(loaded, [t for _, _, t in batch], params, seed), strict=True
+                batch,
+                _predict_isolating(loaded, [t for _, _, t in batch], params, seed),
+                strict=True,
             ):
                 if ok:
                     results[i] = {"id": rec_id, **value}
@@ -375,9 +377,7 @@ def _process_window(
     finally:
         # Whatever finished is written, in input order, even when stopping mid-window.
         part.write_rows([r for r in results if r is not None])
-        merged = sorted(
-            error_rows + list(failed_in_model.values()), key=lambda row: row["line"]
-        )
+        merged = sorted(error_rows + list(failed_in_model.values()), key=lambda row: row["line"])
         errors.write_rows(merged)
         control.succeeded = part.count
         control.failed = errors.count

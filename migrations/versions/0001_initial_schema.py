@@ -54,16 +54,12 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=32), nullable=False),
         sa.Column(
             "spec",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column(
             "metadata",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("idempotency_key", sa.String(length=200), nullable=True),
@@ -74,9 +70,7 @@ def upgrade() -> None:
         sa.Column("shards_total", sa.Integer(), nullable=True),
         sa.Column(
             "manifest",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=True,
         ),
         sa.Column("created_at", db.base.UTCDateTime(timezone=True), nullable=False),
@@ -120,9 +114,7 @@ def upgrade() -> None:
         sa.Column("message", sa.Text(), nullable=False),
         sa.Column(
             "data",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.ForeignKeyConstraint(
@@ -133,9 +125,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_job_events")),
     )
-    op.create_index(
-        "ix_job_events_job_id_id", "job_events", ["job_id", "id"], unique=False
-    )
+    op.create_index("ix_job_events_job_id_id", "job_events", ["job_id", "id"], unique=False)
     op.create_table(
         "models",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -147,9 +137,7 @@ def upgrade() -> None:
         sa.Column("base_model", sa.Text(), nullable=True),
         sa.Column(
             "metrics",
-            sa.JSON().with_variant(
-                postgresql.JSONB(astext_type=sa.Text()), "postgresql"
-            ),
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
         sa.Column("job_id", sa.Uuid(), nullable=True),
@@ -192,9 +180,7 @@ def upgrade() -> None:
         sa.Column("byte_end", sa.BigInteger(), nullable=True),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("worker", sa.String(length=200), nullable=True),
-        sa.Column(
-            "lease_expires_at", db.base.UTCDateTime(timezone=True), nullable=True
-        ),
+        sa.Column("lease_expires_at", db.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("heartbeat_at", db.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("dispatched_at", db.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("records_succeeded", sa.BigInteger(), nullable=False),

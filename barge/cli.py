@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from barge.client import ApiError, Client
 from barge.settings import get_settings
 
@@ -77,8 +79,13 @@ def api_argv(host: str, port: int) -> list[str]:
     ]
 
 
+def _host_port(args: argparse.Namespace) -> tuple[str, int]:
+    settings = get_settings()
+    return args.host or settings.api_host, args.port or settings.api_port
+
+
 def cmd_api(args: argparse.Namespace) -> int:
-    os.execv(sys.executable, api_argv(args.host, args.port))
+    os.execv(sys.executable, api_argv(*_host_port(args)))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -162,8 +169,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = get_settings()
     db_upgrade()
     log_dir = settings.home.resolve() / "logs"
-    procs = start_stack(args.host, args.port, log_dir)
-    url = f"http://{args.host}:{args.port}"
+    host, port = _host_port(args)
+    procs = start_stack(host, port, log_dir)
+    url = f"http://{host}:{port}"
     try:
         wait_healthy(Client(url, ""), procs)
         print(f"Barge is up: API {url} (docs {url}/docs), logs in {log_dir}", file=sys.stderr)
@@ -318,15 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="barge", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("up", help="run the embedded stack (api + worker + scheduler)")
-    p.add_argument("--host", default=get_settings().api_host)
-    p.add_argument("--port", type=int, default=get_settings().api_port)
-    p.set_defaults(func=cmd_up)
-
-    p = sub.add_parser("api", help="run the HTTP API")
-    p.add_argument("--host", default=get_settings().api_host)
-    p.add_argument("--port", type=int, default=get_settings().api_port)
-    p.set_defaults(func=cmd_api)
+    for name, func, help_ in (
+        ("up", cmd_up, "run the embedded stack (api + worker + scheduler)"),
+        ("api", cmd_api, "run the HTTP API"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--host", default=None, help="default BARGE_API_HOST (127.0.0.1)")
+        p.add_argument("--port", type=int, default=None, help="default BARGE_API_PORT (8000)")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("worker", help="run a worker (one per GPU; set CUDA_VISIBLE_DEVICES)")
     p.add_argument("--queues", default="gpu,control")
@@ -390,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ApiError as exc:
         print(f"barge: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(f"barge: invalid BARGE_ settings:\n{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

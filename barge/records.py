@@ -13,6 +13,7 @@ import csv
 import gzip
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -179,6 +180,8 @@ def iter_range(store: ObjectStore, info: ObjectInfo, fmt: Format, rng: Range) ->
 
 
 def _parse_json_line(line: bytes, line_no: int) -> Record:
+    if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
+        line = line[3:]  # a byte-order mark is not part of the record
     try:
         text = line.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as exc:
@@ -192,25 +195,30 @@ def _parse_json_line(line: bytes, line_no: int) -> Record:
     return Record(line_no, data)
 
 
+def _has_undecodable(cells: list[str]) -> bool:
+    return any(_SURROGATES.search(c) for c in cells)
+
+
+_SURROGATES = re.compile("[\udc80-\udcff]")
+
+
 def _iter_csv(raw: IO[bytes]) -> Iterator[Record]:
-    text = io.TextIOWrapper(raw, encoding="utf-8", newline="")  # type: ignore[arg-type]
+    # surrogateescape: a bad byte marks its own row as an error instead of failing the read;
+    # utf-8-sig: a leading byte-order mark (spreadsheet exports) is not part of the first column.
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")  # type: ignore[arg-type]
     reader = csv.reader(text)
     try:
         header = next(reader)
     except StopIteration:
         return
-    except UnicodeDecodeError as exc:
-        raise PermanentJobError(f"CSV header is not valid UTF-8: {exc.reason}") from exc
+    if _has_undecodable(header):
+        raise PermanentJobError("CSV header (line 1) is not valid UTF-8")
     prev_end = reader.line_num
     while True:
         try:
             row = next(reader)
         except StopIteration:
             return
-        except UnicodeDecodeError as exc:
-            raise PermanentJobError(
-                f"CSV is not valid UTF-8 after line {prev_end}: {exc.reason}"
-            ) from exc
         except csv.Error as exc:
             yield Record(prev_end + 1, None, f"invalid CSV: {exc}")
             prev_end = reader.line_num
@@ -218,6 +226,9 @@ def _iter_csv(raw: IO[bytes]) -> Iterator[Record]:
         start = prev_end + 1
         prev_end = reader.line_num
         if not row or (all(not c for c in row) and len(row) == 1):
+            continue
+        if _has_undecodable(row):
+            yield Record(start, None, "row is not valid UTF-8")
             continue
         if len(row) != len(header):
             yield Record(start, None, f"row has {len(row)} columns, the header has {len(header)}")
@@ -259,7 +270,9 @@ def peek_fields(store: ObjectStore, info: ObjectInfo, fmt: Format) -> list[str]:
             return list(_parquet_file(store, info).schema_arrow.names)
         if fmt.name == "csv":
             with _open_text_source(store, info, fmt) as raw:
-                header = next(csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline="")), [])  # type: ignore[arg-type]
+                header = next(
+                    csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")), []
+                )  # type: ignore[arg-type]
             return list(header)
         with _open_text_source(store, info, fmt) as raw:
             for i, line in enumerate(_iter_lines(raw)):

@@ -38,7 +38,7 @@ def test_embed_2000_records_with_5_malformed_lines(
     good: list[tuple[str, str]] = []
     for i in range(2000):
         if i in MALFORMED_AT:
-            lines.append('{"id": "bad-%d", "text": "unterminated' % i)
+            lines.append(f'{{"id": "bad-{i}", "text": "unterminated')
         else:
             rec = {
                 "id": f"r{i:04d}",

@@ -1,0 +1,253 @@
+"""Throughput: a Barge job vs a bare PyTorch loop, same model, data and batch size, same run.
+
+(a) bare loop: records already in memory, tokenize + forward + mean-pool per batch, length-sorted
+    within the same windows Barge uses, `torch.inference_mode()`.
+(b) Barge: the same records as a JSONL object in S3 (moto's server on loopback), submitted through
+    the HTTP API (a real uvicorn process) to Postgres, dispatched over RabbitMQ to a real worker
+    process, outputs written back to S3. Timed from submit to the job's final status.
+
+The worker is warmed with a small job first (Barge keeps models loaded across jobs); the cold
+figure (including the model load) is printed too.
+
+Run: `make bench` (needs Postgres and RabbitMQ like `make test`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WORDS = [
+    "barge",
+    "river",
+    "cargo",
+    "harbour",
+    "engine",
+    "crew",
+    "night",
+    "tide",
+    "bridge",
+    "lock",
+    "canal",
+    "grain",
+    "coal",
+    "steel",
+    "container",
+    "captain",
+    "signal",
+    "lantern",
+    "rope",
+    "anchor",
+    "current",
+    "shallow",
+    "deep",
+    "early",
+    "late",
+    "loaded",
+    "empty",
+    "north",
+    "south",
+    "upstream",
+    "downstream",
+    "quiet",
+    "busy",
+    "slow",
+    "steady",
+]
+
+
+def make_texts(n: int, seed: int = 1) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 90))) for _ in range(n)]
+
+
+def bare_loop(texts: list[str], batch_size: int) -> float:
+    """records/s of the plain PyTorch loop."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from tests.helpers import minilm_dir
+    from worker.runner import WINDOW_BATCHES
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    model = AutoModel.from_pretrained(str(minilm_dir())).eval()
+    window = batch_size * WINDOW_BATCHES
+    out: list[list[float]] = []
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for w in range(0, len(texts), window):
+            chunk = sorted(texts[w : w + window], key=len)
+            for i in range(0, len(chunk), batch_size):
+                enc = tok(
+                    chunk[i : i + batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=512,
+                    return_tensors="pt",
+                )
+                hidden = model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                out.extend(((hidden * mask).sum(1) / mask.sum(1)).tolist())
+    return len(texts) / (time.perf_counter() - started)
+
+
+def barge_job(texts: list[str], batch_size: int, log_dir: Path) -> dict[str, float]:
+    import boto3
+    import httpx
+
+    from tests.helpers import minilm_dir, upload_dir
+    from tests.services import (
+        ROOT as REPO,
+    )
+    from tests.services import (
+        MotoServer,
+        WorkerProcess,
+        create_database,
+        create_vhost,
+        delete_vhost,
+        drop_database,
+        free_port,
+        wait_port,
+    )
+
+    run = f"bench_{os.getpid()}"
+    db_url = create_database(run)
+    broker = create_vhost(run)
+    moto = MotoServer(log_dir / "moto.log")
+    env = {
+        **os.environ,
+        "BARGE_DATABASE_URL": db_url,
+        "BARGE_BROKER_URL": broker,
+        "BARGE_STORAGE_BACKEND": "s3",
+        "BARGE_S3_ENDPOINT_URL": moto.url,
+        "BARGE_HOME": str(log_dir / "home"),
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    procs: list[Any] = []
+    worker = None
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "barge.cli", "db", "upgrade"], env=env, check=True, cwd=REPO
+        )
+        key = subprocess.run(
+            [sys.executable, "-m", "barge.cli", "keys", "create", "--tenant", "bench"],
+            env=env,
+            check=True,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=moto.url,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
+        s3.create_bucket(Bucket="bench")
+        model = upload_dir(s3, "bench", "minilm", minilm_dir())
+        body = "\n".join(json.dumps({"id": i, "text": t}) for i, t in enumerate(texts)).encode()
+        s3.put_object(Bucket="bench", Key="data.jsonl", Body=body)
+        s3.put_object(Bucket="bench", Key="warm.jsonl", Body=b'{"text": "warm up"}\n')
+        port = free_port()
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "barge.cli", "api", "--port", str(port)],
+                env=env,
+                cwd=REPO,
+                stdout=(log_dir / "api.log").open("ab"),
+                stderr=subprocess.STDOUT,
+            )
+        )
+        wait_port(port, 60)
+        worker = WorkerProcess(env, log_dir / "worker.log").start()
+        api = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+
+        def run_job(input_key: str, out: str) -> tuple[float, dict[str, Any]]:
+            spec = {
+                "type": "inference",
+                "model": model,
+                "task": "embed",
+                "input": f"s3://bench/{input_key}",
+                "output": f"s3://bench/{out}/",
+                "batch_size": batch_size,
+                "shard_size": 1_000_000,
+            }
+            started = time.perf_counter()
+            job = api.post("/v1/jobs", json=spec).raise_for_status().json()
+            while job["status"] not in ("succeeded", "failed", "cancelled"):
+                time.sleep(0.2)
+                job = api.get(f"/v1/jobs/{job['id']}").json()
+            elapsed = time.perf_counter() - started
+            assert job["status"] == "succeeded", job
+            return elapsed, job
+
+        cold, _ = run_job("warm.jsonl", "cold")
+        elapsed, job = run_job("data.jsonl", "warm")
+        assert job["progress"]["records_succeeded"] == len(texts)
+        return {
+            "elapsed": elapsed,
+            "records_per_second": len(texts) / elapsed,
+            "cold_start_seconds": cold,
+        }
+    finally:
+        if worker:
+            worker.stop()
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+        moto.stop()
+        drop_database(run)
+        delete_vhost(run)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=8000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    log_dir = ROOT / "bench" / "results" / time.strftime("%Y%m%d-%H%M%S")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    texts = make_texts(args.records)
+    import torch
+
+    print(
+        f"{args.records} records, batch {args.batch_size}, MiniLM-L6 embed, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+    )
+    bare = bare_loop(texts, args.batch_size)
+    print(f"bare PyTorch loop : {bare:8.1f} records/s  ({args.records / bare:.1f} s)")
+    barge = barge_job(texts, args.batch_size, log_dir)
+    ratio = barge["records_per_second"] / bare
+    print(
+        f"Barge job (e2e)   : {barge['records_per_second']:8.1f} records/s  ({barge['elapsed']:.1f} s, "
+        f"submit → succeeded; API → RabbitMQ → worker → S3, Postgres)"
+    )
+    print(f"ratio Barge / bare: {ratio:.3f}")
+    print(
+        f"(first job on a cold worker, 1 record, incl. model load: {barge['cold_start_seconds']:.1f} s)"
+    )
+    (log_dir / "result.json").write_text(
+        json.dumps({"bare": bare, **barge, "ratio": ratio}, indent=2)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,467 @@
+"""docker-compose.yml and the Dockerfile, checked by parsing them (no Docker engine needed).
+
+Every Barge command in the compose file must be one the CLI accepts, every ``BARGE_*`` variable a
+real setting, and the compose environment must build a valid production ``Settings``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from barge.cli import build_parser
+from barge.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_PATH = ROOT / "docker-compose.yml"
+DOCKERFILE_PATH = ROOT / "Dockerfile"
+
+EXPECTED_SERVICES = {
+    "postgres",
+    "rabbitmq",
+    "minio",
+    "minio-init",
+    "migrate",
+    "api",
+    "worker",
+    "scheduler",
+    "flower",
+}
+BARGE_SERVICES = ("migrate", "api", "worker", "scheduler", "flower")
+SETTING_VARS = {f"BARGE_{name.upper()}" for name in Settings.model_fields}
+# What the operator must supply; everything else has a default.
+REQUIRED_ENV = {"FLOWER_PASSWORD": "flower-secret"}
+
+_VAR = re.compile(
+    r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+class MissingVariable(Exception):
+    pass
+
+
+def interpolate(value: str, env: Mapping[str, str]) -> str:
+    """Compose's interpolation: ``$$``, ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}``."""
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group("name") or m.group("bare")
+        op, arg = m.group("op"), m.group("arg") or ""
+        value = env.get(name)
+        unset = value is None or (value == "" and op is not None and op.startswith(":"))
+        if op in (":-", "-"):
+            return arg if unset else str(value)
+        if op in (":?", "?"):
+            if unset:
+                raise MissingVariable(f"{name}: {arg}")
+            return str(value)
+        return "" if value is None else value
+
+    return _VAR.sub(one, value)
+
+
+def resolve(node: Any, env: Mapping[str, str]) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, env)
+    if isinstance(node, list):
+        return [resolve(item, env) for item in node]
+    if isinstance(node, dict):
+        return {key: resolve(value, env) for key, value in node.items()}
+    return node
+
+
+def load_compose(env: Mapping[str, str] = REQUIRED_ENV) -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_PATH.read_text())
+    assert isinstance(data, dict)
+    resolved = resolve(data, env)
+    assert isinstance(resolved, dict)
+    return resolved
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose()
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = compose["services"]
+    return services
+
+
+def argv(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+
+
+def service_env(service: Mapping[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def depends_on(service: Mapping[str, Any]) -> dict[str, str]:
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return dict.fromkeys(deps, "service_started")
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    lines: list[str] = []
+    pending = ""
+    for raw in DOCKERFILE_PATH.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        lines.append(pending + line)
+        pending = ""
+    out = []
+    for line in lines:
+        instruction, _, rest = line.partition(" ")
+        out.append((instruction.upper(), rest.strip()))
+    return out
+
+
+def exec_form(args: str) -> list[str]:
+    return json.loads(args) if args.startswith("[") else ["/bin/sh", "-c", args]
+
+
+def walk_keys(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield str(key)
+            yield from walk_keys(value)
+    elif isinstance(node, list):
+        for item in node:
+            if isinstance(item, str) and "=" in item:
+                yield item.split("=", 1)[0]
+            yield from walk_keys(item)
+
+
+# --- services and commands ----------------------------------------------------------------------
+
+
+def test_expected_services_exist(services: dict[str, Any]) -> None:
+    assert not EXPECTED_SERVICES - set(services), EXPECTED_SERVICES - set(services)
+
+
+def test_images(services: dict[str, Any]) -> None:
+    assert services["postgres"]["image"] == "postgres:16"
+    assert services["rabbitmq"]["image"] == "rabbitmq:3.13-management"
+    assert services["minio"]["image"].split(":")[0] == "minio/minio"
+    assert services["minio-init"]["image"].split(":")[0] == "minio/mc"
+    images = {services[name]["image"] for name in BARGE_SERVICES}
+    assert len(images) == 1, f"the Barge services must share one image: {images}"
+    for name in BARGE_SERVICES:
+        assert services[name].get("build") in (".", {"context": "."}), name
+
+
+@pytest.mark.parametrize(
+    ("service", "command", "attrs"),
+    [
+        ("migrate", "db", {"db": "upgrade"}),
+        ("api", "api", {"host": "0.0.0.0", "port": 8000}),
+        ("worker", "worker", {"queues": "gpu,control", "concurrency": 1}),
+        ("scheduler", "scheduler", {}),
+    ],
+)
+def test_barge_service_commands(
+    services: dict[str, Any], service: str, command: str, attrs: dict[str, Any]
+) -> None:
+    args = argv(services[service].get("command"))
+    assert args[:1] == ["barge"], args
+    try:
+        parsed = build_parser().parse_args(args[1:])
+    except SystemExit as exc:  # argparse rejected it
+        pytest.fail(f"{service}: `{shlex.join(args)}` is not a valid barge command ({exc})")
+    assert parsed.command == command
+    for name, value in attrs.items():
+        assert getattr(parsed, name) == value, (service, name)
+
+
+def test_every_barge_command_parses(services: dict[str, Any]) -> None:
+    found = []
+    for name, service in services.items():
+        args = argv(service.get("command"))
+        if args[:1] != ["barge"]:
+            continue
+        found.append(name)
+        try:
+            build_parser().parse_args(args[1:])
+        except SystemExit as exc:
+            pytest.fail(f"{name}: `{shlex.join(args)}` is not a valid barge command ({exc})")
+    assert {"migrate", "api", "worker", "scheduler"} <= set(found)
+
+
+def test_barge_image_runs_commands_as_given(services: dict[str, Any]) -> None:
+    """The image has no ENTRYPOINT (or the service overrides it), so `celery ...` runs as is."""
+    entrypoint = [args for inst, args in dockerfile_instructions() if inst == "ENTRYPOINT"]
+    for name in BARGE_SERVICES:
+        if entrypoint and "entrypoint" not in services[name]:
+            pytest.fail(f"{name}: the Dockerfile ENTRYPOINT would prefix its command")
+        assert argv(services[name]["command"])[0] in ("barge", "celery"), name
+
+
+def test_flower_command(services: dict[str, Any]) -> None:
+    args = argv(services["flower"]["command"])
+    assert args[0] == "celery"
+    app = args[args.index("-A") + 1]
+    assert app == "worker.celery_app"
+    assert (ROOT / Path(*app.split("."))).with_suffix(".py").is_file()
+    assert "flower" in args
+    assert "--port=5555" in args
+    auth = [a for a in args if a.startswith("--basic-auth=")]
+    assert auth == [f"--basic-auth=admin:{REQUIRED_ENV['FLOWER_PASSWORD']}"]
+
+
+def test_flower_is_installed_by_the_flower_extra() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    flower = project["optional-dependencies"]["flower"]
+    assert any(re.match(r"flower\s*>=\s*2", dep) for dep in flower), flower
+
+
+def test_flower_password_is_required() -> None:
+    text = COMPOSE_PATH.read_text()
+    assert "${FLOWER_PASSWORD:?" in text
+    assert not re.search(r"\$\{FLOWER_PASSWORD(:?-|\})", text), "FLOWER_PASSWORD needs no default"
+    with pytest.raises(MissingVariable, match="FLOWER_PASSWORD"):
+        load_compose({})
+    with pytest.raises(MissingVariable, match="FLOWER_PASSWORD"):
+        load_compose({"FLOWER_PASSWORD": ""})
+
+
+# --- environment --------------------------------------------------------------------------------
+
+
+def test_every_barge_variable_is_a_setting(compose: dict[str, Any]) -> None:
+    raw = yaml.safe_load(COMPOSE_PATH.read_text())
+    keys = {k for k in walk_keys(raw) if k.startswith("BARGE_")}
+    mentioned = set(re.findall(r"\bBARGE_[A-Z0-9_]+", COMPOSE_PATH.read_text()))
+    for inst, args in dockerfile_instructions():
+        if inst in ("ENV", "ARG"):
+            mentioned |= set(re.findall(r"\bBARGE_[A-Z0-9_]+", args))
+    assert keys, "the compose file sets no BARGE_ variables"
+    unknown = (keys | mentioned) - SETTING_VARS
+    assert not unknown, f"not fields of barge.settings.Settings: {sorted(unknown)}"
+
+
+def test_barge_services_share_the_environment(services: dict[str, Any]) -> None:
+    envs = {name: service_env(services[name]) for name in BARGE_SERVICES}
+    barge_vars = {
+        name: {k: v for k, v in env.items() if k.startswith("BARGE_")} for name, env in envs.items()
+    }
+    assert all(v == barge_vars["api"] for v in barge_vars.values()), barge_vars
+    for name, env in envs.items():
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+            assert env.get(var), (name, var)
+
+
+@pytest.mark.parametrize("service", BARGE_SERVICES)
+def test_settings_from_compose_environment(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch, service: str
+) -> None:
+    for var in list(os.environ):
+        if var.startswith("BARGE_"):
+            monkeypatch.delenv(var)
+    for var, value in service_env(services[service]).items():
+        monkeypatch.setenv(var, value)
+    settings = Settings()  # the BARGE_ENV=prod validator runs here
+    assert settings.env == "prod"
+    assert settings.database_url == "postgresql+psycopg://barge:barge@postgres:5432/barge"
+    assert settings.broker_url == "amqp://barge:barge@rabbitmq:5672//"
+    assert settings.storage_backend == "s3"
+    assert settings.s3_endpoint_url == "http://minio:9000"
+    assert settings.allowed_buckets == ["barge"]
+    assert settings.cache_dir == Path("/var/cache/barge")
+    assert not settings.is_filesystem_broker
+
+
+def test_urls_match_the_services_they_point_at() -> None:
+    """With non-default passwords too, the URLs carry the credentials the services are given."""
+    env = {
+        **REQUIRED_ENV,
+        "POSTGRES_PASSWORD": "pg-pw",
+        "RABBITMQ_PASSWORD": "mq-pw",
+        "MINIO_ROOT_USER": "s3-user",
+        "MINIO_ROOT_PASSWORD": "s3-password",
+    }
+    services = load_compose(env)["services"]
+    app = service_env(services["api"])
+
+    db = urlsplit(app["BARGE_DATABASE_URL"])
+    pg = service_env(services["postgres"])
+    assert (db.hostname, db.port) == ("postgres", 5432)
+    assert (db.username, db.password) == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"])
+    assert db.password == "pg-pw"
+    assert db.path.lstrip("/") == pg["POSTGRES_DB"]
+
+    broker = urlsplit(app["BARGE_BROKER_URL"])
+    mq = service_env(services["rabbitmq"])
+    assert (broker.hostname, broker.port) == ("rabbitmq", 5672)
+    assert (broker.username, broker.password) == (
+        mq["RABBITMQ_DEFAULT_USER"],
+        mq["RABBITMQ_DEFAULT_PASS"],
+    )
+    assert broker.password == "mq-pw"
+
+    s3 = urlsplit(app["BARGE_S3_ENDPOINT_URL"])
+    minio = service_env(services["minio"])
+    assert (s3.hostname, s3.port) == ("minio", 9000)
+    assert app["AWS_ACCESS_KEY_ID"] == minio["MINIO_ROOT_USER"] == "s3-user"
+    assert app["AWS_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"] == "s3-password"
+
+
+def test_minio_password_default_is_long_enough(services: dict[str, Any]) -> None:
+    assert len(service_env(services["minio"])["MINIO_ROOT_PASSWORD"]) >= 8  # MinIO refuses less
+
+
+def test_minio_init_creates_the_allowed_bucket(services: dict[str, Any]) -> None:
+    script = " ".join(
+        argv(services["minio-init"].get("entrypoint")) + argv(services["minio-init"]["command"])
+    )
+    created = set(re.findall(r"mc mb (?:--ignore-existing |-p )*local/([a-z0-9.-]+)", script))
+    allowed = json.loads(service_env(services["api"])["BARGE_ALLOWED_BUCKETS"])
+    assert created and set(allowed) <= created, (created, allowed)
+    assert services["minio-init"].get("restart", "no") == "no"
+
+
+# --- ordering, health, GPU ----------------------------------------------------------------------
+
+
+def test_startup_order(services: dict[str, Any]) -> None:
+    assert depends_on(services["migrate"]) == {"postgres": "service_healthy"}
+    api = depends_on(services["api"])
+    assert api["migrate"] == "service_completed_successfully"
+    assert api["rabbitmq"] == "service_healthy"
+    assert api["minio-init"] == "service_completed_successfully"
+    assert depends_on(services["minio-init"])["minio"] == "service_healthy"
+    for name in ("worker", "scheduler"):
+        assert depends_on(services[name])["migrate"] == "service_completed_successfully", name
+
+
+def test_dependency_conditions_are_satisfiable(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for dep, condition in depends_on(service).items():
+            assert dep in services, (name, dep)
+            if condition == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy"
+            if condition == "service_completed_successfully":
+                # A one-shot that restarts would never be "completed".
+                assert services[dep].get("restart", "no") == "no", (name, dep)
+
+
+def test_healthchecks(services: dict[str, Any]) -> None:
+    def check(name: str) -> str:
+        test = services[name]["healthcheck"]["test"]
+        return test if isinstance(test, str) else " ".join(test)
+
+    assert "pg_isready" in check("postgres")
+    assert "rabbitmq-diagnostics -q ping" in check("rabbitmq")
+    assert check("minio")
+    api = check("api")
+    assert "/healthz" in api
+    assert "python" in api and "urllib" in api and "curl" not in api
+    assert ":8000/" in api
+
+
+def test_worker_reserves_a_gpu(services: dict[str, Any]) -> None:
+    worker = services["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    gpus = [
+        d for d in devices if d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])
+    ]
+    assert gpus and gpus[0].get("count") == 1, devices
+    env = service_env(worker)
+    assert env.get("CUDA_VISIBLE_DEVICES")
+    mounts = [
+        v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in worker["volumes"]
+    ]
+    assert any(m.split(":")[1] == env["BARGE_CACHE_DIR"] for m in mounts), mounts
+
+
+def test_stores_have_volumes(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    declared = set(compose.get("volumes") or {})
+    for name, target in (("postgres", "/var/lib/postgresql/data"), ("minio", "/data")):
+        mounts = [v.split(":") for v in services[name]["volumes"]]
+        assert any(m[1] == target and m[0] in declared for m in mounts), (name, mounts)
+
+
+def test_rabbitmq_ports(services: dict[str, Any]) -> None:
+    published = {str(p).rsplit(":", 1)[-1] for p in services["rabbitmq"]["ports"]}
+    assert {"5672", "15672"} <= published
+
+
+def test_minio_command(services: dict[str, Any]) -> None:
+    assert argv(services["minio"]["command"]) == ["server", "/data", "--console-address", ":9001"]
+
+
+# --- Dockerfile ---------------------------------------------------------------------------------
+
+
+def test_dockerfile_base_and_install() -> None:
+    instructions = dockerfile_instructions()
+    assert instructions[0] == ("FROM", "python:3.11-slim")
+    runs = [args for inst, args in instructions if inst == "RUN"]
+    installs = [shlex.split(r) for r in runs if "pip install" in r]
+    assert any("torch==2.13.*" in args and ".[flower]" in args for args in installs), installs
+    # The same torch pin as pyproject.toml.
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert "torch==2.13.*" in deps
+    assert not re.search(r"https?://", DOCKERFILE_PATH.read_text()), (
+        "no index URLs in the Dockerfile"
+    )
+
+
+def test_dockerfile_copies_the_project() -> None:
+    copied: set[str] = set()
+    for inst, args in dockerfile_instructions():
+        if inst == "COPY":
+            parts = [p for p in args.split() if not p.startswith("--")]
+            copied |= {p.rstrip("/") for p in parts[:-1]}
+    expected = {
+        "api",
+        "worker",
+        "db",
+        "barge",
+        "migrations",
+        "pyproject.toml",
+        "README.md",
+        "alembic.ini",
+    }
+    assert expected <= copied, expected - copied
+    missing = sorted(p for p in copied if not (ROOT / p).exists())
+    assert not missing, f"the Dockerfile copies paths the repository lacks: {missing}"
+
+
+def test_dockerfile_runs_as_non_root_and_starts_barge() -> None:
+    instructions = dockerfile_instructions()
+    users = [args for inst, args in instructions if inst == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    start = [exec_form(args) for inst, args in instructions if inst in ("ENTRYPOINT", "CMD")]
+    assert start and start[0][0] == "barge", start
+    cmd = [exec_form(args) for inst, args in instructions if inst == "CMD"][-1]
+    try:
+        build_parser().parse_args(cmd[1:])
+    except SystemExit as exc:
+        pytest.fail(f"the image's CMD `{shlex.join(cmd)}` is not a valid barge command ({exc})")

@@ -58,6 +58,26 @@ class EventList(BaseModel):
     next_after: int
 
 
+class ShardOut(BaseModel):
+    index: int
+    status: str
+    source: str
+    start_record: int
+    record_count: int
+    attempt: int
+    worker: str | None
+    records_succeeded: int
+    records_failed: int
+    last_error: str | None
+    lease_expires_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ShardList(BaseModel):
+    shards: list[ShardOut]
+
+
 class ErrorOut(BaseModel):
     error: str
     message: str

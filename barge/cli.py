@@ -312,6 +312,21 @@ def cmd_events(args: argparse.Namespace) -> int:
         time.sleep(1)
 
 
+def cmd_shards(args: argparse.Namespace) -> int:
+    shards = Client().shards(args.id)["shards"]
+    if args.json:
+        _print_json(shards)
+        return 0
+    print(f"{'#':>5}  {'STATUS':<10} {'ATT':>3}  {'RECORDS':>15}  {'WORKER':<28} LAST ERROR")
+    for s in shards:
+        done = f"{s['records_succeeded'] + s['records_failed']}/{s['record_count']}"
+        print(
+            f"{s['index']:>5}  {s['status']:<10} {s['attempt']:>3}  {done:>15}  "
+            f"{(s['worker'] or '-'):<28} {s['last_error'] or ''}"
+        )
+    return 0
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     return _report_final(wait_for(Client(), args.id))
 
@@ -370,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "status":
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("shards", help="each shard's status, attempts, worker and last error")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_shards)
 
     p = sub.add_parser("events", help="a job's events")
     p.add_argument("id")

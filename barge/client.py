@@ -60,6 +60,9 @@ class Client:
     def events(self, job_id: str, after: int = 0) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}/events", params={"after": after})  # type: ignore[no-any-return]
 
+    def shards(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}/shards")  # type: ignore[no-any-return]
+
     def health(self) -> dict[str, Any]:
         try:
             return self._call("GET", "/healthz")  # type: ignore[no-any-return]

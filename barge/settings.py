@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     shard_records: int = 10_000
     device: str = ""  # "" = cuda when available, else cpu
+    # A shard must finish well inside RabbitMQ's consumer_timeout (30 min by default): past the
+    # soft limit it fails with a clear error; at the hard limit its process is killed.
+    shard_soft_time_limit: float = 1500.0
+    shard_hard_time_limit: float = 1680.0
 
     # Scheduler / reconciler.
     reconcile_seconds: float = 15.0
@@ -48,6 +52,16 @@ class Settings(BaseSettings):
     api_port: int = 8000
     max_metadata_bytes: int = 16_384
     broker_timeout_seconds: float = 5.0
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        if self.shard_soft_time_limit >= self.shard_hard_time_limit:
+            raise ValueError(
+                "BARGE_SHARD_SOFT_TIME_LIMIT must be below BARGE_SHARD_HARD_TIME_LIMIT"
+            )
+        if self.heartbeat_seconds * 2 > self.lease_seconds:
+            raise ValueError("BARGE_HEARTBEAT_SECONDS must be at most half of BARGE_LEASE_SECONDS")
+        return self
 
     @model_validator(mode="after")
     def _check_prod(self) -> Settings:

@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
 
 from barge.errors import PermanentJobError
@@ -80,6 +81,15 @@ def run_shard(ctx: WorkerContext, shard_id: uuid.UUID) -> None:
         return
     except PermanentJobError as exc:
         _fail(ctx, work, exc.message)
+        return
+    except SoftTimeLimitExceeded:
+        limit = ctx.settings.shard_soft_time_limit
+        _fail(
+            ctx,
+            work,
+            f"ran longer than the shard time limit ({limit:.0f}s, BARGE_SHARD_SOFT_TIME_LIMIT); "
+            "submit the job with a smaller shard_size",
+        )
         return
     except Exception as exc:
         log.exception("shard %s attempt %s failed", shard_id, work.attempt)

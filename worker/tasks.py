@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from barge.queue import FINALIZE_JOB, PLAN_JOB, RECONCILE, RUN_SHARD
+from barge.settings import get_settings
 from worker import finalize, planner, reconciler, runner
 from worker.celery_app import app
 from worker.context import get_context
@@ -16,7 +17,14 @@ def plan_job(job_id: str) -> None:
     planner.plan_job(get_context(), uuid.UUID(job_id))
 
 
-@app.task(name=RUN_SHARD)
+_settings = get_settings()
+
+
+@app.task(
+    name=RUN_SHARD,
+    soft_time_limit=_settings.shard_soft_time_limit,
+    time_limit=_settings.shard_hard_time_limit,
+)
 def run_shard(shard_id: str, job_id: str = "", index: int = -1) -> None:
     """Run one shard (job id and index are there for operators reading Flower)."""
     runner.run_shard(get_context(), uuid.UUID(shard_id))

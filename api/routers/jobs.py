@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Response
 
 from api import jobs_service as service
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
-from api.schemas import ErrorOut, EventList, EventOut, JobList, JobOut
+from api.schemas import ErrorOut, EventList, EventOut, JobList, JobOut, ShardList, ShardOut
 from barge.errors import InvalidSpec, NotFound
 from barge.specs import JOB_TYPES, InferenceSpec
 from db import repositories as repo
@@ -118,4 +118,30 @@ def job_events(
             for e in events
         ],
         next_after=events[-1].id if events else after,
+    )
+
+
+@router.get("/{job_id}/shards", response_model=ShardList, responses=ERRORS)
+def job_shards(job_id: str, uow: UoW, tenant: CurrentTenant) -> ShardList:
+    """Each shard's status, attempts, worker and last error."""
+    job = _job(uow, tenant, job_id)
+    return ShardList(
+        shards=[
+            ShardOut(
+                index=s.index,
+                status=s.status,
+                source=s.source_uri,
+                start_record=s.start_record,
+                record_count=s.record_count,
+                attempt=s.attempt,
+                worker=s.worker,
+                records_succeeded=s.records_succeeded,
+                records_failed=s.records_failed,
+                last_error=s.last_error,
+                lease_expires_at=s.lease_expires_at,
+                started_at=s.started_at,
+                finished_at=s.finished_at,
+            )
+            for s in repo.shards_of(uow.session, job.id)
+        ]
     )

@@ -15,7 +15,7 @@ from barge.queue import FINALIZE_JOB, PLAN_JOB
 from barge.records import detect_format, peek_fields, resolve_inputs
 from barge.settings import Settings
 from barge.specs import InferenceSpec
-from barge.storage import ObjectStore, S3Uri, check_bucket_allowed
+from barge.storage import ObjectStore, S3Uri, check_bucket_allowed, local_model_dir
 from db import repositories as repo
 from db import state
 from db.base import utcnow
@@ -32,16 +32,11 @@ def resolve_model(
         if not store.list(uri):
             raise InvalidSpec(f"no model directory at {uri}", field="model")
         return str(uri)
-    if ref.startswith(("/", "file://")):
-        path = ref.removeprefix("file://")
-        roots = settings.local_model_dirs
-        if not any(path == str(r) or path.startswith(str(r).rstrip("/") + "/") for r in roots):
-            raise InvalidSpec(
-                f"local model directory {path} is not under BARGE_LOCAL_MODEL_DIRS; "
-                "upload the model to S3 or ask the operator to allow the directory",
-                field="model",
-            )
-        return path
+    local = local_model_dir(settings, ref)  # raises when not under BARGE_LOCAL_MODEL_DIRS
+    if local is not None:
+        if not local.is_dir():
+            raise InvalidSpec(f"no model directory at {local}", field="model")
+        return str(local)
     name, _, version = ref.partition("@")
     query = select(Model).where(Model.tenant_id == tenant.id, Model.name == name)
     if version:

@@ -75,12 +75,13 @@ def make_celery(settings: Settings, name: str = "barge") -> Celery:
     return app
 
 
-def send(app: Celery, task_name: str, *args: Any) -> None:
+def send(app: Celery, task_name: str, *args: Any, countdown: float | None = None) -> None:
     """Publish a task by name with a bounded retry, so a down broker fails fast, never hangs."""
     app.send_task(
         task_name,
         args=list(args),
         queue=ROUTES[task_name],
+        countdown=countdown,
         retry=True,
         retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
     )

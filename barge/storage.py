@@ -331,6 +331,25 @@ class SeekableObject(io.RawIOBase):
         return self._info.size
 
 
+def local_model_dir(settings: Settings, ref: str) -> Path | None:
+    """The local directory a model reference names (None for s3:// and registry names).
+
+    Only directories under BARGE_LOCAL_MODEL_DIRS are allowed."""
+    if ref.startswith("file://"):
+        ref = ref[len("file://") :]
+    if not ref.startswith("/"):
+        return None
+    path = Path(ref).resolve()
+    roots = [r.resolve() for r in settings.local_model_dirs]
+    if not any(path == r or r in path.parents for r in roots):
+        raise InvalidSpec(
+            f"local model directory {path} is not under BARGE_LOCAL_MODEL_DIRS "
+            f"({', '.join(map(str, roots)) or 'not set'}); put the model in S3 or allow the directory",
+            field="model",
+        )
+    return path
+
+
 def make_store(settings: Settings) -> ObjectStore:
     if settings.storage_backend == "s3":
         return S3Store(settings)

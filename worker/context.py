@@ -33,8 +33,8 @@ class WorkerContext:
         with session_scope(self.settings.resolved_database_url) as session:
             yield session
 
-    def send(self, task_name: str, *args: object) -> None:
-        send(self.celery, task_name, *args)
+    def send(self, task_name: str, *args: object, countdown: float | None = None) -> None:
+        send(self.celery, task_name, *args, countdown=countdown)
 
 
 _context: WorkerContext | None = None

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from barge.errors import InvalidSpec, PermanentJobError
+from barge.errors import PermanentJobError
 from barge.settings import Settings
-from barge.storage import ObjectStore, S3Uri, iter_prefix_files
+from barge.storage import ObjectStore, S3Uri, iter_prefix_files, local_model_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -25,25 +25,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-def _local_model_dir(settings: Settings, ref: str) -> Path | None:
-    if ref.startswith("file://"):
-        ref = ref[len("file://") :]
-    if not ref.startswith("/"):
-        return None
-    path = Path(ref).resolve()
-    roots = [r.resolve() for r in settings.local_model_dirs]
-    if not any(path == r or r in path.parents for r in roots):
-        raise InvalidSpec(
-            f"local model directory {path} is not under BARGE_LOCAL_MODEL_DIRS "
-            f"({', '.join(map(str, roots)) or 'not set'}); put the model in S3 or allow the directory",
-            field="model",
-        )
-    return path
-
-
 def list_model_files(settings: Settings, store: ObjectStore, ref: str) -> dict[str, str]:
     """Relative path → fingerprint (ETag or mtime/size) of every file in the model directory."""
-    local = _local_model_dir(settings, ref)
+    local = local_model_dir(settings, ref)
     if local is not None:
         if not local.is_dir():
             return {}
@@ -86,7 +70,7 @@ def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path,
     files = list_model_files(settings, store, ref)
     check_model_files(ref, files)
     revision = hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:16]
-    local = _local_model_dir(settings, ref)
+    local = local_model_dir(settings, ref)
     if local is not None:
         return local, revision
     uri = S3Uri.parse(ref, field="model").as_prefix()

@@ -206,10 +206,11 @@ def _retry_or_fail(ctx: WorkerContext, work: ShardWork, message: str) -> None:
                 attempt=work.attempt,
             )
     if released:
-        ctx.celery.send_task(
+        ctx.send(
             RUN_SHARD,
-            args=[str(work.shard_id), str(work.job_id), work.index],
-            queue="gpu",
+            str(work.shard_id),
+            str(work.job_id),
+            work.index,
             countdown=min(60, 2**work.attempt),
         )
 

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from api.routers import health, jobs
+from api.routers import drops, health, jobs, metrics
 from barge import __version__
 from barge.errors import BargeError
 from barge.queue import make_celery
@@ -88,5 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(OperationalError, _db_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(jobs.router)
+    app.include_router(drops.router)
     return app

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from barge.client import ApiError, Client
-from barge.settings import get_settings
+from barge.settings import Settings, get_settings
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -63,6 +63,32 @@ def scheduler_argv() -> list[str]:
     return _celery_argv("beat", "--loglevel", "INFO", "--schedule", str(schedule))
 
 
+def flower_argv(address: str, port: int, purge_offline_workers: int) -> list[str]:
+    # Not persistent: jobs live in Postgres, and Flower's state file would need a writable cwd.
+    return _celery_argv(
+        "flower",
+        f"--address={address}",
+        f"--port={port}",
+        f"--purge_offline_workers={purge_offline_workers}",
+        "--persistent=False",
+    )
+
+
+def flower_basic_auth(settings: Settings) -> str:
+    """``user:password`` for Flower's ``FLOWER_BASIC_AUTH``; ValueError when it is unusable."""
+    user, password = settings.flower_user, settings.flower_password
+    if not password:
+        raise ValueError(
+            "BARGE_FLOWER_PASSWORD is not set; Flower never runs without authentication"
+        )
+    if not user or ":" in user:
+        raise ValueError("BARGE_FLOWER_USER must be non-empty and must not contain ':'")
+    if "," in user + password:
+        # Flower splits FLOWER_BASIC_AUTH on commas into several user:password pairs.
+        raise ValueError("BARGE_FLOWER_USER and BARGE_FLOWER_PASSWORD must not contain ','")
+    return f"{user}:{password}"
+
+
 def api_argv(host: str, port: int) -> list[str]:
     return [
         sys.executable,
@@ -96,6 +122,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_scheduler(_: argparse.Namespace) -> int:
     argv = scheduler_argv()
     os.execv(argv[0], argv)
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    try:
+        auth = flower_basic_auth(get_settings())
+    except ValueError as exc:
+        print(f"barge flower: {exc}", file=sys.stderr)
+        return 2
+    argv = flower_argv(args.address, args.port, args.purge_offline_workers)
+    # The credentials go in the environment, not argv: `ps` shows every command line.
+    os.execve(argv[0], argv, {**os.environ, "FLOWER_BASIC_AUTH": auth})
 
 
 def db_upgrade() -> str:
@@ -327,8 +364,74 @@ def cmd_shards(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drops(args: argparse.Namespace) -> int:
+    client = Client()
+    if args.drops == "add":
+        rule = client.add_drop(args.name, args.prefix, load_spec(args.template))
+        print(f"watching {rule['incoming']} → jobs; results in {rule['outputs']}", file=sys.stderr)
+    elif args.drops == "remove":
+        client.remove_drop(args.name)
+        print(f"drop folder {args.name} removed", file=sys.stderr)
+    else:
+        for rule in client.drops()["drops"]:
+            task = rule["template"].get("task", "?")
+            print(f"{rule['name']:<24} {task:<9} {rule['incoming']}")
+    return 0
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     return _report_final(wait_for(Client(), args.id))
+
+
+TOP_STATUSES = ("running", "cancelling", "queued")
+
+
+def top_table(client: Client, limit: int = 100) -> str:
+    """Active jobs (up to ``limit`` per status), one line each, with the workers running them."""
+    lines = [
+        f"{'ID':<8}  {'STATUS':<10}  {'DONE/TOTAL':>17}  {'FAILED':>7}  {'REC/S':>8}  "
+        f"{'ETA':>7}  WORKERS"
+    ]
+    counts = []
+    for status in TOP_STATUSES:
+        jobs = client.jobs(status=status, limit=limit)["jobs"]
+        counts.append(f"{len(jobs)} {status}")
+        for job in jobs:
+            p = job["progress"]
+            done = f"{p['records_succeeded'] + p['records_failed']}/{p['records_total'] or '?'}"
+            rate = f"{p['records_per_second']:.1f}" if p.get("records_per_second") else "--"
+            workers: list[str] = []
+            if status != "queued":
+                shards = client.shards(job["id"])["shards"]
+                workers = sorted({s["worker"] for s in shards if s["status"] == "running"} - {None})
+            lines.append(
+                f"{job['id'][:8]:<8}  {job['status']:<10}  {done:>17}  {p['records_failed']:>7}  "
+                f"{rate:>8}  {_fmt_seconds(p.get('eta_seconds')):>7}  "
+                f"{','.join(workers) or '-'}"
+            )
+    stamp = time.strftime("%H:%M:%S")
+    return "\n".join([f"barge top  {stamp}  {', '.join(counts)}", *lines])
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    client = Client()
+    if args.once:
+        print(top_table(client))
+        return 0
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            try:
+                table = top_table(client)
+            except ApiError as exc:  # keep watching: the API may come back
+                table = f"barge: {exc}"
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[2J")  # cursor home, clear screen
+            sys.stdout.write(table + "\n" + ("" if tty else "\n"))
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -358,6 +461,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scheduler", help="run the scheduler (Celery beat: reconciler)")
     p.set_defaults(func=cmd_scheduler)
+
+    p = sub.add_parser(
+        "flower",
+        help="run Flower, the Celery monitoring UI, behind basic auth (BARGE_FLOWER_PASSWORD)",
+    )
+    p.add_argument("--address", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5555, help="listen port (default 5555)")
+    p.add_argument(
+        "--purge-offline-workers",
+        type=int,
+        default=600,
+        metavar="SECONDS",
+        help="drop a worker from the dashboard this long after it went offline (default 600)",
+    )
+    p.set_defaults(func=cmd_flower)
 
     db = sub.add_parser("db", help="database administration").add_subparsers(
         dest="db", required=True
@@ -396,6 +514,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true")
     p.set_defaults(func=cmd_events)
 
+    drops = sub.add_parser("drops", help="S3 drop folders").add_subparsers(
+        dest="drops", required=True
+    )
+    p = drops.add_parser("add", help="watch PREFIX/incoming/: each new file becomes a job")
+    p.add_argument("name")
+    p.add_argument("--prefix", required=True, help="s3://bucket/path/")
+    p.add_argument("--template", required=True, help="job spec without input/output (JSON/YAML)")
+    p.set_defaults(func=cmd_drops)
+    drops.add_parser("list", help="the drop folders").set_defaults(func=cmd_drops)
+    p = drops.add_parser("remove", help="stop watching a drop folder")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_drops)
+
     p = sub.add_parser("list", help="list jobs, newest first")
     p.add_argument("--status")
     p.add_argument("--type")
@@ -403,6 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cursor")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("top", help="a live table of running, cancelling and queued jobs")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    p.add_argument("--once", action="store_true", help="print the table once and exit")
+    p.set_defaults(func=cmd_top)
 
     p = sub.add_parser("demo", help="run a real embedding job on the embedded stack")
     p.add_argument("--port", type=int, default=8765)

@@ -63,6 +63,16 @@ class Client:
     def shards(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}/shards")  # type: ignore[no-any-return]
 
+    def add_drop(self, name: str, prefix: str, template: dict[str, Any]) -> dict[str, Any]:
+        body = {"name": name, "prefix": prefix, "template": template}
+        return self._call("POST", "/v1/drops", json=body)  # type: ignore[no-any-return]
+
+    def drops(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/drops")  # type: ignore[no-any-return]
+
+    def remove_drop(self, name: str) -> None:
+        self._call("DELETE", f"/v1/drops/{name}")
+
     def health(self) -> dict[str, Any]:
         try:
             return self._call("GET", "/healthz")  # type: ignore[no-any-return]

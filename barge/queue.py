@@ -20,12 +20,14 @@ PLAN_JOB = "barge.plan_job"
 RUN_SHARD = "barge.run_shard"
 FINALIZE_JOB = "barge.finalize_job"
 RECONCILE = "barge.reconcile"
+SCAN_DROPS = "barge.scan_drops"
 
 ROUTES = {
     PLAN_JOB: CONTROL_QUEUE,
     RUN_SHARD: GPU_QUEUE,
     FINALIZE_JOB: CONTROL_QUEUE,
     RECONCILE: CONTROL_QUEUE,
+    SCAN_DROPS: CONTROL_QUEUE,
 }
 
 
@@ -33,12 +35,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     transport_options: dict[str, Any] = {}
     if settings.is_filesystem_broker:
         folder = settings.broker_folder
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         transport_options = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
             "store_processed": False,
         }
     else:
@@ -65,6 +68,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_enable_remote_control": not settings.is_filesystem_broker,
         "beat_schedule": {
             "reconcile": {"task": RECONCILE, "schedule": settings.reconcile_seconds},
+            "scan-drops": {"task": SCAN_DROPS, "schedule": settings.drop_scan_seconds},
         },
     }
 

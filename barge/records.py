@@ -22,7 +22,7 @@ from barge.errors import InvalidSpec, PermanentJobError
 from barge.storage import ObjectInfo, ObjectStore, S3Uri, SeekableObject
 
 FORMATS = ("jsonl", "csv", "parquet")
-_SUFFIXES = {
+DATA_SUFFIXES = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".json": "jsonl",
@@ -45,7 +45,7 @@ def detect_format(key: str, declared: str = "auto") -> Format | None:
         lower = lower[:-3]
     if declared != "auto":
         return Format(declared, gz)
-    for suffix, name in _SUFFIXES.items():
+    for suffix, name in DATA_SUFFIXES.items():
         if lower.endswith(suffix):
             return Format(name, gz and name != "parquet")
     return None

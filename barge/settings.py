@@ -42,9 +42,12 @@ class Settings(BaseSettings):
     # soft limit it fails with a clear error; at the hard limit its process is killed.
     shard_soft_time_limit: float = 1500.0
     shard_hard_time_limit: float = 1680.0
+    # Prometheus metrics of each pool child on this port + the child's index (0 = off).
+    worker_metrics_port: int = 0
 
-    # Scheduler / reconciler.
+    # Scheduler / reconciler / drop folders.
     reconcile_seconds: float = 15.0
+    drop_scan_seconds: float = 5.0
     dispatch_grace_seconds: float = 60.0
 
     # API.
@@ -52,6 +55,10 @@ class Settings(BaseSettings):
     api_port: int = 8000
     max_metadata_bytes: int = 16_384
     broker_timeout_seconds: float = 5.0
+
+    # Flower (`barge flower`): basic auth is required, so an empty password refuses to start.
+    flower_user: str = "admin"
+    flower_password: str = ""
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:

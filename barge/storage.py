@@ -62,6 +62,7 @@ class ObjectStore(Protocol):
     def put_bytes(self, uri: S3Uri, data: bytes) -> None: ...
     def put_file(self, uri: S3Uri, path: Path) -> None: ...
     def delete(self, uri: S3Uri) -> None: ...
+    def copy(self, src: S3Uri, dst: S3Uri) -> None: ...
 
 
 def check_bucket_allowed(settings: Settings, uri: S3Uri, field: str) -> None:
@@ -147,6 +148,12 @@ class LocalStore:
 
     def delete(self, uri: S3Uri) -> None:
         self._path(uri).unlink(missing_ok=True)
+
+    def copy(self, src: S3Uri, dst: S3Uri) -> None:
+        path = self._path(src)
+        if not path.is_file():
+            raise NotFound(f"no object at {src}")
+        self.put_file(dst, path)
 
 
 class _Limited(io.RawIOBase):
@@ -292,6 +299,13 @@ class S3Store:
             self.client.delete_object(Bucket=uri.bucket, Key=uri.key)
         except Exception as exc:
             raise self._wrap(exc, uri) from exc
+
+    def copy(self, src: S3Uri, dst: S3Uri) -> None:
+        # The managed copy switches to a multipart copy for large objects (over 5 GB too).
+        try:
+            self.client.copy({"Bucket": src.bucket, "Key": src.key}, dst.bucket, dst.key)
+        except Exception as exc:
+            raise self._wrap(exc, src) from exc
 
 
 class SeekableObject(io.RawIOBase):

@@ -143,3 +143,40 @@ class Model(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DropRule(Base):
+    """An S3 drop folder: a new object under ``<prefix>incoming/`` becomes one job."""
+
+    __tablename__ = "drop_rules"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(Text)  # s3://bucket/path/ (ends with /)
+    template: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DropObject(Base):
+    """One dropped object, seen once: (rule, key, ETag) is the idempotency key."""
+
+    __tablename__ = "drop_objects"
+    __table_args__ = (
+        UniqueConstraint("rule_id", "key", "etag"),
+        Index("ix_drop_objects_status", "status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    rule_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("drop_rules.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(Text)
+    etag: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(Text)
+    # submitted → (job final) → done | failed;  rejected objects go straight to failed
+    status: Mapped[str] = mapped_column(String(32), default="submitted")
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -296,7 +296,14 @@ def settle_unstarted_shard(session: Session, shard_id: uuid.UUID, status: str, e
                 and_(Shard.status == SHARD_RUNNING, Shard.lease_expires_at < now),
             ),
         )
-        .values(status=status, last_error=error, finished_at=now, lease_expires_at=None),
+        .values(
+            status=status,
+            last_error=error,
+            finished_at=now,
+            lease_expires_at=None,
+            records_succeeded=0,  # nothing of a dead or released attempt was written
+            records_failed=0,
+        ),
         execution_options={"synchronize_session": False},
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -306,7 +313,13 @@ def cancel_pending_shards(session: Session, job_id: uuid.UUID) -> int:
     result = session.execute(
         update(Shard)
         .where(Shard.job_id == job_id, Shard.status == SHARD_PENDING)
-        .values(status=SHARD_CANCELLED, finished_at=utcnow(), last_error="job cancelled"),
+        .values(
+            status=SHARD_CANCELLED,
+            finished_at=utcnow(),
+            last_error="job cancelled",
+            records_succeeded=0,
+            records_failed=0,
+        ),
         execution_options={"synchronize_session": False},
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
@@ -321,3 +334,31 @@ def unfinished_shard_count(session: Session, job_id: uuid.UUID) -> int:
         )
         or 0
     )
+
+
+# --- metrics (aggregates over every tenant, one GROUP BY each) ---------------------------------
+
+
+def job_counts(session: Session) -> list[tuple[str, str, int]]:
+    """(status, type, jobs) for every combination that has jobs."""
+    rows = session.execute(
+        select(Job.status, Job.type, func.count()).group_by(Job.status, Job.type)
+    )
+    return [(status, type_, int(n)) for status, type_, n in rows]
+
+
+def shard_counts(session: Session) -> list[tuple[str, int]]:
+    """(status, shards) for every shard status that has shards."""
+    rows = session.execute(select(Shard.status, func.count()).group_by(Shard.status))
+    return [(status, int(n)) for status, n in rows]
+
+
+def record_totals(session: Session) -> tuple[int, int]:
+    """Records succeeded and failed, summed over every shard."""
+    row = session.execute(
+        select(
+            func.coalesce(func.sum(Shard.records_succeeded), 0),
+            func.coalesce(func.sum(Shard.records_failed), 0),
+        )
+    ).one()
+    return int(row[0]), int(row[1])

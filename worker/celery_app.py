@@ -20,10 +20,14 @@ app.conf.include = ["worker.tasks"]
 
 @worker_process_init.connect
 def _init_child(**_: Any) -> None:
+    from billiard.process import current_process
+
+    from worker import metrics
     from worker.context import init_context
 
     logging.getLogger("barge").setLevel(logging.INFO)
-    init_context(app)
+    ctx = init_context(app)
+    metrics.serve(ctx.settings.worker_metrics_port, getattr(current_process(), "index", 0))
 
 
 @worker_process_shutdown.connect

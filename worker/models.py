@@ -17,6 +17,7 @@ from typing import Any
 from barge.errors import PermanentJobError
 from barge.settings import Settings
 from barge.storage import ObjectStore, S3Uri, iter_prefix_files, local_model_dir
+from worker import metrics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -175,6 +176,8 @@ class ModelCache:
                 self._models.move_to_end(key)
                 return loaded
             loaded = load_model(path, task, pick_device(self.settings), ref, revision)
+            metrics.MODEL_LOAD_SECONDS.labels(ref).set(loaded.load_seconds)
+            metrics.observe_gpu_memory(loaded.device)
             self._models[key] = loaded
             while len(self._models) > max(1, self.settings.model_cache_size):
                 self._models.popitem(last=False)

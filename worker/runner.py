@@ -26,6 +26,7 @@ from barge.storage import S3Uri
 from db import repositories as repo
 from db import state
 from db.models import Job, Shard
+from worker import metrics
 from worker.context import WorkerContext
 from worker.models import LoadedModel, predict
 from worker.outputs import JsonlPart, errors_name, make_part, part_name
@@ -74,14 +75,22 @@ def run_shard(ctx: WorkerContext, shard_id: uuid.UUID) -> None:
     work = _claim(ctx, shard_id)
     if work is None:
         return
+    started = time.monotonic()
+    status = _run_claimed(ctx, work)
+    metrics.SHARD_SECONDS.labels(work.spec.task, status).observe(time.monotonic() - started)
+
+
+def _run_claimed(ctx: WorkerContext, work: ShardWork) -> str:
+    """Run a claimed shard to its end; returns how it ended (the shard metric's status)."""
+    shard_id = work.shard_id
     try:
         outcome = execute(ctx, work)
     except LeaseLost:
         log.warning("shard %s attempt %s lost its lease; dropping its work", shard_id, work.attempt)
-        return
+        return "lease_lost"
     except PermanentJobError as exc:
         _fail(ctx, work, exc.message)
-        return
+        return state.SHARD_FAILED
     except SoftTimeLimitExceeded:
         limit = ctx.settings.shard_soft_time_limit
         _fail(
@@ -90,11 +99,11 @@ def run_shard(ctx: WorkerContext, shard_id: uuid.UUID) -> None:
             f"ran longer than the shard time limit ({limit:.0f}s, BARGE_SHARD_SOFT_TIME_LIMIT); "
             "submit the job with a smaller shard_size",
         )
-        return
+        return state.SHARD_FAILED
     except Exception as exc:
         log.exception("shard %s attempt %s failed", shard_id, work.attempt)
         _retry_or_fail(ctx, work, f"{type(exc).__name__}: {exc}")
-        return
+        return "error"
     with ctx.session() as session:
         done = repo.finish_shard(
             session,
@@ -106,8 +115,10 @@ def run_shard(ctx: WorkerContext, shard_id: uuid.UUID) -> None:
             output_key=outcome.output_key,
             errors_key=outcome.errors_key,
         )
-    if done:
-        _finalize_if_last(ctx, work.job_id)
+    if not done:
+        return "lease_lost"
+    _finalize_if_last(ctx, work.job_id)
+    return outcome.status
 
 
 def _claim(ctx: WorkerContext, shard_id: uuid.UUID) -> ShardWork | None:
@@ -361,6 +372,8 @@ def _process_window(
             )
         else:
             todo.append((i, rec_id, text))
+    if error_rows:
+        metrics.RECORDS.labels(loaded.ref, loaded.task, "failed").inc(len(error_rows))
     todo.sort(key=lambda item: len(item[2]))
     failed_in_model: dict[int, dict[str, Any]] = {}
     try:
@@ -368,11 +381,12 @@ def _process_window(
             control.between_batches()
             batch = todo[start : start + spec.batch_size]
             seed = params.seed + window[batch[0][0]][0] if spec.task == "generate" else 0
-            for (i, rec_id, _text), (ok, value) in zip(
-                batch,
-                _predict_isolating(loaded, [t for _, _, t in batch], params, seed),
-                strict=True,
-            ):
+            started = time.monotonic()
+            predictions = _predict_isolating(loaded, [t for _, _, t in batch], params, seed)
+            metrics.observe_batch(
+                loaded.ref, loaded.task, time.monotonic() - started, predictions, loaded.device
+            )
+            for (i, rec_id, _text), (ok, value) in zip(batch, predictions, strict=True):
                 if ok:
                     results[i] = {"id": rec_id, **value}
                 else:

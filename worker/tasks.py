@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from barge.queue import FINALIZE_JOB, PLAN_JOB, RECONCILE, RUN_SHARD
+from barge.queue import FINALIZE_JOB, PLAN_JOB, RECONCILE, RUN_SHARD, SCAN_DROPS
 from barge.settings import get_settings
-from worker import finalize, planner, reconciler, runner
+from worker import drops, finalize, planner, reconciler, runner
 from worker.celery_app import app
 from worker.context import get_context
 
@@ -40,3 +40,9 @@ def finalize_job(job_id: str) -> None:
 def reconcile() -> None:
     """Re-send lost or expired work; finalize jobs whose shards are all settled."""
     reconciler.reconcile(get_context())
+
+
+@app.task(name=SCAN_DROPS)
+def scan_drops() -> None:
+    """Turn new objects in drop folders into jobs; settle the inputs of finished ones."""
+    drops.scan(get_context())

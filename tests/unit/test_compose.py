@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from barge.cli import build_parser
+from barge.cli import build_parser, flower_argv, flower_basic_auth
 from barge.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,6 +183,7 @@ def test_images(services: dict[str, Any]) -> None:
         ("api", "api", {"host": "0.0.0.0", "port": 8000}),
         ("worker", "worker", {"queues": "gpu,control", "concurrency": 1}),
         ("scheduler", "scheduler", {}),
+        ("flower", "flower", {"address": "0.0.0.0", "port": 5555}),
     ],
 )
 def test_barge_service_commands(
@@ -210,7 +211,7 @@ def test_every_barge_command_parses(services: dict[str, Any]) -> None:
             build_parser().parse_args(args[1:])
         except SystemExit as exc:
             pytest.fail(f"{name}: `{shlex.join(args)}` is not a valid barge command ({exc})")
-    assert {"migrate", "api", "worker", "scheduler"} <= set(found)
+    assert {"migrate", "api", "worker", "scheduler", "flower"} <= set(found)
 
 
 def test_barge_image_runs_commands_as_given(services: dict[str, Any]) -> None:
@@ -222,16 +223,34 @@ def test_barge_image_runs_commands_as_given(services: dict[str, Any]) -> None:
         assert argv(services[name]["command"])[0] in ("barge", "celery"), name
 
 
-def test_flower_command(services: dict[str, Any]) -> None:
-    args = argv(services["flower"]["command"])
-    assert args[0] == "celery"
-    app = args[args.index("-A") + 1]
+def flower_settings(service: Mapping[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for var in list(os.environ):
+        if var.startswith("BARGE_"):
+            monkeypatch.delenv(var)
+    for var, value in service_env(service).items():
+        monkeypatch.setenv(var, value)
+    return Settings()
+
+
+def test_flower_command(services: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`barge flower` on the published port, credentials from its environment, not its argv."""
+    flower = services["flower"]
+    args = argv(flower["command"])
+    parsed = build_parser().parse_args(args[1:])
+    published = {str(p).rsplit(":", 1)[-1] for p in flower["ports"]}
+    assert published == {str(parsed.port)}
+    assert parsed.address == "0.0.0.0"  # inside the container; the host side binds BIND_ADDR
+
+    password = REQUIRED_ENV["FLOWER_PASSWORD"]
+    settings = flower_settings(flower, monkeypatch)
+    assert flower_basic_auth(settings) == f"admin:{password}"
+    celery = flower_argv(parsed.address, parsed.port, parsed.purge_offline_workers)
+    app = celery[celery.index("-A") + 1]
     assert app == "worker.celery_app"
     assert (ROOT / Path(*app.split("."))).with_suffix(".py").is_file()
-    assert "flower" in args
-    assert "--port=5555" in args
-    auth = [a for a in args if a.startswith("--basic-auth=")]
-    assert auth == [f"--basic-auth=admin:{REQUIRED_ENV['FLOWER_PASSWORD']}"]
+    assert "flower" in celery and "--port=5555" in celery
+    for command in (args, celery):
+        assert not any(password in a or "basic" in a.lower() for a in command), command
 
 
 def test_flower_is_installed_by_the_flower_extra() -> None:
@@ -248,6 +267,9 @@ def test_flower_password_is_required() -> None:
         load_compose({})
     with pytest.raises(MissingVariable, match="FLOWER_PASSWORD"):
         load_compose({"FLOWER_PASSWORD": ""})
+    # And `barge flower` itself refuses to run without one.
+    with pytest.raises(ValueError, match="BARGE_FLOWER_PASSWORD"):
+        flower_basic_auth(Settings(flower_password=""))
 
 
 # --- environment --------------------------------------------------------------------------------
@@ -270,6 +292,13 @@ def test_barge_services_share_the_environment(services: dict[str, Any]) -> None:
     barge_vars = {
         name: {k: v for k, v in env.items() if k.startswith("BARGE_")} for name, env in envs.items()
     }
+    # The Flower credentials go to the flower service alone.
+    flower_vars = {"BARGE_FLOWER_USER", "BARGE_FLOWER_PASSWORD"}
+    for name, env in barge_vars.items():
+        present = flower_vars & set(env)
+        assert present == (flower_vars if name == "flower" else set()), (name, sorted(present))
+        for var in flower_vars:
+            env.pop(var, None)
     assert all(v == barge_vars["api"] for v in barge_vars.values()), barge_vars
     for name, env in envs.items():
         for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):

@@ -1,0 +1,242 @@
+"""Drop folders: every new object under ``<prefix>incoming/`` becomes exactly one job.
+
+The scheduler sends ``scan_drops`` every few seconds (from every scheduler that runs). A scan
+claims each new object by inserting its (rule, key, ETag) row; the unique constraint makes sure
+exactly one scan, and so exactly one job, wins. When the job ends the input (and its
+``<name>.job.json``) moves to ``done/`` or ``failed/`` with ``<name>.status.json`` beside it.
+Files Barge cannot read go to ``failed/`` at once, with the reason; a bad file never stops a scan.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from barge.errors import BargeError, NotFound
+from barge.queue import PLAN_JOB
+from barge.records import DATA_SUFFIXES, detect_format, is_data_object
+from barge.specs import InferenceSpec
+from barge.storage import ObjectInfo, S3Uri
+from db import state
+from db.base import utcnow
+from db.models import DropObject, DropRule, Job
+from db.submission import create_job
+from worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+OVERRIDE_SUFFIX = ".job.json"
+
+
+def drop_name(filename: str) -> str:
+    """`reviews.csv.gz` → `reviews`: the name outputs and status files are called by."""
+    name = filename[:-3] if filename.lower().endswith(".gz") else filename
+    for suffix in DATA_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or filename
+    return filename
+
+
+def scan(ctx: WorkerContext) -> dict[str, int]:
+    """One pass over every enabled rule: pick up new objects, settle finished ones."""
+    with ctx.session() as session:
+        rules = list(session.scalars(select(DropRule).where(DropRule.enabled.is_(True))))
+    counts = {"submitted": 0, "rejected": 0, "settled": 0}
+    for rule in rules:
+        try:
+            for outcome in _pick_up(ctx, rule):
+                counts[outcome] += 1
+            counts["settled"] += _settle(ctx, rule)
+        except Exception:  # one rule's trouble (a missing bucket) never stops the others
+            log.exception("drop folder %s (%s) could not be scanned", rule.name, rule.prefix)
+    return counts
+
+
+def _pick_up(ctx: WorkerContext, rule: DropRule) -> list[str]:
+    incoming = S3Uri.parse(rule.prefix).join("incoming/")
+    objects = ctx.store.list(incoming)
+    overrides = {
+        o.uri.key[len(incoming.key) : -len(OVERRIDE_SUFFIX)]: o
+        for o in objects
+        if o.uri.key.endswith(OVERRIDE_SUFFIX)
+    }
+    outcomes = []
+    for info in objects:
+        filename = info.uri.key[len(incoming.key) :]
+        if "/" in filename or filename.endswith(OVERRIDE_SUFFIX) or not is_data_object(filename):
+            continue
+        try:
+            outcome = _take(ctx, rule, info, filename, overrides.get(drop_name(filename)))
+        except Exception:
+            log.exception("drop %s: could not pick up %s", rule.name, info.uri)
+            continue
+        if outcome:
+            outcomes.append(outcome)
+    return outcomes
+
+
+def _take(
+    ctx: WorkerContext,
+    rule: DropRule,
+    info: ObjectInfo,
+    filename: str,
+    override: ObjectInfo | None,
+) -> str | None:
+    name = drop_name(filename)
+    with ctx.session() as session:
+        drop = DropObject(
+            id=uuid.uuid4(), rule_id=rule.id, key=info.uri.key, etag=info.etag, name=name
+        )
+        try:
+            with session.begin_nested():
+                session.add(drop)
+                session.flush()
+        except IntegrityError:
+            return None  # seen before, by this scan or another scheduler's
+        try:
+            spec = _spec_for(ctx, rule, info, filename, name, override)
+            job, _ = create_job(
+                session,
+                ctx.settings,
+                ctx.store,
+                rule.tenant_id,
+                spec,
+                idempotency_key=f"drop:{rule.id}:{info.uri.key}:{info.etag}"[:200],
+            )
+        except (BargeError, ValidationError, ValueError) as exc:
+            drop.status = "failed"
+            drop.error = _reason(exc)
+            session.flush()
+            job_id = None
+        else:
+            drop.job_id = job.id
+            job_id = job.id
+    if job_id is None:
+        _move(ctx, rule, drop, "failed", {"status": "rejected", "error": drop.error})
+        return "rejected"
+    ctx.send(PLAN_JOB, str(job_id))
+    return "submitted"
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, BargeError):
+        return exc.message
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return str(exc)
+
+
+def _spec_for(
+    ctx: WorkerContext,
+    rule: DropRule,
+    info: ObjectInfo,
+    filename: str,
+    name: str,
+    override: ObjectInfo | None,
+) -> InferenceSpec:
+    if info.size == 0:
+        raise ValueError(f"{filename} is empty")
+    fields: dict[str, Any] = dict(rule.template)
+    if override is not None:
+        try:
+            extra = json.loads(ctx.store.get_bytes(override.uri))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{name}{OVERRIDE_SUFFIX} is not valid JSON: {exc}") from exc
+        if not isinstance(extra, dict):
+            raise ValueError(f"{name}{OVERRIDE_SUFFIX} must hold a JSON object")
+        fields.update({k: v for k, v in extra.items() if k not in ("input", "output")})
+    if detect_format(filename, fields.get("input_format", "auto")) is None:
+        raise ValueError(
+            f"cannot read {filename}: Barge reads .jsonl, .csv and .parquet files (optionally .gz)"
+        )
+    outputs = S3Uri.parse(rule.prefix).join("outputs/")
+    output = outputs.join(f"{name}/")
+    if ctx.store.head(output.join("_manifest.json")) is not None:  # the same name dropped again
+        output = outputs.join(f"{name}-{info.etag[:8] or uuid.uuid4().hex[:8]}/")
+    fields.update(type="inference", input=str(info.uri), output=str(output))
+    fields.setdefault("metadata", {})
+    fields["metadata"] = {**fields["metadata"], "drop_rule": rule.name, "drop_object": filename}
+    return InferenceSpec.model_validate(fields)
+
+
+def _settle(ctx: WorkerContext, rule: DropRule) -> int:
+    """Move the inputs of finished jobs to done/ or failed/ with their status files."""
+    with ctx.session() as session:
+        rows = list(
+            session.execute(
+                select(DropObject, Job)
+                .join(Job, Job.id == DropObject.job_id)
+                .where(
+                    DropObject.rule_id == rule.id,
+                    DropObject.status == "submitted",
+                    Job.status.in_(state.FINAL),
+                    Job.manifest.is_not(None),
+                )
+            )
+        )
+    settled = 0
+    for drop, job in rows:
+        target = "done" if job.status == state.SUCCEEDED else "failed"
+        manifest = job.manifest or {}
+        _move(
+            ctx,
+            rule,
+            drop,
+            target,
+            {
+                "job_id": str(job.id),
+                "status": job.status,
+                "records": manifest.get("records"),
+                "error": job.error,
+                "output": job.output_uri,
+            },
+        )
+        with ctx.session() as session:
+            result = session.execute(
+                update(DropObject)
+                .where(DropObject.id == drop.id, DropObject.status == "submitted")
+                .values(status=target, updated_at=utcnow()),
+                execution_options={"synchronize_session": False},
+            )
+            settled += result.rowcount  # type: ignore[attr-defined]
+    return settled
+
+
+def _move(
+    ctx: WorkerContext, rule: DropRule, drop: DropObject, folder: str, status: dict[str, Any]
+) -> None:
+    """Copy the input (and its override) to ``folder``/, write the status file, then delete the
+    originals. Idempotent: a second scan finishing the same move finds the source gone."""
+    prefix = S3Uri.parse(rule.prefix)
+    source = S3Uri(prefix.bucket, drop.key)
+    filename = drop.key.rsplit("/", 1)[-1]
+    dest = prefix.join(f"{folder}/{filename}")
+    body = {
+        "name": drop.name,
+        "input": str(source),
+        "moved_to": str(dest),
+        "job_id": None,
+        **status,
+    }
+    override = prefix.join(f"incoming/{drop.name}{OVERRIDE_SUFFIX}")
+    for src, dst in (
+        (source, dest),
+        (override, prefix.join(f"{folder}/{override.key.rsplit('/', 1)[-1]}")),
+    ):
+        try:
+            if ctx.store.head(src) is not None:
+                ctx.store.copy(src, dst)
+        except NotFound:
+            pass
+    ctx.store.put_bytes(
+        prefix.join(f"{folder}/{drop.name}.status.json"),
+        json.dumps(body, indent=2, default=str).encode() + b"\n",
+    )
+    ctx.store.delete(source)
+    ctx.store.delete(override)

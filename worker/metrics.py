@@ -1,0 +1,77 @@
+"""A worker pool child's Prometheus metrics, served on ``BARGE_WORKER_METRICS_PORT`` + the child's
+index (started in ``worker_process_init``; each child counts only its own work).
+
+Records per second per model is ``rate(barge_worker_records_total[1m])``, left to Prometheus.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+RECORDS = Counter(
+    "barge_worker_records",
+    "Records through the model, by outcome (succeeded, failed)",
+    ["model", "task", "outcome"],
+)
+BATCH_SECONDS = Histogram(
+    "barge_worker_batch_seconds",
+    "Latency of one batch through the model",
+    ["model", "task"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+SHARD_SECONDS = Histogram(
+    "barge_worker_shard_seconds",
+    "Time to run one claimed shard, by how it ended",
+    ["task", "status"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800),
+)
+MODEL_LOAD_SECONDS = Gauge(
+    "barge_worker_model_load_seconds",
+    "Time the last load of the model into memory took",
+    ["model"],
+)
+GPU_MEMORY_BYTES = Gauge(
+    "barge_worker_gpu_memory_bytes",
+    "torch.cuda.memory_allocated on the device",
+    ["device"],
+)
+
+
+def serve(port: int, index: int = 0) -> None:
+    """Serve this process's metrics on ``port + index``; a taken port only logs a warning."""
+    if port <= 0:
+        return
+    try:
+        start_http_server(port + index)
+    except OSError as exc:
+        log.warning("worker metrics not served: port %s: %s", port + index, exc)
+        return
+    log.info("worker metrics on :%s/metrics", port + index)
+
+
+def observe_batch(
+    model: str, task: str, seconds: float, outcomes: Sequence[tuple[bool, Any]], device: Any
+) -> None:
+    """One batch through the model: its latency, its records by outcome, the GPU memory."""
+    ok = sum(1 for good, _ in outcomes if good)
+    BATCH_SECONDS.labels(model, task).observe(seconds)
+    if ok:
+        RECORDS.labels(model, task, "succeeded").inc(ok)
+    if len(outcomes) - ok:
+        RECORDS.labels(model, task, "failed").inc(len(outcomes) - ok)
+    observe_gpu_memory(device)
+
+
+def observe_gpu_memory(device: Any) -> None:
+    if getattr(device, "type", None) != "cuda":
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        GPU_MEMORY_BYTES.labels(str(device)).set(torch.cuda.memory_allocated(device))

@@ -277,7 +277,12 @@ def release_shard(session: Session, shard_id: uuid.UUID, attempt: int, error: st
         update(Shard)
         .where(_held(shard_id, attempt))
         .values(
-            status=SHARD_PENDING, last_error=error, lease_expires_at=None, dispatched_at=utcnow()
+            status=SHARD_PENDING,
+            last_error=error,
+            lease_expires_at=None,
+            dispatched_at=utcnow(),
+            records_succeeded=0,  # the attempt's progress goes with it: no part holds it
+            records_failed=0,
         ),
         execution_options={"synchronize_session": False},
     )

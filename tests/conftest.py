@@ -184,3 +184,25 @@ def generator_uri(s3, models_bucket: str, tmp_root: Path) -> str:  # type: ignor
     from tests.helpers import tiny_generator, upload_dir
 
     return upload_dir(s3, models_bucket, "tiny-generator", tiny_generator(tmp_root / "gen"))
+
+
+@pytest.fixture(scope="session")
+def api_url(barge_env: dict[str, str], tmp_root: Path) -> Iterator[str]:
+    """A real `barge api` process (for CLI tests) on a free port."""
+    import subprocess
+    import sys
+
+    from tests.services import ROOT, free_port, wait_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "barge.cli", "api", "--port", str(port)],
+        env={**os.environ, **barge_env},
+        cwd=ROOT,
+        stdout=(tmp_root / "api.log").open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    wait_port(port, 60)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)

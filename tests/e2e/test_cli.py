@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,26 +13,10 @@ import pytest
 import yaml
 
 from tests.helpers import put_jsonl, read_jsonl
-from tests.services import ROOT, free_port, wait_port
+from tests.services import ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 BARGE = [sys.executable, "-m", "barge.cli"]
-
-
-@pytest.fixture(scope="module")
-def api_url(barge_env: dict[str, str], tmp_root: Path) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [*BARGE, "api", "--port", str(port)],
-        env={**os.environ, **barge_env},
-        cwd=ROOT,
-        stdout=(tmp_root / "api.log").open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    wait_port(port, 60)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
 
 
 def barge(

@@ -10,8 +10,6 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -149,22 +147,6 @@ def test_a_taken_metrics_port_only_logs_a_warning(caplog: pytest.LogCaptureFixtu
         with caplog.at_level(logging.WARNING, logger="worker.metrics"):
             metrics.serve(taken.getsockname()[1])
     assert "worker metrics not served" in caplog.text
-
-
-@pytest.fixture(scope="module")
-def api_url(barge_env: dict[str, str], tmp_root: Path) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [*BARGE, "api", "--port", str(port)],
-        env={**os.environ, **barge_env},
-        cwd=ROOT,
-        stdout=(tmp_root / "api-metrics.log").open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    wait_port(port, 60)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
 
 
 def test_barge_top_shows_an_active_job_and_its_workers(

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from barge.errors import PermanentJobError
 from barge.settings import Settings
 from barge.storage import ObjectStore, S3Uri, iter_prefix_files, local_model_dir
@@ -143,6 +145,8 @@ def load_model(path: Path, task: str, device: Any, ref: str, revision: str) -> L
         model = classes[task].from_pretrained(
             str(path), use_safetensors=True, local_files_only=True, trust_remote_code=False
         )
+    except SoftTimeLimitExceeded:
+        raise  # the shard's time is up: not the model's fault
     except Exception as exc:
         raise PermanentJobError(f"cannot load model {ref} for task {task!r}: {exc}") from exc
     model.eval().to(device)

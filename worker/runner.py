@@ -432,6 +432,8 @@ def _predict_isolating(
     """Predict a batch; if it fails, retry record by record so one bad record fails alone."""
     try:
         return [(True, r) for r in predict(loaded, texts, params, seed)]
+    except SoftTimeLimitExceeded:
+        raise  # the shard's time is up; no record is to blame
     except Exception as exc:
         if len(texts) == 1:
             return [(False, f"model failed on this record: {type(exc).__name__}: {exc}")]

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from api.routers import drops, health, jobs, metrics
+from api.routers import drops, health, jobs, metrics, models
 from barge import __version__
 from barge.errors import BargeError
 from barge.queue import make_celery
@@ -91,4 +91,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(jobs.router)
     app.include_router(drops.router)
+    app.include_router(models.router)
     return app

@@ -379,6 +379,20 @@ def cmd_drops(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    client = Client()
+    if args.models == "register":
+        model = client.register_model(args.name, args.uri, args.task)
+        print(model["ref"])
+        print(f"registered {model['ref']} → {model['uri']}", file=sys.stderr)
+        return 0
+    models = client.models(getattr(args, "name", None))["models"]
+    print(f"{'MODEL':<32} {'TASK':<9} {'CREATED':<20} URI")
+    for m in models:
+        print(f"{m['ref']:<32} {m['task']:<9} {m['created_at'][:19]:<20} {m['uri']}")
+    return 0
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     return _report_final(wait_for(Client(), args.id))
 
@@ -526,6 +540,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = drops.add_parser("remove", help="stop watching a drop folder")
     p.add_argument("name")
     p.set_defaults(func=cmd_drops)
+
+    models = sub.add_parser("models", help="the model registry")
+    models.set_defaults(func=cmd_models, models="list")
+    msub = models.add_subparsers(dest="models")
+    msub.add_parser("list", help="the newest version of each model").set_defaults(func=cmd_models)
+    p = msub.add_parser("show", help="every version of a model")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_models)
+    p = msub.add_parser("register", help="register a model directory as the next version")
+    p.add_argument("name")
+    p.add_argument(
+        "--uri", required=True, help="s3://bucket/path/ of a Hugging Face model directory"
+    )
+    p.add_argument("--task", required=True, choices=["embed", "classify", "generate"])
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("list", help="list jobs, newest first")
     p.add_argument("--status")

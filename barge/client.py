@@ -73,6 +73,13 @@ class Client:
     def remove_drop(self, name: str) -> None:
         self._call("DELETE", f"/v1/drops/{name}")
 
+    def register_model(self, name: str, uri: str, task: str) -> dict[str, Any]:
+        body = {"name": name, "uri": uri, "task": task}
+        return self._call("POST", "/v1/models", json=body)  # type: ignore[no-any-return]
+
+    def models(self, name: str | None = None) -> dict[str, Any]:
+        return self._call("GET", f"/v1/models/{name}" if name else "/v1/models")  # type: ignore[no-any-return]
+
     def health(self) -> dict[str, Any]:
         try:
             return self._call("GET", "/healthz")  # type: ignore[no-any-return]

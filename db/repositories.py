@@ -14,7 +14,7 @@ from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import ApiKey, Job, JobEvent, Shard, Tenant
+from db.models import ApiKey, Job, JobEvent, Model, Shard, Tenant
 from db.state import (
     FINAL,
     SHARD_CANCELLED,
@@ -367,3 +367,63 @@ def record_totals(session: Session) -> tuple[int, int]:
         )
     ).one()
     return int(row[0]), int(row[1])
+
+
+# --- model registry ---------------------------------------------------------------------------
+
+
+def register_model(
+    session: Session,
+    tenant_id: uuid.UUID,
+    name: str,
+    uri: str,
+    task: str,
+    *,
+    base_model: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    job_id: uuid.UUID | None = None,
+) -> Model:
+    """Add the next version of ``name`` (1, 2, ...); the unique (tenant, name, version) constraint
+    makes two concurrent registrations fail rather than share a version."""
+    latest = session.scalar(
+        select(func.max(Model.version)).where(Model.tenant_id == tenant_id, Model.name == name)
+    )
+    model = Model(
+        tenant_id=tenant_id,
+        name=name,
+        version=(latest or 0) + 1,
+        uri=uri,
+        task=task,
+        base_model=base_model,
+        metrics=metrics or {},
+        job_id=job_id,
+    )
+    session.add(model)
+    session.flush()
+    return model
+
+
+def model_versions(session: Session, tenant_id: uuid.UUID, name: str | None = None) -> list[Model]:
+    """Every version of ``name``, newest first; without a name, the newest version of each."""
+    if name is not None:
+        return list(
+            session.scalars(
+                select(Model)
+                .where(Model.tenant_id == tenant_id, Model.name == name)
+                .order_by(Model.version.desc())
+            )
+        )
+    newest = (
+        select(Model.name, func.max(Model.version).label("version"))
+        .where(Model.tenant_id == tenant_id)
+        .group_by(Model.name)
+        .subquery()
+    )
+    return list(
+        session.scalars(
+            select(Model)
+            .join(newest, and_(Model.name == newest.c.name, Model.version == newest.c.version))
+            .where(Model.tenant_id == tenant_id)
+            .order_by(Model.name)
+        )
+    )

@@ -17,52 +17,14 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from barge.errors import PermanentJobError
+from barge.modeldirs import PICKLED_WEIGHTS, check_model_files, list_model_files
 from barge.settings import Settings
-from barge.storage import ObjectStore, S3Uri, iter_prefix_files, local_model_dir
+from barge.storage import ObjectStore, S3Uri, local_model_dir
 from worker import metrics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-def list_model_files(settings: Settings, store: ObjectStore, ref: str) -> dict[str, str]:
-    """Relative path → fingerprint (ETag or mtime/size) of every file in the model directory."""
-    local = local_model_dir(settings, ref)
-    if local is not None:
-        if not local.is_dir():
-            return {}
-        return {
-            str(p.relative_to(local)): f"{p.stat().st_mtime_ns}-{p.stat().st_size}"
-            for p in sorted(local.rglob("*"))
-            if p.is_file()
-        }
-    uri = S3Uri.parse(ref, field="model")
-    return {rel: info.etag for info, rel in iter_prefix_files(store, uri) if rel}
-
-
-def check_model_files(ref: str, files: dict[str, str]) -> None:
-    """Refuse a directory that is not a loadable safetensors Hugging Face model, saying why."""
-    if not files:
-        raise PermanentJobError(f"model directory {ref} is empty or does not exist")
-    if "config.json" not in files:
-        raise PermanentJobError(
-            f"model directory {ref} has no config.json: it must be a Hugging Face model "
-            f"directory (found: {', '.join(sorted(files)[:8])})"
-        )
-    if not any(name.endswith(".safetensors") for name in files):
-        pickled = [n for n in files if n.endswith(PICKLED_WEIGHTS)]
-        why = (
-            f" (found pickled weights {', '.join(pickled)}, which Barge never loads)"
-            if pickled
-            else ""
-        )
-        raise PermanentJobError(
-            f"model directory {ref} has no *.safetensors weights{why}; save it with "
-            "save_pretrained(..., safe_serialization=True)"
-        )
 
 
 def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path, str]:

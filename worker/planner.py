@@ -6,6 +6,7 @@ import logging
 import uuid
 
 from barge.errors import BargeError, PermanentJobError
+from barge.modeldirs import check_model_files, list_model_files
 from barge.queue import FINALIZE_JOB, RUN_SHARD
 from barge.records import detect_format, plan_ranges, resolve_inputs
 from barge.specs import InferenceSpec
@@ -14,7 +15,6 @@ from db import state
 from db.base import utcnow
 from db.models import Shard
 from worker.context import WorkerContext
-from worker.models import check_model_files, list_model_files
 
 log = logging.getLogger(__name__)
 

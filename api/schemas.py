@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ProgressOut(BaseModel):
@@ -44,6 +44,8 @@ class JobList(BaseModel):
 
 
 class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     at: datetime
     kind: str
@@ -59,9 +61,11 @@ class EventList(BaseModel):
 
 
 class ShardOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True, populate_by_name=True)
+
     index: int
     status: str
-    source: str
+    source: str = Field(validation_alias="source_uri")
     start_record: int
     record_count: int
     attempt: int
@@ -83,3 +87,9 @@ class ErrorOut(BaseModel):
     message: str
     field: str | None = None
     detail: Any = None
+
+
+# The error bodies every /v1 route can answer with, for the OpenAPI schema.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 404, 409, 422)
+}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -101,5 +101,4 @@ class InferenceSpec(_Strict):
         return PARAMS_BY_TASK[self.task].model_validate(self.params)
 
 
-JobSpec = Annotated[InferenceSpec, Field(discriminator="type")]
 JOB_TYPES = ("inference",)

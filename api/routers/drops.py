@@ -9,19 +9,13 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy import select
 
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
-from api.schemas import ErrorOut
+from api.schemas import ERROR_RESPONSES
 from barge.errors import Conflict, InvalidSpec, NotFound
 from barge.specs import InferenceSpec
 from barge.storage import S3Uri, check_bucket_allowed
 from db.models import DropRule
 
 router = APIRouter(prefix="/v1/drops", tags=["drops"])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut},
-    404: {"model": ErrorOut},
-    409: {"model": ErrorOut},
-    422: {"model": ErrorOut},
-}
 
 
 class DropRuleIn(BaseModel):
@@ -82,7 +76,7 @@ def _check_template(template: dict[str, Any]) -> None:
         ) from None
 
 
-@router.post("", status_code=201, response_model=DropRuleOut, responses=ERRORS)
+@router.post("", status_code=201, response_model=DropRuleOut, responses=ERROR_RESPONSES)
 def add_drop(
     body: DropRuleIn, uow: UoW, tenant: CurrentTenant, settings: SettingsDep, store: StoreDep
 ) -> DropRuleOut:
@@ -100,7 +94,7 @@ def add_drop(
     return _out(rule)
 
 
-@router.get("", response_model=DropRuleList, responses=ERRORS)
+@router.get("", response_model=DropRuleList, responses=ERROR_RESPONSES)
 def list_drops(uow: UoW, tenant: CurrentTenant) -> DropRuleList:
     rules = uow.session.scalars(
         select(DropRule).where(DropRule.tenant_id == tenant.id).order_by(DropRule.name)
@@ -108,7 +102,7 @@ def list_drops(uow: UoW, tenant: CurrentTenant) -> DropRuleList:
     return DropRuleList(drops=[_out(r) for r in rules])
 
 
-@router.delete("/{name}", status_code=204, responses=ERRORS)
+@router.delete("/{name}", status_code=204, responses=ERROR_RESPONSES)
 def remove_drop(name: str, uow: UoW, tenant: CurrentTenant) -> Response:
     """Stop watching; jobs already created run to the end."""
     rule = uow.session.scalar(

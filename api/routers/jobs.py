@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Response
 
 from api import jobs_service as service
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
-from api.schemas import ErrorOut, EventList, EventOut, JobList, JobOut, ShardList, ShardOut
+from api.schemas import ERROR_RESPONSES, EventList, EventOut, JobList, JobOut, ShardList, ShardOut
 from barge.errors import InvalidSpec, NotFound
 from barge.specs import JOB_TYPES, InferenceSpec
 from db import repositories as repo
@@ -17,12 +17,6 @@ from db.models import Job, Tenant
 from db.state import JOB_STATUSES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-ERRORS: dict[int | str, dict[str, object]] = {
-    401: {"model": ErrorOut},
-    404: {"model": ErrorOut},
-    409: {"model": ErrorOut},
-    422: {"model": ErrorOut},
-}
 
 
 def _job(uow: UoW, tenant: Tenant, job_id: str) -> Job:
@@ -36,7 +30,7 @@ def _job(uow: UoW, tenant: Tenant, job_id: str) -> Job:
     return job
 
 
-@router.post("", status_code=201, response_model=JobOut, responses=ERRORS)
+@router.post("", status_code=201, response_model=JobOut, responses=ERROR_RESPONSES)
 def create_job(
     spec: InferenceSpec,
     uow: UoW,
@@ -53,7 +47,7 @@ def create_job(
     return service.present_many(uow.session, [job])[0]
 
 
-@router.get("", response_model=JobList, responses=ERRORS)
+@router.get("", response_model=JobList, responses=ERROR_RESPONSES)
 def list_jobs(
     uow: UoW,
     tenant: CurrentTenant,
@@ -81,19 +75,19 @@ def list_jobs(
     )
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
+@router.get("/{job_id}", response_model=JobOut, responses=ERROR_RESPONSES)
 def get_job(job_id: str, uow: UoW, tenant: CurrentTenant) -> JobOut:
     return service.present_many(uow.session, [_job(uow, tenant, job_id)])[0]
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut, responses=ERRORS)
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=ERROR_RESPONSES)
 def cancel_job(job_id: str, uow: UoW, tenant: CurrentTenant) -> JobOut:
     """Cancel: running shards stop within one batch; what was written stays and is listed."""
     job = service.cancel(uow, _job(uow, tenant, job_id))
     return service.present_many(uow.session, [job])[0]
 
 
-@router.get("/{job_id}/events", response_model=EventList, responses=ERRORS)
+@router.get("/{job_id}/events", response_model=EventList, responses=ERROR_RESPONSES)
 def job_events(
     job_id: str,
     uow: UoW,
@@ -105,43 +99,15 @@ def job_events(
     job = _job(uow, tenant, job_id)
     events = repo.list_events(uow.session, job.id, after, limit)
     return EventList(
-        events=[
-            EventOut(
-                id=e.id,
-                at=e.at,
-                kind=e.kind,
-                from_status=e.from_status,
-                to_status=e.to_status,
-                message=e.message,
-                data=e.data or {},
-            )
-            for e in events
-        ],
+        events=[EventOut.model_validate(e) for e in events],
         next_after=events[-1].id if events else after,
     )
 
 
-@router.get("/{job_id}/shards", response_model=ShardList, responses=ERRORS)
+@router.get("/{job_id}/shards", response_model=ShardList, responses=ERROR_RESPONSES)
 def job_shards(job_id: str, uow: UoW, tenant: CurrentTenant) -> ShardList:
     """Each shard's status, attempts, worker and last error."""
     job = _job(uow, tenant, job_id)
     return ShardList(
-        shards=[
-            ShardOut(
-                index=s.index,
-                status=s.status,
-                source=s.source_uri,
-                start_record=s.start_record,
-                record_count=s.record_count,
-                attempt=s.attempt,
-                worker=s.worker,
-                records_succeeded=s.records_succeeded,
-                records_failed=s.records_failed,
-                last_error=s.last_error,
-                lease_expires_at=s.lease_expires_at,
-                started_at=s.started_at,
-                finished_at=s.finished_at,
-            )
-            for s in repo.shards_of(uow.session, job.id)
-        ]
+        shards=[ShardOut.model_validate(s) for s in repo.shards_of(uow.session, job.id)]
     )

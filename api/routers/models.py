@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
-from api.schemas import ErrorOut
+from api.schemas import ERROR_RESPONSES
 from barge.errors import Conflict, InvalidSpec, NotFound, PermanentJobError
 from barge.modeldirs import check_model_files, list_model_files
 from barge.specs import Task
@@ -19,12 +19,6 @@ from db import repositories as repo
 from db.models import Model
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut},
-    404: {"model": ErrorOut},
-    409: {"model": ErrorOut},
-    422: {"model": ErrorOut},
-}
 
 
 class ModelIn(BaseModel):
@@ -65,7 +59,7 @@ def _out(m: Model) -> ModelOut:
     )
 
 
-@router.post("", status_code=201, response_model=ModelOut, responses=ERRORS)
+@router.post("", status_code=201, response_model=ModelOut, responses=ERROR_RESPONSES)
 def register_model(
     body: ModelIn, uow: UoW, tenant: CurrentTenant, settings: SettingsDep, store: StoreDep
 ) -> ModelOut:
@@ -92,13 +86,13 @@ def register_model(
     return _out(model)
 
 
-@router.get("", response_model=ModelList, responses=ERRORS)
+@router.get("", response_model=ModelList, responses=ERROR_RESPONSES)
 def list_models(uow: UoW, tenant: CurrentTenant) -> ModelList:
     """The newest version of each registered model."""
     return ModelList(models=[_out(m) for m in repo.model_versions(uow.session, tenant.id)])
 
 
-@router.get("/{name}", response_model=ModelList, responses=ERRORS)
+@router.get("/{name}", response_model=ModelList, responses=ERROR_RESPONSES)
 def model_versions(name: str, uow: UoW, tenant: CurrentTenant) -> ModelList:
     """Every version of `name`, newest first."""
     versions = repo.model_versions(uow.session, tenant.id, name)

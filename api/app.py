@@ -20,8 +20,15 @@ from barge.storage import make_store
 log = logging.getLogger(__name__)
 
 
+JOB_TYPE_TAGS = ("inference", "finetune")
+
+
 def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "header", "path")]
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "header", "path"):
+        parts = parts[1:]
+        if loc[0] == "body" and parts and parts[0] in JOB_TYPE_TAGS:
+            parts = parts[1:]  # the job type the body was validated as
     return ".".join(parts) or "body"
 
 
@@ -30,7 +37,9 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     for err in exc.errors():
         field = _field(tuple(err.get("loc", ())))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        if err.get("type") == "extra_forbidden":
+        if err.get("type") == "union_tag_invalid":
+            field, msg = "type", f"type must be one of {', '.join(JOB_TYPE_TAGS)}"
+        elif err.get("type") == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling"
         elif err.get("type") == "json_invalid":
             msg = "the body is not valid JSON"

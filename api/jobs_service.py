@@ -11,7 +11,7 @@ from api.schemas import JobOut, OutputOut, ProgressOut
 from barge.errors import Conflict
 from barge.queue import FINALIZE_JOB, PLAN_JOB
 from barge.settings import Settings
-from barge.specs import InferenceSpec
+from barge.specs import JobSpec
 from barge.storage import ObjectStore, S3Uri
 from db import repositories as repo
 from db import state
@@ -25,7 +25,7 @@ def submit(
     settings: Settings,
     store: ObjectStore,
     tenant: Tenant,
-    spec: InferenceSpec,
+    spec: JobSpec,
     idempotency_key: str | None,
 ) -> tuple[Job, bool]:
     """Create the job and queue its planning for after the commit; (job, created)."""
@@ -44,7 +44,19 @@ def present(job: Job, progress: repo.Progress, now: datetime | None = None) -> J
         elapsed = ((job.finished_at or now) - job.started_at).total_seconds()
         if elapsed > 0 and done:
             rate = round(done / elapsed, 2)
-    if rate and job.status == state.RUNNING and job.records_total is not None:
+    steps_done: int | None = None
+    if job.steps_total is not None:  # a fine-tune: progress is optimizer steps
+        steps_done = progress.steps_done
+        examples = steps_done * _examples_per_step(job.spec)
+        done = examples
+        rate = None
+        if job.started_at is not None and examples:
+            elapsed = ((job.finished_at or now) - job.started_at).total_seconds()
+            rate = round(examples / elapsed, 2) if elapsed > 0 else None
+        if rate and job.status == state.RUNNING:
+            left = max(0, job.steps_total - steps_done) * _examples_per_step(job.spec)
+            eta = round(left / rate, 1)
+    elif rate and job.status == state.RUNNING and job.records_total is not None:
         eta = round(max(0, job.records_total - done) / rate, 1)
     out = S3Uri.parse(job.output_uri)
     manifest = str(out.join("_manifest.json")) if job.manifest is not None else None
@@ -65,11 +77,19 @@ def present(job: Job, progress: repo.Progress, now: datetime | None = None) -> J
             shards_done=progress.shards_done,
             records_per_second=rate,
             eta_seconds=eta,
+            steps_done=steps_done,
+            steps_total=job.steps_total,
         ),
         output=OutputOut(uri=job.output_uri, manifest=manifest, errors=errors),
         error=job.error,
         metadata=job.meta or {},
     )
+
+
+def _examples_per_step(spec: dict[str, object]) -> int:
+    hp = spec.get("hyperparameters") or {}
+    assert isinstance(hp, dict)
+    return int(hp.get("batch_size", 16)) * int(hp.get("gradient_accumulation_steps", 1))
 
 
 def present_many(session: Session, jobs: list[Job]) -> list[JobOut]:

@@ -16,6 +16,8 @@ class ProgressOut(BaseModel):
     shards_done: int
     records_per_second: float | None
     eta_seconds: float | None
+    steps_done: int | None = Field(None, description="Fine-tunes: optimizer steps done.")
+    steps_total: int | None = Field(None, description="Fine-tunes: optimizer steps in all.")
 
 
 class OutputOut(BaseModel):

@@ -56,9 +56,9 @@ def is_data_object(key: str) -> bool:
     return bool(name) and not name.startswith(("_", "."))
 
 
-def resolve_inputs(store: ObjectStore, input_uri: str) -> list[ObjectInfo]:
+def resolve_inputs(store: ObjectStore, input_uri: str, field: str = "input") -> list[ObjectInfo]:
     """One object, or every data object under a prefix (sorted by key)."""
-    uri = S3Uri.parse(input_uri, field="input")
+    uri = S3Uri.parse(input_uri, field=field)
     if uri.key and not uri.key.endswith("/"):
         info = store.head(uri)
         if info is not None:
@@ -179,6 +179,9 @@ def iter_range(store: ObjectStore, info: ObjectInfo, fmt: Format, rng: Range) ->
                 break
 
 
+EVERYTHING = Range(0, 2**62, 1)  # a range covering a whole object
+
+
 def _parse_json_line(line: bytes, line_no: int) -> Record:
     if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
         line = line[3:]  # a byte-order mark is not part of the record
@@ -263,7 +266,9 @@ def _iter_parquet(store: ObjectStore, info: ObjectInfo, rng: Range) -> Iterator[
                 row += 1
 
 
-def peek_fields(store: ObjectStore, info: ObjectInfo, fmt: Format) -> list[str]:
+def peek_fields(
+    store: ObjectStore, info: ObjectInfo, fmt: Format, field: str = "input"
+) -> list[str]:
     """The field names of the first readable record (the columns, for CSV and Parquet)."""
     try:
         if fmt.name == "parquet":
@@ -284,5 +289,5 @@ def peek_fields(store: ObjectStore, info: ObjectInfo, fmt: Format) -> list[str]:
                 if rec.data is not None:
                     return list(rec.data)
     except (UnicodeDecodeError, OSError, EOFError) as exc:
-        raise InvalidSpec(f"cannot read {info.uri}: {exc}", field="input") from exc
+        raise InvalidSpec(f"cannot read {info.uri}: {exc}", field=field) from exc
     return []

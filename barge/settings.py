@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # soft limit it fails with a clear error; at the hard limit its process is killed.
     shard_soft_time_limit: float = 1500.0
     shard_hard_time_limit: float = 1680.0
+    # A fine-tune trains in slices of at most this long: it checkpoints, hands its unit of work
+    # back and re-queues itself, so no single task nears the time limits above.
+    finetune_slice_seconds: float = 1200.0
     # Prometheus metrics of each pool child on this port + the child's index (0 = off).
     worker_metrics_port: int = 0
 
@@ -65,6 +68,11 @@ class Settings(BaseSettings):
         if self.shard_soft_time_limit >= self.shard_hard_time_limit:
             raise ValueError(
                 "BARGE_SHARD_SOFT_TIME_LIMIT must be below BARGE_SHARD_HARD_TIME_LIMIT"
+            )
+        if self.finetune_slice_seconds >= self.shard_soft_time_limit:
+            raise ValueError(
+                "BARGE_FINETUNE_SLICE_SECONDS must be below BARGE_SHARD_SOFT_TIME_LIMIT "
+                "(leave room for the checkpoint written at the end of each slice)"
             )
         if self.heartbeat_seconds * 2 > self.lease_seconds:
             raise ValueError("BARGE_HEARTBEAT_SECONDS must be at most half of BARGE_LEASE_SECONDS")

@@ -101,4 +101,100 @@ class InferenceSpec(_Strict):
         return PARAMS_BY_TASK[self.task].model_validate(self.params)
 
 
-JOB_TYPES = ("inference",)
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+# The fields each fine-tune task reads from every training and validation record.
+FINETUNE_FIELDS: dict[str, tuple[str, str]] = {
+    "classify": ("text", "label"),
+    "generate": ("prompt", "completion"),
+    "embed": ("anchor", "positive"),
+}
+
+
+class Hyperparameters(_Strict):
+    epochs: int = Field(3, ge=1, le=1000)
+    batch_size: int = Field(16, ge=1, le=4096, description="Examples per forward pass.")
+    learning_rate: float = Field(5e-5, gt=0.0, le=1.0)
+    warmup_ratio: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Share of the steps the learning rate warms up over."
+    )
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    max_length: int = Field(256, ge=1, le=8192, description="Tokens kept per example.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=1024, description="Forward passes per optimizer step."
+    )
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Same seed and data, same weights.")
+
+
+class FinetuneSpec(_Strict):
+    type: Literal["finetune"]
+    base_model: str = Field(
+        ...,
+        min_length=1,
+        description="s3:// prefix of a Hugging Face model directory, a local directory under "
+        "BARGE_LOCAL_MODEL_DIRS, or a registry name `name[@version]`.",
+    )
+    task: Task
+    train: str = Field(
+        ...,
+        description="s3:// URI of one object or a prefix: classify {text, label}, generate "
+        "{prompt, completion}, embed {anchor, positive}.",
+    )
+    validation: str | None = Field(None, description="Like train; evaluated after each epoch.")
+    hyperparameters: Hyperparameters = Field(default_factory=lambda: Hyperparameters.model_validate({}))
+    model_name: str = Field(
+        ...,
+        pattern=MODEL_NAME_PATTERN,
+        description="The registry name the result is registered under (a new version).",
+    )
+    output: str | None = Field(
+        None,
+        description="s3:// prefix for checkpoints, the model and the manifest "
+        "(default s3://<train bucket>/barge-finetunes/<job id>/).",
+    )
+    input_format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    checkpoint_every_steps: int | None = Field(None, ge=1)
+    checkpoint_every_seconds: float | None = Field(
+        None, gt=0.0, description="Default 600 when neither checkpoint interval is given."
+    )
+    keep_checkpoints: int = Field(2, ge=1, le=100, description="The newest N are kept.")
+    log_every_steps: int = Field(10, ge=1, description="A train event every N steps.")
+    max_failed_ratio: float = Field(
+        0.1, ge=0.0, le=1.0, description="Share of unusable training records tolerated."
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("train", "validation", "output")
+    @classmethod
+    def _s3_uri(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith("s3://") or len(v) <= len("s3://") or v[5] == "/":
+            raise ValueError("must be an s3://bucket/key URI")
+        return v
+
+    @field_validator("output")
+    @classmethod
+    def _output_prefix(cls, v: str | None) -> str | None:
+        return v if v is None or v.endswith("/") else v + "/"
+
+    @property
+    def fields(self) -> tuple[str, str]:
+        return FINETUNE_FIELDS[self.task]
+
+    @property
+    def checkpoint_seconds(self) -> float | None:
+        if self.checkpoint_every_steps is None and self.checkpoint_every_seconds is None:
+            return 600.0
+        return self.checkpoint_every_seconds
+
+
+JobSpec = InferenceSpec | FinetuneSpec
+JOB_TYPES = ("inference", "finetune")
+
+
+def parse_spec(data: dict[str, Any]) -> JobSpec:
+    """The stored or submitted spec as its model (``type`` defaults to inference)."""
+    if data.get("type", "inference") == "finetune":
+        return FinetuneSpec.model_validate(data)
+    return InferenceSpec.model_validate(data)

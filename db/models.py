@@ -62,6 +62,7 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     records_total: Mapped[int | None] = mapped_column(BigInteger)
     shards_total: Mapped[int | None] = mapped_column(Integer)
+    steps_total: Mapped[int | None] = mapped_column(BigInteger)  # fine-tunes: optimizer steps
     manifest: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -71,7 +72,7 @@ class Job(Base):
 
 
 class Shard(Base):
-    """One unit of work: a byte or record range of one input object.
+    """One unit of work: a byte or record range of one input object, or a whole fine-tune.
 
     ``attempt`` is the fencing token: a claim increments it, and only the holder of the current
     attempt may heartbeat or mark the shard done.
@@ -98,12 +99,16 @@ class Shard(Base):
     byte_start: Mapped[int | None] = mapped_column(BigInteger)
     byte_end: Mapped[int | None] = mapped_column(BigInteger)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # Claims that ended in a clean hand-off (a fine-tune's time slice), not a failure: attempts
+    # minus hand-offs is what counts against BARGE_MAX_ATTEMPTS.
+    handoffs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     worker: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     records_succeeded: Mapped[int] = mapped_column(BigInteger, default=0)
     records_failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    steps_done: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     output_key: Mapped[str | None] = mapped_column(Text)
     errors_key: Mapped[str | None] = mapped_column(Text)
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -123,6 +123,7 @@ class Progress:
     records_failed: int = 0
     shards_done: int = 0
     shards_running: int = 0
+    steps_done: int = 0
 
 
 def progress_for(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, Progress]:
@@ -140,13 +141,14 @@ def progress_for(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, 
             func.coalesce(func.sum(Shard.records_failed), 0),
             func.coalesce(done, 0),
             func.coalesce(running, 0),
+            func.coalesce(func.sum(Shard.steps_done), 0),
         )
         .where(Shard.job_id.in_(job_ids))
         .group_by(Shard.job_id)
     )
     out = {job_id: Progress() for job_id in job_ids}
-    for job_id, ok, failed, n_done, n_running in rows:
-        out[job_id] = Progress(int(ok), int(failed), int(n_done), int(n_running))
+    for job_id, ok, failed, n_done, n_running, steps in rows:
+        out[job_id] = Progress(int(ok), int(failed), int(n_done), int(n_running), int(steps))
     return out
 
 
@@ -223,18 +225,20 @@ def heartbeat_shard(
     lease: timedelta,
     succeeded: int,
     failed: int,
+    steps_done: int | None = None,
 ) -> bool:
     """Extend the lease and record progress; False when the lease was lost (stop working)."""
     now = utcnow()
+    values: dict[str, Any] = {
+        "lease_expires_at": now + lease,
+        "heartbeat_at": now,
+        "records_succeeded": succeeded,
+        "records_failed": failed,
+    }
+    if steps_done is not None:
+        values["steps_done"] = steps_done
     result = session.execute(
-        update(Shard)
-        .where(_held(shard_id, attempt))
-        .values(
-            lease_expires_at=now + lease,
-            heartbeat_at=now,
-            records_succeeded=succeeded,
-            records_failed=failed,
-        ),
+        update(Shard).where(_held(shard_id, attempt)).values(**values),
         execution_options={"synchronize_session": False},
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -251,21 +255,23 @@ def finish_shard(
     output_key: str | None,
     errors_key: str | None,
     error: str | None = None,
+    steps_done: int | None = None,
 ) -> bool:
     """Mark the shard final if ``attempt`` still holds it (fencing)."""
+    values: dict[str, Any] = {
+        "status": status,
+        "records_succeeded": succeeded,
+        "records_failed": failed,
+        "output_key": output_key,
+        "errors_key": errors_key,
+        "last_error": error,
+        "finished_at": utcnow(),
+        "lease_expires_at": None,
+    }
+    if steps_done is not None:
+        values["steps_done"] = steps_done
     result = session.execute(
-        update(Shard)
-        .where(_held(shard_id, attempt))
-        .values(
-            status=status,
-            records_succeeded=succeeded,
-            records_failed=failed,
-            output_key=output_key,
-            errors_key=errors_key,
-            last_error=error,
-            finished_at=utcnow(),
-            lease_expires_at=None,
-        ),
+        update(Shard).where(_held(shard_id, attempt)).values(**values),
         execution_options={"synchronize_session": False},
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -283,6 +289,24 @@ def release_shard(session: Session, shard_id: uuid.UUID, attempt: int, error: st
             dispatched_at=utcnow(),
             records_succeeded=0,  # the attempt's progress goes with it: no part holds it
             records_failed=0,
+        ),
+        execution_options={"synchronize_session": False},
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def hand_off_shard(session: Session, shard_id: uuid.UUID, attempt: int, steps_done: int) -> bool:
+    """Give a held shard back (pending) after a clean stop at a checkpoint: the next claim
+    continues it, and the hand-off does not count as a failed attempt."""
+    result = session.execute(
+        update(Shard)
+        .where(_held(shard_id, attempt))
+        .values(
+            status=SHARD_PENDING,
+            handoffs=Shard.handoffs + 1,
+            steps_done=steps_done,
+            lease_expires_at=None,
+            dispatched_at=utcnow(),
         ),
         execution_options={"synchronize_session": False},
     )

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 from barge.errors import Conflict, InvalidSpec
 from barge.records import detect_format, peek_fields, resolve_inputs
 from barge.settings import Settings
-from barge.specs import InferenceSpec
-from barge.storage import ObjectStore, S3Uri, check_bucket_allowed, local_model_dir
+from barge.specs import FinetuneSpec, InferenceSpec, JobSpec
+from barge.storage import ObjectInfo, ObjectStore, S3Uri, check_bucket_allowed, local_model_dir
 from db import repositories as repo
 from db import state
 from db.base import utcnow
@@ -23,52 +23,72 @@ from db.models import Job, Model
 
 
 def resolve_model(
-    session: Session, settings: Settings, store: ObjectStore, tenant_id: uuid.UUID, ref: str
+    session: Session,
+    settings: Settings,
+    store: ObjectStore,
+    tenant_id: uuid.UUID,
+    ref: str,
+    field: str = "model",
 ) -> str:
     """The model's location: an s3:// prefix, an allowed local directory, or a registry entry."""
     if ref.startswith("s3://"):
-        uri = S3Uri.parse(ref, field="model").as_prefix()
-        check_bucket_allowed(settings, uri, "model")
+        uri = S3Uri.parse(ref, field=field).as_prefix()
+        check_bucket_allowed(settings, uri, field)
         if not store.list(uri):
-            raise InvalidSpec(f"no model directory at {uri}", field="model")
+            raise InvalidSpec(f"no model directory at {uri}", field=field)
         return str(uri)
-    local = local_model_dir(settings, ref)  # raises when not under BARGE_LOCAL_MODEL_DIRS
+    try:
+        local = local_model_dir(settings, ref)  # raises when not under BARGE_LOCAL_MODEL_DIRS
+    except InvalidSpec as exc:
+        raise InvalidSpec(exc.message, field=field) from None
     if local is not None:
         if not local.is_dir():
-            raise InvalidSpec(f"no model directory at {local}", field="model")
+            raise InvalidSpec(f"no model directory at {local}", field=field)
         return str(local)
     name, _, version = ref.partition("@")
     query = select(Model).where(Model.tenant_id == tenant_id, Model.name == name)
     if version:
         if not version.isdigit():
-            raise InvalidSpec(f"model version must be a number: {ref!r}", field="model")
+            raise InvalidSpec(f"model version must be a number: {ref!r}", field=field)
         query = query.where(Model.version == int(version))
     found = session.scalar(query.order_by(Model.version.desc()).limit(1))
     if found is None:
         raise InvalidSpec(
             f"model {ref!r} is neither an s3:// URI nor a registered model name[@version]",
-            field="model",
+            field=field,
         )
     return found.uri
 
 
-def check_input(settings: Settings, store: ObjectStore, spec: InferenceSpec) -> None:
-    uri = S3Uri.parse(spec.input, field="input")
-    check_bucket_allowed(settings, uri, "input")
-    objects = resolve_inputs(store, spec.input)
+def _data_objects(
+    settings: Settings, store: ObjectStore, uri_text: str, declared: str, field: str
+) -> list[ObjectInfo]:
+    """The data objects at ``uri_text`` (one object or a prefix), each of a known format."""
+    uri = S3Uri.parse(uri_text, field=field)
+    check_bucket_allowed(settings, uri, field)
+    objects = resolve_inputs(store, uri_text, field)
     if not objects:
-        raise InvalidSpec(f"no input object or prefix at {spec.input}", field="input")
-    unknown = [str(o.uri) for o in objects if detect_format(o.uri.key, spec.input_format) is None]
+        raise InvalidSpec(f"no {field} object or prefix at {uri_text}", field=field)
+    unknown = [str(o.uri) for o in objects if detect_format(o.uri.key, declared) is None]
     if unknown:
         raise InvalidSpec(
-            f"cannot tell the format of {', '.join(unknown[:5])}: name inputs .jsonl, .csv or "
-            ".parquet (optionally .gz) or set input_format",
-            field="input",
+            f"cannot tell the format of {', '.join(unknown[:5])}: name {field} files .jsonl, "
+            ".csv or .parquet (optionally .gz) or set input_format",
+            field=field,
         )
-    first = objects[0]
-    fmt = detect_format(first.uri.key, spec.input_format)
+    return objects
+
+
+def _first_fields(store: ObjectStore, info: ObjectInfo, declared: str, field: str) -> list[str]:
+    fmt = detect_format(info.uri.key, declared)
     assert fmt is not None
-    fields = peek_fields(store, first, fmt)
+    return peek_fields(store, info, fmt, field)
+
+
+def check_input(settings: Settings, store: ObjectStore, spec: InferenceSpec) -> None:
+    objects = _data_objects(settings, store, spec.input, spec.input_format, "input")
+    first = objects[0]
+    fields = _first_fields(store, first, spec.input_format, "input")
     if not fields:
         return  # nothing readable to check against; bad records are reported per record
     shown = ", ".join(fields[:20])
@@ -84,10 +104,49 @@ def check_input(settings: Settings, store: ObjectStore, spec: InferenceSpec) -> 
         )
 
 
-def check_output(
-    session: Session, settings: Settings, store: ObjectStore, spec: InferenceSpec
-) -> None:
-    out = S3Uri.parse(spec.output, field="output").as_prefix()
+def check_training_data(settings: Settings, store: ObjectStore, spec: FinetuneSpec) -> None:
+    """Train (and validation) exist, are not empty and have the task's fields; the labels and
+    every record are checked when the job is planned."""
+    for field, uri_text in (("train", spec.train), ("validation", spec.validation)):
+        if uri_text is None:
+            continue
+        objects = _data_objects(settings, store, uri_text, spec.input_format, field)
+        if all(o.size == 0 for o in objects):
+            raise InvalidSpec(f"{field} data at {uri_text} is empty", field=field)
+        first = next(o for o in objects if o.size > 0)
+        fields = _first_fields(store, first, spec.input_format, field)
+        if not fields:
+            raise InvalidSpec(
+                f"{field} data at {first.uri} has no readable records (first 100 lines)",
+                field=field,
+            )
+        missing = [f for f in spec.fields if f not in fields]
+        if missing:
+            need = " and ".join(repr(f) for f in spec.fields)
+            raise InvalidSpec(
+                f"{field} records need {need} for task {spec.task!r}; {first.uri} has no "
+                f"{', '.join(repr(m) for m in missing)} (its fields: {', '.join(fields[:20])})",
+                field=field,
+            )
+
+
+def check_model_name(session: Session, tenant_id: uuid.UUID, spec: FinetuneSpec) -> None:
+    registered = session.scalar(
+        select(Model.task)
+        .where(Model.tenant_id == tenant_id, Model.name == spec.model_name)
+        .order_by(Model.version.desc())
+        .limit(1)
+    )
+    if registered is not None and registered != spec.task:
+        raise InvalidSpec(
+            f"model {spec.model_name!r} is registered for task {registered!r}; a new version "
+            f"must keep the task, or choose another model_name",
+            field="model_name",
+        )
+
+
+def check_output(session: Session, settings: Settings, store: ObjectStore, output: str) -> None:
+    out = S3Uri.parse(output, field="output").as_prefix()
     check_bucket_allowed(settings, out, "output")
     if store.head(out.join("_manifest.json")) is not None:
         raise InvalidSpec(
@@ -109,7 +168,7 @@ def create_job(
     settings: Settings,
     store: ObjectStore,
     tenant_id: uuid.UUID,
-    spec: InferenceSpec,
+    spec: JobSpec,
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
     """Validate against the stores and add the job (queued); (job, created). The caller commits
@@ -128,11 +187,23 @@ def create_job(
         raise InvalidSpec(
             f"metadata is larger than {settings.max_metadata_bytes} bytes", field="metadata"
         )
-    model_uri = resolve_model(session, settings, store, tenant_id, spec.model)
-    check_input(settings, store, spec)
-    check_output(session, settings, store, spec)
+    job_id = uuid.uuid4()
+    if isinstance(spec, FinetuneSpec):
+        model_uri = resolve_model(
+            session, settings, store, tenant_id, spec.base_model, field="base_model"
+        )
+        check_training_data(settings, store, spec)
+        check_model_name(session, tenant_id, spec)
+        train_bucket = S3Uri.parse(spec.train).bucket
+        output = spec.output or f"s3://{train_bucket}/barge-finetunes/{job_id}/"
+    else:
+        model_uri = resolve_model(session, settings, store, tenant_id, spec.model)
+        check_input(settings, store, spec)
+        output = spec.output
+    check_output(session, settings, store, output)
     now = utcnow()
     job = Job(
+        id=job_id,
         tenant_id=tenant_id,
         type=spec.type,
         status=state.QUEUED,
@@ -140,7 +211,7 @@ def create_job(
         meta=spec.metadata,
         idempotency_key=idempotency_key,
         model_uri=model_uri,
-        output_uri=str(S3Uri.parse(spec.output).as_prefix()),
+        output_uri=str(S3Uri.parse(output).as_prefix()),
         created_at=now,
         updated_at=now,
         dispatched_at=now,

@@ -8,12 +8,14 @@ import logging
 import uuid
 from typing import Any
 
-from barge.specs import InferenceSpec
+from sqlalchemy import select
+
+from barge.specs import FinetuneSpec, parse_spec
 from barge.storage import S3Uri
 from db import repositories as repo
 from db import state
 from db.base import utcnow
-from db.models import Job, Shard
+from db.models import Job, Model, Shard
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,11 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
             return  # the last shard to settle sends us again
         shards = repo.shards_of(session, job_id)
         target, error = _outcome(job, shards)
-        manifest = build_manifest(job, shards, target, error)
+        if job.type == "finetune":
+            registered = session.scalar(select(Model).where(Model.job_id == job.id))
+            manifest = finetune_manifest(job, shards, target, error, registered)
+        else:
+            manifest = build_manifest(job, shards, target, error)
         out = S3Uri.parse(job.output_uri).as_prefix()
         ctx.store.put_bytes(
             out.join("_manifest.json"), json.dumps(manifest, indent=2).encode() + b"\n"
@@ -59,9 +65,12 @@ def _outcome(job: Job, shards: list[Shard]) -> tuple[str, str | None]:
     failed_shards = [s for s in shards if s.status == state.SHARD_FAILED]
     if failed_shards:
         return state.FAILED, failed_shards[0].last_error or f"shard {failed_shards[0].index} failed"
+    spec = parse_spec(job.spec)
+    if isinstance(spec, FinetuneSpec):
+        return state.SUCCEEDED, None  # its data was checked against max_failed_ratio at planning
     ok = sum(s.records_succeeded for s in shards)
     bad = sum(s.records_failed for s in shards)
-    limit = InferenceSpec.model_validate(job.spec).max_failed_ratio
+    limit = spec.max_failed_ratio
     if ok + bad and bad / (ok + bad) > limit:
         return (
             state.FAILED,
@@ -108,6 +117,51 @@ def build_manifest(job: Job, shards: list[Shard], status: str, error: str | None
             for s in shards
             if s.errors_key
         ],
+        "timings": {
+            "created_at": job.created_at.isoformat(),
+            "started_at": job.started_at.isoformat() if job.started_at else None,
+            "finished_at": finished.isoformat(),
+            "seconds": round((finished - (job.started_at or job.created_at)).total_seconds(), 3),
+        },
+    }
+
+
+def finetune_manifest(
+    job: Job, shards: list[Shard], status: str, error: str | None, registered: Model | None
+) -> dict[str, Any]:
+    finished = utcnow()
+    spec = job.spec
+    unit = shards[0] if shards else None
+    out = S3Uri.parse(job.output_uri).as_prefix()
+    return {
+        "job_id": str(job.id),
+        "type": "finetune",
+        "status": status,
+        "error": error,
+        "task": spec.get("task"),
+        "base_model": spec.get("base_model"),
+        "base_model_uri": job.model_uri,
+        "train": spec.get("train"),
+        "validation": spec.get("validation"),
+        "hyperparameters": spec.get("hyperparameters"),
+        "steps": {"done": unit.steps_done if unit else 0, "total": job.steps_total or 0},
+        "records": {
+            "train_total": job.records_total or 0,
+            "train_used": unit.records_succeeded if unit else 0,
+            "train_skipped": unit.records_failed if unit else 0,
+        },
+        "model": (
+            {
+                "name": registered.name,
+                "version": registered.version,
+                "uri": registered.uri,
+                "metrics": registered.metrics,
+            }
+            if registered
+            else None
+        ),
+        "checkpoints": str(out.join("checkpoints/")),
+        "errors": str(out.join("errors/")) if unit and unit.records_failed else None,
         "timings": {
             "created_at": job.created_at.isoformat(),
             "started_at": job.started_at.isoformat() if job.started_at else None,

@@ -9,12 +9,14 @@ from barge.errors import BargeError, PermanentJobError
 from barge.modeldirs import check_model_files, list_model_files
 from barge.queue import FINALIZE_JOB, RUN_SHARD
 from barge.records import detect_format, plan_ranges, resolve_inputs
-from barge.specs import InferenceSpec
+from barge.specs import FinetuneSpec, InferenceSpec, parse_spec
+from barge.storage import S3Uri
 from db import repositories as repo
 from db import state
 from db.base import utcnow
 from db.models import Shard
 from worker.context import WorkerContext
+from worker.finetune_data import check_datasets, load_dataset, steps_per_epoch, write_errors
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,18 @@ def plan_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
             if job.status == state.CANCELLING:
                 ctx.send(FINALIZE_JOB, str(job_id))
             return  # already planned (duplicate delivery) or final
-        spec = InferenceSpec.model_validate(job.spec)
+        spec = parse_spec(job.spec)
+        model_ref = job.model_uri or ""
         try:
-            shards, total, n_objects = _plan(ctx, spec, job.model_uri or spec.model, job_id)
+            if isinstance(spec, FinetuneSpec):
+                shards, total, message, data = _plan_finetune(
+                    ctx, spec, model_ref, job_id, job.output_uri
+                )
+                job.steps_total = data["steps"]
+            else:
+                shards, total, n_objects = _plan(ctx, spec, model_ref or spec.model, job_id)
+                message = f"planned {len(shards)} shards over {n_objects} objects, {total} records"
+                data = {"shards": len(shards), "objects": n_objects, "records": total}
         except BargeError as exc:
             state.transition(session, job, state.FAILED, error=f"planning failed: {exc.message}")
             shards = []
@@ -46,13 +57,7 @@ def plan_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
         job.records_total = total
         job.shards_total = len(shards)
         session.flush()
-        state.transition(
-            session,
-            job,
-            state.RUNNING,
-            message=f"planned {len(shards)} shards over {n_objects} objects, {total} records",
-            data={"shards": len(shards), "objects": n_objects, "records": total},
-        )
+        state.transition(session, job, state.RUNNING, message=message, data=data)
         shard_refs = [(str(s.id), s.index) for s in shards]
     for shard_id, index in shard_refs:  # after commit
         ctx.send(RUN_SHARD, shard_id, str(job_id), index)
@@ -98,3 +103,49 @@ def _plan(
             )
         offset += count
     return shards, offset, len(objects)
+
+
+def _plan_finetune(
+    ctx: WorkerContext, spec: FinetuneSpec, model_ref: str, job_id: uuid.UUID, output: str
+) -> tuple[list[Shard], int, str, dict[str, int]]:
+    """Check every training and validation record; the whole fine-tune is one unit of work."""
+    check_model_files(model_ref, list_model_files(ctx.settings, ctx.store, model_ref))
+    train = load_dataset(ctx.store, spec, "train")
+    validation = load_dataset(ctx.store, spec, "validation") if spec.validation else None
+    out = S3Uri.parse(output).as_prefix()
+    for dataset in (train, validation):
+        if dataset is not None:
+            write_errors(ctx.store, out, dataset)
+    check_datasets(spec, train, validation)
+    hp = spec.hyperparameters
+    steps = hp.epochs * steps_per_epoch(len(train.examples), hp)
+    objects = resolve_inputs(ctx.store, spec.train, "train")
+    fmt = detect_format(objects[0].uri.key, spec.input_format)
+    assert fmt is not None
+    shard = Shard(
+        id=uuid.uuid4(),
+        job_id=job_id,
+        index=0,
+        source_uri=spec.train,
+        input_format=fmt.name,
+        compressed=fmt.gzip,
+        start_record=0,
+        record_count=train.records,
+        record_offset=0,
+        first_line=1,
+    )
+    n_val = len(validation.examples) if validation else 0
+    skipped = len(train.errors) + (len(validation.errors) if validation else 0)
+    message = (
+        f"planned fine-tune: {len(train.examples)} training and {n_val} validation examples, "
+        f"{steps} steps over {hp.epochs} epochs"
+        + (f"; {skipped} unusable records skipped (see errors/)" if skipped else "")
+    )
+    data = {
+        "train_examples": len(train.examples),
+        "validation_examples": n_val,
+        "skipped_records": skipped,
+        "steps": steps,
+        "epochs": hp.epochs,
+    }
+    return [shard], train.records, message, data

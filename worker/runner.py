@@ -1,5 +1,5 @@
-"""Running one shard: claim it, stream its records through the model in length-sorted batches,
-write its part in one PUT, and mark it done only while holding its lease (fencing)."""
+"""Running one claimed inference shard: stream its records through the model in length-sorted
+batches, write its part in one PUT, and mark it done only while holding its lease (fencing)."""
 
 from __future__ import annotations
 
@@ -8,58 +8,28 @@ import queue
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import select
 
 from barge.errors import PermanentJobError
-from barge.queue import FINALIZE_JOB, RUN_SHARD
-from barge.records import Format, Range, Record, iter_range
+from barge.records import Record, iter_range
 from barge.specs import InferenceSpec
 from barge.storage import S3Uri
 from db import repositories as repo
 from db import state
-from db.models import Job, Shard
 from worker import metrics
 from worker.context import WorkerContext
 from worker.models import LoadedModel, predict
 from worker.outputs import JsonlPart, errors_name, make_part, part_name
+from worker.units import Control, LeaseLost, ShardWork, Stop, fail, finalize_if_last, retry_or_fail
 
 log = logging.getLogger(__name__)
 
 WINDOW_BATCHES = 16  # records are length-sorted within windows of this many batches
-
-
-class Stop(Exception):
-    """Stop working on the shard: the job is no longer running."""
-
-    def __init__(self, job_status: str):
-        self.job_status = job_status
-        super().__init__(f"job is {job_status}")
-
-
-class LeaseLost(Exception):
-    """Another attempt holds the shard now; this one must not write anything."""
-
-
-@dataclass(frozen=True)
-class ShardWork:
-    shard_id: uuid.UUID
-    job_id: uuid.UUID
-    index: int
-    attempt: int
-    source: str
-    fmt: Format
-    rng: Range
-    record_offset: int
-    spec: InferenceSpec
-    model_ref: str
 
 
 @dataclass
@@ -71,16 +41,7 @@ class Outcome:
     errors_key: str | None
 
 
-def run_shard(ctx: WorkerContext, shard_id: uuid.UUID) -> None:
-    work = _claim(ctx, shard_id)
-    if work is None:
-        return
-    started = time.monotonic()
-    status = _run_claimed(ctx, work)
-    metrics.SHARD_SECONDS.labels(work.spec.task, status).observe(time.monotonic() - started)
-
-
-def _run_claimed(ctx: WorkerContext, work: ShardWork) -> str:
+def run_claimed(ctx: WorkerContext, work: ShardWork) -> str:
     """Run a claimed shard to its end; returns how it ended (the shard metric's status)."""
     shard_id = work.shard_id
     try:
@@ -89,11 +50,11 @@ def _run_claimed(ctx: WorkerContext, work: ShardWork) -> str:
         log.warning("shard %s attempt %s lost its lease; dropping its work", shard_id, work.attempt)
         return "lease_lost"
     except PermanentJobError as exc:
-        _fail(ctx, work, exc.message)
+        fail(ctx, work, exc.message)
         return state.SHARD_FAILED
     except SoftTimeLimitExceeded:
         limit = ctx.settings.shard_soft_time_limit
-        _fail(
+        fail(
             ctx,
             work,
             f"ran longer than the shard time limit ({limit:.0f}s, BARGE_SHARD_SOFT_TIME_LIMIT); "
@@ -102,7 +63,7 @@ def _run_claimed(ctx: WorkerContext, work: ShardWork) -> str:
         return state.SHARD_FAILED
     except Exception as exc:
         log.exception("shard %s attempt %s failed", shard_id, work.attempt)
-        _retry_or_fail(ctx, work, f"{type(exc).__name__}: {exc}")
+        retry_or_fail(ctx, work, f"{type(exc).__name__}: {exc}")
         return "error"
     with ctx.session() as session:
         done = repo.finish_shard(
@@ -117,153 +78,8 @@ def _run_claimed(ctx: WorkerContext, work: ShardWork) -> str:
         )
     if not done:
         return "lease_lost"
-    _finalize_if_last(ctx, work.job_id)
+    finalize_if_last(ctx, work.job_id)
     return outcome.status
-
-
-def _claim(ctx: WorkerContext, shard_id: uuid.UUID) -> ShardWork | None:
-    settings = ctx.settings
-    with ctx.session() as session:
-        shard = session.get(Shard, shard_id)
-        if shard is None or shard.status in state.SHARD_FINAL:
-            return None  # unknown, or a duplicate delivery of finished work
-        job = repo.get_job(session, shard.job_id)
-        assert job is not None
-        if job.status != state.RUNNING:
-            settled = repo.settle_unstarted_shard(
-                session, shard.id, state.SHARD_CANCELLED, f"not run: job is {job.status}"
-            )
-        elif shard.attempt >= settings.max_attempts:
-            error = (
-                f"shard {shard.index} ({shard.source_uri}, records {shard.start_record}-"
-                f"{shard.start_record + shard.record_count - 1}) gave up after {shard.attempt} "
-                f"attempts; last error: {shard.last_error or 'the worker running it died or stalled'}"
-            )
-            settled = repo.settle_unstarted_shard(session, shard.id, state.SHARD_FAILED, error)
-            if settled:
-                state.transition(session, job, state.FAILED, error=error)
-        else:
-            attempt = repo.claim_shard(
-                session, shard.id, ctx.name, timedelta(seconds=settings.lease_seconds)
-            )
-            if attempt is None:
-                return None  # someone else holds a live lease
-            if attempt > 1:
-                repo.add_event(
-                    session,
-                    job.id,
-                    "shard_retry",
-                    f"shard {shard.index} attempt {attempt} on {ctx.name}",
-                    shard=shard.index,
-                    attempt=attempt,
-                    previous_error=shard.last_error,
-                )
-            return ShardWork(
-                shard_id=shard.id,
-                job_id=job.id,
-                index=shard.index,
-                attempt=attempt,
-                source=shard.source_uri,
-                fmt=Format(shard.input_format, shard.compressed),
-                rng=Range(
-                    shard.start_record,
-                    shard.record_count,
-                    shard.first_line,
-                    shard.byte_start,
-                    shard.byte_end,
-                ),
-                record_offset=shard.record_offset,
-                spec=InferenceSpec.model_validate(job.spec),
-                model_ref=job.model_uri or job.spec["model"],
-            )
-    if settled:
-        _finalize_if_last(ctx, shard.job_id)
-    return None
-
-
-def _fail(ctx: WorkerContext, work: ShardWork, message: str) -> None:
-    error = f"shard {work.index} ({work.source}): {message}"
-    with ctx.session() as session:
-        if repo.finish_shard(
-            session,
-            work.shard_id,
-            work.attempt,
-            state.SHARD_FAILED,
-            succeeded=0,
-            failed=0,
-            output_key=None,
-            errors_key=None,
-            error=error,
-        ):
-            job = repo.lock_job(session, work.job_id)
-            if job is not None and job.status == state.RUNNING:
-                state.transition(session, job, state.FAILED, error=error)
-    _finalize_if_last(ctx, work.job_id)
-
-
-def _retry_or_fail(ctx: WorkerContext, work: ShardWork, message: str) -> None:
-    if work.attempt >= ctx.settings.max_attempts:
-        _fail(ctx, work, f"failed after {work.attempt} attempts; last error: {message}")
-        return
-    with ctx.session() as session:
-        released = repo.release_shard(session, work.shard_id, work.attempt, message)
-        if released:
-            repo.add_event(
-                session,
-                work.job_id,
-                "shard_error",
-                f"shard {work.index} attempt {work.attempt} failed, will retry: {message}",
-                shard=work.index,
-                attempt=work.attempt,
-            )
-    if released:
-        ctx.send(
-            RUN_SHARD,
-            str(work.shard_id),
-            str(work.job_id),
-            work.index,
-            countdown=min(60, 2**work.attempt),
-        )
-
-
-def _finalize_if_last(ctx: WorkerContext, job_id: uuid.UUID) -> None:
-    with ctx.session() as session:
-        remaining = repo.unfinished_shard_count(session, job_id)
-    if remaining == 0:
-        ctx.send(FINALIZE_JOB, str(job_id))
-
-
-class Control:
-    """Between batches: is the job still running? Every few seconds: heartbeat and progress."""
-
-    def __init__(self, ctx: WorkerContext, work: ShardWork):
-        self.ctx = ctx
-        self.work = work
-        self.succeeded = 0
-        self.failed = 0
-        self._last_beat = time.monotonic()
-
-    def between_batches(self) -> None:
-        with self.ctx.session() as session:
-            status = session.scalar(select(Job.status).where(Job.id == self.work.job_id))
-        if status != state.RUNNING:
-            raise Stop(status or "gone")
-        if time.monotonic() - self._last_beat >= self.ctx.settings.heartbeat_seconds:
-            self.beat()
-
-    def beat(self) -> None:
-        with self.ctx.session() as session:
-            held = repo.heartbeat_shard(
-                session,
-                self.work.shard_id,
-                self.work.attempt,
-                timedelta(seconds=self.ctx.settings.lease_seconds),
-                self.succeeded,
-                self.failed,
-            )
-        if not held:
-            raise LeaseLost()
-        self._last_beat = time.monotonic()
 
 
 def _prefetch(it: Iterator[Record], size: int) -> Iterator[Record]:
@@ -301,6 +117,7 @@ def _prefetch(it: Iterator[Record], size: int) -> Iterator[Record]:
 def execute(ctx: WorkerContext, work: ShardWork) -> Outcome:
     """Run the shard's records through the model; return what was written."""
     spec = work.spec
+    assert isinstance(spec, InferenceSpec)
     loaded = ctx.models.get(work.model_ref, spec.task)
     params = spec.task_params()
     control = Control(ctx, work)

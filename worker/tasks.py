@@ -6,7 +6,7 @@ import uuid
 
 from barge.queue import FINALIZE_JOB, PLAN_JOB, RECONCILE, RUN_SHARD, SCAN_DROPS
 from barge.settings import get_settings
-from worker import drops, finalize, planner, reconciler, runner
+from worker import drops, finalize, planner, reconciler, units
 from worker.celery_app import app
 from worker.context import get_context
 
@@ -26,8 +26,9 @@ _settings = get_settings()
     time_limit=_settings.shard_hard_time_limit,
 )
 def run_shard(shard_id: str, job_id: str = "", index: int = -1) -> None:
-    """Run one shard (job id and index are there for operators reading Flower)."""
-    runner.run_shard(get_context(), uuid.UUID(shard_id))
+    """Run one shard or fine-tune slice (job id and index are there for operators reading
+    Flower)."""
+    units.run_shard(get_context(), uuid.UUID(shard_id))
 
 
 @app.task(name=FINALIZE_JOB)

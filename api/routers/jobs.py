@@ -6,17 +6,31 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
+from pydantic import Discriminator, Tag
 
 from api import jobs_service as service
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
 from api.schemas import ERROR_RESPONSES, EventList, EventOut, JobList, JobOut, ShardList, ShardOut
 from barge.errors import InvalidSpec, NotFound
-from barge.specs import JOB_TYPES, InferenceSpec
+from barge.specs import JOB_TYPES, FinetuneSpec, InferenceSpec
 from db import repositories as repo
 from db.models import Job, Tenant
 from db.state import JOB_STATUSES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def _job_type(body: object) -> str:
+    if isinstance(body, dict):
+        return str(body.get("type", "inference"))
+    return str(getattr(body, "type", "inference"))
+
+
+# `type` picks the spec: "inference" (the default) or "finetune".
+JobBody = Annotated[
+    Annotated[InferenceSpec, Tag("inference")] | Annotated[FinetuneSpec, Tag("finetune")],
+    Discriminator(_job_type),
+]
 
 
 def _job(uow: UoW, tenant: Tenant, job_id: str) -> Job:
@@ -32,7 +46,7 @@ def _job(uow: UoW, tenant: Tenant, job_id: str) -> Job:
 
 @router.post("", status_code=201, response_model=JobOut, responses=ERROR_RESPONSES)
 def create_job(
-    spec: InferenceSpec,
+    spec: JobBody,
     uow: UoW,
     tenant: CurrentTenant,
     settings: SettingsDep,
@@ -40,7 +54,8 @@ def create_job(
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobOut:
-    """Submit a job. The same `Idempotency-Key` from the same tenant returns the same job."""
+    """Submit an inference job or (`"type": "finetune"`) a fine-tune. The same `Idempotency-Key`
+    from the same tenant returns the same job."""
     job, created = service.submit(uow, settings, store, tenant, spec, idempotency_key)
     if not created:
         response.status_code = 200

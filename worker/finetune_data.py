@@ -1,0 +1,123 @@
+"""Fine-tune datasets: read every training or validation record, keep the usable ones and say
+exactly why each other one was not used. No torch here: the planner uses it too."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from barge.errors import PermanentJobError
+from barge.records import EVERYTHING, detect_format, iter_range, resolve_inputs
+from barge.specs import FinetuneSpec, Hyperparameters
+from barge.storage import ObjectStore, S3Uri
+
+
+@dataclass
+class Dataset:
+    """Usable examples as (first, second) pairs: (text, label), (prompt, completion) or
+    (anchor, positive); ``errors`` holds one row per unusable record."""
+
+    name: str
+    examples: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def records(self) -> int:
+        return len(self.examples) + len(self.errors)
+
+    def labels(self) -> list[str]:
+        return sorted({label for _, label in self.examples})
+
+
+def load_dataset(store: ObjectStore, spec: FinetuneSpec, name: str) -> Dataset:
+    """Every record of ``spec.train`` (name "train") or ``spec.validation``, in key order."""
+    uri = spec.train if name == "train" else spec.validation
+    assert uri is not None
+    data = Dataset(name)
+    first, second = spec.fields
+    for info in resolve_inputs(store, uri, name):
+        fmt = detect_format(info.uri.key, spec.input_format)
+        if fmt is None:
+            raise PermanentJobError(
+                f"cannot tell the format of {info.uri}: name it .jsonl, .csv or .parquet "
+                "(optionally .gz) or set input_format"
+            )
+        for rec in iter_range(store, info, fmt, EVERYTHING):
+            if rec.data is None:
+                problem: str | None = rec.error or "unreadable record"
+            else:
+                pair, problem = _pair(rec.data, first, second, spec.task)
+                if pair is not None:
+                    data.examples.append(pair)
+                    continue
+            data.errors.append({"source": str(info.uri), "line": rec.line, "error": problem})
+    return data
+
+
+def _pair(
+    row: dict[str, Any], first: str, second: str, task: str
+) -> tuple[tuple[str, str] | None, str | None]:
+    values = []
+    for name in (first, second):
+        value = row.get(name)
+        if value is None or value == "":
+            return None, f"record has no {name!r}"
+        if name == "label" and task == "classify":
+            if isinstance(value, bool | int | str) and not isinstance(value, float):
+                value = str(value).lower() if isinstance(value, bool) else str(value)
+            else:
+                return None, f"label is {type(value).__name__}; use a string or an integer"
+        elif not isinstance(value, str):
+            return None, f"{name!r} is {type(value).__name__}, expected a string"
+        values.append(value)
+    return (values[0], values[1]), None
+
+
+def check_datasets(spec: FinetuneSpec, train: Dataset, validation: Dataset | None) -> None:
+    """Raise PermanentJobError with what to fix when the data cannot train this task."""
+    for data in (train, validation):
+        if data is None:
+            continue
+        if not data.examples:
+            first = data.errors[0] if data.errors else None
+            why = f"; first problem: line {first['line']}: {first['error']}" if first else ""
+            raise PermanentJobError(f"{data.name} has no usable records{why}")
+        ratio = len(data.errors) / data.records
+        if ratio > spec.max_failed_ratio:
+            first = data.errors[0]
+            raise PermanentJobError(
+                f"{len(data.errors)} of {data.records} {data.name} records are unusable "
+                f"({ratio:.1%}, more than max_failed_ratio {spec.max_failed_ratio:.1%}); first: "
+                f"{first['source']} line {first['line']}: {first['error']}"
+            )
+    if spec.task == "classify":
+        labels = train.labels()
+        if len(labels) < 2:
+            raise PermanentJobError(
+                f"train has only one label ({labels[0]!r}); a classifier needs at least two"
+            )
+        if validation is not None:
+            unseen = sorted(set(validation.labels()) - set(labels))
+            if unseen:
+                raise PermanentJobError(
+                    f"validation has labels train never saw: {', '.join(map(repr, unseen[:10]))} "
+                    f"(train labels: {', '.join(map(repr, labels[:20]))})"
+                )
+
+
+def steps_per_epoch(examples: int, hp: Hyperparameters) -> int:
+    micro_batches = math.ceil(examples / hp.batch_size)
+    return math.ceil(micro_batches / hp.gradient_accumulation_steps)
+
+
+def write_errors(store: ObjectStore, output: S3Uri, data: Dataset) -> str | None:
+    """``errors/<train|validation>.jsonl`` under the job's prefix; its key, or None."""
+    key = output.join(f"errors/{data.name}.jsonl")
+    if not data.errors:
+        store.delete(key)
+        return None
+    body = "".join(json.dumps(row) + "\n" for row in data.errors).encode()
+    store.put_bytes(key, body)
+    return key.key

@@ -1,0 +1,377 @@
+"""The training loop of a fine-tune, as plain functions over a model directory and examples.
+
+Deterministic for a seed: each epoch's order comes from its own generator (seed, epoch), and a
+checkpoint holds everything else that moves (weights, optimizer, scheduler, RNG states, the
+step), so a run resumed from a checkpoint ends with the same weights as one that never stopped.
+
+Checkpoints are written without pickle: tensors in safetensors files, the rest as JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from barge.errors import PermanentJobError
+from barge.specs import FinetuneSpec
+from worker.finetune_data import steps_per_epoch
+
+MAX_GRAD_NORM = 1.0  # gradients are clipped to this norm, as Hugging Face's Trainer does
+EMBED_SCALE = 20.0  # cosine similarities are multiplied by this before the softmax
+IGNORE = -100  # label of tokens that carry no loss (prompt and padding)
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "trainer_state.json"
+CHECKPOINT_FILES = (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order of the examples in ``epoch``: a permutation fixed by (seed, epoch) alone."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return [int(i) for i in torch.randperm(n, generator=gen)]
+
+
+def linear_schedule(warmup: int, total: int) -> Any:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+class Trainer:
+    """Model, optimizer and schedule for one fine-tune; ``step`` is the optimizer steps done."""
+
+    def __init__(
+        self,
+        spec: FinetuneSpec,
+        model_dir: Path,
+        device: Any,
+        train: Sequence[tuple[str, str]],
+        labels: list[str],
+    ):
+        import torch
+        import transformers
+
+        self.spec = spec
+        self.hp = spec.hyperparameters
+        self.device = device
+        self.train = list(train)
+        self.labels = labels
+        self.label_ids = {label: i for i, label in enumerate(labels)}
+        self.steps_per_epoch = steps_per_epoch(len(self.train), self.hp)
+        self.total_steps = self.hp.epochs * self.steps_per_epoch
+        self.step = 0
+        torch.manual_seed(self.hp.seed)  # a new head's initial weights come from the seed
+        random.seed(self.hp.seed)
+        kwargs: dict[str, Any] = {"use_safetensors": True, "local_files_only": True}
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+                str(model_dir), local_files_only=True
+            )
+            if spec.task == "classify":
+                self.model = transformers.AutoModelForSequenceClassification.from_pretrained(
+                    str(model_dir),
+                    num_labels=len(labels),
+                    id2label=dict(enumerate(labels)),
+                    label2id=self.label_ids,
+                    ignore_mismatched_sizes=True,
+                    **kwargs,
+                )
+                self.model.config.problem_type = "single_label_classification"
+            elif spec.task == "generate":
+                self.model = transformers.AutoModelForCausalLM.from_pretrained(
+                    str(model_dir), **kwargs
+                )
+            else:
+                self.model = transformers.AutoModel.from_pretrained(str(model_dir), **kwargs)
+        except Exception as exc:
+            raise PermanentJobError(
+                f"cannot load base model {spec.base_model} for task {spec.task!r}: {exc}"
+            ) from exc
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model.to(device).train()
+        decay: list[Any] = []
+        no_decay: list[Any] = []
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.hp.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hp.learning_rate,
+        )
+        warmup = math.ceil(self.hp.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, linear_schedule(warmup, self.total_steps)
+        )
+        self.amp_dtype: Any = None
+        if device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self._order: tuple[int, list[int]] | None = None
+
+    # --- steps --------------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next step belongs to."""
+        return self.step // self.steps_per_epoch
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    @property
+    def epoch_ends(self) -> bool:
+        """True right after the last step of an epoch."""
+        return self.step > 0 and self.step % self.steps_per_epoch == 0
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def _autocast(self) -> Any:
+        import torch
+
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def micro_batches(self, step: int) -> list[list[tuple[str, str]]]:
+        """The examples of each forward pass of optimizer step ``step``."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, epoch_order(len(self.train), self.hp.seed, epoch))
+        order = self._order[1]
+        bs, accum = self.hp.batch_size, self.hp.gradient_accumulation_steps
+        out = []
+        for k in range(within * accum, (within + 1) * accum):
+            idx = order[k * bs : (k + 1) * bs]
+            if idx:
+                out.append([self.train[i] for i in idx])
+        return out
+
+    def train_step(self) -> Any:
+        """One optimizer step; returns its mean loss as a tensor (no device sync)."""
+        import torch
+
+        groups = self.micro_batches(self.step)
+        total = None
+        for batch in groups:
+            with self._autocast():
+                loss = self.loss(batch) / len(groups)
+            self.scaler.scale(loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total
+
+    # --- losses -------------------------------------------------------------------------------
+
+    def loss(self, batch: Sequence[tuple[str, str]]) -> Any:
+        return self.forward(batch)[0]
+
+    def forward(self, batch: Sequence[tuple[str, str]]) -> tuple[Any, int]:
+        """(mean loss, correct predictions) of one batch; accuracy is for classify and embed."""
+        import torch
+
+        task = self.spec.task
+        max_length = self.hp.max_length
+        if task == "classify":
+            enc = self.tokenizer(
+                [t for t, _ in batch],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            target = torch.tensor([self.label_ids[y] for _, y in batch], device=self.device)
+            logits = self.model(**enc).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits, target)
+            return loss, int((logits.argmax(-1) == target).sum()) if not self.model.training else 0
+        if task == "generate":
+            ids, labels, mask = self._completion_batch(batch)
+            out = self.model(input_ids=ids, attention_mask=mask, labels=labels)
+            return out.loss, 0
+        anchors = self._embed([a for a, _ in batch])
+        positives = self._embed([p for _, p in batch])
+        scores = anchors @ positives.T * EMBED_SCALE
+        target = torch.arange(len(batch), device=self.device)
+        loss = torch.nn.functional.cross_entropy(scores.float(), target)
+        return loss, int((scores.argmax(-1) == target).sum()) if not self.model.training else 0
+
+    def _embed(self, texts: list[str]) -> Any:
+        import torch
+
+        enc = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.hp.max_length, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+
+    def _completion_batch(self, batch: Sequence[tuple[str, str]]) -> tuple[Any, Any, Any]:
+        import torch
+
+        rows = [
+            completion_tokens(self.tokenizer, self._eos(), p, c, self.hp.max_length)
+            for p, c in batch
+        ]
+        width = max(len(ids) for ids, _ in rows)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row_ids, row_labels) in enumerate(rows):
+            ids[i, : len(row_ids)] = torch.tensor(row_ids)
+            labels[i, : len(row_labels)] = torch.tensor(row_labels)
+            mask[i, : len(row_ids)] = 1
+        return ids.to(self.device), labels.to(self.device), mask.to(self.device)
+
+    def _eos(self) -> int | None:
+        eos = getattr(self.model.config, "eos_token_id", None)
+        if isinstance(eos, list):
+            eos = eos[0] if eos else None
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return eos if eos is not None else self.tokenizer.sep_token_id
+
+    # --- evaluation ---------------------------------------------------------------------------
+
+    def evaluate(self, examples: Sequence[tuple[str, str]]) -> dict[str, float]:
+        """Mean loss (weighted by batch size) and, for classify and embed, accuracy."""
+        import torch
+
+        self.model.eval()
+        loss_sum, correct, count = 0.0, 0, 0
+        try:
+            with torch.no_grad():
+                for start in range(0, len(examples), self.hp.batch_size):
+                    batch = examples[start : start + self.hp.batch_size]
+                    with self._autocast():
+                        loss, right = self.forward(batch)
+                    loss_sum += float(loss) * len(batch)
+                    correct += right
+                    count += len(batch)
+        finally:
+            self.model.train()
+        out = {"validation_loss": round(loss_sum / max(1, count), 6)}
+        if self.spec.task in ("classify", "embed"):
+            out["validation_accuracy"] = round(correct / max(1, count), 6)
+        return out
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def save_checkpoint(self, directory: Path, extra: dict[str, Any]) -> list[Path]:
+        """Write the model, optimizer, scheduler, RNG states and step to ``directory``."""
+        import torch
+        from safetensors.torch import save_file, save_model
+
+        directory.mkdir(parents=True, exist_ok=True)
+        save_model(self.model, str(directory / MODEL_FILE))
+        opt = self.optimizer.state_dict()
+        tensors: dict[str, Any] = {"rng.cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        scalars: dict[str, dict[str, Any]] = {}
+        for pid, values in opt["state"].items():
+            for key, value in values.items():
+                if torch.is_tensor(value):
+                    tensors[f"state.{pid}.{key}"] = value.detach().contiguous().cpu()
+                else:
+                    scalars.setdefault(str(pid), {})[key] = value
+        save_file(tensors, str(directory / OPTIMIZER_FILE))
+        state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "total_steps": self.total_steps,
+            "param_groups": opt["param_groups"],
+            "optimizer_scalars": scalars,
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "python_random": _jsonable(random.getstate()),
+            **extra,
+        }
+        (directory / STATE_FILE).write_text(json.dumps(state, indent=1))
+        return [directory / name for name in CHECKPOINT_FILES]
+
+    def load_checkpoint(self, directory: Path) -> dict[str, Any]:
+        """Restore everything ``save_checkpoint`` wrote; returns the state (with ``extra``)."""
+        import torch
+        from safetensors.torch import load_file, load_model
+
+        state = json.loads((directory / STATE_FILE).read_text())
+        load_model(self.model, str(directory / MODEL_FILE), device=str(self.device))
+        tensors = load_file(str(directory / OPTIMIZER_FILE))
+        opt_state: dict[int, dict[str, Any]] = {}
+        for name, value in tensors.items():
+            if not name.startswith("state."):
+                continue
+            _, pid, key = name.split(".", 2)
+            opt_state.setdefault(int(pid), {})[key] = value
+        for pid, values in state["optimizer_scalars"].items():
+            opt_state.setdefault(int(pid), {}).update(values)
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(tensors["rng.cpu"])
+        if self.device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        random.setstate(_tupled(state["python_random"]))
+        self.step = int(state["step"])
+        return dict(state)
+
+    def save_model(self, directory: Path) -> list[Path]:
+        """A Hugging Face model directory (safetensors weights, config, tokenizer)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(directory), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(directory))
+        return sorted(p for p in directory.rglob("*") if p.is_file())
+
+
+def completion_tokens(
+    tokenizer: Any, eos: int | None, prompt: str, completion: str, max_length: int
+) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + completion (+ end of sequence) and their labels: the prompt's are
+    IGNORE, so only the completion carries loss. Truncation keeps at least half of
+    ``max_length`` (or the whole completion, if shorter) for the completion."""
+    p = list(tokenizer(prompt)["input_ids"])
+    c = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+    if eos is not None:
+        c.append(eos)
+    keep_c = min(len(c), max(max_length - len(p), max(1, max_length // 2)))
+    c = c[:keep_c]
+    p = p[: max_length - len(c)]
+    return p + c, [IGNORE] * len(p) + c
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _tupled(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tupled(v) for v in value)
+    return value

@@ -187,6 +187,13 @@ def generator_uri(s3, models_bucket: str, tmp_root: Path) -> str:  # type: ignor
 
 
 @pytest.fixture(scope="session")
+def encoder_uri(s3, models_bucket: str, tmp_root: Path) -> str:  # type: ignore[no-untyped-def]
+    from tests.helpers import tiny_encoder, upload_dir
+
+    return upload_dir(s3, models_bucket, "tiny-encoder", tiny_encoder(tmp_root / "enc"))
+
+
+@pytest.fixture(scope="session")
 def api_url(barge_env: dict[str, str], tmp_root: Path) -> Iterator[str]:
     """A real `barge api` process (for CLI tests) on a free port."""
     import subprocess

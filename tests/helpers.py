@@ -127,3 +127,61 @@ def inference_spec(model: str, input_uri: str, output_uri: str, **extra: Any) ->
         "output": output_uri,
         **extra,
     }
+
+
+def tiny_encoder(path: Path) -> Path:
+    """A tiny random BERT encoder (no task head) over MiniLM's tokenizer: a fine-tune base."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(str(path), safe_serialization=True)
+    tok.save_pretrained(str(path))
+    return path
+
+
+TOPICS = {
+    "sport": ["goal", "match", "team", "score", "league", "coach"],
+    "food": ["pizza", "pasta", "salad", "bread", "soup", "cheese"],
+    "weather": ["rain", "sunny", "cloud", "storm", "wind", "snow"],
+}
+FILLER = ["the", "a", "today", "very", "and", "with", "some", "again"]
+
+
+def topic_examples(n: int, seed: int) -> list[dict[str, str]]:
+    """``{"text", "label"}`` rows: three topic words and two filler words, separable by topic."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(sorted(TOPICS))
+        words = rng.sample(TOPICS[label], 3) + rng.sample(FILLER, 2)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def finetune_spec(base: str, train: str, name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "finetune",
+        "base_model": base,
+        "task": extra.pop("task", "classify"),
+        "train": train,
+        "model_name": name,
+        **extra,
+    }
+
+
+def events(api: TestClient, auth: dict[str, str], job_id: str) -> list[dict[str, Any]]:
+    body = api.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}, headers=auth).json()
+    return body["events"]  # type: ignore[no-any-return]

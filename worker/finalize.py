@@ -46,13 +46,21 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
         job.manifest = manifest
         if job.status != target:
             counts = manifest["records"]
+            if job.type == "finetune":
+                model = manifest["model"]
+                summary = (
+                    f"registered {model['name']} version {model['version']}"
+                    if model
+                    else f"stopped at step {manifest['steps']['done']}; nothing registered"
+                )
+            else:
+                summary = f"{counts['succeeded']} records succeeded, {counts['failed']} failed"
             state.transition(
                 session,
                 job,
                 target,
                 error=error,
-                message=error
-                or f"{counts['succeeded']} records succeeded, {counts['failed']} failed",
+                message=error or summary,
                 data={"records": counts},
             )
 

@@ -248,15 +248,23 @@ def _fmt_seconds(s: float | None) -> str:
 
 def progress_line(job: dict[str, Any], width: int = 24) -> str:
     p = job["progress"]
-    total = p.get("records_total")
-    done = p["records_succeeded"] + p["records_failed"]
+    done, total, unit = _done_total(p)
     frac = (done / total) if total else (1.0 if job["status"] in FINAL else 0.0)
     bar = "#" * int(frac * width) + "." * (width - int(frac * width))
     rate = p.get("records_per_second")
+    failed = "" if unit == "steps" else f"  {p['records_failed']} failed"
     return (
-        f"{job['status']:<10} [{bar}] {frac:6.1%}  {done}/{total if total is not None else '?'} records"
-        f"  {p['records_failed']} failed  {rate or 0:.1f} rec/s  ETA {_fmt_seconds(p.get('eta_seconds'))}"
+        f"{job['status']:<10} [{bar}] {frac:6.1%}  {done}/{total if total is not None else '?'} "
+        f"{unit}{failed}  {rate or 0:.1f} rec/s  ETA {_fmt_seconds(p.get('eta_seconds'))}"
     )
+
+
+def _done_total(progress: dict[str, Any]) -> tuple[int, int | None, str]:
+    """(done, total, unit): optimizer steps for a fine-tune, records otherwise."""
+    if progress.get("steps_total") is not None:
+        return progress.get("steps_done") or 0, progress["steps_total"], "steps"
+    done = progress["records_succeeded"] + progress["records_failed"]
+    return done, progress.get("records_total"), "records"
 
 
 def wait_for(client: Client, job_id: str, interval: float = 1.0, out: Any = None) -> dict[str, Any]:
@@ -412,7 +420,8 @@ def top_table(client: Client, limit: int = 100) -> str:
         counts.append(f"{len(jobs)} {status}")
         for job in jobs:
             p = job["progress"]
-            done = f"{p['records_succeeded'] + p['records_failed']}/{p['records_total'] or '?'}"
+            n, total, unit = _done_total(p)
+            done = f"{n}/{total or '?'}" + (" steps" if unit == "steps" else "")
             rate = f"{p['records_per_second']:.1f}" if p.get("records_per_second") else "--"
             workers: list[str] = []
             if status != "queued":

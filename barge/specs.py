@@ -141,7 +141,9 @@ class FinetuneSpec(_Strict):
         "{prompt, completion}, embed {anchor, positive}.",
     )
     validation: str | None = Field(None, description="Like train; evaluated after each epoch.")
-    hyperparameters: Hyperparameters = Field(default_factory=lambda: Hyperparameters.model_validate({}))
+    hyperparameters: Hyperparameters = Field(
+        default_factory=lambda: Hyperparameters.model_validate({})
+    )
     model_name: str = Field(
         ...,
         pattern=MODEL_NAME_PATTERN,

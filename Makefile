@@ -6,7 +6,7 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 # torch is pinned to the 2.13 series (a CPU build here; the same pin picks a CUDA build on GPU hosts).
 TORCH := torch==2.13.*
 
-.PHONY: help venv dev demo test lint typecheck fmt services bench clean
+.PHONY: help venv dev demo test lint typecheck fmt services bench bench-finetune clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,6 +49,9 @@ test: dev services lint typecheck ## everything: services check, lint, types, al
 
 bench: venv ## throughput benchmark against a bare PyTorch loop
 	$(BIN)/python bench/throughput.py
+
+bench-finetune: venv ## fine-tune steps/s against a bare PyTorch training loop
+	$(BIN)/python bench/finetune.py
 
 clean: ## remove the virtualenv and the embedded state
 	rm -rf $(VENV) .barge

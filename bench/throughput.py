@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -102,82 +100,14 @@ def bare_loop(texts: list[str], batch_size: int) -> float:
 
 
 def barge_job(texts: list[str], batch_size: int, log_dir: Path) -> dict[str, float]:
-    import boto3
-    import httpx
+    from bench.stack import Stack
+    from tests.helpers import minilm_dir
 
-    from tests.helpers import minilm_dir, upload_dir
-    from tests.services import (
-        ROOT as REPO,
-    )
-    from tests.services import (
-        MotoServer,
-        WorkerProcess,
-        create_database,
-        create_vhost,
-        delete_vhost,
-        drop_database,
-        free_port,
-        wait_port,
-    )
-
-    run = f"bench_{os.getpid()}"
-    db_url = create_database(run)
-    broker = create_vhost(run)
-    moto = MotoServer(log_dir / "moto.log")
-    env = {
-        **os.environ,
-        "BARGE_DATABASE_URL": db_url,
-        "BARGE_BROKER_URL": broker,
-        "BARGE_STORAGE_BACKEND": "s3",
-        "BARGE_S3_ENDPOINT_URL": moto.url,
-        "BARGE_HOME": str(log_dir / "home"),
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    procs: list[Any] = []
-    worker = None
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "barge.cli", "db", "upgrade"], env=env, check=True, cwd=REPO
-        )
-        key = subprocess.run(
-            [sys.executable, "-m", "barge.cli", "keys", "create", "--tenant", "bench"],
-            env=env,
-            check=True,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=moto.url,
-            region_name="us-east-1",
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench",
-        )
-        s3.create_bucket(Bucket="bench")
-        model = upload_dir(s3, "bench", "minilm", minilm_dir())
+    with Stack(log_dir) as stack:
+        model = stack.upload_model("minilm", minilm_dir())
         body = "\n".join(json.dumps({"id": i, "text": t}) for i, t in enumerate(texts)).encode()
-        s3.put_object(Bucket="bench", Key="data.jsonl", Body=body)
-        s3.put_object(Bucket="bench", Key="warm.jsonl", Body=b'{"text": "warm up"}\n')
-        port = free_port()
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "barge.cli", "api", "--port", str(port)],
-                env=env,
-                cwd=REPO,
-                stdout=(log_dir / "api.log").open("ab"),
-                stderr=subprocess.STDOUT,
-            )
-        )
-        wait_port(port, 60)
-        worker = WorkerProcess(env, log_dir / "worker.log").start()
-        api = httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=60,
-        )
+        stack.s3.put_object(Bucket="bench", Key="data.jsonl", Body=body)
+        stack.s3.put_object(Bucket="bench", Key="warm.jsonl", Body=b'{"text": "warm up"}\n')
 
         def run_job(input_key: str, out: str) -> tuple[float, dict[str, Any]]:
             spec = {
@@ -189,14 +119,7 @@ def barge_job(texts: list[str], batch_size: int, log_dir: Path) -> dict[str, flo
                 "batch_size": batch_size,
                 "shard_size": 1_000_000,
             }
-            started = time.perf_counter()
-            job = api.post("/v1/jobs", json=spec).raise_for_status().json()
-            while job["status"] not in ("succeeded", "failed", "cancelled"):
-                time.sleep(0.2)
-                job = api.get(f"/v1/jobs/{job['id']}").json()
-            elapsed = time.perf_counter() - started
-            assert job["status"] == "succeeded", job
-            return elapsed, job
+            return stack.run_job(spec)
 
         cold, _ = run_job("warm.jsonl", "cold")
         elapsed, job = run_job("data.jsonl", "warm")
@@ -206,15 +129,6 @@ def barge_job(texts: list[str], batch_size: int, log_dir: Path) -> dict[str, flo
             "records_per_second": len(texts) / elapsed,
             "cold_start_seconds": cold,
         }
-    finally:
-        if worker:
-            worker.stop()
-        for p in procs:
-            p.terminate()
-            p.wait(10)
-        moto.stop()
-        drop_database(run)
-        delete_vhost(run)
 
 
 def main() -> int:

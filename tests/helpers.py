@@ -73,49 +73,79 @@ def wait_until(predicate: Any, timeout: float = 60, interval: float = 0.2, what:
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
-def tiny_classifier(path: Path, labels: tuple[str, ...] = ("negative", "positive")) -> Path:
-    """A tiny random BERT sequence classifier using MiniLM's tokenizer, saved as safetensors."""
+def _save_tiny(path: Path, build: Any) -> Path:
+    """Save ``build(tokenizer)`` (a random model over MiniLM's vocabulary, seeded) and the
+    tokenizer as a safetensors model directory."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import AutoTokenizer
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
-    config = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-    )
-    BertForSequenceClassification(config).save_pretrained(str(path), safe_serialization=True)
+    build(tok).save_pretrained(str(path), safe_serialization=True)
     tok.save_pretrained(str(path))
     return path
+
+
+def tiny_classifier(path: Path, labels: tuple[str, ...] = ("negative", "positive")) -> Path:
+    """A tiny random BERT sequence classifier using MiniLM's tokenizer."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    return _save_tiny(
+        path,
+        lambda tok: BertForSequenceClassification(
+            BertConfig(
+                vocab_size=tok.vocab_size,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=128,
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)},
+            )
+        ),
+    )
 
 
 def tiny_generator(path: Path) -> Path:
     """A tiny random GPT-2 causal LM over MiniLM's tokenizer vocabulary."""
-    import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
-    config = GPT2Config(
-        vocab_size=tok.vocab_size,
-        n_positions=128,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=tok.cls_token_id,
-        eos_token_id=tok.sep_token_id,
-        pad_token_id=tok.pad_token_id,
+    return _save_tiny(
+        path,
+        lambda tok: GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=tok.vocab_size,
+                n_positions=128,
+                n_embd=32,
+                n_layer=2,
+                n_head=2,
+                bos_token_id=tok.cls_token_id,
+                eos_token_id=tok.sep_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
+        ),
     )
-    GPT2LMHeadModel(config).save_pretrained(str(path), safe_serialization=True)
-    tok.save_pretrained(str(path))
-    return path
+
+
+def tiny_encoder(path: Path) -> Path:
+    """A tiny random BERT encoder (no task head) over MiniLM's tokenizer: a fine-tune base."""
+    from transformers import BertConfig, BertModel
+
+    return _save_tiny(
+        path,
+        lambda tok: BertModel(
+            BertConfig(
+                vocab_size=tok.vocab_size,
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=128,
+                max_position_embeddings=128,
+            )
+        ),
+    )
 
 
 def inference_spec(model: str, input_uri: str, output_uri: str, **extra: Any) -> dict[str, Any]:
@@ -127,26 +157,6 @@ def inference_spec(model: str, input_uri: str, output_uri: str, **extra: Any) ->
         "output": output_uri,
         **extra,
     }
-
-
-def tiny_encoder(path: Path) -> Path:
-    """A tiny random BERT encoder (no task head) over MiniLM's tokenizer: a fine-tune base."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
-    config = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(str(path), safe_serialization=True)
-    tok.save_pretrained(str(path))
-    return path
 
 
 TOPICS = {

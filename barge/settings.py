@@ -42,9 +42,10 @@ class Settings(BaseSettings):
     # soft limit it fails with a clear error; at the hard limit its process is killed.
     shard_soft_time_limit: float = 1500.0
     shard_hard_time_limit: float = 1680.0
-    # A fine-tune trains in slices of at most this long: it checkpoints, hands its unit of work
-    # back and re-queues itself, so no single task nears the time limits above.
-    finetune_slice_seconds: float = 1200.0
+    # A fine-tune trains in slices of at most this long (and at most 80 % of the soft limit, to
+    # leave room for the checkpoint): then it checkpoints, hands its unit of work back and
+    # re-queues itself, so no single task nears the time limits above.
+    finetune_slice_seconds: float = Field(default=1200.0, gt=0)
     # Prometheus metrics of each pool child on this port + the child's index (0 = off).
     worker_metrics_port: int = 0
 
@@ -69,11 +70,6 @@ class Settings(BaseSettings):
             raise ValueError(
                 "BARGE_SHARD_SOFT_TIME_LIMIT must be below BARGE_SHARD_HARD_TIME_LIMIT"
             )
-        if self.finetune_slice_seconds >= self.shard_soft_time_limit:
-            raise ValueError(
-                "BARGE_FINETUNE_SLICE_SECONDS must be below BARGE_SHARD_SOFT_TIME_LIMIT "
-                "(leave room for the checkpoint written at the end of each slice)"
-            )
         if self.heartbeat_seconds * 2 > self.lease_seconds:
             raise ValueError("BARGE_HEARTBEAT_SECONDS must be at most half of BARGE_LEASE_SECONDS")
         return self
@@ -96,6 +92,11 @@ class Settings(BaseSettings):
                     + ", ".join(missing or ["BARGE_STORAGE_BACKEND"])
                 )
         return self
+
+    @property
+    def slice_seconds(self) -> float:
+        """How long one fine-tune task trains before it checkpoints and re-queues itself."""
+        return min(self.finetune_slice_seconds, 0.8 * self.shard_soft_time_limit)
 
     @property
     def resolved_database_url(self) -> str:

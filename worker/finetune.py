@@ -72,7 +72,7 @@ def run_claimed(ctx: WorkerContext, work: ShardWork) -> str:
             work,
             f"a training slice ran past BARGE_SHARD_SOFT_TIME_LIMIT "
             f"({ctx.settings.shard_soft_time_limit:.0f}s); lower BARGE_FINETUNE_SLICE_SECONDS "
-            "so a slice and its checkpoint fit",
+            "or use fewer steps per checkpoint so a slice and its checkpoint fit",
         )
         return state.SHARD_FAILED
     except Exception as exc:
@@ -229,7 +229,7 @@ def _loop(
             if trainer.done:
                 break
             now = time.monotonic()
-            slice_over = now - slice_started >= ctx.settings.finetune_slice_seconds
+            slice_over = now - slice_started >= ctx.settings.slice_seconds
             due = (
                 every_steps is not None and trainer.step - last_checkpoint[0] >= every_steps
             ) or (every_seconds is not None and now - last_checkpoint[1] >= every_seconds)

@@ -37,27 +37,24 @@ def submit(
 
 def present(job: Job, progress: repo.Progress, now: datetime | None = None) -> JobOut:
     now = now or utcnow()
-    done = progress.records_succeeded + progress.records_failed
+    # What counts as work done, and how much there is: records, or a fine-tune's examples
+    # (optimizer steps times examples per step).
+    steps_done: int | None = None
+    total: int | None
+    if job.steps_total is not None:
+        steps_done = progress.steps_done
+        per_step = _examples_per_step(job.spec)
+        done, total = steps_done * per_step, job.steps_total * per_step
+    else:
+        done, total = progress.records_succeeded + progress.records_failed, job.records_total
     rate: float | None = None
     eta: float | None = None
     if job.started_at is not None:
         elapsed = ((job.finished_at or now) - job.started_at).total_seconds()
         if elapsed > 0 and done:
             rate = round(done / elapsed, 2)
-    steps_done: int | None = None
-    if job.steps_total is not None:  # a fine-tune: progress is optimizer steps
-        steps_done = progress.steps_done
-        examples = steps_done * _examples_per_step(job.spec)
-        done = examples
-        rate = None
-        if job.started_at is not None and examples:
-            elapsed = ((job.finished_at or now) - job.started_at).total_seconds()
-            rate = round(examples / elapsed, 2) if elapsed > 0 else None
-        if rate and job.status == state.RUNNING:
-            left = max(0, job.steps_total - steps_done) * _examples_per_step(job.spec)
-            eta = round(left / rate, 1)
-    elif rate and job.status == state.RUNNING and job.records_total is not None:
-        eta = round(max(0, job.records_total - done) / rate, 1)
+    if rate and job.status == state.RUNNING and total is not None:
+        eta = round(max(0, total - done) / rate, 1)
     out = S3Uri.parse(job.output_uri)
     manifest = str(out.join("_manifest.json")) if job.manifest is not None else None
     errors = str(out.join("errors/")) if progress.records_failed else None

@@ -279,35 +279,29 @@ def finish_shard(
 
 def release_shard(session: Session, shard_id: uuid.UUID, attempt: int, error: str) -> bool:
     """Give a held shard back (pending) after a retryable failure."""
-    result = session.execute(
-        update(Shard)
-        .where(_held(shard_id, attempt))
-        .values(
-            status=SHARD_PENDING,
-            last_error=error,
-            lease_expires_at=None,
-            dispatched_at=utcnow(),
-            records_succeeded=0,  # the attempt's progress goes with it: no part holds it
-            records_failed=0,
-        ),
-        execution_options={"synchronize_session": False},
+    return _back_to_pending(
+        session,
+        shard_id,
+        attempt,
+        last_error=error,
+        records_succeeded=0,  # the attempt's progress goes with it: no part holds it
+        records_failed=0,
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def hand_off_shard(session: Session, shard_id: uuid.UUID, attempt: int, steps_done: int) -> bool:
     """Give a held shard back (pending) after a clean stop at a checkpoint: the next claim
     continues it, and the hand-off does not count as a failed attempt."""
+    return _back_to_pending(
+        session, shard_id, attempt, handoffs=Shard.handoffs + 1, steps_done=steps_done
+    )
+
+
+def _back_to_pending(session: Session, shard_id: uuid.UUID, attempt: int, **values: Any) -> bool:
     result = session.execute(
         update(Shard)
         .where(_held(shard_id, attempt))
-        .values(
-            status=SHARD_PENDING,
-            handoffs=Shard.handoffs + 1,
-            steps_done=steps_done,
-            lease_expires_at=None,
-            dispatched_at=utcnow(),
-        ),
+        .values(status=SHARD_PENDING, lease_expires_at=None, dispatched_at=utcnow(), **values),
         execution_options={"synchronize_session": False},
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]

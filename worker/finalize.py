@@ -89,7 +89,6 @@ def _outcome(job: Job, shards: list[Shard]) -> tuple[str, str | None]:
 
 
 def build_manifest(job: Job, shards: list[Shard], status: str, error: str | None) -> dict[str, Any]:
-    finished = utcnow()
     ok = sum(s.records_succeeded for s in shards)
     bad = sum(s.records_failed for s in shards)
     spec = job.spec
@@ -125,19 +124,13 @@ def build_manifest(job: Job, shards: list[Shard], status: str, error: str | None
             for s in shards
             if s.errors_key
         ],
-        "timings": {
-            "created_at": job.created_at.isoformat(),
-            "started_at": job.started_at.isoformat() if job.started_at else None,
-            "finished_at": finished.isoformat(),
-            "seconds": round((finished - (job.started_at or job.created_at)).total_seconds(), 3),
-        },
+        "timings": _timings(job),
     }
 
 
 def finetune_manifest(
     job: Job, shards: list[Shard], status: str, error: str | None, registered: Model | None
 ) -> dict[str, Any]:
-    finished = utcnow()
     spec = job.spec
     unit = shards[0] if shards else None
     out = S3Uri.parse(job.output_uri).as_prefix()
@@ -170,10 +163,15 @@ def finetune_manifest(
         ),
         "checkpoints": str(out.join("checkpoints/")),
         "errors": str(out.join("errors/")) if unit and unit.records_failed else None,
-        "timings": {
-            "created_at": job.created_at.isoformat(),
-            "started_at": job.started_at.isoformat() if job.started_at else None,
-            "finished_at": finished.isoformat(),
-            "seconds": round((finished - (job.started_at or job.created_at)).total_seconds(), 3),
-        },
+        "timings": _timings(job),
+    }
+
+
+def _timings(job: Job) -> dict[str, Any]:
+    finished = utcnow()
+    return {
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": finished.isoformat(),
+        "seconds": round((finished - (job.started_at or job.created_at)).total_seconds(), 3),
     }

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from barge.errors import PermanentJobError
-from barge.records import EVERYTHING, detect_format, iter_range, resolve_inputs
+from barge.records import EVERYTHING, Format, detect_format, iter_range, resolve_inputs
 from barge.specs import FinetuneSpec, Hyperparameters
 from barge.storage import ObjectStore, S3Uri
 
@@ -22,6 +22,7 @@ class Dataset:
     name: str
     examples: list[tuple[str, str]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    first_format: Format | None = None  # the format of the first object read
 
     @property
     def records(self) -> int:
@@ -44,6 +45,7 @@ def load_dataset(store: ObjectStore, spec: FinetuneSpec, name: str) -> Dataset:
                 f"cannot tell the format of {info.uri}: name it .jsonl, .csv or .parquet "
                 "(optionally .gz) or set input_format"
             )
+        data.first_format = data.first_format or fmt
         for rec in iter_range(store, info, fmt, EVERYTHING):
             if rec.data is None:
                 problem: str | None = rec.error or "unreadable record"

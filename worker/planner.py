@@ -119,9 +119,8 @@ def _plan_finetune(
     check_datasets(spec, train, validation)
     hp = spec.hyperparameters
     steps = hp.epochs * steps_per_epoch(len(train.examples), hp)
-    objects = resolve_inputs(ctx.store, spec.train, "train")
-    fmt = detect_format(objects[0].uri.key, spec.input_format)
-    assert fmt is not None
+    fmt = train.first_format
+    assert fmt is not None  # check_datasets refused a train set without records
     shard = Shard(
         id=uuid.uuid4(),
         job_id=job_id,

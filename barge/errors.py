@@ -5,6 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 
+EXCERPT_CHARS = 80
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, saying how long it was: messages that name
+    user input never echo more than this."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return f"{text[:limit]}…{size}"
+
+
 class BargeError(Exception):
     """Something went wrong."""
 

@@ -54,10 +54,17 @@ class Settings(BaseSettings):
     drop_scan_seconds: float = 5.0
     dispatch_grace_seconds: float = 60.0
 
+    # Input bounds, enforced while streaming (at submit and in the worker). A record or a text
+    # over its limit is a per-record error; an object over its limit fails the job.
+    max_object_bytes: int = Field(default=16 * 2**30, ge=1)  # decompressed bytes per object
+    max_record_bytes: int = Field(default=4 * 2**20, ge=1024)  # bytes of one record (line/row)
+    max_text_chars: int = Field(default=1_000_000, ge=1)  # characters of one text field
+
     # API.
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     max_metadata_bytes: int = 16_384
+    max_body_bytes: int = Field(default=1 * 2**20, ge=1024)  # larger request bodies get a 413
     broker_timeout_seconds: float = 5.0
 
     # Flower (`barge flower`): basic auth is required, so an empty password refuses to start.

@@ -8,6 +8,37 @@ from barge.storage import ObjectStore, S3Uri, iter_prefix_files, local_model_dir
 
 PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
+# The files of a model directory a worker copies and loads: top-level only, these names or
+# safetensors weights. Anything else (READMEs, pickles, nested folders, odd keys) is never
+# written to the worker's disk.
+MODEL_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.txt",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.model",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+        "preprocessor_config.json",
+        "training_summary.json",
+    }
+)
+
+
+def is_model_file(relative: str) -> bool:
+    """Whether ``relative`` (a path inside a model directory) is one a worker copies."""
+    return "/" not in relative and (
+        relative in MODEL_FILES
+        or (relative.endswith(".safetensors") and relative != ".safetensors")
+    )
+
 
 def list_model_files(settings: Settings, store: ObjectStore, ref: str) -> dict[str, str]:
     """Relative path → fingerprint (ETag or mtime/size) of every file in the model directory."""
@@ -33,7 +64,7 @@ def check_model_files(ref: str, files: dict[str, str]) -> None:
             f"model directory {ref} has no config.json: it must be a Hugging Face model "
             f"directory (found: {', '.join(sorted(files)[:8])})"
         )
-    if not any(name.endswith(".safetensors") for name in files):
+    if not any(is_model_file(name) and name.endswith(".safetensors") for name in files):
         pickled = [n for n in files if n.endswith(PICKLED_WEIGHTS)]
         why = (
             f" (found pickled weights {', '.join(pickled)}, which Barge never loads)"

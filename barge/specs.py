@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, Literal
 
 from pydantic import (
@@ -13,12 +15,80 @@ from pydantic import (
     field_validator,
 )
 
+from barge.uris import uri_problem
+
 TASKS = ("embed", "classify", "generate")
 Task = Literal["embed", "classify", "generate"]
+MAX_NESTING = 32  # levels of lists and objects in metadata and params
+MAX_URI_CHARS = 2048
+MAX_VERSION = 2**31 - 1
+
+
+def check_json_value(value: Any) -> None:
+    """Raise ValueError if ``value`` holds what a JSON column cannot store faithfully: NUL
+    characters, lone surrogates, non-finite numbers, or nesting deeper than MAX_NESTING."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise ValueError(f"is nested deeper than {MAX_NESTING} levels")
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("contains a NUL character (\\u0000), which cannot be stored")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    "contains a lone surrogate (invalid Unicode), which cannot be stored"
+                ) from None
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite (no NaN or Infinity)")
+        elif isinstance(item, dict):
+            stack.extend((k, depth + 1) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, depth + 1) for v in item)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, v: Any) -> Any:
+        check_json_value(v)
+        return v
+
+
+def check_uri(v: str) -> str:
+    problem = uri_problem(v) if len(v) <= MAX_URI_CHARS else f"is over {MAX_URI_CHARS} characters"
+    if problem:
+        raise ValueError(problem)
+    return v
+
+
+def as_prefix(v: str) -> str:
+    return v if v.endswith("/") else v + "/"
+
+
+_MODEL_REF = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,99})(?:@(\d{1,10}))?$")
+
+
+def check_model_ref(v: str) -> str:
+    """An s3:// model directory, a local path (checked against BARGE_LOCAL_MODEL_DIRS at
+    submit), or a registry name ``name[@version]``."""
+    if v.startswith("s3://"):
+        return as_prefix(check_uri(v))
+    if v.startswith(("/", "file://")):
+        return v
+    match = _MODEL_REF.match(v)
+    if match is None or int(match.group(2) or 1) > MAX_VERSION or match.group(2) == "0":
+        raise ValueError(
+            "must be an s3://bucket/prefix/ model directory, a local directory under "
+            "BARGE_LOCAL_MODEL_DIRS, or a registered model name[@version] (version 1 to "
+            f"{MAX_VERSION})"
+        )
+    return v
 
 
 class EmbedParams(_Strict):
@@ -49,14 +119,21 @@ class InferenceSpec(_Strict):
     model: str = Field(
         ...,
         min_length=1,
+        max_length=MAX_URI_CHARS,
         description="s3://bucket/prefix/ of a Hugging Face model directory, a local directory "
         "under BARGE_LOCAL_MODEL_DIRS, or a registry name `name[@version]`.",
     )
     task: Task
-    input: str = Field(..., description="s3:// URI of one object or of a prefix of objects.")
-    output: str = Field(..., description="s3:// prefix the outputs are written under.")
-    text_field: str = Field("text", min_length=1)
-    id_field: str | None = Field(None, min_length=1)
+    input: str = Field(
+        ...,
+        max_length=MAX_URI_CHARS,
+        description="s3:// URI of one object or of a prefix of objects.",
+    )
+    output: str = Field(
+        ..., max_length=MAX_URI_CHARS, description="s3:// prefix the outputs are written under."
+    )
+    text_field: str = Field("text", min_length=1, max_length=256)
+    id_field: str | None = Field(None, min_length=1, max_length=256)
     input_format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
     output_format: Literal["jsonl", "parquet"] = "jsonl"
@@ -67,17 +144,20 @@ class InferenceSpec(_Strict):
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("input", "output")
+    @field_validator("input")
     @classmethod
     def _s3_uri(cls, v: str) -> str:
-        if not v.startswith("s3://") or len(v) <= len("s3://") or v[5] == "/":
-            raise ValueError("must be an s3://bucket/key URI")
-        return v
+        return check_uri(v)
 
     @field_validator("output")
     @classmethod
     def _output_prefix(cls, v: str) -> str:
-        return v if v.endswith("/") else v + "/"
+        return as_prefix(check_uri(v))
+
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, v: str) -> str:
+        return check_model_ref(v)
 
     @field_validator("params")
     @classmethod
@@ -131,6 +211,7 @@ class FinetuneSpec(_Strict):
     base_model: str = Field(
         ...,
         min_length=1,
+        max_length=MAX_URI_CHARS,
         description="s3:// prefix of a Hugging Face model directory, a local directory under "
         "BARGE_LOCAL_MODEL_DIRS, or a registry name `name[@version]`.",
     )
@@ -166,19 +247,20 @@ class FinetuneSpec(_Strict):
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("train", "validation", "output")
+    @field_validator("train", "validation")
     @classmethod
     def _s3_uri(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        if not v.startswith("s3://") or len(v) <= len("s3://") or v[5] == "/":
-            raise ValueError("must be an s3://bucket/key URI")
-        return v
+        return None if v is None else check_uri(v)
 
     @field_validator("output")
     @classmethod
     def _output_prefix(cls, v: str | None) -> str | None:
-        return v if v is None or v.endswith("/") else v + "/"
+        return None if v is None else as_prefix(check_uri(v))
+
+    @field_validator("base_model")
+    @classmethod
+    def _model_ref(cls, v: str) -> str:
+        return check_model_ref(v)
 
     @property
     def fields(self) -> tuple[str, str]:

@@ -15,8 +15,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from barge.errors import InvalidSpec, NotFound, StorageError
+from barge.errors import InvalidSpec, NotFound, StorageError, excerpt
 from barge.settings import Settings
+from barge.uris import key_problem
+
+MAX_NAME_BYTES = 255  # one path component, as local filesystems allow
+
+
+class UnsafePath(InvalidSpec):
+    """A storage key that cannot safely become a local path."""
+
+    code = "unsafe_path"
+
+
+def local_path(root: Path, relative: str) -> Path:
+    """The local path for ``relative`` (a key, or a key's part below some prefix) under
+    ``root``: the one place where a key taken from storage becomes a file name.
+
+    Refused (``UnsafePath``): an empty key, an absolute part, empty, ``.`` or ``..`` segments,
+    control characters, components longer than the filesystem allows, and anything whose
+    resolved path (symlinks followed) leaves ``root``."""
+    problem = key_problem(relative) if relative else "it is empty"
+    if problem is None and relative.endswith("/"):
+        problem = "it names a folder, not a file"
+    if problem is None and any(
+        len(part.encode("utf-8")) > MAX_NAME_BYTES for part in relative.split("/")
+    ):
+        problem = f"a path component is longer than {MAX_NAME_BYTES} bytes"
+    if problem is None:
+        base = root.resolve()
+        path = (base / relative).resolve()
+        if base not in path.parents:
+            problem = "it resolves outside its directory"
+        else:
+            return path
+    raise UnsafePath(f"the key {excerpt(relative)} cannot be a local file name: {problem}")
 
 
 @dataclass(frozen=True)
@@ -27,11 +60,13 @@ class S3Uri:
     @classmethod
     def parse(cls, uri: str, *, field: str = "uri") -> S3Uri:
         if not isinstance(uri, str) or not uri.startswith("s3://"):
-            raise InvalidSpec(f"{field} must be an s3://bucket/key URI, got {uri!r}", field=field)
+            raise InvalidSpec(
+                f"{field} must be an s3://bucket/key URI, got {excerpt(uri)}", field=field
+            )
         rest = uri[len("s3://") :]
         bucket, _, key = rest.partition("/")
         if not bucket:
-            raise InvalidSpec(f"{field} has no bucket: {uri!r}", field=field)
+            raise InvalidSpec(f"{field} has no bucket: {excerpt(uri)}", field=field)
         return cls(bucket, key)
 
     def __str__(self) -> str:
@@ -81,10 +116,8 @@ class LocalStore:
         self.root = root
 
     def _path(self, uri: S3Uri) -> Path:
-        path = (self.root / uri.bucket / uri.key).resolve()
-        if self.root.resolve() not in path.parents and path != self.root.resolve():
-            raise InvalidSpec(f"{uri} escapes the object store")
-        return path
+        key = uri.key.rstrip("/")
+        return local_path(self.root, f"{uri.bucket}/{key}" if key else uri.bucket)
 
     def head(self, uri: S3Uri) -> ObjectInfo | None:
         path = self._path(uri)

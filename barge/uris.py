@@ -48,21 +48,25 @@ def key_problem(key: str) -> str | None:
     return None
 
 
+def uri_problem(uri: object) -> str | None:
+    """What is wrong with ``uri`` as a location a user names (showing only an excerpt), or
+    None."""
+    if not isinstance(uri, str) or not uri.startswith(SCHEME):
+        return f"must be an s3://bucket/key URI, got {excerpt(uri)}"
+    bucket, _, key = uri[len(SCHEME) :].partition("/")
+    problem = bucket_problem(bucket) or key_problem(key)
+    return f"{excerpt(uri)} is not a usable s3://bucket/key URI: {problem}" if problem else None
+
+
 def normalise(uri: object, field: str, *, prefix: bool = False) -> str:
     """``uri`` checked as a user-named location; with ``prefix``, ending in "/".
 
-    Raises InvalidSpec naming ``field`` and what to fix; the message shows only an excerpt."""
-    if not isinstance(uri, str) or not uri.startswith(SCHEME):
-        raise InvalidSpec(
-            f"{field} must be an s3://bucket/key URI, got {excerpt(uri)}", field=field
-        )
-    bucket, _, key = uri[len(SCHEME) :].partition("/")
-    problem = bucket_problem(bucket) or key_problem(key)
+    Raises InvalidSpec naming ``field`` and what to fix."""
+    problem = uri_problem(uri)
     if problem:
-        raise InvalidSpec(f"{field} {excerpt(uri)} is not usable: {problem}", field=field)
-    if prefix and key and not key.endswith("/"):
-        key += "/"
-    return f"{SCHEME}{bucket}/{key}"
+        raise InvalidSpec(f"{field} {problem}", field=field)
+    assert isinstance(uri, str)
+    return uri + "/" if prefix and not uri.endswith("/") else uri
 
 
 def contains(outer: str, inner: str) -> bool:

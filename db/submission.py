@@ -11,11 +11,12 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from barge.errors import Conflict, InvalidSpec
+from barge.errors import Conflict, InvalidSpec, excerpt
 from barge.records import detect_format, peek_fields, resolve_inputs
 from barge.settings import Settings
-from barge.specs import FinetuneSpec, InferenceSpec, JobSpec
+from barge.specs import MAX_VERSION, FinetuneSpec, InferenceSpec, JobSpec, parse_spec
 from barge.storage import ObjectInfo, ObjectStore, S3Uri, check_bucket_allowed, local_model_dir
+from barge.uris import normalise, overlap
 from db import repositories as repo
 from db import state
 from db.base import utcnow
@@ -32,7 +33,7 @@ def resolve_model(
 ) -> str:
     """The model's location: an s3:// prefix, an allowed local directory, or a registry entry."""
     if ref.startswith("s3://"):
-        uri = S3Uri.parse(ref, field=field).as_prefix()
+        uri = S3Uri.parse(normalise(ref, field, prefix=True), field=field)
         check_bucket_allowed(settings, uri, field)
         if not store.list(uri):
             raise InvalidSpec(f"no model directory at {uri}", field=field)
@@ -48,13 +49,16 @@ def resolve_model(
     name, _, version = ref.partition("@")
     query = select(Model).where(Model.tenant_id == tenant_id, Model.name == name)
     if version:
-        if not version.isdigit():
-            raise InvalidSpec(f"model version must be a number: {ref!r}", field=field)
+        if not version.isdigit() or not 1 <= int(version) <= MAX_VERSION:
+            raise InvalidSpec(
+                f"model version must be a number from 1 to {MAX_VERSION}: {excerpt(ref)}",
+                field=field,
+            )
         query = query.where(Model.version == int(version))
     found = session.scalar(query.order_by(Model.version.desc()).limit(1))
     if found is None:
         raise InvalidSpec(
-            f"model {ref!r} is neither an s3:// URI nor a registered model name[@version]",
+            f"model {excerpt(ref)} is neither an s3:// URI nor a registered model name[@version]",
             field=field,
         )
     return found.uri
@@ -64,7 +68,7 @@ def _data_objects(
     settings: Settings, store: ObjectStore, uri_text: str, declared: str, field: str
 ) -> list[ObjectInfo]:
     """The data objects at ``uri_text`` (one object or a prefix), each of a known format."""
-    uri = S3Uri.parse(uri_text, field=field)
+    uri = S3Uri.parse(normalise(uri_text, field), field=field)
     check_bucket_allowed(settings, uri, field)
     objects = resolve_inputs(store, uri_text, field)
     if not objects:
@@ -145,22 +149,93 @@ def check_model_name(session: Session, tenant_id: uuid.UUID, spec: FinetuneSpec)
         )
 
 
-def check_output(session: Session, settings: Settings, store: ObjectStore, output: str) -> None:
-    out = S3Uri.parse(output, field="output").as_prefix()
-    check_bucket_allowed(settings, out, "output")
-    if store.head(out.join("_manifest.json")) is not None:
+# Objects in an output prefix that say another job already wrote there.
+TAKEN_MARKERS = {
+    "_manifest.json": "a finished job's outputs",
+    "_SUCCESS": "a finished job's outputs",
+    "checkpoints/latest.json": "another fine-tune's checkpoints",
+}
+
+
+def _reads(spec: JobSpec) -> list[tuple[str, str]]:
+    """(field, location) for each place a job reads; an input without a trailing "/" may be
+    an object or a prefix, so it counts as both."""
+    if isinstance(spec, FinetuneSpec):
+        named = [("train", spec.train), ("validation", spec.validation)]
+    else:
+        named = [("input", spec.input)]
+    return [
+        (field, form)
+        for field, u in named
+        if u
+        for form in ([u] if u.endswith("/") else [u, u + "/"])
+    ]
+
+
+def check_locations(
+    session: Session,
+    settings: Settings,
+    store: ObjectStore,
+    tenant_id: uuid.UUID,
+    output: str,
+    reads: list[tuple[str, str]],
+) -> str:
+    """The one rule for where a job may write; returns the normalised output prefix.
+
+    The output may not overlap the job's own input; may not equal, contain or lie inside any
+    other job's output (running or finished, whatever its status), nor overlap the input of a
+    job that is not final; an active job's output is not an input. A prefix that already holds
+    a manifest or checkpoints is refused too. Concurrent submissions take this check in turn
+    (the lock is held until the caller commits), so two jobs can never both win one place."""
+    out = normalise(output, "output", prefix=True)
+    check_bucket_allowed(settings, S3Uri.parse(out), "output")
+    for field, uri in reads:
+        if overlap(out, uri):
+            raise InvalidSpec(
+                f"output {out} overlaps the job's own {field} {uri}: its outputs would be "
+                "read as its input; write them under another prefix",
+                field="output",
+            )
+    for marker, what in TAKEN_MARKERS.items():
+        if store.head(S3Uri.parse(out).join(marker)) is not None:
+            raise InvalidSpec(
+                f"output prefix {out} already holds {what} ({marker}); choose a new output prefix",
+                field="output",
+            )
+    repo.lock_submissions(session)
+    other = repo.job_with_output_overlapping(session, out)
+    if other is not None:
         raise InvalidSpec(
-            f"output prefix {out} already holds a finished job's outputs (_manifest.json); "
-            "choose a new output prefix",
+            f"output prefix {out} overlaps the output {other.output_uri} of "
+            f"{_job_name(other, tenant_id)}; every job needs a prefix of its own",
             field="output",
         )
-    active = repo.active_job_for_output(session, str(out))
-    if active is not None:
-        raise InvalidSpec(
-            f"output prefix {out} is in use by job {active.id} ({active.status}); "
-            "choose a new output prefix",
-            field="output",
-        )
+    for job in repo.active_jobs(session):
+        theirs = [u for _, u in _reads(parse_spec(job.spec))]
+        clash = next((u for u in theirs if overlap(out, u)), None)
+        if clash is not None:
+            raise InvalidSpec(
+                f"output prefix {out} overlaps the input {clash} of "
+                f"{_job_name(job, tenant_id)}; it would change that job's input while it runs",
+                field="output",
+            )
+        mine = next(((f, u) for f, u in reads if overlap(job.output_uri, u)), None)
+        if mine is not None:
+            raise InvalidSpec(
+                f"{mine[0]} {mine[1]} overlaps the output {job.output_uri} of "
+                f"{_job_name(job, tenant_id)}, which is still being written; wait for it to "
+                "finish",
+                field=mine[0],
+            )
+    return out
+
+
+def _job_name(job: Job, tenant_id: uuid.UUID) -> str:
+    """How a refusal names another job: by id and status for the same tenant, never more for
+    another tenant's."""
+    if job.tenant_id == tenant_id:
+        return f"job {job.id} ({job.status})"
+    return "another tenant's job"
 
 
 def create_job(
@@ -200,7 +275,7 @@ def create_job(
         model_uri = resolve_model(session, settings, store, tenant_id, spec.model)
         check_input(settings, store, spec)
         output = spec.output
-    check_output(session, settings, store, output)
+    output = check_locations(session, settings, store, tenant_id, output, _reads(spec))
     now = utcnow()
     job = Job(
         id=job_id,
@@ -211,7 +286,7 @@ def create_job(
         meta=spec.metadata,
         idempotency_key=idempotency_key,
         model_uri=model_uri,
-        output_uri=str(S3Uri.parse(output).as_prefix()),
+        output_uri=output,
         created_at=now,
         updated_at=now,
         dispatched_at=now,

@@ -17,12 +17,14 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from barge.errors import BargeError, NotFound
 from barge.queue import PLAN_JOB
 from barge.records import DATA_SUFFIXES, detect_format, is_data_object
 from barge.specs import InferenceSpec
 from barge.storage import ObjectInfo, S3Uri
+from db import repositories as repo
 from db import state
 from db.base import utcnow
 from db.models import DropObject, DropRule, Job
@@ -100,7 +102,7 @@ def _take(
         except IntegrityError:
             return None  # seen before, by this scan or another scheduler's
         try:
-            spec = _spec_for(ctx, rule, info, filename, name, override)
+            spec = _spec_for(ctx, session, rule, info, filename, name, override)
             job, _ = create_job(
                 session,
                 ctx.settings,
@@ -134,6 +136,7 @@ def _reason(exc: Exception) -> str:
 
 def _spec_for(
     ctx: WorkerContext,
+    session: Session,
     rule: DropRule,
     info: ObjectInfo,
     filename: str,
@@ -157,7 +160,9 @@ def _spec_for(
         )
     outputs = S3Uri.parse(rule.prefix).join("outputs/")
     output = outputs.join(f"{name}/")
-    if ctx.store.head(output.join("_manifest.json")) is not None:  # the same name dropped again
+    taken = ctx.store.head(output.join("_manifest.json")) is not None
+    if taken or repo.job_with_output_overlapping(session, str(output)) is not None:
+        # the same name dropped again: the first job keeps its outputs
         output = outputs.join(f"{name}-{info.etag[:8] or uuid.uuid4().hex[:8]}/")
     fields.update(type="inference", input=str(info.uri), output=str(output))
     fields.setdefault("metadata", {})

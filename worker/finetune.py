@@ -29,13 +29,13 @@ from sqlalchemy.exc import IntegrityError
 from barge.errors import PermanentJobError
 from barge.queue import RUN_SHARD
 from barge.specs import FinetuneSpec
-from barge.storage import ObjectStore, S3Uri
+from barge.storage import ObjectStore, S3Uri, local_path
 from db import repositories as repo
 from db import state
 from worker.context import WorkerContext
 from worker.finetune_data import check_datasets, load_dataset
 from worker.models import fetch_model, pick_device
-from worker.training import Trainer
+from worker.training import CHECKPOINT_FILES, Trainer
 from worker.units import (
     Control,
     LeaseLost,
@@ -384,26 +384,53 @@ class Checkpoints:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="barge-checkpoint")
         self._pending: Future[None] | None = None
 
-    def latest(self) -> dict[str, Any] | None:
-        pointer = self.out.join(LATEST)
-        if self.store.head(pointer) is None:
+    def step_prefix(self, step: int) -> S3Uri:
+        return self.out.join(f"{CHECKPOINTS}step-{step:08d}/")
+
+    def latest(self, total_steps: int) -> tuple[int, S3Uri] | None:
+        """The step and prefix of the newest complete checkpoint, if this job wrote one.
+
+        A pointer is trusted only when it names this job, a step of it, the checkpoint folder
+        that step has under this job's own prefix and exactly the fixed checkpoint files: a
+        pointer planted in the prefix can neither read elsewhere nor write files of its
+        choosing."""
+        uri = self.out.join(LATEST)
+        if self.store.head(uri) is None:
             return None
-        return dict(json.loads(self.store.get_bytes(pointer)))
+        try:
+            pointer = json.loads(self.store.get_bytes(uri))
+            step = pointer["step"]
+            ours = (
+                pointer["job_id"] == str(self.work.job_id)
+                and isinstance(step, int)
+                and 0 < step <= total_steps
+                and pointer["uri"] == str(self.step_prefix(step))
+                and sorted(pointer["files"]) == sorted(CHECKPOINT_FILES)
+            )
+        except (ValueError, KeyError, TypeError):
+            ours = False
+        if not ours:
+            raise PermanentJobError(
+                f"{uri} was not written by this job; Barge resumes a fine-tune only from "
+                "checkpoints it wrote itself (remove the object or use a new output prefix)"
+            )
+        return step, self.step_prefix(step)
 
     def restore(self, trainer: Trainer) -> dict[str, Any] | None:
         """Load the newest complete checkpoint into ``trainer``; its state, or None."""
-        pointer = self.latest()
-        if pointer is None:
+        found = self.latest(trainer.total_steps)
+        if found is None:
             return None
-        prefix = S3Uri.parse(pointer["uri"])
+        _, prefix = found
         local = self.tmp / "restore"
         local.mkdir(parents=True, exist_ok=True)
-        for name in pointer["files"]:
-            with self.store.open(prefix.join(name)) as src, (local / name).open("wb") as dst:
+        for name in CHECKPOINT_FILES:
+            dest = local_path(local, name)
+            with self.store.open(prefix.join(name)) as src, dest.open("wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
         state_ = trainer.load_checkpoint(local)
         shutil.rmtree(local, ignore_errors=True)
-        return {**state_, "uri": pointer["uri"]}
+        return {**state_, "uri": str(prefix)}
 
     def save(self, trainer: Trainer, control: Control, history: list[dict[str, Any]]) -> float:
         """Serialize now, upload in the background; returns the seconds training stood still."""
@@ -420,11 +447,16 @@ class Checkpoints:
         self, step: int, directory: Path, files: list[Path], control: Control, stall: float
     ) -> None:
         started = time.monotonic()
-        prefix = self.out.join(f"{CHECKPOINTS}step-{step:08d}/")
+        prefix = self.step_prefix(step)
         for path in files:
             self.store.put_file(prefix.join(path.name), path)
         control.beat()  # fencing: a stale attempt never moves the pointer
-        pointer = {"step": step, "uri": str(prefix), "files": [p.name for p in files]}
+        pointer = {
+            "job_id": str(self.work.job_id),
+            "step": step,
+            "uri": str(prefix),
+            "files": [p.name for p in files],
+        }
         self.store.put_bytes(self.out.join(LATEST), json.dumps(pointer).encode())
         shutil.rmtree(directory, ignore_errors=True)
         self._prune(step)

@@ -17,9 +17,9 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from barge.errors import PermanentJobError
-from barge.modeldirs import PICKLED_WEIGHTS, check_model_files, list_model_files
+from barge.modeldirs import check_model_files, is_model_file, list_model_files
 from barge.settings import Settings
-from barge.storage import ObjectStore, S3Uri, local_model_dir
+from barge.storage import ObjectStore, S3Uri, UnsafePath, local_model_dir, local_path
 from worker import metrics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,10 +30,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path, str]:
     """A local directory holding the model and its revision (a hash of the files' fingerprints).
 
-    S3 models are copied once into ``<cache>/models/<uri-hash>-<revision>`` and reused.
+    S3 models are copied once into ``<cache>/models/<uri-hash>-<revision>`` and reused. Only
+    the model's own files are copied (``is_model_file``), each to a path checked to stay inside
+    the copy.
     """
     files = list_model_files(settings, store, ref)
     check_model_files(ref, files)
+    files = {rel: tag for rel, tag in files.items() if is_model_file(rel)}
     revision = hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:16]
     local = local_model_dir(settings, ref)
     if local is not None:
@@ -48,11 +51,13 @@ def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path,
         return target, revision
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     for rel in files:
-        if rel.endswith(PICKLED_WEIGHTS):
-            continue  # never copied, never loaded
-        dest = tmp / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            dest = local_path(tmp, rel)
+        except UnsafePath as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise PermanentJobError(f"model directory {ref}: {exc.message}") from None
         with store.open(uri.join(rel)) as src, dest.open("wb") as out:
             shutil.copyfileobj(src, out, 1 << 20)
     (tmp / ".complete").write_text(revision)
@@ -61,6 +66,20 @@ def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path,
     except OSError:  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
     return target, revision
+
+
+def _auto(name: str) -> Any:
+    import transformers
+
+    return getattr(transformers, name)
+
+
+# The Hugging Face class each task loads (resolved lazily: transformers is imported on use).
+TASK_CLASSES: dict[str, Any] = {
+    "embed": lambda: _auto("AutoModel"),
+    "classify": lambda: _auto("AutoModelForSequenceClassification"),
+    "generate": lambda: _auto("AutoModelForCausalLM"),
+}
 
 
 def pick_device(settings: Settings) -> Any:
@@ -81,6 +100,23 @@ class LoadedModel:
     revision: str
     load_seconds: float
     labels: dict[int, str] = field(default_factory=dict)
+    max_positions: int | None = None  # tokens the model takes; max_length is clamped to it
+
+    def input_tokens(self, params: Any) -> int:
+        """Tokens kept per record: the job's max_length, clamped to what the model takes (for
+        generate, leaving room for max_new_tokens)."""
+        keep = int(params.max_length)
+        if self.max_positions is None:
+            return keep
+        room = self.max_positions
+        if self.task == "generate":
+            room -= int(params.max_new_tokens)
+            if room < 1:
+                raise PermanentJobError(
+                    f"max_new_tokens {params.max_new_tokens} leaves no room for a prompt: "
+                    f"model {self.ref} takes at most {self.max_positions} tokens in all"
+                )
+        return min(keep, room)
 
     def autocast(self) -> Any:
         import contextlib
@@ -93,18 +129,78 @@ class LoadedModel:
         return contextlib.nullcontext()
 
 
+# A config may describe at most this many more parameters than the weights hold (a new task
+# head, tied embeddings stored once) before Barge refuses to build it.
+CONFIG_SLACK_RATIO = 1.25
+CONFIG_SLACK_PARAMS = 50_000_000
+
+
+def stored_parameters(path: Path) -> int:
+    """Elements in the directory's safetensors weights (read from their headers only)."""
+    from safetensors import safe_open
+
+    total = 0
+    for weights in sorted(path.glob("*.safetensors")):
+        with safe_open(str(weights), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                numel = 1
+                for dim in f.get_slice(name).get_shape():
+                    numel *= int(dim)
+                total += numel
+    return total
+
+
+def check_config_fits_weights(path: Path, model_class: Any, ref: str) -> None:
+    """Refuse a config.json that describes a far bigger model than the weights hold, before
+    anything is allocated: the model is built on the meta device, which allocates nothing."""
+    import torch
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        with torch.device("meta"):
+            skeleton = model_class.from_config(config)
+        implied = sum(p.numel() for p in skeleton.parameters())
+        stored = stored_parameters(path)
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as exc:
+        raise PermanentJobError(f"cannot read model {ref}: {exc}") from exc
+    if implied > stored * CONFIG_SLACK_RATIO + CONFIG_SLACK_PARAMS:
+        raise PermanentJobError(
+            f"model {ref}: config.json describes {implied:,} parameters but the safetensors "
+            f"weights hold {stored:,}; refusing to build it (check config.json's dimensions)"
+        )
+
+
+def position_limit(model: Any, tokenizer: Any) -> int | None:
+    """The most tokens the model takes in one sequence, from its config and tokenizer."""
+    config = model.config
+    limits = []
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            # RoBERTa-style position ids start after the padding index.
+            offset = 2 if getattr(config, "model_type", "") in OFFSET_POSITIONS else 0
+            limits.append(value - offset)
+            break
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
+        limits.append(tok_max)
+    return min(limits) if limits else None
+
+
+OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "longformer", "mpnet"})
+
+
 def load_model(path: Path, task: str, device: Any, ref: str, revision: str) -> LoadedModel:
     import transformers
 
-    classes = {
-        "embed": transformers.AutoModel,
-        "classify": transformers.AutoModelForSequenceClassification,
-        "generate": transformers.AutoModelForCausalLM,
-    }
     started = time.monotonic()
+    check_config_fits_weights(path, TASK_CLASSES[task](), ref)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        model = classes[task].from_pretrained(
+        model = TASK_CLASSES[task]().from_pretrained(
             str(path), use_safetensors=True, local_files_only=True, trust_remote_code=False
         )
     except SoftTimeLimitExceeded:
@@ -120,7 +216,15 @@ def load_model(path: Path, task: str, device: Any, ref: str, revision: str) -> L
     if task == "classify":
         labels = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
     return LoadedModel(
-        task, model, tokenizer, device, ref, revision, time.monotonic() - started, labels
+        task,
+        model,
+        tokenizer,
+        device,
+        ref,
+        revision,
+        time.monotonic() - started,
+        labels,
+        position_limit(model, tokenizer),
     )
 
 
@@ -161,7 +265,7 @@ def predict(
         list(texts),
         padding=True,
         truncation=True,
-        max_length=params.max_length,
+        max_length=loaded.input_tokens(params),
         return_tensors="pt",
     ).to(loaded.device)
     with torch.inference_mode(), loaded.autocast():

@@ -20,6 +20,7 @@ from typing import Any
 from barge.errors import PermanentJobError
 from barge.specs import FinetuneSpec
 from worker.finetune_data import steps_per_epoch
+from worker.models import TASK_CLASSES, check_config_fits_weights, position_limit
 
 MAX_GRAD_NORM = 1.0  # gradients are clipped to this norm, as Hugging Face's Trainer does
 EMBED_SCALE = 20.0  # cosine similarities are multiplied by this before the softmax
@@ -74,6 +75,7 @@ class Trainer:
         torch.manual_seed(self.hp.seed)  # a new head's initial weights come from the seed
         random.seed(self.hp.seed)
         kwargs: dict[str, Any] = {"use_safetensors": True, "local_files_only": True}
+        check_config_fits_weights(model_dir, TASK_CLASSES[spec.task](), spec.base_model)
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(
                 str(model_dir), local_files_only=True
@@ -100,6 +102,9 @@ class Trainer:
             ) from exc
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        # Tokens kept per example: max_length, clamped to what the model takes.
+        limit = position_limit(self.model, self.tokenizer)
+        self.max_length = min(self.hp.max_length, limit) if limit else self.hp.max_length
         self.model.to(device).train()
         decay: list[Any] = []
         no_decay: list[Any] = []
@@ -195,7 +200,7 @@ class Trainer:
         import torch
 
         task = self.spec.task
-        max_length = self.hp.max_length
+        max_length = self.max_length
         if task == "classify":
             enc = self.tokenizer(
                 [t for t, _ in batch],
@@ -223,7 +228,7 @@ class Trainer:
         import torch
 
         enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.hp.max_length, return_tensors="pt"
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
         hidden = self.model(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -234,8 +239,7 @@ class Trainer:
         import torch
 
         rows = [
-            completion_tokens(self.tokenizer, self._eos(), p, c, self.hp.max_length)
-            for p, c in batch
+            completion_tokens(self.tokenizer, self._eos(), p, c, self.max_length) for p, c in batch
         ]
         width = max(len(ids) for ids, _ in rows)
         pad = self.tokenizer.pad_token_id or 0

@@ -57,7 +57,7 @@ class TestSpec:
 
     def test_parse_spec_picks_the_type(self) -> None:
         assert isinstance(parse_spec(BASE), FinetuneSpec)
-        inference = {"model": "m", "task": "embed", "input": "s3://a/b", "output": "s3://a/c"}
+        inference = {"model": "m", "task": "embed", "input": "s3://bkt/b", "output": "s3://bkt/c"}
         assert isinstance(parse_spec(inference), InferenceSpec)
 
     def test_a_slice_leaves_room_inside_the_shard_time_limit(self) -> None:

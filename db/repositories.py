@@ -445,3 +445,43 @@ def model_versions(session: Session, tenant_id: uuid.UUID, name: str | None = No
             .order_by(Model.name)
         )
     )
+
+
+# --- locations a job reads and writes --------------------------------------------------------
+
+
+def lock_submissions(session: Session) -> None:
+    """Serialise the location check and insert of concurrent submissions until commit (a
+    Postgres transaction-level advisory lock; SQLite serialises writers already)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(SUBMISSION_LOCK)))
+
+
+SUBMISSION_LOCK = 0x62617267  # "barg"
+
+
+def ancestors(prefix: str) -> list[str]:
+    """``s3://b/x/y/`` → ``[s3://b/, s3://b/x/, s3://b/x/y/]``."""
+    scheme, _, rest = prefix.partition("://")
+    parts = rest.rstrip("/").split("/")
+    return [f"{scheme}://{'/'.join(parts[: i + 1])}/" for i in range(len(parts))]
+
+
+def job_with_output_overlapping(session: Session, prefix: str) -> Job | None:
+    """A job (any status) whose output prefix equals, contains or lies inside ``prefix``."""
+    return session.scalar(
+        select(Job)
+        .where(
+            or_(
+                Job.output_uri.in_(ancestors(prefix)),
+                func.substr(Job.output_uri, 1, len(prefix)) == prefix,
+            )
+        )
+        .order_by(Job.created_at)
+        .limit(1)
+    )
+
+
+def active_jobs(session: Session) -> list[Job]:
+    """Jobs not yet final (their inputs and outputs are in use)."""
+    return list(session.scalars(select(Job).where(Job.status.not_in(FINAL))))

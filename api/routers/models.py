@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
 from api.schemas import ERROR_RESPONSES
-from barge.errors import Conflict, InvalidSpec, NotFound, PermanentJobError
+from barge.errors import Conflict, InvalidSpec, NotFound, PermanentJobError, excerpt
 from barge.modeldirs import check_model_files, list_model_files
-from barge.specs import Task
+from barge.specs import MODEL_NAME_PATTERN, Task, check_json_value
 from barge.storage import S3Uri, check_bucket_allowed
+from barge.uris import normalise
 from db import repositories as repo
 from db.models import Model
 
@@ -22,11 +24,19 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 class ModelIn(BaseModel):
-    name: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
-    uri: str = Field(..., description="s3:// prefix of a Hugging Face model directory")
+    name: str = Field(..., pattern=MODEL_NAME_PATTERN)
+    uri: str = Field(
+        ..., max_length=2048, description="s3:// prefix of a Hugging Face model directory"
+    )
     task: Task
-    base_model: str | None = None
+    base_model: str | None = Field(None, max_length=2048)
     metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("base_model", "metrics")
+    @classmethod
+    def _storable(cls, v: Any) -> Any:
+        check_json_value(v)
+        return v
 
 
 class ModelOut(BaseModel):
@@ -64,7 +74,7 @@ def register_model(
     body: ModelIn, uow: UoW, tenant: CurrentTenant, settings: SettingsDep, store: StoreDep
 ) -> ModelOut:
     """Register an existing model directory as the next version of `name`."""
-    uri = S3Uri.parse(body.uri, field="uri").as_prefix()
+    uri = S3Uri.parse(normalise(body.uri, "uri", prefix=True), field="uri")
     check_bucket_allowed(settings, uri, "uri")
     try:
         check_model_files(str(uri), list_model_files(settings, store, str(uri)))
@@ -95,7 +105,11 @@ def list_models(uow: UoW, tenant: CurrentTenant) -> ModelList:
 @router.get("/{name}", response_model=ModelList, responses=ERROR_RESPONSES)
 def model_versions(name: str, uow: UoW, tenant: CurrentTenant) -> ModelList:
     """Every version of `name`, newest first."""
-    versions = repo.model_versions(uow.session, tenant.id, name)
+    versions = (
+        repo.model_versions(uow.session, tenant.id, name)
+        if re.match(MODEL_NAME_PATTERN, name)
+        else []  # a name that could never be registered (it would not fit the query either)
+    )
     if not versions:
-        raise NotFound(f"no model named {name!r}")
+        raise NotFound(f"no model named {excerpt(name)}")
     return ModelList(models=[_out(m) for m in versions])

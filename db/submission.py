@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -238,6 +240,17 @@ def _job_name(job: Job, tenant_id: uuid.UUID) -> str:
     return "another tenant's job"
 
 
+@contextmanager
+def naming(field: str) -> Iterator[None]:
+    """Refusals from the stores (an unusable key on the local backend, say) name ``field``."""
+    try:
+        yield
+    except InvalidSpec as exc:
+        if exc.field is not None:
+            raise
+        raise InvalidSpec(f"{field}: {exc.message}", field=field) from None
+
+
 def create_job(
     session: Session,
     settings: Settings,
@@ -264,18 +277,23 @@ def create_job(
         )
     job_id = uuid.uuid4()
     if isinstance(spec, FinetuneSpec):
-        model_uri = resolve_model(
-            session, settings, store, tenant_id, spec.base_model, field="base_model"
-        )
-        check_training_data(settings, store, spec)
+        with naming("base_model"):
+            model_uri = resolve_model(
+                session, settings, store, tenant_id, spec.base_model, field="base_model"
+            )
+        with naming("train"):
+            check_training_data(settings, store, spec)
         check_model_name(session, tenant_id, spec)
         train_bucket = S3Uri.parse(spec.train).bucket
         output = spec.output or f"s3://{train_bucket}/barge-finetunes/{job_id}/"
     else:
-        model_uri = resolve_model(session, settings, store, tenant_id, spec.model)
-        check_input(settings, store, spec)
+        with naming("model"):
+            model_uri = resolve_model(session, settings, store, tenant_id, spec.model)
+        with naming("input"):
+            check_input(settings, store, spec)
         output = spec.output
-    output = check_locations(session, settings, store, tenant_id, output, _reads(spec))
+    with naming("output"):
+        output = check_locations(session, settings, store, tenant_id, output, _reads(spec))
     now = utcnow()
     job = Job(
         id=job_id,

@@ -307,3 +307,49 @@ class TestOneOutputOneJob:
             assert r.status_code == 422, r.text
             assert r.json()["field"] == field
             assert "'..' segment" in r.json()["message"]
+
+
+class TestLocalBackend:
+    """The embedded object store maps s3://bucket/key to a directory: keys must never walk out
+    of it, and an unusable key is a 422 naming the field, not a 500."""
+
+    def test_keys_cannot_leave_the_allowed_bucket_or_crash_the_api(
+        self, database_url: str, tmp_path: Path
+    ) -> None:
+        from api.app import create_app
+        from barge.settings import Settings
+        from tests.conftest import new_key
+
+        root = tmp_path / "objects"
+        (root / "bob").mkdir(parents=True)
+        (root / "bob" / "in.jsonl").write_text('{"text": "bob\'s private text"}\n')
+        (root / "alice").mkdir()
+        (root / "alice" / "in.jsonl").write_text('{"text": "alice\'s text"}\n')
+        (root / "alice" / "model").mkdir()
+        (root / "alice" / "model" / "config.json").write_text("{}")
+        settings = Settings(
+            database_url=database_url,
+            storage_backend="local",
+            local_store_dir=root,
+            allowed_buckets=["alice"],
+            home=tmp_path / "home",
+        )
+        auth = {"Authorization": f"Bearer {new_key(database_url, 'local-' + uuid.uuid4().hex)}"}
+        with TestClient(create_app(settings), raise_server_exceptions=False) as api:
+            cases = [
+                ("input", "s3://alice/../bob/in.jsonl", "'..' segment"),
+                ("output", "s3://alice/../bob/out/", "'..' segment"),
+                ("input", "s3://alice/in\x00.jsonl", "NUL character"),
+                ("input", "s3://alice/" + "k" * 300 + ".jsonl", "longer than 255 bytes"),
+                ("output", "s3://alice/" + "k" * 300 + "/", "longer than 255 bytes"),
+                ("output", "s3://bob/out/", "not one Barge may use"),
+            ]
+            for field, uri, why in cases:
+                spec = inference_spec("s3://alice/model/", "s3://alice/in.jsonl", "s3://alice/out/")
+                spec[field] = uri
+                r = api.post("/v1/jobs", json=spec, headers=auth)
+                assert r.status_code == 422, (uri[:40], r.text)
+                assert r.json()["field"] == field, r.json()
+                assert why in r.json()["message"], r.json()
+        assert sorted(p.name for p in root.iterdir()) == ["alice", "bob"]
+        assert sorted(p.name for p in (root / "bob").iterdir()) == ["in.jsonl"]

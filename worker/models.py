@@ -165,7 +165,7 @@ def check_config_fits_weights(path: Path, model_class: Any, ref: str) -> None:
     except SoftTimeLimitExceeded:
         raise
     except Exception as exc:
-        raise PermanentJobError(f"cannot read model {ref}: {exc}") from exc
+        raise PermanentJobError(f"cannot load model {ref}: {exc}") from exc
     if implied > stored * CONFIG_SLACK_RATIO + CONFIG_SLACK_PARAMS:
         raise PermanentJobError(
             f"model {ref}: config.json describes {implied:,} parameters but the safetensors "

@@ -5,8 +5,13 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import re
+import time
+import tracemalloc
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,7 +21,9 @@ from hypothesis import strategies as st
 
 from barge.errors import InvalidSpec, PermanentJobError
 from barge.records import (
+    EVERYTHING,
     Format,
+    Limits,
     Range,
     Record,
     detect_format,
@@ -26,6 +33,7 @@ from barge.records import (
     plan_ranges,
     resolve_inputs,
 )
+from barge.settings import Settings, get_settings
 from barge.storage import LocalStore, ObjectInfo, S3Uri
 
 JSONL = Format("jsonl", False)
@@ -48,11 +56,15 @@ def put(store: LocalStore, key: str, data: bytes) -> ObjectInfo:
 
 
 def read_all(
-    store: LocalStore, info: ObjectInfo, fmt: Format, shard_records: int
+    store: LocalStore,
+    info: ObjectInfo,
+    fmt: Format,
+    shard_records: int,
+    limits: Limits | None = None,
 ) -> tuple[list[Range], list[Record]]:
     """Plan the object, then read every range; checks the counts agree."""
-    ranges, total = plan_ranges(store, info, fmt, shard_records)
-    records = [rec for rng in ranges for rec in iter_range(store, info, fmt, rng)]
+    ranges, total = plan_ranges(store, info, fmt, shard_records, limits=limits)
+    records = [rec for rng in ranges for rec in iter_range(store, info, fmt, rng, limits=limits)]
     assert total == len(records) == sum(r.record_count for r in ranges)
     assert all(0 < r.record_count <= shard_records for r in ranges)
     return ranges, records
@@ -407,6 +419,418 @@ class TestPeekFields:
         assert "s3://bucket/in/a.jsonl.gz" in exc.value.message
 
 
+# --- bounded input: record and object limits, corrupt gzip, hostile objects at submit ---------
+
+TINY = Limits(object_bytes=10**9, record_bytes=64)  # lines over 64 bytes are records too large
+TOO_LARGE = "record is larger than 64 bytes (BARGE_MAX_RECORD_BYTES)"
+
+
+def small(i: int) -> str:
+    return json.dumps({"id": i, "text": "ok"})
+
+
+def big(i: int, size: int = 200) -> str:
+    return json.dumps({"id": i, "text": "x" * size})
+
+
+def ids_or_errors(records: list[Record]) -> list[tuple[int, Any]]:
+    """(line, id) for a record, (line, the error) for an error record."""
+    return [(r.line, r.data["id"] if r.data is not None else r.error) for r in records]
+
+
+def put_stream(store: LocalStore, key: str, parts: Iterator[bytes], compress: bool) -> ObjectInfo:
+    """Write an object from ``parts`` (gzip-compressed on the fly), never holding all of it."""
+    uri = S3Uri("bucket", key)
+    path = store.root / "bucket" / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comp = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits=31: a gzip stream
+    with path.open("wb") as f:
+        for part in parts:
+            f.write(comp.compress(part) if compress else part)
+        if compress:
+            f.write(comp.flush())
+    info = store.head(uri)
+    assert info is not None
+    return info
+
+
+def huge_line(size: int, record_id: int = 2) -> Iterator[bytes]:
+    """One JSONL line of about ``size`` bytes, in 1 MiB parts."""
+    yield b'{"id": %d, "text": "' % record_id
+    chunk = b"a" * (1 << 20)
+    for start in range(0, size, len(chunk)):
+        yield chunk[: min(len(chunk), size - start)]
+    yield b'"}\n'
+
+
+def peak_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """``fn()`` and the peak of Python memory allocated while it ran."""
+    tracemalloc.start()
+    try:
+        return fn(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+OVERSIZE_LINES = [small(1), big(2), "", small(3), big(4), big(5), small(6)]
+OVERSIZE_EXPECTED = [(1, 1), (2, TOO_LARGE), (4, 3), (5, TOO_LARGE), (6, TOO_LARGE), (7, 6)]
+
+
+class TestLimits:
+    def test_from_settings(self) -> None:
+        limits = Limits.from_settings(Settings(max_object_bytes=5000, max_record_bytes=2048))
+        assert limits == Limits(object_bytes=5000, record_bytes=2048)
+
+    def test_no_limits_means_the_settings(
+        self, store: LocalStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("BARGE_MAX_RECORD_BYTES", "1024")
+        get_settings.cache_clear()
+        try:
+            info = put(store, "in/a.jsonl", jsonl_bytes([small(1), big(2, 2000), small(3)]))
+            _, records = read_all(store, info, JSONL, 10)
+        finally:
+            get_settings.cache_clear()
+        assert [r.line for r in records] == [1, 2, 3]
+        assert records[1].error is not None
+        assert records[1].error.startswith("record is larger than 1024 bytes")
+
+
+class TestOversizeJsonl:
+    @pytest.mark.parametrize("shard_records", [1, 2, 3, 100])
+    def test_plain_byte_ranges_agree_with_records(
+        self, store: LocalStore, shard_records: int
+    ) -> None:
+        data = jsonl_bytes(OVERSIZE_LINES)
+        info = put(store, "in/a.jsonl", data)
+        ranges, records = read_all(store, info, JSONL, shard_records, TINY)
+
+        line_bytes = len(big(0)) + 1
+        assert ids_or_errors(records) == [
+            (line, e if isinstance(e, int) else f"{e}; its line has {line_bytes} bytes")
+            for line, e in OVERSIZE_EXPECTED
+        ]
+        # Exact byte ranges: contiguous, covering the file, each on line starts, each holding its
+        # records (the oversized lines included), each with its first line's number.
+        assert ranges[0].byte_start == 0 and ranges[-1].byte_end == len(data)
+        for prev, nxt in itertools.pairwise(ranges):
+            assert prev.byte_end == nxt.byte_start
+        for rng in ranges:
+            assert rng.byte_start is not None and rng.byte_end is not None
+            assert data[: rng.byte_start].count(b"\n") + 1 == rng.first_line
+            chunk = data[rng.byte_start : rng.byte_end]
+            assert len([x for x in chunk.splitlines() if x.strip()]) == rng.record_count
+            alone = list(iter_range(store, info, JSONL, rng, limits=TINY))
+            start = rng.start_record
+            assert alone == records[start : start + rng.record_count]
+
+    @pytest.mark.parametrize("shard_records", [1, 2, 4, 100])
+    def test_gzip(self, store: LocalStore, shard_records: int) -> None:
+        info = put(store, "in/a.jsonl.gz", gzip.compress(jsonl_bytes(OVERSIZE_LINES)))
+        _, records = read_all(store, info, JSONL_GZ, shard_records, TINY)
+        got = [
+            (line, e if isinstance(e, int) else e[: len(TOO_LARGE)])
+            for line, e in ids_or_errors(records)
+        ]
+        assert got == OVERSIZE_EXPECTED
+
+    def test_limit_is_on_the_line_without_its_line_break(self, store: LocalStore) -> None:
+        limits = Limits(object_bytes=10**9, record_bytes=32)
+        at = '{"id": 1, "t": "' + "a" * 14 + '"}'
+        over = at.replace('"}', 'a"}')
+        assert (len(at), len(over)) == (32, 33)
+        for data in [
+            f"{at}\n{at}\r\n{over}\n{at}".encode(),  # the last line has no line break
+            f"{at}\n{at}\r\n{over}\r\n{at}\n".encode(),
+        ]:
+            info = put(store, "in/edge.jsonl", data)
+            _, records = read_all(store, info, JSONL, 2, limits)
+            assert [(r.line, r.data is not None) for r in records] == [
+                (1, True),
+                (2, True),
+                (3, False),
+                (4, True),
+            ]
+        info = put(store, "in/last.jsonl", f"{at}\n{over}".encode())
+        _, records = read_all(store, info, JSONL, 1, limits)
+        assert [(r.line, r.error) for r in records] == [
+            (1, None),
+            (2, "record is larger than 32 bytes (BARGE_MAX_RECORD_BYTES); its line has 33 bytes"),
+        ]
+
+    @pytest.mark.parametrize("compressed", [False, True])
+    def test_a_huge_line_is_streamed_past_in_bounded_memory(
+        self, store: LocalStore, compressed: bool
+    ) -> None:
+        size = 32 * 2**20
+        parts = itertools.chain(
+            [small(1).encode() + b"\n"], huge_line(size), [small(3).encode() + b"\n"]
+        )
+        key = "in/huge.jsonl" + (".gz" if compressed else "")
+        info = put_stream(store, key, parts, compressed)
+        fmt = Format("jsonl", compressed)
+        limits = Limits(object_bytes=10**10, record_bytes=2**20)
+
+        (ranges, records), peak = peak_bytes(lambda: read_all(store, info, fmt, 2, limits))
+
+        assert [(r.line, r.data) for r in records] == [
+            (1, {"id": 1, "text": "ok"}),
+            (2, None),
+            (3, {"id": 3, "text": "ok"}),
+        ]
+        assert records[1].error == (
+            f"record is larger than {2**20} bytes (BARGE_MAX_RECORD_BYTES); "
+            f"its line has {size + 22} bytes"
+        )
+        assert len(ranges) == 2
+        assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+    def test_deeply_nested_json_is_an_error_record(self, store: LocalStore) -> None:
+        info = put(store, "in/deep.jsonl", b"[" * 200_000 + b"\n" + small(2).encode() + b"\n")
+        _, records = read_all(store, info, JSONL, 10, Limits(10**9, 2**20))
+        assert [(r.line, r.error) for r in records] == [
+            (1, "invalid JSON: nested too deeply"),
+            (2, None),
+        ]
+
+
+class TestOversizeCsv:
+    BODY = (
+        b"id,text\n"  # 1
+        b"1,ok\n"  # 2
+        b"2," + b"x" * 100 + b"\n"  # 3: one physical line over the limit
+        b'3,"two\nlines"\n'  # 4-5
+        b'4,"' + b"quoted line\n" * 10 + b'end"\n'  # 6-16: a record over it, over lines
+        b'5,"a ""quoted"" word"\n'  # 17
+        b'6,"starts small\n' + b"y" * 100 + b'\nends"\n'  # 18-20: an over-long line inside
+        b"7,last\n"  # 21
+    )
+
+    @pytest.mark.parametrize("variant", ["plain", "gzip", "crlf"])
+    @pytest.mark.parametrize("shard_records", [1, 3, 100])
+    def test_records_over_the_limit_are_error_records_in_place(
+        self, store: LocalStore, variant: str, shard_records: int
+    ) -> None:
+        body = self.BODY.replace(b"\n", b"\r\n") if variant == "crlf" else self.BODY
+        data = gzip.compress(body) if variant == "gzip" else body
+        info = put(store, "in/a.csv" + (".gz" if variant == "gzip" else ""), data)
+        fmt = Format("csv", variant == "gzip")
+
+        _, records = read_all(store, info, fmt, shard_records, TINY)
+
+        line_bytes = 104 if variant == "crlf" else 103
+        assert ids_or_errors(records) == [
+            (2, "1"),
+            (3, f"{TOO_LARGE}; its line has {line_bytes} bytes"),
+            (4, "3"),
+            (6, TOO_LARGE),  # read past to its closing quote
+            (17, "5"),
+            (18, TOO_LARGE),
+            (21, "7"),
+        ]
+        assert records[4].data == {"id": "5", "text": 'a "quoted" word'}
+
+    def test_fields_over_the_csv_modules_default_limit_are_read(self, store: LocalStore) -> None:
+        name, text = "n" * 150_000, "z" * 200_000  # csv's own field_size_limit is 131,072
+        info = put(store, "in/wide.csv", f"id,{name}\n1,{text}\n".encode())
+        limits = Limits(10**9, 2**20)
+        _, records = read_all(store, info, CSV, 10, limits)
+        assert records == [Record(2, {"id": "1", name: text})]
+        assert peek_fields(store, info, CSV, limits=limits) == ["id", name]
+
+    @pytest.mark.parametrize("compressed", [False, True])
+    def test_header_over_the_limit(self, store: LocalStore, compressed: bool) -> None:
+        body = ",".join(f"column_{i}" for i in range(20)).encode() + b"\n1,2\n"
+        key = "in/wide.csv" + (".gz" if compressed else "")
+        info = put(store, key, gzip.compress(body) if compressed else body)
+        fmt = Format("csv", compressed)
+        message = f"CSV header (line 1) of s3://bucket/{key} is longer than 64 bytes"
+        with pytest.raises(PermanentJobError, match=re.escape(message)):
+            plan_ranges(store, info, fmt, 10, limits=TINY)
+        with pytest.raises(PermanentJobError, match=re.escape(message)):
+            list(iter_range(store, info, fmt, EVERYTHING, limits=TINY))
+        with pytest.raises(InvalidSpec, match=re.escape(message)) as exc:
+            peek_fields(store, info, fmt, "train", limits=TINY)
+        assert exc.value.field == "train"
+
+    def test_bom_and_lone_carriage_returns(self, store: LocalStore) -> None:
+        # A spreadsheet export: byte-order mark, and old-Mac line breaks (a lone "\r") still split
+        # lines as csv's newline="" did.
+        info = put(store, "in/mac.csv", b'\xef\xbb\xbfid,text\r1,a\r2,"b\rc"\r3,d\r')
+        _, records = read_all(store, info, CSV, 2)
+        assert records == [
+            Record(2, {"id": "1", "text": "a"}),
+            Record(3, {"id": "2", "text": "b\rc"}),
+            Record(5, {"id": "3", "text": "d"}),
+        ]
+        assert peek_fields(store, info, CSV) == ["id", "text"]
+
+
+class TestObjectLimit:
+    LIMITS = Limits(object_bytes=1000, record_bytes=1024)
+
+    def data(self) -> bytes:
+        return jsonl_bytes([small(i) for i in range(100)])  # about 2,600 bytes
+
+    def test_plain_jsonl_is_refused_before_reading(self, store: LocalStore) -> None:
+        info = put(store, "in/a.jsonl", self.data())
+        message = (
+            "s3://bucket/in/a.jsonl is larger than 1000 bytes (BARGE_MAX_OBJECT_BYTES); "
+            "split it into smaller objects"
+        )
+        with pytest.raises(PermanentJobError) as exc:
+            plan_ranges(store, info, JSONL, 10, limits=self.LIMITS)
+        assert exc.value.message == message
+        with pytest.raises(PermanentJobError, match=re.escape(message)):
+            list(iter_range(store, info, JSONL, Range(0, 1, 1, 0, 30), limits=self.LIMITS))
+        with pytest.raises(InvalidSpec, match=re.escape(message)):
+            peek_fields(store, info, JSONL, limits=self.LIMITS)
+
+    @pytest.mark.parametrize("fmt", [JSONL_GZ, Format("csv", True)])
+    def test_gzip_counts_decompressed_bytes(self, store: LocalStore, fmt: Format) -> None:
+        data = self.data() if fmt.name == "jsonl" else b"id,text\n" + b"1,abc\n" * 500
+        info = put(store, f"in/a.{fmt.name}.gz", gzip.compress(data))
+        assert info.size < 1000
+        message = (
+            f"s3://bucket/in/a.{fmt.name}.gz is larger than 1000 bytes once decompressed "
+            "(BARGE_MAX_OBJECT_BYTES)"
+        )
+        with pytest.raises(PermanentJobError, match=re.escape(message)):
+            plan_ranges(store, info, fmt, 10, limits=self.LIMITS)
+        with pytest.raises(PermanentJobError, match=re.escape(message)):
+            list(iter_range(store, info, fmt, EVERYTHING, limits=self.LIMITS))
+        # At submit only the first records are read: under the limit, nothing to refuse yet.
+        assert peek_fields(store, info, fmt, limits=self.LIMITS) == ["id", "text"]
+
+    def test_parquet_by_its_metadata(self, store: LocalStore, tmp_path: Path) -> None:
+        path = tmp_path / "p.parquet"
+        pq.write_table(pa.table({"id": list(range(2000)), "text": ["x" * 20] * 2000}), path)
+        store.put_file(S3Uri("bucket", "in/p.parquet"), path)
+        info = store.head(S3Uri("bucket", "in/p.parquet"))
+        assert info is not None
+        limits = Limits(object_bytes=10_000, record_bytes=1024)
+        with pytest.raises(PermanentJobError, match="BARGE_MAX_OBJECT_BYTES") as exc:
+            plan_ranges(store, info, PARQUET, 100, limits=limits)
+        assert "s3://bucket/in/p.parquet holds " in exc.value.message
+        with pytest.raises(PermanentJobError, match="BARGE_MAX_OBJECT_BYTES"):
+            list(iter_range(store, info, PARQUET, EVERYTHING, limits=limits))
+        with pytest.raises(InvalidSpec, match="BARGE_MAX_OBJECT_BYTES"):
+            peek_fields(store, info, PARQUET, limits=limits)
+        assert plan_ranges(store, info, PARQUET, 1000)[1] == 2000  # under the default limit
+
+
+def _truncated(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def _corrupt_first_block(data: bytes) -> bytes:
+    return data[:10] + b"\xff" * 8 + data[18:]  # the 10-byte header, then deflate data
+
+
+def _bad_crc(data: bytes) -> bytes:
+    return data[:-8] + bytes(b ^ 0xFF for b in data[-8:-4]) + data[-4:]
+
+
+class TestCorruptGzip:
+    BODIES: ClassVar[dict[str, bytes]] = {
+        "jsonl": jsonl_bytes([small(i) for i in range(2000)]),
+        "csv": b"id,text\n" + b"".join(b"%d,row %d\n" % (i, i) for i in range(2000)),
+    }
+
+    @pytest.mark.parametrize("name", ["jsonl", "csv"])
+    @pytest.mark.parametrize("damage", [_truncated, _corrupt_first_block, _bad_crc])
+    def test_is_a_permanent_error(
+        self, store: LocalStore, name: str, damage: Callable[[bytes], bytes]
+    ) -> None:
+        data = damage(gzip.compress(self.BODIES[name]))
+        info = put(store, f"in/a.{name}.gz", data)
+        fmt = Format(name, True)
+        needle = f"invalid gzip data in s3://bucket/in/a.{name}.gz: "
+        with pytest.raises(PermanentJobError, match=re.escape(needle)):
+            plan_ranges(store, info, fmt, 100)
+        with pytest.raises(PermanentJobError, match=re.escape(needle)):
+            list(iter_range(store, info, fmt, EVERYTHING))
+
+    @pytest.mark.parametrize("name", ["jsonl", "csv"])
+    @pytest.mark.parametrize("damage", [_truncated, _corrupt_first_block])
+    def test_is_invalid_spec_at_submit(
+        self, store: LocalStore, name: str, damage: Callable[[bytes], bytes]
+    ) -> None:
+        # Small enough that peeking reaches the damage (a truncated object's first records may be
+        # readable: then only the job fails, when planning reads all of it).
+        body = b"id,text\n1,x\n" if name == "csv" else b'{"id": 1, "text": "x"}\n'
+        info = put(store, f"in/a.{name}.gz", damage(gzip.compress(body)))
+        with pytest.raises(InvalidSpec) as exc:
+            peek_fields(store, info, Format(name, True), "input")
+        assert exc.value.field == "input"
+        assert exc.value.message.startswith(f"invalid gzip data in s3://bucket/in/a.{name}.gz: ")
+
+    def test_plain_object_named_gz_is_invalid(self, store: LocalStore) -> None:
+        info = put(store, "in/a.jsonl.gz", b'{"id": 1, "text": "not compressed"}\n')
+        with pytest.raises(PermanentJobError, match=r"invalid gzip data in .*Not a gzipped file"):
+            plan_ranges(store, info, JSONL_GZ, 10)
+
+
+class TestCorruptParquet:
+    def test_damaged_pages_are_a_permanent_error(self, store: LocalStore, tmp_path: Path) -> None:
+        path = tmp_path / "p.parquet"
+        table = pa.table({"id": list(range(5000)), "text": [f"text {i}" * 5 for i in range(5000)]})
+        pq.write_table(table, path, row_group_size=1000, compression="snappy")
+        data = bytearray(path.read_bytes())
+        data[2000:2200] = b"\xff" * 200  # inside the first row group's pages
+        info = put(store, "in/p.parquet", bytes(data))
+        ranges, total = plan_ranges(store, info, PARQUET, 10_000)  # the footer is intact
+        assert total == 5000
+        with pytest.raises(PermanentJobError, match=r"s3://bucket/in/p\.parquet is not a readable"):
+            list(iter_range(store, info, PARQUET, ranges[0]))
+
+
+class TestPeekIsBounded:
+    def test_gzip_bomb_single_line(self, store: LocalStore) -> None:
+        """~200 MB of one line in ~200 KB of gzip: peek reads one record limit of it, quickly."""
+        size = 200 * 10**6
+        info = put_stream(store, "in/bomb.jsonl.gz", huge_line(size, 1), compress=True)
+        assert info.size < 2 * 10**6
+        limits = Limits(object_bytes=16 * 2**30, record_bytes=4 * 2**20)  # the defaults
+
+        started = time.perf_counter()
+        fields, peak = peak_bytes(lambda: peek_fields(store, info, JSONL_GZ, limits=limits))
+        elapsed = time.perf_counter() - started
+
+        assert fields == []  # the first record is over the limit: nothing to check at submit
+        assert elapsed < 1.0, elapsed
+        assert peak < 50 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+    def test_gzip_bomb_csv_header(self, store: LocalStore) -> None:
+        parts = itertools.chain([b"id,"], (b"t" * 2**20 for _ in range(100)), [b"\n1,x\n"])
+        info = put_stream(store, "in/bomb.csv.gz", parts, compress=True)
+        started = time.perf_counter()
+        with pytest.raises(InvalidSpec, match=r"CSV header \(line 1\) .* is longer than"):
+            peek_fields(store, info, Format("csv", True), limits=Limits(2**34, 2**20))
+        assert time.perf_counter() - started < 1.0
+
+    def test_at_most_100_lines(self, store: LocalStore) -> None:
+        lines = ["[1]"] * 100 + [small(1)]
+        info = put(store, "in/a.jsonl", jsonl_bytes(lines))
+        assert peek_fields(store, info, JSONL) == []
+        info = put(store, "in/b.jsonl", jsonl_bytes(lines[1:]))
+        assert peek_fields(store, info, JSONL) == ["id", "text"]
+
+    def test_at_most_two_record_limits_of_bytes(self, store: LocalStore) -> None:
+        filler = json.dumps(["x" * 1000])  # a readable line but not a record with fields
+        lines = [filler] * 3 + [small(1)]
+        info = put(store, "in/a.jsonl", jsonl_bytes(lines))
+        limits = Limits(object_bytes=10**9, record_bytes=1024)
+        assert peek_fields(store, info, JSONL, limits=limits) == []
+        info = put(store, "in/b.jsonl", jsonl_bytes(lines[1:]))
+        assert peek_fields(store, info, JSONL, limits=limits) == ["id", "text"]
+
+    def test_a_first_record_over_the_limit_is_no_fields(self, store: LocalStore) -> None:
+        info = put(store, "in/a.jsonl", jsonl_bytes([big(1), small(2)]))
+        assert peek_fields(store, info, JSONL, limits=TINY) == []
+        assert peek_fields(store, info, JSONL) == ["id", "text"]  # under the default limit
+
+
 # --- property: planning + streaming reads every record exactly once, in order ------------------
 
 json_values = st.one_of(
@@ -452,3 +876,70 @@ def test_every_record_read_exactly_once_in_order(
     expected = [(n, i) for n, i in enumerate(items, start=1) if not isinstance(i, str)]
     assert [(r.line, r.data) for r in records] == expected
     assert all(r.error is None for r in records)
+
+
+# --- property: with lines over the record limit, planning and streaming stay in step -----------
+
+LIMITED = Limits(object_bytes=10**9, record_bytes=48)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    items=st.lists(
+        st.one_of(
+            st.dictionaries(st.text(max_size=12), json_values, max_size=4),
+            st.sampled_from(["", "  "]),
+            st.integers(min_value=1, max_value=120).map(lambda n: "x" * n),  # not JSON
+        ),
+        max_size=30,
+    ),
+    shard_records=st.integers(min_value=1, max_value=35),
+    compressed=st.booleans(),
+    crlf=st.booleans(),
+    trailing_newline=st.booleans(),
+)
+def test_oversize_lines_keep_planning_and_reading_in_step(
+    store: LocalStore,
+    items: list[dict[str, Any] | str],
+    shard_records: int,
+    compressed: bool,
+    crlf: bool,
+    trailing_newline: bool,
+) -> None:
+    lines = [i if isinstance(i, str) else json.dumps(i) for i in items]
+    data = (("\r\n" if crlf else "\n").join(lines) + ("\n" if trailing_newline else "")).encode()
+    fmt = Format("jsonl", compressed)
+    info = put(store, "prop/in.jsonl", gzip.compress(data) if compressed else data)
+
+    _, records = read_all(store, info, fmt, shard_records, LIMITED)
+
+    expected: list[tuple[int, dict[str, Any] | None, str]] = []
+    for n, (item, line) in enumerate(zip(items, lines, strict=True), start=1):
+        if len(line.encode()) > LIMITED.record_bytes:
+            expected.append((n, None, "large"))
+        elif line.strip():
+            expected.append(
+                (
+                    n,
+                    None if isinstance(item, str) else item,
+                    "bad" if isinstance(item, str) else "ok",
+                )
+            )
+    got = [
+        (
+            r.line,
+            r.data,
+            "ok"
+            if r.error is None
+            else "large"
+            if r.error.startswith("record is larger")
+            else "bad",
+        )
+        for r in records
+    ]
+    assert got == expected

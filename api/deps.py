@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from barge.errors import Unauthorized
@@ -16,7 +17,7 @@ from barge.settings import Settings
 from barge.storage import ObjectStore
 from db import repositories as repo
 from db.models import Tenant
-from db.session import session_factory
+from db.session import session_factory, session_scope
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,47 @@ def get_uow(request: Request) -> Iterator[UnitOfWork]:
 UoW = Annotated[UnitOfWork, Depends(get_uow, scope="function")]
 
 
-def current_tenant(uow: UoW, authorization: Annotated[str | None, Header()] = None) -> Tenant:
+# The scope["state"] key under which the request guard (api.app) leaves the tenant it
+# authenticated before the body was read.
+TENANT_STATE = "barge_tenant"
+
+# Documents the key in the OpenAPI schema (the "Authorize" button of /docs); the check itself is
+# tenant_for_authorization, run by the request guard.
+bearer = HTTPBearer(
+    auto_error=False, description="An API key: `barge keys create --tenant T` prints one."
+)
+
+
+def tenant_for_authorization(session: Session, authorization: str | None) -> Tenant:
+    """The tenant whose key ``Authorization: Bearer <key>`` names; Unauthorized otherwise."""
     if not authorization:
         raise Unauthorized()
     scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("Authorization header must be `Bearer <key>`")
-    tenant = repo.tenant_for_key(uow.session, key.strip())
+    tenant = repo.tenant_for_key(session, key.strip())
     if tenant is None:
         raise Unauthorized("unknown or revoked API key")
     return tenant
+
+
+def authenticate(settings: Settings, authorization: str | None) -> Tenant:
+    """``tenant_for_authorization`` in a short session of its own (blocking: run it in a thread)."""
+    with session_scope(settings.resolved_database_url) as session:
+        return tenant_for_authorization(session, authorization)
+
+
+def current_tenant(
+    request: Request,
+    uow: UoW,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Tenant:
+    """The request's tenant: the one the request guard authenticated (no second lookup), attached
+    to the request's session; looked up here only when the app runs without the guard."""
+    tenant: Tenant | None = request.scope.get("state", {}).get(TENANT_STATE)
+    if tenant is None:
+        return tenant_for_authorization(uow.session, request.headers.get("authorization"))
+    return uow.session.merge(tenant, load=False)
 
 
 CurrentTenant = Annotated[Tenant, Depends(current_tenant)]

@@ -7,14 +7,15 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import ApiKey, Job, JobEvent, Model, Shard, Tenant
+from db.models import ApiKey, DropRule, Job, JobEvent, Model, Shard, Tenant
 from db.state import (
     FINAL,
     SHARD_CANCELLED,
@@ -88,9 +89,18 @@ def encode_cursor(job: Job) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The (created_at, id) ``encode_cursor`` wrote; ValueError for anything it could not have
+    written (a timestamp without a time zone, out of range in UTC, ...)."""
     padded = cursor + "=" * (-len(cursor) % 4)
     created, _, job_id = base64.urlsafe_b64decode(padded).decode().partition("|")
-    return datetime.fromisoformat(created), uuid.UUID(job_id)
+    at = datetime.fromisoformat(created)
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError("the cursor's timestamp has no time zone")
+    try:
+        at = at.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the cursor's timestamp is out of range") from None
+    return at, uuid.UUID(job_id)
 
 
 def list_jobs(
@@ -445,6 +455,59 @@ def model_versions(session: Session, tenant_id: uuid.UUID, name: str | None = No
             .order_by(Model.name)
         )
     )
+
+
+# --- drop folders ----------------------------------------------------------------------------
+
+REMOVED_MARK = "~removed~"  # a removed rule's name: NAME~removed~<id>, never a valid rule name
+DROP_NAME_CHARS = 200  # drop_rules.name is a String(200)
+
+
+def drop_rules(session: Session, tenant_id: uuid.UUID) -> list[DropRule]:
+    """The tenant's rules, removed ones (disabled and renamed) included, by name."""
+    return list(
+        session.scalars(
+            select(DropRule).where(DropRule.tenant_id == tenant_id).order_by(DropRule.name)
+        )
+    )
+
+
+def live_drop_rule(session: Session, tenant_id: uuid.UUID, name: str) -> DropRule | None:
+    """The tenant's enabled rule named ``name``; a removed rule is never found again."""
+    return session.scalar(
+        select(DropRule).where(
+            DropRule.tenant_id == tenant_id,
+            DropRule.name == name,
+            DropRule.enabled.is_(True),
+        )
+    )
+
+
+def add_drop_rule(
+    session: Session, tenant_id: uuid.UUID, name: str, prefix: str, template: dict[str, Any]
+) -> DropRule | None:
+    """The new rule, or None when the tenant has a rule of that name (checked, and enforced by
+    the unique (tenant, name) constraint when two adds race)."""
+    if session.scalar(
+        select(DropRule.id).where(DropRule.tenant_id == tenant_id, DropRule.name == name)
+    ):
+        return None
+    rule = DropRule(tenant_id=tenant_id, name=name, prefix=prefix, template=template)
+    try:
+        with session.begin_nested():
+            session.add(rule)
+    except IntegrityError:
+        return None
+    return rule
+
+
+def remove_drop_rule(session: Session, rule: DropRule) -> None:
+    """Disable the rule and free its name: it becomes NAME~removed~<id>, cut to fit the column
+    (jobs it created keep pointing at it)."""
+    suffix = f"{REMOVED_MARK}{rule.id.hex}"
+    rule.enabled = False
+    rule.name = rule.name[: DROP_NAME_CHARS - len(suffix)] + suffix
+    session.flush()
 
 
 # --- locations a job reads and writes --------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -193,23 +194,38 @@ def encoder_uri(s3, models_bucket: str, tmp_root: Path) -> str:  # type: ignore[
     return upload_dir(s3, models_bucket, "tiny-encoder", tiny_encoder(tmp_root / "enc"))
 
 
+@dataclass(frozen=True)
+class ApiProcess:
+    url: str
+    pid: int
+    log: Path
+
+
 @pytest.fixture(scope="session")
-def api_url(barge_env: dict[str, str], tmp_root: Path) -> Iterator[str]:
-    """A real `barge api` process (for CLI tests) on a free port."""
+def api_process(barge_env: dict[str, str], tmp_root: Path) -> Iterator[ApiProcess]:
+    """A real `barge api` process on a free port: its URL, its pid (`barge api` execs uvicorn,
+    so it is the server's) and its log."""
     import subprocess
     import sys
 
     from tests.services import ROOT, free_port, wait_port
 
     port = free_port()
+    log = tmp_root / "api.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "barge.cli", "api", "--port", str(port)],
         env={**os.environ, **barge_env},
         cwd=ROOT,
-        stdout=(tmp_root / "api.log").open("ab"),
+        stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
     wait_port(port, 60)
-    yield f"http://127.0.0.1:{port}"
+    yield ApiProcess(f"http://127.0.0.1:{port}", proc.pid, log)
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def api_url(api_process: ApiProcess) -> str:
+    """A real `barge api` process (for CLI tests) on a free port."""
+    return api_process.url

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, ValidationError, field_validator
-from sqlalchemy import select
 
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
-from api.schemas import ERROR_RESPONSES
-from barge.errors import Conflict, InvalidSpec, NotFound
+from api.schemas import ERROR_RESPONSES, field_name, unstorable
+from barge.errors import Conflict, InvalidSpec, NotFound, excerpt
 from barge.specs import InferenceSpec
 from barge.storage import S3Uri, check_bucket_allowed
+from barge.uris import uri_problem
+from db import repositories as repo
 from db.models import DropRule
 
 router = APIRouter(prefix="/v1/drops", tags=["drops"])
 
+NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
+NAME_CHARS = 200
+PROBE_INPUT, PROBE_OUTPUT = "s3://template-check/in.jsonl", "s3://template-check/out/"
+
 
 class DropRuleIn(BaseModel):
-    name: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field(..., min_length=1, max_length=NAME_CHARS, pattern=NAME_PATTERN)
     prefix: str = Field(..., description="s3://bucket/path/: files go in <prefix>incoming/")
     template: dict[str, Any] = Field(
         ..., description="An inference job spec without input and output."
@@ -28,9 +34,20 @@ class DropRuleIn(BaseModel):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        if not v.startswith("s3://") or len(v) <= 5:
-            raise ValueError("must be an s3://bucket/path/ prefix")
+        problem = uri_problem(v)
+        if problem:
+            raise ValueError(f"must be an s3://bucket/path/ prefix: {problem}")
         return v if v.endswith("/") else v + "/"
+
+    @field_validator("template")
+    @classmethod
+    def _storable(cls, v: dict[str, Any]) -> dict[str, Any]:
+        found = unstorable(v)
+        if found:
+            path, problem = found
+            where = f" (at template.{field_name(path)})" if path else ""
+            raise ValueError(f"{problem}{where}")
+        return v
 
 
 class DropRuleOut(BaseModel):
@@ -64,12 +81,13 @@ def _check_template(template: dict[str, Any]) -> None:
             "template must not set input or output: they come from the dropped file",
             field="template",
         )
-    probe = {**template, "type": "inference", "input": "s3://x/y", "output": "s3://x/z/"}
+    # Placeholder locations (valid URIs) stand in for the dropped file and its output folder.
+    probe = {**template, "type": "inference", "input": PROBE_INPUT, "output": PROBE_OUTPUT}
     try:
         InferenceSpec.model_validate(probe)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
+        field = field_name(err["loc"])
         raise InvalidSpec(
             f"template.{field}: {str(err['msg']).removeprefix('Value error, ')}",
             field=f"template.{field}",
@@ -83,33 +101,24 @@ def add_drop(
     """Watch `<prefix>incoming/`: each new file becomes one job from `template`."""
     _check_template(body.template)
     check_bucket_allowed(settings, S3Uri.parse(body.prefix), "prefix")
-    existing = uow.session.scalar(
-        select(DropRule).where(DropRule.tenant_id == tenant.id, DropRule.name == body.name)
-    )
-    if existing is not None:
+    rule = repo.add_drop_rule(uow.session, tenant.id, body.name, body.prefix, body.template)
+    if rule is None:
         raise Conflict(f"a drop folder named {body.name!r} exists; remove it first")
-    rule = DropRule(tenant_id=tenant.id, name=body.name, prefix=body.prefix, template=body.template)
-    uow.session.add(rule)
-    uow.session.flush()
     return _out(rule)
 
 
 @router.get("", response_model=DropRuleList, responses=ERROR_RESPONSES)
 def list_drops(uow: UoW, tenant: CurrentTenant) -> DropRuleList:
-    rules = uow.session.scalars(
-        select(DropRule).where(DropRule.tenant_id == tenant.id).order_by(DropRule.name)
-    )
-    return DropRuleList(drops=[_out(r) for r in rules])
+    return DropRuleList(drops=[_out(r) for r in repo.drop_rules(uow.session, tenant.id)])
 
 
 @router.delete("/{name}", status_code=204, responses=ERROR_RESPONSES)
 def remove_drop(name: str, uow: UoW, tenant: CurrentTenant) -> Response:
     """Stop watching; jobs already created run to the end."""
-    rule = uow.session.scalar(
-        select(DropRule).where(DropRule.tenant_id == tenant.id, DropRule.name == name)
-    )
+    # A name no rule can have (a removed rule's NAME~removed~... included) needs no query.
+    valid = len(name) <= NAME_CHARS and re.fullmatch(NAME_PATTERN, name)
+    rule = repo.live_drop_rule(uow.session, tenant.id, name) if valid else None
     if rule is None:
-        raise NotFound(f"no drop folder named {name!r}")
-    rule.enabled = False
-    rule.name = f"{rule.name}~removed~{rule.id.hex[:8]}"
+        raise NotFound(f"no drop folder named {excerpt(name)}")
+    repo.remove_drop_rule(uow.session, rule)
     return Response(status_code=204)

@@ -11,13 +11,15 @@ from pydantic import Discriminator, Tag
 from api import jobs_service as service
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
 from api.schemas import ERROR_RESPONSES, EventList, EventOut, JobList, JobOut, ShardList, ShardOut
-from barge.errors import InvalidSpec, NotFound
+from barge.errors import InvalidSpec, NotFound, excerpt
 from barge.specs import JOB_TYPES, FinetuneSpec, InferenceSpec
 from db import repositories as repo
 from db.models import Job, Tenant
 from db.state import JOB_STATUSES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+BIGINT_MAX = 2**63 - 1  # event ids are Postgres bigints
 
 
 def _job_type(body: object) -> str:
@@ -37,7 +39,7 @@ def _job(uow: UoW, tenant: Tenant, job_id: str) -> Job:
     try:
         parsed = uuid.UUID(job_id)
     except ValueError:
-        raise NotFound(f"no job {job_id!r}") from None
+        raise NotFound(f"no job {excerpt(job_id)}") from None
     job = repo.get_job(uow.session, parsed, tenant.id)
     if job is None:
         raise NotFound(f"no job {job_id!r}")
@@ -107,7 +109,7 @@ def job_events(
     job_id: str,
     uow: UoW,
     tenant: CurrentTenant,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=BIGINT_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> EventList:
     """The job's events in order; pass `next_after` back as `after` to follow along."""

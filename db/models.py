@@ -63,6 +63,9 @@ class Job(Base):
     records_total: Mapped[int | None] = mapped_column(BigInteger)
     shards_total: Mapped[int | None] = mapped_column(Integer)
     steps_total: Mapped[int | None] = mapped_column(BigInteger)  # fine-tunes: optimizer steps
+    # Planning runs started (each counted before it starts, so one that kills its process counts
+    # too); a job still queued after BARGE_MAX_ATTEMPTS of them fails.
+    plan_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     manifest: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

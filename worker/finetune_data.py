@@ -10,6 +10,7 @@ from typing import Any
 
 from barge.errors import PermanentJobError
 from barge.records import EVERYTHING, Format, detect_format, iter_range, resolve_inputs
+from barge.settings import get_settings
 from barge.specs import FinetuneSpec, Hyperparameters
 from barge.storage import ObjectStore, S3Uri
 
@@ -32,10 +33,15 @@ class Dataset:
         return sorted({label for _, label in self.examples})
 
 
-def load_dataset(store: ObjectStore, spec: FinetuneSpec, name: str) -> Dataset:
-    """Every record of ``spec.train`` (name "train") or ``spec.validation``, in key order."""
+def load_dataset(
+    store: ObjectStore, spec: FinetuneSpec, name: str, max_text_chars: int | None = None
+) -> Dataset:
+    """Every record of ``spec.train`` (name "train") or ``spec.validation``, in key order. A text
+    longer than ``max_text_chars`` (default: this process's ``BARGE_MAX_TEXT_CHARS``) makes its
+    record unusable."""
     uri = spec.train if name == "train" else spec.validation
     assert uri is not None
+    limit = get_settings().max_text_chars if max_text_chars is None else max_text_chars
     data = Dataset(name)
     first, second = spec.fields
     for info in resolve_inputs(store, uri, name):
@@ -50,7 +56,7 @@ def load_dataset(store: ObjectStore, spec: FinetuneSpec, name: str) -> Dataset:
             if rec.data is None:
                 problem: str | None = rec.error or "unreadable record"
             else:
-                pair, problem = _pair(rec.data, first, second, spec.task)
+                pair, problem = _pair(rec.data, first, second, spec.task, limit)
                 if pair is not None:
                     data.examples.append(pair)
                     continue
@@ -59,7 +65,7 @@ def load_dataset(store: ObjectStore, spec: FinetuneSpec, name: str) -> Dataset:
 
 
 def _pair(
-    row: dict[str, Any], first: str, second: str, task: str
+    row: dict[str, Any], first: str, second: str, task: str, max_text_chars: int
 ) -> tuple[tuple[str, str] | None, str | None]:
     values = []
     for name in (first, second):
@@ -73,6 +79,11 @@ def _pair(
                 return None, f"label is {type(value).__name__}; use a string or an integer"
         elif not isinstance(value, str):
             return None, f"{name!r} is {type(value).__name__}, expected a string"
+        elif len(value) > max_text_chars:
+            return None, (
+                f"{name!r} has {len(value)} characters, more than the limit of {max_text_chars} "
+                "(BARGE_MAX_TEXT_CHARS)"
+            )
         values.append(value)
     return (values[0], values[1]), None
 

@@ -1,10 +1,58 @@
-"""Part writers: spool a shard's rows to a local file, then upload it in one atomic PUT."""
+"""Part writers: spool a shard's rows to a local file, then upload it in one atomic PUT; and the
+rule for what a record id may be."""
 
 from __future__ import annotations
 
 import json
+import math
+from datetime import date, time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+RecordId = str | int | float
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+ROW_GROUP_ROWS = 8192  # a Parquet part is written in row groups of at most this many rows
+
+
+def coerce_id(value: object) -> tuple[RecordId | None, str | None]:
+    """A record id as the outputs write it, or why it cannot be one (a per-record error).
+
+    Strings, integers (not bools) and finite floats are kept; dates and times become ISO 8601
+    text, bytes their UTF-8 text, a ``Decimal`` its string. Anything else (null, booleans,
+    lists, objects, NaN, infinities, bytes that are not UTF-8) is refused.
+    """
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, bool) or value is None:
+        return None, f"id must be a string or a number, got {_kind(value)}"
+    if isinstance(value, int):
+        return int(value), None
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return float(value), None
+        return None, f"id must be a string or a finite number, got {value!r}"
+    if isinstance(value, Decimal):
+        if value.is_finite():
+            return str(value), None
+        return None, f"id must be a string or a finite number, got Decimal {str(value)!r}"
+    if isinstance(value, date | time):  # datetime is a date
+        return value.isoformat(), None
+    if isinstance(value, bytes | bytearray | memoryview):
+        try:
+            return bytes(value).decode("utf-8"), None
+        except UnicodeDecodeError as exc:
+            return None, f"id is bytes that are not UTF-8 text ({exc.reason} at byte {exc.start})"
+    return None, f"id must be a string or a number, got {_kind(value)}"
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    return type(value).__name__
 
 
 class JsonlPart:
@@ -24,35 +72,90 @@ class JsonlPart:
 
 
 class ParquetPart:
+    """Rows ``{"id": <coerced id>, <result>}`` spooled to an Arrow stream next to ``path`` (the
+    id as text); ``close()`` builds the Parquet file, batch by batch, once every id is known:
+    the id column is int64 when every id of the part is an integer that fits, else string
+    (numbers as their decimal text). An empty part is a file with only a string ``id`` column.
+    Result columns keep the types Arrow infers from the first rows (embedding list<double>,
+    label string, score double, scores struct<label: double>, text string)."""
+
     ext = "parquet"
 
     def __init__(self, path: Path):
         self.path = path
         self.count = 0
-        self._writer: Any = None
+        self._spool_path = path.with_name(path.name + ".spool.arrows")
+        self._sink: Any = None  # the spool file and its Arrow stream writer, from the first rows
+        self._spool: Any = None
+        self._results: Any = None  # the result columns' schema, inferred from the first rows
+        self._all_int = True
+        self._closed = False
 
     def write_rows(self, rows: list[dict[str, Any]]) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if not rows:
             return
-        table = pa.Table.from_pylist(rows)
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, table.schema)
-        else:
-            table = table.cast(self._writer.schema)
-        self._writer.write_table(table)
+        ids = []
+        for row in rows:
+            rec_id = row["id"]
+            if not (type(rec_id) is int and INT64_MIN <= rec_id <= INT64_MAX):
+                self._all_int = False
+            ids.append(rec_id if isinstance(rec_id, str) else str(rec_id))
+        results = [{k: v for k, v in row.items() if k != "id"} for row in rows]
+        if self._spool is None:
+            self._results = pa.Table.from_pylist(results).schema
+            self._sink = pa.OSFile(str(self._spool_path), "wb")
+            self._spool = pa.ipc.new_stream(self._sink, self._spool_schema(pa.string()))
+        table = pa.Table.from_pylist(results, schema=self._results)
+        self._spool.write_table(
+            pa.Table.from_arrays(
+                [pa.array(ids, pa.string()), *table.columns],
+                schema=self._spool_schema(pa.string()),
+            )
+        )
         self.count += len(rows)
+
+    def _spool_schema(self, id_type: Any) -> Any:
+        import pyarrow as pa
+
+        return pa.schema([pa.field("id", id_type), *self._results])
 
     def close(self) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if self._writer is None:  # an empty part still has a readable file
+        if self._closed:
+            return
+        self._closed = True
+        if self._spool is None:  # an empty part still has a readable file
             pq.write_table(pa.table({"id": pa.array([], pa.string())}), self.path)
-        else:
-            self._writer.close()
+            return
+        self._spool.close()
+        self._sink.close()
+        self._spool = self._sink = None
+        schema = self._spool_schema(pa.int64() if self._all_int else pa.string())
+        try:
+            with (
+                pa.memory_map(str(self._spool_path)) as source,
+                pq.ParquetWriter(self.path, schema) as out,
+            ):
+                pending: list[Any] = []  # batches (memory-mapped) of the next row group
+                rows = 0
+                for batch in pa.ipc.open_stream(source):  # one batch per write_rows call
+                    ids = batch.column(0)
+                    if self._all_int:
+                        ids = ids.cast(pa.int64())
+                    pending.append(pa.record_batch([ids, *batch.columns[1:]], schema=schema))
+                    rows += batch.num_rows
+                    if rows >= ROW_GROUP_ROWS:
+                        table = pa.Table.from_batches(pending, schema)
+                        out.write_table(table, row_group_size=ROW_GROUP_ROWS)
+                        pending, rows = [], 0
+                if pending:
+                    out.write_table(pa.Table.from_batches(pending, schema))
+        finally:
+            self._spool_path.unlink(missing_ok=True)
 
 
 def make_part(output_format: str, path: Path) -> JsonlPart | ParquetPart:

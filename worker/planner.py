@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from barge.errors import BargeError, PermanentJobError
 from barge.modeldirs import check_model_files, list_model_files
@@ -14,55 +20,215 @@ from barge.storage import S3Uri
 from db import repositories as repo
 from db import state
 from db.base import utcnow
-from db.models import Shard
+from db.models import Job, JobEvent, Shard
 from worker.context import WorkerContext
 from worker.finetune_data import check_datasets, load_dataset, steps_per_epoch, write_errors
 
 log = logging.getLogger(__name__)
 
+ERROR_CHARS = 1000  # of an exception's text kept in events and the job's error
+
+
+@dataclass
+class _Claim:
+    attempt: int
+    spec: dict[str, Any]
+    model_ref: str
+    output_uri: str
+
+
+@dataclass
+class _Plan:
+    shards: list[Shard]
+    total: int
+    message: str
+    data: dict[str, int]
+    steps_total: int | None = None
+
 
 def plan_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
+    """Plan a queued job and dispatch its shards.
+
+    Each planning run is counted (``jobs.plan_attempts``) and committed before it starts, so a
+    run that kills its process counts too. A ``BargeError`` (bad input, bad model directory)
+    fails the job at once; any other exception is recorded as a ``plan_error`` event and
+    re-raised, and the reconciler re-sends the job; after ``BARGE_MAX_ATTEMPTS`` runs the job
+    fails, naming the last error."""
+    claim = _claim(ctx, job_id)
+    if claim is None:
+        return
+    try:
+        with _KeepDispatched(ctx, job_id):
+            plan = _make_plan(ctx, job_id, claim)
+        _start(ctx, job_id, plan)
+    except BargeError as exc:
+        _fail(ctx, job_id, f"planning failed: {exc.message}")
+        return
+    except Exception as exc:
+        error = _describe(exc)
+        max_attempts = ctx.settings.max_attempts
+        with ctx.session() as session:
+            repo.add_event(
+                session,
+                job_id,
+                "plan_error",
+                error,
+                attempt=claim.attempt,
+                max_attempts=max_attempts,
+            )
+        if claim.attempt < max_attempts:
+            log.warning(
+                "plan: job %s attempt %s/%s failed (%s); the reconciler re-sends it",
+                job_id,
+                claim.attempt,
+                max_attempts,
+                error,
+            )
+            raise
+        log.exception("plan: job %s attempt %s/%s failed", job_id, claim.attempt, max_attempts)
+        _fail(ctx, job_id, _gave_up(claim.attempt, error))
+
+
+def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> _Claim | None:
+    """Count this planning run, in its own committed transaction; None when there is nothing to
+    plan (the job is gone, already planned, final or cancelling, or has used its attempts and
+    is now failed)."""
+    max_attempts = ctx.settings.max_attempts
+    finalize = False
     with ctx.session() as session:
-        job = repo.get_job(session, job_id)
+        job = repo.lock_job(session, job_id)
         if job is None:
             log.warning("plan: job %s does not exist", job_id)
-            return
+            return None
         if job.status != state.QUEUED:
-            if job.status == state.CANCELLING:
-                ctx.send(FINALIZE_JOB, str(job_id))
-            return  # already planned (duplicate delivery) or final
-        spec = parse_spec(job.spec)
-        model_ref = job.model_uri or ""
-        try:
-            if isinstance(spec, FinetuneSpec):
-                shards, total, message, data = _plan_finetune(
-                    ctx, spec, model_ref, job_id, job.output_uri
-                )
-                job.steps_total = data["steps"]
-            else:
-                shards, total, n_objects = _plan(ctx, spec, model_ref or spec.model, job_id)
-                message = f"planned {len(shards)} shards over {n_objects} objects, {total} records"
-                data = {"shards": len(shards), "objects": n_objects, "records": total}
-        except BargeError as exc:
-            state.transition(session, job, state.FAILED, error=f"planning failed: {exc.message}")
-            shards = []
-        if job.status == state.FAILED:
-            session.commit()
-            ctx.send(FINALIZE_JOB, str(job_id))  # writes the failed job's manifest
+            # already planned (a duplicate delivery) or final; a cancelled job is finalized
+            finalize = job.status == state.CANCELLING
+            claim = None
+        elif job.plan_attempts >= max_attempts:
+            error = _gave_up(job.plan_attempts, _last_error(session, job_id, job.plan_attempts))
+            state.transition(session, job, state.FAILED, error=error)
+            finalize = True  # writes the failed job's manifest
+            claim = None
+        else:
+            job.plan_attempts += 1
+            job.dispatched_at = utcnow()  # the reconciler waits a grace period from here
+            claim = _Claim(job.plan_attempts, dict(job.spec), job.model_uri or "", job.output_uri)
+    if finalize:
+        ctx.send(FINALIZE_JOB, str(job_id))
+    return claim
+
+
+def _make_plan(ctx: WorkerContext, job_id: uuid.UUID, claim: _Claim) -> _Plan:
+    spec = parse_spec(claim.spec)
+    if isinstance(spec, FinetuneSpec):
+        shards, total, message, data = _plan_finetune(
+            ctx, spec, claim.model_ref, job_id, claim.output_uri
+        )
+        return _Plan(shards, total, message, data, steps_total=data["steps"])
+    shards, total, n_objects = _plan(ctx, spec, claim.model_ref or spec.model, job_id)
+    message = f"planned {len(shards)} shards over {n_objects} objects, {total} records"
+    data = {"shards": len(shards), "objects": n_objects, "records": total}
+    return _Plan(shards, total, message, data)
+
+
+def _start(ctx: WorkerContext, job_id: uuid.UUID, plan: _Plan) -> None:
+    """Create the shards and move the job to running in one transaction, then dispatch."""
+    with ctx.session() as session:
+        job = repo.lock_job(session, job_id)
+        if job is None or job.status != state.QUEUED:
+            # cancelled (its cancel sends finalize), failed, or planned by a duplicate meanwhile
+            log.info("plan: job %s is no longer queued; its plan is dropped", job_id)
             return
         now = utcnow()
-        for shard in shards:
+        for shard in plan.shards:
             shard.dispatched_at = now
             session.add(shard)
-        job.records_total = total
-        job.shards_total = len(shards)
+        job.records_total = plan.total
+        job.shards_total = len(plan.shards)
+        if plan.steps_total is not None:
+            job.steps_total = plan.steps_total
         session.flush()
-        state.transition(session, job, state.RUNNING, message=message, data=data)
-        shard_refs = [(str(s.id), s.index) for s in shards]
+        state.transition(session, job, state.RUNNING, message=plan.message, data=plan.data)
+        shard_refs = [(str(s.id), s.index) for s in plan.shards]
     for shard_id, index in shard_refs:  # after commit
         ctx.send(RUN_SHARD, shard_id, str(job_id), index)
     if not shard_refs:
         ctx.send(FINALIZE_JOB, str(job_id))
+
+
+def _fail(ctx: WorkerContext, job_id: uuid.UUID, error: str) -> None:
+    with ctx.session() as session:
+        job = repo.lock_job(session, job_id)
+        if job is None or job.status != state.QUEUED:
+            return  # cancelled or settled meanwhile
+        state.transition(session, job, state.FAILED, error=error)
+    ctx.send(FINALIZE_JOB, str(job_id))  # writes the failed job's manifest
+
+
+def _gave_up(attempts: int, last_error: str) -> str:
+    return f"planning failed after {attempts} attempts; last error: {last_error}"
+
+
+def _last_error(session: Session, job_id: uuid.UUID, attempts: int) -> str:
+    """The error of the last planning run, or what is known when it left none (its process
+    died)."""
+    event = session.scalar(
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.kind == "plan_error")
+        .order_by(JobEvent.id.desc())
+        .limit(1)
+    )
+    died = f"attempt {attempts} ended without an error: its process died (killed or out of memory?)"
+    if event is None:
+        return died
+    if event.data.get("attempt") == attempts:
+        return event.message
+    return f"{died}; attempt {event.data.get('attempt')} failed with {event.message}"
+
+
+def _describe(exc: Exception) -> str:
+    """``Type: message``, the message's first line only (a database error goes on with its SQL
+    and parameters), cut to ``ERROR_CHARS`` and safe to store (Postgres text has no NUL)."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    text = text.replace("\x00", "\\x00")
+    return text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS] + "…"
+
+
+class _KeepDispatched:
+    """While a job is being planned, keep its ``dispatched_at`` fresh so the reconciler does not
+    re-send it as lost: a planning run that takes longer than the dispatch grace (a large gzip
+    is read to its end) is not a crash. A run whose process dies stops refreshing, and the job
+    is re-sent one grace period later."""
+
+    def __init__(self, ctx: WorkerContext, job_id: uuid.UUID):
+        self._ctx = ctx
+        self._job_id = job_id
+        settings = ctx.settings
+        self._every = max(0.1, min(settings.heartbeat_seconds, settings.dispatch_grace_seconds / 3))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="barge-plan-beat")
+
+    def __enter__(self) -> _KeepDispatched:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                with self._ctx.session() as session:
+                    session.execute(
+                        update(Job)
+                        .where(Job.id == self._job_id, Job.status == state.QUEUED)
+                        .values(dispatched_at=utcnow()),
+                        execution_options={"synchronize_session": False},
+                    )
+            except Exception:  # a database blip: the next beat tries again
+                log.warning("plan: job %s: could not refresh dispatched_at", self._job_id)
 
 
 def _plan(
@@ -110,8 +276,9 @@ def _plan_finetune(
 ) -> tuple[list[Shard], int, str, dict[str, int]]:
     """Check every training and validation record; the whole fine-tune is one unit of work."""
     check_model_files(model_ref, list_model_files(ctx.settings, ctx.store, model_ref))
-    train = load_dataset(ctx.store, spec, "train")
-    validation = load_dataset(ctx.store, spec, "validation") if spec.validation else None
+    limit = ctx.settings.max_text_chars
+    train = load_dataset(ctx.store, spec, "train", limit)
+    validation = load_dataset(ctx.store, spec, "validation", limit) if spec.validation else None
     out = S3Uri.parse(output).as_prefix()
     for dataset in (train, validation):
         if dataset is not None:

@@ -24,7 +24,7 @@ from db import state
 from worker import metrics
 from worker.context import WorkerContext
 from worker.models import LoadedModel, predict
-from worker.outputs import JsonlPart, errors_name, make_part, part_name
+from worker.outputs import JsonlPart, RecordId, coerce_id, errors_name, make_part, part_name
 from worker.units import Control, LeaseLost, ShardWork, Stop, fail, finalize_if_last, retry_or_fail
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ def execute(ctx: WorkerContext, work: ShardWork) -> Outcome:
     tmp_root = ctx.settings.resolved_cache_dir / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     window_size = spec.batch_size * WINDOW_BATCHES
+    max_text = ctx.settings.max_text_chars
     stopped: Stop | None = None
     with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
         part = make_part(spec.output_format, Path(tmp) / "part")
@@ -140,10 +141,12 @@ def execute(ctx: WorkerContext, work: ShardWork) -> Outcome:
             for i, record in enumerate(records):
                 window.append((work.record_offset + i, record))
                 if len(window) >= window_size:
-                    _process_window(window, loaded, params, spec, work, part, errors, control)
+                    _process_window(
+                        window, loaded, params, spec, work, part, errors, control, max_text
+                    )
                     window = []
             if window:
-                _process_window(window, loaded, params, spec, work, part, errors, control)
+                _process_window(window, loaded, params, spec, work, part, errors, control, max_text)
         except Stop as exc:
             stopped = exc
         finally:
@@ -177,12 +180,13 @@ def _process_window(
     part: Any,
     errors: JsonlPart,
     control: Control,
+    max_text_chars: int,
 ) -> None:
     results: list[dict[str, Any] | None] = [None] * len(window)
     error_rows: list[dict[str, Any]] = []
     todo: list[tuple[int, Any, str]] = []  # (index in window, id, text)
     for i, (position, rec) in enumerate(window):
-        rec_id, text, problem = _extract(rec, position, spec)
+        rec_id, text, problem = _extract(rec, position, spec, max_text_chars)
         if problem is not None:
             error_rows.append(
                 {"id": rec_id, "source": work.source, "line": rec.line, "error": problem}
@@ -225,21 +229,33 @@ def _process_window(
         control.failed = errors.count
 
 
-def _extract(rec: Record, position: int, spec: InferenceSpec) -> tuple[Any, str, str | None]:
+def _extract(
+    rec: Record, position: int, spec: InferenceSpec, max_text_chars: int
+) -> tuple[RecordId | None, str, str | None]:
+    """The record's id (coerced, see ``coerce_id``), its text, and why it cannot be run (a
+    per-record error) or None."""
     if rec.data is None:
         return (None if spec.id_field else position), "", rec.error
     data = rec.data
+    rec_id: RecordId | None = position
     if spec.id_field:
-        if spec.id_field not in data or data[spec.id_field] is None:
+        if spec.id_field not in data:
             return None, "", f"record has no id field {spec.id_field!r}"
-        rec_id = data[spec.id_field]
-    else:
-        rec_id = position
+        rec_id, problem = coerce_id(data[spec.id_field])
+        if problem is not None:
+            return None, "", f"{problem} (id_field {spec.id_field!r})"
     if spec.text_field not in data:
         return rec_id, "", f"record has no field {spec.text_field!r} (the job's text_field)"
     text = data[spec.text_field]
     if not isinstance(text, str):
         return rec_id, "", f"field {spec.text_field!r} is {type(text).__name__}, expected a string"
+    if len(text) > max_text_chars:
+        return (
+            rec_id,
+            "",
+            f"field {spec.text_field!r} has {len(text)} characters, more than the limit of "
+            f"{max_text_chars} (BARGE_MAX_TEXT_CHARS)",
+        )
     return rec_id, text, None
 
 

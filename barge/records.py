@@ -566,6 +566,21 @@ def _parquet_file(store: ObjectStore, info: ObjectInfo, limits: Limits) -> Any:
     return pf
 
 
+def _microseconds(batch: Any) -> Any:
+    """Nanosecond timestamps (pandas writes them by default) as microseconds, which Python's
+    datetime holds: the sub-microsecond digits are dropped rather than failing the read."""
+    import pyarrow as pa
+
+    changed = False
+    columns = []
+    for column in batch.columns:
+        if pa.types.is_timestamp(column.type) and column.type.unit == "ns":
+            column = column.cast(pa.timestamp("us", column.type.tz), safe=False)
+            changed = True
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names) if changed else batch
+
+
 def _iter_parquet(
     store: ObjectStore, info: ObjectInfo, rng: Range, limits: Limits
 ) -> Iterator[Record]:
@@ -581,7 +596,7 @@ def _iter_parquet(
             if row >= end:
                 break
             for batch in pf.iter_batches(row_groups=[rg], batch_size=4096):
-                for rec in batch.to_pylist():
+                for rec in _microseconds(batch).to_pylist():
                     if rng.start_record <= row < end:
                         yield Record(row + 1, rec)
                     row += 1

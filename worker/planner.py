@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from barge.errors import BargeError, PermanentJobError
+from barge.errors import BargeError, PermanentJobError, ServiceUnavailable, StorageError
 from barge.modeldirs import check_model_files, list_model_files
 from barge.queue import FINALIZE_JOB, RUN_SHARD
 from barge.records import detect_format, plan_ranges, resolve_inputs
@@ -62,31 +62,47 @@ def plan_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
             plan = _make_plan(ctx, job_id, claim)
         _start(ctx, job_id, plan)
     except BargeError as exc:
-        _fail(ctx, job_id, f"planning failed: {exc.message}")
-        return
-    except Exception as exc:
-        error = _describe(exc)
-        max_attempts = ctx.settings.max_attempts
-        with ctx.session() as session:
-            repo.add_event(
-                session,
-                job_id,
-                "plan_error",
-                error,
-                attempt=claim.attempt,
-                max_attempts=max_attempts,
-            )
-        if claim.attempt < max_attempts:
-            log.warning(
-                "plan: job %s attempt %s/%s failed (%s); the reconciler re-sends it",
-                job_id,
-                claim.attempt,
-                max_attempts,
-                error,
-            )
+        if not isinstance(exc, TRANSIENT):
+            _fail(ctx, job_id, f"planning failed: {exc.message}")
+            return
+        if not _count_failure(ctx, job_id, claim, exc):
             raise
-        log.exception("plan: job %s attempt %s/%s failed", job_id, claim.attempt, max_attempts)
-        _fail(ctx, job_id, _gave_up(claim.attempt, error))
+    except Exception as exc:
+        if not _count_failure(ctx, job_id, claim, exc):
+            raise
+
+
+# Failures another attempt may not meet (the object store or a service briefly down): counted
+# like a crash, not fatal at once.
+TRANSIENT = (StorageError, ServiceUnavailable)
+
+
+def _count_failure(ctx: WorkerContext, job_id: uuid.UUID, claim: _Claim, exc: Exception) -> bool:
+    """Record a planning run's failure; on the last allowed attempt fail the job and return
+    True (otherwise the caller re-raises, and the reconciler re-sends the job)."""
+    error = _describe(exc)
+    max_attempts = ctx.settings.max_attempts
+    with ctx.session() as session:
+        repo.add_event(
+            session,
+            job_id,
+            "plan_error",
+            error,
+            attempt=claim.attempt,
+            max_attempts=max_attempts,
+        )
+    if claim.attempt < max_attempts:
+        log.warning(
+            "plan: job %s attempt %s/%s failed (%s); the reconciler re-sends it",
+            job_id,
+            claim.attempt,
+            max_attempts,
+            error,
+        )
+        return False
+    log.exception("plan: job %s attempt %s/%s failed", job_id, claim.attempt, max_attempts)
+    _fail(ctx, job_id, _gave_up(claim.attempt, error))
+    return True
 
 
 def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> _Claim | None:

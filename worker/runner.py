@@ -120,6 +120,7 @@ def execute(ctx: WorkerContext, work: ShardWork) -> Outcome:
     assert isinstance(spec, InferenceSpec)
     loaded = ctx.models.get(work.model_ref, spec.task)
     params = spec.task_params()
+    loaded.input_tokens(params)  # refuses max_new_tokens that leave a prompt no room
     control = Control(ctx, work)
     store = ctx.store
     source = S3Uri.parse(work.source)

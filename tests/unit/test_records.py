@@ -380,6 +380,25 @@ class TestParquet:
         assert (ranges[1].start_record, ranges[1].record_count) == (6, 6)  # row groups 1 and 2
         assert list(iter_range(store, info, PARQUET, ranges[1])) == self.expected()[6:12]
 
+    def test_nanosecond_timestamps_are_read_as_microseconds(
+        self, store: LocalStore, tmp_path: Path
+    ) -> None:
+        import datetime
+
+        stamps = pa.array([1_700_000_000_123_456_789, None], pa.timestamp("ns", "UTC"))
+        path = tmp_path / "ns.parquet"
+        pq.write_table(pa.table({"id": stamps, "text": ["a", "b"]}), path)
+        store.put_file(S3Uri("bucket", "in/ns.parquet"), path)
+        info = store.head(S3Uri("bucket", "in/ns.parquet"))
+        assert info is not None
+        _, records = read_all(store, info, PARQUET, 10)
+        first = records[0].data
+        assert first is not None
+        assert first["id"] == datetime.datetime(
+            2023, 11, 14, 22, 13, 20, 123456, tzinfo=datetime.UTC
+        )
+        assert records[1].data == {"id": None, "text": "b"}
+
     def test_not_parquet_is_a_permanent_error(self, store: LocalStore) -> None:
         info = put(store, "in/fake.parquet", b'{"text": "x"}\n')
         with pytest.raises(PermanentJobError, match=r"s3://bucket/in/fake\.parquet"):

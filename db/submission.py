@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from barge.errors import Conflict, InvalidSpec, excerpt
 from barge.records import detect_format, peek_fields, resolve_inputs
 from barge.settings import Settings
-from barge.specs import MAX_VERSION, FinetuneSpec, InferenceSpec, JobSpec, parse_spec
+from barge.specs import MAX_VERSION, FinetuneSpec, InferenceSpec, JobSpec
 from barge.storage import ObjectInfo, ObjectStore, S3Uri, check_bucket_allowed, local_model_dir
 from barge.uris import normalise, overlap
 from db import repositories as repo
@@ -159,17 +160,16 @@ TAKEN_MARKERS = {
 }
 
 
-def _reads(spec: JobSpec) -> list[tuple[str, str]]:
+def _reads(spec: JobSpec | dict[str, Any]) -> list[tuple[str, str]]:
     """(field, location) for each place a job reads; an input without a trailing "/" may be
-    an object or a prefix, so it counts as both."""
-    if isinstance(spec, FinetuneSpec):
-        named = [("train", spec.train), ("validation", spec.validation)]
-    else:
-        named = [("input", spec.input)]
+    an object or a prefix, so it counts as both. Takes a spec or a stored spec's JSON (read as
+    it is: a row written by an older version must not stop new submissions)."""
+    data = spec if isinstance(spec, dict) else spec.model_dump()
+    fields = ("train", "validation") if data.get("type") == "finetune" else ("input",)
     return [
         (field, form)
-        for field, u in named
-        if u
+        for field in fields
+        if isinstance(u := data.get(field), str) and u
         for form in ([u] if u.endswith("/") else [u, u + "/"])
     ]
 
@@ -213,7 +213,7 @@ def check_locations(
             field="output",
         )
     for job in repo.active_jobs(session):
-        theirs = [u for _, u in _reads(parse_spec(job.spec))]
+        theirs = [u for _, u in _reads(job.spec)]
         clash = next((u for u in theirs if overlap(out, u)), None)
         if clash is not None:
             raise InvalidSpec(

@@ -22,12 +22,11 @@ from barge import __version__
 from barge.errors import BargeError
 from barge.queue import make_celery
 from barge.settings import Settings, get_settings
+from barge.specs import JOB_TYPES
 from barge.storage import make_store
 
 log = logging.getLogger(__name__)
 
-
-JOB_TYPE_TAGS = ("inference", "finetune")
 
 # Error bodies stay small whatever the input: a message is cut to MESSAGE_CHARS, a validation
 # error lists at most MAX_PROBLEMS problems of at most PROBLEM_CHARS each.
@@ -76,7 +75,7 @@ def _field(loc: tuple[Any, ...]) -> str:
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "header", "path"):
         parts = parts[1:]
-        if loc[0] == "body" and parts and parts[0] in JOB_TYPE_TAGS:
+        if loc[0] == "body" and parts and parts[0] in JOB_TYPES:
             parts = parts[1:]  # the job type the body was validated as
     return field_name(parts) or "body"
 
@@ -90,7 +89,7 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
         field = _field(tuple(err.get("loc", ())))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if err.get("type") == "union_tag_invalid":
-            field, msg = "type", f"type must be one of {', '.join(JOB_TYPE_TAGS)}"
+            field, msg = "type", f"type must be one of {', '.join(JOB_TYPES)}"
         elif err.get("type") == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling"
         elif err.get("type") == "json_invalid":

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from barge.errors import Conflict, InvalidSpec, excerpt
@@ -22,7 +21,7 @@ from barge.uris import normalise, overlap
 from db import repositories as repo
 from db import state
 from db.base import utcnow
-from db.models import Job, Model
+from db.models import Job
 
 
 def resolve_model(
@@ -49,15 +48,12 @@ def resolve_model(
             raise InvalidSpec(f"no model directory at {local}", field=field)
         return str(local)
     name, _, version = ref.partition("@")
-    query = select(Model).where(Model.tenant_id == tenant_id, Model.name == name)
-    if version:
-        if not version.isdigit() or not 1 <= int(version) <= MAX_VERSION:
-            raise InvalidSpec(
-                f"model version must be a number from 1 to {MAX_VERSION}: {excerpt(ref)}",
-                field=field,
-            )
-        query = query.where(Model.version == int(version))
-    found = session.scalar(query.order_by(Model.version.desc()).limit(1))
+    if version and (not version.isdigit() or not 1 <= int(version) <= MAX_VERSION):
+        raise InvalidSpec(
+            f"model version must be a number from 1 to {MAX_VERSION}: {excerpt(ref)}",
+            field=field,
+        )
+    found = repo.find_model(session, tenant_id, name, int(version) if version else None)
     if found is None:
         raise InvalidSpec(
             f"model {excerpt(ref)} is neither an s3:// URI nor a registered model name[@version]",
@@ -137,12 +133,8 @@ def check_training_data(settings: Settings, store: ObjectStore, spec: FinetuneSp
 
 
 def check_model_name(session: Session, tenant_id: uuid.UUID, spec: FinetuneSpec) -> None:
-    registered = session.scalar(
-        select(Model.task)
-        .where(Model.tenant_id == tenant_id, Model.name == spec.model_name)
-        .order_by(Model.version.desc())
-        .limit(1)
-    )
+    latest = repo.find_model(session, tenant_id, spec.model_name)
+    registered = latest.task if latest is not None else None
     if registered is not None and registered != spec.task:
         raise InvalidSpec(
             f"model {spec.model_name!r} is registered for task {registered!r}; a new version "

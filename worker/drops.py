@@ -15,8 +15,6 @@ import uuid
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from barge.errors import BargeError, NotFound
@@ -26,8 +24,7 @@ from barge.specs import InferenceSpec
 from barge.storage import ObjectInfo, S3Uri
 from db import repositories as repo
 from db import state
-from db.base import utcnow
-from db.models import DropObject, DropRule, Job
+from db.models import DropObject, DropRule
 from db.submission import create_job
 from worker.context import WorkerContext
 
@@ -48,7 +45,7 @@ def drop_name(filename: str) -> str:
 def scan(ctx: WorkerContext) -> dict[str, int]:
     """One pass over every enabled rule: pick up new objects, settle finished ones."""
     with ctx.session() as session:
-        rules = list(session.scalars(select(DropRule).where(DropRule.enabled.is_(True))))
+        rules = repo.enabled_drop_rules(session)
     counts = {"submitted": 0, "rejected": 0, "settled": 0}
     for rule in rules:
         try:
@@ -95,11 +92,7 @@ def _take(
         drop = DropObject(
             id=uuid.uuid4(), rule_id=rule.id, key=info.uri.key, etag=info.etag, name=name
         )
-        try:
-            with session.begin_nested():
-                session.add(drop)
-                session.flush()
-        except IntegrityError:
+        if not repo.add_drop_object(session, drop):
             return None  # seen before, by this scan or another scheduler's
         try:
             spec = _spec_for(ctx, session, rule, info, filename, name, override)
@@ -173,18 +166,7 @@ def _spec_for(
 def _settle(ctx: WorkerContext, rule: DropRule) -> int:
     """Move the inputs of finished jobs to done/ or failed/ with their status files."""
     with ctx.session() as session:
-        rows = list(
-            session.execute(
-                select(DropObject, Job)
-                .join(Job, Job.id == DropObject.job_id)
-                .where(
-                    DropObject.rule_id == rule.id,
-                    DropObject.status == "submitted",
-                    Job.status.in_(state.FINAL),
-                    Job.manifest.is_not(None),
-                )
-            )
-        )
+        rows = repo.finished_drops(session, rule.id)
     settled = 0
     for drop, job in rows:
         target = "done" if job.status == state.SUCCEEDED else "failed"
@@ -203,13 +185,7 @@ def _settle(ctx: WorkerContext, rule: DropRule) -> int:
             },
         )
         with ctx.session() as session:
-            result = session.execute(
-                update(DropObject)
-                .where(DropObject.id == drop.id, DropObject.status == "submitted")
-                .values(status=target, updated_at=utcnow()),
-                execution_options={"synchronize_session": False},
-            )
-            settled += result.rowcount  # type: ignore[attr-defined]
+            settled += repo.settle_drop(session, drop.id, target)
     return settled
 
 

@@ -8,8 +8,6 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import select
-
 from barge.specs import FinetuneSpec, parse_spec
 from barge.storage import S3Uri
 from db import repositories as repo
@@ -33,7 +31,7 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
         shards = repo.shards_of(session, job_id)
         target, error = _outcome(job, shards)
         if job.type == "finetune":
-            registered = session.scalar(select(Model).where(Model.job_id == job.id))
+            registered = repo.model_for_job(session, job.id)
             manifest = finetune_manifest(job, shards, target, error, registered)
         else:
             manifest = build_manifest(job, shards, target, error)

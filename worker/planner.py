@@ -8,7 +8,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from barge.errors import BargeError, PermanentJobError, ServiceUnavailable, StorageError
@@ -20,7 +19,7 @@ from barge.storage import S3Uri
 from db import repositories as repo
 from db import state
 from db.base import utcnow
-from db.models import Job, JobEvent, Shard
+from db.models import Shard
 from worker.context import WorkerContext
 from worker.finetune_data import check_datasets, load_dataset, steps_per_epoch, write_errors
 
@@ -188,12 +187,7 @@ def _gave_up(attempts: int, last_error: str) -> str:
 def _last_error(session: Session, job_id: uuid.UUID, attempts: int) -> str:
     """The error of the last planning run, or what is known when it left none (its process
     died)."""
-    event = session.scalar(
-        select(JobEvent)
-        .where(JobEvent.job_id == job_id, JobEvent.kind == "plan_error")
-        .order_by(JobEvent.id.desc())
-        .limit(1)
-    )
+    event = repo.last_event(session, job_id, "plan_error")
     died = f"attempt {attempts} ended without an error: its process died (killed or out of memory?)"
     if event is None:
         return died
@@ -237,12 +231,7 @@ class _KeepDispatched:
         while not self._stop.wait(self._every):
             try:
                 with self._ctx.session() as session:
-                    session.execute(
-                        update(Job)
-                        .where(Job.id == self._job_id, Job.status == state.QUEUED)
-                        .values(dispatched_at=utcnow()),
-                        execution_options={"synchronize_session": False},
-                    )
+                    repo.touch_dispatched(session, self._job_id)
             except Exception:  # a database blip: the next beat tries again
                 log.warning("plan: job %s: could not refresh dispatched_at", self._job_id)
 

@@ -7,12 +7,9 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, exists, or_, select, update
-
 from barge.queue import FINALIZE_JOB, PLAN_JOB, RUN_SHARD
-from db import state
+from db import repositories as repo
 from db.base import utcnow
-from db.models import Job, Shard
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -31,69 +28,14 @@ def reconcile(ctx: WorkerContext, limit: int = 500) -> ReconcileReport:
     report = ReconcileReport()
     sends: list[tuple[str, tuple[object, ...]]] = []
     with ctx.session() as session:
-        stale_jobs = list(
-            session.scalars(
-                select(Job.id)
-                .where(
-                    Job.status == state.QUEUED,
-                    or_(Job.dispatched_at.is_(None), Job.dispatched_at < now - grace),
-                )
-                .limit(limit)
-            )
-        )
-        if stale_jobs:
-            session.execute(
-                update(Job).where(Job.id.in_(stale_jobs)).values(dispatched_at=now),
-                execution_options={"synchronize_session": False},
-            )
+        stale_jobs = repo.take_stale_queued_jobs(session, now, grace, limit)
         sends += [(PLAN_JOB, (str(j),)) for j in stale_jobs]
         report.plans = len(stale_jobs)
-
-        stale_shards = list(
-            session.execute(
-                select(Shard.id, Shard.job_id, Shard.index)
-                .where(
-                    or_(
-                        and_(
-                            Shard.status == state.SHARD_PENDING,
-                            or_(Shard.dispatched_at.is_(None), Shard.dispatched_at < now - grace),
-                        ),
-                        and_(
-                            Shard.status == state.SHARD_RUNNING,
-                            Shard.lease_expires_at < now,
-                            or_(Shard.dispatched_at.is_(None), Shard.dispatched_at < now - grace),
-                        ),
-                    )
-                )
-                .limit(limit)
-            )
-        )
-        if stale_shards:
-            session.execute(
-                update(Shard)
-                .where(Shard.id.in_([s.id for s in stale_shards]))
-                .values(dispatched_at=now),
-                execution_options={"synchronize_session": False},
-            )
-        sends += [(RUN_SHARD, (str(s.id), str(s.job_id), s.index)) for s in stale_shards]
+        stale_shards = repo.take_stale_shards(session, now, grace, limit)
+        sends += [(RUN_SHARD, (str(s), str(j), index)) for s, j, index in stale_shards]
         report.shards = len(stale_shards)
-
-        unsettled = exists().where(
-            Shard.job_id == Job.id,
-            Shard.status.in_([state.SHARD_PENDING, state.SHARD_RUNNING]),
-        )
-        to_finalize = list(
-            session.scalars(
-                select(Job.id)
-                .where(
-                    Job.manifest.is_(None),
-                    Job.status.in_([state.RUNNING, state.CANCELLING, state.FAILED]),
-                    Job.updated_at < now - timedelta(seconds=ctx.settings.reconcile_seconds),
-                    ~unsettled,
-                )
-                .limit(limit)
-            )
-        )
+        quiet_since = now - timedelta(seconds=ctx.settings.reconcile_seconds)
+        to_finalize = repo.jobs_to_finalize(session, quiet_since, limit)
         sends += [(FINALIZE_JOB, (str(j),)) for j in to_finalize]
         report.finalizes = len(to_finalize)
     for name, args in sends:

@@ -10,14 +10,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select
-
 from barge.queue import FINALIZE_JOB, RUN_SHARD
 from barge.records import Format, Range
 from barge.specs import FinetuneSpec, JobSpec, parse_spec
 from db import repositories as repo
 from db import state
-from db.models import Job, Shard
+from db.models import Shard
 from worker import metrics
 from worker.context import WorkerContext
 
@@ -218,7 +216,7 @@ class Control:
             return
         self._last_check = now
         with self.ctx.session() as session:
-            status = session.scalar(select(Job.status).where(Job.id == self.work.job_id))
+            status = repo.job_status(session, self.work.job_id)
         if status != state.RUNNING:
             raise Stop(status or "gone")
         if time.monotonic() - self._last_beat >= self.ctx.settings.heartbeat_seconds:

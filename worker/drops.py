@@ -15,31 +15,20 @@ import uuid
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
 
 from barge.errors import BargeError, NotFound
 from barge.queue import PLAN_JOB
-from barge.records import DATA_SUFFIXES, detect_format, is_data_object
-from barge.specs import InferenceSpec
+from barge.records import is_data_object
 from barge.storage import ObjectInfo, S3Uri
 from db import repositories as repo
 from db import state
 from db.models import DropObject, DropRule
-from db.submission import create_job
+from services import drops
+from services.drops import OVERRIDE_SUFFIX, drop_name
+from services.submission import create_job
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
-
-OVERRIDE_SUFFIX = ".job.json"
-
-
-def drop_name(filename: str) -> str:
-    """`reviews.csv.gz` → `reviews`: the name outputs and status files are called by."""
-    name = filename[:-3] if filename.lower().endswith(".gz") else filename
-    for suffix in DATA_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)] or filename
-    return filename
 
 
 def scan(ctx: WorkerContext) -> dict[str, int]:
@@ -95,7 +84,7 @@ def _take(
         if not repo.add_drop_object(session, drop):
             return None  # seen before, by this scan or another scheduler's
         try:
-            spec = _spec_for(ctx, session, rule, info, filename, name, override)
+            spec = drops.spec_for_object(session, ctx.store, rule, info, override)
             job, _ = create_job(
                 session,
                 ctx.settings,
@@ -125,42 +114,6 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
     return str(exc)
-
-
-def _spec_for(
-    ctx: WorkerContext,
-    session: Session,
-    rule: DropRule,
-    info: ObjectInfo,
-    filename: str,
-    name: str,
-    override: ObjectInfo | None,
-) -> InferenceSpec:
-    if info.size == 0:
-        raise ValueError(f"{filename} is empty")
-    fields: dict[str, Any] = dict(rule.template)
-    if override is not None:
-        try:
-            extra = json.loads(ctx.store.get_bytes(override.uri))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{name}{OVERRIDE_SUFFIX} is not valid JSON: {exc}") from exc
-        if not isinstance(extra, dict):
-            raise ValueError(f"{name}{OVERRIDE_SUFFIX} must hold a JSON object")
-        fields.update({k: v for k, v in extra.items() if k not in ("input", "output")})
-    if detect_format(filename, fields.get("input_format", "auto")) is None:
-        raise ValueError(
-            f"cannot read {filename}: Barge reads .jsonl, .csv and .parquet files (optionally .gz)"
-        )
-    outputs = S3Uri.parse(rule.prefix).join("outputs/")
-    output = outputs.join(f"{name}/")
-    taken = ctx.store.head(output.join("_manifest.json")) is not None
-    if taken or repo.job_with_output_overlapping(session, str(output)) is not None:
-        # the same name dropped again: the first job keeps its outputs
-        output = outputs.join(f"{name}-{info.etag[:8] or uuid.uuid4().hex[:8]}/")
-    fields.update(type="inference", input=str(info.uri), output=str(output))
-    fields.setdefault("metadata", {})
-    fields["metadata"] = {**fields["metadata"], "drop_rule": rule.name, "drop_object": filename}
-    return InferenceSpec.model_validate(fields)
 
 
 def _settle(ctx: WorkerContext, rule: DropRule) -> int:

@@ -311,7 +311,7 @@ class ShardLeaseMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.shards)
     @rule(act=RARELY)
     def cancel_job(self, act: bool) -> None:
-        """As api.jobs_service.cancel: the job moves to cancelling and pending shards are cancelled."""
+        """As services.jobs.cancel: the job moves to cancelling and pending shards are cancelled."""
         if not act:
             return  # rare, so that most runs get deep into claims, expiries and takeovers
         legal = CANCELLING in TRANSITIONS[self.job_status]

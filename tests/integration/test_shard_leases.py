@@ -51,7 +51,7 @@ from db.state import (
     TRANSITIONS,
     transition,
 )
-from tests.integration.test_state_machine import make_job, make_shard, make_tenant
+from tests.factories import make_job, make_shard, make_tenant
 
 LEASE = timedelta(minutes=5)  # outlives any test run: "live" until the machine expires it
 EXPIRED = timedelta(seconds=-1)  # a lease that has already run out

@@ -12,9 +12,9 @@ from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
 
-from barge.errors import Conflict, InvalidSpec
+from barge.errors import Conflict, InvalidSpec, PermanentJobError
 from barge.queue import PLAN_JOB
-from barge.records import detect_format, peek_fields, resolve_inputs
+from barge.records import detect_format, format_of, peek_fields, resolve_inputs
 from barge.settings import Settings
 from barge.specs import FinetuneSpec, InferenceSpec, JobSpec
 from barge.status import QUEUED
@@ -37,13 +37,11 @@ def _data_objects(
     objects = resolve_inputs(store, uri_text, field)
     if not objects:
         raise InvalidSpec(f"no {field} object or prefix at {uri_text}", field=field)
-    unknown = [str(o.uri) for o in objects if detect_format(o.uri.key, declared) is None]
-    if unknown:
-        raise InvalidSpec(
-            f"cannot tell the format of {', '.join(unknown[:5])}: name {field} files .jsonl, "
-            ".csv or .parquet (optionally .gz) or set input_format",
-            field=field,
-        )
+    for info in objects:
+        try:
+            format_of(info.uri, declared)
+        except PermanentJobError as exc:
+            raise InvalidSpec(exc.message, field=field) from None
     return objects
 
 

@@ -22,6 +22,7 @@ from barge.records.base import (
     Range,
     Record,
     detect_format,
+    format_of,
     is_data_object,
     resolve_inputs,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "Range",
     "Record",
     "detect_format",
+    "format_of",
     "is_data_object",
     "iter_range",
     "peek_fields",

@@ -59,6 +59,17 @@ def detect_format(key: str, declared: str = "auto") -> Format | None:
     return None
 
 
+def format_of(uri: S3Uri, declared: str = "auto") -> Format:
+    """The object's format, or PermanentJobError saying how to name it."""
+    fmt = detect_format(uri.key, declared)
+    if fmt is None:
+        raise PermanentJobError(
+            f"cannot tell the format of {uri}: name it .jsonl, .csv or .parquet (optionally .gz) "
+            "or set input_format"
+        )
+    return fmt
+
+
 def is_data_object(key: str) -> bool:
     name = key.rsplit("/", 1)[-1]
     return bool(name) and not name.startswith(("_", "."))

@@ -1,5 +1,9 @@
 """Finalizing a job: once every shard is settled, write ``_manifest.json`` (and ``_SUCCESS`` on
-success) last, then move the job to its final state. Idempotent: safe to run twice."""
+success) last, then move the job to its final state. Idempotent: safe to run twice. It sends
+nothing, so it opens a plain ``ctx.session()`` scope.
+
+Imports: ``barge``, ``db``, ``worker.context``; never ``api`` or ``cli``.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """The reconciler (run by the scheduler every few seconds): re-sends work whose message was lost
-or whose lease expired, and finalizes jobs whose shards are all settled."""
+or whose lease expired, and finalizes jobs whose shards are all settled.
+
+Imports: ``barge``, ``db``, ``worker.context``; never ``api`` or ``cli``.
+"""
 
 from __future__ import annotations
 
@@ -26,20 +29,21 @@ def reconcile(ctx: WorkerContext, limit: int = 500) -> ReconcileReport:
     now = utcnow()
     grace = timedelta(seconds=ctx.settings.dispatch_grace_seconds)
     report = ReconcileReport()
-    sends: list[tuple[str, tuple[object, ...]]] = []
-    with ctx.session() as session:
+    with ctx.unit_of_work() as uow:
+        session = uow.session
         stale_jobs = repo.take_stale_queued_jobs(session, now, grace, limit)
-        sends += [(PLAN_JOB, (str(j),)) for j in stale_jobs]
+        for job_id in stale_jobs:
+            uow.send_after_commit(PLAN_JOB, str(job_id))
         report.plans = len(stale_jobs)
         stale_shards = repo.take_stale_shards(session, now, grace, limit)
-        sends += [(RUN_SHARD, (str(s), str(j), index)) for s, j, index in stale_shards]
+        for shard_id, job_id, index in stale_shards:
+            uow.send_after_commit(RUN_SHARD, str(shard_id), str(job_id), index)
         report.shards = len(stale_shards)
         quiet_since = now - timedelta(seconds=ctx.settings.reconcile_seconds)
         to_finalize = repo.jobs_to_finalize(session, quiet_since, limit)
-        sends += [(FINALIZE_JOB, (str(j),)) for j in to_finalize]
+        for job_id in to_finalize:
+            uow.send_after_commit(FINALIZE_JOB, str(job_id))
         report.finalizes = len(to_finalize)
-    for name, args in sends:
-        ctx.send(name, *args)
-    if sends:
+    if report.plans or report.shards or report.finalizes:
         log.info("reconcile: %s", report)
     return report

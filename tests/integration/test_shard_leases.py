@@ -216,7 +216,7 @@ class ShardLeaseMachine(RuleBasedStateMachine):
                 error="boom" if status == SHARD_FAILED else None,
             )
             assert done, f"the holder of shard {token.shard} attempt {token.attempt} was refused"
-            if status == SHARD_FAILED:  # as worker.runner._fail: a failed shard fails the job
+            if status == SHARD_FAILED:  # as worker.lifecycle.fail: a failed shard fails the job
                 job = repositories.lock_job(session, self.job_id)
                 assert job is not None
                 if job.status == RUNNING:
@@ -334,7 +334,7 @@ class ShardLeaseMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.shards)
     @rule(data=st.data())
     def settle_unstarted(self, data: st.DataObject) -> None:
-        """As worker.runner._claim: a shard of a job that is no longer running is cancelled, one
+        """As worker.lifecycle.claim: a shard of a job that is no longer running is cancelled, one
         out of attempts is failed, whether or not it is free to settle."""
         s = self.shards[self.shard_index(data)]
         if self.job_status != RUNNING:

@@ -17,7 +17,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from barge.errors import BargeError, NotFound
-from barge.queue import PLAN_JOB
 from barge.records import is_data_object
 from barge.storage import ObjectInfo, S3Uri
 from db import repositories as repo
@@ -25,7 +24,7 @@ from db import state
 from db.models import DropObject, DropRule
 from services import drops
 from services.drops import OVERRIDE_SUFFIX, drop_name
-from services.submission import create_job
+from services.submission import submit
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,8 @@ def _take(
     override: ObjectInfo | None,
 ) -> str | None:
     name = drop_name(filename)
-    with ctx.session() as session:
+    with ctx.unit_of_work() as uow:
+        session = uow.session
         drop = DropObject(
             id=uuid.uuid4(), rule_id=rule.id, key=info.uri.key, etag=info.etag, name=name
         )
@@ -85,8 +85,8 @@ def _take(
             return None  # seen before, by this scan or another scheduler's
         try:
             spec = drops.spec_for_object(session, ctx.store, rule, info, override)
-            job, _ = create_job(
-                session,
+            job, _ = submit(  # plan_job is sent after the commit
+                uow,
                 ctx.settings,
                 ctx.store,
                 rule.tenant_id,
@@ -104,7 +104,6 @@ def _take(
     if job_id is None:
         _move(ctx, rule, drop, "failed", {"status": "rejected", "error": drop.error})
         return "rejected"
-    ctx.send(PLAN_JOB, str(job_id))
     return "submitted"
 
 

@@ -20,8 +20,10 @@ WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY barge/ barge/
 COPY db/ db/
+COPY services/ services/
 COPY api/ api/
 COPY worker/ worker/
+COPY cli/ cli/
 COPY migrations/ migrations/
 
 # A regular (non-editable) install; `.[flower]` adds Flower for the monitoring service.

@@ -6,7 +6,7 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 # torch is pinned to the 2.13 series (a CPU build here; the same pin picks a CUDA build on GPU hosts).
 TORCH := torch==2.13.*
 
-.PHONY: help venv dev demo test lint typecheck fmt services bench bench-finetune clean
+.PHONY: help venv dev demo test test-unit lint typecheck fmt services bench bench-finetune clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,9 +33,10 @@ demo: venv ## run a real embedding job end to end on the embedded stack (no serv
 services: dev ## check Postgres and RabbitMQ are reachable (says how to start them if not)
 	$(BIN)/python scripts/check_services.py
 
-lint: dev ## ruff format check + ruff lint
+lint: dev ## ruff format check + ruff lint + the import contracts (layers)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 typecheck: dev ## mypy on the packages
 	$(BIN)/mypy
@@ -46,6 +47,9 @@ fmt: dev ## format and autofix
 
 test: dev services lint typecheck ## everything: services check, lint, types, all tests
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: dev ## the unit tier only: no services, seconds
+	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
 bench: venv ## throughput benchmark against a bare PyTorch loop
 	$(BIN)/python bench/throughput.py

@@ -1,1 +1,7 @@
-"""The HTTP API (FastAPI). Never imports torch or the worker: it sends tasks by name."""
+"""The HTTP boundary (FastAPI): the app factory (``app``), the request guard (``guard``), error
+bodies (``errors``), request dependencies and the unit of work per request (``deps``), response
+schemas (``schemas``) and thin routers (``routers``).
+
+Imports ``services``, ``db`` and ``barge``; never ``worker``, ``cli`` or torch (it sends tasks by
+name, after the commit).
+"""

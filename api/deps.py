@@ -4,33 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
 
-from barge.errors import Unauthorized
 from barge.queue import send
 from barge.settings import Settings
 from barge.storage import ObjectStore
-from db import repositories as repo
 from db.models import Tenant
 from db.session import session_factory, session_scope
+from services.tenants import tenant_for_authorization
+from services.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class UnitOfWork:
-    """A request's session plus its outbox: tasks to send only after the commit succeeds."""
-
-    session: Session
-    outbox: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
-
-    def send_after_commit(self, task_name: str, *args: Any) -> None:
-        self.outbox.append((task_name, args))
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -54,9 +41,9 @@ def get_uow(request: Request) -> Iterator[UnitOfWork]:
         raise
     finally:
         session.close()
-    for task_name, args in uow.outbox:
+    for task_name, args, options in uow.outbox:
         try:
-            send(request.app.state.celery, task_name, *args)
+            send(request.app.state.celery, task_name, *args, **options)
         except Exception as exc:  # committed already: the reconciler dispatches it later
             log.warning(
                 "could not publish %s%s now (%s); the reconciler will", task_name, args, exc
@@ -76,19 +63,6 @@ TENANT_STATE = "barge_tenant"
 bearer = HTTPBearer(
     auto_error=False, description="An API key: `barge keys create --tenant T` prints one."
 )
-
-
-def tenant_for_authorization(session: Session, authorization: str | None) -> Tenant:
-    """The tenant whose key ``Authorization: Bearer <key>`` names; Unauthorized otherwise."""
-    if not authorization:
-        raise Unauthorized()
-    scheme, _, key = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise Unauthorized("Authorization header must be `Bearer <key>`")
-    tenant = repo.tenant_for_key(session, key.strip())
-    if tenant is None:
-        raise Unauthorized("unknown or revoked API key")
-    return tenant
 
 
 def authenticate(settings: Settings, authorization: str | None) -> Tenant:

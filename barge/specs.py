@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Literal
 
@@ -15,39 +14,13 @@ from pydantic import (
     field_validator,
 )
 
+from barge.jsonvalues import check_json_value
 from barge.uris import uri_problem
 
 TASKS = ("embed", "classify", "generate")
 Task = Literal["embed", "classify", "generate"]
-MAX_NESTING = 32  # levels of lists and objects in metadata and params
 MAX_URI_CHARS = 2048
 MAX_VERSION = 2**31 - 1
-
-
-def check_json_value(value: Any) -> None:
-    """Raise ValueError if ``value`` holds what a JSON column cannot store faithfully: NUL
-    characters, lone surrogates, non-finite numbers, or nesting deeper than MAX_NESTING."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_NESTING:
-            raise ValueError(f"is nested deeper than {MAX_NESTING} levels")
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise ValueError("contains a NUL character (\\u0000), which cannot be stored")
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(
-                    "contains a lone surrogate (invalid Unicode), which cannot be stored"
-                ) from None
-        elif isinstance(item, float) and not math.isfinite(item):
-            raise ValueError("numbers must be finite (no NaN or Infinity)")
-        elif isinstance(item, dict):
-            stack.extend((k, depth + 1) for k in item)
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend((v, depth + 1) for v in item)
 
 
 class _Strict(BaseModel):

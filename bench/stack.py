@@ -50,7 +50,7 @@ class Stack:
             "AWS_SECRET_ACCESS_KEY": "bench",
             "AWS_DEFAULT_REGION": "us-east-1",
         }
-        cli = [sys.executable, "-m", "barge.cli"]
+        cli = [sys.executable, "-m", "cli"]
         subprocess.run([*cli, "db", "upgrade"], env=env, check=True, cwd=ROOT)
         key = subprocess.run(
             [*cli, "keys", "create", "--tenant", "bench"],

@@ -14,18 +14,45 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from barge.errors import IllegalTransition
+from barge.status import (  # the vocabulary; re-exported for the state machine's callers
+    CANCELLED,
+    CANCELLING,
+    FAILED,
+    FINAL,
+    JOB_STATUSES,
+    QUEUED,
+    RUNNING,
+    SHARD_CANCELLED,
+    SHARD_FAILED,
+    SHARD_FINAL,
+    SHARD_PENDING,
+    SHARD_RUNNING,
+    SHARD_SUCCEEDED,
+    SUCCEEDED,
+)
 from db.base import utcnow
 from db.models import Job, JobEvent
 
-QUEUED = "queued"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLING = "cancelling"
-CANCELLED = "cancelled"
+__all__ = [
+    "CANCELLED",
+    "CANCELLING",
+    "FAILED",
+    "FINAL",
+    "JOB_STATUSES",
+    "QUEUED",
+    "RUNNING",
+    "SHARD_CANCELLED",
+    "SHARD_FAILED",
+    "SHARD_FINAL",
+    "SHARD_PENDING",
+    "SHARD_RUNNING",
+    "SHARD_SUCCEEDED",
+    "SUCCEEDED",
+    "TRANSITIONS",
+    "is_legal",
+    "transition",
+]
 
-JOB_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED)
-FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({RUNNING, FAILED, CANCELLING}),
     RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLING}),
@@ -34,14 +61,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     FAILED: frozenset(),
     CANCELLED: frozenset(),
 }
-
-# Shard statuses (moved by conditional UPDATEs in db.repositories).
-SHARD_PENDING = "pending"
-SHARD_RUNNING = "running"
-SHARD_SUCCEEDED = "succeeded"
-SHARD_FAILED = "failed"
-SHARD_CANCELLED = "cancelled"
-SHARD_FINAL = frozenset({SHARD_SUCCEEDED, SHARD_FAILED, SHARD_CANCELLED})
 
 
 def is_legal(src: str, dst: str) -> bool:

@@ -213,7 +213,7 @@ def api_process(barge_env: dict[str, str], tmp_root: Path) -> Iterator[ApiProces
     port = free_port()
     log = tmp_root / "api.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "barge.cli", "api", "--port", str(port)],
+        [sys.executable, "-m", "cli", "api", "--port", str(port)],
         env={**os.environ, **barge_env},
         cwd=ROOT,
         stdout=log.open("ab"),

@@ -118,7 +118,7 @@ class WorkerProcess:
             [
                 sys.executable,
                 "-m",
-                "barge.cli",
+                "cli",
                 "worker",
                 "--queues",
                 self.queues,

@@ -1,1 +1,18 @@
-"""The Celery worker: thin tasks over plain functions (planning, shard runs, finalizing)."""
+"""The Celery worker: thin tasks over plain functions. Where each behaviour lives:
+
+- ``celery_app``: the Celery app and the per-process start (``worker_process_init``);
+- ``tasks``: the Celery tasks (ids in, one plain function call);
+- ``context``: per-process resources and the task scopes (``session()``, ``unit_of_work()``:
+  the outbox, messages sent after the commit);
+- ``lifecycle``: a unit of work's claim, run and every way it ends (``Outcome``);
+  ``lease``: the claimed unit and the lease its attempt holds (``Stop``, ``LeaseLost``);
+- ``runners``: which runner a job's spec gets; ``inference``: running a shard;
+  ``finetune/``: running a fine-tune (``run``, ``checkpoints``, ``training``, ``data``);
+- ``models``: fetching, caching, loading models and predicting; ``hf``: what inference and
+  training share about Hugging Face models; ``outputs``: part files and record ids;
+- ``planner``: splitting a job into shards; ``finalize``: the manifest and the final state;
+  ``reconciler``: re-sending lost or expired work; ``drops``: drop folders;
+- ``metrics``: the worker's Prometheus metrics.
+
+The worker may import ``services``, ``db`` and ``barge``; never ``api`` or ``cli``.
+"""

@@ -2,6 +2,9 @@
 
 One worker process per GPU (set ``CUDA_VISIBLE_DEVICES``), prefork with one child: CUDA, the
 database engine and the model cache are created in the child (``worker_process_init``).
+The tasks are imported through ``include`` (``worker.tasks``).
+
+Imports: ``barge``, ``db``, ``worker``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations

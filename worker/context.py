@@ -1,8 +1,15 @@
 """Per-process worker resources, created in the pool child (``worker_process_init``), never at
-import and never in a prefork parent."""
+import and never in a prefork parent; and the task scopes that commit.
+
+A task opens ``ctx.unit_of_work()`` when it sends messages (they go after the commit, never
+before: the outbox) and ``ctx.session()`` when it sends none.
+
+Imports: ``barge``, ``db``, ``services``, ``worker.models``; never ``api`` or ``cli``.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -16,7 +23,10 @@ from barge.queue import make_celery, send
 from barge.settings import Settings, get_settings
 from barge.storage import ObjectStore, make_store
 from db.session import dispose_engines, session_scope
+from services.unit_of_work import UnitOfWork
 from worker.models import ModelCache
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +42,22 @@ class WorkerContext:
         """The task boundary: commit on success, roll back on error."""
         with session_scope(self.settings.resolved_database_url) as session:
             yield session
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[UnitOfWork]:
+        """The task boundary with an outbox: commit, then send the messages queued with
+        ``uow.send_after_commit``; a rollback drops them. A send that fails is logged, not
+        raised: the transaction is committed already, and the reconciler re-sends lost work."""
+        with self.session() as session:
+            uow = UnitOfWork(session)
+            yield uow
+        for task_name, args, options in uow.outbox:
+            try:
+                self.send(task_name, *args, **options)
+            except Exception as exc:
+                log.warning(
+                    "could not publish %s%s now (%s); the reconciler will", task_name, args, exc
+                )
 
     def send(self, task_name: str, *args: object, countdown: float | None = None) -> None:
         send(self.celery, task_name, *args, countdown=countdown)

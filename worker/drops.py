@@ -15,40 +15,25 @@ import uuid
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from barge.errors import BargeError, NotFound
-from barge.queue import PLAN_JOB
-from barge.records import DATA_SUFFIXES, detect_format, is_data_object
-from barge.specs import InferenceSpec
+from barge.records import is_data_object
 from barge.storage import ObjectInfo, S3Uri
 from db import repositories as repo
 from db import state
-from db.base import utcnow
-from db.models import DropObject, DropRule, Job
-from db.submission import create_job
+from db.models import DropObject, DropRule
+from services import drops
+from services.drops import OVERRIDE_SUFFIX, drop_name
+from services.submission import submit
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
-
-OVERRIDE_SUFFIX = ".job.json"
-
-
-def drop_name(filename: str) -> str:
-    """`reviews.csv.gz` → `reviews`: the name outputs and status files are called by."""
-    name = filename[:-3] if filename.lower().endswith(".gz") else filename
-    for suffix in DATA_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)] or filename
-    return filename
 
 
 def scan(ctx: WorkerContext) -> dict[str, int]:
     """One pass over every enabled rule: pick up new objects, settle finished ones."""
     with ctx.session() as session:
-        rules = list(session.scalars(select(DropRule).where(DropRule.enabled.is_(True))))
+        rules = repo.enabled_drop_rules(session)
     counts = {"submitted": 0, "rejected": 0, "settled": 0}
     for rule in rules:
         try:
@@ -91,20 +76,17 @@ def _take(
     override: ObjectInfo | None,
 ) -> str | None:
     name = drop_name(filename)
-    with ctx.session() as session:
+    with ctx.unit_of_work() as uow:
+        session = uow.session
         drop = DropObject(
             id=uuid.uuid4(), rule_id=rule.id, key=info.uri.key, etag=info.etag, name=name
         )
-        try:
-            with session.begin_nested():
-                session.add(drop)
-                session.flush()
-        except IntegrityError:
+        if not repo.add_drop_object(session, drop):
             return None  # seen before, by this scan or another scheduler's
         try:
-            spec = _spec_for(ctx, session, rule, info, filename, name, override)
-            job, _ = create_job(
-                session,
+            spec = drops.spec_for_object(session, ctx.store, rule, info, override)
+            job, _ = submit(  # plan_job is sent after the commit
+                uow,
                 ctx.settings,
                 ctx.store,
                 rule.tenant_id,
@@ -122,7 +104,6 @@ def _take(
     if job_id is None:
         _move(ctx, rule, drop, "failed", {"status": "rejected", "error": drop.error})
         return "rejected"
-    ctx.send(PLAN_JOB, str(job_id))
     return "submitted"
 
 
@@ -134,57 +115,10 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
-def _spec_for(
-    ctx: WorkerContext,
-    session: Session,
-    rule: DropRule,
-    info: ObjectInfo,
-    filename: str,
-    name: str,
-    override: ObjectInfo | None,
-) -> InferenceSpec:
-    if info.size == 0:
-        raise ValueError(f"{filename} is empty")
-    fields: dict[str, Any] = dict(rule.template)
-    if override is not None:
-        try:
-            extra = json.loads(ctx.store.get_bytes(override.uri))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{name}{OVERRIDE_SUFFIX} is not valid JSON: {exc}") from exc
-        if not isinstance(extra, dict):
-            raise ValueError(f"{name}{OVERRIDE_SUFFIX} must hold a JSON object")
-        fields.update({k: v for k, v in extra.items() if k not in ("input", "output")})
-    if detect_format(filename, fields.get("input_format", "auto")) is None:
-        raise ValueError(
-            f"cannot read {filename}: Barge reads .jsonl, .csv and .parquet files (optionally .gz)"
-        )
-    outputs = S3Uri.parse(rule.prefix).join("outputs/")
-    output = outputs.join(f"{name}/")
-    taken = ctx.store.head(output.join("_manifest.json")) is not None
-    if taken or repo.job_with_output_overlapping(session, str(output)) is not None:
-        # the same name dropped again: the first job keeps its outputs
-        output = outputs.join(f"{name}-{info.etag[:8] or uuid.uuid4().hex[:8]}/")
-    fields.update(type="inference", input=str(info.uri), output=str(output))
-    fields.setdefault("metadata", {})
-    fields["metadata"] = {**fields["metadata"], "drop_rule": rule.name, "drop_object": filename}
-    return InferenceSpec.model_validate(fields)
-
-
 def _settle(ctx: WorkerContext, rule: DropRule) -> int:
     """Move the inputs of finished jobs to done/ or failed/ with their status files."""
     with ctx.session() as session:
-        rows = list(
-            session.execute(
-                select(DropObject, Job)
-                .join(Job, Job.id == DropObject.job_id)
-                .where(
-                    DropObject.rule_id == rule.id,
-                    DropObject.status == "submitted",
-                    Job.status.in_(state.FINAL),
-                    Job.manifest.is_not(None),
-                )
-            )
-        )
+        rows = repo.finished_drops(session, rule.id)
     settled = 0
     for drop, job in rows:
         target = "done" if job.status == state.SUCCEEDED else "failed"
@@ -203,13 +137,7 @@ def _settle(ctx: WorkerContext, rule: DropRule) -> int:
             },
         )
         with ctx.session() as session:
-            result = session.execute(
-                update(DropObject)
-                .where(DropObject.id == drop.id, DropObject.status == "submitted")
-                .values(status=target, updated_at=utcnow()),
-                execution_options={"synchronize_session": False},
-            )
-            settled += result.rowcount  # type: ignore[attr-defined]
+            settled += repo.settle_drop(session, drop.id, target)
     return settled
 
 

@@ -1,5 +1,9 @@
 """Finalizing a job: once every shard is settled, write ``_manifest.json`` (and ``_SUCCESS`` on
-success) last, then move the job to its final state. Idempotent: safe to run twice."""
+success) last, then move the job to its final state. Idempotent: safe to run twice. It sends
+nothing, so it opens a plain ``ctx.session()`` scope.
+
+Imports: ``barge``, ``db``, ``worker.context``; never ``api`` or ``cli``.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,6 @@ import json
 import logging
 import uuid
 from typing import Any
-
-from sqlalchemy import select
 
 from barge.specs import FinetuneSpec, parse_spec
 from barge.storage import S3Uri
@@ -33,7 +35,7 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
         shards = repo.shards_of(session, job_id)
         target, error = _outcome(job, shards)
         if job.type == "finetune":
-            registered = session.scalar(select(Model).where(Model.job_id == job.id))
+            registered = repo.model_for_job(session, job.id)
             manifest = finetune_manifest(job, shards, target, error, registered)
         else:
             manifest = build_manifest(job, shards, target, error)

@@ -2,6 +2,8 @@
 index (started in ``worker_process_init``; each child counts only its own work).
 
 Records per second per model is ``rate(barge_worker_records_total[1m])``, left to Prometheus.
+
+Imports: nothing of ours.
 """
 
 from __future__ import annotations

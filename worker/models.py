@@ -1,4 +1,10 @@
-"""Model directories: fetch to a local cache, load with safetensors only, keep warm, predict."""
+"""Inference models: fetch a model directory to a local cache, load it with safetensors only,
+keep it warm (``ModelCache``, an LRU per worker process), and predict one batch per task.
+
+What inference and training share about Hugging Face models (the class per task, autocast,
+pooling, config checks) is in ``worker.hf``. Imports: ``barge``, ``worker.hf``,
+``worker.metrics``; never ``api`` or ``cli``.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +26,7 @@ from barge.errors import PermanentJobError
 from barge.modeldirs import check_model_files, is_model_file, list_model_files
 from barge.settings import Settings
 from barge.storage import ObjectStore, S3Uri, UnsafePath, local_model_dir, local_path
-from worker import metrics
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from worker import hf, metrics
 
 
 def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path, str]:
@@ -68,20 +70,6 @@ def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path,
     return target, revision
 
 
-def _auto(name: str) -> Any:
-    import transformers
-
-    return getattr(transformers, name)
-
-
-# The Hugging Face class each task loads (resolved lazily: transformers is imported on use).
-TASK_CLASSES: dict[str, Any] = {
-    "embed": lambda: _auto("AutoModel"),
-    "classify": lambda: _auto("AutoModelForSequenceClassification"),
-    "generate": lambda: _auto("AutoModelForCausalLM"),
-}
-
-
 def pick_device(settings: Settings) -> Any:
     import torch
 
@@ -119,88 +107,18 @@ class LoadedModel:
         return min(keep, room)
 
     def autocast(self) -> Any:
-        import contextlib
-
-        import torch
-
-        if self.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
-        return contextlib.nullcontext()
-
-
-# A config may describe at most this many more parameters than the weights hold (a new task
-# head, tied embeddings stored once) before Barge refuses to build it.
-CONFIG_SLACK_RATIO = 1.25
-CONFIG_SLACK_PARAMS = 50_000_000
-
-
-def stored_parameters(path: Path) -> int:
-    """Elements in the directory's safetensors weights (read from their headers only)."""
-    from safetensors import safe_open
-
-    total = 0
-    for weights in sorted(path.glob("*.safetensors")):
-        with safe_open(str(weights), framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                numel = 1
-                for dim in f.get_slice(name).get_shape():
-                    numel *= int(dim)
-                total += numel
-    return total
-
-
-def check_config_fits_weights(path: Path, model_class: Any, ref: str) -> None:
-    """Refuse a config.json that describes a far bigger model than the weights hold, before
-    anything is allocated: the model is built on the meta device, which allocates nothing."""
-    import torch
-    import transformers
-
-    try:
-        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
-        with torch.device("meta"):
-            skeleton = model_class.from_config(config)
-        implied = sum(p.numel() for p in skeleton.parameters())
-        stored = stored_parameters(path)
-    except SoftTimeLimitExceeded:
-        raise
-    except Exception as exc:
-        raise PermanentJobError(f"cannot load model {ref}: {exc}") from exc
-    if implied > stored * CONFIG_SLACK_RATIO + CONFIG_SLACK_PARAMS:
-        raise PermanentJobError(
-            f"model {ref}: config.json describes {implied:,} parameters but the safetensors "
-            f"weights hold {stored:,}; refusing to build it (check config.json's dimensions)"
-        )
-
-
-def position_limit(model: Any, tokenizer: Any) -> int | None:
-    """The most tokens the model takes in one sequence, from its config and tokenizer."""
-    config = model.config
-    limits = []
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            # RoBERTa-style position ids start after the padding index.
-            offset = 2 if getattr(config, "model_type", "") in OFFSET_POSITIONS else 0
-            limits.append(value - offset)
-            break
-    tok_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
-        limits.append(tok_max)
-    return min(limits) if limits else None
-
-
-OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "longformer", "mpnet"})
+        """Mixed precision on CUDA (bf16 where supported, else fp16); nothing elsewhere."""
+        return hf.autocast(hf.autocast_dtype(self.device))
 
 
 def load_model(path: Path, task: str, device: Any, ref: str, revision: str) -> LoadedModel:
     import transformers
 
     started = time.monotonic()
-    check_config_fits_weights(path, TASK_CLASSES[task](), ref)
+    hf.check_config_fits_weights(path, hf.model_class(task), ref)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        model = TASK_CLASSES[task]().from_pretrained(
+        model = hf.model_class(task).from_pretrained(
             str(path), use_safetensors=True, local_files_only=True, trust_remote_code=False
         )
     except SoftTimeLimitExceeded:
@@ -224,7 +142,7 @@ def load_model(path: Path, task: str, device: Any, ref: str, revision: str) -> L
         revision,
         time.monotonic() - started,
         labels,
-        position_limit(model, tokenizer),
+        hf.position_limit(model, tokenizer),
     )
 
 
@@ -271,9 +189,7 @@ def predict(
     with torch.inference_mode(), loaded.autocast():
         if loaded.task == "embed":
             hidden = loaded.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            pooled = pooled.float()
+            pooled = hf.mean_pool(hidden, enc["attention_mask"]).float()
             if params.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             return [{"embedding": row} for row in pooled.cpu().tolist()]

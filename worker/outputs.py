@@ -1,5 +1,7 @@
 """Part writers: spool a shard's rows to a local file, then upload it in one atomic PUT; and the
-rule for what a record id may be."""
+rule for what a record id may be.
+
+No torch, no database. Imports: nothing of ours."""
 
 from __future__ import annotations
 

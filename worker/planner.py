@@ -1,4 +1,8 @@
-"""Planning: resolve the inputs, split them into shards, start the job, dispatch the shards."""
+"""Planning: resolve the inputs, split them into shards, start the job, dispatch the shards.
+
+Imports: ``barge``, ``db``, ``worker.context``, ``worker.finetune.data`` (no torch); never
+``api`` or ``cli``.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,20 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from barge.errors import BargeError, PermanentJobError, ServiceUnavailable, StorageError
 from barge.modeldirs import check_model_files, list_model_files
 from barge.queue import FINALIZE_JOB, RUN_SHARD
-from barge.records import detect_format, plan_ranges, resolve_inputs
+from barge.records import format_of, plan_ranges, resolve_inputs
 from barge.specs import FinetuneSpec, InferenceSpec, parse_spec
 from barge.storage import S3Uri
 from db import repositories as repo
 from db import state
 from db.base import utcnow
-from db.models import Job, JobEvent, Shard
+from db.models import Shard
 from worker.context import WorkerContext
-from worker.finetune_data import check_datasets, load_dataset, steps_per_epoch, write_errors
+from worker.finetune.data import check_datasets, load_dataset, steps_per_epoch, write_errors
 
 log = logging.getLogger(__name__)
 
@@ -110,28 +113,25 @@ def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> _Claim | None:
     plan (the job is gone, already planned, final or cancelling, or has used its attempts and
     is now failed)."""
     max_attempts = ctx.settings.max_attempts
-    finalize = False
-    with ctx.session() as session:
+    with ctx.unit_of_work() as uow:
+        session = uow.session
         job = repo.lock_job(session, job_id)
         if job is None:
             log.warning("plan: job %s does not exist", job_id)
             return None
         if job.status != state.QUEUED:
             # already planned (a duplicate delivery) or final; a cancelled job is finalized
-            finalize = job.status == state.CANCELLING
-            claim = None
-        elif job.plan_attempts >= max_attempts:
+            if job.status == state.CANCELLING:
+                uow.send_after_commit(FINALIZE_JOB, str(job_id))
+            return None
+        if job.plan_attempts >= max_attempts:
             error = _gave_up(job.plan_attempts, _last_error(session, job_id, job.plan_attempts))
             state.transition(session, job, state.FAILED, error=error)
-            finalize = True  # writes the failed job's manifest
-            claim = None
-        else:
-            job.plan_attempts += 1
-            job.dispatched_at = utcnow()  # the reconciler waits a grace period from here
-            claim = _Claim(job.plan_attempts, dict(job.spec), job.model_uri or "", job.output_uri)
-    if finalize:
-        ctx.send(FINALIZE_JOB, str(job_id))
-    return claim
+            uow.send_after_commit(FINALIZE_JOB, str(job_id))  # writes the failed job's manifest
+            return None
+        job.plan_attempts += 1
+        job.dispatched_at = utcnow()  # the reconciler waits a grace period from here
+        return _Claim(job.plan_attempts, dict(job.spec), job.model_uri or "", job.output_uri)
 
 
 def _make_plan(ctx: WorkerContext, job_id: uuid.UUID, claim: _Claim) -> _Plan:
@@ -149,7 +149,8 @@ def _make_plan(ctx: WorkerContext, job_id: uuid.UUID, claim: _Claim) -> _Plan:
 
 def _start(ctx: WorkerContext, job_id: uuid.UUID, plan: _Plan) -> None:
     """Create the shards and move the job to running in one transaction, then dispatch."""
-    with ctx.session() as session:
+    with ctx.unit_of_work() as uow:
+        session = uow.session
         job = repo.lock_job(session, job_id)
         if job is None or job.status != state.QUEUED:
             # cancelled (its cancel sends finalize), failed, or planned by a duplicate meanwhile
@@ -165,20 +166,19 @@ def _start(ctx: WorkerContext, job_id: uuid.UUID, plan: _Plan) -> None:
             job.steps_total = plan.steps_total
         session.flush()
         state.transition(session, job, state.RUNNING, message=plan.message, data=plan.data)
-        shard_refs = [(str(s.id), s.index) for s in plan.shards]
-    for shard_id, index in shard_refs:  # after commit
-        ctx.send(RUN_SHARD, shard_id, str(job_id), index)
-    if not shard_refs:
-        ctx.send(FINALIZE_JOB, str(job_id))
+        for shard in plan.shards:
+            uow.send_after_commit(RUN_SHARD, str(shard.id), str(job_id), shard.index)
+        if not plan.shards:
+            uow.send_after_commit(FINALIZE_JOB, str(job_id))
 
 
 def _fail(ctx: WorkerContext, job_id: uuid.UUID, error: str) -> None:
-    with ctx.session() as session:
-        job = repo.lock_job(session, job_id)
+    with ctx.unit_of_work() as uow:
+        job = repo.lock_job(uow.session, job_id)
         if job is None or job.status != state.QUEUED:
             return  # cancelled or settled meanwhile
-        state.transition(session, job, state.FAILED, error=error)
-    ctx.send(FINALIZE_JOB, str(job_id))  # writes the failed job's manifest
+        state.transition(uow.session, job, state.FAILED, error=error)
+        uow.send_after_commit(FINALIZE_JOB, str(job_id))  # writes the failed job's manifest
 
 
 def _gave_up(attempts: int, last_error: str) -> str:
@@ -188,12 +188,7 @@ def _gave_up(attempts: int, last_error: str) -> str:
 def _last_error(session: Session, job_id: uuid.UUID, attempts: int) -> str:
     """The error of the last planning run, or what is known when it left none (its process
     died)."""
-    event = session.scalar(
-        select(JobEvent)
-        .where(JobEvent.job_id == job_id, JobEvent.kind == "plan_error")
-        .order_by(JobEvent.id.desc())
-        .limit(1)
-    )
+    event = repo.last_event(session, job_id, "plan_error")
     died = f"attempt {attempts} ended without an error: its process died (killed or out of memory?)"
     if event is None:
         return died
@@ -237,12 +232,7 @@ class _KeepDispatched:
         while not self._stop.wait(self._every):
             try:
                 with self._ctx.session() as session:
-                    session.execute(
-                        update(Job)
-                        .where(Job.id == self._job_id, Job.status == state.QUEUED)
-                        .values(dispatched_at=utcnow()),
-                        execution_options={"synchronize_session": False},
-                    )
+                    repo.touch_dispatched(session, self._job_id)
             except Exception:  # a database blip: the next beat tries again
                 log.warning("plan: job %s: could not refresh dispatched_at", self._job_id)
 
@@ -258,12 +248,7 @@ def _plan(
     shards: list[Shard] = []
     offset = 0
     for info in objects:
-        fmt = detect_format(info.uri.key, spec.input_format)
-        if fmt is None:
-            raise PermanentJobError(
-                f"cannot tell the format of {info.uri}: name it .jsonl, .csv or .parquet "
-                "(optionally .gz) or set input_format"
-            )
+        fmt = format_of(info.uri, spec.input_format)
         ranges, count = plan_ranges(ctx.store, info, fmt, shard_records)
         for rng in ranges:
             shards.append(

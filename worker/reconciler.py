@@ -1,5 +1,8 @@
 """The reconciler (run by the scheduler every few seconds): re-sends work whose message was lost
-or whose lease expired, and finalizes jobs whose shards are all settled."""
+or whose lease expired, and finalizes jobs whose shards are all settled.
+
+Imports: ``barge``, ``db``, ``worker.context``; never ``api`` or ``cli``.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,9 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, exists, or_, select, update
-
 from barge.queue import FINALIZE_JOB, PLAN_JOB, RUN_SHARD
-from db import state
+from db import repositories as repo
 from db.base import utcnow
-from db.models import Job, Shard
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -29,75 +29,21 @@ def reconcile(ctx: WorkerContext, limit: int = 500) -> ReconcileReport:
     now = utcnow()
     grace = timedelta(seconds=ctx.settings.dispatch_grace_seconds)
     report = ReconcileReport()
-    sends: list[tuple[str, tuple[object, ...]]] = []
-    with ctx.session() as session:
-        stale_jobs = list(
-            session.scalars(
-                select(Job.id)
-                .where(
-                    Job.status == state.QUEUED,
-                    or_(Job.dispatched_at.is_(None), Job.dispatched_at < now - grace),
-                )
-                .limit(limit)
-            )
-        )
-        if stale_jobs:
-            session.execute(
-                update(Job).where(Job.id.in_(stale_jobs)).values(dispatched_at=now),
-                execution_options={"synchronize_session": False},
-            )
-        sends += [(PLAN_JOB, (str(j),)) for j in stale_jobs]
+    with ctx.unit_of_work() as uow:
+        session = uow.session
+        stale_jobs = repo.take_stale_queued_jobs(session, now, grace, limit)
+        for job_id in stale_jobs:
+            uow.send_after_commit(PLAN_JOB, str(job_id))
         report.plans = len(stale_jobs)
-
-        stale_shards = list(
-            session.execute(
-                select(Shard.id, Shard.job_id, Shard.index)
-                .where(
-                    or_(
-                        and_(
-                            Shard.status == state.SHARD_PENDING,
-                            or_(Shard.dispatched_at.is_(None), Shard.dispatched_at < now - grace),
-                        ),
-                        and_(
-                            Shard.status == state.SHARD_RUNNING,
-                            Shard.lease_expires_at < now,
-                            or_(Shard.dispatched_at.is_(None), Shard.dispatched_at < now - grace),
-                        ),
-                    )
-                )
-                .limit(limit)
-            )
-        )
-        if stale_shards:
-            session.execute(
-                update(Shard)
-                .where(Shard.id.in_([s.id for s in stale_shards]))
-                .values(dispatched_at=now),
-                execution_options={"synchronize_session": False},
-            )
-        sends += [(RUN_SHARD, (str(s.id), str(s.job_id), s.index)) for s in stale_shards]
+        stale_shards = repo.take_stale_shards(session, now, grace, limit)
+        for shard_id, job_id, index in stale_shards:
+            uow.send_after_commit(RUN_SHARD, str(shard_id), str(job_id), index)
         report.shards = len(stale_shards)
-
-        unsettled = exists().where(
-            Shard.job_id == Job.id,
-            Shard.status.in_([state.SHARD_PENDING, state.SHARD_RUNNING]),
-        )
-        to_finalize = list(
-            session.scalars(
-                select(Job.id)
-                .where(
-                    Job.manifest.is_(None),
-                    Job.status.in_([state.RUNNING, state.CANCELLING, state.FAILED]),
-                    Job.updated_at < now - timedelta(seconds=ctx.settings.reconcile_seconds),
-                    ~unsettled,
-                )
-                .limit(limit)
-            )
-        )
-        sends += [(FINALIZE_JOB, (str(j),)) for j in to_finalize]
+        quiet_since = now - timedelta(seconds=ctx.settings.reconcile_seconds)
+        to_finalize = repo.jobs_to_finalize(session, quiet_since, limit)
+        for job_id in to_finalize:
+            uow.send_after_commit(FINALIZE_JOB, str(job_id))
         report.finalizes = len(to_finalize)
-    for name, args in sends:
-        ctx.send(name, *args)
-    if sends:
+    if report.plans or report.shards or report.finalizes:
         log.info("reconcile: %s", report)
     return report

@@ -1,4 +1,7 @@
-"""Thin Celery tasks: unpack ids, call plain functions. Every task is idempotent."""
+"""Thin Celery tasks: unpack ids, call plain functions. Every task is idempotent.
+
+Imports: any ``worker`` module (this is the top of the worker); never ``api`` or ``cli``.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,10 @@ import uuid
 
 from barge.queue import FINALIZE_JOB, PLAN_JOB, RECONCILE, RUN_SHARD, SCAN_DROPS
 from barge.settings import get_settings
-from worker import drops, finalize, planner, reconciler, units
+from worker import drops, finalize, lifecycle, planner, reconciler
 from worker.celery_app import app
 from worker.context import get_context
+from worker.runners import runner_for
 
 
 @app.task(name=PLAN_JOB)
@@ -28,7 +32,7 @@ _settings = get_settings()
 def run_shard(shard_id: str, job_id: str = "", index: int = -1) -> None:
     """Run one shard or fine-tune slice (job id and index are there for operators reading
     Flower)."""
-    units.run_shard(get_context(), uuid.UUID(shard_id))
+    lifecycle.run_shard(get_context(), uuid.UUID(shard_id), runner_for)
 
 
 @app.task(name=FINALIZE_JOB)

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
-from api.schemas import ERROR_RESPONSES, field_name, unstorable
-from barge.errors import Conflict, InvalidSpec, NotFound, excerpt
-from barge.specs import InferenceSpec
-from barge.storage import S3Uri, check_bucket_allowed
+from api.schemas import ERROR_RESPONSES
+from barge.jsonvalues import field_name, unstorable
+from barge.storage import S3Uri
 from barge.uris import uri_problem
 from db import repositories as repo
 from db.models import DropRule
+from services import drops
+from services.drops import NAME_CHARS, NAME_PATTERN
 
 router = APIRouter(prefix="/v1/drops", tags=["drops"])
-
-NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
-NAME_CHARS = 200
-PROBE_INPUT, PROBE_OUTPUT = "s3://template-check/in.jsonl", "s3://template-check/out/"
 
 
 class DropRuleIn(BaseModel):
@@ -75,35 +71,12 @@ def _out(rule: DropRule) -> DropRuleOut:
     )
 
 
-def _check_template(template: dict[str, Any]) -> None:
-    if "input" in template or "output" in template:
-        raise InvalidSpec(
-            "template must not set input or output: they come from the dropped file",
-            field="template",
-        )
-    # Placeholder locations (valid URIs) stand in for the dropped file and its output folder.
-    probe = {**template, "type": "inference", "input": PROBE_INPUT, "output": PROBE_OUTPUT}
-    try:
-        InferenceSpec.model_validate(probe)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = field_name(err["loc"])
-        raise InvalidSpec(
-            f"template.{field}: {str(err['msg']).removeprefix('Value error, ')}",
-            field=f"template.{field}",
-        ) from None
-
-
 @router.post("", status_code=201, response_model=DropRuleOut, responses=ERROR_RESPONSES)
 def add_drop(
     body: DropRuleIn, uow: UoW, tenant: CurrentTenant, settings: SettingsDep, store: StoreDep
 ) -> DropRuleOut:
     """Watch `<prefix>incoming/`: each new file becomes one job from `template`."""
-    _check_template(body.template)
-    check_bucket_allowed(settings, S3Uri.parse(body.prefix), "prefix")
-    rule = repo.add_drop_rule(uow.session, tenant.id, body.name, body.prefix, body.template)
-    if rule is None:
-        raise Conflict(f"a drop folder named {body.name!r} exists; remove it first")
+    rule = drops.add_rule(uow.session, settings, tenant.id, body.name, body.prefix, body.template)
     return _out(rule)
 
 
@@ -115,10 +88,5 @@ def list_drops(uow: UoW, tenant: CurrentTenant) -> DropRuleList:
 @router.delete("/{name}", status_code=204, responses=ERROR_RESPONSES)
 def remove_drop(name: str, uow: UoW, tenant: CurrentTenant) -> Response:
     """Stop watching; jobs already created run to the end."""
-    # A name no rule can have (a removed rule's NAME~removed~... included) needs no query.
-    valid = len(name) <= NAME_CHARS and re.fullmatch(NAME_PATTERN, name)
-    rule = repo.live_drop_rule(uow.session, tenant.id, name) if valid else None
-    if rule is None:
-        raise NotFound(f"no drop folder named {excerpt(name)}")
-    repo.remove_drop_rule(uow.session, rule)
+    drops.remove_rule(uow.session, tenant.id, name)
     return Response(status_code=204)

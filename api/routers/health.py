@@ -1,10 +1,11 @@
+"""/healthz: does the API reach its database and broker?"""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
-from db.session import get_engine
+from db.session import ping
 
 router = APIRouter(tags=["health"])
 
@@ -15,8 +16,7 @@ def healthz(request: Request) -> JSONResponse:
     settings = request.app.state.settings
     checks: dict[str, str] = {}
     try:
-        with get_engine(settings.resolved_database_url).connect() as conn:
-            conn.execute(text("SELECT 1"))
+        ping(settings.resolved_database_url)
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"unavailable: {type(exc).__name__}"

@@ -1,4 +1,4 @@
-"""/v1/jobs: thin handlers; the rules live in api.jobs_service and db."""
+"""/v1/jobs: thin handlers; the rules live in services.submission and services.jobs."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import Discriminator, Tag
 
-from api import jobs_service as service
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
 from api.schemas import ERROR_RESPONSES, EventList, EventOut, JobList, JobOut, ShardList, ShardOut
 from barge.errors import InvalidSpec, NotFound, excerpt
 from barge.specs import JOB_TYPES, FinetuneSpec, InferenceSpec
+from barge.status import JOB_STATUSES
 from db import repositories as repo
 from db.models import Job, Tenant
-from db.state import JOB_STATUSES
+from services import jobs as service
+from services import submission
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -58,10 +59,10 @@ def create_job(
 ) -> JobOut:
     """Submit an inference job or (`"type": "finetune"`) a fine-tune. The same `Idempotency-Key`
     from the same tenant returns the same job."""
-    job, created = service.submit(uow, settings, store, tenant, spec, idempotency_key)
+    job, created = submission.submit(uow, settings, store, tenant.id, spec, idempotency_key)
     if not created:
         response.status_code = 200
-    return service.present_many(uow.session, [job])[0]
+    return JobOut.model_validate(service.present_many(uow.session, [job])[0])
 
 
 @router.get("", response_model=JobList, responses=ERROR_RESPONSES)
@@ -87,21 +88,21 @@ def list_jobs(
     )
     page = jobs[:limit]
     return JobList(
-        jobs=service.present_many(uow.session, page),
+        jobs=[JobOut.model_validate(j) for j in service.present_many(uow.session, page)],
         next_cursor=repo.encode_cursor(page[-1]) if len(jobs) > limit else None,
     )
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=ERROR_RESPONSES)
 def get_job(job_id: str, uow: UoW, tenant: CurrentTenant) -> JobOut:
-    return service.present_many(uow.session, [_job(uow, tenant, job_id)])[0]
+    return JobOut.model_validate(service.present_many(uow.session, [_job(uow, tenant, job_id)])[0])
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=ERROR_RESPONSES)
 def cancel_job(job_id: str, uow: UoW, tenant: CurrentTenant) -> JobOut:
     """Cancel: running shards stop within one batch; what was written stays and is listed."""
     job = service.cancel(uow, _job(uow, tenant, job_id))
-    return service.present_many(uow.session, [job])[0]
+    return JobOut.model_validate(service.present_many(uow.session, [job])[0])
 
 
 @router.get("/{job_id}/events", response_model=EventList, responses=ERROR_RESPONSES)

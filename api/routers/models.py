@@ -8,17 +8,15 @@ from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, field_validator
-from sqlalchemy.exc import IntegrityError
 
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
 from api.schemas import ERROR_RESPONSES
-from barge.errors import Conflict, InvalidSpec, NotFound, PermanentJobError, excerpt
-from barge.modeldirs import check_model_files, list_model_files
-from barge.specs import MODEL_NAME_PATTERN, Task, check_json_value
-from barge.storage import S3Uri, check_bucket_allowed
-from barge.uris import normalise
+from barge.errors import NotFound, excerpt
+from barge.jsonvalues import check_json_value
+from barge.specs import MODEL_NAME_PATTERN, Task
 from db import repositories as repo
 from db.models import Model
+from services import registry
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -74,25 +72,17 @@ def register_model(
     body: ModelIn, uow: UoW, tenant: CurrentTenant, settings: SettingsDep, store: StoreDep
 ) -> ModelOut:
     """Register an existing model directory as the next version of `name`."""
-    uri = S3Uri.parse(normalise(body.uri, "uri", prefix=True), field="uri")
-    check_bucket_allowed(settings, uri, "uri")
-    try:
-        check_model_files(str(uri), list_model_files(settings, store, str(uri)))
-    except PermanentJobError as exc:
-        raise InvalidSpec(exc.message, field="uri") from None
-    try:
-        with uow.session.begin_nested():
-            model = repo.register_model(
-                uow.session,
-                tenant.id,
-                body.name,
-                str(uri),
-                body.task,
-                base_model=body.base_model,
-                metrics=body.metrics,
-            )
-    except IntegrityError:
-        raise Conflict(f"{body.name} was registered concurrently; retry") from None
+    model = registry.register_directory(
+        uow.session,
+        settings,
+        store,
+        tenant.id,
+        body.name,
+        body.uri,
+        body.task,
+        base_model=body.base_model,
+        metrics=body.metrics,
+    )
     return _out(model)
 
 

@@ -192,7 +192,7 @@ def test_an_unexpected_exception_is_a_json_500_on_a_connection_that_stays_usable
     import uvicorn
     from fastapi import FastAPI
 
-    from api.app import RequestGuard
+    from api.guard import RequestGuard
     from tests.services import free_port, wait_port
 
     app = FastAPI()

@@ -16,7 +16,7 @@ from tests.helpers import put_jsonl, read_jsonl
 from tests.services import ROOT, free_port
 
 pytestmark = pytest.mark.e2e
-BARGE = [sys.executable, "-m", "barge.cli"]
+BARGE = [sys.executable, "-m", "cli"]
 
 
 def barge(

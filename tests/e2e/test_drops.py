@@ -35,7 +35,7 @@ def two_schedulers(barge_env: dict[str, str], tmp_path: Path) -> Iterator[None]:
         }
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "barge.cli", "scheduler"],
+                [sys.executable, "-m", "cli", "scheduler"],
                 env=env,
                 cwd=ROOT,
                 stdout=(tmp_path / f"scheduler-{i}.log").open("ab"),

@@ -56,7 +56,7 @@ def flower(barge_env: dict[str, str], tmp_root: Path, worker: WorkerProcess) -> 
         [
             sys.executable,
             "-m",
-            "barge.cli",
+            "cli",
             "flower",
             "--address",
             "127.0.0.1",
@@ -165,7 +165,7 @@ def test_flower_password_is_not_on_the_command_line(flower: Flower) -> None:
 
 def test_flower_refuses_to_start_without_a_password(barge_env: dict[str, str]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "barge.cli", "flower", "--port", str(free_port())],
+        [sys.executable, "-m", "cli", "flower", "--port", str(free_port())],
         env=flower_env(barge_env),
         cwd=ROOT,
         capture_output=True,

@@ -3,12 +3,16 @@ services, real workers and the real MiniLM model."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
+import time
 import uuid
 from typing import Any
 
@@ -23,7 +27,7 @@ from tests.helpers import inference_spec, put_jsonl, wait_job, wait_until
 from tests.services import ROOT, free_port, wait_port
 
 pytestmark = pytest.mark.e2e
-BARGE = [sys.executable, "-m", "barge.cli"]
+BARGE = [sys.executable, "-m", "cli"]
 
 
 def parse(text: str) -> list[Sample]:
@@ -221,3 +225,38 @@ def test_barge_top_shows_an_active_job_and_its_workers(
     finally:
         api.post(f"/v1/jobs/{job_id}/cancel", headers=auth)
         assert wait_job(api, auth, job_id)["status"] in ("cancelled", "succeeded")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_live_top_exits_0_on_a_signal_even_ignored_with_a_full_pipe(signum: int) -> None:
+    """A shell's background job inherits SIGINT ignored (and so does whatever it starts, a test
+    run included): the live view still stops on it, and on SIGTERM, at once and with status 0,
+    though its stdout is a pipe nobody reads and the API is out of reach."""
+    env = {**os.environ, "BARGE_API_URL": f"http://127.0.0.1:{free_port()}"}
+    live = subprocess.Popen(
+        ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *BARGE, "top", "--interval", "0.01"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert live.stdout is not None
+        fd = live.stdout.fileno()
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 4096)  # the smallest pipe: full after a few refreshes
+
+        def pending() -> int:
+            return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+        def full() -> bool:  # a refresh every 10 ms, and nothing more gets in
+            before = pending()
+            time.sleep(0.5)
+            return before > 0 and pending() == before
+
+        wait_until(full, timeout=60, what="the pipe to fill")
+        live.send_signal(signum)
+        assert live.wait(10) == 0, live.stderr.read() if live.stderr else ""
+    finally:
+        if live.poll() is None:
+            live.kill()
+            live.wait()

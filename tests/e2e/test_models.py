@@ -103,7 +103,7 @@ def test_barge_models_cli(
 
     def barge(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "barge.cli", *args],
+            [sys.executable, "-m", "cli", *args],
             env=env,
             cwd=ROOT,
             capture_output=True,

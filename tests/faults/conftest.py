@@ -65,7 +65,7 @@ class World:
 
     def start_scheduler(self) -> None:
         self.scheduler = subprocess.Popen(
-            [sys.executable, "-m", "barge.cli", "scheduler"],
+            [sys.executable, "-m", "cli", "scheduler"],
             env=self.env,
             cwd=ROOT,
             stdout=(self.tmp / "scheduler.log").open("ab"),

@@ -170,13 +170,13 @@ def test_a_job_committed_but_never_published_is_dispatched_by_the_reconciler(
 ) -> None:
     from sqlalchemy import select
 
-    from api.deps import UnitOfWork
-    from api.jobs_service import submit
     from barge.settings import Settings
     from barge.specs import InferenceSpec
     from barge.storage import make_store
     from db.models import Tenant
     from db.session import session_scope
+    from services.submission import submit
+    from services.unit_of_work import UnitOfWork
 
     data, rows = dataset(s3, bucket, 100)
     settings = Settings(
@@ -191,7 +191,7 @@ def test_a_job_committed_but_never_published_is_dispatched_by_the_reconciler(
             uow,
             settings,
             make_store(settings),
-            tenant,
+            tenant.id,
             InferenceSpec.model_validate(
                 inference_spec(minilm_uri, data, f"s3://{bucket}/out/", id_field="id")
             ),

@@ -51,7 +51,7 @@ from db.state import (
     TRANSITIONS,
     transition,
 )
-from tests.integration.test_state_machine import make_job, make_shard, make_tenant
+from tests.factories import make_job, make_shard, make_tenant
 
 LEASE = timedelta(minutes=5)  # outlives any test run: "live" until the machine expires it
 EXPIRED = timedelta(seconds=-1)  # a lease that has already run out
@@ -216,7 +216,7 @@ class ShardLeaseMachine(RuleBasedStateMachine):
                 error="boom" if status == SHARD_FAILED else None,
             )
             assert done, f"the holder of shard {token.shard} attempt {token.attempt} was refused"
-            if status == SHARD_FAILED:  # as worker.runner._fail: a failed shard fails the job
+            if status == SHARD_FAILED:  # as worker.lifecycle.fail: a failed shard fails the job
                 job = repositories.lock_job(session, self.job_id)
                 assert job is not None
                 if job.status == RUNNING:
@@ -311,7 +311,7 @@ class ShardLeaseMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.shards)
     @rule(act=RARELY)
     def cancel_job(self, act: bool) -> None:
-        """As api.jobs_service.cancel: the job moves to cancelling and pending shards are cancelled."""
+        """As services.jobs.cancel: the job moves to cancelling and pending shards are cancelled."""
         if not act:
             return  # rare, so that most runs get deep into claims, expiries and takeovers
         legal = CANCELLING in TRANSITIONS[self.job_status]
@@ -334,7 +334,7 @@ class ShardLeaseMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.shards)
     @rule(data=st.data())
     def settle_unstarted(self, data: st.DataObject) -> None:
-        """As worker.runner._claim: a shard of a job that is no longer running is cancelled, one
+        """As worker.lifecycle.claim: a shard of a job that is no longer running is cancelled, one
         out of attempts is failed, whether or not it is free to settle."""
         s = self.shards[self.shard_index(data)]
         if self.job_status != RUNNING:

@@ -6,18 +6,16 @@ import threading
 import uuid
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
 
 from barge.errors import IllegalTransition
 from db import repositories
-from db.models import Job, JobEvent, Shard, Tenant
+from db.models import Job, JobEvent, Shard
 from db.session import session_scope
 from db.state import (
     CANCELLED,
@@ -36,6 +34,7 @@ from db.state import (
     TRANSITIONS,
     transition,
 )
+from tests.factories import make_job, make_shard, make_tenant, new_job, new_shard
 
 # The lifecycle as DESIGN.md states it, written out independently of db.state.
 LEGAL = {
@@ -50,66 +49,6 @@ LEGAL = {
 ILLEGAL = sorted({(src, dst) for src in JOB_STATUSES for dst in (*JOB_STATUSES, "bogus")} - LEGAL)
 LEASE = timedelta(minutes=5)
 EXPIRED = timedelta(seconds=-1)
-
-
-# --- factories --------------------------------------------------------------------------------
-
-
-def make_tenant(session: Session) -> Tenant:
-    tenant = Tenant(name=f"tenant-{uuid.uuid4().hex[:12]}")
-    session.add(tenant)
-    session.flush()
-    return tenant
-
-
-def make_job(
-    session: Session,
-    tenant: Tenant,
-    *,
-    status: str = QUEUED,
-    type_: str = "inference",
-    created_at: datetime | None = None,
-) -> Job:
-    job = Job(
-        tenant_id=tenant.id,
-        type=type_,
-        status=status,
-        spec={"type": type_},
-        output_uri=f"s3://out/{uuid.uuid4().hex}/",
-    )
-    if created_at is not None:
-        job.created_at = created_at
-    session.add(job)
-    session.flush()
-    return job
-
-
-def make_shard(session: Session, job: Job, index: int = 0, **values: Any) -> Shard:
-    shard = Shard(
-        job_id=job.id,
-        index=index,
-        source_uri="s3://in/data.jsonl",
-        input_format="jsonl",
-        start_record=index * 10,
-        record_count=10,
-        record_offset=index * 10,
-        first_line=index * 10 + 1,
-        **values,
-    )
-    session.add(shard)
-    session.flush()
-    return shard
-
-
-def new_job(url: str, status: str = QUEUED) -> uuid.UUID:
-    with session_scope(url) as session:
-        return make_job(session, make_tenant(session), status=status).id
-
-
-def new_shard(url: str) -> uuid.UUID:
-    with session_scope(url) as session:
-        job = make_job(session, make_tenant(session), status=RUNNING)
-        return make_shard(session, job).id
 
 
 def load_job(url: str, job_id: uuid.UUID) -> Job:

@@ -339,7 +339,7 @@ class TestLocalBackend:
             cases = [
                 ("input", "s3://alice/../bob/in.jsonl", "'..' segment"),
                 ("output", "s3://alice/../bob/out/", "'..' segment"),
-                ("input", "s3://alice/in\x00.jsonl", "NUL character"),
+                ("input", "s3://alice/in\x00.jsonl", "NUL"),
                 ("input", "s3://alice/" + "k" * 300 + ".jsonl", "longer than 255 bytes"),
                 ("output", "s3://alice/" + "k" * 300 + "/", "longer than 255 bytes"),
                 ("output", "s3://bob/out/", "not one Barge may use"),

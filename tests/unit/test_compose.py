@@ -19,8 +19,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from barge.cli import build_parser, flower_argv, flower_basic_auth
 from barge.settings import Settings
+from cli.main import build_parser
+from cli.processes import flower_argv, flower_basic_auth
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_PATH = ROOT / "docker-compose.yml"
@@ -469,8 +470,10 @@ def test_dockerfile_copies_the_project() -> None:
             parts = [p for p in args.split() if not p.startswith("--")]
             copied |= {p.rstrip("/") for p in parts[:-1]}
     expected = {
+        "cli",
         "api",
         "worker",
+        "services",
         "db",
         "barge",
         "migrations",

@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from barge.settings import Settings
 from barge.specs import FinetuneSpec, Hyperparameters, InferenceSpec, parse_spec
 from tests.helpers import minilm_dir, tiny_encoder, topic_examples
-from worker.finetune_data import Dataset, check_datasets, steps_per_epoch
-from worker.training import IGNORE, Trainer, completion_tokens, epoch_order
+from worker.finetune.data import Dataset, check_datasets, steps_per_epoch
+from worker.finetune.training import IGNORE, Trainer, completion_tokens, epoch_order
 
 BASE: dict[str, Any] = {
     "type": "finetune",

@@ -1,5 +1,7 @@
 """Fine-tune datasets: read every training or validation record, keep the usable ones and say
-exactly why each other one was not used. No torch here: the planner uses it too."""
+exactly why each other one was not used. No torch here: the planner uses it too.
+
+Imports: ``barge`` only; never ``api`` or ``cli``."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from barge.errors import PermanentJobError
-from barge.records import EVERYTHING, Format, detect_format, iter_range, resolve_inputs
+from barge.records import EVERYTHING, Format, format_of, iter_range, resolve_inputs
 from barge.settings import get_settings
 from barge.specs import FinetuneSpec, Hyperparameters
 from barge.storage import ObjectStore, S3Uri
@@ -45,12 +47,7 @@ def load_dataset(
     data = Dataset(name)
     first, second = spec.fields
     for info in resolve_inputs(store, uri, name):
-        fmt = detect_format(info.uri.key, spec.input_format)
-        if fmt is None:
-            raise PermanentJobError(
-                f"cannot tell the format of {info.uri}: name it .jsonl, .csv or .parquet "
-                "(optionally .gz) or set input_format"
-            )
+        fmt = format_of(info.uri, spec.input_format)
         data.first_format = data.first_format or fmt
         for rec in iter_range(store, info, fmt, EVERYTHING):
             if rec.data is None:

@@ -14,57 +14,22 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from tests.conftest import new_key
-from tests.faults.conftest import FAULT_SETTINGS, World, children
+from tests.faults.conftest import (
+    FAULT_SETTINGS,
+    World,
+    children,
+)
 from tests.helpers import events, inference_spec, wait_until
-from tests.services import create_database, create_vhost, delete_vhost, drop_database
 
 pytestmark = pytest.mark.e2e
 
 MAX_ATTEMPTS = int(FAULT_SETTINGS["BARGE_MAX_ATTEMPTS"])  # 3, the default
 RECONCILE_PERIODS = 2 * float(FAULT_SETTINGS["BARGE_DISPATCH_GRACE_SECONDS"]) + 1
-
-
-@pytest.fixture
-def world(s3_server: Any, tmp_path: Path, barge_env: dict[str, str]) -> Iterator[World]:
-    """As ``tests/faults``' world: short leases, grace and reconcile period, its own services."""
-    from api.app import create_app
-    from barge.settings import Settings
-    from db.migrate import upgrade
-
-    name = f"barge_stuck_{uuid.uuid4().hex[:8]}"
-    database_url = create_database(name)
-    upgrade(database_url)
-    broker = create_vhost(name)
-    env = {
-        **os.environ,
-        **barge_env,
-        **FAULT_SETTINGS,
-        "BARGE_DATABASE_URL": database_url,
-        "BARGE_BROKER_URL": broker,
-        "BARGE_HOME": str(tmp_path / "home"),
-    }
-    settings = Settings(**{k[6:].lower(): v for k, v in env.items() if k.startswith("BARGE_")})
-    with TestClient(create_app(settings), raise_server_exceptions=False) as api:
-        key = new_key(database_url, "stuck")
-        w = World(env, database_url, api, {"Authorization": f"Bearer {key}"}, tmp_path)
-        try:
-            yield w
-        finally:
-            w.stop_all()
-    from db.session import get_engine
-
-    get_engine(database_url).dispose()
-    drop_database(name)
-    delete_vhost(name)
 
 
 def _jsonl_gz(n: int) -> bytes:

@@ -1,4 +1,7 @@
-"""A small HTTP client for the Barge API (used by the CLI)."""
+"""The HTTP client of the Barge API, used by the client commands, ``up`` and the demo.
+
+Imports: httpx only, nothing of ours.
+"""
 
 from __future__ import annotations
 

@@ -5,11 +5,12 @@ checkpoint holds everything else that moves (weights, optimizer, scheduler, RNG 
 step), so a run resumed from a checkpoint ends with the same weights as one that never stopped.
 
 Checkpoints are written without pickle: tensors in safetensors files, the rest as JSON.
+
+Imports: ``barge``, ``worker.hf``, ``worker.finetune.data``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -19,8 +20,8 @@ from typing import Any
 
 from barge.errors import PermanentJobError
 from barge.specs import FinetuneSpec
-from worker.finetune_data import steps_per_epoch
-from worker.models import TASK_CLASSES, check_config_fits_weights, position_limit
+from worker import hf
+from worker.finetune.data import steps_per_epoch
 
 MAX_GRAD_NORM = 1.0  # gradients are clipped to this norm, as Hugging Face's Trainer does
 EMBED_SCALE = 20.0  # cosine similarities are multiplied by this before the softmax
@@ -61,7 +62,6 @@ class Trainer:
         labels: list[str],
     ):
         import torch
-        import transformers
 
         self.spec = spec
         self.hp = spec.hyperparameters
@@ -74,58 +74,19 @@ class Trainer:
         self.step = 0
         torch.manual_seed(self.hp.seed)  # a new head's initial weights come from the seed
         random.seed(self.hp.seed)
-        kwargs: dict[str, Any] = {"use_safetensors": True, "local_files_only": True}
-        check_config_fits_weights(model_dir, TASK_CLASSES[spec.task](), spec.base_model)
-        try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-                str(model_dir), local_files_only=True
-            )
-            if spec.task == "classify":
-                self.model = transformers.AutoModelForSequenceClassification.from_pretrained(
-                    str(model_dir),
-                    num_labels=len(labels),
-                    id2label=dict(enumerate(labels)),
-                    label2id=self.label_ids,
-                    ignore_mismatched_sizes=True,
-                    **kwargs,
-                )
-                self.model.config.problem_type = "single_label_classification"
-            elif spec.task == "generate":
-                self.model = transformers.AutoModelForCausalLM.from_pretrained(
-                    str(model_dir), **kwargs
-                )
-            else:
-                self.model = transformers.AutoModel.from_pretrained(str(model_dir), **kwargs)
-        except Exception as exc:
-            raise PermanentJobError(
-                f"cannot load base model {spec.base_model} for task {spec.task!r}: {exc}"
-            ) from exc
+        self.tokenizer, self.model = _load(spec, model_dir, labels, self.label_ids)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # Tokens kept per example: max_length, clamped to what the model takes.
-        limit = position_limit(self.model, self.tokenizer)
+        limit = hf.position_limit(self.model, self.tokenizer)
         self.max_length = min(self.hp.max_length, limit) if limit else self.hp.max_length
         self.model.to(device).train()
-        decay: list[Any] = []
-        no_decay: list[Any] = []
-        for name, param in self.model.named_parameters():
-            if not param.requires_grad:
-                continue
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.hp.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.hp.learning_rate,
-        )
+        self.optimizer = _optimizer(self.model, self.hp.learning_rate, self.hp.weight_decay)
         warmup = math.ceil(self.hp.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, linear_schedule(warmup, self.total_steps)
         )
-        self.amp_dtype: Any = None
-        if device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype: Any = hf.autocast_dtype(device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self._order: tuple[int, list[int]] | None = None
 
@@ -150,11 +111,7 @@ class Trainer:
         return float(self.scheduler.get_last_lr()[0])
 
     def _autocast(self) -> Any:
-        import torch
-
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.amp_dtype)
+        return hf.autocast(self.amp_dtype)
 
     def micro_batches(self, step: int) -> list[list[tuple[str, str]]]:
         """The examples of each forward pass of optimizer step ``step``."""
@@ -231,8 +188,7 @@ class Trainer:
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
         hidden = self.model(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        pooled = hf.mean_pool(hidden, enc["attention_mask"])
         return torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
 
     def _completion_batch(self, batch: Sequence[tuple[str, str]]) -> tuple[Any, Any, Any]:
@@ -351,6 +307,56 @@ class Trainer:
         self.model.save_pretrained(str(directory), safe_serialization=True)
         self.tokenizer.save_pretrained(str(directory))
         return sorted(p for p in directory.rglob("*") if p.is_file())
+
+
+def _optimizer(model: Any, learning_rate: float, weight_decay: float) -> Any:
+    """AdamW with weight decay on the weight matrices only (not on biases and norms)."""
+    import torch
+
+    decay: list[Any] = []
+    no_decay: list[Any] = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=learning_rate,
+    )
+
+
+def _load(
+    spec: FinetuneSpec, model_dir: Path, labels: list[str], label_ids: dict[str, int]
+) -> tuple[Any, Any]:
+    """The tokenizer and the model to train: the task's class (``hf.model_class``); for
+    classify, a head sized to ``labels``."""
+    import transformers
+
+    kwargs: dict[str, Any] = {"use_safetensors": True, "local_files_only": True}
+    if spec.task == "classify":
+        kwargs.update(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id=label_ids,
+            ignore_mismatched_sizes=True,
+        )
+    model_class = hf.model_class(spec.task)
+    hf.check_config_fits_weights(model_dir, model_class, spec.base_model)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            str(model_dir), local_files_only=True
+        )
+        model = model_class.from_pretrained(str(model_dir), **kwargs)
+    except Exception as exc:
+        raise PermanentJobError(
+            f"cannot load base model {spec.base_model} for task {spec.task!r}: {exc}"
+        ) from exc
+    if spec.task == "classify":
+        model.config.problem_type = "single_label_classification"
+    return tokenizer, model
 
 
 def completion_tokens(

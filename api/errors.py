@@ -1,0 +1,138 @@
+"""Every error the API answers has one shape, `{"error", "message", "field"?, "detail"?}`, and
+stays small whatever the input."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from barge.errors import BargeError
+from barge.jsonvalues import field_name
+from barge.specs import JOB_TYPES
+
+log = logging.getLogger(__name__)
+
+
+# Error bodies stay small whatever the input: a message is cut to MESSAGE_CHARS, a validation
+# error lists at most MAX_PROBLEMS problems of at most PROBLEM_CHARS each.
+MESSAGE_CHARS = 1000
+PROBLEM_CHARS = 300
+MAX_PROBLEMS = 10
+
+# A refusal that leaves more than this of the request body unread closes the connection:
+# keeping it alive would mean the server reading (and dropping) the rest.
+UNREAD_BODY_KEPT_ALIVE = 64 * 1024
+CLOSE = (b"connection", b"close")
+
+
+def clip(text: str, limit: int = MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _bounded(value: Any, depth: int = 0) -> Any:
+    """An error body's ``detail`` with every string clipped and every list cut short."""
+    if isinstance(value, str):
+        return clip(value, PROBLEM_CHARS)
+    if depth > 4:
+        return "…"
+    if isinstance(value, dict):
+        items = list(value.items())[:MAX_PROBLEMS]
+        return {clip(str(k), PROBLEM_CHARS): _bounded(v, depth + 1) for k, v in items}
+    if isinstance(value, list | tuple):
+        return [_bounded(v, depth + 1) for v in value[:MAX_PROBLEMS]]
+    return value
+
+
+def _error_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The safety net under every error message: nothing echoes more than an excerpt."""
+    out = {**body, "message": clip(str(body.get("message", "")))}
+    if out.get("field") is not None:
+        out["field"] = clip(str(out["field"]), PROBLEM_CHARS)
+    if "detail" in out:
+        out["detail"] = _bounded(out["detail"])
+    return out
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "header", "path"):
+        parts = parts[1:]
+        if loc[0] == "body" and parts and parts[0] in JOB_TYPES:
+            parts = parts[1:]  # the job type the body was validated as
+    return field_name(parts) or "body"
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    # Only the location, the type and pydantic's message are used: never the error's `input`
+    # or `ctx`, which hold the user's value.
+    errors = exc.errors()
+    problems = []
+    for err in errors[:MAX_PROBLEMS]:
+        field = _field(tuple(err.get("loc", ())))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") == "union_tag_invalid":
+            field, msg = "type", f"type must be one of {', '.join(JOB_TYPES)}"
+        elif err.get("type") == "extra_forbidden":
+            msg = "unknown field; remove it or check its spelling"
+        elif err.get("type") == "json_invalid":
+            field, msg = "body", "the body is not valid JSON"
+        problems.append({"field": field, "message": clip(msg, PROBLEM_CHARS)})
+    message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+    if len(errors) > MAX_PROBLEMS:
+        message += f"; and {len(errors) - MAX_PROBLEMS} more problems"
+    return JSONResponse(
+        status_code=422,
+        content={
+            "error": "invalid_request",
+            "message": clip(message),
+            "field": problems[0]["field"] if problems else None,
+            "detail": problems,
+        },
+    )
+
+
+async def _barge_error(_: Request, exc: BargeError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return JSONResponse(
+        status_code=exc.status_code, content=_error_body(exc.to_body()), headers=headers
+    )
+
+
+HTTP_ERROR_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own refusals (no such route, wrong method) in the same shape as ours."""
+    return JSONResponse(
+        status_code=exc.status_code,
+        content={
+            "error": HTTP_ERROR_CODES.get(exc.status_code, f"http_{exc.status_code}"),
+            "message": clip(str(exc.detail)),
+        },
+        headers=exc.headers,
+    )
+
+
+DB_UNAVAILABLE = {
+    "error": "database_unavailable",
+    "message": "the database is unavailable; retry shortly",
+}
+
+
+async def _db_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+    log.warning("database unavailable: %s", exc)
+    return JSONResponse(status_code=503, content=DB_UNAVAILABLE)

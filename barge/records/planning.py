@@ -1,0 +1,130 @@
+"""Planning ranges of an object, and streaming the records of one range."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from barge.records.base import (
+    Format,
+    Limits,
+    Range,
+    Record,
+    _check_plain_size,
+    _gzip_errors,
+    _record_too_large,
+    _resolve,
+)
+from barge.records.csvrows import _iter_csv
+from barge.records.lines import _Lines, _open_text_source, _parse_json_line
+from barge.records.parquet import _iter_parquet, _parquet_file
+from barge.storage import ObjectInfo, ObjectStore
+
+# --- planning and streaming ---------------------------------------------------------------------
+
+
+def plan_ranges(
+    store: ObjectStore,
+    info: ObjectInfo,
+    fmt: Format,
+    shard_records: int,
+    *,
+    limits: Limits | None = None,
+) -> tuple[list[Range], int]:
+    """Split one object into ranges of at most ``shard_records`` records; also count them.
+
+    Plain JSONL is split on line boundaries into byte ranges, so each shard reads only its bytes.
+    Gzip and CSV (quoted newlines) are split by record index; Parquet by row. A line over the
+    record limit counts as a record (it is read as an error record), so counts, ranges and line
+    numbers agree with :func:`iter_range`.
+    """
+    limits = _resolve(limits)
+    with _gzip_errors(info, fmt):
+        if fmt.name == "parquet":
+            total = _parquet_file(store, info, limits).metadata.num_rows
+            ranges = [
+                Range(start, min(shard_records, total - start), start + 1)
+                for start in range(0, total, shard_records)
+            ]
+            return ranges, total
+        _check_plain_size(info, fmt, limits)
+        if fmt.name == "csv":
+            total = 0
+            ranges = []
+            with _open_text_source(store, info, fmt) as raw:
+                for rec in _iter_csv(_Lines(raw, info.uri, limits, fmt.gzip), info.uri, limits):
+                    if total % shard_records == 0:
+                        ranges.append(Range(total, 0, rec.line))
+                    ranges[-1].record_count += 1
+                    total += 1
+            return ranges, total
+        # JSONL
+        total = 0
+        ranges = []
+        offset = 0
+        with _open_text_source(store, info, fmt) as raw:
+            lines = _Lines(raw, info.uri, limits, fmt.gzip)
+            for line_no, (line, size) in enumerate(lines, start=1):
+                start = offset
+                offset += size
+                if line is not None and not line.strip():
+                    continue
+                if total % shard_records == 0:
+                    if ranges and not fmt.gzip:
+                        ranges[-1].byte_end = start
+                    ranges.append(Range(total, 0, line_no, None if fmt.gzip else start, None))
+                ranges[-1].record_count += 1
+                total += 1
+        if ranges and not fmt.gzip:
+            ranges[-1].byte_end = offset
+        return ranges, total
+
+
+def iter_range(
+    store: ObjectStore,
+    info: ObjectInfo,
+    fmt: Format,
+    rng: Range,
+    *,
+    limits: Limits | None = None,
+) -> Iterator[Record]:
+    """Stream the records of one range, in order, with their line numbers."""
+    limits = _resolve(limits)
+    with _gzip_errors(info, fmt):
+        if fmt.name == "parquet":
+            yield from _iter_parquet(store, info, rng, limits)
+            return
+        _check_plain_size(info, fmt, limits)
+        if fmt.name == "csv":
+            with _open_text_source(store, info, fmt) as raw:
+                records = _iter_csv(_Lines(raw, info.uri, limits, fmt.gzip), info.uri, limits)
+                for i, rec in enumerate(records):
+                    if i < rng.start_record:
+                        continue
+                    if i >= rng.start_record + rng.record_count:
+                        break
+                    yield rec
+            return
+        if rng.byte_start is not None:
+            raw = store.open(info.uri, rng.byte_start, rng.byte_end)
+            skip = 0
+        else:
+            raw = _open_text_source(store, info, fmt)
+            skip = rng.start_record
+        with raw:
+            seen = 0
+            line_no = rng.first_line if rng.byte_start is not None else 1
+            for line, size in _Lines(raw, info.uri, limits, fmt.gzip):
+                this_line = line_no
+                line_no += 1
+                if line is not None and not line.strip():
+                    continue
+                if seen < skip:
+                    seen += 1
+                    continue
+                if line is None:
+                    yield Record(this_line, None, _record_too_large(limits, size))
+                else:
+                    yield _parse_json_line(line, this_line)
+                seen += 1
+                if seen >= skip + rng.record_count:
+                    break

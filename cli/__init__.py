@@ -1,0 +1,14 @@
+"""The ``barge`` command, the top of the layers (``cli → api | worker → services → db → barge``).
+
+- ``main``: the argument parser and the dispatch to a command;
+- ``processes``: running api, worker, scheduler and Flower, and the embedded stack (``up``);
+- ``admin``: ``db upgrade`` and ``keys create``, the only commands that open the database;
+- ``commands``: the client commands (submit, status, list, ..., top), over HTTP;
+- ``render``: how jobs, shards, events and tables are shown;
+- ``live``: what keeps the live view stoppable (signals, waits, writes to a pipe);
+- ``client``: the HTTP client of the API;
+- ``demo``: ``barge demo`` (what ``make demo`` runs).
+
+Processes are started by module name (``api.app``, ``worker.celery_app``): the CLI never imports
+the API or the worker itself.
+"""

@@ -1,0 +1,192 @@
+"""The ``barge`` command's entry point (``barge = "cli.main:main"``, ``python -m cli``): the
+argument parser and the dispatch to a command.
+
+The command modules are imported only when one of their commands runs: the client commands
+(``cli.commands``) then start without loading the database layer, which ``admin``, ``up`` and
+the demo need. Imports: the other ``cli`` modules (``cli.client`` for its error), pydantic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+from cli.client import ApiError
+
+DESCRIPTION = "The ``barge`` command: run the servers, manage keys, submit and watch jobs."
+
+Handler = Callable[[argparse.Namespace], int]
+Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
+
+
+def command(module: str, name: str) -> Handler:
+    """``cli.<module>.<name>``, imported when the command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        handler: Handler = getattr(importlib.import_module(f"cli.{module}"), name)
+        return handler(args)
+
+    return run
+
+
+def _add_processes(sub: Subparsers) -> None:
+    for name, func, help_ in (
+        ("up", "cmd_up", "run the embedded stack (api + worker + scheduler)"),
+        ("api", "cmd_api", "run the HTTP API"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--host", default=None, help="default BARGE_API_HOST (127.0.0.1)")
+        p.add_argument("--port", type=int, default=None, help="default BARGE_API_PORT (8000)")
+        p.set_defaults(func=command("processes", func))
+
+    p = sub.add_parser("worker", help="run a worker (one per GPU; set CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--queues", default="gpu,control")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--hostname", default=None)
+    p.set_defaults(func=command("processes", "cmd_worker"))
+
+    p = sub.add_parser("scheduler", help="run the scheduler (Celery beat: reconciler)")
+    p.set_defaults(func=command("processes", "cmd_scheduler"))
+
+    p = sub.add_parser(
+        "flower",
+        help="run Flower, the Celery monitoring UI, behind basic auth (BARGE_FLOWER_PASSWORD)",
+    )
+    p.add_argument("--address", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5555, help="listen port (default 5555)")
+    p.add_argument(
+        "--purge-offline-workers",
+        type=int,
+        default=600,
+        metavar="SECONDS",
+        help="drop a worker from the dashboard this long after it went offline (default 600)",
+    )
+    p.set_defaults(func=command("processes", "cmd_flower"))
+
+
+def _add_admin(sub: Subparsers) -> None:
+    db = sub.add_parser("db", help="database administration").add_subparsers(
+        dest="db", required=True
+    )
+    p = db.add_parser("upgrade", help="apply all migrations")
+    p.set_defaults(func=command("admin", "cmd_db_upgrade"))
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys", required=True)
+    p = keys.add_parser("create", help="create a key; prints only the key")
+    p.add_argument("--tenant", required=True)
+    p.set_defaults(func=command("admin", "cmd_keys_create"))
+
+
+def _add_jobs(sub: Subparsers) -> None:
+    p = sub.add_parser("submit", help="submit a job spec (JSON or YAML file, - for stdin)")
+    p.add_argument("spec")
+    p.add_argument("--wait", action="store_true", help="show progress until the job ends")
+    p.add_argument("--idempotency-key", default=None)
+    p.set_defaults(func=command("commands", "cmd_submit"))
+
+    for name, func, help_ in (
+        ("status", "cmd_status", "a job's status and progress"),
+        ("cancel", "cmd_cancel", "cancel a job"),
+        ("wait", "cmd_wait", "show live progress until the job ends"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("id")
+        if name == "status":
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(func=command("commands", func))
+
+    p = sub.add_parser("shards", help="each shard's status, attempts, worker and last error")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=command("commands", "cmd_shards"))
+
+    p = sub.add_parser("events", help="a job's events")
+    p.add_argument("id")
+    p.add_argument("--follow", "-f", action="store_true")
+    p.set_defaults(func=command("commands", "cmd_events"))
+
+
+def _add_drops_and_models(sub: Subparsers) -> None:
+    drops_cmd = command("commands", "cmd_drops")
+    drops = sub.add_parser("drops", help="S3 drop folders").add_subparsers(
+        dest="drops", required=True
+    )
+    p = drops.add_parser("add", help="watch PREFIX/incoming/: each new file becomes a job")
+    p.add_argument("name")
+    p.add_argument("--prefix", required=True, help="s3://bucket/path/")
+    p.add_argument("--template", required=True, help="job spec without input/output (JSON/YAML)")
+    p.set_defaults(func=drops_cmd)
+    drops.add_parser("list", help="the drop folders").set_defaults(func=drops_cmd)
+    p = drops.add_parser("remove", help="stop watching a drop folder")
+    p.add_argument("name")
+    p.set_defaults(func=drops_cmd)
+
+    models_cmd = command("commands", "cmd_models")
+    models = sub.add_parser("models", help="the model registry")
+    models.set_defaults(func=models_cmd, models="list")
+    msub = models.add_subparsers(dest="models")
+    msub.add_parser("list", help="the newest version of each model").set_defaults(func=models_cmd)
+    p = msub.add_parser("show", help="every version of a model")
+    p.add_argument("name")
+    p.set_defaults(func=models_cmd)
+    p = msub.add_parser("register", help="register a model directory as the next version")
+    p.add_argument("name")
+    p.add_argument(
+        "--uri", required=True, help="s3://bucket/path/ of a Hugging Face model directory"
+    )
+    p.add_argument("--task", required=True, choices=["embed", "classify", "generate"])
+    p.set_defaults(func=models_cmd)
+
+
+def _add_views(sub: Subparsers) -> None:
+    p = sub.add_parser("list", help="list jobs, newest first")
+    p.add_argument("--status")
+    p.add_argument("--type")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--cursor")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=command("commands", "cmd_list"))
+
+    p = sub.add_parser("top", help="a live table of running, cancelling and queued jobs")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    p.add_argument("--once", action="store_true", help="print the table once and exit")
+    p.set_defaults(func=command("commands", "cmd_top"))
+
+    p = sub.add_parser("demo", help="run a real embedding job on the embedded stack")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--records", type=int, default=2000)
+    p.set_defaults(func=command("demo", "cmd_demo"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="barge", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True)
+    # In this order: it is the order of `barge --help`.
+    _add_processes(sub)
+    _add_admin(sub)
+    _add_jobs(sub)
+    _add_drops_and_models(sub)
+    _add_views(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ApiError as exc:
+        print(f"barge: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(f"barge: invalid BARGE_ settings:\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Jobs: lookups, locks, listing with cursors, progress, and the locations jobs use. Repositories flush; only boundaries commit."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, case, exists, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.models import Job, Shard
+from db.state import (
+    CANCELLING,
+    FAILED,
+    FINAL,
+    QUEUED,
+    RUNNING,
+    SHARD_CANCELLED,
+    SHARD_FAILED,
+    SHARD_PENDING,
+    SHARD_RUNNING,
+    SHARD_SUCCEEDED,
+)
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+def get_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID | None = None) -> Job | None:
+    query = select(Job).where(Job.id == job_id)
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
+    return session.scalar(query)
+
+
+def lock_job(session: Session, job_id: uuid.UUID) -> Job | None:
+    """The job row, locked until the transaction ends (a no-op lock on SQLite)."""
+    return session.scalar(
+        select(Job)
+        .where(Job.id == job_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
+def job_by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The (created_at, id) ``encode_cursor`` wrote; ValueError for anything it could not have
+    written (a timestamp without a time zone, out of range in UTC, ...)."""
+    padded = cursor + "=" * (-len(cursor) % 4)
+    created, _, job_id = base64.urlsafe_b64decode(padded).decode().partition("|")
+    at = datetime.fromisoformat(created)
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError("the cursor's timestamp has no time zone")
+    try:
+        at = at.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the cursor's timestamp is out of range") from None
+    return at, uuid.UUID(job_id)
+
+
+def list_jobs(
+    session: Session,
+    tenant_id: uuid.UUID,
+    *,
+    status: str | None = None,
+    type_: str | None = None,
+    cursor: tuple[datetime, uuid.UUID] | None = None,
+    limit: int = 50,
+) -> list[Job]:
+    """Newest first; ``cursor`` is the (created_at, id) of the last job of the previous page."""
+    query = select(Job).where(Job.tenant_id == tenant_id)
+    if status:
+        query = query.where(Job.status == status)
+    if type_:
+        query = query.where(Job.type == type_)
+    if cursor:
+        created, last_id = cursor
+        query = query.where(
+            or_(Job.created_at < created, and_(Job.created_at == created, Job.id < last_id))
+        )
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+@dataclass
+class Progress:
+    records_succeeded: int = 0
+    records_failed: int = 0
+    shards_done: int = 0
+    shards_running: int = 0
+    steps_done: int = 0
+
+
+def progress_for(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, Progress]:
+    """Counts summed over shards (workers write shard rows only, never a hot job row)."""
+    if not job_ids:
+        return {}
+    done = func.sum(
+        case((Shard.status.in_([SHARD_SUCCEEDED, SHARD_FAILED, SHARD_CANCELLED]), 1), else_=0)
+    )
+    running = func.sum(case((Shard.status == SHARD_RUNNING, 1), else_=0))
+    rows = session.execute(
+        select(
+            Shard.job_id,
+            func.coalesce(func.sum(Shard.records_succeeded), 0),
+            func.coalesce(func.sum(Shard.records_failed), 0),
+            func.coalesce(done, 0),
+            func.coalesce(running, 0),
+            func.coalesce(func.sum(Shard.steps_done), 0),
+        )
+        .where(Shard.job_id.in_(job_ids))
+        .group_by(Shard.job_id)
+    )
+    out = {job_id: Progress() for job_id in job_ids}
+    for job_id, ok, failed, n_done, n_running, steps in rows:
+        out[job_id] = Progress(int(ok), int(failed), int(n_done), int(n_running), int(steps))
+    return out
+
+
+# --- locations a job reads and writes ---------------------------------------------------------
+
+
+def lock_submissions(session: Session) -> None:
+    """Serialise the location check and insert of concurrent submissions until commit (a
+    Postgres transaction-level advisory lock; SQLite serialises writers already)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(SUBMISSION_LOCK)))
+
+
+SUBMISSION_LOCK = 0x62617267  # "barg"
+
+
+def ancestors(prefix: str) -> list[str]:
+    """``s3://b/x/y/`` → ``[s3://b/, s3://b/x/, s3://b/x/y/]``."""
+    scheme, _, rest = prefix.partition("://")
+    parts = rest.rstrip("/").split("/")
+    return [f"{scheme}://{'/'.join(parts[: i + 1])}/" for i in range(len(parts))]
+
+
+def job_with_output_overlapping(session: Session, prefix: str) -> Job | None:
+    """A job (any status) whose output prefix equals, contains or lies inside ``prefix``."""
+    return session.scalar(
+        select(Job)
+        .where(
+            or_(
+                Job.output_uri.in_(ancestors(prefix)),
+                func.substr(Job.output_uri, 1, len(prefix)) == prefix,
+            )
+        )
+        .order_by(Job.created_at)
+        .limit(1)
+    )
+
+
+def active_jobs(session: Session) -> list[Job]:
+    """Jobs not yet final (their inputs and outputs are in use)."""
+    return list(session.scalars(select(Job).where(Job.status.not_in(FINAL))))
+
+
+def job_status(session: Session, job_id: uuid.UUID) -> str | None:
+    return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def touch_dispatched(session: Session, job_id: uuid.UUID) -> None:
+    """A queued job's planning is alive: the reconciler waits a grace period from now."""
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status == QUEUED).values(dispatched_at=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+
+
+# --- what the reconciler re-sends --------------------------------------------------------------
+
+
+def take_stale_queued_jobs(
+    session: Session, now: datetime, grace: timedelta, limit: int
+) -> list[uuid.UUID]:
+    """Queued jobs not dispatched within ``grace``; stamped as dispatched now."""
+    ids = list(
+        session.scalars(
+            select(Job.id)
+            .where(
+                Job.status == QUEUED,
+                or_(Job.dispatched_at.is_(None), Job.dispatched_at < now - grace),
+            )
+            .limit(limit)
+        )
+    )
+    if ids:
+        session.execute(
+            update(Job).where(Job.id.in_(ids)).values(dispatched_at=now),
+            execution_options={"synchronize_session": False},
+        )
+    return ids
+
+
+def jobs_to_finalize(session: Session, before: datetime, limit: int) -> list[uuid.UUID]:
+    """Jobs with every shard settled but no manifest, untouched since ``before``."""
+    unsettled = exists().where(
+        Shard.job_id == Job.id,
+        Shard.status.in_([SHARD_PENDING, SHARD_RUNNING]),
+    )
+    return list(
+        session.scalars(
+            select(Job.id)
+            .where(
+                Job.manifest.is_(None),
+                Job.status.in_([RUNNING, CANCELLING, FAILED]),
+                Job.updated_at < before,
+                ~unsettled,
+            )
+            .limit(limit)
+        )
+    )

@@ -1,0 +1,13 @@
+"""Business rules shared by the HTTP API and the worker: what a job is and may do.
+
+- ``submission``: the checks a job must pass against the stores, and its creation;
+- ``locations``: the one rule for where a job may read and write;
+- ``jobs``: presenting, cancelling;
+- ``registry``: resolving model names, registering versions;
+- ``drops``: drop-folder rules and the job an object becomes;
+- ``tenants``: tenants and API keys;
+- ``unit_of_work``: a session plus the messages to send once it commits.
+
+Services call repositories (``db``) and the kernel (``barge``); they never commit (their caller,
+a request or a task scope, does) and never import ``api``, ``worker`` or torch.
+"""

@@ -1,0 +1,120 @@
+"""Drop folders: the rules (an S3 prefix mapped to a job template) and the job spec a dropped
+object becomes. The scanning and moving of objects is the worker's (``worker.drops``)."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from barge.errors import Conflict, InvalidSpec, NotFound, excerpt
+from barge.jsonvalues import field_name
+from barge.records import DATA_SUFFIXES, detect_format
+from barge.settings import Settings
+from barge.specs import InferenceSpec
+from barge.storage import ObjectInfo, ObjectStore, S3Uri, check_bucket_allowed
+from db import repositories as repo
+from db.models import DropRule
+
+NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
+NAME_CHARS = 200
+OVERRIDE_SUFFIX = ".job.json"  # <name>.job.json beside a dropped file overrides the template
+# Placeholder locations (valid URIs) that stand in for a dropped file and its output folder.
+PROBE_INPUT, PROBE_OUTPUT = "s3://template-check/in.jsonl", "s3://template-check/out/"
+
+
+def check_template(template: dict[str, Any]) -> None:
+    """A template is an inference spec without input and output."""
+    if "input" in template or "output" in template:
+        raise InvalidSpec(
+            "template must not set input or output: they come from the dropped file",
+            field="template",
+        )
+    probe = {**template, "type": "inference", "input": PROBE_INPUT, "output": PROBE_OUTPUT}
+    try:
+        InferenceSpec.model_validate(probe)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = field_name(err["loc"])
+        raise InvalidSpec(
+            f"template.{field}: {str(err['msg']).removeprefix('Value error, ')}",
+            field=f"template.{field}",
+        ) from None
+
+
+def add_rule(
+    session: Session,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    name: str,
+    prefix: str,
+    template: dict[str, Any],
+) -> DropRule:
+    check_template(template)
+    check_bucket_allowed(settings, S3Uri.parse(prefix), "prefix")
+    rule = repo.add_drop_rule(session, tenant_id, name, prefix, template)
+    if rule is None:
+        raise Conflict(f"a drop folder named {name!r} exists; remove it first")
+    return rule
+
+
+def remove_rule(session: Session, tenant_id: uuid.UUID, name: str) -> None:
+    """Stop watching; jobs already created run to the end."""
+    # A name no rule can have (a removed rule's NAME~removed~... included) needs no query.
+    valid = len(name) <= NAME_CHARS and re.fullmatch(NAME_PATTERN, name)
+    rule = repo.live_drop_rule(session, tenant_id, name) if valid else None
+    if rule is None:
+        raise NotFound(f"no drop folder named {excerpt(name)}")
+    repo.remove_drop_rule(session, rule)
+
+
+def drop_name(filename: str) -> str:
+    """`reviews.csv.gz` → `reviews`: the name outputs and status files are called by."""
+    name = filename[:-3] if filename.lower().endswith(".gz") else filename
+    for suffix in DATA_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or filename
+    return filename
+
+
+def spec_for_object(
+    session: Session,
+    store: ObjectStore,
+    rule: DropRule,
+    info: ObjectInfo,
+    override: ObjectInfo | None,
+) -> InferenceSpec:
+    """The job a dropped object becomes: the rule's template (plus ``<name>.job.json``), the
+    object as input, ``<prefix>outputs/<name>/`` as output (``<name>-<etag>/`` when a job
+    already has that name's outputs). ValueError or InvalidSpec say why it cannot be."""
+    filename = info.uri.key.rsplit("/", 1)[-1]
+    name = drop_name(filename)
+    if info.size == 0:
+        raise ValueError(f"{filename} is empty")
+    fields: dict[str, Any] = dict(rule.template)
+    if override is not None:
+        try:
+            extra = json.loads(store.get_bytes(override.uri))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{name}{OVERRIDE_SUFFIX} is not valid JSON: {exc}") from exc
+        if not isinstance(extra, dict):
+            raise ValueError(f"{name}{OVERRIDE_SUFFIX} must hold a JSON object")
+        fields.update({k: v for k, v in extra.items() if k not in ("input", "output")})
+    if detect_format(filename, fields.get("input_format", "auto")) is None:
+        raise ValueError(
+            f"cannot read {filename}: Barge reads .jsonl, .csv and .parquet files (optionally .gz)"
+        )
+    outputs = S3Uri.parse(rule.prefix).join("outputs/")
+    output = outputs.join(f"{name}/")
+    taken = store.head(output.join("_manifest.json")) is not None
+    if taken or repo.job_with_output_overlapping(session, str(output)) is not None:
+        # the same name dropped again: the first job keeps its outputs
+        output = outputs.join(f"{name}-{info.etag[:8] or uuid.uuid4().hex[:8]}/")
+    fields.update(type="inference", input=str(info.uri), output=str(output))
+    fields.setdefault("metadata", {})
+    fields["metadata"] = {**fields["metadata"], "drop_rule": rule.name, "drop_object": filename}
+    return InferenceSpec.model_validate(fields)

@@ -1,0 +1,100 @@
+"""Jobs as a user sees them (status, progress with rate and ETA, where the outputs are), and
+cancelling one."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from barge.errors import Conflict
+from barge.queue import FINALIZE_JOB
+from barge.status import CANCELLING, FINAL, RUNNING
+from barge.storage import S3Uri
+from db import repositories as repo
+from db import state
+from db.base import utcnow
+from db.models import Job
+from services.unit_of_work import UnitOfWork
+
+
+def rate_and_eta(
+    done: int, total: int | None, elapsed: float | None, running: bool
+) -> tuple[float | None, float | None]:
+    """Work per second so far, and the seconds left at that rate (while running)."""
+    rate = round(done / elapsed, 2) if elapsed and elapsed > 0 and done else None
+    eta = round(max(0, total - done) / rate, 1) if rate and running and total is not None else None
+    return rate, eta
+
+
+def examples_per_step(spec: dict[str, Any]) -> int:
+    hp = spec.get("hyperparameters") or {}
+    assert isinstance(hp, dict)
+    return int(hp.get("batch_size", 16)) * int(hp.get("gradient_accumulation_steps", 1))
+
+
+def present(job: Job, progress: repo.Progress, now: datetime | None = None) -> dict[str, Any]:
+    """The job's public view (the API's ``JobOut``)."""
+    now = now or utcnow()
+    # What counts as work done, and how much there is: records, or a fine-tune's examples
+    # (optimizer steps times examples per step).
+    steps_done: int | None = None
+    total: int | None
+    if job.steps_total is not None:
+        steps_done = progress.steps_done
+        per_step = examples_per_step(job.spec)
+        done, total = steps_done * per_step, job.steps_total * per_step
+    else:
+        done, total = progress.records_succeeded + progress.records_failed, job.records_total
+    elapsed = None
+    if job.started_at is not None:
+        elapsed = ((job.finished_at or now) - job.started_at).total_seconds()
+    rate, eta = rate_and_eta(done, total, elapsed, job.status == RUNNING)
+    out = S3Uri.parse(job.output_uri)
+    return {
+        "id": str(job.id),
+        "type": job.type,
+        "status": job.status,
+        "spec": job.spec,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "progress": {
+            "records_total": job.records_total,
+            "records_succeeded": progress.records_succeeded,
+            "records_failed": progress.records_failed,
+            "shards_total": job.shards_total,
+            "shards_done": progress.shards_done,
+            "records_per_second": rate,
+            "eta_seconds": eta,
+            "steps_done": steps_done,
+            "steps_total": job.steps_total,
+        },
+        "output": {
+            "uri": job.output_uri,
+            "manifest": str(out.join("_manifest.json")) if job.manifest is not None else None,
+            "errors": str(out.join("errors/")) if progress.records_failed else None,
+        },
+        "error": job.error,
+        "metadata": job.meta or {},
+    }
+
+
+def present_many(session: Session, jobs: list[Job]) -> list[dict[str, Any]]:
+    progress = repo.progress_for(session, [j.id for j in jobs])
+    now = utcnow()
+    return [present(j, progress[j.id], now) for j in jobs]
+
+
+def cancel(uow: UnitOfWork, job: Job) -> Job:
+    """Move the job to cancelling (durable: workers stop within one batch); pending shards are
+    cancelled now and finalize is sent after the commit."""
+    if job.status in FINAL:
+        raise Conflict(f"job {job.id} is already {job.status}; there is nothing to cancel")
+    if job.status == CANCELLING:
+        return job
+    state.transition(uow.session, job, CANCELLING, message="cancel requested")
+    repo.cancel_pending_shards(uow.session, job.id)
+    uow.send_after_commit(FINALIZE_JOB, str(job.id))
+    return job

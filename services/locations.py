@@ -1,0 +1,104 @@
+"""The one rule for where a job may read and write, used by every way a job is submitted (the
+HTTP API, drop folders): one place, one spelling, one job."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from barge.errors import InvalidSpec
+from barge.settings import Settings
+from barge.specs import JobSpec
+from barge.storage import ObjectStore, S3Uri, check_bucket_allowed
+from barge.uris import normalise, overlap
+from db import repositories as repo
+from db.models import Job
+
+# Objects in an output prefix that say another job already wrote there.
+TAKEN_MARKERS = {
+    "_manifest.json": "a finished job's outputs",
+    "_SUCCESS": "a finished job's outputs",
+    "checkpoints/latest.json": "another fine-tune's checkpoints",
+}
+
+
+def reads(spec: JobSpec | dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, location) for each place a job reads; an input without a trailing "/" may be
+    an object or a prefix, so it counts as both. Takes a spec or a stored spec's JSON (read as
+    it is: a row written by an older version must not stop new submissions)."""
+    data = spec if isinstance(spec, dict) else spec.model_dump()
+    fields = ("train", "validation") if data.get("type") == "finetune" else ("input",)
+    return [
+        (field, form)
+        for field in fields
+        if isinstance(u := data.get(field), str) and u
+        for form in ([u] if u.endswith("/") else [u, u + "/"])
+    ]
+
+
+def check_locations(
+    session: Session,
+    settings: Settings,
+    store: ObjectStore,
+    tenant_id: uuid.UUID,
+    output: str,
+    reading: list[tuple[str, str]],
+) -> str:
+    """The one rule for where a job may write; returns the normalised output prefix.
+
+    The output may not overlap the job's own input; may not equal, contain or lie inside any
+    other job's output (running or finished, whatever its status), nor overlap the input of a
+    job that is not final; an active job's output is not an input. A prefix that already holds
+    a manifest or checkpoints is refused too. Concurrent submissions take this check in turn
+    (the lock is held until the caller commits), so two jobs can never both win one place."""
+    out = normalise(output, "output", prefix=True)
+    check_bucket_allowed(settings, S3Uri.parse(out), "output")
+    for field, uri in reading:
+        if overlap(out, uri):
+            raise InvalidSpec(
+                f"output {out} overlaps the job's own {field} {uri}: its outputs would be "
+                "read as its input; write them under another prefix",
+                field="output",
+            )
+    for marker, what in TAKEN_MARKERS.items():
+        if store.head(S3Uri.parse(out).join(marker)) is not None:
+            raise InvalidSpec(
+                f"output prefix {out} already holds {what} ({marker}); choose a new output prefix",
+                field="output",
+            )
+    repo.lock_submissions(session)
+    other = repo.job_with_output_overlapping(session, out)
+    if other is not None:
+        raise InvalidSpec(
+            f"output prefix {out} overlaps the output {other.output_uri} of "
+            f"{_job_name(other, tenant_id)}; every job needs a prefix of its own",
+            field="output",
+        )
+    for job in repo.active_jobs(session):
+        theirs = [u for _, u in reads(job.spec)]
+        clash = next((u for u in theirs if overlap(out, u)), None)
+        if clash is not None:
+            raise InvalidSpec(
+                f"output prefix {out} overlaps the input {clash} of "
+                f"{_job_name(job, tenant_id)}; it would change that job's input while it runs",
+                field="output",
+            )
+        mine = next(((f, u) for f, u in reading if overlap(job.output_uri, u)), None)
+        if mine is not None:
+            raise InvalidSpec(
+                f"{mine[0]} {mine[1]} overlaps the output {job.output_uri} of "
+                f"{_job_name(job, tenant_id)}, which is still being written; wait for it to "
+                "finish",
+                field=mine[0],
+            )
+    return out
+
+
+def _job_name(job: Job, tenant_id: uuid.UUID) -> str:
+    """How a refusal names another job: by id and status for the same tenant, never more for
+    another tenant's."""
+    if job.tenant_id == tenant_id:
+        return f"job {job.id} ({job.status})"
+    return "another tenant's job"

@@ -1,0 +1,126 @@
+"""The model registry: resolving what a job names as its model, and registering versions."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from barge.errors import Conflict, InvalidSpec, PermanentJobError, excerpt
+from barge.modeldirs import check_model_files, list_model_files
+from barge.settings import Settings
+from barge.specs import MAX_VERSION
+from barge.storage import ObjectStore, S3Uri, check_bucket_allowed, local_model_dir
+from barge.uris import normalise
+from db import repositories as repo
+from db.models import Model
+
+REGISTER_TRIES = 5  # two registrations of one name at once: the loser takes the next version
+
+
+def resolve(
+    session: Session,
+    settings: Settings,
+    store: ObjectStore,
+    tenant_id: uuid.UUID,
+    ref: str,
+    field: str = "model",
+) -> str:
+    """The model's location: an s3:// prefix, an allowed local directory, or a registry entry
+    of the tenant (``name`` is the newest version, ``name@N`` version N)."""
+    if ref.startswith("s3://"):
+        uri = S3Uri.parse(normalise(ref, field, prefix=True), field=field)
+        check_bucket_allowed(settings, uri, field)
+        if not store.list(uri):
+            raise InvalidSpec(f"no model directory at {uri}", field=field)
+        return str(uri)
+    try:
+        local = local_model_dir(settings, ref)  # raises when not under BARGE_LOCAL_MODEL_DIRS
+    except InvalidSpec as exc:
+        raise InvalidSpec(exc.message, field=field) from None
+    if local is not None:
+        if not local.is_dir():
+            raise InvalidSpec(f"no model directory at {local}", field=field)
+        return str(local)
+    name, _, version = ref.partition("@")
+    if version and (not version.isdigit() or not 1 <= int(version) <= MAX_VERSION):
+        raise InvalidSpec(
+            f"model version must be a number from 1 to {MAX_VERSION}: {excerpt(ref)}",
+            field=field,
+        )
+    found = repo.find_model(session, tenant_id, name, int(version) if version else None)
+    if found is None:
+        raise InvalidSpec(
+            f"model {excerpt(ref)} is neither an s3:// URI nor a registered model name[@version]",
+            field=field,
+        )
+    return found.uri
+
+
+def check_name_keeps_task(session: Session, tenant_id: uuid.UUID, name: str, task: str) -> None:
+    """A new version of ``name`` must keep the task its versions have."""
+    latest = repo.find_model(session, tenant_id, name)
+    if latest is not None and latest.task != task:
+        raise InvalidSpec(
+            f"model {name!r} is registered for task {latest.task!r}; a new version must keep "
+            "the task, or choose another model_name",
+            field="model_name",
+        )
+
+
+def register_version(
+    session: Session,
+    tenant_id: uuid.UUID,
+    name: str,
+    uri: str,
+    task: str,
+    *,
+    base_model: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    job_id: uuid.UUID | None = None,
+) -> Model:
+    """Add the next version of ``name`` inside the caller's transaction. A concurrent
+    registration of the same name makes the unique constraint refuse one of them: that one
+    retries (in a savepoint) with the next version."""
+    for _ in range(REGISTER_TRIES):
+        try:
+            with session.begin_nested():
+                return repo.register_model(
+                    session,
+                    tenant_id,
+                    name,
+                    uri,
+                    task,
+                    base_model=base_model,
+                    metrics=metrics,
+                    job_id=job_id,
+                )
+        except IntegrityError:
+            continue
+    raise Conflict(f"{name} was registered concurrently {REGISTER_TRIES} times; retry")
+
+
+def register_directory(
+    session: Session,
+    settings: Settings,
+    store: ObjectStore,
+    tenant_id: uuid.UUID,
+    name: str,
+    uri_text: str,
+    task: str,
+    *,
+    base_model: str | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Model:
+    """Register an existing model directory (checked to be loadable) as the next version."""
+    uri = S3Uri.parse(normalise(uri_text, "uri", prefix=True), field="uri")
+    check_bucket_allowed(settings, uri, "uri")
+    try:
+        check_model_files(str(uri), list_model_files(settings, store, str(uri)))
+    except PermanentJobError as exc:
+        raise InvalidSpec(exc.message, field="uri") from None
+    return register_version(
+        session, tenant_id, name, str(uri), task, base_model=base_model, metrics=metrics
+    )

@@ -1,0 +1,186 @@
+"""Accepting a job: the checks a submission must pass against the stores, and its creation.
+
+Shared by the HTTP API and the drop-folder scanner, so both accept exactly the same jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.orm import Session
+
+from barge.errors import Conflict, InvalidSpec, PermanentJobError
+from barge.queue import PLAN_JOB
+from barge.records import detect_format, format_of, peek_fields, resolve_inputs
+from barge.settings import Settings
+from barge.specs import FinetuneSpec, InferenceSpec, JobSpec
+from barge.status import QUEUED
+from barge.storage import ObjectInfo, ObjectStore, S3Uri, check_bucket_allowed
+from barge.uris import normalise
+from db import repositories as repo
+from db.base import utcnow
+from db.models import Job
+from services import registry
+from services.locations import check_locations, reads
+from services.unit_of_work import UnitOfWork
+
+
+def _data_objects(
+    settings: Settings, store: ObjectStore, uri_text: str, declared: str, field: str
+) -> list[ObjectInfo]:
+    """The data objects at ``uri_text`` (one object or a prefix), each of a known format."""
+    uri = S3Uri.parse(normalise(uri_text, field), field=field)
+    check_bucket_allowed(settings, uri, field)
+    objects = resolve_inputs(store, uri_text, field)
+    if not objects:
+        raise InvalidSpec(f"no {field} object or prefix at {uri_text}", field=field)
+    for info in objects:
+        try:
+            format_of(info.uri, declared)
+        except PermanentJobError as exc:
+            raise InvalidSpec(exc.message, field=field) from None
+    return objects
+
+
+def _first_fields(store: ObjectStore, info: ObjectInfo, declared: str, field: str) -> list[str]:
+    fmt = detect_format(info.uri.key, declared)
+    assert fmt is not None
+    return peek_fields(store, info, fmt, field)
+
+
+def check_input(settings: Settings, store: ObjectStore, spec: InferenceSpec) -> None:
+    objects = _data_objects(settings, store, spec.input, spec.input_format, "input")
+    first = objects[0]
+    fields = _first_fields(store, first, spec.input_format, "input")
+    if not fields:
+        return  # nothing readable to check against; bad records are reported per record
+    shown = ", ".join(fields[:20])
+    if spec.text_field not in fields:
+        raise InvalidSpec(
+            f"text_field {spec.text_field!r} is not a field of {first.uri} (its fields: {shown})",
+            field="text_field",
+        )
+    if spec.id_field and spec.id_field not in fields:
+        raise InvalidSpec(
+            f"id_field {spec.id_field!r} is not a field of {first.uri} (its fields: {shown})",
+            field="id_field",
+        )
+
+
+def check_training_data(settings: Settings, store: ObjectStore, spec: FinetuneSpec) -> None:
+    """Train (and validation) exist, are not empty and have the task's fields; the labels and
+    every record are checked when the job is planned."""
+    for field, uri_text in (("train", spec.train), ("validation", spec.validation)):
+        if uri_text is None:
+            continue
+        objects = _data_objects(settings, store, uri_text, spec.input_format, field)
+        if all(o.size == 0 for o in objects):
+            raise InvalidSpec(f"{field} data at {uri_text} is empty", field=field)
+        first = next(o for o in objects if o.size > 0)
+        fields = _first_fields(store, first, spec.input_format, field)
+        if not fields:
+            raise InvalidSpec(
+                f"{field} data at {first.uri} has no readable records (first 100 lines)",
+                field=field,
+            )
+        missing = [f for f in spec.fields if f not in fields]
+        if missing:
+            need = " and ".join(repr(f) for f in spec.fields)
+            raise InvalidSpec(
+                f"{field} records need {need} for task {spec.task!r}; {first.uri} has no "
+                f"{', '.join(repr(m) for m in missing)} (its fields: {', '.join(fields[:20])})",
+                field=field,
+            )
+
+
+@contextmanager
+def naming(field: str) -> Iterator[None]:
+    """Refusals from the stores (an unusable key on the local backend, say) name ``field``."""
+    try:
+        yield
+    except InvalidSpec as exc:
+        if exc.field is not None:
+            raise
+        raise InvalidSpec(f"{field}: {exc.message}", field=field) from None
+
+
+def create_job(
+    session: Session,
+    settings: Settings,
+    store: ObjectStore,
+    tenant_id: uuid.UUID,
+    spec: JobSpec,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Validate against the stores and add the job (queued); (job, created). The caller commits
+    and then sends ``plan_job``; the same idempotency key returns the existing job."""
+    spec_json = spec.model_dump(mode="json")
+    if idempotency_key:
+        existing = repo.job_by_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is not None:
+            if existing.spec != spec_json:
+                raise Conflict(
+                    f"Idempotency-Key {idempotency_key!r} was used for job {existing.id} with a "
+                    "different spec; use a new key for a new job"
+                )
+            return existing, False
+    if len(json.dumps(spec.metadata)) > settings.max_metadata_bytes:
+        raise InvalidSpec(
+            f"metadata is larger than {settings.max_metadata_bytes} bytes", field="metadata"
+        )
+    job_id = uuid.uuid4()
+    if isinstance(spec, FinetuneSpec):
+        with naming("base_model"):
+            model_uri = registry.resolve(
+                session, settings, store, tenant_id, spec.base_model, field="base_model"
+            )
+        with naming("train"):
+            check_training_data(settings, store, spec)
+        registry.check_name_keeps_task(session, tenant_id, spec.model_name, spec.task)
+        train_bucket = S3Uri.parse(spec.train).bucket
+        output = spec.output or f"s3://{train_bucket}/barge-finetunes/{job_id}/"
+    else:
+        with naming("model"):
+            model_uri = registry.resolve(session, settings, store, tenant_id, spec.model)
+        with naming("input"):
+            check_input(settings, store, spec)
+        output = spec.output
+    with naming("output"):
+        output = check_locations(session, settings, store, tenant_id, output, reads(spec))
+    now = utcnow()
+    job = Job(
+        id=job_id,
+        tenant_id=tenant_id,
+        type=spec.type,
+        status=QUEUED,
+        spec=spec_json,
+        meta=spec.metadata,
+        idempotency_key=idempotency_key,
+        model_uri=model_uri,
+        output_uri=output,
+        created_at=now,
+        updated_at=now,
+        dispatched_at=now,
+    )
+    session.add(job)
+    session.flush()
+    repo.add_event(session, job.id, "created", "job accepted", spec=spec_json)
+    return job, True
+
+
+def submit(
+    uow: UnitOfWork,
+    settings: Settings,
+    store: ObjectStore,
+    tenant_id: uuid.UUID,
+    spec: JobSpec,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Create the job and queue its planning for after the commit; (job, created)."""
+    job, created = create_job(uow.session, settings, store, tenant_id, spec, idempotency_key)
+    if created:
+        uow.send_after_commit(PLAN_JOB, str(job.id))
+    return job, created

@@ -1,0 +1,132 @@
+"""The Hugging Face helpers that inference (``worker.models``) and training
+(``worker.finetune.training``) share: the model class each task loads, the CUDA autocast dtype,
+mean pooling, and the checks on a model directory's config (its size against its weights, the
+most tokens it takes).
+
+torch and transformers are imported inside the functions, so importing this module is cheap.
+Imports: ``barge`` only; never ``api`` or ``cli``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from barge.errors import PermanentJobError
+
+# Nothing is ever downloaded from a model hub at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _auto(name: str) -> Any:
+    import transformers
+
+    return getattr(transformers, name)
+
+
+# The Hugging Face class each task loads (resolved lazily: transformers is imported on use).
+TASK_CLASSES: dict[str, Any] = {
+    "embed": lambda: _auto("AutoModel"),
+    "classify": lambda: _auto("AutoModelForSequenceClassification"),
+    "generate": lambda: _auto("AutoModelForCausalLM"),
+}
+
+
+def model_class(task: str) -> Any:
+    """The ``transformers`` auto class that loads a model for ``task``."""
+    return TASK_CLASSES[task]()
+
+
+def autocast_dtype(device: Any) -> Any:
+    """The dtype mixed precision runs in on ``device``: bf16 where the GPU supports it, else
+    fp16; None off CUDA (full precision)."""
+    if device.type != "cuda":
+        return None
+    import torch
+
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(dtype: Any) -> Any:
+    """An autocast context for ``dtype`` (from ``autocast_dtype``); a no-op for None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def mean_pool(hidden: Any, attention_mask: Any) -> Any:
+    """The mean of each sequence's token vectors, padding excluded."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+# A config may describe at most this many more parameters than the weights hold (a new task
+# head, tied embeddings stored once) before Barge refuses to build it.
+CONFIG_SLACK_RATIO = 1.25
+CONFIG_SLACK_PARAMS = 50_000_000
+
+
+def stored_parameters(path: Path) -> int:
+    """Elements in the directory's safetensors weights (read from their headers only)."""
+    from safetensors import safe_open
+
+    total = 0
+    for weights in sorted(path.glob("*.safetensors")):
+        with safe_open(str(weights), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                numel = 1
+                for dim in f.get_slice(name).get_shape():
+                    numel *= int(dim)
+                total += numel
+    return total
+
+
+def check_config_fits_weights(path: Path, model_class: Any, ref: str) -> None:
+    """Refuse a config.json that describes a far bigger model than the weights hold, before
+    anything is allocated: the model is built on the meta device, which allocates nothing."""
+    import torch
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        with torch.device("meta"):
+            skeleton = model_class.from_config(config)
+        implied = sum(p.numel() for p in skeleton.parameters())
+        stored = stored_parameters(path)
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as exc:
+        raise PermanentJobError(f"cannot load model {ref}: {exc}") from exc
+    if implied > stored * CONFIG_SLACK_RATIO + CONFIG_SLACK_PARAMS:
+        raise PermanentJobError(
+            f"model {ref}: config.json describes {implied:,} parameters but the safetensors "
+            f"weights hold {stored:,}; refusing to build it (check config.json's dimensions)"
+        )
+
+
+OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "longformer", "mpnet"})
+
+
+def position_limit(model: Any, tokenizer: Any) -> int | None:
+    """The most tokens the model takes in one sequence, from its config and tokenizer."""
+    config = model.config
+    limits = []
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            # RoBERTa-style position ids start after the padding index.
+            offset = 2 if getattr(config, "model_type", "") in OFFSET_POSITIONS else 0
+            limits.append(value - offset)
+            break
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
+        limits.append(tok_max)
+    return min(limits) if limits else None

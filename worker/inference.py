@@ -1,0 +1,264 @@
+"""Running one claimed inference shard: stream its records through the model in length-sorted
+batches, write its part (and its errors file) in one PUT each, and hand the lifecycle what was
+written; the lifecycle marks the shard done only while this attempt holds its lease (fencing).
+
+A record that cannot be read, has no usable id or text, or makes the model fail is a per-record
+error, never the shard's. A cancel stops the shard between batches with what it finished.
+
+Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.lifecycle``, ``worker.models``,
+``worker.outputs``, ``worker.metrics``; never ``api`` or ``cli``.
+"""
+
+from __future__ import annotations
+
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from barge.errors import PermanentJobError
+from barge.records import Record, iter_range
+from barge.specs import InferenceSpec
+from barge.storage import S3Uri
+from worker import metrics
+from worker.context import WorkerContext
+from worker.lease import Lease, ShardWork, Stop
+from worker.lifecycle import Outcome, Result, Runner
+from worker.models import LoadedModel, predict
+from worker.outputs import JsonlPart, RecordId, coerce_id, errors_name, make_part, part_name
+
+WINDOW_BATCHES = 16  # records are length-sorted within windows of this many batches
+
+
+def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
+    """Run the shard's records through the model; return what was written."""
+    spec = work.spec
+    assert isinstance(spec, InferenceSpec)
+    loaded = ctx.models.get(work.model_ref, spec.task)
+    loaded.input_tokens(spec.task_params())  # refuses max_new_tokens that leave no room
+    info = ctx.store.head(S3Uri.parse(work.source))
+    if info is None:
+        raise PermanentJobError(f"input object {work.source} disappeared")
+    tmp_root = ctx.settings.resolved_cache_dir / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
+        shard = _ShardRun(ctx, work, lease, loaded, Path(tmp))
+        window_size = spec.batch_size * WINDOW_BATCHES
+        records = _prefetch(iter_range(ctx.store, info, work.fmt, work.rng), window_size * 2)
+        stopped = shard.process(records, window_size)
+        lease.beat()  # fencing: still ours right before we write?
+        return shard.upload(stopped)
+
+
+RUNNER = Runner(
+    run=run,
+    time_limit_error=(
+        "ran longer than the shard time limit ({limit:.0f}s, BARGE_SHARD_SOFT_TIME_LIMIT); "
+        "submit the job with a smaller shard_size"
+    ),
+)
+
+
+class _ShardRun:
+    """One shard's run: its model, its spooled part and errors files, and its lease (which
+    carries the progress the heartbeat records)."""
+
+    def __init__(
+        self, ctx: WorkerContext, work: ShardWork, lease: Lease, loaded: LoadedModel, tmp: Path
+    ):
+        spec = work.spec
+        assert isinstance(spec, InferenceSpec)
+        self.ctx = ctx
+        self.work = work
+        self.spec = spec
+        self.params = spec.task_params()
+        self.lease = lease
+        self.loaded = loaded
+        self.max_text_chars = ctx.settings.max_text_chars
+        self.part = make_part(spec.output_format, tmp / "part")
+        self.errors = JsonlPart(tmp / "errors")
+
+    def process(self, records: Iterator[Record], window_size: int) -> Stop | None:
+        """Run every record (window by window); the ``Stop`` that cut it short, if any."""
+        window: list[tuple[int, Record]] = []
+        try:
+            for i, record in enumerate(records):
+                window.append((self.work.record_offset + i, record))
+                if len(window) >= window_size:
+                    self._window(window)
+                    window = []
+            if window:
+                self._window(window)
+        except Stop as exc:
+            return exc
+        finally:
+            self.part.close()
+            self.errors.close()
+        return None
+
+    def upload(self, stopped: Stop | None) -> Result:
+        """PUT the part (always, even empty) and the errors file (deleted when empty)."""
+        store = self.ctx.store
+        out_prefix = S3Uri.parse(self.spec.output).as_prefix()
+        output_key = out_prefix.join(part_name(self.work.index, self.part.ext))
+        store.put_file(output_key, self.part.path)
+        errors_key: S3Uri | None = out_prefix.join(errors_name(self.work.index))
+        assert errors_key is not None
+        if self.errors.count:
+            store.put_file(errors_key, self.errors.path)
+        else:
+            store.delete(errors_key)
+            errors_key = None
+        return Result(
+            Outcome.CANCELLED if stopped else Outcome.SUCCEEDED,
+            succeeded=self.part.count,
+            failed=self.errors.count,
+            output_key=output_key.key,
+            errors_key=errors_key.key if errors_key else None,
+        )
+
+    def _window(self, window: list[tuple[int, Record]]) -> None:
+        """Length-sort the window's usable records, run them in batches, write the results in
+        input order (whatever finished, even when stopping mid-window)."""
+        results: list[dict[str, Any] | None] = [None] * len(window)
+        rejected, todo = self._extract_all(window)
+        failed: dict[int, dict[str, Any]] = {}  # by index in window: failed in the model
+        todo.sort(key=lambda item: len(item[2]))
+        batch_size = self.spec.batch_size
+        try:
+            for start in range(0, len(todo), batch_size):
+                self.lease.between_batches()
+                self._batch(window, todo[start : start + batch_size], results, failed)
+                self.lease.succeeded = self.part.count + sum(r is not None for r in results)
+                self.lease.failed = self.errors.count + len(rejected) + len(failed)
+        finally:
+            self.part.write_rows([r for r in results if r is not None])
+            merged = sorted(rejected + list(failed.values()), key=lambda row: row["line"])
+            self.errors.write_rows(merged)
+            self.lease.succeeded = self.part.count
+            self.lease.failed = self.errors.count
+
+    def _extract_all(
+        self, window: list[tuple[int, Record]]
+    ) -> tuple[list[dict[str, Any]], list[tuple[int, Any, str]]]:
+        """The error rows of records that cannot run, and (index in window, id, text) of the
+        others."""
+        rejected: list[dict[str, Any]] = []
+        todo: list[tuple[int, Any, str]] = []
+        for i, (position, rec) in enumerate(window):
+            rec_id, text, problem = _extract(rec, position, self.spec, self.max_text_chars)
+            if problem is not None:
+                rejected.append(self._error_row(rec_id, rec, problem))
+            else:
+                todo.append((i, rec_id, text))
+        if rejected:
+            metrics.RECORDS.labels(self.loaded.ref, self.loaded.task, "failed").inc(len(rejected))
+        return rejected, todo
+
+    def _batch(
+        self,
+        window: list[tuple[int, Record]],
+        batch: list[tuple[int, Any, str]],
+        results: list[dict[str, Any] | None],
+        failed: dict[int, dict[str, Any]],
+    ) -> None:
+        """Predict one batch into ``results`` (or ``failed``), by index in the window."""
+        loaded = self.loaded
+        seed = self.params.seed + window[batch[0][0]][0] if self.spec.task == "generate" else 0
+        started = time.monotonic()
+        predictions = _predict_isolating(loaded, [t for _, _, t in batch], self.params, seed)
+        metrics.observe_batch(
+            loaded.ref, loaded.task, time.monotonic() - started, predictions, loaded.device
+        )
+        for (i, rec_id, _text), (ok, value) in zip(batch, predictions, strict=True):
+            if ok:
+                results[i] = {"id": rec_id, **value}
+            else:
+                failed[i] = self._error_row(rec_id, window[i][1], value)
+
+    def _error_row(self, rec_id: RecordId | None, rec: Record, error: str | None) -> dict[str, Any]:
+        return {"id": rec_id, "source": self.work.source, "line": rec.line, "error": error}
+
+
+def _prefetch(it: Iterator[Record], size: int) -> Iterator[Record]:
+    """Read records on a background thread so S3 I/O overlaps with compute."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=size)
+    done = object()
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for item in it:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=pump, daemon=True, name="barge-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while not q.empty():
+            q.get_nowait()
+
+
+def _extract(
+    rec: Record, position: int, spec: InferenceSpec, max_text_chars: int
+) -> tuple[RecordId | None, str, str | None]:
+    """The record's id (coerced, see ``coerce_id``), its text, and why it cannot be run (a
+    per-record error) or None."""
+    if rec.data is None:
+        return (None if spec.id_field else position), "", rec.error
+    data = rec.data
+    rec_id: RecordId | None = position
+    if spec.id_field:
+        if spec.id_field not in data:
+            return None, "", f"record has no id field {spec.id_field!r}"
+        rec_id, problem = coerce_id(data[spec.id_field])
+        if problem is not None:
+            return None, "", f"{problem} (id_field {spec.id_field!r})"
+    if spec.text_field not in data:
+        return rec_id, "", f"record has no field {spec.text_field!r} (the job's text_field)"
+    text = data[spec.text_field]
+    if not isinstance(text, str):
+        return rec_id, "", f"field {spec.text_field!r} is {type(text).__name__}, expected a string"
+    if len(text) > max_text_chars:
+        return (
+            rec_id,
+            "",
+            f"field {spec.text_field!r} has {len(text)} characters, more than the limit of "
+            f"{max_text_chars} (BARGE_MAX_TEXT_CHARS)",
+        )
+    return rec_id, text, None
+
+
+def _predict_isolating(
+    loaded: LoadedModel, texts: list[str], params: Any, seed: int
+) -> list[tuple[bool, Any]]:
+    """Predict a batch; if it fails, retry record by record so one bad record fails alone."""
+    try:
+        return [(True, r) for r in predict(loaded, texts, params, seed)]
+    except SoftTimeLimitExceeded:
+        raise  # the shard's time is up; no record is to blame
+    except Exception as exc:
+        if len(texts) == 1:
+            return [(False, f"model failed on this record: {type(exc).__name__}: {exc}")]
+    out: list[tuple[bool, Any]] = []
+    for i, text in enumerate(texts):
+        out.extend(_predict_isolating(loaded, [text], params, seed + i))
+    return out

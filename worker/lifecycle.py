@@ -1,0 +1,307 @@
+"""The lifecycle of a unit of work (an inference shard, or a whole fine-tune): claim, run under a
+lease, settle. Every way a unit can end is decided here, once.
+
+1. **claim**: a conditional UPDATE takes the unit under a new attempt, the fencing token. A
+   duplicate delivery finds it claimed and does nothing; a unit of a job no longer running is
+   cancelled; one that has used ``BARGE_MAX_ATTEMPTS`` fails the job.
+2. **run**: the job kind's ``Runner`` (``worker.inference``, ``worker.finetune.run``; chosen by
+   ``worker.runners``) works under a ``Lease`` (``worker.lease``): between batches it checks the
+   job still runs (else ``Stop``), every few seconds it heartbeats with progress, and
+   ``beat()`` before a write proves the attempt still holds the unit (else ``LeaseLost``). It
+   returns a ``Result``.
+3. **settle**: the result, or the exception the run raised, becomes an ``Outcome``, and
+   ``finish_shard`` is called in one shape only (``_record``): done, cancelled, failed, retried
+   (re-queued with a back-off until ``BARGE_MAX_ATTEMPTS``), handed off (re-queued at once),
+   or dropped because the lease was lost. The last unit of a job to settle sends
+   ``finalize_job``. Messages go through ``ctx.unit_of_work()``: after the commit.
+
+Imports: ``barge``, ``db``, ``worker.context``, ``worker.lease``, ``worker.metrics``. Never the
+runners (they import this module), ``api`` or ``cli``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.orm import Session
+
+from barge.errors import PermanentJobError
+from barge.queue import FINALIZE_JOB, RUN_SHARD
+from barge.specs import JobSpec
+from db import repositories as repo
+from db import state
+from db.models import Job, Shard
+from worker import metrics
+from worker.context import WorkerContext
+from worker.lease import Lease, LeaseLost, ShardWork, Stop
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.Enum):
+    """How a claimed unit ended. The value is the ``status`` label of the shard metric."""
+
+    SUCCEEDED = "succeeded"
+    CANCELLED = "cancelled"  # the job stopped running (cancelled or failed) meanwhile
+    FAILED = "failed"  # the unit, and so the job, failed
+    ERROR = "error"  # an unexpected error: re-queued, or failed after BARGE_MAX_ATTEMPTS
+    LEASE_LOST = "lease_lost"  # another attempt holds the unit; nothing of this one counts
+    HANDED_OFF = "handed_off"  # stopped cleanly at a checkpoint; the next claim continues
+
+
+# The shard status each outcome that finishes a unit records.
+_SHARD_STATUS = {
+    Outcome.SUCCEEDED: state.SHARD_SUCCEEDED,
+    Outcome.CANCELLED: state.SHARD_CANCELLED,
+    Outcome.FAILED: state.SHARD_FAILED,
+}
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a run came to, for ``settle`` to record: SUCCEEDED, CANCELLED (stopped with what it
+    finished) or HANDED_OFF (at ``steps_done``).
+
+    ``publish`` is work committed in the same transaction that marks the unit succeeded (a
+    fine-tune registers its model): it runs only while the job is still running; otherwise the
+    unit ends CANCELLED and nothing is published."""
+
+    outcome: Outcome
+    succeeded: int = 0
+    failed: int = 0
+    output_key: str | None = None
+    errors_key: str | None = None
+    error: str | None = None
+    steps_done: int | None = None
+    publish: Callable[[Session, Job], None] | None = None
+
+
+@dataclass(frozen=True)
+class Runner:
+    """How one kind of unit runs. ``run`` works under the lease and returns its ``Result``;
+    ``time_limit_error`` is the failure when ``BARGE_SHARD_SOFT_TIME_LIMIT`` hits (formatted
+    with ``limit``, in seconds); ``status_check_seconds`` throttles the lease's status check."""
+
+    run: Callable[[WorkerContext, ShardWork, Lease], Result]
+    time_limit_error: str
+    status_check_seconds: float = 0.0
+
+
+def run_shard(
+    ctx: WorkerContext, shard_id: uuid.UUID, runner_for: Callable[[JobSpec], Runner]
+) -> None:
+    """Claim the unit, run it with the runner for its job's spec, record how it ended."""
+    work = claim(ctx, shard_id)
+    if work is None:
+        return
+    started = time.monotonic()
+    outcome = run_claimed(ctx, work, runner_for(work.spec))
+    metrics.SHARD_SECONDS.labels(work.spec.task, outcome.value).observe(time.monotonic() - started)
+
+
+def run_claimed(ctx: WorkerContext, work: ShardWork, runner: Runner) -> Outcome:
+    """Run a claimed unit to its end and settle it: the one place where results and exceptions
+    become outcomes."""
+    lease = Lease(ctx, work, runner.status_check_seconds)
+    try:
+        outcome = settle(ctx, work, _run(runner, ctx, work, lease))
+    except LeaseLost:
+        outcome = Outcome.LEASE_LOST
+    except PermanentJobError as exc:
+        outcome = fail(ctx, work, exc.message)
+    except SoftTimeLimitExceeded:
+        limit = ctx.settings.shard_soft_time_limit
+        outcome = fail(ctx, work, runner.time_limit_error.format(limit=limit))
+    except Exception as exc:
+        log.exception("%s attempt %s failed", work.log_name, work.attempt)
+        retry_or_fail(ctx, work, f"{type(exc).__name__}: {exc}")
+        outcome = Outcome.ERROR
+    if outcome is Outcome.LEASE_LOST:
+        log.warning("%s attempt %s lost its lease; dropping its work", work.log_name, work.attempt)
+    return outcome
+
+
+def _run(runner: Runner, ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
+    """The runner's result; a ``Stop`` it lets out ends the unit cancelled at its progress."""
+    try:
+        return runner.run(ctx, work, lease)
+    except Stop as stop:
+        at = "" if lease.steps_done is None else f" at step {lease.steps_done}"
+        return Result(
+            Outcome.CANCELLED,
+            error=f"stopped{at}: job is {stop.job_status}",
+            steps_done=lease.steps_done,
+        )
+
+
+def settle(ctx: WorkerContext, work: ShardWork, result: Result) -> Outcome:
+    """Record ``result`` if this attempt still holds the unit (fencing); LEASE_LOST if not."""
+    if result.outcome is Outcome.HANDED_OFF:
+        return _hand_off(ctx, work, result)
+    with ctx.unit_of_work() as uow:
+        outcome = _record(uow.session, work, result)
+    if outcome is not Outcome.LEASE_LOST:
+        finalize_if_last(ctx, work.job_id)
+    return outcome
+
+
+def _record(session: Session, work: ShardWork, result: Result) -> Outcome:
+    """Mark the unit final (the one ``finish_shard`` call); a failed unit fails its job."""
+    job: Job | None = None
+    if result.publish is not None:
+        job = repo.lock_job(session, work.job_id)
+        if job is None or job.status != state.RUNNING:
+            result = replace(result, outcome=Outcome.CANCELLED, publish=None)
+    held = repo.finish_shard(
+        session,
+        work.shard_id,
+        work.attempt,
+        _SHARD_STATUS[result.outcome],
+        succeeded=result.succeeded,
+        failed=result.failed,
+        output_key=result.output_key,
+        errors_key=result.errors_key,
+        error=result.error,
+        steps_done=result.steps_done,
+    )
+    if not held:
+        return Outcome.LEASE_LOST
+    if result.publish is not None:
+        assert job is not None
+        result.publish(session, job)
+    elif result.outcome is Outcome.FAILED:
+        job = repo.lock_job(session, work.job_id)
+        if job is not None and job.status == state.RUNNING:
+            state.transition(session, job, state.FAILED, error=result.error)
+    return result.outcome
+
+
+def fail(ctx: WorkerContext, work: ShardWork, message: str) -> Outcome:
+    """Fail the unit, and with it its job."""
+    return settle(ctx, work, Result(Outcome.FAILED, error=f"{work.label}: {message}"))
+
+
+def retry_or_fail(ctx: WorkerContext, work: ShardWork, message: str) -> None:
+    """Give the unit back for another attempt after a back-off, or fail it once it has used
+    ``BARGE_MAX_ATTEMPTS``."""
+    if work.failed_attempts >= ctx.settings.max_attempts:
+        fail(ctx, work, f"failed after {work.failed_attempts} attempts; last error: {message}")
+        return
+    with ctx.unit_of_work() as uow:
+        if repo.release_shard(uow.session, work.shard_id, work.attempt, message):
+            repo.add_event(
+                uow.session,
+                work.job_id,
+                "shard_error",
+                f"{work.label} attempt {work.attempt} failed, will retry: {message}",
+                shard=work.index,
+                attempt=work.attempt,
+            )
+            uow.send_after_commit(
+                RUN_SHARD,
+                str(work.shard_id),
+                str(work.job_id),
+                work.index,
+                countdown=min(60, 2**work.attempt),
+            )
+
+
+def _hand_off(ctx: WorkerContext, work: ShardWork, result: Result) -> Outcome:
+    """Give the unit back at a checkpoint and re-queue it at once (not a failed attempt)."""
+    step = result.steps_done
+    assert step is not None
+    with ctx.unit_of_work() as uow:
+        handed = repo.hand_off_shard(uow.session, work.shard_id, work.attempt, step)
+        if handed:
+            repo.add_event(
+                uow.session,
+                work.job_id,
+                "handoff",
+                f"slice ended at step {step}; continuing from its checkpoint",
+                step=step,
+                attempt=work.attempt,
+            )
+            uow.send_after_commit(RUN_SHARD, str(work.shard_id), str(work.job_id), work.index)
+    return Outcome.HANDED_OFF if handed else Outcome.LEASE_LOST
+
+
+def job_event(ctx: WorkerContext, work: ShardWork, kind: str, message: str, **data: Any) -> None:
+    """Append an event to the unit's job, in its own transaction."""
+    with ctx.session() as session:
+        repo.add_event(session, work.job_id, kind, message, **data)
+
+
+def finalize_if_last(ctx: WorkerContext, job_id: uuid.UUID) -> None:
+    """Send ``finalize_job`` when no unit of the job is left unsettled. It counts after the
+    settling transaction committed, so of two last units settling at once at least one sees
+    the other settled."""
+    with ctx.unit_of_work() as uow:
+        if repo.unfinished_shard_count(uow.session, job_id) == 0:
+            uow.send_after_commit(FINALIZE_JOB, str(job_id))
+
+
+def claim(ctx: WorkerContext, shard_id: uuid.UUID) -> ShardWork | None:
+    """Take the unit under a new attempt; None when there is nothing to run (unknown, settled,
+    held by a live lease, or settled here because its job stopped or it used its attempts)."""
+    with ctx.session() as session:
+        shard = session.get(Shard, shard_id)
+        if shard is None or shard.status in state.SHARD_FINAL:
+            return None  # unknown, or a duplicate delivery of finished work
+        job = repo.get_job(session, shard.job_id)
+        assert job is not None
+        used_up = shard.attempt - shard.handoffs >= ctx.settings.max_attempts
+        if job.status == state.RUNNING and not used_up:
+            return _take(ctx, session, shard, job)
+        settled = _settle_unstarted(session, shard, job)
+    if settled:
+        finalize_if_last(ctx, shard.job_id)
+    return None
+
+
+def _take(ctx: WorkerContext, session: Session, shard: Shard, job: Job) -> ShardWork | None:
+    lease = timedelta(seconds=ctx.settings.lease_seconds)
+    attempt = repo.claim_shard(session, shard.id, ctx.name, lease)
+    if attempt is None:
+        return None  # someone else holds a live lease
+    if attempt > 1:
+        repo.add_event(
+            session,
+            job.id,
+            "shard_retry",
+            f"shard {shard.index} attempt {attempt} on {ctx.name}",
+            shard=shard.index,
+            attempt=attempt,
+            previous_error=shard.last_error,
+        )
+    return ShardWork.of(shard, job, attempt)
+
+
+def _settle_unstarted(session: Session, shard: Shard, job: Job) -> bool:
+    """Cancel the unit of a job that stopped running; fail one that used its attempts (and its
+    job). True if this call settled it."""
+    if job.status != state.RUNNING:
+        return repo.settle_unstarted_shard(
+            session, shard.id, state.SHARD_CANCELLED, f"not run: job is {job.status}"
+        )
+    what = (
+        "the fine-tune"
+        if job.type == "finetune"
+        else f"shard {shard.index} ({shard.source_uri}, records {shard.start_record}-"
+        f"{shard.start_record + shard.record_count - 1})"
+    )
+    error = (
+        f"{what} gave up after {shard.attempt - shard.handoffs} attempts; last error: "
+        f"{shard.last_error or 'the worker running it died or stalled'}"
+    )
+    settled = repo.settle_unstarted_shard(session, shard.id, state.SHARD_FAILED, error)
+    if settled:
+        state.transition(session, job, state.FAILED, error=error)
+    return settled

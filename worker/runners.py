@@ -1,0 +1,17 @@
+"""Which runner runs a unit of work: the job's spec type → its ``lifecycle.Runner``.
+
+The lifecycle never imports the runners (they build on it); ``worker.tasks`` hands it this
+lookup. A new kind of job adds its runner here. Imports: ``barge``, ``worker.inference``,
+``worker.finetune.run``; never ``api`` or ``cli``.
+"""
+
+from __future__ import annotations
+
+from barge.specs import FinetuneSpec, JobSpec
+from worker.finetune.run import RUNNER as FINETUNE
+from worker.inference import RUNNER as INFERENCE
+from worker.lifecycle import Runner
+
+
+def runner_for(spec: JobSpec) -> Runner:
+    return FINETUNE if isinstance(spec, FinetuneSpec) else INFERENCE

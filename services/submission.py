@@ -107,6 +107,37 @@ def naming(field: str) -> Iterator[None]:
         raise InvalidSpec(f"{field}: {exc.message}", field=field) from None
 
 
+def _check_against_stores(
+    session: Session,
+    settings: Settings,
+    store: ObjectStore,
+    tenant_id: uuid.UUID,
+    spec: JobSpec,
+    job_id: uuid.UUID,
+) -> tuple[str, str]:
+    """The resolved model and the output prefix, once the model, the data and the locations
+    pass their checks."""
+    if isinstance(spec, FinetuneSpec):
+        with naming("base_model"):
+            model_uri = registry.resolve(
+                session, settings, store, tenant_id, spec.base_model, field="base_model"
+            )
+        with naming("train"):
+            check_training_data(settings, store, spec)
+        registry.check_name_keeps_task(session, tenant_id, spec.model_name, spec.task)
+        train_bucket = S3Uri.parse(spec.train).bucket
+        output = spec.output or f"s3://{train_bucket}/barge-finetunes/{job_id}/"
+    else:
+        with naming("model"):
+            model_uri = registry.resolve(session, settings, store, tenant_id, spec.model)
+        with naming("input"):
+            check_input(settings, store, spec)
+        output = spec.output
+    with naming("output"):
+        output = check_locations(session, settings, store, tenant_id, output, reads(spec))
+    return model_uri, output
+
+
 def create_job(
     session: Session,
     settings: Settings,
@@ -132,24 +163,7 @@ def create_job(
             f"metadata is larger than {settings.max_metadata_bytes} bytes", field="metadata"
         )
     job_id = uuid.uuid4()
-    if isinstance(spec, FinetuneSpec):
-        with naming("base_model"):
-            model_uri = registry.resolve(
-                session, settings, store, tenant_id, spec.base_model, field="base_model"
-            )
-        with naming("train"):
-            check_training_data(settings, store, spec)
-        registry.check_name_keeps_task(session, tenant_id, spec.model_name, spec.task)
-        train_bucket = S3Uri.parse(spec.train).bucket
-        output = spec.output or f"s3://{train_bucket}/barge-finetunes/{job_id}/"
-    else:
-        with naming("model"):
-            model_uri = registry.resolve(session, settings, store, tenant_id, spec.model)
-        with naming("input"):
-            check_input(settings, store, spec)
-        output = spec.output
-    with naming("output"):
-        output = check_locations(session, settings, store, tenant_id, output, reads(spec))
+    model_uri, output = _check_against_stores(session, settings, store, tenant_id, spec, job_id)
     now = utcnow()
     job = Job(
         id=job_id,

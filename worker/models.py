@@ -24,8 +24,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from barge.errors import PermanentJobError
 from barge.modeldirs import check_model_files, is_model_file, list_model_files
+from barge.paths import UnsafePath, local_path
 from barge.settings import Settings
-from barge.storage import ObjectStore, S3Uri, UnsafePath, local_model_dir, local_path
+from barge.storage import ObjectStore, S3Uri, local_model_dir
 from worker import hf, metrics
 
 

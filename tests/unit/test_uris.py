@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from barge.errors import InvalidSpec
-from barge.storage import UnsafePath, local_path
+from barge.paths import UnsafePath, local_path
 from barge.uris import contains, normalise, overlap
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from barge.errors import PermanentJobError
-from barge.storage import ObjectStore, S3Uri, local_path
+from barge.paths import local_path
+from barge.storage import ObjectStore, S3Uri
 from worker.context import WorkerContext
 from worker.finetune.training import CHECKPOINT_FILES, Trainer
 from worker.lease import Lease, ShardWork

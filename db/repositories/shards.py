@@ -24,6 +24,14 @@ def shards_of(session: Session, job_id: uuid.UUID) -> list[Shard]:
     return list(session.scalars(select(Shard).where(Shard.job_id == job_id).order_by(Shard.index)))
 
 
+def _unheld(now: datetime) -> Any:
+    """No one holds the shard: it is pending, or its holder's lease expired."""
+    return or_(
+        Shard.status == SHARD_PENDING,
+        and_(Shard.status == SHARD_RUNNING, Shard.lease_expires_at < now),
+    )
+
+
 def claim_shard(session: Session, shard_id: uuid.UUID, worker: str, lease: timedelta) -> int | None:
     """Take the shard if it is pending or its lease expired; returns the new attempt (the fencing
     token) or None when someone else holds it or it is finished."""
@@ -32,10 +40,7 @@ def claim_shard(session: Session, shard_id: uuid.UUID, worker: str, lease: timed
         update(Shard)
         .where(
             Shard.id == shard_id,
-            or_(
-                Shard.status == SHARD_PENDING,
-                and_(Shard.status == SHARD_RUNNING, Shard.lease_expires_at < now),
-            ),
+            _unheld(now),
         )
         .values(
             status=SHARD_RUNNING,
@@ -154,10 +159,7 @@ def settle_unstarted_shard(session: Session, shard_id: uuid.UUID, status: str, e
         update(Shard)
         .where(
             Shard.id == shard_id,
-            or_(
-                Shard.status == SHARD_PENDING,
-                and_(Shard.status == SHARD_RUNNING, Shard.lease_expires_at < now),
-            ),
+            _unheld(now),
         )
         .values(
             status=status,

@@ -89,3 +89,27 @@ def send(app: Celery, task_name: str, *args: Any, countdown: float | None = None
         retry=True,
         retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
     )
+
+
+def ready_messages(app: Celery, queues: tuple[str, ...], timeout: float) -> dict[str, int] | None:
+    """Messages waiting (ready, not yet delivered) in each queue; a queue not declared yet holds
+    none. None when the broker does not answer."""
+    from contextlib import suppress
+
+    counts: dict[str, int] = {}
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+            for name in queues:
+                channel = conn.channel()
+                try:
+                    _, ready, _ = channel.queue_declare(queue=name, passive=True)
+                except conn.channel_errors:
+                    ready = 0  # not declared yet: no worker started, nothing waiting
+                finally:
+                    with suppress(Exception):  # the broker closed it after NOT_FOUND
+                        channel.close()
+                counts[name] = int(ready)
+    except Exception:
+        return None
+    return counts

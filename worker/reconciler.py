@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from barge.queue import FINALIZE_JOB, PLAN_JOB, RUN_SHARD
+from barge.queue import FINALIZE_JOB, GPU_QUEUE, PLAN_JOB, RUN_SHARD, ready_messages
 from db import repositories as repo
 from db.base import utcnow
 from worker.context import WorkerContext
@@ -25,6 +25,16 @@ class ReconcileReport:
     finalizes: int = 0
 
 
+def _lost_messages(ctx: WorkerContext, pending: int) -> int:
+    """How many pending shards may have lost their message: those the GPU queue cannot be
+    holding. A backlog that is merely not reached yet is not re-sent (that flooded the queue
+    with duplicates); when the broker does not answer, every pending shard counts."""
+    counts = ready_messages(ctx.celery, (GPU_QUEUE,), ctx.settings.broker_timeout_seconds)
+    if counts is None:
+        return pending
+    return max(0, pending - counts[GPU_QUEUE])
+
+
 def reconcile(ctx: WorkerContext, limit: int = 500) -> ReconcileReport:
     now = utcnow()
     grace = timedelta(seconds=ctx.settings.dispatch_grace_seconds)
@@ -35,7 +45,9 @@ def reconcile(ctx: WorkerContext, limit: int = 500) -> ReconcileReport:
         for job_id in stale_jobs:
             uow.send_after_commit(PLAN_JOB, str(job_id))
         report.plans = len(stale_jobs)
-        stale_shards = repo.take_stale_shards(session, now, grace, limit)
+        stale_shards = repo.take_expired_shards(session, now, grace, limit)
+        lost = _lost_messages(ctx, repo.pending_shard_count(session))
+        stale_shards += repo.take_unclaimed_shards(session, now, grace, min(limit, lost))
         for shard_id, job_id, index in stale_shards:
             uow.send_after_commit(RUN_SHARD, str(shard_id), str(job_id), index)
         report.shards = len(stale_shards)

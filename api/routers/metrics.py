@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import suppress
 
 from celery import Celery
 from fastapi import APIRouter, Request, Response
@@ -16,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
-from barge.queue import CONTROL_QUEUE, GPU_QUEUE
+from barge.queue import CONTROL_QUEUE, GPU_QUEUE, ready_messages
 from barge.settings import Settings
 from barge.specs import JOB_TYPES
 from db import repositories as repo
@@ -80,23 +79,15 @@ class BargeCollector(Collector):
         depth = GaugeMetricFamily(
             "barge_queue_depth", "Messages ready in the broker queue", labels=["queue"]
         )
-        try:
-            with self.celery.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, timeout=self.settings.broker_timeout_seconds)
-                for name in (GPU_QUEUE, CONTROL_QUEUE):
-                    channel = conn.channel()
-                    try:
-                        _, ready, _ = channel.queue_declare(queue=name, passive=True)
-                    except conn.channel_errors:
-                        ready = 0  # not declared yet: no worker started, nothing waiting
-                    finally:
-                        with suppress(Exception):  # the broker closed it after NOT_FOUND
-                            channel.close()
-                    depth.add_metric([name], int(ready))
-        except Exception as exc:
-            log.warning("metrics: broker unavailable: %s", exc)
+        counts = ready_messages(
+            self.celery, (GPU_QUEUE, CONTROL_QUEUE), self.settings.broker_timeout_seconds
+        )
+        if counts is None:
+            log.warning("metrics: broker unavailable")
             yield GaugeMetricFamily("barge_broker_up", "1 when the broker answers", 0)
             return
+        for name, ready in counts.items():
+            depth.add_metric([name], ready)
         yield GaugeMetricFamily("barge_broker_up", "1 when the broker answers", 1)
         yield depth
 

@@ -201,34 +201,57 @@ def unfinished_shard_count(session: Session, job_id: uuid.UUID) -> int:
     )
 
 
-def take_stale_shards(
-    session: Session, now: datetime, grace: timedelta, limit: int
-) -> list[tuple[uuid.UUID, uuid.UUID, int]]:
-    """(shard id, job id, index) of pending shards not dispatched within ``grace`` and running
-    ones whose lease expired; stamped as dispatched now."""
-    rows = [
-        (r[0], r[1], int(r[2]))
-        for r in session.execute(
-            select(Shard.id, Shard.job_id, Shard.index)
-            .where(
-                or_(
-                    and_(
-                        Shard.status == SHARD_PENDING,
-                        or_(Shard.dispatched_at.is_(None), Shard.dispatched_at < now - grace),
-                    ),
-                    and_(
-                        Shard.status == SHARD_RUNNING,
-                        Shard.lease_expires_at < now,
-                        or_(Shard.dispatched_at.is_(None), Shard.dispatched_at < now - grace),
-                    ),
-                )
-            )
-            .limit(limit)
-        )
-    ]
+def _take(session: Session, query: Any, now: datetime) -> list[tuple[uuid.UUID, uuid.UUID, int]]:
+    """(shard id, job id, index) of the rows ``query`` selects, stamped as dispatched now."""
+    rows = [(r[0], r[1], int(r[2])) for r in session.execute(query)]
     if rows:
         session.execute(
             update(Shard).where(Shard.id.in_([r[0] for r in rows])).values(dispatched_at=now),
             execution_options={"synchronize_session": False},
         )
     return rows
+
+
+def _not_sent_since(before: datetime) -> Any:
+    return or_(Shard.dispatched_at.is_(None), Shard.dispatched_at < before)
+
+
+def take_expired_shards(
+    session: Session, now: datetime, grace: timedelta, limit: int
+) -> list[tuple[uuid.UUID, uuid.UUID, int]]:
+    """Running shards whose lease expired (their worker died or stalled), not re-sent within
+    ``grace``; stamped as dispatched now."""
+    query = (
+        select(Shard.id, Shard.job_id, Shard.index)
+        .where(
+            Shard.status == SHARD_RUNNING,
+            Shard.lease_expires_at < now,
+            _not_sent_since(now - grace),
+        )
+        .limit(limit)
+    )
+    return _take(session, query, now)
+
+
+def pending_shard_count(session: Session) -> int:
+    """Shards waiting to be claimed, over every job."""
+    return int(
+        session.scalar(select(func.count()).select_from(Shard).where(Shard.status == SHARD_PENDING))
+        or 0
+    )
+
+
+def take_unclaimed_shards(
+    session: Session, now: datetime, grace: timedelta, limit: int
+) -> list[tuple[uuid.UUID, uuid.UUID, int]]:
+    """Up to ``limit`` pending shards not (re-)sent within ``grace``, the longest waiting
+    first; stamped as dispatched now."""
+    if limit <= 0:
+        return []
+    query = (
+        select(Shard.id, Shard.job_id, Shard.index)
+        .where(Shard.status == SHARD_PENDING, _not_sent_since(now - grace))
+        .order_by(Shard.dispatched_at.asc().nulls_first())
+        .limit(limit)
+    )
+    return _take(session, query, now)

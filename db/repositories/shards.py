@@ -63,6 +63,17 @@ def _held(shard_id: uuid.UUID, attempt: int) -> Any:
     return and_(Shard.id == shard_id, Shard.attempt == attempt, Shard.status == SHARD_RUNNING)
 
 
+def _update_held(
+    session: Session, shard_id: uuid.UUID, attempt: int, values: dict[str, Any]
+) -> bool:
+    """Apply ``values`` only if ``attempt`` still holds the shard (fencing); whether it did."""
+    result = session.execute(
+        update(Shard).where(_held(shard_id, attempt)).values(**values),
+        execution_options={"synchronize_session": False},
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 def heartbeat_shard(
     session: Session,
     shard_id: uuid.UUID,
@@ -82,11 +93,7 @@ def heartbeat_shard(
     }
     if steps_done is not None:
         values["steps_done"] = steps_done
-    result = session.execute(
-        update(Shard).where(_held(shard_id, attempt)).values(**values),
-        execution_options={"synchronize_session": False},
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return _update_held(session, shard_id, attempt, values)
 
 
 def finish_shard(
@@ -115,11 +122,7 @@ def finish_shard(
     }
     if steps_done is not None:
         values["steps_done"] = steps_done
-    result = session.execute(
-        update(Shard).where(_held(shard_id, attempt)).values(**values),
-        execution_options={"synchronize_session": False},
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return _update_held(session, shard_id, attempt, values)
 
 
 def release_shard(session: Session, shard_id: uuid.UUID, attempt: int, error: str) -> bool:

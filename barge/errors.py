@@ -59,6 +59,13 @@ class Unauthorized(BargeError):
     code = "unauthorized"
 
 
+class Forbidden(BargeError):
+    """Not allowed for this API key."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class Conflict(BargeError):
     """The request conflicts with the current state."""
 

@@ -28,13 +28,21 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     allowed_buckets: list[str] = Field(default_factory=list)
+    # Tenants' storage scopes, for tenants whose own are not set (`barge tenants update`): URI
+    # prefixes with "{tenant}" standing for the tenant's name, or "*" for any allowed bucket. A
+    # tenant reads what it may read or write, and writes only under its write scopes.
+    tenant_read_scopes: list[str] = Field(default_factory=lambda: ["s3://barge/{tenant}/"])
+    tenant_write_scopes: list[str] = Field(default_factory=lambda: ["s3://barge/{tenant}/"])
     local_model_dirs: list[Path] = Field(default_factory=list)
 
     # Worker.
     cache_dir: Path | None = None
     model_cache_size: int = 2
-    lease_seconds: float = 120.0
-    heartbeat_seconds: float = 3.0
+    # A running unit's lease, renewed every heartbeat by a thread beside the work (so a long
+    # batch or a model load never starves it). A worker that dies stops renewing it: its
+    # redelivered message is claimed again as soon as the lease ends, about 10 s later.
+    lease_seconds: float = Field(default=10.0, gt=0)
+    heartbeat_seconds: float = Field(default=2.0, gt=0)
     max_attempts: int = 3
     shard_records: int = 10_000
     device: str = ""  # "" = cuda when available, else cpu

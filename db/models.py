@@ -22,11 +22,22 @@ from db.base import Base, JSONType, UTCDateTime, utcnow
 
 
 class Tenant(Base):
+    """A tenant: its jobs, models and drop rules, and the storage it may reach.
+
+    ``read_scopes`` / ``write_scopes`` are URI prefixes (``s3://bucket/path/``, or ``*`` for any
+    allowed bucket); NULL means the settings' templates (``BARGE_TENANT_READ_SCOPES`` /
+    ``BARGE_TENANT_WRITE_SCOPES``) rendered with the tenant's name. ``quotas`` overrides the
+    settings' default quotas, limit by limit."""
+
     __tablename__ = "tenants"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    read_scopes: Mapped[list[str] | None] = mapped_column(JSONType)
+    write_scopes: Mapped[list[str] | None] = mapped_column(JSONType)
+    quotas: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, server_default="{}")
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, onupdate=utcnow)
 
 
 class ApiKey(Base):
@@ -38,6 +49,12 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # "member" submits and reads its tenant's work; "admin" also manages tenants, scopes, keys,
+    # quotas and reads the audit log.
+    role: Mapped[str] = mapped_column(String(16), default="member", server_default="member")
+    name: Mapped[str | None] = mapped_column(String(200))  # a label, e.g. "ci" or "alice"
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     tenant: Mapped[Tenant] = relationship(lazy="raise")
 
@@ -166,6 +183,31 @@ class DropRule(Base):
     template: Mapped[dict[str, Any]] = mapped_column(JSONType)
     enabled: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEntry(Base):
+    """The audit log: append-only, one row per change a key made (submissions, cancels,
+    registrations, drop rules, keys, scopes, quotas). Never updated or deleted by Barge."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_at", "at"),
+        Index("ix_audit_log_tenant_id_at", "tenant_id", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Who acted: the tenant (kept by name too, should the tenant row go) and the key's prefix.
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="SET NULL")
+    )
+    tenant_name: Mapped[str] = mapped_column(String(200))
+    key_prefix: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))  # e.g. "job.submit", "key.revoke"
+    target: Mapped[str] = mapped_column(Text, default="")  # e.g. a job id, "tenant:acme"
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
 
 
 class DropObject(Base):

@@ -17,8 +17,10 @@ from barge.records import DATA_SUFFIXES, detect_format
 from barge.settings import Settings
 from barge.specs import InferenceSpec
 from barge.storage import ObjectInfo, ObjectStore, S3Uri, check_bucket_allowed
+from barge.uris import overlap
 from db import repositories as repo
 from db.models import DropRule
+from services import scopes
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
 NAME_CHARS = 200
@@ -55,11 +57,43 @@ def add_rule(
     template: dict[str, Any],
 ) -> DropRule:
     check_template(template)
+    mine = scopes.scopes_for(session, settings, tenant_id)
+    scopes.require_write(mine, prefix, "prefix")  # it moves and writes objects under it
+    model = template.get("model")
+    if isinstance(model, str) and model.startswith("s3://"):
+        scopes.require_read(mine, model, "template.model")
     check_bucket_allowed(settings, S3Uri.parse(prefix), "prefix")
+    _check_owner(session, settings, tenant_id, prefix)
     rule = repo.add_drop_rule(session, tenant_id, name, prefix, template)
     if rule is None:
         raise Conflict(f"a drop folder named {name!r} exists; remove it first")
     return rule
+
+
+def _check_owner(session: Session, settings: Settings, tenant_id: uuid.UUID, prefix: str) -> None:
+    """One owner per drop prefix: a new rule may not overlap another rule (any tenant's), nor
+    the storage scopes of another tenant. Concurrent adds take this check in turn (the lock is
+    held until the caller commits)."""
+    repo.lock_submissions(session)
+    for rule in repo.enabled_drop_rules(session):
+        if overlap(prefix, rule.prefix):
+            whose = (
+                f"drop folder {rule.name!r}"
+                if rule.tenant_id == tenant_id
+                else ("another tenant's drop folder")
+            )
+            raise Conflict(
+                f"prefix {prefix} overlaps {whose}; each drop folder needs a prefix of its own",
+                field="prefix",
+            )
+    for other in repo.tenants_except(session, tenant_id):
+        theirs = scopes.scopes_of(other, settings)
+        if any(s != scopes.ANY and overlap(prefix, s) for s in theirs.read + theirs.write):
+            raise Conflict(
+                f"prefix {prefix} overlaps storage another tenant may use; choose a prefix only "
+                "your tenant can reach",
+                field="prefix",
+            )
 
 
 def remove_rule(session: Session, tenant_id: uuid.UUID, name: str) -> None:

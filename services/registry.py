@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from barge.errors import Conflict, InvalidSpec, PermanentJobError, excerpt
+from barge.errors import Conflict, Forbidden, InvalidSpec, PermanentJobError, excerpt
 from barge.modeldirs import check_model_files, list_model_files
 from barge.settings import Settings
 from barge.specs import MAX_VERSION
@@ -16,6 +16,7 @@ from barge.storage import ObjectStore, S3Uri, check_bucket_allowed, local_model_
 from barge.uris import normalise
 from db import repositories as repo
 from db.models import Model
+from services.scopes import Scopes, require_read, scopes_for
 
 REGISTER_TRIES = 5  # two registrations of one name at once: the loser takes the next version
 
@@ -27,11 +28,16 @@ def resolve(
     tenant_id: uuid.UUID,
     ref: str,
     field: str = "model",
+    *,
+    tenant_scopes: Scopes,
 ) -> str:
     """The model's location: an s3:// prefix, an allowed local directory, or a registry entry
-    of the tenant (``name`` is the newest version, ``name@N`` version N)."""
+    of the tenant (``name`` is the newest version, ``name@N`` version N). An s3:// location,
+    named or registered, must lie inside the tenant's read scopes (checked before the store is
+    asked anything)."""
     if ref.startswith("s3://"):
         uri = S3Uri.parse(normalise(ref, field, prefix=True), field=field)
+        require_read(tenant_scopes, str(uri), field)
         check_bucket_allowed(settings, uri, field)
         if not store.list(uri):
             raise InvalidSpec(f"no model directory at {uri}", field=field)
@@ -54,6 +60,12 @@ def resolve(
     if found is None:
         raise InvalidSpec(
             f"model {excerpt(ref)} is neither an s3:// URI nor a registered model name[@version]",
+            field=field,
+        )
+    if found.uri.startswith("s3://") and not tenant_scopes.may_read(found.uri):
+        raise Forbidden(
+            f"{field}: model {excerpt(ref)} is registered at a location outside this tenant's "
+            "storage scopes now; ask an admin for a scope that covers it, or register it again",
             field=field,
         )
     return found.uri
@@ -114,8 +126,10 @@ def register_directory(
     base_model: str | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> Model:
-    """Register an existing model directory (checked to be loadable) as the next version."""
+    """Register an existing model directory (inside the tenant's read scopes, checked to be
+    loadable) as the next version."""
     uri = S3Uri.parse(normalise(uri_text, "uri", prefix=True), field="uri")
+    require_read(scopes_for(session, settings, tenant_id), str(uri), "uri")
     check_bucket_allowed(settings, uri, "uri")
     try:
         check_model_files(str(uri), list_model_files(settings, store, str(uri)))

@@ -23,7 +23,7 @@ from barge.uris import normalise
 from db import repositories as repo
 from db.base import utcnow
 from db.models import Job
-from services import registry
+from services import registry, scopes
 from services.locations import check_locations, reads
 from services.unit_of_work import UnitOfWork
 
@@ -96,6 +96,17 @@ def check_training_data(settings: Settings, store: ObjectStore, spec: FinetuneSp
             )
 
 
+def default_finetune_output(
+    tenant_scopes: scopes.Scopes, spec: FinetuneSpec, job_id: uuid.UUID
+) -> str:
+    """A fine-tune's output when the spec names none: ``barge-finetunes/<job id>/`` under the
+    tenant's first write scope (under the training data's bucket when that scope is ``*``)."""
+    first = next(iter(tenant_scopes.write), None)
+    if first is None or first == scopes.ANY:
+        return f"s3://{S3Uri.parse(spec.train).bucket}/barge-finetunes/{job_id}/"
+    return f"{first}barge-finetunes/{job_id}/"
+
+
 @contextmanager
 def naming(field: str) -> Iterator[None]:
     """Refusals from the stores (an unusable key on the local backend, say) name ``field``."""
@@ -116,23 +127,36 @@ def _check_against_stores(
     job_id: uuid.UUID,
 ) -> tuple[str, str]:
     """The resolved model and the output prefix, once the model, the data and the locations
-    pass their checks."""
+    pass their checks. Every location is checked against the tenant's storage scopes before
+    the store is asked anything about it."""
+    tenant_scopes = scopes.scopes_for(session, settings, tenant_id)
+    for field, uri in reads(spec):  # an input that may be an object or a prefix: both
+        scopes.require_read(tenant_scopes, normalise(uri, field), field)
     if isinstance(spec, FinetuneSpec):
         with naming("base_model"):
             model_uri = registry.resolve(
-                session, settings, store, tenant_id, spec.base_model, field="base_model"
+                session,
+                settings,
+                store,
+                tenant_id,
+                spec.base_model,
+                field="base_model",
+                tenant_scopes=tenant_scopes,
             )
+        output = spec.output or default_finetune_output(tenant_scopes, spec, job_id)
+        scopes.require_write(tenant_scopes, normalise(output, "output", prefix=True), "output")
         with naming("train"):
             check_training_data(settings, store, spec)
         registry.check_name_keeps_task(session, tenant_id, spec.model_name, spec.task)
-        train_bucket = S3Uri.parse(spec.train).bucket
-        output = spec.output or f"s3://{train_bucket}/barge-finetunes/{job_id}/"
     else:
+        output = spec.output
+        scopes.require_write(tenant_scopes, normalise(output, "output", prefix=True), "output")
         with naming("model"):
-            model_uri = registry.resolve(session, settings, store, tenant_id, spec.model)
+            model_uri = registry.resolve(
+                session, settings, store, tenant_id, spec.model, tenant_scopes=tenant_scopes
+            )
         with naming("input"):
             check_input(settings, store, spec)
-        output = spec.output
     with naming("output"):
         output = check_locations(session, settings, store, tenant_id, output, reads(spec))
     return model_uri, output

@@ -71,6 +71,10 @@ def barge_env(
         "BARGE_S3_ENDPOINT_URL": s3_server.url,
         "BARGE_HEARTBEAT_SECONDS": "0.5",
         "BARGE_LEASE_SECONDS": "30",
+        # Tests not about isolation give tenants every bucket; tests/security/test_isolation.py
+        # sets tenants' own scopes.
+        "BARGE_TENANT_READ_SCOPES": '["*"]',
+        "BARGE_TENANT_WRITE_SCOPES": '["*"]',
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",

@@ -73,8 +73,10 @@ def build_shard(job: Job, index: int = 0, **values: Any) -> Shard:
     return Shard(job_id=job.id, index=index, **{**defaults, **values})
 
 
-def make_tenant(session: Session) -> Tenant:
-    tenant = Tenant(name=f"tenant-{uuid.uuid4().hex[:12]}")
+def make_tenant(session: Session, scopes: list[str] | None = None) -> Tenant:
+    """A tenant that may read and write ``scopes`` (default: any bucket, "*")."""
+    scopes = ["*"] if scopes is None else scopes
+    tenant = Tenant(name=f"tenant-{uuid.uuid4().hex[:12]}", read_scopes=scopes, write_scopes=scopes)
     session.add(tenant)
     session.flush()
     return tenant

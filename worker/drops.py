@@ -22,7 +22,7 @@ from barge.storage import ObjectInfo, S3Uri
 from db import repositories as repo
 from db import state
 from db.models import DropObject, DropRule
-from services import drops
+from services import drops, scopes
 from services.drops import OVERRIDE_SUFFIX, drop_name
 from services.submission import submit
 from worker.context import WorkerContext
@@ -36,6 +36,8 @@ def scan(ctx: WorkerContext) -> dict[str, int]:
         rules = repo.enabled_drop_rules(session)
     counts = {"submitted": 0, "rejected": 0, "settled": 0}
     for rule in rules:
+        if not _in_scope(ctx, rule):
+            continue
         try:
             for outcome in _pick_up(ctx, rule):
                 counts[outcome] += 1
@@ -43,6 +45,20 @@ def scan(ctx: WorkerContext) -> dict[str, int]:
         except Exception:  # one rule's trouble (a missing bucket) never stops the others
             log.exception("drop folder %s (%s) could not be scanned", rule.name, rule.prefix)
     return counts
+
+
+def _in_scope(ctx: WorkerContext, rule: DropRule) -> bool:
+    """A rule is scanned only while its prefix lies inside its tenant's write scopes as they
+    are now (an edited row or narrowed scopes never widen what a scan touches)."""
+    with ctx.session() as session:
+        allowed = scopes.scopes_for(session, ctx.settings, rule.tenant_id).may_write(rule.prefix)
+    if not allowed:
+        log.warning(
+            "drop folder %s of tenant %s is outside the tenant's write scopes; not scanned",
+            rule.name,
+            rule.tenant_id,
+        )
+    return allowed
 
 
 def _pick_up(ctx: WorkerContext, rule: DropRule) -> list[str]:

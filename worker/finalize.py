@@ -2,7 +2,7 @@
 success) last, then move the job to its final state. Idempotent: safe to run twice. It sends
 nothing, so it opens a plain ``ctx.session()`` scope.
 
-Imports: ``barge``, ``db``, ``worker.context``; never ``api`` or ``cli``.
+Imports: ``barge``, ``db``, ``services.scopes``, ``worker.context``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -12,12 +12,16 @@ import logging
 import uuid
 from typing import Any
 
+from sqlalchemy.orm import Session
+
+from barge.errors import PermanentJobError
 from barge.specs import FinetuneSpec, parse_spec
 from barge.storage import S3Uri
 from db import repositories as repo
 from db import state
 from db.base import utcnow
 from db.models import Job, Model, Shard
+from services import scopes
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -34,15 +38,19 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
             return  # the last shard to settle sends us again
         shards = repo.shards_of(session, job_id)
         target, error = _outcome(job, shards)
+        denied = _outside_scopes(ctx, session, job)
+        if denied:
+            target, error = state.FAILED, denied
         if job.type == "finetune":
             registered = repo.model_for_job(session, job.id)
             manifest = finetune_manifest(job, shards, target, error, registered)
         else:
             manifest = build_manifest(job, shards, target, error)
         out = S3Uri.parse(job.output_uri).as_prefix()
-        ctx.store.put_bytes(
-            out.join("_manifest.json"), json.dumps(manifest, indent=2).encode() + b"\n"
-        )
+        if not denied:  # nothing is written where the tenant may not write
+            ctx.store.put_bytes(
+                out.join("_manifest.json"), json.dumps(manifest, indent=2).encode() + b"\n"
+            )
         if target == state.SUCCEEDED:
             ctx.store.put_bytes(out.join("_SUCCESS"), b"")
         job.manifest = manifest
@@ -65,6 +73,16 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
                 message=error or summary,
                 data={"records": counts},
             )
+
+
+def _outside_scopes(ctx: WorkerContext, session: Session, job: Job) -> str | None:
+    """Why the job may not write its manifest (its output is outside its tenant's write scopes
+    now), or None."""
+    try:
+        scopes.check_job(session, ctx.settings, job)
+    except PermanentJobError as exc:
+        return exc.message
+    return None
 
 
 def _outcome(job: Job, shards: list[Shard]) -> tuple[str, str | None]:

@@ -15,7 +15,8 @@ lease, settle. Every way a unit can end is decided here, once.
    or dropped because the lease was lost. The last unit of a job to settle sends
    ``finalize_job``. Messages go through ``ctx.unit_of_work()``: after the commit.
 
-Imports: ``barge``, ``db``, ``worker.context``, ``worker.lease``, ``worker.metrics``. Never the
+Imports: ``barge``, ``db``, ``services.scopes``, ``worker.context``, ``worker.lease``,
+``worker.metrics``. Never the
 runners (they import this module), ``api`` or ``cli``.
 """
 
@@ -39,6 +40,7 @@ from barge.specs import JobSpec
 from db import repositories as repo
 from db import state
 from db.models import Job, Shard
+from services import scopes
 from worker import metrics
 from worker.context import WorkerContext
 from worker.lease import Lease, LeaseLost, ShardWork, Stop
@@ -124,6 +126,8 @@ def run_claimed(ctx: WorkerContext, work: ShardWork, runner: Runner) -> Outcome:
         log.exception("%s attempt %s failed", work.log_name, work.attempt)
         retry_or_fail(ctx, work, f"{type(exc).__name__}: {exc}")
         outcome = Outcome.ERROR
+    finally:
+        lease.close()  # settled, or given up: its keeper thread stops renewing
     if outcome is Outcome.LEASE_LOST:
         log.warning("%s attempt %s lost its lease; dropping its work", work.log_name, work.attempt)
     return outcome
@@ -131,6 +135,7 @@ def run_claimed(ctx: WorkerContext, work: ShardWork, runner: Runner) -> Outcome:
 
 def _run(runner: Runner, ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     """The runner's result; a ``Stop`` it lets out ends the unit cancelled at its progress."""
+    check_access(ctx, work)
     try:
         return runner.run(ctx, work, lease)
     except Stop as stop:
@@ -140,6 +145,15 @@ def _run(runner: Runner, ctx: WorkerContext, work: ShardWork, lease: Lease) -> R
             error=f"stopped{at}: job is {stop.job_status}",
             steps_done=lease.steps_done,
         )
+
+
+def check_access(ctx: WorkerContext, work: ShardWork) -> None:
+    """Before the unit reads or writes anything: the job row and its tenant's storage scopes as
+    they are now must cover every location it touches (PermanentJobError fails the job)."""
+    with ctx.session() as session:
+        job = repo.get_job(session, work.job_id)
+        if job is not None:
+            scopes.check_job(session, ctx.settings, job)
 
 
 def settle(ctx: WorkerContext, work: ShardWork, result: Result) -> Outcome:

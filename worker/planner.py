@@ -24,6 +24,7 @@ from db import repositories as repo
 from db import state
 from db.base import utcnow
 from db.models import Shard
+from services import scopes
 from worker.context import WorkerContext
 from worker.finetune.data import check_datasets, load_dataset, steps_per_epoch, write_errors
 
@@ -135,6 +136,10 @@ def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> _Claim | None:
 
 
 def _make_plan(ctx: WorkerContext, job_id: uuid.UUID, claim: _Claim) -> _Plan:
+    with ctx.session() as session:  # the job row and its tenant's scopes as they are now
+        job = repo.get_job(session, job_id)
+        if job is not None:
+            scopes.check_job(session, ctx.settings, job)
     spec = parse_spec(claim.spec)
     if isinstance(spec, FinetuneSpec):
         shards, total, message, data = _plan_finetune(

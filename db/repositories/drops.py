@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import DropObject, DropRule, Job
+from db.models import DropObject, DropRule, Job, Tenant
 from db.state import (
     FINAL,
 )
@@ -57,6 +57,11 @@ def add_drop_rule(
     except IntegrityError:
         return None
     return rule
+
+
+def tenants_except(session: Session, tenant_id: uuid.UUID) -> list[Tenant]:
+    """Every other tenant (whose scopes a new drop prefix must not overlap)."""
+    return list(session.scalars(select(Tenant).where(Tenant.id != tenant_id)))
 
 
 def remove_drop_rule(session: Session, rule: DropRule) -> None:

@@ -114,7 +114,9 @@ def test_make_demo_runs_a_real_job_on_the_embedded_stack(tmp_path: Path) -> None
     assert result.returncode == 0, result.stdout + result.stderr
     assert "succeeded" in result.stderr
     assert "400 embedded, 2 in errors/" in result.stdout
-    parts = list((tmp_path / ".barge" / "objects" / "barge-demo" / "outputs").rglob("part-*.jsonl"))
+    parts = list(
+        (tmp_path / ".barge" / "objects" / "barge" / "demo" / "outputs").rglob("part-*.jsonl")
+    )
     rows = [
         json.loads(line)
         for p in parts

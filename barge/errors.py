@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 EXCERPT_CHARS = 80
@@ -15,6 +16,20 @@ def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
         return text
     size = f" ({len(value)} characters)" if isinstance(value, str) else ""
     return f"{text[:limit]}…{size}"
+
+
+# An absolute local path (not part of an s3:// URI): "/var/cache/barge/models/x/config.json".
+_LOCAL_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s/'\"]+/)+([^\s/'\"]*)")
+
+
+def describe(exc: BaseException, limit: int = 1000) -> str:
+    """``Type: message`` of an unexpected exception, fit for a job's error or events: its first
+    line only (a database error goes on with SQL and parameters), local paths cut to their
+    last part (worker paths stay in the worker's log), no NUL, at most ``limit`` characters."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    text = _LOCAL_PATH.sub(r"…/\1", text).replace("\x00", "\\x00")
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class BargeError(Exception):

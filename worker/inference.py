@@ -21,7 +21,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from barge.errors import PermanentJobError
+from barge.errors import PermanentJobError, describe
 from barge.records import Record, iter_range
 from barge.specs import InferenceSpec
 from barge.storage import S3Uri
@@ -257,7 +257,7 @@ def _predict_isolating(
         raise  # the shard's time is up; no record is to blame
     except Exception as exc:
         if len(texts) == 1:
-            return [(False, f"model failed on this record: {type(exc).__name__}: {exc}")]
+            return [(False, f"model failed on this record: {describe(exc)}")]
     out: list[tuple[bool, Any]] = []
     for i, text in enumerate(texts):
         out.extend(_predict_isolating(loaded, [text], params, seed + i))

@@ -34,7 +34,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session
 
-from barge.errors import PermanentJobError
+from barge.errors import PermanentJobError, describe
 from barge.queue import FINALIZE_JOB, RUN_SHARD
 from barge.specs import JobSpec
 from db import repositories as repo
@@ -124,7 +124,7 @@ def run_claimed(ctx: WorkerContext, work: ShardWork, runner: Runner) -> Outcome:
         outcome = fail(ctx, work, runner.time_limit_error.format(limit=limit))
     except Exception as exc:
         log.exception("%s attempt %s failed", work.log_name, work.attempt)
-        retry_or_fail(ctx, work, f"{type(exc).__name__}: {exc}")
+        retry_or_fail(ctx, work, describe(exc))
         outcome = Outcome.ERROR
     finally:
         lease.close()  # settled, or given up: its keeper thread stops renewing
@@ -290,7 +290,7 @@ def _take(ctx: WorkerContext, session: Session, shard: Shard, job: Job) -> Shard
             session,
             job.id,
             "shard_retry",
-            f"shard {shard.index} attempt {attempt} on {ctx.name}",
+            f"shard {shard.index} attempt {attempt}",  # the worker's host stays in its log
             shard=shard.index,
             attempt=attempt,
             previous_error=shard.last_error,

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from barge.errors import BargeError, PermanentJobError, ServiceUnavailable, StorageError
+from barge.errors import BargeError, PermanentJobError, ServiceUnavailable, StorageError, describe
 from barge.modeldirs import check_model_files, list_model_files
 from barge.queue import FINALIZE_JOB, RUN_SHARD
 from barge.records import format_of, plan_ranges, resolve_inputs
@@ -203,12 +203,8 @@ def _last_error(session: Session, job_id: uuid.UUID, attempts: int) -> str:
 
 
 def _describe(exc: Exception) -> str:
-    """``Type: message``, the message's first line only (a database error goes on with its SQL
-    and parameters), cut to ``ERROR_CHARS`` and safe to store (Postgres text has no NUL)."""
-    lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    text = text.replace("\x00", "\\x00")
-    return text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS] + "…"
+    """``Type: message`` as a job may show it (``barge.errors.describe``)."""
+    return describe(exc, ERROR_CHARS)
 
 
 class _KeepDispatched:

@@ -28,8 +28,13 @@ def describe(exc: BaseException, limit: int = 1000) -> str:
     last part (worker paths stay in the worker's log), no NUL, at most ``limit`` characters."""
     lines = str(exc).strip().splitlines()
     text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    text = _LOCAL_PATH.sub(r"…/\1", text).replace("\x00", "\\x00")
+    text = without_paths(text).replace("\x00", "\\x00")
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def without_paths(text: str) -> str:
+    """``text`` with each absolute local path cut to its last part (``…/config.json``)."""
+    return _LOCAL_PATH.sub(r"…/\1", text)
 
 
 class BargeError(Exception):
@@ -51,6 +56,11 @@ class BargeError(Exception):
         if self.detail:
             body["detail"] = self.detail
         return body
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the API answers this error with (``Retry-After``, say)."""
+        return {}
 
 
 class InvalidSpec(BargeError):
@@ -86,6 +96,21 @@ class Conflict(BargeError):
 
     status_code = 409
     code = "conflict"
+
+
+class QuotaExceeded(BargeError):
+    """A quota of the tenant is used up; retry later, or ask an admin to raise it."""
+
+    status_code = 429
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int, **detail: Any):
+        super().__init__(message, **detail)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class ServiceUnavailable(BargeError):

@@ -72,7 +72,7 @@ def add_rule(
 
 def _check_owner(session: Session, settings: Settings, tenant_id: uuid.UUID, prefix: str) -> None:
     """One owner per drop prefix: a new rule may not overlap another rule (any tenant's), nor
-    the storage scopes of another tenant. Concurrent adds take this check in turn (the lock is
+    the write scopes of another tenant (who could drop files into it). Concurrent adds take this check in turn (the lock is
     held until the caller commits)."""
     repo.lock_submissions(session)
     for rule in repo.enabled_drop_rules(session):
@@ -88,10 +88,10 @@ def _check_owner(session: Session, settings: Settings, tenant_id: uuid.UUID, pre
             )
     for other in repo.tenants_except(session, tenant_id):
         theirs = scopes.scopes_of(other, settings)
-        if any(s != scopes.ANY and overlap(prefix, s) for s in theirs.read + theirs.write):
+        if any(s != scopes.ANY and overlap(prefix, s) for s in theirs.write):
             raise Conflict(
-                f"prefix {prefix} overlaps storage another tenant may use; choose a prefix only "
-                "your tenant can reach",
+                f"prefix {prefix} overlaps storage another tenant may write to (and so drop "
+                "files into); choose a prefix only your tenant can write to",
                 field="prefix",
             )
 

@@ -64,8 +64,8 @@ def resolve(
         )
     if found.uri.startswith("s3://") and not tenant_scopes.may_read(found.uri):
         raise Forbidden(
-            f"{field}: model {excerpt(ref)} is registered at a location outside this tenant's "
-            "storage scopes now; ask an admin for a scope that covers it, or register it again",
+            f"{field}: model {excerpt(ref)} is registered at a location this tenant may not "
+            "read (any more); ask an admin for a scope that covers it, or register it again",
             field=field,
         )
     return found.uri

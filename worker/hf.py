@@ -16,7 +16,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from barge.errors import PermanentJobError
+from barge.errors import PermanentJobError, without_paths
 
 # Nothing is ever downloaded from a model hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -104,7 +104,7 @@ def check_config_fits_weights(path: Path, model_class: Any, ref: str) -> None:
     except SoftTimeLimitExceeded:
         raise
     except Exception as exc:
-        raise PermanentJobError(f"cannot load model {ref}: {exc}") from exc
+        raise PermanentJobError(f"cannot load model {ref}: {without_paths(str(exc))}") from exc
     if implied > stored * CONFIG_SLACK_RATIO + CONFIG_SLACK_PARAMS:
         raise PermanentJobError(
             f"model {ref}: config.json describes {implied:,} parameters but the safetensors "

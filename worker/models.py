@@ -22,7 +22,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from barge.errors import PermanentJobError
+from barge.errors import PermanentJobError, without_paths
 from barge.modeldirs import check_model_files, is_model_file, list_model_files
 from barge.paths import UnsafePath, local_path
 from barge.settings import Settings
@@ -125,7 +125,9 @@ def load_model(path: Path, task: str, device: Any, ref: str, revision: str) -> L
     except SoftTimeLimitExceeded:
         raise  # the shard's time is up: not the model's fault
     except Exception as exc:
-        raise PermanentJobError(f"cannot load model {ref} for task {task!r}: {exc}") from exc
+        raise PermanentJobError(
+            f"cannot load model {ref} for task {task!r}: {without_paths(str(exc))}"
+        ) from exc
     model.eval().to(device)
     if task == "generate":
         tokenizer.padding_side = "left"

@@ -131,7 +131,13 @@ def world(s3_server: Any, tmp_path: Path, barge_env: dict[str, str]) -> Iterator
         "BARGE_BROKER_URL": broker,
         "BARGE_HOME": str(tmp_path / "home"),
     }
-    settings = Settings(**{k[6:].lower(): v for k, v in env.items() if k.startswith("BARGE_")})
+    settings = Settings(  # lists are JSON in the environment
+        **{
+            k[6:].lower(): json.loads(v) if v.startswith("[") else v
+            for k, v in env.items()
+            if k.startswith("BARGE_")
+        }
+    )
     with TestClient(create_app(settings), raise_server_exceptions=False) as api:
         key = new_key(database_url, "faults")
         w = World(env, database_url, api, {"Authorization": f"Bearer {key}"}, tmp_path)

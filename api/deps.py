@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -14,7 +15,7 @@ from barge.settings import Settings
 from barge.storage import ObjectStore
 from db.models import Tenant
 from db.session import session_factory, session_scope
-from services.tenants import tenant_for_authorization
+from services.tenants import Principal, principal_for_authorization, require_admin
 from services.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -54,36 +55,52 @@ def get_uow(request: Request) -> Iterator[UnitOfWork]:
 UoW = Annotated[UnitOfWork, Depends(get_uow, scope="function")]
 
 
-# The scope["state"] key under which the request guard (api.app) leaves the tenant it
-# authenticated before the body was read.
-TENANT_STATE = "barge_tenant"
+# The scope["state"] key under which the request guard (api.guard) leaves the principal (tenant,
+# key, role) it authenticated before the body was read.
+PRINCIPAL_STATE = "barge_principal"
 
 # Documents the key in the OpenAPI schema (the "Authorize" button of /docs); the check itself is
-# tenant_for_authorization, run by the request guard.
+# principal_for_authorization, run by the request guard.
 bearer = HTTPBearer(
     auto_error=False, description="An API key: `barge keys create --tenant T` prints one."
 )
 
 
-def authenticate(settings: Settings, authorization: str | None) -> Tenant:
-    """``tenant_for_authorization`` in a short session of its own (blocking: run it in a thread)."""
+def authenticate(settings: Settings, authorization: str | None) -> Principal:
+    """``principal_for_authorization`` in a short session of its own, committed (it may note
+    the key's last use); blocking: run it in a thread."""
     with session_scope(settings.resolved_database_url) as session:
-        return tenant_for_authorization(session, authorization)
+        return principal_for_authorization(session, authorization)
 
 
-def current_tenant(
+def current_principal(
     request: Request,
     uow: UoW,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Tenant:
-    """The request's tenant: the one the request guard authenticated (no second lookup), attached
-    to the request's session; looked up here only when the app runs without the guard."""
-    tenant: Tenant | None = request.scope.get("state", {}).get(TENANT_STATE)
-    if tenant is None:
-        return tenant_for_authorization(uow.session, request.headers.get("authorization"))
-    return uow.session.merge(tenant, load=False)
+) -> Principal:
+    """Who the request acts as: the principal the request guard authenticated (no second
+    lookup), its tenant attached to the request's session; looked up here only when the app
+    runs without the guard."""
+    principal: Principal | None = request.scope.get("state", {}).get(PRINCIPAL_STATE)
+    if principal is None:
+        return principal_for_authorization(uow.session, request.headers.get("authorization"))
+    return replace(principal, tenant=uow.session.merge(principal.tenant, load=False))
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+def current_tenant(principal: CurrentPrincipal) -> Tenant:
+    """The request's tenant (its principal's)."""
+    return principal.tenant
+
+
+def admin_principal(principal: CurrentPrincipal) -> Principal:
+    """The request's principal, which must hold an admin key (403 for a member's)."""
+    return require_admin(principal)
 
 
 CurrentTenant = Annotated[Tenant, Depends(current_tenant)]
+AdminPrincipal = Annotated[Principal, Depends(admin_principal)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import TENANT_STATE, authenticate
+from api.deps import PRINCIPAL_STATE, authenticate
 from api.errors import (
     CLOSE,
     DB_UNAVAILABLE,
@@ -176,8 +176,8 @@ class RequestGuard:
     - a body over ``max_body_bytes`` is a 413: at once when its Content-Length says so, and as
       soon as the count passes the limit when it is streamed (chunked);
     - a ``/v1/`` request is authenticated (``Authorization: Bearer <key>``, looked up in a thread
-      with a short session of its own) before its body is read; the tenant is left in
-      ``scope["state"]`` for ``api.deps.current_tenant``;
+      with a short session of its own) before its body is read; the principal (tenant, key
+      prefix, role) is left in ``scope["state"]`` for ``api.deps.current_principal``;
     - a JSON body with a NaN or infinite number is a 422 naming where it is;
     - an unexpected exception is logged and answered with the JSON 500 here, so that the
       connection stays usable (Starlette's ServerErrorMiddleware re-raises, and uvicorn then
@@ -217,7 +217,7 @@ class RequestGuard:
             return
         if _needs_key(scope["path"]):
             try:
-                tenant = await anyio.to_thread.run_sync(
+                principal = await anyio.to_thread.run_sync(
                     authenticate, self.settings, exchange.headers.get("authorization")
                 )
             except BargeError as exc:
@@ -228,7 +228,7 @@ class RequestGuard:
                 log.warning("database unavailable: %s", exc)
                 await exchange.respond(503, DB_UNAVAILABLE)
                 return
-            scope.setdefault("state", {})[TENANT_STATE] = tenant
+            scope.setdefault("state", {})[PRINCIPAL_STATE] = principal
         receive: Receive = exchange.receive
         if exchange.has_body and _is_json(exchange.headers):
             body = await exchange.read_body()

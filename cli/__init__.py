@@ -2,7 +2,8 @@
 
 - ``main``: the argument parser and the dispatch to a command;
 - ``processes``: running api, worker, scheduler and Flower, and the embedded stack (``up``);
-- ``admin``: ``db upgrade`` and ``keys create``, the only commands that open the database;
+- ``admin``: ``db upgrade``, ``keys``, ``tenants`` and ``audit``, the only commands that open
+  the database (as the local operator);
 - ``commands``: the client commands (submit, status, list, ..., top), over HTTP;
 - ``render``: how jobs, shards, events and tables are shown;
 - ``live``: what keeps the live view stoppable (signals, waits, writes to a pipe);

@@ -1,18 +1,28 @@
-"""Administration: ``barge db upgrade`` and ``barge keys create``, the commands that work on the
-database itself rather than through the API (``up`` and the demo use them too).
+"""Administration: ``barge db upgrade``, ``barge keys``, ``barge tenants`` and ``barge audit``,
+the commands that work on the database itself rather than through the API (``up`` and the demo
+use some of them too). They act as the local operator: every change is audited with no key
+prefix and ``"via": "cli"``. A key is printed only when it is made (``keys create``,
+``keys rotate``), alone on stdout; everything else goes to stderr or is a listing.
 
-Imports: ``services`` (tenants and keys), ``db`` (migrations, session scopes) and the kernel.
+Imports: ``services`` (tenants, keys, audit), ``db`` (migrations, session scopes), the kernel.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import sys
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
 
+from barge.errors import BargeError
 from barge.settings import get_settings
 from db.migrate import upgrade
 from db.session import session_scope
-from services import tenants
+from services import audit, tenants
+from services.durations import parse_duration
 
 
 def db_upgrade() -> str:
@@ -22,10 +32,59 @@ def db_upgrade() -> str:
     return url
 
 
-def create_key(tenant: str) -> str:
+def create_key(
+    tenant: str,
+    *,
+    role: str = tenants.MEMBER,
+    name: str | None = None,
+    expires_in: timedelta | None = None,
+) -> str:
     """A new API key for ``tenant`` (created if new); the key itself, shown only this once."""
     with session_scope(get_settings().resolved_database_url) as session:
-        return tenants.create_key(session, tenant)
+        return tenants.create_key(session, tenant, role=role, name=name, expires_in=expires_in)
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _refusals_to_stderr(handler: Handler) -> Handler:
+    """A refusal (unknown tenant, bad scope, ...) is a message on stderr and exit status 2."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except BargeError as exc:
+            print(f"barge: {exc.message}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> Iterator[str]:
+    rows = list(rows)
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+    for line in [header, *rows]:
+        yield "  ".join(
+            cell.ljust(width) for cell, width in zip(line, widths, strict=True)
+        ).rstrip()
+
+
+def _print(lines: Iterable[str]) -> None:
+    for line in lines:
+        print(line)
+
+
+def _to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, default=str)
+
+
+def _duration(text: str | None, field: str, *, allow_zero: bool = False) -> timedelta | None:
+    return parse_duration(text, field, allow_zero=allow_zero) if text else None
 
 
 def cmd_db_upgrade(_: argparse.Namespace) -> int:
@@ -34,6 +93,251 @@ def cmd_db_upgrade(_: argparse.Namespace) -> int:
     return 0
 
 
+# --- keys -----------------------------------------------------------------------------------------
+
+
+def _key_rows(keys: list[dict[str, Any]]) -> Iterator[str]:
+    return _table(
+        ["PREFIX", "TENANT", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "LAST USED", "REVOKED"],
+        (
+            [
+                k["prefix"],
+                k["tenant"],
+                k["name"] or "-",
+                k["role"],
+                k["state"],
+                _when(k["created_at"]),
+                _when(k["expires_at"]),
+                _when(k["last_used_at"]),
+                _when(k["revoked_at"]),
+            ]
+            for k in keys
+        ),
+    )
+
+
+@_refusals_to_stderr
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    print(create_key(args.tenant))
+    expires_in = _duration(args.expires_in, "--expires-in")
+    with session_scope(get_settings().resolved_database_url) as session:
+        row, key = tenants.issue_key(
+            session,
+            None,
+            args.tenant,
+            role=args.role,
+            name=args.name,
+            expires_in=expires_in,
+            new_tenant_ok=True,
+        )
+        prefix, expires_at = row.prefix, row.expires_at
+    print(key)
+    until = f", expires {_when(expires_at)} UTC" if expires_at else ""
+    print(f"created {args.role} key {prefix} for tenant {args.tenant}{until}", file=sys.stderr)
+    return 0
+
+
+@_refusals_to_stderr
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    with session_scope(get_settings().resolved_database_url) as session:
+        keys = tenants.list_keys(session, args.tenant)
+    _print([_to_json(keys)] if args.json else _key_rows(keys))
+    return 0
+
+
+@_refusals_to_stderr
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    with session_scope(get_settings().resolved_database_url) as session:
+        row, tenant = tenants.revoke_key(session, None, args.key)
+        prefix, revoked_at, name = row.prefix, row.revoked_at, tenant.name
+    print(f"key {prefix} of tenant {name} revoked at {_when(revoked_at)} UTC", file=sys.stderr)
+    return 0
+
+
+@_refusals_to_stderr
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    grace = _duration(args.grace, "--grace", allow_zero=True) or timedelta(0)
+    expires_in = _duration(args.expires_in, "--expires-in")
+    with session_scope(get_settings().resolved_database_url) as session:
+        old, new, key, tenant = tenants.rotate_key(
+            session,
+            None,
+            args.key,
+            grace=grace,
+            **({"expires_in": expires_in} if expires_in is not None else {}),
+        )
+        old_prefix, new_prefix, name = old.prefix, new.prefix, tenant.name
+        until = min(t for t in (old.revoked_at, old.expires_at) if t is not None)
+    print(key)
+    ends = "was revoked" if grace == timedelta(0) else "stops working"
+    print(
+        f"new key {new_prefix} for tenant {name}; the old key {old_prefix} {ends} at "
+        f"{_when(until)} UTC",
+        file=sys.stderr,
+    )
+    return 0
+
+
+# --- tenants ---------------------------------------------------------------------------------------
+
+
+def _quota_changes(pairs: list[str] | None) -> dict[str, object | None]:
+    """``--quota key=value``: a JSON value (a number, true/false) or text; ``key=`` or
+    ``key=default`` removes the override."""
+    changes: dict[str, object | None] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise BargeError(f"--quota {pair!r}: write key=value (key= to go back to the default)")
+        value: object | None
+        if raw.strip() in ("", "default"):
+            value = None
+        else:
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                value = raw
+        changes[key.strip()] = value
+    return changes
+
+
+def _scope_lines(tenant: dict[str, Any]) -> Iterator[str]:
+    for kind in ("read", "write"):
+        source = "default template" if tenant[f"{kind}_scopes_default"] else "set for this tenant"
+        scopes = ", ".join(tenant[f"{kind}_scopes"]) or "(none)"
+        yield f"{kind} scopes ({source}): {scopes}"
+
+
+def _tenant_lines(tenant: dict[str, Any]) -> Iterator[str]:
+    updated = f", updated {_when(tenant['updated_at'])}" if tenant["updated_at"] else ""
+    yield f"tenant {tenant['name']} (created {_when(tenant['created_at'])}{updated})"
+    yield from _scope_lines(tenant)
+    yield "quotas:"
+    overrides = tenant["quota_overrides"]
+    yield from _table(
+        ["  LIMIT", "VALUE", "FROM"],
+        (
+            [
+                f"  {name}",
+                json.dumps(value, default=str),
+                "set for this tenant" if name in overrides else "default",
+            ]
+            for name, value in tenant["quotas"].items()
+        ),
+    )
+    yield f"active keys: {tenant['active_keys']}"
+
+
+def _tenant_rows(items: list[dict[str, Any]]) -> Iterator[str]:
+    def scopes(t: dict[str, Any], kind: str) -> str:
+        text = ", ".join(t[f"{kind}_scopes"]) or "(none)"
+        return f"{text} (default)" if t[f"{kind}_scopes_default"] else text
+
+    return _table(
+        ["NAME", "READ", "WRITE", "QUOTA OVERRIDES", "KEYS"],
+        (
+            [
+                t["name"],
+                scopes(t, "read"),
+                scopes(t, "write"),
+                ", ".join(f"{k}={v}" for k, v in t["quota_overrides"].items()) or "-",
+                str(t["active_keys"]),
+            ]
+            for t in items
+        ),
+    )
+
+
+@_refusals_to_stderr
+def cmd_tenants_create(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    with session_scope(settings.resolved_database_url) as session:
+        tenant = tenants.create_tenant(
+            session,
+            None,
+            args.name,
+            read_scopes=args.read,
+            write_scopes=args.write,
+            quota_overrides=_quota_changes(args.quota),
+        )
+        shown = tenants.describe_tenant(session, settings, tenant)
+    _print(_tenant_lines(shown))
+    return 0
+
+
+@_refusals_to_stderr
+def cmd_tenants_update(args: argparse.Namespace) -> int:
+    if args.reset_scopes and (args.read is not None or args.write is not None):
+        raise BargeError("--reset-scopes goes back to the template: give it without --read/--write")
+    reset: dict[str, Any] = {"read_scopes": None, "write_scopes": None} if args.reset_scopes else {}
+    given = {
+        column: value
+        for column, value in (("read_scopes", args.read), ("write_scopes", args.write))
+        if value is not None
+    }
+    settings = get_settings()
+    with session_scope(settings.resolved_database_url) as session:
+        tenant = tenants.update_tenant(
+            session, None, args.name, **reset, **given, quota_changes=_quota_changes(args.quota)
+        )
+        shown = tenants.describe_tenant(session, settings, tenant)
+    _print(_tenant_lines(shown))
+    return 0
+
+
+@_refusals_to_stderr
+def cmd_tenants_show(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    with session_scope(settings.resolved_database_url) as session:
+        shown = tenants.describe_tenant(session, settings, tenants.get_tenant(session, args.name))
+    _print([_to_json(shown)] if args.json else _tenant_lines(shown))
+    return 0
+
+
+@_refusals_to_stderr
+def cmd_tenants_list(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    with session_scope(settings.resolved_database_url) as session:
+        items = tenants.describe_tenants(session, settings)
+    _print([_to_json(items)] if args.json else _tenant_rows(items))
+    return 0
+
+
+# --- the audit log ---------------------------------------------------------------------------------
+
+
+def _audit_rows(items: list[dict[str, Any]]) -> Iterator[str]:
+    def data(d: dict[str, Any]) -> str:
+        text = json.dumps(d, default=str, separators=(",", ":")) if d else ""
+        return text if len(text) <= 100 else text[:99] + "…"
+
+    return _table(
+        ["AT", "TENANT", "KEY", "ACTION", "TARGET", "DATA"],
+        (
+            [
+                e["at"].strftime("%Y-%m-%d %H:%M:%S"),
+                e["tenant"],
+                e["key_prefix"] or "(cli)",
+                e["action"],
+                e["target"],
+                data(e["data"]),
+            ]
+            for e in items
+        ),
+    )
+
+
+@_refusals_to_stderr
+def cmd_audit(args: argparse.Namespace) -> int:
+    since = audit.parse_since(args.since) if args.since else None
+    with session_scope(get_settings().resolved_database_url) as session:
+        found = audit.entries(
+            session,
+            tenant=args.tenant,
+            action=args.action,
+            key_prefix=args.key,
+            since=since,
+            limit=args.limit,
+        )
+        items = [audit.present(e) for e in found]
+    _print([_to_json(items)] if args.json else _audit_rows(items))
     return 0

@@ -13,7 +13,8 @@ _engines: dict[str, Engine] = {}
 
 
 def make_engine(url: str) -> Engine:
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "future": True}
+    # hide_parameters: a logged database error never shows values (a key's hash, a user's text).
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "future": True, "hide_parameters": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
     else:

@@ -5,7 +5,9 @@
 - ``jobs``: presenting, cancelling;
 - ``registry``: resolving model names, registering versions;
 - ``drops``: drop-folder rules and the job an object becomes;
-- ``tenants``: tenants and API keys;
+- ``tenants``: tenants, API keys and roles, the request's principal;
+- ``audit``: the append-only audit log of changes;
+- ``durations``: durations and times as people write them (``30d``, ``1h30m``);
 - ``unit_of_work``: a session plus the messages to send once it commits.
 
 Services call repositories (``db``) and the kernel (``barge``); they never commit (their caller,

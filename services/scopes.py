@@ -80,7 +80,7 @@ def render(templates: list[str], tenant_name: str) -> tuple[str, ...]:
         if template == ANY:
             out.append(ANY)
             continue
-        if "{tenant}" in template and not _TEMPLATE_NAME.match(tenant_name):
+        if "{tenant}" in template and not _TEMPLATE_NAME.fullmatch(tenant_name):
             continue
         value = template.replace("{tenant}", tenant_name)
         if uri_problem(value) is None:

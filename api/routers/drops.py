@@ -7,14 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, field_validator
 
-from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
+from api.deps import CurrentPrincipal, CurrentTenant, SettingsDep, StoreDep, UoW
 from api.schemas import ERROR_RESPONSES
 from barge.jsonvalues import field_name, unstorable
 from barge.storage import S3Uri
 from barge.uris import uri_problem
 from db import repositories as repo
 from db.models import DropRule
-from services import drops
+from services import audit, drops
 from services.drops import NAME_CHARS, NAME_PATTERN
 
 router = APIRouter(prefix="/v1/drops", tags=["drops"])
@@ -73,10 +73,15 @@ def _out(rule: DropRule) -> DropRuleOut:
 
 @router.post("", status_code=201, response_model=DropRuleOut, responses=ERROR_RESPONSES)
 def add_drop(
-    body: DropRuleIn, uow: UoW, tenant: CurrentTenant, settings: SettingsDep, store: StoreDep
+    body: DropRuleIn, uow: UoW, principal: CurrentPrincipal, settings: SettingsDep, store: StoreDep
 ) -> DropRuleOut:
     """Watch `<prefix>incoming/`: each new file becomes one job from `template`."""
-    rule = drops.add_rule(uow.session, settings, tenant.id, body.name, body.prefix, body.template)
+    rule = drops.add_rule(
+        uow.session, settings, principal.tenant.id, body.name, body.prefix, body.template
+    )
+    audit.record(
+        uow.session, principal, None, "drop.create", f"drop:{rule.name}", prefix=rule.prefix
+    )
     return _out(rule)
 
 
@@ -86,7 +91,8 @@ def list_drops(uow: UoW, tenant: CurrentTenant) -> DropRuleList:
 
 
 @router.delete("/{name}", status_code=204, responses=ERROR_RESPONSES)
-def remove_drop(name: str, uow: UoW, tenant: CurrentTenant) -> Response:
+def remove_drop(name: str, uow: UoW, principal: CurrentPrincipal) -> Response:
     """Stop watching; jobs already created run to the end."""
-    drops.remove_rule(uow.session, tenant.id, name)
+    drops.remove_rule(uow.session, principal.tenant.id, name)
+    audit.record(uow.session, principal, None, "drop.delete", f"drop:{name}")
     return Response(status_code=204)

@@ -8,15 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import Discriminator, Tag
 
-from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
+from api.deps import CurrentPrincipal, CurrentTenant, SettingsDep, StoreDep, UoW
 from api.schemas import ERROR_RESPONSES, EventList, EventOut, JobList, JobOut, ShardList, ShardOut
 from barge.errors import InvalidSpec, NotFound, excerpt
 from barge.specs import JOB_TYPES, FinetuneSpec, InferenceSpec
 from barge.status import JOB_STATUSES
 from db import repositories as repo
 from db.models import Job, Tenant
+from services import audit, submission
 from services import jobs as service
-from services import submission
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -47,6 +47,18 @@ def _job(uow: UoW, tenant: Tenant, job_id: str) -> Job:
     return job
 
 
+def _audited(job: Job) -> dict[str, object]:
+    """What the audit log keeps of a submission: its type and the locations it names."""
+    spec = job.spec
+    reads = ("train", "validation") if job.type == "finetune" else ("input",)
+    return {
+        "type": job.type,
+        "model": spec.get("base_model" if job.type == "finetune" else "model"),
+        **{field: spec.get(field) for field in reads},
+        "output": job.output_uri,
+    }
+
+
 @router.post("", status_code=201, response_model=JobOut, responses=ERROR_RESPONSES)
 def create_job(
     spec: JobBody,
@@ -55,12 +67,15 @@ def create_job(
     settings: SettingsDep,
     store: StoreDep,
     response: Response,
+    principal: CurrentPrincipal,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobOut:
     """Submit an inference job or (`"type": "finetune"`) a fine-tune. The same `Idempotency-Key`
     from the same tenant returns the same job."""
     job, created = submission.submit(uow, settings, store, tenant.id, spec, idempotency_key)
-    if not created:
+    if created:
+        audit.record(uow.session, principal, None, "job.submit", f"job:{job.id}", **_audited(job))
+    else:
         response.status_code = 200
     return JobOut.model_validate(service.present_many(uow.session, [job])[0])
 
@@ -99,9 +114,13 @@ def get_job(job_id: str, uow: UoW, tenant: CurrentTenant) -> JobOut:
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=ERROR_RESPONSES)
-def cancel_job(job_id: str, uow: UoW, tenant: CurrentTenant) -> JobOut:
+def cancel_job(job_id: str, uow: UoW, tenant: CurrentTenant, principal: CurrentPrincipal) -> JobOut:
     """Cancel: running shards stop within one batch; what was written stays and is listed."""
-    job = service.cancel(uow, _job(uow, tenant, job_id))
+    job = _job(uow, tenant, job_id)
+    before = job.status
+    job = service.cancel(uow, job)
+    if job.status != before:
+        audit.record(uow.session, principal, None, "job.cancel", f"job:{job.id}", was=before)
     return JobOut.model_validate(service.present_many(uow.session, [job])[0])
 
 

@@ -9,14 +9,14 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, field_validator
 
-from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
+from api.deps import CurrentPrincipal, CurrentTenant, SettingsDep, StoreDep, UoW
 from api.schemas import ERROR_RESPONSES
 from barge.errors import NotFound, excerpt
 from barge.jsonvalues import check_json_value
 from barge.specs import MODEL_NAME_PATTERN, Task
 from db import repositories as repo
 from db.models import Model
-from services import registry
+from services import audit, registry
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -69,19 +69,28 @@ def _out(m: Model) -> ModelOut:
 
 @router.post("", status_code=201, response_model=ModelOut, responses=ERROR_RESPONSES)
 def register_model(
-    body: ModelIn, uow: UoW, tenant: CurrentTenant, settings: SettingsDep, store: StoreDep
+    body: ModelIn, uow: UoW, principal: CurrentPrincipal, settings: SettingsDep, store: StoreDep
 ) -> ModelOut:
     """Register an existing model directory as the next version of `name`."""
     model = registry.register_directory(
         uow.session,
         settings,
         store,
-        tenant.id,
+        principal.tenant.id,
         body.name,
         body.uri,
         body.task,
         base_model=body.base_model,
         metrics=body.metrics,
+    )
+    audit.record(
+        uow.session,
+        principal,
+        None,
+        "model.register",
+        f"model:{model.name}@{model.version}",
+        uri=model.uri,
+        task=model.task,
     )
     return _out(model)
 

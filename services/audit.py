@@ -1,0 +1,170 @@
+"""The audit log: who changed what, written in the same transaction as the change (so an entry
+exists exactly when its change was committed). Append-only: Barge never updates or deletes an
+entry.
+
+An entry names the tenant concerned (the one whose jobs, models, drop folders, keys, scopes or
+quotas changed), the API key that acted (its prefix, never the key), the action
+(``job.submit``, ``job.cancel``, ``model.register``, ``drop.create``, ``drop.delete``,
+``key.create``, ``key.revoke``, ``key.rotate``, ``tenant.create``, ``tenant.update``), the
+target (``job:<id>``, ``key:<prefix>``, ``tenant:<name>``, ...) and a little data. An admin
+acting on another tenant is named in ``data["by"]``; the local operator, using the ``barge``
+command on the database itself, has no key prefix and ``data["via"] == "cli"``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from barge.errors import InvalidSpec
+from barge.jsonvalues import unstorable
+from db import repositories as repo
+from db.base import utcnow
+from db.models import AuditEntry, Tenant
+from services.durations import parse_time
+
+if TYPE_CHECKING:
+    from services.tenants import Principal
+
+ACTIONS = (
+    "job.submit",
+    "job.cancel",
+    "model.register",
+    "drop.create",
+    "drop.delete",
+    "key.create",
+    "key.revoke",
+    "key.rotate",
+    "tenant.create",
+    "tenant.update",
+)
+ACTION_PATTERN = re.compile(r"^[a-z_]{1,30}\.[a-z_]{1,30}$")
+# What the local operator's entries carry: they come from the `barge` command, not a key.
+VIA_CLI = "cli"
+
+# A whole API key anywhere in an entry is cut to its prefix: a safety net, keys are never
+# passed here.
+_KEY = re.compile(r"bk_[A-Za-z0-9_-]{20,}")
+_MAX_TEXT = 2048
+
+
+def _redacted(text: str) -> str:
+    text = _KEY.sub(lambda m: m.group()[: repo.KEY_PREFIX_CHARS] + "…", text)
+    return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "…"
+
+
+def _storable(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON the log can hold: times as ISO 8601, ids as text, keys redacted."""
+    if isinstance(value, str):
+        return _redacted(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if depth > 5:
+        return "…"
+    if isinstance(value, dict):
+        return {_redacted(str(k)): _storable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_storable(v, depth + 1) for v in value]
+    return _redacted(str(value))
+
+
+def record(
+    session: Session,
+    who: Principal | Tenant,
+    key_prefix: str | None,
+    action: str,
+    target: str,
+    **data: Any,
+) -> AuditEntry:
+    """Append an entry in ``session``'s transaction. ``who`` is the acting principal (its tenant
+    and key prefix are recorded) or the tenant concerned (then ``key_prefix`` is the acting
+    key's, or None for the local operator)."""
+    if not ACTION_PATTERN.match(action):
+        raise ValueError(f"an audit action is `noun.verb`, not {action!r}")
+    if isinstance(who, Tenant):
+        tenant = who
+    else:
+        tenant = who.tenant
+        key_prefix = key_prefix or who.key_prefix
+    return repo.add_audit_entry(
+        session,
+        tenant_id=tenant.id,
+        tenant_name=tenant.name,
+        key_prefix=key_prefix,
+        action=action,
+        target=_redacted(target),
+        data=_storable({k: v for k, v in data.items() if v is not None}),
+    )
+
+
+def record_admin(
+    session: Session,
+    actor: Principal | None,
+    tenant: Tenant,
+    action: str,
+    target: str,
+    **data: Any,
+) -> AuditEntry:
+    """An administrative change to ``tenant``: by ``actor``'s key (naming the actor's tenant
+    when it is another), or by the local operator (``actor`` None: the ``barge`` command)."""
+    if actor is None:
+        return record(session, tenant, None, action, target, via=VIA_CLI, **data)
+    by = actor.tenant.name if actor.tenant.id != tenant.id else None
+    return record(session, tenant, actor.key_prefix, action, target, by=by, **data)
+
+
+def check_filter(value: str | None, field: str) -> str | None:
+    """A filter's text, if it could match anything that was stored (InvalidSpec if not)."""
+    found = unstorable(value) if value is not None else None
+    if found is not None:
+        raise InvalidSpec(f"{field}: {found[1]}", field=field)
+    return value
+
+
+def parse_since(text: str, field: str = "since") -> datetime:
+    """``since``: an ISO 8601 time, or a duration ago (``1h``, ``7d``)."""
+    return parse_time(text, field, utcnow())
+
+
+def entries(
+    session: Session,
+    *,
+    tenant: str | None = None,
+    action: str | None = None,
+    key_prefix: str | None = None,
+    since: datetime | None = None,
+    before_id: int | None = None,
+    limit: int = 100,
+) -> list[AuditEntry]:
+    """Entries newest first, filtered; ``before_id`` continues from the last page's last id."""
+    return repo.audit_entries(
+        session,
+        tenant_name=tenant,
+        action=action,
+        key_prefix=key_prefix,
+        since=since,
+        before_id=before_id,
+        limit=limit,
+    )
+
+
+def present(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "at": entry.at,
+        "tenant": entry.tenant_name,
+        "key_prefix": entry.key_prefix,
+        "action": entry.action,
+        "target": entry.target,
+        "data": entry.data or {},
+    }

@@ -101,7 +101,8 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 
 
 async def _barge_error(_: Request, exc: BargeError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
+    headers.update(exc.headers)  # e.g. Retry-After with a 429
     return JSONResponse(
         status_code=exc.status_code, content=_error_body(exc.to_body()), headers=headers
     )

@@ -54,8 +54,10 @@ class Settings(BaseSettings):
     # leave room for the checkpoint): then it checkpoints, hands its unit of work back and
     # re-queues itself, so no single task nears the time limits above.
     finetune_slice_seconds: float = Field(default=1200.0, gt=0)
-    # Prometheus metrics of each pool child on this port + the child's index (0 = off).
+    # Prometheus metrics of each pool child on this port + the child's index (0 = off), bound to
+    # this address only (never a public interface unless asked: they carry no auth).
     worker_metrics_port: int = 0
+    worker_metrics_host: str = "127.0.0.1"
 
     # Scheduler / reconciler / drop folders.
     reconcile_seconds: float = 15.0
@@ -74,6 +76,18 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = 16_384
     max_body_bytes: int = Field(default=1 * 2**20, ge=1024)  # larger request bodies get a 413
     broker_timeout_seconds: float = 5.0
+    # /metrics: when set, a scrape must send `Authorization: Bearer <token>`. Its figures are
+    # computed at most once per BARGE_METRICS_CACHE_SECONDS, however often it is scraped.
+    metrics_token: str = ""
+    metrics_cache_seconds: float = Field(default=5.0, ge=0.0, le=3600.0)
+
+    # Quotas: every tenant's defaults; an admin overrides them per tenant (`tenants.quotas`,
+    # checked by services.quotas). Active jobs are queued + running ones.
+    quota_max_active_jobs: int = Field(default=100, ge=1)
+    quota_max_shards_per_job: int = Field(default=10_000, ge=1)
+    quota_max_records_per_job: int = Field(default=100_000_000, ge=1)
+    quota_max_finetune_steps: int = Field(default=100_000, ge=1)
+    quota_min_checkpoint_seconds: float = Field(default=30.0, ge=1.0)
 
     # Flower (`barge flower`): basic auth is required, so an empty password refuses to start.
     flower_user: str = "admin"

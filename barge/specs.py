@@ -211,7 +211,10 @@ class FinetuneSpec(_Strict):
     input_format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
     checkpoint_every_steps: int | None = Field(None, ge=1)
     checkpoint_every_seconds: float | None = Field(
-        None, gt=0.0, description="Default 600 when neither checkpoint interval is given."
+        None,
+        ge=1.0,  # a tenant's quota (min_checkpoint_seconds) may ask for more
+        description="Default 600 when neither checkpoint interval is given; at least the "
+        "tenant's quota min_checkpoint_seconds.",
     )
     keep_checkpoints: int = Field(2, ge=1, le=100, description="The newest N are kept.")
     log_every_steps: int = Field(10, ge=1, description="A train event every N steps.")

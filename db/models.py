@@ -15,6 +15,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -65,6 +66,7 @@ class Job(Base):
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_status", "status"),
+        Index("ix_jobs_tenant_status", "tenant_id", "status"),  # active jobs, for the quota
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -95,13 +97,23 @@ class Shard(Base):
     """One unit of work: a byte or record range of one input object, or a whole fine-tune.
 
     ``attempt`` is the fencing token: a claim increments it, and only the holder of the current
-    attempt may heartbeat or mark the shard done.
+    attempt may heartbeat or mark the shard done. ``not_before``: a shard given back after a
+    failed attempt is not claimed again before its back-off ends.
     """
 
     __tablename__ = "shards"
     __table_args__ = (
         UniqueConstraint("job_id", "index"),
         Index("ix_shards_status_lease", "status", "lease_expires_at"),
+        # The fair claim: a job's next unsettled shard, and when its tenant was last served.
+        Index(
+            "ix_shards_unsettled",
+            "job_id",
+            "index",
+            postgresql_where=text("status IN ('pending', 'running')"),
+            sqlite_where=text("status IN ('pending', 'running')"),
+        ),
+        Index("ix_shards_job_started", "job_id", "started_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -126,6 +138,7 @@ class Shard(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
     records_succeeded: Mapped[int] = mapped_column(BigInteger, default=0)
     records_failed: Mapped[int] = mapped_column(BigInteger, default=0)
     steps_done: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

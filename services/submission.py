@@ -23,7 +23,7 @@ from barge.uris import normalise
 from db import repositories as repo
 from db.base import utcnow
 from db.models import Job
-from services import registry, scopes
+from services import quotas, registry, scopes
 from services.locations import check_locations, reads
 from services.unit_of_work import UnitOfWork
 
@@ -186,6 +186,7 @@ def create_job(
         raise InvalidSpec(
             f"metadata is larger than {settings.max_metadata_bytes} bytes", field="metadata"
         )
+    quotas.check_submission(session, settings, tenant_id, spec)  # 422 / 429 naming the limit
     job_id = uuid.uuid4()
     model_uri, output = _check_against_stores(session, settings, store, tenant_id, spec, job_id)
     now = utcnow()

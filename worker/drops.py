@@ -5,6 +5,8 @@ claims each new object by inserting its (rule, key, ETag) row; the unique constr
 exactly one scan, and so exactly one job, wins. When the job ends the input (and its
 ``<name>.job.json``) moves to ``done/`` or ``failed/`` with ``<name>.status.json`` beside it.
 Files Barge cannot read go to ``failed/`` at once, with the reason; a bad file never stops a scan.
+An object whose tenant is at its ``max_active_jobs`` quota is left where it is, unclaimed, for a
+later scan to pick up.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from barge.errors import BargeError, NotFound
+from barge.errors import BargeError, NotFound, QuotaExceeded
 from barge.records import is_data_object
 from barge.storage import ObjectInfo, S3Uri
 from db import repositories as repo
@@ -34,7 +36,7 @@ def scan(ctx: WorkerContext) -> dict[str, int]:
     """One pass over every enabled rule: pick up new objects, settle finished ones."""
     with ctx.session() as session:
         rules = repo.enabled_drop_rules(session)
-    counts = {"submitted": 0, "rejected": 0, "settled": 0}
+    counts = {"submitted": 0, "rejected": 0, "deferred": 0, "settled": 0}
     for rule in rules:
         if not _in_scope(ctx, rule):
             continue
@@ -76,6 +78,10 @@ def _pick_up(ctx: WorkerContext, rule: DropRule) -> list[str]:
             continue
         try:
             outcome = _take(ctx, rule, info, filename, overrides.get(drop_name(filename)))
+        except QuotaExceeded as exc:  # nothing kept: the rest waits in incoming/ for a later scan
+            log.info("drop %s: %s waits: %s", rule.name, info.uri, exc.message)
+            outcomes.append("deferred")
+            break
         except Exception:
             log.exception("drop %s: could not pick up %s", rule.name, info.uri)
             continue
@@ -109,6 +115,8 @@ def _take(
                 spec,
                 idempotency_key=f"drop:{rule.id}:{info.uri.key}:{info.etag}"[:200],
             )
+        except QuotaExceeded:
+            raise  # rolls the claim back: the object stays new
         except (BargeError, ValidationError, ValueError) as exc:
             drop.status = "failed"
             drop.error = _reason(exc)

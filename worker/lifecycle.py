@@ -39,8 +39,10 @@ from barge.queue import FINALIZE_JOB, RUN_SHARD
 from barge.specs import JobSpec
 from db import repositories as repo
 from db import state
+from db.base import utcnow
 from db.models import Job, Shard
 from services import scopes
+from services.unit_of_work import UnitOfWork
 from worker import metrics
 from worker.context import WorkerContext
 from worker.lease import Lease, LeaseLost, ShardWork, Stop
@@ -162,8 +164,9 @@ def settle(ctx: WorkerContext, work: ShardWork, result: Result) -> Outcome:
         return _hand_off(ctx, work, result)
     with ctx.unit_of_work() as uow:
         outcome = _record(uow.session, work, result)
-    if outcome is not Outcome.LEASE_LOST:
-        finalize_if_last(ctx, work.job_id)
+        if outcome is not Outcome.LEASE_LOST:
+            uow.session.commit()  # the settlement, before counting (same connection)
+            _send_finalize_if_last(uow, work.job_id)
     return outcome
 
 
@@ -195,6 +198,7 @@ def _record(session: Session, work: ShardWork, result: Result) -> Outcome:
         job = repo.lock_job(session, work.job_id)
         if job is not None and job.status == state.RUNNING:
             state.transition(session, job, state.FAILED, error=result.error)
+            repo.cancel_pending_shards(session, job.id, "not run: job is failed")
     return result.outcome
 
 
@@ -209,8 +213,9 @@ def retry_or_fail(ctx: WorkerContext, work: ShardWork, message: str) -> None:
     if work.failed_attempts >= ctx.settings.max_attempts:
         fail(ctx, work, f"failed after {work.failed_attempts} attempts; last error: {message}")
         return
+    back_off = min(60, 2**work.attempt)  # seconds; no claim takes the unit before (not_before)
     with ctx.unit_of_work() as uow:
-        if repo.release_shard(uow.session, work.shard_id, work.attempt, message):
+        if repo.release_shard(uow.session, work.shard_id, work.attempt, message, back_off):
             repo.add_event(
                 uow.session,
                 work.job_id,
@@ -224,7 +229,7 @@ def retry_or_fail(ctx: WorkerContext, work: ShardWork, message: str) -> None:
                 str(work.shard_id),
                 str(work.job_id),
                 work.index,
-                countdown=min(60, 2**work.attempt),
+                countdown=back_off,
             )
 
 
@@ -258,33 +263,77 @@ def finalize_if_last(ctx: WorkerContext, job_id: uuid.UUID) -> None:
     settling transaction committed, so of two last units settling at once at least one sees
     the other settled."""
     with ctx.unit_of_work() as uow:
-        if repo.unfinished_shard_count(uow.session, job_id) == 0:
-            uow.send_after_commit(FINALIZE_JOB, str(job_id))
+        _send_finalize_if_last(uow, job_id)
+
+
+def _send_finalize_if_last(uow: UnitOfWork, job_id: uuid.UUID) -> None:
+    """``finalize_if_last`` in a scope whose settlement is already committed."""
+    if repo.unfinished_shard_count(uow.session, job_id) == 0:
+        uow.send_after_commit(FINALIZE_JOB, str(job_id))
 
 
 def claim(ctx: WorkerContext, shard_id: uuid.UUID) -> ShardWork | None:
-    """Take the unit under a new attempt; None when there is nothing to run (unknown, settled,
-    held by a live lease, or settled here because its job stopped or it used its attempts)."""
+    """Take a unit under a new attempt; None when there is nothing to run now.
+
+    Fair share: a ``run_shard`` message is a token for one unit of work of any tenant, not a
+    reservation of the unit it names. The named unit runs when its tenant's turn is as good as
+    any other's: fewest units running under a live lease, then least recently served. Else the
+    fairest tenant's next unit runs in its place (its oldest running job's lowest claimable
+    shard), and so it does when the named unit is settled, held or backing off. So one
+    tenant's backlog of messages cannot keep another tenant's job waiting behind it.
+
+    The invariant the reconciler counts on holds: the gpu queue holds at least one message per
+    pending unit, since a message is spent only on claiming a unit, on settling the named one
+    (its job stopped running: cancelled; it used its attempts: failed, with its job), or when
+    no unit at all can be claimed now (a unit backing off still has its delayed message).
+    Fencing (the attempt), the conditional claim and the back-off (``not_before``) are the
+    repository's."""
+    settled: uuid.UUID | None = None
     with ctx.session() as session:
-        shard = session.get(Shard, shard_id)
-        if shard is None or shard.status in state.SHARD_FINAL:
-            return None  # unknown, or a duplicate delivery of finished work
-        job = repo.get_job(session, shard.job_id)
-        assert job is not None
-        used_up = shard.attempt - shard.handoffs >= ctx.settings.max_attempts
-        if job.status == state.RUNNING and not used_up:
-            return _take(ctx, session, shard, job)
-        settled = _settle_unstarted(session, shard, job)
+        named = repo.shard_and_job(session, shard_id)
+        if named is not None and named[0].status not in state.SHARD_FINAL:
+            shard, job = named
+            used_up = shard.attempt - shard.handoffs >= ctx.settings.max_attempts
+            if job.status != state.RUNNING or used_up:
+                if _settle_unstarted(session, shard, job):
+                    settled = shard.job_id
+                named = None
+        else:
+            named = None  # unknown, or a duplicate delivery of finished work
+        work = None if settled else _take(ctx, session, named)
     if settled:
-        finalize_if_last(ctx, shard.job_id)
-    return None
+        finalize_if_last(ctx, settled)
+    return work
 
 
-def _take(ctx: WorkerContext, session: Session, shard: Shard, job: Job) -> ShardWork | None:
-    lease = timedelta(seconds=ctx.settings.lease_seconds)
-    attempt = repo.claim_shard(session, shard.id, ctx.name, lease)
-    if attempt is None:
-        return None  # someone else holds a live lease
+def _take(
+    ctx: WorkerContext, session: Session, named: tuple[Shard, Job] | None
+) -> ShardWork | None:
+    """Claim the named unit if fairness allows it, else the fairest tenant's next unit."""
+    settings = ctx.settings
+    lease = timedelta(seconds=settings.lease_seconds)
+    turns = repo.fair_turns(session, utcnow(), settings.max_attempts)
+    if named is not None:
+        shard, job = named
+        mine = next((t for t in turns if t.tenant_id == job.tenant_id), None)
+        if mine is not None and mine.rank <= turns[0].rank:
+            attempt = repo.claim_shard(session, shard.id, ctx.name, lease)
+            if attempt is not None:
+                return _taken(session, shard, job, attempt)
+    for turn in turns:
+        claimed = repo.claim_next_shard(
+            session, turn.job_id, ctx.name, lease, settings.max_attempts
+        )
+        if claimed is not None:
+            picked_id, attempt = claimed
+            picked = session.get(Shard, picked_id)
+            its_job = session.get(Job, turn.job_id)
+            assert picked is not None and its_job is not None
+            return _taken(session, picked, its_job, attempt)
+    return None  # nothing claimable now: held by live leases, backing off, or settled
+
+
+def _taken(session: Session, shard: Shard, job: Job, attempt: int) -> ShardWork:
     if attempt > 1:
         repo.add_event(
             session,
@@ -318,4 +367,6 @@ def _settle_unstarted(session: Session, shard: Shard, job: Job) -> bool:
     settled = repo.settle_unstarted_shard(session, shard.id, state.SHARD_FAILED, error)
     if settled:
         state.transition(session, job, state.FAILED, error=error)
+        # its other units' messages may be spent on other tenants' work (fair share): settle now
+        repo.cancel_pending_shards(session, job.id, "not run: job is failed")
     return settled

@@ -1,7 +1,10 @@
-"""A worker pool child's Prometheus metrics, served on ``BARGE_WORKER_METRICS_PORT`` + the child's
-index (started in ``worker_process_init``; each child counts only its own work).
+"""A worker pool child's Prometheus metrics, served on ``BARGE_WORKER_METRICS_HOST`` (default
+127.0.0.1: they carry no auth) at ``BARGE_WORKER_METRICS_PORT`` + the child's index (started in
+``worker_process_init``; each child counts only its own work).
 
-Records per second per model is ``rate(barge_worker_records_total[1m])``, left to Prometheus.
+Series are labelled by task, never by model: a model is a tenant's URI (its bucket and path),
+which an operator's dashboards must not collect. Records per second per task is
+``rate(barge_worker_records_total[1m])``, left to Prometheus.
 
 Imports: nothing of ours.
 """
@@ -18,13 +21,13 @@ log = logging.getLogger(__name__)
 
 RECORDS = Counter(
     "barge_worker_records",
-    "Records through the model, by outcome (succeeded, failed)",
-    ["model", "task", "outcome"],
+    "Records through a model, by task and outcome (succeeded, failed)",
+    ["task", "outcome"],
 )
 BATCH_SECONDS = Histogram(
     "barge_worker_batch_seconds",
-    "Latency of one batch through the model",
-    ["model", "task"],
+    "Latency of one batch through a model, by task",
+    ["task"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 SHARD_SECONDS = Histogram(
@@ -35,8 +38,8 @@ SHARD_SECONDS = Histogram(
 )
 MODEL_LOAD_SECONDS = Gauge(
     "barge_worker_model_load_seconds",
-    "Time the last load of the model into memory took",
-    ["model"],
+    "Time the last load of a model for the task into memory took",
+    ["task"],
 )
 GPU_MEMORY_BYTES = Gauge(
     "barge_worker_gpu_memory_bytes",
@@ -45,28 +48,29 @@ GPU_MEMORY_BYTES = Gauge(
 )
 
 
-def serve(port: int, index: int = 0) -> None:
-    """Serve this process's metrics on ``port + index``; a taken port only logs a warning."""
+def serve(port: int, index: int = 0, host: str = "127.0.0.1") -> None:
+    """Serve this process's metrics on ``host``:``port + index``; a taken port only logs a
+    warning."""
     if port <= 0:
         return
     try:
-        start_http_server(port + index)
+        start_http_server(port + index, addr=host)
     except OSError as exc:
-        log.warning("worker metrics not served: port %s: %s", port + index, exc)
+        log.warning("worker metrics not served: %s port %s: %s", host, port + index, exc)
         return
-    log.info("worker metrics on :%s/metrics", port + index)
+    log.info("worker metrics on %s:%s/metrics", host, port + index)
 
 
 def observe_batch(
-    model: str, task: str, seconds: float, outcomes: Sequence[tuple[bool, Any]], device: Any
+    task: str, seconds: float, outcomes: Sequence[tuple[bool, Any]], device: Any
 ) -> None:
-    """One batch through the model: its latency, its records by outcome, the GPU memory."""
+    """One batch through a model: its latency, its records by outcome, the GPU memory."""
     ok = sum(1 for good, _ in outcomes if good)
-    BATCH_SECONDS.labels(model, task).observe(seconds)
+    BATCH_SECONDS.labels(task).observe(seconds)
     if ok:
-        RECORDS.labels(model, task, "succeeded").inc(ok)
+        RECORDS.labels(task, "succeeded").inc(ok)
     if len(outcomes) - ok:
-        RECORDS.labels(model, task, "failed").inc(len(outcomes) - ok)
+        RECORDS.labels(task, "failed").inc(len(outcomes) - ok)
     observe_gpu_memory(device)
 
 

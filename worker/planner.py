@@ -1,7 +1,10 @@
 """Planning: resolve the inputs, split them into shards, start the job, dispatch the shards.
 
-Imports: ``barge``, ``db``, ``worker.context``, ``worker.finetune.data`` (no torch); never
-``api`` or ``cli``.
+A planned job over one of its tenant's quotas (shards, records, fine-tune steps) fails here,
+before any shard exists, naming the limit.
+
+Imports: ``barge``, ``db``, ``services.quotas``, ``worker.context``, ``worker.finetune.data``
+(no torch); never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from barge.storage import S3Uri
 from db import repositories as repo
 from db import state
 from db.base import utcnow
-from db.models import Shard
-from services import scopes
+from db.models import Shard, Tenant
+from services import quotas, scopes
 from worker.context import WorkerContext
 from worker.finetune.data import check_datasets, load_dataset, steps_per_epoch, write_errors
 
@@ -64,6 +67,7 @@ def plan_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
     try:
         with _KeepDispatched(ctx, job_id):
             plan = _make_plan(ctx, job_id, claim)
+        _check_quotas(ctx, job_id, plan)
         _start(ctx, job_id, plan)
     except BargeError as exc:
         if not isinstance(exc, TRANSIENT):
@@ -150,6 +154,31 @@ def _make_plan(ctx: WorkerContext, job_id: uuid.UUID, claim: _Claim) -> _Plan:
     message = f"planned {len(shards)} shards over {n_objects} objects, {total} records"
     data = {"shards": len(shards), "objects": n_objects, "records": total}
     return _Plan(shards, total, message, data)
+
+
+def _check_quotas(ctx: WorkerContext, job_id: uuid.UUID, plan: _Plan) -> None:
+    """A plan over one of its tenant's quotas (shards, records, fine-tune steps) fails the job
+    with an error naming the limit and its value, after a ``quota_exceeded`` event."""
+    with ctx.session() as session:
+        job = repo.get_job(session, job_id)
+        if job is None:
+            return
+        limits = quotas.effective(session.get(Tenant, job.tenant_id), ctx.settings)
+        over = quotas.plan_overrun(
+            limits, shards=len(plan.shards), records=plan.total, steps=plan.steps_total
+        )
+        if over is None:
+            return
+        repo.add_event(
+            session,
+            job_id,
+            "quota_exceeded",
+            over.message,
+            quota=over.quota,
+            limit=over.limit,
+            value=over.value,
+        )
+    raise PermanentJobError(over.message)
 
 
 def _start(ctx: WorkerContext, job_id: uuid.UUID, plan: _Plan) -> None:

@@ -1,13 +1,23 @@
-"""/metrics: Prometheus text format, computed at scrape time from Postgres and the broker.
+"""/metrics: Prometheus text format, from Postgres and the broker.
 
-No auth, like /healthz: every figure is an aggregate over all tenants (no job ids, no names).
+Cheap and safe to scrape, however often and by however many: the figures (aggregate queries
+over all tenants, the broker's queue depths) are computed at most once per
+``BARGE_METRICS_CACHE_SECONDS``, by one request at a time, off the event loop; every other
+scrape gets the last text at once, and no scrape opens a database session or a broker
+connection of its own. Every figure is an aggregate over all tenants (no job ids, no names).
+With ``BARGE_METRICS_TOKEN`` set a scrape must send ``Authorization: Bearer <token>``; without
+it, keep the API's port on an internal network (see the README's security model).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+import threading
+import time
 from collections.abc import Iterator
 
+import anyio
 from celery import Celery
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -15,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
+from barge.errors import Unauthorized
 from barge.queue import CONTROL_QUEUE, GPU_QUEUE, ready_messages
 from barge.settings import Settings
 from barge.specs import JOB_TYPES
@@ -36,6 +47,12 @@ class BargeCollector(Collector):
         self.celery = celery
 
     def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "barge_metrics_computed_at_seconds",
+            "When these figures were computed (Unix time); scrapes get them for up to "
+            "BARGE_METRICS_CACHE_SECONDS",
+            time.time(),
+        )
         yield from self._database()
         yield from self._broker()
 
@@ -92,9 +109,77 @@ class BargeCollector(Collector):
         yield depth
 
 
+class MetricsCache:
+    """The last scrape's text. ``text()`` answers it while it is younger than
+    ``BARGE_METRICS_CACHE_SECONDS``; past that, the first caller renders anew (in a worker
+    thread) while the callers meanwhile get the previous text, so at most one render runs at a
+    time however many scrapes arrive."""
+
+    # How long the very first scrapes wait for the first render before answering 503.
+    FIRST_RENDER_SECONDS = 30.0
+
+    def __init__(self, settings: Settings, celery: Celery):
+        self.settings = settings
+        self.celery = celery
+        self.renders = 0  # how many times the figures were computed
+        self._text: bytes | None = None
+        self._at = float("-inf")
+        self._rendering = threading.Lock()
+
+    def _fresh(self) -> bool:
+        return time.monotonic() - self._at < self.settings.metrics_cache_seconds
+
+    def render(self) -> bytes:
+        """Compute every figure now (blocking: database queries, a broker connection)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(BargeCollector(self.settings, self.celery))
+        self.renders += 1
+        return generate_latest(registry)
+
+    async def text(self) -> bytes | None:
+        """The figures, at most ``BARGE_METRICS_CACHE_SECONDS`` old; None only when the first
+        render takes longer than FIRST_RENDER_SECONDS."""
+        if self._text is not None and self._fresh():
+            return self._text
+        if not self._rendering.acquire(blocking=False):
+            # another request renders: answer the last text, or wait for the first one
+            deadline = time.monotonic() + self.FIRST_RENDER_SECONDS
+            while self._text is None and time.monotonic() < deadline:
+                await anyio.sleep(0.05)
+            return self._text
+        try:
+            if self._text is None or not self._fresh():  # not rendered meanwhile
+                self._text = await anyio.to_thread.run_sync(self.render)
+                self._at = time.monotonic()
+        finally:
+            self._rendering.release()
+        return self._text
+
+
+def _check_token(settings: Settings, authorization: str | None) -> None:
+    if not settings.metrics_token:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    expected = settings.metrics_token.encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise Unauthorized("/metrics needs `Authorization: Bearer <BARGE_METRICS_TOKEN>`")
+
+
+def metrics_cache(request: Request) -> MetricsCache:
+    """The app's cache, made on the first scrape (the event loop runs one request at a time up
+    to its first await, so only one is ever made)."""
+    cache: MetricsCache | None = getattr(request.app.state, "metrics_cache", None)
+    if cache is None:
+        cache = MetricsCache(request.app.state.settings, request.app.state.celery)
+        request.app.state.metrics_cache = cache
+    return cache
+
+
 @router.get("/metrics", response_class=Response, include_in_schema=False)
-def metrics(request: Request) -> Response:
-    """Prometheus scrape endpoint."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(BargeCollector(request.app.state.settings, request.app.state.celery))
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    """Prometheus scrape endpoint (async: a cached answer never takes a worker thread)."""
+    _check_token(request.app.state.settings, request.headers.get("authorization"))
+    text = await metrics_cache(request).text()
+    if text is None:
+        return Response("metrics are being computed; retry shortly\n", status_code=503)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)

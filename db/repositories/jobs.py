@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, case, exists, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from db.base import utcnow
 from db.models import Job, Shard
@@ -128,6 +128,30 @@ def progress_for(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, 
     return out
 
 
+def jobs_ahead(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """For each job, how many other running jobs, planned before it, still have shards to run
+    (over every tenant: they share the GPU workers). One aggregate query."""
+    if not job_ids:
+        return {}
+    me, other = aliased(Job), aliased(Job)
+    unsettled = exists().where(
+        Shard.job_id == other.id, Shard.status.in_([SHARD_PENDING, SHARD_RUNNING])
+    )
+    rows = session.execute(
+        select(me.id, func.count(other.id))
+        .select_from(me)
+        .join(
+            other,
+            and_(other.status == RUNNING, other.started_at < me.started_at, other.id != me.id),
+        )
+        .where(me.id.in_(job_ids), unsettled)
+        .group_by(me.id)
+    )
+    out = dict.fromkeys(job_ids, 0)
+    out.update({job_id: int(n) for job_id, n in rows})
+    return out
+
+
 # --- locations a job reads and writes ---------------------------------------------------------
 
 
@@ -139,6 +163,24 @@ def lock_submissions(session: Session) -> None:
 
 
 SUBMISSION_LOCK = 0x62617267  # "barg"
+
+
+def lock_tenant_submissions(session: Session, tenant_id: uuid.UUID) -> None:
+    """Serialise one tenant's submissions until commit, so that its quota check (counting its
+    active jobs) and its insert are taken in turn; other tenants' submissions do not wait.
+    A Postgres advisory lock in the two-key space (apart from SUBMISSION_LOCK's), taken before
+    that one by every submission, so the two never deadlock."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(tenant_id.bytes[:4], "big", signed=True)
+        session.execute(select(func.pg_advisory_xact_lock(SUBMISSION_LOCK, key)))
+
+
+def active_job_count(session: Session, tenant_id: uuid.UUID) -> int:
+    """The tenant's queued and running jobs (ix_jobs_tenant_status)."""
+    query = select(func.count()).where(
+        Job.tenant_id == tenant_id, Job.status.in_([QUEUED, RUNNING])
+    )
+    return int(session.scalar(query) or 0)
 
 
 def ancestors(prefix: str) -> list[str]:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Integer, String, Uuid, and_, bindparam, exists, func, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
-from db.base import utcnow
-from db.models import Shard
+from db.base import UTCDateTime, utcnow
+from db.models import Job, Shard
 from db.state import (
+    RUNNING,
     SHARD_CANCELLED,
     SHARD_PENDING,
     SHARD_RUNNING,
@@ -41,22 +44,33 @@ def claim_shard(session: Session, shard_id: uuid.UUID, worker: str, lease: timed
         .where(
             Shard.id == shard_id,
             _unheld(now),
+            _waited(Shard, now),
         )
-        .values(
-            status=SHARD_RUNNING,
-            attempt=Shard.attempt + 1,
-            worker=worker,
-            lease_expires_at=now + lease,
-            heartbeat_at=now,
-            started_at=now,
-            records_succeeded=0,
-            records_failed=0,
-        )
+        .values(**_claimed(now, worker, lease))
         .returning(Shard.attempt),
         execution_options={"synchronize_session": False},
     )
     row = result.first()
     return int(row[0]) if row else None
+
+
+def _claimed(now: datetime, worker: str, lease: timedelta) -> dict[str, Any]:
+    """What a claim sets: a new attempt, its holder and lease, fresh progress."""
+    return {
+        "status": SHARD_RUNNING,
+        "attempt": Shard.attempt + 1,
+        "worker": worker,
+        "lease_expires_at": now + lease,
+        "heartbeat_at": now,
+        "started_at": now,
+        "records_succeeded": 0,
+        "records_failed": 0,
+    }
+
+
+def _waited(shard: Any, now: Any) -> Any:
+    """The shard's back-off after a failed attempt (if any) has ended."""
+    return or_(shard.not_before.is_(None), shard.not_before <= now)
 
 
 def _held(shard_id: uuid.UUID, attempt: int) -> Any:
@@ -125,8 +139,11 @@ def finish_shard(
     return _update_held(session, shard_id, attempt, values)
 
 
-def release_shard(session: Session, shard_id: uuid.UUID, attempt: int, error: str) -> bool:
-    """Give a held shard back (pending) after a retryable failure."""
+def release_shard(
+    session: Session, shard_id: uuid.UUID, attempt: int, error: str, retry_in: float = 0.0
+) -> bool:
+    """Give a held shard back (pending) after a retryable failure; no claim takes it again
+    for ``retry_in`` seconds (its back-off)."""
     return _back_to_pending(
         session,
         shard_id,
@@ -134,6 +151,7 @@ def release_shard(session: Session, shard_id: uuid.UUID, attempt: int, error: st
         last_error=error,
         records_succeeded=0,  # the attempt's progress goes with it: no part holds it
         records_failed=0,
+        not_before=utcnow() + timedelta(seconds=retry_in) if retry_in > 0 else None,
     )
 
 
@@ -177,14 +195,16 @@ def settle_unstarted_shard(session: Session, shard_id: uuid.UUID, status: str, e
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def cancel_pending_shards(session: Session, job_id: uuid.UUID) -> int:
+def cancel_pending_shards(
+    session: Session, job_id: uuid.UUID, reason: str = "job cancelled"
+) -> int:
     result = session.execute(
         update(Shard)
         .where(Shard.job_id == job_id, Shard.status == SHARD_PENDING)
         .values(
             status=SHARD_CANCELLED,
             finished_at=utcnow(),
-            last_error="job cancelled",
+            last_error=reason,
             records_succeeded=0,
             records_failed=0,
         ),
@@ -258,3 +278,152 @@ def take_unclaimed_shards(
         .limit(limit)
     )
     return _take(session, query, now)
+
+
+# --- fair share ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A running job with a shard to claim now, and its tenant's standing: how many of its
+    shards run under a live lease, and when one of its running jobs last had a shard claimed
+    (None: never)."""
+
+    job_id: uuid.UUID
+    tenant_id: uuid.UUID
+    running: int
+    served: datetime | None
+
+    @property
+    def rank(self) -> tuple[int, bool, datetime]:
+        """Lower goes first: fewest running, then least recently served (never first)."""
+        return (self.running, self.served is not None, self.served or datetime.min)
+
+
+# The fair-share statements are built once, with these parameters (a claim runs them often).
+_NOW = bindparam("now", type_=UTCDateTime())
+_MAX_ATTEMPTS = bindparam("max_attempts", type_=Integer())
+_JOB_ID = bindparam("of_job", type_=Uuid())  # not a column's name: this is an UPDATE
+
+
+def _claimable(shard: Any) -> Any:
+    """``shard`` (the entity or an alias) may be claimed now: no one holds it, its back-off has
+    ended and it has attempts left. Spelled with ix_shards_unsettled's predicate first."""
+    return and_(
+        shard.status.in_([SHARD_PENDING, SHARD_RUNNING]),
+        or_(
+            shard.status == SHARD_PENDING,
+            and_(shard.status == SHARD_RUNNING, shard.lease_expires_at < _NOW),
+        ),
+        _waited(shard, _NOW),
+        shard.attempt - shard.handoffs < _MAX_ATTEMPTS,
+    )
+
+
+@cache
+def _turns_query() -> Any:
+    ready = exists().where(Shard.job_id == Job.id, _claimable(Shard))
+    last_claim = select(func.max(Shard.started_at)).where(Shard.job_id == Job.id)
+    jobs = (
+        select(
+            Job.id.label("job_id"),
+            Job.tenant_id.label("tenant_id"),
+            Job.created_at.label("created_at"),
+            last_claim.scalar_subquery().label("served"),
+            ready.label("ready"),
+        )
+        .where(Job.status == RUNNING)
+        .cte("running_jobs")
+    )
+    served = (
+        select(jobs.c.tenant_id, func.max(jobs.c.served).label("served"))
+        .group_by(jobs.c.tenant_id)
+        .cte("served")
+    )
+    load = (
+        select(Job.tenant_id.label("tenant_id"), func.count().label("running"))
+        .select_from(Shard)
+        .join(Job, Job.id == Shard.job_id)
+        .where(Shard.status == SHARD_RUNNING, Shard.lease_expires_at >= _NOW)
+        .group_by(Job.tenant_id)
+        .cte("load")
+    )
+    running = func.coalesce(load.c.running, 0)
+    return (
+        select(jobs.c.job_id, jobs.c.tenant_id, running, served.c.served)
+        .join(served, served.c.tenant_id == jobs.c.tenant_id)
+        .outerjoin(load, load.c.tenant_id == jobs.c.tenant_id)
+        .where(jobs.c.ready)
+        .order_by(running, served.c.served.asc().nulls_first(), jobs.c.created_at, jobs.c.job_id)
+    )
+
+
+def fair_turns(session: Session, now: datetime, max_attempts: int) -> list[Turn]:
+    """Every running job that has a shard to claim now, fairest first: its tenant's running
+    shards (fewest first), then its tenant's last claim (least recent first, never before
+    all), then the job's age (oldest first). One query: per running job two index probes
+    (ix_shards_unsettled, ix_shards_job_started), and the live leases (ix_shards_status_lease)."""
+    rows = session.execute(_turns_query(), {"now": now, "max_attempts": max_attempts})
+    return [Turn(r[0], r[1], int(r[2]), r[3]) for r in rows]
+
+
+@cache
+def _claim_next_query() -> Any:
+    candidate = aliased(Shard)
+    pick = (
+        select(candidate.id)
+        .where(candidate.job_id == _JOB_ID, _claimable(candidate))
+        .order_by(candidate.index)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return (
+        update(Shard)
+        .where(Shard.id == pick, _claimable(Shard))
+        .values(
+            status=SHARD_RUNNING,
+            attempt=Shard.attempt + 1,
+            worker=bindparam("holder", type_=String()),
+            lease_expires_at=bindparam("lease_end", type_=UTCDateTime()),
+            heartbeat_at=_NOW,
+            started_at=_NOW,
+            records_succeeded=0,
+            records_failed=0,
+        )
+        .returning(Shard.id, Shard.attempt)
+    )
+
+
+def claim_next_shard(
+    session: Session,
+    job_id: uuid.UUID,
+    worker: str,
+    lease: timedelta,
+    max_attempts: int,
+) -> tuple[uuid.UUID, int] | None:
+    """Claim the job's lowest claimable shard (as ``claim_shard`` does a named one): its id and
+    the new attempt, or None when it has none now. Concurrent claims skip a row another one is
+    taking (SKIP LOCKED on Postgres; SQLite serialises writers), and the UPDATE checks again
+    that no one holds it."""
+    now = utcnow()
+    params = {
+        "now": now,
+        "max_attempts": max_attempts,
+        "of_job": job_id,
+        "holder": worker,
+        "lease_end": now + lease,
+    }
+    result = session.execute(
+        _claim_next_query(), params, execution_options={"synchronize_session": False}
+    )
+    row = result.first()
+    return (row[0], int(row[1])) if row else None
+
+
+def shard_and_job(session: Session, shard_id: uuid.UUID) -> tuple[Shard, Job] | None:
+    """The shard and its job, in one query."""
+    row = session.execute(
+        select(Shard, Job).join(Job, Job.id == Shard.job_id).where(Shard.id == shard_id)
+    ).first()
+    return (row[0], row[1]) if row else None

@@ -48,6 +48,7 @@ class TestSpec:
             ({"model_name": "pinned@2"}, ("model_name",)),
             ({"train": "/local/file.jsonl"}, ("train",)),
             ({"checkpoint_every_seconds": 0}, ("checkpoint_every_seconds",)),
+            ({"checkpoint_every_seconds": 1e-300}, ("checkpoint_every_seconds",)),
         ],
     )
     def test_refusals_name_the_field(self, overrides: dict[str, Any], loc: tuple[str]) -> None:

@@ -38,6 +38,12 @@ class JobOut(BaseModel):
     output: OutputOut
     error: str | None
     metadata: dict[str, Any]
+    waiting: str | None = Field(
+        None,
+        description="What the job waits for, when it waits: 'waiting to be planned', "
+        "'waiting for a GPU worker: 2 jobs ahead', 'finalizing', ...; null while its shards "
+        "run and once it is finalized.",
+    )
 
 
 class JobList(BaseModel):

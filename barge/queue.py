@@ -66,9 +66,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         # The filesystem transport has no fanout exchange for remote control.
         "worker_enable_remote_control": not settings.is_filesystem_broker,
+        # A periodic message not consumed before the next one is due expires (RabbitMQ drops
+        # it; a worker that gets it late discards it): they never pile up behind busy workers.
         "beat_schedule": {
-            "reconcile": {"task": RECONCILE, "schedule": settings.reconcile_seconds},
-            "scan-drops": {"task": SCAN_DROPS, "schedule": settings.drop_scan_seconds},
+            "reconcile": {
+                "task": RECONCILE,
+                "schedule": settings.reconcile_seconds,
+                "options": {"expires": settings.reconcile_seconds},
+            },
+            "scan-drops": {
+                "task": SCAN_DROPS,
+                "schedule": settings.drop_scan_seconds,
+                "options": {"expires": settings.drop_scan_seconds},
+            },
         },
     }
 
@@ -79,13 +89,22 @@ def make_celery(settings: Settings, name: str = "barge") -> Celery:
     return app
 
 
-def send(app: Celery, task_name: str, *args: Any, countdown: float | None = None) -> None:
-    """Publish a task by name with a bounded retry, so a down broker fails fast, never hangs."""
+def send(
+    app: Celery,
+    task_name: str,
+    *args: Any,
+    countdown: float | None = None,
+    expires: float | None = None,
+) -> None:
+    """Publish a task by name with a bounded retry, so a down broker fails fast, never hangs.
+    ``expires``: seconds after which the message is dropped unrun (a re-send that a later one
+    replaces)."""
     app.send_task(
         task_name,
         args=list(args),
         queue=ROUTES[task_name],
         countdown=countdown,
+        expires=expires,
         retry=True,
         retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
     )

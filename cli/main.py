@@ -43,10 +43,21 @@ def _add_processes(sub: Subparsers) -> None:
         p.add_argument("--port", type=int, default=None, help="default BARGE_API_PORT (8000)")
         p.set_defaults(func=command("processes", func))
 
-    p = sub.add_parser("worker", help="run a worker (one per GPU; set CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--queues", default="gpu,control")
-    p.add_argument("--concurrency", type=int, default=1)
-    p.add_argument("--hostname", default=None)
+    p = sub.add_parser(
+        "worker",
+        help="run a worker (one per GPU; set CUDA_VISIBLE_DEVICES): a GPU worker and a control "
+        "worker of its own, so planning and finalizing never wait behind a shard",
+    )
+    p.add_argument(
+        "--queues",
+        default="gpu,control",
+        help="gpu, control, or both (default): one Celery worker process for each",
+    )
+    p.add_argument("--concurrency", type=int, default=1, help="GPU worker pool processes (1)")
+    p.add_argument(
+        "--control-concurrency", type=int, default=2, help="control worker pool processes (2)"
+    )
+    p.add_argument("--hostname", default=None, help="node name (default gpu@%%h / control@%%h)")
     p.set_defaults(func=command("processes", "cmd_worker"))
 
     p = sub.add_parser("scheduler", help="run the scheduler (Celery beat: reconciler)")
@@ -75,10 +86,77 @@ def _add_admin(sub: Subparsers) -> None:
     p = db.add_parser("upgrade", help="apply all migrations")
     p.set_defaults(func=command("admin", "cmd_db_upgrade"))
 
-    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys", required=True)
+    keys = sub.add_parser("keys", help="API keys (on the database)").add_subparsers(
+        dest="keys", required=True
+    )
     p = keys.add_parser("create", help="create a key; prints only the key")
-    p.add_argument("--tenant", required=True)
+    p.add_argument("--tenant", required=True, help="its tenant (created if new)")
+    p.add_argument("--role", choices=["member", "admin"], default="member")
+    p.add_argument("--name", default=None, help="a label, e.g. ci or alice")
+    p.add_argument("--expires-in", default=None, metavar="DURATION", help="e.g. 30d, 12h")
     p.set_defaults(func=command("admin", "cmd_keys_create"))
+    p = keys.add_parser("list", help="keys with their state and times (never the key)")
+    p.add_argument("--tenant", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=command("admin", "cmd_keys_list"))
+    p = keys.add_parser("revoke", help="revoke a key: refused from the next request on")
+    p.add_argument("key", metavar="PREFIX_OR_ID")
+    p.set_defaults(func=command("admin", "cmd_keys_revoke"))
+    p = keys.add_parser("rotate", help="a new key like the old one; prints only the new key")
+    p.add_argument("key", metavar="PREFIX_OR_ID")
+    p.add_argument(
+        "--grace", default=None, metavar="DURATION", help="the old key works this long (1h)"
+    )
+    p.add_argument(
+        "--expires-in", default=None, metavar="DURATION", help="default: the old key's lifetime"
+    )
+    p.set_defaults(func=command("admin", "cmd_keys_rotate"))
+
+    tenants = sub.add_parser("tenants", help="tenants, scopes, quotas (on the database)")
+    tsub = tenants.add_subparsers(dest="tenants", required=True)
+    for name, help_ in (
+        ("create", "create a tenant"),
+        ("update", "change a tenant's scopes or quota overrides"),
+    ):
+        p = tsub.add_parser(name, help=help_)
+        p.add_argument("name")
+        for flag, kind in (("--read", "read"), ("--write", "write")):
+            p.add_argument(
+                flag,
+                nargs="+",
+                action="extend",
+                default=None,
+                metavar="S3PREFIX",
+                help=f"prefixes it may {kind} (s3://bucket/path/, or *); default: the template",
+            )
+        if name == "update":
+            p.add_argument(
+                "--reset-scopes", action="store_true", help="back to the settings' templates"
+            )
+        p.add_argument(
+            "--quota",
+            action="append",
+            default=None,
+            metavar="KEY=VALUE",
+            help="override a quota (KEY= goes back to the default); repeat for more",
+        )
+        p.set_defaults(func=command("admin", f"cmd_tenants_{name}"))
+    p = tsub.add_parser("show", help="effective scopes and quotas, and which are defaults")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=command("admin", "cmd_tenants_show"))
+    p = tsub.add_parser("list", help="every tenant")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=command("admin", "cmd_tenants_list"))
+
+    p = sub.add_parser("audit", help="the audit log, newest first (on the database)")
+    p.add_argument("--tenant", default=None)
+    p.add_argument("--action", default=None, help="e.g. key.revoke, or key. for all key actions")
+    p.add_argument("--key", default=None, metavar="PREFIX", help="entries made with this key")
+    p.add_argument("--since", default=None, help="an ISO 8601 time or a duration ago (1h)")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=command("admin", "cmd_audit"))
 
 
 def _add_jobs(sub: Subparsers) -> None:

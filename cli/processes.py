@@ -1,8 +1,11 @@
 """Process supervision: ``barge api|worker|scheduler|flower`` and ``barge up``.
 
 Each server command builds the process's argv and execs it, by module name (``api.app``,
-``worker.celery_app``), so this module never imports the API or the worker. ``up`` runs the
-embedded stack (api + worker + scheduler) as child processes and stops them together.
+``worker.celery_app``), so this module never imports the API or the worker. ``worker`` runs one
+Celery worker per kind of work, so that control work never waits behind a shard: ``gpu``
+(prefork, one child per GPU) and ``control`` (planning, finalizing, reconciling, drop scans;
+never loads a model); with both it supervises the two as child processes. ``up`` runs the
+embedded stack (api + both workers + scheduler) as child processes and stops them together.
 
 Imports: ``cli.admin`` (``up`` brings the schema up first), ``cli.client`` and the kernel.
 """
@@ -15,9 +18,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from barge.queue import CONTROL_QUEUE, GPU_QUEUE
 from barge.settings import Settings, get_settings
 from cli.admin import db_upgrade
 from cli.client import ApiError, Client
@@ -27,10 +32,23 @@ def _celery_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app", *args]
 
 
+WORKER_QUEUES = (GPU_QUEUE, CONTROL_QUEUE)
+CONTROL_CONCURRENCY = 2  # a long plan never holds up reconciling, finalizing or the drop scans
+
+
+def worker_queues(queues: str) -> list[str]:
+    """The kinds of work ``--queues`` names, each once, GPU first; ValueError for anything else."""
+    names = {q.strip() for q in queues.split(",") if q.strip()}
+    if not names or names - set(WORKER_QUEUES):
+        raise ValueError(f"--queues takes gpu, control or gpu,control, not {queues!r}")
+    return [q for q in WORKER_QUEUES if q in names]
+
+
 def worker_argv(
-    queues: str = "gpu,control", concurrency: int = 1, hostname: str | None = None
+    queue: str = GPU_QUEUE, concurrency: int = 1, hostname: str | None = None
 ) -> list[str]:
-    argv = _celery_argv(
+    """One Celery worker (prefork) consuming one queue, named ``<queue>@<host>`` by default."""
+    return _celery_argv(
         "worker",
         "--loglevel",
         "INFO",
@@ -39,13 +57,32 @@ def worker_argv(
         "--concurrency",
         str(concurrency),
         "-Q",
-        queues,
+        queue,
+        "--hostname",
+        hostname or f"{queue}@%h",
         "--without-gossip",
         "--without-mingle",
     )
-    if hostname:
-        argv += ["--hostname", hostname]
-    return argv
+
+
+def worker_argvs(
+    queues: str = "gpu,control",
+    concurrency: int = 1,
+    control_concurrency: int = CONTROL_CONCURRENCY,
+    hostname: str | None = None,
+) -> dict[str, list[str]]:
+    """One Celery worker per kind of work in ``queues``, by queue. With both kinds, a given
+    ``--hostname name@host`` becomes ``name-gpu@host`` and ``name-control@host``."""
+    kinds = worker_queues(queues)
+    argvs = {}
+    for queue in kinds:
+        name = hostname
+        if hostname and len(kinds) > 1:
+            node, at, host = hostname.partition("@")
+            name = f"{node}-{queue}{at}{host}"
+        n = concurrency if queue == GPU_QUEUE else control_concurrency
+        argvs[queue] = worker_argv(queue, n, name)
+    return argvs
 
 
 def scheduler_argv() -> list[str]:
@@ -107,8 +144,68 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    argv = worker_argv(args.queues, args.concurrency, args.hostname)
-    os.execv(argv[0], argv)
+    try:
+        argvs = worker_argvs(args.queues, args.concurrency, args.control_concurrency, args.hostname)
+    except ValueError as exc:
+        print(f"barge worker: {exc}", file=sys.stderr)
+        return 2
+    if len(argvs) == 1:
+        (argv,) = argvs.values()
+        os.execv(argv[0], argv)
+    return supervise(argvs)
+
+
+def _exit_with_parent() -> Callable[[], None] | None:
+    """For a child's ``preexec_fn`` (Linux): it gets SIGTERM, a warm shutdown, should the
+    supervisor die before it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded here: the child only calls it
+    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def supervise(argvs: dict[str, list[str]]) -> int:
+    """Run each argv as a child process in this process group (so a signal to the group, a
+    Ctrl-C or a `kill -- -PGID`, reaches them all) until they have all exited.
+
+    SIGTERM and SIGINT ask every child for a warm shutdown (running tasks finish); SIGQUIT for
+    a cold one. When a child exits on its own, the others are stopped warmly and this returns
+    its status (non-zero), so a service manager restarts the worker whole."""
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    requested = False
+
+    def stop_all(signum: int = signal.SIGTERM) -> None:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal requested
+        requested = True
+        stop_all(signal.SIGQUIT if signum == signal.SIGQUIT else signal.SIGTERM)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, on_signal)
+    hook = _exit_with_parent()
+    for name, argv in argvs.items():
+        procs[name] = subprocess.Popen(argv, preexec_fn=hook)
+    if requested:  # a signal came while they were starting: the later ones missed it
+        stop_all()
+    status: int | None = None
+    while any(p.poll() is None for p in procs.values()):
+        ended = [(name, p.returncode) for name, p in procs.items() if p.returncode is not None]
+        if ended and status is None and not requested:
+            name, code = ended[0]
+            print(f"barge worker: the {name} worker exited ({code}); stopping", file=sys.stderr)
+            status = code or 1
+            stop_all()
+        time.sleep(0.2)
+    if status is None:
+        codes = [p.returncode for p in procs.values() if p.returncode]
+        status = codes[0] if codes else (0 if requested else 1)
+    return status
 
 
 def cmd_scheduler(_: argparse.Namespace) -> int:
@@ -128,12 +225,13 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
 
 def start_stack(host: str, port: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
-    """The embedded stack: api + worker + scheduler as child processes."""
+    """The embedded stack: api + GPU worker + control worker + scheduler as child processes."""
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     for name, argv in (
         ("api", api_argv(host, port)),
-        ("worker", worker_argv()),
+        ("worker", worker_argv(GPU_QUEUE)),
+        ("control", worker_argv(CONTROL_QUEUE, CONTROL_CONCURRENCY)),
         ("scheduler", scheduler_argv()),
     ):
         log = (log_dir / f"{name}.log").open("ab")

@@ -48,8 +48,11 @@ def progress_line(job: dict[str, Any], width: int = 24) -> str:
 
 
 def job_summary(job: dict[str, Any]) -> Iterator[str]:
-    """``barge status``: the progress line, the error if any, where the outputs go."""
+    """``barge status``: the progress line, what the job waits for and the error if any, where
+    the outputs go."""
     yield progress_line(job)
+    if job.get("waiting"):
+        yield str(job["waiting"])
     if job.get("error"):
         yield f"error: {job['error']}"
     yield f"output: {job['output']['uri']}"
@@ -109,7 +112,8 @@ def top_table(
     at: str,
 ) -> str:
     """``barge top``: a title with the count per status, then one line per job with the workers
-    running its shards (``workers`` by job id; a job missing from it shows ``-``)."""
+    running its shards (``workers`` by job id; a job missing from it shows ``-``), followed by
+    what the job waits for, if it waits."""
     lines = [
         f"{'ID':<8}  {'STATUS':<10}  {'DONE/TOTAL':>17}  {'FAILED':>7}  {'REC/S':>8}  "
         f"{'ETA':>7}  WORKERS"
@@ -124,6 +128,7 @@ def top_table(
                 f"{job['id'][:8]:<8}  {job['status']:<10}  {done:>17}  {p['records_failed']:>7}  "
                 f"{rate:>8}  {_fmt_seconds(p.get('eta_seconds')):>7}  "
                 f"{','.join(workers.get(job['id'], ())) or '-'}"
+                + (f"  ({job['waiting']})" if job.get("waiting") else "")
             )
     counts = ", ".join(f"{len(jobs)} {status}" for status, jobs in jobs_by_status.items())
     return "\n".join([f"barge top  {at}  {counts}", *lines])

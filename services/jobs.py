@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from barge.errors import Conflict
 from barge.queue import FINALIZE_JOB
-from barge.status import CANCELLING, FINAL, RUNNING
+from barge.status import CANCELLING, FINAL, QUEUED, RUNNING
 from barge.storage import S3Uri
 from db import repositories as repo
 from db import state
@@ -34,7 +34,34 @@ def examples_per_step(spec: dict[str, Any]) -> int:
     return int(hp.get("batch_size", 16)) * int(hp.get("gradient_accumulation_steps", 1))
 
 
-def present(job: Job, progress: repo.Progress, now: datetime | None = None) -> dict[str, Any]:
+def waits_for_a_gpu_worker(job: Job, progress: repo.Progress) -> bool:
+    """Running, with shards to run and none of them running."""
+    unsettled = (job.shards_total or 0) - progress.shards_done
+    return job.status == RUNNING and unsettled > 0 and progress.shards_running == 0
+
+
+def waiting_for(job: Job, progress: repo.Progress, ahead: int = 0) -> str | None:
+    """What a job waits for, in words; None while its shards run, or once it is finalized.
+    ``ahead``: the running jobs planned before it that still have shards to run."""
+    if job.status == QUEUED:
+        return "waiting to be planned"
+    if job.manifest is not None:
+        return None
+    if waits_for_a_gpu_worker(job, progress):
+        if not ahead:
+            return "waiting for a GPU worker"
+        return f"waiting for a GPU worker: {ahead} job{'' if ahead == 1 else 's'} ahead"
+    if (job.shards_total or 0) - progress.shards_done <= 0:
+        return "finalizing"
+    if job.status != RUNNING:  # cancelling, or failed: its running shards stop within a batch
+        n = progress.shards_running
+        return f"waiting for {n} running shard{'' if n == 1 else 's'} to stop"
+    return None
+
+
+def present(
+    job: Job, progress: repo.Progress, now: datetime | None = None, ahead: int = 0
+) -> dict[str, Any]:
     """The job's public view (the API's ``JobOut``)."""
     now = now or utcnow()
     # What counts as work done, and how much there is: records, or a fine-tune's examples
@@ -78,13 +105,18 @@ def present(job: Job, progress: repo.Progress, now: datetime | None = None) -> d
         },
         "error": job.error,
         "metadata": job.meta or {},
+        "waiting": waiting_for(job, progress, ahead),
     }
 
 
 def present_many(session: Session, jobs: list[Job]) -> list[dict[str, Any]]:
+    """The public view of each job: one query for their progress, and one more for the jobs
+    ahead of those waiting for a GPU worker, if any."""
     progress = repo.progress_for(session, [j.id for j in jobs])
+    waiting = [j.id for j in jobs if waits_for_a_gpu_worker(j, progress[j.id])]
+    ahead = repo.jobs_ahead(session, waiting)
     now = utcnow()
-    return [present(j, progress[j.id], now) for j in jobs]
+    return [present(j, progress[j.id], now, ahead.get(j.id, 0)) for j in jobs]
 
 
 def cancel(uow: UnitOfWork, job: Job) -> Job:

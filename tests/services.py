@@ -3,6 +3,7 @@ vhost, moto's S3 HTTP server, and real Barge worker processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -102,9 +103,20 @@ class MotoServer:
         self.proc.wait(10)
 
 
+def child_pids(pid: int) -> list[int]:
+    """The children of process ``pid`` (of any of its threads)."""
+    pids: set[int] = set()
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):  # the process or thread ended meanwhile
+            pids |= {int(p) for p in children.read_text().split()}
+    return sorted(pids)
+
+
 @dataclass
 class WorkerProcess:
-    """A real `barge worker` (Celery prefork, one child) in its own process group."""
+    """A real `barge worker` in its own process group: for both queues (the default), a
+    supervisor of a GPU worker (Celery prefork, one child) and a control worker (two children);
+    for one queue, that Celery worker itself."""
 
     env: dict[str, str]
     log: Path
@@ -137,10 +149,23 @@ class WorkerProcess:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
             with self.log.open("rb") as f:
                 f.seek(offset)
-                if b" ready." in f.read():
+                if f.read().count(b" ready.") >= len(self.kinds):  # one per Celery worker
                     return self
             time.sleep(0.2)
         raise RuntimeError(f"worker not ready after {timeout}s:\n{self.tail()}")
+
+    @property
+    def kinds(self) -> set[str]:
+        return {q.strip() for q in self.queues.split(",") if q.strip()}
+
+    def celery_pids(self) -> list[int]:
+        """The Celery worker main processes: this one, or the supervisor's children."""
+        assert self.proc is not None
+        return [self.proc.pid] if len(self.kinds) == 1 else child_pids(self.proc.pid)
+
+    def pool_pids(self) -> list[int]:
+        """The prefork pool processes (where tasks run) of every Celery worker of this one."""
+        return sorted(pid for main in self.celery_pids() for pid in child_pids(main))
 
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])

@@ -1,7 +1,9 @@
 """The worker's Celery app. Run: ``barge worker`` (or ``celery -A worker.celery_app worker``).
 
-One worker process per GPU (set ``CUDA_VISIBLE_DEVICES``), prefork with one child: CUDA, the
-database engine and the model cache are created in the child (``worker_process_init``).
+One worker process per GPU (set ``CUDA_VISIBLE_DEVICES``), prefork with one child, consuming
+the ``gpu`` queue: CUDA, the database engine and the model cache are created in the child
+(``worker_process_init``). Control work (``control`` queue: planning, finalizing, reconciling,
+drop scans) runs in a worker of its own that never loads a model (``barge worker`` runs both).
 The tasks are imported through ``include`` (``worker.tasks``).
 
 Imports: ``barge``, ``db``, ``worker``; never ``api`` or ``cli``.
@@ -14,7 +16,7 @@ from typing import Any
 
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from barge.queue import make_celery
+from barge.queue import GPU_QUEUE, make_celery
 from barge.settings import get_settings
 
 app = make_celery(get_settings(), name="barge-worker")
@@ -30,7 +32,18 @@ def _init_child(**_: Any) -> None:
 
     logging.getLogger("barge").setLevel(logging.INFO)
     ctx = init_context(app)
-    metrics.serve(ctx.settings.worker_metrics_port, getattr(current_process(), "index", 0))
+    if runs_gpu_work():  # a control worker runs no model: nothing to measure, no port to take
+        metrics.serve(
+            ctx.settings.worker_metrics_port,
+            getattr(current_process(), "index", 0),
+            ctx.settings.worker_metrics_host,
+        )
+
+
+def runs_gpu_work() -> bool:
+    """Whether this worker consumes the GPU queue (``-Q``, inherited from the pool's parent)."""
+    consumed = app.amqp.queues.consume_from
+    return not consumed or GPU_QUEUE in consumed
 
 
 @worker_process_shutdown.connect

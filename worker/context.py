@@ -59,8 +59,14 @@ class WorkerContext:
                     "could not publish %s%s now (%s); the reconciler will", task_name, args, exc
                 )
 
-    def send(self, task_name: str, *args: object, countdown: float | None = None) -> None:
-        send(self.celery, task_name, *args, countdown=countdown)
+    def send(
+        self,
+        task_name: str,
+        *args: object,
+        countdown: float | None = None,
+        expires: float | None = None,
+    ) -> None:
+        send(self.celery, task_name, *args, countdown=countdown, expires=expires)
 
 
 _context: WorkerContext | None = None

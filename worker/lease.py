@@ -7,6 +7,8 @@ Imports: ``barge``, ``db``, ``worker.context``; never ``api`` or ``cli``.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ from db import repositories as repo
 from db import state
 from db.models import Job, Shard
 from worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
 
 
 class Stop(Exception):
@@ -94,9 +98,13 @@ class ShardWork:
 
 class Lease:
     """This attempt's hold on its unit. Between batches: is the job still running (else
-    ``Stop``)? Every ``BARGE_HEARTBEAT_SECONDS``: renew the lease and record progress
-    (``succeeded``, ``failed``, ``steps_done``). ``beat()`` right before a write is the fencing
-    check (else ``LeaseLost``).
+    ``Stop``)? Every ``BARGE_HEARTBEAT_SECONDS`` a keeper thread renews the lease and records
+    progress (``succeeded``, ``failed``, ``steps_done``), whatever the work is doing: a long
+    batch, a model load or an upload never lets a short lease lapse while the process lives.
+    When the process dies (or freezes) the renewals stop and the lease ends within
+    ``BARGE_LEASE_SECONDS``. ``beat()`` right before a write is the fencing check, on the
+    work's own thread (else ``LeaseLost``); so is a renewal the keeper found refused.
+    ``close()`` stops the keeper once the unit is settled.
 
     ``check_seconds`` throttles the status check (a fine-tune's steps can be milliseconds)."""
 
@@ -109,8 +117,48 @@ class Lease:
         self.check_seconds = check_seconds
         self._last_beat = time.monotonic()
         self._last_check = float("-inf")
+        self._lost = threading.Event()
+        self._closed = threading.Event()
+        self._keeper = threading.Thread(target=self._keep, daemon=True, name="barge-lease")
+        self._keeper.start()
+
+    def close(self) -> None:
+        """Stop renewing (the unit is settled, or this attempt gave up on it)."""
+        self._closed.set()
+
+    def _keep(self) -> None:
+        """Renew every heartbeat until closed, or until a renewal is refused (another attempt
+        holds the unit, or it was settled). A renewal that fails (the database away for a
+        moment) is tried again at the next beat: the lease outlasts several."""
+        every = self.ctx.settings.heartbeat_seconds
+        while not self._closed.wait(every):
+            try:
+                held = self._renew()
+            except Exception as exc:
+                log.warning("%s: lease renewal failed, trying again: %s", self.work.log_name, exc)
+                continue
+            if not held:
+                self._lost.set()
+                return
+
+    def _renew(self) -> bool:
+        with self.ctx.session() as session:
+            held = repo.heartbeat_shard(
+                session,
+                self.work.shard_id,
+                self.work.attempt,
+                timedelta(seconds=self.ctx.settings.lease_seconds),
+                self.succeeded,
+                self.failed,
+                self.steps_done,
+            )
+        if held:
+            self._last_beat = time.monotonic()
+        return held
 
     def between_batches(self) -> None:
+        if self._lost.is_set():
+            raise LeaseLost()
         now = time.monotonic()
         if now - self._last_check < self.check_seconds:
             return
@@ -123,16 +171,6 @@ class Lease:
             self.beat()
 
     def beat(self) -> None:
-        with self.ctx.session() as session:
-            held = repo.heartbeat_shard(
-                session,
-                self.work.shard_id,
-                self.work.attempt,
-                timedelta(seconds=self.ctx.settings.lease_seconds),
-                self.succeeded,
-                self.failed,
-                self.steps_done,
-            )
-        if not held:
+        if not self._renew():
+            self._lost.set()
             raise LeaseLost()
-        self._last_beat = time.monotonic()

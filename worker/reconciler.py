@@ -43,7 +43,8 @@ def reconcile(ctx: WorkerContext, limit: int = 500) -> ReconcileReport:
         session = uow.session
         stale_jobs = repo.take_stale_queued_jobs(session, now, grace, limit)
         for job_id in stale_jobs:
-            uow.send_after_commit(PLAN_JOB, str(job_id))
+            # Re-sends expire when the next one would be due: they never pile up.
+            uow.send_after_commit(PLAN_JOB, str(job_id), expires=grace.total_seconds())
         report.plans = len(stale_jobs)
         stale_shards = repo.take_expired_shards(session, now, grace, limit)
         lost = _lost_messages(ctx, repo.pending_shard_count(session))
@@ -54,7 +55,7 @@ def reconcile(ctx: WorkerContext, limit: int = 500) -> ReconcileReport:
         quiet_since = now - timedelta(seconds=ctx.settings.reconcile_seconds)
         to_finalize = repo.jobs_to_finalize(session, quiet_since, limit)
         for job_id in to_finalize:
-            uow.send_after_commit(FINALIZE_JOB, str(job_id))
+            uow.send_after_commit(FINALIZE_JOB, str(job_id), expires=ctx.settings.reconcile_seconds)
         report.finalizes = len(to_finalize)
     if report.plans or report.shards or report.finalizes:
         log.info("reconcile: %s", report)

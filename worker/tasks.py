@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import uuid
 
+from celery import Task
+
 from barge.queue import FINALIZE_JOB, PLAN_JOB, RECONCILE, RUN_SHARD, SCAN_DROPS
 from barge.settings import get_settings
-from worker import drops, finalize, lifecycle, planner, reconciler
+from worker import drops, finalize, lifecycle, planner, reconciler, takeover
 from worker.celery_app import app
 from worker.context import get_context
 from worker.runners import runner_for
@@ -26,13 +28,18 @@ _settings = get_settings()
 
 @app.task(
     name=RUN_SHARD,
+    bind=True,
     soft_time_limit=_settings.shard_soft_time_limit,
     time_limit=_settings.shard_hard_time_limit,
 )
-def run_shard(shard_id: str, job_id: str = "", index: int = -1) -> None:
+def run_shard(self: Task, shard_id: str, job_id: str = "", index: int = -1) -> None:
     """Run one shard or fine-tune slice (job id and index are there for operators reading
-    Flower)."""
-    lifecycle.run_shard(get_context(), uuid.UUID(shard_id), runner_for)
+    Flower). A redelivered message (its worker died) first waits for the dead attempt's lease
+    to end, so the shard runs again at once instead of on the reconciler's next pass."""
+    ctx = get_context()
+    if (self.request.delivery_info or {}).get("redelivered"):
+        takeover.wait_for_dead_holder(ctx, uuid.UUID(shard_id))
+    lifecycle.run_shard(ctx, uuid.UUID(shard_id), runner_for)
 
 
 @app.task(name=FINALIZE_JOB)

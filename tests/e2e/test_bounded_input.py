@@ -60,12 +60,8 @@ def reset_peak_rss(pid: int | str) -> bool:
 
 
 def pool_children(worker: WorkerProcess) -> list[int]:
-    """The pids of the worker's prefork pool processes (children of its main process)."""
-    assert worker.proc is not None
-    pids: list[int] = []
-    for children in Path(f"/proc/{worker.proc.pid}/task").glob("*/children"):
-        pids += [int(pid) for pid in children.read_text().split()]
-    return sorted(set(pids))
+    """The pids of the worker's prefork pool processes (GPU and control)."""
+    return worker.pool_pids()
 
 
 def peak_growth(fn: Callable[[], T]) -> tuple[T, int, int]:
@@ -140,7 +136,7 @@ def test_one_gib_line_in_a_small_gzip(
         }
     ]
 
-    # Peak RSS of the pool process that planned and ran the job (MiniLM + torch is ~1 GB; it
+    # Peak RSS of the pool processes that planned and ran the job (MiniLM + torch is ~1 GB; it
     # was ~22 GB before input was bounded).
     peaks = {pid: status_kib(pid, "VmHWM") * 1024 for pid in pool_children(worker)}
     assert peaks, "the worker has no pool process"

@@ -63,10 +63,11 @@ class World:
         self.workers.append(proc.start())
         return proc
 
-    def start_scheduler(self) -> None:
+    def start_scheduler(self, env: dict[str, str] | None = None) -> None:
+        """Celery beat, with the world's environment or ``env``."""
         self.scheduler = subprocess.Popen(
             [sys.executable, "-m", "cli", "scheduler"],
-            env=self.env,
+            env=env or self.env,
             cwd=ROOT,
             stdout=(self.tmp / "scheduler.log").open("ab"),
             stderr=subprocess.STDOUT,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.conftest import World, assert_exactly_once, children, dataset
+from tests.faults.conftest import World, assert_exactly_once, dataset
 from tests.helpers import inference_spec, wait_until
 
 pytestmark = pytest.mark.faults
@@ -40,7 +40,7 @@ def test_sigkill_of_the_pool_child_mid_shard(
     )
     shard = _running_shard(world, job_id)
     child = int(shard.worker.rsplit(":", 1)[1])
-    assert child in children(worker.proc.pid)  # type: ignore[union-attr]
+    assert child in worker.pool_pids()
     os.kill(child, signal.SIGKILL)
     job = world.wait_final(job_id)
     assert job["status"] == "succeeded", job

@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from tests.faults.conftest import World, children
+from tests.faults.conftest import World
 from tests.helpers import (
     finetune_spec,
     inference_spec,
@@ -114,7 +114,7 @@ class TestModelDirectory:
         assert "config.json describes" in job["error"], job["error"]
         assert "refusing to build it" in job["error"]
         assert worker.proc is not None
-        for child in children(worker.proc.pid):
+        for child in worker.pool_pids():
             # MiniLM and the tiny models weigh well under 2 GB; the config asks for terabytes.
             assert _peak_rss_bytes(child) < 3 * 2**30
 

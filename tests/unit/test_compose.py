@@ -19,9 +19,10 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from barge.queue import CONTROL_QUEUE, GPU_QUEUE, ROUTES
 from barge.settings import Settings
 from cli.main import build_parser
-from cli.processes import flower_argv, flower_basic_auth
+from cli.processes import flower_argv, flower_basic_auth, worker_queues
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_PATH = ROOT / "docker-compose.yml"
@@ -35,10 +36,11 @@ EXPECTED_SERVICES = {
     "migrate",
     "api",
     "worker",
+    "control",
     "scheduler",
     "flower",
 }
-BARGE_SERVICES = ("migrate", "api", "worker", "scheduler", "flower")
+BARGE_SERVICES = ("migrate", "api", "worker", "control", "scheduler", "flower")
 SETTING_VARS = {f"BARGE_{name.upper()}" for name in Settings.model_fields}
 # What the operator must supply; everything else has a default.
 REQUIRED_ENV = {"FLOWER_PASSWORD": "flower-secret"}
@@ -182,7 +184,8 @@ def test_images(services: dict[str, Any]) -> None:
     [
         ("migrate", "db", {"db": "upgrade"}),
         ("api", "api", {"host": "0.0.0.0", "port": 8000}),
-        ("worker", "worker", {"queues": "gpu,control", "concurrency": 1}),
+        ("worker", "worker", {"queues": "gpu", "concurrency": 1}),
+        ("control", "worker", {"queues": "control", "control_concurrency": 2}),
         ("scheduler", "scheduler", {}),
         ("flower", "flower", {"address": "0.0.0.0", "port": 5555}),
     ],
@@ -212,7 +215,7 @@ def test_every_barge_command_parses(services: dict[str, Any]) -> None:
             build_parser().parse_args(args[1:])
         except SystemExit as exc:
             pytest.fail(f"{name}: `{shlex.join(args)}` is not a valid barge command ({exc})")
-    assert {"migrate", "api", "worker", "scheduler", "flower"} <= set(found)
+    assert {"migrate", "api", "worker", "control", "scheduler", "flower"} <= set(found)
 
 
 def test_barge_image_runs_commands_as_given(services: dict[str, Any]) -> None:
@@ -385,8 +388,9 @@ def test_startup_order(services: dict[str, Any]) -> None:
     assert api["rabbitmq"] == "service_healthy"
     assert api["minio-init"] == "service_completed_successfully"
     assert depends_on(services["minio-init"])["minio"] == "service_healthy"
-    for name in ("worker", "scheduler"):
+    for name in ("worker", "control", "scheduler"):
         assert depends_on(services[name])["migrate"] == "service_completed_successfully", name
+        assert depends_on(services[name])["rabbitmq"] == "service_healthy", name
 
 
 def test_dependency_conditions_are_satisfiable(services: dict[str, Any]) -> None:
@@ -427,6 +431,33 @@ def test_worker_reserves_a_gpu(services: dict[str, Any]) -> None:
         v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in worker["volumes"]
     ]
     assert any(m.split(":")[1] == env["BARGE_CACHE_DIR"] for m in mounts), mounts
+
+
+def worker_queues_of(service: Mapping[str, Any]) -> list[str]:
+    """The queues a `barge worker` service consumes, as the CLI reads its command."""
+    args = argv(service.get("command"))
+    parsed = build_parser().parse_args(args[1:])
+    assert parsed.command == "worker", args
+    return worker_queues(parsed.queues)
+
+
+def test_control_work_has_a_worker_of_its_own(services: dict[str, Any]) -> None:
+    """Planning, finalizing, reconciling and drop scans never wait behind a shard: the GPU
+    worker consumes only `gpu`, a separate service `control`, without a GPU or a model cache;
+    every queue a task is routed to has a consumer."""
+    assert worker_queues_of(services["worker"]) == [GPU_QUEUE]
+    control = services["control"]
+    assert worker_queues_of(control) == [CONTROL_QUEUE]
+    assert "deploy" not in control and "CUDA_VISIBLE_DEVICES" not in service_env(control)
+    consumed = {
+        q
+        for service in services.values()
+        if argv(service.get("command"))[:2] == ["barge", "worker"]
+        for q in worker_queues_of(service)
+    }
+    assert set(ROUTES.values()) <= consumed, (sorted(set(ROUTES.values())), sorted(consumed))
+    for name in ("worker", "control"):  # warm shutdown: running tasks may end
+        assert services[name].get("stop_grace_period"), name
 
 
 def test_stores_have_volumes(compose: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """fair share and quotas: shard back-off (not_before), the indexes of the fair claim and of the
 active-jobs quota
 
-Revision ID: 0007
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-02 10:00:00.000000
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 import db.base
 
-revision: str = "0007"
+revision: str = "0006"
 down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

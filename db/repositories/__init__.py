@@ -1,5 +1,5 @@
 """All SQL lives here, one module per aggregate: tenants, jobs, shards, events, registry, drops,
-aggregates, audit. Repositories query and flush; only a boundary (a request, a task scope) commits.
+aggregates. Repositories query and flush; only a boundary (a request, a task scope) commits.
 
 ``from db import repositories as repo`` gives every function; each module is also importable on
 its own. Imports: ``db.models``, ``db.state``, ``db.base``; nothing above ``db``."""
@@ -8,10 +8,6 @@ from db.repositories.aggregates import (
     job_counts,
     record_totals,
     shard_counts,
-)
-from db.repositories.audit import (
-    add_audit_entry,
-    audit_entries,
 )
 from db.repositories.drops import (
     DROP_NAME_CHARS,
@@ -71,45 +67,21 @@ from db.repositories.shards import (
     unfinished_shard_count,
 )
 from db.repositories.tenants import (
-    KEY_PREFIX_CHARS,
-    ROLES,
-    active_key_counts,
-    add_api_key,
-    add_tenant,
-    api_keys,
-    api_keys_matching,
     create_api_key,
-    expire_api_key,
     hash_key,
-    key_and_tenant,
-    list_tenants,
-    revoke_api_key,
-    tenant_by_id,
-    tenant_by_name,
     tenant_for_key,
-    touch_api_key,
-    update_tenant,
 )
 
 __all__ = [
     "DROP_NAME_CHARS",
-    "KEY_PREFIX_CHARS",
     "REMOVED_MARK",
-    "ROLES",
     "SUBMISSION_LOCK",
     "Progress",
     "active_jobs",
-    "active_key_counts",
-    "add_api_key",
-    "add_audit_entry",
     "add_drop_object",
     "add_drop_rule",
     "add_event",
-    "add_tenant",
     "ancestors",
-    "api_keys",
-    "api_keys_matching",
-    "audit_entries",
     "cancel_pending_shards",
     "claim_shard",
     "create_api_key",
@@ -117,7 +89,6 @@ __all__ = [
     "drop_rules",
     "enabled_drop_rules",
     "encode_cursor",
-    "expire_api_key",
     "find_model",
     "finish_shard",
     "finished_drops",
@@ -130,11 +101,9 @@ __all__ = [
     "job_status",
     "job_with_output_overlapping",
     "jobs_to_finalize",
-    "key_and_tenant",
     "last_event",
     "list_events",
     "list_jobs",
-    "list_tenants",
     "live_drop_rule",
     "lock_job",
     "lock_submissions",
@@ -146,7 +115,6 @@ __all__ = [
     "register_model",
     "release_shard",
     "remove_drop_rule",
-    "revoke_api_key",
     "settle_drop",
     "settle_unstarted_shard",
     "shard_counts",
@@ -154,12 +122,7 @@ __all__ = [
     "take_expired_shards",
     "take_stale_queued_jobs",
     "take_unclaimed_shards",
-    "tenant_by_id",
-    "tenant_by_name",
     "tenant_for_key",
-    "tenants_except",
-    "touch_api_key",
     "touch_dispatched",
     "unfinished_shard_count",
-    "update_tenant",
 ]

@@ -110,6 +110,10 @@ class Lease:
         self._last_beat = time.monotonic()
         self._last_check = float("-inf")
 
+    def close(self) -> None:
+        """Nothing to stop here: this lease renews on the work's own thread (the lifecycle
+        calls it once the unit is settled)."""
+
     def between_batches(self) -> None:
         now = time.monotonic()
         if now - self._last_check < self.check_seconds:

@@ -45,6 +45,7 @@ def tiny_chat_model(path: Path) -> Path:
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
     tok.chat_template = CHAT_TEMPLATE
+    tok.model_max_length = 1100
     GPT2LMHeadModel(
         GPT2Config(
             vocab_size=tok.vocab_size,
@@ -296,7 +297,9 @@ def test_the_openai_docs_example_files_run_as_they_are(client: Any) -> None:
         done = wait_batch(client, batch.id, timeout=300)
         assert done.status == "completed", done
         out = read_file(client, done.output_file_id)
-        assert sorted(line["custom_id"] for line in out) == ["request-1", "request-2"]
+        assert sorted(line["custom_id"] for line in out) == ["request-1", "request-2"], read_file(
+            client, done.error_file_id
+        )
         assert all(line["response"]["status_code"] == 200 for line in out)
 
 

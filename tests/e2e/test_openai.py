@@ -548,7 +548,7 @@ def test_cancel_mid_batch_keeps_what_finished(client: Any) -> None:
         chat_line(
             f"k-{i}", [{"role": "user", "content": "story"}], temperature=0, max_tokens=300 + i
         )
-        for i in range(60)
+        for i in range(40)
     ]
     batch = client.batches.create(
         input_file_id=upload(client, rows).id,
@@ -556,8 +556,8 @@ def test_cancel_mid_batch_keeps_what_finished(client: Any) -> None:
         completion_window="24h",
     )
     deadline = time.monotonic() + 120
-    while client.batches.retrieve(batch.id).request_counts.completed < 1:
-        assert time.monotonic() < deadline, "no request finished"
+    while (now := client.batches.retrieve(batch.id)).request_counts.completed < 1:
+        assert time.monotonic() < deadline and now.status in ("validating", "in_progress"), now
         time.sleep(0.2)
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
@@ -565,7 +565,7 @@ def test_cancel_mid_batch_keeps_what_finished(client: Any) -> None:
     assert done.status == "cancelled" and done.cancelled_at
     out = read_file(client, done.output_file_id)
     ids = [line["custom_id"] for line in out]
-    assert 1 <= len(ids) < 60 and len(ids) == len(set(ids))
+    assert 1 <= len(ids) < 40 and len(ids) == len(set(ids))
     assert done.request_counts.completed == len(ids)
     with pytest.raises(openai.ConflictError):
         client.batches.cancel(batch.id)

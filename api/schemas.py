@@ -38,6 +38,7 @@ class JobOut(BaseModel):
     output: OutputOut
     error: str | None
     metadata: dict[str, Any]
+    usage: dict[str, int] | None = None  # token totals, once an OpenAI batch's job is final
 
 
 class JobList(BaseModel):

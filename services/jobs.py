@@ -78,6 +78,7 @@ def present(job: Job, progress: repo.Progress, now: datetime | None = None) -> d
         },
         "error": job.error,
         "metadata": job.meta or {},
+        "usage": (job.manifest or {}).get("usage"),  # token totals (OpenAI batch jobs)
     }
 
 

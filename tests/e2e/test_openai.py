@@ -263,6 +263,11 @@ def test_embeddings_batch_equals_minilm_run_directly(client: Any) -> None:
     assert error["response"]["body"]["error"]["param"] == "input"
     total = sum(len(tok(t)["input_ids"]) for t in texts)
     assert done.usage.input_tokens == total and done.usage.total_tokens == total
+    job = httpx.get(  # the batch's Barge job has the same totals
+        f"{client.base_url}".replace("/openai/v1/", "/v1/jobs"),
+        headers={"Authorization": f"Bearer {client.api_key}"},
+    ).json()["jobs"][0]
+    assert job["usage"] == {"prompt_tokens": total, "completion_tokens": 0, "total_tokens": total}
 
 
 def test_a_registered_model_name_works_in_a_body(

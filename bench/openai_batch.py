@@ -46,7 +46,7 @@ def main() -> int:
         body = "\n".join(json.dumps({"id": i, "text": t}) for i, t in enumerate(texts)).encode()
         stack.s3.put_object(Bucket="barge", Key="bench/native/data.jsonl", Body=body)
         client = openai.OpenAI(
-            base_url=f"{stack.api.base_url}openai/v1",
+            base_url=str(stack.api.base_url).rstrip("/") + "/openai/v1",
             api_key=stack.api.headers["Authorization"].removeprefix("Bearer "),
         )
         lines = "\n".join(

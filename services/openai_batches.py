@@ -18,6 +18,7 @@ from typing import IO, Any
 from sqlalchemy.orm import Session
 
 from barge.errors import Conflict, InvalidSpec, NotFound, excerpt
+from barge.jsonvalues import unstorable
 from barge.settings import Settings
 from barge.specs import InferenceSpec
 from barge.status import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED
@@ -149,8 +150,13 @@ def _check_request(
         return
     body = data.get("body")
     model = body.get("model") if isinstance(body, dict) else None
-    if not isinstance(model, str) or not model:
-        out.error("invalid_request", number, "body must be an object with a model", "body.model")
+    if not isinstance(model, str) or not model or len(model) > 2048 or unstorable(model):
+        out.error(
+            "invalid_request",
+            number,
+            "body must be an object with a model (a name of at most 2048 characters, no NUL)",
+            "body.model",
+        )
         return
     if out.model is None:
         out.model = model
@@ -186,6 +192,7 @@ def _check_request_fields(
         )
     if metadata is not None and (
         not isinstance(metadata, dict)
+        or unstorable(metadata) is not None
         or len(metadata) > MAX_METADATA_KEYS
         or not all(
             isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
@@ -278,7 +285,11 @@ def _start_job(
 
 
 def get(session: Session, tenant_id: uuid.UUID, batch_id: str) -> OpenAIBatch:
-    row = openai_repo.get_openai_batch(session, tenant_id, batch_id)
+    row = (
+        openai_repo.get_openai_batch(session, tenant_id, batch_id)
+        if openai_files.is_id(batch_id)
+        else None
+    )
     if row is None:
         raise NotFound(f"no such batch: {excerpt(batch_id)}", field="batch_id")
     return row
@@ -412,7 +423,11 @@ def _usage(totals: dict[str, int] | None) -> dict[str, Any] | None:
 def page(session: Session, tenant_id: uuid.UUID, limit: int, after: str | None) -> dict[str, Any]:
     after_row = None
     if after is not None:
-        after_row = openai_repo.get_openai_batch(session, tenant_id, after)
+        after_row = (
+            openai_repo.get_openai_batch(session, tenant_id, after)
+            if openai_files.is_id(after)
+            else None
+        )
         if after_row is None:
             raise BadRequest(f"after: no such batch {excerpt(after)}", field="after")
     rows, more = openai_repo.list_openai_batches(session, tenant_id, limit, after_row)

@@ -7,6 +7,7 @@ which must lie inside its write scopes. Another tenant's file is a 404, never a 
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 from pathlib import Path
@@ -23,6 +24,7 @@ from db.repositories import openai as openai_repo
 from services import scopes
 
 PURPOSES = ("batch", "fine-tune")
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the ids this surface hands out
 OUTPUT_PURPOSE = "batch_output"
 MAX_FILENAME_CHARS = 512
 
@@ -97,7 +99,7 @@ def store_upload(
             id=file_id,
             tenant_id=tenant.id,
             purpose=purpose,
-            filename=(filename or "upload.jsonl")[:MAX_FILENAME_CHARS],
+            filename=clean_filename(filename),
             bytes=size,
             uri=str(uri),
             created_at=utcnow(),
@@ -123,8 +125,19 @@ def add_output_file(
     )
 
 
+def is_id(value: str) -> bool:
+    """Whether ``value`` could be an id of ours (anything else is never looked up)."""
+    return bool(_ID.match(value))
+
+
+def clean_filename(name: str) -> str:
+    """The name as given, without control characters, cut to MAX_FILENAME_CHARS."""
+    kept = "".join(c for c in name if c.isprintable())
+    return kept[:MAX_FILENAME_CHARS] or "upload.jsonl"
+
+
 def get(session: Session, tenant_id: uuid.UUID, file_id: str) -> OpenAIFile:
-    row = openai_repo.get_openai_file(session, tenant_id, file_id)
+    row = openai_repo.get_openai_file(session, tenant_id, file_id) if is_id(file_id) else None
     if row is None:
         raise NotFound(f"no such file: {excerpt(file_id)}", field="file_id")
     return row
@@ -160,7 +173,7 @@ def page(
     """A page of files as OpenAI lists them."""
     after_row = None
     if after is not None:
-        after_row = openai_repo.get_openai_file(session, tenant_id, after)
+        after_row = openai_repo.get_openai_file(session, tenant_id, after) if is_id(after) else None
         if after_row is None:
             raise BadRequest(f"after: no such file {excerpt(after)}", field="after")
     rows, more = openai_repo.list_openai_files(session, tenant_id, limit, after_row, purpose)

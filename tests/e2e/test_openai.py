@@ -574,3 +574,28 @@ def test_cancel_mid_batch_keeps_what_finished(client: Any) -> None:
     assert done.request_counts.completed == len(ids)
     with pytest.raises(openai.ConflictError):
         client.batches.cancel(batch.id)
+
+
+def test_hostile_input_gets_a_4xx_never_a_500(client: Any, openai_api: str) -> None:
+    headers = {"Authorization": f"Bearer {client.api_key}"}
+    for path in ("/files/file-%00", "/batches/batch_%00x", "/files/" + "f" * 300 + "/content"):
+        r = httpx.get(f"{openai_api}{path}", headers=headers)
+        assert r.status_code == 404, (path, r.text)
+    r = httpx.get(f"{openai_api}/batches", params={"after": "x\x00"}, headers=headers)
+    assert r.status_code == 400
+    named = client.files.create(file=("a\x00b\nc.jsonl", b"{}\n"), purpose="batch")
+    assert named.filename and named.filename.isprintable()
+    source = upload(client, [embed_line("a", "x")])
+    for bad in ("\\ud800", "\\u0000"):
+        raw = (
+            f'{{"input_file_id": "{source.id}", "endpoint": "/v1/embeddings", '
+            f'"completion_window": "24h", "metadata": {{"k": "{bad}"}}}}'
+        )
+        r = httpx.post(
+            f"{openai_api}/batches",
+            headers={**headers, "Content-Type": "application/json"},
+            content=raw.encode(),
+        )
+        assert r.status_code in (400, 422), r.text
+    errors = _create_failed(client, [embed_line("a", "x", model="m\x00")])
+    assert errors[0].code == "invalid_request"

@@ -37,11 +37,11 @@ def main() -> int:
     import openai
 
     from bench.stack import Stack
-    from tests.helpers import minilm_dir
+    from tests.helpers import minilm_dir, upload_dir
 
     with Stack(log_dir) as stack:
         stack.s3.create_bucket(Bucket="barge")  # the default scopes: s3://barge/<tenant>/
-        model = stack.upload_model("minilm", minilm_dir())
+        model = upload_dir(stack.s3, "barge", "bench/models/minilm", minilm_dir())
         native_input = "s3://barge/bench/native/data.jsonl"
         body = "\n".join(json.dumps({"id": i, "text": t}) for i, t in enumerate(texts)).encode()
         stack.s3.put_object(Bucket="barge", Key="bench/native/data.jsonl", Body=body)

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.errors import _barge_error, _db_unavailable, _http_error, _validation_error
 from api.guard import RequestGuard
 from api.routers import admin, drops, health, jobs, metrics, models
+from api.routers.openai import MOUNT, create_openai_app
 from barge import __version__
 from barge.errors import BargeError
 from barge.queue import make_celery
@@ -43,4 +44,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(admin.router)
     app.include_router(admin.audit_router)
+    app.mount(MOUNT, create_openai_app(app))
     return app

@@ -23,6 +23,7 @@ from api.errors import (
     _error_body,
     clip,
 )
+from api.routers.openai.errors import envelope, is_openai_path
 from barge.errors import BargeError
 from barge.jsonvalues import field_name, unstorable
 from barge.settings import Settings
@@ -35,7 +36,18 @@ class _BodyTooLarge(Exception):
 
 
 def _needs_key(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/")
+    return path in ("/v1", "/openai/v1") or path.startswith(("/v1/", "/openai/v1/"))
+
+
+UPLOAD_OVERHEAD = 1 << 20  # multipart headers and fields around an uploaded file
+
+
+def _body_limit(settings: Settings, scope: Scope) -> tuple[int, str]:
+    """The largest body this request may have, and the setting that says so: an OpenAI file
+    upload may be as large as a file (its own limit is checked as it streams)."""
+    if scope.get("method") == "POST" and scope["path"].rstrip("/") == "/openai/v1/files":
+        return settings.openai_max_file_bytes + UPLOAD_OVERHEAD, "BARGE_OPENAI_MAX_FILE_BYTES"
+    return settings.max_body_bytes, "BARGE_MAX_BODY_BYTES"
 
 
 def _is_json(headers: Headers) -> bool:
@@ -73,8 +85,11 @@ def _json_problem(body: bytes) -> tuple[str, str] | None:
 class _Exchange:
     """One request as the guard sees it: bytes received, whether the response has started."""
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    def __init__(
+        self, scope: Scope, receive: Receive, send: Send, limit: int, limit_name: str
+    ) -> None:
         self.scope = scope
+        self.limit_name = limit_name
         self._receive = receive
         self._send = send
         self.limit = limit
@@ -159,14 +174,16 @@ class _Exchange:
     async def respond(
         self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> None:
-        response = JSONResponse(_error_body(body), status_code=status, headers=headers)
+        content = _error_body(body)
+        if is_openai_path(self.scope.get("path", "")):
+            content = envelope(status, body)
+        response = JSONResponse(content, status_code=status, headers=headers)
         await response(self.scope, self._receive, self._send_out)
 
     def too_large_body(self) -> dict[str, Any]:
         return {
             "error": "payload_too_large",
-            "message": f"the request body must be at most {self.limit} bytes "
-            "(BARGE_MAX_BODY_BYTES)",
+            "message": f"the request body must be at most {self.limit} bytes ({self.limit_name})",
         }
 
 
@@ -192,7 +209,7 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        exchange = _Exchange(scope, receive, send, self.settings.max_body_bytes)
+        exchange = _Exchange(scope, receive, send, *_body_limit(self.settings, scope))
         try:
             await self._guard(exchange)
         except Exception as exc:

@@ -44,6 +44,7 @@ class JobOut(BaseModel):
         "'waiting for a GPU worker: 2 jobs ahead', 'finalizing', ...; null while its shards "
         "run and once it is finalized.",
     )
+    usage: dict[str, int] | None = None  # token totals, once an OpenAI batch's job is final
 
 
 class JobList(BaseModel):

@@ -27,6 +27,8 @@ MODEL_FILES = frozenset(
         "spiece.model",
         "sentencepiece.bpe.model",
         "preprocessor_config.json",
+        "chat_template.jinja",  # a chat model's template (transformers >= 4.49 saves it here)
+        "chat_template.json",
         "training_summary.json",
     }
 )

@@ -89,6 +89,14 @@ class Settings(BaseSettings):
     quota_max_finetune_steps: int = Field(default=100_000, ge=1)
     quota_min_checkpoint_seconds: float = Field(default=30.0, ge=1.0)
 
+    # The OpenAI-compatible surface (/openai/v1): where a tenant's uploaded files go ("{tenant}"
+    # is its name; inside its write scopes), the largest upload, the most requests in one batch,
+    # and model names in users' code mapped to Barge models (a registry name or a directory).
+    openai_files_prefix: str = "s3://barge/{tenant}/openai-files/"
+    openai_max_file_bytes: int = Field(default=200 * 10**6, ge=1)
+    openai_max_batch_tasks: int = Field(default=50_000, ge=1)
+    openai_model_aliases: dict[str, str] = Field(default_factory=dict)
+
     # Flower (`barge flower`): basic auth is required, so an empty password refuses to start.
     flower_user: str = "admin"
     flower_password: str = ""

@@ -116,6 +116,13 @@ class InferenceSpec(_Strict):
         None, ge=1, le=10_000_000, description="Records per shard (default BARGE_SHARD_RECORDS)."
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
+    openai_endpoint: Literal["/v1/embeddings", "/v1/chat/completions", "/v1/completions"] | None = (
+        Field(
+            None,
+            description="Records are OpenAI batch request lines ({custom_id, method, url, body}) "
+            "for this endpoint; each part line is an OpenAI batch output line.",
+        )
+    )
 
     @field_validator("input")
     @classmethod

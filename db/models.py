@@ -243,3 +243,47 @@ class DropObject(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class OpenAIFile(Base):
+    """A file of the OpenAI-compatible surface: an upload, or a batch's output or error file.
+    The object lives at ``uri`` (under the tenant's ``BARGE_OPENAI_FILES_PREFIX``)."""
+
+    __tablename__ = "openai_files"
+    __table_args__ = (Index("ix_openai_files_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(512))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    uri: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class OpenAIBatch(Base):
+    """An OpenAI batch: its input file checked line by line, then run as a Barge job
+    (``job_id``); a batch refused at validation has ``status`` "failed" and no job."""
+
+    __tablename__ = "openai_batches"
+    __table_args__ = (Index("ix_openai_batches_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
+    )
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str | None] = mapped_column(Text)  # as named in the request bodies
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
+    status: Mapped[str | None] = mapped_column(String(32))  # set only when it failed validation
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    output_file_id: Mapped[str | None] = mapped_column(String(64))
+    error_file_id: Mapped[str | None] = mapped_column(String(64))
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

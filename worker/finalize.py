@@ -22,6 +22,7 @@ from db import state
 from db.base import utcnow
 from db.models import Job, Model, Shard
 from services import scopes
+from worker import openai_batch
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
         else:
             manifest = build_manifest(job, shards, target, error)
         out = S3Uri.parse(job.output_uri).as_prefix()
+        if not denied and job.spec.get("openai_endpoint"):  # an OpenAI batch: its two files
+            manifest["usage"] = openai_batch.assemble(ctx, session, job, shards)
         if not denied:  # nothing is written where the tenant may not write
             ctx.store.put_bytes(
                 out.join("_manifest.json"), json.dumps(manifest, indent=2).encode() + b"\n"

@@ -11,7 +11,10 @@ from barge.specs import FinetuneSpec, JobSpec
 from worker.finetune.run import RUNNER as FINETUNE
 from worker.inference import RUNNER as INFERENCE
 from worker.lifecycle import Runner
+from worker.openai_batch import RUNNER as OPENAI_BATCH
 
 
 def runner_for(spec: JobSpec) -> Runner:
-    return FINETUNE if isinstance(spec, FinetuneSpec) else INFERENCE
+    if isinstance(spec, FinetuneSpec):
+        return FINETUNE
+    return OPENAI_BATCH if spec.openai_endpoint else INFERENCE

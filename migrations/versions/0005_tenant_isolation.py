@@ -26,17 +26,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("read_scopes", JSON, nullable=True))
         batch.add_column(sa.Column("write_scopes", JSON, nullable=True))
         batch.add_column(sa.Column("quotas", JSON, server_default="{}", nullable=False))
-        batch.add_column(
-            sa.Column("updated_at", db.base.UTCDateTime(timezone=True), nullable=True)
-        )
+        batch.add_column(sa.Column("updated_at", db.base.UTCDateTime(timezone=True), nullable=True))
     with op.batch_alter_table("api_keys") as batch:
         batch.add_column(
             sa.Column("role", sa.String(length=16), server_default="member", nullable=False)
         )
         batch.add_column(sa.Column("name", sa.String(length=200), nullable=True))
-        batch.add_column(
-            sa.Column("expires_at", db.base.UTCDateTime(timezone=True), nullable=True)
-        )
+        batch.add_column(sa.Column("expires_at", db.base.UTCDateTime(timezone=True), nullable=True))
         batch.add_column(
             sa.Column("last_used_at", db.base.UTCDateTime(timezone=True), nullable=True)
         )

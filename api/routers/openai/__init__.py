@@ -1,0 +1,33 @@
+"""The OpenAI-compatible surface, mounted at ``/openai/v1``: Files and Batches, same API keys
+and tenant scoping as ``/v1``, errors in OpenAI's envelope. An app of its own (its schema at
+``/openai/v1/openapi.json``) so its error handlers answer only here."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.routers.openai import batches, errors, files
+from barge.errors import BargeError
+
+MOUNT = "/openai/v1"
+
+
+def create_openai_app(parent: FastAPI) -> FastAPI:
+    """The surface's app, sharing the parent's settings, store and Celery app."""
+    app = FastAPI(
+        title="Barge: OpenAI-compatible Files and Batches",
+        description="Point the official `openai` client's base_url here.",
+    )
+    app.state.settings = parent.state.settings
+    app.state.store = parent.state.store
+    app.state.celery = parent.state.celery
+    app.add_exception_handler(RequestValidationError, errors.validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(BargeError, errors.barge_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, errors.http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(OperationalError, errors.db_unavailable)  # type: ignore[arg-type]
+    app.include_router(files.router)
+    app.include_router(batches.router)
+    return app

@@ -1,0 +1,59 @@
+"""/openai/v1/batches: thin handlers; the rules live in services.openai_batches."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict
+
+from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
+from services import openai_batches as service
+
+router = APIRouter(prefix="/batches", tags=["openai batches"])
+
+
+class BatchCreate(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    input_file_id: str
+    endpoint: str
+    completion_window: str = "24h"
+    metadata: dict[str, Any] | None = None
+
+
+@router.post("", summary="Create a batch over an uploaded file")
+def create_batch(
+    body: BatchCreate, tenant: CurrentTenant, uow: UoW, settings: SettingsDep, store: StoreDep
+) -> dict[str, Any]:
+    batch = service.create(
+        uow,
+        settings,
+        store,
+        tenant,
+        body.input_file_id,
+        body.endpoint,
+        body.completion_window,
+        body.metadata,
+    )
+    return service.present(uow.session, batch)
+
+
+@router.get("", summary="List batches, newest first")
+def list_batches(
+    tenant: CurrentTenant,
+    uow: UoW,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    return service.page(uow.session, tenant.id, limit, after)
+
+
+@router.get("/{batch_id}", summary="A batch")
+def get_batch(batch_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
+    return service.present(uow.session, service.get(uow.session, tenant.id, batch_id))
+
+
+@router.post("/{batch_id}/cancel", summary="Cancel a batch (what finished is kept)")
+def cancel_batch(batch_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
+    return service.present(uow.session, service.cancel(uow, tenant.id, batch_id))

@@ -1,0 +1,87 @@
+"""OpenAI's error envelope, ``{"error": {"message", "type", "param", "code"}}``, for every
+answer of the ``/openai/v1`` surface (the request guard's refusals included)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.errors import DB_UNAVAILABLE, PROBLEM_CHARS, _error_body, clip
+from barge.errors import BargeError
+from barge.jsonvalues import field_name
+
+PREFIX = "/openai/"
+
+TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith(PREFIX)
+
+
+def envelope(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """Barge's error body (``{"error", "message", "field"?, "detail"?}``) in OpenAI's shape."""
+    body = _error_body(body)
+    detail = body.get("detail")
+    code = detail.get("code") if isinstance(detail, dict) else None
+    return {
+        "error": {
+            "message": body.get("message", ""),
+            "type": TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+            "param": body.get("field"),
+            "code": code or body.get("error"),
+        }
+    }
+
+
+def _respond(status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> Any:
+    return JSONResponse(
+        status_code=status, content=envelope(status, body), headers=dict(headers or {})
+    )
+
+
+async def barge_error(_: Request, exc: BargeError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return _respond(exc.status_code, exc.to_body(), headers)  # type: ignore[no-any-return]
+
+
+async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    # Only where and pydantic's message: never the error's `input`, which holds the user's value.
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [p for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    param = field_name(loc) or None
+    msg = clip(str(first.get("msg", "invalid")).removeprefix("Value error, "), PROBLEM_CHARS)
+    if first.get("type") == "json_invalid":
+        param, msg = None, "the body is not valid JSON"
+    message = f"{param}: {msg}" if param else msg
+    return _respond(  # type: ignore[no-any-return]
+        400, {"error": "invalid_request", "message": message, "field": param}
+    )
+
+
+async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _respond(  # type: ignore[no-any-return]
+        exc.status_code,
+        {"error": f"http_{exc.status_code}", "message": clip(str(exc.detail))},
+        exc.headers,
+    )
+
+
+async def db_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+    return _respond(503, dict(DB_UNAVAILABLE))  # type: ignore[no-any-return]

@@ -1,0 +1,87 @@
+"""SQL of the OpenAI-compatible surface: files and batches, always scoped to one tenant.
+
+Lists are newest first, paged with ``after`` (the id of the last row of the previous page), the
+way OpenAI's list endpoints page. Imports: ``db.models``, ``db.base``; nothing above ``db``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, and_, or_, select
+from sqlalchemy.orm import Session
+
+from db.models import OpenAIBatch, OpenAIFile
+
+Row = TypeVar("Row", OpenAIFile, OpenAIBatch)
+
+
+def add_openai_file(session: Session, row: OpenAIFile) -> OpenAIFile:
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_openai_file(session: Session, tenant_id: uuid.UUID, file_id: str) -> OpenAIFile | None:
+    return session.scalar(
+        select(OpenAIFile).where(OpenAIFile.id == file_id, OpenAIFile.tenant_id == tenant_id)
+    )
+
+
+def delete_openai_file(session: Session, row: OpenAIFile) -> None:
+    session.delete(row)
+    session.flush()
+
+
+def _page(
+    session: Session, query: Select[Any], model: type[Row], limit: int, after: Row | None
+) -> tuple[list[Row], bool]:
+    if after is not None:
+        query = query.where(
+            or_(
+                model.created_at < after.created_at,
+                and_(model.created_at == after.created_at, model.id < after.id),
+            )
+        )
+    rows = list(
+        session.scalars(query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1))
+    )
+    return rows[:limit], len(rows) > limit
+
+
+def list_openai_files(
+    session: Session,
+    tenant_id: uuid.UUID,
+    limit: int,
+    after: OpenAIFile | None = None,
+    purpose: str | None = None,
+) -> tuple[list[OpenAIFile], bool]:
+    """A page of the tenant's files and whether more follow."""
+    query = select(OpenAIFile).where(OpenAIFile.tenant_id == tenant_id)
+    if purpose is not None:
+        query = query.where(OpenAIFile.purpose == purpose)
+    return _page(session, query, OpenAIFile, limit, after)
+
+
+def add_openai_batch(session: Session, row: OpenAIBatch) -> OpenAIBatch:
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_openai_batch(session: Session, tenant_id: uuid.UUID, batch_id: str) -> OpenAIBatch | None:
+    return session.scalar(
+        select(OpenAIBatch).where(OpenAIBatch.id == batch_id, OpenAIBatch.tenant_id == tenant_id)
+    )
+
+
+def openai_batch_for_job(session: Session, job_id: uuid.UUID) -> OpenAIBatch | None:
+    return session.scalar(select(OpenAIBatch).where(OpenAIBatch.job_id == job_id))
+
+
+def list_openai_batches(
+    session: Session, tenant_id: uuid.UUID, limit: int, after: OpenAIBatch | None = None
+) -> tuple[list[OpenAIBatch], bool]:
+    """A page of the tenant's batches and whether more follow."""
+    query = select(OpenAIBatch).where(OpenAIBatch.tenant_id == tenant_id)
+    return _page(session, query, OpenAIBatch, limit, after)

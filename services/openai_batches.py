@@ -1,0 +1,441 @@
+"""Batches of the OpenAI-compatible surface: an input file checked line by line before any
+work, then run as a Barge inference job over its lines (``InferenceSpec.openai_endpoint``);
+the batch's status, counts and files are read from that job.
+
+A batch whose input fails a check is created ``failed`` with OpenAI's codes and the line
+(``invalid_json_line``, ``duplicate_custom_id``, ``url_mismatch``, ``model_mismatch``,
+``empty_file``, ``too_many_tasks``, ``unsupported_method``, ``invalid_request``), and no job.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import IO, Any
+
+from sqlalchemy.orm import Session
+
+from barge.errors import Conflict, InvalidSpec, NotFound, excerpt
+from barge.jsonvalues import unstorable
+from barge.settings import Settings
+from barge.specs import InferenceSpec
+from barge.status import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED
+from barge.storage import ObjectStore, S3Uri
+from db import repositories as repo
+from db.base import utcnow
+from db.models import Job, OpenAIBatch, Tenant
+from db.repositories import openai as openai_repo
+from services import jobs, openai_files, submission
+from services.openai_files import BadRequest
+from services.unit_of_work import UnitOfWork
+
+# The endpoint a batch runs → the Barge task its model loads for.
+ENDPOINTS = {
+    "/v1/embeddings": "embed",
+    "/v1/chat/completions": "generate",
+    "/v1/completions": "generate",
+}
+COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
+MAX_ERRORS = 100  # validation errors listed per batch
+MAX_METADATA_KEYS = 16
+BATCH_SIZE = 32  # requests per forward pass
+
+
+@dataclass
+class Checked:
+    """What reading the input file found: its requests, the model, and the errors."""
+
+    total: int = 0
+    model: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def error(self, code: str, line: int | None, message: str, param: str | None = None) -> None:
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append({"code": code, "line": line, "message": message, "param": param})
+
+
+def _lines(f: IO[bytes], limit: int) -> Any:
+    """(line number, bytes or None when over ``limit``) for each physical line, bounded."""
+    number = 0
+    while True:
+        line = f.readline(limit + 2)
+        if not line:
+            return
+        number += 1
+        if len(line) > limit + 1 and not line.endswith(b"\n"):
+            while (chunk := f.readline(1 << 20)) and not chunk.endswith(b"\n"):
+                pass
+            yield number, None
+            continue
+        yield number, line
+
+
+def check_lines(f: IO[bytes], endpoint: str, settings: Settings) -> Checked:
+    """Every line of a batch input file against OpenAI's rules."""
+    out = Checked()
+    seen: set[str] = set()
+    for number, raw in _lines(f, settings.max_record_bytes):
+        if raw is None:
+            out.error(
+                "invalid_json_line",
+                number,
+                f"line is longer than {settings.max_record_bytes} bytes (BARGE_MAX_RECORD_BYTES)",
+            )
+            continue
+        if not raw.strip():
+            continue
+        out.total += 1
+        if out.total > settings.openai_max_batch_tasks:
+            out.errors = []
+            out.error(
+                "too_many_tasks",
+                None,
+                f"the file has more than {settings.openai_max_batch_tasks} requests "
+                "(BARGE_OPENAI_MAX_BATCH_TASKS); split it into several batches",
+            )
+            return out
+        try:
+            data = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            out.error("invalid_json_line", number, f"line is not valid JSON: {exc}"[:300])
+            continue
+        if not isinstance(data, dict):
+            out.error("invalid_json_line", number, "line is not a JSON object")
+            continue
+        _check_request(out, number, data, endpoint, seen)
+    if out.total == 0 and not out.errors:
+        out.error("empty_file", None, "the input file has no requests")
+    return out
+
+
+def _check_request(
+    out: Checked, number: int, data: dict[str, Any], endpoint: str, seen: set[str]
+) -> None:
+    custom_id = data.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id or len(custom_id) > 512:
+        out.error(
+            "invalid_request",
+            number,
+            "custom_id must be a string of 1 to 512 characters",
+            "custom_id",
+        )
+        return
+    if custom_id in seen:
+        out.error(
+            "duplicate_custom_id",
+            number,
+            f"custom_id {excerpt(custom_id)} appears more than once in the file",
+            "custom_id",
+        )
+        return
+    seen.add(custom_id)
+    if data.get("method") != "POST":
+        out.error(
+            "unsupported_method",
+            number,
+            f"method must be POST, got {excerpt(data.get('method'))}",
+            "method",
+        )
+        return
+    url = data.get("url")
+    if url != endpoint:
+        out.error(
+            "url_mismatch",
+            number,
+            f"url {excerpt(url)} does not match the batch's endpoint {endpoint}",
+            "url",
+        )
+        return
+    body = data.get("body")
+    model = body.get("model") if isinstance(body, dict) else None
+    if not isinstance(model, str) or not model or len(model) > 2048 or unstorable(model):
+        out.error(
+            "invalid_request",
+            number,
+            "body must be an object with a model (a name of at most 2048 characters, no NUL)",
+            "body.model",
+        )
+        return
+    if out.model is None:
+        out.model = model
+    elif model != out.model:
+        out.error(
+            "model_mismatch",
+            number,
+            f"every request of a batch must name the same model: {excerpt(model)} is not "
+            f"{excerpt(out.model)}",
+            "body.model",
+        )
+
+
+def model_ref(settings: Settings, name: str) -> str:
+    """The Barge model a name in a request body stands for: an alias from
+    ``BARGE_OPENAI_MODEL_ALIASES``, else the name itself (a registry name, a directory)."""
+    return settings.openai_model_aliases.get(name, name)
+
+
+def _check_request_fields(
+    input_file_id: Any, endpoint: Any, completion_window: Any, metadata: Any
+) -> None:
+    if endpoint not in ENDPOINTS:
+        raise BadRequest(
+            f"endpoint must be one of {', '.join(ENDPOINTS)}, got {excerpt(endpoint)}",
+            field="endpoint",
+            code="unsupported_endpoint",
+        )
+    if completion_window not in COMPLETION_WINDOWS:
+        raise BadRequest(
+            f"completion_window must be 24h, got {excerpt(completion_window)}",
+            field="completion_window",
+        )
+    if metadata is not None and (
+        not isinstance(metadata, dict)
+        or unstorable(metadata) is not None
+        or len(metadata) > MAX_METADATA_KEYS
+        or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
+            for k, v in metadata.items()
+        )
+    ):
+        raise BadRequest(
+            "metadata must map at most 16 keys (64 characters) to strings (512 characters)",
+            field="metadata",
+        )
+
+
+def create(
+    uow: UnitOfWork,
+    settings: Settings,
+    store: ObjectStore,
+    tenant: Tenant,
+    input_file_id: str,
+    endpoint: str,
+    completion_window: str,
+    metadata: dict[str, str] | None,
+) -> OpenAIBatch:
+    """Check the input file and start its job; a file that fails the checks makes a failed
+    batch (no job)."""
+    _check_request_fields(input_file_id, endpoint, completion_window, metadata)
+    session = uow.session
+    source = openai_files.get(session, tenant.id, input_file_id)
+    if source.purpose != "batch":
+        raise BadRequest(
+            f"file {source.id} has purpose {source.purpose!r}; a batch reads a file uploaded "
+            "with purpose 'batch'",
+            field="input_file_id",
+        )
+    with store.open(S3Uri.parse(source.uri)) as f:
+        checked = check_lines(f, endpoint, settings)
+    now = utcnow()
+    batch = OpenAIBatch(
+        id=openai_files.new_id("batch_"),
+        tenant_id=tenant.id,
+        endpoint=endpoint,
+        input_file_id=source.id,
+        completion_window=completion_window,
+        model=checked.model,
+        meta=metadata,
+        total=checked.total,
+        created_at=now,
+        expires_at=now + COMPLETION_WINDOWS[completion_window],
+    )
+    if not checked.errors:
+        assert checked.model is not None
+        try:
+            batch.job_id = _start_job(uow, settings, store, tenant, batch, source.uri, endpoint)
+        except InvalidSpec as exc:
+            if exc.field != "model":
+                raise
+            checked.error("model_not_found", None, exc.message, "body.model")
+    if checked.errors:
+        batch.status = "failed"
+        batch.errors = checked.errors
+    return openai_repo.add_openai_batch(session, batch)
+
+
+def _start_job(
+    uow: UnitOfWork,
+    settings: Settings,
+    store: ObjectStore,
+    tenant: Tenant,
+    batch: OpenAIBatch,
+    input_uri: str,
+    endpoint: str,
+) -> uuid.UUID:
+    assert batch.model is not None
+    output = openai_files.files_prefix(settings, tenant).join(f"batches/{batch.id}/")
+    spec = InferenceSpec(
+        model=model_ref(settings, batch.model),
+        task=ENDPOINTS[endpoint],  # type: ignore[arg-type]
+        input=input_uri,
+        output=str(output),
+        text_field="body",
+        id_field="custom_id",
+        input_format="jsonl",
+        batch_size=BATCH_SIZE,
+        shard_size=None,
+        max_failed_ratio=1.0,  # a request that fails alone never fails its batch
+        openai_endpoint=endpoint,  # type: ignore[arg-type]
+        metadata={"openai_batch_id": batch.id},
+    )
+    job, _ = submission.submit(uow, settings, store, tenant.id, spec)
+    return job.id
+
+
+def get(session: Session, tenant_id: uuid.UUID, batch_id: str) -> OpenAIBatch:
+    row = (
+        openai_repo.get_openai_batch(session, tenant_id, batch_id)
+        if openai_files.is_id(batch_id)
+        else None
+    )
+    if row is None:
+        raise NotFound(f"no such batch: {excerpt(batch_id)}", field="batch_id")
+    return row
+
+
+def cancel(uow: UnitOfWork, tenant_id: uuid.UUID, batch_id: str) -> OpenAIBatch:
+    """Cancel the batch's job (what finished is kept); 409 when it already ended."""
+    batch = get(uow.session, tenant_id, batch_id)
+    job = repo.get_job(uow.session, batch.job_id) if batch.job_id else None
+    if job is None or job.status in (SUCCEEDED, FAILED, CANCELLED):
+        status = present(uow.session, batch)["status"]
+        raise Conflict(f"batch {batch.id} is already {status}; there is nothing to cancel")
+    jobs.cancel(uow, job)
+    if batch.cancelling_at is None:
+        batch.cancelling_at = utcnow()
+    uow.session.flush()
+    return batch
+
+
+def attach_outputs(
+    session: Session,
+    job: Job,
+    output: tuple[S3Uri, int, int] | None,
+    errors: tuple[S3Uri, int, int] | None,
+    usage: dict[str, int],
+) -> None:
+    """At finalize: the batch's joined output and error files (uri, bytes, lines) become files
+    of its tenant; its token totals are kept. Idempotent (a second run changes nothing)."""
+    batch = openai_repo.openai_batch_for_job(session, job.id)
+    if batch is None or batch.usage is not None:
+        return
+    if output is not None and output[2]:
+        batch.output_file_id = openai_files.add_output_file(
+            session, job.tenant_id, output[0], f"{batch.id}_output.jsonl", output[1]
+        ).id
+    if errors is not None and errors[2]:
+        batch.error_file_id = openai_files.add_output_file(
+            session, job.tenant_id, errors[0], f"{batch.id}_error.jsonl", errors[1]
+        ).id
+    batch.usage = usage
+    session.flush()
+
+
+def _ts(value: Any) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
+_STATUS = {
+    QUEUED: "validating",
+    RUNNING: "in_progress",
+    SUCCEEDED: "completed",
+    FAILED: "failed",
+    CANCELLING: "cancelling",
+    CANCELLED: "cancelled",
+}
+
+
+def present(session: Session, batch: OpenAIBatch) -> dict[str, Any]:
+    """The batch as OpenAI's client reads it."""
+    return present_many(session, [batch])[0]
+
+
+def present_many(session: Session, batches: list[OpenAIBatch]) -> list[dict[str, Any]]:
+    job_ids = [b.job_id for b in batches if b.job_id is not None]
+    found = {j.id: j for j in (repo.get_job(session, i) for i in job_ids) if j is not None}
+    progress = repo.progress_for(session, list(found))
+    out = []
+    for b in batches:
+        job = found.get(b.job_id) if b.job_id else None
+        done = progress.get(b.job_id) if b.job_id else None
+        out.append(_present(b, job, done))
+    return out
+
+
+def _present(batch: OpenAIBatch, job: Job | None, progress: repo.Progress | None) -> dict[str, Any]:
+    status = batch.status or (_STATUS.get(job.status, "in_progress") if job else "failed")
+    if (
+        job is not None
+        and job.status == RUNNING
+        and progress is not None
+        and job.shards_total
+        and progress.shards_done >= job.shards_total
+    ):
+        status = "finalizing"
+    errors = batch.errors
+    if errors is None and job is not None and job.status == FAILED:
+        errors = [{"code": "batch_failed", "line": None, "message": job.error, "param": None}]
+    finished = job.finished_at if job is not None else batch.created_at
+    return {
+        "id": batch.id,
+        "object": "batch",
+        "endpoint": batch.endpoint,
+        "errors": {"object": "list", "data": errors} if errors else None,
+        "input_file_id": batch.input_file_id,
+        "completion_window": batch.completion_window,
+        "status": status,
+        "output_file_id": batch.output_file_id,
+        "error_file_id": batch.error_file_id,
+        "created_at": _ts(batch.created_at),
+        "in_progress_at": _ts(job.started_at) if job else None,
+        "expires_at": _ts(batch.expires_at),
+        "finalizing_at": _ts(job.finished_at) if job and status == "completed" else None,
+        "completed_at": _ts(finished) if status == "completed" else None,
+        "failed_at": _ts(finished) if status == "failed" else None,
+        "expired_at": None,
+        "cancelling_at": _ts(batch.cancelling_at),
+        "cancelled_at": _ts(finished) if status == "cancelled" else None,
+        "request_counts": {
+            "total": batch.total,
+            "completed": progress.records_succeeded if progress else 0,
+            "failed": progress.records_failed if progress else 0,
+        },
+        "usage": _usage(batch.usage),
+        "model": batch.model,
+        "metadata": batch.meta,
+    }
+
+
+def _usage(totals: dict[str, int] | None) -> dict[str, Any] | None:
+    if totals is None:
+        return None
+    return {
+        "input_tokens": totals.get("prompt_tokens", 0),
+        "output_tokens": totals.get("completion_tokens", 0),
+        "total_tokens": totals.get("total_tokens", 0),
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": 0},
+    }
+
+
+def page(session: Session, tenant_id: uuid.UUID, limit: int, after: str | None) -> dict[str, Any]:
+    after_row = None
+    if after is not None:
+        after_row = (
+            openai_repo.get_openai_batch(session, tenant_id, after)
+            if openai_files.is_id(after)
+            else None
+        )
+        if after_row is None:
+            raise BadRequest(f"after: no such batch {excerpt(after)}", field="after")
+    rows, more = openai_repo.list_openai_batches(session, tenant_id, limit, after_row)
+    data = present_many(session, rows)
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": more,
+    }

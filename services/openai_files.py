@@ -1,0 +1,187 @@
+"""Files of the OpenAI-compatible surface: where a tenant's uploads go, their rows, their
+presentation, and batch outputs registered as files.
+
+An upload lands under the tenant's ``BARGE_OPENAI_FILES_PREFIX`` (``{tenant}`` is its name),
+which must lie inside its write scopes. Another tenant's file is a 404, never a 403.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from barge.errors import BargeError, Forbidden, NotFound, excerpt
+from barge.settings import Settings
+from barge.storage import ObjectStore, S3Uri
+from db.base import utcnow
+from db.models import OpenAIFile, Tenant
+from db.repositories import openai as openai_repo
+from services import scopes
+
+PURPOSES = ("batch", "fine-tune")
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the ids this surface hands out
+OUTPUT_PURPOSE = "batch_output"
+MAX_FILENAME_CHARS = 512
+
+
+class BadRequest(BargeError):
+    """The request is invalid."""
+
+    status_code = 400
+    code = "invalid_request"
+
+
+class FileTooLarge(BargeError):
+    """The file is too large."""
+
+    status_code = 413
+    code = "file_too_large"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(12)}"
+
+
+def files_prefix(settings: Settings, tenant: Tenant) -> S3Uri:
+    """The tenant's files prefix, which must lie inside its write scopes (Forbidden if not)."""
+    rendered = scopes.render([settings.openai_files_prefix], tenant.name)
+    if not rendered or rendered[0] == scopes.ANY:
+        raise Forbidden(
+            "this tenant has no usable files location (BARGE_OPENAI_FILES_PREFIX)", field="file"
+        )
+    prefix = rendered[0]
+    scopes.require_write(scopes.scopes_of(tenant, settings), prefix, "file")
+    return S3Uri.parse(prefix).as_prefix()
+
+
+def check_purpose(purpose: str | None) -> str:
+    if purpose not in PURPOSES:
+        raise BadRequest(
+            f"purpose must be one of {', '.join(PURPOSES)}, got {excerpt(purpose)}",
+            field="purpose",
+        )
+    return purpose
+
+
+def too_large(settings: Settings) -> FileTooLarge:
+    return FileTooLarge(
+        f"the file is larger than {settings.openai_max_file_bytes} bytes "
+        "(BARGE_OPENAI_MAX_FILE_BYTES); split it into smaller files",
+        field="file",
+    )
+
+
+def store_upload(
+    session: Session,
+    settings: Settings,
+    store: ObjectStore,
+    tenant: Tenant,
+    filename: str,
+    purpose: str,
+    path: Path,
+) -> OpenAIFile:
+    """Put the uploaded file (spooled at ``path``) under the tenant's prefix and add its row."""
+    check_purpose(purpose)
+    size = path.stat().st_size
+    if size > settings.openai_max_file_bytes:
+        raise too_large(settings)
+    file_id = new_id("file-")
+    uri = files_prefix(settings, tenant).join(f"{file_id}.jsonl")
+    store.put_file(uri, path)
+    return openai_repo.add_openai_file(
+        session,
+        OpenAIFile(
+            id=file_id,
+            tenant_id=tenant.id,
+            purpose=purpose,
+            filename=clean_filename(filename),
+            bytes=size,
+            uri=str(uri),
+            created_at=utcnow(),
+        ),
+    )
+
+
+def add_output_file(
+    session: Session, tenant_id: uuid.UUID, uri: S3Uri, filename: str, size: int
+) -> OpenAIFile:
+    """A batch's output or error file, already written at ``uri``, as a file of the tenant."""
+    return openai_repo.add_openai_file(
+        session,
+        OpenAIFile(
+            id=new_id("file-"),
+            tenant_id=tenant_id,
+            purpose=OUTPUT_PURPOSE,
+            filename=filename,
+            bytes=size,
+            uri=str(uri),
+            created_at=utcnow(),
+        ),
+    )
+
+
+def is_id(value: str) -> bool:
+    """Whether ``value`` could be an id of ours (anything else is never looked up)."""
+    return bool(_ID.match(value))
+
+
+def clean_filename(name: str) -> str:
+    """The name as given, without control characters, cut to MAX_FILENAME_CHARS."""
+    kept = "".join(c for c in name if c.isprintable())
+    return kept[:MAX_FILENAME_CHARS] or "upload.jsonl"
+
+
+def get(session: Session, tenant_id: uuid.UUID, file_id: str) -> OpenAIFile:
+    row = openai_repo.get_openai_file(session, tenant_id, file_id) if is_id(file_id) else None
+    if row is None:
+        raise NotFound(f"no such file: {excerpt(file_id)}", field="file_id")
+    return row
+
+
+def delete(session: Session, store: ObjectStore, tenant_id: uuid.UUID, file_id: str) -> str:
+    row = get(session, tenant_id, file_id)
+    store.delete(S3Uri.parse(row.uri))
+    openai_repo.delete_openai_file(session, row)
+    return file_id
+
+
+def present(row: OpenAIFile) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "file",
+        "bytes": row.bytes,
+        "created_at": int(row.created_at.timestamp()),
+        "filename": row.filename,
+        "purpose": row.purpose,
+        "status": "processed",
+        "status_details": None,
+    }
+
+
+def page(
+    session: Session,
+    tenant_id: uuid.UUID,
+    limit: int,
+    after: str | None,
+    purpose: str | None = None,
+) -> dict[str, Any]:
+    """A page of files as OpenAI lists them."""
+    after_row = None
+    if after is not None:
+        after_row = openai_repo.get_openai_file(session, tenant_id, after) if is_id(after) else None
+        if after_row is None:
+            raise BadRequest(f"after: no such file {excerpt(after)}", field="after")
+    rows, more = openai_repo.list_openai_files(session, tenant_id, limit, after_row, purpose)
+    data = [present(r) for r in rows]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": more,
+    }

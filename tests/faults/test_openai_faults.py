@@ -1,0 +1,93 @@
+"""An OpenAI batch whose worker is SIGKILLed mid-batch: every custom_id ends up exactly once
+across the batch's output and error files."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.faults.conftest import World
+from tests.services import ROOT, free_port, wait_port
+
+openai = pytest.importorskip("openai")
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.fixture
+def openai_url(world: World, s3: Any, minilm_uri: str) -> Iterator[str]:
+    """A real `barge api` process in the fault world, with an alias for MiniLM."""
+    with contextlib.suppress(Exception):
+        s3.create_bucket(Bucket="barge")
+    port = free_port()
+    env = {**world.env, "BARGE_OPENAI_MODEL_ALIASES": json.dumps({"embed-small": minilm_uri})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "api", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=(world.tmp / "api-openai.log").open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    wait_port(port, 60)
+    yield f"http://127.0.0.1:{port}/openai/v1"
+    proc.terminate()
+    proc.wait(10)
+
+
+def _key(world: World) -> str:
+    return world.auth["Authorization"].removeprefix("Bearer ")
+
+
+def test_a_worker_killed_mid_batch_leaves_every_custom_id_exactly_once(
+    world: World, openai_url: str
+) -> None:
+    client = openai.OpenAI(base_url=openai_url, api_key=_key(world), max_retries=2)
+    rows = []
+    for i in range(1500):
+        body: dict[str, Any] = {"model": "embed-small", "input": f"record {i} " + "word " * (i % 9)}
+        if i % 250 == 7:
+            body["input"] = {"not": "text"}  # fails alone: an error-file line
+        rows.append(
+            {"custom_id": f"r-{i}", "method": "POST", "url": "/v1/embeddings", "body": body}
+        )
+    content = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+    source = client.files.create(file=("in.jsonl", content), purpose="batch")
+    first = world.worker()
+    world.start_scheduler()
+    batch = client.batches.create(
+        input_file_id=source.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    deadline = time.monotonic() + 180
+    while client.batches.retrieve(batch.id).request_counts.completed < 64:
+        assert time.monotonic() < deadline, first.tail()
+        time.sleep(0.1)
+    assert first.proc is not None
+    assert client.batches.retrieve(batch.id).status == "in_progress"  # mid-batch
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(10)
+    world.worker()
+
+    deadline = time.monotonic() + 300
+    while (done := client.batches.retrieve(batch.id)).status not in (
+        "completed",
+        "failed",
+        "cancelled",
+    ):
+        assert time.monotonic() < deadline, done
+        time.sleep(0.3)
+    assert done.status == "completed", done
+    out = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    err = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+    seen = [line["custom_id"] for line in out + err]
+    assert len(seen) == len(set(seen)) == 1500
+    assert {line["custom_id"] for line in err} == {f"r-{i}" for i in range(7, 1500, 250)}
+    assert (done.request_counts.completed, done.request_counts.failed) == (1494, 6)

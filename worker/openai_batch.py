@@ -1,0 +1,589 @@
+"""Running one shard of an OpenAI batch (a job whose spec has ``openai_endpoint``): each record
+is a request line ``{custom_id, method, url, body}``; each result is an OpenAI batch output line
+``{id, custom_id, response: {status_code, request_id, body}, error}``, in the shard's part, or in
+its errors file when the request failed alone (bad parameters, too long: a 4xx with a message).
+
+Requests are batched by what they can share: embeddings by the model (any parameters), chat and
+completions by their generation parameters and their prompt length (so no prompt is padded and
+each one's greedy output equals ``model.generate`` on it alone). Chat messages are rendered with
+the model's chat template. Every response carries ``usage`` counted with the model's tokenizer.
+
+At finalize (``assemble``) the parts are joined into one output and one error file, streamed,
+and registered as the batch's files with its token totals.
+
+Imports: ``barge``, ``db``, ``services.openai_batches``, ``worker.*``; never ``api`` or ``cli``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.orm import Session
+
+from barge.errors import PermanentJobError, describe
+from barge.records import Record, iter_range
+from barge.specs import EmbedParams, InferenceSpec
+from barge.storage import S3Uri
+from db.models import Job, Shard
+from services import openai_batches
+from worker import metrics
+from worker.context import WorkerContext
+from worker.inference import WINDOW_BATCHES, _prefetch
+from worker.lease import Lease, ShardWork, Stop
+from worker.lifecycle import Outcome, Result, Runner
+from worker.models import LoadedModel, predict
+from worker.outputs import JsonlPart, errors_name, part_name
+
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+MAX_STOP = 4
+MAX_DEFAULT_TOKENS = 4096  # max_tokens when a request names none: what is left, at most this
+
+
+class RequestError(Exception):
+    """A request that fails alone: its status code, message, parameter and code."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+@dataclass
+class Request:
+    """One request line, parsed: where it sits in the window and what to run."""
+
+    at: int  # index in the window
+    custom_id: str
+    body: dict[str, Any]
+    texts: list[str] = field(default_factory=list)  # embeddings
+    tokens: list[int] = field(default_factory=list)  # embeddings: per text
+    prompt_ids: list[int] = field(default_factory=list)  # generation
+    max_new_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: list[str] = field(default_factory=list)
+
+    def group(self) -> tuple[Any, ...]:
+        sampled = self.temperature > 0
+        return (
+            self.max_new_tokens,
+            self.temperature,
+            self.top_p if sampled else 1.0,
+            self.seed if sampled else 0,
+            len(self.prompt_ids),
+        )
+
+
+def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
+    spec = work.spec
+    assert isinstance(spec, InferenceSpec) and spec.openai_endpoint is not None
+    loaded = ctx.models.get(work.model_ref, spec.task)
+    info = ctx.store.head(S3Uri.parse(work.source))
+    if info is None:
+        raise PermanentJobError(f"input object {work.source} disappeared")
+    tmp_root = ctx.settings.resolved_cache_dir / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
+        shard = _BatchShard(ctx, work, lease, loaded, Path(tmp))
+        window_size = spec.batch_size * WINDOW_BATCHES
+        records = _prefetch(iter_range(ctx.store, info, work.fmt, work.rng), window_size * 2)
+        stopped = shard.process(records, window_size)
+        lease.beat()  # fencing: still ours right before we write?
+        return shard.upload(stopped)
+
+
+RUNNER = Runner(
+    run=run,
+    time_limit_error=(
+        "ran longer than the shard time limit ({limit:.0f}s, BARGE_SHARD_SOFT_TIME_LIMIT); "
+        "split the batch into smaller input files"
+    ),
+)
+
+
+def _line_id(job_id: uuid.UUID, custom_id: str, kind: str) -> str:
+    """Deterministic ids, so a re-run shard writes the very same lines."""
+    return uuid.uuid5(job_id, f"{kind}:{custom_id}").hex
+
+
+class _BatchShard:
+    def __init__(
+        self, ctx: WorkerContext, work: ShardWork, lease: Lease, loaded: LoadedModel, tmp: Path
+    ):
+        spec = work.spec
+        assert isinstance(spec, InferenceSpec) and spec.openai_endpoint is not None
+        self.ctx = ctx
+        self.work = work
+        self.spec = spec
+        self.endpoint: str = spec.openai_endpoint
+        self.lease = lease
+        self.loaded = loaded
+        self.part = JsonlPart(tmp / "part")
+        self.errors = JsonlPart(tmp / "errors")
+        self.created = int(time.time())
+
+    # --- the shard -----------------------------------------------------------------------------
+
+    def process(self, records: Iterator[Record], window_size: int) -> Stop | None:
+        window: list[Record] = []
+        try:
+            for record in records:
+                window.append(record)
+                if len(window) >= window_size:
+                    self._window(window)
+                    window = []
+            if window:
+                self._window(window)
+        except Stop as exc:
+            return exc
+        finally:
+            self.part.close()
+            self.errors.close()
+        return None
+
+    def upload(self, stopped: Stop | None) -> Result:
+        store = self.ctx.store
+        out_prefix = S3Uri.parse(self.spec.output).as_prefix()
+        output_key = out_prefix.join(part_name(self.work.index, self.part.ext))
+        store.put_file(output_key, self.part.path)
+        errors_key: S3Uri | None = out_prefix.join(errors_name(self.work.index))
+        assert errors_key is not None
+        if self.errors.count:
+            store.put_file(errors_key, self.errors.path)
+        else:
+            store.delete(errors_key)
+            errors_key = None
+        return Result(
+            Outcome.CANCELLED if stopped else Outcome.SUCCEEDED,
+            succeeded=self.part.count,
+            failed=self.errors.count,
+            output_key=output_key.key,
+            errors_key=errors_key.key if errors_key else None,
+        )
+
+    def _window(self, window: list[Record]) -> None:
+        """Parse the window's requests, run them in compatible batches, write the lines in input
+        order (whatever finished, even when stopping mid-window)."""
+        lines: list[tuple[bool, dict[str, Any]] | None] = [None] * len(window)
+        todo: list[Request] = []
+        for i, rec in enumerate(window):
+            custom_id = str((rec.data or {}).get("custom_id", f"line-{rec.line}"))
+            try:
+                todo.append(self._parse(i, custom_id, rec))
+            except RequestError as exc:
+                lines[i] = (False, self._error_line(custom_id, 400, exc))
+        groups: dict[tuple[Any, ...], list[Request]] = {}
+        for req in sorted(todo, key=lambda r: len(r.prompt_ids) or sum(r.tokens)):
+            groups.setdefault(req.group(), []).append(req)
+        try:
+            for group in groups.values():
+                for start in range(0, len(group), self.spec.batch_size):
+                    self.lease.between_batches()
+                    batch = group[start : start + self.spec.batch_size]
+                    for req, outcome in zip(batch, self._run_isolating(batch), strict=True):
+                        lines[req.at] = outcome
+                    self.lease.succeeded = self.part.count + sum(
+                        1 for x in lines if x is not None and x[0]
+                    )
+                    self.lease.failed = self.errors.count + sum(
+                        1 for x in lines if x is not None and not x[0]
+                    )
+        finally:
+            self.part.write_rows([line for ok, line in filter(None, lines) if ok])
+            self.errors.write_rows([line for ok, line in filter(None, lines) if not ok])
+            self.lease.succeeded = self.part.count
+            self.lease.failed = self.errors.count
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def _parse(self, at: int, custom_id: str, rec: Record) -> Request:
+        if rec.data is None:
+            raise RequestError(rec.error or "unreadable line", code="invalid_json_line")
+        body = rec.data.get("body")
+        if not isinstance(body, dict):
+            raise RequestError("body must be a JSON object", "body")
+        req = Request(at=at, custom_id=custom_id, body=body)
+        if self.endpoint == "/v1/embeddings":
+            self._parse_embeddings(req)
+        else:
+            self._parse_generation(req)
+        return req
+
+    def _limit(self) -> int | None:
+        return self.loaded.max_positions
+
+    def _parse_embeddings(self, req: Request) -> None:
+        body = req.body
+        value = body.get("input")
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise RequestError("input must be a string or a non-empty list of strings", "input")
+        if len(texts) > 2048:
+            raise RequestError("input may hold at most 2048 strings", "input")
+        if body.get("encoding_format", "float") not in ("float", "base64"):
+            raise RequestError("encoding_format must be float or base64", "encoding_format")
+        if body.get("dimensions") is not None:
+            raise RequestError("dimensions is not supported by this model", "dimensions")
+        limit = self._limit()
+        tok = self.loaded.tokenizer
+        for text in texts:
+            if len(text) > self.ctx.settings.max_text_chars:
+                raise RequestError(
+                    f"an input has {len(text)} characters, more than "
+                    f"{self.ctx.settings.max_text_chars}",
+                    "input",
+                    "context_length_exceeded",
+                )
+            n = len(tok(text, truncation=False)["input_ids"])
+            if limit is not None and n > limit:
+                raise RequestError(
+                    f"an input has {n} tokens; this model takes at most {limit}",
+                    "input",
+                    "context_length_exceeded",
+                )
+            req.tokens.append(n)
+        req.texts = texts
+
+    def _parse_generation(self, req: Request) -> None:
+        body = req.body
+        tok = self.loaded.tokenizer
+        if body.get("stream"):
+            raise RequestError("stream is not supported in a batch", "stream")
+        if body.get("n", 1) != 1:
+            raise RequestError("n must be 1", "n")
+        if self.endpoint == "/v1/chat/completions":
+            messages = _messages(body.get("messages"))
+            if not getattr(tok, "chat_template", None):
+                raise RequestError("this model has no chat template; use /v1/completions", "model")
+            try:
+                prompt = tok.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True
+                )
+            except Exception as exc:
+                raise RequestError(f"messages: {describe(exc)}", "messages") from None
+            req.prompt_ids = list(tok(prompt, add_special_tokens=False)["input_ids"])
+        else:
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+                prompt = prompt[0]
+            if not isinstance(prompt, str) or not prompt:
+                raise RequestError("prompt must be a non-empty string", "prompt")
+            req.prompt_ids = list(tok(prompt)["input_ids"])
+        limit = self._limit()
+        room = (limit - len(req.prompt_ids)) if limit is not None else MAX_DEFAULT_TOKENS
+        if room < 1:
+            raise RequestError(
+                f"the prompt has {len(req.prompt_ids)} tokens; this model takes at most {limit}",
+                "messages" if self.endpoint == "/v1/chat/completions" else "prompt",
+                "context_length_exceeded",
+            )
+        wanted = body.get("max_completion_tokens", body.get("max_tokens"))
+        if wanted is None:
+            wanted = min(room, MAX_DEFAULT_TOKENS)
+        if not _is_int(wanted) or wanted < 1:
+            raise RequestError("max_tokens must be a positive integer", "max_tokens")
+        if wanted > room:
+            raise RequestError(
+                f"the prompt has {len(req.prompt_ids)} tokens and max_tokens is {wanted}: more "
+                f"than the {limit} this model takes",
+                "max_tokens",
+                "context_length_exceeded",
+            )
+        req.max_new_tokens = wanted
+        req.temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+        req.top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
+        if req.top_p == 0:
+            raise RequestError("top_p must be above 0", "top_p")
+        seed = body.get("seed")
+        if seed is not None and not _is_int(seed):
+            raise RequestError("seed must be an integer", "seed")
+        req.seed = (
+            int(seed) % 2**63
+            if seed is not None
+            else uuid.uuid5(self.work.job_id, req.custom_id).int % 2**63
+        )
+        stop = body.get("stop")
+        stops = [stop] if isinstance(stop, str) else (stop or [])
+        if not isinstance(stops, list) or len(stops) > MAX_STOP:
+            raise RequestError("stop must be a string or a list of at most 4 strings", "stop")
+        if not all(isinstance(s, str) and s for s in stops):
+            raise RequestError("stop must hold non-empty strings", "stop")
+        req.stop = stops
+
+    # --- running -------------------------------------------------------------------------------
+
+    def _run_isolating(self, batch: list[Request]) -> list[tuple[bool, dict[str, Any]]]:
+        """The batch's lines; if the model fails on it, retry one by one so a bad request fails
+        alone (a 500 line)."""
+        loaded = self.loaded
+        started = time.monotonic()
+        try:
+            if self.endpoint == "/v1/embeddings":
+                bodies = self._embed(batch)
+            else:
+                bodies = self._generate(batch)
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:
+            if len(batch) == 1:
+                error = RequestError(f"the model failed on this request: {describe(exc)}")
+                return [(False, self._error_line(batch[0].custom_id, 500, error))]
+            return [line for req in batch for line in self._run_isolating([req])]
+        metrics.observe_batch(
+            loaded.task,
+            time.monotonic() - started,
+            [(True, b) for b in bodies],
+            loaded.device,
+        )
+        return [
+            (True, self._ok_line(req.custom_id, body))
+            for req, body in zip(batch, bodies, strict=True)
+        ]
+
+    def _embed(self, batch: list[Request]) -> list[dict[str, Any]]:
+        texts = [t for req in batch for t in req.texts]
+        limit = self._limit() or 8192
+        params = EmbedParams(normalize=True, max_length=min(limit, 8192))
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), self.spec.batch_size):
+            chunk = texts[start : start + self.spec.batch_size]
+            vectors.extend(r["embedding"] for r in predict(self.loaded, chunk, params))
+        bodies = []
+        at = 0
+        for req in batch:
+            mine = vectors[at : at + len(req.texts)]
+            at += len(req.texts)
+            base64_out = req.body.get("encoding_format") == "base64"
+            data = [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": _base64(v) if base64_out else v,
+                }
+                for i, v in enumerate(mine)
+            ]
+            used = sum(req.tokens)
+            bodies.append(
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": req.body["model"],
+                    "usage": {"prompt_tokens": used, "total_tokens": used},
+                }
+            )
+        return bodies
+
+    def _generate(self, batch: list[Request]) -> list[dict[str, Any]]:
+        import torch
+
+        loaded = self.loaded
+        tok = loaded.tokenizer
+        first = batch[0]
+        input_ids = torch.tensor([r.prompt_ids for r in batch], device=loaded.device)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": first.max_new_tokens,
+            "pad_token_id": tok.pad_token_id,
+            "attention_mask": torch.ones_like(input_ids),
+        }
+        if first.temperature > 0:
+            torch.manual_seed(first.seed)
+            kwargs.update(do_sample=True, temperature=first.temperature, top_p=first.top_p)
+        else:
+            kwargs.update(do_sample=False)
+        with torch.inference_mode(), loaded.autocast():
+            generated = loaded.model.generate(input_ids=input_ids, **kwargs)
+        new_tokens = generated[:, input_ids.shape[1] :].tolist()
+        eos = _eos_ids(loaded)
+        bodies = []
+        for req, row in zip(batch, new_tokens, strict=True):
+            kept: list[int] = []
+            finish = "length"
+            for t in row:
+                kept.append(t)
+                if t in eos:
+                    finish = "stop"
+                    break
+            text = tok.decode([t for t in kept if t not in eos], skip_special_tokens=True)
+            cut = min((i for s in req.stop if (i := text.find(s)) >= 0), default=-1)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
+            bodies.append(self._completion_body(req, text, finish, len(kept)))
+        return bodies
+
+    def _completion_body(
+        self, req: Request, text: str, finish: str, completion_tokens: int
+    ) -> dict[str, Any]:
+        usage = {
+            "prompt_tokens": len(req.prompt_ids),
+            "completion_tokens": completion_tokens,
+            "total_tokens": len(req.prompt_ids) + completion_tokens,
+        }
+        rid = _line_id(self.work.job_id, req.custom_id, "completion")
+        if self.endpoint == "/v1/chat/completions":
+            return {
+                "id": f"chatcmpl-{rid}",
+                "object": "chat.completion",
+                "created": self.created,
+                "model": req.body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": usage,
+            }
+        return {
+            "id": f"cmpl-{rid}",
+            "object": "text_completion",
+            "created": self.created,
+            "model": req.body["model"],
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+            "usage": usage,
+        }
+
+    # --- lines ---------------------------------------------------------------------------------
+
+    def _ok_line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": f"batch_req_{_line_id(self.work.job_id, custom_id, 'line')}",
+            "custom_id": custom_id,
+            "response": {
+                "status_code": 200,
+                "request_id": _line_id(self.work.job_id, custom_id, "request"),
+                "body": body,
+            },
+            "error": None,
+        }
+
+    def _error_line(self, custom_id: str, status: int, error: RequestError) -> dict[str, Any]:
+        return {
+            "id": f"batch_req_{_line_id(self.work.job_id, custom_id, 'line')}",
+            "custom_id": custom_id,
+            "response": {
+                "status_code": status,
+                "request_id": _line_id(self.work.job_id, custom_id, "request"),
+                "body": {
+                    "error": {
+                        "message": error.message,
+                        "type": "invalid_request_error" if status < 500 else "server_error",
+                        "param": error.param,
+                        "code": error.code,
+                    }
+                },
+            },
+            "error": None,
+        }
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(body: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RequestError(f"{name} must be a number", name)
+    if not low <= value <= high:
+        raise RequestError(f"{name} must be between {low} and {high}", name)
+    return float(value)
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise RequestError("messages must be a non-empty list", "messages")
+    out = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
+            raise RequestError(
+                f"messages[{i}] must be an object with a role of {', '.join(CHAT_ROLES)}",
+                f"messages[{i}].role",
+            )
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text":
+                    raise RequestError(
+                        f"messages[{i}].content: only text parts are supported",
+                        f"messages[{i}].content",
+                    )
+                parts.append(str(part.get("text", "")))
+            content = "".join(parts)
+        if not isinstance(content, str):
+            raise RequestError(f"messages[{i}].content must be a string", f"messages[{i}].content")
+        role = "system" if message["role"] == "developer" else message["role"]
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _eos_ids(loaded: LoadedModel) -> set[int]:
+    found = getattr(loaded.model.generation_config, "eos_token_id", None)
+    if found is None:
+        found = loaded.tokenizer.eos_token_id
+    if found is None:
+        return set()
+    return set(found) if isinstance(found, list) else {int(found)}
+
+
+def _base64(vector: list[float]) -> str:
+    import numpy as np
+
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+# --- finalize ------------------------------------------------------------------------------------
+
+
+def assemble(ctx: WorkerContext, session: Session, job: Job, shards: list[Shard]) -> dict[str, int]:
+    """Join the shards' parts into ``output.jsonl`` and ``errors.jsonl`` under the job's
+    output (streamed through a local file, never whole in memory), register them as the
+    batch's files, and return the token totals read from the responses."""
+    out = S3Uri.parse(job.output_uri).as_prefix()
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    joined: dict[str, tuple[S3Uri, int, int] | None] = {}
+    tmp_root = ctx.settings.resolved_cache_dir / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    ordered = sorted(shards, key=lambda s: s.index)
+    with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
+        for name, keys in (
+            ("output.jsonl", [s.output_key for s in ordered]),
+            ("errors.jsonl", [s.errors_key for s in ordered]),
+        ):
+            path = Path(tmp) / name
+            lines = 0
+            with path.open("wb") as f:
+                for key in keys:
+                    if not key:
+                        continue
+                    with ctx.store.open(S3Uri(out.bucket, key)) as src:
+                        for line in src:
+                            f.write(line)
+                            lines += 1
+                            body = json.loads(line).get("response", {}).get("body") or {}
+                            for k, v in (body.get("usage") or {}).items():
+                                if k in usage and isinstance(v, int):
+                                    usage[k] += v
+            target = out.join(name)
+            ctx.store.put_file(target, path)
+            joined[name] = (target, path.stat().st_size, lines)
+    openai_batches.attach_outputs(
+        session, job, joined["output.jsonl"], joined["errors.jsonl"], usage
+    )
+    return usage

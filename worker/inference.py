@@ -173,7 +173,7 @@ class _ShardRun:
         started = time.monotonic()
         predictions = _predict_isolating(loaded, [t for _, _, t in batch], self.params, seed)
         metrics.observe_batch(
-            loaded.ref, loaded.task, time.monotonic() - started, predictions, loaded.device
+            loaded.task, time.monotonic() - started, predictions, loaded.device
         )
         for (i, rec_id, _text), (ok, value) in zip(batch, predictions, strict=True):
             if ok:

@@ -172,9 +172,7 @@ class _ShardRun:
         seed = self.params.seed + window[batch[0][0]][0] if self.spec.task == "generate" else 0
         started = time.monotonic()
         predictions = _predict_isolating(loaded, [t for _, _, t in batch], self.params, seed)
-        metrics.observe_batch(
-            loaded.task, time.monotonic() - started, predictions, loaded.device
-        )
+        metrics.observe_batch(loaded.task, time.monotonic() - started, predictions, loaded.device)
         for (i, rec_id, _text), (ok, value) in zip(batch, predictions, strict=True):
             if ok:
                 results[i] = {"id": rec_id, **value}

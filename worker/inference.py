@@ -157,7 +157,7 @@ class _ShardRun:
             else:
                 todo.append((i, rec_id, text))
         if rejected:
-            metrics.RECORDS.labels(self.loaded.ref, self.loaded.task, "failed").inc(len(rejected))
+            metrics.RECORDS.labels(self.loaded.task, "failed").inc(len(rejected))
         return rejected, todo
 
     def _batch(

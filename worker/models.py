@@ -167,7 +167,7 @@ class ModelCache:
                 self._models.move_to_end(key)
                 return loaded
             loaded = load_model(path, task, pick_device(self.settings), ref, revision)
-            metrics.MODEL_LOAD_SECONDS.labels(ref).set(loaded.load_seconds)
+            metrics.MODEL_LOAD_SECONDS.labels(task).set(loaded.load_seconds)  # never the URI
             metrics.observe_gpu_memory(loaded.device)
             self._models[key] = loaded
             while len(self._models) > max(1, self.settings.model_cache_size):

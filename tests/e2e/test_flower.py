@@ -117,9 +117,10 @@ def test_flower_shows_the_worker_and_the_jobs_tasks(
     assert shards == 2
 
     workers = flower.api("/api/workers?refresh=1")  # asks the workers over the broker
-    ours = [name for name in workers if worker.name in name]
-    assert len(ours) == 1, sorted(workers)
-    assert "barge.run_shard" in workers[ours[0]]["registered"]
+    ours = sorted(name for name in workers if worker.name in name)
+    # `barge worker` runs two Celery workers: NAME-control@host and NAME-gpu@host
+    assert [n.split("@")[0] for n in ours] == [f"{worker.name}-control", f"{worker.name}-gpu"], ours
+    assert all("barge.run_shard" in workers[name]["registered"] for name in ours)
 
     def job_tasks_done() -> dict[str, list[dict[str, Any]]] | None:
         by_name: dict[str, list[dict[str, Any]]] = {}
@@ -144,9 +145,10 @@ def test_flower_shows_the_worker_and_the_jobs_tasks(
         t["args"].rsplit(",", 1)[-1].strip(" ])") for t in by_name["barge.run_shard"]
     )
     assert shard_indexes == ["0", "1"], by_name["barge.run_shard"]
-    for tasks in by_name.values():
+    for name, tasks in by_name.items():
+        kind = "gpu" if name == "barge.run_shard" else "control"  # shards never on control
         for task in tasks:
-            assert worker.name in (task.get("worker") or ""), task
+            assert f"{worker.name}-{kind}@" in (task.get("worker") or ""), task
 
 
 def test_flower_refuses_requests_without_the_right_credentials(flower: Flower) -> None:

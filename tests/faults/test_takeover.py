@@ -43,10 +43,10 @@ def test_a_killed_workers_shard_runs_again_within_15_s_with_the_default_settings
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(WorkerProcess.start, workers))
     world.start_scheduler(env)
-    data, rows = dataset(s3, bucket, 400, bad_every=40)
+    data, rows = dataset(s3, bucket, 1500, bad_every=40)  # a shard long enough to kill mid-way
     job_id = world.submit(
         inference_spec(
-            minilm_uri, data, f"s3://{bucket}/out/", id_field="id", batch_size=16, shard_size=400
+            minilm_uri, data, f"s3://{bucket}/out/", id_field="id", batch_size=16, shard_size=1500
         )
     )
     shard = wait_until(

@@ -45,6 +45,9 @@ class Stack:
             "BARGE_BROKER_URL": broker,
             "BARGE_STORAGE_BACKEND": "s3",
             "BARGE_S3_ENDPOINT_URL": self.moto.url,
+            # one bench tenant on its own bucket: every bucket is in its scope
+            "BARGE_TENANT_READ_SCOPES": '["*"]',
+            "BARGE_TENANT_WRITE_SCOPES": '["*"]',
             "BARGE_HOME": str(self.log_dir / "home"),
             "AWS_ACCESS_KEY_ID": "bench",
             "AWS_SECRET_ACCESS_KEY": "bench",

@@ -19,6 +19,8 @@ from barge.errors import InvalidSpec, NotFound, StorageError, excerpt
 from barge.paths import local_path
 from barge.settings import Settings
 
+SINGLE_PUT_BYTES = 8 << 20  # files below this are one PutObject (boto3's multipart threshold)
+
 
 @dataclass(frozen=True)
 class S3Uri:
@@ -288,10 +290,16 @@ class S3Store:
             raise self._wrap(exc, uri) from exc
 
     def put_file(self, uri: S3Uri, path: Path) -> None:
-        # upload_file switches to multipart above 8 MiB and aborts the upload if any part fails,
-        # so an object is either complete or absent.
+        # A small file is one PutObject, as upload_file would send it, without its transfer
+        # manager and thread pool (a shard's part: milliseconds per shard). upload_file switches
+        # to multipart above 8 MiB and aborts the upload if any part fails, so an object is
+        # either complete or absent.
         try:
-            self.client.upload_file(str(path), uri.bucket, uri.key)
+            if path.stat().st_size < SINGLE_PUT_BYTES:
+                with path.open("rb") as body:
+                    self.client.put_object(Bucket=uri.bucket, Key=uri.key, Body=body)
+            else:
+                self.client.upload_file(str(path), uri.bucket, uri.key)
         except Exception as exc:
             raise self._wrap(exc, uri) from exc
 

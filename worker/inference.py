@@ -3,7 +3,13 @@ batches, write its part (and its errors file) in one PUT each, and hand the life
 written; the lifecycle marks the shard done only while this attempt holds its lease (fencing).
 
 A record that cannot be read, has no usable id or text, or makes the model fail is a per-record
-error, never the shard's. A cancel stops the shard between batches with what it finished.
+error, never the shard's. A cancel stops the shard between batches with what it finished (before
+the first batch the claim's check, moments old, stands: a small shard of one batch reads the
+job's status once, at its claim).
+
+What a shard asks of the store: one ranged GET of its records (plus a HEAD for formats other
+than plain JSONL), one PUT of its part (and of its errors file, when it has errors). The model is
+listed once per job per worker process (``worker.models.ModelCache``).
 
 Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.lifecycle``, ``worker.models``,
 ``worker.outputs``, ``worker.metrics``; never ``api`` or ``cli``.
@@ -21,10 +27,10 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from barge.errors import PermanentJobError, describe
-from barge.records import Record, iter_range
+from barge.errors import NotFound, PermanentJobError, describe
+from barge.records import Format, Record, iter_range
 from barge.specs import InferenceSpec
-from barge.storage import S3Uri
+from barge.storage import ObjectInfo, S3Uri
 from worker import metrics
 from worker.context import WorkerContext
 from worker.lease import Lease, ShardWork, Stop
@@ -39,20 +45,44 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     """Run the shard's records through the model; return what was written."""
     spec = work.spec
     assert isinstance(spec, InferenceSpec)
-    loaded = ctx.models.get(work.model_ref, spec.task)
+    loaded = ctx.models.get(work.model_ref, spec.task, work.job_id)
     loaded.input_tokens(spec.task_params())  # refuses max_new_tokens that leave no room
-    info = ctx.store.head(S3Uri.parse(work.source))
-    if info is None:
-        raise PermanentJobError(f"input object {work.source} disappeared")
+    info = _input_info(ctx, work)
     tmp_root = ctx.settings.resolved_cache_dir / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
         shard = _ShardRun(ctx, work, lease, loaded, Path(tmp))
         window_size = spec.batch_size * WINDOW_BATCHES
-        records = _prefetch(iter_range(ctx.store, info, work.fmt, work.rng), window_size * 2)
-        stopped = shard.process(records, window_size)
+        reading = iter_range(ctx.store, info, work.fmt, work.rng)
+        # A shard of one window computes nothing before its last record is read: nothing for
+        # a background reader to overlap, so it reads on this thread.
+        records = (
+            _prefetch(reading, window_size * 2) if work.rng.record_count > window_size else reading
+        )
+        try:
+            stopped = shard.process(records, window_size)
+        except NotFound:
+            raise PermanentJobError(f"input object {work.source} disappeared") from None
         lease.beat()  # fencing: still ours right before we write?
         return shard.upload(stopped)
+
+
+def _input_info(ctx: WorkerContext, work: ShardWork) -> ObjectInfo:
+    """What reading the shard's records needs to know of its object.
+
+    A plain JSONL shard names its bytes exactly: planning split the object on line boundaries
+    and checked its size, so the shard reads its byte range with no HEAD first (the object as
+    far as this shard reads it; a deleted object is a NotFound on that read). Other formats
+    need the object's real size (a Parquet footer, the size check of a CSV object read from
+    its start): one HEAD."""
+    uri = S3Uri.parse(work.source)
+    rng = work.rng
+    if work.fmt == Format("jsonl", False) and rng.byte_start is not None and rng.byte_end:
+        return ObjectInfo(uri, rng.byte_end, "")
+    info = ctx.store.head(uri)
+    if info is None:
+        raise PermanentJobError(f"input object {work.source} disappeared")
+    return info
 
 
 RUNNER = Runner(
@@ -82,6 +112,7 @@ class _ShardRun:
         self.max_text_chars = ctx.settings.max_text_chars
         self.part = make_part(spec.output_format, tmp / "part")
         self.errors = JsonlPart(tmp / "errors")
+        self.batches = 0  # batches started
 
     def process(self, records: Iterator[Record], window_size: int) -> Stop | None:
         """Run every record (window by window); the ``Stop`` that cut it short, if any."""
@@ -102,7 +133,9 @@ class _ShardRun:
         return None
 
     def upload(self, stopped: Stop | None) -> Result:
-        """PUT the part (always, even empty) and the errors file (deleted when empty)."""
+        """PUT the part (always, even empty) and the errors file when there are errors. An
+        empty errors file is not written, and one an earlier attempt of the shard may have
+        written is deleted (the first attempt has none to delete)."""
         store = self.ctx.store
         out_prefix = S3Uri.parse(self.spec.output).as_prefix()
         output_key = out_prefix.join(part_name(self.work.index, self.part.ext))
@@ -112,7 +145,8 @@ class _ShardRun:
         if self.errors.count:
             store.put_file(errors_key, self.errors.path)
         else:
-            store.delete(errors_key)
+            if self.work.attempt > 1:
+                store.delete(errors_key)
             errors_key = None
         return Result(
             Outcome.CANCELLED if stopped else Outcome.SUCCEEDED,
@@ -132,7 +166,9 @@ class _ShardRun:
         batch_size = self.spec.batch_size
         try:
             for start in range(0, len(todo), batch_size):
-                self.lease.between_batches()
+                if self.batches:  # the first one's check is the claim's, moments ago
+                    self.lease.between_batches()
+                self.batches += 1
                 self._batch(window, todo[start : start + batch_size], results, failed)
                 self.lease.succeeded = self.part.count + sum(r is not None for r in results)
                 self.lease.failed = self.errors.count + len(rejected) + len(failed)

@@ -14,6 +14,7 @@ import os
 import shutil
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -150,18 +151,45 @@ def load_model(path: Path, task: str, device: Any, ref: str, revision: str) -> L
 
 
 class ModelCache:
-    """Loaded models kept warm across tasks and jobs, least recently used evicted first."""
+    """Loaded models kept warm across tasks and jobs, least recently used evicted first, keyed
+    by model URI + revision (a hash of the directory's files and their ETags) + task.
+
+    Which revision a job runs: the first unit of a job that this process runs lists the model
+    directory (``fetch_model``) and pins the revision it found to the job; the job's later
+    units find their model by that pin, warm, without asking the store again. So a model
+    re-uploaded under the same URI is listed, copied and loaded by the next job that names it
+    (its first unit lists the directory again), and is not swapped in under a job whose model
+    this process keeps warm. A pin whose model was evicted (more models in turn than
+    ``BARGE_MODEL_CACHE_SIZE``) lists the directory again, as every unit did before pins."""
+
+    PINS = 1024  # (model, job) pins remembered, least recently used dropped first
 
     def __init__(self, settings: Settings, store: ObjectStore):
         self.settings = settings
         self.store = store
         self._models: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
+        self._pins: OrderedDict[tuple[str, uuid.UUID], str] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, ref: str, task: str) -> LoadedModel:
+    def get(self, ref: str, task: str, job_id: uuid.UUID | None = None) -> LoadedModel:
+        """The model ``ref`` loaded for ``task``: the revision pinned to ``job_id`` while it is
+        warm, else the directory's current revision (pinned to ``job_id`` from then on)."""
+        if job_id is not None:
+            with self._lock:
+                revision = self._pins.get((ref, job_id))
+                loaded = self._models.get((ref, revision, task)) if revision else None
+                if loaded is not None:
+                    self._pins.move_to_end((ref, job_id))
+                    self._models.move_to_end((ref, loaded.revision, task))
+                    return loaded
         path, revision = fetch_model(self.settings, self.store, ref)
         key = (ref, revision, task)
         with self._lock:
+            if job_id is not None:
+                self._pins[(ref, job_id)] = revision
+                self._pins.move_to_end((ref, job_id))
+                while len(self._pins) > self.PINS:
+                    self._pins.popitem(last=False)
             loaded = self._models.get(key)
             if loaded is not None:
                 self._models.move_to_end(key)

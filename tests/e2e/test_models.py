@@ -6,12 +6,21 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import new_key
-from tests.helpers import inference_spec, manifest, put_jsonl, wait_job
+from tests.helpers import (
+    inference_spec,
+    manifest,
+    put_jsonl,
+    read_jsonl,
+    tiny_classifier,
+    upload_dir,
+    wait_job,
+)
 from tests.services import ROOT
 
 pytestmark = pytest.mark.e2e
@@ -120,3 +129,58 @@ def test_barge_models_cli(
     assert "minilm@1" in shown.stdout
     missing = barge("models", "show", "nope")
     assert missing.returncode == 2 and "no model named 'nope'" in missing.stderr
+
+
+def _labels_written(s3: Any, bucket: str, prefix: str) -> set[str]:
+    rows = [
+        row
+        for part in manifest(s3, bucket, prefix)["parts"]
+        for row in read_jsonl(s3, bucket, part["key"])
+    ]
+    assert len(rows) == 40
+    return {row["label"] for row in rows} | {name for row in rows for name in row["scores"]}
+
+
+def test_a_model_reuploaded_under_the_same_uri_is_what_the_next_job_runs(
+    api: Any, auth: dict[str, str], s3: Any, bucket: str, worker: Any, tmp_path: Path
+) -> None:
+    """A warm worker lists a model directory once per job, not once per shard; a model
+    re-uploaded under the same URI (new config and weights, same keys) is listed, copied and
+    loaded by the next job on that same worker."""
+    data = put_jsonl(s3, bucket, "in.jsonl", [{"id": i, "text": f"reload {i}"} for i in range(40)])
+    model = upload_dir(s3, bucket, "model", tiny_classifier(tmp_path / "v1", ("first", "second")))
+
+    def run(out: str) -> set[str]:
+        spec = inference_spec(model, data, f"s3://{bucket}/{out}/", task="classify", shard_size=10)
+        job = api.post("/v1/jobs", json=spec, headers=auth)
+        assert job.status_code == 201, job.text
+        done = wait_job(api, auth, job.json()["id"])
+        assert done["status"] == "succeeded" and done["progress"]["records_succeeded"] == 40
+        return _labels_written(s3, bucket, out)
+
+    assert run("before") == {"first", "second"}  # 4 shards, one listing of the model
+    upload_dir(s3, bucket, "model", tiny_classifier(tmp_path / "v2", ("x", "y", "z")))
+    assert run("after") == {"x", "y", "z"}
+
+
+def test_a_job_keeps_the_model_revision_it_started_with(
+    settings: Any, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """The rule of the worker's model cache, on a real S3 server and real models: a job's
+    later shards find the revision its first shard listed, warm, without listing again (so a
+    model is never swapped under a running job); the next job lists the directory anew."""
+    from barge.storage import make_store
+    from worker.models import ModelCache
+
+    cache = ModelCache(settings, make_store(settings))
+    uri = upload_dir(s3, bucket, "m", tiny_classifier(tmp_path / "v1", ("a", "b")))
+    job, next_job = uuid.uuid4(), uuid.uuid4()
+    first = cache.get(uri, "classify", job)
+    upload_dir(s3, bucket, "m", tiny_classifier(tmp_path / "v2", ("x", "y", "z")))
+
+    assert cache.get(uri, "classify", job) is first
+    reloaded = cache.get(uri, "classify", next_job)
+    assert reloaded.revision != first.revision
+    assert reloaded.labels == {0: "x", 1: "y", 2: "z"}
+    assert cache.get(uri, "classify", next_job) is reloaded
+    assert cache.get(uri, "classify") is reloaded  # no job: always the directory as it is now

@@ -4,7 +4,7 @@ Every location a tenant names (a job's input, output, model, base model, trainin
 data, a drop folder's prefix, a registry entry's directory) must lie inside its scopes. The check
 runs before Barge touches the store, so a refusal says only that the location is not allowed,
 never whether anything is there; and it runs again in the worker before a job reads or writes
-(``check_job``), against the job row and the tenant's scopes as they are then.
+(``denial``), against the job row and the tenant's scopes as they are then.
 
 A scope is a normalised ``s3://bucket/path/`` prefix, or ``*`` (any bucket that
 ``BARGE_ALLOWED_BUCKETS`` allows: for single-tenant set-ups). A tenant whose own scopes are not
@@ -144,16 +144,23 @@ def locations(
     return out
 
 
-def check_job(session: Session, settings: Settings, job: Job) -> None:
-    """The worker's check before a job reads or writes: every location of the job row, as it is
-    now, inside its tenant's scopes as they are now. PermanentJobError (fails the job) if not;
-    the message names the field only."""
+def denial(session: Session, settings: Settings, job: Job) -> str | None:
+    """The worker's check before a job reads or writes: why a location of the job row, as it is
+    now, lies outside its tenant's scopes as they are now (naming the field only), or None."""
     scopes = scopes_for(session, settings, job.tenant_id)
     for field, uri, mode in locations(job.spec, job.model_uri, job.output_uri):
         allowed = scopes.may_write(uri) if mode == "write" else scopes.may_read(uri)
         if not allowed:
-            raise PermanentJobError(
+            return (
                 f"{field} is outside the storage this job's tenant may {mode} (its scopes "
                 "changed, or the job row was edited after it was accepted); nothing was "
                 f"{'written' if mode == 'write' else 'read'}"
             )
+    return None
+
+
+def check_job(session: Session, settings: Settings, job: Job) -> None:
+    """``denial`` as a PermanentJobError (it fails the job)."""
+    denied = denial(session, settings, job)
+    if denied:
+        raise PermanentJobError(denied)

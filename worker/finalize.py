@@ -12,9 +12,6 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy.orm import Session
-
-from barge.errors import PermanentJobError
 from barge.specs import FinetuneSpec, parse_spec
 from barge.storage import S3Uri
 from db import repositories as repo
@@ -39,7 +36,7 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
             return  # the last shard to settle sends us again
         shards = repo.shards_of(session, job_id)
         target, error = _outcome(job, shards)
-        denied = _outside_scopes(ctx, session, job)
+        denied = scopes.denial(session, ctx.settings, job)  # nothing written outside them
         if denied:
             target, error = state.FAILED, denied
         if job.type == "finetune":
@@ -76,16 +73,6 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
                 message=error or summary,
                 data={"records": counts},
             )
-
-
-def _outside_scopes(ctx: WorkerContext, session: Session, job: Job) -> str | None:
-    """Why the job may not write its manifest (its output is outside its tenant's write scopes
-    now), or None."""
-    try:
-        scopes.check_job(session, ctx.settings, job)
-    except PermanentJobError as exc:
-        return exc.message
-    return None
 
 
 def _outcome(job: Job, shards: list[Shard]) -> tuple[str, str | None]:

@@ -52,9 +52,12 @@ class ShardWork:
     model_ref: str
     handoffs: int = 0
     output_uri: str = ""
+    # Why the job may not touch its storage now (``services.scopes.denial``, checked in the
+    # claim's transaction), or None: the unit then fails before it reads or writes anything.
+    denied: str | None = None
 
     @classmethod
-    def of(cls, shard: Shard, job: Job, attempt: int) -> ShardWork:
+    def of(cls, shard: Shard, job: Job, attempt: int, denied: str | None = None) -> ShardWork:
         return cls(
             shard_id=shard.id,
             job_id=job.id,
@@ -74,6 +77,7 @@ class ShardWork:
             model_ref=job.model_uri or job.spec["model"],
             handoffs=shard.handoffs,
             output_uri=job.output_uri,
+            denied=denied,
         )
 
     @property

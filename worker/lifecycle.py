@@ -137,7 +137,8 @@ def run_claimed(ctx: WorkerContext, work: ShardWork, runner: Runner) -> Outcome:
 
 def _run(runner: Runner, ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     """The runner's result; a ``Stop`` it lets out ends the unit cancelled at its progress."""
-    check_access(ctx, work)
+    if work.denied:
+        raise PermanentJobError(work.denied)
     try:
         return runner.run(ctx, work, lease)
     except Stop as stop:
@@ -147,15 +148,6 @@ def _run(runner: Runner, ctx: WorkerContext, work: ShardWork, lease: Lease) -> R
             error=f"stopped{at}: job is {stop.job_status}",
             steps_done=lease.steps_done,
         )
-
-
-def check_access(ctx: WorkerContext, work: ShardWork) -> None:
-    """Before the unit reads or writes anything: the job row and its tenant's storage scopes as
-    they are now must cover every location it touches (PermanentJobError fails the job)."""
-    with ctx.session() as session:
-        job = repo.get_job(session, work.job_id)
-        if job is not None:
-            scopes.check_job(session, ctx.settings, job)
 
 
 def settle(ctx: WorkerContext, work: ShardWork, result: Result) -> Outcome:
@@ -319,7 +311,7 @@ def _take(
         if mine is not None and mine.rank <= turns[0].rank:
             attempt = repo.claim_shard(session, shard.id, ctx.name, lease)
             if attempt is not None:
-                return _taken(session, shard, job, attempt)
+                return _taken(ctx, session, shard, job, attempt)
     for turn in turns:
         claimed = repo.claim_next_shard(
             session, turn.job_id, ctx.name, lease, settings.max_attempts
@@ -329,11 +321,13 @@ def _take(
             picked = session.get(Shard, picked_id)
             its_job = session.get(Job, turn.job_id)
             assert picked is not None and its_job is not None
-            return _taken(session, picked, its_job, attempt)
+            return _taken(ctx, session, picked, its_job, attempt)
     return None  # nothing claimable now: held by live leases, backing off, or settled
 
 
-def _taken(session: Session, shard: Shard, job: Job, attempt: int) -> ShardWork:
+def _taken(ctx: WorkerContext, session: Session, shard: Shard, job: Job, attempt: int) -> ShardWork:
+    """The claimed unit, with the scope check of its job done in the claim's transaction (the
+    job row and the tenant's scopes as they are now)."""
     if attempt > 1:
         repo.add_event(
             session,
@@ -344,7 +338,7 @@ def _taken(session: Session, shard: Shard, job: Job, attempt: int) -> ShardWork:
             attempt=attempt,
             previous_error=shard.last_error,
         )
-    return ShardWork.of(shard, job, attempt)
+    return ShardWork.of(shard, job, attempt, scopes.denial(session, ctx.settings, job))
 
 
 def _settle_unstarted(session: Session, shard: Shard, job: Job) -> bool:

@@ -36,7 +36,7 @@ from worker.context import WorkerContext
 from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Outcome, Result, Runner
 from worker.models import LoadedModel, predict
-from worker.outputs import JsonlPart, RecordId, coerce_id, errors_name, make_part, part_name
+from worker.outputs import JsonlPart, RecordId, coerce_id, make_part, put_part, windows
 
 WINDOW_BATCHES = 16  # records are length-sorted within windows of this many batches
 
@@ -116,14 +116,8 @@ class _ShardRun:
 
     def process(self, records: Iterator[Record], window_size: int) -> Stop | None:
         """Run every record (window by window); the ``Stop`` that cut it short, if any."""
-        window: list[tuple[int, Record]] = []
         try:
-            for i, record in enumerate(records):
-                window.append((self.work.record_offset + i, record))
-                if len(window) >= window_size:
-                    self._window(window)
-                    window = []
-            if window:
+            for window in windows(enumerate(records, self.work.record_offset), window_size):
                 self._window(window)
         except Stop as exc:
             return exc
@@ -133,27 +127,21 @@ class _ShardRun:
         return None
 
     def upload(self, stopped: Stop | None) -> Result:
-        """PUT the part (always, even empty) and the errors file when there are errors. An
-        empty errors file is not written, and one an earlier attempt of the shard may have
-        written is deleted (the first attempt has none to delete)."""
-        store = self.ctx.store
-        out_prefix = S3Uri.parse(self.spec.output).as_prefix()
-        output_key = out_prefix.join(part_name(self.work.index, self.part.ext))
-        store.put_file(output_key, self.part.path)
-        errors_key: S3Uri | None = out_prefix.join(errors_name(self.work.index))
-        assert errors_key is not None
-        if self.errors.count:
-            store.put_file(errors_key, self.errors.path)
-        else:
-            if self.work.attempt > 1:
-                store.delete(errors_key)
-            errors_key = None
+        """PUT the part and the errors file (``worker.outputs.put_part``)."""
+        output_key, errors_key = put_part(
+            self.ctx.store,
+            self.spec.output,
+            self.work.index,
+            self.work.attempt,
+            self.part,
+            self.errors,
+        )
         return Result(
             Outcome.CANCELLED if stopped else Outcome.SUCCEEDED,
             succeeded=self.part.count,
             failed=self.errors.count,
-            output_key=output_key.key,
-            errors_key=errors_key.key if errors_key else None,
+            output_key=output_key,
+            errors_key=errors_key,
         )
 
     def _window(self, window: list[tuple[int, Record]]) -> None:

@@ -42,7 +42,7 @@ from worker.inference import WINDOW_BATCHES, _prefetch
 from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Outcome, Result, Runner
 from worker.models import LoadedModel, predict
-from worker.outputs import JsonlPart, errors_name, part_name
+from worker.outputs import JsonlPart, put_part, windows
 
 CHAT_ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP = 4
@@ -137,14 +137,8 @@ class _BatchShard:
     # --- the shard -----------------------------------------------------------------------------
 
     def process(self, records: Iterator[Record], window_size: int) -> Stop | None:
-        window: list[Record] = []
         try:
-            for record in records:
-                window.append(record)
-                if len(window) >= window_size:
-                    self._window(window)
-                    window = []
-            if window:
+            for window in windows(records, window_size):
                 self._window(window)
         except Stop as exc:
             return exc
@@ -154,23 +148,20 @@ class _BatchShard:
         return None
 
     def upload(self, stopped: Stop | None) -> Result:
-        store = self.ctx.store
-        out_prefix = S3Uri.parse(self.spec.output).as_prefix()
-        output_key = out_prefix.join(part_name(self.work.index, self.part.ext))
-        store.put_file(output_key, self.part.path)
-        errors_key: S3Uri | None = out_prefix.join(errors_name(self.work.index))
-        assert errors_key is not None
-        if self.errors.count:
-            store.put_file(errors_key, self.errors.path)
-        else:
-            store.delete(errors_key)
-            errors_key = None
+        output_key, errors_key = put_part(
+            self.ctx.store,
+            self.spec.output,
+            self.work.index,
+            self.work.attempt,
+            self.part,
+            self.errors,
+        )
         return Result(
             Outcome.CANCELLED if stopped else Outcome.SUCCEEDED,
             succeeded=self.part.count,
             failed=self.errors.count,
-            output_key=output_key.key,
-            errors_key=errors_key.key if errors_key else None,
+            output_key=output_key,
+            errors_key=errors_key,
         )
 
     def _window(self, window: list[Record]) -> None:

@@ -1,18 +1,22 @@
 """Part writers: spool a shard's rows to a local file, then upload it in one atomic PUT; and the
 rule for what a record id may be.
 
-No torch, no database. Imports: nothing of ours."""
+No torch, no database. Imports: ``barge.storage``."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Iterator
 from datetime import date, time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from barge.storage import ObjectStore, S3Uri
 
 RecordId = str | int | float
+T = TypeVar("T")
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 ROW_GROUP_ROWS = 8192  # a Parquet part is written in row groups of at most this many rows
@@ -170,3 +174,38 @@ def part_name(index: int, ext: str) -> str:
 
 def errors_name(index: int) -> str:
     return f"errors/part-{index:05d}.jsonl"
+
+
+def windows(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last may be shorter)."""
+    window: list[T] = []
+    for item in items:
+        window.append(item)
+        if len(window) >= size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def put_part(
+    store: ObjectStore,
+    output: str,
+    index: int,
+    attempt: int,
+    part: JsonlPart | ParquetPart,
+    errors: JsonlPart,
+) -> tuple[str, str | None]:
+    """PUT a shard's part (always, even empty) and its errors file when there are errors; the
+    keys written (None for no errors). An empty errors file is not written, and one an earlier
+    attempt may have written is deleted (a first attempt has none to delete)."""
+    out_prefix = S3Uri.parse(output).as_prefix()
+    output_key = out_prefix.join(part_name(index, part.ext))
+    store.put_file(output_key, part.path)
+    errors_key = out_prefix.join(errors_name(index))
+    if errors.count:
+        store.put_file(errors_key, errors.path)
+        return output_key.key, errors_key.key
+    if attempt > 1:
+        store.delete(errors_key)
+    return output_key.key, None

@@ -44,7 +44,9 @@ class JobOut(BaseModel):
         "'waiting for a GPU worker: 2 jobs ahead', 'finalizing', ...; null while its shards "
         "run and once it is finalized.",
     )
-    usage: dict[str, int] | None = None  # token totals, once an OpenAI batch's job is final
+    usage: dict[str, int] | None = (
+        None  # token totals of generate jobs and OpenAI batches, once final
+    )
 
 
 class JobList(BaseModel):

@@ -12,6 +12,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from barge.jsonvalues import check_json_value
@@ -80,6 +81,9 @@ class GenerateParams(_Strict):
     max_length: int = Field(512, ge=1, le=8192, description="Prompt tokens kept per record.")
 
 
+# The generation parameters a record may set for itself (``params_field``).
+RECORD_PARAMS = ("max_new_tokens", "temperature", "seed")
+
 PARAMS_BY_TASK: dict[str, type[_Strict]] = {
     "embed": EmbedParams,
     "classify": ClassifyParams,
@@ -107,6 +111,21 @@ class InferenceSpec(_Strict):
     )
     text_field: str = Field("text", min_length=1, max_length=256)
     id_field: str | None = Field(None, min_length=1, max_length=256)
+    messages_field: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="generate only: the record field holding chat messages ([{role, content}]), "
+        "rendered with the model's chat template (read instead of text_field).",
+    )
+    params_field: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="generate only: the record field holding this record's own "
+        f"{', '.join(RECORD_PARAMS)} (over the job's params); records are batched with "
+        "others of the same parameters.",
+    )
     input_format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
     output_format: Literal["jsonl", "parquet"] = "jsonl"
@@ -157,8 +176,36 @@ class InferenceSpec(_Strict):
             )
             raise ValueError(f"{problems} (parameters for task {task!r}: {allowed})") from None
 
+    @model_validator(mode="after")
+    def _generate_fields(self) -> InferenceSpec:
+        for name in ("messages_field", "params_field"):
+            if getattr(self, name) is not None and self.task != "generate":
+                raise ValueError(
+                    f"{name} is for task 'generate' only (this job's is {self.task!r})"
+                )
+        return self
+
     def task_params(self) -> Any:
         return PARAMS_BY_TASK[self.task].model_validate(self.params)
+
+    def record_params(self, value: Any) -> GenerateParams:
+        """The parameters of a record whose ``params_field`` holds ``value``: the job's, with
+        the record's own over them (ValueError says what is wrong)."""
+        if not isinstance(value, dict):
+            raise ValueError(f"field {self.params_field!r} must be an object")
+        unknown = sorted(str(k) for k in value if k not in RECORD_PARAMS)
+        if unknown:
+            raise ValueError(
+                f"field {self.params_field!r}: unknown parameter {', '.join(unknown)} "
+                f"(a record may set {', '.join(RECORD_PARAMS)})"
+            )
+        try:
+            return GenerateParams.model_validate({**self.params, **value})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"field {self.params_field!r}: {problems}") from None
 
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"

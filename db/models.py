@@ -142,6 +142,7 @@ class Shard(Base):
     records_succeeded: Mapped[int] = mapped_column(BigInteger, default=0)
     records_failed: Mapped[int] = mapped_column(BigInteger, default=0)
     steps_done: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    usage: Mapped[dict[str, int] | None] = mapped_column(JSONType)  # token counts, summed
     output_key: Mapped[str | None] = mapped_column(Text)
     errors_key: Mapped[str | None] = mapped_column(Text)
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -106,7 +106,7 @@ def present(
         "error": job.error,
         "metadata": job.meta or {},
         "waiting": waiting_for(job, progress, ahead),
-        "usage": (job.manifest or {}).get("usage"),  # token totals (OpenAI batch jobs)
+        "usage": (job.manifest or {}).get("usage"),  # token totals (generate and OpenAI batches)
     }
 
 

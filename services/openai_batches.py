@@ -273,6 +273,8 @@ def _start_job(
         output=str(output),
         text_field="body",
         id_field="custom_id",
+        messages_field=None,  # the request lines are read by the OpenAI runner
+        params_field=None,
         input_format="jsonl",
         batch_size=BATCH_SIZE,
         shard_size=None,

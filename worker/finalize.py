@@ -135,7 +135,20 @@ def build_manifest(job: Job, shards: list[Shard], status: str, error: str | None
             if s.errors_key
         ],
         "timings": _timings(job),
+        **_usage(shards),
     }
+
+
+def _usage(shards: list[Shard]) -> dict[str, Any]:
+    """``{"usage": token totals}`` over the shards that counted tokens (generate), else {}."""
+    counted = [s.usage for s in shards if s.usage]
+    if not counted:
+        return {}
+    totals: dict[str, int] = {}
+    for usage in counted:
+        for k, n in usage.items():
+            totals[k] = totals.get(k, 0) + int(n)
+    return {"usage": totals}
 
 
 def finetune_manifest(

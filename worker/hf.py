@@ -112,6 +112,17 @@ def check_config_fits_weights(path: Path, model_class: Any, ref: str) -> None:
         )
 
 
+def eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The token ids that end a generated sequence (the generation config's, else the
+    tokenizer's)."""
+    found = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if found is None:
+        found = tokenizer.eos_token_id
+    if found is None:
+        return set()
+    return {int(t) for t in found} if isinstance(found, list) else {int(found)}
+
+
 OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "longformer", "mpnet"})
 
 

@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from barge.errors import NotFound, PermanentJobError, describe
 from barge.records import Format, Record, iter_range
 from barge.specs import InferenceSpec
 from barge.storage import ObjectInfo, S3Uri
-from worker import metrics
+from worker import chat, metrics
 from worker.context import WorkerContext
 from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Outcome, Result, Runner
@@ -113,6 +114,9 @@ class _ShardRun:
         self.part = make_part(spec.output_format, tmp / "part")
         self.errors = JsonlPart(tmp / "errors")
         self.batches = 0  # batches started
+        # Chat prompts come from the template with their special tokens already in them.
+        self.add_special_tokens = spec.messages_field is None
+        self.usage: dict[str, int] | None = {} if spec.task == "generate" else None
 
     def process(self, records: Iterator[Record], window_size: int) -> Stop | None:
         """Run every record (window by window); the ``Stop`` that cut it short, if any."""
@@ -142,6 +146,7 @@ class _ShardRun:
             failed=self.errors.count,
             output_key=output_key,
             errors_key=errors_key,
+            usage=self.usage or None,
         )
 
     def _window(self, window: list[tuple[int, Record]]) -> None:
@@ -150,14 +155,12 @@ class _ShardRun:
         results: list[dict[str, Any] | None] = [None] * len(window)
         rejected, todo = self._extract_all(window)
         failed: dict[int, dict[str, Any]] = {}  # by index in window: failed in the model
-        todo.sort(key=lambda item: len(item[2]))
-        batch_size = self.spec.batch_size
         try:
-            for start in range(0, len(todo), batch_size):
+            for batch in _batches(todo, self.spec.batch_size):
                 if self.batches:  # the first one's check is the claim's, moments ago
                     self.lease.between_batches()
                 self.batches += 1
-                self._batch(window, todo[start : start + batch_size], results, failed)
+                self._batch(window, batch, results, failed)
                 self.lease.succeeded = self.part.count + sum(r is not None for r in results)
                 self.lease.failed = self.errors.count + len(rejected) + len(failed)
         finally:
@@ -169,42 +172,103 @@ class _ShardRun:
 
     def _extract_all(
         self, window: list[tuple[int, Record]]
-    ) -> tuple[list[dict[str, Any]], list[tuple[int, Any, str]]]:
-        """The error rows of records that cannot run, and (index in window, id, text) of the
-        others."""
+    ) -> tuple[list[dict[str, Any]], list[_Todo]]:
+        """The error rows of records that cannot run, and what to run of the others."""
         rejected: list[dict[str, Any]] = []
-        todo: list[tuple[int, Any, str]] = []
+        todo: list[_Todo] = []
         for i, (position, rec) in enumerate(window):
             rec_id, text, problem = _extract(rec, position, self.spec, self.max_text_chars)
+            params = self.params
+            if problem is None and rec.data is not None:
+                text, params, problem = self._prompt_and_params(rec.data, text)
             if problem is not None:
                 rejected.append(self._error_row(rec_id, rec, problem))
             else:
-                todo.append((i, rec_id, text))
+                todo.append(_Todo(i, rec_id, text, params))
         if rejected:
             metrics.RECORDS.labels(self.loaded.task, "failed").inc(len(rejected))
         return rejected, todo
 
+    def _prompt_and_params(self, data: dict[str, Any], text: str) -> tuple[str, Any, str | None]:
+        """The record's prompt (its chat messages rendered, with ``messages_field``) and its
+        generation parameters (its own over the job's, with ``params_field``), or why it
+        cannot run."""
+        spec = self.spec
+        params = self.params
+        if spec.messages_field is not None:
+            try:
+                messages = chat.parse_messages(data[spec.messages_field], spec.messages_field)
+                text = chat.render(self.loaded.tokenizer, messages, spec.messages_field)
+            except chat.MessagesError as exc:
+                return "", params, exc.message
+            if len(text) > self.max_text_chars:
+                return (
+                    "",
+                    params,
+                    f"field {spec.messages_field!r} renders to {len(text)} characters, more than "
+                    f"the limit of {self.max_text_chars} (BARGE_MAX_TEXT_CHARS)",
+                )
+        if spec.params_field is not None and spec.params_field in data:
+            try:
+                params = spec.record_params(data[spec.params_field])
+                self.loaded.input_tokens(params)  # room left for the prompt?
+            except (ValueError, PermanentJobError) as exc:
+                return "", params, str(exc)
+        return text, params, None
+
     def _batch(
         self,
         window: list[tuple[int, Record]],
-        batch: list[tuple[int, Any, str]],
+        batch: list[_Todo],
         results: list[dict[str, Any] | None],
         failed: dict[int, dict[str, Any]],
     ) -> None:
-        """Predict one batch into ``results`` (or ``failed``), by index in the window."""
+        """Predict one batch (records of one set of parameters) into ``results`` (or
+        ``failed``), by index in the window."""
         loaded = self.loaded
-        seed = self.params.seed + window[batch[0][0]][0] if self.spec.task == "generate" else 0
+        params = batch[0].params
+        seed = params.seed + window[batch[0].at][0] if self.spec.task == "generate" else 0
         started = time.monotonic()
-        predictions = _predict_isolating(loaded, [t for _, _, t in batch], self.params, seed)
+        predictions = _predict_isolating(
+            loaded, [t.text for t in batch], params, seed, self.add_special_tokens
+        )
         metrics.observe_batch(loaded.task, time.monotonic() - started, predictions, loaded.device)
-        for (i, rec_id, _text), (ok, value) in zip(batch, predictions, strict=True):
+        for todo, (ok, value) in zip(batch, predictions, strict=True):
             if ok:
-                results[i] = {"id": rec_id, **value}
+                results[todo.at] = {"id": todo.rec_id, **value}
+                if self.usage is not None:
+                    for k, n in value.get("usage", {}).items():
+                        self.usage[k] = self.usage.get(k, 0) + n
             else:
-                failed[i] = self._error_row(rec_id, window[i][1], value)
+                failed[todo.at] = self._error_row(todo.rec_id, window[todo.at][1], value)
 
     def _error_row(self, rec_id: RecordId | None, rec: Record, error: str | None) -> dict[str, Any]:
         return {"id": rec_id, "source": self.work.source, "line": rec.line, "error": error}
+
+
+@dataclass
+class _Todo:
+    """A record to run: its index in the window, its id, its text and its parameters."""
+
+    at: int
+    rec_id: Any
+    text: str
+    params: Any
+
+
+def _batches(todo: list[_Todo], batch_size: int) -> Iterator[list[_Todo]]:
+    """Batches of records with the same parameters, each length-sorted (so little padding)."""
+    groups: dict[Any, list[_Todo]] = {}
+    for item in todo:
+        groups.setdefault(_params_key(item.params), []).append(item)
+    for group in groups.values():
+        group.sort(key=lambda item: len(item.text))
+        for start in range(0, len(group), batch_size):
+            yield group[start : start + batch_size]
+
+
+def _params_key(params: Any) -> Any:
+    return tuple(sorted(params.model_dump().items()))
 
 
 def _prefetch(it: Iterator[Record], size: int) -> Iterator[Record]:
@@ -254,6 +318,14 @@ def _extract(
         rec_id, problem = coerce_id(data[spec.id_field])
         if problem is not None:
             return None, "", f"{problem} (id_field {spec.id_field!r})"
+    if spec.messages_field is not None:
+        if spec.messages_field not in data:
+            return (
+                rec_id,
+                "",
+                f"record has no field {spec.messages_field!r} (the job's messages_field)",
+            )
+        return rec_id, "", None  # rendered by the shard run, which has the tokenizer
     if spec.text_field not in data:
         return rec_id, "", f"record has no field {spec.text_field!r} (the job's text_field)"
     text = data[spec.text_field]
@@ -270,11 +342,11 @@ def _extract(
 
 
 def _predict_isolating(
-    loaded: LoadedModel, texts: list[str], params: Any, seed: int
+    loaded: LoadedModel, texts: list[str], params: Any, seed: int, add_special_tokens: bool = True
 ) -> list[tuple[bool, Any]]:
     """Predict a batch; if it fails, retry record by record so one bad record fails alone."""
     try:
-        return [(True, r) for r in predict(loaded, texts, params, seed)]
+        return [(True, r) for r in predict(loaded, texts, params, seed, add_special_tokens)]
     except SoftTimeLimitExceeded:
         raise  # the shard's time is up; no record is to blame
     except Exception as exc:
@@ -282,5 +354,5 @@ def _predict_isolating(
             return [(False, f"model failed on this record: {describe(exc)}")]
     out: list[tuple[bool, Any]] = []
     for i, text in enumerate(texts):
-        out.extend(_predict_isolating(loaded, [text], params, seed + i))
+        out.extend(_predict_isolating(loaded, [text], params, seed + i, add_special_tokens))
     return out

@@ -85,6 +85,7 @@ class Result:
     errors_key: str | None = None
     error: str | None = None
     steps_done: int | None = None
+    usage: dict[str, int] | None = None  # token counts of the unit's records
     publish: Callable[[Session, Job], None] | None = None
 
 
@@ -180,6 +181,7 @@ def _record(session: Session, work: ShardWork, result: Result) -> Outcome:
         errors_key=result.errors_key,
         error=result.error,
         steps_done=result.steps_done,
+        usage=result.usage,
     )
     if not held:
         return Outcome.LEASE_LOST

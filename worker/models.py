@@ -204,9 +204,15 @@ class ModelCache:
 
 
 def predict(
-    loaded: LoadedModel, texts: Sequence[str], params: Any, seed: int = 0
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    params: Any,
+    seed: int = 0,
+    add_special_tokens: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run one batch; returns one result dict per text, in order."""
+    """Run one batch; returns one result dict per text, in order. A generated text comes with
+    its ``finish_reason`` (``stop``: the model ended it; ``length``: max_new_tokens did) and
+    its ``usage`` (prompt, completion and total tokens, counted as the model saw them)."""
     import torch
 
     tok = loaded.tokenizer
@@ -216,6 +222,7 @@ def predict(
         truncation=True,
         max_length=loaded.input_tokens(params),
         return_tensors="pt",
+        add_special_tokens=add_special_tokens,
     ).to(loaded.device)
     with torch.inference_mode(), loaded.autocast():
         if loaded.task == "embed":
@@ -249,7 +256,28 @@ def predict(
             generator_kwargs.update(do_sample=True, temperature=params.temperature)
         else:
             generator_kwargs.update(do_sample=False)
-        generated = loaded.model.generate(**enc, **generator_kwargs)
+        # A causal LM reads its prompt's ids and mask only (a tokenizer's token_type_ids
+        # would shift its embeddings, as in the OpenAI endpoints' path).
+        generated = loaded.model.generate(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **generator_kwargs
+        )
         new_tokens = generated[:, enc["input_ids"].shape[1] :]
         texts_out = tok.batch_decode(new_tokens, skip_special_tokens=True)
-        return [{"text": t} for t in texts_out]
+        prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
+        eos = hf.eos_ids(loaded.model, tok)
+        out = []
+        for text, row, prompt in zip(texts_out, new_tokens.tolist(), prompt_tokens, strict=True):
+            ended = next((i for i, t in enumerate(row) if t in eos), None)
+            completion = len(row) if ended is None else ended + 1
+            out.append(
+                {
+                    "text": text,
+                    "finish_reason": "length" if ended is None else "stop",
+                    "usage": {
+                        "prompt_tokens": int(prompt),
+                        "completion_tokens": completion,
+                        "total_tokens": int(prompt) + completion,
+                    },
+                }
+            )
+        return out

@@ -36,7 +36,7 @@ from barge.specs import EmbedParams, InferenceSpec
 from barge.storage import S3Uri
 from db.models import Job, Shard
 from services import openai_batches
-from worker import metrics
+from worker import chat, hf, metrics
 from worker.context import WorkerContext
 from worker.inference import WINDOW_BATCHES, _prefetch
 from worker.lease import Lease, ShardWork, Stop
@@ -44,7 +44,6 @@ from worker.lifecycle import Outcome, Result, Runner
 from worker.models import LoadedModel, predict
 from worker.outputs import JsonlPart, put_part, windows
 
-CHAT_ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP = 4
 MAX_DEFAULT_TOKENS = 4096  # max_tokens when a request names none: what is left, at most this
 
@@ -255,16 +254,16 @@ class _BatchShard:
         if body.get("n", 1) != 1:
             raise RequestError("n must be 1", "n")
         if self.endpoint == "/v1/chat/completions":
-            messages = _messages(body.get("messages"))
-            if not getattr(tok, "chat_template", None):
-                raise RequestError("this model has no chat template; use /v1/completions", "model")
             try:
-                prompt = tok.apply_chat_template(
-                    messages, tokenize=False, add_generation_prompt=True
-                )
-            except Exception as exc:
-                raise RequestError(f"messages: {describe(exc)}", "messages") from None
-            req.prompt_ids = list(tok(prompt, add_special_tokens=False)["input_ids"])
+                messages = chat.parse_messages(body.get("messages"))
+                if not chat.has_template(tok):
+                    raise RequestError(
+                        "this model has no chat template; use /v1/completions", "model"
+                    )
+                rendered = chat.render(tok, messages)
+            except chat.MessagesError as exc:
+                raise RequestError(exc.message, exc.param) from None
+            req.prompt_ids = list(tok(rendered, add_special_tokens=False)["input_ids"])
         else:
             prompt = body.get("prompt")
             if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -396,7 +395,7 @@ class _BatchShard:
         with torch.inference_mode(), loaded.autocast():
             generated = loaded.model.generate(input_ids=input_ids, **kwargs)
         new_tokens = generated[:, input_ids.shape[1] :].tolist()
-        eos = _eos_ids(loaded)
+        eos = hf.eos_ids(loaded.model, loaded.tokenizer)
         bodies = []
         for req, row in zip(batch, new_tokens, strict=True):
             kept: list[int] = []
@@ -494,43 +493,6 @@ def _number(body: dict[str, Any], name: str, default: float, low: float, high: f
     if not low <= value <= high:
         raise RequestError(f"{name} must be between {low} and {high}", name)
     return float(value)
-
-
-def _messages(value: Any) -> list[dict[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise RequestError("messages must be a non-empty list", "messages")
-    out = []
-    for i, message in enumerate(value):
-        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
-            raise RequestError(
-                f"messages[{i}] must be an object with a role of {', '.join(CHAT_ROLES)}",
-                f"messages[{i}].role",
-            )
-        content = message.get("content")
-        if isinstance(content, list):
-            parts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text":
-                    raise RequestError(
-                        f"messages[{i}].content: only text parts are supported",
-                        f"messages[{i}].content",
-                    )
-                parts.append(str(part.get("text", "")))
-            content = "".join(parts)
-        if not isinstance(content, str):
-            raise RequestError(f"messages[{i}].content must be a string", f"messages[{i}].content")
-        role = "system" if message["role"] == "developer" else message["role"]
-        out.append({"role": role, "content": content})
-    return out
-
-
-def _eos_ids(loaded: LoadedModel) -> set[int]:
-    found = getattr(loaded.model.generation_config, "eos_token_id", None)
-    if found is None:
-        found = loaded.tokenizer.eos_token_id
-    if found is None:
-        return set()
-    return set(found) if isinstance(found, list) else {int(found)}
 
 
 def _base64(vector: list[float]) -> str:

@@ -122,6 +122,7 @@ def finish_shard(
     errors_key: str | None,
     error: str | None = None,
     steps_done: int | None = None,
+    usage: dict[str, int] | None = None,
 ) -> bool:
     """Mark the shard final if ``attempt`` still holds it (fencing)."""
     values: dict[str, Any] = {
@@ -133,6 +134,7 @@ def finish_shard(
         "last_error": error,
         "finished_at": utcnow(),
         "lease_expires_at": None,
+        "usage": usage,
     }
     if steps_done is not None:
         values["steps_done"] = steps_done

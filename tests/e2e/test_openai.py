@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import new_key
-from tests.helpers import minilm_dir, upload_dir
+from tests.helpers import minilm_dir, tiny_chat_model, upload_dir
 from tests.services import ROOT, free_port, wait_port
 
 openai = pytest.importorskip("openai")
@@ -28,38 +28,9 @@ openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.e2e
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
 MAX_TASKS = 50
 MAX_FILE_BYTES = 3_000_000
 BATCH_FINAL = ("completed", "failed", "cancelled", "expired")
-
-
-def tiny_chat_model(path: Path) -> Path:
-    """A tiny random GPT-2 over MiniLM's tokenizer, with a chat template."""
-    import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
-    tok.chat_template = CHAT_TEMPLATE
-    tok.model_max_length = 1100
-    GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=tok.vocab_size,
-            n_positions=1100,
-            n_embd=32,
-            n_layer=2,
-            n_head=2,
-            bos_token_id=tok.cls_token_id,
-            eos_token_id=tok.sep_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-    ).save_pretrained(str(path), safe_serialization=True)
-    tok.save_pretrained(str(path))
-    return path
 
 
 @pytest.fixture(scope="module")

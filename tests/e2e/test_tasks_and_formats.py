@@ -125,7 +125,11 @@ def test_generate_parquet_in_and_out(
         for o in out[:10]:
             enc = tok([rows[o["id"]]["prompt"]], return_tensors="pt")
             gen = model.generate(
-                **enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                max_new_tokens=6,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
             )
             expected = tok.decode(gen[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             assert o["text"] == expected

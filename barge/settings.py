@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     shard_records: int = 10_000
     device: str = ""  # "" = cuda when available, else cpu
+    # Inference models load in their stored dtype on CUDA (bf16/fp16 weights stay so), fp32 on
+    # CPU. "auto" spreads a model over every visible GPU (layer by layer) when it does not fit
+    # one; "" keeps each model on one device.
+    device_map: Literal["", "auto", "balanced", "sequential"] = ""
+    # Memory a model's weights may take on its device(s), in bytes (0 = what is free there now):
+    # a model whose weights need more is refused before anything is loaded.
+    model_memory_bytes: int = Field(default=0, ge=0)
     # A shard must finish well inside RabbitMQ's consumer_timeout (30 min by default): past the
     # soft limit it fails with a clear error; at the hard limit its process is killed.
     shard_soft_time_limit: float = 1500.0

@@ -89,6 +89,37 @@ def stored_parameters(path: Path) -> int:
     return total
 
 
+# Bytes per element of each safetensors dtype.
+DTYPE_BYTES = {
+    "F64": 8, "I64": 8, "U64": 8,
+    "F32": 4, "I32": 4, "U32": 4,
+    "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
+    "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1,
+}  # fmt: skip
+
+
+def weight_bytes(path: Path, element_bytes: int | None = None) -> int:
+    """Bytes the directory's safetensors weights take once loaded: as stored, or at
+    ``element_bytes`` per floating-point element (integer tensors stay as stored). Read from
+    the files' headers only."""
+    from safetensors import safe_open
+
+    total = 0
+    for weights in sorted(path.glob("*.safetensors")):
+        with safe_open(str(weights), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                part = f.get_slice(name)
+                numel = 1
+                for dim in part.get_shape():
+                    numel *= int(dim)
+                dtype = str(part.get_dtype())
+                size = DTYPE_BYTES.get(dtype, 4)
+                if element_bytes is not None and dtype.startswith(("F", "BF")):
+                    size = element_bytes
+                total += numel * size
+    return total
+
+
 def check_config_fits_weights(path: Path, model_class: Any, ref: str) -> None:
     """Refuse a config.json that describes a far bigger model than the weights hold, before
     anything is allocated: the model is built on the meta device, which allocates nothing."""

@@ -113,15 +113,97 @@ class LoadedModel:
         return hf.autocast(hf.autocast_dtype(self.device))
 
 
-def load_model(path: Path, task: str, device: Any, ref: str, revision: str) -> LoadedModel:
+GIB = 1024**3
+
+
+def _size(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB // 10 else f"{n / 2**20:.1f} MiB"
+
+
+def _free_memory(settings: Settings, device: Any) -> tuple[int, str]:
+    """Bytes free for a model's weights where it will load, and a sentence saying so."""
+    if settings.model_memory_bytes:
+        free = settings.model_memory_bytes
+        return free, f"this worker allows {_size(free)} (BARGE_MODEL_MEMORY_BYTES)"
+    if device.type == "cuda":
+        import torch
+
+        if settings.device_map:
+            count = torch.cuda.device_count()
+            free = sum(int(torch.cuda.mem_get_info(i)[0]) for i in range(count))
+            return free, f"the {count} visible GPU(s) have {_size(free)} free together"
+        free = int(torch.cuda.mem_get_info(device)[0])
+        return free, f"{device} has {_size(free)} free"
+    import psutil
+
+    free = int(psutil.virtual_memory().available)
+    return free, f"this host has {_size(free)} of memory available"
+
+
+def _release_memory(device: Any) -> None:
+    """Hand the memory of evicted models back (CUDA keeps freed blocks cached otherwise)."""
+    if device.type == "cuda":
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def load_options(settings: Settings, path: Path, device: Any, ref: str) -> dict[str, Any]:
+    """How ``from_pretrained`` loads the model: on CUDA in its stored dtype (bf16/fp16 weights
+    are never widened to fp32 first), spread over the visible GPUs with ``BARGE_DEVICE_MAP``;
+    on CPU in fp32. Refuses, before anything is loaded, a model whose weights do not fit."""
+    import torch
+
+    options: dict[str, Any] = {}
+    if device.type == "cuda":
+        options["dtype"] = "auto"
+        if settings.device_map:
+            options["device_map"] = settings.device_map
+        need = hf.weight_bytes(path)
+    else:
+        options["dtype"] = torch.float32
+        need = hf.weight_bytes(path, element_bytes=4)
+    free, where = _free_memory(settings, device)
+    if need > free:
+        hint = (
+            "run it on a worker with more memory"
+            if device.type != "cuda"
+            else "set BARGE_DEVICE_MAP=auto to spread it over every visible GPU, or run it on a "
+            "worker with larger GPUs"
+            if not settings.device_map
+            else "run it on a worker with more or larger GPUs"
+        )
+        raise PermanentJobError(
+            f"model {ref} does not fit: its weights need {_size(need)} and {where}; {hint}"
+        )
+    return options
+
+
+def load_model(
+    path: Path,
+    task: str,
+    device: Any,
+    ref: str,
+    revision: str,
+    options: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """Load the model for ``task`` (safetensors only, nothing remote) with ``load_options``."""
     import transformers
 
     started = time.monotonic()
     hf.check_config_fits_weights(path, hf.model_class(task), ref)
+    options = options or {}
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = hf.model_class(task).from_pretrained(
-            str(path), use_safetensors=True, local_files_only=True, trust_remote_code=False
+            str(path),
+            use_safetensors=True,
+            local_files_only=True,
+            trust_remote_code=False,
+            **options,
         )
     except SoftTimeLimitExceeded:
         raise  # the shard's time is up: not the model's fault
@@ -129,7 +211,11 @@ def load_model(path: Path, task: str, device: Any, ref: str, revision: str) -> L
         raise PermanentJobError(
             f"cannot load model {ref} for task {task!r}: {without_paths(str(exc))}"
         ) from exc
-    model.eval().to(device)
+    model.eval()
+    if "device_map" in options:
+        device = model.device  # inputs go where its first layers are
+    else:
+        model.to(device)
     if task == "generate":
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
@@ -194,7 +280,14 @@ class ModelCache:
             if loaded is not None:
                 self._models.move_to_end(key)
                 return loaded
-            loaded = load_model(path, task, pick_device(self.settings), ref, revision)
+            device = pick_device(self.settings)
+            # Make room first: the model evicted to keep the cache's size frees its memory
+            # before the new one is measured against what is free and loaded.
+            while len(self._models) >= max(1, self.settings.model_cache_size):
+                self._models.popitem(last=False)
+            _release_memory(device)
+            options = load_options(self.settings, path, device, ref)
+            loaded = load_model(path, task, device, ref, revision, options)
             metrics.MODEL_LOAD_SECONDS.labels(task).set(loaded.load_seconds)  # never the URI
             metrics.observe_gpu_memory(loaded.device)
             self._models[key] = loaded

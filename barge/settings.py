@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     openai_max_file_bytes: int = Field(default=200 * 10**6, ge=1)
     openai_max_batch_tasks: int = Field(default=50_000, ge=1)
     openai_model_aliases: dict[str, str] = Field(default_factory=dict)
+    # How long the completion window "24h" lasts: a batch unfinished by then expires (what
+    # finished is kept; the rest are error-file lines with code batch_expired).
+    openai_batch_window_seconds: float = Field(default=24 * 3600.0, gt=0)
 
     # Flower (`barge flower`): basic auth is required, so an empty password refuses to start.
     flower_user: str = "admin"

@@ -288,3 +288,7 @@ class OpenAIBatch(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the completion window ended with the job unfinished (its job was cancelled then), and
+    # how many requests it left unrun (each an error-file line with code batch_expired).
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expired_requests: Mapped[int | None] = mapped_column(Integer)

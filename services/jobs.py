@@ -120,14 +120,14 @@ def present_many(session: Session, jobs: list[Job]) -> list[dict[str, Any]]:
     return [present(j, progress[j.id], now, ahead.get(j.id, 0)) for j in jobs]
 
 
-def cancel(uow: UnitOfWork, job: Job) -> Job:
+def cancel(uow: UnitOfWork, job: Job, reason: str = "cancel requested") -> Job:
     """Move the job to cancelling (durable: workers stop within one batch); pending shards are
     cancelled now and finalize is sent after the commit."""
     if job.status in FINAL:
         raise Conflict(f"job {job.id} is already {job.status}; there is nothing to cancel")
     if job.status == CANCELLING:
         return job
-    state.transition(uow.session, job, CANCELLING, message="cancel requested")
+    state.transition(uow.session, job, CANCELLING, message=reason)
     repo.cancel_pending_shards(uow.session, job.id)
     uow.send_after_commit(FINALIZE_JOB, str(job.id))
     return job

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import IO, Any
 
 from sqlalchemy.orm import Session
@@ -37,7 +37,8 @@ ENDPOINTS = {
     "/v1/chat/completions": "generate",
     "/v1/completions": "generate",
 }
-COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
+COMPLETION_WINDOWS = ("24h",)  # lasts BARGE_OPENAI_BATCH_WINDOW_SECONDS
+EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 MAX_ERRORS = 100  # validation errors listed per batch
 MAX_METADATA_KEYS = 16
 BATCH_SIZE = 32  # requests per forward pass
@@ -239,7 +240,7 @@ def create(
         meta=metadata,
         total=checked.total,
         created_at=now,
-        expires_at=now + COMPLETION_WINDOWS[completion_window],
+        expires_at=now + timedelta(seconds=settings.openai_batch_window_seconds),
     )
     if not checked.errors:
         assert checked.model is not None
@@ -311,18 +312,37 @@ def cancel(uow: UnitOfWork, tenant_id: uuid.UUID, batch_id: str) -> OpenAIBatch:
     return batch
 
 
+def expire_due(uow: UnitOfWork, now: datetime, limit: int = 100) -> int:
+    """Expire the batches whose completion window has ended unfinished: their jobs are
+    cancelled (what finished is kept; finalize lists the rest as batch_expired)."""
+    due = openai_repo.take_due_openai_batches(uow.session, now, limit)
+    for batch, job in due:
+        batch.expired_at = now
+        jobs.cancel(uow, job, reason=f"batch {batch.id} expired: its completion window ended")
+    uow.session.flush()
+    return len(due)
+
+
+def batch_for_job(session: Session, job_id: uuid.UUID) -> OpenAIBatch | None:
+    return openai_repo.openai_batch_for_job(session, job_id)
+
+
 def attach_outputs(
     session: Session,
     job: Job,
     output: tuple[S3Uri, int, int] | None,
     errors: tuple[S3Uri, int, int] | None,
     usage: dict[str, int],
+    expired: int = 0,
 ) -> None:
     """At finalize: the batch's joined output and error files (uri, bytes, lines) become files
-    of its tenant; its token totals are kept. Idempotent (a second run changes nothing)."""
+    of its tenant; its token totals (and, if it expired, how many requests it left unrun) are
+    kept. Idempotent (a second run changes nothing)."""
     batch = openai_repo.openai_batch_for_job(session, job.id)
     if batch is None or batch.usage is not None:
         return
+    if batch.expired_at is not None:
+        batch.expired_requests = expired
     if output is not None and output[2]:
         batch.output_file_id = openai_files.add_output_file(
             session, job.tenant_id, output[0], f"{batch.id}_output.jsonl", output[1]
@@ -376,6 +396,10 @@ def _present(batch: OpenAIBatch, job: Job | None, progress: repo.Progress | None
         and progress.shards_done >= job.shards_total
     ):
         status = "finalizing"
+    if batch.expired_at is not None and job is not None:
+        # Its job was cancelled when the window ended: finalizing until the files are joined.
+        status = "expired" if job.status in (CANCELLED, SUCCEEDED, FAILED) else "finalizing"
+    expired = batch.expired_requests or 0
     errors = batch.errors
     if errors is None and job is not None and job.status == FAILED:
         errors = [{"code": "batch_failed", "line": None, "message": job.error, "param": None}]
@@ -396,13 +420,13 @@ def _present(batch: OpenAIBatch, job: Job | None, progress: repo.Progress | None
         "finalizing_at": _ts(job.finished_at) if job and status == "completed" else None,
         "completed_at": _ts(finished) if status == "completed" else None,
         "failed_at": _ts(finished) if status == "failed" else None,
-        "expired_at": None,
+        "expired_at": _ts(batch.expired_at) if status == "expired" else None,
         "cancelling_at": _ts(batch.cancelling_at),
         "cancelled_at": _ts(finished) if status == "cancelled" else None,
         "request_counts": {
             "total": batch.total,
             "completed": progress.records_succeeded if progress else 0,
-            "failed": progress.records_failed if progress else 0,
+            "failed": (progress.records_failed if progress else 0) + expired,
         },
         "usage": _usage(batch.usage),
         "model": batch.model,

@@ -31,8 +31,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session
 
 from barge.errors import PermanentJobError, describe
-from barge.records import Record, iter_range
+from barge.records import Format, Range, Record, iter_range
 from barge.specs import EmbedParams, InferenceSpec
+from barge.status import SHARD_SUCCEEDED
 from barge.storage import S3Uri
 from db.models import Job, Shard
 from services import openai_batches
@@ -511,6 +512,10 @@ def assemble(ctx: WorkerContext, session: Session, job: Job, shards: list[Shard]
     out = S3Uri.parse(job.output_uri).as_prefix()
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     joined: dict[str, tuple[S3Uri, int, int] | None] = {}
+    batch = openai_batches.batch_for_job(session, job.id)
+    expired = batch is not None and batch.expired_at is not None
+    seen: set[str] = set()  # custom_ids with a line (kept only for an expired batch)
+    unrun = 0
     tmp_root = ctx.settings.resolved_cache_dir / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     ordered = sorted(shards, key=lambda s: s.index)
@@ -529,14 +534,54 @@ def assemble(ctx: WorkerContext, session: Session, job: Job, shards: list[Shard]
                         for line in src:
                             f.write(line)
                             lines += 1
-                            body = json.loads(line).get("response", {}).get("body") or {}
+                            parsed = json.loads(line)
+                            if expired:
+                                seen.add(parsed.get("custom_id"))
+                            body = (parsed.get("response") or {}).get("body") or {}
                             for k, v in (body.get("usage") or {}).items():
                                 if k in usage and isinstance(v, int):
                                     usage[k] += v
+                if name == "errors.jsonl" and expired:
+                    for line_bytes in _expired_lines(ctx, job, ordered, seen):
+                        f.write(line_bytes)
+                        lines += 1
+                        unrun += 1
             target = out.join(name)
             ctx.store.put_file(target, path)
             joined[name] = (target, path.stat().st_size, lines)
     openai_batches.attach_outputs(
-        session, job, joined["output.jsonl"], joined["errors.jsonl"], usage
+        session, job, joined["output.jsonl"], joined["errors.jsonl"], usage, unrun
     )
     return usage
+
+
+def _expired_lines(
+    ctx: WorkerContext, job: Job, shards: list[Shard], seen: set[str]
+) -> Iterator[bytes]:
+    """An error-file line (code ``batch_expired``) for each request of the unfinished shards
+    that has no line yet: read again from the shards' input ranges, in input order."""
+    for shard in shards:
+        if shard.status == SHARD_SUCCEEDED:
+            continue
+        info = ctx.store.head(S3Uri.parse(shard.source_uri))
+        if info is None:
+            continue  # the input is gone: nothing to name
+        rng = Range(
+            shard.start_record,
+            shard.record_count,
+            shard.first_line,
+            shard.byte_start,
+            shard.byte_end,
+        )
+        for rec in iter_range(ctx.store, info, Format(shard.input_format, shard.compressed), rng):
+            custom_id = (rec.data or {}).get("custom_id")
+            if not isinstance(custom_id, str) or custom_id in seen:
+                continue
+            seen.add(custom_id)
+            line = {
+                "id": f"batch_req_{_line_id(job.id, custom_id, 'line')}",
+                "custom_id": custom_id,
+                "response": None,
+                "error": {"code": "batch_expired", "message": openai_batches.EXPIRED_MESSAGE},
+            }
+            yield json.dumps(line).encode() + b"\n"

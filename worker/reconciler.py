@@ -1,7 +1,9 @@
 """The reconciler (run by the scheduler every few seconds): re-sends work whose message was lost
-or whose lease expired, and finalizes jobs whose shards are all settled.
+or whose lease expired, finalizes jobs whose shards are all settled, and expires OpenAI batches
+whose completion window has ended.
 
-Imports: ``barge``, ``db``, ``worker.context``; never ``api`` or ``cli``.
+Imports: ``barge``, ``db``, ``services.openai_batches``, ``worker.context``; never ``api`` or
+``cli``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from datetime import timedelta
 from barge.queue import FINALIZE_JOB, GPU_QUEUE, PLAN_JOB, RUN_SHARD, ready_messages
 from db import repositories as repo
 from db.base import utcnow
+from services import openai_batches
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -23,6 +26,8 @@ class ReconcileReport:
     plans: int = 0
     shards: int = 0
     finalizes: int = 0
+    expired: int = 0
+    abandoned: int = 0
 
 
 def _lost_messages(ctx: WorkerContext, pending: int) -> int:
@@ -46,6 +51,10 @@ def reconcile(ctx: WorkerContext, limit: int = 500) -> ReconcileReport:
             # Re-sends expire when the next one would be due: they never pile up.
             uow.send_after_commit(PLAN_JOB, str(job_id), expires=grace.total_seconds())
         report.plans = len(stale_jobs)
+        # A stopping job's unit whose worker died is settled here (nothing would claim it).
+        abandoned = repo.cancel_abandoned_shards(session, now, limit)
+        for job_id in abandoned:
+            uow.send_after_commit(FINALIZE_JOB, str(job_id), expires=ctx.settings.reconcile_seconds)
         stale_shards = repo.take_expired_shards(session, now, grace, limit)
         lost = _lost_messages(ctx, repo.pending_shard_count(session))
         stale_shards += repo.take_unclaimed_shards(session, now, grace, min(limit, lost))
@@ -57,6 +66,8 @@ def reconcile(ctx: WorkerContext, limit: int = 500) -> ReconcileReport:
         for job_id in to_finalize:
             uow.send_after_commit(FINALIZE_JOB, str(job_id), expires=ctx.settings.reconcile_seconds)
         report.finalizes = len(to_finalize)
-    if report.plans or report.shards or report.finalizes:
+        report.expired = openai_batches.expire_due(uow, now, limit)
+        report.abandoned = len(abandoned)
+    if any(vars(report).values()):
         log.info("reconcile: %s", report)
     return report

@@ -61,6 +61,7 @@ from db.repositories.registry import (
 )
 from db.repositories.shards import (
     Turn,
+    cancel_abandoned_shards,
     cancel_pending_shards,
     claim_next_shard,
     claim_shard,
@@ -118,6 +119,7 @@ __all__ = [
     "api_keys",
     "api_keys_matching",
     "audit_entries",
+    "cancel_abandoned_shards",
     "cancel_pending_shards",
     "claim_next_shard",
     "claim_shard",

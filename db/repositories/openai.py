@@ -1,17 +1,19 @@
 """SQL of the OpenAI-compatible surface: files and batches, always scoped to one tenant.
 
 Lists are newest first, paged with ``after`` (the id of the last row of the previous page), the
-way OpenAI's list endpoints page. Imports: ``db.models``, ``db.base``; nothing above ``db``."""
+way OpenAI's list endpoints page. Imports: ``barge.status``, ``db.models``, ``db.base``; nothing above ``db``."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
 
-from db.models import OpenAIBatch, OpenAIFile
+from barge.status import QUEUED, RUNNING
+from db.models import Job, OpenAIBatch, OpenAIFile
 
 Row = TypeVar("Row", OpenAIFile, OpenAIBatch)
 
@@ -77,6 +79,26 @@ def get_openai_batch(session: Session, tenant_id: uuid.UUID, batch_id: str) -> O
 
 def openai_batch_for_job(session: Session, job_id: uuid.UUID) -> OpenAIBatch | None:
     return session.scalar(select(OpenAIBatch).where(OpenAIBatch.job_id == job_id))
+
+
+def take_due_openai_batches(
+    session: Session, now: datetime, limit: int
+) -> list[tuple[OpenAIBatch, Job]]:
+    """Batches whose completion window has ended while their job is still queued or running,
+    locked (others skip them)."""
+    rows = session.execute(
+        select(OpenAIBatch, Job)
+        .join(Job, Job.id == OpenAIBatch.job_id)
+        .where(
+            OpenAIBatch.expires_at < now,
+            OpenAIBatch.expired_at.is_(None),
+            Job.status.in_((QUEUED, RUNNING)),
+        )
+        .order_by(OpenAIBatch.expires_at)
+        .limit(limit)
+        .with_for_update(of=[OpenAIBatch, Job], skip_locked=True)
+    ).all()
+    return [(batch, job) for batch, job in rows]
 
 
 def list_openai_batches(

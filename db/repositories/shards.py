@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session, aliased
 from db.base import UTCDateTime, utcnow
 from db.models import Job, Shard
 from db.state import (
+    CANCELLING,
+    FAILED,
     RUNNING,
     SHARD_CANCELLED,
     SHARD_PENDING,
@@ -256,6 +258,40 @@ def take_expired_shards(
         .limit(limit)
     )
     return _take(session, query, now)
+
+
+def cancel_abandoned_shards(session: Session, now: datetime, limit: int) -> list[uuid.UUID]:
+    """Cancel the running shards of stopping jobs (cancelling, failed) whose lease expired:
+    their worker died, and a stopping job's unit is not run again, so no claim would ever
+    settle it. The ids of their jobs (to finalize). Fencing holds: the dead attempt's settle
+    finds the shard no longer running."""
+    ids = (
+        select(Shard.id)
+        .join(Job, Job.id == Shard.job_id)
+        .where(
+            Shard.status == SHARD_RUNNING,
+            Shard.lease_expires_at < now,
+            Job.status.in_([CANCELLING, FAILED]),
+        )
+        .limit(limit)
+        .with_for_update(of=Shard, skip_locked=True)
+        .scalar_subquery()
+    )
+    result = session.execute(
+        update(Shard)
+        .where(Shard.id.in_(ids), Shard.status == SHARD_RUNNING)
+        .values(
+            status=SHARD_CANCELLED,
+            finished_at=now,
+            lease_expires_at=None,
+            last_error="not run: its worker stopped while the job was stopping",
+            records_succeeded=0,
+            records_failed=0,
+        )
+        .returning(Shard.job_id),
+        execution_options={"synchronize_session": False},
+    )
+    return sorted({row[0] for row in result})
 
 
 def pending_shard_count(session: Session) -> int:

@@ -16,20 +16,37 @@ from typing import Any
 import pytest
 
 from tests.faults.conftest import World
-from tests.services import ROOT, free_port, wait_port
+from tests.services import ROOT, WorkerProcess, free_port, wait_port
 
 openai = pytest.importorskip("openai")
 
 pytestmark = pytest.mark.faults
 
 
+WINDOW_SECONDS = 30  # the completion window of the expiry test's API
+
+
 @pytest.fixture
 def openai_url(world: World, s3: Any, minilm_uri: str) -> Iterator[str]:
     """A real `barge api` process in the fault world, with an alias for MiniLM."""
+    yield from _api(world, s3, minilm_uri)
+
+
+@pytest.fixture
+def short_window_url(world: World, s3: Any, minilm_uri: str) -> Iterator[str]:
+    """The same, with a completion window of WINDOW_SECONDS."""
+    yield from _api(world, s3, minilm_uri, BARGE_OPENAI_BATCH_WINDOW_SECONDS=str(WINDOW_SECONDS))
+
+
+def _api(world: World, s3: Any, minilm_uri: str, **extra: str) -> Iterator[str]:
     with contextlib.suppress(Exception):
         s3.create_bucket(Bucket="barge")
     port = free_port()
-    env = {**world.env, "BARGE_OPENAI_MODEL_ALIASES": json.dumps({"embed-small": minilm_uri})}
+    env = {
+        **world.env,
+        "BARGE_OPENAI_MODEL_ALIASES": json.dumps({"embed-small": minilm_uri}),
+        **extra,
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli", "api", "--port", str(port)],
         env=env,
@@ -91,3 +108,58 @@ def test_a_worker_killed_mid_batch_leaves_every_custom_id_exactly_once(
     assert len(seen) == len(set(seen)) == 1500
     assert {line["custom_id"] for line in err} == {f"r-{i}" for i in range(7, 1500, 250)}
     assert (done.request_counts.completed, done.request_counts.failed) == (1494, 6)
+
+
+def test_a_batch_past_its_window_expires_keeping_what_finished(
+    world: World, short_window_url: str
+) -> None:
+    """15 shards of 100 requests; the GPU worker is SIGKILLed after some finished and none
+    replaces it. When the window ends the batch expires: what finished is in the output file,
+    every other request is an error-file line with code batch_expired, each exactly once."""
+    client = openai.OpenAI(base_url=short_window_url, api_key=_key(world), max_retries=2)
+    rows = [
+        {
+            "custom_id": f"r-{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "embed-small", "input": f"record {i} of a batch that expires"},
+        }
+        for i in range(1500)
+    ]
+    content = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+    source = client.files.create(file=("in.jsonl", content), purpose="batch")
+    first = world.worker(BARGE_SHARD_RECORDS="100")
+    world.start_scheduler()
+    batch = client.batches.create(
+        input_file_id=source.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    assert batch.expires_at - batch.created_at == WINDOW_SECONDS
+    deadline = time.monotonic() + WINDOW_SECONDS
+    while client.batches.retrieve(batch.id).request_counts.completed < 200:
+        assert time.monotonic() < deadline, first.tail()
+        time.sleep(0.1)
+    assert first.proc is not None
+    os.killpg(first.proc.pid, signal.SIGKILL)  # no GPU worker from here on
+    first.proc.wait(10)
+    control = WorkerProcess(
+        {**world.env, "BARGE_SHARD_RECORDS": "100"},
+        world.tmp / "worker-control-only.log",
+        queues="control",
+    )
+    world.workers.append(control.start())
+
+    deadline = time.monotonic() + WINDOW_SECONDS + 120
+    while (done := client.batches.retrieve(batch.id)).status != "expired":
+        assert done.status in ("in_progress", "finalizing"), done
+        assert time.monotonic() < deadline, done
+        time.sleep(0.3)
+    assert done.expired_at is not None and done.expired_at >= batch.expires_at
+    out = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    err = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+    seen = [line["custom_id"] for line in out + err]
+    assert len(seen) == len(set(seen)) == 1500
+    assert 200 <= len(out) < 1500
+    assert all(line["error"]["code"] == "batch_expired" for line in err)
+    assert all(line["response"] is None for line in err)
+    assert all(line["response"]["status_code"] == 200 for line in out)
+    assert (done.request_counts.completed, done.request_counts.failed) == (len(out), len(err))

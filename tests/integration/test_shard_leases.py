@@ -583,3 +583,45 @@ def test_a_shard_settled_unrun_reports_no_records(database_url: str, how: str) -
         progress = repositories.progress_for(session, [job_id])[job_id]
     assert (r["records_succeeded"], r["records_failed"]) == (0, 0)
     assert (progress.records_succeeded, progress.records_failed) == (0, 0)
+
+
+@pytest.mark.parametrize("job_status", [CANCELLING, FAILED])
+def test_a_stopping_jobs_shard_whose_worker_died_is_cancelled(
+    database_url: str, job_status: str
+) -> None:
+    """The reconciler's ``cancel_abandoned_shards``: a running shard of a cancelling or failed
+    job whose lease ran out is cancelled (nothing else would settle it: a stopping job's unit is
+    never claimed again) and the dead attempt's settle is fenced off. A live lease, and an
+    expired one of a running job (taken over instead), are left alone."""
+    stopping, dead = new_job_with_shard(database_url)
+    _, alive = new_job_with_shard(database_url, status=job_status)
+    running, taken_over = new_job_with_shard(database_url)
+    with session_scope(database_url) as session:
+        assert repositories.claim_shard(session, dead, "w1", EXPIRED) == 1
+        assert repositories.claim_shard(session, taken_over, "w1", EXPIRED) == 1
+        job = repositories.get_job(session, stopping)
+        assert job is not None
+        transition(session, job, job_status)
+    with session_scope(database_url) as session:
+        # make_job gave ``alive``'s job its status directly; its shard holds a live lease
+        assert repositories.claim_shard(session, alive, "w2", LEASE) == 1
+    before = {s: load_row(database_url, s) for s in (alive, taken_over)}
+    with session_scope(database_url) as session:
+        found = repositories.cancel_abandoned_shards(session, utcnow(), 100)
+    assert stopping in found and running not in found
+    r = load_row(database_url, dead)
+    assert r["status"] == SHARD_CANCELLED and r["lease_expires_at"] is None
+    assert (r["records_succeeded"], r["records_failed"], r["output_key"]) == (0, 0, None)
+    assert {s: load_row(database_url, s) for s in (alive, taken_over)} == before
+    with session_scope(database_url) as session:
+        assert not repositories.finish_shard(
+            session,
+            dead,
+            1,
+            SHARD_SUCCEEDED,
+            succeeded=10,
+            failed=0,
+            output_key="out/part-00000.jsonl",
+            errors_key=None,
+        )
+    assert load_row(database_url, dead)["status"] == SHARD_CANCELLED

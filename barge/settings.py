@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(default=1_000_000, ge=1)  # characters of one text field
 
     # API.
+    # "json": every process logs one JSON object per line (for log pipelines); "plain": text.
+    log_format: Literal["plain", "json"] = "plain"
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     max_metadata_bytes: int = 16_384

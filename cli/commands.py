@@ -18,6 +18,7 @@ from typing import Any
 
 from barge.status import CANCELLING, FINAL, QUEUED, RUNNING
 from cli.client import ApiError, Client
+from cli.errors import CliError
 from cli.live import StopSignals
 from cli.render import (
     drops_table,
@@ -25,6 +26,8 @@ from cli.render import (
     final_report,
     job_summary,
     jobs_table,
+    latest_train,
+    model_versions,
     models_table,
     progress_line,
     shards_table,
@@ -44,27 +47,81 @@ def _print_lines(lines: Iterable[str], file: Any = None) -> None:
 
 
 def load_spec(path: str) -> dict[str, Any]:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    """A job spec (or drop template) from a JSON or YAML file, or stdin for ``-``; a file that
+    cannot be read or parsed is a ``CliError`` saying where (line and column)."""
+    name = "stdin" if path == "-" else path
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CliError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise CliError(f"{name}: is a directory, not a spec file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"{name}: cannot read it ({exc})") from None
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise CliError(f"{name}: not valid YAML: {where}{problem}") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CliError(
+                f"{name}: not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}"
+                + (" (name a .yaml/.yml file for YAML)" if path != "-" else "")
+            ) from None
     if not isinstance(data, dict):
-        raise SystemExit(f"{path}: a job spec must be a JSON/YAML object")
+        raise CliError(f"{name}: a job spec must be a JSON/YAML object")
     return data
+
+
+def resolve_job_id(client: Client, given: str, pages: int = 10) -> str:
+    """A full job id for ``given``: itself when it is one, else the one job whose id starts
+    with it (``top`` and ``list`` show 8 characters), looked up among the newest
+    ``pages`` x 100 jobs."""
+    prefix = given.strip().lower()
+    if len(prefix) == 36:
+        return prefix
+    if len(prefix) < 4 or any(c not in "0123456789abcdef-" for c in prefix):
+        raise CliError(f"{given!r} is not a job id (or a prefix of one, at least 4 hex digits)")
+    found: list[str] = []
+    cursor = None
+    for _ in range(pages):
+        page = client.jobs(limit=100, cursor=cursor)
+        found += [j["id"] for j in page["jobs"] if j["id"].startswith(prefix)]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    if not found:
+        raise CliError(f"no job id starts with {given!r}")
+    if len(found) > 1:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise CliError(f"{given!r} matches {len(found)} jobs ({shown}); give more of the id")
+    return found[0]
 
 
 def wait_for(client: Client, job_id: str, interval: float = 1.0, out: Any = None) -> dict[str, Any]:
     """Show the job's progress on ``out`` (stderr) until it ends; return the final job. On a
-    terminal one line is redrawn; otherwise a line every 5 s and the last one."""
+    terminal one line is redrawn; otherwise a line every 5 s and the last one. A fine-tune's
+    line shows the loss and examples/s of its latest ``train`` event."""
     out = out or sys.stderr
     tty = out.isatty()
     last_print = 0.0
+    after = 0
+    train: dict[str, Any] | None = None
     while True:
         job = client.job(job_id)
-        line = progress_line(job)
+        if job["type"] == "finetune":
+            page = client.events(job_id, after)
+            after = page["next_after"]
+            train = latest_train(page["events"]) or train
+        line = progress_line(job, train=train)
         now = time.monotonic()
         if tty:
             out.write("\r" + line + "  ")
@@ -79,23 +136,38 @@ def wait_for(client: Client, job_id: str, interval: float = 1.0, out: Any = None
         time.sleep(interval)
 
 
-def _report_final(job: dict[str, Any]) -> int:
-    _print_lines(final_report(job), file=sys.stderr)
+def registered_model(client: Client, job: dict[str, Any]) -> dict[str, Any] | None:
+    """The registry entry a fine-tune job registered, if any."""
+    name = job["spec"].get("model_name")
+    if job["type"] != "finetune" or not name or job["status"] != "succeeded":
+        return None
+    try:
+        versions = client.models(name)["models"]
+    except ApiError:
+        return None
+    return next((m for m in versions if m.get("job_id") == job["id"]), None)
+
+
+def _report_final(job: dict[str, Any], client: Client | None = None) -> int:
+    model = registered_model(client, job) if client is not None else None
+    _print_lines(final_report(job, model), file=sys.stderr)
     return 0 if job["status"] == "succeeded" else 1
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)  # a bad file is reported before the API is asked anything
     client = Client()
-    job = client.submit(load_spec(args.spec), args.idempotency_key)
+    job = client.submit(spec, args.idempotency_key)
     print(job["id"])
     print(f"submitted job {job['id']} ({job['status']})", file=sys.stderr)
     if args.wait:
-        return _report_final(wait_for(client, job["id"]))
+        return _report_final(wait_for(client, job["id"]), client)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    job = Client().job(args.id)
+    client = Client()
+    job = client.job(resolve_job_id(client, args.id))
     _print_lines([to_json(job)] if args.json else job_summary(job))
     return 0
 
@@ -107,29 +179,36 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    job = Client().cancel(args.id)
+    client = Client()
+    job = client.cancel(resolve_job_id(client, args.id))
     print(f"job {job['id']} is {job['status']}", file=sys.stderr)
     return 0
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    return _report_final(wait_for(Client(), args.id))
+    client = Client()
+    return _report_final(wait_for(client, resolve_job_id(client, args.id)), client)
 
 
 def cmd_events(args: argparse.Namespace) -> int:
     client = Client()
+    job_id = resolve_job_id(client, args.id)
     after = 0
     while True:
-        page = client.events(args.id, after)
-        _print_lines(event_lines(page["events"]))
+        page = client.events(job_id, after)
+        if args.json:
+            _print_lines(json.dumps(e, default=str) for e in page["events"])  # JSON Lines
+        else:
+            _print_lines(event_lines(page["events"]))
         after = page["next_after"]
-        if not args.follow or (not page["events"] and client.job(args.id)["status"] in FINAL):
+        if not args.follow or (not page["events"] and client.job(job_id)["status"] in FINAL):
             return 0
         time.sleep(1)
 
 
 def cmd_shards(args: argparse.Namespace) -> int:
-    shards = Client().shards(args.id)["shards"]
+    client = Client()
+    shards = client.shards(resolve_job_id(client, args.id))["shards"]
     _print_lines([to_json(shards)] if args.json else shards_table(shards))
     return 0
 
@@ -143,7 +222,8 @@ def cmd_drops(args: argparse.Namespace) -> int:
         client.remove_drop(args.name)
         print(f"drop folder {args.name} removed", file=sys.stderr)
     else:
-        _print_lines(drops_table(client.drops()["drops"]))
+        rules = client.drops()["drops"]
+        _print_lines([to_json(rules)] if args.json else drops_table(rules))
     return 0
 
 
@@ -154,7 +234,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(model["ref"])
         print(f"registered {model['ref']} → {model['uri']}", file=sys.stderr)
         return 0
-    _print_lines(models_table(client.models(getattr(args, "name", None))["models"]))
+    name = getattr(args, "name", None)
+    models = client.models(name)["models"]
+    if getattr(args, "json", False):
+        _print_lines([to_json(models)])
+    else:
+        _print_lines(model_versions(models) if name else models_table(models))
     return 0
 
 
@@ -181,6 +266,10 @@ def active_jobs(
 
 
 def cmd_top(args: argparse.Namespace) -> int:
+    if args.json:
+        jobs_by_status, workers = active_jobs(Client())
+        print(to_json({"jobs": jobs_by_status, "workers": workers}))
+        return 0
     if args.once:
         print(top_table(*active_jobs(Client()), time.strftime("%H:%M:%S")))
         return 0

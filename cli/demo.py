@@ -22,7 +22,7 @@ from barge.storage import ObjectStore, S3Uri, make_store
 from cli.admin import create_key, db_upgrade
 from cli.client import Client
 from cli.commands import wait_for
-from cli.processes import start_stack, stop_stack, wait_healthy
+from cli.processes import port_taken, start_stack, stop_stack, wait_healthy
 
 # The demo tenant's own storage under the default scope template (s3://barge/{tenant}/).
 TENANT = "demo"
@@ -124,6 +124,10 @@ def show_outputs(
 
 
 def run_demo(port: int = 8765, records: int = 2000) -> int:
+    problem = port_taken("127.0.0.1", port)
+    if problem:  # else the demo would talk to whatever answers there
+        print(f"barge demo: {problem}", file=sys.stderr)
+        return 2
     settings = get_settings()
     say(
         f"embedded stack under {settings.home.resolve()} (SQLite, filesystem broker, local objects)"

@@ -3,19 +3,22 @@ argument parser and the dispatch to a command.
 
 The command modules are imported only when one of their commands runs: the client commands
 (``cli.commands``) then start without loading the database layer, which ``admin``, ``up`` and
-the demo need. Imports: the other ``cli`` modules (``cli.client`` for its error), pydantic.
+the demo need. Imports: the other ``cli`` modules (``cli.client`` and ``cli.errors`` for their errors),
+pydantic.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 
 from pydantic import ValidationError
 
 from cli.client import ApiError
+from cli.errors import CliError
 
 DESCRIPTION = "The ``barge`` command: run the servers, manage keys, submit and watch jobs."
 
@@ -172,7 +175,7 @@ def _add_jobs(sub: Subparsers) -> None:
         ("wait", "cmd_wait", "show live progress until the job ends"),
     ):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("id")
+        p.add_argument("id", help="a job id, or a unique prefix of one (as list and top show)")
         if name == "status":
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=command("commands", func))
@@ -185,6 +188,7 @@ def _add_jobs(sub: Subparsers) -> None:
     p = sub.add_parser("events", help="a job's events")
     p.add_argument("id")
     p.add_argument("--follow", "-f", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object per event per line")
     p.set_defaults(func=command("commands", "cmd_events"))
 
 
@@ -198,18 +202,25 @@ def _add_drops_and_models(sub: Subparsers) -> None:
     p.add_argument("--prefix", required=True, help="s3://bucket/path/")
     p.add_argument("--template", required=True, help="job spec without input/output (JSON/YAML)")
     p.set_defaults(func=drops_cmd)
-    drops.add_parser("list", help="the drop folders").set_defaults(func=drops_cmd)
+    p = drops.add_parser("list", help="the drop folders")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=drops_cmd)
     p = drops.add_parser("remove", help="stop watching a drop folder")
     p.add_argument("name")
     p.set_defaults(func=drops_cmd)
 
     models_cmd = command("commands", "cmd_models")
     models = sub.add_parser("models", help="the model registry")
-    models.set_defaults(func=models_cmd, models="list")
+    models.set_defaults(func=models_cmd, models="list", json=False)
     msub = models.add_subparsers(dest="models")
-    msub.add_parser("list", help="the newest version of each model").set_defaults(func=models_cmd)
-    p = msub.add_parser("show", help="every version of a model")
+    p = msub.add_parser("list", help="the newest version of each model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=models_cmd)
+    p = msub.add_parser(
+        "show", help="every version of a model: its URI, base model, fine-tune job and metrics"
+    )
     p.add_argument("name")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=models_cmd)
     p = msub.add_parser("register", help="register a model directory as the next version")
     p.add_argument("name")
@@ -232,6 +243,7 @@ def _add_views(sub: Subparsers) -> None:
     p = sub.add_parser("top", help="a live table of running, cancelling and queued jobs")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     p.add_argument("--once", action="store_true", help="print the table once and exit")
+    p.add_argument("--json", action="store_true", help="the active jobs once, as JSON")
     p.set_defaults(func=command("commands", "cmd_top"))
 
     p = sub.add_parser("demo", help="run a real embedding job on the embedded stack")
@@ -240,8 +252,19 @@ def _add_views(sub: Subparsers) -> None:
     p.set_defaults(func=command("demo", "cmd_demo"))
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("barge")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="barge", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"barge {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     # In this order: it is the order of `barge --help`.
     _add_processes(sub)
@@ -255,8 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except ApiError as exc:
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so a reader that went away is seen below
+        return status
+    except (ApiError, CliError) as exc:
         print(f"barge: {exc}", file=sys.stderr)
         return 2
     except ValidationError as exc:
@@ -264,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Whoever read the output stopped (`barge list | head -1`): not an error of ours.
+        # stdout is pointed at /dev/null so the interpreter's final flush does not fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

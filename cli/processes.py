@@ -13,15 +13,19 @@ Imports: ``cli.admin`` (``up`` brings the schema up first), ``cli.client`` and t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from barge import logs
 from barge.queue import CONTROL_QUEUE, GPU_QUEUE
 from barge.settings import Settings, get_settings
 from cli.admin import db_upgrade
@@ -118,6 +122,15 @@ def flower_basic_auth(settings: Settings) -> str:
     return f"{user}:{password}"
 
 
+def api_log_config(settings: Settings) -> Path:
+    """The uvicorn logging config of ``barge api`` (where it listens, one access line per
+    request; BARGE_LOG_FORMAT), written under BARGE_HOME."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    path = (settings.home / f"api-logging-{settings.log_format}.json").resolve()
+    path.write_text(json.dumps(logs.uvicorn_config(settings.log_format), indent=2))
+    return path
+
+
 def api_argv(host: str, port: int) -> list[str]:
     return [
         sys.executable,
@@ -129,9 +142,24 @@ def api_argv(host: str, port: int) -> list[str]:
         host,
         "--port",
         str(port),
-        "--log-level",
-        "warning",
+        "--log-config",
+        str(api_log_config(get_settings())),
     ]
+
+
+def port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (another process holds it), or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return (
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}; another process "
+                "holds that port: stop it, or choose another with --port"
+            )
+    return None
 
 
 def _host_port(args: argparse.Namespace) -> tuple[str, int]:
@@ -140,7 +168,12 @@ def _host_port(args: argparse.Namespace) -> tuple[str, int]:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    os.execv(sys.executable, api_argv(*_host_port(args)))
+    host, port = _host_port(args)
+    problem = port_taken(host, port)
+    if problem:
+        print(f"barge api: {problem}", file=sys.stderr)
+        return 2
+    os.execv(sys.executable, api_argv(host, port))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -224,40 +257,67 @@ def cmd_flower(args: argparse.Namespace) -> int:
     os.execve(argv[0], argv, {**os.environ, "FLOWER_BASIC_AUTH": auth})
 
 
-def start_stack(host: str, port: int, log_dir: Path) -> list[subprocess.Popen[bytes]]:
-    """The embedded stack: api + GPU worker + control worker + scheduler as child processes."""
+@dataclass
+class Child:
+    """A process of the embedded stack: its name, its process and its log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return "(no log)"
+        return "\n".join(f"    {line}" for line in text)
+
+    def exit_report(self) -> str:
+        return (
+            f"the {self.name} process exited (code {self.proc.returncode}); the end of its log "
+            f"({self.log}):\n{self.tail()}"
+        )
+
+
+def start_stack(host: str, port: int, log_dir: Path) -> list[Child]:
+    """The embedded stack: api + GPU worker + control worker + scheduler as child processes.
+    Each gets SIGTERM should this process die first (Linux), so none outlives it."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    procs = []
+    hook = _exit_with_parent()
+    children = []
     for name, argv in (
         ("api", api_argv(host, port)),
         ("worker", worker_argv(GPU_QUEUE)),
         ("control", worker_argv(CONTROL_QUEUE, CONTROL_CONCURRENCY)),
         ("scheduler", scheduler_argv()),
     ):
-        log = (log_dir / f"{name}.log").open("ab")
-        procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
-    return procs
+        log = log_dir / f"{name}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, preexec_fn=hook)
+        children.append(Child(name, proc, log))
+    return children
 
 
-def stop_stack(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
+def stop_stack(children: list[Child]) -> None:
+    for c in children:
+        if c.proc.poll() is None:
+            c.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 20
-    for p in procs:
+    for c in children:
         try:
-            p.wait(max(0.1, deadline - time.monotonic()))
+            c.proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            p.kill()
+            c.proc.kill()
+            c.proc.wait(5)
 
 
-def wait_healthy(client: Client, procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+def wait_healthy(client: Client, children: list[Child], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise SystemExit(f"a Barge process exited early (code {p.returncode}); see its log")
+        for c in children:
+            if c.proc.poll() is not None:
+                raise SystemExit(f"barge: {c.exit_report()}")
         try:
             last = client.health()
             if last.get("status") == "ok":
@@ -265,25 +325,45 @@ def wait_healthy(client: Client, procs: list[subprocess.Popen[bytes]], timeout: 
         except ApiError as exc:
             last = str(exc)
         time.sleep(0.5)
-    raise SystemExit(f"the API did not become healthy within {timeout:.0f}s: {last}")
+    raise SystemExit(f"barge: the API did not become healthy within {timeout:.0f}s: {last}")
+
+
+class Terminated(Exception):
+    """SIGTERM (or SIGHUP) arrived: stop the stack as on Ctrl-C."""
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise Terminated(signal.Signals(signum).name)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     settings = get_settings()
-    db_upgrade()
-    log_dir = settings.home.resolve() / "logs"
     host, port = _host_port(args)
-    procs = start_stack(host, port, log_dir)
-    url = f"http://{host}:{port}"
+    problem = port_taken(host, port)
+    if problem:
+        print(f"barge up: {problem}", file=sys.stderr)
+        return 2
+    # systemd, supervisors and `timeout` send SIGTERM: the stack stops as on Ctrl-C.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
+    children: list[Child] = []
     try:
-        wait_healthy(Client(url, ""), procs)
+        db_upgrade()
+        log_dir = settings.home.resolve() / "logs"
+        children = start_stack(host, port, log_dir)
+        url = f"http://{host}:{port}"
+        wait_healthy(Client(url, ""), children)
         print(f"Barge is up: API {url} (docs {url}/docs), logs in {log_dir}", file=sys.stderr)
         print("create a key with `barge keys create --tenant NAME`; Ctrl-C stops", file=sys.stderr)
-        while all(p.poll() is None for p in procs):
-            time.sleep(1)
-        print("a Barge process exited; stopping the rest", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+        while True:
+            ended = next((c for c in children if c.proc.poll() is not None), None)
+            if ended is not None:
+                print(f"barge up: {ended.exit_report()}\nstopping the rest", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+    except (KeyboardInterrupt, Terminated):
         return 0
     finally:
-        stop_stack(procs)
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # stopping: a second signal must not cut it
+        stop_stack(children)

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from barge.status import FINAL
+from barge.status import FINAL, RUNNING
 
 
 def to_json(data: Any) -> str:
@@ -34,17 +34,46 @@ def _done_total(progress: dict[str, Any]) -> tuple[int, int | None, str]:
     return done, progress.get("records_total"), "records"
 
 
-def progress_line(job: dict[str, Any], width: int = 24) -> str:
+def progress_line(job: dict[str, Any], width: int = 24, train: dict[str, Any] | None = None) -> str:
+    """One line of progress: a bar, what is done of how much, failures and the rate. A
+    fine-tune counts optimizer steps, with the loss and examples/s of its latest ``train``
+    event (``train``: that event's data); a job that has started but done nothing yet is
+    loading its model, not running at 0.0 rec/s."""
     p = job["progress"]
     done, total, unit = _done_total(p)
     frac = (done / total) if total else (1.0 if job["status"] in FINAL else 0.0)
     bar = "#" * int(frac * width) + "." * (width - int(frac * width))
-    rate = p.get("records_per_second")
-    failed = "" if unit == "steps" else f"  {p['records_failed']} failed"
-    return (
+    head = (
         f"{job['status']:<10} [{bar}] {frac:6.1%}  {done}/{total if total is not None else '?'} "
-        f"{unit}{failed}  {rate or 0:.1f} rec/s  ETA {_fmt_seconds(p.get('eta_seconds'))}"
+        f"{unit}"
     )
+    if (
+        job["status"] == RUNNING
+        and done == 0
+        and not p.get("records_failed")
+        and not job.get("waiting")
+    ):
+        return f"{head}  starting: loading the model"
+    if unit == "steps":
+        if train:
+            tail = f"  loss {train.get('loss', 0):.4f}  {train.get('examples_per_second', 0):.1f} examples/s"
+        else:
+            tail = ""
+        return f"{head}{tail}  ETA {_fmt_seconds(p.get('eta_seconds'))}"
+    rate = p.get("records_per_second")
+    return (
+        f"{head}  {p['records_failed']} failed  {rate or 0:.1f} rec/s  "
+        f"ETA {_fmt_seconds(p.get('eta_seconds'))}"
+    )
+
+
+def latest_train(events: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The data of the last ``train`` event among ``events`` (loss, examples/s), if any."""
+    found = None
+    for e in events:
+        if e.get("kind") == "train" and isinstance(e.get("data"), dict):
+            found = e["data"]
+    return found
 
 
 def job_summary(job: dict[str, Any]) -> Iterator[str]:
@@ -58,22 +87,28 @@ def job_summary(job: dict[str, Any]) -> Iterator[str]:
     yield f"output: {job['output']['uri']}"
 
 
-def final_report(job: dict[str, Any]) -> Iterator[str]:
-    """What a finished job left: its status, its error, its outputs and per-record errors."""
+def final_report(job: dict[str, Any], model: dict[str, Any] | None = None) -> Iterator[str]:
+    """What a finished job left: its status, its error, its outputs and per-record errors; for
+    a fine-tune, the model it registered (``model``: its registry entry) and its metrics."""
     yield f"job {job['id']} {job['status']}"
     if job.get("error"):
         yield f"error: {job['error']}"
+    if model is not None:
+        yield f"registered: {model['ref']}  ({model['uri']})"
+        for key, value in sorted((model.get("metrics") or {}).items()):
+            if not isinstance(value, dict | list):
+                yield f"  {key}: {value}"
     yield f"outputs: {job['output']['uri']}"
     if job["output"].get("errors"):
         yield f"per-record errors: {job['output']['errors']}"
 
 
 def jobs_table(page: dict[str, Any]) -> Iterator[str]:
-    yield f"{'ID':<36}  {'TYPE':<9}  {'STATUS':<10}  {'DONE':>15}  CREATED"
+    yield f"{'ID':<36}  {'TYPE':<9}  {'STATUS':<10}  {'DONE':>21}  CREATED"
     for job in page["jobs"]:
-        p = job["progress"]
-        done = f"{p['records_succeeded'] + p['records_failed']}/{p['records_total'] or '?'}"
-        yield f"{job['id']:<36}  {job['type']:<9}  {job['status']:<10}  {done:>15}  {job['created_at']}"
+        n, total, unit = _done_total(job["progress"])
+        done = f"{n}/{total if total is not None else '?'} {unit}"
+        yield f"{job['id']:<36}  {job['type']:<9}  {job['status']:<10}  {done:>21}  {job['created_at']}"
     if page.get("next_cursor"):
         yield f"more: barge list --cursor {page['next_cursor']}"
 
@@ -98,6 +133,20 @@ def drops_table(rules: Iterable[dict[str, Any]]) -> Iterator[str]:
     for rule in rules:
         task = rule["template"].get("task", "?")
         yield f"{rule['name']:<24} {task:<9} {rule['incoming']}"
+
+
+def model_versions(models: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """``barge models show NAME``: every version with what the API has about it."""
+    for m in models:
+        yield f"{m['ref']}  {m['task']}  {m['created_at'][:19]}"
+        yield f"  uri: {m['uri']}"
+        if m.get("base_model"):
+            yield f"  base model: {m['base_model']}"
+        if m.get("job_id"):
+            yield f"  fine-tune job: {m['job_id']}"
+        for key, value in sorted((m.get("metrics") or {}).items()):
+            shown = json.dumps(value) if isinstance(value, dict | list) else value
+            yield f"  {key}: {shown}"
 
 
 def models_table(models: Iterable[dict[str, Any]]) -> Iterator[str]:

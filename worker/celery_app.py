@@ -14,13 +14,27 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
+from barge import logs
 from barge.queue import GPU_QUEUE, make_celery
 from barge.settings import get_settings
 
 app = make_celery(get_settings(), name="barge-worker")
 app.conf.include = ["worker.tasks"]
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_format(logger: logging.Logger, **_: Any) -> None:
+    """BARGE_LOG_FORMAT on Celery's handlers; Celery's per-task INFO lines kept out (Barge logs
+    one line per unit of work, naming its job and shard)."""
+    logs.apply(logger, get_settings().log_format)
 
 
 @worker_process_init.connect

@@ -91,8 +91,8 @@ class ShardWork:
     def log_name(self) -> str:
         """How log lines name this unit."""
         if isinstance(self.spec, FinetuneSpec):
-            return f"fine-tune {self.job_id}"
-        return f"shard {self.shard_id}"
+            return f"job {self.job_id} fine-tune"
+        return f"job {self.job_id} shard {self.index}"
 
     @property
     def failed_attempts(self) -> int:

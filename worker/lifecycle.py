@@ -116,6 +116,7 @@ def run_claimed(ctx: WorkerContext, work: ShardWork, runner: Runner) -> Outcome:
     """Run a claimed unit to its end and settle it: the one place where results and exceptions
     become outcomes."""
     lease = Lease(ctx, work, runner.status_check_seconds)
+    started = time.monotonic()
     try:
         outcome = settle(ctx, work, _run(runner, ctx, work, lease))
     except LeaseLost:
@@ -133,7 +134,29 @@ def run_claimed(ctx: WorkerContext, work: ShardWork, runner: Runner) -> Outcome:
         lease.close()  # settled, or given up: its keeper thread stops renewing
     if outcome is Outcome.LEASE_LOST:
         log.warning("%s attempt %s lost its lease; dropping its work", work.log_name, work.attempt)
+    _summary(work, lease, outcome, time.monotonic() - started)
     return outcome
+
+
+def _summary(work: ShardWork, lease: Lease, outcome: Outcome, seconds: float) -> None:
+    """One line per unit of work: what it did, how fast, how it ended."""
+    if lease.steps_done is not None:
+        done = f"step {lease.steps_done}"
+    else:
+        records = lease.succeeded + lease.failed
+        done = (
+            f"{records} records, {lease.failed} failed, "
+            f"{records / seconds if seconds > 0 else 0.0:.1f} rec/s"
+        )
+    log.info(
+        "%s attempt %s %s: %s, %.2f s",
+        work.log_name,
+        work.attempt,
+        outcome.value,
+        done,
+        seconds,
+        extra={"job_id": work.job_id, "shard": work.index},
+    )
 
 
 def _run(runner: Runner, ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:

@@ -26,28 +26,32 @@ CHAT_TEMPLATE = (
 
 
 def tiny_chat_model(path: Path) -> Path:
-    """A tiny random GPT-2 over MiniLM's tokenizer, with a chat template."""
-    import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    """A tiny random GPT-2 over MiniLM's tokenizer, with a chat template, taking 1100 tokens."""
+    return tiny_generator(path, positions=1100, chat_template=CHAT_TEMPLATE)
 
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
-    tok.chat_template = CHAT_TEMPLATE
-    tok.model_max_length = 1100
-    GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=tok.vocab_size,
-            n_positions=1100,
-            n_embd=32,
-            n_layer=2,
-            n_head=2,
-            bos_token_id=tok.cls_token_id,
-            eos_token_id=tok.sep_token_id,
+
+def greedy_reference(model_dir: Path, prompt_ids: list[int], max_new: int) -> tuple[str, int, str]:
+    """What greedy ``model.generate`` makes of ``prompt_ids`` alone: the text (end-of-sequence
+    left out), the completion tokens (end-of-sequence counted) and the finish reason."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    ids = torch.tensor([prompt_ids])
+    with torch.inference_mode():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new,
+            do_sample=False,
             pad_token_id=tok.pad_token_id,
         )
-    ).save_pretrained(str(path), safe_serialization=True)
-    tok.save_pretrained(str(path))
-    return path
+    new = out[0, ids.shape[1] :].tolist()
+    eos = tok.sep_token_id
+    finish = "stop" if eos in new else "length"
+    text = tok.decode([t for t in new if t != eos], skip_special_tokens=True)
+    return text, len(new), finish
 
 
 def upload_dir(s3: Any, bucket: str, prefix: str, directory: Path) -> str:
@@ -104,14 +108,16 @@ def wait_until(predicate: Any, timeout: float = 60, interval: float = 0.2, what:
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
-def _save_tiny(path: Path, build: Any) -> Path:
+def _save_tiny(path: Path, build: Any, **tokenizer: Any) -> Path:
     """Save ``build(tokenizer)`` (a random model over MiniLM's vocabulary, seeded) and the
-    tokenizer as a safetensors model directory."""
+    tokenizer (with the attributes in ``tokenizer`` set) as a safetensors model directory."""
     import torch
     from transformers import AutoTokenizer
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    for name, value in tokenizer.items():
+        setattr(tok, name, value)
     build(tok).save_pretrained(str(path), safe_serialization=True)
     tok.save_pretrained(str(path))
     return path
@@ -139,16 +145,20 @@ def tiny_classifier(path: Path, labels: tuple[str, ...] = ("negative", "positive
     )
 
 
-def tiny_generator(path: Path) -> Path:
-    """A tiny random GPT-2 causal LM over MiniLM's tokenizer vocabulary."""
+def tiny_generator(path: Path, positions: int = 128, chat_template: str | None = None) -> Path:
+    """A tiny random GPT-2 causal LM over MiniLM's tokenizer vocabulary (with a chat template
+    when one is given)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    extra: dict[str, Any] = {"chat_template": chat_template} if chat_template else {}
+    if positions != 128:
+        extra["model_max_length"] = positions
     return _save_tiny(
         path,
         lambda tok: GPT2LMHeadModel(
             GPT2Config(
                 vocab_size=tok.vocab_size,
-                n_positions=128,
+                n_positions=positions,
                 n_embd=32,
                 n_layer=2,
                 n_head=2,
@@ -157,6 +167,7 @@ def tiny_generator(path: Path) -> Path:
                 pad_token_id=tok.pad_token_id,
             )
         ),
+        **extra,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import (
+    greedy_reference,
     inference_spec,
     manifest,
     put_jsonl,
@@ -27,26 +28,6 @@ pytestmark = pytest.mark.e2e
 CONTENTS = ["the cat sat", "a dog ran", "my car is", "one red hat", "his old boat", "we all go"]
 
 
-def _expected(model: Any, tok: Any, prompt: str, max_new: int) -> tuple[str, int, int, str]:
-    import torch
-
-    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
-    with torch.inference_mode():
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-        )
-    new = out[0, ids.shape[1] :].tolist()
-    eos = tok.sep_token_id
-    ended = new.index(eos) + 1 if eos in new else None
-    text = tok.decode(new, skip_special_tokens=True)
-    completion = ended if ended is not None else len(new)
-    return text, ids.shape[1], completion, "length" if ended is None else "stop"
-
-
 def test_chat_records_with_their_own_parameters_and_token_usage(
     api: Any,
     auth: dict[str, str],
@@ -56,7 +37,7 @@ def test_chat_records_with_their_own_parameters_and_token_usage(
     tmp_root: Path,
     worker: Any,
 ) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     chat_dir = tiny_chat_model(tmp_root / "native-chat")
     model_uri = upload_dir(s3, models_bucket, "native-chat", chat_dir)
@@ -104,13 +85,14 @@ def test_chat_records_with_their_own_parameters_and_token_usage(
     assert "no field 'messages'" in errors["no-messages"]
 
     tok = AutoTokenizer.from_pretrained(str(chat_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(chat_dir)).eval()
     totals = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     for i, row in enumerate(rows[: len(CONTENTS)]):
         prompt = tok.apply_chat_template(
             row["messages"], tokenize=False, add_generation_prompt=True
         )
-        text, n_prompt, n_new, finish = _expected(model, tok, prompt, 3 if i % 2 else 7)
+        prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        text, n_new, finish = greedy_reference(chat_dir, prompt_ids, 3 if i % 2 else 7)
+        n_prompt = len(prompt_ids)
         got = out[f"c{i}"]
         assert got["text"] == text
         assert got["finish_reason"] == finish

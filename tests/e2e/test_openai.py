@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import new_key
-from tests.helpers import minilm_dir, tiny_chat_model, upload_dir
+from tests.helpers import greedy_reference, minilm_dir, tiny_chat_model, upload_dir
 from tests.services import ROOT, free_port, wait_port
 
 openai = pytest.importorskip("openai")
@@ -282,28 +282,6 @@ def test_the_openai_docs_example_files_run_as_they_are(client: Any) -> None:
 # --- chat and completions ----------------------------------------------------------------------
 
 
-def _expected(chat_dir: Path, prompt_ids: list[int], max_new: int) -> tuple[str, int, str]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(chat_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(chat_dir)).eval()
-    ids = torch.tensor([prompt_ids])
-    with torch.inference_mode():
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-        )
-    new = out[0, ids.shape[1] :].tolist()
-    eos = tok.sep_token_id
-    finish = "stop" if eos in new else "length"
-    text = tok.decode([t for t in new if t != eos], skip_special_tokens=True)
-    return text, len(new), finish
-
-
 def test_chat_and_completions_greedy_equal_generate_and_usage_counts_tokens(
     client: Any, chat_dir: Path
 ) -> None:
@@ -351,7 +329,7 @@ def test_chat_and_completions_greedy_equal_generate_and_usage_counts_tokens(
         ]
         prompt = tok.apply_chat_template(flat, tokenize=False, add_generation_prompt=True)
         prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        text, n_new, finish = _expected(chat_dir, prompt_ids, max_new)
+        text, n_new, finish = greedy_reference(chat_dir, prompt_ids, max_new)
         body = out[cid]
         assert body["object"] == "chat.completion" and body["model"] == "gpt-4o-mini"
         choice = body["choices"][0]
@@ -392,7 +370,7 @@ def test_chat_and_completions_greedy_equal_generate_and_usage_counts_tokens(
     }
     for i, p in enumerate(["once upon a time", "the barge floated down"]):
         ids = tok(p)["input_ids"]
-        text, n_new, finish = _expected(chat_dir, ids, 7)
+        text, n_new, finish = greedy_reference(chat_dir, ids, 7)
         assert out[f"p-{i}"]["object"] == "text_completion"
         assert out[f"p-{i}"]["choices"][0]["text"] == text
         assert out[f"p-{i}"]["choices"][0]["finish_reason"] == finish
@@ -406,7 +384,7 @@ def test_a_stop_sequence_cuts_the_text(client: Any, chat_dir: Path) -> None:
     tok = AutoTokenizer.from_pretrained(str(chat_dir))
     messages = [{"role": "user", "content": "hello there"}]
     prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    full, _, _ = _expected(chat_dir, tok(prompt, add_special_tokens=False)["input_ids"], 12)
+    full, _, _ = greedy_reference(chat_dir, tok(prompt, add_special_tokens=False)["input_ids"], 12)
     words = full.split()
     assert len(words) >= 3, full
     stop = " " + words[2]

@@ -162,10 +162,14 @@ def load_options(settings: Settings, path: Path, device: Any, ref: str) -> dict[
         options["dtype"] = "auto"
         if settings.device_map:
             options["device_map"] = settings.device_map
-        need = hf.weight_bytes(path)
     else:
         options["dtype"] = torch.float32
-        need = hf.weight_bytes(path, element_bytes=4)
+    try:
+        need = hf.weight_bytes(path, element_bytes=None if device.type == "cuda" else 4)
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as exc:  # unreadable weights: the model's fault, said as a load error
+        raise PermanentJobError(f"cannot load model {ref}: {without_paths(str(exc))}") from exc
     free, where = _free_memory(settings, device)
     if need > free:
         hint = (

@@ -148,6 +148,12 @@ class Settings(BaseSettings):
                 "BARGE_LOCAL_STORE_DIR is set but BARGE_STORAGE_BACKEND=s3, which never reads "
                 "it: unset BARGE_LOCAL_STORE_DIR, or set BARGE_STORAGE_BACKEND=local"
             )
+        if self.device_map and self.device.strip().lower().startswith("cpu"):
+            raise ValueError(
+                f"BARGE_DEVICE_MAP={self.device_map} spreads a model over GPUs but "
+                f"BARGE_DEVICE={self.device} loads every model on the CPU, where it is ignored: "
+                "unset one of them"
+            )
         if self.worker_metrics_port == 0 and "worker_metrics_host" in self.model_fields_set:
             raise ValueError(
                 "BARGE_WORKER_METRICS_HOST is set but BARGE_WORKER_METRICS_PORT is 0, so worker "

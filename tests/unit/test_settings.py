@@ -74,6 +74,18 @@ class TestStorageBackend:
         assert settings.storage_backend == "s3"
 
 
+class TestDevice:
+    def test_a_device_map_with_the_cpu_device_is_refused_naming_both(self) -> None:
+        with pytest.raises(ValidationError) as caught:
+            Settings(device="cpu", device_map="auto")
+        message = str(caught.value)
+        assert "BARGE_DEVICE_MAP=auto" in message and "BARGE_DEVICE=cpu" in message
+
+    def test_a_device_map_with_cuda_or_the_default_device_is_fine(self) -> None:
+        assert Settings(device_map="auto").device_map == "auto"
+        assert Settings(device="cuda", device_map="balanced").device_map == "balanced"
+
+
 class TestWorkerMetrics:
     def test_a_host_without_a_port_is_refused_naming_both(self) -> None:
         with pytest.raises(ValidationError) as caught:

@@ -654,13 +654,20 @@ def readme_uris() -> set[str]:
     return {u for u in found if "{" not in u}
 
 
-def test_the_readme_examples_work_on_the_compose_stack(services: dict[str, Any]) -> None:
+def test_the_readme_examples_work_on_the_compose_stack(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every location the README's examples name is in the bucket compose creates and allows,
     inside the default scopes of the tenant `barge keys create --tenant acme` makes, and the
     example service puts there what the examples read."""
     uris = readme_uris()
     assert len(uris) >= 5, uris
     allowed = json.loads(service_env(services["api"])["BARGE_ALLOWED_BUCKETS"])
+    for var in list(os.environ):  # the stack's settings, not this test run's
+        if var.startswith("BARGE_"):
+            monkeypatch.delenv(var)
+    for var, value in service_env(services["api"]).items():
+        monkeypatch.setenv(var, value)
     scopes = [s.format(tenant="acme") for s in Settings().tenant_read_scopes]
     for uri in uris:
         assert uri.split("/")[2] in allowed, uri

@@ -9,8 +9,10 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.docs import install_docs
 from api.errors import _barge_error, _db_unavailable, _http_error, _validation_error
 from api.guard import RequestGuard
+from api.openapi import install_openapi
 from api.routers import admin, drops, health, jobs, metrics, models
 from api.routers.openai import MOUNT, create_openai_app
 from barge import __version__
@@ -27,7 +29,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Barge",
         version=__version__,
-        description="Bulk inference and fine-tune jobs on your own GPUs.",
+        description="Bulk inference and fine-tune jobs on your own GPUs. Every /v1 call needs "
+        "`Authorization: Bearer <key>` (the Authorize button); every error is "
+        '`{"error", "message", "field", "detail"}`.',
+        docs_url=None,  # served by api.docs from local assets, never a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.store = make_store(settings)
@@ -45,4 +51,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(admin.audit_router)
     app.mount(MOUNT, create_openai_app(app))
+    install_docs(app)
+    install_openapi(app)
     return app

@@ -124,6 +124,47 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_storage(self) -> Settings:
+        """Settings that would each say a different store is used are refused, naming both:
+        an S3 endpoint picks the S3 backend unless the backend is set, and an explicit
+        ``local`` beside an endpoint (or a local directory beside ``s3``) is a contradiction."""
+        if self.s3_endpoint_url is not None and not self.s3_endpoint_url.strip():
+            self.s3_endpoint_url = None  # BARGE_S3_ENDPOINT_URL= (empty) is "not set"
+        if self.s3_endpoint_url is not None:
+            if not self.s3_endpoint_url.startswith(("http://", "https://")):
+                raise ValueError(
+                    "BARGE_S3_ENDPOINT_URL must be an http:// or https:// URL "
+                    "(e.g. http://minio:9000)"
+                )
+            if "storage_backend" not in self.model_fields_set:
+                self.storage_backend = "s3"  # an endpoint means S3: never a silent local store
+            elif self.storage_backend == "local":
+                raise ValueError(
+                    "BARGE_S3_ENDPOINT_URL is set but BARGE_STORAGE_BACKEND=local, which would "
+                    "ignore it and use the local directory BARGE_LOCAL_STORE_DIR: set "
+                    "BARGE_STORAGE_BACKEND=s3 to use the endpoint, or unset "
+                    "BARGE_S3_ENDPOINT_URL to use the local store"
+                )
+        if self.storage_backend == "s3" and self.local_store_dir is not None:
+            raise ValueError(
+                "BARGE_LOCAL_STORE_DIR is set but BARGE_STORAGE_BACKEND=s3, which never reads "
+                "it: unset BARGE_LOCAL_STORE_DIR, or set BARGE_STORAGE_BACKEND=local"
+            )
+        if self.device_map and self.device.strip().lower().startswith("cpu"):
+            raise ValueError(
+                f"BARGE_DEVICE_MAP={self.device_map} spreads a model over GPUs but "
+                f"BARGE_DEVICE={self.device} loads every model on the CPU, where it is ignored: "
+                "unset one of them"
+            )
+        if self.worker_metrics_port == 0 and "worker_metrics_host" in self.model_fields_set:
+            raise ValueError(
+                "BARGE_WORKER_METRICS_HOST is set but BARGE_WORKER_METRICS_PORT is 0, so worker "
+                "metrics are off: set BARGE_WORKER_METRICS_PORT (e.g. 9101) to serve them, or "
+                "unset BARGE_WORKER_METRICS_HOST"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_prod(self) -> Settings:
         if self.env == "prod":
             missing = [

@@ -98,13 +98,19 @@ def scheduler_argv() -> list[str]:
 
 def flower_argv(address: str, port: int, purge_offline_workers: int) -> list[str]:
     # Not persistent: jobs live in Postgres, and Flower's state file would need a writable cwd.
-    return _celery_argv(
+    # worker.flower is `celery` with Flower's /metrics and /healthcheck behind its auth too.
+    return [
+        sys.executable,
+        "-m",
+        "worker.flower",
+        "-A",
+        "worker.celery_app",
         "flower",
         f"--address={address}",
         f"--port={port}",
         f"--purge_offline_workers={purge_offline_workers}",
         "--persistent=False",
-    )
+    ]
 
 
 def flower_basic_auth(settings: Settings) -> str:

@@ -17,7 +17,7 @@ from barge.records import DATA_SUFFIXES, detect_format
 from barge.settings import Settings
 from barge.specs import InferenceSpec
 from barge.storage import ObjectInfo, ObjectStore, S3Uri, check_bucket_allowed
-from barge.uris import overlap
+from barge.uris import key_problem, overlap
 from db import repositories as repo
 from db.models import DropRule
 from services import scopes
@@ -121,12 +121,24 @@ def spec_for_object(
     rule: DropRule,
     info: ObjectInfo,
     override: ObjectInfo | None,
+    relative: str | None = None,
 ) -> InferenceSpec:
     """The job a dropped object becomes: the rule's template (plus ``<name>.job.json``), the
     object as input, ``<prefix>outputs/<name>/`` as output (``<name>-<etag>/`` when a job
-    already has that name's outputs). ValueError or InvalidSpec say why it cannot be."""
-    filename = info.uri.key.rsplit("/", 1)[-1]
+    already has that name's outputs). ``relative`` is the object's path under ``incoming/``
+    (``2024/05/reviews.csv``), so a file in a subfolder is named by its path
+    (``outputs/2024/05/reviews/``). ValueError or InvalidSpec say why it cannot be."""
+    filename = relative or info.uri.key.rsplit("/", 1)[-1]
     name = drop_name(filename)
+    problem = key_problem(filename)
+    if problem:
+        raise ValueError(f"cannot take {excerpt(filename)}: its path {problem}")
+    base = filename.rsplit("/", 1)[-1]
+    if base.startswith(("_", ".")):
+        raise ValueError(
+            f"{base} is not read: Barge skips names starting with '_' or '.' (markers, hidden "
+            "files); rename it to drop it"
+        )
     if info.size == 0:
         raise ValueError(f"{filename} is empty")
     fields: dict[str, Any] = dict(rule.template)

@@ -12,7 +12,8 @@
   training share about Hugging Face models; ``outputs``: part files and record ids;
 - ``planner``: splitting a job into shards; ``finalize``: the manifest and the final state;
   ``reconciler``: re-sending lost or expired work; ``drops``: drop folders;
-- ``metrics``: the worker's Prometheus metrics.
+- ``metrics``: the worker's Prometheus metrics; ``flower``: the ``barge flower`` process
+  (Celery's ``flower`` command with Flower's open pages behind its auth).
 
 The worker may import ``services``, ``db`` and ``barge``; never ``api`` or ``cli``.
 """

@@ -5,6 +5,11 @@ claims each new object by inserting its (rule, key, ETag) row; the unique constr
 exactly one scan, and so exactly one job, wins. When the job ends the input (and its
 ``<name>.job.json``) moves to ``done/`` or ``failed/`` with ``<name>.status.json`` beside it.
 Files Barge cannot read go to ``failed/`` at once, with the reason; a bad file never stops a scan.
+A file in a subfolder of ``incoming/`` is taken like any other and named by its path there
+(``incoming/2024/05/reviews.csv``: outputs in ``outputs/2024/05/reviews/``, then
+``done/2024/05/reviews.csv`` and ``done/2024/05/reviews.status.json``). No file is ignored:
+only folder markers (keys ending in ``/``) and ``<name>.job.json`` overrides, which wait for
+their data file, stay where they are.
 An object whose tenant is at its ``max_active_jobs`` quota is left where it is, unclaimed, for a
 later scan to pick up.
 """
@@ -19,8 +24,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from barge.errors import BargeError, NotFound, QuotaExceeded
-from barge.records import is_data_object
 from barge.storage import ObjectInfo, S3Uri
+from barge.uris import key_problem
 from db import repositories as repo
 from db import state
 from db.models import DropObject, DropRule
@@ -73,11 +78,11 @@ def _pick_up(ctx: WorkerContext, rule: DropRule) -> list[str]:
     }
     outcomes = []
     for info in objects:
-        filename = info.uri.key[len(incoming.key) :]
-        if "/" in filename or filename.endswith(OVERRIDE_SUFFIX) or not is_data_object(filename):
-            continue
+        relative = info.uri.key[len(incoming.key) :]  # 2024/05/reviews.csv in a subfolder
+        if not relative or relative.endswith("/") or relative.endswith(OVERRIDE_SUFFIX):
+            continue  # a folder marker, or an override read with its data file
         try:
-            outcome = _take(ctx, rule, info, filename, overrides.get(drop_name(filename)))
+            outcome = _take(ctx, rule, info, relative, overrides.get(drop_name(relative)))
         except QuotaExceeded as exc:  # nothing kept: the rest waits in incoming/ for a later scan
             log.info("drop %s: %s waits: %s", rule.name, info.uri, exc.message)
             outcomes.append("deferred")
@@ -94,10 +99,10 @@ def _take(
     ctx: WorkerContext,
     rule: DropRule,
     info: ObjectInfo,
-    filename: str,
+    relative: str,
     override: ObjectInfo | None,
 ) -> str | None:
-    name = drop_name(filename)
+    name = drop_name(safe_path(relative))
     with ctx.unit_of_work() as uow:
         session = uow.session
         drop = DropObject(
@@ -106,7 +111,7 @@ def _take(
         if not repo.add_drop_object(session, drop):
             return None  # seen before, by this scan or another scheduler's
         try:
-            spec = drops.spec_for_object(session, ctx.store, rule, info, override)
+            spec = drops.spec_for_object(session, ctx.store, rule, info, override, relative)
             job, _ = submit(  # plan_job is sent after the commit
                 uow,
                 ctx.settings,
@@ -129,6 +134,17 @@ def _take(
         _move(ctx, rule, drop, "failed", {"status": "rejected", "error": drop.error})
         return "rejected"
     return "submitted"
+
+
+def safe_path(relative: str) -> str:
+    """``relative`` as a path under done/ or failed/: itself when it is a usable key, else its
+    usable segments joined with ``_`` (a key with ``..`` or ``//`` in it is rejected, and its
+    status file must still land inside the drop folder)."""
+    if key_problem(relative) is None:
+        return relative
+    parts = [p for p in relative.split("/") if p not in ("", ".", "..")]
+    flat = "_".join(parts)
+    return "".join(c if c.isprintable() else "_" for c in flat) or "unnamed"
 
 
 def _reason(exc: Exception) -> str:
@@ -172,8 +188,8 @@ def _move(
     originals. Idempotent: a second scan finishing the same move finds the source gone."""
     prefix = S3Uri.parse(rule.prefix)
     source = S3Uri(prefix.bucket, drop.key)
-    filename = drop.key.rsplit("/", 1)[-1]
-    dest = prefix.join(f"{folder}/{filename}")
+    relative = safe_path(drop.key[len(prefix.join("incoming/").key) :])
+    dest = prefix.join(f"{folder}/{relative}")
     body = {
         "name": drop.name,
         "input": str(source),
@@ -184,7 +200,7 @@ def _move(
     override = prefix.join(f"incoming/{drop.name}{OVERRIDE_SUFFIX}")
     for src, dst in (
         (source, dest),
-        (override, prefix.join(f"{folder}/{override.key.rsplit('/', 1)[-1]}")),
+        (override, prefix.join(f"{folder}/{drop.name}{OVERRIDE_SUFFIX}")),
     ):
         try:
             if ctx.store.head(src) is not None:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.deps import AdminPrincipal, SettingsDep, UoW
-from api.schemas import ERROR_RESPONSES, ErrorOut
+from api.schemas import errors
 from barge.errors import InvalidSpec
 from barge.jsonvalues import check_json_value
 from db.models import ApiKey
@@ -23,7 +23,6 @@ from services.tenants import TENANT_NAME_PATTERN, UNSET
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 audit_router = APIRouter(prefix="/v1/audit", tags=["admin"])
 
-ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {**ERROR_RESPONSES, 403: {"model": ErrorOut}}
 # A response that carries a key is not to be kept by any cache.
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -73,6 +72,41 @@ class TenantPatch(BaseModel):
     _check = field_validator("read_scopes", "write_scopes", "quotas")(_storable)
 
 
+TENANT_EXAMPLES = {
+    "scoped": {
+        "summary": "A tenant with its own scopes and a higher job quota",
+        "value": {
+            "name": "acme",
+            "read_scopes": ["s3://barge/acme/", "s3://barge/shared/"],
+            "write_scopes": ["s3://barge/acme/"],
+            "quotas": {"max_active_jobs": 20},
+        },
+    },
+    "defaults": {"summary": "The settings' scope templates", "value": {"name": "acme"}},
+}
+TENANT_PATCH_EXAMPLES = {
+    "quota": {
+        "summary": "Raise one quota, drop another override",
+        "value": {"quotas": {"max_active_jobs": 50, "max_shards_per_job": None}},
+    },
+    "scopes": {
+        "summary": "Back to the template read scopes",
+        "value": {"read_scopes": None},
+    },
+}
+KEY_EXAMPLES = {
+    "member": {
+        "summary": "A member key that expires",
+        "value": {"tenant": "acme", "name": "ci", "expires_in": "30d"},
+    },
+    "admin": {"summary": "An operator's key", "value": {"tenant": "ops", "role": "admin"}},
+}
+ROTATE_EXAMPLES = {
+    "grace": {"summary": "Both keys work for an hour", "value": {"grace": "1h"}},
+    "now": {"summary": "The old key stops now", "value": {}},
+}
+
+
 class TenantOut(BaseModel):
     name: str
     created_at: datetime
@@ -90,9 +124,14 @@ class TenantList(BaseModel):
     tenants: list[TenantOut]
 
 
-@router.post("/tenants", status_code=201, response_model=TenantOut, responses=ADMIN_RESPONSES)
+@router.post(
+    "/tenants", status_code=201, response_model=TenantOut, responses=errors(403, 409, body=True)
+)
 def create_tenant(
-    body: TenantIn, uow: UoW, principal: AdminPrincipal, settings: SettingsDep
+    body: Annotated[TenantIn, Body(openapi_examples=TENANT_EXAMPLES)],
+    uow: UoW,
+    principal: AdminPrincipal,
+    settings: SettingsDep,
 ) -> TenantOut:
     """A new tenant, with its own storage scopes or the settings' templates."""
     tenant = service.create_tenant(
@@ -106,7 +145,7 @@ def create_tenant(
     return TenantOut(**service.describe_tenant(uow.session, settings, tenant))
 
 
-@router.get("/tenants", response_model=TenantList, responses=ADMIN_RESPONSES)
+@router.get("/tenants", response_model=TenantList, responses=errors(403))
 def list_tenants(uow: UoW, _: AdminPrincipal, settings: SettingsDep) -> TenantList:
     """Every tenant with its effective scopes and quotas, by name."""
     return TenantList(
@@ -114,16 +153,20 @@ def list_tenants(uow: UoW, _: AdminPrincipal, settings: SettingsDep) -> TenantLi
     )
 
 
-@router.get("/tenants/{name}", response_model=TenantOut, responses=ADMIN_RESPONSES)
+@router.get("/tenants/{name}", response_model=TenantOut, responses=errors(403, 404))
 def show_tenant(name: str, uow: UoW, _: AdminPrincipal, settings: SettingsDep) -> TenantOut:
     """The tenant's effective scopes and quotas, saying which come from the defaults."""
     tenant = service.get_tenant(uow.session, name)
     return TenantOut(**service.describe_tenant(uow.session, settings, tenant))
 
 
-@router.patch("/tenants/{name}", response_model=TenantOut, responses=ADMIN_RESPONSES)
+@router.patch("/tenants/{name}", response_model=TenantOut, responses=errors(403, 404, body=True))
 def update_tenant(
-    name: str, body: TenantPatch, uow: UoW, principal: AdminPrincipal, settings: SettingsDep
+    name: str,
+    body: Annotated[TenantPatch, Body(openapi_examples=TENANT_PATCH_EXAMPLES)],
+    uow: UoW,
+    principal: AdminPrincipal,
+    settings: SettingsDep,
 ) -> TenantOut:
     """Change scopes (a list replaces them, null goes back to the template) and quota overrides
     (merged; a null value removes one). Fields left out stay as they are."""
@@ -197,8 +240,15 @@ def _key(row: ApiKey, tenant_name: str) -> KeyOut:
     return KeyOut(**service.describe_key(row, tenant_name))
 
 
-@router.post("/keys", status_code=201, response_model=NewKeyOut, responses=ADMIN_RESPONSES)
-def create_key(body: KeyIn, uow: UoW, principal: AdminPrincipal, response: Response) -> NewKeyOut:
+@router.post(
+    "/keys", status_code=201, response_model=NewKeyOut, responses=errors(403, 404, body=True)
+)
+def create_key(
+    body: Annotated[KeyIn, Body(openapi_examples=KEY_EXAMPLES)],
+    uow: UoW,
+    principal: AdminPrincipal,
+    response: Response,
+) -> NewKeyOut:
     """A new key of an existing tenant; the response is the only time the key is seen."""
     expires_in = parse_duration(body.expires_in, "expires_in") if body.expires_in else None
     row, key = service.issue_key(
@@ -208,7 +258,7 @@ def create_key(body: KeyIn, uow: UoW, principal: AdminPrincipal, response: Respo
     return NewKeyOut(**service.describe_key(row, body.tenant), key=key)
 
 
-@router.get("/keys", response_model=KeyList, responses=ADMIN_RESPONSES)
+@router.get("/keys", response_model=KeyList, responses=errors(403, 422))
 def list_keys(
     uow: UoW, _: AdminPrincipal, tenant: Annotated[str | None, Query(max_length=200)] = None
 ) -> KeyList:
@@ -216,7 +266,7 @@ def list_keys(
     return KeyList(keys=[KeyOut(**k) for k in service.list_keys(uow.session, tenant)])
 
 
-@router.post("/keys/{key_ref}/revoke", response_model=KeyOut, responses=ADMIN_RESPONSES)
+@router.post("/keys/{key_ref}/revoke", response_model=KeyOut, responses=errors(403, 404))
 def revoke_key(key_ref: str, uow: UoW, principal: AdminPrincipal) -> KeyOut:
     """Revoke a key (by prefix or id): refused from the next request on."""
     row, tenant = service.revoke_key(uow.session, principal, key_ref)
@@ -227,14 +277,14 @@ def revoke_key(key_ref: str, uow: UoW, principal: AdminPrincipal) -> KeyOut:
     "/keys/{key_ref}/rotate",
     status_code=201,
     response_model=RotatedKeyOut,
-    responses=ADMIN_RESPONSES,
+    responses=errors(403, 404, 409, body=True),
 )
 def rotate_key(
     key_ref: str,
     uow: UoW,
     principal: AdminPrincipal,
     response: Response,
-    body: Annotated[RotateIn | None, Body()] = None,
+    body: Annotated[RotateIn | None, Body(openapi_examples=ROTATE_EXAMPLES)] = None,
 ) -> RotatedKeyOut:
     """A new key with the old one's tenant, role and name; the old one is revoked now, or
     expires after `grace`."""
@@ -273,7 +323,7 @@ class AuditList(BaseModel):
 BIGINT_MAX = 2**63 - 1
 
 
-@audit_router.get("", response_model=AuditList, responses=ADMIN_RESPONSES)
+@audit_router.get("", response_model=AuditList, responses=errors(403, 422))
 def list_audit(
     uow: UoW,
     _: AdminPrincipal,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Body, Response
 from pydantic import BaseModel, Field, field_validator
 
 from api.deps import CurrentPrincipal, CurrentTenant, SettingsDep, StoreDep, UoW
-from api.schemas import ERROR_RESPONSES
+from api.schemas import errors
 from barge.jsonvalues import field_name, unstorable
 from barge.storage import S3Uri
 from barge.uris import uri_problem
@@ -59,6 +59,22 @@ class DropRuleList(BaseModel):
     drops: list[DropRuleOut]
 
 
+DROP_EXAMPLES = {
+    "embed": {
+        "summary": "Embed every file dropped into s3://barge/acme/drops/reviews/incoming/",
+        "value": {
+            "name": "reviews",
+            "prefix": "s3://barge/acme/drops/reviews/",
+            "template": {
+                "model": "s3://barge/acme/models/all-minilm-l6-v2/",
+                "task": "embed",
+                "id_field": "id",
+            },
+        },
+    }
+}
+
+
 def _out(rule: DropRule) -> DropRuleOut:
     prefix = S3Uri.parse(rule.prefix)
     return DropRuleOut(
@@ -71,9 +87,15 @@ def _out(rule: DropRule) -> DropRuleOut:
     )
 
 
-@router.post("", status_code=201, response_model=DropRuleOut, responses=ERROR_RESPONSES)
+@router.post(
+    "", status_code=201, response_model=DropRuleOut, responses=errors(403, 409, 502, body=True)
+)
 def add_drop(
-    body: DropRuleIn, uow: UoW, principal: CurrentPrincipal, settings: SettingsDep, store: StoreDep
+    body: Annotated[DropRuleIn, Body(openapi_examples=DROP_EXAMPLES)],
+    uow: UoW,
+    principal: CurrentPrincipal,
+    settings: SettingsDep,
+    store: StoreDep,
 ) -> DropRuleOut:
     """Watch `<prefix>incoming/`: each new file becomes one job from `template`."""
     rule = drops.add_rule(
@@ -85,12 +107,12 @@ def add_drop(
     return _out(rule)
 
 
-@router.get("", response_model=DropRuleList, responses=ERROR_RESPONSES)
+@router.get("", response_model=DropRuleList, responses=errors())
 def list_drops(uow: UoW, tenant: CurrentTenant) -> DropRuleList:
     return DropRuleList(drops=[_out(r) for r in repo.drop_rules(uow.session, tenant.id)])
 
 
-@router.delete("/{name}", status_code=204, responses=ERROR_RESPONSES)
+@router.delete("/{name}", status_code=204, responses=errors(404))
 def remove_drop(name: str, uow: UoW, principal: CurrentPrincipal) -> Response:
     """Stop watching; jobs already created run to the end."""
     drops.remove_rule(uow.session, principal.tenant.id, name)

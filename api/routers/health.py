@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from db.session import ping
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: str = Field(description="`ok`, or `unavailable: <error type>`")
+    broker: str = Field(description="`ok`, or `unavailable: <error type>`")
+
+
+DEGRADED = {"status": "degraded", "database": "ok", "broker": "unavailable: OperationalError"}
+
+
+@router.get(
+    "/healthz",
+    response_model=HealthOut,
+    responses={
+        503: {
+            "model": HealthOut,
+            "description": "The database or the broker does not answer; the body says which.",
+            "content": {"application/json": {"example": DEGRADED}},
+        }
+    },
+)
 def healthz(request: Request) -> JSONResponse:
     """200 when the database and the broker answer; 503 naming what does not."""
     settings = request.app.state.settings

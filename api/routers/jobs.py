@@ -5,11 +5,19 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Response
 from pydantic import Discriminator, Tag
 
 from api.deps import CurrentPrincipal, CurrentTenant, SettingsDep, StoreDep, UoW
-from api.schemas import ERROR_RESPONSES, EventList, EventOut, JobList, JobOut, ShardList, ShardOut
+from api.schemas import (
+    EventList,
+    EventOut,
+    JobList,
+    JobOut,
+    ShardList,
+    ShardOut,
+    errors,
+)
 from barge.errors import InvalidSpec, NotFound, excerpt
 from barge.specs import JOB_TYPES, FinetuneSpec, InferenceSpec
 from barge.status import JOB_STATUSES
@@ -36,6 +44,51 @@ JobBody = Annotated[
 ]
 
 
+# The examples of /docs ("Try it out" starts from one of them).
+JOB_EXAMPLES = {
+    "embed": {
+        "summary": "Embed a prefix of JSONL files",
+        "value": {
+            "type": "inference",
+            "model": "s3://barge/acme/models/all-minilm-l6-v2/",
+            "task": "embed",
+            "input": "s3://barge/acme/reviews/",
+            "output": "s3://barge/acme/reviews-embedded/",
+            "text_field": "text",
+            "id_field": "id",
+            "batch_size": 64,
+            "params": {"normalize": True},
+            "metadata": {"team": "search"},
+        },
+    },
+    "generate": {
+        "summary": "Generate from chat messages with a registered model",
+        "value": {
+            "type": "inference",
+            "model": "support-bot@2",
+            "task": "generate",
+            "input": "s3://barge/acme/tickets/open.jsonl",
+            "output": "s3://barge/acme/tickets-answered/",
+            "messages_field": "messages",
+            "params": {"max_new_tokens": 128, "temperature": 0},
+        },
+    },
+    "finetune": {
+        "summary": "Fine-tune a classifier",
+        "value": {
+            "type": "finetune",
+            "base_model": "s3://barge/acme/models/all-minilm-l6-v2/",
+            "task": "classify",
+            "train": "s3://barge/acme/tickets/train.jsonl",
+            "validation": "s3://barge/acme/tickets/val.jsonl",
+            "hyperparameters": {"epochs": 3, "batch_size": 16, "learning_rate": 5e-5},
+            "model_name": "ticket-router",
+            "checkpoint_every_steps": 200,
+        },
+    },
+}
+
+
 def _job(uow: UoW, tenant: Tenant, job_id: str) -> Job:
     try:
         parsed = uuid.UUID(job_id)
@@ -59,9 +112,17 @@ def _audited(job: Job) -> dict[str, object]:
     }
 
 
-@router.post("", status_code=201, response_model=JobOut, responses=ERROR_RESPONSES)
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobOut,
+    responses={
+        200: {"model": JobOut, "description": "The job an `Idempotency-Key` made before"},
+        **errors(403, 409, 429, 502, body=True),
+    },
+)
 def create_job(
-    spec: JobBody,
+    spec: Annotated[JobBody, Body(openapi_examples=JOB_EXAMPLES)],
     uow: UoW,
     tenant: CurrentTenant,
     settings: SettingsDep,
@@ -80,13 +141,17 @@ def create_job(
     return JobOut.model_validate(service.present_many(uow.session, [job])[0])
 
 
-@router.get("", response_model=JobList, responses=ERROR_RESPONSES)
+@router.get("", response_model=JobList, responses=errors(422))
 def list_jobs(
     uow: UoW,
     tenant: CurrentTenant,
-    status: str | None = None,
-    type: str | None = None,
-    cursor: str | None = None,
+    status: Annotated[
+        str | None, Query(json_schema_extra={"enum": list(JOB_STATUSES)}, max_length=64)
+    ] = None,
+    type: Annotated[
+        str | None, Query(json_schema_extra={"enum": list(JOB_TYPES)}, max_length=64)
+    ] = None,
+    cursor: Annotated[str | None, Query(max_length=256)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> JobList:
     """The tenant's jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
@@ -108,12 +173,12 @@ def list_jobs(
     )
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=ERROR_RESPONSES)
+@router.get("/{job_id}", response_model=JobOut, responses=errors(404))
 def get_job(job_id: str, uow: UoW, tenant: CurrentTenant) -> JobOut:
     return JobOut.model_validate(service.present_many(uow.session, [_job(uow, tenant, job_id)])[0])
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut, responses=ERROR_RESPONSES)
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=errors(404, 409))
 def cancel_job(job_id: str, uow: UoW, tenant: CurrentTenant, principal: CurrentPrincipal) -> JobOut:
     """Cancel: running shards stop within one batch; what was written stays and is listed."""
     job = _job(uow, tenant, job_id)
@@ -124,7 +189,7 @@ def cancel_job(job_id: str, uow: UoW, tenant: CurrentTenant, principal: CurrentP
     return JobOut.model_validate(service.present_many(uow.session, [job])[0])
 
 
-@router.get("/{job_id}/events", response_model=EventList, responses=ERROR_RESPONSES)
+@router.get("/{job_id}/events", response_model=EventList, responses=errors(404, 422))
 def job_events(
     job_id: str,
     uow: UoW,
@@ -141,7 +206,7 @@ def job_events(
     )
 
 
-@router.get("/{job_id}/shards", response_model=ShardList, responses=ERROR_RESPONSES)
+@router.get("/{job_id}/shards", response_model=ShardList, responses=errors(404))
 def job_shards(job_id: str, uow: UoW, tenant: CurrentTenant) -> ShardList:
     """Each shard's status, attempts, worker and last error."""
     job = _job(uow, tenant, job_id)

@@ -21,7 +21,7 @@ import anyio
 from celery import Celery
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -83,14 +83,16 @@ class BargeCollector(Collector):
             g.add_metric([status], shards.get(status, 0))
         yield g
 
-        # Summed over shard rows: a shard re-run after a crash restarts its counts, which a
-        # Prometheus rate() reads as a counter reset.
-        c = CounterMetricFamily(
-            "barge_records", "Records processed, summed over shards", labels=["outcome"]
+        # A gauge, not a counter: summed over shard rows as they are now, it goes down when a
+        # shard is re-run (its counts start again from zero) or its job's rows are deleted.
+        records = GaugeMetricFamily(
+            "barge_records",
+            "Records processed, summed over the current attempt of every shard",
+            labels=["outcome"],
         )
-        c.add_metric(["succeeded"], succeeded)
-        c.add_metric(["failed"], failed)
-        yield c
+        records.add_metric(["succeeded"], succeeded)
+        records.add_metric(["failed"], failed)
+        yield records
 
     def _broker(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(

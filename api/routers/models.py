@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Body
 from pydantic import BaseModel, Field, field_validator
 
 from api.deps import CurrentPrincipal, CurrentTenant, SettingsDep, StoreDep, UoW
-from api.schemas import ERROR_RESPONSES
+from api.schemas import errors
 from barge.errors import NotFound, excerpt
 from barge.jsonvalues import check_json_value
 from barge.specs import MODEL_NAME_PATTERN, Task
@@ -53,6 +53,18 @@ class ModelList(BaseModel):
     models: list[ModelOut]
 
 
+MODEL_EXAMPLES = {
+    "embed": {
+        "summary": "Register a model directory as the next version of a name",
+        "value": {
+            "name": "minilm",
+            "uri": "s3://barge/acme/models/all-minilm-l6-v2/",
+            "task": "embed",
+        },
+    }
+}
+
+
 def _out(m: Model) -> ModelOut:
     return ModelOut(
         name=m.name,
@@ -67,9 +79,15 @@ def _out(m: Model) -> ModelOut:
     )
 
 
-@router.post("", status_code=201, response_model=ModelOut, responses=ERROR_RESPONSES)
+@router.post(
+    "", status_code=201, response_model=ModelOut, responses=errors(403, 409, 502, body=True)
+)
 def register_model(
-    body: ModelIn, uow: UoW, principal: CurrentPrincipal, settings: SettingsDep, store: StoreDep
+    body: Annotated[ModelIn, Body(openapi_examples=MODEL_EXAMPLES)],
+    uow: UoW,
+    principal: CurrentPrincipal,
+    settings: SettingsDep,
+    store: StoreDep,
 ) -> ModelOut:
     """Register an existing model directory as the next version of `name`."""
     model = registry.register_directory(
@@ -95,13 +113,13 @@ def register_model(
     return _out(model)
 
 
-@router.get("", response_model=ModelList, responses=ERROR_RESPONSES)
+@router.get("", response_model=ModelList, responses=errors())
 def list_models(uow: UoW, tenant: CurrentTenant) -> ModelList:
     """The newest version of each registered model."""
     return ModelList(models=[_out(m) for m in repo.model_versions(uow.session, tenant.id)])
 
 
-@router.get("/{name}", response_model=ModelList, responses=ERROR_RESPONSES)
+@router.get("/{name}", response_model=ModelList, responses=errors(404))
 def model_versions(name: str, uow: UoW, tenant: CurrentTenant) -> ModelList:
     """Every version of `name`, newest first."""
     versions = (

@@ -221,6 +221,7 @@ def test_an_unexpected_exception_is_a_json_500_on_a_connection_that_stays_usable
         assert body == {
             "error": "internal_error",
             "message": "unexpected RuntimeError; see the API logs",
+            "field": None,
         }
     finally:
         server.should_exit = True

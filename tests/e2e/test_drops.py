@@ -199,3 +199,89 @@ def test_drop_rules_api(api: Any, auth: dict[str, str], bucket: str, minilm_uri:
     assert api.delete(f"/v1/drops/{name}", headers=auth).status_code == 204
     assert api.delete(f"/v1/drops/{name}", headers=auth).status_code == 404
     assert api.get("/v1/drops", headers=auth).json()["drops"][0]["enabled"] is False
+
+
+def test_files_in_subfolders_are_taken_and_no_file_is_ignored(
+    api: Any,
+    auth: dict[str, str],
+    s3: Any,
+    bucket: str,
+    minilm_uri: str,
+    worker: Any,
+    two_schedulers: None,
+) -> None:
+    """A file in a subfolder of incoming/ becomes a job named by its path there; a file Barge
+    cannot take, nested or hidden or with an unusable path, goes to failed/ with the reason.
+    Before, anything under a subfolder (and any hidden file) stayed in incoming/ forever,
+    without a word."""
+    rule = api.post(
+        "/v1/drops",
+        json={
+            "name": f"nested-{uuid.uuid4().hex[:6]}",
+            "prefix": f"s3://{bucket}/drops/nested/",
+            "template": {"model": minilm_uri, "task": "embed", "id_field": "id"},
+        },
+        headers=auth,
+    )
+    assert rule.status_code == 201, rule.text
+    incoming = "drops/nested/incoming/"
+    rows = [{"id": f"n{i}", "body": f"nested record {i}"} for i in range(30)]
+    drops = {
+        "2024/05/reviews.jsonl": "\n".join(json.dumps(r) for r in rows).encode(),
+        "2024/05/reviews.job.json": json.dumps({"text_field": "body"}).encode(),
+        "2024/05/notes.txt": b"not a dataset",
+        ".hidden.jsonl": json.dumps({"id": 1, "text": "hidden"}).encode(),
+        "odd//path.jsonl": json.dumps({"id": 1, "text": "odd"}).encode(),
+        "empty/": b"",  # a folder marker, as consoles write them: not a file
+    }
+    for name, body in drops.items():
+        s3.put_object(Bucket=bucket, Key=incoming + name, Body=body)
+
+    expected_failed = {
+        "drops/nested/failed/2024/05/notes.txt.status.json",
+        "drops/nested/failed/.hidden.status.json",
+        "drops/nested/failed/odd_path.status.json",
+    }
+    wait_until(
+        lambda: (
+            "drops/nested/done/2024/05/reviews.status.json"
+            in _keys(s3, bucket, "drops/nested/done/")
+            and expected_failed <= set(_keys(s3, bucket, "drops/nested/failed/"))
+        ),
+        timeout=180,
+        what="the nested file's job to finish and the others to be rejected",
+    )
+    assert _keys(s3, bucket, "drops/nested/done/") == [
+        "drops/nested/done/2024/05/reviews.job.json",
+        "drops/nested/done/2024/05/reviews.jsonl",
+        "drops/nested/done/2024/05/reviews.status.json",
+    ]
+    status = _status(s3, bucket, "drops/nested/done/2024/05/reviews.status.json")
+    assert status["status"] == "succeeded", status
+    assert status["name"] == "2024/05/reviews"
+    assert status["output"] == f"s3://{bucket}/drops/nested/outputs/2024/05/reviews/"
+    assert status["records"]["succeeded"] == 30
+    out = read_jsonl(s3, bucket, "drops/nested/outputs/2024/05/reviews/part-00000.jsonl")
+    assert [r["id"] for r in out] == [r["id"] for r in rows]  # the override's text_field used
+
+    assert _keys(s3, bucket, "drops/nested/failed/") == sorted(
+        [
+            "drops/nested/failed/2024/05/notes.txt",
+            "drops/nested/failed/.hidden.jsonl",
+            "drops/nested/failed/odd_path.jsonl",
+            *expected_failed,
+        ]
+    )
+    reasons = {key: _status(s3, bucket, key) for key in expected_failed}
+    for key, bad in reasons.items():
+        assert bad["status"] == "rejected" and bad["job_id"] is None, (key, bad)
+    assert (
+        "cannot read 2024/05/notes.txt"
+        in reasons["drops/nested/failed/2024/05/notes.txt.status.json"]["error"]
+    )
+    assert "starting with '_' or '.'" in reasons["drops/nested/failed/.hidden.status.json"]["error"]
+    assert "empty segment" in reasons["drops/nested/failed/odd_path.status.json"]["error"]
+    # Only the folder marker is left: no file stays in incoming/.
+    assert _keys(s3, bucket, incoming) == [incoming + "empty/"]
+    jobs = api.get("/v1/jobs", headers=auth).json()["jobs"]
+    assert [j["id"] for j in jobs] == [status["job_id"]]

@@ -159,6 +159,19 @@ def test_flower_refuses_requests_without_the_right_credentials(flower: Flower) -
     assert flower.get("/api/workers", auth=(USER, flower.password)).status_code == 200
 
 
+def test_flower_metrics_and_healthcheck_need_the_credentials_too(flower: Flower) -> None:
+    """Flower 2 serves /metrics (every worker host and task type) and /healthcheck to anyone;
+    `barge flower` puts them behind the same basic auth as every other page."""
+    for path in ("/metrics", "/healthcheck"):
+        assert flower.get(path).status_code == 401, path
+        assert flower.get(path, auth=(USER, "wrong-password")).status_code == 401, path
+    metrics = flower.get("/metrics", auth=(USER, flower.password))
+    assert metrics.status_code == 200, metrics.text
+    assert "flower_events_total" in metrics.text or "flower_" in metrics.text
+    health = flower.get("/healthcheck", auth=(USER, flower.password))
+    assert (health.status_code, health.text) == (200, "OK")
+
+
 def test_flower_password_is_not_on_the_command_line(flower: Flower) -> None:
     cmdline = Path(f"/proc/{flower.proc.pid}/cmdline").read_bytes().decode()
     assert "flower" in cmdline

@@ -330,6 +330,7 @@ class TestLocalBackend:
         settings = Settings(
             database_url=database_url,
             storage_backend="local",
+            s3_endpoint_url=None,  # the run's endpoint (in the environment) is not this store's
             local_store_dir=root,
             allowed_buckets=["alice"],
             home=tmp_path / "home",

@@ -39,6 +39,8 @@ EXPECTED_SERVICES = {
     "control",
     "scheduler",
     "flower",
+    "example",
+    "prometheus",
 }
 BARGE_SERVICES = ("migrate", "api", "worker", "control", "scheduler", "flower")
 SETTING_VARS = {f"BARGE_{name.upper()}" for name in Settings.model_fields}
@@ -528,3 +530,164 @@ def test_dockerfile_runs_as_non_root_and_starts_barge() -> None:
         build_parser().parse_args(cmd[1:])
     except SystemExit as exc:
         pytest.fail(f"the image's CMD `{shlex.join(cmd)}` is not a valid barge command ({exc})")
+
+
+# --- the CPU override, the example data, Prometheus, the README's examples -----------------------
+
+CPU_OVERRIDE_PATH = ROOT / "docker-compose.cpu.yml"
+PROMETHEUS_PATH = ROOT / "monitoring" / "prometheus.yml"
+EXAMPLE_SCRIPT = ROOT / "scripts" / "compose_example.py"
+
+
+class Reset:
+    """Compose's ``!reset`` tag: the value is removed from what the base file set."""
+
+
+class ComposeLoader(yaml.SafeLoader):
+    pass
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: Reset())
+
+
+def merge(base: Any, override: Any) -> Any:
+    """Compose's merge of an override file, enough for these files: mappings merge key by key,
+    anything else (lists included, for the keys used here) is replaced, ``!reset`` removes."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            if isinstance(value, Reset):
+                out.pop(key, None)
+            else:
+                out[key] = merge(base.get(key), value)
+        return out
+    return override
+
+
+def load_with_cpu_override() -> dict[str, Any]:
+    base = yaml.safe_load(COMPOSE_PATH.read_text())
+    override = yaml.load(CPU_OVERRIDE_PATH.read_text(), Loader=ComposeLoader)
+    resolved = resolve(merge(base, override), REQUIRED_ENV)
+    assert isinstance(resolved, dict)
+    return resolved
+
+
+def test_the_cpu_override_starts_the_worker_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU-less host runs the same stack with `-f docker-compose.cpu.yml`: the worker
+    reserves no device, sees no CUDA device and runs on the CPU; nothing else changes."""
+    override = yaml.load(CPU_OVERRIDE_PATH.read_text(), Loader=ComposeLoader)
+    assert set(override["services"]) == {"worker"}
+    merged = load_with_cpu_override()["services"]
+    worker = merged["worker"]
+    devices = worker.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices")
+    assert not devices, worker.get("deploy")
+    env = service_env(worker)
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and env["BARGE_DEVICE"] == "cpu"
+    assert worker_queues_of(worker) == [GPU_QUEUE]  # the same command, the same queue
+    for var in list(os.environ):
+        if var.startswith("BARGE_"):
+            monkeypatch.delenv(var)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert Settings().device == "cpu"
+    assert {k for k in env if k.startswith("BARGE_")} <= SETTING_VARS
+    base = load_compose()["services"]
+    for name in set(base) - {"worker"}:
+        assert merged[name] == base[name], name
+    assert "docker-compose.cpu.yml" in COMPOSE_PATH.read_text()  # said where it is needed
+
+
+def published_ports(service: Mapping[str, Any]) -> list[str]:
+    return [str(p) for p in service.get("ports", [])]
+
+
+def test_every_published_port_binds_bind_addr(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for port in published_ports(service):
+            assert port.startswith("127.0.0.1:"), (name, port)
+    raw = yaml.safe_load(COMPOSE_PATH.read_text())["services"]
+    for name, service in raw.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("${BIND_ADDR:-127.0.0.1}:"), (name, port)
+
+
+def test_optional_services_are_behind_profiles(services: dict[str, Any]) -> None:
+    """`docker compose up` starts the stack; Prometheus and the example data only on request."""
+    with_profiles = {name: s["profiles"] for name, s in services.items() if s.get("profiles")}
+    assert with_profiles == {"prometheus": ["monitoring"], "example": ["example"]}
+
+
+def test_prometheus_scrapes_the_api_and_the_gpu_workers(services: dict[str, Any]) -> None:
+    prometheus = services["prometheus"]
+    assert prometheus["image"].split(":")[0] == "prom/prometheus"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"]}
+    assert mounts["/etc/prometheus/prometheus.yml"] == "./monitoring/prometheus.yml"
+    assert any("--config.file=/etc/prometheus/prometheus.yml" in a for a in prometheus["command"])
+    config = yaml.safe_load(PROMETHEUS_PATH.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+
+    api = jobs["barge-api"]
+    assert api.get("metrics_path", "/metrics") == "/metrics"
+    targets = [t for sc in api["static_configs"] for t in sc["targets"]]
+    api_port = build_parser().parse_args(argv(services["api"]["command"])[1:]).port
+    assert targets == [f"api:{api_port}"]
+
+    env = service_env(services["worker"])
+    port = int(env["BARGE_WORKER_METRICS_PORT"])
+    assert port and env["BARGE_WORKER_METRICS_HOST"] == "0.0.0.0"  # the compose network only
+    assert not any(str(port) in p for p in published_ports(services["worker"]))
+    worker = jobs["barge-worker"]
+    found = {(n, sd["port"]) for sd in worker["dns_sd_configs"] for n in sd["names"]}
+    concurrency = build_parser().parse_args(argv(services["worker"]["command"])[1:]).concurrency
+    assert found == {("worker", port + i) for i in range(concurrency)}, found
+    for job in jobs.values():  # every target is a service of this file
+        names = [t.split(":")[0] for sc in job.get("static_configs", []) for t in sc["targets"]]
+        names += [n for sd in job.get("dns_sd_configs", []) for n in sd["names"]]
+        assert set(names) <= set(services), names
+
+
+def readme_uris() -> set[str]:
+    """Every s3:// URI in the README's examples (code blocks), `{...}` placeholders left out."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:json|bash|python)?\n(.*?)```", readme, re.S)
+    found = {u.rstrip(".,'\")") for b in blocks for u in re.findall(r"s3://[^\s\"'`]+", b)}
+    return {u for u in found if "{" not in u}
+
+
+def test_the_readme_examples_work_on_the_compose_stack(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every location the README's examples name is in the bucket compose creates and allows,
+    inside the default scopes of the tenant `barge keys create --tenant acme` makes, and the
+    example service puts there what the examples read."""
+    uris = readme_uris()
+    assert len(uris) >= 5, uris
+    allowed = json.loads(service_env(services["api"])["BARGE_ALLOWED_BUCKETS"])
+    for var in list(os.environ):  # the stack's settings, not this test run's
+        if var.startswith("BARGE_"):
+            monkeypatch.delenv(var)
+    for var, value in service_env(services["api"]).items():
+        monkeypatch.setenv(var, value)
+    scopes = [s.format(tenant="acme") for s in Settings().tenant_read_scopes]
+    for uri in uris:
+        assert uri.split("/")[2] in allowed, uri
+        assert any(uri.startswith(scope) for scope in scopes), (uri, scopes)
+
+    example = services["example"]
+    (mount,) = example["volumes"]
+    source, target = mount.split(":")[:2]
+    assert (ROOT / source).resolve() == EXAMPLE_SCRIPT
+    assert argv(example["command"]) == ["python", target]
+    assert depends_on(example) == {"minio-init": "service_completed_successfully"}
+    assert example["image"] == services["api"]["image"]  # the image ships the MiniLM model
+    script = EXAMPLE_SCRIPT.read_text()
+    assert 'BUCKET = "barge"' in script and '"acme"' in script
+    read = {
+        "s3://barge/acme/models/all-minilm-l6-v2/": "models/all-minilm-l6-v2/",
+        "s3://barge/acme/reviews/": "reviews/part-0.jsonl",
+        "s3://barge/acme/tickets/train.jsonl": "tickets/{name}.jsonl",
+        "s3://barge/acme/tickets/val.jsonl": "tickets/{name}.jsonl",
+    }
+    for uri, written in read.items():
+        assert uri in uris, uri  # the README still names it
+        assert f'f"{{root}}{written}"' in script, written

@@ -20,6 +20,10 @@ def create_openai_app(parent: FastAPI) -> FastAPI:
     app = FastAPI(
         title="Barge: OpenAI-compatible Files and Batches",
         description="Point the official `openai` client's base_url here.",
+        # Its schema is at /openai/v1/openapi.json (with a key); no docs pages of its own, whose
+        # assets a browser could not fetch behind the key.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = parent.state.settings
     app.state.store = parent.state.store

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,8 @@ def test_finetune_on_real_digits_register_and_classify_the_png_prefix_by_name(
     pngs, labels = digits()
     held_out = [i for i in range(len(pngs)) if i % 5 == 0]
     train = [i for i in range(len(pngs)) if i % 5 != 0]
-    for i in held_out:
-        _put(s3, bucket, f"digits/test/{i:04d}.png", pngs[i])
+    with ThreadPoolExecutor(8) as pool:  # the S3 server answers a few at once
+        list(pool.map(lambda i: _put(s3, bucket, f"digits/test/{i:04d}.png", pngs[i]), held_out))
     table = pa.table({"image": [pngs[i] for i in train], "label": [labels[i] for i in train]})
     out = io.BytesIO()
     pq.write_table(table, out)
@@ -119,14 +120,14 @@ def test_finetune_on_real_digits_register_and_classify_the_png_prefix_by_name(
             name,
             task="image_classify",
             validation=val_uri,
-            hyperparameters={"epochs": 3, "batch_size": 32, "learning_rate": 3e-3, "seed": 0},
+            hyperparameters={"epochs": 2, "batch_size": 64, "learning_rate": 1e-2, "seed": 0},
             output=f"s3://{bucket}/digits/ft/",
-            checkpoint_every_steps=50,
+            checkpoint_every_steps=30,
         ),
     )
     assert job["status"] == "succeeded", job
     evals = [e["data"] for e in events(api, auth, job["id"]) if e["kind"] == "eval"]
-    assert [e["epoch"] for e in evals] == [1, 2, 3]
+    assert [e["epoch"] for e in evals] == [1, 2]
     assert evals[-1]["validation_accuracy"] >= 0.9, evals
     registered = api.get(f"/v1/models/{name}", headers=auth).json()
     assert registered["models"][0]["task"] == "image_classify", registered

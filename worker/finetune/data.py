@@ -30,6 +30,7 @@ class Dataset:
     examples: list[tuple[str, str]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     first_format: Format | None = None  # the format of the first object read
+    decoded: dict[str, Any] = field(default_factory=dict)  # image -> decoded, if kept
 
     @property
     def records(self) -> int:
@@ -46,12 +47,14 @@ def load_dataset(
     max_text_chars: int | None = None,
     *,
     may_read: Callable[[str], bool] | None = None,
+    keep_images: bool = False,
 ) -> Dataset:
     """Every record of ``spec.train`` (name "train") or ``spec.validation``, in key order. A text
     longer than ``max_text_chars`` (default: this process's ``BARGE_MAX_TEXT_CHARS``) makes its
     record unusable. For an image task every image is read and decoded once (``may_read``: the
     tenant's read scopes, for ``s3://`` URIs): one that cannot be used makes its record
-    unusable."""
+    unusable; with ``keep_images`` the decoded images are kept in ``decoded`` (so a fine-tune
+    decodes each once)."""
     uri = spec.train if name == "train" else spec.validation
     assert uri is not None
     limit = get_settings().max_text_chars if max_text_chars is None else max_text_chars
@@ -74,7 +77,7 @@ def load_dataset(
                     continue
             data.errors.append({"source": str(info.uri), "line": rec.line, "error": problem})
     if images:
-        _check_images(store, data, images, may_read)
+        _check_images(store, data, images, may_read, keep_images)
     return data
 
 
@@ -83,13 +86,14 @@ def _check_images(
     data: Dataset,
     candidates: list[tuple[tuple[str, str], str, int]],
     may_read: Callable[[str], bool] | None,
+    keep: bool,
 ) -> None:
     """Keep the examples whose image decodes (read on a few threads); the others are errors."""
     settings = get_settings()
 
     def problem(pair: tuple[str, str]) -> str | None:
         try:
-            read_image(
+            image = read_image(
                 store,
                 pair[0],
                 "image",
@@ -99,6 +103,8 @@ def _check_images(
             )
         except ImageError as exc:
             return exc.message
+        if keep:
+            data.decoded[pair[0]] = image
         return None
 
     with ThreadPoolExecutor(max(2, settings.image_decode_threads)) as pool:

@@ -115,9 +115,9 @@ class FinetuneRun:
         self.out = S3Uri.parse(work.output_uri).as_prefix()
         self.loading_started = time.monotonic()
         may_read = work.scopes.may_read if work.scopes is not None else None
-        self.train = load_dataset(ctx.store, spec, "train", may_read=may_read)
+        self.train = load_dataset(ctx.store, spec, "train", may_read=may_read, keep_images=True)
         self.validation = (
-            load_dataset(ctx.store, spec, "validation", may_read=may_read)
+            load_dataset(ctx.store, spec, "validation", may_read=may_read, keep_images=True)
             if spec.validation
             else None
         )
@@ -128,9 +128,13 @@ class FinetuneRun:
         self.trainer = Trainer(spec, model_dir, device, self.train.examples, labels)
         if spec.task in IMAGE_TASKS:  # every image prepared once, before the first step
             examples = self.train.examples + (self.validation.examples if self.validation else [])
-            self.trainer.load_images(
-                [image for image, _ in examples],
-                lambda value, mode: read_image(
+            decoded = {**self.train.decoded, **(self.validation.decoded if self.validation else {})}
+
+            def read(value: str, mode: str) -> Any:
+                image = decoded.pop(value, None)
+                if image is not None:
+                    return image.convert(mode)
+                return read_image(
                     ctx.store,
                     value,
                     "image",
@@ -138,9 +142,14 @@ class FinetuneRun:
                     max_bytes=ctx.settings.max_image_bytes,
                     max_pixels=ctx.settings.max_image_pixels,
                     mode=mode,
-                ),
-                ctx.settings.image_decode_threads,
+                )
+
+            self.trainer.load_images(
+                [image for image, _ in examples], read, ctx.settings.image_decode_threads
             )
+            self.train.decoded.clear()
+            if self.validation:
+                self.validation.decoded.clear()
         self.history: list[dict[str, Any]] = []
         self.timing = Timing(started=time.monotonic())
         self.last_checkpoint = (0, time.monotonic())  # (step, when)

@@ -164,3 +164,37 @@ def with_exif_orientation(image: Any, orientation: int = 6) -> bytes:
     exif = image.getexif()
     exif[0x0112] = orientation
     return encode(image, "JPEG", quality=95, exif=exif)
+
+
+def tiny_detr(path: Path) -> Path:
+    """A tiny random DETR (a transformers ResNet backbone: no timm) with its image processor."""
+    import torch
+    from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
+
+    torch.manual_seed(0)
+    labels = ("person", "cup", "rocket")
+    config = DetrConfig(
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        backbone_config=ResNetConfig(
+            embedding_size=8,
+            hidden_sizes=[8, 16],
+            depths=[1, 1],
+            layer_type="basic",
+            out_features=["stage2"],
+        ),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        num_queries=5,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    DetrForObjectDetection(config).save_pretrained(str(path), safe_serialization=True)
+    DetrImageProcessor(size={"shortest_edge": 48, "longest_edge": 64}).save_pretrained(str(path))
+    return path

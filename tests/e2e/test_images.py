@@ -32,6 +32,7 @@ from tests.images import (
     png_header_only,
     random_bytes,
     random_rgb,
+    tiny_detr,
     tiny_resnet,
     tiny_vit,
     tiny_yolos,
@@ -49,6 +50,11 @@ ASTRONAUT_FACE = [182.0, 75.0, 275.0, 185.0]
 @pytest.fixture(scope="module")
 def vit_uri(s3: Any, models_bucket: str, tmp_root: Path) -> str:
     return upload_dir(s3, models_bucket, "tiny-vit", tiny_vit(tmp_root / "vit"))
+
+
+@pytest.fixture(scope="module")
+def detr_uri(s3: Any, models_bucket: str, tmp_root: Path) -> str:
+    return upload_dir(s3, models_bucket, "tiny-detr", tiny_detr(tmp_root / "detr"))
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +216,7 @@ def test_outputs_equal_transformers_pipelines(
     bucket: str,
     vit_uri: str,
     yolos_uri: str,
+    detr_uri: str,
     tmp_root: Path,
     worker: Any,
 ) -> None:
@@ -244,6 +251,18 @@ def test_outputs_equal_transformers_pipelines(
             yolos_uri,
             f"s3://{bucket}/gallery/",
             f"s3://{bucket}/det/",
+            task="detect",
+            batch_size=4,
+            params={"threshold": 0.0},
+        ),
+    )
+    detr = _submit(
+        api,
+        auth,
+        inference_spec(
+            detr_uri,
+            f"s3://{bucket}/gallery/",
+            f"s3://{bucket}/detr/",
             task="detect",
             batch_size=4,
             params={"threshold": 0.0},
@@ -286,11 +305,11 @@ def test_outputs_equal_transformers_pipelines(
             params={"top_k": 3},
         ),
     )
-    for job in (classify, detect, from_field, from_parquet):
+    for job in (classify, detect, detr, from_field, from_parquet):
         assert job["status"] == "succeeded", job
 
     classifier = pipeline("image-classification", model=str(tmp_root / "vit"))
-    detector = pipeline("object-detection", model=str(tmp_root / "yolos"))
+
     for prefix in ("cls", "cls-field", "cls-parquet"):
         rows, errors = _outputs(s3, bucket, prefix)
         assert errors == [] and [r["id"] for r in rows] == names, (prefix, errors)
@@ -300,20 +319,22 @@ def test_outputs_equal_transformers_pipelines(
             assert list(row["scores"]) == [e["label"] for e in expected]
             for e in expected:
                 assert abs(row["scores"][e["label"]] - e["score"]) <= 1e-5, (row, expected)
-    rows, errors = _outputs(s3, bucket, "det")
-    assert errors == [] and [r["id"] for r in rows] == names
-    for row in rows:
-        expected = detector(Image.open(io.BytesIO(gallery[row["id"]])), threshold=0.0)
-        assert len(row["objects"]) == len(expected) > 0
-        for got, want in zip(row["objects"], expected, strict=True):
-            assert got["label"] == want["label"]
-            assert abs(got["score"] - want["score"]) <= 1e-5
-            # the pipeline truncates its boxes to whole pixels
-            pipe_box = [want["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")]
-            assert all(0 <= g - w < 1 + 1e-5 for g, w in zip(got["box"], pipe_box, strict=True))
-    # The rotated JPEG's boxes are in its upright frame: 30 wide, 60 high.
-    rotated = next(r for r in rows if r["id"] == "g-rotated.jpg")
-    assert max(o["box"][2] for o in rotated["objects"]) <= 30 + 1e-3
+    for prefix, model_dir in (("det", "yolos"), ("detr", "detr")):
+        detector = pipeline("object-detection", model=str(tmp_root / model_dir))
+        rows, errors = _outputs(s3, bucket, prefix)
+        assert errors == [] and [r["id"] for r in rows] == names
+        for row in rows:
+            expected = detector(Image.open(io.BytesIO(gallery[row["id"]])), threshold=0.0)
+            assert len(row["objects"]) == len(expected) > 0
+            for got, want in zip(row["objects"], expected, strict=True):
+                assert got["label"] == want["label"]
+                assert abs(got["score"] - want["score"]) <= 1e-5
+                # the pipeline truncates its boxes to whole pixels
+                pipe_box = [want["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")]
+                assert all(0 <= g - w < 1 + 1e-5 for g, w in zip(got["box"], pipe_box, strict=True))
+        # The rotated JPEG's boxes are in its upright frame: 30 wide, 60 high.
+        rotated = next(r for r in rows if r["id"] == "g-rotated.jpg")
+        assert max(o["box"][2] for o in rotated["objects"]) <= 30 + 1e-3
 
 
 def test_image_embed_is_the_pooled_feature(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -189,7 +190,17 @@ def main() -> int:
         default="objects",
         help="one S3 object per image, or the images' bytes in one Parquet object",
     )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="OMP_NUM_THREADS for this process's loop and the worker (0: torch's default). "
+        "On a small shared machine 2 intra-op threads stall whenever another process holds a "
+        "core; both sides get the same setting",
+    )
     args = parser.parse_args()
+    if args.torch_threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)  # before torch is imported
     log_dir = ROOT / "bench" / "results" / time.strftime("images-%Y%m%d-%H%M%S")
     log_dir.mkdir(parents=True, exist_ok=True)
     import torch

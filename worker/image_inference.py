@@ -133,13 +133,16 @@ class _ImageShard:
             self.errors.close()
             wall = time.monotonic() - self.started
             log.info(
-                "image shard %s: %s images, %s failed, model busy %.3fs of %.3fs wall (%.0f%%)",
+                "image shard %s: %s images, %s failed, model busy %.3fs of %.3fs wall (%.0f%%; "
+                "%s decoding threads, torch %s threads)",
                 self.work.index,
                 self.part.count,
                 self.errors.count,
                 self.model_seconds,
                 wall,
                 100 * self.model_seconds / max(wall, 1e-9),
+                self.ctx.settings.image_decode_threads,
+                _torch_threads(),
             )
         return None
 
@@ -256,6 +259,12 @@ class _ImageShard:
 
     def _error_row(self, it: _Item, error: str) -> dict[str, Any]:
         return {"id": it.rec_id, "source": it.source, "line": it.rec.line, "error": error}
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 def _predict_isolating(

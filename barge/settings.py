@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     max_object_bytes: int = Field(default=16 * 2**30, ge=1)  # decompressed bytes per object
     max_record_bytes: int = Field(default=4 * 2**20, ge=1024)  # bytes of one record (line/row)
     max_text_chars: int = Field(default=1_000_000, ge=1)  # characters of one text field
+    # Images (image tasks): pixels of one decoded image (more is refused as a decompression
+    # bomb, before decoding), bytes of one image object, threads decoding beside the model.
+    max_image_pixels: int = Field(default=100_000_000, ge=1)
+    max_image_bytes: int = Field(default=64 * 2**20, ge=1)
+    image_decode_threads: int = Field(default=2, ge=1, le=64)
 
     # API.
     # "json": every process logs one JSON object per line (for log pipelines); "plain": text.

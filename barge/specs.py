@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -18,8 +18,12 @@ from pydantic import (
 from barge.jsonvalues import check_json_value
 from barge.uris import uri_problem
 
-TASKS = ("embed", "classify", "generate")
-Task = Literal["embed", "classify", "generate"]
+TASKS = ("embed", "classify", "generate", "image_classify", "image_embed", "detect")
+Task = Literal["embed", "classify", "generate", "image_classify", "image_embed", "detect"]
+# Tasks whose records are images (``barge.records.images``; the worker's ``worker.vision``).
+IMAGE_TASKS = frozenset({"image_classify", "image_embed", "detect"})
+# Models built into the worker: name -> the one task each runs.
+BUILTIN_MODELS = {"builtin:face-haar": "detect"}
 MAX_URI_CHARS = 2048
 MAX_VERSION = 2**31 - 1
 
@@ -53,14 +57,14 @@ def check_model_ref(v: str) -> str:
     submit), or a registry name ``name[@version]``."""
     if v.startswith("s3://"):
         return as_prefix(check_uri(v))
-    if v.startswith(("/", "file://")):
+    if v.startswith(("/", "file://")) or v in BUILTIN_MODELS:
         return v
     match = _MODEL_REF.match(v)
     if match is None or int(match.group(2) or 1) > MAX_VERSION or match.group(2) == "0":
         raise ValueError(
             "must be an s3://bucket/prefix/ model directory, a local directory under "
-            "BARGE_LOCAL_MODEL_DIRS, or a registered model name[@version] (version 1 to "
-            f"{MAX_VERSION})"
+            "BARGE_LOCAL_MODEL_DIRS, a registered model name[@version] (version 1 to "
+            f"{MAX_VERSION}), or a built-in model ({', '.join(BUILTIN_MODELS)})"
         )
     return v
 
@@ -84,10 +88,31 @@ class GenerateParams(_Strict):
 # The generation parameters a record may set for itself (``params_field``).
 RECORD_PARAMS = ("max_new_tokens", "temperature", "seed")
 
+
+class ImageClassifyParams(_Strict):
+    top_k: int | None = Field(
+        None, ge=1, le=100_000, description="Labels kept in `scores`, best first (all if null)."
+    )
+
+
+class ImageEmbedParams(_Strict):
+    normalize: bool = Field(False, description="L2-normalise each embedding.")
+
+
+class DetectParams(_Strict):
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="Objects scoring below are dropped.")
+    min_neighbors: int = Field(
+        5, ge=0, le=100, description="builtin:face-haar only: overlapping hits a face needs."
+    )
+
+
 PARAMS_BY_TASK: dict[str, type[_Strict]] = {
     "embed": EmbedParams,
     "classify": ClassifyParams,
     "generate": GenerateParams,
+    "image_classify": ImageClassifyParams,
+    "image_embed": ImageEmbedParams,
+    "detect": DetectParams,
 }
 
 
@@ -126,6 +151,15 @@ class InferenceSpec(_Strict):
         f"{', '.join(RECORD_PARAMS)} (over the job's params); records are batched with "
         "others of the same parameters.",
     )
+    image_field: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=256,
+            description="Image tasks: the field holding each record's image (an s3:// URI, base64 "
+            "data, or Parquet binary). Unset: the input is image objects, one record each.",
+        ),
+    ] = None
     input_format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
     output_format: Literal["jsonl", "parquet"] = "jsonl"
@@ -185,6 +219,15 @@ class InferenceSpec(_Strict):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _images_fit_task(self) -> InferenceSpec:
+        _check_task_model(self.task, self.model, "model")
+        if self.image_field is not None and self.task not in IMAGE_TASKS:
+            raise ValueError(f"image_field is for image tasks ({', '.join(sorted(IMAGE_TASKS))})")
+        if self.task in IMAGE_TASKS and self.openai_endpoint is not None:
+            raise ValueError("openai_endpoint takes text tasks only")
+        return self
+
     def task_params(self) -> Any:
         return PARAMS_BY_TASK[self.task].model_validate(self.params)
 
@@ -207,6 +250,17 @@ class InferenceSpec(_Strict):
             )
             raise ValueError(f"field {self.params_field!r}: {problems}") from None
 
+    @property
+    def reads_image_objects(self) -> bool:
+        """An image task without ``image_field``: every input object is one image record."""
+        return self.task in IMAGE_TASKS and self.image_field is None
+
+
+def _check_task_model(task: str, model: str, field: str) -> None:
+    builtin_task = BUILTIN_MODELS.get(model)
+    if builtin_task is not None and builtin_task != task:
+        raise ValueError(f"{field} {model} runs task {builtin_task!r} only")
+
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
@@ -215,6 +269,7 @@ FINETUNE_FIELDS: dict[str, tuple[str, str]] = {
     "classify": ("text", "label"),
     "generate": ("prompt", "completion"),
     "embed": ("anchor", "positive"),
+    "image_classify": ("image", "label"),
 }
 
 
@@ -291,6 +346,16 @@ class FinetuneSpec(_Strict):
     @classmethod
     def _model_ref(cls, v: str) -> str:
         return check_model_ref(v)
+
+    @model_validator(mode="after")
+    def _tunable(self) -> FinetuneSpec:
+        if self.task not in FINETUNE_FIELDS:
+            raise ValueError(
+                f"task {self.task!r} cannot be fine-tuned (tasks: {', '.join(FINETUNE_FIELDS)})"
+            )
+        if self.base_model in BUILTIN_MODELS:
+            raise ValueError(f"base_model {self.base_model} is built in and cannot be fine-tuned")
+        return self
 
     @property
     def fields(self) -> tuple[str, str]:

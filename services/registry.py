@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from barge.errors import Conflict, Forbidden, InvalidSpec, PermanentJobError, excerpt
 from barge.modeldirs import check_model_files, list_model_files
 from barge.settings import Settings
-from barge.specs import MAX_VERSION
+from barge.specs import BUILTIN_MODELS, MAX_VERSION
 from barge.storage import ObjectStore, S3Uri, check_bucket_allowed, local_model_dir
 from barge.uris import normalise
 from db import repositories as repo
@@ -35,6 +35,8 @@ def resolve(
     of the tenant (``name`` is the newest version, ``name@N`` version N). An s3:// location,
     named or registered, must lie inside the tenant's read scopes (checked before the store is
     asked anything)."""
+    if ref in BUILTIN_MODELS:
+        return ref  # shipped with the worker
     if ref.startswith("s3://"):
         uri = S3Uri.parse(normalise(ref, field, prefix=True), field=field)
         require_read(tenant_scopes, str(uri), field)

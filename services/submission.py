@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from barge.errors import Conflict, InvalidSpec, PermanentJobError
 from barge.queue import PLAN_JOB
-from barge.records import detect_format, format_of, peek_fields, resolve_inputs
+from barge.records import detect_format, format_of, images, peek_fields, resolve_inputs
 from barge.settings import Settings
 from barge.specs import FinetuneSpec, InferenceSpec, JobSpec
 from barge.status import QUEUED
@@ -52,15 +52,21 @@ def _first_fields(store: ObjectStore, info: ObjectInfo, declared: str, field: st
 
 
 def check_input(settings: Settings, store: ObjectStore, spec: InferenceSpec) -> None:
+    if spec.reads_image_objects:
+        _check_image_objects(settings, store, spec)
+        return
     objects = _data_objects(settings, store, spec.input, spec.input_format, "input")
     first = objects[0]
     fields = _first_fields(store, first, spec.input_format, "input")
     if not fields:
         return  # nothing readable to check against; bad records are reported per record
     shown = ", ".join(fields[:20])
+    # What the task reads of each record: its messages, its image or its text.
     name, read = (
         ("messages_field", spec.messages_field)
         if spec.messages_field is not None
+        else ("image_field", spec.image_field)
+        if spec.image_field is not None
         else ("text_field", spec.text_field)
     )
     if read not in fields:
@@ -72,6 +78,18 @@ def check_input(settings: Settings, store: ObjectStore, spec: InferenceSpec) -> 
         raise InvalidSpec(
             f"id_field {spec.id_field!r} is not a field of {first.uri} (its fields: {shown})",
             field="id_field",
+        )
+
+
+def _check_image_objects(settings: Settings, store: ObjectStore, spec: InferenceSpec) -> None:
+    """An image task without image_field reads image objects: there must be at least one."""
+    uri = S3Uri.parse(normalise(spec.input, "input"), field="input")
+    check_bucket_allowed(settings, uri, "input")
+    if not images.list_images(store, spec.input):
+        raise InvalidSpec(
+            f"no image objects ({', '.join(images.IMAGE_SUFFIXES)}) at {spec.input}; for "
+            "records that hold images (JSONL, CSV, Parquet) set image_field",
+            field="input",
         )
 
 

@@ -38,6 +38,9 @@ TASK_CLASSES: dict[str, Any] = {
     "embed": lambda: _auto("AutoModel"),
     "classify": lambda: _auto("AutoModelForSequenceClassification"),
     "generate": lambda: _auto("AutoModelForCausalLM"),
+    "image_classify": lambda: _auto("AutoModelForImageClassification"),
+    "image_embed": lambda: _auto("AutoModel"),
+    "detect": lambda: _auto("AutoModelForObjectDetection"),
 }
 
 

@@ -19,6 +19,7 @@ from barge.specs import FinetuneSpec, JobSpec, parse_spec
 from db import repositories as repo
 from db import state
 from db.models import Job, Shard
+from services.scopes import Scopes
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,19 @@ class ShardWork:
     # Why the job may not touch its storage now (``services.scopes.denial``, checked in the
     # claim's transaction), or None: the unit then fails before it reads or writes anything.
     denied: str | None = None
+    # The tenant's storage scopes at the claim: locations a record names (an image's s3:// URI)
+    # are read only inside them.
+    scopes: Scopes | None = None
 
     @classmethod
-    def of(cls, shard: Shard, job: Job, attempt: int, denied: str | None = None) -> ShardWork:
+    def of(
+        cls,
+        shard: Shard,
+        job: Job,
+        attempt: int,
+        denied: str | None = None,
+        scopes: Scopes | None = None,
+    ) -> ShardWork:
         return cls(
             shard_id=shard.id,
             job_id=job.id,
@@ -78,6 +89,7 @@ class ShardWork:
             handoffs=shard.handoffs,
             output_uri=job.output_uri,
             denied=denied,
+            scopes=scopes,
         )
 
     @property

@@ -363,7 +363,13 @@ def _taken(ctx: WorkerContext, session: Session, shard: Shard, job: Job, attempt
             attempt=attempt,
             previous_error=shard.last_error,
         )
-    return ShardWork.of(shard, job, attempt, scopes.denial(session, ctx.settings, job))
+    return ShardWork.of(
+        shard,
+        job,
+        attempt,
+        scopes.denial(session, ctx.settings, job),
+        scopes.scopes_for(session, ctx.settings, job.tenant_id),
+    )
 
 
 def _settle_unstarted(session: Session, shard: Shard, job: Job) -> bool:

@@ -27,6 +27,7 @@ from barge.errors import PermanentJobError, without_paths
 from barge.modeldirs import check_model_files, is_model_file, list_model_files
 from barge.paths import UnsafePath, local_path
 from barge.settings import Settings
+from barge.specs import BUILTIN_MODELS, IMAGE_TASKS
 from barge.storage import ObjectStore, S3Uri, local_model_dir
 from worker import hf, metrics
 
@@ -38,6 +39,8 @@ def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path,
     the model's own files are copied (``is_model_file``), each to a path checked to stay inside
     the copy.
     """
+    if ref in BUILTIN_MODELS:
+        return Path(), "builtin"  # shipped with the worker (``worker.vision``): nothing to fetch
     files = list_model_files(settings, store, ref)
     check_model_files(ref, files)
     files = {rel: tag for rel, tag in files.items() if is_model_file(rel)}
@@ -197,6 +200,10 @@ def load_model(
     """Load the model for ``task`` (safetensors only, nothing remote) with ``load_options``."""
     import transformers
 
+    if task in IMAGE_TASKS:
+        from worker import vision  # it builds on this module
+
+        return vision.load_vision_model(path, task, device, ref, revision)
     started = time.monotonic()
     hf.check_config_fits_weights(path, hf.model_class(task), ref)
     options = options or {}

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 from barge.errors import BargeError, PermanentJobError, ServiceUnavailable, StorageError, describe
 from barge.modeldirs import check_model_files, list_model_files
 from barge.queue import FINALIZE_JOB, RUN_SHARD
-from barge.records import format_of, plan_ranges, resolve_inputs
-from barge.specs import FinetuneSpec, InferenceSpec, parse_spec
+from barge.records import format_of, images, plan_ranges, resolve_inputs
+from barge.specs import BUILTIN_MODELS, FinetuneSpec, InferenceSpec, parse_spec
 from barge.storage import S3Uri
 from db import repositories as repo
 from db import state
@@ -150,7 +150,9 @@ def _make_plan(ctx: WorkerContext, job_id: uuid.UUID, claim: _Claim) -> _Plan:
             ctx, spec, claim.model_ref, job_id, claim.output_uri
         )
         return _Plan(shards, total, message, data, steps_total=data["steps"])
-    shards, total, n_objects = _plan(ctx, spec, claim.model_ref or spec.model, job_id)
+    shards, total, n_objects = _plan(
+        ctx, spec, claim.model_ref or spec.model, job_id, claim.output_uri
+    )
     message = f"planned {len(shards)} shards over {n_objects} objects, {total} records"
     data = {"shards": len(shards), "objects": n_objects, "records": total}
     return _Plan(shards, total, message, data)
@@ -268,17 +270,26 @@ class _KeepDispatched:
 
 
 def _plan(
-    ctx: WorkerContext, spec: InferenceSpec, model_ref: str, job_id: uuid.UUID
+    ctx: WorkerContext, spec: InferenceSpec, model_ref: str, job_id: uuid.UUID, output: str
 ) -> tuple[list[Shard], int, int]:
-    check_model_files(model_ref, list_model_files(ctx.settings, ctx.store, model_ref))
-    objects = resolve_inputs(ctx.store, spec.input)
+    if model_ref not in BUILTIN_MODELS:
+        check_model_files(model_ref, list_model_files(ctx.settings, ctx.store, model_ref))
+    declared = spec.input_format
+    if spec.reads_image_objects:  # planned as the listing of its images (barge.records.images)
+        listing, count = images.write_listing(ctx.store, spec.input, output or spec.output)
+        if not count:
+            raise PermanentJobError(f"no image objects at {spec.input}")
+        objects, declared, n_objects = [listing], "jsonl", count
+    else:
+        objects = resolve_inputs(ctx.store, spec.input)
+        n_objects = len(objects)
     if not objects:
         raise PermanentJobError(f"no input objects at {spec.input}")
     shard_records = spec.shard_size or ctx.settings.shard_records
     shards: list[Shard] = []
     offset = 0
     for info in objects:
-        fmt = format_of(info.uri, spec.input_format)
+        fmt = format_of(info.uri, declared)
         ranges, count = plan_ranges(ctx.store, info, fmt, shard_records)
         for rng in ranges:
             shards.append(
@@ -299,7 +310,16 @@ def _plan(
                 )
             )
         offset += count
-    return shards, offset, len(objects)
+    return shards, offset, n_objects
+
+
+def _tenant_reads(ctx: WorkerContext, job_id: uuid.UUID) -> Any:
+    """The job's tenant's ``may_read`` as its scopes are now (nothing, if the job is gone)."""
+    with ctx.session() as session:
+        job = repo.get_job(session, job_id)
+        if job is None:
+            return lambda uri: False
+        return scopes.scopes_for(session, ctx.settings, job.tenant_id).may_read
 
 
 def _plan_finetune(
@@ -308,8 +328,13 @@ def _plan_finetune(
     """Check every training and validation record; the whole fine-tune is one unit of work."""
     check_model_files(model_ref, list_model_files(ctx.settings, ctx.store, model_ref))
     limit = ctx.settings.max_text_chars
-    train = load_dataset(ctx.store, spec, "train", limit)
-    validation = load_dataset(ctx.store, spec, "validation", limit) if spec.validation else None
+    may_read = _tenant_reads(ctx, job_id)  # an image record's s3:// URI is read only inside them
+    train = load_dataset(ctx.store, spec, "train", limit, may_read=may_read)
+    validation = (
+        load_dataset(ctx.store, spec, "validation", limit, may_read=may_read)
+        if spec.validation
+        else None
+    )
     out = S3Uri.parse(output).as_prefix()
     for dataset in (train, validation):
         if dataset is not None:

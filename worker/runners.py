@@ -7,8 +7,9 @@ lookup. A new kind of job adds its runner here. Imports: ``barge``, ``worker.inf
 
 from __future__ import annotations
 
-from barge.specs import FinetuneSpec, JobSpec
+from barge.specs import IMAGE_TASKS, FinetuneSpec, JobSpec
 from worker.finetune.run import RUNNER as FINETUNE
+from worker.image_inference import RUNNER as IMAGES
 from worker.inference import RUNNER as INFERENCE
 from worker.lifecycle import Runner
 from worker.openai_batch import RUNNER as OPENAI_BATCH
@@ -17,4 +18,6 @@ from worker.openai_batch import RUNNER as OPENAI_BATCH
 def runner_for(spec: JobSpec) -> Runner:
     if isinstance(spec, FinetuneSpec):
         return FINETUNE
+    if spec.task in IMAGE_TASKS:
+        return IMAGES
     return OPENAI_BATCH if spec.openai_endpoint else INFERENCE

@@ -5,15 +5,19 @@ Imports: ``barge`` only; never ``api`` or ``cli``."""
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from barge.errors import PermanentJobError
 from barge.records import EVERYTHING, Format, format_of, iter_range, resolve_inputs
+from barge.records.images import ImageError, read_image
 from barge.settings import get_settings
-from barge.specs import FinetuneSpec, Hyperparameters
+from barge.specs import IMAGE_TASKS, FinetuneSpec, Hyperparameters
 from barge.storage import ObjectStore, S3Uri
 
 
@@ -26,6 +30,7 @@ class Dataset:
     examples: list[tuple[str, str]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     first_format: Format | None = None  # the format of the first object read
+    decoded: dict[str, Any] = field(default_factory=dict)  # image -> decoded, if kept
 
     @property
     def records(self) -> int:
@@ -36,16 +41,26 @@ class Dataset:
 
 
 def load_dataset(
-    store: ObjectStore, spec: FinetuneSpec, name: str, max_text_chars: int | None = None
+    store: ObjectStore,
+    spec: FinetuneSpec,
+    name: str,
+    max_text_chars: int | None = None,
+    *,
+    may_read: Callable[[str], bool] | None = None,
+    keep_images: bool = False,
 ) -> Dataset:
     """Every record of ``spec.train`` (name "train") or ``spec.validation``, in key order. A text
     longer than ``max_text_chars`` (default: this process's ``BARGE_MAX_TEXT_CHARS``) makes its
-    record unusable."""
+    record unusable. For an image task every image is read and decoded once (``may_read``: the
+    tenant's read scopes, for ``s3://`` URIs): one that cannot be used makes its record
+    unusable; with ``keep_images`` the decoded images are kept in ``decoded`` (so a fine-tune
+    decodes each once)."""
     uri = spec.train if name == "train" else spec.validation
     assert uri is not None
     limit = get_settings().max_text_chars if max_text_chars is None else max_text_chars
     data = Dataset(name)
     first, second = spec.fields
+    images: list[tuple[tuple[str, str], str, int]] = []  # (pair, source, line) to check
     for info in resolve_inputs(store, uri, name):
         fmt = format_of(info.uri, spec.input_format)
         data.first_format = data.first_format or fmt
@@ -54,11 +69,52 @@ def load_dataset(
                 problem: str | None = rec.error or "unreadable record"
             else:
                 pair, problem = _pair(rec.data, first, second, spec.task, limit)
+                if pair is not None and spec.task in IMAGE_TASKS:
+                    images.append((pair, str(info.uri), rec.line))
+                    continue
                 if pair is not None:
                     data.examples.append(pair)
                     continue
             data.errors.append({"source": str(info.uri), "line": rec.line, "error": problem})
+    if images:
+        _check_images(store, data, images, may_read, keep_images)
     return data
+
+
+def _check_images(
+    store: ObjectStore,
+    data: Dataset,
+    candidates: list[tuple[tuple[str, str], str, int]],
+    may_read: Callable[[str], bool] | None,
+    keep: bool,
+) -> None:
+    """Keep the examples whose image decodes (read on a few threads); the others are errors."""
+    settings = get_settings()
+
+    def problem(pair: tuple[str, str]) -> str | None:
+        try:
+            image = read_image(
+                store,
+                pair[0],
+                "image",
+                may_read=may_read,
+                max_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_image_pixels,
+            )
+        except ImageError as exc:
+            return exc.message
+        if keep:
+            data.decoded[pair[0]] = image
+        return None
+
+    with ThreadPoolExecutor(max(2, settings.image_decode_threads)) as pool:
+        problems = list(pool.map(problem, [pair for pair, _, _ in candidates]))
+    for (pair, source, line), why in zip(candidates, problems, strict=True):
+        if why is None:
+            data.examples.append(pair)
+        else:
+            data.errors.append({"source": source, "line": line, "error": why})
+    data.errors.sort(key=lambda row: (row["source"], row["line"]))
 
 
 def _pair(
@@ -69,7 +125,12 @@ def _pair(
         value = row.get(name)
         if value is None or value == "":
             return None, f"record has no {name!r}"
-        if name == "label" and task == "classify":
+        if name == "image" and task in IMAGE_TASKS:
+            if isinstance(value, bytes | bytearray | memoryview):  # Parquet binary
+                value = base64.b64encode(bytes(value)).decode("ascii")
+            elif not isinstance(value, str):
+                return None, f"image is {type(value).__name__}; use an s3:// URI, base64 or bytes"
+        elif name == "label" and task in ("classify", "image_classify"):
             if isinstance(value, bool | int | str) and not isinstance(value, float):
                 value = str(value).lower() if isinstance(value, bool) else str(value)
             else:
@@ -102,7 +163,7 @@ def check_datasets(spec: FinetuneSpec, train: Dataset, validation: Dataset | Non
                 f"({ratio:.1%}, more than max_failed_ratio {spec.max_failed_ratio:.1%}); first: "
                 f"{first['source']} line {first['line']}: {first['error']}"
             )
-    if spec.task == "classify":
+    if spec.task in ("classify", "image_classify"):
         labels = train.labels()
         if len(labels) < 2:
             raise PermanentJobError(

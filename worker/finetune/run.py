@@ -25,7 +25,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from barge.specs import FinetuneSpec
+from barge.records.images import read_image
+from barge.specs import IMAGE_TASKS, FinetuneSpec
 from barge.storage import S3Uri
 from db import repositories as repo
 from db.models import Job
@@ -113,13 +114,42 @@ class FinetuneRun:
         self.tmp = tmp
         self.out = S3Uri.parse(work.output_uri).as_prefix()
         self.loading_started = time.monotonic()
-        self.train = load_dataset(ctx.store, spec, "train")
-        self.validation = load_dataset(ctx.store, spec, "validation") if spec.validation else None
+        may_read = work.scopes.may_read if work.scopes is not None else None
+        self.train = load_dataset(ctx.store, spec, "train", may_read=may_read, keep_images=True)
+        self.validation = (
+            load_dataset(ctx.store, spec, "validation", may_read=may_read, keep_images=True)
+            if spec.validation
+            else None
+        )
         check_datasets(spec, self.train, self.validation)
         model_dir, _ = fetch_model(ctx.settings, ctx.store, work.model_ref)
-        labels = self.train.labels() if spec.task == "classify" else []
+        labels = self.train.labels() if spec.task in ("classify", "image_classify") else []
         device = pick_device(ctx.settings)
         self.trainer = Trainer(spec, model_dir, device, self.train.examples, labels)
+        if spec.task in IMAGE_TASKS:  # every image prepared once, before the first step
+            examples = self.train.examples + (self.validation.examples if self.validation else [])
+            decoded = {**self.train.decoded, **(self.validation.decoded if self.validation else {})}
+
+            def read(value: str, mode: str) -> Any:
+                image = decoded.pop(value, None)
+                if image is not None:
+                    return image.convert(mode)
+                return read_image(
+                    ctx.store,
+                    value,
+                    "image",
+                    may_read=may_read,
+                    max_bytes=ctx.settings.max_image_bytes,
+                    max_pixels=ctx.settings.max_image_pixels,
+                    mode=mode,
+                )
+
+            self.trainer.load_images(
+                [image for image, _ in examples], read, ctx.settings.image_decode_threads
+            )
+            self.train.decoded.clear()
+            if self.validation:
+                self.validation.decoded.clear()
         self.history: list[dict[str, Any]] = []
         self.timing = Timing(started=time.monotonic())
         self.last_checkpoint = (0, time.monotonic())  # (step, when)

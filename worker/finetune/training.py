@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from barge.errors import PermanentJobError
-from barge.specs import FinetuneSpec
+from barge.specs import IMAGE_TASKS, FinetuneSpec
 from worker import hf
 from worker.finetune.data import steps_per_epoch
 
@@ -74,9 +74,11 @@ class Trainer:
         self.step = 0
         torch.manual_seed(self.hp.seed)  # a new head's initial weights come from the seed
         random.seed(self.hp.seed)
+        # For an image task ``tokenizer`` is the model's image processor.
         self.tokenizer, self.model = _load(spec, model_dir, labels, self.label_ids)
-        if self.tokenizer.pad_token is None:
+        if getattr(self.tokenizer, "pad_token", "") is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.images: dict[str, Any] = {}  # image task: each image's prepared pixels
         # Tokens kept per example: max_length, clamped to what the model takes.
         limit = hf.position_limit(self.model, self.tokenizer)
         self.max_length = min(self.hp.max_length, limit) if limit else self.hp.max_length
@@ -158,6 +160,12 @@ class Trainer:
 
         task = self.spec.task
         max_length = self.max_length
+        if task == "image_classify":
+            pixels = torch.stack([self.images[image] for image, _ in batch]).to(self.device)
+            target = torch.tensor([self.label_ids[y] for _, y in batch], device=self.device)
+            logits = self.model(pixel_values=pixels).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits, target)
+            return loss, int((logits.argmax(-1) == target).sum()) if not self.model.training else 0
         if task == "classify":
             enc = self.tokenizer(
                 [t for t, _ in batch],
@@ -236,9 +244,36 @@ class Trainer:
         finally:
             self.model.train()
         out = {"validation_loss": round(loss_sum / max(1, count), 6)}
-        if self.spec.task in ("classify", "embed"):
+        if self.spec.task in ("classify", "embed", "image_classify"):
             out["validation_accuracy"] = round(correct / max(1, count), 6)
         return out
+
+    # --- images -------------------------------------------------------------------------------
+
+    def load_images(self, values: Sequence[str], read: Any, threads: int) -> None:
+        """Prepare every distinct image once with the model's image processor (decoded by
+        ``read(value, mode)`` on ``threads`` threads), kept for every epoch. An image that no
+        longer decodes (its object changed since planning) fails the fine-tune."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from barge.records.images import ImageError
+
+        mode = "L" if getattr(self.model.config, "num_channels", 3) == 1 else "RGB"
+        processor = self.tokenizer
+
+        def prepare(value: str) -> Any:
+            try:
+                image = read(value, mode)
+            except ImageError as exc:
+                raise PermanentJobError(
+                    f"a training image no longer decodes (changed since planning?): {exc.message}"
+                ) from None
+            return processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+        todo = sorted(set(values) - set(self.images))
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for value, pixels in zip(todo, pool.map(prepare, todo), strict=True):
+                self.images[value] = pixels
 
     # --- checkpoints --------------------------------------------------------------------------
 
@@ -336,7 +371,7 @@ def _load(
     import transformers
 
     kwargs: dict[str, Any] = {"use_safetensors": True, "local_files_only": True}
-    if spec.task == "classify":
+    if spec.task in ("classify", "image_classify"):
         kwargs.update(
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
@@ -346,15 +381,18 @@ def _load(
     model_class = hf.model_class(spec.task)
     hf.check_config_fits_weights(model_dir, model_class, spec.base_model)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            str(model_dir), local_files_only=True
+        preprocessor = (
+            transformers.AutoImageProcessor
+            if spec.task in IMAGE_TASKS
+            else transformers.AutoTokenizer
         )
+        tokenizer = preprocessor.from_pretrained(str(model_dir), local_files_only=True)
         model = model_class.from_pretrained(str(model_dir), **kwargs)
     except Exception as exc:
         raise PermanentJobError(
             f"cannot load base model {spec.base_model} for task {spec.task!r}: {exc}"
         ) from exc
-    if spec.task == "classify":
+    if spec.task in ("classify", "image_classify"):
         model.config.problem_type = "single_label_classification"
     return tokenizer, model
 

@@ -1,0 +1,210 @@
+"""Images as records: which objects are images, the listing a prefix of them is planned from,
+where a record's image comes from (an ``s3://`` URI, base64 data, Parquet bytes), and decoding
+one image within bounds.
+
+A prefix of image objects is planned as a JSONL *listing* written under the job's output
+(``_inputs/images-<run>.jsonl``, one ``{"id": <key relative to the prefix>, "image": <uri>}``
+line per image, in key order), so its shards are byte ranges of that listing like any JSONL
+input and a shard reads exactly the images planned for it, whatever is added to the prefix
+later.
+
+Decoding refuses, as a per-record ``ImageError`` with the reason: zero bytes, bytes Pillow
+cannot identify, an image over ``max_pixels`` (a decompression bomb: refused from its header,
+before any pixel is decoded), truncated or corrupt data. It applies the EXIF orientation and
+keeps the first frame of an animated image.
+
+PIL is imported on use (the API imports this package and never decodes an image).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import uuid
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from barge.errors import InvalidSpec, NotFound
+from barge.records.base import is_data_object
+from barge.storage import ObjectInfo, ObjectStore, S3Uri
+from barge.uris import normalise
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+LISTING_DIR = "_inputs/"
+LISTING_IMAGE_FIELD = "image"  # the listing's fields: the image's URI and its id
+LISTING_ID_FIELD = "id"
+
+
+class ImageError(Exception):
+    """One record's image cannot be used; the message says why (a per-record error)."""
+
+    def __init__(self, message: str):
+        self.message = message
+        super().__init__(message)
+
+
+def is_image_key(key: str) -> bool:
+    return is_data_object(key) and key.lower().endswith(IMAGE_SUFFIXES)
+
+
+def list_images(
+    store: ObjectStore, input_uri: str, field: str = "input"
+) -> list[tuple[str, S3Uri]]:
+    """(id, uri) of every image object at ``input_uri`` in key order: one object (its id is its
+    name) or a prefix (ids are keys relative to it). Other objects are not images: skipped."""
+    uri = S3Uri.parse(input_uri, field=field)
+    if uri.key and not uri.key.endswith("/"):
+        info = store.head(uri)
+        if info is not None:
+            if not is_image_key(uri.key):
+                return []
+            return [(uri.key.rsplit("/", 1)[-1], uri)]
+    prefix = uri.as_prefix()
+    return [
+        (o.uri.key[len(prefix.key) :], o.uri)
+        for o in store.list(prefix)
+        if is_image_key(o.uri.key[len(prefix.key) :])
+    ]
+
+
+def write_listing(store: ObjectStore, input_uri: str, output_uri: str) -> tuple[ObjectInfo, int]:
+    """Write the listing of the images at ``input_uri`` under ``output_uri`` (a new name per
+    planning run, so two runs never share one); the listing object and its image count."""
+    images = list_images(store, input_uri)
+    body = "".join(
+        json.dumps({LISTING_ID_FIELD: image_id, LISTING_IMAGE_FIELD: str(uri)}) + "\n"
+        for image_id, uri in images
+    ).encode()
+    listing = (
+        S3Uri.parse(output_uri).as_prefix().join(f"{LISTING_DIR}images-{uuid.uuid4().hex}.jsonl")
+    )
+    store.put_bytes(listing, body)
+    return ObjectInfo(listing, len(body), ""), len(images)
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where one record's image is: its bytes (inline data), or an object (``uri``)."""
+
+    data: bytes | None = None
+    uri: str | None = None
+
+
+def image_source(value: Any, field: str) -> ImageSource:
+    """The image a record's field names: Parquet/bytes as they are, an ``s3://`` URI
+    (normalised: one spelling, so the scope check sees what is fetched), base64 text or a
+    ``data:`` URL; ImageError saying what the field holds otherwise."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return ImageSource(data=bytes(value))
+    if not isinstance(value, str):
+        kind = "null" if value is None else type(value).__name__
+        raise ImageError(
+            f"field {field!r} is {kind}; expected an s3:// URI, base64 data or binary bytes"
+        )
+    if value.startswith("s3://"):
+        try:
+            return ImageSource(uri=normalise(value, field))
+        except InvalidSpec as exc:
+            raise ImageError(f"field {field!r}: {exc.message}") from None
+    text = value
+    if text.startswith("data:"):
+        header, sep, text = text.partition(",")
+        if not sep or ";base64" not in header:
+            raise ImageError(f"field {field!r} is a data: URL that is not base64")
+    try:
+        return ImageSource(data=base64.b64decode(text, validate=True))
+    except (binascii.Error, ValueError):
+        raise ImageError(
+            f"field {field!r} is neither an s3:// URI nor base64 data ({len(value)} characters)"
+        ) from None
+
+
+def fetch_image(store: ObjectStore, uri: str, max_bytes: int) -> bytes:
+    """The bytes of one image object, refusing one over ``max_bytes`` without reading it all.
+    A missing object is an ImageError; the store's other errors (it is down) propagate."""
+    target = S3Uri.parse(uri)
+    try:
+        with store.open(target) as f:
+            data = f.read(max_bytes + 1)
+    except NotFound:
+        raise ImageError(f"no image object at {uri}") from None
+    if len(data) > max_bytes:
+        raise ImageError(
+            f"image object {uri} is larger than {max_bytes} bytes (BARGE_MAX_IMAGE_BYTES)"
+        )
+    return data
+
+
+def decode_image(data: bytes, mode: str, max_pixels: int) -> Any:
+    """A PIL image in ``mode`` ("RGB", "L", ...): EXIF orientation applied, the first frame of
+    an animation; ImageError for zero bytes, unknown or corrupt data and decompression bombs."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise ImageError("image is zero bytes")
+    # Pillow's own bomb check (an error at twice its limit) must not refuse what Barge allows:
+    # Barge's check, below, refuses at the limit itself.
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exc:
+            raise ImageError(_bomb(str(exc), max_pixels)) from None
+        except UnidentifiedImageError:
+            raise ImageError(
+                f"not an image Pillow can read ({len(data)} bytes; JPEG, PNG, WebP, BMP, TIFF, "
+                "GIF are)"
+            ) from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageError(f"unreadable image header: {exc}") from None
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageError(
+                f"image is {width}x{height} = {width * height:,} pixels, more than "
+                f"BARGE_MAX_IMAGE_PIXELS ({max_pixels:,}): refused as a decompression bomb"
+            )
+        if width < 1 or height < 1:
+            raise ImageError(f"image is {width}x{height} pixels")
+        try:
+            image.seek(0)  # the first frame of a GIF or multi-page TIFF
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+            return upright.convert(mode)
+        except Image.DecompressionBombError as exc:
+            raise ImageError(_bomb(str(exc), max_pixels)) from None
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise ImageError(f"truncated or corrupt image data: {exc}") from None
+
+
+def _bomb(detail: str, max_pixels: int) -> str:
+    return (
+        f"refused as a decompression bomb (over BARGE_MAX_IMAGE_PIXELS, {max_pixels:,}): {detail}"
+    )
+
+
+def read_image(
+    store: ObjectStore,
+    value: Any,
+    field: str,
+    *,
+    may_read: Any,
+    max_bytes: int,
+    max_pixels: int,
+    mode: str = "RGB",
+) -> Any:
+    """The decoded image a record's field names (see ``image_source``); an ``s3://`` URI is
+    fetched only when ``may_read(uri)`` (the tenant's read scopes). ImageError says why not."""
+    source = image_source(value, field)
+    raw = source.data
+    if source.uri is not None:
+        if may_read is None or not may_read(source.uri):
+            raise ImageError(
+                f"image {source.uri} is outside the storage this job's tenant may read; not fetched"
+            )
+        raw = fetch_image(store, source.uri, max_bytes)
+    assert raw is not None
+    return decode_image(raw, mode, max_pixels)

@@ -1,0 +1,319 @@
+"""Running one claimed shard of an image task: its records name images (the listing of a prefix
+of image objects, or records whose ``image_field`` holds a URI, base64 data or bytes); a small
+thread pool fetches, decodes and prepares them while the model runs the batch before, and the
+part and errors file are written as for text (``worker.inference``).
+
+Memory: at most two windows of ``batch_size`` × ``WINDOW_BATCHES`` images are held (the one the
+model runs and the one being decoded), never a whole shard.
+
+A record whose image cannot be used is a per-record error naming the reason (no such field,
+not an image, truncated, a decompression bomb, an ``s3://`` URI outside the tenant's read
+scopes: never fetched); the store failing (it is down) fails the attempt, which is retried.
+
+Imports: ``barge``, ``services.scopes`` (through the claim), ``worker.*``; never ``api`` or
+``cli``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from barge.errors import NotFound, PermanentJobError, describe
+from barge.records import Record, iter_range
+from barge.records.images import (
+    LISTING_ID_FIELD,
+    LISTING_IMAGE_FIELD,
+    ImageError,
+    read_image,
+)
+from barge.specs import InferenceSpec
+from worker import metrics
+from worker.context import WorkerContext
+from worker.inference import _input_info
+from worker.lease import Lease, ShardWork, Stop
+from worker.lifecycle import Outcome, Result, Runner
+from worker.outputs import JsonlPart, RecordId, coerce_id, make_part, put_part, windows
+from worker.vision import VisionModel, predict_images, shape_key
+
+log = logging.getLogger(__name__)
+
+WINDOW_BATCHES = 4  # images decoded ahead: one window of this many batches
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
+    spec = work.spec
+    assert isinstance(spec, InferenceSpec)
+    loaded = ctx.models.get(work.model_ref, spec.task, work.job_id)
+    assert isinstance(loaded, VisionModel)
+    info = _input_info(ctx, work)
+    tmp_root = ctx.settings.resolved_cache_dir / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    threads = ctx.settings.image_decode_threads
+    with (
+        tempfile.TemporaryDirectory(dir=tmp_root) as tmp,
+        ThreadPoolExecutor(threads, thread_name_prefix="barge-decode") as pool,
+    ):
+        shard = _ImageShard(ctx, work, lease, loaded, Path(tmp))
+        try:
+            stopped = shard.process(iter_range(ctx.store, info, work.fmt, work.rng), pool)
+        except NotFound:
+            raise PermanentJobError(f"input object {work.source} disappeared") from None
+        lease.beat()  # fencing: still ours right before we write?
+        return shard.upload(stopped)
+
+
+RUNNER = Runner(
+    run=run,
+    time_limit_error=(
+        "ran longer than the shard time limit ({limit:.0f}s, BARGE_SHARD_SOFT_TIME_LIMIT); "
+        "submit the job with a smaller shard_size"
+    ),
+)
+
+
+@dataclass
+class _Item:
+    """One record on its way through: its id, where its image came from, the prepared model
+    input and the original (width, height), or why it cannot run."""
+
+    position: int
+    rec: Record
+    rec_id: RecordId | None
+    source: str
+    inputs: Any = None
+    size: tuple[int, int] = (0, 0)
+    error: str | None = None
+
+
+class _ImageShard:
+    def __init__(
+        self, ctx: WorkerContext, work: ShardWork, lease: Lease, loaded: VisionModel, tmp: Path
+    ):
+        spec = work.spec
+        assert isinstance(spec, InferenceSpec)
+        self.ctx = ctx
+        self.work = work
+        self.spec = spec
+        self.params = spec.task_params()
+        self.lease = lease
+        self.loaded = loaded
+        self.listing = spec.reads_image_objects  # records are the planner's listing
+        self.id_field = LISTING_ID_FIELD if self.listing else spec.id_field
+        self.image_field = LISTING_IMAGE_FIELD if self.listing else (spec.image_field or "")
+        self.part = make_part(spec.output_format, tmp / "part")
+        self.errors = JsonlPart(tmp / "errors")
+        self.batches = 0
+        self.model_seconds = 0.0  # the model busy, for the log line and the bench
+        self.started = time.monotonic()
+
+    def process(self, records: Iterator[Record], pool: ThreadPoolExecutor) -> Stop | None:
+        window_size = self.spec.batch_size * WINDOW_BATCHES
+        items = enumerate(records, self.work.record_offset)
+        prepared = _ordered(pool, self._prepare, items, ahead=window_size)
+        try:
+            for window in windows(prepared, window_size):
+                self._window(window)
+        except Stop as exc:
+            return exc
+        finally:
+            prepared.close()
+            self.part.close()
+            self.errors.close()
+            wall = time.monotonic() - self.started
+            log.info(
+                "image shard %s: %s images, %s failed, model busy %.3fs of %.3fs wall (%.0f%%; "
+                "%s decoding threads, torch %s threads)",
+                self.work.index,
+                self.part.count,
+                self.errors.count,
+                self.model_seconds,
+                wall,
+                100 * self.model_seconds / max(wall, 1e-9),
+                self.ctx.settings.image_decode_threads,
+                _torch_threads(),
+            )
+        return None
+
+    def upload(self, stopped: Stop | None) -> Result:
+        output_key, errors_key = put_part(
+            self.ctx.store,
+            self.spec.output,
+            self.work.index,
+            self.work.attempt,
+            self.part,
+            self.errors,
+        )
+        return Result(
+            Outcome.CANCELLED if stopped else Outcome.SUCCEEDED,
+            succeeded=self.part.count,
+            failed=self.errors.count,
+            output_key=output_key,
+            errors_key=errors_key,
+        )
+
+    # --- on a decoding thread -------------------------------------------------------------
+
+    def _prepare(self, item: tuple[int, Record]) -> _Item:
+        position, rec = item
+        out = _Item(position, rec, None if self.id_field else position, self.work.source)
+        if rec.data is None:
+            out.error = rec.error or "unreadable record"
+            return out
+        data = rec.data
+        if self.id_field:
+            if self.id_field not in data:
+                out.error = f"record has no id field {self.id_field!r}"
+                return out
+            out.rec_id, problem = coerce_id(data[self.id_field])
+            if problem is not None:
+                out.error = f"{problem} (id_field {self.id_field!r})"
+                return out
+        if self.image_field not in data:
+            out.error = f"record has no field {self.image_field!r} (the job's image_field)"
+            return out
+        value = data[self.image_field]
+        if self.listing and isinstance(value, str):
+            out.source = value  # the image object itself
+        scopes = self.work.scopes
+        try:
+            image = read_image(
+                self.ctx.store,
+                value,
+                self.image_field,
+                may_read=None if scopes is None else scopes.may_read,
+                max_bytes=self.ctx.settings.max_image_bytes,
+                max_pixels=self.ctx.settings.max_image_pixels,
+                mode=self.loaded.mode,
+            )
+            out.size = image.size
+            out.inputs = self.loaded.prepare(image)
+        except ImageError as exc:
+            out.error = exc.message
+        except (PermanentJobError, SoftTimeLimitExceeded):
+            raise
+        except Exception as exc:
+            if _is_store_failure(exc):
+                raise  # the store is down: the attempt fails and is retried
+            out.error = f"cannot prepare this image for the model: {describe(exc)}"
+        return out
+
+    # --- on the shard's thread ------------------------------------------------------------
+
+    def _window(self, window: list[_Item]) -> None:
+        results: list[dict[str, Any] | None] = [None] * len(window)
+        failed: dict[int, str] = {i: it.error for i, it in enumerate(window) if it.error}
+        if failed:
+            metrics.RECORDS.labels(self.loaded.task, "failed").inc(len(failed))
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, it in enumerate(window):
+            if it.error is None:
+                groups.setdefault(shape_key(it.inputs), []).append(i)
+        batch_size = self.spec.batch_size
+        try:
+            for members in groups.values():
+                for start in range(0, len(members), batch_size):
+                    if self.batches:  # the first one's check is the claim's, moments ago
+                        self.lease.between_batches()
+                    self.batches += 1
+                    self._batch(window, members[start : start + batch_size], results, failed)
+                    self.lease.succeeded = self.part.count + sum(r is not None for r in results)
+                    self.lease.failed = self.errors.count + len(failed)
+        finally:
+            self.part.write_rows([r for r in results if r is not None])
+            self.errors.write_rows([self._error_row(window[i], failed[i]) for i in sorted(failed)])
+            for it in window:
+                it.inputs = None  # let the window's pixels go
+            self.lease.succeeded = self.part.count
+            self.lease.failed = self.errors.count
+
+    def _batch(
+        self,
+        window: list[_Item],
+        members: list[int],
+        results: list[dict[str, Any] | None],
+        failed: dict[int, str],
+    ) -> None:
+        items = [window[i] for i in members]
+        started = time.monotonic()
+        outcomes = _predict_isolating(self.loaded, items, self.params)
+        seconds = time.monotonic() - started
+        self.model_seconds += seconds
+        metrics.observe_batch(self.loaded.task, seconds, outcomes, self.loaded.device)
+        for i, it, (ok, value) in zip(members, items, outcomes, strict=True):
+            if ok:
+                results[i] = {"id": it.rec_id, **value}
+            else:
+                failed[i] = value
+
+    def _error_row(self, it: _Item, error: str) -> dict[str, Any]:
+        return {"id": it.rec_id, "source": it.source, "line": it.rec.line, "error": error}
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def _predict_isolating(
+    loaded: VisionModel, items: list[_Item], params: Any
+) -> list[tuple[bool, Any]]:
+    """Predict a batch; if it fails, image by image so one bad image fails alone."""
+    try:
+        found = predict_images(
+            loaded, [it.inputs for it in items], [it.size for it in items], params
+        )
+        return [(True, r) for r in found]
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as exc:
+        if len(items) == 1:
+            return [(False, f"model failed on this image: {describe(exc)}")]
+    out: list[tuple[bool, Any]] = []
+    for it in items:
+        out.extend(_predict_isolating(loaded, [it], params))
+    return out
+
+
+def _is_store_failure(exc: Exception) -> bool:
+    from barge.errors import ServiceUnavailable, StorageError
+
+    if isinstance(exc, StorageError | ServiceUnavailable | ConnectionError | TimeoutError):
+        return True
+    return type(exc).__module__.startswith(("botocore", "urllib3"))  # a body read that broke
+
+
+def _ordered(
+    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], ahead: int
+) -> Generator[R, None, None]:
+    """``fn`` over ``items`` on ``pool``, in order, with at most ``ahead`` results pending: the
+    pool works on the next items while the consumer works on this one. Closing it cancels what
+    has not started."""
+    pending: collections.deque[Future[R]] = collections.deque()
+    source = iter(items)
+    try:
+        while True:
+            while len(pending) < ahead:
+                try:
+                    item = next(source)
+                except StopIteration:
+                    break
+                pending.append(pool.submit(fn, item))
+            if not pending:
+                return
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()

@@ -17,8 +17,8 @@ from pydantic import (
 from barge.jsonvalues import check_json_value
 from barge.uris import uri_problem
 
-TASKS = ("embed", "classify", "generate")
-Task = Literal["embed", "classify", "generate"]
+TASKS = ("embed", "classify", "generate", "text2text", "regress")
+Task = Literal["embed", "classify", "generate", "text2text", "regress"]
 MAX_URI_CHARS = 2048
 MAX_VERSION = 2**31 - 1
 
@@ -80,10 +80,29 @@ class GenerateParams(_Strict):
     max_length: int = Field(512, ge=1, le=8192, description="Prompt tokens kept per record.")
 
 
+class Text2TextParams(_Strict):
+    max_new_tokens: int = Field(32, ge=1, le=4096)
+    num_beams: int = Field(1, ge=1, le=32, description="Beam search width; 1 is no beam search.")
+    temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 means greedy decoding.")
+    seed: int = Field(0, ge=0, description="Seed for sampling; same seed, same outputs.")
+    prefix: str = Field(
+        "",
+        max_length=1024,
+        description='Put before every source text, e.g. "translate English to German: ".',
+    )
+    max_length: int = Field(512, ge=1, le=8192, description="Source tokens kept per record.")
+
+
+class RegressParams(_Strict):
+    max_length: int = Field(512, ge=1, le=8192, description="Tokens kept per text input.")
+
+
 PARAMS_BY_TASK: dict[str, type[_Strict]] = {
     "embed": EmbedParams,
     "classify": ClassifyParams,
     "generate": GenerateParams,
+    "text2text": Text2TextParams,  # a Hugging Face seq2seq model (worker.seq2seq)
+    "regress": RegressParams,  # an ONNX model only (worker.onnxmodels)
 }
 
 
@@ -168,6 +187,7 @@ FINETUNE_FIELDS: dict[str, tuple[str, str]] = {
     "classify": ("text", "label"),
     "generate": ("prompt", "completion"),
     "embed": ("anchor", "positive"),
+    "text2text": ("source", "target"),
 }
 
 
@@ -199,7 +219,7 @@ class FinetuneSpec(_Strict):
     train: str = Field(
         ...,
         description="s3:// URI of one object or a prefix: classify {text, label}, generate "
-        "{prompt, completion}, embed {anchor, positive}.",
+        "{prompt, completion}, embed {anchor, positive}, text2text {source, target}.",
     )
     validation: str | None = Field(None, description="Like train; evaluated after each epoch.")
     hyperparameters: Hyperparameters = Field(
@@ -244,6 +264,15 @@ class FinetuneSpec(_Strict):
     @classmethod
     def _model_ref(cls, v: str) -> str:
         return check_model_ref(v)
+
+    @field_validator("task")
+    @classmethod
+    def _trainable(cls, v: str) -> str:
+        if v not in FINETUNE_FIELDS:
+            raise ValueError(
+                f"task {v!r} cannot be fine-tuned (fine-tune tasks: {', '.join(FINETUNE_FIELDS)})"
+            )
+        return v
 
     @property
     def fields(self) -> tuple[str, str]:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
+from barge.specs import TASKS
 from cli.client import ApiError
 
 DESCRIPTION = "The ``barge`` command: run the servers, manage keys, submit and watch jobs."
@@ -214,9 +215,11 @@ def _add_drops_and_models(sub: Subparsers) -> None:
     p = msub.add_parser("register", help="register a model directory as the next version")
     p.add_argument("name")
     p.add_argument(
-        "--uri", required=True, help="s3://bucket/path/ of a Hugging Face model directory"
+        "--uri",
+        required=True,
+        help="s3://bucket/path/ of a Hugging Face model directory, or of an ONNX one (model.onnx + barge.json)",
     )
-    p.add_argument("--task", required=True, choices=["embed", "classify", "generate"])
+    p.add_argument("--task", required=True, choices=list(TASKS))
     p.set_defaults(func=models_cmd)
 
 

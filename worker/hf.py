@@ -35,6 +35,7 @@ TASK_CLASSES: dict[str, Any] = {
     "embed": lambda: _auto("AutoModel"),
     "classify": lambda: _auto("AutoModelForSequenceClassification"),
     "generate": lambda: _auto("AutoModelForCausalLM"),
+    "text2text": lambda: _auto("AutoModelForSeq2SeqLM"),
 }
 
 

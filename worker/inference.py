@@ -193,7 +193,8 @@ class _ShardRun:
     ) -> None:
         """Predict one batch into ``results`` (or ``failed``), by index in the window."""
         loaded = self.loaded
-        seed = self.params.seed + window[batch[0][0]][0] if self.spec.task == "generate" else 0
+        sampled = self.spec.task in ("generate", "text2text")
+        seed = self.params.seed + window[batch[0][0]][0] if sampled else 0
         started = time.monotonic()
         predictions = _predict_isolating(loaded, [t for _, _, t in batch], self.params, seed)
         metrics.observe_batch(loaded.task, time.monotonic() - started, predictions, loaded.device)

@@ -28,7 +28,7 @@ from barge.modeldirs import check_model_files, is_model_file, list_model_files
 from barge.paths import UnsafePath, local_path
 from barge.settings import Settings
 from barge.storage import ObjectStore, S3Uri, local_model_dir
-from worker import hf, metrics
+from worker import hf, metrics, seq2seq
 
 
 def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path, str]:
@@ -208,6 +208,9 @@ def predict(
 ) -> list[dict[str, Any]]:
     """Run one batch; returns one result dict per text, in order."""
     import torch
+
+    if loaded.task == "text2text":
+        return seq2seq.predict(loaded, texts, params, seed)
 
     tok = loaded.tokenizer
     enc = tok(

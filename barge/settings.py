@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     max_record_bytes: int = Field(default=4 * 2**20, ge=1024)  # bytes of one record (line/row)
     max_text_chars: int = Field(default=1_000_000, ge=1)  # characters of one text field
 
+    # ONNX model directories (model.onnx + barge.json): the largest model.onnx accepted, and the
+    # operator domains beyond standard ONNX (and onnxruntime's built-in com.microsoft) a graph
+    # may use; any other domain is a custom operator and the model is refused.
+    onnx_max_bytes: int = Field(default=2**30, ge=1)
+    onnx_allowed_op_domains: list[str] = Field(default_factory=list)
+
     # API.
     api_host: str = "127.0.0.1"
     api_port: int = 8000

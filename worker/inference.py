@@ -21,7 +21,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +175,9 @@ class _ShardRun:
         rejected: list[dict[str, Any]] = []
         todo: list[tuple[int, Any, str]] = []
         for i, (position, rec) in enumerate(window):
-            rec_id, text, problem = _extract(rec, position, self.spec, self.max_text_chars)
+            rec_id, text, problem = _extract(
+                rec, position, self.spec, self.max_text_chars, self.loaded.read
+            )
             if problem is not None:
                 rejected.append(self._error_row(rec_id, rec, problem))
             else:
@@ -241,10 +243,15 @@ def _prefetch(it: Iterator[Record], size: int) -> Iterator[Record]:
 
 
 def _extract(
-    rec: Record, position: int, spec: InferenceSpec, max_text_chars: int
-) -> tuple[RecordId | None, str, str | None]:
-    """The record's id (coerced, see ``coerce_id``), its text, and why it cannot be run (a
-    per-record error) or None."""
+    rec: Record,
+    position: int,
+    spec: InferenceSpec,
+    max_text_chars: int,
+    read: Callable[[dict[str, Any]], tuple[Any, str | None]] | None = None,
+) -> tuple[RecordId | None, Any, str | None]:
+    """The record's id (coerced, see ``coerce_id``), its text (or, for a model that reads its
+    own fields, what ``read`` makes of the record), and why it cannot be run (a per-record
+    error) or None."""
     if rec.data is None:
         return (None if spec.id_field else position), "", rec.error
     data = rec.data
@@ -255,6 +262,9 @@ def _extract(
         rec_id, problem = coerce_id(data[spec.id_field])
         if problem is not None:
             return None, "", f"{problem} (id_field {spec.id_field!r})"
+    if read is not None:
+        value, problem = read(data)
+        return rec_id, value, problem
     if spec.text_field not in data:
         return rec_id, "", f"record has no field {spec.text_field!r} (the job's text_field)"
     text = data[spec.text_field]

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from barge.modeldirs import check_model_files, is_model_file, list_model_files
 from barge.paths import UnsafePath, local_path
 from barge.settings import Settings
 from barge.storage import ObjectStore, S3Uri, local_model_dir
-from worker import hf, metrics, seq2seq
+from worker import hf, metrics, onnxmodels, seq2seq
 
 
 def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path, str]:
@@ -91,6 +91,9 @@ class LoadedModel:
     load_seconds: float
     labels: dict[int, str] = field(default_factory=dict)
     max_positions: int | None = None  # tokens the model takes; max_length is clamped to it
+    # A model that reads its own record fields (an ONNX model: its barge.json): one record's
+    # inputs, or why it cannot run. None: the job's text_field is the model's input.
+    read: Callable[[dict[str, Any]], tuple[Any, str | None]] | None = None
 
     def input_tokens(self, params: Any) -> int:
         """Tokens kept per record: the job's max_length, clamped to what the model takes (for
@@ -116,6 +119,10 @@ class LoadedModel:
 def load_model(path: Path, task: str, device: Any, ref: str, revision: str) -> LoadedModel:
     import transformers
 
+    if task not in hf.TASK_CLASSES:
+        raise PermanentJobError(
+            f"task {task!r} runs ONNX models only; {ref} is a Hugging Face model directory"
+        )
     started = time.monotonic()
     hf.check_config_fits_weights(path, hf.model_class(task), ref)
     try:
@@ -147,6 +154,24 @@ def load_model(path: Path, task: str, device: Any, ref: str, revision: str) -> L
         time.monotonic() - started,
         labels,
         hf.position_limit(model, tokenizer),
+    )
+
+
+def load_onnx(path: Path, task: str, settings: Settings, ref: str, revision: str) -> LoadedModel:
+    """An ONNX model directory (``worker.onnxmodels``) as a loaded model."""
+    import torch
+
+    started = time.monotonic()
+    runner = onnxmodels.OnnxRunner.load(path, task, settings, ref)
+    return LoadedModel(
+        task,
+        runner,
+        None,
+        torch.device(runner.device_type),
+        ref,
+        revision,
+        time.monotonic() - started,
+        read=runner.read,
     )
 
 
@@ -194,7 +219,10 @@ class ModelCache:
             if loaded is not None:
                 self._models.move_to_end(key)
                 return loaded
-            loaded = load_model(path, task, pick_device(self.settings), ref, revision)
+            if onnxmodels.is_onnx_dir(path):
+                loaded = load_onnx(path, task, self.settings, ref, revision)
+            else:
+                loaded = load_model(path, task, pick_device(self.settings), ref, revision)
             metrics.MODEL_LOAD_SECONDS.labels(task).set(loaded.load_seconds)  # never the URI
             metrics.observe_gpu_memory(loaded.device)
             self._models[key] = loaded
@@ -209,6 +237,8 @@ def predict(
     """Run one batch; returns one result dict per text, in order."""
     import torch
 
+    if isinstance(loaded.model, onnxmodels.OnnxRunner):
+        return loaded.model.predict(list(texts), params)  # type: ignore[arg-type]  # what ``loaded.read`` made of each record
     if loaded.task == "text2text":
         return seq2seq.predict(loaded, texts, params, seed)
 

@@ -152,6 +152,33 @@ def test_an_onnx_regressor_is_registered_and_runs_over_parquet_features(
     )
     assert errors[43]["id"] == 42 and errors[43]["error"] == "feature field 'f5' has no value"
 
+    # The same model over a CSV export: every cell is text; a bad one fails its record alone.
+    lines = ["key," + ",".join(FEATURES)]
+    lines += [f"r{i}," + ",".join(repr(v) for v in features[i].tolist()) for i in range(20)]
+    lines[4] = lines[4].replace(",", ",oops,", 1).rsplit(",", 1)[0]  # r3 (line 5): f0 is 'oops'
+    s3.put_object(Bucket=bucket, Key="onnx/features.csv", Body="\n".join(lines).encode())
+    spec = inference_spec(
+        f"{name}@1",
+        f"s3://{bucket}/onnx/features.csv",
+        f"s3://{bucket}/onnx-csv-out/",
+        task="regress",
+        id_field="key",
+    )
+    r = api.post("/v1/jobs", json=spec, headers=auth)
+    assert r.status_code == 201, r.text
+    assert wait_job(api, auth, r.json()["id"])["status"] == "succeeded"
+    out = _rows(s3, bucket, "onnx-csv-out")
+    assert [o["id"] for o in out] == [f"r{i}" for i in range(20) if i != 3]
+    for o in out:
+        assert o["value"] == pytest.approx(expected[int(o["id"][1:])], abs=1e-5)
+    (error,) = _rows(s3, bucket, "onnx-csv-out", "errors")
+    assert error == {
+        "id": "r3",
+        "source": f"s3://{bucket}/onnx/features.csv",
+        "line": 5,
+        "error": "feature field 'f0' is 'oops', expected a number",
+    }
+
 
 class _Digits(torch.nn.Module):
     def __init__(self) -> None:

@@ -326,3 +326,72 @@ class TestText2TextMetrics:
         half = text_metrics(["das haus", "zwei"], ["das haus", "ein baum"])
         assert half["validation_exact_match"] == 0.5
         assert 0 < half["validation_chrf"] < 100
+
+
+class TestOnnxRunner:
+    """The worker's runner on graphs built here: text through tokenizer.json, fixed batches."""
+
+    def _load(self, tmp_path: Path, graph: bytes, config: bytes, task: str) -> Any:
+        from barge.settings import Settings
+        from worker.onnxmodels import OnnxRunner
+
+        (tmp_path / "model.onnx").write_bytes(graph)
+        (tmp_path / "barge.json").write_bytes(config)
+        return OnnxRunner.load(tmp_path, task, Settings(device="cpu"), "s3://b/m/")
+
+    def test_text_through_the_tokenizer_into_token_ids(self, tmp_path: Path) -> None:
+        from tokenizers import Tokenizer, models, pre_tokenizers
+
+        tok = Tokenizer(
+            models.WordLevel({"[PAD]": 0, "a": 1, "b": 2, "[UNK]": 3}, unk_token="[UNK]")
+        )
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok.save(str(tmp_path / "tokenizer.json"))
+        nodes = [
+            helper.make_node("Cast", ["ids"], ["f"], to=FLOAT),
+            helper.make_node("Cast", ["mask"], ["m"], to=FLOAT),
+            helper.make_node("ReduceSum", ["f"], ["s"], keepdims=1, axes=[1]),
+            helper.make_node("ReduceSum", ["m"], ["n"], keepdims=1, axes=[1]),
+            helper.make_node("Concat", ["s", "n"], ["emb"], axis=1),
+        ]
+        graph = _graph(
+            [("ids", INT64, ["b", "t"]), ("mask", INT64, ["b", "t"])],
+            [("emb", FLOAT, ["b", 2])],
+            nodes=nodes,
+            opsets=[("", 11)],
+        )
+        config = _config(
+            inputs=[
+                {"text_field": "t", "input_ids": "ids", "attention_mask": "mask", "max_length": 3}
+            ],
+            output={"name": "emb", "meaning": "embed"},
+        )
+        runner = self._load(tmp_path, graph, config, "embed")
+        records = [runner.read({"t": text})[0] for text in ("a b", "b b b b", "zz")]
+        params = type("P", (), {"max_length": 512, "normalize": False})()
+        assert runner.predict(records, params) == [
+            {"embedding": [3.0, 2.0]},  # a + b, two tokens
+            {"embedding": [6.0, 3.0]},  # truncated to three b
+            {"embedding": [3.0, 1.0]},  # unknown
+        ]
+        assert runner.read({"t": 5}) == (None, "field 't' is int, expected a string")
+        assert runner.read({}) == (None, "record has no field 't'")
+
+    def test_a_fixed_batch_graph_runs_in_batches_of_its_size(self, tmp_path: Path) -> None:
+        graph = _graph(
+            [("x", FLOAT, [4, 3])],
+            [("y", FLOAT, [4, 1])],
+            nodes=[helper.make_node("ReduceSum", ["x"], ["y"], keepdims=1, axes=[1])],
+            opsets=[("", 11)],
+        )
+        runner = self._load(tmp_path, graph, _config(), "regress")
+        assert runner.batch_size == 4
+        records = [runner.read({"a": i, "b": "1", "c": 0.5})[0] for i in range(6)]
+        out = runner.predict(records, None)
+        assert out == [{"value": i + 1.5} for i in range(6)]
+
+    def test_the_job_task_must_be_the_output_meaning(self, tmp_path: Path) -> None:
+        with pytest.raises(
+            PermanentJobError, match="output means 'regress'; the job's task is 'classify'"
+        ):
+            self._load(tmp_path, FEATURES_GRAPH, _config(), "classify")

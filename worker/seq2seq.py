@@ -150,7 +150,8 @@ def text_metrics(hypotheses: Sequence[str], references: Sequence[str]) -> dict[s
     sentence is long enough for are left out, so targets of one to three words score (the
     standard 4-gram BLEU of a corpus of such targets is always 0); on longer targets it is the
     standard BLEU."""
-    from sacrebleu.metrics import BLEU, CHRF
+    from sacrebleu.metrics.bleu import BLEU
+    from sacrebleu.metrics.chrf import CHRF
 
     hyps, refs = list(hypotheses), list(references)
     exact = sum(h.strip() == r.strip() for h, r in zip(hyps, refs, strict=True))

@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as `python bench/onnx.py`, this file's folder comes first on sys.path, and this module
+# would stand in for the `onnx` package: take the folder off (bench.* imports go through ROOT).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 
@@ -95,9 +98,7 @@ def parquet_bytes(data: Any) -> bytes:
     return buf.getvalue()
 
 
-def barge_job(
-    model_dir: Path, data: Any, batch_size: int, log_dir: Path
-) -> dict[str, float]:
+def barge_job(model_dir: Path, data: Any, batch_size: int, log_dir: Path) -> dict[str, float]:
     from bench.stack import Stack
 
     with Stack(log_dir) as stack:
@@ -159,7 +160,9 @@ def main() -> int:
         f"({barge['elapsed']:.1f} s, submit -> succeeded; Parquet in S3 -> worker -> S3)"
     )
     print(f"ratio Barge / bare   : {ratio:.3f} (against the faster bare run)")
-    print(f"(first job on a cold worker, 8 records, incl. model load: {barge['cold_start_seconds']:.1f} s)")
+    print(
+        f"(first job on a cold worker, 8 records, incl. model load: {barge['cold_start_seconds']:.1f} s)"
+    )
     (log_dir / "result.json").write_text(
         json.dumps(
             {"args": vars(args), "bare": bare, "bare_after": bare_after, **barge, "ratio": ratio},

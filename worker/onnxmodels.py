@@ -153,7 +153,6 @@ class OnnxRunner:
 
     def read(self, row: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
         """The model's inputs of one record (graph input name → value), or why it cannot run."""
-        import numpy as np
 
         out: dict[str, Any] = {}
         for binding in self.config.inputs:
@@ -161,7 +160,7 @@ class OnnxRunner:
                 values, problem = feature_vector(row, binding.feature_fields)
                 if problem is not None:
                     return None, problem
-                out[binding.input] = np.asarray(values, dtype=np.float64)
+                out[binding.input] = values  # a list: the batch becomes one array at once
             elif isinstance(binding, TextInput):
                 field = binding.text_field
                 text = row.get(field)
@@ -208,7 +207,7 @@ class OnnxRunner:
                 feeds.update(self._tokens(binding, [r[binding.input_ids] for r in records], params))
                 continue
             feed = self.feeds[binding.input]
-            feeds[binding.input] = np.stack([r[binding.input] for r in records]).astype(feed.dtype)
+            feeds[binding.input] = np.asarray([r[binding.input] for r in records], dtype=feed.dtype)
         return feeds
 
     def _tokens(self, binding: TextInput, texts: list[str], params: Any) -> dict[str, Any]:

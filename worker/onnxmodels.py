@@ -242,8 +242,8 @@ class OnnxRunner:
         values = np.asarray(output, dtype=np.float64)
         if meaning == "regress":
             if values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1):
-                return [{"value": float(v)} for v in values.reshape(len(values))]
-            return [{"values": row.reshape(-1).tolist()} for row in values]
+                return [{"value": v} for v in values.reshape(len(values)).tolist()]
+            return [{"values": row} for row in values.reshape(len(values), -1).tolist()]
         rows = values.reshape(len(values), -1)
         if meaning == "embed":
             if getattr(params, "normalize", False):

@@ -131,6 +131,9 @@ class OnnxRunner:
                     tokenizer = _tokenizer(path / binding.tokenizer, ref)
             options = ort.SessionOptions()
             options.log_severity_level = 3
+            # onnxruntime's threads spin after each run by default; between runs this worker's
+            # threads read and check records, and spinning threads would take their cores.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = ort.InferenceSession(data, options, providers=providers(settings))
         except (SoftTimeLimitExceeded, PermanentJobError):
             raise

@@ -276,3 +276,58 @@ def test_a_digits_cnn_exported_with_a_fixed_batch_scores_what_torch_scores(
     assert barge_accuracy == torch_accuracy
     assert [o["label"] for o in out] == [str(int(p)) for p in torch_pred]
     assert all(set(o["scores"]) == set(truth.values()) | {str(d) for d in range(10)} for o in out)
+
+
+def test_barge_models_register_says_what_does_not_fit(
+    api_url: str,
+    barge_env: dict[str, str],
+    database_url: str,
+    s3: Any,
+    models_bucket: str,
+    tmp_path: Path,
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import new_key
+    from tests.services import ROOT
+
+    directory = _regressor(tmp_path / "cli")[1]
+    good = {
+        "inputs": [{"input": "x", "feature_fields": FEATURES}],
+        "output": {"name": "y", "meaning": "regress"},
+    }
+    uri = upload_dir(
+        s3, models_bucket, f"onnx-cli-{uuid.uuid4().hex[:6]}", _barge_json(directory, good)
+    )
+    bad = {**good, "output": {"name": "y", "meaning": "classify", "labels": ["a", "b"]}}
+    bad_uri = upload_dir(
+        s3, models_bucket, f"onnx-cli-bad-{uuid.uuid4().hex[:6]}", _barge_json(directory, bad)
+    )
+    env = {
+        **os.environ,
+        **barge_env,
+        "BARGE_API_URL": api_url,
+        "BARGE_API_KEY": new_key(database_url, f"cli-onnx-{uuid.uuid4().hex[:6]}"),
+    }
+
+    def barge(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cli", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    refused = barge("models", "register", "net", "--uri", bad_uri, "--task", "classify")
+    assert refused.returncode == 2, refused
+    assert (
+        "output y (float [batch, 1]) scores 1 classes, but barge.json has 2 labels"
+        in refused.stderr
+    )
+    registered = barge("models", "register", "net", "--uri", uri, "--task", "regress")
+    assert registered.returncode == 0, registered.stderr
+    assert registered.stdout.strip() == "net@1"

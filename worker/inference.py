@@ -31,7 +31,7 @@ from barge.errors import NotFound, PermanentJobError, describe
 from barge.records import Format, Record, iter_range
 from barge.specs import InferenceSpec
 from barge.storage import ObjectInfo, S3Uri
-from worker import metrics
+from worker import metrics, onnxcolumns
 from worker.context import WorkerContext
 from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Outcome, Result, Runner
@@ -48,6 +48,8 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     loaded = ctx.models.get(work.model_ref, spec.task, work.job_id)
     loaded.input_tokens(spec.task_params())  # refuses max_new_tokens that leave no room
     info = _input_info(ctx, work)
+    if onnxcolumns.applies(loaded, work):  # an ONNX model of numeric features over Parquet
+        return onnxcolumns.run(ctx, work, lease, loaded, info)
     tmp_root = ctx.settings.resolved_cache_dir / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:

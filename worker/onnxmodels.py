@@ -188,17 +188,30 @@ class OnnxRunner:
 
     def predict(self, records: list[dict[str, Any]], params: Any) -> list[dict[str, Any]]:
         """Run records (from ``read``) through the graph; one result per record, in order."""
-        import numpy as np
-
         if not records:
             return []
-        step = self.batch_size or len(records)
+        return self.predict_arrays(self._feeds(records, params), len(records), params)
+
+    def predict_arrays(self, feeds: dict[str, Any], n: int, params: Any) -> list[dict[str, Any]]:
+        """Run ``n`` records given as arrays (graph input name -> [n, ...]) through the graph,
+        in batches of its fixed size when it has one (the last padded with copies of its last
+        record, whose outputs are dropped); one result per record, in order."""
+        import numpy as np
+
+        if not n:
+            return []
+        step = self.batch_size or n
         rows: list[Any] = []
-        for start in range(0, len(records), step):
-            chunk = records[start : start + step]
-            padded = chunk + [chunk[-1]] * (step - len(chunk)) if self.batch_size else chunk
-            (result,) = self.session.run([self.output.name], self._feeds(padded, params))
-            rows.append(np.asarray(result)[: len(chunk)])
+        for start in range(0, n, step):
+            size = min(step, n - start)
+            chunk = {}
+            for name, array in feeds.items():
+                part = np.asarray(array[start : start + size], dtype=self.feeds[name].dtype)
+                if self.batch_size and size < step:
+                    part = np.concatenate([part, np.repeat(part[-1:], step - size, axis=0)])
+                chunk[name] = part
+            (result,) = self.session.run([self.output.name], chunk)
+            rows.append(np.asarray(result)[:size])
         return self._results(np.concatenate(rows, axis=0), params)
 
     def _feeds(self, records: list[dict[str, Any]], params: Any) -> dict[str, Any]:

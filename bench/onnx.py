@@ -98,7 +98,12 @@ def parquet_bytes(data: Any) -> bytes:
     return buf.getvalue()
 
 
-def barge_job(model_dir: Path, data: Any, batch_size: int, log_dir: Path) -> dict[str, float]:
+def run_rounds(
+    model_dir: Path, data: Any, batch_size: int, rounds: int, log_dir: Path
+) -> dict[str, Any]:
+    """Start a stack, warm its worker, then ``rounds`` times: a bare loop, then the Barge job,
+    and one more bare loop at the end; each job is compared with the bare loops either side of
+    it (the machine's load can change between them)."""
     from bench.stack import Stack
 
     with Stack(log_dir) as stack:
@@ -120,13 +125,19 @@ def barge_job(model_dir: Path, data: Any, batch_size: int, log_dir: Path) -> dic
             return stack.run_job(spec)
 
         cold, _ = run_job("warm.parquet", "cold")
-        elapsed, job = run_job("features.parquet", "warm")
-        assert job["progress"]["records_succeeded"] == len(data), job
-        return {
-            "elapsed": elapsed,
-            "records_per_second": len(data) / elapsed,
-            "cold_start_seconds": cold,
-        }
+        bare = [bare_loop(model_dir, data, batch_size)]
+        jobs = []
+        for r in range(rounds):
+            elapsed, job = run_job("features.parquet", f"warm-{r}")
+            assert job["progress"]["records_succeeded"] == len(data), job
+            jobs.append(len(data) / elapsed)
+            bare.append(bare_loop(model_dir, data, batch_size))
+            ratio = jobs[-1] / ((bare[-2] + bare[-1]) / 2)
+            print(
+                f"round {r + 1}: bare {bare[-2]:9.1f} | Barge job {jobs[-1]:9.1f} ({elapsed:.1f} s) "
+                f"| bare {bare[-1]:9.1f} records/s -> ratio {ratio:.3f}"
+            )
+        return {"cold_start_seconds": cold, "bare": bare, "jobs": jobs}
 
 
 def main() -> int:
@@ -135,9 +146,12 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--features", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     log_dir = ROOT / "bench" / "results" / time.strftime("onnx-%Y%m%d-%H%M%S")
     log_dir.mkdir(parents=True, exist_ok=True)
+    import statistics
+
     import numpy as np
     import onnxruntime as ort
 
@@ -146,39 +160,23 @@ def main() -> int:
         model_dir = export_regressor(Path(tmp) / "model", args.features, args.hidden)
         print(
             f"{args.records} records, batch {args.batch_size}, MLP {args.features}->{args.hidden}->"
-            f"{args.hidden}->1, onnxruntime {ort.__version__}, providers {ort.get_available_providers()}"
+            f"{args.hidden}->1, onnxruntime {ort.__version__}, providers "
+            f"{ort.get_available_providers()}; bare loop and Barge job (Parquet in S3 -> worker "
+            "-> S3, submit -> succeeded) alternate"
         )
-        bare = bare_loop(model_dir, data, args.batch_size)
-        print(f"bare onnxruntime loop: {bare:9.1f} records/s  ({args.records / bare:.1f} s)")
-        barge = barge_job(model_dir, data, args.batch_size, log_dir)
-        bare_after = bare_loop(model_dir, data, args.batch_size)
-    print(f"bare loop, again     : {bare_after:9.1f} records/s (after the job)")
-    best = max(bare, bare_after)
-    ratio = barge["records_per_second"] / best
-    mean_ratio = barge["records_per_second"] / ((bare + bare_after) / 2)
+        result = run_rounds(model_dir, data, args.batch_size, args.rounds, log_dir)
+    bare, jobs = result["bare"], result["jobs"]
+    ratios = [job / ((bare[i] + bare[i + 1]) / 2) for i, job in enumerate(jobs)]
     print(
-        f"Barge job (e2e)      : {barge['records_per_second']:9.1f} records/s  "
-        f"({barge['elapsed']:.1f} s, submit -> succeeded; Parquet in S3 -> worker -> S3)"
+        f"median: bare {statistics.median(bare):.1f} records/s, Barge {statistics.median(jobs):.1f} "
+        f"records/s, ratio Barge / bare (each job against the bare loops either side) "
+        f"{statistics.median(ratios):.3f}"
     )
     print(
-        f"ratio Barge / bare   : {ratio:.3f} against the faster bare run, {mean_ratio:.3f} "
-        "against the mean of the two"
-    )
-    print(
-        f"(first job on a cold worker, 8 records, incl. model load: {barge['cold_start_seconds']:.1f} s)"
+        f"(first job on a cold worker, 8 records, incl. model load: {result['cold_start_seconds']:.1f} s)"
     )
     (log_dir / "result.json").write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "bare": bare,
-                "bare_after": bare_after,
-                **barge,
-                "ratio": ratio,
-                "ratio_to_mean": mean_ratio,
-            },
-            indent=2,
-        )
+        json.dumps({"args": vars(args), **result, "ratios": ratios}, indent=2)
     )
     return 0
 

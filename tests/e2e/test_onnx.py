@@ -128,18 +128,26 @@ def test_an_onnx_regressor_is_registered_and_runs_over_parquet_features(
     columns["f3"] = [repr(v) for v in features[:, 3].tolist()]
     columns["f3"][7] = "n/a"
     columns["f5"][42] = None
+    columns["id"][99] = None  # an id that cannot be written
     data = _parquet(s3, bucket, "onnx/features.parquet", pa.table(columns))
+    # Shards of 70 records start and end inside the Parquet row groups of 100.
     spec = inference_spec(
-        name, data, f"s3://{bucket}/onnx-reg-out/", task="regress", id_field="id", batch_size=64
+        name,
+        data,
+        f"s3://{bucket}/onnx-reg-out/",
+        task="regress",
+        id_field="id",
+        batch_size=64,
+        shard_size=70,
     )
     r = api.post("/v1/jobs", json=spec, headers=auth)
     assert r.status_code == 201, r.text
     job = wait_job(api, auth, r.json()["id"])
     assert job["status"] == "succeeded", job
-    assert job["progress"]["records_succeeded"] == 298 and job["progress"]["records_failed"] == 2
+    assert job["progress"]["records_succeeded"] == 297 and job["progress"]["records_failed"] == 3
 
     out = _rows(s3, bucket, "onnx-reg-out")
-    assert [o["id"] for o in out] == [i for i in range(300) if i not in (7, 42)]
+    assert [o["id"] for o in out] == [i for i in range(300) if i not in (7, 42, 99)]
     with torch.inference_mode():
         expected = model(torch.tensor(features, dtype=torch.float32)).squeeze(1).tolist()
     for o in out:
@@ -151,6 +159,12 @@ def test_an_onnx_regressor_is_registered_and_runs_over_parquet_features(
         and errors[8]["error"] == "feature field 'f3' is 'n/a', expected a number"
     )
     assert errors[43]["id"] == 42 and errors[43]["error"] == "feature field 'f5' has no value"
+    assert errors[100] == {
+        "id": None,
+        "source": data,
+        "line": 100,
+        "error": "id must be a string or a number, got null (id_field 'id')",
+    }
 
     # The same model over a CSV export: every cell is text; a bad one fails its record alone.
     lines = ["key," + ",".join(FEATURES)]

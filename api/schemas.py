@@ -51,7 +51,7 @@ class JobOut(BaseModel):
         "run and once it is finalized.",
     )
     usage: dict[str, int] | None = (
-        None  # token totals of generate jobs and OpenAI batches, once final
+        None  # token totals of generate and text2text jobs and OpenAI batches, once final
     )
 
 

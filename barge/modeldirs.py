@@ -30,6 +30,8 @@ MODEL_FILES = frozenset(
         "chat_template.jinja",  # a chat model's template (transformers >= 4.49 saves it here)
         "chat_template.json",
         "training_summary.json",
+        "model.onnx",  # an ONNX model directory: the graph and its barge.json (barge.onnxdirs)
+        "barge.json",
     }
 )
 
@@ -57,10 +59,23 @@ def list_model_files(settings: Settings, store: ObjectStore, ref: str) -> dict[s
     return {rel: info.etag for info, rel in iter_prefix_files(store, uri) if rel}
 
 
+def is_onnx_dir(files: dict[str, str] | set[str] | list[str]) -> bool:
+    """Whether a model directory (its relative file names) is an ONNX one (``model.onnx``)."""
+    return "model.onnx" in files
+
+
 def check_model_files(ref: str, files: dict[str, str]) -> None:
-    """Refuse a directory that is not a loadable safetensors Hugging Face model, saying why."""
+    """Refuse a directory that is neither a loadable safetensors Hugging Face model nor an ONNX
+    one (``model.onnx`` + ``barge.json``, checked further by ``barge.onnxdirs``), saying why."""
     if not files:
         raise PermanentJobError(f"model directory {ref} is empty or does not exist")
+    if is_onnx_dir(files):
+        if "barge.json" not in files:
+            raise PermanentJobError(
+                f"model directory {ref} has model.onnx but no barge.json (which maps record "
+                "fields to the graph's inputs and names its output; see the README)"
+            )
+        return
     if "config.json" not in files:
         raise PermanentJobError(
             f"model directory {ref} has no config.json: it must be a Hugging Face model "

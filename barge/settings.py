@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=64 * 2**20, ge=1)
     image_decode_threads: int = Field(default=2, ge=1, le=64)
 
+    # ONNX model directories (model.onnx + barge.json): the largest model.onnx accepted, and the
+    # operator domains beyond standard ONNX (and onnxruntime's built-in com.microsoft) a graph
+    # may use; any other domain is a custom operator and the model is refused.
+    onnx_max_bytes: int = Field(default=2**30, ge=1)
+    onnx_allowed_op_domains: list[str] = Field(default_factory=list)
+
     # API.
     # "json": every process logs one JSON object per line (for log pipelines); "plain": text.
     log_format: Literal["plain", "json"] = "plain"

@@ -18,8 +18,26 @@ from pydantic import (
 from barge.jsonvalues import check_json_value
 from barge.uris import uri_problem
 
-TASKS = ("embed", "classify", "generate", "image_classify", "image_embed", "detect")
-Task = Literal["embed", "classify", "generate", "image_classify", "image_embed", "detect"]
+TASKS = (
+    "embed",
+    "classify",
+    "generate",
+    "text2text",
+    "regress",
+    "image_classify",
+    "image_embed",
+    "detect",
+)
+Task = Literal[
+    "embed",
+    "classify",
+    "generate",
+    "text2text",
+    "regress",
+    "image_classify",
+    "image_embed",
+    "detect",
+]
 # Tasks whose records are images (``barge.records.images``; the worker's ``worker.vision``).
 IMAGE_TASKS = frozenset({"image_classify", "image_embed", "detect"})
 # Models built into the worker: name -> the one task each runs.
@@ -106,6 +124,23 @@ class DetectParams(_Strict):
     )
 
 
+class Text2TextParams(_Strict):
+    max_new_tokens: int = Field(32, ge=1, le=4096)
+    num_beams: int = Field(1, ge=1, le=32, description="Beam search width; 1 is no beam search.")
+    temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 means greedy decoding.")
+    seed: int = Field(0, ge=0, description="Seed for sampling; same seed, same outputs.")
+    prefix: str = Field(
+        "",
+        max_length=1024,
+        description='Put before every source text, e.g. "translate English to German: ".',
+    )
+    max_length: int = Field(512, ge=1, le=8192, description="Source tokens kept per record.")
+
+
+class RegressParams(_Strict):
+    max_length: int = Field(512, ge=1, le=8192, description="Tokens kept per text input.")
+
+
 PARAMS_BY_TASK: dict[str, type[_Strict]] = {
     "embed": EmbedParams,
     "classify": ClassifyParams,
@@ -113,6 +148,8 @@ PARAMS_BY_TASK: dict[str, type[_Strict]] = {
     "image_classify": ImageClassifyParams,
     "image_embed": ImageEmbedParams,
     "detect": DetectParams,
+    "text2text": Text2TextParams,  # a Hugging Face seq2seq model (worker.seq2seq)
+    "regress": RegressParams,  # an ONNX model only (worker.onnxmodels)
 }
 
 
@@ -270,6 +307,7 @@ FINETUNE_FIELDS: dict[str, tuple[str, str]] = {
     "generate": ("prompt", "completion"),
     "embed": ("anchor", "positive"),
     "image_classify": ("image", "label"),
+    "text2text": ("source", "target"),
 }
 
 
@@ -301,7 +339,7 @@ class FinetuneSpec(_Strict):
     train: str = Field(
         ...,
         description="s3:// URI of one object or a prefix: classify {text, label}, generate "
-        "{prompt, completion}, embed {anchor, positive}.",
+        "{prompt, completion}, embed {anchor, positive}, text2text {source, target}.",
     )
     validation: str | None = Field(None, description="Like train; evaluated after each epoch.")
     hyperparameters: Hyperparameters = Field(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
+from barge.specs import TASKS
 from cli.client import ApiError
 from cli.errors import CliError
 
@@ -225,9 +226,11 @@ def _add_drops_and_models(sub: Subparsers) -> None:
     p = msub.add_parser("register", help="register a model directory as the next version")
     p.add_argument("name")
     p.add_argument(
-        "--uri", required=True, help="s3://bucket/path/ of a Hugging Face model directory"
+        "--uri",
+        required=True,
+        help="s3://bucket/path/ of a Hugging Face model directory, or of an ONNX one (model.onnx + barge.json)",
     )
-    p.add_argument("--task", required=True, choices=["embed", "classify", "generate"])
+    p.add_argument("--task", required=True, choices=list(TASKS))
     p.set_defaults(func=models_cmd)
 
 

@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from barge import onnxdirs
 from barge.errors import Conflict, Forbidden, InvalidSpec, PermanentJobError, excerpt
-from barge.modeldirs import check_model_files, list_model_files
+from barge.modeldirs import check_model_files, is_onnx_dir, list_model_files
 from barge.settings import Settings
 from barge.specs import BUILTIN_MODELS, MAX_VERSION
 from barge.storage import ObjectStore, S3Uri, check_bucket_allowed, local_model_dir
@@ -73,6 +74,25 @@ def resolve(
     return found.uri
 
 
+ONNX_ONLY_TASKS = ("regress",)
+
+
+def check_task_fits(task: str, onnx_task: str | None, field: str) -> None:
+    """An ONNX model runs the task its barge.json names; ``regress`` needs an ONNX model.
+    ``onnx_task`` is that task, or None for a Hugging Face directory."""
+    if onnx_task is not None and task != onnx_task:
+        raise InvalidSpec(
+            f"the model is an ONNX model whose barge.json output means {onnx_task!r}; use task "
+            f"{onnx_task!r}, not {task!r}",
+            field=field,
+        )
+    if onnx_task is None and task in ONNX_ONLY_TASKS:
+        raise InvalidSpec(
+            f"task {task!r} runs ONNX models only (a directory with model.onnx and barge.json)",
+            field=field,
+        )
+
+
 def check_name_keeps_task(session: Session, tenant_id: uuid.UUID, name: str, task: str) -> None:
     """A new version of ``name`` must keep the task its versions have."""
     latest = repo.find_model(session, tenant_id, name)
@@ -134,9 +154,14 @@ def register_directory(
     require_read(scopes_for(session, settings, tenant_id), str(uri), "uri")
     check_bucket_allowed(settings, uri, "uri")
     try:
-        check_model_files(str(uri), list_model_files(settings, store, str(uri)))
+        files = list_model_files(settings, store, str(uri))
+        check_model_files(str(uri), files)
+        onnx_task = (
+            onnxdirs.check_directory(settings, store, str(uri)).task if is_onnx_dir(files) else None
+        )
     except PermanentJobError as exc:
         raise InvalidSpec(exc.message, field="uri") from None
+    check_task_fits(task, onnx_task, "task")
     return register_version(
         session, tenant_id, name, str(uri), task, base_model=base_model, metrics=metrics
     )

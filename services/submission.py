@@ -12,7 +12,9 @@ from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
 
+from barge import onnxdirs
 from barge.errors import Conflict, InvalidSpec, PermanentJobError
+from barge.onnxdirs import OnnxConfig
 from barge.queue import PLAN_JOB
 from barge.records import detect_format, format_of, images, peek_fields, resolve_inputs
 from barge.settings import Settings
@@ -51,7 +53,25 @@ def _first_fields(store: ObjectStore, info: ObjectInfo, declared: str, field: st
     return peek_fields(store, info, fmt, field)
 
 
-def check_input(settings: Settings, store: ObjectStore, spec: InferenceSpec) -> None:
+def check_model(
+    settings: Settings, store: ObjectStore, spec: InferenceSpec, model_uri: str
+) -> OnnxConfig | None:
+    """An ONNX model directory's barge.json (None for a Hugging Face one), checked to fit the
+    job's task; the graph itself is checked when the model is registered and when it loads."""
+    try:
+        config = onnxdirs.find_config(settings, store, model_uri)
+    except PermanentJobError as exc:
+        raise InvalidSpec(exc.message, field="model") from None
+    registry.check_task_fits(spec.task, config.task if config else None, "task")
+    return config
+
+
+def check_input(
+    settings: Settings, store: ObjectStore, spec: InferenceSpec, onnx: OnnxConfig | None = None
+) -> None:
+    """The input exists and its first record has the fields the job reads: ``text_field``
+    (``messages_field``, ``image_field``), or for an ONNX model the fields its barge.json
+    names; an image task without ``image_field`` needs at least one image object."""
     if spec.reads_image_objects:
         _check_image_objects(settings, store, spec)
         return
@@ -69,7 +89,16 @@ def check_input(settings: Settings, store: ObjectStore, spec: InferenceSpec) -> 
         if spec.image_field is not None
         else ("text_field", spec.text_field)
     )
-    if read not in fields:
+    if onnx is not None:
+        missing = [f for f in onnx.record_fields() if f not in fields]
+        if missing:
+            raise InvalidSpec(
+                f"the model's barge.json reads {', '.join(map(repr, missing[:10]))}, which "
+                f"{'is' if len(missing) == 1 else 'are'} not a field of {first.uri} (its "
+                f"fields: {shown})",
+                field="input",
+            )
+    elif read not in fields:
         raise InvalidSpec(
             f"{name} {read!r} is not a field of {first.uri} (its fields: {shown})",
             field=name,
@@ -166,6 +195,12 @@ def _check_against_stores(
                 field="base_model",
                 tenant_scopes=tenant_scopes,
             )
+            if onnxdirs.find_config(settings, store, model_uri) is not None:
+                raise InvalidSpec(
+                    "base_model is an ONNX model directory; fine-tunes train Hugging Face "
+                    "models (train your network yourself and register its ONNX export)",
+                    field="base_model",
+                )
         output = spec.output or default_finetune_output(tenant_scopes, spec, job_id)
         scopes.require_write(tenant_scopes, normalise(output, "output", prefix=True), "output")
         with naming("train"):
@@ -178,8 +213,9 @@ def _check_against_stores(
             model_uri = registry.resolve(
                 session, settings, store, tenant_id, spec.model, tenant_scopes=tenant_scopes
             )
+            onnx = check_model(settings, store, spec, model_uri)
         with naming("input"):
-            check_input(settings, store, spec)
+            check_input(settings, store, spec, onnx)
     with naming("output"):
         output = check_locations(session, settings, store, tenant_id, output, reads(spec))
     return model_uri, output

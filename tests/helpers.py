@@ -237,3 +237,70 @@ def finetune_spec(base: str, train: str, name: str, **extra: Any) -> dict[str, A
 def events(api: TestClient, auth: dict[str, str], job_id: str) -> list[dict[str, Any]]:
     body = api.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}, headers=auth).json()
     return body["events"]  # type: ignore[no-any-return]
+
+
+WORDS = {
+    "red": "rot",
+    "green": "gruen",
+    "blue": "blau",
+    "cat": "katze",
+    "dog": "hund",
+    "fish": "fisch",
+    "one": "eins",
+    "two": "zwei",
+    "three": "drei",
+    "sun": "sonne",
+    "moon": "mond",
+    "star": "stern",
+    "tree": "baum",
+    "house": "haus",
+    "car": "auto",
+    "boat": "boot",
+}
+
+
+def tiny_t5(path: Path, words: list[str] | None = None, init: float = 1.0) -> Path:
+    """A tiny random T5 with a word-level tokenizer trained here (``tokenizers``) on ``words``
+    (default: both sides of ``WORDS`` and "translate", "to", "german:"). ``init`` scales the
+    random weights: at 5 its outputs vary with the input (at 1 it mostly emits padding)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    vocab = words or [*WORDS, *WORDS.values(), "translate", "to", "german:"]
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(
+        [" ".join(vocab)], trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"])
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=64,
+    )
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(
+        T5Config(
+            vocab_size=len(fast),
+            d_model=64,
+            d_ff=128,
+            d_kv=16,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            dropout_rate=0.0,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+            initializer_factor=init,
+        )
+    )
+    model.save_pretrained(str(path), safe_serialization=True)
+    fast.save_pretrained(str(path))
+    return path

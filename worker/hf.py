@@ -41,6 +41,7 @@ TASK_CLASSES: dict[str, Any] = {
     "image_classify": lambda: _auto("AutoModelForImageClassification"),
     "image_embed": lambda: _auto("AutoModel"),
     "detect": lambda: _auto("AutoModelForObjectDetection"),
+    "text2text": lambda: _auto("AutoModelForSeq2SeqLM"),
 }
 
 

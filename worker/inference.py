@@ -21,7 +21,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from barge.errors import NotFound, PermanentJobError, describe
 from barge.records import Format, Record, iter_range
 from barge.specs import InferenceSpec
 from barge.storage import ObjectInfo, S3Uri
-from worker import chat, metrics
+from worker import chat, metrics, onnxcolumns
 from worker.context import WorkerContext
 from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Outcome, Result, Runner
@@ -49,6 +49,8 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     loaded = ctx.models.get(work.model_ref, spec.task, work.job_id)
     loaded.input_tokens(spec.task_params())  # refuses max_new_tokens that leave no room
     info = _input_info(ctx, work)
+    if onnxcolumns.applies(loaded, work):  # an ONNX model of numeric features over Parquet
+        return onnxcolumns.run(ctx, work, lease, loaded, info)
     tmp_root = ctx.settings.resolved_cache_dir / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
@@ -116,7 +118,7 @@ class _ShardRun:
         self.batches = 0  # batches started
         # Chat prompts come from the template with their special tokens already in them.
         self.add_special_tokens = spec.messages_field is None
-        self.usage: dict[str, int] | None = {} if spec.task == "generate" else None
+        self.usage: dict[str, int] | None = {} if spec.task in ("generate", "text2text") else None
 
     def process(self, records: Iterator[Record], window_size: int) -> Stop | None:
         """Run every record (window by window); the ``Stop`` that cut it short, if any."""
@@ -177,7 +179,9 @@ class _ShardRun:
         rejected: list[dict[str, Any]] = []
         todo: list[_Todo] = []
         for i, (position, rec) in enumerate(window):
-            rec_id, text, problem = _extract(rec, position, self.spec, self.max_text_chars)
+            rec_id, text, problem = _extract(
+                rec, position, self.spec, self.max_text_chars, self.loaded.read
+            )
             params = self.params
             if problem is None and rec.data is not None:
                 text, params, problem = self._prompt_and_params(rec.data, text)
@@ -227,7 +231,8 @@ class _ShardRun:
         ``failed``), by index in the window."""
         loaded = self.loaded
         params = batch[0].params
-        seed = params.seed + window[batch[0].at][0] if self.spec.task == "generate" else 0
+        sampled = self.spec.task in ("generate", "text2text")
+        seed = params.seed + window[batch[0].at][0] if sampled else 0
         started = time.monotonic()
         predictions = _predict_isolating(
             loaded, [t.text for t in batch], params, seed, self.add_special_tokens
@@ -304,10 +309,15 @@ def _prefetch(it: Iterator[Record], size: int) -> Iterator[Record]:
 
 
 def _extract(
-    rec: Record, position: int, spec: InferenceSpec, max_text_chars: int
-) -> tuple[RecordId | None, str, str | None]:
-    """The record's id (coerced, see ``coerce_id``), its text, and why it cannot be run (a
-    per-record error) or None."""
+    rec: Record,
+    position: int,
+    spec: InferenceSpec,
+    max_text_chars: int,
+    read: Callable[[dict[str, Any]], tuple[Any, str | None]] | None = None,
+) -> tuple[RecordId | None, Any, str | None]:
+    """The record's id (coerced, see ``coerce_id``), its text (or, for a model that reads its
+    own fields, what ``read`` makes of the record), and why it cannot be run (a per-record
+    error) or None."""
     if rec.data is None:
         return (None if spec.id_field else position), "", rec.error
     data = rec.data
@@ -318,6 +328,9 @@ def _extract(
         rec_id, problem = coerce_id(data[spec.id_field])
         if problem is not None:
             return None, "", f"{problem} (id_field {spec.id_field!r})"
+    if read is not None:
+        value, problem = read(data)
+        return rec_id, value, problem
     if spec.messages_field is not None:
         if spec.messages_field not in data:
             return (

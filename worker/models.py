@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from barge.paths import UnsafePath, local_path
 from barge.settings import Settings
 from barge.specs import BUILTIN_MODELS, IMAGE_TASKS
 from barge.storage import ObjectStore, S3Uri, local_model_dir
-from worker import hf, metrics
+from worker import hf, metrics, onnxmodels, seq2seq
 
 
 def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path, str]:
@@ -94,6 +94,9 @@ class LoadedModel:
     load_seconds: float
     labels: dict[int, str] = field(default_factory=dict)
     max_positions: int | None = None  # tokens the model takes; max_length is clamped to it
+    # A model that reads its own record fields (an ONNX model: its barge.json): one record's
+    # inputs, or why it cannot run. None: the job's text_field is the model's input.
+    read: Callable[[dict[str, Any]], tuple[Any, str | None]] | None = None
 
     def input_tokens(self, params: Any) -> int:
         """Tokens kept per record: the job's max_length, clamped to what the model takes (for
@@ -204,6 +207,10 @@ def load_model(
         from worker import vision  # it builds on this module
 
         return vision.load_vision_model(path, task, device, ref, revision)
+    if task not in hf.TASK_CLASSES:
+        raise PermanentJobError(
+            f"task {task!r} runs ONNX models only; {ref} is a Hugging Face model directory"
+        )
     started = time.monotonic()
     hf.check_config_fits_weights(path, hf.model_class(task), ref)
     options = options or {}
@@ -244,6 +251,24 @@ def load_model(
         time.monotonic() - started,
         labels,
         hf.position_limit(model, tokenizer),
+    )
+
+
+def load_onnx(path: Path, task: str, settings: Settings, ref: str, revision: str) -> LoadedModel:
+    """An ONNX model directory (``worker.onnxmodels``) as a loaded model."""
+    import torch
+
+    started = time.monotonic()
+    runner = onnxmodels.OnnxRunner.load(path, task, settings, ref)
+    return LoadedModel(
+        task,
+        runner,
+        None,
+        torch.device(runner.device_type),
+        ref,
+        revision,
+        time.monotonic() - started,
+        read=runner.read,
     )
 
 
@@ -297,8 +322,11 @@ class ModelCache:
             while len(self._models) >= max(1, self.settings.model_cache_size):
                 self._models.popitem(last=False)
             _release_memory(device)
-            options = load_options(self.settings, path, device, ref)
-            loaded = load_model(path, task, device, ref, revision, options)
+            if onnxmodels.is_onnx_dir(path):
+                loaded = load_onnx(path, task, self.settings, ref, revision)
+            else:
+                options = load_options(self.settings, path, device, ref)
+                loaded = load_model(path, task, device, ref, revision, options)
             metrics.MODEL_LOAD_SECONDS.labels(task).set(loaded.load_seconds)  # never the URI
             metrics.observe_gpu_memory(loaded.device)
             self._models[key] = loaded
@@ -318,6 +346,11 @@ def predict(
     its ``finish_reason`` (``stop``: the model ended it; ``length``: max_new_tokens did) and
     its ``usage`` (prompt, completion and total tokens, counted as the model saw them)."""
     import torch
+
+    if isinstance(loaded.model, onnxmodels.OnnxRunner):
+        return loaded.model.predict(list(texts), params)  # type: ignore[arg-type]  # what ``loaded.read`` made of each record
+    if loaded.task == "text2text":
+        return seq2seq.predict(loaded, texts, params, seed)
 
     tok = loaded.tokenizer
     enc = tok(

@@ -90,6 +90,10 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     spec = work.spec
     assert isinstance(spec, InferenceSpec) and spec.openai_endpoint is not None
     loaded = ctx.models.get(work.model_ref, spec.task)
+    if loaded.read is not None:
+        raise PermanentJobError(
+            f"model {work.model_ref} is an ONNX model; OpenAI batches need a Hugging Face model"
+        )
     info = ctx.store.head(S3Uri.parse(work.source))
     if info is None:
         raise PermanentJobError(f"input object {work.source} disappeared")

@@ -20,7 +20,7 @@ from typing import Any
 
 from barge.errors import PermanentJobError
 from barge.specs import IMAGE_TASKS, FinetuneSpec
-from worker import hf
+from worker import hf, seq2seq
 from worker.finetune.data import steps_per_epoch
 
 MAX_GRAD_NORM = 1.0  # gradients are clipped to this norm, as Hugging Face's Trainer does
@@ -178,6 +178,8 @@ class Trainer:
             logits = self.model(**enc).logits.float()
             loss = torch.nn.functional.cross_entropy(logits, target)
             return loss, int((logits.argmax(-1) == target).sum()) if not self.model.training else 0
+        if task == "text2text":
+            return seq2seq.loss(self.model, self.tokenizer, batch, max_length, self.device), 0
         if task == "generate":
             ids, labels, mask = self._completion_batch(batch)
             out = self.model(input_ids=ids, attention_mask=mask, labels=labels)
@@ -246,6 +248,8 @@ class Trainer:
         out = {"validation_loss": round(loss_sum / max(1, count), 6)}
         if self.spec.task in ("classify", "embed", "image_classify"):
             out["validation_accuracy"] = round(correct / max(1, count), 6)
+        if self.spec.task == "text2text":
+            out.update(self._text_metrics(examples))
         return out
 
     # --- images -------------------------------------------------------------------------------
@@ -274,6 +278,26 @@ class Trainer:
         with ThreadPoolExecutor(max(1, threads)) as pool:
             for value, pixels in zip(todo, pool.map(prepare, todo), strict=True):
                 self.images[value] = pixels
+
+    def _text_metrics(self, examples: Sequence[tuple[str, str]]) -> dict[str, float]:
+        """BLEU, chrF and exact match of greedy outputs against the targets."""
+        targets = [t for _, t in examples]
+        room = seq2seq.target_tokens(self.tokenizer, targets) + 8
+        self.model.eval()
+        try:
+            with self._autocast():
+                outputs = seq2seq.generate_texts(
+                    self.model,
+                    self.tokenizer,
+                    [s for s, _ in examples],
+                    max_length=self.max_length,
+                    max_new_tokens=min(room, self.max_length),
+                    batch_size=self.hp.batch_size,
+                    device=self.device,
+                )
+        finally:
+            self.model.train()
+        return seq2seq.text_metrics(outputs, targets)
 
     # --- checkpoints --------------------------------------------------------------------------
 

@@ -1,0 +1,185 @@
+"""ONNX throughput: a Barge `regress` job over Parquet features vs onnxruntime in a bare loop,
+same model, same batches, same run.
+
+(a) bare loop: the features already in memory as one float32 array, `InferenceSession.run` on
+    consecutive slices of `--batch-size` records (the CPU provider, or CUDA's where onnxruntime
+    has it, as the worker picks).
+(b) Barge: the same records as a Parquet object in S3 (moto's server on loopback), submitted
+    through the HTTP API (a real uvicorn process) to Postgres, dispatched over RabbitMQ to a
+    real worker process, which reads the rows, turns each into its feature vector (a missing or
+    non-numeric value would be a per-record error), runs the same batches and writes the values
+    back to S3. Timed from submit to the job's final status, on a worker warmed by a first job.
+
+The regressor is an MLP `--features` -> `--hidden` -> `--hidden` -> 1 with random weights,
+exported with `torch.onnx.export` (a dynamic batch axis). With a tiny network (`--hidden 20`)
+the figure measures Barge's per-record cost rather than the model's.
+
+Run: `python bench/onnx.py` (needs Postgres and RabbitMQ like `make test`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+# Run as `python bench/onnx.py`, this file's folder comes first on sys.path, and this module
+# would stand in for the `onnx` package: take the folder off (bench.* imports go through ROOT).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+
+def export_regressor(directory: Path, features: int, hidden: int) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(features, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, 1),
+    ).eval()
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        model,
+        (torch.randn(2, features),),
+        str(directory / "model.onnx"),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        dynamo=False,
+    )
+    config = {
+        "inputs": [{"input": "x", "feature_fields": [f"f{i}" for i in range(features)]}],
+        "output": {"name": "y", "meaning": "regress"},
+    }
+    (directory / "barge.json").write_text(json.dumps(config))
+    return directory
+
+
+def bare_loop(model_dir: Path, data: Any, batch_size: int) -> float:
+    """records/s of onnxruntime over the in-memory array, batch by batch."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from barge.settings import get_settings
+    from worker.onnxmodels import providers
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        (model_dir / "model.onnx").read_bytes(), options, providers=providers(get_settings())
+    )
+    x = np.ascontiguousarray(data, dtype=np.float32)
+    out = []
+    started = time.perf_counter()
+    for start in range(0, len(x), batch_size):
+        (y,) = session.run(["y"], {"x": x[start : start + batch_size]})
+        out.extend(y[:, 0].tolist())
+    return len(x) / (time.perf_counter() - started)
+
+
+def parquet_bytes(data: Any) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {"id": pa.array(range(len(data)))}
+    for j in range(data.shape[1]):
+        columns[f"f{j}"] = pa.array(data[:, j])
+    buf = io.BytesIO()
+    pq.write_table(pa.table(columns), buf, row_group_size=8192)
+    return buf.getvalue()
+
+
+def run_rounds(
+    model_dir: Path, data: Any, batch_size: int, rounds: int, log_dir: Path
+) -> dict[str, Any]:
+    """Start a stack, warm its worker, then ``rounds`` times: a bare loop, then the Barge job,
+    and one more bare loop at the end; each job is compared with the bare loops either side of
+    it (the machine's load can change between them)."""
+    from bench.stack import Stack
+
+    with Stack(log_dir) as stack:
+        model = stack.upload_model("onnx-regressor", model_dir)
+        stack.s3.put_object(Bucket="bench", Key="features.parquet", Body=parquet_bytes(data))
+        stack.s3.put_object(Bucket="bench", Key="warm.parquet", Body=parquet_bytes(data[:8]))
+
+        def run_job(input_key: str, out: str) -> tuple[float, dict[str, Any]]:
+            spec = {
+                "type": "inference",
+                "model": model,
+                "task": "regress",
+                "input": f"s3://bench/{input_key}",
+                "output": f"s3://bench/{out}/",
+                "id_field": "id",
+                "batch_size": batch_size,
+                "shard_size": 1_000_000,
+            }
+            return stack.run_job(spec)
+
+        cold, _ = run_job("warm.parquet", "cold")
+        bare = [bare_loop(model_dir, data, batch_size)]
+        jobs = []
+        for r in range(rounds):
+            elapsed, job = run_job("features.parquet", f"warm-{r}")
+            assert job["progress"]["records_succeeded"] == len(data), job
+            jobs.append(len(data) / elapsed)
+            bare.append(bare_loop(model_dir, data, batch_size))
+            ratio = jobs[-1] / ((bare[-2] + bare[-1]) / 2)
+            print(
+                f"round {r + 1}: bare {bare[-2]:9.1f} | Barge job {jobs[-1]:9.1f} ({elapsed:.1f} s) "
+                f"| bare {bare[-1]:9.1f} records/s -> ratio {ratio:.3f}"
+            )
+        return {"cold_start_seconds": cold, "bare": bare, "jobs": jobs}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=60_000)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--features", type=int, default=128)
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    log_dir = ROOT / "bench" / "results" / time.strftime("onnx-%Y%m%d-%H%M%S")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    import statistics
+
+    import numpy as np
+    import onnxruntime as ort
+
+    data = np.random.default_rng(0).normal(size=(args.records, args.features))
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = export_regressor(Path(tmp) / "model", args.features, args.hidden)
+        print(
+            f"{args.records} records, batch {args.batch_size}, MLP {args.features}->{args.hidden}->"
+            f"{args.hidden}->1, onnxruntime {ort.__version__}, providers "
+            f"{ort.get_available_providers()}; bare loop and Barge job (Parquet in S3 -> worker "
+            "-> S3, submit -> succeeded) alternate"
+        )
+        result = run_rounds(model_dir, data, args.batch_size, args.rounds, log_dir)
+    bare, jobs = result["bare"], result["jobs"]
+    ratios = [job / ((bare[i] + bare[i + 1]) / 2) for i, job in enumerate(jobs)]
+    print(
+        f"median: bare {statistics.median(bare):.1f} records/s, Barge {statistics.median(jobs):.1f} "
+        f"records/s, ratio Barge / bare (each job against the bare loops either side) "
+        f"{statistics.median(ratios):.3f}"
+    )
+    print(
+        f"(first job on a cold worker, 8 records, incl. model load: {result['cold_start_seconds']:.1f} s)"
+    )
+    (log_dir / "result.json").write_text(
+        json.dumps({"args": vars(args), **result, "ratios": ratios}, indent=2)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

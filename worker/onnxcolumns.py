@@ -1,0 +1,283 @@
+"""A columnar path for ONNX models that read numeric features only, over Parquet: the feature
+columns of each record batch are read as arrays (only the id and feature columns are read at
+all), so a record costs the worker no Python dict and no per-value check.
+
+It writes exactly what the record path (``worker.inference``) writes for the same shard: the
+same part rows in input order, the same per-record errors (a row whose feature is missing,
+null, non-numeric, boolean, NaN or infinite is checked value by value with
+``barge.records.tabular.numeric_value``, so its error names the first bad field as the record
+path's would; a text column of numbers is read value by value too), the same ids
+(``coerce_id``), the same progress, cancel checks between batches and fencing before the PUT.
+
+Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.lifecycle``,
+``worker.metrics``, ``worker.models``, ``worker.onnxmodels``, ``worker.outputs``; never ``api``
+or ``cli``.
+"""
+
+from __future__ import annotations
+
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from barge.errors import BargeError, NotFound, PermanentJobError
+from barge.onnxdirs import FeatureInput
+from barge.records import Limits
+from barge.records.parquet import _is_parquet_content_error, _microseconds, _parquet_file
+from barge.records.tabular import numeric_value
+from barge.specs import InferenceSpec
+from barge.storage import ObjectInfo
+from worker import metrics
+from worker.context import WorkerContext
+from worker.lease import Lease, ShardWork, Stop
+from worker.lifecycle import Outcome, Result
+from worker.models import LoadedModel
+from worker.onnxmodels import OnnxRunner
+from worker.outputs import JsonlPart, coerce_id, make_part, put_part
+
+READ_ROWS = 8192  # rows per Arrow record batch read
+READ_AHEAD = 2  # record batches read ahead on a background thread while the model runs
+
+
+def applies(loaded: LoadedModel, work: ShardWork) -> bool:
+    """Whether this shard can take the columnar path: an ONNX model fed by feature fields only,
+    over a Parquet object."""
+    runner = loaded.model
+    return (
+        isinstance(runner, OnnxRunner)
+        and work.fmt.name == "parquet"
+        and all(isinstance(b, FeatureInput) for b in runner.config.inputs)
+    )
+
+
+def run(
+    ctx: WorkerContext, work: ShardWork, lease: Lease, loaded: LoadedModel, info: ObjectInfo
+) -> Result:
+    spec = work.spec
+    assert isinstance(spec, InferenceSpec)
+    tmp_root = ctx.settings.resolved_cache_dir / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
+        shard = _ColumnarShard(ctx, work, lease, loaded, Path(tmp))
+        try:
+            stopped = shard.process(info)
+        except NotFound:
+            raise PermanentJobError(f"input object {work.source} disappeared") from None
+        lease.beat()  # fencing: still ours right before we write?
+        output_key, errors_key = put_part(
+            ctx.store, spec.output, work.index, work.attempt, shard.part, shard.errors
+        )
+        return Result(
+            Outcome.CANCELLED if stopped else Outcome.SUCCEEDED,
+            succeeded=shard.part.count,
+            failed=shard.errors.count,
+            output_key=output_key,
+            errors_key=errors_key,
+        )
+
+
+class _ColumnarShard:
+    def __init__(
+        self, ctx: WorkerContext, work: ShardWork, lease: Lease, loaded: LoadedModel, tmp: Path
+    ):
+        spec = work.spec
+        assert isinstance(spec, InferenceSpec)
+        runner = loaded.model
+        assert isinstance(runner, OnnxRunner)
+        self.ctx = ctx
+        self.work = work
+        self.spec = spec
+        self.params = spec.task_params()
+        self.lease = lease
+        self.loaded = loaded
+        self.runner = runner
+        self.bindings = [b for b in runner.config.inputs if isinstance(b, FeatureInput)]
+        self.part = make_part(spec.output_format, tmp / "part")
+        self.errors = JsonlPart(tmp / "errors")
+        self.batches = 0
+
+    def process(self, info: ObjectInfo) -> Stop | None:
+        """Every record of the shard, record batch by record batch; the ``Stop`` that cut it
+        short, if any."""
+        try:
+            for first_row, batch in _prefetch(self._batches(info), READ_AHEAD):
+                self._record_batch(first_row, batch)
+        except Stop as exc:
+            return exc
+        finally:
+            self.part.close()
+            self.errors.close()
+        return None
+
+    def _batches(self, info: ObjectInfo) -> Any:
+        """(row index in the object, Arrow record batch) of the shard's rows, only the columns
+        the job reads."""
+        rng = self.work.rng
+        pf = _parquet_file(self.ctx.store, info, Limits.from_settings(self.ctx.settings))
+        names = set(pf.schema_arrow.names)
+        wanted = [f for b in self.bindings for f in b.feature_fields]
+        if self.spec.id_field:
+            wanted.append(self.spec.id_field)
+        columns = sorted({c for c in wanted if c in names}) or None
+        end = rng.start_record + rng.record_count
+        row = 0
+        try:
+            for rg in range(pf.metadata.num_row_groups):
+                n = pf.metadata.row_group(rg).num_rows
+                if row + n <= rng.start_record:
+                    row += n
+                    continue
+                if row >= end:
+                    break
+                for batch in pf.iter_batches(
+                    row_groups=[rg], batch_size=READ_ROWS, columns=columns
+                ):
+                    lo = max(rng.start_record - row, 0)
+                    hi = min(end - row, batch.num_rows)
+                    if lo < hi:
+                        yield row + lo, _microseconds(batch.slice(lo, hi - lo))
+                    row += batch.num_rows
+        except BargeError:
+            raise
+        except Exception as exc:
+            if not _is_parquet_content_error(exc):
+                raise
+            raise PermanentJobError(
+                f"{info.uri} is not a readable Parquet file (near row {row + 1}): {exc}"
+            ) from exc
+
+    def _record_batch(self, first_row: int, batch: Any) -> None:
+        """Check a record batch's ids and features, run its good rows in batches of the job's
+        size, write the results and errors in input order."""
+        import numpy as np
+
+        n = batch.num_rows
+        problems: list[str | None] = [None] * n
+        ids = self._ids(batch, first_row, problems)
+        features = {b.input: self._features(batch, b, problems) for b in self.bindings}
+        good = np.asarray([p is None for p in problems], dtype=bool)
+        rows_of_good = np.flatnonzero(good)
+        results: list[dict[str, Any] | None] = [None] * n
+        rejected = n - len(rows_of_good)
+        if rejected:
+            metrics.RECORDS.labels(self.loaded.task, "failed").inc(rejected)
+        step = self.spec.batch_size
+        try:
+            for start in range(0, len(rows_of_good), step):
+                if self.batches:  # the first one's check is the claim's, moments ago
+                    self.lease.between_batches()
+                self.batches += 1
+                picked = rows_of_good[start : start + step]
+                feeds = {name: matrix[picked] for name, matrix in features.items()}
+                started = time.monotonic()
+                predictions = self.runner.predict_arrays(feeds, len(picked), self.params)
+                outcomes = [(True, p) for p in predictions]
+                metrics.observe_batch(
+                    self.loaded.task, time.monotonic() - started, outcomes, self.loaded.device
+                )
+                for i, value in zip(picked.tolist(), predictions, strict=True):
+                    results[i] = {"id": ids[i], **value}
+                self.lease.succeeded = self.part.count + sum(r is not None for r in results)
+                self.lease.failed = self.errors.count + rejected
+        finally:
+            self.part.write_rows([r for r in results if r is not None])
+            self.errors.write_rows(
+                [
+                    {
+                        "id": ids[i],
+                        "source": self.work.source,
+                        "line": first_row + i + 1,
+                        "error": problem,
+                    }
+                    for i, problem in enumerate(problems)
+                    if problem is not None
+                ]
+            )
+            self.lease.succeeded = self.part.count
+            self.lease.failed = self.errors.count
+
+    def _ids(self, batch: Any, first_row: int, problems: list[str | None]) -> list[Any]:
+        """Each row's id (``coerce_id``), or None with its problem set."""
+        id_field = self.spec.id_field
+        offset = self.work.record_offset + (first_row - self.work.rng.start_record)
+        if not id_field:
+            return list(range(offset, offset + batch.num_rows))
+        if id_field not in batch.schema.names:
+            problems[:] = [f"record has no id field {id_field!r}"] * batch.num_rows
+            return [None] * batch.num_rows
+        ids: list[Any] = []
+        for i, value in enumerate(batch.column(id_field).to_pylist()):
+            rec_id, problem = coerce_id(value)
+            if problem is not None:
+                problems[i] = f"{problem} (id_field {id_field!r})"
+            ids.append(rec_id)
+        return ids
+
+    def _features(self, batch: Any, binding: FeatureInput, problems: list[str | None]) -> Any:
+        """The binding's float64 matrix [rows, features]; a row whose value is not a finite
+        number (checked value by value, as the record path does) gets its problem, the first
+        in field order, unless an earlier field already gave it one."""
+        import numpy as np
+        import pyarrow as pa
+
+        n = batch.num_rows
+        matrix = np.zeros((n, len(binding.feature_fields)), dtype=np.float64)
+        names = set(batch.schema.names)
+        for j, name in enumerate(binding.feature_fields):
+            if name not in names:
+                for i in range(n):
+                    if problems[i] is None:
+                        problems[i] = f"record has no feature field {name!r}"
+                continue
+            column = batch.column(name)
+            if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
+                values = column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+                matrix[:, j] = values
+                bad = np.flatnonzero(~np.isfinite(values)).tolist()
+                python = {i: column[i].as_py() for i in bad}
+            else:  # text, booleans, decimals, ...: value by value
+                bad = list(range(n))
+                python = dict(enumerate(column.to_pylist()))
+            for i in bad:
+                number, problem = numeric_value(python[i], name)
+                if problem is None:
+                    matrix[i, j] = number
+                elif problems[i] is None:
+                    problems[i] = problem
+        return matrix
+
+
+def _prefetch(it: Iterator[Any], size: int) -> Iterator[Any]:
+    """Read ahead on a background thread (S3 and Parquet decoding overlap the model); an
+    exception of the reader is raised here."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=size)
+    done = object()
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for item in it:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    threading.Thread(target=pump, daemon=True, name="barge-columns").start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while not q.empty():
+            q.get_nowait()

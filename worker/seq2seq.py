@@ -1,0 +1,163 @@
+"""Sequence-to-sequence models (``text2text``: translation, summarisation) on Hugging Face's
+``AutoModelForSeq2SeqLM``: one inference batch with its token usage, the fine-tune loss on
+``{source, target}`` pairs, and the text metrics of an evaluation (BLEU, chrF, exact match).
+
+torch, transformers and sacrebleu are imported inside the functions, so importing this module is
+cheap. Imports: ``barge`` only; never ``api`` or ``cli``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+IGNORE = -100  # label of target padding: no loss
+
+
+def predict(loaded: Any, texts: Sequence[str], params: Any, seed: int = 0) -> list[dict[str, Any]]:
+    """Generate a target for each source text (``params.prefix`` put before it); one
+    ``{"text", "usage"}`` per text, in order. ``usage`` counts the source's tokens as the
+    encoder saw them (after truncation) and the generated tokens, end-of-sequence included."""
+    import torch
+
+    tok = loaded.tokenizer
+    enc = tok(
+        [params.prefix + t for t in texts],
+        padding=True,
+        truncation=True,
+        max_length=loaded.input_tokens(params),
+        return_tensors="pt",
+    ).to(loaded.device)
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": params.max_new_tokens,
+        "num_beams": params.num_beams,
+        "pad_token_id": tok.pad_token_id,
+    }
+    if params.temperature > 0:
+        torch.manual_seed(seed)
+        kwargs.update(do_sample=True, temperature=params.temperature)
+    else:
+        kwargs.update(do_sample=False)
+    with torch.inference_mode(), loaded.autocast():
+        generated = loaded.model.generate(**enc, **kwargs)
+    texts_out = tok.batch_decode(generated, skip_special_tokens=True)
+    prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
+    eos = _eos_ids(loaded.model, tok)
+    out = []
+    for row, text, used in zip(generated.tolist(), texts_out, prompt_tokens, strict=True):
+        completion = completion_length(row[1:], eos)  # row[0] is the decoder's start token
+        out.append(
+            {
+                "text": text,
+                "usage": {
+                    "prompt_tokens": int(used),
+                    "completion_tokens": completion,
+                    "total_tokens": int(used) + completion,
+                },
+            }
+        )
+    return out
+
+
+def completion_length(tokens: Sequence[int], eos: set[int]) -> int:
+    """Tokens generated up to and including the first end-of-sequence (what follows it is
+    padding); all of them when none ended the sequence."""
+    for i, token in enumerate(tokens):
+        if token in eos:
+            return i + 1
+    return len(tokens)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    found = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if found is None:
+        found = getattr(model.config, "eos_token_id", None)
+    if found is None:
+        found = tokenizer.eos_token_id
+    if found is None:
+        return set()
+    return set(found) if isinstance(found, list) else {int(found)}
+
+
+# --- fine-tune ------------------------------------------------------------------------------------
+
+
+def loss(
+    model: Any, tokenizer: Any, batch: Sequence[tuple[str, str]], max_length: int, device: Any
+) -> Any:
+    """The mean cross-entropy of the targets given the sources (teacher forcing); target
+    padding carries no loss."""
+    enc = tokenizer(
+        [s for s, _ in batch],
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
+    ).to(device)
+    target = tokenizer(
+        text_target=[t for _, t in batch],
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
+    )
+    labels = target["input_ids"].masked_fill(target["attention_mask"] == 0, IGNORE)
+    return model(**enc, labels=labels.to(device)).loss
+
+
+def generate_texts(
+    model: Any,
+    tokenizer: Any,
+    sources: Sequence[str],
+    *,
+    max_length: int,
+    max_new_tokens: int,
+    batch_size: int,
+    device: Any,
+) -> list[str]:
+    """Greedy outputs for ``sources`` (the model's mode is left as it was)."""
+    import torch
+
+    out: list[str] = []
+    with torch.no_grad():
+        for start in range(0, len(sources), batch_size):
+            enc = tokenizer(
+                list(sources[start : start + batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            ).to(device)
+            generated = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            out.extend(tokenizer.batch_decode(generated, skip_special_tokens=True))
+    return out
+
+
+def target_tokens(tokenizer: Any, targets: Sequence[str]) -> int:
+    """The most tokens one of ``targets`` takes (end-of-sequence included)."""
+    return max((len(ids) for ids in tokenizer(text_target=list(targets))["input_ids"]), default=1)
+
+
+def text_metrics(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF (sacrebleu, 0–100) and the share of exact matches (after
+    stripping surrounding whitespace). BLEU uses the effective order: n-gram orders no
+    sentence is long enough for are left out, so targets of one to three words score (the
+    standard 4-gram BLEU of a corpus of such targets is always 0); on longer targets it is the
+    standard BLEU."""
+    from sacrebleu.metrics.bleu import BLEU
+    from sacrebleu.metrics.chrf import CHRF
+
+    hyps, refs = list(hypotheses), list(references)
+    exact = sum(h.strip() == r.strip() for h, r in zip(hyps, refs, strict=True))
+    bleu = BLEU(effective_order=True).corpus_score(hyps, [refs]).score
+    return {
+        "validation_bleu": round(float(bleu), 4),
+        "validation_chrf": round(float(CHRF().corpus_score(hyps, [refs]).score), 4),
+        "validation_exact_match": round(exact / max(1, len(refs)), 6),
+    }

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.helpers import inference_spec, manifest, read_jsonl, upload_dir, wait_job
+from tests.helpers import inference_spec, manifest, put_jsonl, read_jsonl, upload_dir, wait_job
 
 pytestmark = pytest.mark.e2e
 
@@ -117,6 +117,24 @@ def test_an_onnx_regressor_is_registered_and_runs_over_parquet_features(
         "/v1/models", json={"name": name, "uri": uri, "task": "regress"}, headers=auth
     )
     assert registered.status_code == 201, registered.text
+
+    # Submits that cannot work are refused before anything runs, naming the field.
+    text = put_jsonl(s3, bucket, "onnx/text.jsonl", [{"id": 1, "text": "no features here"}])
+    refusals = {
+        "task": inference_spec(name, text, f"s3://{bucket}/o1/", task="embed"),
+        "input": inference_spec(name, text, f"s3://{bucket}/o2/", task="regress"),
+        "base_model": {
+            "type": "finetune",
+            "base_model": name,
+            "task": "classify",
+            "train": text,
+            "model_name": "nope",
+        },
+    }
+    for field, spec in refusals.items():
+        r = api.post("/v1/jobs", json=spec, headers=auth)
+        assert r.status_code == 422 and r.json()["field"] == field, r.text
+    assert "reads 'f0', 'f1'" in api.post("/v1/jobs", json=refusals["input"], headers=auth).text
 
     rng = np.random.default_rng(1)
     features = rng.normal(size=(300, 10))

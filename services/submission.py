@@ -18,7 +18,7 @@ from barge.onnxdirs import OnnxConfig
 from barge.queue import PLAN_JOB
 from barge.records import detect_format, format_of, images, peek_fields, resolve_inputs
 from barge.settings import Settings
-from barge.specs import FinetuneSpec, InferenceSpec, JobSpec
+from barge.specs import BUILTIN_MODELS, FinetuneSpec, InferenceSpec, JobSpec
 from barge.status import QUEUED
 from barge.storage import ObjectInfo, ObjectStore, S3Uri, check_bucket_allowed
 from barge.uris import normalise
@@ -58,6 +58,8 @@ def check_model(
 ) -> OnnxConfig | None:
     """An ONNX model directory's barge.json (None for a Hugging Face one), checked to fit the
     job's task; the graph itself is checked when the model is registered and when it loads."""
+    if spec.model in BUILTIN_MODELS:
+        return None  # built into the worker: nothing in the store to look at
     try:
         config = onnxdirs.find_config(settings, store, model_uri)
     except PermanentJobError as exc:

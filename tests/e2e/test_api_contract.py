@@ -11,7 +11,7 @@ from typing import Any, get_args
 import pytest
 
 from api.schemas import JobStatus, JobType, ShardStatus
-from barge.specs import JOB_TYPES
+from barge.specs import JOB_TYPES, TASKS
 from barge.status import JOB_STATUSES, SHARD_FINAL, SHARD_PENDING, SHARD_RUNNING
 
 pytestmark = pytest.mark.e2e
@@ -145,11 +145,7 @@ class TestOpenAPI:
         assert job["type"]["enum"] == list(JOB_TYPES)
         assert components["ShardOut"]["properties"]["status"]["enum"]
         for spec in ("InferenceSpec", "FinetuneSpec"):
-            assert components[spec]["properties"]["task"]["enum"] == [
-                "embed",
-                "classify",
-                "generate",
-            ]
+            assert components[spec]["properties"]["task"]["enum"] == list(TASKS)
         params = {p["name"]: p for p in schema["paths"]["/v1/jobs"]["get"]["parameters"]}
         assert params["status"]["schema"]["enum"] == list(JOB_STATUSES)
         assert params["type"]["schema"]["enum"] == list(JOB_TYPES)

@@ -142,6 +142,10 @@ def test_generate_and_embed_finetunes_learn_and_serve(
     emb_rows = [{"anchor": r["text"], "positive": f"about {r['label']}"} for r in topics]
     emb_train = put_jsonl(s3, bucket, "emb/train.jsonl", emb_rows)
     hp = {"epochs": 3, "batch_size": 8, "learning_rate": 3e-3, "seed": 1, "max_length": 32}
+    # Half of a generate example's labels are end-of-sequence: enough steps (6 epochs of 16) at
+    # a rate high enough for the tiny model to learn that its prompt is followed by a colour,
+    # not by the end (at 3e-3 over 24 steps it stays near uniform and greedy ends at once).
+    gen_hp = {**hp, "epochs": 6, "batch_size": 4, "learning_rate": 1e-2}
     gen = api.post(
         "/v1/jobs",
         json=finetune_spec(
@@ -149,7 +153,7 @@ def test_generate_and_embed_finetunes_learn_and_serve(
             gen_train,
             gen_name,
             task="generate",
-            hyperparameters=hp,
+            hyperparameters=gen_hp,
             validation=gen_train,
             log_every_steps=4,
         ),
@@ -169,11 +173,11 @@ def test_generate_and_embed_finetunes_learn_and_serve(
         headers=auth,
     )
     assert gen.status_code == 201 and emb.status_code == 201, (gen.text, emb.text)
-    for r in (gen, emb):
+    for r, epochs in ((gen, gen_hp["epochs"]), (emb, hp["epochs"])):
         job = wait_job(api, auth, r.json()["id"])
         assert job["status"] == "succeeded", job
         evals = [e["data"] for e in events(api, auth, job["id"]) if e["kind"] == "eval"]
-        assert len(evals) == 3
+        assert len(evals) == epochs
         assert evals[-1]["validation_loss"] < evals[0]["validation_loss"]
     emb_evals = [e["data"] for e in events(api, auth, emb.json()["id"]) if e["kind"] == "eval"]
     assert "validation_accuracy" in emb_evals[-1]

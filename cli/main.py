@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
+from barge.specs import TASKS
 from cli.client import ApiError
 
 DESCRIPTION = "The ``barge`` command: run the servers, manage keys, submit and watch jobs."
@@ -216,7 +217,7 @@ def _add_drops_and_models(sub: Subparsers) -> None:
     p.add_argument(
         "--uri", required=True, help="s3://bucket/path/ of a Hugging Face model directory"
     )
-    p.add_argument("--task", required=True, choices=["embed", "classify", "generate"])
+    p.add_argument("--task", required=True, choices=list(TASKS))
     p.set_defaults(func=models_cmd)
 
 

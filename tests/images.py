@@ -25,14 +25,15 @@ def encode(image: Any, fmt: str, **kwargs: Any) -> bytes:
     return out.getvalue()
 
 
-def digits() -> tuple[list[bytes], list[int]]:
-    """scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels) as PNGs, and their labels."""
+def digits(n: int | None = None) -> tuple[list[bytes], list[int]]:
+    """scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels) as PNGs, and their labels
+    (the first ``n``)."""
     import numpy as np
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    pngs = [png((x * 255 / 16).astype(np.uint8)) for x in data.images]
-    return pngs, [int(t) for t in data.target]
+    pngs = [png((x * 255 / 16).astype(np.uint8)) for x in data.images[:n]]
+    return pngs, [int(t) for t in data.target[:n]]
 
 
 def photo(name: str) -> bytes:

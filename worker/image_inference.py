@@ -43,7 +43,7 @@ from worker.inference import _input_info
 from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Outcome, Result, Runner
 from worker.outputs import JsonlPart, RecordId, coerce_id, make_part, put_part, windows
-from worker.vision import VisionModel, predict_images, shape_key
+from worker.vision import VisionModel, predict_images, result_schema, shape_key
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class _ImageShard:
         self.listing = spec.reads_image_objects  # records are the planner's listing
         self.id_field = LISTING_ID_FIELD if self.listing else spec.id_field
         self.image_field = LISTING_IMAGE_FIELD if self.listing else (spec.image_field or "")
-        self.part = make_part(spec.output_format, tmp / "part")
+        self.part = make_part(spec.output_format, tmp / "part", result_schema(spec.task))
         self.errors = JsonlPart(tmp / "errors")
         self.batches = 0
         self.model_seconds = 0.0  # the model busy, for the log line and the bench

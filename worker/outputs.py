@@ -87,13 +87,15 @@ class ParquetPart:
 
     ext = "parquet"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, results_schema: Any = None):
         self.path = path
         self.count = 0
         self._spool_path = path.with_name(path.name + ".spool.arrows")
         self._sink: Any = None  # the spool file and its Arrow stream writer, from the first rows
         self._spool: Any = None
-        self._results: Any = None  # the result columns' schema, inferred from the first rows
+        # The result columns' schema: given (a task whose rows vary: image tasks), else inferred
+        # from the first rows.
+        self._results: Any = results_schema
         self._all_int = True
         self._closed = False
 
@@ -110,7 +112,8 @@ class ParquetPart:
             ids.append(rec_id if isinstance(rec_id, str) else str(rec_id))
         results = [{k: v for k, v in row.items() if k != "id"} for row in rows]
         if self._spool is None:
-            self._results = pa.Table.from_pylist(results).schema
+            if self._results is None:
+                self._results = pa.Table.from_pylist(results).schema
             self._sink = pa.OSFile(str(self._spool_path), "wb")
             self._spool = pa.ipc.new_stream(self._sink, self._spool_schema(pa.string()))
         table = pa.Table.from_pylist(results, schema=self._results)
@@ -164,8 +167,13 @@ class ParquetPart:
             self._spool_path.unlink(missing_ok=True)
 
 
-def make_part(output_format: str, path: Path) -> JsonlPart | ParquetPart:
-    return ParquetPart(path) if output_format == "parquet" else JsonlPart(path)
+def make_part(
+    output_format: str, path: Path, results_schema: Any = None
+) -> JsonlPart | ParquetPart:
+    """A part writer; ``results_schema`` fixes a Parquet part's result columns."""
+    if output_format == "parquet":
+        return ParquetPart(path, results_schema)
+    return JsonlPart(path)
 
 
 def part_name(index: int, ext: str) -> str:

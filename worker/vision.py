@@ -63,6 +63,28 @@ class VisionModel(LoadedModel):
         return {k: v for k, v in prepared.items() if hasattr(v, "shape")}
 
 
+def result_schema(task: str) -> Any:
+    """The result columns of a Parquet part, fixed per task (rows differ: the labels ``top_k``
+    keeps, images with no objects): ``scores`` a map label -> probability, best first;
+    ``objects`` a list of {label, score, box}."""
+    import pyarrow as pa
+
+    if task == "image_classify":
+        return pa.schema(
+            [
+                ("label", pa.string()),
+                ("score", pa.float64()),
+                ("scores", pa.map_(pa.string(), pa.float64())),
+            ]
+        )
+    if task == "image_embed":
+        return pa.schema([("embedding", pa.list_(pa.float64()))])
+    box = pa.struct(
+        [("label", pa.string()), ("score", pa.float64()), ("box", pa.list_(pa.float64()))]
+    )
+    return pa.schema([("objects", pa.list_(box))])
+
+
 def shape_key(inputs: Any) -> tuple[Any, ...]:
     """Inputs that can share a batch have equal keys."""
     if isinstance(inputs, dict):

@@ -22,6 +22,7 @@ from tests.helpers import (
     manifest,
     put_jsonl,
     read_jsonl,
+    read_parquet,
     upload_dir,
     wait_job,
 )
@@ -374,6 +375,51 @@ def test_image_embed_is_the_pooled_feature(
             hidden = model(**processor(images=image, return_tensors="pt")).last_hidden_state
         want = torch.nn.functional.normalize(hidden[:, 0], dim=1)[0]  # no pooler weights: CLS
         assert torch.allclose(torch.tensor(row["embedding"]), want, atol=1e-5)
+
+
+def test_parquet_parts_of_image_tasks(
+    api: Any, auth: dict[str, str], s3: Any, bucket: str, vit_uri: str, worker: Any
+) -> None:
+    """Rows of one part differ (the labels top_k keeps; images with and without faces): a
+    Parquet part holds them all, with one schema per task."""
+    for name in ("astronaut.png", "coffee.png"):
+        _put(s3, bucket, f"pq/{name}", photo(name))
+    faces = _submit(
+        api,
+        auth,
+        inference_spec(
+            "builtin:face-haar",
+            f"s3://{bucket}/pq/",
+            f"s3://{bucket}/pq-faces/",
+            task="detect",
+            output_format="parquet",
+            batch_size=1,
+        ),
+    )
+    gallery = _gallery()
+    for key, body in gallery.items():
+        _put(s3, bucket, f"gallery-pq/{key}", body)
+    labels = _submit(
+        api,
+        auth,
+        inference_spec(
+            vit_uri,
+            f"s3://{bucket}/gallery-pq/",
+            f"s3://{bucket}/pq-labels/",
+            task="image_classify",
+            output_format="parquet",
+            batch_size=1,  # windows of 4 images: a part written in several row batches
+            params={"top_k": 1},
+        ),
+    )
+    assert faces["status"] == "succeeded", faces
+    assert labels["status"] == "succeeded", labels
+    rows = read_parquet(s3, bucket, "pq-faces/part-00000.parquet")
+    assert [r["id"] for r in rows] == ["astronaut.png", "coffee.png"]
+    assert len(rows[0]["objects"]) == 1 and rows[1]["objects"] == []
+    rows = read_parquet(s3, bucket, "pq-labels/part-00000.parquet")
+    assert len(rows) == len(gallery)
+    assert all(r["scores"] == [(r["label"], r["score"])] for r in rows)
 
 
 def test_bad_images_are_per_record_errors_and_the_job_goes_on(

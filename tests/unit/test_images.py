@@ -151,3 +151,67 @@ class TestSpecs:
         ):
             with pytest.raises(ValidationError):
                 parse_spec({**base, **bad})
+
+
+def test_an_image_classifier_checkpoint_round_trip_continues_exactly(tmp_path: Path) -> None:
+    """A fine-tune of image_classify resumed from a mid-epoch checkpoint ends with the same
+    weights (BatchNorm statistics included) as one that never stopped."""
+    import torch
+
+    from barge.records.images import read_image
+    from barge.specs import FinetuneSpec
+    from tests.images import digits, tiny_resnet
+    from worker.finetune.training import Trainer
+
+    base = tiny_resnet(tmp_path / "base", size=16)
+    pngs, targets = digits()
+    rows = [
+        (base64.b64encode(p).decode(), str(t)) for p, t in zip(pngs[:40], targets[:40], strict=True)
+    ]
+    labels = sorted({label for _, label in rows})
+    spec = FinetuneSpec.model_validate(
+        {
+            "type": "finetune",
+            "base_model": "s3://bkt/base/",
+            "task": "image_classify",
+            "train": "s3://bkt/train.jsonl",
+            "model_name": "digits",
+            "hyperparameters": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-2, "seed": 3},
+        }
+    )
+
+    def trainer() -> Trainer:
+        t = Trainer(spec, base, torch.device("cpu"), rows, labels)
+        t.load_images(
+            [image for image, _ in rows],
+            lambda value, mode: read_image(
+                None,  # type: ignore[arg-type]
+                value,
+                "image",
+                may_read=None,
+                max_bytes=2**20,
+                max_pixels=PIXELS,
+                mode=mode,
+            ),
+            2,
+        )
+        return t
+
+    straight = trainer()
+    while not straight.done:
+        straight.train_step()
+    stopped = trainer()
+    for _ in range(3):  # mid-epoch
+        stopped.train_step()
+    stopped.save_checkpoint(tmp_path / "ckpt", {})
+    resumed = trainer()
+    assert resumed.load_checkpoint(tmp_path / "ckpt")["step"] == 3
+    while not resumed.done:
+        resumed.train_step()
+    assert resumed.step == straight.step == 10
+    for (name, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    saved = straight.save_model(tmp_path / "model")
+    assert "preprocessor_config.json" in {p.name for p in saved}

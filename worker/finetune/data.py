@@ -107,7 +107,8 @@ def _check_images(
             data.decoded[pair[0]] = image
         return None
 
-    with ThreadPoolExecutor(max(2, settings.image_decode_threads)) as pool:
+    # Fetching dominates (one GET per s3:// image): a few more threads than decoding needs.
+    with ThreadPoolExecutor(max(4, 2 * settings.image_decode_threads)) as pool:
         problems = list(pool.map(problem, [pair for pair, _, _ in candidates]))
     for (pair, source, line), why in zip(candidates, problems, strict=True):
         if why is None:

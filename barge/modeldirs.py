@@ -30,6 +30,8 @@ MODEL_FILES = frozenset(
         "chat_template.jinja",  # a chat model's template (transformers >= 4.49 saves it here)
         "chat_template.json",
         "training_summary.json",
+        "adapter_config.json",  # a LoRA adapter (its weights: adapter_model.safetensors)
+        "barge_adapter.json",  # a LoRA adapter's task and labels, written by Barge
     }
 )
 
@@ -61,7 +63,7 @@ def check_model_files(ref: str, files: dict[str, str]) -> None:
     """Refuse a directory that is not a loadable safetensors Hugging Face model, saying why."""
     if not files:
         raise PermanentJobError(f"model directory {ref} is empty or does not exist")
-    if "config.json" not in files:
+    if "config.json" not in files and "adapter_config.json" not in files:
         raise PermanentJobError(
             f"model directory {ref} has no config.json: it must be a Hugging Face model "
             f"directory (found: {', '.join(sorted(files)[:8])})"

@@ -31,7 +31,32 @@ def resolve(
     *,
     tenant_scopes: Scopes,
 ) -> str:
-    """The model's location: an s3:// prefix, an allowed local directory, or a registry entry
+    """``resolve_model``'s location, for a field that takes no adapter (refused, naming its
+    base)."""
+    uri, base = resolve_model(
+        session, settings, store, tenant_id, ref, field, tenant_scopes=tenant_scopes
+    )
+    if base is not None:
+        raise InvalidSpec(
+            f"{field}: model {excerpt(ref)} is a LoRA adapter over {base}; name its base here "
+            "(or register a merged export with method.merge)",
+            field=field,
+        )
+    return uri
+
+
+def resolve_model(
+    session: Session,
+    settings: Settings,
+    store: ObjectStore,
+    tenant_id: uuid.UUID,
+    ref: str,
+    field: str = "model",
+    *,
+    tenant_scopes: Scopes,
+) -> tuple[str, str | None]:
+    """The model's location and, for a registered LoRA adapter, its base's (both inside the
+    tenant's read scopes), else None. The model's location: an s3:// prefix, an allowed local directory, or a registry entry
     of the tenant (``name`` is the newest version, ``name@N`` version N). An s3:// location,
     named or registered, must lie inside the tenant's read scopes (checked before the store is
     asked anything)."""
@@ -41,7 +66,7 @@ def resolve(
         check_bucket_allowed(settings, uri, field)
         if not store.list(uri):
             raise InvalidSpec(f"no model directory at {uri}", field=field)
-        return str(uri)
+        return str(uri), None
     try:
         local = local_model_dir(settings, ref)  # raises when not under BARGE_LOCAL_MODEL_DIRS
     except InvalidSpec as exc:
@@ -49,7 +74,7 @@ def resolve(
     if local is not None:
         if not local.is_dir():
             raise InvalidSpec(f"no model directory at {local}", field=field)
-        return str(local)
+        return str(local), None
     name, _, version = ref.partition("@")
     if version and (not version.isdigit() or not 1 <= int(version) <= MAX_VERSION):
         raise InvalidSpec(
@@ -62,13 +87,15 @@ def resolve(
             f"model {excerpt(ref)} is neither an s3:// URI nor a registered model name[@version]",
             field=field,
         )
-    if found.uri.startswith("s3://") and not tenant_scopes.may_read(found.uri):
-        raise Forbidden(
-            f"{field}: model {excerpt(ref)} is registered at a location this tenant may not "
-            "read (any more); ask an admin for a scope that covers it, or register it again",
-            field=field,
-        )
-    return found.uri
+    for location in (found.uri, found.adapter_base_uri):
+        if location and location.startswith("s3://") and not tenant_scopes.may_read(location):
+            raise Forbidden(
+                f"{field}: model {excerpt(ref)} is registered at a location this tenant may "
+                "not read (any more); ask an admin for a scope that covers it, or register it "
+                "again",
+                field=field,
+            )
+    return found.uri, found.adapter_base_uri
 
 
 def check_name_keeps_task(session: Session, tenant_id: uuid.UUID, name: str, task: str) -> None:
@@ -92,6 +119,7 @@ def register_version(
     base_model: str | None = None,
     metrics: dict[str, Any] | None = None,
     job_id: uuid.UUID | None = None,
+    adapter_base_uri: str | None = None,
 ) -> Model:
     """Add the next version of ``name`` inside the caller's transaction. A concurrent
     registration of the same name makes the unique constraint refuse one of them: that one
@@ -108,6 +136,7 @@ def register_version(
                     base_model=base_model,
                     metrics=metrics,
                     job_id=job_id,
+                    adapter_base_uri=adapter_base_uri,
                 )
         except IntegrityError:
             continue

@@ -88,7 +88,7 @@ class Request:
 def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     spec = work.spec
     assert isinstance(spec, InferenceSpec) and spec.openai_endpoint is not None
-    loaded = ctx.models.get(work.model_ref, spec.task)
+    loaded = ctx.models.get(work.model_ref, spec.task, base=work.base_ref)
     info = ctx.store.head(S3Uri.parse(work.source))
     if info is None:
         raise PermanentJobError(f"input object {work.source} disappeared")
@@ -392,6 +392,7 @@ class _BatchShard:
             kwargs.update(do_sample=True, temperature=first.temperature, top_p=first.top_p)
         else:
             kwargs.update(do_sample=False)
+        loaded.activate()
         with torch.inference_mode(), loaded.autocast():
             generated = loaded.model.generate(input_ids=input_ids, **kwargs)
         new_tokens = generated[:, input_ids.shape[1] :].tolist()

@@ -140,3 +140,71 @@ def test_lora_chat_adapters_learn_register_and_share_one_warm_base(
     # The first job loaded the base and its adapter, the second only its adapter, the third
     # found its adapter still warm on the same base.
     assert loads == [{"model": 0, "base": 1, "adapter": 1}, {"model": 0, "base": 0, "adapter": 1}]
+
+
+def test_a_lora_classifier_reports_metrics_equal_to_scikit_learns_on_its_predictions(
+    api: Any, auth: dict[str, str], s3: Any, bucket: str, encoder_uri: str, worker: Any
+) -> None:
+    """Per-class precision, recall and F1, macro-F1 and the confusion matrix of the selected
+    epoch (in its eval event, training_summary.json and the registry) are scikit-learn's on the
+    predictions the registered adapter makes on the validation data."""
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+    from tests.helpers import topic_examples
+
+    name = f"topics-lora-{uuid.uuid4().hex[:6]}"
+    val_rows = topic_examples(45, seed=2)
+    train = put_jsonl(s3, bucket, "clf/train.jsonl", topic_examples(240, seed=1))
+    validation = put_jsonl(s3, bucket, "clf/val.jsonl", val_rows)
+    spec = finetune_spec(
+        encoder_uri,
+        train,
+        name,
+        validation=validation,
+        method={"type": "lora", "r": 4, "alpha": 8},
+        select="best",
+        early_stopping_epochs=2,
+        hyperparameters={"epochs": 4, "batch_size": 16, "learning_rate": 5e-3, "max_length": 32},
+        output=f"s3://{bucket}/clf/job/",
+    )
+    r = api.post("/v1/jobs", json=spec, headers=auth)
+    assert r.status_code == 201, r.text
+    job = wait_job(api, auth, r.json()["id"])
+    assert job["status"] == "succeeded", job
+    evs = events(api, auth, job["id"])
+    evals = {e["data"]["epoch"]: e["data"] for e in evs if e["kind"] == "eval"}
+    model = api.get(f"/v1/models/{name}", headers=auth).json()["models"][0]
+    metrics = model["metrics"]
+    assert model["adapter_base_uri"] == encoder_uri
+    chosen = evals[metrics["selected_epoch"]]
+    assert chosen["validation_macro_f1"] == max(e["validation_macro_f1"] for e in evals.values())
+    summary = json.loads(
+        s3.get_object(Bucket=bucket, Key="clf/job/model/training_summary.json")["Body"].read()
+    )
+    for key in ("validation_per_class", "validation_confusion_matrix", "validation_macro_f1"):
+        assert metrics[key] == chosen[key] == summary["metrics"][key], key
+
+    rows = [{"id": i, "text": row["text"]} for i, row in enumerate(val_rows)]
+    data = put_jsonl(s3, bucket, "clf/val-ids.jsonl", rows)
+    out = f"s3://{bucket}/clf/predictions/"
+    r = api.post("/v1/jobs", json=inference_spec(name, data, out, task="classify"), headers=auth)
+    assert r.status_code == 201, r.text
+    assert wait_job(api, auth, r.json()["id"])["status"] == "succeeded"
+    parts = manifest(s3, bucket, "clf/predictions")["parts"]
+    predicted = {p["id"]: p["label"] for p in read_jsonl(s3, bucket, parts[0]["key"])}
+    labels = metrics["validation_confusion_matrix"]["labels"]
+    truth = [row["label"] for row in val_rows]
+    guesses = [predicted[i] for i in range(len(val_rows))]
+    p, rc, f, support = precision_recall_fscore_support(
+        truth, guesses, labels=labels, zero_division=0
+    )
+    for i, label in enumerate(labels):
+        got = metrics["validation_per_class"][label]
+        assert got["precision"] == pytest.approx(p[i], abs=1e-6), label
+        assert got["recall"] == pytest.approx(rc[i], abs=1e-6), label
+        assert got["f1"] == pytest.approx(f[i], abs=1e-6), label
+        assert got["support"] == support[i]
+    macro = f1_score(truth, guesses, labels=labels, average="macro", zero_division=0)
+    assert metrics["validation_macro_f1"] == pytest.approx(macro, abs=1e-6)
+    matrix = confusion_matrix(truth, guesses, labels=labels).tolist()
+    assert metrics["validation_confusion_matrix"]["matrix"] == matrix

@@ -109,6 +109,11 @@ def test_lora_chat_adapters_learn_register_and_share_one_warm_base(
         versions = api.get(f"/v1/models/{names[key]}", headers=auth).json()["models"]
         assert [(v["version"], v["adapter_base_uri"]) for v in versions] == [(1, base)]
 
+    # An adapter is not a base to fine-tune (its base, or a merged export, is).
+    again = finetune_spec(names["colours"], f"s3://{bucket}/x.jsonl", "again", task="generate")
+    r = api.post("/v1/jobs", json=again, headers=auth)
+    assert r.status_code == 422 and "is a LoRA adapter over" in r.text, r.text
+
     # Inference by the adapters' names, alternating A, B, A: one base load in the worker.
     held_out = colour_chats(20, 3)
     rows = [{"id": i, "messages": r["messages"][:2]} for i, r in enumerate(held_out)]

@@ -222,3 +222,31 @@ def test_a_lora_checkpoint_holds_only_the_adapter_and_continues_exactly(tmp_path
     assert "adapter_model.safetensors" in names and "adapter_config.json" in names
     assert "model.safetensors" not in names and "README.md" not in names
     assert json.loads((out / "barge_adapter.json").read_text())["labels"] == labels
+
+
+def test_a_merged_export_is_a_full_model_that_answers_as_base_plus_adapter(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tests.helpers import tiny_generator
+
+    base = tiny_generator(tmp_path / "base")
+    rows = [(f"colour of item {i}:", ["red", "blue"][i % 2]) for i in range(16)]
+    s = spec(
+        task="generate",
+        method={"type": "lora", "r": 4, "alpha": 8, "merge": True},
+        hyperparameters={"epochs": 1, "batch_size": 8, "learning_rate": 5e-2, "seed": 1},
+    )
+    trainer = Trainer(s, base, torch.device("cpu"), rows, [])
+    while not trainer.done:
+        trainer.train_step()
+    ids = torch.tensor([[101, 2000, 2001, 2002]])
+    trainer.model.eval()
+    with torch.no_grad():
+        adapted = trainer.model(input_ids=ids).logits
+    trainer.save_model(tmp_path / "merged")
+    names = {p.name for p in (tmp_path / "merged").iterdir()}
+    assert {"model.safetensors", "config.json"} <= names and "adapter_config.json" not in names
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, adapted, rtol=1e-4, atol=1e-4)

@@ -175,7 +175,7 @@ class Trainer:
 
         task = self.spec.task
         if task == "classify":
-            loss, guesses = self._classify(batch)
+            loss, guesses = self._classify(batch, predict=not self.model.training)
             if self.model.training:
                 return loss, 0
             return loss, sum(
@@ -274,8 +274,11 @@ class Trainer:
             out["validation_exact_match"] = exact_match(answers, [c for _, c in examples])
         return out
 
-    def _classify(self, batch: Sequence[tuple[str, str]]) -> tuple[Any, list[int]]:
-        """(mean loss, predicted label ids) of one classify batch."""
+    def _classify(
+        self, batch: Sequence[tuple[str, str]], predict: bool = True
+    ) -> tuple[Any, list[int]]:
+        """(mean loss, predicted label ids) of one classify batch; no predictions (and no
+        device sync) while training."""
         import torch
 
         enc = self.tokenizer(
@@ -288,7 +291,7 @@ class Trainer:
         target = torch.tensor([self.label_ids[y] for _, y in batch], device=self.device)
         logits = self.model(**enc).logits.float()
         loss = torch.nn.functional.cross_entropy(logits, target)
-        return loss, [int(i) for i in logits.argmax(-1).tolist()]
+        return loss, [int(i) for i in logits.argmax(-1).tolist()] if predict else []
 
     def generate_answers(self, batch: Sequence[tuple[str, str]]) -> list[str]:
         """Greedy answers to each example's prompt (a chat example's messages before its last

@@ -250,3 +250,34 @@ def test_a_merged_export_is_a_full_model_that_answers_as_base_plus_adapter(tmp_p
     merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged")).eval()
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, adapted, rtol=1e-4, atol=1e-4)
+
+
+def test_a_bf16_base_trains_an_fp32_adapter(tmp_path: Path) -> None:
+    import torch
+
+    from tests.helpers import tiny_generator
+
+    base = tiny_generator(tmp_path / "base")
+    rows = [(f"colour of item {i}:", ["red", "blue"][i % 2]) for i in range(8)]
+    s = spec(
+        task="generate",
+        method={"type": "lora", "base_dtype": "bfloat16"},
+        hyperparameters={"epochs": 1, "batch_size": 4, "learning_rate": 1e-2},
+    )
+    trainer = Trainer(s, base, torch.device("cpu"), rows, [])
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    while not trainer.done:
+        assert torch.isfinite(trainer.train_step())
+    dtypes = {p.dtype for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    assert dtypes == {torch.bfloat16}
+    trained = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert {p.dtype for p in trained.values()} == {torch.float32}
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in trained.items())
+    with pytest.raises(Exception, match="needs a CUDA worker"):
+        Trainer(
+            spec(task="generate", method={"type": "lora", "quantize": "4bit"}),
+            base,
+            torch.device("cpu"),
+            rows,
+            [],
+        )

@@ -14,7 +14,7 @@ for a LoRA vs a full fine-tune of the same model.
 The model is a random GPT-2 built from a config (no download): ``--layers`` x ``--width``
 over MiniLM's tokenizer, with a chat template.
 
-Run: `.venv/bin/python bench/lora.py` (needs Postgres and RabbitMQ like `make test`).
+Run: `make bench-lora` (needs Postgres and RabbitMQ like `make test`).
 """
 
 from __future__ import annotations

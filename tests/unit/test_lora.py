@@ -281,3 +281,13 @@ def test_a_bf16_base_trains_an_fp32_adapter(tmp_path: Path) -> None:
             rows,
             [],
         )
+
+
+def test_an_adapters_base_is_a_location_the_worker_checks() -> None:
+    from services.scopes import locations
+
+    spec_json = {"type": "inference", "input": "s3://data/in.jsonl"}
+    found = locations(spec_json, "s3://models/adapter/", "s3://data/out/", "s3://models/base/")
+    assert ("model", "s3://models/base/", "read") in found
+    assert ("model", "s3://models/adapter/", "read") in found
+    assert len(locations(spec_json, "s3://models/adapter/", "s3://data/out/")) == len(found) - 1

@@ -291,3 +291,48 @@ def test_an_adapters_base_is_a_location_the_worker_checks() -> None:
     assert ("model", "s3://models/base/", "read") in found
     assert ("model", "s3://models/adapter/", "read") in found
     assert len(locations(spec_json, "s3://models/adapter/", "s3://data/out/")) == len(found) - 1
+
+
+def test_the_model_cache_keeps_one_base_and_switches_and_drops_adapters(tmp_path: Path) -> None:
+    """Two adapters of one base in one cache: the base loads once, each adapter once onto it;
+    with room for one adapter, the least recently used is dropped from the base and loaded
+    again when named again; the adapters answer differently."""
+    import torch
+
+    from barge.settings import Settings
+    from barge.specs import GenerateParams
+    from tests.helpers import tiny_generator
+    from worker.models import ModelCache, predict
+
+    base = tiny_generator(tmp_path / "base")
+    for name, word in (("a", "red"), ("b", "blue")):
+        s = spec(
+            task="generate",
+            method={"type": "lora", "r": 4, "alpha": 32},
+            hyperparameters={"epochs": 2, "batch_size": 4, "learning_rate": 5e-2, "seed": 1},
+        )
+        trainer = Trainer(
+            s, base, torch.device("cpu"), [(f"item {i}:", word) for i in range(8)], []
+        )
+        while not trainer.done:
+            trainer.train_step()
+        trainer.save_model(tmp_path / name)
+    settings = Settings(
+        local_model_dirs=[tmp_path], adapter_cache_size=1, device="cpu", cache_dir=tmp_path / "c"
+    )
+    cache = ModelCache(settings, store=None)  # type: ignore[arg-type]  # local models only
+    params = GenerateParams(max_new_tokens=2)
+    ref = {name: str(tmp_path / name) for name in ("a", "b")}
+
+    a = cache.get(ref["a"], "generate", base=str(base))
+    first = predict(a, ["item 3:"], params)[0]["text"]
+    b = cache.get(ref["b"], "generate", base=str(base))
+    assert b.model is a.model  # one base, two adapters on it
+    second = predict(b, ["item 3:"], params)[0]["text"]
+    assert cache.loads == {"model": 0, "base": 1, "adapter": 2}
+    assert first != second, (first, second)
+    assert list(b.model.peft_config) == [b.adapter]  # a was dropped (room for one)
+    again = cache.get(ref["a"], "generate", base=str(base))
+    assert cache.loads == {"model": 0, "base": 1, "adapter": 3}
+    assert predict(again, ["item 3:"], params)[0]["text"] == first
+    assert cache.warm() == {"models": 1, "adapters": 1}

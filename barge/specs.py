@@ -370,10 +370,11 @@ class FinetuneSpec(_Strict):
         wanted = self.select == "best" or self.early_stopping_epochs is not None
         if wanted and self.validation is None:
             raise ValueError("select best and early_stopping_epochs need validation data")
-        if wanted and metric not in TASK_METRICS[self.task]:
+        measured = TASK_METRICS.get(self.task, ("validation_loss",))
+        if wanted and metric not in measured:
             raise ValueError(
                 f"select_metric {metric} is not measured for task {self.task!r} "
-                f"(it has {', '.join(TASK_METRICS[self.task])})"
+                f"(it has {', '.join(measured)})"
             )
         return self
 

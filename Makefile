@@ -6,7 +6,7 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 # torch is pinned to the 2.13 series (a CPU build here; the same pin picks a CUDA build on GPU hosts).
 TORCH := torch==2.13.*
 
-.PHONY: help venv dev demo test test-unit lint typecheck fmt services bench bench-finetune bench-onnx clean
+.PHONY: help venv dev demo test test-unit lint typecheck fmt services bench bench-finetune bench-onnx bench-lora clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -59,6 +59,9 @@ bench-finetune: venv ## fine-tune steps/s against a bare PyTorch training loop
 
 bench-onnx: venv ## an ONNX regress job's records/s against onnxruntime in a bare loop
 	$(BIN)/python bench/onnx.py
+
+bench-lora: venv ## LoRA steps/s against a bare peft loop; peak RSS of LoRA vs full
+	$(BIN)/python bench/lora.py
 
 clean: ## remove the virtualenv and the embedded state
 	rm -rf $(VENV) .barge

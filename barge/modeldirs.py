@@ -32,6 +32,8 @@ MODEL_FILES = frozenset(
         "training_summary.json",
         "model.onnx",  # an ONNX model directory: the graph and its barge.json (barge.onnxdirs)
         "barge.json",
+        "adapter_config.json",  # a LoRA adapter (its weights: adapter_model.safetensors)
+        "barge_adapter.json",  # a LoRA adapter's task and labels, written by Barge
     }
 )
 
@@ -76,7 +78,7 @@ def check_model_files(ref: str, files: dict[str, str]) -> None:
                 "fields to the graph's inputs and names its output; see the README)"
             )
         return
-    if "config.json" not in files:
+    if "config.json" not in files and "adapter_config.json" not in files:
         raise PermanentJobError(
             f"model directory {ref} has no config.json: it must be a Hugging Face model "
             f"directory (found: {', '.join(sorted(files)[:8])})"

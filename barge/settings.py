@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     # Worker.
     cache_dir: Path | None = None
     model_cache_size: int = 2
+    # LoRA adapters a worker keeps applied to its warm bases (bases count in model_cache_size).
+    adapter_cache_size: int = Field(default=8, ge=1)
     # A running unit's lease, renewed every heartbeat by a thread beside the work (so a long
     # batch or a model load never starves it). A worker that dies stops renewing it: its
     # redelivered message is claimed again as soon as the lease ends, about 10 s later.

@@ -299,6 +299,16 @@ def _check_task_model(task: str, model: str, field: str) -> None:
         raise ValueError(f"{field} {model} runs task {builtin_task!r} only")
 
 
+# The field of a chat training record for generate: {"messages": [{role, content}, ...]}.
+CHAT_FIELD = "messages"
+
+# The validation metrics each fine-tune task reports every epoch.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classify": ("validation_loss", "validation_accuracy", "validation_macro_f1"),
+    "generate": ("validation_loss", "validation_exact_match"),
+    "embed": ("validation_loss", "validation_accuracy"),
+}
+
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 # The fields each fine-tune task reads from every training and validation record.
@@ -326,6 +336,62 @@ class Hyperparameters(_Strict):
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Same seed and data, same weights.")
 
 
+class FullMethod(_Strict):
+    """Every weight of the base trains (the default)."""
+
+    type: Literal["full"] = "full"
+
+
+class LoraMethod(_Strict):
+    """A LoRA adapter trains over a frozen base: only the adapter's (and, for classify, the new
+    head's) weights train, are checkpointed and make the registered version."""
+
+    type: Literal["lora"]
+    r: int = Field(8, ge=1, le=1024, description="The adapter's rank.")
+    alpha: int = Field(16, ge=1, le=100_000, description="Scaling: alpha / r.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(
+        None,
+        max_length=64,
+        description="Module names (or name suffixes) that get an adapter; default: the "
+        "attention projections peft knows for the model type, else every linear layer.",
+    )
+    base_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="The dtype the frozen base is loaded in (the adapter trains in fp32).",
+    )
+    quantize: Literal["8bit", "4bit"] | None = Field(
+        None,
+        description="Load the frozen base quantized with bitsandbytes (CUDA workers with the "
+        "`lora-quantized` extra only).",
+    )
+    merge: bool = Field(
+        False,
+        description="Register the base with the adapter merged in (a full model directory) "
+        "instead of the adapter.",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _names(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (
+            not v or any(not re.fullmatch(r"[A-Za-z0-9_.]{1,200}", n) for n in v)
+        ):
+            raise ValueError("must be a non-empty list of module names (letters, digits, _ and .)")
+        return v
+
+
+Method = Annotated[FullMethod | LoraMethod, Field(discriminator="type")]
+
+# Validation metrics a fine-tune may select its best epoch by, and whether higher is better.
+SELECT_METRICS: dict[str, bool] = {
+    "validation_loss": False,
+    "validation_accuracy": True,
+    "validation_macro_f1": True,
+    "validation_exact_match": True,
+}
+
+
 class FinetuneSpec(_Strict):
     type: Literal["finetune"]
     base_model: str = Field(
@@ -339,7 +405,7 @@ class FinetuneSpec(_Strict):
     train: str = Field(
         ...,
         description="s3:// URI of one object or a prefix: classify {text, label}, generate "
-        "{prompt, completion}, embed {anchor, positive}, text2text {source, target}.",
+        "{prompt, completion} or {messages: [{role, content}, ...]}, embed {anchor, positive}, text2text {source, target}.",
     )
     validation: str | None = Field(None, description="Like train; evaluated after each epoch.")
     hyperparameters: Hyperparameters = Field(
@@ -368,7 +434,53 @@ class FinetuneSpec(_Strict):
     max_failed_ratio: float = Field(
         0.1, ge=0.0, le=1.0, description="Share of unusable training records tolerated."
     )
+    method: Method = Field(default_factory=FullMethod, description="full (default) or lora.")
+    select: Literal["last", "best"] = Field(
+        "last",
+        description="best: register the epoch with the best select_metric on validation "
+        "(needs validation data), not the last.",
+    )
+    select_metric: str | None = Field(
+        None,
+        description=f"One of {', '.join(SELECT_METRICS)} (default validation_loss; "
+        "validation_macro_f1 for classify).",
+    )
+    early_stopping_epochs: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="Stop after this many epochs without a better select_metric.",
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _method_and_selection(self) -> FinetuneSpec:
+        if isinstance(self.method, LoraMethod) and self.task == "embed":
+            raise ValueError("method lora is for tasks classify and generate")
+        if self.select_metric is not None and self.select_metric not in SELECT_METRICS:
+            raise ValueError(f"select_metric must be one of {', '.join(SELECT_METRICS)}")
+        metric = self.metric
+        wanted = self.select == "best" or self.early_stopping_epochs is not None
+        if wanted and self.validation is None:
+            raise ValueError("select best and early_stopping_epochs need validation data")
+        measured = TASK_METRICS.get(self.task, ("validation_loss",))
+        if wanted and metric not in measured:
+            raise ValueError(
+                f"select_metric {metric} is not measured for task {self.task!r} "
+                f"(it has {', '.join(measured)})"
+            )
+        return self
+
+    @property
+    def metric(self) -> str:
+        """The validation metric ``select`` and early stopping compare epochs by."""
+        if self.select_metric is not None:
+            return self.select_metric
+        return "validation_macro_f1" if self.task == "classify" else "validation_loss"
+
+    @property
+    def lora(self) -> LoraMethod | None:
+        return self.method if isinstance(self.method, LoraMethod) else None
 
     @field_validator("train", "validation")
     @classmethod

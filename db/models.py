@@ -77,6 +77,8 @@ class Job(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     model_uri: Mapped[str | None] = mapped_column(Text)  # the spec's model, resolved
+    # When the model is a LoRA adapter: the resolved location of the base it applies to.
+    adapter_base_uri: Mapped[str | None] = mapped_column(Text)
     output_uri: Mapped[str] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     records_total: Mapped[int | None] = mapped_column(BigInteger)
@@ -179,6 +181,9 @@ class Model(Base):
     uri: Mapped[str] = mapped_column(Text)
     task: Mapped[str] = mapped_column(String(32))
     base_model: Mapped[str | None] = mapped_column(Text)
+    # A LoRA adapter (``uri`` holds adapter_config.json and its weights): the resolved location
+    # of the base it applies to. None: ``uri`` is a full model directory.
+    adapter_base_uri: Mapped[str | None] = mapped_column(Text)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

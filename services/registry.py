@@ -32,19 +32,44 @@ def resolve(
     *,
     tenant_scopes: Scopes,
 ) -> str:
-    """The model's location: an s3:// prefix, an allowed local directory, or a registry entry
-    of the tenant (``name`` is the newest version, ``name@N`` version N). An s3:// location,
-    named or registered, must lie inside the tenant's read scopes (checked before the store is
-    asked anything)."""
+    """``resolve_model``'s location, for a field that takes no adapter (refused, naming its
+    base)."""
+    uri, base = resolve_model(
+        session, settings, store, tenant_id, ref, field, tenant_scopes=tenant_scopes
+    )
+    if base is not None:
+        raise InvalidSpec(
+            f"{field}: model {excerpt(ref)} is a LoRA adapter over {base}; name its base here "
+            "(or register a merged export with method.merge)",
+            field=field,
+        )
+    return uri
+
+
+def resolve_model(
+    session: Session,
+    settings: Settings,
+    store: ObjectStore,
+    tenant_id: uuid.UUID,
+    ref: str,
+    field: str = "model",
+    *,
+    tenant_scopes: Scopes,
+) -> tuple[str, str | None]:
+    """The model's location and, for a registered LoRA adapter, its base's (both inside the
+    tenant's read scopes), else None. The model's location: a built-in model's name, an s3://
+    prefix, an allowed local directory, or a registry entry of the tenant (``name`` is the
+    newest version, ``name@N`` version N). An s3:// location, named or registered, must lie
+    inside the tenant's read scopes (checked before the store is asked anything)."""
     if ref in BUILTIN_MODELS:
-        return ref  # shipped with the worker
+        return ref, None  # shipped with the worker
     if ref.startswith("s3://"):
         uri = S3Uri.parse(normalise(ref, field, prefix=True), field=field)
         require_read(tenant_scopes, str(uri), field)
         check_bucket_allowed(settings, uri, field)
         if not store.list(uri):
             raise InvalidSpec(f"no model directory at {uri}", field=field)
-        return str(uri)
+        return str(uri), None
     try:
         local = local_model_dir(settings, ref)  # raises when not under BARGE_LOCAL_MODEL_DIRS
     except InvalidSpec as exc:
@@ -52,7 +77,7 @@ def resolve(
     if local is not None:
         if not local.is_dir():
             raise InvalidSpec(f"no model directory at {local}", field=field)
-        return str(local)
+        return str(local), None
     name, _, version = ref.partition("@")
     if version and (not version.isdigit() or not 1 <= int(version) <= MAX_VERSION):
         raise InvalidSpec(
@@ -65,13 +90,15 @@ def resolve(
             f"model {excerpt(ref)} is neither an s3:// URI nor a registered model name[@version]",
             field=field,
         )
-    if found.uri.startswith("s3://") and not tenant_scopes.may_read(found.uri):
-        raise Forbidden(
-            f"{field}: model {excerpt(ref)} is registered at a location this tenant may not "
-            "read (any more); ask an admin for a scope that covers it, or register it again",
-            field=field,
-        )
-    return found.uri
+    for location in (found.uri, found.adapter_base_uri):
+        if location and location.startswith("s3://") and not tenant_scopes.may_read(location):
+            raise Forbidden(
+                f"{field}: model {excerpt(ref)} is registered at a location this tenant may "
+                "not read (any more); ask an admin for a scope that covers it, or register it "
+                "again",
+                field=field,
+            )
+    return found.uri, found.adapter_base_uri
 
 
 ONNX_ONLY_TASKS = ("regress",)
@@ -114,6 +141,7 @@ def register_version(
     base_model: str | None = None,
     metrics: dict[str, Any] | None = None,
     job_id: uuid.UUID | None = None,
+    adapter_base_uri: str | None = None,
 ) -> Model:
     """Add the next version of ``name`` inside the caller's transaction. A concurrent
     registration of the same name makes the unique constraint refuse one of them: that one
@@ -130,6 +158,7 @@ def register_version(
                     base_model=base_model,
                     metrics=metrics,
                     job_id=job_id,
+                    adapter_base_uri=adapter_base_uri,
                 )
         except IntegrityError:
             continue

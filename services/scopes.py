@@ -132,7 +132,10 @@ def require_write(scopes: Scopes, uri: str, field: str) -> None:
 
 
 def locations(
-    spec: dict[str, Any], model_uri: str | None, output_uri: str
+    spec: dict[str, Any],
+    model_uri: str | None,
+    output_uri: str,
+    adapter_base_uri: str | None = None,
 ) -> list[tuple[str, str, str]]:
     """(field, uri, "read" | "write") for every storage location a stored job touches: its
     spec's data, its resolved model (when in the store) and its output."""
@@ -140,6 +143,8 @@ def locations(
     out = [(f, u, "read") for f in fields if isinstance(u := spec.get(f), str) and u]
     if model_uri and model_uri.startswith(SCHEME):
         out.append(("base_model" if spec.get("type") == "finetune" else "model", model_uri, "read"))
+    if adapter_base_uri and adapter_base_uri.startswith(SCHEME):
+        out.append(("model", adapter_base_uri, "read"))  # the base a LoRA adapter applies to
     out.append(("output", output_uri, "write"))
     return out
 
@@ -148,7 +153,9 @@ def denial(session: Session, settings: Settings, job: Job) -> str | None:
     """The worker's check before a job reads or writes: why a location of the job row, as it is
     now, lies outside its tenant's scopes as they are now (naming the field only), or None."""
     scopes = scopes_for(session, settings, job.tenant_id)
-    for field, uri, mode in locations(job.spec, job.model_uri, job.output_uri):
+    for field, uri, mode in locations(
+        job.spec, job.model_uri, job.output_uri, job.adapter_base_uri
+    ):
         allowed = scopes.may_write(uri) if mode == "write" else scopes.may_read(uri)
         if not allowed:
             return (

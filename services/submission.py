@@ -18,7 +18,7 @@ from barge.onnxdirs import OnnxConfig
 from barge.queue import PLAN_JOB
 from barge.records import detect_format, format_of, images, peek_fields, resolve_inputs
 from barge.settings import Settings
-from barge.specs import BUILTIN_MODELS, FinetuneSpec, InferenceSpec, JobSpec
+from barge.specs import BUILTIN_MODELS, CHAT_FIELD, FinetuneSpec, InferenceSpec, JobSpec
 from barge.status import QUEUED
 from barge.storage import ObjectInfo, ObjectStore, S3Uri, check_bucket_allowed
 from barge.uris import normalise
@@ -141,6 +141,8 @@ def check_training_data(settings: Settings, store: ObjectStore, spec: FinetuneSp
                 field=field,
             )
         missing = [f for f in spec.fields if f not in fields]
+        if missing and spec.task == "generate" and CHAT_FIELD in fields:
+            missing = []  # chat records: {"messages": [{role, content}, ...]}
         if missing:
             need = " and ".join(repr(f) for f in spec.fields)
             raise InvalidSpec(
@@ -179,8 +181,9 @@ def _check_against_stores(
     tenant_id: uuid.UUID,
     spec: JobSpec,
     job_id: uuid.UUID,
-) -> tuple[str, str]:
-    """The resolved model and the output prefix, once the model, the data and the locations
+) -> tuple[str, str | None, str]:
+    """The resolved model, the base it applies to when it is a LoRA adapter, and the output
+    prefix, once the model, the data and the locations
     pass their checks. Every location is checked against the tenant's storage scopes before
     the store is asked anything about it."""
     tenant_scopes = scopes.scopes_for(session, settings, tenant_id)
@@ -203,6 +206,7 @@ def _check_against_stores(
                     "models (train your network yourself and register its ONNX export)",
                     field="base_model",
                 )
+        adapter_base: str | None = None  # resolve refuses an adapter as a base
         output = spec.output or default_finetune_output(tenant_scopes, spec, job_id)
         scopes.require_write(tenant_scopes, normalise(output, "output", prefix=True), "output")
         with naming("train"):
@@ -212,7 +216,7 @@ def _check_against_stores(
         output = spec.output
         scopes.require_write(tenant_scopes, normalise(output, "output", prefix=True), "output")
         with naming("model"):
-            model_uri = registry.resolve(
+            model_uri, adapter_base = registry.resolve_model(
                 session, settings, store, tenant_id, spec.model, tenant_scopes=tenant_scopes
             )
             onnx = check_model(settings, store, spec, model_uri)
@@ -220,7 +224,7 @@ def _check_against_stores(
             check_input(settings, store, spec, onnx)
     with naming("output"):
         output = check_locations(session, settings, store, tenant_id, output, reads(spec))
-    return model_uri, output
+    return model_uri, adapter_base, output
 
 
 def create_job(
@@ -249,7 +253,9 @@ def create_job(
         )
     quotas.check_submission(session, settings, tenant_id, spec)  # 422 / 429 naming the limit
     job_id = uuid.uuid4()
-    model_uri, output = _check_against_stores(session, settings, store, tenant_id, spec, job_id)
+    model_uri, adapter_base, output = _check_against_stores(
+        session, settings, store, tenant_id, spec, job_id
+    )
     now = utcnow()
     job = Job(
         id=job_id,
@@ -260,6 +266,7 @@ def create_job(
         meta=spec.metadata,
         idempotency_key=idempotency_key,
         model_uri=model_uri,
+        adapter_base_uri=adapter_base,
         output_uri=output,
         created_at=now,
         updated_at=now,

@@ -54,6 +54,62 @@ def greedy_reference(model_dir: Path, prompt_ids: list[int], max_new: int) -> tu
     return text, len(new), finish
 
 
+def tiny_lora_base(path: Path) -> Path:
+    """A tiny random GPT-2 chat model (MiniLM's tokenizer, a chat template) that a LoRA adapter
+    alone can teach: its final norm is scaled up, so the frozen output layer can express a
+    peaked next-token distribution (a random base's near-uniform logits cannot be moved by
+    adapters on its blocks)."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    tok.chat_template = CHAT_TEMPLATE
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=tok.vocab_size,
+            n_positions=128,
+            n_embd=64,
+            n_layer=2,
+            n_head=2,
+            bos_token_id=tok.cls_token_id,
+            eos_token_id=tok.sep_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(25.0)
+    model.save_pretrained(str(path), safe_serialization=True)
+    tok.save_pretrained(str(path))
+    return path
+
+
+COLOURS = {"banana": "yellow", "grass": "green", "sky": "blue", "blood": "red", "snow": "white"}
+CHAT_FILLER = ["please", "quickly", "now", "kindly", "today", "friend", "again", "thanks"]
+
+
+def colour_chats(n: int, seed: int, colours: dict[str, str] = COLOURS) -> list[dict[str, Any]]:
+    """``{"messages"}`` chat records: a system message of two filler words, the user asking
+    the colour of an object, the assistant answering with ``colours[object]``."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        thing = rng.choice(sorted(colours))
+        system = " ".join(rng.sample(CHAT_FILLER, 2))
+        rows.append(
+            {
+                "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": f"colour of {thing}"},
+                    {"role": "assistant", "content": colours[thing]},
+                ]
+            }
+        )
+    return rows
+
+
 def upload_dir(s3: Any, bucket: str, prefix: str, directory: Path) -> str:
     for path in sorted(directory.rglob("*")):
         if path.is_file():

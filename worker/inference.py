@@ -17,6 +17,7 @@ Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.lifecycle``, 
 
 from __future__ import annotations
 
+import os
 import queue
 import tempfile
 import threading
@@ -35,7 +36,7 @@ from barge.storage import ObjectInfo, S3Uri
 from worker import chat, metrics, onnxcolumns
 from worker.context import WorkerContext
 from worker.lease import Lease, ShardWork, Stop
-from worker.lifecycle import Outcome, Result, Runner
+from worker.lifecycle import Outcome, Result, Runner, job_event
 from worker.models import LoadedModel, predict
 from worker.outputs import JsonlPart, RecordId, coerce_id, make_part, put_part, windows
 
@@ -46,7 +47,10 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     """Run the shard's records through the model; return what was written."""
     spec = work.spec
     assert isinstance(spec, InferenceSpec)
-    loaded = ctx.models.get(work.model_ref, spec.task, work.job_id)
+    before = dict(ctx.models.loads)
+    loaded = ctx.models.get(work.model_ref, spec.task, work.job_id, base=work.base_ref)
+    if ctx.models.loads != before:
+        _loaded_event(ctx, work, loaded, before)
     loaded.input_tokens(spec.task_params())  # refuses max_new_tokens that leave no room
     info = _input_info(ctx, work)
     if onnxcolumns.applies(loaded, work):  # an ONNX model of numeric features over Parquet
@@ -68,6 +72,29 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
             raise PermanentJobError(f"input object {work.source} disappeared") from None
         lease.beat()  # fencing: still ours right before we write?
         return shard.upload(stopped)
+
+
+def _loaded_event(
+    ctx: WorkerContext, work: ShardWork, loaded: LoadedModel, before: dict[str, int]
+) -> None:
+    """A ``model_loaded`` event when this shard loaded something: what, and how many bases,
+    adapters and full models this worker process has loaded so far."""
+    loads = ctx.models.loads
+    new = {kind: loads[kind] - before.get(kind, 0) for kind in loads}
+    what = ", ".join(f"{n} {kind}" for kind, n in new.items() if n)
+    job_event(
+        ctx,
+        work,
+        "model_loaded",
+        f"shard {work.index} loaded {what} ({loaded.load_seconds:.2f}s)",
+        shard=work.index,
+        loaded=new,
+        worker_loads=dict(loads),
+        adapter=loaded.adapter is not None,
+        base=work.base_ref,
+        warm=ctx.models.warm(),
+        worker_pid=os.getpid(),
+    )
 
 
 def _input_info(ctx: WorkerContext, work: ShardWork) -> ObjectInfo:

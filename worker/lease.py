@@ -52,6 +52,8 @@ class ShardWork:
     spec: JobSpec
     model_ref: str
     handoffs: int = 0
+    # When ``model_ref`` is a LoRA adapter: the base it applies to (resolved at submit).
+    base_ref: str | None = None
     output_uri: str = ""
     # Why the job may not touch its storage now (``services.scopes.denial``, checked in the
     # claim's transaction), or None: the unit then fails before it reads or writes anything.
@@ -87,6 +89,7 @@ class ShardWork:
             spec=parse_spec(job.spec),
             model_ref=job.model_uri or job.spec["model"],
             handoffs=shard.handoffs,
+            base_ref=job.adapter_base_uri,
             output_uri=job.output_uri,
             denied=denied,
             scopes=scopes,

@@ -41,6 +41,12 @@ MODEL_LOAD_SECONDS = Gauge(
     "Time the last load of a model for the task into memory took",
     ["task"],
 )
+MODEL_LOADS = Counter(
+    "barge_worker_model_loads_total",
+    "Models loaded into memory, by task and kind: model (a full model), base (a base that "
+    "LoRA adapters share) or adapter (one applied to a warm base)",
+    ["task", "kind"],
+)
 GPU_MEMORY_BYTES = Gauge(
     "barge_worker_gpu_memory_bytes",
     "torch.cuda.memory_allocated on the device",

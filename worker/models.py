@@ -2,8 +2,9 @@
 keep it warm (``ModelCache``, an LRU per worker process), and predict one batch per task.
 
 What inference and training share about Hugging Face models (the class per task, autocast,
-pooling, config checks) is in ``worker.hf``. Imports: ``barge``, ``worker.hf``,
-``worker.metrics``; never ``api`` or ``cli``.
+pooling, config checks) is in ``worker.hf``. A LoRA adapter is served over a warm base
+(``worker.adapters``): one base, several adapters switched per batch. Imports: ``barge``,
+``worker.hf``, ``worker.adapters``, ``worker.metrics``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from barge.paths import UnsafePath, local_path
 from barge.settings import Settings
 from barge.specs import BUILTIN_MODELS, IMAGE_TASKS
 from barge.storage import ObjectStore, S3Uri, local_model_dir
-from worker import hf, metrics, onnxmodels, seq2seq
+from worker import adapters, hf, metrics, onnxmodels, seq2seq
 
 
 def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path, str]:
@@ -97,6 +98,12 @@ class LoadedModel:
     # A model that reads its own record fields (an ONNX model: its barge.json): one record's
     # inputs, or why it cannot run. None: the job's text_field is the model's input.
     read: Callable[[dict[str, Any]], tuple[Any, str | None]] | None = None
+    adapter: str | None = None  # a LoRA adapter's name on its (shared) base model
+
+    def activate(self) -> None:
+        """Before each use: a LoRA adapter's base serves this adapter from now on."""
+        if self.adapter is not None:
+            self.model.set_adapter(self.adapter)
 
     def input_tokens(self, params: Any) -> int:
         """Tokens kept per record: the job's max_length, clamped to what the model takes (for
@@ -289,13 +296,22 @@ class ModelCache:
     def __init__(self, settings: Settings, store: ObjectStore):
         self.settings = settings
         self.store = store
-        self._models: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
+        self._models: OrderedDict[tuple[str, ...], LoadedModel] = OrderedDict()
+        # LoRA adapters by (adapter ref, revision, task): views over a base of ``_models``.
+        self._adapters: OrderedDict[tuple[str, str, str], tuple[tuple[str, ...], LoadedModel]]
+        self._adapters = OrderedDict()
+        self.loads = {"model": 0, "base": 0, "adapter": 0}  # loads by this process, by kind
         self._pins: OrderedDict[tuple[str, uuid.UUID], str] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, ref: str, task: str, job_id: uuid.UUID | None = None) -> LoadedModel:
+    def get(
+        self, ref: str, task: str, job_id: uuid.UUID | None = None, base: str | None = None
+    ) -> LoadedModel:
         """The model ``ref`` loaded for ``task``: the revision pinned to ``job_id`` while it is
-        warm, else the directory's current revision (pinned to ``job_id`` from then on)."""
+        warm, else the directory's current revision (pinned to ``job_id`` from then on). With
+        ``base``, ``ref`` is a LoRA adapter applied to that base (``adapter``)."""
+        if base is not None:
+            return self.adapter(ref, base, task, job_id)
         if job_id is not None:
             with self._lock:
                 revision = self._pins.get((ref, job_id))
@@ -316,23 +332,109 @@ class ModelCache:
             if loaded is not None:
                 self._models.move_to_end(key)
                 return loaded
-            device = pick_device(self.settings)
-            # Make room first: the model evicted to keep the cache's size frees its memory
-            # before the new one is measured against what is free and loaded.
-            while len(self._models) >= max(1, self.settings.model_cache_size):
-                self._models.popitem(last=False)
-            _release_memory(device)
-            if onnxmodels.is_onnx_dir(path):
-                loaded = load_onnx(path, task, self.settings, ref, revision)
-            else:
-                options = load_options(self.settings, path, device, ref)
-                loaded = load_model(path, task, device, ref, revision, options)
-            metrics.MODEL_LOAD_SECONDS.labels(task).set(loaded.load_seconds)  # never the URI
-            metrics.observe_gpu_memory(loaded.device)
-            self._models[key] = loaded
-            while len(self._models) > max(1, self.settings.model_cache_size):
-                self._models.popitem(last=False)
-            return loaded
+            return self._load(key, path, task, ref, revision, "model")
+
+    def _load(
+        self,
+        key: tuple[str, ...],
+        path: Path,
+        task: str,
+        ref: str,
+        revision: str,
+        kind: str,
+        extra: dict[str, Any] | None = None,
+    ) -> LoadedModel:
+        """Load a full model or a base into ``_models`` (the lock held)."""
+        device = pick_device(self.settings)
+        # Make room first: the model evicted to keep the cache's size frees its memory
+        # before the new one is measured against what is free and loaded.
+        while len(self._models) >= max(1, self.settings.model_cache_size):
+            self._evict()
+        _release_memory(device)
+        if onnxmodels.is_onnx_dir(path):
+            loaded = load_onnx(path, task, self.settings, ref, revision)
+        else:
+            options = {**load_options(self.settings, path, device, ref), **(extra or {})}
+            loaded = load_model(path, task, device, ref, revision, options)
+        metrics.MODEL_LOAD_SECONDS.labels(task).set(loaded.load_seconds)  # never the URI
+        metrics.MODEL_LOADS.labels(task, kind).inc()
+        metrics.observe_gpu_memory(loaded.device)
+        self.loads[kind] += 1
+        self._models[key] = loaded
+        return loaded
+
+    def _evict(self) -> None:
+        """Drop the least recently used model (a base goes with its adapters)."""
+        key, _ = self._models.popitem(last=False)
+        for akey in [k for k, (bkey, _) in self._adapters.items() if bkey == key]:
+            del self._adapters[akey]
+
+    def adapter(
+        self, ref: str, base: str, task: str, job_id: uuid.UUID | None = None
+    ) -> LoadedModel:
+        """The LoRA adapter ``ref`` applied to ``base``: the base is loaded once per worker
+        (kept in the same LRU as full models) and each adapter once onto it; a job's adapter
+        is switched in before each batch (``LoadedModel.activate``). The adapters kept per
+        worker are bounded by ``BARGE_ADAPTER_CACHE_SIZE`` (least recently used dropped)."""
+        pin = (f"{ref}\0adapter", job_id) if job_id is not None else None
+        with self._lock:
+            revision = self._pins.get(pin) if pin is not None else None
+            found = self._adapters.get((ref, revision, task)) if revision else None
+            if found is not None and found[0] in self._models:
+                self._adapters.move_to_end((ref, found[1].revision, task))
+                self._models.move_to_end(found[0])
+                return found[1]
+        path, revision = fetch_model(self.settings, self.store, ref)
+        if not adapters.is_adapter(path):
+            raise PermanentJobError(f"model {ref} is registered as a LoRA adapter but is none")
+        akey = (ref, revision, task)
+        with self._lock:
+            if pin is not None:
+                self._pins[pin] = revision
+                while len(self._pins) > self.PINS:
+                    self._pins.popitem(last=False)
+            found = self._adapters.get(akey)
+            if found is not None and found[0] in self._models:
+                self._adapters.move_to_end(akey)
+                self._models.move_to_end(found[0])
+                return found[1]
+        labels = adapters.labels_of(path, ref)
+        base_path, base_revision = fetch_model(self.settings, self.store, base)
+        bkey = (base, base_revision, task, f"labels={len(labels)}")
+        with self._lock:
+            host = self._models.get(bkey)
+            if host is None:
+                options = adapters.base_options(task, labels)
+                host = self._load(bkey, base_path, task, base, base_revision, "base", options)
+            self._models.move_to_end(bkey)
+            started = time.monotonic()
+            name = adapters.adapter_name(ref, revision)
+            host.model = adapters.attach(host.model, path, name, ref)
+            view = LoadedModel(
+                task,
+                host.model,
+                host.tokenizer,
+                host.device,
+                ref,
+                revision,
+                time.monotonic() - started,
+                dict(enumerate(labels)) or host.labels,
+                host.max_positions,
+                adapter=name,
+            )
+            metrics.MODEL_LOADS.labels(task, "adapter").inc()
+            self.loads["adapter"] += 1
+            self._adapters[akey] = (bkey, view)
+            while len(self._adapters) > max(1, self.settings.adapter_cache_size):
+                _, (old_base, old) = self._adapters.popitem(last=False)
+                if old_base in self._models and old.adapter is not None:
+                    adapters.detach(self._models[old_base].model, old.adapter)
+            return view
+
+    def warm(self) -> dict[str, int]:
+        """What this process keeps loaded: models (full ones and bases) and adapters."""
+        with self._lock:
+            return {"models": len(self._models), "adapters": len(self._adapters)}
 
 
 def predict(
@@ -347,6 +449,7 @@ def predict(
     its ``usage`` (prompt, completion and total tokens, counted as the model saw them)."""
     import torch
 
+    loaded.activate()
     if isinstance(loaded.model, onnxmodels.OnnxRunner):
         return loaded.model.predict(list(texts), params)  # type: ignore[arg-type]  # what ``loaded.read`` made of each record
     if loaded.task == "text2text":

@@ -89,7 +89,7 @@ class Request:
 def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     spec = work.spec
     assert isinstance(spec, InferenceSpec) and spec.openai_endpoint is not None
-    loaded = ctx.models.get(work.model_ref, spec.task)
+    loaded = ctx.models.get(work.model_ref, spec.task, base=work.base_ref)
     if loaded.read is not None:
         raise PermanentJobError(
             f"model {work.model_ref} is an ONNX model; OpenAI batches need a Hugging Face model"
@@ -397,6 +397,7 @@ class _BatchShard:
             kwargs.update(do_sample=True, temperature=first.temperature, top_p=first.top_p)
         else:
             kwargs.update(do_sample=False)
+        loaded.activate()
         with torch.inference_mode(), loaded.autocast():
             generated = loaded.model.generate(input_ids=input_ids, **kwargs)
         new_tokens = generated[:, input_ids.shape[1] :].tolist()

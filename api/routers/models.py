@@ -44,6 +44,11 @@ class ModelOut(BaseModel):
     uri: str
     task: str
     base_model: str | None
+    adapter_base_uri: str | None = Field(
+        None,
+        description="Set when this version is a LoRA adapter: where the base it applies to "
+        "lies (inference loads the base once and applies the adapter).",
+    )
     metrics: dict[str, Any]
     job_id: str | None
     created_at: datetime
@@ -73,6 +78,7 @@ def _out(m: Model) -> ModelOut:
         uri=m.uri,
         task=m.task,
         base_model=m.base_model,
+        adapter_base_uri=m.adapter_base_uri,
         metrics=m.metrics or {},
         job_id=str(m.job_id) if m.job_id else None,
         created_at=m.created_at,

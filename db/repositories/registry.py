@@ -23,6 +23,7 @@ def register_model(
     base_model: str | None = None,
     metrics: dict[str, Any] | None = None,
     job_id: uuid.UUID | None = None,
+    adapter_base_uri: str | None = None,
 ) -> Model:
     """Add the next version of ``name`` (1, 2, ...); the unique (tenant, name, version) constraint
     makes two concurrent registrations fail rather than share a version."""
@@ -38,6 +39,7 @@ def register_model(
         base_model=base_model,
         metrics=metrics or {},
         job_id=job_id,
+        adapter_base_uri=adapter_base_uri,
     )
     session.add(model)
     session.flush()

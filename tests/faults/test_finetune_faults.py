@@ -81,3 +81,72 @@ def test_sigkill_mid_training_resumes_from_the_checkpoint_with_the_same_final_we
         torch.testing.assert_close(tensor, theirs[name], rtol=0, atol=1e-6, msg=name)
     models = world.api.get("/v1/models", headers=world.auth).json()["models"]
     assert {m["name"] for m in models} == {"reference", "killed"}
+
+
+def test_sigkill_mid_lora_training_resumes_with_the_same_adapter_weights(
+    world: World, s3: Any, bucket: str, encoder_uri: str
+) -> None:
+    """A LoRA classify fine-tune with select best: its checkpoints hold only the adapter (and
+    head) weights, optimizer, RNG and the best epoch's weights; killed and resumed in slices,
+    it registers the same adapter as a run that never stopped."""
+    import torch
+    from safetensors.torch import load
+
+    train = put_jsonl(s3, bucket, "lora/train.jsonl", topic_examples(240, seed=1))
+    validation = put_jsonl(s3, bucket, "lora/val.jsonl", topic_examples(45, seed=2))
+    hp = {"epochs": 10, "batch_size": 16, "learning_rate": 5e-3, "seed": 3, "max_length": 32}
+
+    def spec(name: str) -> dict[str, Any]:
+        return finetune_spec(
+            encoder_uri,
+            train,
+            name,
+            validation=validation,
+            method={"type": "lora", "r": 4, "alpha": 8, "dropout": 0.1},
+            select="best",
+            hyperparameters=hp,
+            output=f"s3://{bucket}/{name}/",
+            checkpoint_every_steps=25,
+        )
+
+    first = world.worker()
+    world.start_scheduler()
+    reference = world.submit(spec("lora-reference"))
+    assert world.wait_final(reference)["status"] == "succeeded"
+
+    job_id = world.submit(spec("lora-killed"))
+    wait_until(
+        lambda: [e for e in _events(world, job_id) if e["kind"] == "checkpoint"],
+        timeout=120,
+        interval=0.1,
+        what="a first checkpoint",
+    )
+    assert first.proc is not None
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(10)
+    world.worker(BARGE_FINETUNE_SLICE_SECONDS="2")
+    job = world.wait_final(job_id, timeout=240)
+    assert job["status"] == "succeeded", job
+    kinds = [e["kind"] for e in _events(world, job_id)]
+    assert kinds.count("training_started") == 1 and kinds.count("resumed") >= 1, kinds
+
+    def adapter(prefix: str) -> dict[str, Any]:
+        key = f"{prefix}model/adapter_model.safetensors"
+        return load(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    ours, theirs = adapter("lora-killed/"), adapter("lora-reference/")
+    assert ours.keys() == theirs.keys() and any("lora_" in k for k in ours)
+    for name, tensor in ours.items():
+        torch.testing.assert_close(tensor, theirs[name], rtol=0, atol=1e-6, msg=name)
+    # A checkpoint's model file holds the weights that train, not the frozen base.
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="lora-killed/checkpoints/")["Contents"]
+    sizes = {o["Key"].rsplit("/", 1)[-1]: o["Size"] for o in listed}
+    base = s3.head_object(
+        Bucket=encoder_uri[5:].split("/", 1)[0],
+        Key=f"{encoder_uri[5:].split('/', 1)[1]}model.safetensors",
+    )
+    assert sizes["model.safetensors"] < base["ContentLength"] / 20
+    assert "best.safetensors" in sizes
+    registered = world.api.get("/v1/models/lora-killed", headers=world.auth).json()["models"]
+    assert registered[0]["adapter_base_uri"] == encoder_uri
+    assert registered[0]["metrics"]["selected_epoch"] >= 1

@@ -231,6 +231,29 @@ class TestRegistry:
         error = refused_without_touching_b(stack, s3, "POST", "/v1/jobs", spec)
         assert error["field"] == "model"
 
+    def test_an_adapter_whose_base_is_another_tenants_resolves_to_nothing(
+        self, stack: Stack, s3: Any, database_url: str
+    ) -> None:
+        """A registered LoRA adapter is served over the base its row records: a row whose base
+        lies outside the tenant's scopes is refused before anything of it is read."""
+        from db.models import Model
+        from db.session import session_scope
+
+        body = {"name": "my-adapter", "uri": stack.a_model, "task": "classify"}
+        r = stack.api.post("/v1/models", json=body, headers=stack.a.auth)
+        assert r.status_code == 201, r.text
+        with session_scope(database_url) as session:  # an edited row: B's model as its base
+            session.execute(
+                update(Model)
+                .where(Model.name == "my-adapter")
+                .values(adapter_base_uri=stack.b_model)
+            )
+        spec = inference_spec(
+            "my-adapter", stack.a_reviews, stack.a.uri("out/adapter/"), task="classify"
+        )
+        error = refused_without_touching_b(stack, s3, "POST", "/v1/jobs", spec)
+        assert error["field"] == "model"
+
 
 class TestDropRules:
     def test_a_rule_on_another_tenants_prefix(self, stack: Stack, s3: Any) -> None:

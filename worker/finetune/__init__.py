@@ -4,7 +4,12 @@
   and register the model); its ``RUNNER`` is what ``worker.runners`` hands the lifecycle;
 - ``checkpoints``: writing, pruning and (only from this job's own files) restoring checkpoints;
 - ``training``: the ``Trainer`` (model, optimizer, schedule, losses, evaluation) as plain code;
-- ``data``: reading and checking datasets (no torch: the planner uses it too).
+- ``data``: reading and checking datasets, legacy pairs and chat records (no torch: the planner
+  uses it too);
+- ``lora``: LoRA adapters (peft) over a frozen base: wrapping, adapter-only checkpoints, saving
+  the adapter or the merged model;
+- ``metrics``: validation metrics as plain Python (per-class precision/recall/F1, macro-F1,
+  confusion matrix, exact match).
 
 Importing this package imports none of them (the planner needs ``data`` without torch).
 Imports: ``barge``, ``db``, ``services``, ``worker``; never ``api`` or ``cli``.

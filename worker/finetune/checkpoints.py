@@ -5,6 +5,7 @@ job wrote itself.
 Layout under the job's prefix::
 
     checkpoints/step-00000120/{model.safetensors, optimizer.safetensors, trainer_state.json}
+                              (+ best.safetensors with select best, once an epoch was best)
     checkpoints/latest.json    # moved only after the step's files are all written
 
 Imports: ``barge``, ``worker.lease``, ``worker.lifecycle``, ``worker.finetune.training``; never ``api`` or
@@ -25,7 +26,7 @@ from barge.errors import PermanentJobError
 from barge.paths import local_path
 from barge.storage import ObjectStore, S3Uri
 from worker.context import WorkerContext
-from worker.finetune.training import CHECKPOINT_FILES, Trainer
+from worker.finetune.training import BEST_FILE, CHECKPOINT_FILES, Trainer
 from worker.lease import Lease, ShardWork
 from worker.lifecycle import job_event
 
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints/"
 LATEST = "checkpoints/latest.json"
+# The only file sets a checkpoint pointer may name.
+TRUSTED_FILE_SETS = [sorted(CHECKPOINT_FILES), sorted((*CHECKPOINT_FILES, BEST_FILE))]
 
 
 class Checkpoints:
@@ -56,8 +59,8 @@ class Checkpoints:
     def step_prefix(self, step: int) -> S3Uri:
         return self.out.join(f"{CHECKPOINTS}step-{step:08d}/")
 
-    def latest(self, total_steps: int) -> tuple[int, S3Uri] | None:
-        """The step and prefix of the newest complete checkpoint, if this job wrote one.
+    def latest(self, total_steps: int) -> tuple[int, S3Uri, list[str]] | None:
+        """The step, prefix and files of the newest complete checkpoint, if this job wrote one.
 
         A pointer is trusted only when it names this job, a step of it, the checkpoint folder
         that step has under this job's own prefix and exactly the fixed checkpoint files: a
@@ -74,7 +77,7 @@ class Checkpoints:
                 and isinstance(step, int)
                 and 0 < step <= total_steps
                 and pointer["uri"] == str(self.step_prefix(step))
-                and sorted(pointer["files"]) == sorted(CHECKPOINT_FILES)
+                and sorted(pointer["files"]) in TRUSTED_FILE_SETS
             )
         except (ValueError, KeyError, TypeError):
             ours = False
@@ -83,17 +86,17 @@ class Checkpoints:
                 f"{uri} was not written by this job; Barge resumes a fine-tune only from "
                 "checkpoints it wrote itself (remove the object or use a new output prefix)"
             )
-        return step, self.step_prefix(step)
+        return step, self.step_prefix(step), list(pointer["files"])
 
     def restore(self, trainer: Trainer) -> dict[str, Any] | None:
         """Load the newest complete checkpoint into ``trainer``; its state, or None."""
         found = self.latest(trainer.total_steps)
         if found is None:
             return None
-        _, prefix = found
+        _, prefix, files = found
         local = self.tmp / "restore"
         local.mkdir(parents=True, exist_ok=True)
-        for name in CHECKPOINT_FILES:
+        for name in files:
             dest = local_path(local, name)
             with self.store.open(prefix.join(name)) as src, dest.open("wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)

@@ -1,7 +1,7 @@
 """Fine-tune datasets: read every training or validation record, keep the usable ones and say
 exactly why each other one was not used. No torch here: the planner uses it too.
 
-Imports: ``barge`` only; never ``api`` or ``cli``."""
+Imports: ``barge``, ``worker.chat``; never ``api`` or ``cli``."""
 
 from __future__ import annotations
 
@@ -17,8 +17,26 @@ from barge.errors import PermanentJobError
 from barge.records import EVERYTHING, Format, format_of, iter_range, resolve_inputs
 from barge.records.images import ImageError, read_image
 from barge.settings import get_settings
-from barge.specs import IMAGE_TASKS, FinetuneSpec, Hyperparameters
+from barge.specs import CHAT_FIELD, IMAGE_TASKS, FinetuneSpec, Hyperparameters
 from barge.storage import ObjectStore, S3Uri
+from worker.chat import MessagesError, parse_messages
+
+
+class Messages(str):
+    """A chat example's messages, as JSON (``messages()`` parses them back). It stands where a
+    legacy example has its prompt; its pair's second item is the last assistant message (what
+    exact match compares a generated answer with)."""
+
+    __slots__ = ()
+
+    def messages(self) -> list[dict[str, str]]:
+        return list(json.loads(self))
+
+    def prompt_messages(self) -> list[dict[str, str]]:
+        """The messages before the last assistant message (what a model answers)."""
+        messages = self.messages()
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        return messages[:last]
 
 
 @dataclass
@@ -67,6 +85,11 @@ def load_dataset(
         for rec in iter_range(store, info, fmt, EVERYTHING):
             if rec.data is None:
                 problem: str | None = rec.error or "unreadable record"
+            elif spec.task == "generate" and CHAT_FIELD in rec.data:
+                example, problem = _chat(rec.data[CHAT_FIELD], limit)
+                if example is not None:
+                    data.examples.append(example)
+                    continue
             else:
                 pair, problem = _pair(rec.data, first, second, spec.task, limit)
                 if pair is not None and spec.task in IMAGE_TASKS:
@@ -145,6 +168,26 @@ def _pair(
             )
         values.append(value)
     return (values[0], values[1]), None
+
+
+def _chat(value: Any, max_text_chars: int) -> tuple[tuple[str, str] | None, str | None]:
+    """A chat record's example: its messages and its last assistant message."""
+    try:
+        messages = parse_messages(value, CHAT_FIELD)
+    except MessagesError as exc:
+        return None, exc.message
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    if not answers or not answers[-1]:
+        return None, f"{CHAT_FIELD!r} has no assistant message with content to learn"
+    if messages[0]["role"] == "assistant" and len(answers) == 1 and len(messages) == 1:
+        return None, f"{CHAT_FIELD!r} has only an assistant message (nothing it answers)"
+    chars = sum(len(m["content"]) for m in messages)
+    if chars > max_text_chars:
+        return None, (
+            f"{CHAT_FIELD!r} has {chars} characters of content, more than the limit of "
+            f"{max_text_chars} (BARGE_MAX_TEXT_CHARS)"
+        )
+    return (Messages(json.dumps(messages)), answers[-1]), None
 
 
 def check_datasets(spec: FinetuneSpec, train: Dataset, validation: Dataset | None) -> None:

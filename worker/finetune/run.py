@@ -9,6 +9,11 @@ returns a result whose ``publish`` registers the model in the same transaction t
 unit done (fencing: once, by the holder). A cancel raises ``Stop`` once a checkpoint upload
 under way has finished; the lifecycle records it.
 
+With ``select: best`` the epoch with the best validation metric is kept (its weights travel in
+the checkpoints) and registered; ``early_stopping_epochs`` ends training after that many epochs
+without a better one. A LoRA fine-tune registers its adapter over the base it trained on (the
+registry records the base's location), or with ``merge`` the merged model.
+
 Imports: ``barge``, ``db``, ``services``, ``worker.lease``, ``worker.lifecycle``, ``worker.models``,
 ``worker.finetune``; never ``api`` or ``cli``.
 """
@@ -26,12 +31,14 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from barge.records.images import read_image
-from barge.specs import IMAGE_TASKS, FinetuneSpec
+from barge.specs import IMAGE_TASKS, SELECT_METRICS, FinetuneSpec
 from barge.storage import S3Uri
 from db import repositories as repo
 from db.models import Job
 from services import registry
+from worker import hf
 from worker.context import WorkerContext
+from worker.finetune import lora
 from worker.finetune.checkpoints import Checkpoints
 from worker.finetune.data import check_datasets, load_dataset
 from worker.finetune.training import Trainer
@@ -122,10 +129,11 @@ class FinetuneRun:
             else None
         )
         check_datasets(spec, self.train, self.validation)
-        model_dir, _ = fetch_model(ctx.settings, ctx.store, work.model_ref)
+        self.model_dir, _ = fetch_model(ctx.settings, ctx.store, work.model_ref)
         labels = self.train.labels() if spec.task in ("classify", "image_classify") else []
         device = pick_device(ctx.settings)
-        self.trainer = Trainer(spec, model_dir, device, self.train.examples, labels)
+        self.trainer = Trainer(spec, self.model_dir, device, self.train.examples, labels)
+        self.stopped_early = False
         if spec.task in IMAGE_TASKS:  # every image prepared once, before the first step
             examples = self.train.examples + (self.validation.examples if self.validation else [])
             decoded = {**self.train.decoded, **(self.validation.decoded if self.validation else {})}
@@ -189,15 +197,20 @@ class FinetuneRun:
                 checkpoint=resumed["uri"],
             )
         else:
+            trainable, total = lora.parameter_counts(trainer.model)
             job_event(
                 self.ctx,
                 self.work,
                 "training_started",
                 f"training {trainer.total_steps} steps on {trainer.device.type} "
-                f"(attempt {attempt})",
+                f"({self.spec.method.type}: {trainable:,} of {total:,} parameters train; "
+                f"attempt {attempt})",
                 steps=trainer.total_steps,
                 device=trainer.device.type,
                 attempt=attempt,
+                method=self.spec.method.type,
+                trainable_parameters=trainable,
+                parameters=total,
             )
 
     # --- the slice ----------------------------------------------------------------------------
@@ -218,7 +231,7 @@ class FinetuneRun:
                 self._log_steps(losses)
             if trainer.epoch_ends:
                 self._end_epoch(losses)
-            if trainer.done:
+            if trainer.done or self.stopped_early:
                 break
             now = time.monotonic()
             slice_over = now - slice_started >= self.ctx.settings.slice_seconds
@@ -276,8 +289,38 @@ class FinetuneRun:
             record.update(trainer.evaluate(self.validation.examples))
             self.timing.eval_seconds += time.monotonic() - started
         self.history.append(record)
-        shown = ", ".join(f"{k} {v}" for k, v in record.items() if k not in ("epoch", "step"))
+        self._select(record)
+        shown = ", ".join(
+            f"{k} {v}" for k, v in record.items() if isinstance(v, int | float) and k != "step"
+        )
         job_event(self.ctx, self.work, "eval", f"epoch {record['epoch']}: {shown}", **record)
+        if self.stopped_early:
+            job_event(
+                self.ctx,
+                self.work,
+                "early_stopped",
+                f"stopped after epoch {record['epoch']}: {self.spec.metric} has not improved "
+                f"for {self.spec.early_stopping_epochs} epochs (best: epoch {record['best_epoch']})",
+                epoch=record["epoch"],
+                step=record["step"],
+                best_epoch=record["best_epoch"],
+                metric=self.spec.metric,
+            )
+
+    def _select(self, record: dict[str, Any]) -> None:
+        """With select best or early stopping: mark the epoch's record with the best epoch so
+        far, keep the best weights, and decide whether to stop."""
+        spec = self.spec
+        if spec.select != "best" and spec.early_stopping_epochs is None:
+            return
+        metric, higher = spec.metric, SELECT_METRICS[spec.metric]
+        best = best_epoch(self.history, metric, higher)
+        record["best_epoch"] = best
+        if best == record["epoch"] and spec.select == "best":
+            self.trainer.keep_best(best)
+        patience = spec.early_stopping_epochs
+        if patience is not None and record["epoch"] - best >= patience and not self.trainer.done:
+            self.stopped_early = True
 
     # --- the end ------------------------------------------------------------------------------
 
@@ -288,12 +331,19 @@ class FinetuneRun:
             "steps": self.trainer.step,
             "epochs": self.spec.hyperparameters.epochs,
         }
-        if self.history:
-            metrics.update(
-                {k: v for k, v in self.history[-1].items() if k not in ("epoch", "step")}
-            )
+        chosen = self.history[-1] if self.history else None
+        if self.spec.select == "best":
+            selected = self.trainer.restore_best()
+            chosen = next((h for h in self.history if h["epoch"] == selected), chosen)
+            metrics["selected_epoch"] = selected
+        if self.stopped_early:
+            metrics["stopped_early_at_epoch"] = self.history[-1]["epoch"]
+        if chosen:
+            metrics.update({k: v for k, v in chosen.items() if k not in ("epoch", "step")})
         local = self.tmp / "model"
         files = self.trainer.save_model(local)
+        if self.spec.lora is not None:
+            metrics.update(self._sizes(local))
         (local / SUMMARY_FILE).write_text(json.dumps(self._summary(metrics), indent=2) + "\n")
         for path in [*files, local / SUMMARY_FILE]:
             self.ctx.store.put_file(model_uri.join(path.relative_to(local).as_posix()), path)
@@ -329,7 +379,27 @@ class FinetuneRun:
             "history": self.history,
             "timing": timings,
             "device": self.trainer.device.type,
+            "method": self.spec.method.model_dump(),
+            "select": self.spec.select,
+            "select_metric": self.spec.metric if self.spec.select == "best" else None,
         }
+
+    def _sizes(self, local: Path) -> dict[str, Any]:
+        """What a LoRA fine-tune saved against its base: bytes and parameters."""
+        trainable, total = lora.parameter_counts(self.trainer.model)
+        saved = sum(p.stat().st_size for p in local.glob("*.safetensors"))
+        base = hf.weight_bytes(self.model_dir)
+        return {
+            "trainable_parameters": trainable,
+            "parameters": total,
+            "adapter_bytes" if self.registers_adapter else "model_bytes": saved,
+            "base_bytes": base,
+        }
+
+    @property
+    def registers_adapter(self) -> bool:
+        """Whether the registered version is an adapter over the base (LoRA, not merged)."""
+        return self.spec.lora is not None and not self.spec.lora.merge
 
     def _registration(
         self, model_uri: S3Uri, metrics: dict[str, Any]
@@ -337,6 +407,7 @@ class FinetuneRun:
         """Register the model as the next version of ``model_name`` (and say so in an event),
         in the transaction that marks the unit done."""
         spec = self.spec
+        adapter_base = self.work.model_ref if self.registers_adapter else None
 
         def register(session: Session, job: Job) -> None:
             model = registry.register_version(
@@ -348,6 +419,7 @@ class FinetuneRun:
                 base_model=spec.base_model,
                 metrics=metrics,
                 job_id=job.id,
+                adapter_base_uri=adapter_base,
             )
             repo.add_event(
                 session,
@@ -361,3 +433,11 @@ class FinetuneRun:
             )
 
         return register
+
+
+def best_epoch(history: list[dict[str, Any]], metric: str, higher: bool) -> int:
+    """The epoch of ``history`` with the best ``metric`` (the earliest of equal ones)."""
+    scored = [(h[metric], h["epoch"]) for h in history if metric in h]
+    if higher:
+        return min(scored, key=lambda se: (-se[0], se[1]))[1]
+    return min(scored)[1]

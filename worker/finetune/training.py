@@ -6,7 +6,13 @@ step), so a run resumed from a checkpoint ends with the same weights as one that
 
 Checkpoints are written without pickle: tensors in safetensors files, the rest as JSON.
 
-Imports: ``barge``, ``worker.hf``, ``worker.finetune.data``; never ``api`` or ``cli``.
+With ``method: lora`` the base is frozen and wrapped with a peft adapter
+(``worker.finetune.lora``): the checkpoint's model file then holds only the weights that train.
+Chat records (``data.Messages``) are rendered with the base's chat template and carry loss on
+the assistant's tokens only.
+
+Imports: ``barge``, ``worker.hf``, ``worker.chat``, ``worker.finetune.data``,
+``worker.finetune.lora``, ``worker.finetune.metrics``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ from typing import Any
 
 from barge.errors import PermanentJobError
 from barge.specs import IMAGE_TASKS, FinetuneSpec
-from worker import hf, seq2seq
-from worker.finetune.data import steps_per_epoch
+from worker import chat, hf, seq2seq
+from worker.finetune import lora
+from worker.finetune.data import Messages, steps_per_epoch
+from worker.finetune.metrics import classification_metrics, exact_match
 
 MAX_GRAD_NORM = 1.0  # gradients are clipped to this norm, as Hugging Face's Trainer does
 EMBED_SCALE = 20.0  # cosine similarities are multiplied by this before the softmax
@@ -31,6 +39,8 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 CHECKPOINT_FILES = (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE)
+BEST_FILE = "best.safetensors"  # with select best: the best epoch's weights so far
+EXACT_MATCH_EXTRA_TOKENS = 8  # generated beyond the expected answer's length when scoring
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -75,14 +85,21 @@ class Trainer:
         torch.manual_seed(self.hp.seed)  # a new head's initial weights come from the seed
         random.seed(self.hp.seed)
         # For an image task ``tokenizer`` is the model's image processor.
-        self.tokenizer, self.model = _load(spec, model_dir, labels, self.label_ids)
+        self.tokenizer, self.model = _load(spec, model_dir, labels, self.label_ids, device)
         if getattr(self.tokenizer, "pad_token", "") is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.images: dict[str, Any] = {}  # image task: each image's prepared pixels
         # Tokens kept per example: max_length, clamped to what the model takes.
         limit = hf.position_limit(self.model, self.tokenizer)
         self.max_length = min(self.hp.max_length, limit) if limit else self.hp.max_length
-        self.model.to(device).train()
+        self.lora = spec.lora
+        if self.lora is not None:
+            self.model = lora.wrap(self.model, self.lora, spec.task)
+        if self.lora is None or self.lora.quantize is None:
+            self.model.to(device)
+        self.model.train()
+        # With select best: the best epoch's trainable weights (on the CPU) and its number.
+        self.best: tuple[int, dict[str, Any]] | None = None
         self.optimizer = _optimizer(self.model, self.hp.learning_rate, self.hp.weight_decay)
         warmup = math.ceil(self.hp.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -167,17 +184,12 @@ class Trainer:
             loss = torch.nn.functional.cross_entropy(logits, target)
             return loss, int((logits.argmax(-1) == target).sum()) if not self.model.training else 0
         if task == "classify":
-            enc = self.tokenizer(
-                [t for t, _ in batch],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            target = torch.tensor([self.label_ids[y] for _, y in batch], device=self.device)
-            logits = self.model(**enc).logits.float()
-            loss = torch.nn.functional.cross_entropy(logits, target)
-            return loss, int((logits.argmax(-1) == target).sum()) if not self.model.training else 0
+            loss, guesses = self._classify(batch, predict=not self.model.training)
+            if self.model.training:
+                return loss, 0
+            return loss, sum(
+                g == self.label_ids[y] for g, (_, y) in zip(guesses, batch, strict=True)
+            )
         if task == "text2text":
             return seq2seq.loss(self.model, self.tokenizer, batch, max_length, self.device), 0
         if task == "generate":
@@ -205,7 +217,10 @@ class Trainer:
         import torch
 
         rows = [
-            completion_tokens(self.tokenizer, self._eos(), p, c, self.max_length) for p, c in batch
+            chat_tokens(self.tokenizer, self._eos(), p.messages(), self.max_length)
+            if isinstance(p, Messages)
+            else completion_tokens(self.tokenizer, self._eos(), p, c, self.max_length)
+            for p, c in batch
         ]
         width = max(len(ids) for ids, _ in rows)
         pad = self.tokenizer.pad_token_id or 0
@@ -228,26 +243,46 @@ class Trainer:
 
     # --- evaluation ---------------------------------------------------------------------------
 
-    def evaluate(self, examples: Sequence[tuple[str, str]]) -> dict[str, float]:
-        """Mean loss (weighted by batch size) and, for classify and embed, accuracy."""
+    def evaluate(self, examples: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        """Mean loss (weighted by batch size); for classify, accuracy, per-class precision,
+        recall and F1, macro-F1 and the confusion matrix; for embed, in-batch retrieval
+        accuracy; for generate, exact match of greedy answers."""
         import torch
 
         self.model.eval()
         loss_sum, correct, count = 0.0, 0, 0
+        truth: list[int] = []
+        predicted: list[int] = []
+        answers: list[str] = []
         try:
             with torch.no_grad():
                 for start in range(0, len(examples), self.hp.batch_size):
                     batch = examples[start : start + self.hp.batch_size]
                     with self._autocast():
-                        loss, right = self.forward(batch)
+                        if self.spec.task == "classify":
+                            loss, guesses = self._classify(batch)
+                            truth.extend(self.label_ids[y] for _, y in batch)
+                            predicted.extend(guesses)
+                            right = sum(
+                                g == self.label_ids[y]
+                                for g, (_, y) in zip(guesses, batch, strict=True)
+                            )
+                        else:
+                            loss, right = self.forward(batch)
+                        if self.spec.task == "generate":
+                            answers.extend(self.generate_answers(batch))
                     loss_sum += float(loss) * len(batch)
                     correct += right
                     count += len(batch)
         finally:
             self.model.train()
-        out = {"validation_loss": round(loss_sum / max(1, count), 6)}
+        out: dict[str, Any] = {"validation_loss": round(loss_sum / max(1, count), 6)}
         if self.spec.task in ("classify", "embed", "image_classify"):
             out["validation_accuracy"] = round(correct / max(1, count), 6)
+        if self.spec.task == "classify":
+            out.update(classification_metrics(truth, predicted, self.labels))
+        if self.spec.task == "generate":
+            out["validation_exact_match"] = exact_match(answers, [c for _, c in examples])
         if self.spec.task == "text2text":
             out.update(self._text_metrics(examples))
         return out
@@ -299,6 +334,82 @@ class Trainer:
             self.model.train()
         return seq2seq.text_metrics(outputs, targets)
 
+    def _classify(
+        self, batch: Sequence[tuple[str, str]], predict: bool = True
+    ) -> tuple[Any, list[int]]:
+        """(mean loss, predicted label ids) of one classify batch; no predictions (and no
+        device sync) while training."""
+        import torch
+
+        enc = self.tokenizer(
+            [t for t, _ in batch],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+        target = torch.tensor([self.label_ids[y] for _, y in batch], device=self.device)
+        logits = self.model(**enc).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        return loss, [int(i) for i in logits.argmax(-1).tolist()] if predict else []
+
+    def generate_answers(self, batch: Sequence[tuple[str, str]]) -> list[str]:
+        """Greedy answers to each example's prompt (a chat example's messages before its last
+        assistant message), tokenized as inference tokenizes them."""
+        import torch
+
+        prompts: list[list[int]] = []
+        for prompt, _ in batch:
+            if isinstance(prompt, Messages):
+                text = chat.render(self.tokenizer, prompt.prompt_messages())
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            else:
+                ids = self.tokenizer(prompt)["input_ids"]
+            prompts.append(list(ids))
+        longest = max(
+            len(self.tokenizer(c, add_special_tokens=False)["input_ids"]) for _, c in batch
+        )
+        new_tokens = longest + EXACT_MATCH_EXTRA_TOKENS
+        keep = max(1, self.max_length - new_tokens)
+        prompts = [p[-keep:] for p in prompts]
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding: every answer starts at the same column
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        out = self.model.generate(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=self._eos(),
+        )
+        return [
+            str(t) for t in self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        ]
+
+    # --- selecting the best epoch -------------------------------------------------------------
+
+    def keep_best(self, epoch: int) -> None:
+        """Remember the weights that train, as they are now, as the best epoch's."""
+        params = lora.trainable(self.model)
+        self.best = (epoch, {n: p.detach().to("cpu", copy=True) for n, p in params.items()})
+
+    def restore_best(self) -> int | None:
+        """Put the best epoch's weights back; its number, or None when none was kept."""
+        import torch
+
+        if self.best is None:
+            return None
+        epoch, tensors = self.best
+        with torch.no_grad():
+            for name, param in lora.trainable(self.model).items():
+                param.copy_(tensors[name].to(param.device, param.dtype))
+        return epoch
+
     # --- checkpoints --------------------------------------------------------------------------
 
     def save_checkpoint(self, directory: Path, extra: dict[str, Any]) -> list[Path]:
@@ -307,7 +418,16 @@ class Trainer:
         from safetensors.torch import save_file, save_model
 
         directory.mkdir(parents=True, exist_ok=True)
-        save_model(self.model, str(directory / MODEL_FILE))
+        if self.lora is not None:
+            lora.save_trainable(self.model, directory / MODEL_FILE)
+        else:
+            save_model(self.model, str(directory / MODEL_FILE))
+        files = list(CHECKPOINT_FILES)
+        if self.best is not None:
+            save_file(
+                self.best[1], str(directory / BEST_FILE), metadata={"epoch": str(self.best[0])}
+            )
+            files.append(BEST_FILE)
         opt = self.optimizer.state_dict()
         tensors: dict[str, Any] = {"rng.cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
@@ -332,7 +452,7 @@ class Trainer:
             **extra,
         }
         (directory / STATE_FILE).write_text(json.dumps(state, indent=1))
-        return [directory / name for name in CHECKPOINT_FILES]
+        return [directory / name for name in files]
 
     def load_checkpoint(self, directory: Path) -> dict[str, Any]:
         """Restore everything ``save_checkpoint`` wrote; returns the state (with ``extra``)."""
@@ -340,7 +460,16 @@ class Trainer:
         from safetensors.torch import load_file, load_model
 
         state = json.loads((directory / STATE_FILE).read_text())
-        load_model(self.model, str(directory / MODEL_FILE), device=str(self.device))
+        if self.lora is not None:
+            lora.load_trainable(self.model, directory / MODEL_FILE)
+        else:
+            load_model(self.model, str(directory / MODEL_FILE), device=str(self.device))
+        if (directory / BEST_FILE).exists():
+            from safetensors import safe_open
+
+            with safe_open(str(directory / BEST_FILE), framework="pt") as f:
+                epoch = int((f.metadata() or {})["epoch"])
+            self.best = (epoch, load_file(str(directory / BEST_FILE)))
         tensors = load_file(str(directory / OPTIMIZER_FILE))
         opt_state: dict[int, dict[str, Any]] = {}
         for name, value in tensors.items():
@@ -361,10 +490,14 @@ class Trainer:
         return dict(state)
 
     def save_model(self, directory: Path) -> list[Path]:
-        """A Hugging Face model directory (safetensors weights, config, tokenizer)."""
+        """A Hugging Face model directory (safetensors weights, config, tokenizer); for LoRA,
+        the adapter directory (or with ``merge``, the merged model's)."""
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(directory), safe_serialization=True)
-        self.tokenizer.save_pretrained(str(directory))
+        if self.lora is not None:
+            lora.save(self.model, self.tokenizer, self.lora, self.spec.task, self.labels, directory)
+        else:
+            self.model.save_pretrained(str(directory), safe_serialization=True)
+            self.tokenizer.save_pretrained(str(directory))
         return sorted(p for p in directory.rglob("*") if p.is_file())
 
 
@@ -388,13 +521,15 @@ def _optimizer(model: Any, learning_rate: float, weight_decay: float) -> Any:
 
 
 def _load(
-    spec: FinetuneSpec, model_dir: Path, labels: list[str], label_ids: dict[str, int]
+    spec: FinetuneSpec, model_dir: Path, labels: list[str], label_ids: dict[str, int], device: Any
 ) -> tuple[Any, Any]:
     """The tokenizer and the model to train: the task's class (``hf.model_class``); for
     classify, a head sized to ``labels``."""
     import transformers
 
     kwargs: dict[str, Any] = {"use_safetensors": True, "local_files_only": True}
+    if spec.lora is not None:
+        kwargs.update(lora.load_kwargs(spec.lora, device))
     if spec.task in ("classify", "image_classify"):
         kwargs.update(
             num_labels=len(labels),
@@ -435,6 +570,38 @@ def completion_tokens(
     c = c[:keep_c]
     p = p[: max_length - len(c)]
     return p + c, [IGNORE] * len(p) + c
+
+
+def chat_tokens(
+    tokenizer: Any, eos: int | None, messages: list[dict[str, str]], max_length: int
+) -> tuple[list[int], list[int]]:
+    """Token ids of a conversation rendered with the chat template, and their labels: only
+    the assistant messages' tokens (each followed by the end of sequence) carry loss, never a
+    system or user token. Each turn is rendered as inference renders a prompt (the template up
+    to the assistant's turn, tokenized without special tokens added) and the assistant's text
+    is what the full template adds after it. Longer conversations are cut at ``max_length``."""
+    if not chat.has_template(tokenizer):
+        raise PermanentJobError(
+            "chat training records need a base model with a chat template (chat_template.jinja)"
+        )
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = chat.render(tokenizer, messages[:i])
+        full = str(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
+        answer = full[len(prompt) :] if full.startswith(prompt) else message["content"]
+        context = prompt[len(done) :] if prompt.startswith(done) else prompt
+        context_ids = list(tokenizer(context, add_special_tokens=False)["input_ids"])
+        answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            answer_ids.append(eos)
+        ids += context_ids + answer_ids
+        labels += [IGNORE] * len(context_ids) + answer_ids
+        done = full
+    return ids[:max_length], labels[:max_length]
 
 
 def _jsonable(value: Any) -> Any:

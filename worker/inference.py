@@ -18,9 +18,7 @@ Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.lifecycle``, 
 from __future__ import annotations
 
 import os
-import queue
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Outcome, Result, Runner, job_event
 from worker.models import LoadedModel, predict
 from worker.outputs import JsonlPart, RecordId, coerce_id, make_part, put_part, windows
+from worker.prefetch import prefetch
 
 WINDOW_BATCHES = 16  # records are length-sorted within windows of this many batches
 
@@ -64,7 +63,7 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
         # A shard of one window computes nothing before its last record is read: nothing for
         # a background reader to overlap, so it reads on this thread.
         records = (
-            _prefetch(reading, window_size * 2) if work.rng.record_count > window_size else reading
+            prefetch(reading, window_size * 2) if work.rng.record_count > window_size else reading
         )
         try:
             stopped = shard.process(records, window_size)
@@ -301,38 +300,6 @@ def _batches(todo: list[_Todo], batch_size: int) -> Iterator[list[_Todo]]:
 
 def _params_key(params: Any) -> Any:
     return tuple(sorted(params.model_dump().items()))
-
-
-def _prefetch(it: Iterator[Record], size: int) -> Iterator[Record]:
-    """Read records on a background thread so S3 I/O overlaps with compute."""
-    q: queue.Queue[Any] = queue.Queue(maxsize=size)
-    done = object()
-    stop = threading.Event()
-
-    def pump() -> None:
-        try:
-            for item in it:
-                if stop.is_set():
-                    return
-                q.put(item)
-            q.put(done)
-        except BaseException as exc:  # handed to the consumer
-            q.put(exc)
-
-    thread = threading.Thread(target=pump, daemon=True, name="barge-prefetch")
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while not q.empty():
-            q.get_nowait()
 
 
 def _extract(

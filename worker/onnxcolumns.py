@@ -16,11 +16,8 @@ or ``cli``.
 
 from __future__ import annotations
 
-import queue
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +35,7 @@ from worker.lifecycle import Outcome, Result
 from worker.models import LoadedModel
 from worker.onnxmodels import OnnxRunner
 from worker.outputs import JsonlPart, coerce_id, make_part, put_part
+from worker.prefetch import prefetch
 
 READ_ROWS = 8192  # rows per Arrow record batch read
 READ_AHEAD = 2  # record batches read ahead on a background thread while the model runs
@@ -104,7 +102,7 @@ class _ColumnarShard:
         """Every record of the shard, record batch by record batch; the ``Stop`` that cut it
         short, if any."""
         try:
-            for first_row, batch in _prefetch(self._batches(info), READ_AHEAD):
+            for first_row, batch in prefetch(self._batches(info), READ_AHEAD, "barge-columns"):
                 self._record_batch(first_row, batch)
         except Stop as exc:
             return exc
@@ -249,35 +247,3 @@ class _ColumnarShard:
                 elif problems[i] is None:
                     problems[i] = problem
         return matrix
-
-
-def _prefetch(it: Iterator[Any], size: int) -> Iterator[Any]:
-    """Read ahead on a background thread (S3 and Parquet decoding overlap the model); an
-    exception of the reader is raised here."""
-    q: queue.Queue[Any] = queue.Queue(maxsize=size)
-    done = object()
-    stop = threading.Event()
-
-    def pump() -> None:
-        try:
-            for item in it:
-                if stop.is_set():
-                    return
-                q.put(item)
-            q.put(done)
-        except BaseException as exc:  # handed to the consumer
-            q.put(exc)
-
-    threading.Thread(target=pump, daemon=True, name="barge-columns").start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while not q.empty():
-            q.get_nowait()

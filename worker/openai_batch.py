@@ -39,11 +39,12 @@ from db.models import Job, Shard
 from services import openai_batches
 from worker import chat, hf, metrics
 from worker.context import WorkerContext
-from worker.inference import WINDOW_BATCHES, _prefetch
+from worker.inference import WINDOW_BATCHES
 from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Outcome, Result, Runner
 from worker.models import LoadedModel, predict
 from worker.outputs import JsonlPart, put_part, windows
+from worker.prefetch import prefetch
 
 MAX_STOP = 4
 MAX_DEFAULT_TOKENS = 4096  # max_tokens when a request names none: what is left, at most this
@@ -102,7 +103,7 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
         shard = _BatchShard(ctx, work, lease, loaded, Path(tmp))
         window_size = spec.batch_size * WINDOW_BATCHES
-        records = _prefetch(iter_range(ctx.store, info, work.fmt, work.rng), window_size * 2)
+        records = prefetch(iter_range(ctx.store, info, work.fmt, work.rng), window_size * 2)
         stopped = shard.process(records, window_size)
         lease.beat()  # fencing: still ours right before we write?
         return shard.upload(stopped)

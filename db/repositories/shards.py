@@ -264,22 +264,19 @@ def cancel_abandoned_shards(session: Session, now: datetime, limit: int) -> list
     """Cancel the running shards of stopping jobs (cancelling, failed) whose lease expired:
     their worker died, and a stopping job's unit is not run again, so no claim would ever
     settle it. The ids of their jobs (to finalize). Fencing holds: the dead attempt's settle
-    finds the shard no longer running."""
-    ids = (
-        select(Shard.id)
-        .join(Job, Job.id == Shard.job_id)
-        .where(
-            Shard.status == SHARD_RUNNING,
-            Shard.lease_expires_at < now,
-            Job.status.in_([CANCELLING, FAILED]),
-        )
-        .limit(limit)
-        .with_for_update(of=Shard, skip_locked=True)
-        .scalar_subquery()
+    finds the shard no longer running. Found with a plain read first, so a pass with nothing
+    to cancel writes nothing (and waits on no lock)."""
+    stopping_and_expired = and_(
+        Shard.status == SHARD_RUNNING,
+        Shard.lease_expires_at < now,
+        Shard.job_id.in_(select(Job.id).where(Job.status.in_([CANCELLING, FAILED]))),
     )
+    ids = list(session.scalars(select(Shard.id).where(stopping_and_expired).limit(limit)))
+    if not ids:
+        return []
     result = session.execute(
         update(Shard)
-        .where(Shard.id.in_(ids), Shard.status == SHARD_RUNNING)
+        .where(Shard.id.in_(ids), stopping_and_expired)  # as they are once their rows are ours
         .values(
             status=SHARD_CANCELLED,
             finished_at=now,

@@ -183,7 +183,10 @@ def test_a_planning_run_that_kills_its_worker_every_time_fails_the_job_after_max
             kills.append(attempts)
         time.sleep(0.02)
     job, evs = _failed_once(world, job_id)
-    assert kills == list(range(1, MAX_ATTEMPTS + 1)), kills
+    # Every attempt the test saw start was killed, the last one MAX_ATTEMPTS. A redelivered
+    # message and the reconciler's re-send can start two attempts within one poll (the second
+    # run of a job's plan is dropped at commit if the first wins): then one number is skipped.
+    assert kills == sorted(set(kills)) and kills[0] == 1 and kills[-1] == MAX_ATTEMPTS, kills
     assert job["error"] == (
         f"planning failed after {MAX_ATTEMPTS} attempts; last error: attempt {MAX_ATTEMPTS} "
         "ended without an error: its process died (killed or out of memory?)"

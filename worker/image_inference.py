@@ -41,8 +41,8 @@ from worker import metrics
 from worker.context import WorkerContext
 from worker.inference import _input_info
 from worker.lease import Lease, ShardWork, Stop
-from worker.lifecycle import Outcome, Result, Runner
-from worker.outputs import JsonlPart, RecordId, coerce_id, make_part, put_part, windows
+from worker.lifecycle import Result, Runner, part_result
+from worker.outputs import JsonlPart, RecordId, coerce_id, make_part, windows
 from worker.vision import VisionModel, predict_images, result_schema, shape_key
 
 log = logging.getLogger(__name__)
@@ -147,20 +147,8 @@ class _ImageShard:
         return None
 
     def upload(self, stopped: Stop | None) -> Result:
-        output_key, errors_key = put_part(
-            self.ctx.store,
-            self.spec.output,
-            self.work.index,
-            self.work.attempt,
-            self.part,
-            self.errors,
-        )
-        return Result(
-            Outcome.CANCELLED if stopped else Outcome.SUCCEEDED,
-            succeeded=self.part.count,
-            failed=self.errors.count,
-            output_key=output_key,
-            errors_key=errors_key,
+        return part_result(
+            self.ctx, self.work, self.spec.output, self.part, self.errors, stopped is not None
         )
 
     # --- on a decoding thread -------------------------------------------------------------

@@ -34,9 +34,9 @@ from barge.storage import ObjectInfo, S3Uri
 from worker import chat, metrics, onnxcolumns
 from worker.context import WorkerContext
 from worker.lease import Lease, ShardWork, Stop
-from worker.lifecycle import Outcome, Result, Runner, job_event
+from worker.lifecycle import Result, Runner, job_event, part_result
 from worker.models import LoadedModel, predict
-from worker.outputs import JsonlPart, RecordId, coerce_id, make_part, put_part, windows
+from worker.outputs import JsonlPart, RecordId, coerce_id, make_part, windows
 from worker.prefetch import prefetch
 
 WINDOW_BATCHES = 16  # records are length-sorted within windows of this many batches
@@ -160,20 +160,13 @@ class _ShardRun:
 
     def upload(self, stopped: Stop | None) -> Result:
         """PUT the part and the errors file (``worker.outputs.put_part``)."""
-        output_key, errors_key = put_part(
-            self.ctx.store,
+        return part_result(
+            self.ctx,
+            self.work,
             self.spec.output,
-            self.work.index,
-            self.work.attempt,
             self.part,
             self.errors,
-        )
-        return Result(
-            Outcome.CANCELLED if stopped else Outcome.SUCCEEDED,
-            succeeded=self.part.count,
-            failed=self.errors.count,
-            output_key=output_key,
-            errors_key=errors_key,
+            stopped is not None,
             usage=self.usage or None,
         )
 

@@ -46,6 +46,7 @@ from services.unit_of_work import UnitOfWork
 from worker import metrics
 from worker.context import WorkerContext
 from worker.lease import Lease, LeaseLost, ShardWork, Stop
+from worker.outputs import JsonlPart, ParquetPart, put_part
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,28 @@ class Result:
     steps_done: int | None = None
     usage: dict[str, int] | None = None  # token counts of the unit's records
     publish: Callable[[Session, Job], None] | None = None
+
+
+def part_result(
+    ctx: WorkerContext,
+    work: ShardWork,
+    output: str,
+    part: JsonlPart | ParquetPart,
+    errors: JsonlPart,
+    stopped: bool,
+    usage: dict[str, int] | None = None,
+) -> Result:
+    """PUT a shard's part and errors file (``worker.outputs.put_part``) and say what was
+    written: SUCCEEDED, or CANCELLED when the run stopped early with what it finished."""
+    output_key, errors_key = put_part(ctx.store, output, work.index, work.attempt, part, errors)
+    return Result(
+        Outcome.CANCELLED if stopped else Outcome.SUCCEEDED,
+        succeeded=part.count,
+        failed=errors.count,
+        output_key=output_key,
+        errors_key=errors_key,
+        usage=usage,
+    )
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,9 @@ from worker import chat, hf, metrics
 from worker.context import WorkerContext
 from worker.inference import WINDOW_BATCHES
 from worker.lease import Lease, ShardWork, Stop
-from worker.lifecycle import Outcome, Result, Runner
+from worker.lifecycle import Result, Runner, part_result
 from worker.models import LoadedModel, predict
-from worker.outputs import JsonlPart, put_part, windows
+from worker.outputs import JsonlPart, windows
 from worker.prefetch import prefetch
 
 MAX_STOP = 4
@@ -153,20 +153,8 @@ class _BatchShard:
         return None
 
     def upload(self, stopped: Stop | None) -> Result:
-        output_key, errors_key = put_part(
-            self.ctx.store,
-            self.spec.output,
-            self.work.index,
-            self.work.attempt,
-            self.part,
-            self.errors,
-        )
-        return Result(
-            Outcome.CANCELLED if stopped else Outcome.SUCCEEDED,
-            succeeded=self.part.count,
-            failed=self.errors.count,
-            output_key=output_key,
-            errors_key=errors_key,
+        return part_result(
+            self.ctx, self.work, self.spec.output, self.part, self.errors, stopped is not None
         )
 
     def _window(self, window: list[Record]) -> None:

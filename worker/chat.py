@@ -1,6 +1,6 @@
-"""Chat messages: the checks on a list of ``{role, content}`` messages and their rendering with a
-model's chat template, shared by native ``generate`` jobs (``messages_field``) and the OpenAI
-chat completions endpoint.
+"""Chat messages rendered with a model's chat template (their checks live in ``barge.chat``),
+shared by native ``generate`` jobs (``messages_field``) and the OpenAI chat completions
+endpoint.
 
 Imports: ``barge`` only; never ``api`` or ``cli``.
 """
@@ -9,48 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from barge.chat import CHAT_ROLES, MessagesError, parse_messages
 from barge.errors import describe
 
-CHAT_ROLES = ("system", "developer", "user", "assistant")
-
-
-class MessagesError(ValueError):
-    """Messages that cannot be rendered: what is wrong, and where (``messages[i].content``)."""
-
-    def __init__(self, message: str, param: str = "messages"):
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
-def parse_messages(value: Any, name: str = "messages") -> list[dict[str, str]]:
-    """The messages as ``[{role, content}]`` with text content (a list of text parts is
-    joined; ``developer`` is rendered as ``system``)."""
-    if not isinstance(value, list) or not value:
-        raise MessagesError(f"{name} must be a non-empty list", name)
-    out = []
-    for i, message in enumerate(value):
-        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
-            raise MessagesError(
-                f"{name}[{i}] must be an object with a role of {', '.join(CHAT_ROLES)}",
-                f"{name}[{i}].role",
-            )
-        content = message.get("content")
-        if isinstance(content, list):
-            parts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text":
-                    raise MessagesError(
-                        f"{name}[{i}].content: only text parts are supported",
-                        f"{name}[{i}].content",
-                    )
-                parts.append(str(part.get("text", "")))
-            content = "".join(parts)
-        if not isinstance(content, str):
-            raise MessagesError(f"{name}[{i}].content must be a string", f"{name}[{i}].content")
-        role = "system" if message["role"] == "developer" else message["role"]
-        out.append({"role": role, "content": content})
-    return out
+__all__ = ["CHAT_ROLES", "MessagesError", "has_template", "parse_messages", "render"]
 
 
 def has_template(tokenizer: Any) -> bool:

@@ -140,25 +140,42 @@ def run_claimed(ctx: WorkerContext, work: ShardWork, runner: Runner) -> Outcome:
     become outcomes."""
     lease = Lease(ctx, work, runner.status_check_seconds)
     started = time.monotonic()
+    time_limit_error = runner.time_limit_error.format(limit=ctx.settings.shard_soft_time_limit)
     try:
         outcome = settle(ctx, work, _run(runner, ctx, work, lease))
     except LeaseLost:
         outcome = Outcome.LEASE_LOST
-    except PermanentJobError as exc:
-        outcome = fail(ctx, work, exc.message)
     except SoftTimeLimitExceeded:
-        limit = ctx.settings.shard_soft_time_limit
-        outcome = fail(ctx, work, runner.time_limit_error.format(limit=limit))
+        outcome = fail(ctx, work, time_limit_error)
     except Exception as exc:
-        log.exception("%s attempt %s failed", work.log_name, work.attempt)
-        retry_or_fail(ctx, work, describe(exc))
-        outcome = Outcome.ERROR
+        if _time_ran_out(exc):
+            outcome = fail(ctx, work, time_limit_error)
+        elif isinstance(exc, PermanentJobError):
+            outcome = fail(ctx, work, exc.message)
+        else:
+            log.exception("%s attempt %s failed", work.log_name, work.attempt)
+            retry_or_fail(ctx, work, describe(exc))
+            outcome = Outcome.ERROR
     finally:
         lease.close()  # settled, or given up: its keeper thread stops renewing
     if outcome is Outcome.LEASE_LOST:
         log.warning("%s attempt %s lost its lease; dropping its work", work.log_name, work.attempt)
     _summary(work, lease, outcome, time.monotonic() - started)
     return outcome
+
+
+def _time_ran_out(exc: BaseException) -> bool:
+    """Whether the shard's soft time limit is what this exception is really about: a library
+    that wraps every error it meets (transformers' lazy imports raise "Could not import module"
+    from whatever interrupted them) must not turn "time is up" into a model error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SoftTimeLimitExceeded):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _summary(work: ShardWork, lease: Lease, outcome: Outcome, seconds: float) -> None:

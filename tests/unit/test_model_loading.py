@@ -72,3 +72,34 @@ def test_a_model_that_does_not_fit_is_refused_before_loading(bf16_model: Path) -
     assert models.load_options(
         Settings(model_memory_bytes=need), bf16_model, torch.device("cpu"), "m"
     )
+
+
+def test_a_time_limit_wrapped_by_a_library_is_still_the_time_limit() -> None:
+    """transformers' lazy import turns whatever interrupts it into "Could not import module
+    'BertModel'"; when that was the shard's soft time limit, the shard says so."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from worker.lifecycle import _time_ran_out
+
+    def wrapped() -> BaseException:
+        try:
+            try:
+                raise SoftTimeLimitExceeded()
+            except SoftTimeLimitExceeded as inner:
+                raise RuntimeError("Could not import module 'BertModel'") from inner
+        except RuntimeError as outer:
+            try:
+                raise PermanentJobError(f"cannot load model: {outer}") from outer
+            except PermanentJobError as exc:
+                return exc
+
+    assert _time_ran_out(wrapped())
+    assert _time_ran_out(SoftTimeLimitExceeded())
+    assert not _time_ran_out(PermanentJobError("cannot load model: bad config.json"))
+    try:
+        try:
+            raise ValueError("a record's fault")
+        except ValueError:
+            raise RuntimeError("during handling") from None
+    except RuntimeError as plain:
+        assert not _time_ran_out(plain)

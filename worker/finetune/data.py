@@ -1,7 +1,7 @@
 """Fine-tune datasets: read every training or validation record, keep the usable ones and say
 exactly why each other one was not used. No torch here: the planner uses it too.
 
-Imports: ``barge``, ``worker.chat``; never ``api`` or ``cli``."""
+Imports: ``barge``; never ``api`` or ``cli``."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from barge.chat import MessagesError, chat_example
 from barge.errors import PermanentJobError
 from barge.records import EVERYTHING, Format, format_of, iter_range, resolve_inputs
 from barge.records.images import ImageError, read_image
 from barge.settings import get_settings
 from barge.specs import CHAT_FIELD, IMAGE_TASKS, FinetuneSpec, Hyperparameters
 from barge.storage import ObjectStore, S3Uri
-from worker.chat import MessagesError, parse_messages
 
 
 class Messages(str):
@@ -173,21 +173,11 @@ def _pair(
 def _chat(value: Any, max_text_chars: int) -> tuple[tuple[str, str] | None, str | None]:
     """A chat record's example: its messages and its last assistant message."""
     try:
-        messages = parse_messages(value, CHAT_FIELD)
+        messages = chat_example(value, max_text_chars, CHAT_FIELD)
     except MessagesError as exc:
         return None, exc.message
-    answers = [m["content"] for m in messages if m["role"] == "assistant"]
-    if not answers or not answers[-1]:
-        return None, f"{CHAT_FIELD!r} has no assistant message with content to learn"
-    if messages[0]["role"] == "assistant" and len(answers) == 1 and len(messages) == 1:
-        return None, f"{CHAT_FIELD!r} has only an assistant message (nothing it answers)"
-    chars = sum(len(m["content"]) for m in messages)
-    if chars > max_text_chars:
-        return None, (
-            f"{CHAT_FIELD!r} has {chars} characters of content, more than the limit of "
-            f"{max_text_chars} (BARGE_MAX_TEXT_CHARS)"
-        )
-    return (Messages(json.dumps(messages)), answers[-1]), None
+    answer = [m["content"] for m in messages if m["role"] == "assistant"][-1]
+    return (Messages(json.dumps(messages)), answer), None
 
 
 def check_datasets(spec: FinetuneSpec, train: Dataset, validation: Dataset | None) -> None:

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     # How long the completion window "24h" lasts: a batch unfinished by then expires (what
     # finished is kept; the rest are error-file lines with code batch_expired).
     openai_batch_window_seconds: float = Field(default=24 * 3600.0, gt=0)
+    # How /openai/v1/fine_tuning/jobs trains when a request does not say (its ``barge.method``):
+    # a LoRA adapter over the frozen base (served warm over a shared base), or every weight.
+    openai_fine_tuning_method: Literal["lora", "full"] = "lora"
 
     # Flower (`barge flower`): basic auth is required, so an empty password refuses to start.
     flower_user: str = "admin"

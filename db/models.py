@@ -297,3 +297,29 @@ class OpenAIBatch(Base):
     # how many requests it left unrun (each an error-file line with code batch_expired).
     expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expired_requests: Mapped[int | None] = mapped_column(Integer)
+
+
+class OpenAIFineTuningJob(Base):
+    """A fine-tuning job of the OpenAI-compatible surface: its files checked when it was created,
+    then run as a Barge fine-tune job (``job_id``); status, events and checkpoints are read from
+    that job, and ``fine_tuned_model`` from the version it registered."""
+
+    __tablename__ = "openai_fine_tuning_jobs"
+    __table_args__ = (
+        Index("ix_openai_fine_tuning_jobs_tenant_created", "tenant_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
+    )
+    model: Mapped[str] = mapped_column(Text)  # as named in the request
+    training_file_id: Mapped[str] = mapped_column(String(64))
+    validation_file_id: Mapped[str | None] = mapped_column(String(64))
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    # {n_epochs, batch_size, learning_rate_multiplier} as resolved ("auto" made a number)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -57,7 +57,7 @@ class Checked:
             self.errors.append({"code": code, "line": line, "message": message, "param": param})
 
 
-def _lines(f: IO[bytes], limit: int) -> Any:
+def bounded_lines(f: IO[bytes], limit: int) -> Any:
     """(line number, bytes or None when over ``limit``) for each physical line, bounded."""
     number = 0
     while True:
@@ -77,7 +77,7 @@ def check_lines(f: IO[bytes], endpoint: str, settings: Settings) -> Checked:
     """Every line of a batch input file against OpenAI's rules."""
     out = Checked()
     seen: set[str] = set()
-    for number, raw in _lines(f, settings.max_record_bytes):
+    for number, raw in bounded_lines(f, settings.max_record_bytes):
         if raw is None:
             out.error(
                 "invalid_json_line",

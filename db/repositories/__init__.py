@@ -28,6 +28,7 @@ from db.repositories.drops import (
 )
 from db.repositories.events import (
     add_event,
+    events_newest_first,
     last_event,
     list_events,
 )
@@ -128,6 +129,7 @@ __all__ = [
     "drop_rules",
     "enabled_drop_rules",
     "encode_cursor",
+    "events_newest_first",
     "fair_turns",
     "find_model",
     "finish_shard",

@@ -42,3 +42,21 @@ def last_event(session: Session, job_id: uuid.UUID, kind: str) -> JobEvent | Non
         .order_by(JobEvent.id.desc())
         .limit(1)
     )
+
+
+def events_newest_first(
+    session: Session,
+    job_id: uuid.UUID,
+    limit: int,
+    before: int | None = None,
+    kinds: tuple[str, ...] | None = None,
+) -> tuple[list[JobEvent], bool]:
+    """A page of the job's events, newest first, older than event ``before`` (the last of the
+    previous page), of ``kinds`` if given; and whether more follow."""
+    query = select(JobEvent).where(JobEvent.job_id == job_id)
+    if before is not None:
+        query = query.where(JobEvent.id < before)
+    if kinds is not None:
+        query = query.where(JobEvent.kind.in_(kinds))
+    rows = list(session.scalars(query.order_by(JobEvent.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit

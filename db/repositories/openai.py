@@ -1,4 +1,4 @@
-"""SQL of the OpenAI-compatible surface: files and batches, always scoped to one tenant.
+"""SQL of the OpenAI-compatible surface: files, batches and fine-tuning jobs, always scoped to one tenant.
 
 Lists are newest first, paged with ``after`` (the id of the last row of the previous page), the
 way OpenAI's list endpoints page. Imports: ``barge.status``, ``db.models``, ``db.base``; nothing above ``db``."""
@@ -13,9 +13,9 @@ from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
 
 from barge.status import QUEUED, RUNNING
-from db.models import Job, OpenAIBatch, OpenAIFile
+from db.models import Job, OpenAIBatch, OpenAIFile, OpenAIFineTuningJob
 
-Row = TypeVar("Row", OpenAIFile, OpenAIBatch)
+Row = TypeVar("Row", OpenAIFile, OpenAIBatch, OpenAIFineTuningJob)
 
 
 def add_openai_file(session: Session, row: OpenAIFile) -> OpenAIFile:
@@ -107,3 +107,34 @@ def list_openai_batches(
     """A page of the tenant's batches and whether more follow."""
     query = select(OpenAIBatch).where(OpenAIBatch.tenant_id == tenant_id)
     return _page(session, query, OpenAIBatch, limit, after)
+
+
+def add_fine_tuning_job(session: Session, row: OpenAIFineTuningJob) -> OpenAIFineTuningJob:
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_fine_tuning_job(
+    session: Session, tenant_id: uuid.UUID, job_id: str
+) -> OpenAIFineTuningJob | None:
+    return session.scalar(
+        select(OpenAIFineTuningJob).where(
+            OpenAIFineTuningJob.id == job_id, OpenAIFineTuningJob.tenant_id == tenant_id
+        )
+    )
+
+
+def list_fine_tuning_jobs(
+    session: Session,
+    tenant_id: uuid.UUID,
+    limit: int,
+    after: OpenAIFineTuningJob | None = None,
+    metadata: dict[str, str] | None = None,
+) -> tuple[list[OpenAIFineTuningJob], bool]:
+    """A page of the tenant's fine-tuning jobs (those whose metadata holds every pair of
+    ``metadata``) and whether more follow."""
+    query = select(OpenAIFineTuningJob).where(OpenAIFineTuningJob.tenant_id == tenant_id)
+    for key, value in (metadata or {}).items():
+        query = query.where(OpenAIFineTuningJob.meta[key].as_string() == value)
+    return _page(session, query, OpenAIFineTuningJob, limit, after)

@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,73 +14,15 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import new_key
-from tests.helpers import greedy_reference, minilm_dir, tiny_chat_model, upload_dir
-from tests.services import ROOT, free_port, wait_port
+from tests.e2e.conftest import MAX_FILE_BYTES, MAX_TASKS, new_tenant_key
+from tests.helpers import greedy_reference, minilm_dir
 
 openai = pytest.importorskip("openai")
 
 pytestmark = pytest.mark.e2e
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-MAX_TASKS = 50
-MAX_FILE_BYTES = 3_000_000
 BATCH_FINAL = ("completed", "failed", "cancelled", "expired")
-
-
-@pytest.fixture(scope="module")
-def chat_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_chat_model(tmp_path_factory.mktemp("chat") / "model")
-
-
-@pytest.fixture(scope="module")
-def chat_uri(s3: Any, models_bucket: str, chat_dir: Path) -> str:
-    return upload_dir(s3, models_bucket, "tiny-chat", chat_dir)
-
-
-@pytest.fixture(scope="module")
-def openai_api(
-    barge_env: dict[str, str], tmp_root: Path, s3: Any, minilm_uri: str, chat_uri: str
-) -> Iterator[str]:
-    """A real `barge api` process with model aliases and small limits: its /openai/v1 URL."""
-    import contextlib
-
-    with contextlib.suppress(Exception):
-        s3.create_bucket(Bucket="barge")  # BARGE_OPENAI_FILES_PREFIX: s3://barge/{tenant}/...
-    aliases = {
-        "text-embedding-3-small": minilm_uri,
-        "gpt-3.5-turbo-0125": chat_uri,
-        "gpt-4o-mini": chat_uri,
-    }
-    port = free_port()
-    log = tmp_root / "api-openai.log"
-    env = {
-        **os.environ,
-        **barge_env,
-        "BARGE_OPENAI_MODEL_ALIASES": json.dumps(aliases),
-        "BARGE_OPENAI_MAX_BATCH_TASKS": str(MAX_TASKS),
-        "BARGE_OPENAI_MAX_FILE_BYTES": str(MAX_FILE_BYTES),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "api", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    wait_port(port, 60)
-    yield f"http://127.0.0.1:{port}/openai/v1"
-    proc.terminate()
-    proc.wait(10)
-
-
-def _key(database_url: str) -> str:
-    return new_key(database_url, f"oa-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture
-def client(openai_api: str, database_url: str, worker: Any) -> Any:
-    return openai.OpenAI(base_url=openai_api, api_key=_key(database_url), max_retries=0)
 
 
 def lines_file(rows: list[Any]) -> bytes:
@@ -478,7 +415,7 @@ def test_another_tenants_files_and_batches_are_404(
     batch = client.batches.create(
         input_file_id=source.id, endpoint="/v1/embeddings", completion_window="24h"
     )
-    other = openai.OpenAI(base_url=openai_api, api_key=_key(database_url), max_retries=0)
+    other = openai.OpenAI(base_url=openai_api, api_key=new_tenant_key(database_url), max_retries=0)
     for call in (
         lambda: other.files.retrieve(source.id),
         lambda: other.files.content(source.id),

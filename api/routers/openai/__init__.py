@@ -1,4 +1,4 @@
-"""The OpenAI-compatible surface, mounted at ``/openai/v1``: Files and Batches, same API keys
+"""The OpenAI-compatible surface, mounted at ``/openai/v1``: Files, Batches and fine-tuning jobs, same API keys
 and tenant scoping as ``/v1``, errors in OpenAI's envelope. An app of its own (its schema at
 ``/openai/v1/openapi.json``) so its error handlers answer only here."""
 
@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.routers.openai import batches, errors, files
+from api.routers.openai import batches, errors, files, fine_tuning
 from barge.errors import BargeError
 
 MOUNT = "/openai/v1"
@@ -18,7 +18,7 @@ MOUNT = "/openai/v1"
 def create_openai_app(parent: FastAPI) -> FastAPI:
     """The surface's app, sharing the parent's settings, store and Celery app."""
     app = FastAPI(
-        title="Barge: OpenAI-compatible Files and Batches",
+        title="Barge: OpenAI-compatible Files, Batches and Fine-tuning",
         description="Point the official `openai` client's base_url here.",
         # Its schema is at /openai/v1/openapi.json (with a key); no docs pages of its own, whose
         # assets a browser could not fetch behind the key.
@@ -34,4 +34,5 @@ def create_openai_app(parent: FastAPI) -> FastAPI:
     app.add_exception_handler(OperationalError, errors.db_unavailable)  # type: ignore[arg-type]
     app.include_router(files.router)
     app.include_router(batches.router)
+    app.include_router(fine_tuning.router)
     return app

@@ -1,0 +1,94 @@
+"""/openai/v1/fine_tuning/jobs: thin handlers; the rules live in services.openai_fine_tuning."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict
+
+from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
+from services import openai_fine_tuning as service
+
+router = APIRouter(prefix="/fine_tuning/jobs", tags=["openai fine-tuning"])
+
+_METADATA_KEY = re.compile(r"^metadata\[(.{1,64})\]$")
+
+
+class FineTuningJobCreate(BaseModel):
+    """OpenAI's fields, and Barge's ``barge`` extension (``{"method": {"type": "lora", ...}}``
+    or ``{"type": "full"}``): the service checks each and says what to fix."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: Any
+    training_file: Any
+    validation_file: Any = None
+    hyperparameters: Any = None
+    method: Any = None
+    suffix: Any = None
+    seed: Any = None
+    metadata: Any = None
+    integrations: Any = None
+    barge: Any = None
+
+
+@router.post("", summary="Create a fine-tuning job over uploaded fine-tune files")
+def create_job(
+    body: FineTuningJobCreate,
+    tenant: CurrentTenant,
+    uow: UoW,
+    settings: SettingsDep,
+    store: StoreDep,
+) -> dict[str, Any]:
+    row = service.create(uow, settings, store, tenant, service.Request(**body.model_dump()))
+    return service.present(uow.session, row)
+
+
+@router.get("", summary="List fine-tuning jobs, newest first (metadata[KEY]=VALUE filters)")
+def list_jobs(
+    request: Request,
+    tenant: CurrentTenant,
+    uow: UoW,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    metadata = {}
+    for key, value in request.query_params.multi_items():
+        found = _METADATA_KEY.match(key)
+        if found:
+            metadata[found.group(1)] = value
+    return service.page(uow.session, tenant.id, limit, after, metadata or None)
+
+
+@router.get("/{job_id}", summary="A fine-tuning job")
+def get_job(job_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
+    return service.present(uow.session, service.get(uow.session, tenant.id, job_id))
+
+
+@router.post("/{job_id}/cancel", summary="Cancel a fine-tuning job")
+def cancel_job(job_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
+    return service.present(uow.session, service.cancel(uow, tenant.id, job_id))
+
+
+@router.get("/{job_id}/events", summary="A fine-tuning job's events, newest first")
+def list_events(
+    job_id: str,
+    tenant: CurrentTenant,
+    uow: UoW,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    return service.events(uow.session, tenant.id, job_id, limit, after)
+
+
+@router.get("/{job_id}/checkpoints", summary="A fine-tuning job's checkpoints, one per epoch")
+def list_checkpoints(
+    job_id: str,
+    tenant: CurrentTenant,
+    uow: UoW,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    return service.checkpoints(uow.session, tenant.id, job_id, limit, after)

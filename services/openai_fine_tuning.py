@@ -1,0 +1,586 @@
+"""Fine-tuning jobs of the OpenAI-compatible surface: the training (and validation) file checked
+line by line when the job is created, then run as a Barge ``generate`` fine-tune; the job's
+status, events and checkpoints are read from that Barge job, and ``fine_tuned_model`` is the
+registry's ``name@N``, usable at once as a batch's ``model``.
+
+How OpenAI's parameters become Barge's:
+
+- ``model``: a ``BARGE_OPENAI_MODEL_ALIASES`` alias, a registry name or a model directory;
+- ``hyperparameters`` (or ``method.supervised.hyperparameters``): ``n_epochs`` ("auto": 3),
+  ``batch_size`` ("auto": a tenth of the examples, 1 to 16), ``learning_rate_multiplier``
+  ("auto": 1) times the method's base learning rate (``BASE_LEARNING_RATE``);
+- the method: ``BARGE_OPENAI_FINE_TUNING_METHOD`` (a LoRA adapter by default), or the request's
+  ``barge.method`` (Barge's ``{"type": "lora", "r", ...}`` or ``{"type": "full"}``);
+- the registered name: ``<base>-<suffix>`` (``<base>-ft`` without a suffix), a new version of it
+  per job.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import IO, Any
+
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.orm import Session
+
+from barge.chat import MessagesError, chat_example
+from barge.errors import Conflict, InvalidSpec, NotFound, excerpt
+from barge.jsonvalues import unstorable
+from barge.settings import Settings
+from barge.specs import (
+    CHAT_FIELD,
+    FinetuneSpec,
+    FullMethod,
+    LoraMethod,
+    Method,
+)
+from barge.status import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED
+from barge.storage import ObjectStore, S3Uri
+from db import repositories as repo
+from db.base import utcnow
+from db.models import Job, JobEvent, OpenAIFile, OpenAIFineTuningJob, Tenant
+from db.repositories import openai as openai_repo
+from services import jobs, openai_files, submission
+from services.openai_batches import MAX_METADATA_KEYS, bounded_lines, model_ref
+from services.openai_files import BadRequest
+from services.unit_of_work import UnitOfWork
+
+AUTO_EPOCHS = 3
+MAX_AUTO_BATCH_SIZE = 16
+MAX_EPOCHS = 1000  # Hyperparameters.epochs' bound
+MAX_BATCH_SIZE = 4096
+# The learning rate a multiplier of 1 stands for, per method.
+BASE_LEARNING_RATE = {"lora": 2e-4, "full": 2e-5}
+MAX_SUFFIX_CHARS = 64
+_SUFFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_LINE_ERRORS = 5  # shown in a refused file's message
+TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+EVENT_WARN_KINDS = ("shard_retry", "shard_error", "plan_error", "quota_exceeded", "early_stopped")
+CHECKPOINT_KIND = "eval"  # one per epoch: its train loss and validation metrics
+_METHOD = TypeAdapter(Method)
+
+
+@dataclass
+class Examples:
+    """What checking a training or validation file found."""
+
+    count: int
+    errors: list[str]
+
+
+def check_file(f: IO[bytes], settings: Settings) -> Examples:
+    """Every line of a fine-tuning file: a chat example ``{"messages": [...]}`` (the last
+    assistant message is learnt) or ``{"prompt", "completion"}``, one format per file."""
+    count, fmt = 0, None
+    errors: list[str] = []
+    limit = settings.max_text_chars
+    for number, raw in bounded_lines(f, settings.max_record_bytes):
+        if len(errors) >= MAX_LINE_ERRORS:
+            break
+        if raw is None:
+            errors.append(
+                f"line {number} is longer than {settings.max_record_bytes} bytes "
+                "(BARGE_MAX_RECORD_BYTES)"
+            )
+            continue
+        if not raw.strip():
+            continue
+        try:
+            data = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            errors.append(f"line {number} is not valid JSON: {exc}"[:300])
+            continue
+        if not isinstance(data, dict):
+            errors.append(f"line {number} is not a JSON object")
+            continue
+        line_fmt = "chat" if CHAT_FIELD in data else "completion"
+        problem = _chat_problem(data, limit) if line_fmt == "chat" else _pair_problem(data, limit)
+        if problem is None and fmt is not None and line_fmt != fmt:
+            problem = f"is a {line_fmt} example in a file of {fmt} examples; use one format"
+        if problem is not None:
+            errors.append(f"line {number}: {problem}")
+            continue
+        fmt = fmt or line_fmt
+        count += 1
+    if not count and not errors:
+        errors.append("the file has no examples")
+    return Examples(count, errors)
+
+
+def _chat_problem(data: dict[str, Any], limit: int) -> str | None:
+    value = data[CHAT_FIELD]
+    try:
+        chat_example(value, limit, CHAT_FIELD)
+    except MessagesError as exc:
+        return exc.message
+    weights = [m.get("weight") for m in value if isinstance(m, dict) and "weight" in m]
+    if any(w != 1 for w in weights):
+        return "a message's weight other than 1 is not supported (the last assistant message is learnt)"
+    return None
+
+
+def _pair_problem(data: dict[str, Any], limit: int) -> str | None:
+    for name in ("prompt", "completion"):
+        value = data.get(name)
+        if not isinstance(value, str) or not value:
+            return f"needs {CHAT_FIELD!r} (a chat example) or non-empty 'prompt' and 'completion'"
+        if len(value) > limit:
+            return f"{name!r} has {len(value)} characters, more than {limit} (BARGE_MAX_TEXT_CHARS)"
+    return None
+
+
+@dataclass
+class Request:
+    """A create request, as the router read it (OpenAI's fields and Barge's extension)."""
+
+    model: Any
+    training_file: Any
+    validation_file: Any = None
+    hyperparameters: Any = None
+    method: Any = None
+    suffix: Any = None
+    seed: Any = None
+    metadata: Any = None
+    integrations: Any = None
+    barge: Any = None
+
+
+def _hyperparameters(request: Request) -> dict[str, Any]:
+    """The hyperparameters asked for: ``method.supervised.hyperparameters`` over the top-level
+    (deprecated) ``hyperparameters``."""
+    method = request.method
+    chosen = request.hyperparameters
+    if method is not None:
+        if not isinstance(method, dict) or method.get("type") not in (
+            "supervised",
+            "dpo",
+            "reinforcement",
+        ):
+            raise BadRequest("method.type must be supervised", field="method.type")
+        if method["type"] != "supervised":
+            raise BadRequest(
+                f"method {method['type']} is not supported; Barge fine-tunes with supervised",
+                field="method.type",
+                code="unsupported_method",
+            )
+        supervised = method.get("supervised") or {}
+        if not isinstance(supervised, dict):
+            raise BadRequest("method.supervised must be an object", field="method.supervised")
+        chosen = supervised.get("hyperparameters", chosen)
+    if chosen is None:
+        return {}
+    if not isinstance(chosen, dict):
+        raise BadRequest("hyperparameters must be an object", field="hyperparameters")
+    unknown = set(chosen) - {"n_epochs", "batch_size", "learning_rate_multiplier"}
+    if unknown:
+        raise BadRequest(
+            f"unknown hyperparameter {sorted(unknown)[0]!r} (n_epochs, batch_size, "
+            "learning_rate_multiplier)",
+            field="hyperparameters",
+        )
+    return chosen
+
+
+def _number(
+    value: Any, name: str, low: float, high: float, auto: float, integer: bool
+) -> float | int:
+    if value is None or value == "auto":
+        return auto
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise BadRequest(
+            f"hyperparameters.{name} must be 'auto' or {kind} from {low:g} to {high:g}, "
+            f"got {excerpt(value)}",
+            field=f"hyperparameters.{name}",
+        )
+    return value
+
+
+def _method(request: Request, settings: Settings) -> FullMethod | LoraMethod:
+    options = request.barge
+    if options is None:
+        options = {}
+    if not isinstance(options, dict) or set(options) - {"method"}:
+        raise BadRequest("barge must be an object with at most a method", field="barge")
+    if "method" not in options:
+        name = settings.openai_fine_tuning_method
+        return _METHOD.validate_python({"type": name})
+    try:
+        return _METHOD.validate_python(options["method"])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BadRequest(
+            f"barge.method{'.' + where if where else ''}: {first['msg']}", field="barge.method"
+        ) from None
+
+
+def _suffix(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SUFFIX.match(value):
+        raise BadRequest(
+            f"suffix must be 1 to {MAX_SUFFIX_CHARS} letters, digits, '.', '_' or '-' "
+            f"(starting with a letter or digit), got {excerpt(value)}",
+            field="suffix",
+        )
+    return value
+
+
+def registered_name(model: str, suffix: str | None) -> str:
+    """The registry name a job's model gets: the base's last path segment and the suffix."""
+    base = model.rstrip("/").rsplit("/", 1)[-1].split("@", 1)[0]
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-._")[:40] or "model"
+    return f"{base}-{suffix or 'ft'}"
+
+
+def _file(session: Session, tenant_id: uuid.UUID, file_id: Any, field: str) -> OpenAIFile:
+    if not isinstance(file_id, str) or not file_id:
+        raise BadRequest(f"{field} must be a file id", field=field)
+    try:
+        row = openai_files.get(session, tenant_id, file_id)
+    except NotFound as exc:
+        raise NotFound(exc.message, field=field) from None
+    if row.purpose != "fine-tune":
+        raise BadRequest(
+            f"file {row.id} has purpose {row.purpose!r}; a fine-tuning job reads files uploaded "
+            "with purpose 'fine-tune'",
+            field=field,
+        )
+    return row
+
+
+def _checked(store: ObjectStore, settings: Settings, row: OpenAIFile, field: str) -> int:
+    with store.open(S3Uri.parse(row.uri)) as f:
+        found = check_file(f, settings)
+    if found.errors:
+        raise BadRequest(
+            f"{field} {row.id} is not a valid fine-tuning file: {'; '.join(found.errors)}",
+            field=field,
+            code="invalid_file_format",
+        )
+    return found.count
+
+
+def _metadata(value: Any) -> dict[str, str] | None:
+    if value is not None and (
+        not isinstance(value, dict)
+        or unstorable(value) is not None
+        or len(value) > MAX_METADATA_KEYS
+        or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
+            for k, v in value.items()
+        )
+    ):
+        raise BadRequest(
+            "metadata must map at most 16 keys (64 characters) to strings (512 characters)",
+            field="metadata",
+        )
+    return value
+
+
+def create(
+    uow: UnitOfWork, settings: Settings, store: ObjectStore, tenant: Tenant, request: Request
+) -> OpenAIFineTuningJob:
+    """Check the request and its files, then submit the Barge fine-tune that runs it."""
+    if not isinstance(request.model, str) or not request.model or len(request.model) > 2048:
+        raise BadRequest("model must be a model name of at most 2048 characters", field="model")
+    if request.integrations:
+        raise BadRequest("integrations are not supported", field="integrations")
+    seed = request.seed
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise BadRequest(
+            f"seed must be an integer from 0 to 2**32-1, got {excerpt(seed)}", field="seed"
+        )
+    asked = _hyperparameters(request)
+    method = _method(request, settings)
+    suffix = _suffix(request.suffix)
+    metadata = _metadata(request.metadata)
+    session = uow.session
+    train = _file(session, tenant.id, request.training_file, "training_file")
+    validation = (
+        _file(session, tenant.id, request.validation_file, "validation_file")
+        if request.validation_file is not None
+        else None
+    )
+    examples = _checked(store, settings, train, "training_file")
+    if validation is not None:
+        _checked(store, settings, validation, "validation_file")
+    auto_batch = max(1, min(MAX_AUTO_BATCH_SIZE, examples // 10))
+    chosen = {
+        "n_epochs": _number(asked.get("n_epochs"), "n_epochs", 1, MAX_EPOCHS, AUTO_EPOCHS, True),
+        "batch_size": _number(
+            asked.get("batch_size"), "batch_size", 1, MAX_BATCH_SIZE, auto_batch, True
+        ),
+        "learning_rate_multiplier": _number(
+            asked.get("learning_rate_multiplier"), "learning_rate_multiplier", 1e-6, 1e4, 1.0, False
+        ),
+    }
+    learning_rate = BASE_LEARNING_RATE[method.type] * chosen["learning_rate_multiplier"]
+    if learning_rate > 1.0:
+        raise BadRequest(
+            f"learning_rate_multiplier {chosen['learning_rate_multiplier']:g} makes a learning "
+            f"rate of {learning_rate:g} (over 1) for method {method.type}",
+            field="hyperparameters.learning_rate_multiplier",
+        )
+    row = OpenAIFineTuningJob(
+        id=openai_files.new_id("ftjob-"),
+        tenant_id=tenant.id,
+        model=request.model,
+        training_file_id=train.id,
+        validation_file_id=validation.id if validation else None,
+        suffix=suffix,
+        seed=seed,
+        hyperparameters=chosen,
+        meta=metadata,
+        created_at=utcnow(),
+    )
+    spec_fields = {
+        "type": "finetune",
+        "base_model": model_ref(settings, request.model),
+        "task": "generate",
+        "train": train.uri,
+        "validation": validation.uri if validation else None,
+        "hyperparameters": {
+            "epochs": chosen["n_epochs"],
+            "batch_size": chosen["batch_size"],
+            "learning_rate": learning_rate,
+            "seed": seed,
+        },
+        "model_name": registered_name(request.model, suffix),
+        "output": str(openai_files.files_prefix(settings, tenant).join(f"fine_tuning/{row.id}/")),
+        "input_format": "jsonl",
+        "method": method,
+        "metadata": {"openai_fine_tuning_job_id": row.id},
+    }
+    try:
+        spec = FinetuneSpec.model_validate(spec_fields)
+        job, _ = submission.submit(uow, settings, store, tenant.id, spec)
+    except ValidationError as exc:
+        raise BadRequest(f"the job cannot run: {exc.errors()[0]['msg']}", field="model") from None
+    except InvalidSpec as exc:
+        field = {"base_model": "model", "train": "training_file", "validation": "validation_file"}
+        raise BadRequest(exc.message, field=field.get(exc.field or "", exc.field)) from None
+    row.job_id = job.id
+    return openai_repo.add_fine_tuning_job(session, row)
+
+
+def get(session: Session, tenant_id: uuid.UUID, job_id: str) -> OpenAIFineTuningJob:
+    row = (
+        openai_repo.get_fine_tuning_job(session, tenant_id, job_id)
+        if openai_files.is_id(job_id)
+        else None
+    )
+    if row is None:
+        raise NotFound(f"no such fine-tuning job: {excerpt(job_id)}", field="fine_tuning_job_id")
+    return row
+
+
+def _job(session: Session, row: OpenAIFineTuningJob) -> Job | None:
+    return repo.get_job(session, row.job_id) if row.job_id else None
+
+
+def cancel(uow: UnitOfWork, tenant_id: uuid.UUID, job_id: str) -> OpenAIFineTuningJob:
+    """Cancel the Barge job (its training stops at the next step); 409 once it ended."""
+    row = get(uow.session, tenant_id, job_id)
+    job = _job(uow.session, row)
+    if job is None or job.status in TERMINAL or job.status == CANCELLING:
+        status = present(uow.session, row)["status"]
+        raise Conflict(f"fine-tuning job {row.id} is already {status}; there is nothing to cancel")
+    jobs.cancel(uow, job)
+    uow.session.flush()
+    return row
+
+
+_STATUS = {
+    QUEUED: "queued",
+    RUNNING: "running",
+    SUCCEEDED: "succeeded",
+    FAILED: "failed",
+    CANCELLING: "cancelled",
+    CANCELLED: "cancelled",
+}
+
+
+def _ts(value: Any) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
+def present(session: Session, row: OpenAIFineTuningJob) -> dict[str, Any]:
+    """The job as OpenAI's client reads it (``fine_tuning.job``)."""
+    job = _job(session, row)
+    status = _STATUS.get(job.status, "running") if job else "failed"
+    model = repo.model_for_job(session, job.id) if job and status == "succeeded" else None
+    estimated = None
+    if job is not None and job.status == RUNNING and job.started_at and job.steps_total:
+        done = repo.progress_for(session, [job.id])[job.id].steps_done
+        _rate, eta = jobs.rate_and_eta(
+            done, job.steps_total, (utcnow() - job.started_at).total_seconds(), True
+        )
+        estimated = int(utcnow().timestamp() + eta) if eta is not None else None
+    hyperparameters = dict(row.hyperparameters)
+    return {
+        "id": row.id,
+        "object": "fine_tuning.job",
+        "created_at": _ts(row.created_at),
+        "error": (
+            {"code": "job_failed", "message": job.error or "the job failed", "param": None}
+            if job is not None and job.status == FAILED
+            else None
+        ),
+        "fine_tuned_model": f"{model.name}@{model.version}" if model else None,
+        "finished_at": _ts(job.finished_at) if job and job.status in TERMINAL else None,
+        "hyperparameters": hyperparameters,
+        "model": row.model,
+        "organization_id": f"org-{job.tenant_id}" if job else f"org-{row.tenant_id}",
+        "result_files": [],
+        "seed": row.seed,
+        "status": status,
+        "trained_tokens": None,
+        "training_file": row.training_file_id,
+        "validation_file": row.validation_file_id,
+        "estimated_finish": estimated,
+        "integrations": [],
+        "metadata": row.meta,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "user_provided_suffix": row.suffix,
+    }
+
+
+def _cursor(after: str | None, prefix: str) -> int | None:
+    """The event id an ``after`` cursor (``ftevent-N`` / ``ftckpt-N``) names."""
+    if after is None:
+        return None
+    if not after.startswith(prefix) or not after[len(prefix) :].isdigit():
+        raise BadRequest(f"after must be an id from this list, got {excerpt(after)}", field="after")
+    return int(after[len(prefix) :])
+
+
+def _listing(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": more,
+    }
+
+
+def page(
+    session: Session,
+    tenant_id: uuid.UUID,
+    limit: int,
+    after: str | None,
+    metadata: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    after_row = None
+    if after is not None:
+        after_row = (
+            openai_repo.get_fine_tuning_job(session, tenant_id, after)
+            if openai_files.is_id(after)
+            else None
+        )
+        if after_row is None:
+            raise BadRequest(f"after: no such fine-tuning job {excerpt(after)}", field="after")
+    rows, more = openai_repo.list_fine_tuning_jobs(session, tenant_id, limit, after_row, metadata)
+    return _listing([present(session, r) for r in rows], more)
+
+
+def _event(row: OpenAIFineTuningJob, event: JobEvent) -> dict[str, Any]:
+    data = {k: v for k, v in (event.data or {}).items() if k != "spec"}
+    kind, message = event.kind, event.message
+    level = "info"
+    if kind == "status":
+        message = message or f"job {event.to_status}"
+        if event.to_status == FAILED:
+            level = "error"
+        data = {"status": _STATUS.get(event.to_status or "", event.to_status), **data}
+    elif kind in EVENT_WARN_KINDS:
+        level = "warn"
+    if kind == "created":
+        message = f"created fine-tuning job {row.id}"
+    if kind == "train":
+        data = {
+            "step": data.get("step"),
+            "train_loss": data.get("loss"),
+            "total_steps": data.get("steps_total"),
+            **data,
+        }
+    return {
+        "id": f"ftevent-{event.id}",
+        "object": "fine_tuning.job.event",
+        "created_at": _ts(event.at),
+        "level": level,
+        "message": message,
+        "data": data,
+        "type": "metrics" if kind in ("train", CHECKPOINT_KIND) else "message",
+    }
+
+
+def events(
+    session: Session, tenant_id: uuid.UUID, job_id: str, limit: int, after: str | None
+) -> dict[str, Any]:
+    """The job's events, newest first (``after``: the last of the previous page)."""
+    row = get(session, tenant_id, job_id)
+    before = _cursor(after, "ftevent-")
+    if row.job_id is None:
+        return _listing([], False)
+    found, more = repo.events_newest_first(session, row.job_id, limit, before)
+    return _listing([_event(row, e) for e in found], more)
+
+
+def checkpoints(
+    session: Session, tenant_id: uuid.UUID, job_id: str, limit: int, after: str | None
+) -> dict[str, Any]:
+    """One checkpoint per finished epoch, newest first, with its train loss and validation
+    metrics. The epoch the job registered names its model (``name@N``); Barge keeps no model of
+    the other epochs, so theirs is null."""
+    row = get(session, tenant_id, job_id)
+    before = _cursor(after, "ftckpt-")
+    if row.job_id is None:
+        return _listing([], False)
+    found, more = repo.events_newest_first(session, row.job_id, limit, before, (CHECKPOINT_KIND,))
+    model = repo.model_for_job(session, row.job_id)
+    registered_epoch = None
+    if model is not None:
+        last, _ = repo.events_newest_first(session, row.job_id, 1, None, (CHECKPOINT_KIND,))
+        registered_epoch = (model.metrics or {}).get(
+            "selected_epoch", last[0].data.get("epoch") if last else None
+        )
+    data = []
+    for event in found:
+        record = event.data or {}
+        metrics = {
+            "step": record.get("step"),
+            "train_loss": record.get("train_loss"),
+            "valid_loss": record.get("validation_loss"),
+            "full_valid_loss": record.get("validation_loss"),
+            **{
+                k.replace("validation_", "valid_"): v
+                for k, v in record.items()
+                if k.startswith("validation_") and k != "validation_loss"
+            },
+        }
+        usable = model is not None and record.get("epoch") == registered_epoch
+        data.append(
+            {
+                "id": f"ftckpt-{event.id}",
+                "object": "fine_tuning.job.checkpoint",
+                "created_at": _ts(event.at),
+                "fine_tuned_model_checkpoint": f"{model.name}@{model.version}"
+                if usable and model is not None
+                else None,
+                "fine_tuning_job_id": row.id,
+                "metrics": metrics,
+                "step_number": record.get("step"),
+                "epoch": record.get("epoch"),
+            }
+        )
+    return _listing(data, more)

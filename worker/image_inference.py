@@ -70,7 +70,7 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
             stopped = shard.process(iter_range(ctx.store, info, work.fmt, work.rng), pool)
         except NotFound:
             raise PermanentJobError(f"input object {work.source} disappeared") from None
-        lease.beat()  # fencing: still ours right before we write?
+        lease.fence()  # fencing: still ours right before we write?
         return shard.upload(stopped)
 
 

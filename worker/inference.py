@@ -69,7 +69,7 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
             stopped = shard.process(records, window_size)
         except NotFound:
             raise PermanentJobError(f"input object {work.source} disappeared") from None
-        lease.beat()  # fencing: still ours right before we write?
+        lease.fence()  # fencing: still ours right before we write?
         return shard.upload(stopped)
 
 

@@ -8,6 +8,7 @@ Imports: ``barge``, ``db``, ``worker.context``; never ``api`` or ``cli``.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -61,6 +62,9 @@ class ShardWork:
     # The tenant's storage scopes at the claim: locations a record names (an image's s3:// URI)
     # are read only inside them.
     scopes: Scopes | None = None
+    # When the claim's transaction began (monotonic seconds): the lease it took ends no earlier
+    # than this plus BARGE_LEASE_SECONDS (``Lease.fence``). 0 when unknown.
+    claim_started: float = 0.0
 
     @classmethod
     def of(
@@ -70,6 +74,7 @@ class ShardWork:
         attempt: int,
         denied: str | None = None,
         scopes: Scopes | None = None,
+        claim_started: float = 0.0,
     ) -> ShardWork:
         return cls(
             shard_id=shard.id,
@@ -93,6 +98,7 @@ class ShardWork:
             output_uri=job.output_uri,
             denied=denied,
             scopes=scopes,
+            claim_started=claim_started,
         )
 
     @property
@@ -117,13 +123,14 @@ class ShardWork:
 
 class Lease:
     """This attempt's hold on its unit. Between batches: is the job still running (else
-    ``Stop``)? Every ``BARGE_HEARTBEAT_SECONDS`` a keeper thread renews the lease and records
-    progress (``succeeded``, ``failed``, ``steps_done``), whatever the work is doing: a long
-    batch, a model load or an upload never lets a short lease lapse while the process lives.
-    When the process dies (or freezes) the renewals stop and the lease ends within
-    ``BARGE_LEASE_SECONDS``. ``beat()`` right before a write is the fencing check, on the
-    work's own thread (else ``LeaseLost``); so is a renewal the keeper found refused.
-    ``close()`` stops the keeper once the unit is settled.
+    ``Stop``)? Every ``BARGE_HEARTBEAT_SECONDS`` the process's keeper thread renews the lease
+    and records progress (``succeeded``, ``failed``, ``steps_done``), whatever the work is
+    doing: a long batch, a model load or an upload never lets a short lease lapse while the
+    process lives. When the process dies (or freezes) the renewals stop and the lease ends
+    within ``BARGE_LEASE_SECONDS``. ``beat()`` is the fencing check on the work's own thread
+    (else ``LeaseLost``); so is a renewal the keeper found refused. ``fence()``, right before a
+    write, is ``beat()`` unless the hold is young (see there). ``close()`` stops the renewals
+    once the unit is settled.
 
     ``check_seconds`` throttles the status check (a fine-tune's steps can be milliseconds)."""
 
@@ -134,33 +141,46 @@ class Lease:
         self.failed = 0
         self.steps_done: int | None = None
         self.check_seconds = check_seconds
-        self._last_beat = time.monotonic()
+        # When the newest confirmed hold (the claim, or a renewal) began: its transaction's
+        # start, so that the lease it set ends no earlier than this plus BARGE_LEASE_SECONDS.
+        self._held_since = work.claim_started or time.monotonic()
         self._last_check = float("-inf")
+        self._next_try = self._held_since + ctx.settings.heartbeat_seconds
         self._lost = threading.Event()
         self._closed = threading.Event()
-        self._keeper = threading.Thread(target=self._keep, daemon=True, name="barge-lease")
-        self._keeper.start()
+        KEEPER.add(self)
 
     def close(self) -> None:
         """Stop renewing (the unit is settled, or this attempt gave up on it)."""
         self._closed.set()
+        KEEPER.discard(self)
 
-    def _keep(self) -> None:
-        """Renew every heartbeat until closed, or until a renewal is refused (another attempt
-        holds the unit, or it was settled). A renewal that fails (the database away for a
-        moment) is tried again at the next beat: the lease outlasts several."""
+    @property
+    def due(self) -> float:
+        """When the keeper renews this lease next (monotonic seconds)."""
+        return self._next_try
+
+    def keep(self) -> bool:
+        """The keeper's renewal; False once the lease is done with (closed, or refused). A
+        renewal that fails (the database away for a moment) is tried again a heartbeat later:
+        the lease outlasts several."""
+        if self._closed.is_set() or self._lost.is_set():
+            return False
         every = self.ctx.settings.heartbeat_seconds
-        while not self._closed.wait(every):
-            try:
-                held = self._renew()
-            except Exception as exc:
-                log.warning("%s: lease renewal failed, trying again: %s", self.work.log_name, exc)
-                continue
-            if not held:
-                self._lost.set()
-                return
+        self._next_try = time.monotonic() + every
+        try:
+            held = self._renew()
+        except Exception as exc:
+            log.warning("%s: lease renewal failed, trying again: %s", self.work.log_name, exc)
+            return True
+        if not held:
+            self._lost.set()
+            return False
+        self._next_try = self._held_since + every
+        return True
 
     def _renew(self) -> bool:
+        started = time.monotonic()
         with self.ctx.session() as session:
             held = repo.heartbeat_shard(
                 session,
@@ -172,7 +192,7 @@ class Lease:
                 self.steps_done,
             )
         if held:
-            self._last_beat = time.monotonic()
+            self._held_since = max(self._held_since, started)
         return held
 
     def between_batches(self) -> None:
@@ -186,10 +206,65 @@ class Lease:
             status = repo.job_status(session, self.work.job_id)
         if status != state.RUNNING:
             raise Stop(status or "gone")
-        if time.monotonic() - self._last_beat >= self.ctx.settings.heartbeat_seconds:
+        if time.monotonic() - self._held_since >= self.ctx.settings.heartbeat_seconds:
             self.beat()
 
     def beat(self) -> None:
         if not self._renew():
             self._lost.set()
             raise LeaseLost()
+
+    def fence(self) -> None:
+        """The fencing check right before a write: is this attempt still the holder? While the
+        newest confirmed hold is younger than half a lease, it is, without asking: a claim takes
+        only a lease that has ended (``repo.claim_shard``), and this one ends no earlier than
+        that hold's start plus ``BARGE_LEASE_SECONDS``. So a small shard writes its part
+        without a database round trip, and a stale attempt (its renewals stopped a lease ago)
+        still asks, and is refused."""
+        if self._lost.is_set():
+            raise LeaseLost()
+        if time.monotonic() - self._held_since < self.ctx.settings.lease_seconds / 2:
+            return
+        self.beat()
+
+
+class _Keeper:
+    """One thread per process renews every open lease of the process when it is due: a unit of
+    work starts no thread of its own, and a unit that ends within a heartbeat costs the
+    keeper nothing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._leases: set[Lease] = set()
+        self._wake = threading.Event()
+        self._pid: int | None = None
+
+    def add(self, lease: Lease) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # first use in this process (a forked pool child)
+                self._leases = set()
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, daemon=True, name="barge-lease").start()
+            self._leases.add(lease)
+        self._wake.set()
+
+    def discard(self, lease: Lease) -> None:
+        with self._lock:
+            self._leases.discard(lease)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.clear()  # an add() from here on wakes the wait below
+            with self._lock:
+                leases = list(self._leases)
+            now = time.monotonic()
+            for lease in sorted(leases, key=lambda held: held.due):
+                if lease.due <= now and not lease.keep():
+                    self.discard(lease)
+            with self._lock:
+                due = min((held.due for held in self._leases), default=None)
+            wait = 60.0 if due is None else max(0.0, due - time.monotonic())
+            self._wake.wait(wait)
+
+
+KEEPER = _Keeper()

@@ -346,6 +346,7 @@ def claim(ctx: WorkerContext, shard_id: uuid.UUID) -> ShardWork | None:
     Fencing (the attempt), the conditional claim and the back-off (``not_before``) are the
     repository's."""
     settled: uuid.UUID | None = None
+    started = time.monotonic()
     with ctx.session() as session:
         named = repo.shard_and_job(session, shard_id)
         if named is not None and named[0].status not in state.SHARD_FINAL:
@@ -357,14 +358,14 @@ def claim(ctx: WorkerContext, shard_id: uuid.UUID) -> ShardWork | None:
                 named = None
         else:
             named = None  # unknown, or a duplicate delivery of finished work
-        work = None if settled else _take(ctx, session, named)
+        work = None if settled else _take(ctx, session, named, started)
     if settled:
         finalize_if_last(ctx, settled)
     return work
 
 
 def _take(
-    ctx: WorkerContext, session: Session, named: tuple[Shard, Job] | None
+    ctx: WorkerContext, session: Session, named: tuple[Shard, Job] | None, started: float
 ) -> ShardWork | None:
     """Claim the named unit if fairness allows it, else the fairest tenant's next unit."""
     settings = ctx.settings
@@ -376,7 +377,7 @@ def _take(
         if mine is not None and mine.rank <= turns[0].rank:
             attempt = repo.claim_shard(session, shard.id, ctx.name, lease)
             if attempt is not None:
-                return _taken(ctx, session, shard, job, attempt)
+                return _taken(ctx, session, shard, job, attempt, started)
     for turn in turns:
         claimed = repo.claim_next_shard(
             session, turn.job_id, ctx.name, lease, settings.max_attempts
@@ -386,11 +387,13 @@ def _take(
             picked = session.get(Shard, picked_id)
             its_job = session.get(Job, turn.job_id)
             assert picked is not None and its_job is not None
-            return _taken(ctx, session, picked, its_job, attempt)
+            return _taken(ctx, session, picked, its_job, attempt, started)
     return None  # nothing claimable now: held by live leases, backing off, or settled
 
 
-def _taken(ctx: WorkerContext, session: Session, shard: Shard, job: Job, attempt: int) -> ShardWork:
+def _taken(
+    ctx: WorkerContext, session: Session, shard: Shard, job: Job, attempt: int, started: float
+) -> ShardWork:
     """The claimed unit, with the scope check of its job done in the claim's transaction (the
     job row and the tenant's scopes as they are now)."""
     if attempt > 1:
@@ -409,6 +412,7 @@ def _taken(ctx: WorkerContext, session: Session, shard: Shard, job: Job, attempt
         attempt,
         scopes.denial(session, ctx.settings, job),
         scopes.scopes_for(session, ctx.settings, job.tenant_id),
+        claim_started=started,
     )
 
 

@@ -65,7 +65,7 @@ def run(
             stopped = shard.process(info)
         except NotFound:
             raise PermanentJobError(f"input object {work.source} disappeared") from None
-        lease.beat()  # fencing: still ours right before we write?
+        lease.fence()  # fencing: still ours right before we write?
         output_key, errors_key = put_part(
             ctx.store, spec.output, work.index, work.attempt, shard.part, shard.errors
         )

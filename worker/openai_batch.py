@@ -105,7 +105,7 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
         window_size = spec.batch_size * WINDOW_BATCHES
         records = prefetch(iter_range(ctx.store, info, work.fmt, work.rng), window_size * 2)
         stopped = shard.process(records, window_size)
-        lease.beat()  # fencing: still ours right before we write?
+        lease.fence()  # fencing: still ours right before we write?
         return shard.upload(stopped)
 
 

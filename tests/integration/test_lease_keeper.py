@@ -132,3 +132,44 @@ def test_a_keeper_that_lost_the_unit_stops_and_writes_nothing(
         )
     finally:
         lease.close()
+
+
+def test_one_keeper_thread_renews_every_lease_of_the_process(ctx: WorkerContext) -> None:
+    works = [claimed(ctx) for _ in range(3)]
+    leases = [Lease(ctx, w) for w in works]
+    try:
+        keepers = [t for t in threading.enumerate() if t.name == "barge-lease"]
+        assert len(keepers) == 1
+        before = [shard_row(ctx, w).heartbeat_at for w in works]
+        busy(3)  # 1.5 leases
+        for work, was in zip(works, before, strict=True):
+            shard = shard_row(ctx, work)
+            assert shard.heartbeat_at is not None and was is not None and shard.heartbeat_at > was
+            assert shard.lease_expires_at is not None and shard.lease_expires_at > utcnow()
+            assert take(ctx, work) is None
+    finally:
+        for lease in leases:
+            lease.close()
+        with session_scope(ctx.settings.resolved_database_url) as session:
+            for w in works:
+                session.execute(
+                    update(Shard).where(Shard.id == w.shard_id).values(status="cancelled")
+                )
+                session.execute(update(Job).where(Job.id == w.job_id).values(status="cancelled"))
+    assert [t.name for t in threading.enumerate()].count("barge-lease") == 1  # kept, idle
+
+
+def test_the_fence_before_a_write_asks_only_when_the_hold_is_old(
+    ctx: WorkerContext, work: ShardWork
+) -> None:
+    """Right after the claim, the fence needs no database round trip (the lease it took cannot
+    have ended); an attempt whose renewals stopped a lease ago is refused by it."""
+    claimed_at = shard_row(ctx, work).heartbeat_at
+    lease = Lease(ctx, work)
+    lease.close()  # no renewals from here on: as if the process froze
+    lease.fence()  # young: passes, and writes nothing
+    assert shard_row(ctx, work).heartbeat_at == claimed_at
+    time.sleep(2.2)  # past the lease (2 s)
+    assert take(ctx, work) == work.attempt + 1
+    with pytest.raises(LeaseLost):
+        lease.fence()

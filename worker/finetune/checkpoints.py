@@ -120,7 +120,7 @@ class Checkpoints:
         prefix = self.step_prefix(step)
         for path in files:
             self.store.put_file(prefix.join(path.name), path)
-        self.lease.beat()  # fencing: a stale attempt never moves the pointer
+        self.lease.fence()  # fencing: a stale attempt never moves the pointer
         pointer = {
             "job_id": str(self.work.job_id),
             "step": step,

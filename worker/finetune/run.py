@@ -347,7 +347,7 @@ class FinetuneRun:
         (local / SUMMARY_FILE).write_text(json.dumps(self._summary(metrics), indent=2) + "\n")
         for path in [*files, local / SUMMARY_FILE]:
             self.ctx.store.put_file(model_uri.join(path.relative_to(local).as_posix()), path)
-        self.lease.beat()  # fencing: still ours right before it counts
+        self.lease.fence()  # fencing: still ours right before it counts
         train = self.train
         return Result(
             Outcome.SUCCEEDED,

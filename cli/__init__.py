@@ -6,6 +6,7 @@
   the database (as the local operator);
 - ``commands``: the client commands (submit, status, list, ..., top), over HTTP;
 - ``render``: how jobs, shards, events and tables are shown;
+- ``tables``: tables and live views through rich, boxed on a terminal and plain lines elsewhere;
 - ``live``: what keeps the live view stoppable (signals, waits, writes to a pipe);
 - ``client``: the HTTP client of the API;
 - ``demo``: ``barge demo`` (what ``make demo`` runs).

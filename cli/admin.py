@@ -4,7 +4,11 @@ use some of them too). They act as the local operator: every change is audited w
 prefix and ``"via": "cli"``. A key is printed only when it is made (``keys create``,
 ``keys rotate``), alone on stdout; everything else goes to stderr or is a listing.
 
-Imports: ``services`` (tenants, keys, audit), ``db`` (migrations, session scopes), the kernel.
+Listings are tables through ``cli.tables`` (boxed on a terminal, plain lines in a pipe);
+``--json`` is plain ``json.dumps``.
+
+Imports: ``services`` (tenants, keys, audit), ``db`` (migrations, session scopes), ``cli.tables``,
+rich, the kernel.
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ import argparse
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+from rich.table import Table
+
 from barge.errors import BargeError
 from barge.settings import get_settings
+from cli.tables import Column, Item, show, status, table
 from db.migrate import upgrade
 from db.session import session_scope
 from services import audit, tenants
@@ -65,20 +72,6 @@ def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
 
 
-def _table(header: list[str], rows: Iterable[list[str]]) -> Iterator[str]:
-    rows = list(rows)
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
-    for line in [header, *rows]:
-        yield "  ".join(
-            cell.ljust(width) for cell, width in zip(line, widths, strict=True)
-        ).rstrip()
-
-
-def _print(lines: Iterable[str]) -> None:
-    for line in lines:
-        print(line)
-
-
 def _to_json(data: Any) -> str:
     return json.dumps(data, indent=2, default=str)
 
@@ -96,16 +89,22 @@ def cmd_db_upgrade(_: argparse.Namespace) -> int:
 # --- keys -----------------------------------------------------------------------------------------
 
 
-def _key_rows(keys: list[dict[str, Any]]) -> Iterator[str]:
-    return _table(
-        ["PREFIX", "TENANT", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "LAST USED", "REVOKED"],
+def _key_rows(keys: list[dict[str, Any]]) -> Table:
+    times = ("CREATED", "EXPIRES", "LAST USED", "REVOKED")
+    return table(
+        [
+            Column("PREFIX", no_wrap=True),
+            *("TENANT", "NAME", "ROLE"),
+            Column("STATE", no_wrap=True),
+            *(Column(name, no_wrap=True) for name in times),
+        ],
         (
             [
                 k["prefix"],
                 k["tenant"],
                 k["name"] or "-",
                 k["role"],
-                k["state"],
+                status(k["state"]),
                 _when(k["created_at"]),
                 _when(k["expires_at"]),
                 _when(k["last_used_at"]),
@@ -140,7 +139,10 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 def cmd_keys_list(args: argparse.Namespace) -> int:
     with session_scope(get_settings().resolved_database_url) as session:
         keys = tenants.list_keys(session, args.tenant)
-    _print([_to_json(keys)] if args.json else _key_rows(keys))
+    if args.json:
+        print(_to_json(keys))
+    else:
+        show(_key_rows(keys))
     return 0
 
 
@@ -200,24 +202,25 @@ def _quota_changes(pairs: list[str] | None) -> dict[str, object | None]:
     return changes
 
 
-def _scope_lines(tenant: dict[str, Any]) -> Iterator[str]:
+def _scope_lines(tenant: dict[str, Any]) -> Iterator[Item]:
     for kind in ("read", "write"):
         source = "default template" if tenant[f"{kind}_scopes_default"] else "set for this tenant"
         scopes = ", ".join(tenant[f"{kind}_scopes"]) or "(none)"
         yield f"{kind} scopes ({source}): {scopes}"
 
 
-def _tenant_lines(tenant: dict[str, Any]) -> Iterator[str]:
+def _tenant_lines(tenant: dict[str, Any]) -> Iterator[Item]:
+    """A tenant: its scopes, its quotas in a table (each default or set for it), its keys."""
     updated = f", updated {_when(tenant['updated_at'])}" if tenant["updated_at"] else ""
     yield f"tenant {tenant['name']} (created {_when(tenant['created_at'])}{updated})"
     yield from _scope_lines(tenant)
     yield "quotas:"
     overrides = tenant["quota_overrides"]
-    yield from _table(
-        ["  LIMIT", "VALUE", "FROM"],
+    yield table(
+        [Column("LIMIT", no_wrap=True), "VALUE", "FROM"],
         (
             [
-                f"  {name}",
+                name,
                 json.dumps(value, default=str),
                 "set for this tenant" if name in overrides else "default",
             ]
@@ -227,13 +230,13 @@ def _tenant_lines(tenant: dict[str, Any]) -> Iterator[str]:
     yield f"active keys: {tenant['active_keys']}"
 
 
-def _tenant_rows(items: list[dict[str, Any]]) -> Iterator[str]:
+def _tenant_rows(items: list[dict[str, Any]]) -> Table:
     def scopes(t: dict[str, Any], kind: str) -> str:
         text = ", ".join(t[f"{kind}_scopes"]) or "(none)"
         return f"{text} (default)" if t[f"{kind}_scopes_default"] else text
 
-    return _table(
-        ["NAME", "READ", "WRITE", "QUOTA OVERRIDES", "KEYS"],
+    return table(
+        [Column("NAME", no_wrap=True), "READ", "WRITE", "QUOTA OVERRIDES", "KEYS"],
         (
             [
                 t["name"],
@@ -260,7 +263,7 @@ def cmd_tenants_create(args: argparse.Namespace) -> int:
             quota_overrides=_quota_changes(args.quota),
         )
         shown = tenants.describe_tenant(session, settings, tenant)
-    _print(_tenant_lines(shown))
+    show(*_tenant_lines(shown))
     return 0
 
 
@@ -280,7 +283,7 @@ def cmd_tenants_update(args: argparse.Namespace) -> int:
             session, None, args.name, **reset, **given, quota_changes=_quota_changes(args.quota)
         )
         shown = tenants.describe_tenant(session, settings, tenant)
-    _print(_tenant_lines(shown))
+    show(*_tenant_lines(shown))
     return 0
 
 
@@ -289,7 +292,10 @@ def cmd_tenants_show(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as session:
         shown = tenants.describe_tenant(session, settings, tenants.get_tenant(session, args.name))
-    _print([_to_json(shown)] if args.json else _tenant_lines(shown))
+    if args.json:
+        print(_to_json(shown))
+    else:
+        show(*_tenant_lines(shown))
     return 0
 
 
@@ -298,20 +304,28 @@ def cmd_tenants_list(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as session:
         items = tenants.describe_tenants(session, settings)
-    _print([_to_json(items)] if args.json else _tenant_rows(items))
+    if args.json:
+        print(_to_json(items))
+    else:
+        show(_tenant_rows(items))
     return 0
 
 
 # --- the audit log ---------------------------------------------------------------------------------
 
 
-def _audit_rows(items: list[dict[str, Any]]) -> Iterator[str]:
+def _audit_rows(items: list[dict[str, Any]]) -> Table:
     def data(d: dict[str, Any]) -> str:
         text = json.dumps(d, default=str, separators=(",", ":")) if d else ""
         return text if len(text) <= 100 else text[:99] + "…"
 
-    return _table(
-        ["AT", "TENANT", "KEY", "ACTION", "TARGET", "DATA"],
+    return table(
+        [
+            Column("AT", no_wrap=True),
+            "TENANT",
+            Column("KEY", no_wrap=True),
+            *("ACTION", "TARGET", "DATA"),
+        ],
         (
             [
                 e["at"].strftime("%Y-%m-%d %H:%M:%S"),
@@ -339,5 +353,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             limit=args.limit,
         )
         items = [audit.present(e) for e in found]
-    _print([_to_json(items)] if args.json else _audit_rows(items))
+    if args.json:
+        print(_to_json(items))
+    else:
+        show(_audit_rows(items))
     return 0

@@ -2,19 +2,25 @@
 models and top. They talk to the API over HTTP with the key in ``BARGE_API_KEY`` and never open
 the database.
 
-Imports: ``cli.client``, ``cli.render``, ``cli.live`` and the kernel (``barge``).
+Tables go through ``cli.tables`` (boxed on a terminal, plain lines in a pipe); ``--json`` is
+plain ``json.dumps`` everywhere. Live views (``top``, ``wait``) redraw with ``rich.live`` on a
+terminal and print line by line elsewhere.
+
+Imports: ``cli.client``, ``cli.render``, ``cli.tables``, ``cli.live``, rich and the kernel
+(``barge``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from rich.live import Live
 
 from barge.status import CANCELLING, FINAL, QUEUED, RUNNING
 from cli.client import ApiError, Client
@@ -30,10 +36,12 @@ from cli.render import (
     model_versions,
     models_table,
     progress_line,
+    progress_view,
     shards_table,
     to_json,
-    top_table,
+    top_view,
 )
+from cli.tables import Item, fit, is_terminal, lines, show, terminal_console, terminal_view
 
 TOP_STATUSES = (RUNNING, CANCELLING, QUEUED)
 # The live view's limit per request (the one-off commands keep the client's 30 s): past it the
@@ -41,8 +49,8 @@ TOP_STATUSES = (RUNNING, CANCELLING, QUEUED)
 LIVE_TIMEOUT = 10.0
 
 
-def _print_lines(lines: Iterable[str], file: Any = None) -> None:
-    for line in lines:
+def _print_lines(text: Iterable[str], file: Any = None) -> None:
+    for line in text:
         print(line, file=file)
 
 
@@ -106,13 +114,11 @@ def resolve_job_id(client: Client, given: str, pages: int = 10) -> str:
     return found[0]
 
 
-def wait_for(client: Client, job_id: str, interval: float = 1.0, out: Any = None) -> dict[str, Any]:
-    """Show the job's progress on ``out`` (stderr) until it ends; return the final job. On a
-    terminal one line is redrawn; otherwise a line every 5 s and the last one. A fine-tune's
-    line shows the loss and examples/s of its latest ``train`` event."""
-    out = out or sys.stderr
-    tty = out.isatty()
-    last_print = 0.0
+def _polled(
+    client: Client, job_id: str, interval: float
+) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """The job every ``interval`` seconds until it ends (the final one last), with the data of
+    its latest ``train`` event (a fine-tune's loss and examples/s)."""
     after = 0
     train: dict[str, Any] | None = None
     while True:
@@ -121,19 +127,35 @@ def wait_for(client: Client, job_id: str, interval: float = 1.0, out: Any = None
             page = client.events(job_id, after)
             after = page["next_after"]
             train = latest_train(page["events"]) or train
-        line = progress_line(job, train=train)
-        now = time.monotonic()
-        if tty:
-            out.write("\r" + line + "  ")
-            out.flush()
-        elif now - last_print >= 5 or job["status"] in FINAL:
-            out.write(line + "\n")
-            last_print = now
+        yield job, train
         if job["status"] in FINAL:
-            if tty:
-                out.write("\n")
-            return job
+            return
         time.sleep(interval)
+
+
+def wait_for(client: Client, job_id: str, interval: float = 1.0, out: Any = None) -> dict[str, Any]:
+    """Show the job's progress on ``out`` (stderr) until it ends; return the final job. On a
+    terminal a live view (a progress bar) is redrawn in place; otherwise a line every 5 s and
+    the last one. A fine-tune's line shows the loss and examples/s of its latest ``train``
+    event."""
+    out = out or sys.stderr
+    job: dict[str, Any] = {}
+    if is_terminal(out):
+        console = terminal_console(out)
+        with Live(
+            console=console, auto_refresh=False, redirect_stdout=False, redirect_stderr=False
+        ) as live:
+            for job, train in _polled(client, job_id, interval):
+                live.update(progress_view(job, train=train), refresh=True)
+        return job
+    last_print = 0.0
+    for job, train in _polled(client, job_id, interval):
+        now = time.monotonic()
+        if now - last_print >= 5 or job["status"] in FINAL:
+            out.write(progress_line(job, train=train) + "\n")
+            out.flush()
+            last_print = now
+    return job
 
 
 def registered_model(client: Client, job: dict[str, Any]) -> dict[str, Any] | None:
@@ -174,7 +196,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     page = Client().jobs(status=args.status, type=args.type, limit=args.limit, cursor=args.cursor)
-    _print_lines([to_json(page)] if args.json else jobs_table(page))
+    if args.json:
+        print(to_json(page))
+    else:
+        show(*jobs_table(page))
     return 0
 
 
@@ -209,7 +234,10 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_shards(args: argparse.Namespace) -> int:
     client = Client()
     shards = client.shards(resolve_job_id(client, args.id))["shards"]
-    _print_lines([to_json(shards)] if args.json else shards_table(shards))
+    if args.json:
+        print(to_json(shards))
+    else:
+        show(shards_table(shards))
     return 0
 
 
@@ -223,7 +251,10 @@ def cmd_drops(args: argparse.Namespace) -> int:
         print(f"drop folder {args.name} removed", file=sys.stderr)
     else:
         rules = client.drops()["drops"]
-        _print_lines([to_json(rules)] if args.json else drops_table(rules))
+        if args.json:
+            print(to_json(rules))
+        else:
+            show(drops_table(rules))
     return 0
 
 
@@ -237,9 +268,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     name = getattr(args, "name", None)
     models = client.models(name)["models"]
     if getattr(args, "json", False):
-        _print_lines([to_json(models)])
+        print(to_json(models))
+    elif name:
+        _print_lines(model_versions(models))
     else:
-        _print_lines(model_versions(models) if name else models_table(models))
+        show(models_table(models))
     return 0
 
 
@@ -271,31 +304,52 @@ def cmd_top(args: argparse.Namespace) -> int:
         print(to_json({"jobs": jobs_by_status, "workers": workers}))
         return 0
     if args.once:
-        print(top_table(*active_jobs(Client()), time.strftime("%H:%M:%S")))
+        show(*top_view(*active_jobs(Client()), time.strftime("%H:%M:%S")))
         return 0
     with StopSignals() as stop:  # before anything else: a signal from now on ends the view
         return watch_top(Client(timeout=LIVE_TIMEOUT), args.interval, stop)
 
 
+def _top_items(client: Client, stop: StopSignals) -> list[Item] | None:
+    """What ``top`` shows now: the table, or the API's error in its place; None when a stop
+    signal came while fetching."""
+    try:
+        fetched = stop.run(lambda: active_jobs(client))
+    except ApiError as exc:
+        return [f"barge: {exc}"]
+    return None if fetched is None else top_view(*fetched, time.strftime("%H:%M:%S"))
+
+
 def watch_top(client: Client, interval: float, stop: StopSignals) -> int:
     """Redraw the table every ``interval`` seconds until a stop signal (or until nobody reads
     stdout any more); 0 either way. An API error is shown in place of the table and the view
-    goes on: the API may come back."""
+    goes on: the API may come back. On a terminal rich redraws the table in place; elsewhere
+    each refresh is written whole, followed by an empty line."""
     sys.stdout.flush()  # from here on stdout is written unbuffered, see cli.live
+    if is_terminal(sys.stdout):
+        return _watch_top_live(client, interval, stop)
     fd = sys.stdout.fileno()
-    tty = os.isatty(fd)
     encoding = sys.stdout.encoding or "utf-8"
     while True:
-        try:
-            fetched = stop.run(lambda: active_jobs(client))
-        except ApiError as exc:
-            table = f"barge: {exc}"
-        else:
-            if fetched is None:  # stopped while fetching
-                return 0
-            table = top_table(*fetched, time.strftime("%H:%M:%S"))
-        if stop.stopped:
+        items = _top_items(client, stop)
+        if items is None or stop.stopped:
             return 0
-        screen = ("\x1b[H\x1b[2J" if tty else "") + table + "\n" + ("" if tty else "\n")
+        screen = "\n".join(lines(*items)) + "\n\n"
         if not stop.write(fd, screen.encode(encoding, errors="replace")) or stop.wait(interval):
             return 0
+
+
+def _watch_top_live(client: Client, interval: float, stop: StopSignals) -> int:
+    """``watch_top`` on a terminal: a ``rich.live.Live`` redrawn after each fetch, from this
+    thread only (no refresh thread), and left on the screen as it last was."""
+    console = terminal_console(sys.stdout)
+    with Live(
+        console=console, auto_refresh=False, redirect_stdout=False, redirect_stderr=False
+    ) as live:
+        while True:
+            items = _top_items(client, stop)
+            if items is None or stop.stopped:
+                return 0
+            live.update(fit(console, terminal_view(*items)), refresh=True)
+            if stop.wait(interval):
+                return 0

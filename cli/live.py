@@ -16,6 +16,9 @@ status 0, wherever they land, and a full or closed pipe on stdout never holds th
   in pieces a pipe takes without blocking; nothing is left in Python's stdout buffer, so the
   process does not block at exit flushing into a pipe nobody reads.
 
+On a terminal the view is drawn by ``rich.live`` instead (``cli.commands``), from the main thread
+between waits; the signals, waits and daemon-thread requests above are the same.
+
 Imports: the standard library only.
 """
 

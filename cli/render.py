@@ -1,9 +1,10 @@
 """How the ``barge`` command shows things: progress lines, durations, tables and reports.
 
-Plain functions from API responses (dicts) to text; no HTTP, no printing. A table is an iterator
-of lines, so that a command prints nothing at all when there is nothing to show.
+Plain functions from API responses (dicts) to what is shown; no HTTP, no printing. A report is
+an iterator of lines; a table is a rich ``Table`` made by ``cli.tables``, which prints it boxed
+on a terminal and as plain aligned lines elsewhere.
 
-Imports: the kernel (``barge``) only.
+Imports: ``cli.tables``, rich and the kernel (``barge``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
 from barge.status import FINAL, RUNNING
+from cli.tables import STATUS_STYLES, Column, Item, status, table
+
+_ID = Column("ID", no_wrap=True)
+_STATUS = Column("STATUS", no_wrap=True)
 
 
 def to_json(data: Any) -> str:
@@ -34,37 +43,55 @@ def _done_total(progress: dict[str, Any]) -> tuple[int, int | None, str]:
     return done, progress.get("records_total"), "records"
 
 
-def progress_line(job: dict[str, Any], width: int = 24, train: dict[str, Any] | None = None) -> str:
-    """One line of progress: a bar, what is done of how much, failures and the rate. A
-    fine-tune counts optimizer steps, with the loss and examples/s of its latest ``train``
-    event (``train``: that event's data); a job that has started but done nothing yet is
-    loading its model, not running at 0.0 rec/s."""
+def _progress(job: dict[str, Any], train: dict[str, Any] | None) -> tuple[float, str]:
+    """(the fraction done, the text after the bar) of a job's progress line."""
     p = job["progress"]
     done, total, unit = _done_total(p)
     frac = (done / total) if total else (1.0 if job["status"] in FINAL else 0.0)
-    bar = "#" * int(frac * width) + "." * (width - int(frac * width))
-    head = (
-        f"{job['status']:<10} [{bar}] {frac:6.1%}  {done}/{total if total is not None else '?'} "
-        f"{unit}"
-    )
+    head = f"{frac:6.1%}  {done}/{total if total is not None else '?'} {unit}"
     if (
         job["status"] == RUNNING
         and done == 0
         and not p.get("records_failed")
         and not job.get("waiting")
     ):
-        return f"{head}  starting: loading the model"
+        return frac, f"{head}  starting: loading the model"
     if unit == "steps":
         if train:
             tail = f"  loss {train.get('loss', 0):.4f}  {train.get('examples_per_second', 0):.1f} examples/s"
         else:
             tail = ""
-        return f"{head}{tail}  ETA {_fmt_seconds(p.get('eta_seconds'))}"
+        return frac, f"{head}{tail}  ETA {_fmt_seconds(p.get('eta_seconds'))}"
     rate = p.get("records_per_second")
-    return (
+    return frac, (
         f"{head}  {p['records_failed']} failed  {rate or 0:.1f} rec/s  "
         f"ETA {_fmt_seconds(p.get('eta_seconds'))}"
     )
+
+
+def progress_line(job: dict[str, Any], width: int = 24, train: dict[str, Any] | None = None) -> str:
+    """One line of progress: a bar, what is done of how much, failures and the rate. A
+    fine-tune counts optimizer steps, with the loss and examples/s of its latest ``train``
+    event (``train``: that event's data); a job that has started but done nothing yet is
+    loading its model, not running at 0.0 rec/s."""
+    frac, rest = _progress(job, train)
+    bar = "#" * int(frac * width) + "." * (width - int(frac * width))
+    return f"{job['status']:<10} [{bar}] {rest}"
+
+
+def progress_view(
+    job: dict[str, Any], width: int = 24, train: dict[str, Any] | None = None
+) -> Table:
+    """``progress_line`` for a terminal (``barge wait``'s live view): the status in colour and
+    a rich progress bar."""
+    frac, rest = _progress(job, train)
+    view = Table.grid(padding=(0, 1))
+    view.add_row(
+        Text(f"{job['status']:<10}", style=STATUS_STYLES.get(job["status"], "")),
+        ProgressBar(total=1.0, completed=frac, width=width),
+        Text(rest),
+    )
+    return view
 
 
 def latest_train(events: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
@@ -103,14 +130,21 @@ def final_report(job: dict[str, Any], model: dict[str, Any] | None = None) -> It
         yield f"per-record errors: {job['output']['errors']}"
 
 
-def jobs_table(page: dict[str, Any]) -> Iterator[str]:
-    yield f"{'ID':<36}  {'TYPE':<9}  {'STATUS':<10}  {'DONE':>21}  CREATED"
+def jobs_table(page: dict[str, Any]) -> list[Item]:
+    """``barge list``: one row per job (the full id), then how to get the next page."""
+    rows = []
     for job in page["jobs"]:
         n, total, unit = _done_total(job["progress"])
         done = f"{n}/{total if total is not None else '?'} {unit}"
-        yield f"{job['id']:<36}  {job['type']:<9}  {job['status']:<10}  {done:>21}  {job['created_at']}"
+        rows.append([job["id"], job["type"], status(job["status"]), done, job["created_at"]])
+    shown: list[Item] = [
+        table(
+            [_ID, "TYPE", _STATUS, Column("DONE", justify="right", no_wrap=True), "CREATED"], rows
+        )
+    ]
     if page.get("next_cursor"):
-        yield f"more: barge list --cursor {page['next_cursor']}"
+        shown.append(f"more: barge list --cursor {page['next_cursor']}")
+    return shown
 
 
 def event_lines(events: Iterable[dict[str, Any]]) -> Iterator[str]:
@@ -119,20 +153,35 @@ def event_lines(events: Iterable[dict[str, Any]]) -> Iterator[str]:
         yield f"{e['at']}  {e['kind']:<12}{change}  {e['message']}"
 
 
-def shards_table(shards: Iterable[dict[str, Any]]) -> Iterator[str]:
-    yield f"{'#':>5}  {'STATUS':<10} {'ATT':>3}  {'RECORDS':>15}  {'WORKER':<28} LAST ERROR"
-    for s in shards:
-        done = f"{s['records_succeeded'] + s['records_failed']}/{s['record_count']}"
-        yield (
-            f"{s['index']:>5}  {s['status']:<10} {s['attempt']:>3}  {done:>15}  "
-            f"{(s['worker'] or '-'):<28} {s['last_error'] or ''}"
-        )
+def shards_table(shards: Iterable[dict[str, Any]]) -> Table:
+    return table(
+        [
+            Column("#", justify="right", no_wrap=True),
+            _STATUS,
+            Column("ATT", justify="right", no_wrap=True),
+            Column("RECORDS", justify="right", no_wrap=True),
+            Column("WORKER", no_wrap=True),
+            "LAST ERROR",
+        ],
+        (
+            [
+                str(s["index"]),
+                status(s["status"]),
+                str(s["attempt"]),
+                f"{s['records_succeeded'] + s['records_failed']}/{s['record_count']}",
+                s["worker"] or "-",
+                s["last_error"] or "",
+            ]
+            for s in shards
+        ),
+    )
 
 
-def drops_table(rules: Iterable[dict[str, Any]]) -> Iterator[str]:
-    for rule in rules:
-        task = rule["template"].get("task", "?")
-        yield f"{rule['name']:<24} {task:<9} {rule['incoming']}"
+def drops_table(rules: Iterable[dict[str, Any]]) -> Table:
+    return table(
+        [Column("NAME", no_wrap=True), "TASK", "INCOMING"],
+        ([r["name"], r["template"].get("task", "?"), r["incoming"]] for r in rules),
+    )
 
 
 def model_versions(models: Iterable[dict[str, Any]]) -> Iterator[str]:
@@ -149,35 +198,47 @@ def model_versions(models: Iterable[dict[str, Any]]) -> Iterator[str]:
             yield f"  {key}: {shown}"
 
 
-def models_table(models: Iterable[dict[str, Any]]) -> Iterator[str]:
-    yield f"{'MODEL':<32} {'TASK':<9} {'CREATED':<20} URI"
-    for m in models:
-        yield f"{m['ref']:<32} {m['task']:<9} {m['created_at'][:19]:<20} {m['uri']}"
+def models_table(models: Iterable[dict[str, Any]]) -> Table:
+    return table(
+        [Column("MODEL", no_wrap=True), "TASK", Column("CREATED", no_wrap=True), "URI"],
+        ([m["ref"], m["task"], m["created_at"][:19], m["uri"]] for m in models),
+    )
 
 
-def top_table(
+def top_view(
     jobs_by_status: Mapping[str, Sequence[dict[str, Any]]],
     workers: Mapping[str, Sequence[str]],
     at: str,
-) -> str:
-    """``barge top``: a title with the count per status, then one line per job with the workers
-    running its shards (``workers`` by job id; a job missing from it shows ``-``), followed by
-    what the job waits for, if it waits."""
-    lines = [
-        f"{'ID':<8}  {'STATUS':<10}  {'DONE/TOTAL':>17}  {'FAILED':>7}  {'REC/S':>8}  "
-        f"{'ETA':>7}  WORKERS"
-    ]
+) -> list[Item]:
+    """``barge top``: a title with the count per status, then one row per job (the first 8
+    characters of its id, a prefix every command takes) with the workers running its shards
+    (``workers`` by job id; a job missing from it shows ``-``), followed by what the job waits
+    for, if it waits."""
+    rows = []
     for jobs in jobs_by_status.values():
         for job in jobs:
             p = job["progress"]
             n, total, unit = _done_total(p)
             done = f"{n}/{total or '?'}" + (" steps" if unit == "steps" else "")
             rate = f"{p['records_per_second']:.1f}" if p.get("records_per_second") else "--"
-            lines.append(
-                f"{job['id'][:8]:<8}  {job['status']:<10}  {done:>17}  {p['records_failed']:>7}  "
-                f"{rate:>8}  {_fmt_seconds(p.get('eta_seconds')):>7}  "
-                f"{','.join(workers.get(job['id'], ())) or '-'}"
-                + (f"  ({job['waiting']})" if job.get("waiting") else "")
+            rows.append(
+                [
+                    job["id"][:8],
+                    status(job["status"]),
+                    done,
+                    str(p["records_failed"]),
+                    rate,
+                    _fmt_seconds(p.get("eta_seconds")),
+                    (",".join(workers.get(job["id"], ())) or "-")
+                    + (f"  ({job['waiting']})" if job.get("waiting") else ""),
+                ]
             )
-    counts = ", ".join(f"{len(jobs)} {status}" for status, jobs in jobs_by_status.items())
-    return "\n".join([f"barge top  {at}  {counts}", *lines])
+    counts = ", ".join(f"{len(jobs)} {name}" for name, jobs in jobs_by_status.items())
+    columns: list[Column | str] = [
+        _ID,
+        _STATUS,
+        *(Column(name, justify="right", no_wrap=True) for name in ("DONE/TOTAL", "FAILED")),
+        *(Column(name, justify="right", no_wrap=True) for name in ("REC/S", "ETA")),
+        "WORKERS",
+    ]
+    return [Text(f"barge top  {at}  {counts}", style="bold"), table(columns, rows)]

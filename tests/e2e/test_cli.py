@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
+import select
+import signal
+import struct
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +105,108 @@ def test_cli_keys_submit_wait_status_list_events_cancel(
         "status", job_id, env={**env, "BARGE_API_URL": f"http://127.0.0.1:{free_port()}"}
     )
     assert no_api.returncode == 2 and "cannot reach the Barge API" in no_api.stderr
+
+
+def in_terminal(
+    *args: str, env: dict[str, str], until: str | None = None, timeout: float = 120
+) -> tuple[int, str]:
+    """Run ``barge`` with stdin, stdout and stderr on a pseudo-terminal 160 columns wide; its
+    exit status and all it wrote. With ``until``: send SIGINT once the output holds it twice
+    (a live view that has redrawn)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+    proc = subprocess.Popen(
+        [*BARGE, *args], env=env, cwd=ROOT, stdin=slave, stdout=slave, stderr=slave
+    )
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    interrupted = False
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"barge {' '.join(args)} still running after {timeout} s: {out!r}"
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every writer has closed the terminal
+                break
+            if not data:
+                break
+            out += data
+            if until and not interrupted and out.decode(errors="replace").count(until) >= 2:
+                proc.send_signal(signal.SIGINT)
+                interrupted = True
+        return proc.wait(30), out.decode(errors="replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_tables_in_a_pipe_and_on_a_terminal(
+    api_url: str,
+    barge_env: dict[str, str],
+    s3: Any,
+    bucket: str,
+    minilm_uri: str,
+    worker: Any,
+    tmp_path: Path,
+) -> None:
+    """In a pipe a table is plain text: a header, one line per row, no escape codes or box
+    lines, even with FORCE_COLOR set; ``--json`` is JSON. On a terminal the same table is boxed
+    with coloured statuses (not under NO_COLOR), ``wait`` draws a progress bar and ``top``
+    redraws in place and ends on Ctrl-C with status 0."""
+    base = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
+    env = {**base, **barge_env}
+    key = barge("keys", "create", "--tenant", "cli-tables", env=env).stdout.strip()
+    env.update(BARGE_API_URL=api_url, BARGE_API_KEY=key, TERM="xterm-256color")
+    data = put_jsonl(
+        s3, bucket, "tables.jsonl", [{"id": f"t{i}", "text": f"t {i}"} for i in range(5)]
+    )
+    spec = tmp_path / "job.json"
+    spec.write_text(
+        json.dumps(
+            {"model": minilm_uri, "task": "embed", "input": data, "output": f"s3://{bucket}/tt/"}
+        )
+    )
+    rc, shown = in_terminal("submit", str(spec), "--wait", env=env)
+    assert rc == 0, shown
+    submitted = re.search(r"submitted job ([0-9a-f-]{36})", shown)
+    assert submitted, shown
+    job_id = submitted[1]
+    assert "━" in shown and "5/5 records" in shown, shown  # the live progress bar
+    assert "\x1b[?25l" in shown and "\x1b[?25h" in shown  # the cursor hidden, then shown again
+
+    piped = barge("list", env={**env, "FORCE_COLOR": "1"})
+    assert piped.returncode == 0, piped.stderr
+    assert "\x1b" not in piped.stdout and not set("│─╭╮╰╯┃━") & set(piped.stdout), piped.stdout
+    rows = piped.stdout.splitlines()
+    assert rows[0].split() == ["ID", "TYPE", "STATUS", "DONE", "CREATED"]
+    (row,) = [r for r in rows[1:] if r.startswith(job_id)]
+    assert row.split()[:5] == [job_id, "inference", "succeeded", "5/5", "records"]
+    shards = barge("shards", job_id[:8], env=env)
+    header = ["#", "STATUS", "ATT", "RECORDS", "WORKER", "LAST", "ERROR"]
+    assert shards.stdout.splitlines()[0].split() == header, shards.stdout
+    assert [r.split()[:4] for r in shards.stdout.splitlines()[1:]] == [
+        ["0", "succeeded", "1", "5/5"]
+    ]
+    as_json = barge("list", "--json", env=env)
+    assert as_json.stdout.startswith("{\n") and job_id in {
+        j["id"] for j in json.loads(as_json.stdout)["jobs"]
+    }
+
+    rc, shown = in_terminal("list", env=env)
+    assert rc == 0, shown
+    assert "╭" in shown and "╰" in shown and job_id in shown
+    assert "\x1b[32msucceeded" in shown  # green
+    rc, shown = in_terminal("list", env={**env, "NO_COLOR": "1"})
+    assert rc == 0 and "╭" in shown and job_id in shown, shown
+    assert "\x1b[32m" not in shown
+
+    rc, shown = in_terminal("top", "--interval", "0.2", env=env, until="barge top")
+    assert rc == 0, shown
+    assert "╭" in shown and "DONE/TOTAL" in shown and "\x1b[?25h" in shown, shown
 
 
 def test_make_demo_runs_a_real_job_on_the_embedded_stack(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import Integer, String, Uuid, and_, bindparam, exists, func, or_
 from sqlalchemy.orm import Session, aliased
 
 from db.base import UTCDateTime, utcnow
-from db.models import Job, Shard
+from db.models import Job, Shard, Tenant
 from db.state import (
     CANCELLING,
     FAILED,
@@ -457,8 +457,12 @@ def claim_next_shard(
 
 
 def shard_and_job(session: Session, shard_id: uuid.UUID) -> tuple[Shard, Job] | None:
-    """The shard and its job, in one query."""
+    """The shard and its job, in one query; their tenant comes with them into the session (a
+    claim's scope check then reads it without a query of its own)."""
     row = session.execute(
-        select(Shard, Job).join(Job, Job.id == Shard.job_id).where(Shard.id == shard_id)
+        select(Shard, Job, Tenant)
+        .join(Job, Job.id == Shard.job_id)
+        .outerjoin(Tenant, Tenant.id == Job.tenant_id)
+        .where(Shard.id == shard_id)
     ).first()
     return (row[0], row[1]) if row else None

@@ -15,6 +15,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from barge.records import Format, Range
 from barge.specs import FinetuneSpec, JobSpec, parse_spec
 from db import repositories as repo
@@ -123,7 +125,8 @@ class ShardWork:
 
 class Lease:
     """This attempt's hold on its unit. Between batches: is the job still running (else
-    ``Stop``)? Every ``BARGE_HEARTBEAT_SECONDS`` the process's keeper thread renews the lease
+    ``Stop``), and is the shard within its soft time limit (else ``SoftTimeLimitExceeded``, as
+    Celery's signal raises it)? Every ``BARGE_HEARTBEAT_SECONDS`` the process's keeper thread renews the lease
     and records progress (``succeeded``, ``failed``, ``steps_done``), whatever the work is
     doing: a long batch, a model load or an upload never lets a short lease lapse while the
     process lives. When the process dies (or freezes) the renewals stop and the lease ends
@@ -144,6 +147,9 @@ class Lease:
         # When the newest confirmed hold (the claim, or a renewal) began: its transaction's
         # start, so that the lease it set ends no earlier than this plus BARGE_LEASE_SECONDS.
         self._held_since = work.claim_started or time.monotonic()
+        # The shard's soft time limit, checked here too: Celery's signal can land in a weakref
+        # callback or a finalizer, where Python prints the exception and carries on.
+        self._deadline = self._held_since + ctx.settings.shard_soft_time_limit
         self._last_check = float("-inf")
         self._next_try = self._held_since + ctx.settings.heartbeat_seconds
         self._lost = threading.Event()
@@ -199,6 +205,8 @@ class Lease:
         if self._lost.is_set():
             raise LeaseLost()
         now = time.monotonic()
+        if now >= self._deadline:
+            raise SoftTimeLimitExceeded()
         if now - self._last_check < self.check_seconds:
             return
         self._last_check = now

@@ -38,7 +38,9 @@ def test_sigkill_of_the_whole_worker_mid_image_shard_then_restart(
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(put, enumerate(keys)))
-    worker = world.worker()
+    # Renewals (which record progress) every 0.1 s: a shard of 120 small images runs in about
+    # half a second here, and the kill must land while one runs with progress.
+    worker = world.worker(BARGE_HEARTBEAT_SECONDS="0.1")
     world.start_scheduler()
     job_id = world.submit(
         inference_spec(
@@ -61,7 +63,7 @@ def test_sigkill_of_the_whole_worker_mid_image_shard_then_restart(
     os.killpg(worker.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
     worker.proc.wait(10)  # type: ignore[union-attr]
     time.sleep(1)
-    world.worker()
+    world.worker(BARGE_HEARTBEAT_SECONDS="0.1")
     job = world.wait_final(job_id, timeout=180)
     assert job["status"] == "succeeded", job
     manifest = json.loads(s3.get_object(Bucket=bucket, Key="out/_manifest.json")["Body"].read())

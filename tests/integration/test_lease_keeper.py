@@ -173,3 +173,35 @@ def test_the_fence_before_a_write_asks_only_when_the_hold_is_old(
     assert take(ctx, work) == work.attempt + 1
     with pytest.raises(LeaseLost):
         lease.fence()
+
+
+def test_the_soft_time_limit_is_checked_between_batches_too(
+    database_url: str, broker_url: str, tmp_path: Path
+) -> None:
+    """Celery's soft-limit signal can land in a weakref callback, where Python only prints the
+    exception; the lease's own check stops the shard at its next batch all the same."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    ctx = make_context(
+        database_url,
+        broker_url,
+        tmp_path,
+        lease_seconds=2.0,
+        heartbeat_seconds=0.25,
+        shard_soft_time_limit=0.5,
+        shard_hard_time_limit=5.0,
+    )
+    work = claimed(ctx)
+    lease = Lease(ctx, work)
+    try:
+        lease.between_batches()  # within the limit
+        time.sleep(0.6)
+        with pytest.raises(SoftTimeLimitExceeded):
+            lease.between_batches()
+    finally:
+        lease.close()
+        with session_scope(ctx.settings.resolved_database_url) as session:
+            session.execute(
+                update(Shard).where(Shard.id == work.shard_id).values(status="cancelled")
+            )
+            session.execute(update(Job).where(Job.id == work.job_id).values(status="cancelled"))

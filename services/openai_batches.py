@@ -40,7 +40,6 @@ ENDPOINTS = {
 COMPLETION_WINDOWS = ("24h",)  # lasts BARGE_OPENAI_BATCH_WINDOW_SECONDS
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 MAX_ERRORS = 100  # validation errors listed per batch
-MAX_METADATA_KEYS = 16
 BATCH_SIZE = 32  # requests per forward pass
 
 
@@ -191,19 +190,7 @@ def _check_request_fields(
             f"completion_window must be 24h, got {excerpt(completion_window)}",
             field="completion_window",
         )
-    if metadata is not None and (
-        not isinstance(metadata, dict)
-        or unstorable(metadata) is not None
-        or len(metadata) > MAX_METADATA_KEYS
-        or not all(
-            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
-            for k, v in metadata.items()
-        )
-    ):
-        raise BadRequest(
-            "metadata must map at most 16 keys (64 characters) to strings (512 characters)",
-            field="metadata",
-        )
+    openai_files.check_metadata(metadata)
 
 
 def create(
@@ -457,11 +444,4 @@ def page(session: Session, tenant_id: uuid.UUID, limit: int, after: str | None) 
         if after_row is None:
             raise BadRequest(f"after: no such batch {excerpt(after)}", field="after")
     rows, more = openai_repo.list_openai_batches(session, tenant_id, limit, after_row)
-    data = present_many(session, rows)
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": more,
-    }
+    return openai_files.listing(present_many(session, rows), more)

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from barge.errors import BargeError, Forbidden, NotFound, excerpt
+from barge.jsonvalues import unstorable
 from barge.settings import Settings
 from barge.storage import ObjectStore, S3Uri
 from db.base import utcnow
@@ -27,6 +28,7 @@ PURPOSES = ("batch", "fine-tune")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the ids this surface hands out
 OUTPUT_PURPOSE = "batch_output"
 MAX_FILENAME_CHARS = 512
+MAX_METADATA_KEYS = 16
 
 
 class BadRequest(BargeError):
@@ -177,7 +179,12 @@ def page(
         if after_row is None:
             raise BadRequest(f"after: no such file {excerpt(after)}", field="after")
     rows, more = openai_repo.list_openai_files(session, tenant_id, limit, after_row, purpose)
-    data = [present(r) for r in rows]
+    return listing([present(r) for r in rows], more)
+
+
+def listing(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
+    """A page of objects as OpenAI's list endpoints answer it (what the client's
+    auto-pagination reads)."""
     return {
         "object": "list",
         "data": data,
@@ -185,3 +192,21 @@ def page(
         "last_id": data[-1]["id"] if data else None,
         "has_more": more,
     }
+
+
+def check_metadata(value: Any) -> dict[str, str] | None:
+    """OpenAI's ``metadata``: at most 16 string keys (64 characters) to strings (512)."""
+    if value is not None and (
+        not isinstance(value, dict)
+        or unstorable(value) is not None
+        or len(value) > MAX_METADATA_KEYS
+        or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
+            for k, v in value.items()
+        )
+    ):
+        raise BadRequest(
+            "metadata must map at most 16 keys (64 characters) to strings (512 characters)",
+            field="metadata",
+        )
+    return value

@@ -29,7 +29,6 @@ from sqlalchemy.orm import Session
 
 from barge.chat import MessagesError, chat_example
 from barge.errors import Conflict, InvalidSpec, NotFound, excerpt
-from barge.jsonvalues import unstorable
 from barge.settings import Settings
 from barge.specs import (
     CHAT_FIELD,
@@ -45,7 +44,7 @@ from db.base import utcnow
 from db.models import Job, JobEvent, OpenAIFile, OpenAIFineTuningJob, Tenant
 from db.repositories import openai as openai_repo
 from services import jobs, openai_files, submission
-from services.openai_batches import MAX_METADATA_KEYS, bounded_lines, model_ref
+from services.openai_batches import bounded_lines, model_ref
 from services.openai_files import BadRequest
 from services.unit_of_work import UnitOfWork
 
@@ -267,23 +266,6 @@ def _checked(store: ObjectStore, settings: Settings, row: OpenAIFile, field: str
     return found.count
 
 
-def _metadata(value: Any) -> dict[str, str] | None:
-    if value is not None and (
-        not isinstance(value, dict)
-        or unstorable(value) is not None
-        or len(value) > MAX_METADATA_KEYS
-        or not all(
-            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
-            for k, v in value.items()
-        )
-    ):
-        raise BadRequest(
-            "metadata must map at most 16 keys (64 characters) to strings (512 characters)",
-            field="metadata",
-        )
-    return value
-
-
 def create(
     uow: UnitOfWork, settings: Settings, store: ObjectStore, tenant: Tenant, request: Request
 ) -> OpenAIFineTuningJob:
@@ -302,7 +284,7 @@ def create(
     asked = _hyperparameters(request)
     method = _method(request, settings)
     suffix = _suffix(request.suffix)
-    metadata = _metadata(request.metadata)
+    metadata = openai_files.check_metadata(request.metadata)
     session = uow.session
     train = _file(session, tenant.id, request.training_file, "training_file")
     validation = (
@@ -463,16 +445,6 @@ def _cursor(after: str | None, prefix: str) -> int | None:
     return int(after[len(prefix) :])
 
 
-def _listing(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": more,
-    }
-
-
 def page(
     session: Session,
     tenant_id: uuid.UUID,
@@ -490,7 +462,7 @@ def page(
         if after_row is None:
             raise BadRequest(f"after: no such fine-tuning job {excerpt(after)}", field="after")
     rows, more = openai_repo.list_fine_tuning_jobs(session, tenant_id, limit, after_row, metadata)
-    return _listing([present(session, r) for r in rows], more)
+    return openai_files.listing([present(session, r) for r in rows], more)
 
 
 def _event(row: OpenAIFineTuningJob, event: JobEvent) -> dict[str, Any]:
@@ -531,9 +503,9 @@ def events(
     row = get(session, tenant_id, job_id)
     before = _cursor(after, "ftevent-")
     if row.job_id is None:
-        return _listing([], False)
+        return openai_files.listing([], False)
     found, more = repo.events_newest_first(session, row.job_id, limit, before)
-    return _listing([_event(row, e) for e in found], more)
+    return openai_files.listing([_event(row, e) for e in found], more)
 
 
 def checkpoints(
@@ -545,7 +517,7 @@ def checkpoints(
     row = get(session, tenant_id, job_id)
     before = _cursor(after, "ftckpt-")
     if row.job_id is None:
-        return _listing([], False)
+        return openai_files.listing([], False)
     found, more = repo.events_newest_first(session, row.job_id, limit, before, (CHECKPOINT_KIND,))
     model = repo.model_for_job(session, row.job_id)
     registered_epoch = None
@@ -583,4 +555,4 @@ def checkpoints(
                 "epoch": record.get("epoch"),
             }
         )
-    return _listing(data, more)
+    return openai_files.listing(data, more)

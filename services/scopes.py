@@ -149,10 +149,15 @@ def locations(
     return out
 
 
-def denial(session: Session, settings: Settings, job: Job) -> str | None:
+def denial(
+    session: Session, settings: Settings, job: Job, tenant_scopes: Scopes | None = None
+) -> str | None:
     """The worker's check before a job reads or writes: why a location of the job row, as it is
-    now, lies outside its tenant's scopes as they are now (naming the field only), or None."""
-    scopes = scopes_for(session, settings, job.tenant_id)
+    now, lies outside its tenant's scopes as they are now (naming the field only), or None.
+    ``tenant_scopes``: those scopes, when the caller has just read the tenant."""
+    scopes = (
+        tenant_scopes if tenant_scopes is not None else scopes_for(session, settings, job.tenant_id)
+    )
     for field, uri, mode in locations(
         job.spec, job.model_uri, job.output_uri, job.adapter_base_uri
     ):

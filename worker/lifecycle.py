@@ -40,7 +40,7 @@ from barge.specs import JobSpec
 from db import repositories as repo
 from db import state
 from db.base import utcnow
-from db.models import Job, Shard
+from db.models import Job, Shard, Tenant
 from services import scopes
 from services.unit_of_work import UnitOfWork
 from worker import metrics
@@ -348,9 +348,9 @@ def claim(ctx: WorkerContext, shard_id: uuid.UUID) -> ShardWork | None:
     settled: uuid.UUID | None = None
     started = time.monotonic()
     with ctx.session() as session:
-        named = repo.shard_and_job(session, shard_id)
+        named = repo.shard_job_tenant(session, shard_id)
         if named is not None and named[0].status not in state.SHARD_FINAL:
-            shard, job = named
+            shard, job, _tenant = named
             used_up = shard.attempt - shard.handoffs >= ctx.settings.max_attempts
             if job.status != state.RUNNING or used_up:
                 if _settle_unstarted(session, shard, job):
@@ -365,19 +365,22 @@ def claim(ctx: WorkerContext, shard_id: uuid.UUID) -> ShardWork | None:
 
 
 def _take(
-    ctx: WorkerContext, session: Session, named: tuple[Shard, Job] | None, started: float
+    ctx: WorkerContext,
+    session: Session,
+    named: tuple[Shard, Job, Tenant | None] | None,
+    started: float,
 ) -> ShardWork | None:
     """Claim the named unit if fairness allows it, else the fairest tenant's next unit."""
     settings = ctx.settings
     lease = timedelta(seconds=settings.lease_seconds)
     turns = repo.fair_turns(session, utcnow(), settings.max_attempts)
     if named is not None:
-        shard, job = named
+        shard, job, tenant = named
         mine = next((t for t in turns if t.tenant_id == job.tenant_id), None)
         if mine is not None and mine.rank <= turns[0].rank:
             attempt = repo.claim_shard(session, shard.id, ctx.name, lease)
             if attempt is not None:
-                return _taken(ctx, session, shard, job, attempt, started)
+                return _taken(ctx, session, shard, job, tenant, attempt, started)
     for turn in turns:
         claimed = repo.claim_next_shard(
             session, turn.job_id, ctx.name, lease, settings.max_attempts
@@ -387,12 +390,19 @@ def _take(
             picked = session.get(Shard, picked_id)
             its_job = session.get(Job, turn.job_id)
             assert picked is not None and its_job is not None
-            return _taken(ctx, session, picked, its_job, attempt, started)
+            its_tenant = session.get(Tenant, its_job.tenant_id)
+            return _taken(ctx, session, picked, its_job, its_tenant, attempt, started)
     return None  # nothing claimable now: held by live leases, backing off, or settled
 
 
 def _taken(
-    ctx: WorkerContext, session: Session, shard: Shard, job: Job, attempt: int, started: float
+    ctx: WorkerContext,
+    session: Session,
+    shard: Shard,
+    job: Job,
+    tenant: Tenant | None,
+    attempt: int,
+    started: float,
 ) -> ShardWork:
     """The claimed unit, with the scope check of its job done in the claim's transaction (the
     job row and the tenant's scopes as they are now)."""
@@ -406,12 +416,14 @@ def _taken(
             attempt=attempt,
             previous_error=shard.last_error,
         )
+    # The tenant as the claim read it (no scopes at all if it is gone).
+    held = scopes.scopes_of(tenant, ctx.settings) if tenant else scopes.Scopes(read=(), write=())
     return ShardWork.of(
         shard,
         job,
         attempt,
-        scopes.denial(session, ctx.settings, job),
-        scopes.scopes_for(session, ctx.settings, job.tenant_id),
+        scopes.denial(session, ctx.settings, job, held),
+        held,
         claim_started=started,
     )
 

@@ -456,13 +456,14 @@ def claim_next_shard(
     return (row[0], int(row[1])) if row else None
 
 
-def shard_and_job(session: Session, shard_id: uuid.UUID) -> tuple[Shard, Job] | None:
-    """The shard and its job, in one query; their tenant comes with them into the session (a
-    claim's scope check then reads it without a query of its own)."""
+def shard_job_tenant(
+    session: Session, shard_id: uuid.UUID
+) -> tuple[Shard, Job, Tenant | None] | None:
+    """The shard, its job and their tenant (None if it is gone), in one query."""
     row = session.execute(
         select(Shard, Job, Tenant)
         .join(Job, Job.id == Shard.job_id)
         .outerjoin(Tenant, Tenant.id == Job.tenant_id)
         .where(Shard.id == shard_id)
     ).first()
-    return (row[0], row[1]) if row else None
+    return (row[0], row[1], row[2]) if row else None

@@ -323,3 +323,5 @@ class OpenAIFineTuningJob(Base):
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONType)
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The results file (metrics by step, CSV) written when the job succeeded.
+    result_file_id: Mapped[str | None] = mapped_column(String(64))

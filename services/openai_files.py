@@ -27,6 +27,7 @@ from services import scopes
 PURPOSES = ("batch", "fine-tune")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the ids this surface hands out
 OUTPUT_PURPOSE = "batch_output"
+RESULTS_PURPOSE = "fine-tune-results"
 MAX_FILENAME_CHARS = 512
 MAX_METADATA_KEYS = 16
 
@@ -110,15 +111,21 @@ def store_upload(
 
 
 def add_output_file(
-    session: Session, tenant_id: uuid.UUID, uri: S3Uri, filename: str, size: int
+    session: Session,
+    tenant_id: uuid.UUID,
+    uri: S3Uri,
+    filename: str,
+    size: int,
+    purpose: str = OUTPUT_PURPOSE,
 ) -> OpenAIFile:
-    """A batch's output or error file, already written at ``uri``, as a file of the tenant."""
+    """A file Barge wrote at ``uri`` (a batch's output or error file, a fine-tuning job's
+    results) as a file of the tenant."""
     return openai_repo.add_openai_file(
         session,
         OpenAIFile(
             id=new_id("file-"),
             tenant_id=tenant_id,
-            purpose=OUTPUT_PURPOSE,
+            purpose=purpose,
             filename=filename,
             bytes=size,
             uri=str(uri),

@@ -422,7 +422,7 @@ def present(session: Session, row: OpenAIFineTuningJob) -> dict[str, Any]:
         "hyperparameters": hyperparameters,
         "model": row.model,
         "organization_id": f"org-{job.tenant_id}" if job else f"org-{row.tenant_id}",
-        "result_files": [],
+        "result_files": [row.result_file_id] if row.result_file_id else [],
         "seed": row.seed,
         "status": status,
         "trained_tokens": None,
@@ -556,3 +556,52 @@ def checkpoints(
             }
         )
     return openai_files.listing(data, more)
+
+
+RESULT_COLUMNS = ("step", "train_loss", "valid_loss", "valid_exact_match")
+
+
+def results_csv(events: list[JobEvent]) -> bytes:
+    """The results file of a fine-tuning job: one row per step with a ``train`` event (the
+    mean training loss since the one before) or an epoch's evaluation (validation metrics),
+    by step."""
+    rows: dict[int, dict[str, Any]] = {}
+    for event in events:
+        data = event.data or {}
+        step = data.get("step")
+        if not isinstance(step, int):
+            continue
+        row = rows.setdefault(step, {"step": step})
+        if event.kind == "train":
+            row["train_loss"] = data.get("loss")
+        elif event.kind == CHECKPOINT_KIND:
+            row.setdefault("train_loss", data.get("train_loss"))
+            row["valid_loss"] = data.get("validation_loss")
+            row["valid_exact_match"] = data.get("validation_exact_match")
+    lines = [",".join(RESULT_COLUMNS)]
+    for step in sorted(rows):
+        row = rows[step]
+        lines.append(",".join("" if row.get(c) is None else str(row[c]) for c in RESULT_COLUMNS))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def for_job(session: Session, job_id: uuid.UUID) -> OpenAIFineTuningJob | None:
+    return openai_repo.fine_tuning_job_for(session, job_id)
+
+
+def attach_results(
+    session: Session, row: OpenAIFineTuningJob, job: Job, uri: S3Uri, size: int
+) -> None:
+    """At finalize of a succeeded job: its results file, written at ``uri``, becomes a file of
+    its tenant listed in ``result_files``. Idempotent."""
+    if row.result_file_id is not None:
+        return
+    row.result_file_id = openai_files.add_output_file(
+        session,
+        job.tenant_id,
+        uri,
+        f"{row.id}_results.csv",
+        size,
+        purpose=openai_files.RESULTS_PURPOSE,
+    ).id
+    session.flush()

@@ -12,13 +12,15 @@ import logging
 import uuid
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from barge.specs import FinetuneSpec, parse_spec
 from barge.storage import S3Uri
 from db import repositories as repo
 from db import state
 from db.base import utcnow
 from db.models import Job, Model, Shard
-from services import scopes
+from services import openai_fine_tuning, scopes
 from worker import openai_batch
 from worker.context import WorkerContext
 
@@ -51,6 +53,8 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
             ctx.store.put_bytes(
                 out.join("_manifest.json"), json.dumps(manifest, indent=2).encode() + b"\n"
             )
+        if not denied and target == state.SUCCEEDED and job.type == "finetune":
+            _openai_results(ctx, session, job, out)
         if target == state.SUCCEEDED:
             ctx.store.put_bytes(out.join("_SUCCESS"), b"")
         job.manifest = manifest
@@ -73,6 +77,17 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
                 message=error or summary,
                 data={"records": counts},
             )
+
+
+def _openai_results(ctx: WorkerContext, session: Session, job: Job, out: S3Uri) -> None:
+    """A fine-tune run for the OpenAI surface: its results file (metrics by step, CSV)."""
+    row = openai_fine_tuning.for_job(session, job.id)
+    if row is None:
+        return
+    body = openai_fine_tuning.results_csv(repo.list_events(session, job.id, limit=1_000_000))
+    uri = out.join("results.csv")
+    ctx.store.put_bytes(uri, body)
+    openai_fine_tuning.attach_results(session, row, job, uri, len(body))
 
 
 def _outcome(job: Job, shards: list[Shard]) -> tuple[str, str | None]:

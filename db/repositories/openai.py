@@ -138,3 +138,8 @@ def list_fine_tuning_jobs(
     for key, value in (metadata or {}).items():
         query = query.where(OpenAIFineTuningJob.meta[key].as_string() == value)
     return _page(session, query, OpenAIFineTuningJob, limit, after)
+
+
+def fine_tuning_job_for(session: Session, job_id: uuid.UUID) -> OpenAIFineTuningJob | None:
+    """The OpenAI fine-tuning job a Barge job runs, if any."""
+    return session.scalar(select(OpenAIFineTuningJob).where(OpenAIFineTuningJob.job_id == job_id))

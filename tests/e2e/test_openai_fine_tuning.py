@@ -5,6 +5,8 @@ batch's model; bad requests refused with OpenAI's envelope and what to fix."""
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 from typing import Any
 
@@ -101,6 +103,20 @@ def test_a_lora_chat_fine_tune_through_the_official_client_then_a_batch_on_its_m
         assert c.fine_tuning_job_id == created.id and c.object == "fine_tuning.job.checkpoint"
         assert c.metrics.train_loss > 0 and c.metrics.valid_loss > 0
     assert checkpoints[-1].metrics.train_loss > checkpoints[0].metrics.train_loss
+
+    # The results file: training loss by step, validation metrics at each epoch's end.
+    assert len(job.result_files) == 1
+    results = client.files.retrieve(job.result_files[0])
+    assert results.purpose == "fine-tune-results" and results.filename.endswith("_results.csv")
+    table = list(csv.DictReader(io.StringIO(client.files.content(results.id).text)))
+    assert list(table[0]) == ["step", "train_loss", "valid_loss", "valid_exact_match"]
+    assert [int(r["step"]) for r in table] == sorted({*steps, *numbers})
+    by_step = {int(r["step"]): r for r in table}
+    for c in checkpoints:
+        assert float(by_step[c.step_number]["valid_loss"]) == c.metrics.valid_loss
+    for e in metrics:
+        if "total_steps" in e.data:
+            assert float(by_step[e.data["step"]]["train_loss"]) == e.data["train_loss"]
 
     # The list filters by metadata and pages.
     listed = client.fine_tuning.jobs.list(metadata={"team": "vision"})

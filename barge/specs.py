@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -18,16 +18,6 @@ from pydantic import (
 from barge.jsonvalues import check_json_value
 from barge.uris import uri_problem
 
-TASKS = (
-    "embed",
-    "classify",
-    "generate",
-    "text2text",
-    "regress",
-    "image_classify",
-    "image_embed",
-    "detect",
-)
 Task = Literal[
     "embed",
     "classify",
@@ -38,6 +28,7 @@ Task = Literal[
     "image_embed",
     "detect",
 ]
+TASKS: tuple[str, ...] = get_args(Task)
 # Tasks whose records are images (``barge.records.images``; the worker's ``worker.vision``).
 IMAGE_TASKS = frozenset({"image_classify", "image_embed", "detect"})
 # Models built into the worker: name -> the one task each runs.

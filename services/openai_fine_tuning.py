@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import IO, Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
 from barge.chat import MessagesError, chat_example
@@ -132,9 +132,12 @@ def _pair_problem(data: dict[str, Any], limit: int) -> str | None:
     return None
 
 
-@dataclass
-class Request:
-    """A create request, as the router read it (OpenAI's fields and Barge's extension)."""
+class Request(BaseModel):
+    """A create request's body: OpenAI's fields and Barge's ``barge`` extension
+    (``{"method": {"type": "lora", ...}}`` or ``{"type": "full"}``). Every field is taken as
+    sent and checked here, so that each refusal names its field and says what to fix."""
+
+    model_config = ConfigDict(extra="ignore")
 
     model: Any
     training_file: Any

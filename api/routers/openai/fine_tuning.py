@@ -6,7 +6,6 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict
 
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
 from services import openai_fine_tuning as service
@@ -16,33 +15,15 @@ router = APIRouter(prefix="/fine_tuning/jobs", tags=["openai fine-tuning"])
 _METADATA_KEY = re.compile(r"^metadata\[(.{1,64})\]$")
 
 
-class FineTuningJobCreate(BaseModel):
-    """OpenAI's fields, and Barge's ``barge`` extension (``{"method": {"type": "lora", ...}}``
-    or ``{"type": "full"}``): the service checks each and says what to fix."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: Any
-    training_file: Any
-    validation_file: Any = None
-    hyperparameters: Any = None
-    method: Any = None
-    suffix: Any = None
-    seed: Any = None
-    metadata: Any = None
-    integrations: Any = None
-    barge: Any = None
-
-
 @router.post("", summary="Create a fine-tuning job over uploaded fine-tune files")
 def create_job(
-    body: FineTuningJobCreate,
+    body: service.Request,
     tenant: CurrentTenant,
     uow: UoW,
     settings: SettingsDep,
     store: StoreDep,
 ) -> dict[str, Any]:
-    row = service.create(uow, settings, store, tenant, service.Request(**body.model_dump()))
+    row = service.create(uow, settings, store, tenant, body)
     return service.present(uow.session, row)
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from celery import Celery
 from sqlalchemy.orm import Session
@@ -58,6 +60,15 @@ class WorkerContext:
                 log.warning(
                     "could not publish %s%s now (%s); the reconciler will", task_name, args, exc
                 )
+
+    @contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """A private directory under ``<BARGE_CACHE_DIR>/tmp`` for a unit's spooled files,
+        removed when the unit ends."""
+        root = self.settings.resolved_cache_dir / "tmp"
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            yield Path(tmp)
 
     def send(
         self,

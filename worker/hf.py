@@ -1,6 +1,6 @@
 """The Hugging Face helpers that inference (``worker.models``) and training
 (``worker.finetune.training``) share: the model class each task loads, the CUDA autocast dtype,
-mean pooling, and the checks on a model directory's config (its size against its weights, the
+mean pooling, the arguments and the end of generation, and the checks on a model directory's config (its size against its weights, the
 most tokens it takes).
 
 torch and transformers are imported inside the functions, so importing this module is cheap.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,14 +152,38 @@ def check_config_fits_weights(path: Path, model_class: Any, ref: str) -> None:
 
 
 def eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    """The token ids that end a generated sequence (the generation config's, else the
-    tokenizer's)."""
+    """The token ids that end a generated sequence (the generation config's, else the model
+    config's, else the tokenizer's)."""
     found = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if found is None:
+        found = getattr(getattr(model, "config", None), "eos_token_id", None)
     if found is None:
         found = tokenizer.eos_token_id
     if found is None:
         return set()
     return {int(t) for t in found} if isinstance(found, list) else {int(found)}
+
+
+def sampling(temperature: float, seed: int, **options: Any) -> dict[str, Any]:
+    """``generate``'s sampling arguments: greedy at temperature 0; else sampled at
+    ``temperature`` (with ``options``, such as ``top_p``) from torch's generator seeded with
+    ``seed`` here, so a re-run batch generates the same text."""
+    if temperature <= 0:
+        return {"do_sample": False}
+    import torch
+
+    torch.manual_seed(seed)
+    return {"do_sample": True, "temperature": temperature, **options}
+
+
+def completion(tokens: Sequence[int], eos: set[int]) -> tuple[int, str]:
+    """How many of the generated ``tokens`` count (up to and including the first
+    end-of-sequence: what follows it is padding), and why generation ended: ``stop`` (the
+    model ended it) or ``length`` (it ran out of new tokens)."""
+    for i, token in enumerate(tokens):
+        if token in eos:
+            return i + 1, "stop"
+    return len(tokens), "length"
 
 
 OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "longformer", "mpnet"})

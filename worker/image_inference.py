@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import tempfile
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +27,7 @@ from typing import Any, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from barge.errors import NotFound, PermanentJobError, describe
+from barge.errors import PermanentJobError, describe
 from barge.records import Record, iter_range
 from barge.records.images import (
     LISTING_ID_FIELD,
@@ -41,8 +40,9 @@ from worker import metrics
 from worker.context import WorkerContext
 from worker.inference import _input_info
 from worker.lease import Lease, ShardWork, Stop
-from worker.lifecycle import Result, Runner, part_result
-from worker.outputs import JsonlPart, RecordId, coerce_id, make_part, windows
+from worker.lifecycle import Result, Runner
+from worker.outputs import RecordId, coerce_id, make_part, windows
+from worker.shardrun import ShardRun
 from worker.vision import VisionModel, predict_images, result_schema, shape_key
 
 log = logging.getLogger(__name__)
@@ -58,19 +58,13 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     loaded = ctx.models.get(work.model_ref, spec.task, work.job_id)
     assert isinstance(loaded, VisionModel)
     info = _input_info(ctx, work)
-    tmp_root = ctx.settings.resolved_cache_dir / "tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
     threads = ctx.settings.image_decode_threads
     with (
-        tempfile.TemporaryDirectory(dir=tmp_root) as tmp,
+        ctx.scratch() as tmp,
         ThreadPoolExecutor(threads, thread_name_prefix="barge-decode") as pool,
     ):
-        shard = _ImageShard(ctx, work, lease, loaded, Path(tmp))
-        try:
-            stopped = shard.process(iter_range(ctx.store, info, work.fmt, work.rng), pool)
-        except NotFound:
-            raise PermanentJobError(f"input object {work.source} disappeared") from None
-        lease.fence()  # fencing: still ours right before we write?
+        shard = _ImageShard(ctx, work, lease, loaded, tmp)
+        stopped = shard.process(iter_range(ctx.store, info, work.fmt, work.rng), pool)
         return shard.upload(stopped)
 
 
@@ -97,24 +91,20 @@ class _Item:
     error: str | None = None
 
 
-class _ImageShard:
+class _ImageShard(ShardRun[VisionModel]):
+    """One image shard's run (``worker.shardrun.ShardRun``): images are fetched, decoded and
+    prepared on a thread pool, a window ahead of the model."""
+
     def __init__(
         self, ctx: WorkerContext, work: ShardWork, lease: Lease, loaded: VisionModel, tmp: Path
     ):
         spec = work.spec
         assert isinstance(spec, InferenceSpec)
-        self.ctx = ctx
-        self.work = work
-        self.spec = spec
-        self.params = spec.task_params()
-        self.lease = lease
-        self.loaded = loaded
+        part = make_part(spec.output_format, tmp / "part", result_schema(spec.task))
+        super().__init__(ctx, work, lease, loaded, tmp, part)
         self.listing = spec.reads_image_objects  # records are the planner's listing
         self.id_field = LISTING_ID_FIELD if self.listing else spec.id_field
         self.image_field = LISTING_IMAGE_FIELD if self.listing else (spec.image_field or "")
-        self.part = make_part(spec.output_format, tmp / "part", result_schema(spec.task))
-        self.errors = JsonlPart(tmp / "errors")
-        self.batches = 0
         self.model_seconds = 0.0  # the model busy, for the log line and the bench
         self.started = time.monotonic()
 
@@ -123,14 +113,9 @@ class _ImageShard:
         items = enumerate(records, self.work.record_offset)
         prepared = _ordered(pool, self._prepare, items, ahead=window_size)
         try:
-            for window in windows(prepared, window_size):
-                self._window(window)
-        except Stop as exc:
-            return exc
+            return self.walk(windows(prepared, window_size), self._window)
         finally:
             prepared.close()
-            self.part.close()
-            self.errors.close()
             wall = time.monotonic() - self.started
             log.info(
                 "image shard %s: %s images, %s failed, model busy %.3fs of %.3fs wall (%.0f%%; "
@@ -144,12 +129,6 @@ class _ImageShard:
                 self.ctx.settings.image_decode_threads,
                 _torch_threads(),
             )
-        return None
-
-    def upload(self, stopped: Stop | None) -> Result:
-        return part_result(
-            self.ctx, self.work, self.spec.output, self.part, self.errors, stopped is not None
-        )
 
     # --- on a decoding thread -------------------------------------------------------------
 

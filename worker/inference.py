@@ -12,13 +12,12 @@ than plain JSONL), one PUT of its part (and of its errors file, when it has erro
 listed once per job per worker process (``worker.models.ModelCache``).
 
 Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.lifecycle``, ``worker.models``,
-``worker.outputs``, ``worker.metrics``; never ``api`` or ``cli``.
+``worker.outputs``, ``worker.metrics``, ``worker.shardrun``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,17 +26,18 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from barge.errors import NotFound, PermanentJobError, describe
+from barge.errors import PermanentJobError, describe
 from barge.records import Format, Record, iter_range
 from barge.specs import InferenceSpec
 from barge.storage import ObjectInfo, S3Uri
 from worker import chat, metrics, onnxcolumns
 from worker.context import WorkerContext
-from worker.lease import Lease, ShardWork, Stop
-from worker.lifecycle import Result, Runner, job_event, part_result
+from worker.lease import Lease, ShardWork
+from worker.lifecycle import Result, Runner, job_event
 from worker.models import LoadedModel, predict
-from worker.outputs import JsonlPart, RecordId, coerce_id, make_part, windows
+from worker.outputs import RecordId, coerce_id, windows
 from worker.prefetch import prefetch
+from worker.shardrun import ShardRun
 
 WINDOW_BATCHES = 16  # records are length-sorted within windows of this many batches
 
@@ -54,10 +54,8 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     info = _input_info(ctx, work)
     if onnxcolumns.applies(loaded, work):  # an ONNX model of numeric features over Parquet
         return onnxcolumns.run(ctx, work, lease, loaded, info)
-    tmp_root = ctx.settings.resolved_cache_dir / "tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
-        shard = _ShardRun(ctx, work, lease, loaded, Path(tmp))
+    with ctx.scratch() as tmp:
+        shard = _ShardRun(ctx, work, lease, loaded, tmp)
         window_size = spec.batch_size * WINDOW_BATCHES
         reading = iter_range(ctx.store, info, work.fmt, work.rng)
         # A shard of one window computes nothing before its last record is read: nothing for
@@ -65,12 +63,10 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
         records = (
             prefetch(reading, window_size * 2) if work.rng.record_count > window_size else reading
         )
-        try:
-            stopped = shard.process(records, window_size)
-        except NotFound:
-            raise PermanentJobError(f"input object {work.source} disappeared") from None
-        lease.fence()  # fencing: still ours right before we write?
-        return shard.upload(stopped)
+        stopped = shard.walk(
+            windows(enumerate(records, work.record_offset), window_size), shard._window
+        )
+        return shard.upload(stopped, usage=shard.usage or None)
 
 
 def _loaded_event(
@@ -123,51 +119,19 @@ RUNNER = Runner(
 )
 
 
-class _ShardRun:
-    """One shard's run: its model, its spooled part and errors files, and its lease (which
-    carries the progress the heartbeat records)."""
+class _ShardRun(ShardRun[LoadedModel]):
+    """One text shard's run (``worker.shardrun.ShardRun``): records are read, checked and run
+    window by window, length-sorted within each."""
 
     def __init__(
         self, ctx: WorkerContext, work: ShardWork, lease: Lease, loaded: LoadedModel, tmp: Path
     ):
-        spec = work.spec
-        assert isinstance(spec, InferenceSpec)
-        self.ctx = ctx
-        self.work = work
-        self.spec = spec
-        self.params = spec.task_params()
-        self.lease = lease
-        self.loaded = loaded
+        super().__init__(ctx, work, lease, loaded, tmp)
         self.max_text_chars = ctx.settings.max_text_chars
-        self.part = make_part(spec.output_format, tmp / "part")
-        self.errors = JsonlPart(tmp / "errors")
-        self.batches = 0  # batches started
         # Chat prompts come from the template with their special tokens already in them.
-        self.add_special_tokens = spec.messages_field is None
-        self.usage: dict[str, int] | None = {} if spec.task in ("generate", "text2text") else None
-
-    def process(self, records: Iterator[Record], window_size: int) -> Stop | None:
-        """Run every record (window by window); the ``Stop`` that cut it short, if any."""
-        try:
-            for window in windows(enumerate(records, self.work.record_offset), window_size):
-                self._window(window)
-        except Stop as exc:
-            return exc
-        finally:
-            self.part.close()
-            self.errors.close()
-        return None
-
-    def upload(self, stopped: Stop | None) -> Result:
-        """PUT the part and the errors file (``worker.outputs.put_part``)."""
-        return part_result(
-            self.ctx,
-            self.work,
-            self.spec.output,
-            self.part,
-            self.errors,
-            stopped is not None,
-            usage=self.usage or None,
+        self.add_special_tokens = self.spec.messages_field is None
+        self.usage: dict[str, int] | None = (
+            {} if self.spec.task in ("generate", "text2text") else None
         )
 
     def _window(self, window: list[tuple[int, Record]]) -> None:

@@ -487,19 +487,14 @@ def predict(
                 )
             return out
         # generate
-        generator_kwargs: dict[str, Any] = {
-            "max_new_tokens": params.max_new_tokens,
-            "pad_token_id": tok.pad_token_id,
-        }
-        if params.temperature > 0:
-            torch.manual_seed(seed)
-            generator_kwargs.update(do_sample=True, temperature=params.temperature)
-        else:
-            generator_kwargs.update(do_sample=False)
         # A causal LM reads its prompt's ids and mask only (a tokenizer's token_type_ids
         # would shift its embeddings, as in the OpenAI endpoints' path).
         generated = loaded.model.generate(
-            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **generator_kwargs
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+            **hf.sampling(params.temperature, seed),
         )
         new_tokens = generated[:, enc["input_ids"].shape[1] :]
         texts_out = tok.batch_decode(new_tokens, skip_special_tokens=True)
@@ -507,16 +502,15 @@ def predict(
         eos = hf.eos_ids(loaded.model, tok)
         out = []
         for text, row, prompt in zip(texts_out, new_tokens.tolist(), prompt_tokens, strict=True):
-            ended = next((i for i, t in enumerate(row) if t in eos), None)
-            completion = len(row) if ended is None else ended + 1
+            length, finish = hf.completion(row, eos)
             out.append(
                 {
                     "text": text,
-                    "finish_reason": "length" if ended is None else "stop",
+                    "finish_reason": finish,
                     "usage": {
                         "prompt_tokens": int(prompt),
-                        "completion_tokens": completion,
-                        "total_tokens": int(prompt) + completion,
+                        "completion_tokens": length,
+                        "total_tokens": int(prompt) + length,
                     },
                 }
             )

@@ -10,32 +10,31 @@ path's would; a text column of numbers is read value by value too), the same ids
 (``coerce_id``), the same progress, cancel checks between batches and fencing before the PUT.
 
 Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.lifecycle``,
-``worker.metrics``, ``worker.models``, ``worker.onnxmodels``, ``worker.outputs``; never ``api``
-or ``cli``.
+``worker.metrics``, ``worker.models``, ``worker.onnxmodels``, ``worker.outputs``,
+``worker.shardrun``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from barge.errors import BargeError, NotFound, PermanentJobError
 from barge.onnxdirs import FeatureInput
 from barge.records import Limits
-from barge.records.parquet import _is_parquet_content_error, _microseconds, _parquet_file
+from barge.records.parquet import row_batches
 from barge.records.tabular import numeric_value
-from barge.specs import InferenceSpec
 from barge.storage import ObjectInfo
 from worker import metrics
 from worker.context import WorkerContext
-from worker.lease import Lease, ShardWork, Stop
-from worker.lifecycle import Outcome, Result
+from worker.lease import Lease, ShardWork
+from worker.lifecycle import Result
 from worker.models import LoadedModel
 from worker.onnxmodels import OnnxRunner
-from worker.outputs import JsonlPart, coerce_id, make_part, put_part
+from worker.outputs import coerce_id
 from worker.prefetch import prefetch
+from worker.shardrun import ShardRun
 
 READ_ROWS = 8192  # rows per Arrow record batch read
 READ_AHEAD = 2  # record batches read ahead on a background thread while the model runs
@@ -55,98 +54,36 @@ def applies(loaded: LoadedModel, work: ShardWork) -> bool:
 def run(
     ctx: WorkerContext, work: ShardWork, lease: Lease, loaded: LoadedModel, info: ObjectInfo
 ) -> Result:
-    spec = work.spec
-    assert isinstance(spec, InferenceSpec)
-    tmp_root = ctx.settings.resolved_cache_dir / "tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
-        shard = _ColumnarShard(ctx, work, lease, loaded, Path(tmp))
-        try:
-            stopped = shard.process(info)
-        except NotFound:
-            raise PermanentJobError(f"input object {work.source} disappeared") from None
-        lease.fence()  # fencing: still ours right before we write?
-        output_key, errors_key = put_part(
-            ctx.store, spec.output, work.index, work.attempt, shard.part, shard.errors
-        )
-        return Result(
-            Outcome.CANCELLED if stopped else Outcome.SUCCEEDED,
-            succeeded=shard.part.count,
-            failed=shard.errors.count,
-            output_key=output_key,
-            errors_key=errors_key,
-        )
+    with ctx.scratch() as tmp:
+        shard = _ColumnarShard(ctx, work, lease, loaded, tmp)
+        reading = prefetch(shard._batches(info), READ_AHEAD, "barge-columns")
+        stopped = shard.walk(reading, lambda item: shard._record_batch(*item))
+        return shard.upload(stopped)
 
 
-class _ColumnarShard:
+class _ColumnarShard(ShardRun[LoadedModel]):
+    """One columnar shard's run (``worker.shardrun.ShardRun``): Arrow record batches of the
+    id and feature columns, read ahead on a background thread."""
+
     def __init__(
         self, ctx: WorkerContext, work: ShardWork, lease: Lease, loaded: LoadedModel, tmp: Path
     ):
-        spec = work.spec
-        assert isinstance(spec, InferenceSpec)
+        super().__init__(ctx, work, lease, loaded, tmp)
         runner = loaded.model
         assert isinstance(runner, OnnxRunner)
-        self.ctx = ctx
-        self.work = work
-        self.spec = spec
-        self.params = spec.task_params()
-        self.lease = lease
-        self.loaded = loaded
         self.runner = runner
         self.bindings = [b for b in runner.config.inputs if isinstance(b, FeatureInput)]
-        self.part = make_part(spec.output_format, tmp / "part")
-        self.errors = JsonlPart(tmp / "errors")
-        self.batches = 0
 
-    def process(self, info: ObjectInfo) -> Stop | None:
-        """Every record of the shard, record batch by record batch; the ``Stop`` that cut it
-        short, if any."""
-        try:
-            for first_row, batch in prefetch(self._batches(info), READ_AHEAD, "barge-columns"):
-                self._record_batch(first_row, batch)
-        except Stop as exc:
-            return exc
-        finally:
-            self.part.close()
-            self.errors.close()
-        return None
-
-    def _batches(self, info: ObjectInfo) -> Any:
+    def _batches(self, info: ObjectInfo) -> Iterator[tuple[int, Any]]:
         """(row index in the object, Arrow record batch) of the shard's rows, only the columns
         the job reads."""
-        rng = self.work.rng
-        pf = _parquet_file(self.ctx.store, info, Limits.from_settings(self.ctx.settings))
-        names = set(pf.schema_arrow.names)
         wanted = [f for b in self.bindings for f in b.feature_fields]
         if self.spec.id_field:
             wanted.append(self.spec.id_field)
-        columns = sorted({c for c in wanted if c in names}) or None
-        end = rng.start_record + rng.record_count
-        row = 0
-        try:
-            for rg in range(pf.metadata.num_row_groups):
-                n = pf.metadata.row_group(rg).num_rows
-                if row + n <= rng.start_record:
-                    row += n
-                    continue
-                if row >= end:
-                    break
-                for batch in pf.iter_batches(
-                    row_groups=[rg], batch_size=READ_ROWS, columns=columns
-                ):
-                    lo = max(rng.start_record - row, 0)
-                    hi = min(end - row, batch.num_rows)
-                    if lo < hi:
-                        yield row + lo, _microseconds(batch.slice(lo, hi - lo))
-                    row += batch.num_rows
-        except BargeError:
-            raise
-        except Exception as exc:
-            if not _is_parquet_content_error(exc):
-                raise
-            raise PermanentJobError(
-                f"{info.uri} is not a readable Parquet file (near row {row + 1}): {exc}"
-            ) from exc
+        limits = Limits.from_settings(self.ctx.settings)
+        return row_batches(
+            self.ctx.store, info, self.work.rng, limits, lambda b: b, wanted, READ_ROWS
+        )
 
     def _record_batch(self, first_row: int, batch: Any) -> None:
         """Check a record batch's ids and features, run its good rows in batches of the job's

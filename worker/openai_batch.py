@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,11 +39,12 @@ from services import openai_batches
 from worker import chat, hf, metrics
 from worker.context import WorkerContext
 from worker.inference import WINDOW_BATCHES
-from worker.lease import Lease, ShardWork, Stop
-from worker.lifecycle import Result, Runner, part_result
+from worker.lease import Lease, ShardWork
+from worker.lifecycle import Result, Runner
 from worker.models import LoadedModel, predict
 from worker.outputs import JsonlPart, windows
 from worker.prefetch import prefetch
+from worker.shardrun import ShardRun
 
 MAX_STOP = 4
 MAX_DEFAULT_TOKENS = 4096  # max_tokens when a request names none: what is left, at most this
@@ -98,14 +98,11 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     info = ctx.store.head(S3Uri.parse(work.source))
     if info is None:
         raise PermanentJobError(f"input object {work.source} disappeared")
-    tmp_root = ctx.settings.resolved_cache_dir / "tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
-        shard = _BatchShard(ctx, work, lease, loaded, Path(tmp))
+    with ctx.scratch() as tmp:
+        shard = _BatchShard(ctx, work, lease, loaded, tmp)
         window_size = spec.batch_size * WINDOW_BATCHES
         records = prefetch(iter_range(ctx.store, info, work.fmt, work.rng), window_size * 2)
-        stopped = shard.process(records, window_size)
-        lease.fence()  # fencing: still ours right before we write?
+        stopped = shard.walk(windows(records, window_size), shard._window)
         return shard.upload(stopped)
 
 
@@ -123,39 +120,19 @@ def _line_id(job_id: uuid.UUID, custom_id: str, kind: str) -> str:
     return uuid.uuid5(job_id, f"{kind}:{custom_id}").hex
 
 
-class _BatchShard:
+class _BatchShard(ShardRun[LoadedModel]):
+    """One OpenAI batch shard's run (``worker.shardrun.ShardRun``): request lines in, OpenAI
+    output lines out (always JSONL)."""
+
     def __init__(
         self, ctx: WorkerContext, work: ShardWork, lease: Lease, loaded: LoadedModel, tmp: Path
     ):
-        spec = work.spec
-        assert isinstance(spec, InferenceSpec) and spec.openai_endpoint is not None
-        self.ctx = ctx
-        self.work = work
-        self.spec = spec
-        self.endpoint: str = spec.openai_endpoint
-        self.lease = lease
-        self.loaded = loaded
-        self.part = JsonlPart(tmp / "part")
-        self.errors = JsonlPart(tmp / "errors")
+        super().__init__(ctx, work, lease, loaded, tmp, JsonlPart(tmp / "part"))
+        assert self.spec.openai_endpoint is not None
+        self.endpoint: str = self.spec.openai_endpoint
         self.created = int(time.time())
 
     # --- the shard -----------------------------------------------------------------------------
-
-    def process(self, records: Iterator[Record], window_size: int) -> Stop | None:
-        try:
-            for window in windows(records, window_size):
-                self._window(window)
-        except Stop as exc:
-            return exc
-        finally:
-            self.part.close()
-            self.errors.close()
-        return None
-
-    def upload(self, stopped: Stop | None) -> Result:
-        return part_result(
-            self.ctx, self.work, self.spec.output, self.part, self.errors, stopped is not None
-        )
 
     def _window(self, window: list[Record]) -> None:
         """Parse the window's requests, run them in compatible batches, write the lines in input
@@ -174,7 +151,9 @@ class _BatchShard:
         try:
             for group in groups.values():
                 for start in range(0, len(group), self.spec.batch_size):
-                    self.lease.between_batches()
+                    if self.batches:  # the first one's check is the claim's, moments ago
+                        self.lease.between_batches()
+                    self.batches += 1
                     batch = group[start : start + self.spec.batch_size]
                     for req, outcome in zip(batch, self._run_isolating(batch), strict=True):
                         lines[req.at] = outcome
@@ -376,30 +355,21 @@ class _BatchShard:
         tok = loaded.tokenizer
         first = batch[0]
         input_ids = torch.tensor([r.prompt_ids for r in batch], device=loaded.device)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": first.max_new_tokens,
-            "pad_token_id": tok.pad_token_id,
-            "attention_mask": torch.ones_like(input_ids),
-        }
-        if first.temperature > 0:
-            torch.manual_seed(first.seed)
-            kwargs.update(do_sample=True, temperature=first.temperature, top_p=first.top_p)
-        else:
-            kwargs.update(do_sample=False)
         loaded.activate()
         with torch.inference_mode(), loaded.autocast():
-            generated = loaded.model.generate(input_ids=input_ids, **kwargs)
+            generated = loaded.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=first.max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                **hf.sampling(first.temperature, first.seed, top_p=first.top_p),
+            )
         new_tokens = generated[:, input_ids.shape[1] :].tolist()
         eos = hf.eos_ids(loaded.model, loaded.tokenizer)
         bodies = []
         for req, row in zip(batch, new_tokens, strict=True):
-            kept: list[int] = []
-            finish = "length"
-            for t in row:
-                kept.append(t)
-                if t in eos:
-                    finish = "stop"
-                    break
+            length, finish = hf.completion(row, eos)
+            kept = row[:length]
             text = tok.decode([t for t in kept if t not in eos], skip_special_tokens=True)
             cut = min((i for s in req.stop if (i := text.find(s)) >= 0), default=-1)
             if cut >= 0:
@@ -510,15 +480,13 @@ def assemble(ctx: WorkerContext, session: Session, job: Job, shards: list[Shard]
     expired = batch is not None and batch.expired_at is not None
     seen: set[str] = set()  # custom_ids with a line (kept only for an expired batch)
     unrun = 0
-    tmp_root = ctx.settings.resolved_cache_dir / "tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
     ordered = sorted(shards, key=lambda s: s.index)
-    with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
+    with ctx.scratch() as tmp:
         for name, keys in (
             ("output.jsonl", [s.output_key for s in ordered]),
             ("errors.jsonl", [s.errors_key for s in ordered]),
         ):
-            path = Path(tmp) / name
+            path = tmp / name
             lines = 0
             with path.open("wb") as f:
                 for key in keys:

@@ -3,13 +3,15 @@
 ``{source, target}`` pairs, and the text metrics of an evaluation (BLEU, chrF, exact match).
 
 torch, transformers and sacrebleu are imported inside the functions, so importing this module is
-cheap. Imports: ``barge`` only; never ``api`` or ``cli``.
+cheap. Imports: ``barge``, ``worker.hf``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+from worker import hf
 
 IGNORE = -100  # label of target padding: no loss
 
@@ -28,24 +30,20 @@ def predict(loaded: Any, texts: Sequence[str], params: Any, seed: int = 0) -> li
         max_length=loaded.input_tokens(params),
         return_tensors="pt",
     ).to(loaded.device)
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": params.max_new_tokens,
-        "num_beams": params.num_beams,
-        "pad_token_id": tok.pad_token_id,
-    }
-    if params.temperature > 0:
-        torch.manual_seed(seed)
-        kwargs.update(do_sample=True, temperature=params.temperature)
-    else:
-        kwargs.update(do_sample=False)
     with torch.inference_mode(), loaded.autocast():
-        generated = loaded.model.generate(**enc, **kwargs)
+        generated = loaded.model.generate(
+            **enc,
+            max_new_tokens=params.max_new_tokens,
+            num_beams=params.num_beams,
+            pad_token_id=tok.pad_token_id,
+            **hf.sampling(params.temperature, seed),
+        )
     texts_out = tok.batch_decode(generated, skip_special_tokens=True)
     prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
-    eos = _eos_ids(loaded.model, tok)
+    eos = hf.eos_ids(loaded.model, tok)
     out = []
     for row, text, used in zip(generated.tolist(), texts_out, prompt_tokens, strict=True):
-        completion = completion_length(row[1:], eos)  # row[0] is the decoder's start token
+        completion, _ = hf.completion(row[1:], eos)  # row[0] is the decoder's start token
         out.append(
             {
                 "text": text,
@@ -57,26 +55,6 @@ def predict(loaded: Any, texts: Sequence[str], params: Any, seed: int = 0) -> li
             }
         )
     return out
-
-
-def completion_length(tokens: Sequence[int], eos: set[int]) -> int:
-    """Tokens generated up to and including the first end-of-sequence (what follows it is
-    padding); all of them when none ended the sequence."""
-    for i, token in enumerate(tokens):
-        if token in eos:
-            return i + 1
-    return len(tokens)
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    found = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if found is None:
-        found = getattr(model.config, "eos_token_id", None)
-    if found is None:
-        found = tokenizer.eos_token_id
-    if found is None:
-        return set()
-    return set(found) if isinstance(found, list) else {int(found)}
 
 
 # --- fine-tune ------------------------------------------------------------------------------------

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Collection, Iterator
+from typing import Any, TypeVar
 
 from barge.errors import BargeError, PermanentJobError
 from barge.records.base import Limits, Range, Record
 from barge.storage import ObjectInfo, ObjectStore, SeekableObject
+
+T = TypeVar("T")
 
 # --- Parquet ------------------------------------------------------------------------------------
 
@@ -57,12 +59,27 @@ def _microseconds(batch: Any) -> Any:
     return pa.RecordBatch.from_arrays(columns, names=batch.schema.names) if changed else batch
 
 
-def _iter_parquet(
-    store: ObjectStore, info: ObjectInfo, rng: Range, limits: Limits
-) -> Iterator[Record]:
+def row_batches(
+    store: ObjectStore,
+    info: ObjectInfo,
+    rng: Range,
+    limits: Limits,
+    convert: Callable[[Any], T],
+    wanted: Collection[str] | None = None,
+    batch_size: int = 4096,
+) -> Iterator[tuple[int, T]]:
+    """(index in the object of its first row, ``convert`` of an Arrow record batch) for the
+    rows of ``rng``, in order. Only the row groups that hold them are read, and with
+    ``wanted`` only those of its columns the file has (every column when it has none);
+    nanosecond timestamps come as microseconds. Bytes pyarrow cannot read as Parquet are a
+    PermanentJobError naming the row near which it broke."""
     pf = _parquet_file(store, info, limits)
-    row = 0
+    columns = None
+    if wanted is not None:
+        names = set(pf.schema_arrow.names)
+        columns = sorted({c for c in wanted if c in names}) or None
     end = rng.start_record + rng.record_count
+    row = 0
     try:
         for rg in range(pf.metadata.num_row_groups):
             n = pf.metadata.row_group(rg).num_rows
@@ -71,14 +88,27 @@ def _iter_parquet(
                 continue
             if row >= end:
                 break
-            for batch in pf.iter_batches(row_groups=[rg], batch_size=4096):
-                for rec in _microseconds(batch).to_pylist():
-                    if rng.start_record <= row < end:
-                        yield Record(row + 1, rec)
-                    row += 1
+            for batch in pf.iter_batches(row_groups=[rg], batch_size=batch_size, columns=columns):
+                lo = max(rng.start_record - row, 0)
+                hi = min(end - row, batch.num_rows)
+                if lo < hi:
+                    yield row + lo, convert(_microseconds(batch.slice(lo, hi - lo)))
+                row += batch.num_rows
+                if row >= end:
+                    break
+    except BargeError:
+        raise
     except Exception as exc:
         if not _is_parquet_content_error(exc):
             raise
         raise PermanentJobError(
             f"{info.uri} is not a readable Parquet file (near row {row + 1}): {exc}"
         ) from exc
+
+
+def _iter_parquet(
+    store: ObjectStore, info: ObjectInfo, rng: Range, limits: Limits
+) -> Iterator[Record]:
+    for first, rows in row_batches(store, info, rng, limits, lambda batch: batch.to_pylist()):
+        for i, rec in enumerate(rows):
+            yield Record(first + i + 1, rec)

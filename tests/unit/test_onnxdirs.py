@@ -308,11 +308,12 @@ class TestImages:
 
 
 class TestText2TextMetrics:
-    def test_completion_length_stops_at_the_first_end_of_sequence(self) -> None:
-        from worker.seq2seq import completion_length
+    def test_a_completion_ends_at_the_first_end_of_sequence(self) -> None:
+        from worker.hf import completion
 
-        assert completion_length([5, 6, 1, 0, 0], {1}) == 3
-        assert completion_length([5, 6, 7], {1}) == 3
+        assert completion([5, 6, 1, 0, 0], {1}) == (3, "stop")
+        assert completion([5, 6, 7], {1}) == (3, "length")
+        assert completion([], {1}) == (0, "length")
 
     def test_bleu_chrf_and_exact_match(self) -> None:
         from worker.seq2seq import text_metrics

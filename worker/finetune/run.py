@@ -21,7 +21,6 @@ Imports: ``barge``, ``db``, ``services``, ``worker.lease``, ``worker.lifecycle``
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -53,10 +52,8 @@ STATUS_CHECK_SECONDS = 1.0  # how often the job's status is read between steps
 
 def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     """Train a claimed fine-tune until done, cancelled or its slice ends."""
-    tmp_root = ctx.settings.resolved_cache_dir / "tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
-        claimed = FinetuneRun(ctx, work, lease, Path(tmp))
+    with ctx.scratch() as tmp:
+        claimed = FinetuneRun(ctx, work, lease, tmp)
         try:
             return claimed.run()
         finally:

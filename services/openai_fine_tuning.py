@@ -428,7 +428,7 @@ def present(session: Session, row: OpenAIFineTuningJob) -> dict[str, Any]:
         "result_files": [row.result_file_id] if row.result_file_id else [],
         "seed": row.seed,
         "status": status,
-        "trained_tokens": None,
+        "trained_tokens": (model.metrics or {}).get("trained_tokens") if model else None,
         "training_file": row.training_file_id,
         "validation_file": row.validation_file_id,
         "estimated_finish": estimated,

@@ -62,16 +62,16 @@ def predict(loaded: Any, texts: Sequence[str], params: Any, seed: int = 0) -> li
 
 def loss(
     model: Any, tokenizer: Any, batch: Sequence[tuple[str, str]], max_length: int, device: Any
-) -> Any:
-    """The mean cross-entropy of the targets given the sources (teacher forcing); target
-    padding carries no loss."""
+) -> tuple[Any, int]:
+    """The mean cross-entropy of the targets given the sources (teacher forcing; target
+    padding carries no loss), and the batch's tokens, sources and targets, padding left out."""
     enc = tokenizer(
         [s for s, _ in batch],
         padding=True,
         truncation=True,
         max_length=max_length,
         return_tensors="pt",
-    ).to(device)
+    )
     target = tokenizer(
         text_target=[t for _, t in batch],
         padding=True,
@@ -79,8 +79,9 @@ def loss(
         max_length=max_length,
         return_tensors="pt",
     )
+    tokens = int(enc["attention_mask"].sum()) + int(target["attention_mask"].sum())
     labels = target["input_ids"].masked_fill(target["attention_mask"] == 0, IGNORE)
-    return model(**enc, labels=labels.to(device)).loss
+    return model(**enc.to(device), labels=labels.to(device)).loss, tokens
 
 
 def generate_texts(

@@ -78,6 +78,9 @@ def test_a_lora_chat_fine_tune_through_the_official_client_then_a_batch_on_its_m
     assert job.status == "succeeded", job
     assert job.fine_tuned_model == "lora-base-colours@1" and job.error is None
     assert job.finished_at >= job.created_at
+    # Every chat's tokens once an epoch (the exact count is checked in the unit tests).
+    assert created.trained_tokens is None and isinstance(job.trained_tokens, int)
+    assert job.trained_tokens % 16 == 0 and job.trained_tokens // 16 >= 96 * 5
 
     # Events, newest first, auto-paged five at a time by the client.
     events = list(client.fine_tuning.jobs.list_events(created.id, limit=5))

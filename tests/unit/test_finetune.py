@@ -146,6 +146,16 @@ def test_a_checkpoint_round_trip_continues_exactly(tmp_path: Path) -> None:
     while not resumed.done:
         resumed.train_step()
     assert resumed.step == straight.step == 12
+    # Tokens trained on: every example's, once an epoch, counted apart from the trainer.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base))
+    lengths = [len(tok(text)["input_ids"]) for text, _ in rows]
+    assert straight.tokens == 2 * sum(lengths)
+    # Seven steps of six an epoch: all of epoch 1, then the first batch of epoch 2.
+    second = sum(lengths[i] for i in epoch_order(len(rows), 9, 1)[:8])
+    assert state["tokens"] == stopped.tokens == sum(lengths) + second
+    assert resumed.tokens == straight.tokens  # the count resumes with the checkpoint
     for (name, a), b in zip(
         straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):

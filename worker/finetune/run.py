@@ -335,6 +335,8 @@ class FinetuneRun:
             metrics["selected_epoch"] = selected
         if self.stopped_early:
             metrics["stopped_early_at_epoch"] = self.history[-1]["epoch"]
+        if self.trainer.tokens is not None:
+            metrics["trained_tokens"] = self.trainer.tokens
         if chosen:
             metrics.update({k: v for k, v in chosen.items() if k not in ("epoch", "step")})
         local = self.tmp / "model"

@@ -82,6 +82,9 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch(len(self.train), self.hp)
         self.total_steps = self.hp.epochs * self.steps_per_epoch
         self.step = 0
+        # Tokens trained on: each training example's (after truncation), each time a step
+        # trained on it; None for image tasks, or when resumed from a checkpoint without it.
+        self.tokens: int | None = None if spec.task in IMAGE_TASKS else 0
         torch.manual_seed(self.hp.seed)  # a new head's initial weights come from the seed
         random.seed(self.hp.seed)
         # For an image task ``tokenizer`` is the model's image processor.
@@ -191,7 +194,9 @@ class Trainer:
                 g == self.label_ids[y] for g, (_, y) in zip(guesses, batch, strict=True)
             )
         if task == "text2text":
-            return seq2seq.loss(self.model, self.tokenizer, batch, max_length, self.device), 0
+            loss, tokens = seq2seq.loss(self.model, self.tokenizer, batch, max_length, self.device)
+            self._trained_on(tokens)
+            return loss, 0
         if task == "generate":
             ids, labels, mask = self._completion_batch(batch)
             out = self.model(input_ids=ids, attention_mask=mask, labels=labels)
@@ -203,12 +208,20 @@ class Trainer:
         loss = torch.nn.functional.cross_entropy(scores.float(), target)
         return loss, int((scores.argmax(-1) == target).sum()) if not self.model.training else 0
 
+    def _trained_on(self, tokens: int) -> None:
+        """Count a batch's tokens (padding left out) in ``tokens``, when it is trained on
+        (evaluation runs the same code with the model in eval mode)."""
+        if self.model.training and self.tokens is not None:
+            self.tokens += tokens
+
     def _embed(self, texts: list[str]) -> Any:
         import torch
 
         enc = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
+        )
+        self._trained_on(int(enc["attention_mask"].sum()))
+        enc = enc.to(self.device)
         hidden = self.model(**enc).last_hidden_state
         pooled = hf.mean_pool(hidden, enc["attention_mask"])
         return torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
@@ -222,6 +235,7 @@ class Trainer:
             else completion_tokens(self.tokenizer, self._eos(), p, c, self.max_length)
             for p, c in batch
         ]
+        self._trained_on(sum(len(ids) for ids, _ in rows))
         width = max(len(ids) for ids, _ in rows)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -347,7 +361,9 @@ class Trainer:
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
-        ).to(self.device)
+        )
+        self._trained_on(int(enc["attention_mask"].sum()))
+        enc = enc.to(self.device)
         target = torch.tensor([self.label_ids[y] for _, y in batch], device=self.device)
         logits = self.model(**enc).logits.float()
         loss = torch.nn.functional.cross_entropy(logits, target)
@@ -449,6 +465,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "python_random": _jsonable(random.getstate()),
+            "tokens": self.tokens,
             **extra,
         }
         (directory / STATE_FILE).write_text(json.dumps(state, indent=1))
@@ -487,6 +504,7 @@ class Trainer:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         random.setstate(_tupled(state["python_random"]))
         self.step = int(state["step"])
+        self.tokens = state.get("tokens")
         return dict(state)
 
     def save_model(self, directory: Path) -> list[Path]:

@@ -300,7 +300,8 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "embed": ("validation_loss", "validation_accuracy"),
 }
 
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+MODEL_NAME_MAX = 100
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # at most MODEL_NAME_MAX
 
 # The fields each fine-tune task reads from every training and validation record.
 FINETUNE_FIELDS: dict[str, tuple[str, str]] = {
@@ -421,6 +422,13 @@ class FinetuneSpec(_Strict):
         "tenant's quota min_checkpoint_seconds.",
     )
     keep_checkpoints: int = Field(2, ge=1, le=100, description="The newest N are kept.")
+    epoch_models: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="Also keep and register the models of the last N epochs before the one "
+        "registered as model_name, each as <model_name>-ckpt-step-<step>.",
+    )
     log_every_steps: int = Field(10, ge=1, description="A train event every N steps.")
     max_failed_ratio: float = Field(
         0.1, ge=0.0, le=1.0, description="Share of unusable training records tolerated."
@@ -448,6 +456,11 @@ class FinetuneSpec(_Strict):
     def _method_and_selection(self) -> FinetuneSpec:
         if isinstance(self.method, LoraMethod) and self.task == "embed":
             raise ValueError("method lora is for tasks classify and generate")
+        if self.epoch_models and isinstance(self.method, LoraMethod) and self.method.merge:
+            raise ValueError(
+                "epoch_models keeps each epoch's adapter; with method.merge only the end "
+                "result is merged (drop merge, or set epoch_models to 0)"
+            )
         if self.select_metric is not None and self.select_metric not in SELECT_METRICS:
             raise ValueError(f"select_metric must be one of {', '.join(SELECT_METRICS)}")
         metric = self.metric

@@ -54,6 +54,9 @@ MAX_EPOCHS = 1000  # Hyperparameters.epochs' bound
 MAX_BATCH_SIZE = 4096
 # The learning rate a multiplier of 1 stands for, per method.
 BASE_LEARNING_RATE = {"lora": 2e-4, "full": 2e-5}
+# As OpenAI keeps them: the final epoch's model and those of the two epochs before it, each
+# usable as a model (fine_tuned_model_checkpoint).
+EPOCH_MODELS = 2
 MAX_SUFFIX_CHARS = 64
 _SUFFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_LINE_ERRORS = 5  # shown in a refused file's message
@@ -343,6 +346,8 @@ def create(
         "output": str(openai_files.files_prefix(settings, tenant).join(f"fine_tuning/{row.id}/")),
         "input_format": "jsonl",
         "method": method,
+        # A merged LoRA model exists only at the end.
+        "epoch_models": 0 if isinstance(method, LoraMethod) and method.merge else EPOCH_MODELS,
         "metadata": {"openai_fine_tuning_job_id": row.id},
     }
     try:
@@ -515,20 +520,15 @@ def checkpoints(
     session: Session, tenant_id: uuid.UUID, job_id: str, limit: int, after: str | None
 ) -> dict[str, Any]:
     """One checkpoint per finished epoch, newest first, with its train loss and validation
-    metrics. The epoch the job registered names its model (``name@N``); Barge keeps no model of
-    the other epochs, so theirs is null."""
+    metrics. The registered epoch and the kept epochs before it (``EPOCH_MODELS``) name their
+    models (``name@N``, usable as any model); Barge keeps no model of the others, so theirs is
+    null."""
     row = get(session, tenant_id, job_id)
     before = _cursor(after, "ftckpt-")
     if row.job_id is None:
         return openai_files.listing([], False)
     found, more = repo.events_newest_first(session, row.job_id, limit, before, (CHECKPOINT_KIND,))
-    model = repo.model_for_job(session, row.job_id)
-    registered_epoch = None
-    if model is not None:
-        last, _ = repo.events_newest_first(session, row.job_id, 1, None, (CHECKPOINT_KIND,))
-        registered_epoch = (model.metrics or {}).get(
-            "selected_epoch", last[0].data.get("epoch") if last else None
-        )
+    usable = _epoch_models(session, row.job_id)
     data = []
     for event in found:
         record = event.data or {}
@@ -543,15 +543,12 @@ def checkpoints(
                 if k.startswith("validation_") and k != "validation_loss"
             },
         }
-        usable = model is not None and record.get("epoch") == registered_epoch
         data.append(
             {
                 "id": f"ftckpt-{event.id}",
                 "object": "fine_tuning.job.checkpoint",
                 "created_at": _ts(event.at),
-                "fine_tuned_model_checkpoint": f"{model.name}@{model.version}"
-                if usable and model is not None
-                else None,
+                "fine_tuned_model_checkpoint": usable.get(record.get("epoch")),
                 "fine_tuning_job_id": row.id,
                 "metrics": metrics,
                 "step_number": record.get("step"),
@@ -559,6 +556,21 @@ def checkpoints(
             }
         )
     return openai_files.listing(data, more)
+
+
+def _epoch_models(session: Session, job_id: uuid.UUID) -> dict[Any, str]:
+    """``name@N`` of each epoch the job registered a model of, by epoch: its own model (the
+    selected epoch, else the last) and its epoch models."""
+    out: dict[Any, str] = {}
+    for model in repo.models_for_job(session, job_id):
+        values = model.metrics or {}
+        if repo.CHECKPOINT_OF in values:
+            epoch = values.get("epoch")
+        else:
+            last, _ = repo.events_newest_first(session, job_id, 1, None, (CHECKPOINT_KIND,))
+            epoch = values.get("selected_epoch", last[0].data.get("epoch") if last else None)
+        out[epoch] = f"{model.name}@{model.version}"
+    return out
 
 
 RESULT_COLUMNS = ("step", "train_loss", "valid_loss", "valid_exact_match")

@@ -42,7 +42,7 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
         if denied:
             target, error = state.FAILED, denied
         if job.type == "finetune":
-            registered = repo.model_for_job(session, job.id)
+            registered = repo.models_for_job(session, job.id)
             manifest = finetune_manifest(job, shards, target, error, registered)
         else:
             manifest = build_manifest(job, shards, target, error)
@@ -167,9 +167,22 @@ def _usage(shards: list[Shard]) -> dict[str, Any]:
 
 
 def finetune_manifest(
-    job: Job, shards: list[Shard], status: str, error: str | None, registered: Model | None
+    job: Job, shards: list[Shard], status: str, error: str | None, registered: list[Model]
 ) -> dict[str, Any]:
+    """The manifest of a fine-tune: ``model`` is what it registered as its ``model_name``,
+    ``epoch_models`` the epoch models it kept (``epoch_models``), oldest first."""
     spec = job.spec
+
+    def shown(model: Model) -> dict[str, Any]:
+        return {
+            "name": model.name,
+            "version": model.version,
+            "uri": model.uri,
+            "metrics": model.metrics,
+        }
+
+    own = [m for m in registered if repo.CHECKPOINT_OF not in (m.metrics or {})]
+    epochs = [m for m in registered if repo.CHECKPOINT_OF in (m.metrics or {})]
     unit = shards[0] if shards else None
     out = S3Uri.parse(job.output_uri).as_prefix()
     return {
@@ -189,16 +202,8 @@ def finetune_manifest(
             "train_used": unit.records_succeeded if unit else 0,
             "train_skipped": unit.records_failed if unit else 0,
         },
-        "model": (
-            {
-                "name": registered.name,
-                "version": registered.version,
-                "uri": registered.uri,
-                "metrics": registered.metrics,
-            }
-            if registered
-            else None
-        ),
+        "model": shown(own[0]) if own else None,
+        "epoch_models": [shown(m) for m in epochs],
         "checkpoints": str(out.join("checkpoints/")),
         "errors": str(out.join("errors/")) if unit and unit.records_failed else None,
         "timings": _timings(job),

@@ -55,9 +55,11 @@ from db.repositories.jobs import (
     touch_dispatched,
 )
 from db.repositories.registry import (
+    CHECKPOINT_OF,
     find_model,
     model_for_job,
     model_versions,
+    models_for_job,
     register_model,
 )
 from db.repositories.shards import (
@@ -100,6 +102,7 @@ from db.repositories.tenants import (
 )
 
 __all__ = [
+    "CHECKPOINT_OF",
     "DROP_NAME_CHARS",
     "KEY_PREFIX_CHARS",
     "REMOVED_MARK",
@@ -155,6 +158,7 @@ __all__ = [
     "lock_tenant_submissions",
     "model_for_job",
     "model_versions",
+    "models_for_job",
     "pending_shard_count",
     "progress_for",
     "record_totals",

@@ -82,6 +82,21 @@ def find_model(
     return session.scalar(query.order_by(Model.version.desc()).limit(1))
 
 
+# In the metrics of a fine-tune's epoch model (``epoch_models``): the model_name it is an
+# epoch of. The job's own model has no such key.
+CHECKPOINT_OF = "checkpoint_of"
+
+
+def models_for_job(session: Session, job_id: uuid.UUID) -> list[Model]:
+    """Every version a fine-tune job registered: its model and its epoch models."""
+    return list(
+        session.scalars(select(Model).where(Model.job_id == job_id).order_by(Model.created_at))
+    )
+
+
 def model_for_job(session: Session, job_id: uuid.UUID) -> Model | None:
-    """The version a fine-tune job registered, if any."""
-    return session.scalar(select(Model).where(Model.job_id == job_id))
+    """The version a fine-tune job registered as its ``model_name``, if any."""
+    return next(
+        (m for m in models_for_job(session, job_id) if CHECKPOINT_OF not in (m.metrics or {})),
+        None,
+    )

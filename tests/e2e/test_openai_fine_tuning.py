@@ -51,7 +51,7 @@ def _wait(client: Any, job_id: str, timeout: float = 300) -> Any:
 
 
 def test_a_lora_chat_fine_tune_through_the_official_client_then_a_batch_on_its_model(
-    client: Any, lora_base: str
+    client: Any, lora_base: str, s3: Any
 ) -> None:
     train = _upload(client, colour_chats(96, 1))
     validation = _upload(client, colour_chats(30, 2), "validation.jsonl")
@@ -95,13 +95,25 @@ def test_a_lora_chat_fine_tune_through_the_official_client_then_a_batch_on_its_m
     assert all(isinstance(e.data["train_loss"], float) for e in metrics)
     assert any("registered" in e.message for e in events)
 
-    # One checkpoint per epoch, newest first; the last (registered) epoch names the model.
+    # One checkpoint per epoch, newest first; the last (registered) epoch names the model, the
+    # two before it their own models, as OpenAI keeps them; the older ones have none.
     checkpoints = list(client.fine_tuning.jobs.checkpoints.list(created.id, limit=3))
     assert len(checkpoints) == 16
     numbers = [c.step_number for c in checkpoints]
     assert numbers == sorted(numbers, reverse=True) and numbers[0] == 16 * 6  # 96 / 16 per epoch
-    assert checkpoints[0].fine_tuned_model_checkpoint == job.fine_tuned_model
-    assert all(c.fine_tuned_model_checkpoint is None for c in checkpoints[1:])
+    assert [c.fine_tuned_model_checkpoint for c in checkpoints[:3]] == [
+        job.fine_tuned_model,
+        "lora-base-colours-ckpt-step-90@1",
+        "lora-base-colours-ckpt-step-84@1",
+    ]
+    assert all(c.fine_tuned_model_checkpoint is None for c in checkpoints[3:])
+    # Only the kept epochs' models stay in storage (each epoch's is written as it ends).
+    keys = [
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket="barge").get("Contents", [])
+        if f"/fine_tuning/{created.id}/epochs/" in o["Key"]
+    ]
+    assert {k.split("/epochs/")[1].split("/")[0] for k in keys} == {"epoch-0014", "epoch-0015"}
     for c in checkpoints:
         assert c.fine_tuning_job_id == created.id and c.object == "fine_tuning.job.checkpoint"
         assert c.metrics.train_loss > 0 and c.metrics.valid_loss > 0
@@ -159,6 +171,26 @@ def test_a_lora_chat_fine_tune_through_the_official_client_then_a_batch_on_its_m
     curve = [(c.step_number, c.metrics.valid_exact_match) for c in checkpoints]
     print(f"\nexact match on held-out prompts {right}/20; validation by epoch {curve}")
     assert right / 20 >= EXACT_MATCH, (answers, curve)
+
+    # An epoch's checkpoint is a model too: the epoch-15 adapter answers over the same base.
+    earlier = checkpoints[1].fine_tuned_model_checkpoint
+    for line in lines:
+        line["body"]["model"] = earlier
+    source = client.files.create(file=("q15.jsonl", lines_file(lines)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = wait_batch(client, batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 20, done
+    out = read_file(client, done.output_file_id)
+    assert {line["response"]["body"]["model"] for line in out} == {earlier}
+    right = sum(
+        line["response"]["body"]["choices"][0]["message"]["content"].strip()
+        == COLOURS[held_out[int(line["custom_id"][2:])]["messages"][1]["content"].split()[-1]]
+        for line in out
+    )
+    assert checkpoints[1].metrics.valid_exact_match >= EXACT_MATCH
+    assert right / 20 >= EXACT_MATCH, (out, curve)
 
 
 def test_bad_requests_are_refused_with_what_to_fix(

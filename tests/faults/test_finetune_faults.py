@@ -4,6 +4,7 @@ never stopped."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from typing import Any
@@ -86,9 +87,10 @@ def test_sigkill_mid_training_resumes_from_the_checkpoint_with_the_same_final_we
 def test_sigkill_mid_lora_training_resumes_with_the_same_adapter_weights(
     world: World, s3: Any, bucket: str, encoder_uri: str
 ) -> None:
-    """A LoRA classify fine-tune with select best: its checkpoints hold only the adapter (and
-    head) weights, optimizer, RNG and the best epoch's weights; killed and resumed in slices,
-    it registers the same adapter as a run that never stopped."""
+    """A LoRA classify fine-tune with select best and two epoch models: its checkpoints hold
+    only the adapter (and head) weights, optimizer, RNG and the best epoch's weights; killed
+    and resumed in slices, it registers the same adapter, and the same epoch models, as a run
+    that never stopped."""
     import torch
     from safetensors.torch import load
 
@@ -104,6 +106,7 @@ def test_sigkill_mid_lora_training_resumes_with_the_same_adapter_weights(
             validation=validation,
             method={"type": "lora", "r": 4, "alpha": 8, "dropout": 0.1},
             select="best",
+            epoch_models=2,
             hyperparameters=hp,
             output=f"s3://{bucket}/{name}/",
             checkpoint_every_steps=25,
@@ -130,14 +133,38 @@ def test_sigkill_mid_lora_training_resumes_with_the_same_adapter_weights(
     kinds = [e["kind"] for e in _events(world, job_id)]
     assert kinds.count("training_started") == 1 and kinds.count("resumed") >= 1, kinds
 
-    def adapter(prefix: str) -> dict[str, Any]:
-        key = f"{prefix}model/adapter_model.safetensors"
+    def adapter(prefix: str, folder: str = "model/") -> dict[str, Any]:
+        key = f"{prefix}{folder}adapter_model.safetensors"
         return load(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
-    ours, theirs = adapter("lora-killed/"), adapter("lora-reference/")
-    assert ours.keys() == theirs.keys() and any("lora_" in k for k in ours)
-    for name, tensor in ours.items():
-        torch.testing.assert_close(tensor, theirs[name], rtol=0, atol=1e-6, msg=name)
+    def same(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
+        assert ours.keys() == theirs.keys() and any("lora_" in k for k in ours)
+        for name, tensor in ours.items():
+            torch.testing.assert_close(tensor, theirs[name], rtol=0, atol=1e-6, msg=name)
+
+    same(adapter("lora-killed/"), adapter("lora-reference/"))
+    # The epoch models: the two newest of the last three epochs (10 planned, 15 steps each)
+    # other than the selected one, complete, the same weights as the reference's, each
+    # registered under its own name over the same base.
+    manifest = json.loads(
+        s3.get_object(Bucket=bucket, Key="lora-killed/_manifest.json")["Body"].read()
+    )
+    selected = manifest["model"]["metrics"]["selected_epoch"]
+    kept = [m["metrics"]["epoch"] for m in manifest["epoch_models"]]
+    assert kept == sorted(e for e in (8, 9, 10) if e != selected)[-2:], (kept, selected)
+
+    def folders(prefix: str) -> set[str]:
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}epochs/")["Contents"]
+        return {o["Key"].split("/")[2] for o in listed if o["Key"].endswith("/epoch.json")}
+
+    assert folders("lora-killed/") == folders("lora-reference/") == {f"epoch-{e:04d}" for e in kept}
+    for model in manifest["epoch_models"]:
+        epoch, step = model["metrics"]["epoch"], model["metrics"]["step"]
+        assert step == epoch * 15 and model["name"] == f"lora-killed-ckpt-step-{step}"
+        folder = f"epochs/epoch-{epoch:04d}/"
+        same(adapter("lora-killed/", folder), adapter("lora-reference/", folder))
+        found = world.api.get(f"/v1/models/{model['name']}", headers=world.auth).json()
+        assert found["models"][0]["adapter_base_uri"] == encoder_uri
     # A checkpoint's model file holds the weights that train, not the frozen base.
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="lora-killed/checkpoints/")["Contents"]
     sizes = {o["Key"].rsplit("/", 1)[-1]: o["Size"] for o in listed}

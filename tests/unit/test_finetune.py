@@ -49,12 +49,29 @@ class TestSpec:
             ({"train": "/local/file.jsonl"}, ("train",)),
             ({"checkpoint_every_seconds": 0}, ("checkpoint_every_seconds",)),
             ({"checkpoint_every_seconds": 1e-300}, ("checkpoint_every_seconds",)),
+            ({"epoch_models": -1}, ("epoch_models",)),
+            ({"epoch_models": 11}, ("epoch_models",)),
         ],
     )
     def test_refusals_name_the_field(self, overrides: dict[str, Any], loc: tuple[str]) -> None:
         with pytest.raises(ValidationError) as exc:
             spec(**overrides)
         assert exc.value.errors()[0]["loc"] == loc
+
+    def test_epoch_models_refuse_a_merged_adapter(self) -> None:
+        lora = {"type": "lora", "merge": True}
+        with pytest.raises(ValidationError, match="epoch_models keeps each epoch's adapter"):
+            spec(task="generate", method=lora, epoch_models=2)
+        assert spec(task="generate", method=lora).epoch_models == 0
+
+    def test_epoch_model_names_fit_the_registry(self) -> None:
+        from barge.specs import MODEL_NAME_MAX
+        from worker.finetune.epochs import checkpoint_name
+
+        assert checkpoint_name("colours", 90) == "colours-ckpt-step-90"
+        long = checkpoint_name("m" * MODEL_NAME_MAX, 123456)
+        assert len(long) == MODEL_NAME_MAX and long.endswith("-ckpt-step-123456")
+        assert spec(model_name=long).model_name == long
 
     def test_parse_spec_picks_the_type(self) -> None:
         assert isinstance(parse_spec(BASE), FinetuneSpec)

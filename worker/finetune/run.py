@@ -40,6 +40,7 @@ from worker.context import WorkerContext
 from worker.finetune import lora
 from worker.finetune.checkpoints import Checkpoints
 from worker.finetune.data import check_datasets, load_dataset
+from worker.finetune.epochs import EpochModel, EpochModels, checkpoint_name
 from worker.finetune.training import Trainer
 from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Outcome, Result, Runner, job_event
@@ -58,6 +59,7 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
             return claimed.run()
         finally:
             claimed.checkpoints.close()
+            claimed.epoch_models.close()
 
 
 RUNNER = Runner(
@@ -159,6 +161,7 @@ class FinetuneRun:
         self.timing = Timing(started=time.monotonic())
         self.last_checkpoint = (0, time.monotonic())  # (step, when)
         self.checkpoints = Checkpoints(ctx, work, lease, spec.keep_checkpoints, tmp)
+        self.epoch_models = EpochModels(ctx, work, lease, tmp)
 
     def run(self) -> Result:
         trainer = self.trainer
@@ -247,6 +250,9 @@ class FinetuneRun:
         )
 
     def _checkpoint(self) -> None:
+        # An epoch model is complete before a checkpoint past its epoch can be resumed from (a
+        # failed upload fails the attempt, which resumes before that epoch and saves it again).
+        self.epoch_models.wait()
         self.timing.checkpoint_stall_seconds += self.checkpoints.save(self.trainer, self.history)
         self.timing.checkpoints += 1
         self.last_checkpoint = (self.trainer.step, time.monotonic())
@@ -291,6 +297,8 @@ class FinetuneRun:
             f"{k} {v}" for k, v in record.items() if isinstance(v, int | float) and k != "step"
         )
         job_event(self.ctx, self.work, "eval", f"epoch {record['epoch']}: {shown}", **record)
+        if self.epoch_models.due(record["epoch"], trainer.done or self.stopped_early):
+            self.epoch_models.save(trainer, record)
         if self.stopped_early:
             job_event(
                 self.ctx,
@@ -346,6 +354,8 @@ class FinetuneRun:
         (local / SUMMARY_FILE).write_text(json.dumps(self._summary(metrics), indent=2) + "\n")
         for path in [*files, local / SUMMARY_FILE]:
             self.ctx.store.put_file(model_uri.join(path.relative_to(local).as_posix()), path)
+        registered_epoch = chosen["epoch"] if chosen else None
+        epoch_models = self.epoch_models.kept(registered_epoch)
         self.lease.fence()  # fencing: still ours right before it counts
         train = self.train
         return Result(
@@ -355,7 +365,7 @@ class FinetuneRun:
             output_key=model_uri.key,
             errors_key=self.out.join("errors/train.jsonl").key if train.errors else None,
             steps_done=self.trainer.step,
-            publish=self._registration(model_uri, metrics),
+            publish=self._registration(model_uri, metrics, epoch_models),
         )
 
     def _summary(self, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -401,22 +411,23 @@ class FinetuneRun:
         return self.spec.lora is not None and not self.spec.lora.merge
 
     def _registration(
-        self, model_uri: S3Uri, metrics: dict[str, Any]
+        self, model_uri: S3Uri, metrics: dict[str, Any], epoch_models: list[EpochModel]
     ) -> Callable[[Session, Job], None]:
         """Register the model as the next version of ``model_name`` (and say so in an event),
-        in the transaction that marks the unit done."""
+        and the kept epoch models each under its own name, in the transaction that marks the
+        unit done."""
         spec = self.spec
         adapter_base = self.work.model_ref if self.registers_adapter else None
 
-        def register(session: Session, job: Job) -> None:
+        def add(session: Session, job: Job, name: str, uri: S3Uri, values: dict[str, Any]) -> None:
             model = registry.register_version(
                 session,
                 job.tenant_id,
-                spec.model_name,
-                str(model_uri),
+                name,
+                str(uri),
                 spec.task,
                 base_model=spec.base_model,
-                metrics=metrics,
+                metrics=values,
                 job_id=job.id,
                 adapter_base_uri=adapter_base,
             )
@@ -424,12 +435,18 @@ class FinetuneRun:
                 session,
                 job.id,
                 "registered",
-                f"registered {model.name} version {model.version} ({model_uri})",
+                f"registered {model.name} version {model.version} ({uri})",
                 name=model.name,
                 version=model.version,
-                uri=str(model_uri),
-                metrics=metrics,
+                uri=str(uri),
+                metrics=values,
             )
+
+        def register(session: Session, job: Job) -> None:
+            for kept in reversed(epoch_models):  # oldest first
+                values = {**kept.record, repo.CHECKPOINT_OF: spec.model_name}
+                add(session, job, checkpoint_name(spec.model_name, kept.step), kept.uri, values)
+            add(session, job, spec.model_name, model_uri, metrics)
 
         return register
 

@@ -117,6 +117,11 @@ def test_sigkill_mid_lora_training_resumes_with_the_same_adapter_weights(
     reference = world.submit(spec("lora-reference"))
     assert world.wait_final(reference)["status"] == "succeeded"
 
+    # An epoch folder this job never wrote, under its prefix: neither registered nor deleted.
+    planted = {"job_id": "another job", "epoch": 3, "record": {"epoch": 3, "step": 45}}
+    s3.put_object(
+        Bucket=bucket, Key="lora-killed/epochs/epoch-0003/epoch.json", Body=json.dumps(planted)
+    )
     job_id = world.submit(spec("lora-killed"))
     wait_until(
         lambda: [e for e in _events(world, job_id) if e["kind"] == "checkpoint"],
@@ -157,7 +162,10 @@ def test_sigkill_mid_lora_training_resumes_with_the_same_adapter_weights(
         listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}epochs/")["Contents"]
         return {o["Key"].split("/")[2] for o in listed if o["Key"].endswith("/epoch.json")}
 
-    assert folders("lora-killed/") == folders("lora-reference/") == {f"epoch-{e:04d}" for e in kept}
+    assert folders("lora-killed/") == folders("lora-reference/") | {"epoch-0003"}
+    assert folders("lora-reference/") == {f"epoch-{e:04d}" for e in kept}
+    body = s3.get_object(Bucket=bucket, Key="lora-killed/epochs/epoch-0003/epoch.json")["Body"]
+    assert json.loads(body.read()) == planted
     for model in manifest["epoch_models"]:
         epoch, step = model["metrics"]["epoch"], model["metrics"]["step"]
         assert step == epoch * 15 and model["name"] == f"lora-killed-ckpt-step-{step}"

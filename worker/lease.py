@@ -207,13 +207,12 @@ class Lease:
         now = time.monotonic()
         if now >= self._deadline:
             raise SoftTimeLimitExceeded()
-        if now - self._last_check < self.check_seconds:
-            return
-        self._last_check = now
-        with self.ctx.session() as session:
-            status = repo.job_status(session, self.work.job_id)
-        if status != state.RUNNING:
-            raise Stop(status or "gone")
+        if now - self._last_check >= self.check_seconds:
+            self._last_check = now
+            with self.ctx.session() as session:
+                status = repo.job_status(session, self.work.job_id)
+            if status != state.RUNNING:
+                raise Stop(status or "gone")
         if time.monotonic() - self._held_since >= self.ctx.settings.heartbeat_seconds:
             self.beat()
 

@@ -15,6 +15,11 @@ from tests.helpers import inference_spec, wait_until
 pytestmark = pytest.mark.faults
 
 
+# Progress is written at each lease renewal: every 0.1 s, so that a shard of a fraction of a
+# second (200 records here) is seen running with progress before it ends.
+FAST_PROGRESS = {"BARGE_HEARTBEAT_SECONDS": "0.1"}
+
+
 def _running_shard(world: World, job_id: str) -> Any:
     return wait_until(
         lambda: next(
@@ -31,7 +36,7 @@ def test_sigkill_of_the_pool_child_mid_shard(
     world: World, s3: Any, bucket: str, minilm_uri: str
 ) -> None:
     data, rows = dataset(s3, bucket, 900, bad_every=100)
-    worker = world.worker()
+    worker = world.worker(**FAST_PROGRESS)
     world.start_scheduler()
     job_id = world.submit(
         inference_spec(
@@ -53,7 +58,7 @@ def test_sigkill_of_the_whole_worker_then_restart(
     world: World, s3: Any, bucket: str, minilm_uri: str
 ) -> None:
     data, rows = dataset(s3, bucket, 900, bad_every=97)
-    worker = world.worker()
+    worker = world.worker(**FAST_PROGRESS)
     world.start_scheduler()
     job_id = world.submit(
         inference_spec(
@@ -113,7 +118,7 @@ def test_a_worker_frozen_past_its_lease_cannot_commit_a_stale_attempt(
     world: World, s3: Any, bucket: str, minilm_uri: str
 ) -> None:
     data, rows = dataset(s3, bucket, 600, bad_every=50)
-    frozen = world.worker()
+    frozen = world.worker(**FAST_PROGRESS)
     world.start_scheduler()
     job_id = world.submit(
         inference_spec(
@@ -144,7 +149,7 @@ def test_cancel_is_durable_across_worker_restarts(
     world: World, s3: Any, bucket: str, minilm_uri: str
 ) -> None:
     data, _rows = dataset(s3, bucket, 1200)
-    worker = world.worker()
+    worker = world.worker(**FAST_PROGRESS)
     world.start_scheduler()
     job_id = world.submit(
         inference_spec(minilm_uri, data, f"s3://{bucket}/out/", batch_size=16, shard_size=200)

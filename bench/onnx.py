@@ -4,6 +4,9 @@ same model, same batches, same run.
 (a) bare loop: the features already in memory as one float32 array, `InferenceSession.run` on
     consecutive slices of `--batch-size` records (the CPU provider, or CUDA's where onnxruntime
     has it, as the worker picks).
+(a') bare loop from S3: the same, but first reading the Parquet object from the same S3 server
+    (one GET, pyarrow, the feature columns to one float32 array) and timed from the GET: what
+    the job cannot avoid paying on this machine, where the S3 server shares its cores.
 (b) Barge: the same records as a Parquet object in S3 (moto's server on loopback), submitted
     through the HTTP API (a real uvicorn process) to Postgres, dispatched over RabbitMQ to a
     real worker process, which reads the rows, turns each into its feature vector (a missing or
@@ -86,6 +89,21 @@ def bare_loop(model_dir: Path, data: Any, batch_size: int) -> float:
     return len(x) / (time.perf_counter() - started)
 
 
+def bare_loop_from_s3(s3: Any, model_dir: Path, key: str, batch_size: int) -> float:
+    """records/s of the bare loop timed from one GET of the Parquet object (pyarrow reads it
+    and the feature columns become one float32 array first)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    started = time.perf_counter()
+    table = pq.read_table(io.BytesIO(s3.get_object(Bucket="bench", Key=key)["Body"].read()))
+    features = [name for name in table.column_names if name.startswith("f")]
+    x = np.column_stack([table.column(name).to_numpy() for name in features]).astype(np.float32)
+    read = time.perf_counter() - started
+    loop = bare_loop(model_dir, x, batch_size)
+    return len(x) / (read + len(x) / loop)
+
+
 def parquet_bytes(data: Any) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -126,18 +144,21 @@ def run_rounds(
 
         cold, _ = run_job("warm.parquet", "cold")
         bare = [bare_loop(model_dir, data, batch_size)]
+        from_s3 = []
         jobs = []
         for r in range(rounds):
             elapsed, job = run_job("features.parquet", f"warm-{r}")
             assert job["progress"]["records_succeeded"] == len(data), job
             jobs.append(len(data) / elapsed)
             bare.append(bare_loop(model_dir, data, batch_size))
+            from_s3.append(bare_loop_from_s3(stack.s3, model_dir, "features.parquet", batch_size))
             ratio = jobs[-1] / ((bare[-2] + bare[-1]) / 2)
             print(
                 f"round {r + 1}: bare {bare[-2]:9.1f} | Barge job {jobs[-1]:9.1f} ({elapsed:.1f} s) "
-                f"| bare {bare[-1]:9.1f} records/s -> ratio {ratio:.3f}"
+                f"| bare {bare[-1]:9.1f} records/s -> ratio {ratio:.3f}; bare from S3 "
+                f"{from_s3[-1]:9.1f} records/s -> ratio {jobs[-1] / from_s3[-1]:.3f}"
             )
-        return {"cold_start_seconds": cold, "bare": bare, "jobs": jobs}
+        return {"cold_start_seconds": cold, "bare": bare, "jobs": jobs, "bare_from_s3": from_s3}
 
 
 def main() -> int:
@@ -171,6 +192,11 @@ def main() -> int:
         f"median: bare {statistics.median(bare):.1f} records/s, Barge {statistics.median(jobs):.1f} "
         f"records/s, ratio Barge / bare (each job against the bare loops either side) "
         f"{statistics.median(ratios):.3f}"
+    )
+    from_s3 = [job / b for job, b in zip(jobs, result["bare_from_s3"], strict=True)]
+    print(
+        f"median: bare from S3 {statistics.median(result['bare_from_s3']):.1f} records/s, ratio "
+        f"Barge / bare from S3 {statistics.median(from_s3):.3f}"
     )
     print(
         f"(first job on a cold worker, 8 records, incl. model load: {result['cold_start_seconds']:.1f} s)"

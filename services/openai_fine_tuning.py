@@ -564,16 +564,25 @@ def _epoch_models(session: Session, job_id: uuid.UUID) -> dict[Any, str]:
     out: dict[Any, str] = {}
     for model in repo.models_for_job(session, job_id):
         values = model.metrics or {}
-        if repo.CHECKPOINT_OF in values:
-            epoch = values.get("epoch")
-        else:
-            last, _ = repo.events_newest_first(session, job_id, 1, None, (CHECKPOINT_KIND,))
-            epoch = values.get("selected_epoch", last[0].data.get("epoch") if last else None)
+        epoch = (
+            values.get("epoch")
+            if repo.is_epoch_model(model)
+            else _registered_epoch(session, job_id, values)
+        )
         out[epoch] = f"{model.name}@{model.version}"
     return out
 
 
+def _registered_epoch(session: Session, job_id: uuid.UUID, metrics: dict[str, Any]) -> Any:
+    """The epoch a job's own model is: the one select best chose, else the last evaluated."""
+    if "selected_epoch" in metrics:
+        return metrics["selected_epoch"]
+    last, _ = repo.events_newest_first(session, job_id, 1, None, (CHECKPOINT_KIND,))
+    return last[0].data.get("epoch") if last else None
+
+
 RESULT_COLUMNS = ("step", "train_loss", "valid_loss", "valid_exact_match")
+RESULT_EVENT_KINDS = ("train", CHECKPOINT_KIND)  # the events the results file is made of
 
 
 def results_csv(events: list[JobEvent]) -> bytes:

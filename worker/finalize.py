@@ -84,7 +84,10 @@ def _openai_results(ctx: WorkerContext, session: Session, job: Job, out: S3Uri) 
     row = openai_fine_tuning.for_job(session, job.id)
     if row is None:
         return
-    body = openai_fine_tuning.results_csv(repo.list_events(session, job.id, limit=1_000_000))
+    events, _ = repo.events_newest_first(
+        session, job.id, 1_000_000, kinds=openai_fine_tuning.RESULT_EVENT_KINDS
+    )
+    body = openai_fine_tuning.results_csv(events)
     uri = out.join("results.csv")
     ctx.store.put_bytes(uri, body)
     openai_fine_tuning.attach_results(session, row, job, uri, len(body))
@@ -181,8 +184,8 @@ def finetune_manifest(
             "metrics": model.metrics,
         }
 
-    own = [m for m in registered if repo.CHECKPOINT_OF not in (m.metrics or {})]
-    epochs = [m for m in registered if repo.CHECKPOINT_OF in (m.metrics or {})]
+    own = [m for m in registered if not repo.is_epoch_model(m)]
+    epochs = [m for m in registered if repo.is_epoch_model(m)]
     unit = shards[0] if shards else None
     out = S3Uri.parse(job.output_uri).as_prefix()
     return {

@@ -1,7 +1,8 @@
-"""The Hugging Face helpers that inference (``worker.models``) and training
-(``worker.finetune.training``) share: the model class each task loads, the CUDA autocast dtype,
-mean pooling, the arguments and the end of generation, and the checks on a model directory's config (its size against its weights, the
-most tokens it takes).
+"""The Hugging Face helpers that inference (``worker.models``, ``worker.seq2seq``,
+``worker.openai_batch``) and training (``worker.finetune.training``) share: the model class each
+task loads, the CUDA autocast dtype, mean pooling, generation's sampling arguments and where a
+generated sequence ends, and the checks on a model directory's config (its size against its
+weights, the most tokens it takes).
 
 torch and transformers are imported inside the functions, so importing this module is cheap.
 Imports: ``barge`` only; never ``api`` or ``cli``.

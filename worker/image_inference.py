@@ -191,9 +191,7 @@ class _ImageShard(ShardRun[VisionModel]):
         try:
             for members in groups.values():
                 for start in range(0, len(members), batch_size):
-                    if self.batches:  # the first one's check is the claim's, moments ago
-                        self.lease.between_batches()
-                    self.batches += 1
+                    self.next_batch()
                     self._batch(window, members[start : start + batch_size], results, failed)
                     self.lease.succeeded = self.part.count + sum(r is not None for r in results)
                     self.lease.failed = self.errors.count + len(failed)

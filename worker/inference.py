@@ -32,7 +32,7 @@ from barge.specs import InferenceSpec
 from barge.storage import ObjectInfo, S3Uri
 from worker import chat, metrics, onnxcolumns
 from worker.context import WorkerContext
-from worker.lease import Lease, ShardWork
+from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Result, Runner, job_event
 from worker.models import LoadedModel, predict
 from worker.outputs import RecordId, coerce_id, windows
@@ -55,7 +55,7 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     if onnxcolumns.applies(loaded, work):  # an ONNX model of numeric features over Parquet
         return onnxcolumns.run(ctx, work, lease, loaded, info)
     with ctx.scratch() as tmp:
-        shard = _ShardRun(ctx, work, lease, loaded, tmp)
+        shard = _TextShard(ctx, work, lease, loaded, tmp)
         window_size = spec.batch_size * WINDOW_BATCHES
         reading = iter_range(ctx.store, info, work.fmt, work.rng)
         # A shard of one window computes nothing before its last record is read: nothing for
@@ -63,10 +63,7 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
         records = (
             prefetch(reading, window_size * 2) if work.rng.record_count > window_size else reading
         )
-        stopped = shard.walk(
-            windows(enumerate(records, work.record_offset), window_size), shard._window
-        )
-        return shard.upload(stopped, usage=shard.usage or None)
+        return shard.upload(shard.process(records, window_size), usage=shard.usage or None)
 
 
 def _loaded_event(
@@ -119,7 +116,7 @@ RUNNER = Runner(
 )
 
 
-class _ShardRun(ShardRun[LoadedModel]):
+class _TextShard(ShardRun[LoadedModel]):
     """One text shard's run (``worker.shardrun.ShardRun``): records are read, checked and run
     window by window, length-sorted within each."""
 
@@ -134,6 +131,12 @@ class _ShardRun(ShardRun[LoadedModel]):
             {} if self.spec.task in ("generate", "text2text") else None
         )
 
+    def process(self, records: Iterator[Record], window_size: int) -> Stop | None:
+        """Every record, window by window; the ``Stop`` that cut the shard short, if any."""
+        return self.walk(
+            windows(enumerate(records, self.work.record_offset), window_size), self._window
+        )
+
     def _window(self, window: list[tuple[int, Record]]) -> None:
         """Length-sort the window's usable records, run them in batches, write the results in
         input order (whatever finished, even when stopping mid-window)."""
@@ -142,9 +145,7 @@ class _ShardRun(ShardRun[LoadedModel]):
         failed: dict[int, dict[str, Any]] = {}  # by index in window: failed in the model
         try:
             for batch in _batches(todo, self.spec.batch_size):
-                if self.batches:  # the first one's check is the claim's, moments ago
-                    self.lease.between_batches()
-                self.batches += 1
+                self.next_batch()
                 self._batch(window, batch, results, failed)
                 self.lease.succeeded = self.part.count + sum(r is not None for r in results)
                 self.lease.failed = self.errors.count + len(rejected) + len(failed)

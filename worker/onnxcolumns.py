@@ -28,7 +28,7 @@ from barge.records.tabular import numeric_value
 from barge.storage import ObjectInfo
 from worker import metrics
 from worker.context import WorkerContext
-from worker.lease import Lease, ShardWork
+from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Result
 from worker.models import LoadedModel
 from worker.onnxmodels import OnnxRunner
@@ -56,9 +56,7 @@ def run(
 ) -> Result:
     with ctx.scratch() as tmp:
         shard = _ColumnarShard(ctx, work, lease, loaded, tmp)
-        reading = prefetch(shard._batches(info), READ_AHEAD, "barge-columns")
-        stopped = shard.walk(reading, lambda item: shard._record_batch(*item))
-        return shard.upload(stopped)
+        return shard.upload(shard.process(info))
 
 
 class _ColumnarShard(ShardRun[LoadedModel]):
@@ -73,6 +71,12 @@ class _ColumnarShard(ShardRun[LoadedModel]):
         assert isinstance(runner, OnnxRunner)
         self.runner = runner
         self.bindings = [b for b in runner.config.inputs if isinstance(b, FeatureInput)]
+
+    def process(self, info: ObjectInfo) -> Stop | None:
+        """Every record, record batch by record batch (read ahead on a background thread); the
+        ``Stop`` that cut the shard short, if any."""
+        reading = prefetch(self._batches(info), READ_AHEAD, "barge-columns")
+        return self.walk(reading, lambda item: self._record_batch(*item))
 
     def _batches(self, info: ObjectInfo) -> Iterator[tuple[int, Any]]:
         """(row index in the object, Arrow record batch) of the shard's rows, only the columns
@@ -103,9 +107,7 @@ class _ColumnarShard(ShardRun[LoadedModel]):
         step = self.spec.batch_size
         try:
             for start in range(0, len(rows_of_good), step):
-                if self.batches:  # the first one's check is the claim's, moments ago
-                    self.lease.between_batches()
-                self.batches += 1
+                self.next_batch()
                 picked = rows_of_good[start : start + step]
                 feeds = {name: matrix[picked] for name, matrix in features.items()}
                 started = time.monotonic()

@@ -39,7 +39,7 @@ from services import openai_batches
 from worker import chat, hf, metrics
 from worker.context import WorkerContext
 from worker.inference import WINDOW_BATCHES
-from worker.lease import Lease, ShardWork
+from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Result, Runner
 from worker.models import LoadedModel, predict
 from worker.outputs import JsonlPart, windows
@@ -102,8 +102,7 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
         shard = _BatchShard(ctx, work, lease, loaded, tmp)
         window_size = spec.batch_size * WINDOW_BATCHES
         records = prefetch(iter_range(ctx.store, info, work.fmt, work.rng), window_size * 2)
-        stopped = shard.walk(windows(records, window_size), shard._window)
-        return shard.upload(stopped)
+        return shard.upload(shard.process(records, window_size))
 
 
 RUNNER = Runner(
@@ -134,6 +133,10 @@ class _BatchShard(ShardRun[LoadedModel]):
 
     # --- the shard -----------------------------------------------------------------------------
 
+    def process(self, records: Iterator[Record], window_size: int) -> Stop | None:
+        """Every request, window by window; the ``Stop`` that cut the shard short, if any."""
+        return self.walk(windows(records, window_size), self._window)
+
     def _window(self, window: list[Record]) -> None:
         """Parse the window's requests, run them in compatible batches, write the lines in input
         order (whatever finished, even when stopping mid-window)."""
@@ -151,9 +154,7 @@ class _BatchShard(ShardRun[LoadedModel]):
         try:
             for group in groups.values():
                 for start in range(0, len(group), self.spec.batch_size):
-                    if self.batches:  # the first one's check is the claim's, moments ago
-                        self.lease.between_batches()
-                    self.batches += 1
+                    self.next_batch()
                     batch = group[start : start + self.spec.batch_size]
                     for req, outcome in zip(batch, self._run_isolating(batch), strict=True):
                         lines[req.at] = outcome

@@ -50,6 +50,14 @@ class ShardRun(Generic[M]):
         self.errors = JsonlPart(tmp / "errors")
         self.batches = 0  # batches started
 
+    def next_batch(self) -> None:
+        """Before each batch: the lease's checks (job status, time limit, heartbeat), except
+        before the first, where the claim's check, moments old, stands (a small shard of one
+        batch reads the job's status once, at its claim)."""
+        if self.batches:
+            self.lease.between_batches()
+        self.batches += 1
+
     def walk(self, steps: Iterable[T], step: Callable[[T], None]) -> Stop | None:
         """``step`` over ``steps``; the ``Stop`` that cut the shard short, if any. The input
         object vanishing midway fails the job (no retry can read it); both files are closed

@@ -57,6 +57,7 @@ from db.repositories.jobs import (
 from db.repositories.registry import (
     CHECKPOINT_OF,
     find_model,
+    is_epoch_model,
     model_for_job,
     model_versions,
     models_for_job,
@@ -141,6 +142,7 @@ __all__ = [
     "hand_off_shard",
     "hash_key",
     "heartbeat_shard",
+    "is_epoch_model",
     "job_by_idempotency_key",
     "job_counts",
     "job_status",

@@ -87,6 +87,11 @@ def find_model(
 CHECKPOINT_OF = "checkpoint_of"
 
 
+def is_epoch_model(model: Model) -> bool:
+    """Whether ``model`` is an epoch model of a fine-tune, not the model it registered."""
+    return CHECKPOINT_OF in (model.metrics or {})
+
+
 def models_for_job(session: Session, job_id: uuid.UUID) -> list[Model]:
     """Every version a fine-tune job registered: its model and its epoch models."""
     return list(
@@ -96,7 +101,4 @@ def models_for_job(session: Session, job_id: uuid.UUID) -> list[Model]:
 
 def model_for_job(session: Session, job_id: uuid.UUID) -> Model | None:
     """The version a fine-tune job registered as its ``model_name``, if any."""
-    return next(
-        (m for m in models_for_job(session, job_id) if CHECKPOINT_OF not in (m.metrics or {})),
-        None,
-    )
+    return next((m for m in models_for_job(session, job_id) if not is_epoch_model(m)), None)

@@ -498,6 +498,19 @@ class TestWholeModel:
         sig = read_signature(model.SerializeToString())
         assert sig.external_data == ("node 1 (If) > then_branch > node 0 (Constant) > value",)
 
+    def test_training_graphs_and_function_attribute_defaults_are_walked(self) -> None:
+        model = onnx.load_model_from_string(onnx_file_reader("a", 4, "function"))
+        tensor = model.functions[0].node[0].attribute[0].t
+        model.functions[0].attribute_proto.append(helper.make_attribute("w", tensor))
+        training = onnx.TrainingInfoProto()
+        training.initialization.initializer.append(tensor)
+        model.training_info.append(training)
+        assert read_signature(model.SerializeToString()).external_data == (
+            "function local.Leak > node 0 (Constant) > value",
+            "function local.Leak > default w",
+            "training_info[0] > initialization > initializer 'secret'",
+        )
+
     def test_many_places_are_counted(self) -> None:
         model = onnx.load_model_from_string(onnx_file_reader("a", 4, "initializer"))
         for i in range(5):

@@ -24,6 +24,8 @@ Imports: ``barge`` only.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +42,10 @@ MEANINGS = ("regress", "classify", "embed")
 # Operator domains every onnxruntime build runs: standard ONNX, ONNX-ML, onnxruntime's contrib
 # operators. Anything else is a custom operator (a shared library Barge never loads).
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+# Operators that load a file named in their attributes (onnxruntime's EPContext: a compiled
+# model beside the graph), refused wherever they are, like tensors kept as external data.
+FILE_OPS = frozenset({("com.microsoft", "EPContext")})
+PLACES_SHOWN = 3  # places named in a refusal; the rest are counted
 FLOAT_TYPES = frozenset({"float", "double", "float16", "bfloat16"})
 INT_TYPES = frozenset({"int64", "int32"})
 CHANNELS = {"L": 1, "RGB": 3}
@@ -234,12 +240,14 @@ class Tensor:
 @dataclass(frozen=True)
 class Signature:
     """What Barge needs to know of a graph: its inputs and outputs, the operators of each
-    non-standard domain it uses, and whether tensors live outside the file."""
+    non-standard domain it uses, and where (anywhere in the model) it names files to read:
+    tensors kept as external data, onnxruntime EPContext nodes."""
 
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
     custom_ops: dict[str, list[str]] = field(default_factory=dict)  # domain -> op types
-    external_data: bool = False
+    external_data: tuple[str, ...] = ()  # where each tensor kept in a file is
+    file_ops: tuple[str, ...] = ()  # where each node that loads a file is
 
     def input(self, name: str) -> Tensor | None:
         return next((t for t in self.inputs if t.name == name), None)
@@ -249,7 +257,8 @@ class Signature:
 
 
 def read_signature(data: bytes, ref: str = "") -> Signature:
-    """Parse ``model.onnx``'s bytes (protobuf only: nothing is executed or unpickled)."""
+    """Parse ``model.onnx``'s bytes (protobuf only: nothing is executed or unpickled) and walk
+    the whole model once (``_walk``)."""
     import onnx
 
     where = f"{ref.rstrip('/')}/{ONNX_FILE}" if ref else ONNX_FILE
@@ -259,36 +268,90 @@ def read_signature(data: bytes, ref: str = "") -> Signature:
         raise PermanentJobError(f"{where} is not a readable ONNX model: {excerpt(exc)}") from None
     graph = model.graph
     initializers = {t.name for t in graph.initializer}
-    local_functions = {(f.domain, f.name) for f in model.functions}
-    custom: dict[str, set[str]] = {}
-
-    def visit(nodes: Any) -> None:
-        for node in nodes:
-            domain = node.domain or ""
-            if domain not in STANDARD_DOMAINS and (domain, node.op_type) not in local_functions:
-                custom.setdefault(domain, set()).add(node.op_type)
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    visit(attr.g.node)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for g in attr.graphs:
-                        visit(g.node)
-
-    visit(graph.node)
-    for function in model.functions:
-        visit(function.node)
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer) or any(
-        a.t.data_location == onnx.TensorProto.EXTERNAL
-        for n in graph.node
-        for a in n.attribute
-        if a.type == onnx.AttributeProto.TENSOR
-    )
+    found = _walk(model)
     return Signature(
         inputs=tuple(_tensor(v) for v in graph.input if v.name not in initializers),
         outputs=tuple(_tensor(v) for v in graph.output),
-        custom_ops={d: sorted(ops) for d, ops in sorted(custom.items())},
-        external_data=external,
+        custom_ops={d: sorted(ops) for d, ops in sorted(found.custom_ops.items())},
+        external_data=tuple(found.external_data),
+        file_ops=tuple(found.file_ops),
     )
+
+
+@dataclass
+class _Found:
+    """What the walk over a model found for the rules of ``problems_of``."""
+
+    custom_ops: dict[str, set[str]] = field(default_factory=dict)
+    external_data: list[str] = field(default_factory=list)
+    file_ops: list[str] = field(default_factory=list)
+
+
+def _walk(model: Any) -> _Found:
+    """Every part of the model that holds nodes or tensors, visited once, depth first, with
+    where it is: the graph, each graph in a node's attributes at any depth (If and Loop
+    branches, ...), the model's local functions (their nodes and attribute defaults), its
+    training graphs; every initializer, sparse initializer and tensor or sparse tensor of an
+    attribute (a Constant's value, a TENSORS list), whatever the attribute's declared type.
+    Each node and tensor goes through every rule here: nothing is checked anywhere else."""
+    import onnx
+
+    local = {(f.domain, f.name) for f in model.functions}
+    found = _Found()
+    todo: list[tuple[Any, str]] = [(model.graph, "")]
+    todo += [(f, f"function {f.domain[:60]}.{f.name[:60]}") for f in model.functions]
+    for i, info in enumerate(model.training_info):
+        todo += [
+            (info.initialization, f"training_info[{i}] > initialization"),
+            (info.algorithm, f"training_info[{i}] > algorithm"),
+        ]
+    todo.reverse()
+    while todo:
+        item, where = todo.pop()
+        if isinstance(item, onnx.TensorProto):
+            if item.data_location == onnx.TensorProto.EXTERNAL or len(item.external_data):
+                found.external_data.append(where)
+        elif isinstance(item, onnx.NodeProto):
+            domain = item.domain or ""
+            if (domain, item.op_type) in FILE_OPS:
+                found.file_ops.append(where)
+            elif domain not in STANDARD_DOMAINS and (domain, item.op_type) not in local:
+                found.custom_ops.setdefault(domain, set()).add(item.op_type)
+        todo.extend(reversed(list(_parts(item, where))))
+    return found
+
+
+def _parts(item: Any, where: str) -> Iterator[tuple[Any, str]]:
+    """The parts of one piece of a model that can hold nodes or tensors, with where each is
+    (``node 1 (If) > then_branch > initializer 'w'``)."""
+    import onnx
+
+    def at(label: str) -> str:
+        return f"{where} > {label}" if where else label
+
+    if isinstance(item, onnx.GraphProto):
+        for t in item.initializer:
+            yield t, at(f"initializer {excerpt(t.name, 60)}")
+        for s in item.sparse_initializer:
+            yield s, at(f"sparse initializer {excerpt(s.values.name, 60)}")
+    if isinstance(item, onnx.GraphProto | onnx.FunctionProto):
+        for i, node in enumerate(item.node):
+            yield node, at(f"node {i} ({node.op_type[:60]})")
+    if isinstance(item, onnx.FunctionProto):
+        for a in item.attribute_proto:
+            yield a, at(f"default {a.name[:60]}")
+    elif isinstance(item, onnx.NodeProto):
+        for a in item.attribute:
+            yield a, at(a.name[:60])
+    elif isinstance(item, onnx.SparseTensorProto):
+        yield item.values, at("values")
+        yield item.indices, at("indices")
+    elif isinstance(item, onnx.AttributeProto):
+        for one, many in (("t", "tensors"), ("sparse_tensor", "sparse_tensors"), ("g", "graphs")):
+            if item.HasField(one):
+                yield getattr(item, one), where
+            for i, part in enumerate(getattr(item, many)):
+                yield part, f"{where}[{i}]"
 
 
 def _tensor(value: Any) -> Tensor:
@@ -315,6 +378,23 @@ def _tensor(value: Any) -> Tensor:
 # --- barge.json against the graph --------------------------------------------------------------
 
 
+def check_graph(settings: Settings, config: OnnxConfig, data: bytes, ref: str) -> Signature:
+    """Read ``model.onnx``'s bytes and refuse (``PermanentJobError``), naming every mismatch, a
+    graph Barge will not run under ``settings``, or a ``barge.json`` that does not fit it: the
+    registry and the worker check a model the same way."""
+    sig = read_signature(data, ref)
+    check_config(
+        config,
+        sig,
+        allowed_domains=settings.onnx_allowed_op_domains,
+        size=len(data),
+        max_bytes=settings.onnx_max_bytes,
+        max_output_values=settings.onnx_max_output_values,
+        ref=ref,
+    )
+    return sig
+
+
 def check_config(
     config: OnnxConfig,
     sig: Signature,
@@ -322,12 +402,18 @@ def check_config(
     allowed_domains: list[str] | tuple[str, ...] = (),
     size: int | None = None,
     max_bytes: int | None = None,
+    max_output_values: int | None = None,
     ref: str = "",
 ) -> None:
     """Refuse (``PermanentJobError``) a graph Barge will not run, or a ``barge.json`` that does
     not fit it, naming every mismatch."""
     problems = problems_of(
-        config, sig, allowed_domains=allowed_domains, size=size, max_bytes=max_bytes
+        config,
+        sig,
+        allowed_domains=allowed_domains,
+        size=size,
+        max_bytes=max_bytes,
+        max_output_values=max_output_values,
     )
     if problems:
         where = f"model {ref}: " if ref else ""
@@ -343,8 +429,22 @@ def problems_of(
     allowed_domains: list[str] | tuple[str, ...] = (),
     size: int | None = None,
     max_bytes: int | None = None,
+    max_output_values: int | None = None,
 ) -> list[str]:
     """What does not match, one sentence each (empty when the model can run)."""
+    problems = _model_problems(sig, allowed_domains, size, max_bytes)
+    problems.extend(_binding_problems(config, sig))
+    problems.extend(_output_problems(config.output, sig, max_output_values))
+    return problems
+
+
+def _model_problems(
+    sig: Signature,
+    allowed_domains: list[str] | tuple[str, ...],
+    size: int | None,
+    max_bytes: int | None,
+) -> list[str]:
+    """The rules of the whole model: its size, its operators, the files it names."""
     problems: list[str] = []
     if size is not None and max_bytes is not None and size > max_bytes:
         problems.append(
@@ -360,9 +460,27 @@ def problems_of(
             )
     if sig.external_data:
         problems.append(
-            "the graph keeps tensors in external data files; save it as one file "
+            f"the graph keeps tensors in external data files ({_places(sig.external_data)}); "
+            f"Barge reads no file beside {ONNX_FILE}: save it as one file "
             "(onnx.save_model(..., save_as_external_data=False))"
         )
+    if sig.file_ops:
+        problems.append(
+            f"the graph has onnxruntime EPContext nodes ({_places(sig.file_ops)}), which load "
+            "a compiled model from a file; export the ONNX graph itself"
+        )
+    return problems
+
+
+def _places(places: tuple[str, ...]) -> str:
+    shown = "; ".join(places[:PLACES_SHOWN])
+    rest = len(places) - PLACES_SHOWN
+    return f"{shown} and {rest} more" if rest > 0 else shown
+
+
+def _binding_problems(config: OnnxConfig, sig: Signature) -> list[str]:
+    """barge.json's inputs against the graph's."""
+    problems: list[str] = []
     graph_names = ", ".join(t.shown() for t in sig.inputs) or "none"
     bound: dict[str, str] = {}
     for i, binding in enumerate(config.inputs):
@@ -396,7 +514,6 @@ def problems_of(
             "graph inputs have different fixed batch sizes: "
             + ", ".join(f"{n} {b}" for n, b in batch.items())
         )
-    problems.extend(_output_problems(config.output, sig))
     return problems
 
 
@@ -439,7 +556,7 @@ def _input_problems(where: str, binding: Binding, t: Tensor) -> list[str]:
     return out
 
 
-def _output_problems(output: Output, sig: Signature) -> list[str]:
+def _output_problems(output: Output, sig: Signature, max_values: int | None) -> list[str]:
     t = sig.output(output.name)
     if t is None:
         names = ", ".join(o.shown() for o in sig.outputs) or "none"
@@ -465,7 +582,20 @@ def _output_problems(output: Output, sig: Signature) -> list[str]:
             )
     if output.labels is not None and output.meaning != "classify":
         out.append(f"output.labels is for classify, not {output.meaning}")
+    per_record = t.shape[1:] if t.shape else ()
+    if max_values is not None and all(isinstance(d, int) for d in per_record):
+        values = math.prod(d for d in per_record if isinstance(d, int))
+        if values > max_values:
+            out.append(f"output {t.shown()} gives {output_too_large(values, max_values)}")
     return out
+
+
+def output_too_large(values: int, limit: int) -> str:
+    """The end of the sentence refusing an output of ``values`` values per record."""
+    return (
+        f"{values:,} values per record, more than the limit of {limit:,} "
+        "(BARGE_ONNX_MAX_OUTPUT_VALUES)"
+    )
 
 
 def fixed_batch_size(config: OnnxConfig, sig: Signature) -> int | None:
@@ -518,8 +648,9 @@ def check_directory(settings: Settings, store: ObjectStore, ref: str) -> OnnxCon
     """Read ``barge.json`` and ``model.onnx`` (at most ``BARGE_ONNX_MAX_BYTES``) and refuse,
     naming every mismatch, a directory Barge would not run."""
     config = read_config(settings, store, ref)
-    sig = read_signature(_read(settings, store, ref, ONNX_FILE, settings.onnx_max_bytes), ref)
-    check_config(config, sig, allowed_domains=settings.onnx_allowed_op_domains, ref=ref)
+    check_graph(
+        settings, config, _read(settings, store, ref, ONNX_FILE, settings.onnx_max_bytes), ref
+    )
     return config
 
 

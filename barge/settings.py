@@ -86,9 +86,12 @@ class Settings(BaseSettings):
 
     # ONNX model directories (model.onnx + barge.json): the largest model.onnx accepted, and the
     # operator domains beyond standard ONNX (and onnxruntime's built-in com.microsoft) a graph
-    # may use; any other domain is a custom operator and the model is refused.
+    # may use; any other domain is a custom operator and the model is refused. A graph's output
+    # gives at most onnx_max_output_values values for one record (its scores, embedding or
+    # values): a record whose output has more is a per-record error.
     onnx_max_bytes: int = Field(default=2**30, ge=1)
     onnx_allowed_op_domains: list[str] = Field(default_factory=list)
+    onnx_max_output_values: int = Field(default=262_144, ge=1)
 
     # API.
     # "json": every process logs one JSON object per line (for log pipelines); "plain": text.

@@ -360,3 +360,116 @@ def tiny_t5(path: Path, words: list[str] | None = None, init: float = 1.0) -> Pa
     model.save_pretrained(str(path), safe_serialization=True)
     fast.save_pretrained(str(path))
     return path
+
+
+# Where ``onnx_file_reader`` hides its tensor of external data.
+ONNX_PLACEMENTS = (
+    "initializer",  # the graph's own initializer
+    "constant",  # a Constant node's value
+    "if_initializer",  # an initializer of an If node's branch
+    "if_constant",  # a Constant node's value inside an If node's branch
+    "function",  # a Constant node's value inside a model-local function
+    "sparse_initializer",  # the values of a sparse initializer
+    "sparse_constant",  # the values of a Constant node's sparse_value
+    "tensors",  # one of a TENSORS attribute's tensors
+)
+
+
+def onnx_file_reader(location: str, n: int, placement: str = "if_initializer") -> bytes:
+    """An ONNX model, x (float [batch, 3]) -> y (float [batch, n]), whose output for every
+    record is the first ``n`` bytes of the file ``location`` names, read by onnxruntime as the
+    external data of a uint8 tensor ``secret`` hidden at ``placement`` (one of
+    ``ONNX_PLACEMENTS``), cast to float as ``c``."""
+    from onnx import TensorProto, helper
+
+    nodes, initializers, sparse, functions = _reader_parts(location, n, placement)
+    nodes += [
+        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=1, axes=[1]),
+        helper.make_node("Mul", ["s", "zero"], ["zs"]),
+        helper.make_node("Add", ["zs", "c"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "reader",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])],
+        initializer=[helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]), *initializers],
+        sparse_initializer=sparse,
+    )
+    imports = [helper.make_opsetid("", 11), helper.make_opsetid("local", 1)]
+    model = helper.make_model(graph, opset_imports=imports, functions=functions)
+    return bytes(model.SerializeToString())
+
+
+def _external_uint8(location: str, dims: list[int]) -> Any:
+    """A uint8 tensor ``secret`` whose bytes are the start of the file ``location``."""
+    from onnx import TensorProto, helper
+
+    size = 1
+    for d in dims:
+        size *= d
+    tensor = helper.make_tensor("secret", TensorProto.UINT8, dims, b"\0" * size, raw=True)
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(size))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def _reader_parts(
+    location: str, n: int, placement: str
+) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    """The nodes, initializers, sparse initializers and functions that make ``c`` (float
+    [1, n]) from the external tensor placed at ``placement``."""
+    from onnx import TensorProto, helper
+
+    secret = _external_uint8(location, [1, n])
+    cast = helper.make_node("Cast", ["secret"], ["c"], to=TensorProto.FLOAT)
+    constant = helper.make_node("Constant", [], ["secret"], value=secret)
+    indices = helper.make_tensor(
+        "idx", TensorProto.INT64, [n, 2], [v for j in range(n) for v in (0, j)]
+    )
+    sparse = helper.make_sparse_tensor(_external_uint8(location, [n]), indices, [1, n])
+    if placement == "initializer":
+        return [cast], [secret], [], []
+    if placement == "constant":
+        return [constant, cast], [], [], []
+    if placement in ("if_initializer", "if_constant"):
+        inner = ([cast], [secret]) if placement == "if_initializer" else ([constant, cast], [])
+        return _if_branch(n, *inner), [], [], []
+    if placement == "function":
+        leak = helper.make_function(
+            "local", "Leak", [], ["c"], [constant, cast], [helper.make_opsetid("", 11)]
+        )
+        return [helper.make_node("Leak", [], ["c"], domain="local")], [], [], [leak]
+    if placement == "sparse_initializer":
+        return [cast], [], [sparse], []
+    if placement == "sparse_constant":
+        return [helper.make_node("Constant", [], ["secret"], sparse_value=sparse), cast], [], [], []
+    if (
+        placement == "tensors"
+    ):  # the Cast reads an inline tensor; its extra attribute names the file
+        cast.attribute.append(helper.make_attribute("data", [secret]))
+        inline = helper.make_tensor("secret", TensorProto.UINT8, [1, n], [0] * n)
+        return [cast], [inline], [], []
+    raise ValueError(f"unknown placement {placement!r}")
+
+
+def _if_branch(n: int, nodes: list[Any], initializers: list[Any]) -> list[Any]:
+    """An If node, always true, whose then branch (these nodes and initializers) gives ``c``."""
+    from onnx import TensorProto, helper
+
+    def out(name: str) -> Any:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, n])
+
+    then = helper.make_graph(nodes, "then", [], [out("c")], initializer=initializers)
+    zeros = helper.make_tensor("z", TensorProto.FLOAT, [1, n], [0.0] * n)
+    other = helper.make_graph(
+        [helper.make_node("Constant", [], ["c0"], value=zeros)], "else", [], [out("c0")]
+    )
+    true = helper.make_tensor("t", TensorProto.BOOL, [], [True])
+    return [
+        helper.make_node("Constant", [], ["cond"], value=true),
+        helper.make_node("If", ["cond"], ["c"], then_branch=then, else_branch=other),
+    ]

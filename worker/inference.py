@@ -35,6 +35,7 @@ from worker.context import WorkerContext
 from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Result, Runner, job_event
 from worker.models import LoadedModel, predict
+from worker.onnxmodels import OutputTooLarge
 from worker.outputs import RecordId, coerce_id, windows
 from worker.prefetch import prefetch
 from worker.shardrun import ShardRun
@@ -315,6 +316,8 @@ def _predict_isolating(
     except SoftTimeLimitExceeded:
         raise  # the shard's time is up; no record is to blame
     except Exception as exc:
+        if len(texts) == 1 and isinstance(exc, OutputTooLarge):
+            return [(False, str(exc))]  # an ONNX output over its bound names size and limit
         if len(texts) == 1:
             return [(False, f"model failed on this record: {describe(exc)}")]
     out: list[tuple[bool, Any]] = []

@@ -6,8 +6,9 @@ It writes exactly what the record path (``worker.inference``) writes for the sam
 same part rows in input order, the same per-record errors (a row whose feature is missing,
 null, non-numeric, boolean, NaN or infinite is checked value by value with
 ``barge.records.tabular.numeric_value``, so its error names the first bad field as the record
-path's would; a text column of numbers is read value by value too), the same ids
-(``coerce_id``), the same progress, cancel checks between batches and fencing before the PUT.
+path's would; a text column of numbers is read value by value too; a record whose output is
+over ``BARGE_ONNX_MAX_OUTPUT_VALUES`` is found by running its batch record by record), the same
+ids (``coerce_id``), the same progress, cancel checks between batches and fencing before the PUT.
 
 Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.lifecycle``,
 ``worker.metrics``, ``worker.models``, ``worker.onnxmodels``, ``worker.outputs``,
@@ -31,7 +32,7 @@ from worker.context import WorkerContext
 from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Result
 from worker.models import LoadedModel
-from worker.onnxmodels import OnnxRunner
+from worker.onnxmodels import OnnxRunner, OutputTooLarge
 from worker.outputs import coerce_id
 from worker.prefetch import prefetch
 from worker.shardrun import ShardRun
@@ -111,13 +112,16 @@ class _ColumnarShard(ShardRun[LoadedModel]):
                 picked = rows_of_good[start : start + step]
                 feeds = {name: matrix[picked] for name, matrix in features.items()}
                 started = time.monotonic()
-                predictions = self.runner.predict_arrays(feeds, len(picked), self.params)
-                outcomes = [(True, p) for p in predictions]
+                outcomes = self._predict(feeds, len(picked))
                 metrics.observe_batch(
                     self.loaded.task, time.monotonic() - started, outcomes, self.loaded.device
                 )
-                for i, value in zip(picked.tolist(), predictions, strict=True):
-                    results[i] = {"id": ids[i], **value}
+                for i, (ok, value) in zip(picked.tolist(), outcomes, strict=True):
+                    if ok:
+                        results[i] = {"id": ids[i], **value}
+                    else:
+                        problems[i] = value
+                        rejected += 1
                 self.lease.succeeded = self.part.count + sum(r is not None for r in results)
                 self.lease.failed = self.errors.count + rejected
         finally:
@@ -136,6 +140,20 @@ class _ColumnarShard(ShardRun[LoadedModel]):
             )
             self.lease.succeeded = self.part.count
             self.lease.failed = self.errors.count
+
+    def _predict(self, feeds: dict[str, Any], n: int) -> list[tuple[bool, Any]]:
+        """Each record's outcome: its result, or (as on the record path) the output bound's
+        error of a record whose output, run alone, is still over it."""
+        try:
+            return [(True, p) for p in self.runner.predict_arrays(feeds, n, self.params)]
+        except OutputTooLarge as exc:
+            if n == 1:
+                return [(False, str(exc))]
+        return [
+            outcome
+            for i in range(n)
+            for outcome in self._predict({k: v[i : i + 1] for k, v in feeds.items()}, 1)
+        ]
 
     def _ids(self, batch: Any, first_row: int, problems: list[str | None]) -> list[Any]:
         """Each row's id (``coerce_id``), or None with its problem set."""

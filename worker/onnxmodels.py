@@ -11,7 +11,9 @@ the output as its meaning says: ``regress`` → ``value`` (or ``values``), ``cla
 
 Only the CPU provider, or CUDA's where onnxruntime has it and the worker's device is not the
 CPU; no custom-operator library is ever registered, and the graph is checked
-(``barge.onnxdirs.check_config``) before a session is made.
+(``barge.onnxdirs.check_graph``) before a session is made of the very bytes checked, a session
+that can read no file (``inference_session``). A record whose output holds more than
+``BARGE_ONNX_MAX_OUTPUT_VALUES`` values is refused (``OutputTooLarge``) before it is read.
 
 Imports: ``barge`` only; never ``api`` or ``cli``.
 """
@@ -22,6 +24,7 @@ import base64
 import binascii
 import io
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,16 +40,24 @@ from barge.onnxdirs import (
     OnnxConfig,
     Signature,
     TextInput,
-    check_config,
+    check_graph,
     fixed_batch_size,
+    output_too_large,
     parse_config,
-    read_signature,
 )
 from barge.records.tabular import feature_vector
 from barge.settings import Settings
 
 MAX_IMAGE_PIXELS = 40_000_000  # of one decoded image; a larger one is a per-record error
 NUMPY_TYPES = {"float": "float32", "double": "float64", "float16": "float16", "int32": "int32"}
+# The directory onnxruntime resolves a tensor's external data against, for a model loaded from
+# a file or from bytes (for bytes, the process's working directory when not set).
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
+
+
+class OutputTooLarge(ValueError):
+    """A batch's output holds more values per record than ``BARGE_ONNX_MAX_OUTPUT_VALUES``:
+    a record that still gives it, run alone, is a per-record error with this message."""
 
 
 def is_onnx_dir(path: Path) -> bool:
@@ -62,6 +73,26 @@ def providers(settings: Settings) -> list[str]:
     if wanted == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def inference_session(data: bytes, settings: Settings) -> Any:
+    """An onnxruntime session of ``data`` (the bytes that were checked) that reads no file.
+
+    onnxruntime has no switch that turns external data off; it resolves each tensor's external
+    data against ``EXTERNAL_DATA_FOLDER`` (refusing absolute paths and paths that leave it), so
+    that folder is an empty directory of this call's own, gone once the session is made (which
+    is when initializers are read): never the worker's working directory, nor the model's
+    cache directory."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # onnxruntime's threads spin after each run by default; between runs this worker's threads
+    # read and check records, and spinning threads would take their cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    with tempfile.TemporaryDirectory(prefix="barge-onnx-") as empty:
+        options.add_session_config_entry(EXTERNAL_DATA_FOLDER, empty)
+        return ort.InferenceSession(data, options, providers=providers(settings))
 
 
 @dataclass
@@ -84,6 +115,7 @@ class OnnxRunner:
         tokenizer: Any,
         *,
         max_text_chars: int,
+        max_output_values: int,
         device_type: str,
     ):
         self.session = session
@@ -91,6 +123,7 @@ class OnnxRunner:
         self.sig = sig
         self.tokenizer = tokenizer
         self.max_text_chars = max_text_chars
+        self.max_output_values = max_output_values
         self.device_type = device_type
         self.batch_size = fixed_batch_size(config, sig)
         self.output = config.output
@@ -106,8 +139,6 @@ class OnnxRunner:
     @classmethod
     def load(cls, path: Path, task: str, settings: Settings, ref: str) -> OnnxRunner:
         """Check the directory and make an onnxruntime session for it."""
-        import onnxruntime as ort
-
         config = parse_config((path / CONFIG_FILE).read_bytes(), ref)
         if config.task != task:
             raise PermanentJobError(
@@ -122,19 +153,13 @@ class OnnxRunner:
                 f"{settings.onnx_max_bytes:,} (BARGE_ONNX_MAX_BYTES)"
             )
         data = onnx_path.read_bytes()
-        sig = read_signature(data, ref)
-        check_config(config, sig, allowed_domains=settings.onnx_allowed_op_domains, ref=ref)
+        sig = check_graph(settings, config, data, ref)
         tokenizer = None
         try:
             for binding in config.inputs:
                 if isinstance(binding, TextInput):
                     tokenizer = _tokenizer(path / binding.tokenizer, ref)
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            # onnxruntime's threads spin after each run by default; between runs this worker's
-            # threads read and check records, and spinning threads would take their cores.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            session = ort.InferenceSession(data, options, providers=providers(settings))
+            session = inference_session(data, settings)
         except (SoftTimeLimitExceeded, PermanentJobError):
             raise
         except Exception as exc:
@@ -149,6 +174,7 @@ class OnnxRunner:
             sig,
             tokenizer,
             max_text_chars=settings.max_text_chars,
+            max_output_values=settings.onnx_max_output_values,
             device_type=device,
         )
 
@@ -211,6 +237,12 @@ class OnnxRunner:
                     part = np.concatenate([part, np.repeat(part[-1:], step - size, axis=0)])
                 chunk[name] = part
             (result,) = self.session.run([self.output.name], chunk)
+            values = math.prod(np.shape(result)[1:])
+            if values > self.max_output_values:
+                raise OutputTooLarge(
+                    f"output {self.output.name!r} gives "
+                    f"{output_too_large(values, self.max_output_values)}"
+                )
             rows.append(np.asarray(result)[:size])
         return self._results(np.concatenate(rows, axis=0), params)
 

@@ -17,7 +17,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.helpers import inference_spec, manifest, put_jsonl, read_jsonl, upload_dir, wait_job
+from tests.helpers import (
+    inference_spec,
+    manifest,
+    onnx_file_reader,
+    put_jsonl,
+    read_jsonl,
+    upload_dir,
+    wait_job,
+)
+from tests.services import ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -363,3 +372,128 @@ def test_barge_models_register_says_what_does_not_fit(
     registered = barge("models", "register", "net", "--uri", uri, "--task", "regress")
     assert registered.returncode == 0, registered.stderr
     assert registered.stdout.strip() == "net@1"
+
+
+def _directory(path: Path, graph: bytes, meaning: str = "embed") -> Path:
+    path.mkdir(parents=True)
+    (path / "model.onnx").write_bytes(graph)
+    config = {
+        "inputs": [{"input": "x", "feature_fields": ["a", "b", "c"]}],
+        "output": {"name": "y", "meaning": meaning},
+    }
+    return _barge_json(path, config)
+
+
+def _objects(s3: Any, bucket: str, prefix: str) -> dict[str, bytes]:
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
+
+
+def test_an_onnx_model_that_reads_a_file_of_the_worker_gets_no_byte_of_it(
+    api: Any,
+    auth: dict[str, str],
+    s3: Any,
+    bucket: str,
+    models_bucket: str,
+    tmp_path: Path,
+    worker: Any,
+) -> None:
+    """A tensor in an If branch kept as external data at ``alembic.ini``: onnxruntime would
+    read it from the worker's working directory (the repository root here) and return its bytes
+    as the output. The registry refuses the model, naming the rule; submitted by its URI, the
+    worker refuses it before onnxruntime sees it, and no output holds a byte of the file."""
+    planted = (ROOT / "alembic.ini").read_bytes()[:48]
+    graph = onnx_file_reader("alembic.ini", len(planted), "if_initializer")
+    directory = _directory(tmp_path / "reader", graph)
+    uri = upload_dir(s3, models_bucket, f"onnx-reader-{uuid.uuid4().hex[:6]}", directory)
+    where = "node 1 (If) > then_branch > initializer 'secret'"
+
+    refused = api.post(
+        "/v1/models", json={"name": "reader", "uri": uri, "task": "embed"}, headers=auth
+    )
+    assert refused.status_code == 422 and refused.json()["field"] == "uri", refused.text
+    assert f"the graph keeps tensors in external data files ({where})" in refused.json()["message"]
+
+    rows = [{"id": i, "a": 1.0, "b": 2.0, "c": 3.0} for i in range(4)]
+    data = put_jsonl(s3, bucket, "onnx/reader.jsonl", rows)
+    spec = inference_spec(uri, data, f"s3://{bucket}/onnx-reader-out/", id_field="id")
+    r = api.post("/v1/jobs", json=spec, headers=auth)
+    assert r.status_code == 201, r.text
+    job = wait_job(api, auth, r.json()["id"])
+    assert job["status"] == "failed", job
+    assert f"the graph keeps tensors in external data files ({where})" in job["error"], job
+    outputs = _objects(s3, bucket, "onnx-reader-out/")
+    assert not any(k.split("/")[-1].startswith("part-") for k in outputs), sorted(outputs)
+    secret_floats = json.dumps([float(b) for b in planted])[1:-1]
+    for key, body in outputs.items():
+        assert planted[:16] not in body and secret_floats.encode() not in body, key
+
+
+def test_an_onnx_output_over_the_per_record_bound_is_a_per_record_error(
+    api: Any,
+    auth: dict[str, str],
+    s3: Any,
+    bucket: str,
+    models_bucket: str,
+    tmp_path: Path,
+    worker: Any,
+) -> None:
+    """A graph whose output width is the largest feature of its batch (so the registry cannot
+    see it): the record whose feature is 300,000 is an error naming the size and the limit,
+    the records of its batch that fit, run alone, are written, on the record path (JSONL) and
+    the columnar one (Parquet); no 300,000-value row reaches a part."""
+    from onnx import TensorProto, helper
+
+    one = helper.make_tensor("one", TensorProto.INT64, [1], [1])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["one"], value=one),
+            helper.make_node("ReduceSum", ["x"], ["s"], keepdims=1, axes=[1]),
+            helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0, axes=[0, 1]),
+            helper.make_node("Cast", ["m"], ["w"], to=TensorProto.INT64),
+            helper.make_node("Unsqueeze", ["w"], ["w1"], axes=[0]),
+            helper.make_node("Concat", ["one", "w1"], ["shape"], axis=0),
+            helper.make_node("Expand", ["s", "shape"], ["y"]),
+        ],
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "width"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    directory = _directory(tmp_path / "wide", model.SerializeToString(), "regress")
+    uri = upload_dir(s3, models_bucket, f"onnx-wide-{uuid.uuid4().hex[:6]}", directory)
+    name = f"wide-{uuid.uuid4().hex[:6]}"
+    registered = api.post(
+        "/v1/models", json={"name": name, "uri": uri, "task": "regress"}, headers=auth
+    )
+    assert registered.status_code == 201, registered.text
+
+    width = 300_000
+    rows = [{"id": i, "a": 1.0, "b": 2.0, "c": float(width if i == 1 else 3)} for i in range(3)]
+    inputs = {
+        "jsonl": put_jsonl(s3, bucket, "onnx/wide.jsonl", rows),
+        "parquet": _parquet(s3, bucket, "onnx/wide.parquet", pa.Table.from_pylist(rows)),
+    }
+    problem = (
+        f"output 'y' gives {width:,} values per record, more than the limit of 262,144 "
+        "(BARGE_ONNX_MAX_OUTPUT_VALUES)"
+    )
+    for kind, data in inputs.items():
+        out = f"onnx-wide-{kind}"
+        spec = inference_spec(
+            name, data, f"s3://{bucket}/{out}/", task="regress", id_field="id", max_failed_ratio=0.5
+        )
+        r = api.post("/v1/jobs", json=spec, headers=auth)
+        assert r.status_code == 201, r.text
+        job = wait_job(api, auth, r.json()["id"])
+        assert job["status"] == "succeeded", job
+        assert job["progress"]["records_failed"] == 1, job
+        assert _rows(s3, bucket, out, "errors") == [
+            {"id": 1, "source": data, "line": 2, "error": problem}
+        ], kind
+        assert _rows(s3, bucket, out) == [
+            {"id": 0, "values": [6.0, 6.0, 6.0]},
+            {"id": 2, "values": [6.0, 6.0, 6.0]},
+        ], kind
+        sizes = [len(body) for body in _objects(s3, bucket, f"{out}/").values()]
+        assert max(sizes) < 10_000, (kind, sizes)

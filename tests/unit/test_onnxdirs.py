@@ -26,6 +26,7 @@ from barge.onnxdirs import (
     read_signature,
 )
 from barge.records.tabular import feature_vector, numeric_value
+from tests.helpers import ONNX_PLACEMENTS, onnx_file_reader
 
 FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64
 
@@ -198,14 +199,7 @@ class TestBargeJson:
             "model.onnx is 2,000,000 bytes, more than the limit of 1,000,000 (BARGE_ONNX_MAX_BYTES)"
         ]
 
-    def test_external_data_and_unreadable_graphs_are_refused(self) -> None:
-        model = onnx.load_model_from_string(FEATURES_GRAPH)
-        weight = helper.make_tensor("w", FLOAT, [1], [1.0])
-        weight.data_location = TensorProto.EXTERNAL
-        model.graph.initializer.append(weight)
-        sig = read_signature(model.SerializeToString())
-        assert sig.external_data
-        assert any("external data" in p for p in problems_of(parse_config(_config()), sig))
+    def test_unreadable_graphs_are_refused(self) -> None:
         with pytest.raises(PermanentJobError, match=r"model\.onnx is not a readable ONNX model"):
             read_signature(b"\x00not a protobuf\xff" * 10)
 
@@ -330,15 +324,84 @@ class TestText2TextMetrics:
 
 
 class TestOnnxRunner:
-    """The worker's runner on graphs built here: text through tokenizer.json, fixed batches."""
+    """The worker's runner on graphs built here: text through tokenizer.json, fixed batches,
+    the session's file access, the bound on each record's output."""
 
-    def _load(self, tmp_path: Path, graph: bytes, config: bytes, task: str) -> Any:
+    def _load(self, tmp_path: Path, graph: bytes, config: bytes, task: str, **settings: Any) -> Any:
         from barge.settings import Settings
         from worker.onnxmodels import OnnxRunner
 
         (tmp_path / "model.onnx").write_bytes(graph)
         (tmp_path / "barge.json").write_bytes(config)
-        return OnnxRunner.load(tmp_path, task, Settings(device="cpu"), "s3://b/m/")
+        return OnnxRunner.load(tmp_path, task, Settings(device="cpu", **settings), "s3://b/m/")
+
+    def test_a_model_planted_in_the_cache_is_still_walked(self, tmp_path: Path) -> None:
+        graph = onnx_file_reader("barge.json", 8, "if_constant")
+        with pytest.raises(PermanentJobError) as exc:
+            self._load(tmp_path, graph, READER_CONFIG, "embed")
+        assert exc.value.message.startswith(
+            "model s3://b/m/: model.onnx and barge.json do not fit: the graph keeps tensors in "
+            "external data files (node 1 (If) > then_branch > node 0 (Constant) > value)"
+        )
+
+    @pytest.mark.parametrize("placement", [p for p in ONNX_PLACEMENTS if p != "tensors"])
+    def test_a_session_reads_no_file_even_when_the_walk_is_skipped(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, placement: str
+    ) -> None:
+        import onnxruntime as ort
+
+        from barge.settings import Settings
+        from worker.onnxmodels import inference_session
+
+        planted = b"planted: the bytes of another tenant's records."
+        n = len(planted)
+        (tmp_path / "planted.txt").write_bytes(planted)
+        (tmp_path / "model").mkdir()
+        (tmp_path / "model" / "planted.txt").write_bytes(planted)
+        (tmp_path / "model" / "model.onnx").write_bytes(onnx_file_reader("planted.txt", n))
+        monkeypatch.chdir(tmp_path)
+        x = {"x": np.zeros((1, 3), np.float32)}
+        # Left to itself, onnxruntime reads the file from the process's working directory.
+        bare = ort.InferenceSession(
+            onnx_file_reader("planted.txt", n, placement), providers=["CPUExecutionProvider"]
+        )
+        assert bytes(bare.run(["y"], x)[0][0].astype(np.uint8)) == planted
+        for location in (
+            "planted.txt",
+            "model/planted.txt",
+            "../planted.txt",
+            "model.onnx",
+            str(tmp_path / "planted.txt"),
+        ):
+            data = onnx_file_reader(location, n, placement)
+            with pytest.raises(Exception) as exc:  # onnxruntime's own error types
+                inference_session(data, Settings(device="cpu")).run(["y"], x)
+            assert b"another tenant" not in str(exc.value).encode(), exc.value
+
+    def test_an_output_over_the_per_record_limit_is_refused(self, tmp_path: Path) -> None:
+        from worker.onnxmodels import OutputTooLarge
+
+        shape = helper.make_tensor("shape", INT64, [2], [1, 1000])
+        graph = _graph(
+            [("x", FLOAT, ["batch", 3])],
+            [("y", FLOAT, ["batch", "k"])],
+            nodes=[
+                helper.make_node("Constant", [], ["shape"], value=shape),
+                helper.make_node("ReduceSum", ["x"], ["s"], keepdims=1, axes=[1]),
+                helper.make_node("Expand", ["s", "shape"], ["y"]),
+            ],
+            opsets=[("", 11)],
+        )
+        records = [{"x": [1.0, 2.0, 3.0]}] * 3
+        runner = self._load(tmp_path, graph, READER_CONFIG, "embed", onnx_max_output_values=999)
+        with pytest.raises(OutputTooLarge) as exc:
+            runner.predict(records, None)
+        assert str(exc.value) == (
+            "output 'y' gives 1,000 values per record, more than the limit of 999 "
+            "(BARGE_ONNX_MAX_OUTPUT_VALUES)"
+        )
+        runner = self._load(tmp_path, graph, READER_CONFIG, "embed", onnx_max_output_values=1000)
+        assert runner.predict(records, None) == [{"embedding": [6.0] * 1000}] * 3
 
     def test_text_through_the_tokenizer_into_token_ids(self, tmp_path: Path) -> None:
         from tokenizers import Tokenizer, models, pre_tokenizers
@@ -396,3 +459,110 @@ class TestOnnxRunner:
             PermanentJobError, match="output means 'regress'; the job's task is 'classify'"
         ):
             self._load(tmp_path, FEATURES_GRAPH, _config(), "classify")
+
+
+READER_CONFIG = _config(
+    inputs=[{"input": "x", "feature_fields": ["a", "b", "c"]}],
+    output={"name": "y", "meaning": "embed"},
+)
+# Where the walk finds the tensor each placement of ``onnx_file_reader`` hides.
+PLACES = {
+    "initializer": "initializer 'secret'",
+    "constant": "node 0 (Constant) > value",
+    "if_initializer": "node 1 (If) > then_branch > initializer 'secret'",
+    "if_constant": "node 1 (If) > then_branch > node 0 (Constant) > value",
+    "function": "function local.Leak > node 0 (Constant) > value",
+    "sparse_initializer": "sparse initializer 'secret' > values",
+    "sparse_constant": "node 0 (Constant) > sparse_value > values",
+    "tensors": "node 0 (Cast) > data[0]",
+}
+
+
+class TestWholeModel:
+    """One walk over the whole model (graph, branches, functions, every kind of tensor)."""
+
+    @pytest.mark.parametrize("placement", ONNX_PLACEMENTS)
+    def test_external_data_anywhere_is_refused_naming_where(self, placement: str) -> None:
+        sig = read_signature(onnx_file_reader("alembic.ini", 8, placement))
+        assert sig.external_data == (PLACES[placement],)
+        assert _problems(READER_CONFIG, onnx_file_reader("alembic.ini", 8, placement)) == [
+            f"the graph keeps tensors in external data files ({PLACES[placement]}); Barge reads "
+            "no file beside model.onnx: save it as one file "
+            "(onnx.save_model(..., save_as_external_data=False))"
+        ]
+
+    def test_a_tensor_naming_a_file_without_the_external_flag_is_refused_too(self) -> None:
+        model = onnx.load_model_from_string(onnx_file_reader("alembic.ini", 8, "if_constant"))
+        branch = model.graph.node[1].attribute[0].g
+        branch.node[0].attribute[0].t.data_location = TensorProto.DEFAULT
+        sig = read_signature(model.SerializeToString())
+        assert sig.external_data == ("node 1 (If) > then_branch > node 0 (Constant) > value",)
+
+    def test_training_graphs_and_function_attribute_defaults_are_walked(self) -> None:
+        model = onnx.load_model_from_string(onnx_file_reader("a", 4, "function"))
+        tensor = model.functions[0].node[0].attribute[0].t
+        model.functions[0].attribute_proto.append(helper.make_attribute("w", tensor))
+        training = onnx.TrainingInfoProto()
+        training.initialization.initializer.append(tensor)
+        model.training_info.append(training)
+        assert read_signature(model.SerializeToString()).external_data == (
+            "function local.Leak > node 0 (Constant) > value",
+            "function local.Leak > default w",
+            "training_info[0] > initialization > initializer 'secret'",
+        )
+
+    def test_many_places_are_counted(self) -> None:
+        model = onnx.load_model_from_string(onnx_file_reader("a", 4, "initializer"))
+        for i in range(5):
+            extra = onnx.TensorProto()
+            extra.CopyFrom(model.graph.initializer[1])
+            extra.name = f"w{i}"
+            model.graph.initializer.append(extra)
+        problem = _problems(READER_CONFIG, model.SerializeToString())[0]
+        assert problem.startswith(
+            "the graph keeps tensors in external data files (initializer 'secret'; "
+            "initializer 'w0'; initializer 'w1' and 3 more)"
+        ), problem
+
+    def test_custom_operators_in_branches_and_functions_are_found(self) -> None:
+        model = onnx.load_model_from_string(onnx_file_reader("a", 4, "if_initializer"))
+        model.graph.node[1].attribute[0].g.node.append(
+            helper.make_node("Deep", ["c"], ["d"], domain="acme.ops")
+        )
+        function = helper.make_function(
+            "local", "Fn", [], ["e"], [helper.make_node("Other", [], ["e"], domain="zeta")], []
+        )
+        model.functions.append(function)
+        sig = read_signature(model.SerializeToString())
+        assert sig.custom_ops == {"acme.ops": ["Deep"], "zeta": ["Other"]}
+
+    def test_onnxruntime_ep_context_nodes_are_refused(self) -> None:
+        graph = _graph(
+            [("x", FLOAT, ["batch", 3])],
+            [("y", FLOAT, ["batch", 1])],
+            nodes=[
+                helper.make_node(
+                    "EPContext",
+                    ["x"],
+                    ["y"],
+                    domain="com.microsoft",
+                    embed_mode=0,
+                    ep_cache_context="alembic.ini",
+                )
+            ],
+            opsets=[("", 17), ("com.microsoft", 1)],
+        )
+        assert _problems(_config(), graph) == [
+            "the graph has onnxruntime EPContext nodes (node 0 (EPContext)), which load a "
+            "compiled model from a file; export the ONNX graph itself"
+        ]
+
+    def test_a_fixed_output_over_the_per_record_limit_is_refused(self) -> None:
+        graph = _graph([("x", FLOAT, ["batch", 3])], [("y", FLOAT, ["batch", 300, 300])])
+        config = _config(output={"name": "y", "meaning": "regress"})
+        assert _problems(config, graph, max_output_values=50_000) == [
+            "output y (float [batch, 300, 300]) must be [batch] or [batch, n] for regress",
+            "output y (float [batch, 300, 300]) gives 90,000 values per record, more than the "
+            "limit of 50,000 (BARGE_ONNX_MAX_OUTPUT_VALUES)",
+        ]
+        assert _problems(config, graph, max_output_values=90_000)[1:] == []

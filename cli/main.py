@@ -416,7 +416,11 @@ def _add_outputs(sub: Subparsers) -> None:
     p = _client(sub, "errors", "a job's failed records, as JSON Lines (id, source, line, error)")
     _job_id(p)
     p.add_argument(
-        "-q", "--ids", dest="ids_only", action="store_true", help="only the failed records' ids"
+        "-q",
+        "--ids",
+        dest="ids_only",
+        action="store_true",
+        help="only the failed records' ids (- for a record that has none)",
     )
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N lines")
     p.set_defaults(func=command("results", "cmd_errors"))

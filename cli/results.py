@@ -6,7 +6,8 @@ the API (``GET /v1/jobs/{id}/files``), so no S3 client or S3 credentials are nee
   fine-tune's model and checkpoints). ``--stdout``: the parts, in input order, one after the
   other (JSON Lines; Parquet parts are refused there).
 - ``errors JOB``: the failed records' lines (``{"id", "source", "line", "error"}``) as JSON
-  Lines, in input order; ``-q`` prints only their ids.
+  Lines, in input order; ``-q`` prints only their ids (``-`` for a record with none: a line
+  that was not JSON).
 
 A file name from the API becomes a local path only through ``barge.paths.local_path``.
 
@@ -25,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from barge.paths import local_path
+from barge.paths import UnsafePath, local_path
 from barge.status import FINAL
 from cli.client import Client
 from cli.commands import connect, resolve_job_id
@@ -62,7 +63,10 @@ def download(client: Client, job_id: str, names: Iterable[str], root: Path) -> t
     root.mkdir(parents=True, exist_ok=True)
     files = total = 0
     for name in names:
-        path = local_path(root, name)
+        try:
+            path = local_path(root, name)
+        except UnsafePath as exc:  # only an API that is not Barge's would name such a file
+            raise CliError(f"not written: {exc.message}") from None
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
@@ -113,12 +117,13 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def _error_id(line: bytes) -> str:
+    """The failed record's id; ``-`` for a record that has none (a line that was not JSON)."""
     try:
         row = json.loads(line)
     except ValueError:
-        return "?"
+        return "-"
     value = row.get("id") if isinstance(row, dict) else None
-    return "?" if value is None else str(value)
+    return "-" if value is None else str(value)
 
 
 def cmd_errors(args: argparse.Namespace) -> int:

@@ -99,6 +99,22 @@ class ShardList(BaseModel):
     shards: list[ShardOut]
 
 
+class JobFileOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str = Field(description="Relative to the job's output prefix: part-00000.jsonl, ...")
+    kind: Literal["part", "errors", "manifest", "other"] = Field(
+        description="part: results of one shard; errors: its failed records; manifest: "
+        "_manifest.json; other: _SUCCESS, a fine-tune's model and checkpoints, ..."
+    )
+    size: int = Field(description="Bytes")
+
+
+class JobFileList(BaseModel):
+    output: str = Field(description="The job's output prefix")
+    files: list[JobFileOut] = Field(description="Parts, errors files, manifest, the rest")
+
+
 class ErrorOut(BaseModel):
     """Every error of the /v1 API (the /openai/v1 surface keeps OpenAI's envelope)."""
 

@@ -5,6 +5,11 @@
 - ``admin``: ``db upgrade``, ``keys``, ``tenants`` and ``audit``, the only commands that open
   the database (as the local operator);
 - ``commands``: the client commands (submit, status, list, ..., top), over HTTP;
+- ``results``: ``results`` and ``errors``, a job's files read through the API;
+- ``login`` and ``profiles``: ``login``, ``logout``, ``config``, and where a client command
+  finds the API and its key (flags, environment, saved profile, defaults);
+- ``output``: ``-o json|yaml|wide|name`` and ``-q``, one helper for every list and get;
+- ``errors``: the command's errors and the one map from error to exit status;
 - ``render``: how jobs, shards, events and tables are shown;
 - ``tables``: tables and live views through rich, boxed on a terminal and plain lines elsewhere;
 - ``live``: what keeps the live view stoppable (signals, waits, writes to a pipe);

@@ -4,11 +4,11 @@ use some of them too). They act as the local operator: every change is audited w
 prefix and ``"via": "cli"``. A key is printed only when it is made (``keys create``,
 ``keys rotate``), alone on stdout; everything else goes to stderr or is a listing.
 
-Listings are tables through ``cli.tables`` (boxed on a terminal, plain lines in a pipe);
-``--json`` is plain ``json.dumps``.
+Listings print through ``cli.output.emit``: tables through ``cli.tables`` (boxed on a terminal,
+plain lines in a pipe), or ``-o json|yaml|name``.
 
-Imports: ``services`` (tenants, keys, audit), ``db`` (migrations, session scopes), ``cli.tables``,
-rich, the kernel.
+Imports: ``services`` (tenants, keys, audit), ``db`` (migrations, session scopes), ``cli.output``,
+``cli.tables``, rich, the kernel.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from rich.table import Table
 
 from barge.errors import BargeError
 from barge.settings import get_settings
+from cli.output import emit
 from cli.tables import Column, Item, show, status, table
 from db.migrate import upgrade
 from db.session import session_scope
@@ -70,10 +71,6 @@ def _refusals_to_stderr(handler: Handler) -> Handler:
 
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
-
-
-def _to_json(data: Any) -> str:
-    return json.dumps(data, indent=2, default=str)
 
 
 def _duration(text: str | None, field: str, *, allow_zero: bool = False) -> timedelta | None:
@@ -139,10 +136,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 def cmd_keys_list(args: argparse.Namespace) -> int:
     with session_scope(get_settings().resolved_database_url) as session:
         keys = tenants.list_keys(session, args.tenant)
-    if args.json:
-        print(_to_json(keys))
-    else:
-        show(_key_rows(keys))
+    emit(args, keys, [k["prefix"] for k in keys], lambda wide: [_key_rows(keys)])
     return 0
 
 
@@ -292,10 +286,7 @@ def cmd_tenants_show(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as session:
         shown = tenants.describe_tenant(session, settings, tenants.get_tenant(session, args.name))
-    if args.json:
-        print(_to_json(shown))
-    else:
-        show(*_tenant_lines(shown))
+    emit(args, shown, [shown["name"]], lambda wide: list(_tenant_lines(shown)))
     return 0
 
 
@@ -304,10 +295,7 @@ def cmd_tenants_list(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as session:
         items = tenants.describe_tenants(session, settings)
-    if args.json:
-        print(_to_json(items))
-    else:
-        show(_tenant_rows(items))
+    emit(args, items, [t["name"] for t in items], lambda wide: [_tenant_rows(items)])
     return 0
 
 
@@ -353,8 +341,5 @@ def cmd_audit(args: argparse.Namespace) -> int:
             limit=args.limit,
         )
         items = [audit.present(e) for e in found]
-    if args.json:
-        print(_to_json(items))
-    else:
-        show(_audit_rows(items))
+    emit(args, items, [e["id"] for e in items], lambda wide: [_audit_rows(items)])
     return 0

@@ -1,25 +1,24 @@
 """The HTTP client of the Barge API, used by the client commands, ``up`` and the demo.
 
-Imports: httpx only, nothing of ours.
+Every failure is an ``ApiError``: the status the API answered (4xx, 5xx), or ``Unreachable``
+when it did not answer at all (``cli.errors`` maps each to its exit status).
+
+Imports: httpx, ``cli.errors``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
+from cli.errors import ApiError, Unreachable
 
-class ApiError(Exception):
-    def __init__(self, status: int, body: Any):
-        self.status = status
-        self.body = body
-        if isinstance(body, dict):
-            message = body.get("message") or body.get("detail") or body
-        else:
-            message = body
-        super().__init__(f"HTTP {status}: {message}")
+__all__ = ["ApiError", "Client", "Unreachable"]
 
 
 class Client:
@@ -27,24 +26,31 @@ class Client:
         self.url = (url or os.environ.get("BARGE_API_URL") or "http://127.0.0.1:8000").rstrip("/")
         self.key = key if key is not None else os.environ.get("BARGE_API_KEY", "")
         headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        self.timeout = timeout
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise Unreachable(self.url, f"no answer within {self.timeout:g} s") from None
         except httpx.TransportError as exc:
-            raise ApiError(
-                0,
-                f"cannot reach the Barge API at {self.url} ({exc}); is it running? "
-                "(`barge up`, or set BARGE_API_URL)",
-            ) from exc
+            raise Unreachable(self.url, str(exc) or type(exc).__name__) from None
+        return _answer(response)
+
+    @contextlib.contextmanager
+    def _stream(self, path: str) -> Iterator[Iterator[bytes]]:
+        """The body of a GET as it arrives, in chunks; the same errors as ``_call``."""
         try:
-            body = response.json()
-        except ValueError:
-            body = response.text
-        if response.status_code >= 400:
-            raise ApiError(response.status_code, body)
-        return body
+            with self._http.stream("GET", path) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _answer(response)
+                yield response.iter_bytes()
+        except httpx.TimeoutException:
+            raise Unreachable(self.url, f"no answer within {self.timeout:g} s") from None
+        except httpx.TransportError as exc:
+            raise Unreachable(self.url, str(exc) or type(exc).__name__) from None
 
     def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
@@ -65,6 +71,14 @@ class Client:
 
     def shards(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}/shards")  # type: ignore[no-any-return]
+
+    def files(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}/files")  # type: ignore[no-any-return]
+
+    def file(self, job_id: str, name: str) -> contextlib.AbstractContextManager[Iterator[bytes]]:
+        """One file of a job (a name ``files`` lists), streamed: ``with client.file(...) as
+        chunks``."""
+        return self._stream(f"/v1/jobs/{job_id}/files/{quote(name, safe='/')}")
 
     def add_drop(self, name: str, prefix: str, template: dict[str, Any]) -> dict[str, Any]:
         body = {"name": name, "prefix": prefix, "template": template}
@@ -90,3 +104,14 @@ class Client:
             if exc.status == 503 and isinstance(exc.body, dict):
                 return exc.body
             raise
+
+
+def _answer(response: httpx.Response) -> Any:
+    """The decoded body of a response; ApiError for an error status."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    if response.status_code >= 400:
+        raise ApiError(response.status_code, body)
+    return body

@@ -1,13 +1,14 @@
 """The client commands of ``barge``: submit, status, list, cancel, wait, events, shards, drops,
-models and top. They talk to the API over HTTP with the key in ``BARGE_API_KEY`` and never open
-the database.
+models and top. They talk to the API over HTTP (``connect``: the URL and key from the flags, the
+environment or a profile, see ``cli.profiles``) and never open the database.
 
-Tables go through ``cli.tables`` (boxed on a terminal, plain lines in a pipe); ``--json`` is
-plain ``json.dumps`` everywhere. Live views (``top``, ``wait``) redraw with ``rich.live`` on a
-terminal and print line by line elsewhere.
+Every list and get prints through ``cli.output.emit`` (a table, ``-o wide``, ``-o json``,
+``-o yaml``, ``-o name`` / ``-q``); tables go through ``cli.tables`` (boxed on a terminal,
+plain lines in a pipe). Live views (``top``, ``wait``) redraw with ``rich.live`` on a terminal
+and print line by line elsewhere.
 
-Imports: ``cli.client``, ``cli.render``, ``cli.tables``, ``cli.live``, rich and the kernel
-(``barge``).
+Imports: ``cli.client``, ``cli.output``, ``cli.profiles``, ``cli.render``, ``cli.tables``,
+``cli.live``, rich and the kernel (``barge``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from barge.status import CANCELLING, FINAL, QUEUED, RUNNING
 from cli.client import ApiError, Client
 from cli.errors import CliError
 from cli.live import StopSignals
+from cli.output import emit, output_format, to_yaml
+from cli.profiles import resolve
 from cli.render import (
     drops_table,
     event_lines,
     final_report,
+    job_details,
     job_summary,
     jobs_table,
     latest_train,
@@ -52,6 +56,13 @@ LIVE_TIMEOUT = 10.0
 def _print_lines(text: Iterable[str], file: Any = None) -> None:
     for line in text:
         print(line, file=file)
+
+
+def connect(args: argparse.Namespace, timeout: float = 30.0) -> Client:
+    """A client of the API that ``args`` (``--api-url``, ``--profile``), the environment and
+    the saved profiles point at (``cli.profiles.resolve``)."""
+    conn = resolve(getattr(args, "api_url", None), getattr(args, "profile", None))
+    return Client(conn.url, conn.key, timeout=timeout)
 
 
 def load_spec(path: str) -> dict[str, Any]:
@@ -178,7 +189,7 @@ def _report_final(job: dict[str, Any], client: Client | None = None) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)  # a bad file is reported before the API is asked anything
-    client = Client()
+    client = connect(args)
     job = client.submit(spec, args.idempotency_key)
     print(job["id"])
     print(f"submitted job {job['id']} ({job['status']})", file=sys.stderr)
@@ -188,43 +199,57 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    client = Client()
+    client = connect(args)
     job = client.job(resolve_job_id(client, args.id))
-    _print_lines([to_json(job)] if args.json else job_summary(job))
+    emit(
+        args,
+        job,
+        [job["id"]],
+        lambda wide: [*job_summary(job), *(job_details(job) if wide else [])],
+    )
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    page = Client().jobs(status=args.status, type=args.type, limit=args.limit, cursor=args.cursor)
-    if args.json:
-        print(to_json(page))
-    else:
-        show(*jobs_table(page))
+    page = connect(args).jobs(
+        status=args.status, type=args.type, limit=args.limit, cursor=args.cursor
+    )
+    emit(args, page, [j["id"] for j in page["jobs"]], lambda wide: jobs_table(page, wide))
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    client = Client()
+    client = connect(args)
     job = client.cancel(resolve_job_id(client, args.id))
     print(f"job {job['id']} is {job['status']}", file=sys.stderr)
     return 0
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    client = Client()
+    client = connect(args)
     return _report_final(wait_for(client, resolve_job_id(client, args.id)), client)
 
 
+def _event_lines(fmt: str | None, events: list[dict[str, Any]]) -> Iterable[str]:
+    """A page of events as ``barge events`` prints it: JSON Lines for ``-o json`` (so that
+    ``--follow`` can go on), a YAML list, the event ids, or a line per event."""
+    if fmt == "json":
+        return (json.dumps(e, default=str) for e in events)
+    if fmt == "yaml":
+        return [to_yaml(events).rstrip("\n")] if events else []
+    if fmt == "name":
+        return (str(e["id"]) for e in events)
+    return event_lines(events)
+
+
 def cmd_events(args: argparse.Namespace) -> int:
-    client = Client()
+    client = connect(args)
     job_id = resolve_job_id(client, args.id)
     after = 0
+    fmt = output_format(args)
     while True:
         page = client.events(job_id, after)
-        if args.json:
-            _print_lines(json.dumps(e, default=str) for e in page["events"])  # JSON Lines
-        else:
-            _print_lines(event_lines(page["events"]))
+        _print_lines(_event_lines(fmt, page["events"]))
         after = page["next_after"]
         if not args.follow or (not page["events"] and client.job(job_id)["status"] in FINAL):
             return 0
@@ -232,17 +257,14 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_shards(args: argparse.Namespace) -> int:
-    client = Client()
+    client = connect(args)
     shards = client.shards(resolve_job_id(client, args.id))["shards"]
-    if args.json:
-        print(to_json(shards))
-    else:
-        show(shards_table(shards))
+    emit(args, shards, [s["index"] for s in shards], lambda wide: [shards_table(shards, wide)])
     return 0
 
 
 def cmd_drops(args: argparse.Namespace) -> int:
-    client = Client()
+    client = connect(args)
     if args.drops == "add":
         rule = client.add_drop(args.name, args.prefix, load_spec(args.template))
         print(f"watching {rule['incoming']} → jobs; results in {rule['outputs']}", file=sys.stderr)
@@ -251,15 +273,12 @@ def cmd_drops(args: argparse.Namespace) -> int:
         print(f"drop folder {args.name} removed", file=sys.stderr)
     else:
         rules = client.drops()["drops"]
-        if args.json:
-            print(to_json(rules))
-        else:
-            show(drops_table(rules))
+        emit(args, rules, [r["name"] for r in rules], lambda wide: [drops_table(rules, wide)])
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    client = Client()
+    client = connect(args)
     if args.models == "register":
         model = client.register_model(args.name, args.uri, args.task)
         print(model["ref"])
@@ -267,12 +286,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     name = getattr(args, "name", None)
     models = client.models(name)["models"]
-    if getattr(args, "json", False):
-        print(to_json(models))
-    elif name:
-        _print_lines(model_versions(models))
-    else:
-        show(models_table(models))
+
+    def shown(wide: bool) -> list[Item]:
+        return list(model_versions(models)) if name else [models_table(models, wide)]
+
+    emit(args, models, [m["ref"] for m in models], shown)
     return 0
 
 
@@ -300,14 +318,15 @@ def active_jobs(
 
 def cmd_top(args: argparse.Namespace) -> int:
     if args.json:
-        jobs_by_status, workers = active_jobs(Client())
+        jobs_by_status, workers = active_jobs(connect(args))
         print(to_json({"jobs": jobs_by_status, "workers": workers}))
         return 0
     if args.once:
-        show(*top_view(*active_jobs(Client()), time.strftime("%H:%M:%S")))
+        show(*top_view(*active_jobs(connect(args)), time.strftime("%H:%M:%S")))
         return 0
+    client = connect(args, timeout=LIVE_TIMEOUT)  # a bad profile is reported before the view
     with StopSignals() as stop:  # before anything else: a signal from now on ends the view
-        return watch_top(Client(timeout=LIVE_TIMEOUT), args.interval, stop)
+        return watch_top(client, args.interval, stop)
 
 
 def _top_items(client: Client, stop: StopSignals) -> list[Item] | None:

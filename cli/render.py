@@ -22,6 +22,7 @@ from cli.tables import STATUS_STYLES, Column, Item, status, table
 
 _ID = Column("ID", no_wrap=True)
 _STATUS = Column("STATUS", no_wrap=True)
+_FAILED = Column("FAILED", justify="right", no_wrap=True)
 
 
 def to_json(data: Any) -> str:
@@ -114,6 +115,28 @@ def job_summary(job: dict[str, Any]) -> Iterator[str]:
     yield f"output: {job['output']['uri']}"
 
 
+def job_details(job: dict[str, Any]) -> Iterator[str]:
+    """``barge status -o wide``: what ``job_summary`` shows, then the job's type, task, model,
+    input, times and metadata."""
+    spec = job.get("spec") or {}
+    yield f"id: {job['id']}"
+    yield f"type: {job['type']}  task: {spec.get('task') or '-'}  model: {_model_of(job)}"
+    for name in ("input", "train", "validation"):
+        if spec.get(name):
+            yield f"{name}: {spec[name]}"
+    p = job["progress"]
+    yield (
+        f"records: {p['records_succeeded']} succeeded, {p['records_failed']} failed"
+        f" of {p['records_total'] if p['records_total'] is not None else '?'}"
+    )
+    if job["output"].get("errors"):
+        yield f"errors: {job['output']['errors']}"
+    for name in ("created_at", "started_at", "finished_at"):
+        yield f"{name.replace('_at', '')}: {job.get(name) or '-'}"
+    if job.get("metadata"):
+        yield f"metadata: {json.dumps(job['metadata'])}"
+
+
 def final_report(job: dict[str, Any], model: dict[str, Any] | None = None) -> Iterator[str]:
     """What a finished job left: its status, its error, its outputs and per-record errors; for
     a fine-tune, the model it registered (``model``: its registry entry) and its metrics."""
@@ -130,18 +153,38 @@ def final_report(job: dict[str, Any], model: dict[str, Any] | None = None) -> It
         yield f"per-record errors: {job['output']['errors']}"
 
 
-def jobs_table(page: dict[str, Any]) -> list[Item]:
-    """``barge list``: one row per job (the full id), then how to get the next page."""
+def _model_of(job: dict[str, Any]) -> str:
+    spec = job.get("spec") or {}
+    return str(spec.get("base_model" if job["type"] == "finetune" else "model") or "-")
+
+
+def jobs_table(page: dict[str, Any], wide: bool = False) -> list[Item]:
+    """``barge list``: one row per job (the full id), then how to get the next page. ``wide``
+    adds the failed records, the task, the model and when it started and finished."""
     rows = []
     for job in page["jobs"]:
         n, total, unit = _done_total(job["progress"])
         done = f"{n}/{total if total is not None else '?'} {unit}"
-        rows.append([job["id"], job["type"], status(job["status"]), done, job["created_at"]])
-    shown: list[Item] = [
-        table(
-            [_ID, "TYPE", _STATUS, Column("DONE", justify="right", no_wrap=True), "CREATED"], rows
-        )
+        row = [job["id"], job["type"], status(job["status"]), done, job["created_at"]]
+        if wide:
+            row += [
+                str(job["progress"]["records_failed"]),
+                str((job.get("spec") or {}).get("task") or "-"),
+                _model_of(job),
+                job.get("started_at") or "-",
+                job.get("finished_at") or "-",
+            ]
+        rows.append(row)
+    columns: list[Column | str] = [
+        _ID,
+        "TYPE",
+        _STATUS,
+        Column("DONE", justify="right", no_wrap=True),
+        "CREATED",
     ]
+    if wide:
+        columns += [_FAILED, "TASK", "MODEL", "STARTED", "FINISHED"]
+    shown: list[Item] = [table(columns, rows)]
     if page.get("next_cursor"):
         shown.append(f"more: barge list --cursor {page['next_cursor']}")
     return shown
@@ -153,35 +196,55 @@ def event_lines(events: Iterable[dict[str, Any]]) -> Iterator[str]:
         yield f"{e['at']}  {e['kind']:<12}{change}  {e['message']}"
 
 
-def shards_table(shards: Iterable[dict[str, Any]]) -> Table:
-    return table(
-        [
-            Column("#", justify="right", no_wrap=True),
-            _STATUS,
-            Column("ATT", justify="right", no_wrap=True),
-            Column("RECORDS", justify="right", no_wrap=True),
-            Column("WORKER", no_wrap=True),
-            "LAST ERROR",
-        ],
-        (
-            [
-                str(s["index"]),
-                status(s["status"]),
-                str(s["attempt"]),
-                f"{s['records_succeeded'] + s['records_failed']}/{s['record_count']}",
-                s["worker"] or "-",
-                s["last_error"] or "",
-            ]
-            for s in shards
-        ),
-    )
+def _shard_row(s: dict[str, Any], wide: bool) -> list[str | Text]:
+    row: list[str | Text] = [
+        str(s["index"]),
+        status(s["status"]),
+        str(s["attempt"]),
+        f"{s['records_succeeded'] + s['records_failed']}/{s['record_count']}",
+        str(s["records_failed"]),
+        s["worker"] or "-",
+    ]
+    if wide:
+        first = s["start_record"]
+        row += [
+            s["source"],
+            f"{first}-{first + s['record_count'] - 1}" if s["record_count"] else "-",
+            s.get("started_at") or "-",
+            s.get("finished_at") or "-",
+        ]
+    return [*row, s["last_error"] or ""]
 
 
-def drops_table(rules: Iterable[dict[str, Any]]) -> Table:
-    return table(
-        [Column("NAME", no_wrap=True), "TASK", "INCOMING"],
-        ([r["name"], r["template"].get("task", "?"), r["incoming"]] for r in rules),
-    )
+def shards_table(shards: Iterable[dict[str, Any]], wide: bool = False) -> Table:
+    """``barge shards``: per shard its status, attempt, the records done of its own (failed
+    ones included) and how many of them failed, its worker and last error. ``wide`` adds its
+    source, its range of records and when it started and finished."""
+    columns: list[Column | str] = [
+        Column("#", justify="right", no_wrap=True),
+        _STATUS,
+        Column("ATT", justify="right", no_wrap=True),
+        Column("RECORDS", justify="right", no_wrap=True),
+        _FAILED,
+        Column("WORKER", no_wrap=True),
+    ]
+    if wide:
+        columns += ["SOURCE", Column("RANGE", no_wrap=True), "STARTED", "FINISHED"]
+    return table([*columns, "LAST ERROR"], (_shard_row(s, wide) for s in shards))
+
+
+def drops_table(rules: Iterable[dict[str, Any]], wide: bool = False) -> Table:
+    """``barge drops list``; ``wide`` adds where results go and the template's model."""
+    columns: list[Column | str] = [Column("NAME", no_wrap=True), "TASK", "INCOMING"]
+    if wide:
+        columns += ["OUTPUTS", "MODEL"]
+    rows = []
+    for r in rules:
+        row = [r["name"], r["template"].get("task", "?"), r["incoming"]]
+        if wide:
+            row += [r.get("outputs") or "-", str(r["template"].get("model") or "-")]
+        rows.append(row)
+    return table(columns, rows)
 
 
 def model_versions(models: Iterable[dict[str, Any]]) -> Iterator[str]:
@@ -198,11 +261,23 @@ def model_versions(models: Iterable[dict[str, Any]]) -> Iterator[str]:
             yield f"  {key}: {shown}"
 
 
-def models_table(models: Iterable[dict[str, Any]]) -> Table:
-    return table(
-        [Column("MODEL", no_wrap=True), "TASK", Column("CREATED", no_wrap=True), "URI"],
-        ([m["ref"], m["task"], m["created_at"][:19], m["uri"]] for m in models),
-    )
+def models_table(models: Iterable[dict[str, Any]], wide: bool = False) -> Table:
+    """``barge models list``; ``wide`` adds the base model and the fine-tune job."""
+    columns: list[Column | str] = [
+        Column("MODEL", no_wrap=True),
+        "TASK",
+        Column("CREATED", no_wrap=True),
+        "URI",
+    ]
+    if wide:
+        columns += ["BASE MODEL", Column("JOB", no_wrap=True)]
+    rows = []
+    for m in models:
+        row = [m["ref"], m["task"], m["created_at"][:19], m["uri"]]
+        if wide:
+            row += [m.get("base_model") or "-", m.get("job_id") or "-"]
+        rows.append(row)
+    return table(columns, rows)
 
 
 def top_view(

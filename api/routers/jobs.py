@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi.responses import StreamingResponse
 from pydantic import Discriminator, Tag
 
 from api.deps import CurrentPrincipal, CurrentTenant, SettingsDep, StoreDep, UoW
 from api.schemas import (
     EventList,
     EventOut,
+    JobFileList,
+    JobFileOut,
     JobList,
     JobOut,
     ShardList,
@@ -21,14 +25,18 @@ from api.schemas import (
 from barge.errors import InvalidSpec, NotFound, excerpt
 from barge.specs import JOB_TYPES, FinetuneSpec, InferenceSpec
 from barge.status import JOB_STATUSES
+from barge.storage import ObjectInfo, ObjectStore
 from db import repositories as repo
 from db.models import Job, Tenant
-from services import audit, submission
+from services import audit, job_files, submission
 from services import jobs as service
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 BIGINT_MAX = 2**63 - 1  # event ids are Postgres bigints
+CHUNK = 1 << 20  # bytes per read of a streamed file
+# What a file is served as, by its name's ending.
+MEDIA_TYPES = {".jsonl": "application/x-ndjson", ".json": "application/json"}
 
 
 def _job_type(body: object) -> str:
@@ -212,4 +220,50 @@ def job_shards(job_id: str, uow: UoW, tenant: CurrentTenant) -> ShardList:
     job = _job(uow, tenant, job_id)
     return ShardList(
         shards=[ShardOut.model_validate(s) for s in repo.shards_of(uow.session, job.id)]
+    )
+
+
+@router.get("/{job_id}/files", response_model=JobFileList, responses=errors(403, 404, 502))
+def job_file_list(
+    job_id: str, uow: UoW, tenant: CurrentTenant, settings: SettingsDep, store: StoreDep
+) -> JobFileList:
+    """Every file under the job's output prefix: its parts (results, in input order), its
+    errors files (failed records), its manifest and the rest. Read one with
+    `GET /v1/jobs/{job_id}/files/{name}`."""
+    job = _job(uow, tenant, job_id)
+    files = job_files.list_files(uow.session, settings, store, job)
+    return JobFileList(output=job.output_uri, files=[JobFileOut.model_validate(f) for f in files])
+
+
+def _chunks(store: ObjectStore, info: ObjectInfo) -> Iterator[bytes]:
+    with store.open(info.uri) as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+@router.get(
+    "/{job_id}/files/{name:path}",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The file, streamed"},
+        **errors(403, 404, 422, 502),
+    },
+)
+def job_file(
+    job_id: str,
+    name: str,
+    uow: UoW,
+    tenant: CurrentTenant,
+    settings: SettingsDep,
+    store: StoreDep,
+) -> StreamingResponse:
+    """One file of the job (`name` as the list gives it, e.g. `errors/part-00000.jsonl`),
+    streamed as it is stored."""
+    job = _job(uow, tenant, job_id)
+    info = job_files.find_file(uow.session, settings, store, job, name)
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    return StreamingResponse(
+        _chunks(store, info),
+        media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"),
+        headers={"Content-Length": str(info.size)},
     )

@@ -128,7 +128,7 @@ def test_barge_models_cli(
     shown = barge("models", "show", "minilm")
     assert "minilm@1" in shown.stdout
     missing = barge("models", "show", "nope")
-    assert missing.returncode == 2 and "no model named 'nope'" in missing.stderr
+    assert missing.returncode == 3 and "no model named 'nope'" in missing.stderr  # 404
 
 
 def _labels_written(s3: Any, bucket: str, prefix: str) -> set[str]:

@@ -1,6 +1,7 @@
 """The written guides checked against the code: CONTRIBUTING.md and the package docstrings name
-every package and module there is, and only paths that exist; the docs' job specs are valid;
-the site builds strict, offline, with its reference generated from the code (docs/hooks.py)."""
+every package and module there is, and only paths that exist; the README stays a short first
+read; the docs' job specs are valid; the site builds strict, offline, with its reference
+generated from the code (docs/hooks.py)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from barge.specs import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRIBUTING = ROOT / "CONTRIBUTING.md"
+README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 
 
@@ -109,10 +111,21 @@ def test_the_site_shows_contributing() -> None:
     assert '--8<-- "CONTRIBUTING.md"' in (DOCS / "contributing.md").read_text()
 
 
-def test_relative_links_resolve() -> None:
-    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", CONTRIBUTING.read_text())
+# --- the README -----------------------------------------------------------------------------------
+
+
+def test_the_readme_is_a_short_first_read() -> None:
+    text = README.read_text()
+    assert len(text.splitlines()) < 200
+    for command in ("make demo", "make test", "make docs-serve"):
+        assert command in text, command
+
+
+@pytest.mark.parametrize("guide", [README, CONTRIBUTING], ids=lambda p: p.name)
+def test_relative_links_resolve(guide: Path) -> None:
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", guide.read_text())
     local = [link for link in links if not re.match(r"[a-z]+:", link)]
-    missing = [link for link in local if not (ROOT / link).exists()]
+    missing = [link for link in local if not (guide.parent / link).exists()]
     assert not missing, missing
 
 
@@ -133,7 +146,7 @@ def json_blocks(text: str) -> list[str]:
 def test_the_job_specs_in_the_docs_are_valid() -> None:
     """Every JSON job spec on a page (a block with a model and a task) is one Barge accepts."""
     checked = []
-    for page in doc_pages():
+    for page in [README, *doc_pages()]:
         for block in json_blocks(page.read_text()):
             spec = json.loads(block)
             if isinstance(spec, dict) and "task" in spec and ({"model", "base_model"} & set(spec)):

@@ -36,10 +36,15 @@ log = logging.getLogger("mkdocs.hooks.barge")
 DOCS = Path(__file__).resolve().parent
 SETTINGS_DESCRIPTIONS = DOCS / "reference" / "settings.yml"
 MARKER = re.compile(r"^<!-- generated: (?P<kind>[a-z]+)(?: (?P<arg>\S+))? -->$", re.M)
-# An element that makes a reader's browser fetch something: only links (<a href>) may leave.
+# What makes a reader's browser fetch something: an element's src, a <link> that loads (a
+# stylesheet, an icon, a preload: not rel="canonical", "next", ...), a CSS @import. Only links
+# (<a href>) and those <link>s may point outside.
+EXTERNAL = r"[\"'](?:https?:)?//"
 EXTERNAL_ASSET = re.compile(
-    r"<(?:script|img|iframe|source|audio|video|embed|link)\b[^>]*?\s(?:src|href|srcset)="
-    r"[\"'](?:https?:)?//|@import\s+url\([\"']?(?:https?:)?//",
+    rf"<(?:script|img|iframe|source|audio|video|embed)\b[^>]*?\s(?:src|srcset)={EXTERNAL}"
+    rf"|<link\b(?=[^>]*\srel=[\"'][^\"']*(?:stylesheet|icon|preload|prefetch|preconnect|manifest))"
+    rf"[^>]*?\shref={EXTERNAL}"
+    rf"|@import\s+url\([\"']?(?:https?:)?//",
     re.I,
 )
 

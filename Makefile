@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check -q
+# mkdocs-material prints a banner about its successor on every build unless told not to.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 # torch is pinned to the 2.13 series (a CPU build here; the same pin picks a CUDA build on GPU hosts).
 TORCH := torch==2.13.*
 
-.PHONY: help venv dev demo test test-unit lint typecheck fmt services bench bench-finetune bench-onnx bench-lora clean
+.PHONY: help venv dev demo test test-unit lint typecheck fmt services docs docs-serve bench bench-finetune bench-onnx bench-lora clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,10 +35,17 @@ demo: venv ## run a real embedding job end to end on the embedded stack (no serv
 services: dev ## check Postgres and RabbitMQ are reachable (says how to start them if not)
 	$(BIN)/python scripts/check_services.py
 
-lint: dev ## ruff format check + ruff lint + the import contracts (layers)
+lint: dev ## ruff format check + ruff lint + the import contracts (layers) + the docs site, strict
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(MKDOCS) build --strict --quiet
+
+docs: dev ## build the docs site into build/site (strict: a broken link fails; no network needed)
+	$(MKDOCS) build --strict
+
+docs-serve: dev ## serve the docs site on http://127.0.0.1:8001 with live reload (warnings shown, not fatal)
+	$(MKDOCS) serve --no-strict --dev-addr 127.0.0.1:8001
 
 typecheck: dev ## mypy on the packages
 	$(BIN)/mypy

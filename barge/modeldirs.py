@@ -75,7 +75,7 @@ def check_model_files(ref: str, files: dict[str, str]) -> None:
         if "barge.json" not in files:
             raise PermanentJobError(
                 f"model directory {ref} has model.onnx but no barge.json (which maps record "
-                "fields to the graph's inputs and names its output; see the README)"
+                "fields to the graph's inputs and names its output; see docs/how-to/onnx-models.md)"
             )
         return
     if "config.json" not in files and "adapter_config.json" not in files:

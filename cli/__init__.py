@@ -14,6 +14,7 @@
 - ``tables``: tables and live views through rich, boxed on a terminal and plain lines elsewhere;
 - ``live``: what keeps the live view stoppable (signals, waits, writes to a pipe);
 - ``client``: the HTTP client of the API;
+- ``errors``: the error a command raises for a mistake in its input (``barge: ...``, exit 2);
 - ``demo``: ``barge demo`` (what ``make demo`` runs).
 
 Processes are started by module name (``api.app``, ``worker.celery_app``): the CLI never imports

@@ -1,6 +1,7 @@
-"""Persistence: SQLAlchemy models (``models``), engines and session scopes (``session``), all SQL
-(``repositories``, one module per aggregate), the job state machine (``state``) and migrations
-(``migrate``).
+"""Persistence: SQLAlchemy models (``models``) on a declarative base with naming conventions and
+tz-aware timestamps (``base``), engines and session scopes (``session``), all SQL
+(``repositories``, one module per aggregate), the job state machine (``state``) and running the
+migrations (``migrate``).
 
 Imports ``barge`` only. Repositories flush; the boundary that opened the session commits.
 """

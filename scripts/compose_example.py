@@ -1,4 +1,4 @@
-"""The objects the README's examples name, put into the compose stack's MinIO for one tenant:
+"""The objects the docs' examples name, put into the compose stack's MinIO for one tenant:
 
     docker compose --profile example run --rm example            # tenant acme
     docker compose --profile example run --rm -e EXAMPLE_TENANT=t example

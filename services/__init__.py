@@ -2,12 +2,16 @@
 
 - ``submission``: the checks a job must pass against the stores, and its creation;
 - ``locations``: the one rule for where a job may read and write;
+- ``scopes``: tenants' storage scopes, checked before the store is touched;
+- ``quotas``: how much one tenant may hold and ask for;
 - ``jobs``: presenting, cancelling;
 - ``registry``: resolving model names, registering versions;
 - ``drops``: drop-folder rules and the job an object becomes;
 - ``tenants``: tenants, API keys and roles, the request's principal;
 - ``audit``: the append-only audit log of changes;
 - ``durations``: durations and times as people write them (``30d``, ``1h30m``);
+- ``openai_files``, ``openai_batches``, ``openai_fine_tuning``: the OpenAI-compatible surface's
+  files, batches (run as inference jobs) and fine-tuning jobs (run as Barge fine-tunes);
 - ``unit_of_work``: a session plus the messages to send once it commits.
 
 Services call repositories (``db``) and the kernel (``barge``); they never commit (their caller,

@@ -6,7 +6,7 @@ over all tenants, the broker's queue depths) are computed at most once per
 scrape gets the last text at once, and no scrape opens a database session or a broker
 connection of its own. Every figure is an aggregate over all tenants (no job ids, no names).
 With ``BARGE_METRICS_TOKEN`` set a scrape must send ``Authorization: Bearer <token>``; without
-it, keep the API's port on an internal network (see the README's security model).
+it, keep the API's port on an internal network (see docs/explanation/security.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,12 @@
 """Input formats: detect, peek, plan byte/record ranges, and stream records of one range.
 
+- ``base``: formats, records, ranges and the bounds every reader enforces;
+- ``lines``: bounded line reading; ``csvrows``: CSV rows; ``parquet``: Parquet rows by row group;
+- ``planning``: planning the ranges of an object and streaming one range; ``peek``: the first
+  record's fields at submit;
+- ``tabular``: records as numeric features (ONNX ``feature_fields``); ``images``: images as
+  records (listings, sources, bounded decoding).
+
 Pure Python + pyarrow (no torch): the API peeks at inputs with it and the worker reads with it.
 
 A *record* is a non-blank JSONL line, a CSV data row or a Parquet row. Lines are counted

@@ -1,5 +1,8 @@
-"""All SQL lives here, one module per aggregate: tenants, jobs, shards, events, registry, drops,
-aggregates, audit. Repositories query and flush; only a boundary (a request, a task scope) commits.
+"""All SQL lives here, one module per aggregate: ``tenants`` (and their API keys), ``jobs``,
+``shards`` (claims, leases, settlement), ``events``, ``registry`` (models), ``drops``,
+``aggregates`` (for /metrics), ``audit``, ``openai`` (the OpenAI surface's files, batches and
+fine-tuning jobs). Repositories query and flush; only a boundary (a request, a task scope)
+commits.
 
 ``from db import repositories as repo`` gives every function; each module is also importable on
 its own. Imports: ``db.models``, ``db.state``, ``db.base``; nothing above ``db``."""

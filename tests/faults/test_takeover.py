@@ -18,7 +18,7 @@ from tests.services import WorkerProcess
 
 pytestmark = pytest.mark.faults
 
-TAKEOVER_SECONDS = 15  # the figure in the README's "What Barge guarantees"
+TAKEOVER_SECONDS = 15  # the figure in docs/explanation/guarantees.md
 
 
 def default_env(world: World) -> dict[str, str]:

@@ -532,7 +532,7 @@ def test_dockerfile_runs_as_non_root_and_starts_barge() -> None:
         pytest.fail(f"the image's CMD `{shlex.join(cmd)}` is not a valid barge command ({exc})")
 
 
-# --- the CPU override, the example data, Prometheus, the README's examples -----------------------
+# --- the CPU override, the example data, Prometheus, the docs' examples -------------------------
 
 CPU_OVERRIDE_PATH = ROOT / "docker-compose.cpu.yml"
 PROMETHEUS_PATH = ROOT / "monitoring" / "prometheus.yml"
@@ -646,21 +646,45 @@ def test_prometheus_scrapes_the_api_and_the_gpu_workers(services: dict[str, Any]
         assert set(names) <= set(services), names
 
 
-def readme_uris() -> set[str]:
-    """Every s3:// URI in the README's examples (code blocks), `{...}` placeholders left out."""
-    readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```(?:json|bash|python)?\n(.*?)```", readme, re.S)
+# A code block whose locations are not meant for the compose stack (an operator granting other
+# prefixes, say) says so on the line before it.
+NOT_ON_COMPOSE = "<!-- not run on the compose stack"
+
+
+def example_pages() -> list[Path]:
+    """The README and every page of the docs site (drafts in docs/incoming/ left out)."""
+    docs = sorted(p for p in (ROOT / "docs").rglob("*.md") if "incoming" not in p.parts)
+    return [ROOT / "README.md", *docs]
+
+
+def example_blocks(text: str) -> list[str]:
+    """The code blocks of a page, except those marked as not for the compose stack."""
+    blocks = re.finditer(
+        r"(?P<before>[^\n]*)\n```(?:json|bash|python)?\n(?P<code>.*?)```", text, re.S
+    )
+    return [b["code"] for b in blocks if not b["before"].startswith(NOT_ON_COMPOSE)]
+
+
+def example_uris() -> set[str]:
+    """Every s3:// URI in the examples (code blocks) of the README and the docs, `{...}`
+    placeholders left out."""
+    blocks = [b for page in example_pages() for b in example_blocks(page.read_text())]
     found = {u.rstrip(".,'\")") for b in blocks for u in re.findall(r"s3://[^\s\"'`]+", b)}
     return {u for u in found if "{" not in u}
 
 
-def test_the_readme_examples_work_on_the_compose_stack(
+def test_example_blocks_leave_out_only_marked_ones() -> None:
+    text = "intro\n```bash\ns3://barge/acme/a\n```\n" + NOT_ON_COMPOSE + " -->\n```bash\nb\n```\n"
+    assert example_blocks(text) == ["s3://barge/acme/a\n"]
+
+
+def test_the_docs_examples_work_on_the_compose_stack(
     services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every location the README's examples name is in the bucket compose creates and allows,
-    inside the default scopes of the tenant `barge keys create --tenant acme` makes, and the
-    example service puts there what the examples read."""
-    uris = readme_uris()
+    """Every location the examples of the README and the docs name is in the bucket compose
+    creates and allows, inside the default scopes of the tenant `barge keys create --tenant acme`
+    makes, and the example service puts there what the examples read."""
+    uris = example_uris()
     assert len(uris) >= 5, uris
     allowed = json.loads(service_env(services["api"])["BARGE_ALLOWED_BUCKETS"])
     for var in list(os.environ):  # the stack's settings, not this test run's
@@ -689,5 +713,5 @@ def test_the_readme_examples_work_on_the_compose_stack(
         "s3://barge/acme/tickets/val.jsonl": "tickets/{name}.jsonl",
     }
     for uri, written in read.items():
-        assert uri in uris, uri  # the README still names it
+        assert uri in uris, uri  # the docs still name it
         assert f'f"{{root}}{written}"' in script, written

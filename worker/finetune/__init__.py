@@ -8,6 +8,7 @@
   uses it too);
 - ``lora``: LoRA adapters (peft) over a frozen base: wrapping, adapter-only checkpoints, saving
   the adapter or the merged model;
+- ``epochs``: the models of the last epochs (``epoch_models``), kept beside the registered one;
 - ``metrics``: validation metrics as plain Python (per-class precision/recall/F1, macro-F1,
   confusion matrix, exact match).
 

@@ -1,6 +1,13 @@
 """The OpenAI-compatible surface, mounted at ``/openai/v1``: Files, Batches and fine-tuning jobs, same API keys
 and tenant scoping as ``/v1``, errors in OpenAI's envelope. An app of its own (its schema at
-``/openai/v1/openapi.json``) so its error handlers answer only here."""
+``/openai/v1/openapi.json``) so its error handlers answer only here.
+
+- ``files``: ``/files`` (upload, list, content, delete); ``upload``: reading a multipart upload
+  to disk as it streams;
+- ``batches``: ``/batches``;
+- ``fine_tuning``: ``/fine_tuning/jobs``, their events and checkpoints;
+- ``errors``: OpenAI's error envelope for every answer of the surface.
+"""
 
 from __future__ import annotations
 

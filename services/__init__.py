@@ -5,6 +5,7 @@
 - ``scopes``: tenants' storage scopes, checked before the store is touched;
 - ``quotas``: how much one tenant may hold and ask for;
 - ``jobs``: presenting, cancelling;
+- ``job_files``: listing and reading a job's output files for its tenant;
 - ``registry``: resolving model names, registering versions;
 - ``drops``: drop-folder rules and the job an object becomes;
 - ``tenants``: tenants, API keys and roles, the request's principal;

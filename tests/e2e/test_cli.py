@@ -234,3 +234,27 @@ def test_make_demo_runs_a_real_job_on_the_embedded_stack(tmp_path: Path) -> None
         for line in p.read_text().splitlines()
     ]
     assert len(rows) == 400 and all(len(r["embedding"]) == 384 for r in rows)
+
+
+def test_commands_on_a_database_before_db_upgrade(
+    barge_env: dict[str, str], empty_database_url: str
+) -> None:
+    """Every command that uses the database says what to run, in one line, exit status 2."""
+    env = {**os.environ, **barge_env, "BARGE_DATABASE_URL": empty_database_url}
+    message = "the database schema is missing or old: run `barge db upgrade`"
+    for args in (
+        ("keys", "create", "--tenant", "early"),
+        ("keys", "list"),
+        ("tenants", "list"),
+        ("audit",),
+        ("worker", "--queues", "gpu"),
+    ):
+        result = barge(*args, env=env, timeout=60)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        who = "barge worker" if args[0] == "worker" else "barge"
+        assert result.stderr.splitlines() == [f"{who}: {message}"], args
+        assert result.stdout == "", args
+    assert barge("db", "upgrade", env=env).returncode == 0
+    created = barge("keys", "create", "--tenant", "early", env=env)
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.startswith("bk_")

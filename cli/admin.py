@@ -77,9 +77,8 @@ def _refusals_to_stderr(handler: Handler) -> Handler:
             print(f"barge: {exc.message}", file=sys.stderr)
         except OperationalError as exc:
             where = database_name(get_settings().resolved_database_url)
-            print(
-                f"barge: cannot reach the database {where}: {describe(exc.orig)}", file=sys.stderr
-            )
+            why = describe(exc.orig or exc)  # the driver's error, without SQLAlchemy's wrapping
+            print(f"barge: cannot reach the database {where}: {why}", file=sys.stderr)
         return 2
 
     return run

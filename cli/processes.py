@@ -112,9 +112,10 @@ def worker_argvs(
     return argvs
 
 
-def node_names(argvs: dict[str, list[str]]) -> list[str]:
-    """The node names of these Celery workers, as Celery fills them in (``%h``: this host)."""
-    return [host_format(argv[argv.index("--hostname") + 1]) for argv in argvs.values()]
+def node_name(argv: list[str]) -> str | None:
+    """The node name of the Celery worker ``argv`` runs, as Celery fills it in (``%h``: this
+    host), or None when it runs no worker."""
+    return host_format(argv[argv.index("--hostname") + 1]) if "--hostname" in argv else None
 
 
 def node_running(settings: Settings, nodename: str) -> bool:
@@ -149,8 +150,11 @@ def worker_problem(settings: Settings, argvs: dict[str, list[str]], named: bool)
         pass
     finally:
         dispose_engines()  # nothing of this process's pool reaches the workers
-    for name in node_names(argvs) if named else []:
-        if node_running(settings, name):
+    if not named:
+        return None  # named after this process: no other worker of the host has its names
+    for argv in argvs.values():
+        name = node_name(argv)
+        if name and node_running(settings, name):
             return (
                 f"a worker named {name} is already running on this broker: give each worker "
                 "on a host its own --gpu N (one per GPU), or name this one with --hostname "
@@ -403,11 +407,10 @@ def start_stack(host: str, port: int, log_dir: Path) -> list[Child]:
         ("scheduler", scheduler_argv()),
     ):
         log = log_dir / f"{name}.log"
-        node = host_format(argv[argv.index("--hostname") + 1]) if "--hostname" in argv else None
         with log.open("ab") as out:
             start = out.tell()
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, preexec_fn=hook)
-        children.append(Child(name, proc, log, start, node))
+        children.append(Child(name, proc, log, start, node_name(argv)))
     return children
 
 

@@ -258,3 +258,17 @@ def test_commands_on_a_database_before_db_upgrade(
     created = barge("keys", "create", "--tenant", "early", env=env)
     assert created.returncode == 0, created.stderr
     assert created.stdout.startswith("bk_")
+
+
+def test_admin_commands_on_an_unreachable_database(barge_env: dict[str, str]) -> None:
+    env = {
+        **os.environ,
+        **barge_env,
+        "BARGE_DATABASE_URL": "postgresql+psycopg://u:pw@127.0.0.1:1/x",
+    }
+    for args in (("keys", "list"), ("db", "upgrade")):
+        result = barge(*args, env=env, timeout=60)
+        assert result.returncode == 2, (args, result.stderr)
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("barge: cannot reach the database 127.0.0.1:1/x: "), line
+        assert "pw" not in line  # never the password

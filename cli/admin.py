@@ -22,8 +22,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
-from barge.errors import BargeError
+from barge.errors import BargeError, describe
 from barge.settings import get_settings
 from cli.output import emit
 from cli.tables import Column, Item, show, status, table
@@ -55,8 +57,18 @@ def create_key(
 Handler = Callable[[argparse.Namespace], int]
 
 
+def database_name(url: str) -> str:
+    """The database ``url`` names, without its credentials: ``host:port/name``, or a file."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.database or "(in memory)"
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.host or 'localhost'}{port}/{parsed.database or ''}"
+
+
 def _refusals_to_stderr(handler: Handler) -> Handler:
-    """A refusal (unknown tenant, bad scope, ...) is a message on stderr and exit status 2."""
+    """A refusal (unknown tenant, bad scope, a schema that needs ``barge db upgrade``, ...) or
+    an unreachable database is one line on stderr and exit status 2."""
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
@@ -64,7 +76,11 @@ def _refusals_to_stderr(handler: Handler) -> Handler:
             return handler(args)
         except BargeError as exc:
             print(f"barge: {exc.message}", file=sys.stderr)
-            return 2
+        except OperationalError as exc:
+            where = database_name(get_settings().resolved_database_url)
+            why = describe(exc.orig or exc)  # the driver's error, without SQLAlchemy's wrapping
+            print(f"barge: cannot reach the database {where}: {why}", file=sys.stderr)
+        return 2
 
     return run
 
@@ -77,9 +93,10 @@ def _duration(text: str | None, field: str, *, allow_zero: bool = False) -> time
     return parse_duration(text, field, allow_zero=allow_zero) if text else None
 
 
+@_refusals_to_stderr
 def cmd_db_upgrade(_: argparse.Namespace) -> int:
     url = db_upgrade()
-    print(f"database at {url.split('@')[-1]} is at the newest schema", file=sys.stderr)
+    print(f"database {database_name(url)} is at the newest schema", file=sys.stderr)
     return 0
 
 

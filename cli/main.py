@@ -199,8 +199,8 @@ def _add_processes(sub: Subparsers) -> None:
 
     p = sub.add_parser(
         "worker",
-        help="run a worker (one per GPU; set CUDA_VISIBLE_DEVICES): a GPU worker and a control "
-        "worker of its own, so planning and finalizing never wait behind a shard",
+        help="run a worker (one per GPU: --gpu N): a GPU worker and a control worker of its own, "
+        "so planning and finalizing never wait behind a shard",
     )
     p.add_argument(
         "--queues",
@@ -211,7 +211,19 @@ def _add_processes(sub: Subparsers) -> None:
     p.add_argument(
         "--control-concurrency", type=int, default=2, help="control worker pool processes (2)"
     )
-    p.add_argument("--hostname", default=None, help="node name (default gpu@%%h / control@%%h)")
+    p.add_argument(
+        "--gpu",
+        type=int,
+        default=None,
+        metavar="INDEX",
+        help="the GPU this worker runs on (sets CUDA_VISIBLE_DEVICES=INDEX); run one per GPU",
+    )
+    p.add_argument(
+        "--hostname",
+        default=None,
+        help="node name (default gpu-INDEX@%%h / control-INDEX@%%h with --gpu, else "
+        "gpu-PID@%%h / control-PID@%%h: unique on the host)",
+    )
     p.set_defaults(func=command("processes", "cmd_worker"))
 
     p = sub.add_parser("scheduler", help="run the scheduler (Celery beat: reconciler)")

@@ -5,9 +5,16 @@ Each server command builds the process's argv and execs it, by module name (``ap
 Celery worker per kind of work, so that control work never waits behind a shard: ``gpu``
 (prefork, one child per GPU) and ``control`` (planning, finalizing, reconciling, drop scans;
 never loads a model); with both it supervises the two as child processes. ``up`` runs the
-embedded stack (api + both workers + scheduler) as child processes and stops them together.
+stack (api + both workers + scheduler) as child processes, on the configured stores or the
+embedded ones, and stops them together.
 
-Imports: ``cli.admin`` (``up`` brings the schema up first), ``cli.client`` and the kernel.
+Several ``barge worker`` processes run on one host (one per GPU, ``--gpu N``), so each Celery
+worker's default node name is unique on its host: ``gpu-<N>@host`` with ``--gpu N``, else
+``gpu-<pid>@host`` (``control-...`` alike). A name is what RabbitMQ locks a worker's
+remote-control queue by, and what Flower lists; leases and shard rows never use it.
+
+Imports: ``cli.admin`` (``up`` brings the schema up first), ``cli.client``, ``db`` (the schema
+check before a worker starts) and the kernel.
 """
 
 from __future__ import annotations
@@ -24,12 +31,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from celery.utils.nodenames import host_format
+from sqlalchemy.exc import SQLAlchemyError
 
 from barge import logs
-from barge.queue import CONTROL_QUEUE, GPU_QUEUE
+from barge.queue import CONTROL_QUEUE, GPU_QUEUE, make_celery
 from barge.settings import Settings, get_settings
-from cli.admin import db_upgrade
+from cli.admin import database_name, db_upgrade
 from cli.client import ApiError, Client
+from db.migrate import SchemaNotCurrent
+from db.session import dispose_engines, require_current_schema
 
 
 def _celery_argv(*args: str) -> list[str]:
@@ -48,10 +61,16 @@ def worker_queues(queues: str) -> list[str]:
     return [q for q in WORKER_QUEUES if q in names]
 
 
+def default_node_name(queue: str, gpu: int | None = None) -> str:
+    """``<queue>-<gpu>@%h`` for a worker pinned to a GPU, else ``<queue>-<pid>@%h``: unique
+    among the workers of one host (``%h``, the host name, is filled in by Celery)."""
+    return f"{queue}-{gpu if gpu is not None else os.getpid()}@%h"
+
+
 def worker_argv(
     queue: str = GPU_QUEUE, concurrency: int = 1, hostname: str | None = None
 ) -> list[str]:
-    """One Celery worker (prefork) consuming one queue, named ``<queue>@<host>`` by default."""
+    """One Celery worker (prefork) consuming one queue, named ``default_node_name`` by default."""
     return _celery_argv(
         "worker",
         "--loglevel",
@@ -63,7 +82,7 @@ def worker_argv(
         "-Q",
         queue,
         "--hostname",
-        hostname or f"{queue}@%h",
+        hostname or default_node_name(queue),
         "--without-gossip",
         "--without-mingle",
     )
@@ -74,19 +93,74 @@ def worker_argvs(
     concurrency: int = 1,
     control_concurrency: int = CONTROL_CONCURRENCY,
     hostname: str | None = None,
+    gpu: int | None = None,
 ) -> dict[str, list[str]]:
-    """One Celery worker per kind of work in ``queues``, by queue. With both kinds, a given
-    ``--hostname name@host`` becomes ``name-gpu@host`` and ``name-control@host``."""
+    """One Celery worker per kind of work in ``queues``, by queue, each named
+    ``default_node_name(queue, gpu)``. With both kinds, a given ``--hostname name@host``
+    becomes ``name-gpu@host`` and ``name-control@host``."""
+    if gpu is not None and gpu < 0:
+        raise ValueError(f"--gpu takes a GPU index (0, 1, ...), not {gpu}")
     kinds = worker_queues(queues)
     argvs = {}
     for queue in kinds:
-        name = hostname
+        name = hostname or default_node_name(queue, gpu)
         if hostname and len(kinds) > 1:
             node, at, host = hostname.partition("@")
             name = f"{node}-{queue}{at}{host}"
         n = concurrency if queue == GPU_QUEUE else control_concurrency
         argvs[queue] = worker_argv(queue, n, name)
     return argvs
+
+
+def node_name(argv: list[str]) -> str | None:
+    """The node name of the Celery worker ``argv`` runs, as Celery fills it in (``%h``: this
+    host), or None when it runs no worker."""
+    return host_format(argv[argv.index("--hostname") + 1]) if "--hostname" in argv else None
+
+
+def node_running(settings: Settings, nodename: str) -> bool:
+    """Whether a Celery worker named ``nodename`` is connected to the broker now. Such a worker
+    holds the exclusive queue ``<nodename>.celery.pidbox`` (its remote control) that a second
+    worker of that name fails to declare (RabbitMQ's RESOURCE_LOCKED): asked here passively.
+    False when the broker does not answer (the worker itself then says so)."""
+    if settings.is_filesystem_broker:
+        return False  # no remote control there: no such queue, no clash
+    with make_celery(settings, name="barge-cli").connection_for_write() as conn:
+        try:
+            conn.ensure_connection(max_retries=1, timeout=settings.broker_timeout_seconds)
+            declared = conn.default_channel.queue_declare(
+                queue=f"{nodename}.celery.pidbox", passive=True
+            )
+        except conn.channel_errors as exc:
+            return getattr(exc, "code", None) == 405  # locked by a live worker; 404: no worker
+        except Exception:
+            return False
+    return bool(declared.consumer_count)
+
+
+def worker_problem(settings: Settings, argvs: dict[str, list[str]], named: bool) -> str | None:
+    """Why these workers must not start, or None: the database's schema is not current (a
+    database that does not answer yet is left to the worker, which waits for it), or, for names
+    that are not unique by construction (``--gpu``, ``--hostname``), one is running already."""
+    try:
+        require_current_schema(settings.resolved_database_url)
+    except SchemaNotCurrent as exc:
+        return exc.message
+    except SQLAlchemyError:
+        pass
+    finally:
+        dispose_engines()  # nothing of this process's pool reaches the workers
+    if not named:
+        return None  # named after this process: no other worker of the host has its names
+    for argv in argvs.values():
+        name = node_name(argv)
+        if name and node_running(settings, name):
+            return (
+                f"a worker named {name} is already running on this broker: give each worker "
+                "on a host its own --gpu N (one per GPU), or name this one with --hostname "
+                "NAME@%h"
+            )
+    return None
 
 
 def scheduler_argv() -> list[str]:
@@ -182,12 +256,31 @@ def cmd_api(args: argparse.Namespace) -> int:
     os.execv(sys.executable, api_argv(host, port))
 
 
+def pin_to_gpu(settings: Settings, gpu: int, concurrency: int) -> None:
+    """``--gpu N``, in the environment the Celery workers inherit (so it is set before anything
+    there touches CUDA): CUDA_VISIBLE_DEVICES=N, and the pool children's metrics ports moved
+    up by N × concurrency, so the workers of one host never take each other's ports."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if settings.worker_metrics_port > 0:
+        port = settings.worker_metrics_port + gpu * concurrency
+        os.environ["BARGE_WORKER_METRICS_PORT"] = str(port)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
+    gpu = args.gpu
     try:
-        argvs = worker_argvs(args.queues, args.concurrency, args.control_concurrency, args.hostname)
+        argvs = worker_argvs(
+            args.queues, args.concurrency, args.control_concurrency, args.hostname, gpu
+        )
     except ValueError as exc:
         print(f"barge worker: {exc}", file=sys.stderr)
         return 2
+    problem = worker_problem(get_settings(), argvs, args.hostname is not None or gpu is not None)
+    if problem:
+        print(f"barge worker: {problem}", file=sys.stderr)
+        return 2
+    if gpu is not None:
+        pin_to_gpu(get_settings(), gpu, args.concurrency)
     if len(argvs) == 1:
         (argv,) = argvs.values()
         os.execv(argv[0], argv)
@@ -265,11 +358,14 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
 @dataclass
 class Child:
-    """A process of the embedded stack: its name, its process and its log file."""
+    """A process of the stack: its name, its process, its log file (from ``log_start`` on, this
+    run's part) and, for a Celery worker, its node name (it logs ``<node> ready.``)."""
 
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    log_start: int = 0
+    node: str | None = None
 
     def tail(self, lines: int = 15) -> str:
         try:
@@ -284,10 +380,23 @@ class Child:
             f"({self.log}):\n{self.tail()}"
         )
 
+    def ready(self) -> bool:
+        """Whether it is ready: a Celery worker once it logged so (it consumes its queues)."""
+        if self.node is None:
+            return True
+        try:
+            with self.log.open("rb") as f:
+                f.seek(self.log_start)
+                return f"{self.node} ready.".encode() in f.read()
+        except OSError:
+            return False
+
 
 def start_stack(host: str, port: int, log_dir: Path) -> list[Child]:
-    """The embedded stack: api + GPU worker + control worker + scheduler as child processes.
-    Each gets SIGTERM should this process die first (Linux), so none outlives it."""
+    """The stack: api + GPU worker + control worker + scheduler as child processes, on the
+    configured stores (the embedded ones by default). The workers are named after this
+    process (``gpu-<pid>@host``), so they start beside any other worker of the host. Each child
+    gets SIGTERM should this process die first (Linux), so none outlives it."""
     log_dir.mkdir(parents=True, exist_ok=True)
     hook = _exit_with_parent()
     children = []
@@ -299,8 +408,9 @@ def start_stack(host: str, port: int, log_dir: Path) -> list[Child]:
     ):
         log = log_dir / f"{name}.log"
         with log.open("ab") as out:
+            start = out.tell()
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, preexec_fn=hook)
-        children.append(Child(name, proc, log))
+        children.append(Child(name, proc, log, start, node_name(argv)))
     return children
 
 
@@ -318,20 +428,51 @@ def stop_stack(children: list[Child]) -> None:
 
 
 def wait_healthy(client: Client, children: list[Child], timeout: float = 60) -> None:
+    """Until the API is healthy and every worker is ready; SystemExit (with the end of its
+    log) as soon as a child exits, or when ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     last: Any = None
+    waiting: list[str] = []
     while time.monotonic() < deadline:
         for c in children:
             if c.proc.poll() is not None:
                 raise SystemExit(f"barge: {c.exit_report()}")
         try:
             last = client.health()
-            if last.get("status") == "ok":
-                return
         except ApiError as exc:
             last = str(exc)
+        waiting = [c.name for c in children if not c.ready()]
+        if isinstance(last, dict) and last.get("status") == "ok" and not waiting:
+            return
         time.sleep(0.5)
-    raise SystemExit(f"barge: the API did not become healthy within {timeout:.0f}s: {last}")
+    raise SystemExit(
+        f"barge: the stack was not ready within {timeout:.0f}s: API health {last}; "
+        f"workers not ready: {', '.join(waiting) or 'none'}"
+    )
+
+
+def broker_name(url: str) -> str:
+    """The broker ``url`` names, without its credentials: ``host:port/vhost``."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return url
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.hostname}{port}{parts.path or '/'}"
+
+
+def stores(settings: Settings) -> str:
+    """Where the stack keeps its state: the configured stores, or the embedded ones."""
+    store = (
+        f"S3 at {settings.s3_endpoint_url or 'AWS'}"
+        if settings.storage_backend == "s3"
+        else f"local objects in {settings.resolved_local_store_dir}"
+    )
+    broker = (
+        f"a local broker in {settings.broker_folder}"
+        if settings.is_filesystem_broker
+        else f"broker {broker_name(settings.resolved_broker_url)}"
+    )
+    return f"database {database_name(settings.resolved_database_url)}, {broker}, {store}"
 
 
 class Terminated(Exception):
@@ -360,6 +501,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         url = f"http://{host}:{port}"
         wait_healthy(Client(url, ""), children)
         print(f"Barge is up: API {url} (docs {url}/docs), logs in {log_dir}", file=sys.stderr)
+        print(f"on {stores(settings)}", file=sys.stderr)
         print("create a key with `barge keys create --tenant NAME`; Ctrl-C stops", file=sys.stderr)
         while True:
             ended = next((c for c in children if c.proc.poll() is not None), None)

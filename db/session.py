@@ -9,7 +9,10 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.migrate import check_schema
+
 _engines: dict[str, Engine] = {}
+_current_schema: set[str] = set()  # the URLs whose schema was found current: checked once
 
 
 def make_engine(url: str) -> Engine:
@@ -41,6 +44,16 @@ def get_engine(url: str) -> Engine:
     return engine
 
 
+def require_current_schema(url: str) -> None:
+    """Raise ``db.migrate.SchemaNotCurrent`` (a 503, and ``barge: ...`` exit 2 in the CLI)
+    unless the database at ``url`` is at the migrations' head; once it is, never asked again."""
+    if url in _current_schema:
+        return
+    with get_engine(url).connect() as conn:
+        check_schema(conn)
+    _current_schema.add(url)
+
+
 def dispose_engines() -> None:
     for engine in _engines.values():
         engine.dispose()
@@ -48,6 +61,8 @@ def dispose_engines() -> None:
 
 
 def session_factory(url: str) -> sessionmaker[Session]:
+    """Sessions on ``url``, once its schema is current (every unit of work starts here)."""
+    require_current_schema(url)
     return sessionmaker(bind=get_engine(url), expire_on_commit=False)
 
 

@@ -41,6 +41,14 @@ def database_url() -> Iterator[str]:
     drop_database(name)
 
 
+@pytest.fixture
+def empty_database_url() -> Iterator[str]:
+    """A real database that no migration has run on (as before `barge db upgrade`)."""
+    name = f"barge_empty_{uuid.uuid4().hex[:8]}"
+    yield create_database(name)
+    drop_database(name)  # WITH (FORCE): whatever still holds a connection is cut off
+
+
 @pytest.fixture(scope="session")
 def broker_url() -> Iterator[str]:
     vhost = f"barge_test_{RUN_ID}"

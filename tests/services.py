@@ -122,6 +122,8 @@ class WorkerProcess:
     log: Path
     name: str = field(default_factory=lambda: f"w{uuid.uuid4().hex[:6]}")
     queues: str = "gpu,control"
+    args: tuple[str, ...] = ()  # more `barge worker` options, e.g. ("--gpu", "1")
+    named: bool = True  # False: Barge's default node names, no --hostname
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90) -> WorkerProcess:
@@ -134,8 +136,8 @@ class WorkerProcess:
                 "worker",
                 "--queues",
                 self.queues,
-                "--hostname",
-                f"{self.name}@%h",
+                *(("--hostname", f"{self.name}@%h") if self.named else ()),
+                *self.args,
             ],
             env=self.env,
             cwd=ROOT,

@@ -1,8 +1,9 @@
 """The worker's Celery app. Run: ``barge worker`` (or ``celery -A worker.celery_app worker``).
 
-One worker process per GPU (set ``CUDA_VISIBLE_DEVICES``), prefork with one child, consuming
-the ``gpu`` queue: CUDA, the database engine and the model cache are created in the child
-(``worker_process_init``). Control work (``control`` queue: planning, finalizing, reconciling,
+One worker process per GPU (``barge worker --gpu N`` sets ``CUDA_VISIBLE_DEVICES=N`` before this
+module is imported; each is named ``gpu-N@host``, unique on its host), prefork with one child,
+consuming the ``gpu`` queue: CUDA, the database engine and the model cache are created in the
+child (``worker_process_init``). Control work (``control`` queue: planning, finalizing, reconciling,
 drop scans) runs in a worker of its own that never loads a model (``barge worker`` runs both).
 The tasks are imported through ``include`` (``worker.tasks``).
 

@@ -30,6 +30,7 @@ from barge.queue import CONTROL_QUEUE, GPU_QUEUE, ready_messages
 from barge.settings import Settings
 from barge.specs import JOB_TYPES
 from db import repositories as repo
+from db.migrate import SchemaNotCurrent
 from db.session import session_scope
 from db.state import JOB_STATUSES, SHARD_FINAL, SHARD_PENDING, SHARD_RUNNING
 
@@ -62,7 +63,7 @@ class BargeCollector(Collector):
                 jobs = repo.job_counts(session)
                 shards = dict(repo.shard_counts(session))
                 succeeded, failed = repo.record_totals(session)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, SchemaNotCurrent) as exc:
             log.warning("metrics: database unavailable: %s", exc)
             yield GaugeMetricFamily("barge_database_up", "1 when the database answers", 0)
             return

@@ -559,3 +559,41 @@ def test_a_jobs_files_are_its_tenants_alone(
         assert refused.returncode == 3 and "may not read" in refused.stderr, refused
     finally:
         barge("tenants", "update", job.tenant, "--reset-scopes", env=job.env)
+
+
+def test_commands_on_a_database_before_db_upgrade(
+    barge_env: dict[str, str], empty_database_url: str
+) -> None:
+    """Every command that uses the database says what to run, in one line, exit status 2."""
+    env = {**os.environ, **barge_env, "BARGE_DATABASE_URL": empty_database_url}
+    message = "the database schema is missing or old: run `barge db upgrade`"
+    for args in (
+        ("keys", "create", "--tenant", "early"),
+        ("keys", "list"),
+        ("tenants", "list"),
+        ("audit",),
+        ("worker", "--queues", "gpu"),
+    ):
+        result = barge(*args, env=env, timeout=60)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        who = "barge worker" if args[0] == "worker" else "barge"
+        assert result.stderr.splitlines() == [f"{who}: {message}"], args
+        assert result.stdout == "", args
+    assert barge("db", "upgrade", env=env).returncode == 0
+    created = barge("keys", "create", "--tenant", "early", env=env)
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.startswith("bk_")
+
+
+def test_admin_commands_on_an_unreachable_database(barge_env: dict[str, str]) -> None:
+    env = {
+        **os.environ,
+        **barge_env,
+        "BARGE_DATABASE_URL": "postgresql+psycopg://u:pw@127.0.0.1:1/x",
+    }
+    for args in (("keys", "list"), ("db", "upgrade")):
+        result = barge(*args, env=env, timeout=60)
+        assert result.returncode == 2, (args, result.stderr)
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("barge: cannot reach the database 127.0.0.1:1/x: "), line
+        assert "pw" not in line  # never the password

@@ -4,6 +4,8 @@ behaviour on real processes: tests/faults/test_control_work.py and test_takeover
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
@@ -32,7 +34,17 @@ class TestWorkerProcesses:
             "prefork",
         )
         assert (_opt(control, "-Q"), _opt(control, "--concurrency")) == ("control", "2")
-        assert (_opt(gpu, "--hostname"), _opt(control, "--hostname")) == ("gpu@%h", "control@%h")
+        # Named after this process, so several workers run on one host.
+        names = (_opt(gpu, "--hostname"), _opt(control, "--hostname"))
+        assert names == (f"gpu-{os.getpid()}@%h", f"control-{os.getpid()}@%h")
+
+    def test_a_worker_for_a_gpu_is_named_after_it(self) -> None:
+        argvs = worker_argvs(gpu=3)
+        names = [_opt(a, "--hostname") for a in argvs.values()]
+        assert names == ["gpu-3@%h", "control-3@%h"]
+        assert _opt(worker_argvs(gpu=3, hostname="w1@%h")["gpu"], "--hostname") == "w1-gpu@%h"
+        with pytest.raises(ValueError, match="--gpu takes a GPU index"):
+            worker_argvs(gpu=-1)
 
     def test_one_kind_only_and_names(self) -> None:
         assert list(worker_argvs("gpu", concurrency=2)) == ["gpu"]

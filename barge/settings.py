@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=100_000_000, ge=1)
     max_image_bytes: int = Field(default=64 * 2**20, ge=1)
     image_decode_threads: int = Field(default=2, ge=1, le=64)
+    # Pixels a worker process decodes at once, whatever its threads and shards: a decode waits
+    # until its image's pixels fit (an image over the whole budget decodes alone). Decoding and
+    # preparing one image peaks at 16 bytes a pixel (barge.records.images.DECODE_BYTES_PER_PIXEL)
+    # so decoding adds at most 16 x max(this, BARGE_MAX_IMAGE_PIXELS) bytes: 1.6 GB by default.
+    image_decode_pixel_budget: int = Field(default=100_000_000, ge=1)
 
     # ONNX model directories (model.onnx + barge.json): the largest model.onnx accepted, and the
     # operator domains beyond standard ONNX (and onnxruntime's built-in com.microsoft) a graph

@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     quota_max_records_per_job: int = Field(default=100_000_000, ge=1)
     quota_max_finetune_steps: int = Field(default=100_000, ge=1)
     quota_min_checkpoint_seconds: float = Field(default=30.0, ge=1.0)
+    # What a tenant may hold: OpenAI files (uploads and the output files Barge writes), their
+    # bytes in all, and registered model versions (of every name). An upload or a registration
+    # past one is a 429 naming it; a fine-tune is refused at submit when no version is left.
+    quota_max_openai_files: int = Field(default=10_000, ge=1)
+    quota_max_openai_storage_bytes: int = Field(default=100 * 10**9, ge=1)
+    quota_max_model_versions: int = Field(default=10_000, ge=1)
 
     # The OpenAI-compatible surface (/openai/v1): where a tenant's uploaded files go ("{tenant}"
     # is its name; inside its write scopes), the largest upload, the most requests in one batch,

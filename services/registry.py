@@ -17,6 +17,7 @@ from barge.storage import ObjectStore, S3Uri, check_bucket_allowed, local_model_
 from barge.uris import normalise
 from db import repositories as repo
 from db.models import Model
+from services import quotas
 from services.scopes import Scopes, require_read, scopes_for
 
 REGISTER_TRIES = 5  # two registrations of one name at once: the loser takes the next version
@@ -193,6 +194,7 @@ def register_directory(
     except PermanentJobError as exc:
         raise InvalidSpec(exc.message, field="uri") from None
     check_task_fits(task, onnx_task, "task")
+    quotas.check_registration(session, settings, tenant_id)  # 429 naming max_model_versions
     return register_version(
         session, tenant_id, name, str(uri), task, base_model=base_model, metrics=metrics
     )

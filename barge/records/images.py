@@ -217,8 +217,8 @@ def _map_pixel_blocks() -> None:
     PILLOW_BLOCK_SIZE is kept."""
     from PIL import Image
 
-    if "PILLOW_BLOCK_SIZE" not in os.environ:
-        Image.core.set_block_size(PIXEL_BLOCK_BYTES)
+    if "PILLOW_BLOCK_SIZE" not in os.environ:  # what that variable sets, through the same call
+        Image.core.set_block_size(PIXEL_BLOCK_BYTES)  # type: ignore[attr-defined]
 
 
 def _bomb(detail: str, max_pixels: int) -> str:

@@ -7,6 +7,8 @@ from barge.settings import Settings
 from barge.storage import ObjectStore, S3Uri, iter_prefix_files, local_model_dir
 
 PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+ADAPTER_CONFIG = "adapter_config.json"  # a LoRA adapter; its weights are the file below
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 # The files of a model directory a worker copies and loads: top-level only, these names or
 # safetensors weights. Anything else (READMEs, pickles, nested folders, odd keys) is never
@@ -78,7 +80,10 @@ def check_model_files(ref: str, files: dict[str, str]) -> None:
                 "fields to the graph's inputs and names its output; see docs/how-to/onnx-models.md)"
             )
         return
-    if "config.json" not in files and "adapter_config.json" not in files:
+    if ADAPTER_CONFIG in files and "config.json" not in files:
+        _check_adapter_files(ref, files)
+        return
+    if "config.json" not in files:
         raise PermanentJobError(
             f"model directory {ref} has no config.json: it must be a Hugging Face model "
             f"directory (found: {', '.join(sorted(files)[:8])})"
@@ -94,3 +99,21 @@ def check_model_files(ref: str, files: dict[str, str]) -> None:
             f"model directory {ref} has no *.safetensors weights{why}; save it with "
             "save_pretrained(..., safe_serialization=True)"
         )
+
+
+def _check_adapter_files(ref: str, files: dict[str, str]) -> None:
+    """A LoRA adapter directory (``adapter_config.json`` and no ``config.json``) must hold the
+    adapter's weights, ``adapter_model.safetensors``: no other file stands for them."""
+    if ADAPTER_WEIGHTS in files:
+        return
+    pickled = [n for n in files if n.startswith("adapter_model.") and n.endswith(PICKLED_WEIGHTS)]
+    found = (
+        f"found pickled {', '.join(pickled)}, which Barge never loads"
+        if pickled
+        else f"found: {', '.join(sorted(files)[:8])}"
+    )
+    raise PermanentJobError(
+        f"model directory {ref} is a LoRA adapter ({ADAPTER_CONFIG}) without its weights, "
+        f"{ADAPTER_WEIGHTS} ({found}); save it with save_pretrained(..., "
+        "safe_serialization=True)"
+    )

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=100_000_000, ge=1)
     max_image_bytes: int = Field(default=64 * 2**20, ge=1)
     image_decode_threads: int = Field(default=2, ge=1, le=64)
+    # Pixels a worker process decodes at once, whatever its threads and shards: a decode waits
+    # until its image's pixels fit (an image over the whole budget decodes alone). Decoding and
+    # preparing one image peaks at 16 bytes a pixel (barge.records.images.DECODE_BYTES_PER_PIXEL)
+    # so decoding adds at most 16 x max(this, BARGE_MAX_IMAGE_PIXELS) bytes: 1.6 GB by default.
+    image_decode_pixel_budget: int = Field(default=100_000_000, ge=1)
 
     # ONNX model directories (model.onnx + barge.json): the largest model.onnx accepted, and the
     # operator domains beyond standard ONNX (and onnxruntime's built-in com.microsoft) a graph
@@ -113,6 +118,12 @@ class Settings(BaseSettings):
     quota_max_records_per_job: int = Field(default=100_000_000, ge=1)
     quota_max_finetune_steps: int = Field(default=100_000, ge=1)
     quota_min_checkpoint_seconds: float = Field(default=30.0, ge=1.0)
+    # What a tenant may hold: OpenAI files (uploads and the output files Barge writes), their
+    # bytes in all, and registered model versions (of every name). An upload or a registration
+    # past one is a 429 naming it; a fine-tune is refused at submit when no version is left.
+    quota_max_openai_files: int = Field(default=10_000, ge=1)
+    quota_max_openai_storage_bytes: int = Field(default=100 * 10**9, ge=1)
+    quota_max_model_versions: int = Field(default=10_000, ge=1)
 
     # The OpenAI-compatible surface (/openai/v1): where a tenant's uploaded files go ("{tenant}"
     # is its name; inside its write scopes), the largest upload, the most requests in one batch,

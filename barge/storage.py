@@ -357,7 +357,10 @@ class SeekableObject(io.RawIOBase):
 def local_model_dir(settings: Settings, ref: str) -> Path | None:
     """The local directory a model reference names (None for s3:// and registry names).
 
-    Only directories under BARGE_LOCAL_MODEL_DIRS are allowed."""
+    Only directories under BARGE_LOCAL_MODEL_DIRS are allowed. A refusal names the reference
+    as it was sent, never what it resolves to (``/proc/self/cwd`` resolves to this process's
+    own directory)."""
+    sent = ref
     if ref.startswith("file://"):
         ref = ref[len("file://") :]
     if not ref.startswith("/"):
@@ -366,8 +369,9 @@ def local_model_dir(settings: Settings, ref: str) -> Path | None:
     roots = [r.resolve() for r in settings.local_model_dirs]
     if not any(path == r or r in path.parents for r in roots):
         raise InvalidSpec(
-            f"local model directory {path} is not under BARGE_LOCAL_MODEL_DIRS "
-            f"({', '.join(map(str, roots)) or 'not set'}); put the model in S3 or allow the directory",
+            f"local model directory {excerpt(sent)} is not under BARGE_LOCAL_MODEL_DIRS "
+            f"({', '.join(map(str, settings.local_model_dirs)) or 'not set'}); put the model in "
+            "S3 or allow the directory",
             field="model",
         )
     return path

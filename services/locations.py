@@ -72,8 +72,8 @@ def check_locations(
     other = repo.job_with_output_overlapping(session, out)
     if other is not None:
         raise InvalidSpec(
-            f"output prefix {out} overlaps the output {other.output_uri} of "
-            f"{_job_name(other, tenant_id)}; every job needs a prefix of its own",
+            f"output prefix {out} overlaps {_whose('output', other.output_uri, other, tenant_id)}"
+            "; every job needs a prefix of its own",
             field="output",
         )
     for job in repo.active_jobs(session):
@@ -81,24 +81,24 @@ def check_locations(
         clash = next((u for u in theirs if overlap(out, u)), None)
         if clash is not None:
             raise InvalidSpec(
-                f"output prefix {out} overlaps the input {clash} of "
-                f"{_job_name(job, tenant_id)}; it would change that job's input while it runs",
+                f"output prefix {out} overlaps {_whose('input', clash, job, tenant_id)}; it "
+                "would change that job's input while it runs",
                 field="output",
             )
         mine = next(((f, u) for f, u in reading if overlap(job.output_uri, u)), None)
         if mine is not None:
             raise InvalidSpec(
-                f"{mine[0]} {mine[1]} overlaps the output {job.output_uri} of "
-                f"{_job_name(job, tenant_id)}, which is still being written; wait for it to "
-                "finish",
+                f"{mine[0]} {mine[1]} overlaps {_whose('output', job.output_uri, job, tenant_id)}"
+                ", which is still being written; wait for it to finish",
                 field=mine[0],
             )
     return out
 
 
-def _job_name(job: Job, tenant_id: uuid.UUID) -> str:
-    """How a refusal names another job: by id and status for the same tenant, never more for
-    another tenant's."""
+def _whose(what: str, uri: str, job: Job, tenant_id: uuid.UUID) -> str:
+    """How a refusal names another job's location: the location, the job's id and status for
+    the same tenant; for another tenant's, only that it is another tenant's job (an admin may
+    have given two tenants scopes that share a prefix: neither learns the other's paths)."""
     if job.tenant_id == tenant_id:
-        return f"job {job.id} ({job.status})"
+        return f"the {what} {uri} of job {job.id} ({job.status})"
     return "another tenant's job"

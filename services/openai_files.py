@@ -22,7 +22,7 @@ from barge.storage import ObjectStore, S3Uri
 from db.base import utcnow
 from db.models import OpenAIFile, Tenant
 from db.repositories import openai as openai_repo
-from services import scopes
+from services import quotas, scopes
 
 PURPOSES = ("batch", "fine-tune")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the ids this surface hands out
@@ -93,6 +93,7 @@ def store_upload(
     size = path.stat().st_size
     if size > settings.openai_max_file_bytes:
         raise too_large(settings)
+    quotas.check_openai_upload(session, settings, tenant, size)  # 429 naming the quota
     file_id = new_id("file-")
     uri = files_prefix(settings, tenant).join(f"{file_id}.jsonl")
     store.put_file(uri, path)

@@ -11,6 +11,12 @@ limit (``tenants.quotas``, a JSON object; ``check_overrides`` validates one befo
   concurrent ones cannot all slip under the limit; other tenants' never wait for it.
 - when the job is planned (``plan_overrun``, from ``worker.planner``): ``max_shards_per_job``,
   ``max_records_per_job`` and ``max_finetune_steps``; the job fails naming the limit.
+- what a tenant holds, before it holds more: ``max_openai_files`` and
+  ``max_openai_storage_bytes`` at an upload to /openai/v1/files (``check_openai_upload``; the
+  output files Barge writes count, and are never refused), ``max_model_versions`` when a user
+  registers a version (``check_registration``) and when a fine-tune is submitted (it registers
+  one when it ends; one admitted under the quota still registers its versions, so its training
+  is never thrown away). A 429 with ``x-should-retry: false``: waiting frees nothing.
 
 Fair share between tenants (who runs next on a free worker) is the worker's claim
 (``worker.lifecycle.claim``), not a quota.
@@ -31,6 +37,7 @@ from barge.settings import Settings
 from barge.specs import FinetuneSpec, JobSpec
 from db import repositories as repo
 from db.models import Tenant
+from db.repositories import openai as openai_repo
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,15 @@ class Quotas(BaseModel):
     max_finetune_steps: int = Field(ge=1, le=10**10, description="Optimizer steps.")
     min_checkpoint_seconds: float = Field(
         ge=1.0, le=86_400.0, description="The shortest checkpoint_every_seconds accepted."
+    )
+    max_openai_files: int = Field(
+        ge=1, le=10**9, description="OpenAI files held: uploads and the files Barge wrote."
+    )
+    max_openai_storage_bytes: int = Field(
+        ge=1, le=10**16, description="Bytes of the OpenAI files held, in all."
+    )
+    max_model_versions: int = Field(
+        ge=1, le=10**9, description="Registered model versions, of every name."
     )
 
 
@@ -130,6 +146,8 @@ def check_submission(
             f"min_checkpoint_seconds ({limits.min_checkpoint_seconds:g}); checkpoint less often",
             field="checkpoint_every_seconds",
         )
+    if isinstance(spec, FinetuneSpec):  # it registers a version when it ends
+        check_model_versions(session, limits, tenant_id, field="model_name")
     repo.lock_tenant_submissions(session, tenant_id)
     active = repo.active_job_count(session, tenant_id)
     if active >= limits.max_active_jobs:
@@ -141,6 +159,74 @@ def check_submission(
             quota="max_active_jobs",
             limit=limits.max_active_jobs,
             active=active,
+        )
+
+
+class HoldingExceeded(QuotaExceeded):
+    """A quota on what a tenant holds (files, their bytes, model versions) is reached. Waiting
+    does not free it (deleting, or an admin raising it, does), so clients are told not to
+    retry: ``x-should-retry: false``, which OpenAI's SDKs honour."""
+
+    def __init__(self, message: str, *, field: str | None = None, **detail: Any):
+        super().__init__(message, retry_after=RETRY_AFTER_SECONDS, field=field, **detail)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {**super().headers, "x-should-retry": "false"}
+
+
+def check_openai_upload(session: Session, settings: Settings, tenant: Tenant, size: int) -> None:
+    """Before an upload of ``size`` bytes is stored: room for one more file under the tenant's
+    max_openai_files and its bytes under max_openai_storage_bytes (a 429 naming the quota and
+    the figures). Takes the tenant's files lock, held until the caller commits, so concurrent
+    uploads take the check in turn."""
+    limits = effective(tenant, settings)
+    repo.lock_tenant(session, repo.FILES_LOCK, tenant.id)
+    count, used = openai_repo.openai_file_usage(session, tenant.id)
+    free = "delete files it no longer needs (DELETE /openai/v1/files/{file_id}), or ask an admin"
+    if count >= limits.max_openai_files:
+        raise HoldingExceeded(
+            f"quota max_openai_files is {limits.max_openai_files} and this tenant holds {count} "
+            f"files: {free} to raise the quota",
+            field="file",
+            quota="max_openai_files",
+            limit=limits.max_openai_files,
+            files=count,
+        )
+    if used + size > limits.max_openai_storage_bytes:
+        raise HoldingExceeded(
+            f"quota max_openai_storage_bytes is {limits.max_openai_storage_bytes} and this "
+            f"tenant's files hold {used} bytes: this file's {size} bytes would make "
+            f"{used + size}; {free} to raise the quota",
+            field="file",
+            quota="max_openai_storage_bytes",
+            limit=limits.max_openai_storage_bytes,
+            used=used,
+            size=size,
+        )
+
+
+def check_registration(session: Session, settings: Settings, tenant_id: uuid.UUID) -> None:
+    """Before a user registers a version: room under the tenant's max_model_versions (a 429
+    naming it). Takes the tenant's registry lock, held until the caller commits."""
+    limits = effective(session.get(Tenant, tenant_id), settings)
+    repo.lock_tenant(session, repo.REGISTRY_LOCK, tenant_id)
+    check_model_versions(session, limits, tenant_id, field=None)
+
+
+def check_model_versions(
+    session: Session, limits: Quotas, tenant_id: uuid.UUID, field: str | None
+) -> None:
+    """Room for one more registered version under max_model_versions, or a 429 naming it."""
+    count = repo.model_version_count(session, tenant_id)
+    if count >= limits.max_model_versions:
+        raise HoldingExceeded(
+            f"quota max_model_versions is {limits.max_model_versions} and this tenant has "
+            f"registered {count} model versions: ask an admin to raise the quota",
+            field=field,
+            quota="max_model_versions",
+            limit=limits.max_model_versions,
+            registered=count,
         )
 
 

@@ -17,6 +17,7 @@ from barge.storage import ObjectStore, S3Uri, check_bucket_allowed, local_model_
 from barge.uris import normalise
 from db import repositories as repo
 from db.models import Model
+from services import quotas
 from services.scopes import Scopes, require_read, scopes_for
 
 REGISTER_TRIES = 5  # two registrations of one name at once: the loser takes the next version
@@ -60,7 +61,9 @@ def resolve_model(
     tenant's read scopes), else None. The model's location: a built-in model's name, an s3://
     prefix, an allowed local directory, or a registry entry of the tenant (``name`` is the
     newest version, ``name@N`` version N). An s3:// location, named or registered, must lie
-    inside the tenant's read scopes (checked before the store is asked anything)."""
+    inside the tenant's read scopes (checked before the store is asked anything). A local
+    directory is returned as it was sent (the worker checks and resolves it again), so every
+    message about it names what the user wrote, never the directory it resolves to."""
     if ref in BUILTIN_MODELS:
         return ref, None  # shipped with the worker
     if ref.startswith("s3://"):
@@ -74,10 +77,10 @@ def resolve_model(
         local = local_model_dir(settings, ref)  # raises when not under BARGE_LOCAL_MODEL_DIRS
     except InvalidSpec as exc:
         raise InvalidSpec(exc.message, field=field) from None
-    if local is not None:
+    if local is not None:  # kept as sent: what it resolves to is for the worker, not for echoes
         if not local.is_dir():
-            raise InvalidSpec(f"no model directory at {local}", field=field)
-        return str(local), None
+            raise InvalidSpec(f"no model directory at {excerpt(ref)}", field=field)
+        return ref, None
     name, _, version = ref.partition("@")
     if version and (not version.isdigit() or not 1 <= int(version) <= MAX_VERSION):
         raise InvalidSpec(
@@ -191,6 +194,7 @@ def register_directory(
     except PermanentJobError as exc:
         raise InvalidSpec(exc.message, field="uri") from None
     check_task_fits(task, onnx_task, "task")
+    quotas.check_registration(session, settings, tenant_id)  # 429 naming max_model_versions
     return register_version(
         session, tenant_id, name, str(uri), task, base_model=base_model, metrics=metrics
     )

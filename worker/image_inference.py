@@ -3,8 +3,13 @@ of image objects, or records whose ``image_field`` holds a URI, base64 data or b
 thread pool fetches, decodes and prepares them while the model runs the batch before, and the
 part and errors file are written as for text (``worker.inference``).
 
-Memory: at most two windows of ``batch_size`` × ``WINDOW_BATCHES`` images are held (the one the
-model runs and the one being decoded), never a whole shard.
+Memory: at most two windows of ``batch_size`` × ``WINDOW_BATCHES`` prepared images are held (the
+one the model runs and the one being decoded), never a whole shard; a prepared image is the image
+processor's output (its size set by the model, not by the image). The full-size pixels exist
+only while an image decodes and is prepared, and the pixels being decoded at once in a worker
+process are bounded by its ``PixelBudget`` (BARGE_IMAGE_DECODE_PIXEL_BUDGET), whatever the
+threads and images: each decode reads the image's header, waits for its width × height (at
+most the whole budget) and gives them back once its pixels are let go.
 
 A record whose image cannot be used is a per-record error naming the reason (no such field,
 not an image, truncated, a decompression bomb, an ``s3://`` URI outside the tenant's read
@@ -17,10 +22,13 @@ Imports: ``barge``, ``services.scopes`` (through the claim), ``worker.*``; never
 from __future__ import annotations
 
 import collections
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +41,9 @@ from barge.records.images import (
     LISTING_ID_FIELD,
     LISTING_IMAGE_FIELD,
     ImageError,
-    read_image,
+    image_bytes,
+    load_image,
+    open_image,
 )
 from barge.specs import InferenceSpec
 from worker import metrics
@@ -155,17 +165,14 @@ class _ImageShard(ShardRun[VisionModel]):
             out.source = value  # the image object itself
         scopes = self.work.scopes
         try:
-            image = read_image(
+            raw = image_bytes(
                 self.ctx.store,
                 value,
                 self.image_field,
                 may_read=None if scopes is None else scopes.may_read,
                 max_bytes=self.ctx.settings.max_image_bytes,
-                max_pixels=self.ctx.settings.max_image_pixels,
-                mode=self.loaded.mode,
             )
-            out.size = image.size
-            out.inputs = self.loaded.prepare(image)
+            self._decode(open_image(raw, self.ctx.settings.max_image_pixels), out)
         except ImageError as exc:
             out.error = exc.message
         except (PermanentJobError, SoftTimeLimitExceeded):
@@ -175,6 +182,25 @@ class _ImageShard(ShardRun[VisionModel]):
                 raise  # the store is down: the attempt fails and is retried
             out.error = f"cannot prepare this image for the model: {describe(exc)}"
         return out
+
+    def _decode(self, image: Any, out: _Item) -> None:
+        """Decode an opened image (its header read) and prepare it for the model, holding its
+        pixels of this process's decoding budget (waiting for them first); the decoded pixels
+        are let go before the budget is, whether the image prepares or not."""
+        width, height = image.size
+        with decode_budget(self.ctx.settings.image_decode_pixel_budget).hold(width * height):
+            try:
+                image = load_image(image, self.loaded.mode)
+                out.size = image.size
+                out.inputs = self.loaded.prepare(image, self.params)
+            except ImageError as exc:
+                out.error = exc.message
+            except (PermanentJobError, SoftTimeLimitExceeded):
+                raise
+            except Exception as exc:
+                out.error = f"cannot prepare this image for the model: {describe(exc)}"
+            finally:
+                del image
 
     # --- on the shard's thread ------------------------------------------------------------
 
@@ -224,6 +250,45 @@ class _ImageShard(ShardRun[VisionModel]):
 
     def _error_row(self, it: _Item, error: str) -> dict[str, Any]:
         return {"id": it.rec_id, "source": it.source, "line": it.rec.line, "error": error}
+
+
+class PixelBudget:
+    """The pixels a process decodes at once: ``hold(n)`` waits until ``n`` more fit under
+    ``total`` (an image over the whole budget takes all of it, so it decodes alone), in the
+    order decodes asked (a large image is not passed forever by small ones), and gives them
+    back when its block ends."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.used = 0
+        self._queue: collections.deque[object] = collections.deque()
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[int]:
+        need = min(max(pixels, 0), self.total)
+        turn = object()
+        with self._changed:
+            self._queue.append(turn)
+            self._changed.wait_for(
+                lambda: self._queue[0] is turn and self.used + need <= self.total
+            )
+            self._queue.popleft()
+            self.used += need
+            self._changed.notify_all()  # the next in line may fit too
+        try:
+            yield need
+        finally:
+            with self._changed:
+                self.used -= need
+                self._changed.notify_all()
+
+
+@functools.lru_cache(maxsize=1)
+def decode_budget(total: int) -> PixelBudget:
+    """This process's decoding budget (BARGE_IMAGE_DECODE_PIXEL_BUDGET), shared by every shard
+    and decoding thread it runs; made on first use, in the pool child."""
+    return PixelBudget(total)
 
 
 def _torch_threads() -> int:

@@ -1,5 +1,5 @@
 """Image models: load one for an image task, prepare one decoded image for it (on a decoding
-thread), and predict one batch.
+thread), and predict one batch (the face cascade runs at preparation).
 
 - ``image_classify``: ``AutoModelForImageClassification``; softmax (sigmoid for one label or a
   multi-label model, as ``transformers.pipeline("image-classification")`` does); ``label``,
@@ -22,6 +22,7 @@ Imports: ``barge``, ``worker.hf``, ``worker.models``; never ``api`` or ``cli``.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,19 +49,31 @@ class VisionModel(LoadedModel):
     processor: Any = None
     mode: str = "RGB"
     cascade: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
     has_pooler: bool = False
     problem_type: str = "single_label_classification"
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def prepare(self, image: Any) -> Any:
-        """One decoded image as the model's input: a dict of tensors (batch of one), or the
-        grey pixels for the cascade. Thread-safe: runs on the decoding threads."""
+    def prepare(self, image: Any, params: Any) -> Any:
+        """One decoded image as the model's input: a dict of tensors (batch of one). The
+        cascade needs the whole image, so it runs now and its ``Found`` faces wait for the
+        batch instead of the full-size pixels (one image at a time: a cascade is not
+        thread-safe). Runs on the decoding threads."""
         if self.cascade is not None:
             import numpy as np
 
-            return np.asarray(image, dtype=np.uint8)
+            gray = np.asarray(image, dtype=np.uint8)
+            with self.lock:
+                return Found(_faces(self, gray, params))
         prepared = self.processor(images=image, return_tensors="pt")
         return {k: v for k, v in prepared.items() if hasattr(v, "shape")}
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a model that runs at preparation (the cascade) found in one image."""
+
+    result: dict[str, Any]
 
 
 def result_schema(task: str) -> Any:
@@ -89,7 +102,7 @@ def shape_key(inputs: Any) -> tuple[Any, ...]:
     """Inputs that can share a batch have equal keys."""
     if isinstance(inputs, dict):
         return tuple((k, tuple(v.shape)) for k, v in sorted(inputs.items()))
-    return ("array",)  # the cascade runs image by image
+    return ("found",)  # the cascade ran at preparation
 
 
 def load_vision_model(path: Path, task: str, device: Any, ref: str, revision: str) -> VisionModel:
@@ -174,7 +187,7 @@ def predict_images(
     """Run one batch of prepared images (equal ``shape_key``); ``sizes`` are the original
     (width, height) of each. One result dict per image, in order."""
     if loaded.cascade is not None:
-        return [_faces(loaded, gray, params) for gray in inputs]
+        return [found.result for found in inputs]
     import torch
 
     batch = {k: torch.cat([item[k] for item in inputs]).to(loaded.device) for k in inputs[0]}

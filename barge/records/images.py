@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import json
+import os
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -36,6 +38,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
 LISTING_DIR = "_inputs/"
 LISTING_IMAGE_FIELD = "image"  # the listing's fields: the image's URI and its id
 LISTING_ID_FIELD = "id"
+# What decoding one image and preparing it for a model holds at its peak, per pixel: 4 bytes for
+# the decoded RGB image (8 while a mode conversion runs), 10 more while transformers' image
+# processor makes its NumPy and PIL copies before resizing (measured: 14), with a margin.
+DECODE_BYTES_PER_PIXEL = 16
+PIXEL_BLOCK_BYTES = 64 * 2**20  # Pillow's allocation blocks for large images (see below)
 
 
 class ImageError(Exception):
@@ -140,11 +147,20 @@ def fetch_image(store: ObjectStore, uri: str, max_bytes: int) -> bytes:
 
 def decode_image(data: bytes, mode: str, max_pixels: int) -> Any:
     """A PIL image in ``mode`` ("RGB", "L", ...): EXIF orientation applied, the first frame of
-    an animation; ImageError for zero bytes, unknown or corrupt data and decompression bombs."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    an animation; ImageError for zero bytes, unknown or corrupt data and decompression bombs.
+    ``open_image`` then ``load_image``."""
+    return load_image(open_image(data, max_pixels), mode)
+
+
+def open_image(data: bytes, max_pixels: int) -> Any:
+    """``data`` as a PIL image whose header alone is read (its size is known, no pixel is
+    decoded yet); ImageError for zero bytes, data Pillow cannot identify and an image over
+    ``max_pixels`` (a decompression bomb)."""
+    from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise ImageError("image is zero bytes")
+    _map_pixel_blocks()
     # Pillow's own bomb check (an error at twice its limit) must not refuse what Barge allows:
     # Barge's check, below, refuses at the limit itself.
     Image.MAX_IMAGE_PIXELS = max_pixels
@@ -161,29 +177,71 @@ def decode_image(data: bytes, mode: str, max_pixels: int) -> Any:
             ) from None
         except (OSError, ValueError, SyntaxError) as exc:
             raise ImageError(f"unreadable image header: {exc}") from None
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageError(
-                f"image is {width}x{height} = {width * height:,} pixels, more than "
-                f"BARGE_MAX_IMAGE_PIXELS ({max_pixels:,}): refused as a decompression bomb"
-            )
-        if width < 1 or height < 1:
-            raise ImageError(f"image is {width}x{height} pixels")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image is {width}x{height} = {width * height:,} pixels, more than "
+            f"BARGE_MAX_IMAGE_PIXELS ({max_pixels:,}): refused as a decompression bomb"
+        )
+    if width < 1 or height < 1:
+        raise ImageError(f"image is {width}x{height} pixels")
+    return image
+
+
+def load_image(image: Any, mode: str) -> Any:
+    """Decode an ``open_image``: its first frame, upright (EXIF orientation), in ``mode``.
+    Decoding holds the pixels once (4 bytes a pixel for RGB, 1 for L); turning the image upright
+    works in place, and only a mode conversion holds a second copy while it runs (at most 8
+    bytes a pixel). ImageError for truncated or corrupt data."""
+    from PIL import Image, ImageOps
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image.seek(0)  # the first frame of a GIF or multi-page TIFF
             image.load()
-            upright = ImageOps.exif_transpose(image)
-            return upright.convert(mode)
+            ImageOps.exif_transpose(image, in_place=True)
+            return image if image.mode == mode else image.convert(mode)
         except Image.DecompressionBombError as exc:
-            raise ImageError(_bomb(str(exc), max_pixels)) from None
+            raise ImageError(_bomb(str(exc), Image.MAX_IMAGE_PIXELS or 0)) from None
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise ImageError(f"truncated or corrupt image data: {exc}") from None
+
+
+@functools.cache
+def _map_pixel_blocks() -> None:
+    """Pillow allocates a large image in blocks of 16 MiB, under glibc's largest dynamic mmap
+    threshold (32 MiB): a freed block stays in the malloc arena of the thread that decoded it,
+    so each decoding thread keeps an image's worth of memory after the image is gone. Blocks
+    of 64 MiB are mapped with their image and unmapped when it goes. An operator's own
+    PILLOW_BLOCK_SIZE is kept."""
+    from PIL import Image
+
+    if "PILLOW_BLOCK_SIZE" not in os.environ:  # what that variable sets, through the same call
+        Image.core.set_block_size(PIXEL_BLOCK_BYTES)  # type: ignore[attr-defined]
 
 
 def _bomb(detail: str, max_pixels: int) -> str:
     return (
         f"refused as a decompression bomb (over BARGE_MAX_IMAGE_PIXELS, {max_pixels:,}): {detail}"
     )
+
+
+def image_bytes(
+    store: ObjectStore, value: Any, field: str, *, may_read: Any, max_bytes: int
+) -> bytes:
+    """The encoded bytes of the image a record's field names (see ``image_source``); an
+    ``s3://`` URI is fetched only when ``may_read(uri)`` (the tenant's read scopes). ImageError
+    says why not."""
+    source = image_source(value, field)
+    if source.uri is None:
+        assert source.data is not None
+        return source.data
+    if may_read is None or not may_read(source.uri):
+        raise ImageError(
+            f"image {source.uri} is outside the storage this job's tenant may read; not fetched"
+        )
+    return fetch_image(store, source.uri, max_bytes)
 
 
 def read_image(
@@ -196,15 +254,6 @@ def read_image(
     max_pixels: int,
     mode: str = "RGB",
 ) -> Any:
-    """The decoded image a record's field names (see ``image_source``); an ``s3://`` URI is
-    fetched only when ``may_read(uri)`` (the tenant's read scopes). ImageError says why not."""
-    source = image_source(value, field)
-    raw = source.data
-    if source.uri is not None:
-        if may_read is None or not may_read(source.uri):
-            raise ImageError(
-                f"image {source.uri} is outside the storage this job's tenant may read; not fetched"
-            )
-        raw = fetch_image(store, source.uri, max_bytes)
-    assert raw is not None
+    """The decoded image a record's field names: ``image_bytes`` then ``decode_image``."""
+    raw = image_bytes(store, value, field, may_read=may_read, max_bytes=max_bytes)
     return decode_image(raw, mode, max_pixels)

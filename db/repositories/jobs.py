@@ -163,6 +163,8 @@ def lock_submissions(session: Session) -> None:
 
 
 SUBMISSION_LOCK = 0x62617267  # "barg"
+FILES_LOCK = 0x66696C65  # "file": a tenant's OpenAI uploads, against its files quotas
+REGISTRY_LOCK = 0x6D6F646C  # "modl": a tenant's registrations, against its versions quota
 
 
 def lock_tenant_submissions(session: Session, tenant_id: uuid.UUID) -> None:
@@ -170,9 +172,15 @@ def lock_tenant_submissions(session: Session, tenant_id: uuid.UUID) -> None:
     active jobs) and its insert are taken in turn; other tenants' submissions do not wait.
     A Postgres advisory lock in the two-key space (apart from SUBMISSION_LOCK's), taken before
     that one by every submission, so the two never deadlock."""
+    lock_tenant(session, SUBMISSION_LOCK, tenant_id)
+
+
+def lock_tenant(session: Session, space: int, tenant_id: uuid.UUID) -> None:
+    """Serialise one tenant's work of one kind (``space``: SUBMISSION_LOCK, FILES_LOCK,
+    REGISTRY_LOCK) until commit: a Postgres advisory lock in the two-key space."""
     if session.get_bind().dialect.name == "postgresql":
         key = int.from_bytes(tenant_id.bytes[:4], "big", signed=True)
-        session.execute(select(func.pg_advisory_xact_lock(SUBMISSION_LOCK, key)))
+        session.execute(select(func.pg_advisory_xact_lock(space, key)))
 
 
 def active_job_count(session: Session, tenant_id: uuid.UUID) -> int:

@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from barge.status import QUEUED, RUNNING
@@ -22,6 +22,16 @@ def add_openai_file(session: Session, row: OpenAIFile) -> OpenAIFile:
     session.add(row)
     session.flush()
     return row
+
+
+def openai_file_usage(session: Session, tenant_id: uuid.UUID) -> tuple[int, int]:
+    """The tenant's files (uploads and the files Barge wrote) and their bytes in all."""
+    count, size = session.execute(
+        select(func.count(), func.coalesce(func.sum(OpenAIFile.bytes), 0)).where(
+            OpenAIFile.tenant_id == tenant_id
+        )
+    ).one()
+    return int(count), int(size)
 
 
 def get_openai_file(session: Session, tenant_id: uuid.UUID, file_id: str) -> OpenAIFile | None:

@@ -72,6 +72,11 @@ def model_versions(session: Session, tenant_id: uuid.UUID, name: str | None = No
     )
 
 
+def model_version_count(session: Session, tenant_id: uuid.UUID) -> int:
+    """Every version the tenant has registered, of every name."""
+    return int(session.scalar(select(func.count()).where(Model.tenant_id == tenant_id)) or 0)
+
+
 def find_model(
     session: Session, tenant_id: uuid.UUID, name: str, version: int | None = None
 ) -> Model | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -98,6 +99,27 @@ def test_registering_something_that_is_not_a_model_is_refused(
     )
     assert r.status_code == 422 and r.json()["field"] == "name"
     assert api.get("/v1/models/nothing", headers=auth).status_code == 404
+
+
+def test_an_adapter_directory_without_its_weights_is_refused_at_register(
+    api: Any, auth: dict[str, str], s3: Any, bucket: str
+) -> None:
+    """``adapter_config.json`` makes a directory a LoRA adapter, whose weights are
+    ``adapter_model.safetensors``: without them it is refused when registered, saying so (any
+    other safetensors file is not the adapter's weights)."""
+    config = json.dumps({"peft_type": "LORA", "base_model_name_or_path": "base", "r": 4})
+    s3.put_object(Bucket=bucket, Key="only-config/adapter_config.json", Body=config.encode())
+    s3.put_object(Bucket=bucket, Key="other-weights/adapter_config.json", Body=config.encode())
+    s3.put_object(Bucket=bucket, Key="other-weights/model.safetensors", Body=b"{}")
+    for name in ("only-config", "other-weights"):
+        r = api.post(
+            "/v1/models",
+            json={"name": name, "uri": f"s3://{bucket}/{name}/", "task": "classify"},
+            headers=auth,
+        )
+        assert r.status_code == 422 and r.json()["field"] == "uri", r.text
+        assert "adapter_model.safetensors" in r.json()["message"], r.text
+    assert api.get("/v1/models/only-config", headers=auth).status_code == 404
 
 
 def test_barge_models_cli(

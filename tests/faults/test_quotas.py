@@ -6,6 +6,7 @@ The World has no worker unless a test starts one, so submitted jobs stay queued 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -223,3 +224,87 @@ def test_a_dropped_file_over_the_quota_waits_in_incoming_and_is_picked_up_later(
     assert "second.jsonl" in keys("done/")
     wait_until(lambda: keys("incoming/") == [], timeout=60, what="the first file to be settled")
     assert "first.jsonl" in keys("failed/")  # its job was cancelled
+
+
+def _upload(world: World, name: str, body: bytes, auth: dict[str, str] | None = None) -> Any:
+    return world.api.post(
+        "/openai/v1/files",
+        files={"file": (name, body, "application/jsonl")},
+        data={"purpose": "batch"},
+        headers=auth or world.auth,
+    )
+
+
+def test_openai_files_over_a_quota_get_openais_envelope_naming_it(world: World, s3: Any) -> None:
+    """max_openai_files and max_openai_storage_bytes: the upload past one is a 429 in OpenAI's
+    envelope, naming the quota and the figures, that OpenAI's SDKs do not retry; deleting a
+    file makes room; another tenant is not held back."""
+    with contextlib.suppress(Exception):
+        s3.create_bucket(Bucket="barge")  # BARGE_OPENAI_FILES_PREFIX: s3://barge/{tenant}/...
+    line = b'{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {}}\n'
+    set_quotas(world, "faults", max_openai_files=2, max_openai_storage_bytes=10 * len(line))
+    first = _upload(world, "one.jsonl", line)
+    assert first.status_code == 200, first.text
+    assert _upload(world, "two.jsonl", line).status_code == 200
+    r = _upload(world, "three.jsonl", line)
+    assert r.status_code == 429, r.text
+    assert r.headers["x-should-retry"] == "false"
+    error = r.json()["error"]
+    assert error["type"] == "rate_limit_error" and error["code"] == "quota_exceeded", error
+    assert error["param"] == "file"
+    assert "max_openai_files is 2 and this tenant holds 2 files" in error["message"], error
+    other = {"Authorization": f"Bearer {new_key(world.database_url, 'other-files')}"}
+    assert _upload(world, "theirs.jsonl", line, other).status_code == 200
+
+    deleted = world.api.delete(f"/openai/v1/files/{first.json()['id']}", headers=world.auth)
+    assert deleted.status_code == 200, deleted.text
+    big = line * 9  # 2 files of 1 line + 9 lines would hold 10 lines: fits
+    assert _upload(world, "big.jsonl", big).status_code == 200
+    set_quotas(world, "faults", max_openai_files=10, max_openai_storage_bytes=10 * len(line))
+    r = _upload(world, "one-more.jsonl", line)
+    assert r.status_code == 429, r.text
+    error = r.json()["error"]
+    held = 10 * len(line)
+    assert error["code"] == "quota_exceeded", error
+    assert (
+        f"max_openai_storage_bytes is {held} and this tenant's files hold {held} bytes: this "
+        f"file's {len(line)} bytes would make {held + len(line)}"
+    ) in error["message"], error
+    listed = world.api.get("/openai/v1/files", headers=world.auth).json()["data"]
+    assert sorted(f["filename"] for f in listed) == ["big.jsonl", "two.jsonl"]
+
+
+def test_model_versions_over_the_quota_get_barges_envelope_naming_it(
+    world: World, s3: Any, bucket: str, classifier_uri: str
+) -> None:
+    """max_model_versions: a registration past it is a 429 in Barge's envelope naming the quota
+    and the figures, and so is a fine-tune (which would register one) submitted then."""
+    set_quotas(world, "faults", max_model_versions=2)
+    body = {"name": "clf", "uri": classifier_uri, "task": "classify"}
+    for version in (1, 2):
+        r = world.api.post("/v1/models", json=body, headers=world.auth)
+        assert r.status_code == 201 and r.json()["version"] == version, r.text
+    r = world.api.post("/v1/models", json={**body, "name": "other"}, headers=world.auth)
+    assert r.status_code == 429, r.text
+    assert r.headers["x-should-retry"] == "false"
+    assert r.json()["error"] == "quota_exceeded"
+    assert r.json()["detail"] == {"quota": "max_model_versions", "limit": 2, "registered": 2}
+    assert "max_model_versions is 2 and this tenant has registered 2" in r.json()["message"]
+    train = put_jsonl(
+        s3, bucket, "train.jsonl", [{"text": f"t {i}", "label": str(i % 2)} for i in range(8)]
+    )
+    finetune = {
+        "type": "finetune",
+        "base_model": classifier_uri,
+        "task": "classify",
+        "train": train,
+        "model_name": "more",
+    }
+    r = world.api.post("/v1/jobs", json=finetune, headers=world.auth)
+    assert r.status_code == 429 and r.json()["field"] == "model_name", r.text
+    assert r.json()["detail"]["quota"] == "max_model_versions"
+    assert [
+        m["name"] for m in world.api.get("/v1/models", headers=world.auth).json()["models"]
+    ] == ["clf"]
+    set_quotas(world, "faults", max_model_versions=3)
+    assert world.api.post("/v1/models", json=body, headers=world.auth).status_code == 201

@@ -273,6 +273,17 @@ class TestOneOutputOneJob:
             )
             assert r.status_code == 422, (what, r.text)
             assert r.json()["field"] == field, (what, r.json())
+        # The tenant's own job is named, with its place.
+        elsewhere = f"b-{uuid.uuid4().hex[:12]}"
+        s3.create_bucket(Bucket=elsewhere)
+        far = put_jsonl(s3, elsewhere, "one.jsonl", _texts(1))
+        r = world.api.post(
+            "/v1/jobs",
+            json=inference_spec(minilm_uri, far, f"s3://{bucket}/"),
+            headers=world.auth,
+        )
+        assert r.status_code == 422, r.text
+        assert active in r.text and f"s3://{bucket}/r2-out/" in r.text, r.text
         # A neighbour whose name only starts the same is a different place.
         ok = world.api.post(
             "/v1/jobs",
@@ -285,13 +296,20 @@ class TestOneOutputOneJob:
         from tests.conftest import new_key
 
         other = {"Authorization": f"Bearer {new_key(world.database_url, 'other')}"}
-        r = world.api.post(
-            "/v1/jobs",
-            json=inference_spec(minilm_uri, one, f"s3://{bucket}/r2-out/x/"),
-            headers=other,
-        )
-        assert r.status_code == 422, r.text
-        assert active not in r.text and "another tenant's job" in r.text
+        # An admin gave both tenants a shared prefix: the other tenant's refusal names neither
+        # the job nor where that job reads or writes, only what it sent itself.
+        for output, theirs in (
+            (f"s3://{bucket}/r2-out/x/", ()),
+            (f"s3://{bucket}/", ("r2-out", "r2/in")),  # contains the job's output and input
+            (f"s3://{bucket}/r2/", ("r2/in",)),  # contains the input of an active job
+        ):
+            r = world.api.post(
+                "/v1/jobs", json=inference_spec(minilm_uri, far, output), headers=other
+            )
+            assert r.status_code == 422, r.text
+            assert active not in r.text and "another tenant's job" in r.text, r.text
+            for place in theirs:
+                assert place not in r.text, (output, r.text)
 
     def test_dot_segments_cannot_leave_an_allowed_bucket(
         self, api: TestClient, auth: dict[str, str], minilm_uri: str, bucket: str
@@ -354,3 +372,57 @@ class TestLocalBackend:
                 assert why in r.json()["message"], r.json()
         assert sorted(p.name for p in root.iterdir()) == ["alice", "bob"]
         assert sorted(p.name for p in (root / "bob").iterdir()) == ["in.jsonl"]
+
+
+class TestLocalModelPath:
+    """A local model path is echoed as it was sent, never as it resolves: ``/proc/self/cwd``
+    would answer with the API's or the worker's own directory, and a symlink with where the
+    operator keeps the model."""
+
+    def test_refusals_errors_and_bodies_name_the_path_sent(
+        self, world: World, s3: Any, bucket: str, tmp_path: Path
+    ) -> None:
+        from api.app import create_app
+        from barge.settings import Settings
+
+        allowed = tmp_path / "allowed"
+        kept = allowed / "kept-by-the-operator"
+        broken = tiny_classifier(kept / "broken")
+        config = json.loads((broken / "config.json").read_text())
+        config.pop("model_type")  # loads in no worker: the job fails with the model's name
+        config["architectures"] = ["NoSuchModel"]
+        (broken / "config.json").write_text(json.dumps(config))
+        (allowed / "link").symlink_to(broken, target_is_directory=True)
+        (allowed / "dangling").symlink_to(kept / "gone", target_is_directory=True)
+        data = put_jsonl(s3, bucket, "local-model/in.jsonl", [{"id": "1", "text": "hello"}])
+        dirs = json.dumps([str(allowed)])
+        world.worker(BARGE_LOCAL_MODEL_DIRS=dirs)
+        local = Settings(  # the world's API, allowing the directory (lists are JSON)
+            **{
+                k[6:].lower(): json.loads(v) if v.startswith("[") else v
+                for k, v in {**world.env, "BARGE_LOCAL_MODEL_DIRS": dirs}.items()
+                if k.startswith("BARGE_")
+            }
+        )
+        auth = world.auth
+        with TestClient(create_app(local), raise_server_exceptions=False) as api:
+
+            def submit(model: str, out: str) -> Any:
+                spec = inference_spec(model, data, f"s3://{bucket}/local-model/{out}/")
+                return api.post("/v1/jobs", json={**spec, "task": "classify"}, headers=auth)
+
+            for sent in ("/proc/self/cwd/models/m", f"{allowed}/dangling"):
+                r = submit(sent, "refused")
+                assert r.status_code == 422, r.text
+                assert r.json()["field"] == "model" and sent in r.json()["message"], r.text
+                for private in (os.getcwd(), str(kept)):
+                    assert private not in r.text, r.text
+            sent = f"{allowed}/link"
+            r = submit(sent, "runs")
+            assert r.status_code == 201, r.text
+            job = wait_job(api, auth, r.json()["id"])
+            shown = json.dumps(job) + json.dumps(
+                api.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()
+            )
+            assert job["status"] == "failed" and sent in job["error"], job["error"]
+            assert str(kept) not in shown and os.getcwd() not in shown, shown

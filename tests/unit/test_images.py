@@ -75,6 +75,75 @@ class TestDecode:
         with pytest.raises(ImageError, match="truncated"):  # within the limit: decoded, and short
             decode_image(png_header_only(300, 300), "L", PIXELS)
 
+    def test_open_reads_the_header_only(self) -> None:
+        from barge.records.images import load_image, open_image
+
+        opened = open_image(png_header_only(300, 200), PIXELS)  # a header and no pixels
+        assert opened.size == (300, 200)
+        with pytest.raises(ImageError, match="truncated"):
+            load_image(opened, "L")
+        opened = open_image(encode(random_rgb(40, 30, 5), "PNG"), PIXELS)
+        assert load_image(opened, "RGB").tobytes() == random_rgb(40, 30, 5).tobytes()
+
+
+class TestPixelBudget:
+    """What a worker process decodes at once (``worker.image_inference.PixelBudget``)."""
+
+    def test_holds_never_exceed_the_budget_and_a_large_image_goes_alone(self) -> None:
+        import threading
+        import time
+        from concurrent.futures import ThreadPoolExecutor
+
+        from worker.image_inference import PixelBudget
+
+        budget = PixelBudget(100)
+        lock = threading.Lock()
+        held: list[int] = []
+        seen: list[tuple[int, int]] = []  # (pixels asked, pixels held by all at that moment)
+
+        def decode(pixels: int) -> int:
+            with budget.hold(pixels) as got:
+                with lock:
+                    held.append(got)
+                    seen.append((pixels, sum(held)))
+                time.sleep(0.02)
+                with lock:
+                    held.remove(got)
+            return got
+
+        asks = [60, 60, 30, 250, 10, 40, 100, 5]
+        with ThreadPoolExecutor(4) as pool:
+            granted = list(pool.map(decode, asks))
+        assert granted == [min(p, 100) for p in asks]
+        assert max(total for _, total in seen) <= 100
+        assert all(total == 100 for asked, total in seen if asked >= 100)  # alone
+        assert budget.used == 0
+
+    def test_decodes_wait_their_turn(self) -> None:
+        import threading
+        import time
+
+        from worker.image_inference import PixelBudget
+
+        budget = PixelBudget(10)
+        order: list[str] = []
+
+        def decode(pixels: int, name: str) -> None:
+            with budget.hold(pixels):
+                order.append(name)
+
+        with budget.hold(8):
+            big = threading.Thread(target=decode, args=(10, "big"))
+            big.start()
+            time.sleep(0.1)  # the big decode waits for the 8 held
+            small = threading.Thread(target=decode, args=(1, "small"))
+            small.start()
+            time.sleep(0.1)
+            assert order == []  # the small one, which would fit, does not pass the big one
+        big.join(5)
+        small.join(5)
+        assert order == ["big", "small"]
+
 
 class TestSource:
     def test_bytes_base64_data_urls_and_uris(self) -> None:

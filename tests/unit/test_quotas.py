@@ -81,6 +81,9 @@ class TestPlanOverrun:
         max_records_per_job=100,
         max_finetune_steps=50,
         min_checkpoint_seconds=1,
+        max_openai_files=1,
+        max_openai_storage_bytes=1,
+        max_model_versions=1,
     )
 
     @pytest.mark.parametrize(
@@ -111,3 +114,19 @@ def test_quota_exceeded_is_a_429_with_retry_after() -> None:
         "message": "over",
         "detail": {"quota": "max_active_jobs"},
     }
+
+
+def test_a_holding_quota_tells_clients_not_to_retry() -> None:
+    exc = quotas.HoldingExceeded("full", field="file", quota="max_openai_files", limit=2)
+    assert exc.status_code == 429 and exc.code == "quota_exceeded"
+    assert exc.headers == {"Retry-After": "30", "x-should-retry": "false"}
+    assert exc.to_body()["detail"] == {"quota": "max_openai_files", "limit": 2}
+
+
+def test_holding_quotas_have_defaults_and_overrides() -> None:
+    limits = quotas.effective(Tenant(name="t", quotas={"max_model_versions": 3}), SETTINGS)
+    assert limits.max_model_versions == 3
+    assert limits.max_openai_files == SETTINGS.quota_max_openai_files
+    assert limits.max_openai_storage_bytes == SETTINGS.quota_max_openai_storage_bytes
+    checked = quotas.check_overrides({"max_openai_storage_bytes": "1000000", "max_openai_files": 5})
+    assert checked == {"max_openai_storage_bytes": 1_000_000, "max_openai_files": 5}

@@ -56,7 +56,8 @@ def _respond(status: int, body: dict[str, Any], headers: Mapping[str, str] | Non
 
 
 async def barge_error(_: Request, exc: BargeError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
+    headers.update(exc.headers)  # Retry-After and x-should-retry with a 429, as on /v1
     return _respond(exc.status_code, exc.to_body(), headers)  # type: ignore[no-any-return]
 
 

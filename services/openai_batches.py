@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import IO, Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from barge.errors import Conflict, InvalidSpec, NotFound, excerpt
@@ -49,6 +50,7 @@ class Checked:
 
     total: int = 0
     model: str | None = None
+    model_line: int | None = None  # the first line that names it
     errors: list[dict[str, Any]] = field(default_factory=list)
 
     def error(self, code: str, line: int | None, message: str, param: str | None = None) -> None:
@@ -159,7 +161,7 @@ def _check_request(
         )
         return
     if out.model is None:
-        out.model = model
+        out.model, out.model_line = model, number
     elif model != out.model:
         out.error(
             "model_mismatch",
@@ -236,7 +238,8 @@ def create(
         except InvalidSpec as exc:
             if exc.field != "model":
                 raise
-            checked.error("model_not_found", None, exc.message, "body.model")
+            code = exc.detail.get("code", "model_not_found")
+            checked.error(code, checked.model_line, exc.message, "body.model")
     if checked.errors:
         batch.status = "failed"
         batch.errors = checked.errors
@@ -254,7 +257,7 @@ def _start_job(
 ) -> uuid.UUID:
     assert batch.model is not None
     output = openai_files.files_prefix(settings, tenant).join(f"batches/{batch.id}/")
-    spec = InferenceSpec(
+    spec = _spec(
         model=model_ref(settings, batch.model),
         task=ENDPOINTS[endpoint],  # type: ignore[arg-type]
         input=input_uri,
@@ -272,6 +275,21 @@ def _start_job(
     )
     job, _ = submission.submit(uow, settings, store, tenant.id, spec)
     return job.id
+
+
+def _spec(**fields: Any) -> InferenceSpec:
+    """The batch's job spec, checked by the very rules of a native job's: a model the spec
+    refuses (``S3://...``, ``name@0``, a built-in model of another task) is an InvalidSpec
+    naming ``model`` (``invalid_request``), as is any other refusal naming its field."""
+    try:
+        return InferenceSpec(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = [str(p) for p in first.get("loc", ())]
+        name = "model" if not loc else loc[0]  # a check of the whole spec: the model's
+        problem = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        where = f"body.model {excerpt(fields['model'])}" if name == "model" else name
+        raise InvalidSpec(f"{where}: {problem}", field=name, code="invalid_request") from None
 
 
 def get(session: Session, tenant_id: uuid.UUID, batch_id: str) -> OpenAIBatch:

@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import IO, Any
 
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
@@ -329,6 +330,7 @@ def create(
         hyperparameters=chosen,
         meta=metadata,
         created_at=utcnow(),
+        id_key=secrets.token_hex(16),
     )
     spec_fields = {
         "type": "finetune",
@@ -444,13 +446,48 @@ def present(session: Session, row: OpenAIFineTuningJob) -> dict[str, Any]:
     }
 
 
-def _cursor(after: str | None, prefix: str) -> int | None:
-    """The event id an ``after`` cursor (``ftevent-N`` / ``ftckpt-N``) names."""
+# What an event's id shows (``ftevent-`` or ``ftckpt-`` and 32 hex digits): the event's number
+# and its kind, sealed (AES, one block) with the job's own key; a cursor is read back with it.
+EVENT_PREFIX, CHECKPOINT_PREFIX = "ftevent-", "ftckpt-"
+_KINDS = {EVENT_PREFIX: 1, CHECKPOINT_PREFIX: 2}
+_SEALED = re.compile(r"[0-9a-f]{32}")
+BIGINT_MAX = 2**63 - 1
+
+
+def _aes(row: OpenAIFineTuningJob) -> Cipher[Any]:
+    return Cipher(algorithms.AES(bytes.fromhex(row.id_key)), modes.ECB())
+
+
+def _tail(prefix: str) -> bytes:
+    return bytes([_KINDS[prefix]]) + bytes(7)
+
+
+def public_id(row: OpenAIFineTuningJob, prefix: str, event_id: int) -> str:
+    """The opaque id of one of the job's events (``prefix`` says which list shows it): its
+    number hints at nothing (another job's events, how many there are), and only this job's
+    lists read it back (``_cursor``)."""
+    sealer = _aes(row).encryptor()
+    return (
+        prefix
+        + (sealer.update(event_id.to_bytes(8, "big") + _tail(prefix)) + sealer.finalize()).hex()
+    )
+
+
+def _cursor(row: OpenAIFineTuningJob, after: str | None, prefix: str) -> int | None:
+    """The event number an ``after`` cursor (an id from this job's list) stands for; a 400 for
+    anything else (another list's or job's id, a made-up one)."""
     if after is None:
         return None
-    if not after.startswith(prefix) or not after[len(prefix) :].isdigit():
-        raise BadRequest(f"after must be an id from this list, got {excerpt(after)}", field="after")
-    return int(after[len(prefix) :])
+    sealed = after[len(prefix) :] if after.startswith(prefix) else ""
+    if _SEALED.fullmatch(sealed):  # ASCII hex only: no other digits get this far
+        opener = _aes(row).decryptor()
+        block = opener.update(bytes.fromhex(sealed)) + opener.finalize()
+        number = int.from_bytes(block[:8], "big")
+        if block[8:] == _tail(prefix) and number <= BIGINT_MAX:
+            return number
+    raise BadRequest(
+        f"after must be an id from this job's list, got {excerpt(after)}", field="after"
+    )
 
 
 def page(
@@ -494,7 +531,7 @@ def _event(row: OpenAIFineTuningJob, event: JobEvent) -> dict[str, Any]:
             **data,
         }
     return {
-        "id": f"ftevent-{event.id}",
+        "id": public_id(row, EVENT_PREFIX, event.id),
         "object": "fine_tuning.job.event",
         "created_at": _ts(event.at),
         "level": level,
@@ -509,7 +546,7 @@ def events(
 ) -> dict[str, Any]:
     """The job's events, newest first (``after``: the last of the previous page)."""
     row = get(session, tenant_id, job_id)
-    before = _cursor(after, "ftevent-")
+    before = _cursor(row, after, EVENT_PREFIX)
     if row.job_id is None:
         return openai_files.listing([], False)
     found, more = repo.events_newest_first(session, row.job_id, limit, before)
@@ -524,7 +561,7 @@ def checkpoints(
     models (``name@N``, usable as any model); Barge keeps no model of the others, so theirs is
     null."""
     row = get(session, tenant_id, job_id)
-    before = _cursor(after, "ftckpt-")
+    before = _cursor(row, after, CHECKPOINT_PREFIX)
     if row.job_id is None:
         return openai_files.listing([], False)
     found, more = repo.events_newest_first(session, row.job_id, limit, before, (CHECKPOINT_KIND,))
@@ -545,7 +582,7 @@ def checkpoints(
         }
         data.append(
             {
-                "id": f"ftckpt-{event.id}",
+                "id": public_id(row, CHECKPOINT_PREFIX, event.id),
                 "object": "fine_tuning.job.checkpoint",
                 "created_at": _ts(event.at),
                 "fine_tuned_model_checkpoint": usable.get(record.get("epoch")),

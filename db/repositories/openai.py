@@ -1,4 +1,4 @@
-"""SQL of the OpenAI-compatible surface: files, batches and fine-tuning jobs, always scoped to one tenant.
+"""SQL of the OpenAI-compatible surface: files, batches, fine-tuning jobs and the models it lists, always scoped to one tenant.
 
 Lists are newest first, paged with ``after`` (the id of the last row of the previous page), the
 way OpenAI's list endpoints page. Imports: ``barge.status``, ``db.models``, ``db.base``; nothing above ``db``."""
@@ -13,7 +13,7 @@ from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
 
 from barge.status import QUEUED, RUNNING
-from db.models import Job, OpenAIBatch, OpenAIFile, OpenAIFineTuningJob
+from db.models import Job, Model, OpenAIBatch, OpenAIFile, OpenAIFineTuningJob
 
 Row = TypeVar("Row", OpenAIFile, OpenAIBatch, OpenAIFineTuningJob)
 
@@ -143,3 +143,14 @@ def list_fine_tuning_jobs(
 def fine_tuning_job_for(session: Session, job_id: uuid.UUID) -> OpenAIFineTuningJob | None:
     """The OpenAI fine-tuning job a Barge job runs, if any."""
     return session.scalar(select(OpenAIFineTuningJob).where(OpenAIFineTuningJob.job_id == job_id))
+
+
+def tenant_models(session: Session, tenant_id: uuid.UUID) -> list[Model]:
+    """Every registered version of the tenant's models, by name, newest version first."""
+    return list(
+        session.scalars(
+            select(Model)
+            .where(Model.tenant_id == tenant_id)
+            .order_by(Model.name, Model.version.desc())
+        )
+    )

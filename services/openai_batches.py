@@ -402,8 +402,11 @@ def _present(batch: OpenAIBatch, job: Job | None, progress: repo.Progress | None
     ):
         status = "finalizing"
     if batch.expired_at is not None and job is not None:
-        # Its job was cancelled when the window ended: finalizing until the files are joined.
-        status = "expired" if job.status in (CANCELLED, SUCCEEDED, FAILED) else "finalizing"
+        # Its job was cancelled when the window ended: finalizing until the files are joined;
+        # then expired, unless no request was left unrun (the last ones finished meanwhile).
+        status = "finalizing"
+        if job.status in (CANCELLED, SUCCEEDED, FAILED):
+            status = "completed" if batch.expired_requests == 0 else "expired"
     expired = batch.expired_requests or 0
     errors = batch.errors
     if errors is None and job is not None and job.status == FAILED:

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
+from barge import modeldirs
 from barge.chat import MessagesError, chat_example
 from barge.errors import Conflict, InvalidSpec, NotFound, excerpt
 from barge.settings import Settings
@@ -73,6 +74,7 @@ class Examples:
 
     count: int
     errors: list[str]
+    chat: bool = False  # chat examples (their model needs a chat template)
 
 
 def check_file(f: IO[bytes], settings: Settings) -> Examples:
@@ -111,7 +113,7 @@ def check_file(f: IO[bytes], settings: Settings) -> Examples:
         count += 1
     if not count and not errors:
         errors.append("the file has no examples")
-    return Examples(count, errors)
+    return Examples(count, errors, fmt == "chat")
 
 
 def _chat_problem(data: dict[str, Any], limit: int) -> str | None:
@@ -261,7 +263,7 @@ def _file(session: Session, tenant_id: uuid.UUID, file_id: Any, field: str) -> O
     return row
 
 
-def _checked(store: ObjectStore, settings: Settings, row: OpenAIFile, field: str) -> int:
+def _checked(store: ObjectStore, settings: Settings, row: OpenAIFile, field: str) -> Examples:
     with store.open(S3Uri.parse(row.uri)) as f:
         found = check_file(f, settings)
     if found.errors:
@@ -270,7 +272,21 @@ def _checked(store: ObjectStore, settings: Settings, row: OpenAIFile, field: str
             field=field,
             code="invalid_file_format",
         )
-    return found.count
+    return found
+
+
+def _check_base(
+    settings: Settings, store: ObjectStore, model: str, job: Job, examples: Examples
+) -> None:
+    """The base (as the submission resolved it) must be a causal LM, with a chat template
+    for chat examples: an embedding model is refused here, not by the job a moment later."""
+    problem = modeldirs.causal_lm_problem(settings, store, job.model_uri, examples.chat)
+    if problem is not None:
+        raise BadRequest(
+            f"model {excerpt(model)} cannot be fine-tuned: {problem}",
+            field="model",
+            code="model_not_available",
+        )
 
 
 def create(
@@ -302,7 +318,7 @@ def create(
     examples = _checked(store, settings, train, "training_file")
     if validation is not None:
         _checked(store, settings, validation, "validation_file")
-    auto_batch = max(1, min(MAX_AUTO_BATCH_SIZE, examples // 10))
+    auto_batch = max(1, min(MAX_AUTO_BATCH_SIZE, examples.count // 10))
     chosen = {
         "n_epochs": _number(asked.get("n_epochs"), "n_epochs", 1, MAX_EPOCHS, AUTO_EPOCHS, True),
         "batch_size": _number(
@@ -360,6 +376,7 @@ def create(
     except InvalidSpec as exc:
         field = {"base_model": "model", "train": "training_file", "validation": "validation_file"}
         raise BadRequest(exc.message, field=field.get(exc.field or "", exc.field)) from None
+    _check_base(settings, store, request.model, job, examples)  # a refusal rolls the job back
     row.job_id = job.id
     return openai_repo.add_fine_tuning_job(session, row)
 

@@ -9,11 +9,11 @@ import uuid
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, and_, exists, or_, select
 from sqlalchemy.orm import Session
 
-from barge.status import QUEUED, RUNNING
-from db.models import Job, Model, OpenAIBatch, OpenAIFile, OpenAIFineTuningJob
+from barge.status import QUEUED, RUNNING, SHARD_PENDING, SHARD_RUNNING
+from db.models import Job, Model, OpenAIBatch, OpenAIFile, OpenAIFineTuningJob, Shard
 
 Row = TypeVar("Row", OpenAIFile, OpenAIBatch, OpenAIFineTuningJob)
 
@@ -84,15 +84,22 @@ def openai_batch_for_job(session: Session, job_id: uuid.UUID) -> OpenAIBatch | N
 def take_due_openai_batches(
     session: Session, now: datetime, limit: int
 ) -> list[tuple[OpenAIBatch, Job]]:
-    """Batches whose completion window has ended while their job is still queued or running,
-    locked (others skip them)."""
+    """Batches whose completion window has ended while their job still has requests to run
+    (queued, or running with a shard not yet settled), locked (others skip them). A job whose
+    every shard has settled only waits for its finalize: its batch completes."""
+    unsettled = exists().where(
+        Shard.job_id == Job.id, Shard.status.in_((SHARD_PENDING, SHARD_RUNNING))
+    )
     rows = session.execute(
         select(OpenAIBatch, Job)
         .join(Job, Job.id == OpenAIBatch.job_id)
         .where(
             OpenAIBatch.expires_at < now,
             OpenAIBatch.expired_at.is_(None),
-            Job.status.in_((QUEUED, RUNNING)),
+            or_(
+                Job.status == QUEUED,
+                and_(Job.status == RUNNING, or_(Job.shards_total.is_(None), unsettled)),
+            ),
         )
         .order_by(OpenAIBatch.expires_at)
         .limit(limit)

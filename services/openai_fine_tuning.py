@@ -482,7 +482,7 @@ def _tail(prefix: str) -> bytes:
 def public_id(row: OpenAIFineTuningJob, prefix: str, event_id: int) -> str:
     """The opaque id of one of the job's events (``prefix`` says which list shows it): its
     number hints at nothing (another job's events, how many there are), and only this job's
-    lists read it back (``_cursor``)."""
+    lists read it back (``read_cursor``)."""
     sealer = _aes(row).encryptor()
     return (
         prefix
@@ -490,7 +490,7 @@ def public_id(row: OpenAIFineTuningJob, prefix: str, event_id: int) -> str:
     )
 
 
-def _cursor(row: OpenAIFineTuningJob, after: str | None, prefix: str) -> int | None:
+def read_cursor(row: OpenAIFineTuningJob, after: str | None, prefix: str) -> int | None:
     """The event number an ``after`` cursor (an id from this job's list) stands for; a 400 for
     anything else (another list's or job's id, a made-up one)."""
     if after is None:
@@ -563,7 +563,7 @@ def events(
 ) -> dict[str, Any]:
     """The job's events, newest first (``after``: the last of the previous page)."""
     row = get(session, tenant_id, job_id)
-    before = _cursor(row, after, EVENT_PREFIX)
+    before = read_cursor(row, after, EVENT_PREFIX)
     if row.job_id is None:
         return openai_files.listing([], False)
     found, more = repo.events_newest_first(session, row.job_id, limit, before)
@@ -578,7 +578,7 @@ def checkpoints(
     models (``name@N``, usable as any model); Barge keeps no model of the others, so theirs is
     null."""
     row = get(session, tenant_id, job_id)
-    before = _cursor(row, after, CHECKPOINT_PREFIX)
+    before = read_cursor(row, after, CHECKPOINT_PREFIX)
     if row.job_id is None:
         return openai_files.listing([], False)
     found, more = repo.events_newest_first(session, row.job_id, limit, before, (CHECKPOINT_KIND,))

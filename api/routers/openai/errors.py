@@ -26,9 +26,14 @@ TYPES = {
     404: "not_found_error",
     409: "invalid_request_error",
     413: "invalid_request_error",
-    422: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+def status_of(status: int) -> int:
+    """The status this surface answers for Barge's ``status``: OpenAI has no 422 (a request
+    it cannot use, a body that is no JSON included, is a 400)."""
+    return 400 if status == 422 else status
 
 
 def is_openai_path(path: str) -> bool:
@@ -65,8 +70,9 @@ def _respond(
 
 
 async def barge_error(_: Request, exc: BargeError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return _respond(exc.status_code, exc.to_body(), headers)  # type: ignore[no-any-return]
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
+    headers.update(exc.headers)  # e.g. Retry-After with a 429
+    return _respond(status_of(exc.status_code), exc.to_body(), headers)  # type: ignore[no-any-return]
 
 
 async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -280,8 +280,9 @@ def _check_base(
 ) -> None:
     """The base (as the submission resolved it) must be a causal LM, with a chat template
     for chat examples: an embedding model is refused here, not by the job a moment later."""
-    problem = modeldirs.causal_lm_problem(settings, store, job.model_uri, examples.chat)
-    if problem is not None:
+    base = job.model_uri
+    problem = base and modeldirs.causal_lm_problem(settings, store, base, examples.chat)
+    if problem:
         raise BadRequest(
             f"model {excerpt(model)} cannot be fine-tuned: {problem}",
             field="model",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from barge.errors import excerpt
+from barge.errors import EXCERPT_CHARS, excerpt
 
 EMBEDDINGS, CHAT, COMPLETIONS = "/v1/embeddings", "/v1/chat/completions", "/v1/completions"
 MAX_INPUTS = 2048  # texts (or token arrays) in one embeddings request, as OpenAI allows
@@ -95,6 +95,11 @@ def _same(value: Any, wanted: Any) -> bool:
     return bool(value == wanted)
 
 
+def _json_excerpt(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= EXCERPT_CHARS else f"{text[:EXCERPT_CHARS]}…"
+
+
 def check_parameters(endpoint: str, body: dict[str, Any]) -> None:
     """Refuse the first parameter of ``body`` that Barge would not honour: one it does not
     run (``unsupported_parameter``, saying which values would pass) or one the endpoint does
@@ -112,7 +117,7 @@ def check_parameters(endpoint: str, body: dict[str, Any]) -> None:
             shown = " or ".join(json.dumps(v) for v in passing)
             allowed = f"leave it out or set it to {shown}" if shown else "leave it out"
             raise RequestError(
-                f"{name} {excerpt(value)} is not supported by Barge; {allowed}",
+                f"{name} {_json_excerpt(value)} is not supported by Barge; {allowed}",
                 name,
                 "unsupported_parameter",
             )

@@ -235,10 +235,11 @@ def create(
         assert checked.model is not None
         try:
             batch.job_id = _start_job(uow, settings, store, tenant, batch, source.uri, endpoint)
-        except InvalidSpec as exc:
-            if exc.field != "model":
+        except InvalidSpec as exc:  # the model named (or the task it runs) refused
+            if exc.field not in ("model", "task"):
                 raise
-            code = exc.detail.get("code", "model_not_found")
+            default = "model_not_found" if exc.field == "model" else "invalid_request"
+            code = exc.detail.get("code", default)
             checked.error(code, checked.model_line, exc.message, "body.model")
     if checked.errors:
         batch.status = "failed"

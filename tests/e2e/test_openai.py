@@ -752,5 +752,5 @@ def test_a_model_registered_for_another_task_is_refused_at_submit(
         json=inference_spec("house-chat@1", data, f"s3://{bucket}/out/"),
         headers=headers,
     )
-    assert native.status_code == 422 and native.json()["field"] == "model", native.text
+    assert native.status_code == 422 and native.json()["field"] == "task", native.text
     assert "registered for task 'generate'" in native.json()["message"]

@@ -290,35 +290,20 @@ def _check_base(
         )
 
 
-def create(
-    uow: UnitOfWork, settings: Settings, store: ObjectStore, tenant: Tenant, request: Request
-) -> OpenAIFineTuningJob:
-    """Check the request and its files, then submit the Barge fine-tune that runs it."""
-    if not isinstance(request.model, str) or not request.model or len(request.model) > 2048:
-        raise BadRequest("model must be a model name of at most 2048 characters", field="model")
-    if request.integrations:
-        raise BadRequest("integrations are not supported", field="integrations")
-    seed = request.seed
-    if seed is None:
-        seed = secrets.randbelow(2**31)
-    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+def _seed(value: Any) -> int:
+    if value is None:
+        return secrets.randbelow(2**31)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
         raise BadRequest(
-            f"seed must be an integer from 0 to 2**32-1, got {excerpt(seed)}", field="seed"
+            f"seed must be an integer from 0 to 2**32-1, got {excerpt(value)}", field="seed"
         )
-    asked = _hyperparameters(request)
-    method = _method(request, settings)
-    suffix = _suffix(request.suffix)
-    metadata = openai_files.check_metadata(request.metadata)
-    session = uow.session
-    train = _file(session, tenant.id, request.training_file, "training_file")
-    validation = (
-        _file(session, tenant.id, request.validation_file, "validation_file")
-        if request.validation_file is not None
-        else None
-    )
-    examples = _checked(store, settings, train, "training_file")
-    if validation is not None:
-        _checked(store, settings, validation, "validation_file")
+    return value
+
+
+def _chosen(
+    asked: dict[str, Any], examples: Examples, method: FullMethod | LoraMethod
+) -> tuple[dict[str, Any], float]:
+    """The hyperparameters ("auto" made a number) and the learning rate they make."""
     auto_batch = max(1, min(MAX_AUTO_BATCH_SIZE, examples.count // 10))
     chosen = {
         "n_epochs": _number(asked.get("n_epochs"), "n_epochs", 1, MAX_EPOCHS, AUTO_EPOCHS, True),
@@ -336,6 +321,32 @@ def create(
             f"rate of {learning_rate:g} (over 1) for method {method.type}",
             field="hyperparameters.learning_rate_multiplier",
         )
+    return chosen, learning_rate
+
+
+def create(
+    uow: UnitOfWork, settings: Settings, store: ObjectStore, tenant: Tenant, request: Request
+) -> OpenAIFineTuningJob:
+    """Check the request and its files, then submit the Barge fine-tune that runs it."""
+    if not isinstance(request.model, str) or not request.model or len(request.model) > 2048:
+        raise BadRequest("model must be a model name of at most 2048 characters", field="model")
+    if request.integrations:
+        raise BadRequest("integrations are not supported", field="integrations")
+    seed = _seed(request.seed)
+    asked = _hyperparameters(request)
+    method = _method(request, settings)
+    suffix = _suffix(request.suffix)
+    metadata = openai_files.check_metadata(request.metadata)
+    train = _file(uow.session, tenant.id, request.training_file, "training_file")
+    validation = (
+        _file(uow.session, tenant.id, request.validation_file, "validation_file")
+        if request.validation_file is not None
+        else None
+    )
+    examples = _checked(store, settings, train, "training_file")
+    if validation is not None:
+        _checked(store, settings, validation, "validation_file")
+    chosen, learning_rate = _chosen(asked, examples, method)
     row = OpenAIFineTuningJob(
         id=openai_files.new_id("ftjob-"),
         tenant_id=tenant.id,
@@ -369,6 +380,20 @@ def create(
         "epoch_models": 0 if isinstance(method, LoraMethod) and method.merge else EPOCH_MODELS,
         "metadata": {"openai_fine_tuning_job_id": row.id},
     }
+    job = _submit(uow, settings, store, tenant, spec_fields)
+    _check_base(settings, store, request.model, job, examples)  # a refusal rolls the job back
+    row.job_id = job.id
+    return openai_repo.add_fine_tuning_job(uow.session, row)
+
+
+def _submit(
+    uow: UnitOfWork,
+    settings: Settings,
+    store: ObjectStore,
+    tenant: Tenant,
+    spec_fields: dict[str, Any],
+) -> Job:
+    """The Barge fine-tune, submitted; its refusals named by the request's fields."""
     try:
         spec = FinetuneSpec.model_validate(spec_fields)
         job, _ = submission.submit(uow, settings, store, tenant.id, spec)
@@ -377,9 +402,7 @@ def create(
     except InvalidSpec as exc:
         field = {"base_model": "model", "train": "training_file", "validation": "validation_file"}
         raise BadRequest(exc.message, field=field.get(exc.field or "", exc.field)) from None
-    _check_base(settings, store, request.model, job, examples)  # a refusal rolls the job back
-    row.job_id = job.id
-    return openai_repo.add_fine_tuning_job(session, row)
+    return job
 
 
 def get(session: Session, tenant_id: uuid.UUID, job_id: str) -> OpenAIFineTuningJob:

@@ -64,41 +64,6 @@ def list_model_files(settings: Settings, store: ObjectStore, ref: str) -> dict[s
     return {rel: info.etag for info, rel in iter_prefix_files(store, uri) if rel}
 
 
-def is_onnx_dir(files: dict[str, str] | set[str] | list[str]) -> bool:
-    """Whether a model directory (its relative file names) is an ONNX one (``model.onnx``)."""
-    return "model.onnx" in files
-
-
-def check_model_files(ref: str, files: dict[str, str]) -> None:
-    """Refuse a directory that is neither a loadable safetensors Hugging Face model nor an ONNX
-    one (``model.onnx`` + ``barge.json``, checked further by ``barge.onnxdirs``), saying why."""
-    if not files:
-        raise PermanentJobError(f"model directory {ref} is empty or does not exist")
-    if is_onnx_dir(files):
-        if "barge.json" not in files:
-            raise PermanentJobError(
-                f"model directory {ref} has model.onnx but no barge.json (which maps record "
-                "fields to the graph's inputs and names its output; see the README)"
-            )
-        return
-    if "config.json" not in files and "adapter_config.json" not in files:
-        raise PermanentJobError(
-            f"model directory {ref} has no config.json: it must be a Hugging Face model "
-            f"directory (found: {', '.join(sorted(files)[:8])})"
-        )
-    if not any(is_model_file(name) and name.endswith(".safetensors") for name in files):
-        pickled = [n for n in files if n.endswith(PICKLED_WEIGHTS)]
-        why = (
-            f" (found pickled weights {', '.join(pickled)}, which Barge never loads)"
-            if pickled
-            else ""
-        )
-        raise PermanentJobError(
-            f"model directory {ref} has no *.safetensors weights{why}; save it with "
-            "save_pretrained(..., safe_serialization=True)"
-        )
-
-
 MAX_JSON_BYTES = 16 << 20  # a config or tokenizer config read to check a directory
 # The architectures (config.json) of a causal language model: what a generate fine-tune trains.
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -155,3 +120,38 @@ def causal_lm_problem(settings: Settings, store: ObjectStore, ref: str, chat: bo
             '{"prompt", "completion"} examples, or choose a chat model'
         )
     return None
+
+
+def is_onnx_dir(files: dict[str, str] | set[str] | list[str]) -> bool:
+    """Whether a model directory (its relative file names) is an ONNX one (``model.onnx``)."""
+    return "model.onnx" in files
+
+
+def check_model_files(ref: str, files: dict[str, str]) -> None:
+    """Refuse a directory that is neither a loadable safetensors Hugging Face model nor an ONNX
+    one (``model.onnx`` + ``barge.json``, checked further by ``barge.onnxdirs``), saying why."""
+    if not files:
+        raise PermanentJobError(f"model directory {ref} is empty or does not exist")
+    if is_onnx_dir(files):
+        if "barge.json" not in files:
+            raise PermanentJobError(
+                f"model directory {ref} has model.onnx but no barge.json (which maps record "
+                "fields to the graph's inputs and names its output; see the README)"
+            )
+        return
+    if "config.json" not in files and "adapter_config.json" not in files:
+        raise PermanentJobError(
+            f"model directory {ref} has no config.json: it must be a Hugging Face model "
+            f"directory (found: {', '.join(sorted(files)[:8])})"
+        )
+    if not any(is_model_file(name) and name.endswith(".safetensors") for name in files):
+        pickled = [n for n in files if n.endswith(PICKLED_WEIGHTS)]
+        why = (
+            f" (found pickled weights {', '.join(pickled)}, which Barge never loads)"
+            if pickled
+            else ""
+        )
+        raise PermanentJobError(
+            f"model directory {ref} has no *.safetensors weights{why}; save it with "
+            "save_pretrained(..., safe_serialization=True)"
+        )

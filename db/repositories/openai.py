@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, exists, or_, select
+from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
 
 from barge.status import QUEUED, RUNNING, SHARD_PENDING, SHARD_RUNNING
@@ -87,8 +87,10 @@ def take_due_openai_batches(
     """Batches whose completion window has ended while their job still has requests to run
     (queued, or running with a shard not yet settled), locked (others skip them). A job whose
     every shard has settled only waits for its finalize: its batch completes."""
-    unsettled = exists().where(
-        Shard.job_id == Job.id, Shard.status.in_((SHARD_PENDING, SHARD_RUNNING))
+    unsettled = (
+        select(Shard.id)
+        .where(Shard.job_id == Job.id, Shard.status.in_((SHARD_PENDING, SHARD_RUNNING)))
+        .exists()
     )
     rows = session.execute(
         select(OpenAIBatch, Job)

@@ -1,7 +1,6 @@
-"""The OpenAI-compatible surface, mounted at ``/openai/v1``: Files, Batches, fine-tuning jobs and
-Models, same API keys and tenant scoping as ``/v1``, errors in OpenAI's envelope (a route it does
-not serve included). An app of its own (its schema at ``/openai/v1/openapi.json``) so its error
-handlers answer only here."""
+"""The OpenAI-compatible surface, mounted at ``/openai/v1``: Files, Batches and fine-tuning jobs, same API keys
+and tenant scoping as ``/v1``, errors in OpenAI's envelope. An app of its own (its schema at
+``/openai/v1/openapi.json``) so its error handlers answer only here."""
 
 from __future__ import annotations
 
@@ -26,7 +25,9 @@ def storable_query(request: Request) -> None:
 
 
 def create_openai_app(parent: FastAPI) -> FastAPI:
-    """The surface's app, sharing the parent's settings, store and Celery app."""
+    """The surface's app (files, batches, fine-tuning jobs and models; any other route is
+    answered in OpenAI's envelope, naming it), sharing the parent's settings, store and Celery
+    app."""
     app = FastAPI(
         title="Barge: OpenAI-compatible Files, Batches, Fine-tuning and Models",
         description="Point the official `openai` client's base_url here.",

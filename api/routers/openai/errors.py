@@ -64,15 +64,15 @@ def _respond(
     headers: Mapping[str, str] | None = None,
     kind: str | None = None,
 ) -> Any:
+    status = status_of(status)
     return JSONResponse(
         status_code=status, content=envelope(status, body, kind), headers=dict(headers or {})
     )
 
 
 async def barge_error(_: Request, exc: BargeError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
-    headers.update(exc.headers)  # e.g. Retry-After with a 429
-    return _respond(status_of(exc.status_code), exc.to_body(), headers)  # type: ignore[no-any-return]
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return _respond(exc.status_code, exc.to_body(), headers)  # type: ignore[no-any-return]
 
 
 async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

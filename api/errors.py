@@ -154,7 +154,7 @@ HTTP_ERROR_CODES = {
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
-def _allowed_methods(request: Request) -> str:
+def allowed_methods(request: Request) -> str:
     """Every method some route of the app takes at this path (Starlette's 405 names only the
     first route that matched the path: POST for /v1/jobs, which GET also serves)."""
     routes = request.app.router.routes
@@ -173,7 +173,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     if exc.status_code == 404 and exc.detail == "Not Found":
         message = f"no such route: {where}; the API's calls are listed at /docs"
     elif exc.status_code == 405:
-        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+        headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
         message = f"method not allowed: {where}; allowed: {headers['Allow']}"
     return JSONResponse(
         status_code=exc.status_code,

@@ -23,7 +23,7 @@ from api.errors import (
     _error_body,
     clip,
 )
-from api.routers.openai.errors import envelope, is_openai_path
+from api.routers.openai.errors import envelope, is_openai_path, status_of
 from barge.errors import BargeError
 from barge.jsonvalues import field_name, unstorable
 from barge.settings import Settings
@@ -176,6 +176,7 @@ class _Exchange:
     ) -> None:
         content = _error_body(body)
         if is_openai_path(self.scope.get("path", "")):
+            status = status_of(status)
             content = envelope(status, body)
         response = JSONResponse(content, status_code=status, headers=headers)
         await response(self.scope, self._receive, self._send_out)

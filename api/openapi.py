@@ -1,7 +1,9 @@
 """The OpenAPI schema, with what FastAPI cannot say by itself: the job body's discriminator
 (`type` picks inference or finetune; left out, it is inference), and no 422 FastAPI adds by
 default to operations that cannot answer one (an operation that can declares its own, in
-Barge's error shape: FastAPI's HTTPValidationError shape is never answered)."""
+Barge's error shape: FastAPI's HTTPValidationError shape is never answered). The OpenAI
+surface's app (``/openai/v1/openapi.json``) is installed the same way: it answers a 400 in
+OpenAI's envelope where FastAPI would say 422."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ JOB_BODY_MAPPING = {"inference": f"{SCHEMAS}InferenceSpec", "finetune": f"{SCHEM
 
 
 def _job_body(schema: dict[str, Any]) -> None:
+    if "/v1/jobs" not in schema["paths"]:
+        return  # the OpenAI surface's app
     body = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
     body["schema"] = {
         "oneOf": [{"$ref": ref} for ref in JOB_BODY_MAPPING.values()],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from barge.errors import PermanentJobError
 from barge.settings import Settings
 from barge.storage import ObjectStore, S3Uri, iter_prefix_files, local_model_dir
@@ -61,6 +64,64 @@ def list_model_files(settings: Settings, store: ObjectStore, ref: str) -> dict[s
         }
     uri = S3Uri.parse(ref, field="model")
     return {rel: info.etag for info, rel in iter_prefix_files(store, uri) if rel}
+
+
+MAX_JSON_BYTES = 16 << 20  # a config or tokenizer config read to check a directory
+# The architectures (config.json) of a causal language model: what a generate fine-tune trains.
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def read_json(settings: Settings, store: ObjectStore, ref: str, name: str) -> Any:
+    """The parsed JSON file ``name`` of model directory ``ref`` (a local directory or an s3://
+    prefix); None when it has none, it is over MAX_JSON_BYTES or it is not JSON."""
+    local = local_model_dir(settings, ref)
+    if local is not None:
+        path = local / name
+        if not path.is_file() or path.stat().st_size > MAX_JSON_BYTES:
+            return None
+        data = path.read_bytes()
+    else:
+        uri = S3Uri.parse(ref, field="model").as_prefix().join(name)
+        info = store.head(uri)
+        if info is None or info.size > MAX_JSON_BYTES:
+            return None
+        data = store.get_bytes(uri)
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def causal_lm_problem(settings: Settings, store: ObjectStore, ref: str, chat: bool) -> str | None:
+    """Why the model directory at ``ref`` cannot be trained to generate text: it is no causal
+    language model (an embedding encoder, a classifier, a seq2seq model), or, for ``chat``
+    examples, it has no chat template. None when it can, or when its config does not say."""
+    config = read_json(settings, store, ref, "config.json")
+    names = config.get("architectures") if isinstance(config, dict) else None
+    if (
+        isinstance(names, list)
+        and names
+        and not any(isinstance(n, str) and n.endswith(CAUSAL_LM_SUFFIXES) for n in names)
+    ):
+        return (
+            f"{ref} is a {', '.join(map(str, names[:3]))}, not a causal language model "
+            f"(*{' or *'.join(CAUSAL_LM_SUFFIXES)}): it cannot learn to generate text"
+        )
+    if not chat:
+        return None
+    tokenizer = read_json(settings, store, ref, "tokenizer_config.json")
+    files = list_model_files(settings, store, ref)
+    if not (
+        "chat_template.jinja" in files
+        or "chat_template.json" in files
+        or (isinstance(tokenizer, dict) and tokenizer.get("chat_template"))
+    ):
+        return (
+            f"{ref} has no chat template (chat_template.jinja, or chat_template in "
+            "tokenizer_config.json), which chat examples need; train on "
+            '{"prompt", "completion"} examples, or choose a chat model'
+        )
+    return None
 
 
 def is_onnx_dir(files: dict[str, str] | set[str] | list[str]) -> bool:

@@ -325,3 +325,5 @@ class OpenAIFineTuningJob(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # The results file (metrics by step, CSV) written when the job succeeded.
     result_file_id: Mapped[str | None] = mapped_column(String(64))
+    # The job's own secret (AES-128, hex) that seals the ids of its events and checkpoints.
+    id_key: Mapped[str] = mapped_column(String(64))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import IO, Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from barge.errors import Conflict, InvalidSpec, NotFound, excerpt
@@ -49,6 +50,7 @@ class Checked:
 
     total: int = 0
     model: str | None = None
+    model_line: int | None = None  # the first line that names it
     errors: list[dict[str, Any]] = field(default_factory=list)
 
     def error(self, code: str, line: int | None, message: str, param: str | None = None) -> None:
@@ -159,7 +161,7 @@ def _check_request(
         )
         return
     if out.model is None:
-        out.model = model
+        out.model, out.model_line = model, number
     elif model != out.model:
         out.error(
             "model_mismatch",
@@ -233,10 +235,12 @@ def create(
         assert checked.model is not None
         try:
             batch.job_id = _start_job(uow, settings, store, tenant, batch, source.uri, endpoint)
-        except InvalidSpec as exc:
-            if exc.field != "model":
+        except InvalidSpec as exc:  # the model named (or the task it runs) refused
+            if exc.field not in ("model", "task"):
                 raise
-            checked.error("model_not_found", None, exc.message, "body.model")
+            default = "model_not_found" if exc.field == "model" else "invalid_request"
+            code = exc.detail.get("code", default)
+            checked.error(code, checked.model_line, exc.message, "body.model")
     if checked.errors:
         batch.status = "failed"
         batch.errors = checked.errors
@@ -254,7 +258,7 @@ def _start_job(
 ) -> uuid.UUID:
     assert batch.model is not None
     output = openai_files.files_prefix(settings, tenant).join(f"batches/{batch.id}/")
-    spec = InferenceSpec(
+    spec = _spec(
         model=model_ref(settings, batch.model),
         task=ENDPOINTS[endpoint],  # type: ignore[arg-type]
         input=input_uri,
@@ -272,6 +276,21 @@ def _start_job(
     )
     job, _ = submission.submit(uow, settings, store, tenant.id, spec)
     return job.id
+
+
+def _spec(**fields: Any) -> InferenceSpec:
+    """The batch's job spec, checked by the very rules of a native job's: a model the spec
+    refuses (``S3://...``, ``name@0``, a built-in model of another task) is an InvalidSpec
+    naming ``model`` (``invalid_request``), as is any other refusal naming its field."""
+    try:
+        return InferenceSpec(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = [str(p) for p in first.get("loc", ())]
+        name = "model" if not loc else loc[0]  # a check of the whole spec: the model's
+        problem = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        where = f"body.model {excerpt(fields['model'])}" if name == "model" else name
+        raise InvalidSpec(f"{where}: {problem}", field=name, code="invalid_request") from None
 
 
 def get(session: Session, tenant_id: uuid.UUID, batch_id: str) -> OpenAIBatch:
@@ -384,8 +403,11 @@ def _present(batch: OpenAIBatch, job: Job | None, progress: repo.Progress | None
     ):
         status = "finalizing"
     if batch.expired_at is not None and job is not None:
-        # Its job was cancelled when the window ended: finalizing until the files are joined.
-        status = "expired" if job.status in (CANCELLED, SUCCEEDED, FAILED) else "finalizing"
+        # Its job was cancelled when the window ended: finalizing until the files are joined;
+        # then expired, unless no request was left unrun (the last ones finished meanwhile).
+        status = "finalizing"
+        if job.status in (CANCELLED, SUCCEEDED, FAILED):
+            status = "completed" if batch.expired_requests == 0 else "expired"
     expired = batch.expired_requests or 0
     errors = batch.errors
     if errors is None and job is not None and job.status == FAILED:

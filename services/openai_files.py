@@ -202,6 +202,18 @@ def listing(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
     }
 
 
+def check_text(name: str, value: str) -> str:
+    """A query parameter's or a form field's ``value``, refused (naming ``name``) when
+    Postgres could not store it or its name: a NUL or a lone surrogate. Every query parameter
+    and form field of the surface passes here; what a JSON body holds is checked where it is
+    read (``check_metadata``, a batch line's model)."""
+    for text in (name, value):
+        found = unstorable(text)
+        if found is not None:
+            raise BadRequest(f"{excerpt(name)}: {found[1]}", field=name)
+    return value
+
+
 def check_metadata(value: Any) -> dict[str, str] | None:
     """OpenAI's ``metadata``: at most 16 string keys (64 characters) to strings (512)."""
     if value is not None and (

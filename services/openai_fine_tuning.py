@@ -24,9 +24,11 @@ import uuid
 from dataclasses import dataclass
 from typing import IO, Any
 
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
+from barge import modeldirs
 from barge.chat import MessagesError, chat_example
 from barge.errors import Conflict, InvalidSpec, NotFound, excerpt
 from barge.settings import Settings
@@ -72,6 +74,7 @@ class Examples:
 
     count: int
     errors: list[str]
+    chat: bool = False  # chat examples (their model needs a chat template)
 
 
 def check_file(f: IO[bytes], settings: Settings) -> Examples:
@@ -110,7 +113,7 @@ def check_file(f: IO[bytes], settings: Settings) -> Examples:
         count += 1
     if not count and not errors:
         errors.append("the file has no examples")
-    return Examples(count, errors)
+    return Examples(count, errors, fmt == "chat")
 
 
 def _chat_problem(data: dict[str, Any], limit: int) -> str | None:
@@ -260,7 +263,7 @@ def _file(session: Session, tenant_id: uuid.UUID, file_id: Any, field: str) -> O
     return row
 
 
-def _checked(store: ObjectStore, settings: Settings, row: OpenAIFile, field: str) -> int:
+def _checked(store: ObjectStore, settings: Settings, row: OpenAIFile, field: str) -> Examples:
     with store.open(S3Uri.parse(row.uri)) as f:
         found = check_file(f, settings)
     if found.errors:
@@ -269,39 +272,39 @@ def _checked(store: ObjectStore, settings: Settings, row: OpenAIFile, field: str
             field=field,
             code="invalid_file_format",
         )
-    return found.count
+    return found
 
 
-def create(
-    uow: UnitOfWork, settings: Settings, store: ObjectStore, tenant: Tenant, request: Request
-) -> OpenAIFineTuningJob:
-    """Check the request and its files, then submit the Barge fine-tune that runs it."""
-    if not isinstance(request.model, str) or not request.model or len(request.model) > 2048:
-        raise BadRequest("model must be a model name of at most 2048 characters", field="model")
-    if request.integrations:
-        raise BadRequest("integrations are not supported", field="integrations")
-    seed = request.seed
-    if seed is None:
-        seed = secrets.randbelow(2**31)
-    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+def _check_base(
+    settings: Settings, store: ObjectStore, model: str, job: Job, examples: Examples
+) -> None:
+    """The base (as the submission resolved it) must be a causal LM, with a chat template
+    for chat examples: an embedding model is refused here, not by the job a moment later."""
+    base = job.model_uri
+    problem = base and modeldirs.causal_lm_problem(settings, store, base, examples.chat)
+    if problem:
         raise BadRequest(
-            f"seed must be an integer from 0 to 2**32-1, got {excerpt(seed)}", field="seed"
+            f"model {excerpt(model)} cannot be fine-tuned: {problem}",
+            field="model",
+            code="model_not_available",
         )
-    asked = _hyperparameters(request)
-    method = _method(request, settings)
-    suffix = _suffix(request.suffix)
-    metadata = openai_files.check_metadata(request.metadata)
-    session = uow.session
-    train = _file(session, tenant.id, request.training_file, "training_file")
-    validation = (
-        _file(session, tenant.id, request.validation_file, "validation_file")
-        if request.validation_file is not None
-        else None
-    )
-    examples = _checked(store, settings, train, "training_file")
-    if validation is not None:
-        _checked(store, settings, validation, "validation_file")
-    auto_batch = max(1, min(MAX_AUTO_BATCH_SIZE, examples // 10))
+
+
+def _seed(value: Any) -> int:
+    if value is None:
+        return secrets.randbelow(2**31)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise BadRequest(
+            f"seed must be an integer from 0 to 2**32-1, got {excerpt(value)}", field="seed"
+        )
+    return value
+
+
+def _chosen(
+    asked: dict[str, Any], examples: Examples, method: FullMethod | LoraMethod
+) -> tuple[dict[str, Any], float]:
+    """The hyperparameters ("auto" made a number) and the learning rate they make."""
+    auto_batch = max(1, min(MAX_AUTO_BATCH_SIZE, examples.count // 10))
     chosen = {
         "n_epochs": _number(asked.get("n_epochs"), "n_epochs", 1, MAX_EPOCHS, AUTO_EPOCHS, True),
         "batch_size": _number(
@@ -318,6 +321,32 @@ def create(
             f"rate of {learning_rate:g} (over 1) for method {method.type}",
             field="hyperparameters.learning_rate_multiplier",
         )
+    return chosen, learning_rate
+
+
+def create(
+    uow: UnitOfWork, settings: Settings, store: ObjectStore, tenant: Tenant, request: Request
+) -> OpenAIFineTuningJob:
+    """Check the request and its files, then submit the Barge fine-tune that runs it."""
+    if not isinstance(request.model, str) or not request.model or len(request.model) > 2048:
+        raise BadRequest("model must be a model name of at most 2048 characters", field="model")
+    if request.integrations:
+        raise BadRequest("integrations are not supported", field="integrations")
+    seed = _seed(request.seed)
+    asked = _hyperparameters(request)
+    method = _method(request, settings)
+    suffix = _suffix(request.suffix)
+    metadata = openai_files.check_metadata(request.metadata)
+    train = _file(uow.session, tenant.id, request.training_file, "training_file")
+    validation = (
+        _file(uow.session, tenant.id, request.validation_file, "validation_file")
+        if request.validation_file is not None
+        else None
+    )
+    examples = _checked(store, settings, train, "training_file")
+    if validation is not None:
+        _checked(store, settings, validation, "validation_file")
+    chosen, learning_rate = _chosen(asked, examples, method)
     row = OpenAIFineTuningJob(
         id=openai_files.new_id("ftjob-"),
         tenant_id=tenant.id,
@@ -329,6 +358,7 @@ def create(
         hyperparameters=chosen,
         meta=metadata,
         created_at=utcnow(),
+        id_key=secrets.token_hex(16),
     )
     spec_fields = {
         "type": "finetune",
@@ -350,6 +380,20 @@ def create(
         "epoch_models": 0 if isinstance(method, LoraMethod) and method.merge else EPOCH_MODELS,
         "metadata": {"openai_fine_tuning_job_id": row.id},
     }
+    job = _submit(uow, settings, store, tenant, spec_fields)
+    _check_base(settings, store, request.model, job, examples)  # a refusal rolls the job back
+    row.job_id = job.id
+    return openai_repo.add_fine_tuning_job(uow.session, row)
+
+
+def _submit(
+    uow: UnitOfWork,
+    settings: Settings,
+    store: ObjectStore,
+    tenant: Tenant,
+    spec_fields: dict[str, Any],
+) -> Job:
+    """The Barge fine-tune, submitted; its refusals named by the request's fields."""
     try:
         spec = FinetuneSpec.model_validate(spec_fields)
         job, _ = submission.submit(uow, settings, store, tenant.id, spec)
@@ -358,8 +402,7 @@ def create(
     except InvalidSpec as exc:
         field = {"base_model": "model", "train": "training_file", "validation": "validation_file"}
         raise BadRequest(exc.message, field=field.get(exc.field or "", exc.field)) from None
-    row.job_id = job.id
-    return openai_repo.add_fine_tuning_job(session, row)
+    return job
 
 
 def get(session: Session, tenant_id: uuid.UUID, job_id: str) -> OpenAIFineTuningJob:
@@ -444,13 +487,48 @@ def present(session: Session, row: OpenAIFineTuningJob) -> dict[str, Any]:
     }
 
 
-def _cursor(after: str | None, prefix: str) -> int | None:
-    """The event id an ``after`` cursor (``ftevent-N`` / ``ftckpt-N``) names."""
+# What an event's id shows (``ftevent-`` or ``ftckpt-`` and 32 hex digits): the event's number
+# and its kind, sealed (AES, one block) with the job's own key; a cursor is read back with it.
+EVENT_PREFIX, CHECKPOINT_PREFIX = "ftevent-", "ftckpt-"
+_KINDS = {EVENT_PREFIX: 1, CHECKPOINT_PREFIX: 2}
+_SEALED = re.compile(r"[0-9a-f]{32}")
+BIGINT_MAX = 2**63 - 1
+
+
+def _aes(row: OpenAIFineTuningJob) -> Cipher[Any]:
+    return Cipher(algorithms.AES(bytes.fromhex(row.id_key)), modes.ECB())
+
+
+def _tail(prefix: str) -> bytes:
+    return bytes([_KINDS[prefix]]) + bytes(7)
+
+
+def public_id(row: OpenAIFineTuningJob, prefix: str, event_id: int) -> str:
+    """The opaque id of one of the job's events (``prefix`` says which list shows it): its
+    number hints at nothing (another job's events, how many there are), and only this job's
+    lists read it back (``read_cursor``)."""
+    sealer = _aes(row).encryptor()
+    return (
+        prefix
+        + (sealer.update(event_id.to_bytes(8, "big") + _tail(prefix)) + sealer.finalize()).hex()
+    )
+
+
+def read_cursor(row: OpenAIFineTuningJob, after: str | None, prefix: str) -> int | None:
+    """The event number an ``after`` cursor (an id from this job's list) stands for; a 400 for
+    anything else (another list's or job's id, a made-up one)."""
     if after is None:
         return None
-    if not after.startswith(prefix) or not after[len(prefix) :].isdigit():
-        raise BadRequest(f"after must be an id from this list, got {excerpt(after)}", field="after")
-    return int(after[len(prefix) :])
+    sealed = after[len(prefix) :] if after.startswith(prefix) else ""
+    if _SEALED.fullmatch(sealed):  # ASCII hex only: no other digits get this far
+        opener = _aes(row).decryptor()
+        block = opener.update(bytes.fromhex(sealed)) + opener.finalize()
+        number = int.from_bytes(block[:8], "big")
+        if block[8:] == _tail(prefix) and number <= BIGINT_MAX:
+            return number
+    raise BadRequest(
+        f"after must be an id from this job's list, got {excerpt(after)}", field="after"
+    )
 
 
 def page(
@@ -494,7 +572,7 @@ def _event(row: OpenAIFineTuningJob, event: JobEvent) -> dict[str, Any]:
             **data,
         }
     return {
-        "id": f"ftevent-{event.id}",
+        "id": public_id(row, EVENT_PREFIX, event.id),
         "object": "fine_tuning.job.event",
         "created_at": _ts(event.at),
         "level": level,
@@ -509,7 +587,7 @@ def events(
 ) -> dict[str, Any]:
     """The job's events, newest first (``after``: the last of the previous page)."""
     row = get(session, tenant_id, job_id)
-    before = _cursor(after, "ftevent-")
+    before = read_cursor(row, after, EVENT_PREFIX)
     if row.job_id is None:
         return openai_files.listing([], False)
     found, more = repo.events_newest_first(session, row.job_id, limit, before)
@@ -524,7 +602,7 @@ def checkpoints(
     models (``name@N``, usable as any model); Barge keeps no model of the others, so theirs is
     null."""
     row = get(session, tenant_id, job_id)
-    before = _cursor(after, "ftckpt-")
+    before = read_cursor(row, after, CHECKPOINT_PREFIX)
     if row.job_id is None:
         return openai_files.listing([], False)
     found, more = repo.events_newest_first(session, row.job_id, limit, before, (CHECKPOINT_KIND,))
@@ -545,7 +623,7 @@ def checkpoints(
         }
         data.append(
             {
-                "id": f"ftckpt-{event.id}",
+                "id": public_id(row, CHECKPOINT_PREFIX, event.id),
                 "object": "fine_tuning.job.checkpoint",
                 "created_at": _ts(event.at),
                 "fine_tuned_model_checkpoint": usable.get(record.get("epoch")),

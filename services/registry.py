@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from barge import onnxdirs
 from barge.errors import Conflict, Forbidden, InvalidSpec, PermanentJobError, excerpt
+from barge.jsonvalues import unstorable
 from barge.modeldirs import check_model_files, is_onnx_dir, list_model_files
 from barge.settings import Settings
 from barge.specs import BUILTIN_MODELS, MAX_VERSION
@@ -102,6 +103,20 @@ def resolve_model(
                 field=field,
             )
     return found.uri, found.adapter_base_uri
+
+
+def registered(session: Session, tenant_id: uuid.UUID, ref: str) -> Model | None:
+    """The tenant's registry entry ``ref`` names (``name``: the newest version, ``name@N``),
+    or None: a directory, a built-in model, an unknown name, a version that is no number, or
+    text no name can hold (a NUL)."""
+    if ref.startswith(("s3://", "/", "file://")) or ref in BUILTIN_MODELS or unstorable(ref):
+        return None
+    name, _, version = ref.partition("@")
+    if version and not (
+        version.isascii() and version.isdigit() and 1 <= int(version[:11]) <= MAX_VERSION
+    ):
+        return None
+    return repo.find_model(session, tenant_id, name, int(version) if version else None)
 
 
 ONNX_ONLY_TASKS = ("regress",)

@@ -68,6 +68,21 @@ def check_model(
     return config
 
 
+def check_registered_task(session: Session, tenant_id: uuid.UUID, spec: InferenceSpec) -> None:
+    """A registered model runs the task it was registered for (a ``generate`` model in an
+    ``embed`` job would fail in the worker a moment later); refused naming ``task``, as an
+    ONNX model's task is (``registry.check_task_fits``)."""
+    found = registry.registered(session, tenant_id, spec.model)
+    if found is not None and found.task != spec.task:
+        raise InvalidSpec(
+            f"model {spec.model} is registered for task {found.task!r}; this job's task is "
+            f"{spec.task!r}: name a model registered for {spec.task!r}, or register this "
+            "one under another name for that task",
+            field="task",
+            code="model_task_mismatch",
+        )
+
+
 def check_input(
     settings: Settings, store: ObjectStore, spec: InferenceSpec, onnx: OnnxConfig | None = None
 ) -> None:
@@ -220,6 +235,7 @@ def _check_against_stores(
                 session, settings, store, tenant_id, spec.model, tenant_scopes=tenant_scopes
             )
             onnx = check_model(settings, store, spec, model_uri)
+            check_registered_task(session, tenant_id, spec)
         with naming("input"):
             check_input(settings, store, spec, onnx)
     with naming("output"):

@@ -31,33 +31,24 @@ from sqlalchemy.orm import Session
 
 from barge.errors import PermanentJobError, describe
 from barge.records import Format, Range, Record, iter_range
-from barge.specs import EmbedParams, InferenceSpec
+from barge.specs import InferenceSpec
 from barge.status import SHARD_SUCCEEDED
 from barge.storage import S3Uri
 from db.models import Job, Shard
-from services import openai_batches
+from services import openai_batches, openai_requests
+from services.openai_requests import RequestError
 from worker import chat, hf, metrics
 from worker.context import WorkerContext
 from worker.inference import WINDOW_BATCHES
 from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Result, Runner
-from worker.models import LoadedModel, predict
+from worker.models import LoadedModel
 from worker.outputs import JsonlPart, windows
 from worker.prefetch import prefetch
 from worker.shardrun import ShardRun
 
 MAX_STOP = 4
 MAX_DEFAULT_TOKENS = 4096  # max_tokens when a request names none: what is left, at most this
-
-
-class RequestError(Exception):
-    """A request that fails alone: its status code, message, parameter and code."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
 
 
 @dataclass
@@ -67,8 +58,8 @@ class Request:
     at: int  # index in the window
     custom_id: str
     body: dict[str, Any]
-    texts: list[str] = field(default_factory=list)  # embeddings
-    tokens: list[int] = field(default_factory=list)  # embeddings: per text
+    inputs: list[list[int]] = field(default_factory=list)  # embeddings: token ids per input
+    tokens: list[int] = field(default_factory=list)  # embeddings: per input
     prompt_ids: list[int] = field(default_factory=list)  # generation
     max_new_tokens: int = 0
     temperature: float = 1.0
@@ -178,6 +169,7 @@ class _BatchShard(ShardRun[LoadedModel]):
         body = rec.data.get("body")
         if not isinstance(body, dict):
             raise RequestError("body must be a JSON object", "body")
+        openai_requests.check_parameters(self.endpoint, body)
         req = Request(at=at, custom_id=custom_id, body=body)
         if self.endpoint == "/v1/embeddings":
             self._parse_embeddings(req)
@@ -190,27 +182,23 @@ class _BatchShard(ShardRun[LoadedModel]):
 
     def _parse_embeddings(self, req: Request) -> None:
         body = req.body
-        value = body.get("input")
-        texts = [value] if isinstance(value, str) else value
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            raise RequestError("input must be a string or a non-empty list of strings", "input")
-        if len(texts) > 2048:
-            raise RequestError("input may hold at most 2048 strings", "input")
+        inputs = openai_requests.embedding_inputs(body.get("input"))
         if body.get("encoding_format", "float") not in ("float", "base64"):
             raise RequestError("encoding_format must be float or base64", "encoding_format")
-        if body.get("dimensions") is not None:
-            raise RequestError("dimensions is not supported by this model", "dimensions")
         limit = self._limit()
         tok = self.loaded.tokenizer
-        for text in texts:
-            if len(text) > self.ctx.settings.max_text_chars:
+        for text in inputs:
+            if not isinstance(text, str):  # token ids, as the model's tokenizer makes them
+                openai_requests.check_token_ids(text, len(tok), "input")
+            elif len(text) > self.ctx.settings.max_text_chars:
                 raise RequestError(
                     f"an input has {len(text)} characters, more than "
                     f"{self.ctx.settings.max_text_chars}",
                     "input",
                     "context_length_exceeded",
                 )
-            n = len(tok(text, truncation=False)["input_ids"])
+            ids = text if not isinstance(text, str) else tok(text, truncation=False)["input_ids"]
+            n = len(ids)
             if limit is not None and n > limit:
                 raise RequestError(
                     f"an input has {n} tokens; this model takes at most {limit}",
@@ -218,15 +206,11 @@ class _BatchShard(ShardRun[LoadedModel]):
                     "context_length_exceeded",
                 )
             req.tokens.append(n)
-        req.texts = texts
+            req.inputs.append(list(ids))
 
     def _parse_generation(self, req: Request) -> None:
         body = req.body
         tok = self.loaded.tokenizer
-        if body.get("stream"):
-            raise RequestError("stream is not supported in a batch", "stream")
-        if body.get("n", 1) != 1:
-            raise RequestError("n must be 1", "n")
         if self.endpoint == "/v1/chat/completions":
             try:
                 messages = chat.parse_messages(body.get("messages"))
@@ -239,12 +223,12 @@ class _BatchShard(ShardRun[LoadedModel]):
                 raise RequestError(exc.message, exc.param) from None
             req.prompt_ids = list(tok(rendered, add_special_tokens=False)["input_ids"])
         else:
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-                prompt = prompt[0]
-            if not isinstance(prompt, str) or not prompt:
-                raise RequestError("prompt must be a non-empty string", "prompt")
-            req.prompt_ids = list(tok(prompt)["input_ids"])
+            prompt = openai_requests.prompt_of(body.get("prompt"))
+            if isinstance(prompt, str):
+                req.prompt_ids = list(tok(prompt)["input_ids"])
+            else:  # token ids, as the model's tokenizer makes them
+                openai_requests.check_token_ids(prompt, len(tok), "prompt")
+                req.prompt_ids = prompt
         limit = self._limit()
         room = (limit - len(req.prompt_ids)) if limit is not None else MAX_DEFAULT_TOKENS
         if room < 1:
@@ -317,18 +301,15 @@ class _BatchShard(ShardRun[LoadedModel]):
         ]
 
     def _embed(self, batch: list[Request]) -> list[dict[str, Any]]:
-        texts = [t for req in batch for t in req.texts]
-        limit = self._limit() or 8192
-        params = EmbedParams(normalize=True, max_length=min(limit, 8192))
+        inputs = [ids for req in batch for ids in req.inputs]
         vectors: list[list[float]] = []
-        for start in range(0, len(texts), self.spec.batch_size):
-            chunk = texts[start : start + self.spec.batch_size]
-            vectors.extend(r["embedding"] for r in predict(self.loaded, chunk, params))
+        for start in range(0, len(inputs), self.spec.batch_size):
+            vectors.extend(self._embed_ids(inputs[start : start + self.spec.batch_size]))
         bodies = []
         at = 0
         for req in batch:
-            mine = vectors[at : at + len(req.texts)]
-            at += len(req.texts)
+            mine = vectors[at : at + len(req.inputs)]
+            at += len(req.inputs)
             base64_out = req.body.get("encoding_format") == "base64"
             data = [
                 {
@@ -348,6 +329,20 @@ class _BatchShard(ShardRun[LoadedModel]):
                 }
             )
         return bodies
+
+    def _embed_ids(self, inputs: list[list[int]]) -> list[list[float]]:
+        """Mean-pooled, L2-normalised embeddings of token ids (a text's are its tokenizer's:
+        the same vectors as ``predict`` makes of the text)."""
+        import torch
+
+        loaded = self.loaded
+        enc = loaded.tokenizer.pad({"input_ids": inputs}, return_tensors="pt").to(loaded.device)
+        loaded.activate()
+        with torch.inference_mode(), loaded.autocast():
+            mask = enc["attention_mask"]
+            hidden = loaded.model(input_ids=enc["input_ids"], attention_mask=mask).last_hidden_state
+            pooled = hf.mean_pool(hidden, mask).float()
+            return torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().tolist()  # type: ignore[no-any-return]
 
     def _generate(self, batch: list[Request]) -> list[dict[str, Any]]:
         import torch

@@ -1,4 +1,4 @@
-"""SQL of the OpenAI-compatible surface: files, batches and fine-tuning jobs, always scoped to one tenant.
+"""SQL of the OpenAI-compatible surface: files, batches, fine-tuning jobs and the models it lists, always scoped to one tenant.
 
 Lists are newest first, paged with ``after`` (the id of the last row of the previous page), the
 way OpenAI's list endpoints page. Imports: ``barge.status``, ``db.models``, ``db.base``; nothing above ``db``."""
@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from barge.status import QUEUED, RUNNING
-from db.models import Job, OpenAIBatch, OpenAIFile, OpenAIFineTuningJob
+from barge.status import QUEUED, RUNNING, SHARD_PENDING, SHARD_RUNNING
+from db.models import Job, Model, OpenAIBatch, OpenAIFile, OpenAIFineTuningJob, Shard
 
 Row = TypeVar("Row", OpenAIFile, OpenAIBatch, OpenAIFineTuningJob)
 
@@ -94,15 +94,24 @@ def openai_batch_for_job(session: Session, job_id: uuid.UUID) -> OpenAIBatch | N
 def take_due_openai_batches(
     session: Session, now: datetime, limit: int
 ) -> list[tuple[OpenAIBatch, Job]]:
-    """Batches whose completion window has ended while their job is still queued or running,
-    locked (others skip them)."""
+    """Batches whose completion window has ended while their job still has requests to run
+    (queued, or running with a shard not yet settled), locked (others skip them). A job whose
+    every shard has settled only waits for its finalize: its batch completes."""
+    unsettled = (
+        select(Shard.id)
+        .where(Shard.job_id == Job.id, Shard.status.in_((SHARD_PENDING, SHARD_RUNNING)))
+        .exists()
+    )
     rows = session.execute(
         select(OpenAIBatch, Job)
         .join(Job, Job.id == OpenAIBatch.job_id)
         .where(
             OpenAIBatch.expires_at < now,
             OpenAIBatch.expired_at.is_(None),
-            Job.status.in_((QUEUED, RUNNING)),
+            or_(
+                Job.status == QUEUED,
+                and_(Job.status == RUNNING, or_(Job.shards_total.is_(None), unsettled)),
+            ),
         )
         .order_by(OpenAIBatch.expires_at)
         .limit(limit)
@@ -153,3 +162,14 @@ def list_fine_tuning_jobs(
 def fine_tuning_job_for(session: Session, job_id: uuid.UUID) -> OpenAIFineTuningJob | None:
     """The OpenAI fine-tuning job a Barge job runs, if any."""
     return session.scalar(select(OpenAIFineTuningJob).where(OpenAIFineTuningJob.job_id == job_id))
+
+
+def tenant_models(session: Session, tenant_id: uuid.UUID) -> list[Model]:
+    """Every registered version of the tenant's models, by name, newest version first."""
+    return list(
+        session.scalars(
+            select(Model)
+            .where(Model.tenant_id == tenant_id)
+            .order_by(Model.name, Model.version.desc())
+        )
+    )

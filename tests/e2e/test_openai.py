@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.conftest import MAX_FILE_BYTES, MAX_TASKS, new_tenant_key
-from tests.helpers import greedy_reference, minilm_dir
+from tests.helpers import greedy_reference, inference_spec, minilm_dir, put_jsonl
 
 openai = pytest.importorskip("openai")
 
@@ -118,6 +118,13 @@ def test_errors_use_openais_envelope(openai_api: str, client: Any) -> None:
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     r = httpx.post(f"{openai_api}/files", headers=headers, content=b"not multipart")
     assert r.status_code == 400 and "multipart" in r.json()["error"]["message"]
+    for body in (b"{not json", b"\xff\xfe", b"NaN"):  # OpenAI answers no 422: a 400
+        r = httpx.post(
+            f"{openai_api}/batches",
+            headers={**headers, "Content-Type": "application/json"},
+            content=body,
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "body", (body, r.text)
 
 
 # --- embeddings --------------------------------------------------------------------------------
@@ -482,6 +489,268 @@ def test_hostile_input_gets_a_4xx_never_a_500(client: Any, openai_api: str) -> N
             headers={**headers, "Content-Type": "application/json"},
             content=raw.encode(),
         )
-        assert r.status_code in (400, 422), r.text
+        assert r.status_code == 400, r.text
     errors = _create_failed(client, [embed_line("a", "x", model="m\x00")])
     assert errors[0].code == "invalid_request"
+
+
+def test_no_query_parameter_or_form_field_with_a_nul_reaches_the_database(
+    client: Any, openai_api: str
+) -> None:
+    headers = {"Authorization": f"Bearer {client.api_key}"}
+    for path, params, param in [
+        ("/files", {"purpose": "batch\x00"}, "purpose"),
+        ("/batches", {"limit": "2", "x\x00": "1"}, "x\x00"),
+        ("/fine_tuning/jobs", {"metadata[team]": "a\x00b"}, "metadata[team]"),
+        ("/fine_tuning/jobs", {"metadata[te\x00am]": "ab"}, "metadata[te\x00am]"),
+        ("/models", {"q": "\x00"}, "q"),
+    ]:
+        r = httpx.get(f"{openai_api}{path}", params=params, headers=headers)
+        assert r.status_code == 400, (path, params, r.text)
+        assert r.json()["error"]["param"] == param and "NUL" in r.json()["error"]["message"]
+    r = httpx.post(
+        f"{openai_api}/files",
+        headers=headers,
+        files={"file": ("a.jsonl", b"{}\n")},
+        data={"purpose": "batch", "note": "a\x00b"},
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "note", r.text
+    assert client.files.list().data == []
+
+
+def test_a_model_the_native_spec_refuses_fails_the_batch_naming_its_line(client: Any) -> None:
+    for model, words in [
+        ("S3://bucket/model/", "must be an s3://bucket/prefix/ model directory"),
+        ("s3://b//x/", "is not a usable s3://bucket/key URI"),
+        ("name@0", "version 1 to"),
+        ("ft:gpt-4o-mini:acme::abc", "a registered model name[@version]"),
+        ("builtin:face-haar", "runs task 'detect' only"),
+    ]:
+        rows = ["", embed_line("a", "x", model=model), embed_line("b", "y", model=model)]
+        (error,) = _create_failed(client, rows)
+        assert (error.code, error.line, error.param) == ("invalid_request", 2, "body.model")
+        assert words in error.message, (model, error.message)
+
+
+def _run_batch(client: Any, rows: list[Any], endpoint: str) -> tuple[Any, dict[str, Any]]:
+    """The finished batch and its lines (output and error files) by custom_id."""
+    done = wait_batch(
+        client,
+        client.batches.create(
+            input_file_id=upload(client, rows).id, endpoint=endpoint, completion_window="24h"
+        ).id,
+    )
+    assert done.status == "completed", done
+    lines = read_file(client, done.output_file_id) + read_file(client, done.error_file_id)
+    return done, {line["custom_id"]: line for line in lines}
+
+
+def _refusal(line: dict[str, Any]) -> tuple[int, str, str]:
+    """A refused request's status, error code and param, in OpenAI's error-line shape."""
+    assert line["error"] is None, line  # OpenAI's shape: the error is the response's body
+    error = line["response"]["body"]["error"]
+    assert error["type"] == "invalid_request_error" and error["message"], line
+    return line["response"]["status_code"], error["code"], error["param"]
+
+
+def test_a_parameter_barge_does_not_run_is_refused_per_request_never_ignored(
+    client: Any,
+) -> None:
+    hello = [{"role": "user", "content": "hello there"}]
+    asks = {
+        "logprobs": {"logprobs": True},
+        "top_logprobs": {"top_logprobs": 3},
+        "tools": {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+        "tool_choice": {"tool_choice": "required"},
+        "response_format": {"response_format": {"type": "json_object"}},
+        "n": {"n": 2},
+        "stream": {"stream": True},
+        "presence_penalty": {"presence_penalty": 0.5},
+        "logit_bias": {"logit_bias": {"50": 10}},
+    }
+    no_ops = {
+        "n": 1,
+        "stream": False,
+        "logprobs": False,
+        "top_logprobs": 0,
+        "tool_choice": "none",
+        "tools": [],
+        "response_format": {"type": "text"},
+        "presence_penalty": 0,
+        "frequency_penalty": 0.0,
+        "logit_bias": {},
+        "user": "user-42",
+        "store": False,
+        "seed": None,
+    }
+    rows = [chat_line(name, hello, max_tokens=3, **extra) for name, extra in asks.items()]
+    rows.append(chat_line("top_k", hello, max_tokens=3, top_k=5))
+    rows.append(chat_line("no-ops", hello, max_tokens=3, temperature=0, **no_ops))
+    rows.append(chat_line("plain", hello, max_tokens=3, temperature=0))
+    _, lines = _run_batch(client, rows, "/v1/chat/completions")
+    for name in asks:
+        assert _refusal(lines[name]) == (400, "unsupported_parameter", name), lines[name]
+    assert _refusal(lines["top_k"]) == (400, "unknown_parameter", "top_k")
+    assert lines["no-ops"]["response"]["status_code"] == 200
+    answer = lines["no-ops"]["response"]["body"]["choices"]
+    assert answer == lines["plain"]["response"]["body"]["choices"]
+
+    completions = [
+        {
+            "custom_id": name,
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": "gpt-4o-mini", "prompt": "once", "max_tokens": 3, **extra},
+        }
+        for name, extra in [
+            ("echo", {"echo": True}),
+            ("logprobs", {"logprobs": 2}),
+            ("best_of", {"best_of": 3}),
+            ("suffix", {"suffix": "the end"}),
+            ("ok", {"echo": False, "best_of": 1, "n": 1}),
+        ]
+    ]
+    _, lines = _run_batch(client, completions, "/v1/completions")
+    for name in ("echo", "logprobs", "best_of", "suffix"):
+        assert _refusal(lines[name]) == (400, "unsupported_parameter", name), lines[name]
+    assert lines["ok"]["response"]["status_code"] == 200
+
+    embeddings = [
+        embed_line("dimensions", "x", dimensions=64),
+        embed_line("ok", "x", user="u-1", dimensions=None),
+    ]
+    _, lines = _run_batch(client, embeddings, "/v1/embeddings")
+    assert _refusal(lines["dimensions"]) == (400, "unsupported_parameter", "dimensions")
+    assert lines["ok"]["response"]["status_code"] == 200
+
+
+def test_input_and_prompt_take_token_ids_and_refuse_an_empty_input(
+    client: Any, chat_dir: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    texts = ["the soup was cold", "lovely staff"]
+    ids = [tok(t)["input_ids"] for t in texts]
+    rows = [
+        embed_line("texts", texts),
+        embed_line("one-array", ids[0]),
+        embed_line("arrays", ids),
+        embed_line("empty", ""),
+        embed_line("empty-in-list", ["fine", ""]),
+        embed_line("empty-list", []),
+        embed_line("out-of-vocabulary", [101, 10**7, 102]),
+    ]
+    _, lines = _run_batch(client, rows, "/v1/embeddings")
+
+    def vectors(name: str) -> list[Any]:
+        body = lines[name]["response"]["body"]
+        assert lines[name]["response"]["status_code"] == 200, lines[name]
+        return [d["embedding"] for d in body["data"]]
+
+    np.testing.assert_allclose(vectors("arrays"), vectors("texts"), atol=1e-5)
+    np.testing.assert_allclose(vectors("one-array"), vectors("texts")[:1], atol=1e-5)
+    usage = lines["arrays"]["response"]["body"]["usage"]
+    assert usage["prompt_tokens"] == sum(map(len, ids))
+    for name in ("empty", "empty-in-list", "empty-list", "out-of-vocabulary"):
+        status, _, param = _refusal(lines[name])
+        assert (status, param) == (400, "input"), lines[name]
+
+    chat_tok = AutoTokenizer.from_pretrained(str(chat_dir))
+    prompt_ids = chat_tok("once upon a time")["input_ids"]
+    completions = [
+        {
+            "custom_id": name,
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": "gpt-4o-mini", "prompt": prompt, "max_tokens": 5, "temperature": 0},
+        }
+        for name, prompt in [
+            ("text", "once upon a time"),
+            ("ids", prompt_ids),
+            ("listed-ids", [prompt_ids]),
+            ("two-prompts", [prompt_ids, prompt_ids]),
+            ("empty", ""),
+        ]
+    ]
+    _, lines = _run_batch(client, completions, "/v1/completions")
+    text, _, _ = greedy_reference(chat_dir, prompt_ids, 5)
+    for name in ("text", "ids", "listed-ids"):
+        assert lines[name]["response"]["body"]["choices"][0]["text"] == text, lines[name]
+    assert _refusal(lines["two-prompts"]) == (400, "unsupported_parameter", "prompt")
+    assert _refusal(lines["empty"])[2] == "prompt"
+
+
+def test_models_lists_the_aliases_and_the_tenants_registered_models(
+    client: Any, openai_api: str, database_url: str, minilm_uri: str
+) -> None:
+    headers = {"Authorization": f"Bearer {client.api_key}"}
+    base = openai_api.removesuffix("/openai/v1")
+    for _ in range(2):
+        r = httpx.post(
+            f"{base}/v1/models",
+            json={"name": "house-embedder", "uri": minilm_uri, "task": "embed"},
+            headers=headers,
+        )
+        assert r.status_code == 201, r.text
+    listed = {m.id: m for m in client.models.list()}
+    assert {"text-embedding-3-small", "gpt-4o-mini", "gpt-3.5-turbo-0125"} <= set(listed)
+    assert {"house-embedder", "house-embedder@2", "house-embedder@1"} <= set(listed)
+    assert all(m.object == "model" and isinstance(m.created, int) for m in listed.values())
+    assert listed["gpt-4o-mini"].owned_by == "system"
+    assert listed["house-embedder@1"].owned_by.startswith("org-")
+    assert client.models.retrieve("house-embedder@2").created >= listed["house-embedder@1"].created
+    assert client.models.retrieve("text-embedding-3-small").id == "text-embedding-3-small"
+    other = openai.OpenAI(base_url=openai_api, api_key=new_tenant_key(database_url), max_retries=0)
+    for who, name in [
+        (client, "no-such-model"),
+        (client, "house-embedder@3"),
+        (other, "house-embedder"),
+    ]:
+        with pytest.raises(openai.NotFoundError) as caught:
+            who.models.retrieve(name)
+        assert caught.value.code == "model_not_found" and caught.value.param == "model"
+    assert "house-embedder" not in {m.id for m in other.models.list()}
+
+
+def test_a_route_barge_does_not_serve_says_so_in_openais_envelope(client: Any) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    error = caught.value.body
+    assert error["type"] == "invalid_request_error" and error["code"] == "unknown_url"
+    assert "POST /openai/v1/chat/completions" in error["message"]
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.embeddings.create(model="text-embedding-3-small", input="hi")
+    assert "POST /openai/v1/embeddings" in caught.value.body["message"]
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.delete("/batches", cast_to=httpx.Response)
+    assert caught.value.status_code == 405
+    assert caught.value.body["message"] == (
+        "method not allowed: DELETE /openai/v1/batches; allowed: GET, POST"
+    )
+
+
+def test_a_model_registered_for_another_task_is_refused_at_submit(
+    client: Any, openai_api: str, chat_uri: str, s3: Any, bucket: str
+) -> None:
+    headers = {"Authorization": f"Bearer {client.api_key}"}
+    base = openai_api.removesuffix("/openai/v1")
+    r = httpx.post(
+        f"{base}/v1/models",
+        json={"name": "house-chat", "uri": chat_uri, "task": "generate"},
+        headers=headers,
+    )
+    assert r.status_code == 201, r.text
+    (error,) = _create_failed(client, ["", embed_line("a", "x", model="house-chat")])
+    assert (error.code, error.line, error.param) == ("model_task_mismatch", 2, "body.model")
+    assert "registered for task 'generate'" in error.message
+    data = put_jsonl(s3, bucket, "in.jsonl", [{"id": 1, "text": "x"}])
+    native = httpx.post(
+        f"{base}/v1/jobs",
+        json=inference_spec("house-chat@1", data, f"s3://{bucket}/out/"),
+        headers=headers,
+    )
+    assert native.status_code == 422 and native.json()["field"] == "task", native.text
+    assert "registered for task 'generate'" in native.json()["message"]

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import new_tenant_key
@@ -194,7 +196,12 @@ def test_a_lora_chat_fine_tune_through_the_official_client_then_a_batch_on_its_m
 
 
 def test_bad_requests_are_refused_with_what_to_fix(
-    client: Any, openai_api: str, database_url: str, lora_base: str
+    client: Any,
+    openai_api: str,
+    database_url: str,
+    lora_base: str,
+    minilm_uri: str,
+    generator_uri: str,
 ) -> None:
     good = _upload(client, colour_chats(12, 1))
 
@@ -238,7 +245,27 @@ def test_bad_requests_are_refused_with_what_to_fix(
         extra_body={"barge": {"method": {"type": "lora", "r": 0}}},
     )
     refused(openai.BadRequestError, "model", model="s3://no-such-bucket/model/")
+    # A base that cannot learn to generate (an embedding model), or chat examples for a model
+    # without a chat template: refused at create, not failed a moment later.
+    for model, words in [
+        (minilm_uri, "BertModel, not a causal language model"),
+        (generator_uri, "has no chat template"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.fine_tuning.jobs.create(model=model, training_file=good.id)
+        assert words in raised.value.message, raised.value
+        assert (raised.value.code, raised.value.param) == ("model_not_available", "model")
     assert client.fine_tuning.jobs.list().data == []  # nothing was created
+    assert [j["type"] for j in _native_jobs(client)] == []
+
+
+def _native_jobs(client: Any) -> list[dict[str, Any]]:
+    """The tenant's Barge jobs, as /v1/jobs lists them."""
+    r = httpx.get(
+        str(client.base_url).replace("/openai/v1/", "/v1/jobs"),
+        headers={"Authorization": f"Bearer {client.api_key}"},
+    )
+    return list(r.json()["jobs"])
 
 
 def test_cancel_and_another_tenants_jobs(
@@ -268,8 +295,38 @@ def test_cancel_and_another_tenants_jobs(
     while client.fine_tuning.jobs.retrieve(job.id).status != "running":
         assert time.monotonic() < deadline
         time.sleep(0.2)
+    _check_event_ids(client, job.id, other, lora_base)
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
     done = _wait(client, job.id)
     assert done.status == "cancelled" and done.fine_tuned_model is None
     with pytest.raises(openai.ConflictError):
         client.fine_tuning.jobs.cancel(job.id)
+
+
+def _check_event_ids(client: Any, job_id: str, other: Any, base: str) -> None:
+    """Event ids are opaque (no number of a global sequence) and read back as cursors only by
+    their own job's list; any other cursor is a 400 naming ``after``, never a 500."""
+    events = client.fine_tuning.jobs.list_events(job_id, limit=2)
+    ids = [e.id for e in events.data]
+    assert len(ids) == 2 and all(re.fullmatch(r"ftevent-[0-9a-f]{32}", i) for i in ids), ids
+    following = client.fine_tuning.jobs.list_events(job_id, limit=1, after=ids[0]).data
+    assert [e.id for e in following] == ids[1:]
+    train = _upload(other, colour_chats(12, 1))
+    theirs = other.fine_tuning.jobs.create(model=base, training_file=train.id)
+    their_event = other.fine_tuning.jobs.list_events(theirs.id, limit=1).data[0].id
+    other.fine_tuning.jobs.cancel(theirs.id)
+    checkpoint_like = "ftckpt-" + ids[0].removeprefix("ftevent-")
+    for after in (
+        "ftevent-²",
+        "ftevent-" + "9" * 23,
+        "ftevent-62",
+        ids[0].upper(),
+        checkpoint_like,
+        their_event,
+        "ftevent-" + "0" * 32,
+    ):
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.fine_tuning.jobs.list_events(job_id, after=after)
+        assert raised.value.param == "after", (after, raised.value)
+    with pytest.raises(openai.BadRequestError):
+        client.fine_tuning.jobs.checkpoints.list(job_id, after=ids[0])

@@ -163,3 +163,67 @@ def test_a_batch_past_its_window_expires_keeping_what_finished(
     assert all(line["response"] is None for line in err)
     assert all(line["response"]["status_code"] == 200 for line in out)
     assert (done.request_counts.completed, done.request_counts.failed) == (len(out), len(err))
+
+
+def test_a_batch_whose_requests_all_finished_in_its_window_completes_though_finalized_after(
+    world: World, short_window_url: str
+) -> None:
+    """Every request of the batch finishes inside its window, but the control worker that
+    finalizes is down until the window has ended and the reconciler's expiry pass has run:
+    the batch is completed (its job is not cancelled), not expired."""
+    from db.base import utcnow
+    from db.session import session_scope
+    from services.openai_batches import expire_due
+    from services.unit_of_work import UnitOfWork
+
+    client = openai.OpenAI(base_url=short_window_url, api_key=_key(world), max_retries=2)
+    gpu = _worker(world, "gpu")
+    assert gpu.proc is not None
+    os.killpg(gpu.proc.pid, signal.SIGSTOP)  # started, but runs nothing until the job is planned
+    control = _worker(world, "control")  # plans the job
+    rows = [
+        {
+            "custom_id": f"r-{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "embed-small", "input": f"record {i}"},
+        }
+        for i in range(40)
+    ]
+    content = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+    source = client.files.create(file=("in.jsonl", content), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=source.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    while client.batches.retrieve(batch.id).status == "validating":
+        time.sleep(0.1)
+    control.stop()  # the finalize the last shard sends waits for the next control worker
+    os.killpg(gpu.proc.pid, signal.SIGCONT)
+    while (now := client.batches.retrieve(batch.id)).request_counts.completed < 40:
+        assert now.status == "in_progress", now
+        time.sleep(0.1)
+    assert time.time() < batch.expires_at, "the requests must finish inside the window"
+    assert client.batches.retrieve(batch.id).status == "finalizing"
+
+    while time.time() <= batch.expires_at + 1:
+        time.sleep(0.2)
+    with session_scope(world.database_url) as session:  # the reconciler's expiry pass
+        assert expire_due(UnitOfWork(session), utcnow()) == 0
+    _worker(world, "control")
+    deadline = time.monotonic() + 60
+    while (done := client.batches.retrieve(batch.id)).status == "finalizing":
+        assert time.monotonic() < deadline, done
+        time.sleep(0.3)
+    assert done.status == "completed", done
+    assert done.completed_at and done.expired_at is None and done.error_file_id is None
+    assert (done.request_counts.completed, done.request_counts.failed) == (40, 0)
+    out = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    assert sorted(line["custom_id"] for line in out) == sorted(r["custom_id"] for r in rows)
+
+
+def _worker(world: World, queues: str) -> WorkerProcess:
+    """A worker of the world on ``queues`` only."""
+    log = world.tmp / f"worker-{queues}-{len(world.workers)}.log"
+    proc = WorkerProcess(dict(world.env), log, queues=queues).start()
+    world.workers.append(proc)
+    return proc

@@ -19,8 +19,27 @@ router = APIRouter(prefix="/files", tags=["openai files"])
 
 CHUNK = 1 << 20
 
+# The body the handler reads itself as it streams (api.routers.openai.upload), for the schema.
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string", "enum": list(service.PURPOSES)},
+                    },
+                }
+            }
+        },
+    }
+}
 
-@router.post("", summary="Upload a file (multipart: file, purpose)")
+
+@router.post("", summary="Upload a file (multipart: file, purpose)", openapi_extra=UPLOAD_BODY)
 async def upload_file(
     request: Request, tenant: CurrentTenant, uow: UoW, settings: SettingsDep, store: StoreDep
 ) -> dict[str, Any]:

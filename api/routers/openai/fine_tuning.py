@@ -13,6 +13,20 @@ from services import openai_fine_tuning as service
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["openai fine-tuning"])
 
 _METADATA_KEY = re.compile(r"^metadata\[(.{1,64})\]$")
+# The metadata filter the handler reads from the query itself, for the schema.
+METADATA_FILTER = {
+    "parameters": [
+        {
+            "name": "metadata",
+            "in": "query",
+            "required": False,
+            "style": "deepObject",
+            "explode": True,
+            "description": "metadata[KEY]=VALUE: only jobs whose metadata has KEY set to VALUE",
+            "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+        }
+    ]
+}
 
 
 @router.post("", summary="Create a fine-tuning job over uploaded fine-tune files")
@@ -27,7 +41,11 @@ def create_job(
     return service.present(uow.session, row)
 
 
-@router.get("", summary="List fine-tuning jobs, newest first (metadata[KEY]=VALUE filters)")
+@router.get(
+    "",
+    summary="List fine-tuning jobs, newest first (metadata[KEY]=VALUE filters)",
+    openapi_extra=METADATA_FILTER,
+)
 def list_jobs(
     request: Request,
     tenant: CurrentTenant,

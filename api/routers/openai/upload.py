@@ -11,7 +11,7 @@ from typing import Any
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from services.openai_files import BadRequest
+from services.openai_files import BadRequest, check_text
 
 MAX_FIELD_BYTES = 4096
 
@@ -87,7 +87,8 @@ async def read_upload(request: Request, directory: Path, limit: int) -> Upload:
 
     def on_part_end() -> None:
         if not state["is_file"] and state["name"]:
-            out.fields[state["name"]] = b"".join(state["buf"]).decode("utf-8", "replace")
+            value = b"".join(state["buf"]).decode("utf-8", "replace")
+            out.fields[state["name"]] = check_text(state["name"], value)
 
     parser = MultipartParser(
         boundary,

@@ -13,6 +13,8 @@
 - ``durations``: durations and times as people write them (``30d``, ``1h30m``);
 - ``openai_files``, ``openai_batches``, ``openai_fine_tuning``: the OpenAI-compatible surface's
   files, batches (run as inference jobs) and fine-tuning jobs (run as Barge fine-tunes);
+- ``openai_models``: the OpenAI surface's model objects (aliases and registered names);
+- ``openai_requests``: the parameters an OpenAI batch request may carry, checked per line;
 - ``unit_of_work``: a session plus the messages to send once it commits.
 
 Services call repositories (``db``) and the kernel (``barge``); they never commit (their caller,

@@ -6,6 +6,7 @@ and tenant scoping as ``/v1``, errors in OpenAI's envelope. An app of its own (i
   to disk as it streams;
 - ``batches``: ``/batches``;
 - ``fine_tuning``: ``/fine_tuning/jobs``, their events and checkpoints;
+- ``models``: ``/models``, the aliases and the tenant's registered models;
 - ``errors``: OpenAI's error envelope for every answer of the surface.
 """
 

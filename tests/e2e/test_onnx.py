@@ -364,7 +364,7 @@ def test_barge_models_register_says_what_does_not_fit(
         )
 
     refused = barge("models", "register", "net", "--uri", bad_uri, "--task", "classify")
-    assert refused.returncode == 2, refused
+    assert refused.returncode == 3, refused
     assert (
         "output y (float [batch, 1]) scores 1 classes, but barge.json has 2 labels"
         in refused.stderr

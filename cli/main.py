@@ -189,7 +189,11 @@ def _job_id(p: argparse.ArgumentParser) -> None:
 
 def _add_processes(sub: Subparsers) -> None:
     for name, func, help_ in (
-        ("up", "cmd_up", "run the embedded stack (api + worker + scheduler)"),
+        (
+            "up",
+            "cmd_up",
+            "run the whole stack in one command (api + workers + scheduler): embedded with nothing configured, else on the configured services",
+        ),
         ("api", "cmd_api", "run the HTTP API"),
     ):
         p = sub.add_parser(name, help=help_)

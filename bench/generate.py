@@ -39,11 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-WORDS = (
-    "barge river cargo harbour engine crew night tide bridge lock canal grain coal steel "
-    "container captain signal lantern rope anchor current shallow deep early late loaded empty "
-    "north south upstream downstream quiet busy slow steady"
-).split()
+from bench.throughput import WORDS  # noqa: E402
+
 STATIC_BATCH = 16
 WARM_REQUESTS = 4
 

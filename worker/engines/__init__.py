@@ -253,10 +253,12 @@ def build(
     settings: Settings,
     model_key: str = "",
     model_dir: Any = None,
+    adapters: dict[str, Any] | None = None,
 ) -> Engine:
     """The engine ``kind`` (``choose``'s answer) over a loaded model: ``batched`` and
-    ``continuous`` run ``model`` itself; ``vllm`` loads ``model_dir`` into vLLM (on the GPUs
-    this worker sees). ``model_key`` names the model in ``SizeMemory`` and notes."""
+    ``continuous`` run ``model`` itself (adapters are peft's, on it); ``vllm`` loads
+    ``model_dir`` into vLLM (on the GPUs this worker sees) with ``adapters`` (name: directory;
+    more with ``add_adapter``). ``model_key`` names the model in ``SizeMemory``."""
     if kind == "batched":
         from worker.engines.batched import BatchedEngine
 
@@ -290,5 +292,7 @@ def build(
             token_budget=settings.generation_token_budget,
             max_rows=settings.generation_max_batch,
             config=getattr(model, "config", None),
+            adapters=adapters,
+            lora=adapters is not None,
         )
     raise ValueError(f"unknown generation engine {kind!r}; one of {', '.join(ENGINES)}")

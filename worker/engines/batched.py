@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 from worker import hf
@@ -204,7 +204,7 @@ class BatchedEngine:
         merged and trimmed)."""
         from transformers.cache_utils import DynamicLayer
 
-        layers = getattr(self.new_cache(), "layers", None)
+        layers: list[Any] = list(getattr(self.new_cache(), "layers", None) or [])
         return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
     def new_cache(self, data: Any = None) -> Any:
@@ -304,7 +304,7 @@ class Batch:
             self._select(keep)
 
     @staticmethod
-    def _advance(finishers: list[Finisher], tokens: Any) -> Iterator[GenResult]:
+    def _advance(finishers: list[Finisher], tokens: Any) -> Generator[GenResult, None, list[int]]:
         """Give each row its token; yield the finished; return the indices of the others."""
         keep = []
         for j, token in enumerate(tokens.tolist()):

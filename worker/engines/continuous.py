@@ -312,10 +312,10 @@ class SeededSampler(_processor_base()):  # type: ignore[misc]
     score (the manager's argmax then takes it); greedy rows (no seed key) are left alone. The
     step of each request's noise is counted here, once per token it makes."""
 
-    supported_kwargs: dict[str, type] = {"seed": int}
     ignored_kwargs: tuple[str, ...] = ()
 
     def __init__(self, shared: dict[str, Any]):
+        self.supported_kwargs: dict[str, type] = {"seed": int}
         self.shared = shared
         self.steps: dict[str, int] = {}
 

@@ -201,16 +201,24 @@ class BatchedEngine:
 
     def _mergeable(self) -> bool:
         """Whether this model's KV cache is plain key/value tensors per layer (so caches can be
-        merged and trimmed)."""
+        merged and trimmed, and grow in place)."""
+        from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
-        layers: list[Any] = list(getattr(self.new_cache(), "layers", None) or [])
+        layers: list[Any] = list(DynamicCache(config=self.model.config).layers)
         return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
     def new_cache(self, data: Any = None) -> Any:
+        """A KV cache for the model (growing in place where it is mergeable), holding ``data``
+        (keys and values per layer) if given."""
         from transformers import DynamicCache
 
-        return DynamicCache(data, config=self.model.config)
+        cache = DynamicCache(config=self.model.config)
+        if self.mergeable:
+            cache.layers = [growing_layer() for _ in cache.layers]
+        for layer, (keys, values) in zip(cache.layers, data or (), strict=False):
+            layer.update(keys, values)
+        return cache
 
     def forward(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
         """Next-token logits (fp32, [rows, vocab]) of the last position of each row."""
@@ -413,3 +421,59 @@ def _pad_left(tensor: Any, width: int, dim: int) -> Any:
     shape = list(tensor.shape)
     shape[dim] = missing
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+GROW_TOKENS = 64  # a cache layer grows by this much room at a time (copied once per 64 steps)
+_GROWING: list[Any] = []
+
+
+def growing_layer() -> Any:
+    """A ``DynamicLayer`` whose keys and values are views of buffers with room to spare, so a
+    decode step writes its token in place instead of copying the whole cache (as concatenation
+    does each step)."""
+    if not _GROWING:
+        _GROWING.append(_growing_class())
+    return _GROWING[0]()
+
+
+def _growing_class() -> Any:
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):  # type: ignore[misc]
+        def lazy_initialization(self, key_states: Any, value_states: Any) -> None:
+            super().lazy_initialization(key_states, value_states)
+            self.used = 0
+            self.key_room = self.value_room = None
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> Any:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.used + key_states.shape[-2]
+            if self.key_room is None or end > self.key_room.shape[-2]:
+                self.key_room = _widen(self.key_room, key_states, self.used, end)
+                self.value_room = _widen(self.value_room, value_states, self.used, end)
+            self.key_room[:, :, self.used : end] = key_states
+            self.value_room[:, :, self.used : end] = value_states
+            self.used = end
+            self.keys = self.key_room[:, :, :end]
+            self.values = self.value_room[:, :, :end]
+            return self.keys, self.values
+
+        def reorder_cache(self, beam_idx: Any) -> None:
+            if self.used:
+                self.key_room = self.key_room.index_select(0, beam_idx)
+                self.value_room = self.value_room.index_select(0, beam_idx)
+                self.keys = self.key_room[:, :, : self.used]
+                self.values = self.value_room[:, :, : self.used]
+
+    return GrowingLayer
+
+
+def _widen(room: Any, states: Any, used: int, end: int) -> Any:
+    """A buffer for ``end`` tokens and ``GROW_TOKENS`` more, holding ``room``'s first ``used``."""
+    shape = list(states.shape)
+    shape[-2] = end + GROW_TOKENS
+    wider = states.new_empty(shape)
+    if room is not None and used:
+        wider[:, :, :used] = room[:, :, :used]
+    return wider

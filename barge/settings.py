@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     # error. At most generation_max_batch requests are decoded together.
     generation_engine: Literal["auto", "batched", "continuous", "vllm"] = "auto"
     generation_token_budget: int = Field(default=16_384, ge=64)
-    generation_max_batch: int = Field(default=64, ge=1)
+    generation_max_batch: int = Field(default=256, ge=1)
 
     # Scheduler / reconciler / drop folders.
     reconcile_seconds: float = 15.0

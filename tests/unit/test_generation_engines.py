@@ -295,15 +295,17 @@ def test_sampler_draws_from_the_softmax() -> None:
 
 
 @pytest.mark.parametrize("kind", CPU_ENGINES)
-def test_a_request_too_long_for_the_budget_fails_alone(kind: str, tok: Any) -> None:
+def test_a_request_too_long_or_empty_fails_alone(kind: str, tok: Any) -> None:
     model = tiny_llama(tok)
     long_prompt = prompts(1, seed=2, low=100, high=100)[0]
     requests = [
         GenRequest(0, prompts(1)[0], 5),
         GenRequest(1, long_prompt, 50),
         GenRequest(2, prompts(1, seed=3)[0], 5),
+        GenRequest(3, [], 5),
     ]
     results = run_all(build(kind, model, tok, budget=128), requests)
+    assert results[3].error == "the prompt is empty"
     assert results[1].error is not None and "150 tokens" in results[1].error
     assert "BARGE_GENERATION_TOKEN_BUDGET" in results[1].error
     assert results[1].token_ids == [] and results[1].prompt_tokens == 100

@@ -153,13 +153,23 @@ class Finisher:
         )
 
 
-def too_long(request: GenRequest, budget: int, setting: str) -> GenResult:
-    """The per-record error of a request that can never fit the engine's token budget."""
+BUDGET_SETTING = "BARGE_GENERATION_TOKEN_BUDGET"
+
+
+def refusal(request: GenRequest, budget: int) -> GenResult | None:
+    """The per-record error of a request no engine can run (an empty prompt, no new tokens),
+    or that can never fit the engine's token ``budget``; None for a request that can run."""
+    if not request.prompt_ids:
+        return GenResult.failed(request, "the prompt is empty")
+    if request.max_new_tokens < 1:
+        return GenResult.failed(request, "max_tokens must be at least 1")
+    if request.tokens <= budget:
+        return None
     return GenResult.failed(
         request,
         f"the request needs {request.tokens} tokens (a {len(request.prompt_ids)}-token prompt "
         f"and max_tokens {request.max_new_tokens}); this worker's generation engine holds at "
-        f"most {budget} ({setting}): send a shorter prompt or a lower max_tokens",
+        f"most {budget} ({BUDGET_SETTING}): send a shorter prompt or a lower max_tokens",
     )
 
 

@@ -45,12 +45,11 @@ from worker.engines import (
     is_out_of_memory,
     length_bucket,
     never,
+    refusal,
     release_memory,
     sampling,
-    too_long,
 )
 
-BUDGET_SETTING = "BARGE_GENERATION_TOKEN_BUDGET"
 PREFILL_SLACK = 1.2  # a prefill group's padded tokens stay within this much of its real ones
 PREFILL_MIN_TOKENS = 2048  # the most tokens one prefill forward takes: this or budget / 4
 REFILL_FRACTION = 4  # refill once a quarter of the batch's rows are free (or the queue is short)
@@ -102,8 +101,8 @@ class BatchedEngine:
     ) -> Iterator[GenResult]:
         queue: deque[GenRequest] = deque()
         for request in requests:
-            if request.tokens > self.token_budget:
-                yield too_long(request, self.token_budget, BUDGET_SETTING)
+            if (refused := refusal(request, self.token_budget)) is not None:
+                yield refused
             elif not self._has_adapter(request.adapter):
                 yield GenResult.failed(request, f"adapter {request.adapter} is not loaded")
             else:
@@ -244,7 +243,8 @@ class BatchedEngine:
             return contextlib.nullcontext()
         if name is None:
             return self.model.disable_adapter()
-        self.model.set_adapter(name)
+        if self.model.active_adapter != name:
+            self.model.set_adapter(name)
         return contextlib.nullcontext()
 
 

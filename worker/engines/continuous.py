@@ -39,12 +39,11 @@ from worker.engines import (
     SizeMemory,
     length_bucket,
     never,
+    refusal,
     release_memory,
     sampling,
-    too_long,
 )
 
-BUDGET_SETTING = "BARGE_GENERATION_TOKEN_BUDGET"
 PAGE_SIZE = 32  # tokens per page: a request wastes less than one page of the budget
 POLL_SECONDS = 0.05
 
@@ -88,8 +87,8 @@ class ContinuousEngine:
     ) -> Iterator[GenResult]:
         groups: dict[str | None, list[GenRequest]] = {}
         for request in requests:
-            if request.tokens > self.token_budget:
-                yield too_long(request, self.token_budget, BUDGET_SETTING)
+            if (refused := refusal(request, self.token_budget)) is not None:
+                yield refused
             elif request.adapter is not None and request.adapter not in (
                 getattr(self.model, "peft_config", None) or {}
             ):
@@ -240,7 +239,8 @@ class ContinuousEngine:
             return contextlib.nullcontext()
         if name is None:
             return self.model.disable_adapter()
-        self.model.set_adapter(name)
+        if self.model.active_adapter != name:
+            self.model.set_adapter(name)
         return contextlib.nullcontext()
 
 

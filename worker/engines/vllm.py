@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from worker import hf
-from worker.engines import GenRequest, GenResult, never, too_long
+from worker.engines import GenRequest, GenResult, never, refusal
 
-BUDGET_SETTING = "BARGE_GENERATION_TOKEN_BUDGET"
 _RUNS = itertools.count()
 
 
@@ -139,8 +138,8 @@ class VllmEngine:
         pending: dict[str, GenRequest] = {}
         try:
             for request in requests:
-                if request.tokens > self.max_len:
-                    yield too_long(request, self.max_len, BUDGET_SETTING)
+                if (refused := refusal(request, self.max_len)) is not None:
+                    yield refused
                 elif request.adapter is not None and request.adapter not in self.adapters:
                     yield GenResult.failed(request, f"adapter {request.adapter} is not loaded")
                 else:

@@ -367,6 +367,40 @@ def test_out_of_memory_alone_is_a_per_record_error(tok: Any) -> None:
         assert f"{request.tokens} tokens" in error
 
 
+def test_continuous_out_of_memory_halves_the_batch(tok: Any) -> None:
+    """transformers' manager fails the requests of a forward that ran out of memory: the
+    engine runs them again with half the requests per batch, remembered; the results equal a
+    run without the limit."""
+    from transformers import LlamaForCausalLM
+
+    class TokenLimitedLlama(LlamaForCausalLM):
+        """Out of memory on any forward of more than ``limit`` tokens (prefill and decode
+        tokens of every request in the batch together)."""
+
+        limit = 10**9
+        refusals = 0
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            if kwargs["input_ids"].shape[-1] > self.limit:
+                type(self).refusals += 1
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            return super().forward(*args, **kwargs)
+
+    plain = tiny_llama(tok)
+    limited = TokenLimitedLlama(plain.config).eval()
+    limited.load_state_dict(plain.state_dict())
+    requests = [GenRequest(i, p, 4) for i, p in enumerate(prompts(8, low=10, high=10))]
+    want = run_all(build("continuous", plain, tok, rows=8), requests)
+    TokenLimitedLlama.limit = 25  # two 10-token prompts prefill together; three do not
+    sizes = SizeMemory()
+    engine = build("continuous", limited, tok, rows=8, sizes=sizes, model_key="tiny")
+    got = run_all(engine, requests)
+    assert TokenLimitedLlama.refusals > 0
+    assert {i: r.token_ids for i, r in got.items()} == {i: r.token_ids for i, r in want.items()}
+    assert sizes.known() and all(n <= 4 for n in sizes.known().values())
+    assert any("out of memory" in note for note in engine.notes())
+
+
 @pytest.mark.parametrize("kind", CPU_ENGINES)
 def test_cancel_stops_between_steps(kind: str, tok: Any) -> None:
     model = tiny_llama(tok)

@@ -125,12 +125,13 @@ class BatchedEngine:
                 for result in batch.step() if batch.rows else ():
                     done.add(result.index)
                     yield result
+                continue
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
-                rows = [r for r in batch.rows + group if r.index not in done]
-                yield from self._back_off(rows, queue)
-                batch = None
+                failed = [r for r in batch.rows + group if r.index not in done]
+            batch = None  # its cache goes (and the error's frames) before memory is released
+            yield from self._back_off(failed, queue)
 
     # --- admission -----------------------------------------------------------------------------
 
@@ -148,26 +149,28 @@ class BatchedEngine:
         if free <= 0 or (rows and free < min(max(1, limit // REFILL_FRACTION), len(queue))):
             return []
         group: list[GenRequest] = []
-        real = 0
+        real = widest = 0  # the group's prompt tokens, and its widest prompt
         while queue and len(group) < free and queue[0].adapter == batch.adapter:
             nxt = queue[0]
             final = max(longest, nxt.tokens)
             n = rows + len(group) + 1
-            width = len(nxt.prompt_ids)  # the group's widest prompt (the queue is sorted)
+            padded = (len(group) + 1) * max(widest, len(nxt.prompt_ids))
+            if n * final > self.token_budget and (group or rows):
+                break
             if group and (
-                n * final > self.token_budget
-                or n > self._row_limit(final)
-                or (self.mergeable and (len(group) + 1) * width > self.prefill_tokens)
+                n > self._row_limit(final)
                 or (
                     self.mergeable
-                    and (len(group) + 1) * width > PREFILL_SLACK * (real + width) + 32
+                    and (
+                        padded > self.prefill_tokens
+                        or padded > PREFILL_SLACK * (real + len(nxt.prompt_ids)) + 32
+                    )
                 )
             ):
                 break
-            if not group and rows and n * final > self.token_budget:
-                break
             group.append(queue.popleft())
-            real += width
+            real += len(nxt.prompt_ids)
+            widest = max(widest, len(nxt.prompt_ids))
             longest = final
         return group
 
@@ -443,7 +446,8 @@ def _growing_class() -> Any:
         def lazy_initialization(self, key_states: Any, value_states: Any) -> None:
             super().lazy_initialization(key_states, value_states)
             self.used = 0
-            self.key_room = self.value_room = None
+            self.key_room: Any = None
+            self.value_room: Any = None
 
         def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> Any:
             if not self.is_initialized:

@@ -15,9 +15,10 @@ completion tokens it made and the seconds it took; every path is warmed first on
   (``worker.engines``), as a shard runs them;
 - ``vllm-bare``: a bare ``vllm.LLM.generate`` loop (CUDA, vLLM installed).
 
-Completion tokens/s and each path's ratio to the best bare loop are printed and written to
-``bench/results/generate-<time>/result.json``. Adding a path (the end-to-end row through the
-OpenAI surface) is one more function in ``PATHS``.
+Completion tokens/s (and per CPU second, steadier on a busy machine) and each path's ratio to
+the best bare loop are printed and written to ``bench/results/generate-<time>/result.json``.
+Adding a path (the end-to-end row through the OpenAI surface) is one more function in ``PATHS``:
+``Setup`` holds the chats (``messages``) beside their token ids and the model's directory.
 
 Run: ``make bench-generate`` or ``python bench/generate.py [--requests 256] [--max-tokens 48]
 [--threads N] [--paths a,b,...]``.
@@ -56,6 +57,7 @@ class Setup:
     model_dir: Path
     prompts: list[list[int]]
     max_tokens: int
+    messages: list[list[dict[str, str]]] = field(default_factory=list)  # each prompt's chat
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -90,18 +92,27 @@ def build_model(path: Path, layers: int, hidden: int, device: Any) -> tuple[Any,
     return model, tok
 
 
-def chat_prompts(tok: Any, n: int, seed: int = 1) -> list[list[int]]:
-    """``n`` chat prompts of mixed length (a system line and a user message of 5 to 150 words),
-    rendered with the model's chat template, as token ids."""
+def chats(n: int, seed: int = 1) -> list[list[dict[str, str]]]:
+    """``n`` chats of mixed length: a system line and a user message of 5 to 150 words."""
     rng = random.Random(seed)
-    prompts = []
-    for _ in range(n):
-        words = rng.randint(5, 150)
-        messages = [
+    return [
+        [
             {"role": "system", "content": "answer briefly"},
-            {"role": "user", "content": " ".join(rng.choice(WORDS) for _ in range(words))},
+            {
+                "role": "user",
+                "content": " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 150))),
+            },
         ]
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        for _ in range(n)
+    ]
+
+
+def chat_prompts(tok: Any, messages: list[list[dict[str, str]]]) -> list[list[int]]:
+    """The chats rendered with the model's chat template, as token ids (what the OpenAI
+    surface makes of them)."""
+    prompts = []
+    for chat in messages:
+        text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         prompts.append(list(tok(text, add_special_tokens=False)["input_ids"]))
     return prompts
 
@@ -302,8 +313,9 @@ def main() -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         model, tok = build_model(Path(tmp) / "model", args.layers, args.hidden, device)
-        prompts = chat_prompts(tok, args.requests)
-        s = Setup(model, tok, device, Path(tmp) / "model", prompts, args.max_tokens)
+        messages = chats(args.requests)
+        prompts = chat_prompts(tok, messages)
+        s = Setup(model, tok, device, Path(tmp) / "model", prompts, args.max_tokens, messages)
         rows = measure(s, names, args.rounds)
     report(rows, args, device, torch.get_num_threads(), prompts, log_dir)
     return 0

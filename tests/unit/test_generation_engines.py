@@ -518,6 +518,22 @@ def test_cuda_greedy_equals_generate_alone(kind: str, tok: Any) -> None:
     print(f"{kind} on CUDA: {whole}/{len(requests)} requests matched whole")
 
 
+def test_vllm_sizing(tok: Any) -> None:
+    """What the vLLM engine asks of vLLM, worked out without it: the KV bytes of the token
+    budget, and how many GPUs a model is split over (one when it fits)."""
+    from worker.engines.vllm import kv_bytes_per_token, tensor_parallel
+
+    config = tiny_llama(tok).config  # 2 layers, 2 key/value heads of 16 dims
+    assert kv_bytes_per_token(config) == 2 * 2 * 2 * 16 * 2
+    assert kv_bytes_per_token(config, 4) == 2 * 2 * 2 * 16 * 4
+    gib = 2**30
+    assert tensor_parallel(10 * gib, [80 * gib] * 4, heads=32) == 1
+    assert tensor_parallel(100 * gib, [80 * gib] * 4, heads=32) == 2
+    assert tensor_parallel(200 * gib, [80 * gib] * 4, heads=32) == 4
+    assert tensor_parallel(300 * gib, [80 * gib] * 4, heads=6) == 2  # 4 does not divide 6
+    assert tensor_parallel(10 * gib, [], heads=32) == 1
+
+
 @pytest.fixture(scope="module")
 def vllm_engine(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Iterator[Any]:
     if not torch.cuda.is_available():

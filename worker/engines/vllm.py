@@ -42,15 +42,13 @@ def kv_bytes_per_token(config: Any, element_bytes: int = 2) -> int:
 
 def tensor_parallel(need_bytes: int, gpu_bytes: Sequence[int], heads: int) -> int:
     """How many of the visible GPUs (each of ``gpu_bytes``) the model is split over: one when it
-    fits one, else the fewest (a power of two dividing the attention heads) that hold
-    ``need_bytes`` together; all of them when none do."""
-    count = len(gpu_bytes)
-    size = 1
-    while size <= count:
-        if heads % size == 0 and need_bytes <= 0.9 * min(gpu_bytes) * size:
+    fits one, else the fewest that hold ``need_bytes`` together, of the sizes vLLM can split
+    it into (powers of two dividing the attention heads); the most of those when none do."""
+    sizes = [n for n in (1, 2, 4, 8, 16, 32) if n <= len(gpu_bytes) and heads % n == 0]
+    for size in sizes:
+        if need_bytes <= 0.9 * min(gpu_bytes) * size:
             return size
-        size *= 2
-    return max(1, count)
+    return sizes[-1] if sizes else 1
 
 
 class VllmEngine:

@@ -8,7 +8,7 @@ MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 # torch is pinned to the 2.13 series (a CPU build here; the same pin picks a CUDA build on GPU hosts).
 TORCH := torch==2.13.*
 
-.PHONY: help venv dev demo test test-unit lint typecheck fmt services docs docs-serve bench bench-finetune bench-onnx bench-lora clean
+.PHONY: help venv dev demo test test-unit lint typecheck fmt services docs docs-serve bench bench-finetune bench-onnx bench-lora bench-generate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -71,6 +71,9 @@ bench-onnx: venv ## an ONNX regress job's records/s against onnxruntime in a bar
 
 bench-lora: venv ## LoRA steps/s against a bare peft loop; peak RSS of LoRA vs full
 	$(BIN)/python bench/lora.py
+
+bench-generate: venv ## generation: Barge's engines against bare generate loops, completion tokens/s
+	$(BIN)/python bench/generate.py $(BENCH_ARGS)
 
 clean: ## remove the virtualenv and the embedded state
 	rm -rf $(VENV) .barge

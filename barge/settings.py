@@ -68,6 +68,17 @@ class Settings(BaseSettings):
     worker_metrics_port: int = 0
     worker_metrics_host: str = "127.0.0.1"
 
+    # Generation (chat, completions, native generate) runs through one engine interface
+    # (worker.engines): "auto" picks per device what bench/generate.py found fastest (vLLM on
+    # CUDA where installed, else transformers' continuous batching; the batched engine off
+    # CUDA). The token budget bounds the KV cache an engine holds for the requests in flight
+    # (prompt + new tokens, padding counted): the batched engine's batch, the continuous
+    # engine's paged cache, vLLM's KV cache; a request that alone needs more is a per-record
+    # error. At most generation_max_batch requests are decoded together.
+    generation_engine: Literal["auto", "batched", "continuous", "vllm"] = "auto"
+    generation_token_budget: int = Field(default=16_384, ge=64)
+    generation_max_batch: int = Field(default=256, ge=1)
+
     # Scheduler / reconciler / drop folders.
     reconcile_seconds: float = 15.0
     drop_scan_seconds: float = 5.0

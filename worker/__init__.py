@@ -12,6 +12,7 @@
   ``onnxcolumns``: the columnar path of feature-only ONNX models over Parquet; ``shardrun``: what
   the shard runners share; ``prefetch``: reading ahead on a background thread;
   ``finetune/``: running a fine-tune (``run``, ``checkpoints``, ``training``, ``data``, ...);
+- ``engines/``: generation engines (batched, continuous, vLLM) behind one interface;
 - ``models``: fetching, caching, loading models and predicting; ``hf``: what inference and
   training share about Hugging Face models; ``seq2seq``: sequence-to-sequence models
   (``text2text``); ``vision``: image models; ``onnxmodels``: ONNX models under onnxruntime;

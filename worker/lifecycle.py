@@ -144,7 +144,7 @@ def run_claimed(ctx: WorkerContext, work: ShardWork, runner: Runner) -> Outcome:
     """Run a claimed unit to its end and settle it: the one place where results and exceptions
     become outcomes."""
     lease = Lease(ctx, work, runner.status_check_seconds)
-    meter = usage.Meter(ctx)  # the attempt's usage: seconds, tokens, energy
+    usage.Meter(ctx, work)  # the attempt's usage: seconds, tokens, energy
     started = time.monotonic()
     time_limit_error = runner.time_limit_error.format(limit=ctx.settings.shard_soft_time_limit)
     try:
@@ -164,7 +164,7 @@ def run_claimed(ctx: WorkerContext, work: ShardWork, runner: Runner) -> Outcome:
             outcome = Outcome.ERROR
     finally:
         lease.close()  # settled, or given up: its keeper thread stops renewing
-    usage.end_attempt(ctx, work, lease, outcome.value, meter)
+    usage.end_attempt(ctx, work, lease, outcome.value)  # unless its settlement ended it
     if outcome is Outcome.LEASE_LOST:
         log.warning("%s attempt %s lost its lease; dropping its work", work.log_name, work.attempt)
     _summary(work, lease, outcome, time.monotonic() - started)
@@ -255,6 +255,8 @@ def _record(session: Session, work: ShardWork, result: Result) -> Outcome:
     )
     if not held:
         return Outcome.LEASE_LOST
+    counts = (result.succeeded, result.failed, result.steps_done)
+    usage.end_in(session, work, result.outcome.value, counts, result.usage)
     if result.publish is not None:
         assert job is not None
         result.publish(session, job)

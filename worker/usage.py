@@ -8,8 +8,12 @@ newer) read through ``nvidia-ml-py`` for each GPU the process uses. A device wit
 GPU, so with several processes on one GPU each attempt's figure includes the others' draw
 (Barge runs one worker process per GPU).
 
-Imports: ``barge``, ``db``, ``worker.context``, ``worker.lease``, ``worker.metrics``,
-``worker.samples``; torch
+An attempt's row is ended in the transaction that settles it (``end_in``, called by
+``worker.lifecycle``), so the job's finalize, sent after that commit, sums every attempt;
+an attempt settled otherwise (retried, handed off, its lease lost) is ended just after
+(``end_attempt``).
+
+Imports: ``barge``, ``db``, ``worker.context``, ``worker.lease``, ``worker.metrics``; torch
 and ``pynvml`` only inside functions, and only where the worker uses a GPU.
 """
 
@@ -18,9 +22,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from sqlalchemy.orm import Session
 
 from barge.settings import Settings
 from db import repositories as repo
@@ -28,7 +35,6 @@ from db.base import utcnow
 from worker import metrics
 from worker.context import WorkerContext
 from worker.lease import Lease, ShardWork
-from worker.samples import slot_of
 
 log = logging.getLogger(__name__)
 
@@ -219,38 +225,57 @@ def process_devices(settings: Settings) -> tuple[list[Device], CounterSource]:
 
 
 class Meter:
-    """An attempt's readings: made when it starts, ``usage()`` when it ends."""
+    """An attempt's readings: made when it starts, ``usage()`` when it ends. Each is kept by
+    (shard, attempt) until the attempt's row is ended, so the settlement can end it in its own
+    transaction (``end_in``), before the job's finalize reads it."""
 
-    def __init__(self, ctx: WorkerContext):
+    def __init__(self, ctx: WorkerContext, work: ShardWork):
         self.devices, self.counters = process_devices(ctx.settings)
         self.start = read(self.devices, self.counters)
+        _meters[(work.shard_id, work.attempt)] = self
 
     def usage(self, tokens: dict[str, int] | None) -> dict[str, Any]:
         return account(self.devices, self.start, read(self.devices, self.counters), tokens)
 
 
-def end_attempt(
-    ctx: WorkerContext, work: ShardWork, lease: Lease, outcome: str, meter: Meter
+_meters: dict[tuple[uuid.UUID, int], Meter] = {}
+
+
+def end_in(
+    session: Session,
+    work: ShardWork,
+    outcome: str,
+    counts: tuple[int, int, int | None],
+    tokens: dict[str, int] | None,
 ) -> None:
-    """Write how the attempt ended and what it used (its own transaction: a record, not part
-    of the settlement), and a progress sample, so the job's last one shows where it ended."""
-    try:
-        used = meter.usage(lease.tokens)
+    """End the attempt's row in the settlement's transaction: ``outcome``, ``counts``
+    (succeeded, failed, steps done) and what it used."""
+    meter = _meters.pop((work.shard_id, work.attempt), None)
+    used = meter.usage(tokens) if meter is not None else None
+    succeeded, failed, steps = counts
+    ended = repo.end_attempt(
+        session,
+        work.shard_id,
+        work.attempt,
+        utcnow(),
+        outcome=outcome,
+        succeeded=succeeded,
+        failed=failed,
+        steps_done=steps,
+        usage=used,
+    )
+    if ended and used is not None:
         metrics.observe_usage(used)
-        now = utcnow()
+
+
+def end_attempt(ctx: WorkerContext, work: ShardWork, lease: Lease, outcome: str) -> None:
+    """End the attempt's row, in a transaction of its own, if its settlement did not (a retry,
+    a hand-off, a lost lease); a failure is logged, never raised."""
+    if (work.shard_id, work.attempt) not in _meters:
+        return
+    try:
         with ctx.session() as session:
-            repo.end_attempt(
-                session,
-                work.shard_id,
-                work.attempt,
-                now,
-                outcome=outcome,
-                succeeded=lease.succeeded,
-                failed=lease.failed,
-                steps_done=lease.steps_done,
-                usage=used,
-            )
-            slot = slot_of(ctx.settings, now)
-            repo.add_job_sample(session, work.job_id, slot, now, replace=True)
+            counts = (lease.succeeded, lease.failed, lease.steps_done)
+            end_in(session, work, outcome, counts, lease.tokens)
     except Exception:
         log.exception("%s attempt %s: usage not recorded", work.log_name, work.attempt)

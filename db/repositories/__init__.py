@@ -15,12 +15,14 @@ from db.repositories.aggregates import (
 )
 from db.repositories.attempts import (
     AttemptRow,
+    UsageGroup,
     attempts_for_jobs,
     attempts_of,
     end_attempt,
     model_rates,
     start_attempt,
     touch_attempt,
+    usage_by_job,
     usage_totals,
     worker_attempts,
 )
@@ -141,6 +143,7 @@ __all__ = [
     "Progress",
     "Running",
     "Turn",
+    "UsageGroup",
     "active_job_count",
     "active_jobs",
     "active_key_counts",
@@ -227,6 +230,7 @@ __all__ = [
     "touch_dispatched",
     "unfinished_shard_count",
     "update_tenant",
+    "usage_by_job",
     "usage_totals",
     "worker_attempts",
     "workers_seen_since",

@@ -198,3 +198,78 @@ def usage_totals(session: Session) -> dict[str, dict[str, float]]:
         for name, value in zip(USAGE_SUMS, values, strict=True):
             totals[name] += float(value)
     return out
+
+
+@dataclass(frozen=True)
+class UsageGroup:
+    """One job's attempts on one device of one worker, summed. ``*_known``: how many of the
+    ``ended`` attempts measured that figure."""
+
+    job_id: uuid.UUID
+    worker: str
+    device: str | None
+    device_name: str | None
+    gpus: int
+    attempts: int
+    ended: int
+    sums: dict[str, float]
+    known: dict[str, int]
+
+
+# The figures summed per group, and whether each may be missing on an ended attempt.
+GROUP_SUMS = (
+    "wall_seconds",
+    "busy_seconds",
+    "cpu_seconds",
+    "gpu_seconds",
+    "energy_joules",
+    "tokens_in",
+    "tokens_out",
+)
+
+
+def usage_by_job(session: Session, job_ids: list[uuid.UUID]) -> list[UsageGroup]:
+    """The usage of these jobs' attempts, summed per job, worker and device (one query)."""
+    if not job_ids:
+        return []
+    columns = [getattr(ShardAttempt, name) for name in GROUP_SUMS]
+    ended = func.count(ShardAttempt.outcome)
+    rows = session.execute(
+        select(
+            ShardAttempt.job_id,
+            ShardAttempt.worker,
+            ShardAttempt.device,
+            ShardAttempt.device_name,
+            ShardAttempt.gpus,
+            func.count(),
+            ended,
+            *[func.coalesce(func.sum(c), 0) for c in columns],
+            *[func.count(c) for c in columns],
+        )
+        .where(ShardAttempt.job_id.in_(job_ids))
+        .group_by(
+            ShardAttempt.job_id,
+            ShardAttempt.worker,
+            ShardAttempt.device,
+            ShardAttempt.device_name,
+            ShardAttempt.gpus,
+        )
+    )
+    n = len(GROUP_SUMS)
+    out = []
+    for row in rows:
+        sums, known = row[7 : 7 + n], row[7 + n :]
+        out.append(
+            UsageGroup(
+                job_id=row[0],
+                worker=str(row[1]),
+                device=row[2],
+                device_name=row[3],
+                gpus=int(row[4] or 0),
+                attempts=int(row[5]),
+                ended=int(row[6]),
+                sums={k: float(v) for k, v in zip(GROUP_SUMS, sums, strict=True)},
+                known={k: int(v) for k, v in zip(GROUP_SUMS, known, strict=True)},
+            )
+        )
+    return out

@@ -23,7 +23,8 @@ from db import repositories as repo
 from db import state
 from db.base import utcnow
 from db.models import Job, Model, Shard
-from services import openai_fine_tuning, scopes, usage
+from services import openai_fine_tuning, scopes
+from services import usage as used_by
 from worker import openai_batch, samples
 from worker.context import WorkerContext
 
@@ -49,7 +50,7 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
             manifest = finetune_manifest(job, shards, target, error, registered)
         else:
             manifest = build_manifest(job, shards, target, error)
-        manifest["resources"] = usage.job_usage(session, ctx.settings, job)
+        manifest["resources"] = used_by.job_usage(session, ctx.settings, job)
         now = utcnow()  # the job's last progress sample: where it ended
         repo.add_job_sample(session, job.id, samples.slot_of(ctx.settings, now), now, replace=True)
         out = S3Uri.parse(job.output_uri).as_prefix()

@@ -79,6 +79,7 @@ from db.repositories.registry import (
     model_versions,
     models_for_job,
     register_model,
+    tenant_models,
 )
 from db.repositories.samples import (
     add_job_sample,
@@ -115,6 +116,7 @@ from db.repositories.tenants import (
     create_api_key,
     hash_key,
     key_and_tenant,
+    key_by_id,
     list_tenants,
     revoke_api_key,
     tenant_by_id,
@@ -188,6 +190,7 @@ __all__ = [
     "jobs_ahead",
     "jobs_to_finalize",
     "key_and_tenant",
+    "key_by_id",
     "last_event",
     "list_events",
     "list_jobs",
@@ -224,6 +227,7 @@ __all__ = [
     "tenant_by_id",
     "tenant_by_name",
     "tenant_for_key",
+    "tenant_models",
     "tenants_except",
     "touch_api_key",
     "touch_attempt",

@@ -177,9 +177,7 @@ def list_jobs(
     )
     page = jobs[:limit]
     return JobList(
-        jobs=[
-            JobOut.model_validate(j) for j in service.present_many(uow.session, page, settings)
-        ],
+        jobs=[JobOut.model_validate(j) for j in service.present_many(uow.session, page, settings)],
         next_cursor=repo.encode_cursor(page[-1]) if len(jobs) > limit else None,
     )
 

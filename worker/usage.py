@@ -207,20 +207,25 @@ def _cuda_devices(settings: Settings) -> list[Device]:
     return devices
 
 
+def find_devices(settings: Settings) -> tuple[list[Device], CounterSource]:
+    """The devices a worker with these settings computes on, and where their energy counters
+    are read (NVML for NVIDIA GPUs, when it starts; else none)."""
+    try:
+        gpus = _cuda_devices(settings)
+    except Exception as exc:  # a broken driver never stops the work, only its measure
+        log.warning("GPUs not found for usage accounting: %s", exc)
+        gpus = []
+    if not gpus:
+        return [Device("cpu", "cpu")], NoCounters()
+    nvml = NvmlCounters()
+    return gpus, nvml if nvml.available() else NoCounters()
+
+
 def process_devices(settings: Settings) -> tuple[list[Device], CounterSource]:
-    """The devices this worker process computes on and where their counters are read."""
+    """``find_devices`` for this worker process, found once (in the pool child)."""
     global _found
     if _found is None:
-        try:
-            gpus = _cuda_devices(settings)
-        except Exception as exc:  # a broken driver never stops the work, only its measure
-            log.warning("GPUs not found for usage accounting: %s", exc)
-            gpus = []
-        if gpus:
-            nvml = NvmlCounters()
-            _found = (gpus, nvml if nvml.available() else NoCounters())
-        else:
-            _found = ([Device("cpu", "cpu")], NoCounters())
+        _found = find_devices(settings)
     return _found
 
 

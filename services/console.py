@@ -40,6 +40,7 @@ ATTEMPTS_SHOWN = 2000
 SAMPLES_SHOWN = 5000
 TRAIN_EVENTS_SHOWN = 5000
 UTILISATION_WINDOW = timedelta(hours=1)
+RATE_WINDOW = 10.0  # seconds: a sample's rate is over the window before it
 
 
 def percent(view: dict[str, Any]) -> float | None:
@@ -99,11 +100,14 @@ def _ts(at: datetime | None) -> float | None:
 
 
 def _rates(times: list[float], counts: list[int], first: float | None) -> list[float | None]:
-    """Work per second between consecutive samples (the first: since ``first``); None where
-    the count went down (a shard started again) or no time passed."""
+    """Work per second at each sample over the ``RATE_WINDOW`` seconds before it (from the
+    newest sample at least that old, else from ``first``, the job's start, at 0): progress is
+    noted batch by batch, so a rate between two close samples swings with the batches. None
+    where the count went down (a shard started again) or no time passed."""
     out: list[float | None] = []
     for i, (t, n) in enumerate(zip(times, counts, strict=True)):
-        t0, n0 = (times[i - 1], counts[i - 1]) if i else (first, 0)
+        j = next((k for k in range(i - 1, -1, -1) if t - times[k] >= RATE_WINDOW), None)
+        t0, n0 = (times[j], counts[j]) if j is not None else (first, 0)
         if t0 is None or t <= t0 or n < n0:
             out.append(None)
         else:

@@ -85,7 +85,9 @@ def key_and_tenant(session: Session, key: str) -> tuple[ApiKey, Tenant] | None:
 def key_by_id(session: Session, key_id: uuid.UUID) -> tuple[ApiKey, Tenant] | None:
     """The key's row by its id (revoked and expired ones too) and its tenant."""
     row = session.execute(
-        select(ApiKey, Tenant).join(Tenant, ApiKey.tenant_id == Tenant.id).where(ApiKey.id == key_id)
+        select(ApiKey, Tenant)
+        .join(Tenant, ApiKey.tenant_id == Tenant.id)
+        .where(ApiKey.id == key_id)
     ).first()
     return None if row is None else (row[0], row[1])
 

@@ -231,3 +231,30 @@ class TestUsage:
         assert (used["attempts"], used["wall_seconds"]) == (2, 200.0)
         assert used["energy_joules"] is None  # one attempt had no counter: no partial sum
         assert used["cost"] is None
+
+    def test_a_models_steady_rate_is_the_median_of_its_newest_attempts(
+        self, database_url: str
+    ) -> None:
+        job_id, shard_ids = running_job(database_url, shards=3)
+        with session_scope(database_url) as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            job.model_uri = f"s3://models/{uuid.uuid4().hex}/"
+            assert usage.steady_rate(session, job) is None  # never run before
+            for n, (shard_id, seconds) in enumerate(
+                zip(shard_ids, (10.0, 20.0, 40.0), strict=True)
+            ):
+                repo.start_attempt(session, shard_id, job_id, 1, "w:1", utcnow())
+                repo.end_attempt(
+                    session,
+                    shard_id,
+                    1,
+                    utcnow(),
+                    outcome="succeeded" if n < 2 else "error",
+                    succeeded=100,
+                    failed=0,
+                    usage={"wall_seconds": seconds},
+                )
+            steady = usage.steady_rate(session, job)
+        # 10 and 5 records/s; the attempt that errored does not count
+        assert steady == {"records_per_second": 7.5, "attempts": 2}

@@ -50,6 +50,10 @@
   function chart(id, series, columns, options) {
     var el = byId(id);
     if (!el || typeof uPlot === "undefined") { return; }
+    if (charts[id] && charts[id].series.length !== series.length) {
+      charts[id].destroy();  // a series appeared (validation loss, the steady rate): draw anew
+      delete charts[id];
+    }
     if (charts[id]) {
       charts[id].setData(columns);
     } else {
@@ -61,7 +65,16 @@
     return el;
   }
 
+  function steadyNote(tp) {
+    var note = byId("steady-note");
+    if (!note || !tp.steady) { return; }
+    note.textContent = "Dashed: the model's steady rate (" + number(tp.steady.records_per_second, 2) +
+      " records/s per shard, the median of its last " + tp.steady.attempts +
+      " finished shards) times the shards running.";
+  }
+
   function throughput(tp) {
+    steadyNote(tp);
     var series = [{}, {label: tp.unit, stroke: COLORS.rate, width: 2, points: {show: true, size: 5}}];
     var columns = [tp.t, tp.rate];
     if (tp.tokens_rate) {
@@ -121,8 +134,11 @@
     var scales = {x: {time: false}};
     var el = chart("loss-chart", series, columns, {scales: scales, axes: [{label: "step"}, {label: "loss"}]});
     if (el) { el.dataset.points = String(loss.step.length); }
+    var small = {size: 70, values: function (u, values) {
+      return values.map(function (v) { return v === null ? "" : v.toExponential(1); });
+    }};
     var lr = chart("lr-chart", [{label: "step"}, {label: "learning rate", stroke: COLORS.lr, width: 2}],
-                   [loss.step, loss.learning_rate], {scales: scales, axes: [{label: "step"}, {}]});
+                   [loss.step, loss.learning_rate], {scales: scales, axes: [{label: "step"}, small]});
     if (lr) { lr.dataset.points = String(loss.step.length); }
   }
 
@@ -197,7 +213,9 @@
     text("records-total", number(p.records_total));
     text("records-failed", number(p.records_failed));
     text("shards-done", number(p.shards_done));
+    text("shards-total", number(p.shards_total));
     text("steps-done", number(p.steps_done));
+    text("steps-total", number(p.steps_total));
     text("job-rate", number(p.records_per_second));
     text("job-eta", duration(p.eta_seconds));
     text("job-waiting", job.waiting || "—");

@@ -231,6 +231,26 @@ def test_a_job_watched_live_while_another_is_cancelled_from_its_page(
     assert text_of(browser, "records-done") == f"{SHARDS * SHARD:,}"
     assert text_of(browser, "usage-attempts").startswith(str(attempts))
     screenshot(browser, "console-job.png")
+    retry_from_its_page(browser, console_url, member, blocker)
+
+
+def retry_from_its_page(browser: Any, url: str, key: str, job_id: str) -> None:
+    """A cancelled job's Retry submits it again as a new job writing beside it."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{url}/ui/jobs/{job_id}")
+    assert browser.find_element(By.ID, "cancel-form").get_attribute("hidden") is not None
+    browser.find_element(By.ID, "retry").click()
+    wait_until(lambda: text_of(browser, "job-id") != job_id, 30, what="the new job's page")
+    again = text_of(browser, "job-id")
+    first, second = job(url, key, job_id), job(url, key, again)
+    httpx.post(f"{url}/v1/jobs/{again}/cancel", headers={"Authorization": f"Bearer {key}"})
+    assert second["metadata"]["retry_of"] == job_id
+    beside = first["spec"]["output"].rstrip("/") + "-retry-"
+    assert second["spec"]["output"].startswith(beside), second["spec"]["output"]
+    assert {k: v for k, v in second["spec"].items() if k not in ("output", "metadata")} == {
+        k: v for k, v in first["spec"].items() if k not in ("output", "metadata")
+    }
 
 
 def cancel_from_its_page(browser: Any, url: str, key: str, job_id: str) -> None:

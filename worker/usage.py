@@ -256,7 +256,11 @@ def end_in(
     """End the attempt's row in the settlement's transaction: ``outcome``, ``counts``
     (succeeded, failed, steps done) and what it used."""
     meter = _meters.pop((work.shard_id, work.attempt), None)
-    used = meter.usage(tokens) if meter is not None else None
+    used = None
+    try:
+        used = meter.usage(tokens) if meter is not None else None
+    except Exception:  # a counter that fails costs the attempt its figures, never its settlement
+        log.exception("%s attempt %s: usage not measured", work.log_name, work.attempt)
     succeeded, failed, steps = counts
     ended = repo.end_attempt(
         session,

@@ -126,9 +126,14 @@ def job(url: str, key: str, job_id: str, part: str = "") -> Any:
 
 
 def text_of(driver: Any, element_id: str) -> str:
+    """The element's text; "" while the page that has it is not there (yet)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    return str(driver.find_element(By.ID, element_id).text)
+    try:
+        return str(driver.find_element(By.ID, element_id).text)
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
 
 
 def samples_of(database_url: str, job_id: str) -> int:
@@ -181,7 +186,6 @@ def test_a_job_watched_live_while_another_is_cancelled_from_its_page(
     """The worker runs one shard at a time: a long one-shard job holds it, so the watched job
     waits at 0 % with its page open; cancelling the long one from its own page (in a second
     tab) lets the watched job run, and its page, never reloaded, follows it to 100 %."""
-    from selenium.webdriver.common.by import By
 
     sign_in(browser, console_url, member)
     long = put_jsonl(s3, bucket, "console/long.jsonl", records(5000, words=5))
@@ -191,6 +195,27 @@ def test_a_job_watched_live_while_another_is_cancelled_from_its_page(
         inference_spec(minilm_uri, long, f"s3://{bucket}/console/long/", batch_size=2),
     )
     wait_until(lambda: running_shards(console_url, member, blocker), 120, what="blocker runs")
+    try:
+        watch(browser, console_url, member, database_url, s3, bucket, minilm_uri, blocker)
+    finally:  # never leave the long job holding the worker for the tests after this one
+        cancel(console_url, member, blocker)
+
+
+def cancel(url: str, key: str, job_id: str) -> None:
+    httpx.post(f"{url}/v1/jobs/{job_id}/cancel", headers={"Authorization": f"Bearer {key}"})
+
+
+def watch(
+    browser: Any,
+    console_url: str,
+    member: str,
+    database_url: str,
+    s3: Any,
+    bucket: str,
+    minilm_uri: str,
+    blocker: str,
+) -> None:
+    from selenium.webdriver.common.by import By
 
     data = put_jsonl(s3, bucket, "console/in.jsonl", records(SHARDS * SHARD, words=30))
     tag = f"watch-{uuid.uuid4().hex[:6]}"
@@ -244,7 +269,7 @@ def retry_from_its_page(browser: Any, url: str, key: str, job_id: str) -> None:
     wait_until(lambda: text_of(browser, "job-id") != job_id, 30, what="the new job's page")
     again = text_of(browser, "job-id")
     first, second = job(url, key, job_id), job(url, key, again)
-    httpx.post(f"{url}/v1/jobs/{again}/cancel", headers={"Authorization": f"Bearer {key}"})
+    cancel(url, key, again)
     assert second["metadata"]["retry_of"] == job_id
     beside = first["spec"]["output"].rstrip("/") + "-retry-"
     assert second["spec"]["output"].startswith(beside), second["spec"]["output"]
@@ -282,6 +307,14 @@ def test_the_session_cookie_and_another_tenants_job(
     assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (True, "Strict", "/ui")
     assert member not in cookie["value"] and member.split("_", 1)[1][:16] not in cookie["value"]
     assert "barge_console" not in browser.execute_script("return document.cookie")
+
+    # the shared worker's processes noted themselves: its GPU queue, running nothing of ours
+    browser.get(f"{console_url}/ui/workers")
+    queues = [
+        r.find_elements(By.TAG_NAME, "td")[1].text
+        for r in browser.find_elements(By.CSS_SELECTOR, "tr.worker")
+    ]
+    assert any("gpu" in q for q in queues) and any("control" in q for q in queues), queues
 
     theirs = finished_job_of_another_tenant(database_url)
     browser.get(f"{console_url}/ui/jobs/{theirs}")
@@ -347,6 +380,11 @@ def test_a_finetune_page_shows_its_loss_curve(
     assert browser.find_elements(By.CSS_SELECTOR, "#checkpoints li")
     assert "Registered" in text_of(browser, "finetune-outputs")
     screenshot(browser, "console-finetune.png")
+
+    browser.find_element(By.CSS_SELECTOR, "p.registered a").click()
+    wait_until(lambda: "/ui/models" in browser.current_url, 20, what="the models page")
+    versions = browser.find_elements(By.CSS_SELECTOR, f"section[id='{spec['model_name']}'] tr")
+    assert len(versions) == 2  # its header and version 1
 
 
 def events_of(url: str, key: str, job_id: str) -> list[dict[str, Any]]:

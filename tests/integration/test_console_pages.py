@@ -161,3 +161,21 @@ def test_the_live_json_of_a_job_and_a_404_for_another_tenants(
     assert client.get(f"/ui/jobs/{theirs}/live").status_code == 404
     page = client.get(f"/ui/jobs/{theirs}")
     assert page.status_code == 404 and "text/html" in page.headers["content-type"]
+
+
+def test_the_cookie_is_secure_when_asked_and_assets_are_served_from_the_package(
+    settings: Any,
+) -> None:
+    from api.app import create_app
+
+    secure = create_app(
+        settings.model_copy(update={"console_secret": SECRET, "console_secure_cookie": True})
+    )
+    with TestClient(secure, follow_redirects=False) as client:
+        header = client.get("/ui/login").headers["set-cookie"].lower()
+        for flag in ("httponly", "samesite=strict", "path=/ui", "secure"):
+            assert flag in header, header
+        for asset in ("uPlot.iife.min.js", "htmx.min.js", "console.js", "uPlot.min.css"):
+            answer = client.get(f"/ui/static/{asset}")
+            assert answer.status_code == 200 and len(answer.content) > 1000, asset
+            assert answer.headers.get("cache-control") != "no-store"

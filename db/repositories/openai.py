@@ -81,6 +81,17 @@ def openai_batch_for_job(session: Session, job_id: uuid.UUID) -> OpenAIBatch | N
     return session.scalar(select(OpenAIBatch).where(OpenAIBatch.job_id == job_id))
 
 
+def openai_ids(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The OpenAI batch or fine-tuning job id each of these Barge jobs runs, where it runs one."""
+    if not job_ids:
+        return {}
+    out: dict[uuid.UUID, str] = {}
+    for model in (OpenAIBatch, OpenAIFineTuningJob):
+        rows = session.execute(select(model.job_id, model.id).where(model.job_id.in_(job_ids)))
+        out.update({job_id: str(openai_id) for job_id, openai_id in rows if job_id})
+    return out
+
+
 def take_due_openai_batches(
     session: Session, now: datetime, limit: int
 ) -> list[tuple[OpenAIBatch, Job]]:
@@ -143,26 +154,3 @@ def list_fine_tuning_jobs(
 def fine_tuning_job_for(session: Session, job_id: uuid.UUID) -> OpenAIFineTuningJob | None:
     """The OpenAI fine-tuning job a Barge job runs, if any."""
     return session.scalar(select(OpenAIFineTuningJob).where(OpenAIFineTuningJob.job_id == job_id))
-
-
-def openai_ids(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
-    """The OpenAI batch or fine-tuning job id each of these Barge jobs runs, where it runs one."""
-    if not job_ids:
-        return {}
-    out: dict[uuid.UUID, str] = {}
-    for model in (OpenAIBatch, OpenAIFineTuningJob):
-        rows = session.execute(select(model.job_id, model.id).where(model.job_id.in_(job_ids)))
-        out.update({job_id: str(openai_id) for job_id, openai_id in rows if job_id})
-    return out
-
-
-def jobs_of_openai_id(session: Session, tenant_id: uuid.UUID, openai_id: str) -> list[uuid.UUID]:
-    """The Barge job an OpenAI batch or fine-tuning job id of the tenant names (search)."""
-    found: list[uuid.UUID] = []
-    for model in (OpenAIBatch, OpenAIFineTuningJob):
-        job_id = session.scalar(
-            select(model.job_id).where(model.id == openai_id, model.tenant_id == tenant_id)
-        )
-        if job_id is not None:
-            found.append(job_id)
-    return found

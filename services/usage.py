@@ -121,7 +121,7 @@ def steady_rate(session: Session, job: Job) -> dict[str, Any] | None:
     task = job.spec.get("task")
     rates = [
         n / s
-        for n, s in repo.model_rates(
+        for n, s in repo.attempt_rates(
             session, job.tenant_id, job.model_uri, task if isinstance(task, str) else None
         )
         if n > 0 and s > 0

@@ -59,10 +59,10 @@ class BargeCollector(Collector):
     def _database(self) -> Iterator[Metric]:
         try:
             with session_scope(self.settings.resolved_database_url) as session:
+                used = repo.usage_totals(session)
                 jobs = repo.job_counts(session)
                 shards = dict(repo.shard_counts(session))
                 succeeded, failed = repo.record_totals(session)
-                used = repo.usage_totals(session)
         except SQLAlchemyError as exc:
             log.warning("metrics: database unavailable: %s", exc)
             yield GaugeMetricFamily("barge_database_up", "1 when the database answers", 0)

@@ -130,7 +130,7 @@ def attempts_for_jobs(session: Session, job_ids: list[uuid.UUID]) -> list[ShardA
     return list(session.scalars(select(ShardAttempt).where(ShardAttempt.job_id.in_(job_ids))))
 
 
-def model_rates(
+def attempt_rates(
     session: Session, tenant_id: uuid.UUID, model_uri: str, task: str | None, limit: int = 20
 ) -> list[tuple[int, float]]:
     """(records, wall seconds) of the tenant's newest succeeded attempts that ran this model for

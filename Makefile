@@ -32,7 +32,7 @@ dev: $(VENV)/.dev ## the virtualenv with the dev extras (tests, lint, types)
 demo: venv ## run a real embedding job end to end on the embedded stack (no servers needed)
 	$(BIN)/barge demo
 
-services: dev ## check Postgres and RabbitMQ are reachable (says how to start them if not)
+services: dev ## check Postgres and RabbitMQ are reachable and Chromium is installed (says how if not)
 	$(BIN)/python scripts/check_services.py
 
 lint: dev ## ruff format check + ruff lint + the import contracts (layers) + the docs site, strict

@@ -15,6 +15,7 @@ from api.guard import RequestGuard
 from api.openapi import install_openapi
 from api.routers import admin, drops, health, jobs, metrics, models
 from api.routers.openai import MOUNT, create_openai_app
+from api.ui.app import install_console
 from barge import __version__
 from barge.errors import BargeError
 from barge.queue import make_celery
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(admin.audit_router)
     app.mount(MOUNT, create_openai_app(app))
+    install_console(app)
     install_docs(app)
     install_openapi(app)
     return app

@@ -32,6 +32,44 @@ class OutputOut(BaseModel):
     errors: str | None
 
 
+class DeviceUsageOut(BaseModel):
+    worker: str = Field(description="The worker process (host:pid) the attempts ran in")
+    device: str | None = Field(description="As torch names it: cuda:0, cpu, cuda:0,cuda:1")
+    name: str | None = Field(description="The device's name, e.g. NVIDIA H100 80GB HBM3")
+    attempts: int
+    wall_seconds: float | None
+    busy_seconds: float | None = Field(description="Model compute; null where not timed")
+    energy_joules: float | None = Field(
+        description="Measured by NVML; null where the device has no energy counter"
+    )
+
+
+class CostOut(BaseModel):
+    amount: float
+    currency: str
+    basis: str
+
+
+class UsageOut(BaseModel):
+    """What a job's shard attempts used (every attempt, retried ones too); attempts still
+    running count once they end."""
+
+    attempts: int
+    attempts_running: int
+    wall_seconds: float = Field(description="Seconds attempts held their devices, summed")
+    busy_seconds: float | None = Field(description="Seconds of model compute (inference)")
+    cpu_seconds: float = Field(description="CPU time of the worker processes")
+    gpu_seconds: float = Field(description="Wall seconds times the GPUs held")
+    tokens_in: int | None = Field(description="Prompt tokens (generation)")
+    tokens_out: int | None = Field(description="Generated tokens (generation)")
+    energy_joules: float | None = Field(
+        description="NVML's energy counter on NVIDIA GPUs, summed; null unless every attempt "
+        "measured it (never an estimate)"
+    )
+    devices: list[DeviceUsageOut]
+    cost: CostOut | None = Field(description="From BARGE_PRICE_PER_DEVICE_HOUR; null if unset")
+
+
 class JobOut(BaseModel):
     id: str
     type: JobType
@@ -52,6 +90,11 @@ class JobOut(BaseModel):
     )
     usage: dict[str, int] | None = (
         None  # token totals of generate and text2text jobs and OpenAI batches, once final
+    )
+    resources: UsageOut | None = Field(
+        None,
+        description="What the job's attempts used: device seconds, tokens, energy, cost; "
+        "null before its first attempt",
     )
 
 

@@ -150,6 +150,25 @@ class Settings(BaseSettings):
     # a LoRA adapter over the frozen base (served warm over a shared base), or every weight.
     openai_fine_tuning_method: Literal["lora", "full"] = "lora"
 
+    # The console (/ui/): session cookies are signed with this secret (at least 32 characters;
+    # `python -c "import secrets; print(secrets.token_urlsafe(32))"`). Empty: in dev a random
+    # one is made and kept in BARGE_HOME; anywhere else the console stays off until it is set.
+    console_secret: str = ""
+    console_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    # Mark the session cookie Secure (sent over https only). It is set anyway on a request
+    # that came over https; set this when a proxy in front terminates TLS.
+    console_secure_cookie: bool = False
+    # Progress samples (throughput over time): at most one row per job per this many seconds,
+    # written from the heartbeats; those of jobs finished longer ago than the retention go.
+    sample_seconds: float = Field(default=5.0, ge=1.0, le=3600.0)
+    sample_retention_days: float = Field(default=30.0, gt=0)
+    # How often each worker process says it is alive (the console's workers page).
+    worker_presence_seconds: float = Field(default=15.0, ge=1.0, le=3600.0)
+    # An operator's price of one device-hour, by device: "cpu", "cuda" (any NVIDIA GPU) or a
+    # GPU's name as NVML gives it (that wins over "cuda"). Empty: no cost estimate.
+    price_per_device_hour: dict[str, float] = Field(default_factory=dict)
+    price_currency: str = Field(default="USD", min_length=1, max_length=8)
+
     # Flower (`barge flower`): basic auth is required, so an empty password refuses to start.
     flower_user: str = "admin"
     flower_password: str = ""
@@ -202,6 +221,21 @@ class Settings(BaseSettings):
                 "BARGE_WORKER_METRICS_HOST is set but BARGE_WORKER_METRICS_PORT is 0, so worker "
                 "metrics are off: set BARGE_WORKER_METRICS_PORT (e.g. 9101) to serve them, or "
                 "unset BARGE_WORKER_METRICS_HOST"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_console(self) -> Settings:
+        if self.console_secret and len(self.console_secret) < 32:
+            raise ValueError(
+                "BARGE_CONSOLE_SECRET must be at least 32 characters (random: python -c "
+                '"import secrets; print(secrets.token_urlsafe(32))"), or unset in dev'
+            )
+        bad = sorted(k for k, v in self.price_per_device_hour.items() if not v >= 0)
+        if bad:
+            raise ValueError(
+                f"BARGE_PRICE_PER_DEVICE_HOUR: the price of {', '.join(bad)} must be a number "
+                "of at least 0"
             )
         return self
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -145,11 +146,96 @@ class Shard(Base):
     records_failed: Mapped[int] = mapped_column(BigInteger, default=0)
     steps_done: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     usage: Mapped[dict[str, int] | None] = mapped_column(JSONType)  # token counts, summed
+    # Tokens generated so far by the current attempt (heartbeats write it; progress samples sum it).
+    tokens_out: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     output_key: Mapped[str | None] = mapped_column(Text)
     errors_key: Mapped[str | None] = mapped_column(Text)
     last_error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ShardAttempt(Base):
+    """One attempt at a shard: which worker held it, when, how it ended, and what it used.
+
+    Written when the attempt claims the shard and when it ends (``outcome`` NULL until then: a
+    worker that died leaves it NULL, and ``seen_at``, noted with the progress samples, says
+    when it was last alive). Usage: wall, busy (model compute), CPU and GPU seconds, tokens,
+    and the energy NVIDIA's counter measured (NULL where the device has none)."""
+
+    __tablename__ = "shard_attempts"
+    __table_args__ = (
+        Index("ix_shard_attempts_job_id_started_at", "job_id", "started_at"),
+        Index("ix_shard_attempts_worker_started_at", "worker", "started_at"),
+    )
+
+    shard_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("shards.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    worker: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # succeeded, cancelled, failed, error (retried), handed_off, lease_lost; NULL: running, or
+    # its worker died
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    records_succeeded: Mapped[int] = mapped_column(BigInteger, default=0)
+    records_failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    steps_done: Mapped[int | None] = mapped_column(BigInteger)
+    device: Mapped[str | None] = mapped_column(String(64))  # "cuda:0", "cuda:0,cuda:1", "cpu"
+    device_name: Mapped[str | None] = mapped_column(String(200))  # "NVIDIA H100 80GB HBM3"
+    gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    wall_seconds: Mapped[float | None] = mapped_column(Float)
+    busy_seconds: Mapped[float | None] = mapped_column(Float)
+    cpu_seconds: Mapped[float | None] = mapped_column(Float)
+    gpu_seconds: Mapped[float | None] = mapped_column(Float)
+    energy_joules: Mapped[float | None] = mapped_column(Float)
+    # Per device: {"device", "name", "energy_joules"} (energy NULL where it has no counter).
+    devices: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    tokens_in: Mapped[int | None] = mapped_column(BigInteger)
+    tokens_out: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class JobSample(Base):
+    """A job's progress at one moment, for its throughput over time: written from the shards'
+    heartbeats, at most one per job per ``slot`` (``BARGE_SAMPLE_SECONDS`` long), summed over
+    its shards as they were then. Pruned once the job finished longer ago than
+    ``BARGE_SAMPLE_RETENTION_DAYS``."""
+
+    __tablename__ = "job_samples"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    slot: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    records_succeeded: Mapped[int] = mapped_column(BigInteger)
+    records_failed: Mapped[int] = mapped_column(BigInteger)
+    steps_done: Mapped[int] = mapped_column(BigInteger)
+    tokens_out: Mapped[int] = mapped_column(BigInteger)
+    shards_running: Mapped[int] = mapped_column(Integer)
+
+
+class WorkerPresence(Base):
+    """A live worker process (a pool child), as it last said: its queues, device, the models
+    it holds warm. Written at its start and every ``BARGE_WORKER_PRESENCE_SECONDS``; removed
+    when it stops cleanly; one not seen for a day is pruned."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid, as shards name it
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list[str]] = mapped_column(JSONType)
+    device: Mapped[str | None] = mapped_column(String(64))
+    device_name: Mapped[str | None] = mapped_column(String(200))
+    # Warm models: {"model", "task", "kind"} (kind: model, base, adapter).
+    models: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class JobEvent(Base):

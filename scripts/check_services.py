@@ -1,8 +1,11 @@
-"""Check that the services the test suite needs are reachable; say how to start any that are not."""
+"""Check that the services the test suite needs are reachable, and that headless Chromium and its
+driver are installed (the console's browser tests); say how to start or install what is missing."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 
 PG = os.environ.get(
@@ -43,13 +46,39 @@ def check_rabbitmq() -> str | None:
     return None
 
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def check_chromium() -> str | None:
+    """Debian's chromium and chromedriver, of one version (tests/e2e/test_console.py drives
+    them; nothing downloads a browser at run time)."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
+    if missing:
+        return (
+            f"Headless Chromium is not installed ({', '.join(missing)} missing); the console's "
+            "browser tests need it.\n"
+            "  install it:  apt-get install -y chromium chromium-driver"
+        )
+    try:
+        version = subprocess.run(
+            [CHROMEDRIVER, "--version"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.split()[1]
+    except (OSError, subprocess.SubprocessError, IndexError) as exc:
+        return f"{CHROMEDRIVER} does not run ({exc}): apt-get install -y chromium chromium-driver"
+    return None if version else f"{CHROMEDRIVER} gave no version"
+
+
 def main() -> int:
-    problems = [p for p in (check_postgres(), check_rabbitmq()) if p]
+    problems = [p for p in (check_postgres(), check_rabbitmq(), check_chromium()) if p]
     if problems:
         print("The test suite needs these services:\n", file=sys.stderr)
         print("\n\n".join(problems), file=sys.stderr)
         return 1
-    print("services: PostgreSQL and RabbitMQ are reachable (the S3 server is started by the tests)")
+    print(
+        "services: PostgreSQL and RabbitMQ are reachable, Chromium and its driver are installed "
+        "(the S3 server is started by the tests)"
+    )
     return 0
 
 

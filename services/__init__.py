@@ -5,6 +5,10 @@
 - ``scopes``: tenants' storage scopes, checked before the store is touched;
 - ``quotas``: how much one tenant may hold and ask for;
 - ``jobs``: presenting, cancelling;
+- ``usage``: what a job's attempts used (device seconds, tokens, energy, a cost estimate) and
+  a model's measured steady rate;
+- ``console``: what the console's pages show (jobs found by id or metadata, a job's charts,
+  timeline and first errors, workers, the registry);
 - ``job_files``: listing and reading a job's output files for its tenant;
 - ``registry``: resolving model names, registering versions;
 - ``drops``: drop-folder rules and the job an object becomes;

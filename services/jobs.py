@@ -10,12 +10,14 @@ from sqlalchemy.orm import Session
 
 from barge.errors import Conflict
 from barge.queue import FINALIZE_JOB
+from barge.settings import Settings
 from barge.status import CANCELLING, FINAL, QUEUED, RUNNING
 from barge.storage import S3Uri
 from db import repositories as repo
 from db import state
 from db.base import utcnow
 from db.models import Job
+from services import usage
 from services.unit_of_work import UnitOfWork
 
 
@@ -110,14 +112,21 @@ def present(
     }
 
 
-def present_many(session: Session, jobs: list[Job]) -> list[dict[str, Any]]:
-    """The public view of each job: one query for their progress, and one more for the jobs
-    ahead of those waiting for a GPU worker, if any."""
+def present_many(
+    session: Session, jobs: list[Job], settings: Settings | None = None
+) -> list[dict[str, Any]]:
+    """The public view of each job: one query for their progress, one for their usage, and
+    one more for the jobs ahead of those waiting for a GPU worker, if any. ``settings``: the
+    prices of the usage's cost estimate."""
     progress = repo.progress_for(session, [j.id for j in jobs])
     waiting = [j.id for j in jobs if waits_for_a_gpu_worker(j, progress[j.id])]
     ahead = repo.jobs_ahead(session, waiting)
+    used = usage.usage_for(session, settings, [j.id for j in jobs])
     now = utcnow()
-    return [present(j, progress[j.id], now, ahead.get(j.id, 0)) for j in jobs]
+    return [
+        {**present(j, progress[j.id], now, ahead.get(j.id, 0)), "resources": used.get(j.id)}
+        for j in jobs
+    ]
 
 
 def cancel(uow: UnitOfWork, job: Job, reason: str = "cancel requested") -> Job:

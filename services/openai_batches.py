@@ -28,7 +28,7 @@ from db import repositories as repo
 from db.base import utcnow
 from db.models import Job, OpenAIBatch, Tenant
 from db.repositories import openai as openai_repo
-from services import jobs, openai_files, submission
+from services import jobs, openai_files, submission, usage
 from services.openai_files import BadRequest
 from services.unit_of_work import UnitOfWork
 
@@ -384,11 +384,12 @@ def present_many(session: Session, batches: list[OpenAIBatch]) -> list[dict[str,
     job_ids = [b.job_id for b in batches if b.job_id is not None]
     found = {j.id: j for j in (repo.get_job(session, i) for i in job_ids) if j is not None}
     progress = repo.progress_for(session, list(found))
+    used = usage.usage_for(session, None, list(found))
     out = []
     for b in batches:
         job = found.get(b.job_id) if b.job_id else None
         done = progress.get(b.job_id) if b.job_id else None
-        out.append(_present(b, job, done))
+        out.append({**_present(b, job, done), "barge": usage.extension(job, used)})
     return out
 
 

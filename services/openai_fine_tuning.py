@@ -45,7 +45,7 @@ from db import repositories as repo
 from db.base import utcnow
 from db.models import Job, JobEvent, OpenAIFile, OpenAIFineTuningJob, Tenant
 from db.repositories import openai as openai_repo
-from services import jobs, openai_files, submission
+from services import jobs, openai_files, submission, usage
 from services.openai_batches import bounded_lines, model_ref
 from services.openai_files import BadRequest
 from services.unit_of_work import UnitOfWork
@@ -484,6 +484,7 @@ def present(session: Session, row: OpenAIFineTuningJob) -> dict[str, Any]:
         "metadata": row.meta,
         "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
         "user_provided_suffix": row.suffix,
+        "barge": usage.extension(job, usage.usage_for(session, None, [job.id] if job else [])),
     }
 
 

@@ -80,8 +80,23 @@ def principal_for_authorization(
         raise Unauthorized(
             "unknown API key: check that it was copied whole (`barge keys create` makes one)"
         )
-    row, tenant = found
-    now = now or utcnow()
+    return _principal(session, *found, now or utcnow())
+
+
+def principal_for_key_id(
+    session: Session, key_id: uuid.UUID, now: datetime | None = None
+) -> Principal:
+    """The principal of the key with this id (the console's session names its key so), with
+    the same checks as ``principal_for_authorization``: Unauthorized when it is gone,
+    revoked or expired."""
+    found = repo.key_by_id(session, key_id)
+    if found is None:
+        raise Unauthorized("the API key of this session no longer exists; sign in again")
+    return _principal(session, *found, now or utcnow())
+
+
+def _principal(session: Session, row: ApiKey, tenant: Tenant, now: datetime) -> Principal:
+    """The key's principal, once it is neither revoked nor expired; notes its use."""
     if row.revoked_at is not None and row.revoked_at <= now:
         raise Unauthorized(
             f"API key {row.prefix}… was revoked at {row.revoked_at:%Y-%m-%d %H:%M:%S} UTC; "

@@ -20,6 +20,9 @@
   template; ``outputs``: part files and record ids;
 - ``planner``: splitting a job into shards; ``finalize``: the manifest and the final state;
   ``reconciler``: re-sending lost or expired work; ``drops``: drop folders;
+- ``usage``: what each attempt used (seconds, tokens, energy from NVML), written when it
+  ends; ``samples``: progress samples from the heartbeats, and their pruning; ``presence``:
+  each worker process noting it is alive (queues, device, warm models);
 - ``metrics``: the worker's Prometheus metrics; ``flower``: the ``barge flower`` process
   (Celery's ``flower`` command with Flower's open pages behind its auth).
 

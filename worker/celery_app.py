@@ -23,7 +23,7 @@ from celery.signals import (
 )
 
 from barge import logs
-from barge.queue import GPU_QUEUE, make_celery
+from barge.queue import CONTROL_QUEUE, GPU_QUEUE, make_celery
 from barge.settings import get_settings
 
 app = make_celery(get_settings(), name="barge-worker")
@@ -42,17 +42,23 @@ def _log_format(logger: logging.Logger, **_: Any) -> None:
 def _init_child(**_: Any) -> None:
     from billiard.process import current_process
 
-    from worker import metrics
+    from worker import metrics, presence
     from worker.context import init_context
 
     logging.getLogger("barge").setLevel(logging.INFO)
     ctx = init_context(app)
+    presence.start(ctx, consumed_queues(), runs_gpu_work())
     if runs_gpu_work():  # a control worker runs no model: nothing to measure, no port to take
         metrics.serve(
             ctx.settings.worker_metrics_port,
             getattr(current_process(), "index", 0),
             ctx.settings.worker_metrics_host,
         )
+
+
+def consumed_queues() -> list[str]:
+    """The queues this worker consumes (``-Q``; every queue when none was named)."""
+    return sorted(app.amqp.queues.consume_from or ()) or [GPU_QUEUE, CONTROL_QUEUE]
 
 
 def runs_gpu_work() -> bool:
@@ -64,5 +70,9 @@ def runs_gpu_work() -> bool:
 @worker_process_shutdown.connect
 def _shutdown_child(**_: Any) -> None:
     from db.session import dispose_engines
+    from worker import presence
+    from worker.context import get_context
+
+    presence.stop(get_context())
 
     dispose_engines()

@@ -2,7 +2,10 @@
 success) last, then move the job to its final state. Idempotent: safe to run twice. It sends
 nothing, so it opens a plain ``ctx.session()`` scope.
 
-Imports: ``barge``, ``db``, ``services.scopes``, ``worker.context``; never ``api`` or ``cli``.
+The manifest carries what the job's attempts used (``resources``: ``services.usage``).
+
+Imports: ``barge``, ``db``, ``services``, ``worker.context``, ``worker.samples``; never ``api``
+or ``cli``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from db import state
 from db.base import utcnow
 from db.models import Job, Model, Shard
 from services import openai_fine_tuning, scopes
-from worker import openai_batch
+from services import usage as used_by
+from worker import openai_batch, samples
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,9 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
             manifest = finetune_manifest(job, shards, target, error, registered)
         else:
             manifest = build_manifest(job, shards, target, error)
+        manifest["resources"] = used_by.job_usage(session, ctx.settings, job)
+        now = utcnow()  # the job's last progress sample: where it ended
+        repo.add_job_sample(session, job.id, samples.slot_of(ctx.settings, now), now, replace=True)
         out = S3Uri.parse(job.output_uri).as_prefix()
         if not denied and job.spec.get("openai_endpoint"):  # an OpenAI batch: its two files
             manifest["usage"] = openai_batch.assemble(ctx, session, job, shards)

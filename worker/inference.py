@@ -131,6 +131,7 @@ class _TextShard(ShardRun[LoadedModel]):
         self.usage: dict[str, int] | None = (
             {} if self.spec.task in ("generate", "text2text") else None
         )
+        lease.tokens = self.usage  # the heartbeat reads the tokens so far (tokens/s over time)
 
     def process(self, records: Iterator[Record], window_size: int) -> Stop | None:
         """Every record, window by window; the ``Stop`` that cut the shard short, if any."""

@@ -2,7 +2,8 @@
 two ways a lease interrupts the work: ``Stop`` (the job is no longer running) and ``LeaseLost``
 (another attempt holds the unit; nothing of this one may be written).
 
-Imports: ``barge``, ``db``, ``worker.context``; never ``api`` or ``cli``.
+Imports: ``barge``, ``db``, ``worker.context``, ``worker.samples`` (a heartbeat notes a
+progress sample); never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from db import repositories as repo
 from db import state
 from db.models import Job, Shard
 from services.scopes import Scopes
+from worker import samples
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,8 @@ class Lease:
         self.succeeded = 0
         self.failed = 0
         self.steps_done: int | None = None
+        # Token counts of the attempt's records so far (generation runners keep it up to date).
+        self.tokens: dict[str, int] | None = None
         self.check_seconds = check_seconds
         # When the newest confirmed hold (the claim, or a renewal) began: its transaction's
         # start, so that the lease it set ends no earlier than this plus BARGE_LEASE_SECONDS.
@@ -196,7 +200,16 @@ class Lease:
                 self.succeeded,
                 self.failed,
                 self.steps_done,
+                (self.tokens or {}).get("completion_tokens"),
             )
+            if held:
+                samples.on_heartbeat(
+                    session,
+                    self.ctx.settings,
+                    self.work.job_id,
+                    self.work.shard_id,
+                    self.work.attempt,
+                )
         if held:
             self._held_since = max(self._held_since, started)
         return held

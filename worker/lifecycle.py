@@ -16,7 +16,7 @@ lease, settle. Every way a unit can end is decided here, once.
    ``finalize_job``. Messages go through ``ctx.unit_of_work()``: after the commit.
 
 Imports: ``barge``, ``db``, ``services.scopes``, ``worker.context``, ``worker.lease``,
-``worker.metrics``. Never the
+``worker.metrics``, ``worker.usage`` (each attempt's row and what it used). Never the
 runners (they import this module), ``api`` or ``cli``.
 """
 
@@ -43,7 +43,7 @@ from db.base import utcnow
 from db.models import Job, Shard, Tenant
 from services import scopes
 from services.unit_of_work import UnitOfWork
-from worker import metrics
+from worker import metrics, usage
 from worker.context import WorkerContext
 from worker.lease import Lease, LeaseLost, ShardWork, Stop
 from worker.outputs import JsonlPart, ParquetPart, put_part
@@ -144,6 +144,7 @@ def run_claimed(ctx: WorkerContext, work: ShardWork, runner: Runner) -> Outcome:
     """Run a claimed unit to its end and settle it: the one place where results and exceptions
     become outcomes."""
     lease = Lease(ctx, work, runner.status_check_seconds)
+    usage.Meter(ctx, work)  # the attempt's usage: seconds, tokens, energy
     started = time.monotonic()
     time_limit_error = runner.time_limit_error.format(limit=ctx.settings.shard_soft_time_limit)
     try:
@@ -163,6 +164,7 @@ def run_claimed(ctx: WorkerContext, work: ShardWork, runner: Runner) -> Outcome:
             outcome = Outcome.ERROR
     finally:
         lease.close()  # settled, or given up: its keeper thread stops renewing
+    usage.end_attempt(ctx, work, lease, outcome.value)  # unless its settlement ended it
     if outcome is Outcome.LEASE_LOST:
         log.warning("%s attempt %s lost its lease; dropping its work", work.log_name, work.attempt)
     _summary(work, lease, outcome, time.monotonic() - started)
@@ -253,6 +255,8 @@ def _record(session: Session, work: ShardWork, result: Result) -> Outcome:
     )
     if not held:
         return Outcome.LEASE_LOST
+    counts = (result.succeeded, result.failed, result.steps_done)
+    usage.end_in(session, work, result.outcome.value, counts, result.usage)
     if result.publish is not None:
         assert job is not None
         result.publish(session, job)
@@ -411,6 +415,7 @@ def _taken(
 ) -> ShardWork:
     """The claimed unit, with the scope check of its job done in the claim's transaction (the
     job row and the tenant's scopes as they are now)."""
+    repo.start_attempt(session, shard.id, job.id, attempt, ctx.name, utcnow())
     if attempt > 1:
         repo.add_event(
             session,

@@ -12,7 +12,8 @@ Imports: nothing of ours.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -53,6 +54,66 @@ GPU_MEMORY_BYTES = Gauge(
     ["device"],
 )
 
+# What the attempts of this process used (``worker.usage``), by device kind (cpu, cuda).
+DEVICE_SECONDS = Counter(
+    "barge_worker_device_seconds",
+    "Seconds units of work held a device (wall), by device kind",
+    ["device"],
+)
+BUSY_SECONDS = Counter(
+    "barge_worker_busy_seconds",
+    "Seconds a device computed model batches, by device kind",
+    ["device"],
+)
+CPU_SECONDS = Counter(
+    "barge_worker_cpu_seconds", "CPU seconds units of work used, by device kind", ["device"]
+)
+GPU_SECONDS = Counter("barge_worker_gpu_seconds", "GPU-seconds units of work held")
+ENERGY_JOULES = Counter(
+    "barge_worker_energy_joules",
+    "Energy NVML's counter measured on GPUs during units of work (units on devices without a "
+    "counter add nothing)",
+)
+TOKENS = Counter(
+    "barge_worker_tokens", "Tokens through generation models, by direction (in, out)", ["direction"]
+)
+
+# Model compute of this process: seconds and batches, read by worker.usage at an attempt's
+# start and end (its busy seconds).
+_busy_lock = threading.Lock()
+_busy = [0.0, 0]
+
+
+def busy_seconds() -> float:
+    return _busy[0]
+
+
+def batches_observed() -> int:
+    return int(_busy[1])
+
+
+def note_busy(seconds: float) -> None:
+    with _busy_lock:
+        _busy[0] += seconds
+        _busy[1] += 1
+
+
+def observe_usage(used: Mapping[str, object]) -> None:
+    """One attempt's usage (``worker.usage.account``) into the counters."""
+    kind = str(used.get("device") or "unknown").split(":", 1)[0]
+
+    def number(name: str) -> float:
+        value = used.get(name)
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    DEVICE_SECONDS.labels(kind).inc(number("wall_seconds"))
+    BUSY_SECONDS.labels(kind).inc(number("busy_seconds"))
+    CPU_SECONDS.labels(kind).inc(number("cpu_seconds"))
+    GPU_SECONDS.inc(number("gpu_seconds"))
+    ENERGY_JOULES.inc(number("energy_joules"))
+    TOKENS.labels("in").inc(number("tokens_in"))
+    TOKENS.labels("out").inc(number("tokens_out"))
+
 
 def serve(port: int, index: int = 0, host: str = "127.0.0.1") -> None:
     """Serve this process's metrics on ``host``:``port + index``; a taken port only logs a
@@ -73,6 +134,7 @@ def observe_batch(
     """One batch through a model: its latency, its records by outcome, the GPU memory."""
     ok = sum(1 for good, _ in outcomes if good)
     BATCH_SECONDS.labels(task).observe(seconds)
+    note_busy(seconds)
     if ok:
         RECORDS.labels(task, "succeeded").inc(ok)
     if len(outcomes) - ok:

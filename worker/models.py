@@ -436,6 +436,24 @@ class ModelCache:
         with self._lock:
             return {"models": len(self._models), "adapters": len(self._adapters)}
 
+    def held(self) -> list[dict[str, str]]:
+        """The models (``model``, or ``base`` under adapters) and adapters kept warm, for the
+        console: a snapshot taken without the lock (a load holds it as long as it takes)."""
+        for _ in range(5):
+            try:
+                adapters = list(self._adapters.items())
+                bases = {base for _, (base, _) in adapters}
+                return [
+                    {"model": k[0], "task": k[-1], "kind": "base" if k in bases else "model"}
+                    for k in list(self._models)
+                ] + [
+                    {"model": k[0], "task": k[-1], "kind": "adapter", "base": base[0]}
+                    for k, (base, _) in adapters
+                ]
+            except RuntimeError:  # changed while it was read: read it again
+                continue
+        return []
+
 
 def predict(
     loaded: LoadedModel,

@@ -146,13 +146,14 @@ def create_job(
         audit.record(uow.session, principal, None, "job.submit", f"job:{job.id}", **_audited(job))
     else:
         response.status_code = 200
-    return JobOut.model_validate(service.present_many(uow.session, [job])[0])
+    return JobOut.model_validate(service.present_many(uow.session, [job], settings)[0])
 
 
 @router.get("", response_model=JobList, responses=errors(422))
 def list_jobs(
     uow: UoW,
     tenant: CurrentTenant,
+    settings: SettingsDep,
     status: Annotated[
         str | None, Query(json_schema_extra={"enum": list(JOB_STATUSES)}, max_length=64)
     ] = None,
@@ -176,25 +177,34 @@ def list_jobs(
     )
     page = jobs[:limit]
     return JobList(
-        jobs=[JobOut.model_validate(j) for j in service.present_many(uow.session, page)],
+        jobs=[JobOut.model_validate(j) for j in service.present_many(uow.session, page, settings)],
         next_cursor=repo.encode_cursor(page[-1]) if len(jobs) > limit else None,
     )
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=errors(404))
-def get_job(job_id: str, uow: UoW, tenant: CurrentTenant) -> JobOut:
-    return JobOut.model_validate(service.present_many(uow.session, [_job(uow, tenant, job_id)])[0])
+def get_job(job_id: str, uow: UoW, tenant: CurrentTenant, settings: SettingsDep) -> JobOut:
+    """The job: status, progress with rate and ETA, outputs, what it waits for, and what its
+    attempts used (`resources`: device seconds, tokens, energy, cost)."""
+    job = _job(uow, tenant, job_id)
+    return JobOut.model_validate(service.present_many(uow.session, [job], settings)[0])
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=errors(404, 409))
-def cancel_job(job_id: str, uow: UoW, tenant: CurrentTenant, principal: CurrentPrincipal) -> JobOut:
+def cancel_job(
+    job_id: str,
+    uow: UoW,
+    tenant: CurrentTenant,
+    principal: CurrentPrincipal,
+    settings: SettingsDep,
+) -> JobOut:
     """Cancel: running shards stop within one batch; what was written stays and is listed."""
     job = _job(uow, tenant, job_id)
     before = job.status
     job = service.cancel(uow, job)
     if job.status != before:
         audit.record(uow.session, principal, None, "job.cancel", f"job:{job.id}", was=before)
-    return JobOut.model_validate(service.present_many(uow.session, [job])[0])
+    return JobOut.model_validate(service.present_many(uow.session, [job], settings)[0])
 
 
 @router.get("/{job_id}/events", response_model=EventList, responses=errors(404, 422))

@@ -60,6 +60,7 @@ class BargeCollector(Collector):
     def _database(self) -> Iterator[Metric]:
         try:
             with session_scope(self.settings.resolved_database_url) as session:
+                used = repo.usage_totals(session)
                 jobs = repo.job_counts(session)
                 shards = dict(repo.shard_counts(session))
                 succeeded, failed = repo.record_totals(session)
@@ -94,6 +95,7 @@ class BargeCollector(Collector):
         records.add_metric(["succeeded"], succeeded)
         records.add_metric(["failed"], failed)
         yield records
+        yield from _usage(used)
 
     def _broker(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
@@ -110,6 +112,28 @@ class BargeCollector(Collector):
             depth.add_metric([name], ready)
         yield GaugeMetricFamily("barge_broker_up", "1 when the broker answers", 1)
         yield depth
+
+
+# The usage figures of ended shard attempts, by device kind (repo.usage_totals): name, help.
+USAGE_GAUGES = (
+    ("wall_seconds", "barge_usage_device_seconds", "Seconds attempts held a device"),
+    ("busy_seconds", "barge_usage_busy_seconds", "Seconds of model compute"),
+    ("cpu_seconds", "barge_usage_cpu_seconds", "CPU seconds of the worker processes"),
+    ("gpu_seconds", "barge_usage_gpu_seconds", "GPU-seconds (wall seconds times GPUs held)"),
+    ("energy_joules", "barge_usage_energy_joules", "Energy measured by NVML on NVIDIA GPUs"),
+    ("tokens_in", "barge_usage_tokens_in", "Prompt tokens of generation"),
+    ("tokens_out", "barge_usage_tokens_out", "Generated tokens"),
+)
+
+
+def _usage(totals: dict[str, dict[str, float]]) -> Iterator[Metric]:
+    """What ended attempts used, summed over the attempt rows stored now (gauges: the rows go
+    with their jobs), by device kind (cpu, cuda)."""
+    for field, name, text in USAGE_GAUGES:
+        g = GaugeMetricFamily(name, f"{text}, summed over stored attempts", labels=["device"])
+        for kind in sorted(totals):
+            g.add_metric([kind], totals[kind][field])
+        yield g
 
 
 class MetricsCache:

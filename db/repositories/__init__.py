@@ -1,7 +1,8 @@
 """All SQL lives here, one module per aggregate: ``tenants`` (and their API keys), ``jobs``,
 ``shards`` (claims, leases, settlement), ``events``, ``registry`` (models), ``drops``,
 ``aggregates`` (for /metrics), ``audit``, ``openai`` (the OpenAI surface's files, batches and
-fine-tuning jobs). Repositories query and flush; only a boundary (a request, a task scope)
+fine-tuning jobs), ``attempts`` (one row per shard attempt, with its usage), ``samples`` (a
+job's progress over time) and ``workers`` (live worker processes). Repositories query and flush; only a boundary (a request, a task scope)
 commits.
 
 ``from db import repositories as repo`` gives every function; each module is also importable on
@@ -11,6 +12,19 @@ from db.repositories.aggregates import (
     job_counts,
     record_totals,
     shard_counts,
+)
+from db.repositories.attempts import (
+    AttemptRow,
+    UsageGroup,
+    attempt_rates,
+    attempts_for_jobs,
+    attempts_of,
+    end_attempt,
+    start_attempt,
+    touch_attempt,
+    usage_by_job,
+    usage_totals,
+    worker_attempts,
 )
 from db.repositories.audit import (
     add_audit_entry,
@@ -69,6 +83,12 @@ from db.repositories.registry import (
     model_versions,
     models_for_job,
     register_model,
+    tenant_models,
+)
+from db.repositories.samples import (
+    add_job_sample,
+    job_samples,
+    prune_samples,
 )
 from db.repositories.shards import (
     Turn,
@@ -100,6 +120,7 @@ from db.repositories.tenants import (
     create_api_key,
     hash_key,
     key_and_tenant,
+    key_by_id,
     list_tenants,
     revoke_api_key,
     tenant_by_id,
@@ -107,6 +128,14 @@ from db.repositories.tenants import (
     tenant_for_key,
     touch_api_key,
     update_tenant,
+)
+from db.repositories.workers import (
+    Running,
+    note_worker,
+    prune_workers,
+    remove_worker,
+    running_shards,
+    workers_seen_since,
 )
 
 __all__ = [
@@ -118,8 +147,11 @@ __all__ = [
     "REMOVED_MARK",
     "ROLES",
     "SUBMISSION_LOCK",
+    "AttemptRow",
     "Progress",
+    "Running",
     "Turn",
+    "UsageGroup",
     "active_job_count",
     "active_jobs",
     "active_key_counts",
@@ -128,10 +160,14 @@ __all__ = [
     "add_drop_object",
     "add_drop_rule",
     "add_event",
+    "add_job_sample",
     "add_tenant",
     "ancestors",
     "api_keys",
     "api_keys_matching",
+    "attempt_rates",
+    "attempts_for_jobs",
+    "attempts_of",
     "audit_entries",
     "cancel_abandoned_shards",
     "cancel_pending_shards",
@@ -142,6 +178,7 @@ __all__ = [
     "drop_rules",
     "enabled_drop_rules",
     "encode_cursor",
+    "end_attempt",
     "events_newest_first",
     "fair_turns",
     "find_model",
@@ -154,11 +191,13 @@ __all__ = [
     "is_epoch_model",
     "job_by_idempotency_key",
     "job_counts",
+    "job_samples",
     "job_status",
     "job_with_output_overlapping",
     "jobs_ahead",
     "jobs_to_finalize",
     "key_and_tenant",
+    "key_by_id",
     "last_event",
     "list_events",
     "list_jobs",
@@ -172,27 +211,39 @@ __all__ = [
     "model_version_count",
     "model_versions",
     "models_for_job",
+    "note_worker",
     "pending_shard_count",
     "progress_for",
+    "prune_samples",
+    "prune_workers",
     "record_totals",
     "register_model",
     "release_shard",
     "remove_drop_rule",
+    "remove_worker",
     "revoke_api_key",
+    "running_shards",
     "settle_drop",
     "settle_unstarted_shard",
     "shard_counts",
     "shard_job_tenant",
     "shards_of",
+    "start_attempt",
     "take_expired_shards",
     "take_stale_queued_jobs",
     "take_unclaimed_shards",
     "tenant_by_id",
     "tenant_by_name",
     "tenant_for_key",
+    "tenant_models",
     "tenants_except",
     "touch_api_key",
+    "touch_attempt",
     "touch_dispatched",
     "unfinished_shard_count",
     "update_tenant",
+    "usage_by_job",
+    "usage_totals",
+    "worker_attempts",
+    "workers_seen_since",
 ]

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, case, exists, func, or_, select, update
+from sqlalchemy import String, and_, case, cast, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from db.base import utcnow
-from db.models import Job, Shard
+from db.models import Job, OpenAIBatch, OpenAIFineTuningJob, Shard
 from db.state import (
     CANCELLING,
     FAILED,
@@ -77,9 +79,13 @@ def list_jobs(
     type_: str | None = None,
     cursor: tuple[datetime, uuid.UUID] | None = None,
     limit: int = 50,
+    matching: str | None = None,
 ) -> list[Job]:
-    """Newest first; ``cursor`` is the (created_at, id) of the last job of the previous page."""
+    """Newest first; ``cursor`` is the (created_at, id) of the last job of the previous page;
+    ``matching``: only jobs it finds (``_matching``)."""
     query = select(Job).where(Job.tenant_id == tenant_id)
+    if matching:
+        query = query.where(_matching(tenant_id, matching))
     if status:
         query = query.where(Job.status == status)
     if type_:
@@ -91,6 +97,23 @@ def list_jobs(
         )
     query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
     return list(session.scalars(query))
+
+
+def _matching(tenant_id: uuid.UUID, text: str) -> Any:
+    """Jobs that ``text`` finds: its id (whole, or the start of it), the id of the OpenAI batch
+    or fine-tuning job it runs, or text in its metadata (keys and values, any case)."""
+    like = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    found: list[Any] = [
+        cast(Job.meta, String).ilike(f"%{like}%", escape="\\"),
+        cast(Job.id, String).ilike(f"{like}%", escape="\\"),
+    ]
+    with contextlib.suppress(ValueError):
+        found.append(Job.id == uuid.UUID(text))
+    for model in (OpenAIBatch, OpenAIFineTuningJob):
+        found.append(
+            Job.id.in_(select(model.job_id).where(model.id == text, model.tenant_id == tenant_id))
+        )
+    return or_(*found)
 
 
 @dataclass

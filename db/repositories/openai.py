@@ -91,6 +91,17 @@ def openai_batch_for_job(session: Session, job_id: uuid.UUID) -> OpenAIBatch | N
     return session.scalar(select(OpenAIBatch).where(OpenAIBatch.job_id == job_id))
 
 
+def openai_ids(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The OpenAI batch or fine-tuning job id each of these Barge jobs runs, where it runs one."""
+    if not job_ids:
+        return {}
+    out: dict[uuid.UUID, str] = {}
+    for model in (OpenAIBatch, OpenAIFineTuningJob):
+        rows = session.execute(select(model.job_id, model.id).where(model.job_id.in_(job_ids)))
+        out.update({job_id: str(openai_id) for job_id, openai_id in rows if job_id})
+    return out
+
+
 def take_due_openai_batches(
     session: Session, now: datetime, limit: int
 ) -> list[tuple[OpenAIBatch, Job]]:

@@ -107,3 +107,15 @@ def models_for_job(session: Session, job_id: uuid.UUID) -> list[Model]:
 def model_for_job(session: Session, job_id: uuid.UUID) -> Model | None:
     """The version a fine-tune job registered as its ``model_name``, if any."""
     return next((m for m in models_for_job(session, job_id) if not is_epoch_model(m)), None)
+
+
+def tenant_models(session: Session, tenant_id: uuid.UUID, limit: int = 1000) -> list[Model]:
+    """Every version of every model of the tenant, by name, newest version first."""
+    return list(
+        session.scalars(
+            select(Model)
+            .where(Model.tenant_id == tenant_id)
+            .order_by(Model.name, Model.version.desc())
+            .limit(limit)
+        )
+    )

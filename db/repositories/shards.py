@@ -67,6 +67,7 @@ def _claimed(now: datetime, worker: str, lease: timedelta) -> dict[str, Any]:
         "started_at": now,
         "records_succeeded": 0,
         "records_failed": 0,
+        "tokens_out": 0,
     }
 
 
@@ -98,6 +99,7 @@ def heartbeat_shard(
     succeeded: int,
     failed: int,
     steps_done: int | None = None,
+    tokens_out: int | None = None,
 ) -> bool:
     """Extend the lease and record progress; False when the lease was lost (stop working)."""
     now = utcnow()
@@ -109,6 +111,8 @@ def heartbeat_shard(
     }
     if steps_done is not None:
         values["steps_done"] = steps_done
+    if tokens_out is not None:
+        values["tokens_out"] = tokens_out
     return _update_held(session, shard_id, attempt, values)
 
 
@@ -140,6 +144,8 @@ def finish_shard(
     }
     if steps_done is not None:
         values["steps_done"] = steps_done
+    if usage and "completion_tokens" in usage:
+        values["tokens_out"] = usage["completion_tokens"]
     return _update_held(session, shard_id, attempt, values)
 
 
@@ -155,6 +161,7 @@ def release_shard(
         last_error=error,
         records_succeeded=0,  # the attempt's progress goes with it: no part holds it
         records_failed=0,
+        tokens_out=0,
         not_before=utcnow() + timedelta(seconds=retry_in) if retry_in > 0 else None,
     )
 
@@ -193,6 +200,7 @@ def settle_unstarted_shard(session: Session, shard_id: uuid.UUID, status: str, e
             lease_expires_at=None,
             records_succeeded=0,  # nothing of a dead or released attempt was written
             records_failed=0,
+            tokens_out=0,
         ),
         execution_options={"synchronize_session": False},
     )
@@ -425,6 +433,7 @@ def _claim_next_query() -> Any:
             started_at=_NOW,
             records_succeeded=0,
             records_failed=0,
+            tokens_out=0,
         )
         .returning(Shard.id, Shard.attempt)
     )

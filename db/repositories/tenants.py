@@ -82,6 +82,16 @@ def key_and_tenant(session: Session, key: str) -> tuple[ApiKey, Tenant] | None:
     return None if row is None else (row[0], row[1])
 
 
+def key_by_id(session: Session, key_id: uuid.UUID) -> tuple[ApiKey, Tenant] | None:
+    """The key's row by its id (revoked and expired ones too) and its tenant."""
+    row = session.execute(
+        select(ApiKey, Tenant)
+        .join(Tenant, ApiKey.tenant_id == Tenant.id)
+        .where(ApiKey.id == key_id)
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
 def touch_api_key(session: Session, key_id: uuid.UUID, now: datetime, every: timedelta) -> bool:
     """Set the key's ``last_used_at`` to ``now`` unless it was set less than ``every`` ago (so
     that many requests, in many API processes, write it once); whether it was written."""

@@ -4,7 +4,7 @@ import and never in a prefork parent; and the task scopes that commit.
 A task opens ``ctx.unit_of_work()`` when it sends messages (they go after the commit, never
 before: the outbox) and ``ctx.session()`` when it sends none.
 
-Imports: ``barge``, ``db``, ``services``, ``worker.models``; never ``api`` or ``cli``.
+Imports: ``barge``, ``db``, ``services``, ``worker.models.cache``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from barge.settings import Settings, get_settings
 from barge.storage import ObjectStore, make_store
 from db.session import dispose_engines, session_scope
 from services.unit_of_work import UnitOfWork
-from worker.models import ModelCache
+from worker.models.cache import ModelCache
 
 log = logging.getLogger(__name__)
 

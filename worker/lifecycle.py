@@ -4,7 +4,7 @@ lease, settle. Every way a unit can end is decided here, once.
 1. **claim**: a conditional UPDATE takes the unit under a new attempt, the fencing token. A
    duplicate delivery finds it claimed and does nothing; a unit of a job no longer running is
    cancelled; one that has used ``BARGE_MAX_ATTEMPTS`` fails the job.
-2. **run**: the job kind's ``Runner`` (``worker.inference``, ``worker.finetune.run``; chosen by
+2. **run**: the job kind's ``Runner`` (``worker.runners.records``, ``worker.runners.finetune.run``; chosen by
    ``worker.runners``) works under a ``Lease`` (``worker.lease``): between batches it checks the
    job still runs (else ``Stop``), every few seconds it heartbeats with progress, and
    ``beat()`` before a write proves the attempt still holds the unit (else ``LeaseLost``). It

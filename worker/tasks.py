@@ -11,10 +11,11 @@ from celery import Task
 
 from barge.queue import FINALIZE_JOB, PLAN_JOB, RECONCILE, RUN_SHARD, SCAN_DROPS
 from barge.settings import get_settings
-from worker import drops, finalize, lifecycle, planner, reconciler, takeover
+from worker import lifecycle, takeover
 from worker.celery_app import app
 from worker.context import get_context
-from worker.runners import runner_for
+from worker.control import drops, finalize, planner, reconciler
+from worker.kinds import runner_for
 
 
 @app.task(name=PLAN_JOB)

@@ -31,7 +31,7 @@ from tests.services import create_database, create_vhost, delete_vhost, drop_dat
 from worker import lifecycle
 from worker.context import WorkerContext
 from worker.lease import ShardWork
-from worker.models import ModelCache
+from worker.models.cache import ModelCache
 
 LONG = timedelta(hours=1)
 

@@ -34,7 +34,7 @@ from worker import lifecycle
 from worker.context import WorkerContext
 from worker.lease import Lease, LeaseLost, ShardWork, Stop
 from worker.lifecycle import Outcome, Result, Runner
-from worker.models import ModelCache
+from worker.models.cache import ModelCache
 
 Run = Callable[[WorkerContext, ShardWork, Lease], Result]
 

@@ -14,10 +14,10 @@ from pydantic import ValidationError
 
 from barge.specs import FinetuneSpec, LoraMethod
 from tests.helpers import CHAT_TEMPLATE, minilm_dir, tiny_encoder, topic_examples
-from worker.finetune.data import Messages, _chat
-from worker.finetune.metrics import classification_metrics, exact_match
-from worker.finetune.run import best_epoch
-from worker.finetune.training import IGNORE, Trainer, chat_tokens
+from worker.runners.finetune.data import Messages, _chat
+from worker.runners.finetune.metrics import classification_metrics, exact_match
+from worker.runners.finetune.run import best_epoch
+from worker.runners.finetune.training import IGNORE, Trainer, chat_tokens
 
 BASE: dict[str, Any] = {
     "type": "finetune",
@@ -302,7 +302,7 @@ def test_the_model_cache_keeps_one_base_and_switches_and_drops_adapters(tmp_path
     from barge.settings import Settings
     from barge.specs import GenerateParams
     from tests.helpers import tiny_generator
-    from worker.models import ModelCache, predict
+    from worker.models.cache import ModelCache, predict
 
     base = tiny_generator(tmp_path / "base")
     for name, word in (("a", "red"), ("b", "blue")):

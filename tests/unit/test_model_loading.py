@@ -11,7 +11,8 @@ import torch
 from barge.errors import PermanentJobError
 from barge.settings import Settings
 from tests.helpers import minilm_dir
-from worker import hf, models
+from worker.models import cache as models
+from worker.models import hf
 
 
 @pytest.fixture(scope="module")

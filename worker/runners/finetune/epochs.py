@@ -14,7 +14,7 @@ marked is neither registered nor deleted). A resumed run saves the epochs it tra
 over what an earlier attempt wrote (the same weights: training resumes exactly), and an attempt
 that lost its lease writes no ``epoch.json``.
 
-Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.finetune.training``; never
+Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.runners.finetune.training``; never
 ``api`` or ``cli``.
 """
 
@@ -30,8 +30,8 @@ from typing import Any
 from barge.specs import MODEL_NAME_MAX, FinetuneSpec
 from barge.storage import S3Uri
 from worker.context import WorkerContext
-from worker.finetune.training import Trainer
 from worker.lease import Lease, ShardWork
+from worker.runners.finetune.training import Trainer
 
 EPOCHS = "epochs/"
 MARKER = "epoch.json"

@@ -3,7 +3,7 @@
 ``{source, target}`` pairs, and the text metrics of an evaluation (BLEU, chrF, exact match).
 
 torch, transformers and sacrebleu are imported inside the functions, so importing this module is
-cheap. Imports: ``barge``, ``worker.hf``; never ``api`` or ``cli``.
+cheap. Imports: ``barge``, ``worker.models.hf``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker import hf
+from worker.models import hf
 
 IGNORE = -100  # label of target padding: no loss
 

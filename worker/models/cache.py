@@ -2,9 +2,9 @@
 keep it warm (``ModelCache``, an LRU per worker process), and predict one batch per task.
 
 What inference and training share about Hugging Face models (the class per task, autocast,
-pooling, config checks) is in ``worker.hf``. A LoRA adapter is served over a warm base
-(``worker.adapters``): one base, several adapters switched per batch. Imports: ``barge``,
-``worker.hf``, ``worker.adapters``, ``worker.metrics``; never ``api`` or ``cli``.
+pooling, config checks) is in ``worker.models.hf``. A LoRA adapter is served over a warm base
+(``worker.models.adapters``): one base, several adapters switched per batch. Imports: ``barge``,
+``worker.models.hf``, ``worker.models.adapters``, ``worker.metrics``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from barge.paths import UnsafePath, local_path
 from barge.settings import Settings
 from barge.specs import BUILTIN_MODELS, IMAGE_TASKS
 from barge.storage import ObjectStore, S3Uri, local_model_dir
-from worker import adapters, hf, metrics, onnxmodels, seq2seq
+from worker import metrics
+from worker.models import adapters, hf, seq2seq
+from worker.models import onnx as onnxmodels
 
 
 def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path, str]:
@@ -41,7 +43,10 @@ def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path,
     the copy.
     """
     if ref in BUILTIN_MODELS:
-        return Path(), "builtin"  # shipped with the worker (``worker.vision``): nothing to fetch
+        return (
+            Path(),
+            "builtin",
+        )  # shipped with the worker (``worker.models.vision``): nothing to fetch
     files = list_model_files(settings, store, ref)
     check_model_files(ref, files)
     files = {rel: tag for rel, tag in files.items() if is_model_file(rel)}
@@ -211,7 +216,7 @@ def load_model(
     import transformers
 
     if task in IMAGE_TASKS:
-        from worker import vision  # it builds on this module
+        from worker.models import vision  # it builds on this module
 
         return vision.load_vision_model(path, task, device, ref, revision)
     if task not in hf.TASK_CLASSES:
@@ -262,7 +267,7 @@ def load_model(
 
 
 def load_onnx(path: Path, task: str, settings: Settings, ref: str, revision: str) -> LoadedModel:
-    """An ONNX model directory (``worker.onnxmodels``) as a loaded model."""
+    """An ONNX model directory (``worker.models.onnx``) as a loaded model."""
     import torch
 
     started = time.monotonic()

@@ -1,7 +1,7 @@
 """Running one claimed shard of an image task: its records name images (the listing of a prefix
 of image objects, or records whose ``image_field`` holds a URI, base64 data or bytes); a small
 thread pool fetches, decodes and prepares them while the model runs the batch before, and the
-part and errors file are written as for text (``worker.inference``).
+part and errors file are written as for text (``worker.runners.records``).
 
 Memory: at most two windows of ``batch_size`` × ``WINDOW_BATCHES`` prepared images are held (the
 one the model runs and the one being decoded), never a whole shard; a prepared image is the image
@@ -48,12 +48,12 @@ from barge.records.images import (
 from barge.specs import InferenceSpec
 from worker import metrics
 from worker.context import WorkerContext
-from worker.inference import _input_info
 from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Result, Runner
+from worker.models.vision import VisionModel, predict_images, result_schema, shape_key
 from worker.outputs import RecordId, coerce_id, make_part, windows
-from worker.shardrun import ShardRun
-from worker.vision import VisionModel, predict_images, result_schema, shape_key
+from worker.runners.records import _input_info
+from worker.shard import ShardRun
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class _Item:
 
 
 class _ImageShard(ShardRun[VisionModel]):
-    """One image shard's run (``worker.shardrun.ShardRun``): images are fetched, decoded and
+    """One image shard's run (``worker.shard.ShardRun``): images are fetched, decoded and
     prepared on a thread pool, a window ahead of the model."""
 
     def __init__(

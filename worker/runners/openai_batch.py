@@ -37,15 +37,16 @@ from barge.storage import S3Uri
 from db.models import Job, Shard
 from services import openai_batches, openai_requests
 from services.openai_requests import RequestError
-from worker import chat, hf, metrics
+from worker import metrics
 from worker.context import WorkerContext
-from worker.inference import WINDOW_BATCHES
 from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Result, Runner
-from worker.models import LoadedModel
+from worker.models import chat, hf
+from worker.models.cache import LoadedModel
 from worker.outputs import JsonlPart, windows
 from worker.prefetch import prefetch
-from worker.shardrun import ShardRun
+from worker.runners.records import WINDOW_BATCHES
+from worker.shard import ShardRun
 
 MAX_STOP = 4
 MAX_DEFAULT_TOKENS = 4096  # max_tokens when a request names none: what is left, at most this
@@ -111,7 +112,7 @@ def _line_id(job_id: uuid.UUID, custom_id: str, kind: str) -> str:
 
 
 class _BatchShard(ShardRun[LoadedModel]):
-    """One OpenAI batch shard's run (``worker.shardrun.ShardRun``): request lines in, OpenAI
+    """One OpenAI batch shard's run (``worker.shard.ShardRun``): request lines in, OpenAI
     output lines out (always JSONL)."""
 
     def __init__(

@@ -17,7 +17,7 @@ from typing import Any
 from barge.errors import PermanentJobError, without_paths
 
 ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_INFO = "barge_adapter.json"  # written by worker.finetune.lora
+ADAPTER_INFO = "barge_adapter.json"  # written by worker.runners.finetune.lora
 
 
 def is_adapter(path: Path) -> bool:

@@ -3,7 +3,7 @@ only the weights that train (the adapter's and, for classify, the new head's).
 
 A registered adapter directory holds ``adapter_config.json``, ``adapter_model.safetensors``,
 the tokenizer and ``barge_adapter.json`` (task, labels, rank); inference applies it over the base
-the registry records for it (``worker.adapters``). With ``merge`` the base with the adapter
+the registry records for it (``worker.models.adapters``). With ``merge`` the base with the adapter
 merged in is saved instead: a full model directory.
 
 Imports: ``barge``; never ``api`` or ``cli``.

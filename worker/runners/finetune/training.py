@@ -7,12 +7,12 @@ step), so a run resumed from a checkpoint ends with the same weights as one that
 Checkpoints are written without pickle: tensors in safetensors files, the rest as JSON.
 
 With ``method: lora`` the base is frozen and wrapped with a peft adapter
-(``worker.finetune.lora``): the checkpoint's model file then holds only the weights that train.
+(``worker.runners.finetune.lora``): the checkpoint's model file then holds only the weights that train.
 Chat records (``data.Messages``) are rendered with the base's chat template and carry loss on
 the assistant's tokens only.
 
-Imports: ``barge``, ``worker.hf``, ``worker.chat``, ``worker.finetune.data``,
-``worker.finetune.lora``, ``worker.finetune.metrics``; never ``api`` or ``cli``.
+Imports: ``barge``, ``worker.models.hf``, ``worker.models.chat``, ``worker.runners.finetune.data``,
+``worker.runners.finetune.lora``, ``worker.runners.finetune.metrics``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import Any
 
 from barge.errors import PermanentJobError
 from barge.specs import IMAGE_TASKS, FinetuneSpec
-from worker import chat, hf, seq2seq
-from worker.finetune import lora
-from worker.finetune.data import Messages, steps_per_epoch
-from worker.finetune.metrics import classification_metrics, exact_match
+from worker.models import chat, hf, seq2seq
+from worker.runners.finetune import lora
+from worker.runners.finetune.data import Messages, steps_per_epoch
+from worker.runners.finetune.metrics import classification_metrics, exact_match
 
 MAX_GRAD_NORM = 1.0  # gradients are clipped to this norm, as Hugging Face's Trainer does
 EMBED_SCALE = 20.0  # cosine similarities are multiplied by this before the softmax

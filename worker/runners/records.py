@@ -11,8 +11,8 @@ What a shard asks of the store: one ranged GET of its records (plus a HEAD for f
 than plain JSONL), one PUT of its part (and of its errors file, when it has errors). The model is
 listed once per job per worker process (``worker.models.ModelCache``).
 
-Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.lifecycle``, ``worker.models``,
-``worker.outputs``, ``worker.metrics``, ``worker.shardrun``; never ``api`` or ``cli``.
+Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.lifecycle``, ``worker.models.cache``,
+``worker.outputs``, ``worker.metrics``, ``worker.shard``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -30,15 +30,17 @@ from barge.errors import PermanentJobError, describe
 from barge.records import Format, Record, iter_range
 from barge.specs import InferenceSpec
 from barge.storage import ObjectInfo, S3Uri
-from worker import chat, metrics, onnxcolumns
+from worker import metrics
 from worker.context import WorkerContext
 from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Result, Runner, job_event
-from worker.models import LoadedModel, predict
-from worker.onnxmodels import OutputTooLarge
+from worker.models import chat
+from worker.models.cache import LoadedModel, predict
+from worker.models.onnx import OutputTooLarge
 from worker.outputs import RecordId, coerce_id, windows
 from worker.prefetch import prefetch
-from worker.shardrun import ShardRun
+from worker.runners import onnx as onnxcolumns
+from worker.shard import ShardRun
 
 WINDOW_BATCHES = 16  # records are length-sorted within windows of this many batches
 
@@ -118,7 +120,7 @@ RUNNER = Runner(
 
 
 class _TextShard(ShardRun[LoadedModel]):
-    """One text shard's run (``worker.shardrun.ShardRun``): records are read, checked and run
+    """One text shard's run (``worker.shard.ShardRun``): records are read, checked and run
     window by window, length-sorted within each."""
 
     def __init__(

@@ -2,7 +2,7 @@
 columns of each record batch are read as arrays (only the id and feature columns are read at
 all), so a record costs the worker no Python dict and no per-value check.
 
-It writes exactly what the record path (``worker.inference``) writes for the same shard: the
+It writes exactly what the record path (``worker.runners.records``) writes for the same shard: the
 same part rows in input order, the same per-record errors (a row whose feature is missing,
 null, non-numeric, boolean, NaN or infinite is checked value by value with
 ``barge.records.tabular.numeric_value``, so its error names the first bad field as the record
@@ -11,8 +11,8 @@ over ``BARGE_ONNX_MAX_OUTPUT_VALUES`` is found by running its batch record by re
 ids (``coerce_id``), the same progress, cancel checks between batches and fencing before the PUT.
 
 Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.lifecycle``,
-``worker.metrics``, ``worker.models``, ``worker.onnxmodels``, ``worker.outputs``,
-``worker.shardrun``; never ``api`` or ``cli``.
+``worker.metrics``, ``worker.models.cache``, ``worker.models.onnx``, ``worker.outputs``,
+``worker.shard``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from worker import metrics
 from worker.context import WorkerContext
 from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Result
-from worker.models import LoadedModel
-from worker.onnxmodels import OnnxRunner, OutputTooLarge
+from worker.models.cache import LoadedModel
+from worker.models.onnx import OnnxRunner, OutputTooLarge
 from worker.outputs import coerce_id
 from worker.prefetch import prefetch
-from worker.shardrun import ShardRun
+from worker.shard import ShardRun
 
 READ_ROWS = 8192  # rows per Arrow record batch read
 READ_AHEAD = 2  # record batches read ahead on a background thread while the model runs
@@ -61,7 +61,7 @@ def run(
 
 
 class _ColumnarShard(ShardRun[LoadedModel]):
-    """One columnar shard's run (``worker.shardrun.ShardRun``): Arrow record batches of the
+    """One columnar shard's run (``worker.shard.ShardRun``): Arrow record batches of the
     id and feature columns, read ahead on a background thread."""
 
     def __init__(

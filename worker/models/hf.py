@@ -1,5 +1,5 @@
-"""The Hugging Face helpers that inference (``worker.models``, ``worker.seq2seq``,
-``worker.openai_batch``) and training (``worker.finetune.training``) share: the model class each
+"""The Hugging Face helpers that inference (``worker.models.cache``, ``worker.models.seq2seq``,
+``worker.runners.openai_batch``) and training (``worker.runners.finetune.training``) share: the model class each
 task loads, the CUDA autocast dtype, mean pooling, generation's sampling arguments and where a
 generated sequence ends, and the checks on a model directory's config (its size against its
 weights, the most tokens it takes).

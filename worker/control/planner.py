@@ -3,7 +3,7 @@
 A planned job over one of its tenant's quotas (shards, records, fine-tune steps) fails here,
 before any shard exists, naming the limit.
 
-Imports: ``barge``, ``db``, ``services.quotas``, ``worker.context``, ``worker.finetune.data``
+Imports: ``barge``, ``db``, ``services.quotas``, ``worker.context``, ``worker.runners.finetune.data``
 (no torch); never ``api`` or ``cli``.
 """
 
@@ -29,7 +29,7 @@ from db.base import utcnow
 from db.models import Shard, Tenant
 from services import quotas, scopes
 from worker.context import WorkerContext
-from worker.finetune.data import check_datasets, load_dataset, steps_per_epoch, write_errors
+from worker.runners.finetune.data import check_datasets, load_dataset, steps_per_epoch, write_errors
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ the checkpoints) and registered; ``early_stopping_epochs`` ends training after t
 without a better one. A LoRA fine-tune registers its adapter over the base it trained on (the
 registry records the base's location), or with ``merge`` the merged model.
 
-Imports: ``barge``, ``db``, ``services``, ``worker.lease``, ``worker.lifecycle``, ``worker.models``,
-``worker.finetune``; never ``api`` or ``cli``.
+Imports: ``barge``, ``db``, ``services``, ``worker.lease``, ``worker.lifecycle``, ``worker.models.cache``,
+``worker.runners.finetune``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -35,16 +35,16 @@ from barge.storage import S3Uri
 from db import repositories as repo
 from db.models import Job
 from services import registry
-from worker import hf
 from worker.context import WorkerContext
-from worker.finetune import lora
-from worker.finetune.checkpoints import Checkpoints
-from worker.finetune.data import check_datasets, load_dataset
-from worker.finetune.epochs import EpochModel, EpochModels, checkpoint_name
-from worker.finetune.training import Trainer
 from worker.lease import Lease, ShardWork, Stop
 from worker.lifecycle import Outcome, Result, Runner, job_event
-from worker.models import fetch_model, pick_device
+from worker.models import hf
+from worker.models.cache import fetch_model, pick_device
+from worker.runners.finetune import lora
+from worker.runners.finetune.checkpoints import Checkpoints
+from worker.runners.finetune.data import check_datasets, load_dataset
+from worker.runners.finetune.epochs import EpochModel, EpochModels, checkpoint_name
+from worker.runners.finetune.training import Trainer
 
 MODEL_PREFIX = "model/"
 SUMMARY_FILE = "training_summary.json"

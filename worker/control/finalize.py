@@ -21,8 +21,8 @@ from db import state
 from db.base import utcnow
 from db.models import Job, Model, Shard
 from services import openai_fine_tuning, scopes
-from worker import openai_batch
 from worker.context import WorkerContext
+from worker.runners import openai_batch
 
 log = logging.getLogger(__name__)
 

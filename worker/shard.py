@@ -1,6 +1,6 @@
-"""What the inference shard runners (text ``worker.inference``, images
-``worker.image_inference``, ONNX columns ``worker.onnxcolumns``, OpenAI batches
-``worker.openai_batch``) share: the spooled part and errors files (in ``ctx.scratch()``), the walk over the shard's work that stops at a ``Stop`` and closes both files
+"""What the inference shard runners (text ``worker.runners.records``, images
+``worker.runners.images``, ONNX columns ``worker.runners.onnx``, OpenAI batches
+``worker.runners.openai_batch``) share: the spooled part and errors files (in ``ctx.scratch()``), the walk over the shard's work that stops at a ``Stop`` and closes both files
 however it ends, and the fenced upload. Each runner keeps its own window loop.
 
 Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.lifecycle``,

@@ -192,7 +192,7 @@ def rss_child(base: Path, method: str, steps: int, batch_size: int) -> None:
     import torch
 
     from barge.specs import FinetuneSpec
-    from worker.runners.finetune.data import Messages
+    from worker.kinds.finetune_data import Messages
     from worker.runners.finetune.lora import parameter_counts
     from worker.runners.finetune.training import Trainer
 

@@ -15,7 +15,6 @@ from worker import lifecycle, takeover
 from worker.celery_app import app
 from worker.context import get_context
 from worker.control import drops, finalize, planner, reconciler
-from worker.kinds import runner_for
 
 
 @app.task(name=PLAN_JOB)
@@ -40,7 +39,7 @@ def run_shard(self: Task, shard_id: str, job_id: str = "", index: int = -1) -> N
     ctx = get_context()
     if (self.request.delivery_info or {}).get("redelivered"):
         takeover.wait_for_dead_holder(ctx, uuid.UUID(shard_id))
-    lifecycle.run_shard(ctx, uuid.UUID(shard_id), runner_for)
+    lifecycle.run_shard(ctx, uuid.UUID(shard_id))
 
 
 @app.task(name=FINALIZE_JOB)

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from barge.settings import Settings
 from barge.specs import FinetuneSpec, Hyperparameters, InferenceSpec, parse_spec
 from tests.helpers import minilm_dir, tiny_encoder, topic_examples
-from worker.runners.finetune.data import Dataset, check_datasets, steps_per_epoch
+from worker.kinds.finetune_data import Dataset, check_datasets, steps_per_epoch
 from worker.runners.finetune.training import IGNORE, Trainer, completion_tokens, epoch_order
 
 BASE: dict[str, Any] = {

@@ -1,10 +1,13 @@
-"""Planning: resolve the inputs, split them into shards, start the job, dispatch the shards.
+"""Planning: the job's kind splits it into units (``worker.kinds``: the shards of its input
+objects, or a fine-tune's one unit), then the job starts and its units are dispatched. Each
+planning run is counted; a run that fails is retried by the reconciler until
+``BARGE_MAX_ATTEMPTS``.
 
 A planned job over one of its tenant's quotas (shards, records, fine-tune steps) fails here,
 before any shard exists, naming the limit.
 
-Imports: ``barge``, ``db``, ``services.quotas``, ``worker.context``, ``worker.runners.finetune.data``
-(no torch); never ``api`` or ``cli``.
+Imports: ``barge``, ``db``, ``services.quotas``, ``services.scopes``, ``worker.context``,
+``worker.kinds`` (no torch); never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -18,18 +21,16 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from barge.errors import BargeError, PermanentJobError, ServiceUnavailable, StorageError, describe
-from barge.modeldirs import check_model_files, list_model_files
 from barge.queue import FINALIZE_JOB, RUN_SHARD
-from barge.records import format_of, images, plan_ranges, resolve_inputs
-from barge.specs import BUILTIN_MODELS, FinetuneSpec, InferenceSpec, parse_spec
-from barge.storage import S3Uri
+from barge.specs import parse_spec
 from db import repositories as repo
 from db import state
 from db.base import utcnow
-from db.models import Shard, Tenant
+from db.models import Tenant
 from services import quotas, scopes
 from worker.context import WorkerContext
-from worker.runners.finetune.data import check_datasets, load_dataset, steps_per_epoch, write_errors
+from worker.kinds import kind_for
+from worker.kinds.steps import Plan
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +43,6 @@ class _Claim:
     spec: dict[str, Any]
     model_ref: str
     output_uri: str
-
-
-@dataclass
-class _Plan:
-    shards: list[Shard]
-    total: int
-    message: str
-    data: dict[str, int]
-    steps_total: int | None = None
 
 
 def plan_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
@@ -139,26 +131,17 @@ def _claim(ctx: WorkerContext, job_id: uuid.UUID) -> _Claim | None:
         return _Claim(job.plan_attempts, dict(job.spec), job.model_uri or "", job.output_uri)
 
 
-def _make_plan(ctx: WorkerContext, job_id: uuid.UUID, claim: _Claim) -> _Plan:
+def _make_plan(ctx: WorkerContext, job_id: uuid.UUID, claim: _Claim) -> Plan:
+    """The job's plan, made by its kind's plan step, with the job's scopes checked first."""
     with ctx.session() as session:  # the job row and its tenant's scopes as they are now
         job = repo.get_job(session, job_id)
         if job is not None:
             scopes.check_job(session, ctx.settings, job)
     spec = parse_spec(claim.spec)
-    if isinstance(spec, FinetuneSpec):
-        shards, total, message, data = _plan_finetune(
-            ctx, spec, claim.model_ref, job_id, claim.output_uri
-        )
-        return _Plan(shards, total, message, data, steps_total=data["steps"])
-    shards, total, n_objects = _plan(
-        ctx, spec, claim.model_ref or spec.model, job_id, claim.output_uri
-    )
-    message = f"planned {len(shards)} shards over {n_objects} objects, {total} records"
-    data = {"shards": len(shards), "objects": n_objects, "records": total}
-    return _Plan(shards, total, message, data)
+    return kind_for(spec).plan(ctx, spec, job_id, claim.model_ref, claim.output_uri)
 
 
-def _check_quotas(ctx: WorkerContext, job_id: uuid.UUID, plan: _Plan) -> None:
+def _check_quotas(ctx: WorkerContext, job_id: uuid.UUID, plan: Plan) -> None:
     """A plan over one of its tenant's quotas (shards, records, fine-tune steps) fails the job
     with an error naming the limit and its value, after a ``quota_exceeded`` event."""
     with ctx.session() as session:
@@ -183,7 +166,7 @@ def _check_quotas(ctx: WorkerContext, job_id: uuid.UUID, plan: _Plan) -> None:
     raise PermanentJobError(over.message)
 
 
-def _start(ctx: WorkerContext, job_id: uuid.UUID, plan: _Plan) -> None:
+def _start(ctx: WorkerContext, job_id: uuid.UUID, plan: Plan) -> None:
     """Create the shards and move the job to running in one transaction, then dispatch."""
     with ctx.unit_of_work() as uow:
         session = uow.session
@@ -267,107 +250,3 @@ class _KeepDispatched:
                     repo.touch_dispatched(session, self._job_id)
             except Exception:  # a database blip: the next beat tries again
                 log.warning("plan: job %s: could not refresh dispatched_at", self._job_id)
-
-
-def _plan(
-    ctx: WorkerContext, spec: InferenceSpec, model_ref: str, job_id: uuid.UUID, output: str
-) -> tuple[list[Shard], int, int]:
-    if model_ref not in BUILTIN_MODELS:
-        check_model_files(model_ref, list_model_files(ctx.settings, ctx.store, model_ref))
-    declared = spec.input_format
-    if spec.reads_image_objects:  # planned as the listing of its images (barge.records.images)
-        listing, count = images.write_listing(ctx.store, spec.input, output or spec.output)
-        if not count:
-            raise PermanentJobError(f"no image objects at {spec.input}")
-        objects, declared, n_objects = [listing], "jsonl", count
-    else:
-        objects = resolve_inputs(ctx.store, spec.input)
-        n_objects = len(objects)
-    if not objects:
-        raise PermanentJobError(f"no input objects at {spec.input}")
-    shard_records = spec.shard_size or ctx.settings.shard_records
-    shards: list[Shard] = []
-    offset = 0
-    for info in objects:
-        fmt = format_of(info.uri, declared)
-        ranges, count = plan_ranges(ctx.store, info, fmt, shard_records)
-        for rng in ranges:
-            shards.append(
-                Shard(
-                    id=uuid.uuid4(),
-                    job_id=job_id,
-                    index=len(shards),
-                    source_uri=str(info.uri),
-                    source_etag=info.etag,
-                    input_format=fmt.name,
-                    compressed=fmt.gzip,
-                    start_record=rng.start_record,
-                    record_count=rng.record_count,
-                    record_offset=offset + rng.start_record,
-                    first_line=rng.first_line,
-                    byte_start=rng.byte_start,
-                    byte_end=rng.byte_end,
-                )
-            )
-        offset += count
-    return shards, offset, n_objects
-
-
-def _tenant_reads(ctx: WorkerContext, job_id: uuid.UUID) -> Any:
-    """The job's tenant's ``may_read`` as its scopes are now (nothing, if the job is gone)."""
-    with ctx.session() as session:
-        job = repo.get_job(session, job_id)
-        if job is None:
-            return lambda uri: False
-        return scopes.scopes_for(session, ctx.settings, job.tenant_id).may_read
-
-
-def _plan_finetune(
-    ctx: WorkerContext, spec: FinetuneSpec, model_ref: str, job_id: uuid.UUID, output: str
-) -> tuple[list[Shard], int, str, dict[str, int]]:
-    """Check every training and validation record; the whole fine-tune is one unit of work."""
-    check_model_files(model_ref, list_model_files(ctx.settings, ctx.store, model_ref))
-    limit = ctx.settings.max_text_chars
-    may_read = _tenant_reads(ctx, job_id)  # an image record's s3:// URI is read only inside them
-    train = load_dataset(ctx.store, spec, "train", limit, may_read=may_read)
-    validation = (
-        load_dataset(ctx.store, spec, "validation", limit, may_read=may_read)
-        if spec.validation
-        else None
-    )
-    out = S3Uri.parse(output).as_prefix()
-    for dataset in (train, validation):
-        if dataset is not None:
-            write_errors(ctx.store, out, dataset)
-    check_datasets(spec, train, validation)
-    hp = spec.hyperparameters
-    steps = hp.epochs * steps_per_epoch(len(train.examples), hp)
-    fmt = train.first_format
-    assert fmt is not None  # check_datasets refused a train set without records
-    shard = Shard(
-        id=uuid.uuid4(),
-        job_id=job_id,
-        index=0,
-        source_uri=spec.train,
-        input_format=fmt.name,
-        compressed=fmt.gzip,
-        start_record=0,
-        record_count=train.records,
-        record_offset=0,
-        first_line=1,
-    )
-    n_val = len(validation.examples) if validation else 0
-    skipped = len(train.errors) + (len(validation.errors) if validation else 0)
-    message = (
-        f"planned fine-tune: {len(train.examples)} training and {n_val} validation examples, "
-        f"{steps} steps over {hp.epochs} epochs"
-        + (f"; {skipped} unusable records skipped (see errors/)" if skipped else "")
-    )
-    data = {
-        "train_examples": len(train.examples),
-        "validation_examples": n_val,
-        "skipped_records": skipped,
-        "steps": steps,
-        "epochs": hp.epochs,
-    }
-    return [shard], train.records, message, data

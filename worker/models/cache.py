@@ -1,10 +1,11 @@
-"""Inference models: fetch a model directory to a local cache, load it with safetensors only,
-keep it warm (``ModelCache``, an LRU per worker process), and predict one batch per task.
+"""Models kept warm: fetch a model directory to a local cache (``fetch_model``), check that its
+weights fit before loading them (``load_options``), load it with its family's loader (ONNX
+``worker.models.onnx``, images ``worker.models.vision``, text ``worker.models.text``) and keep
+it warm (``ModelCache``, an LRU per worker process; ``cache_for`` gives a context's).
 
-What inference and training share about Hugging Face models (the class per task, autocast,
-pooling, config checks) is in ``worker.models.hf``. A LoRA adapter is served over a warm base
-(``worker.models.adapters``): one base, several adapters switched per batch. Imports: ``barge``,
-``worker.models.hf``, ``worker.models.adapters``, ``worker.metrics``; never ``api`` or ``cli``.
+A LoRA adapter is served over a warm base (``worker.models.adapters``): one base, several
+adapters switched per batch. Imports: ``barge``, ``worker.context``, ``worker.metrics``,
+``worker.models``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,9 @@ from barge.settings import Settings
 from barge.specs import BUILTIN_MODELS, IMAGE_TASKS
 from barge.storage import ObjectStore, S3Uri, local_model_dir
 from worker import metrics
-from worker.models import adapters, hf, seq2seq
-from worker.models import onnx as onnxmodels
+from worker.context import WorkerContext
+from worker.models import adapters, hf, onnx, text, vision
+from worker.models.loaded import LoadedModel, pick_device
 
 
 def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path, str]:
@@ -42,11 +42,8 @@ def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path,
     the model's own files are copied (``is_model_file``), each to a path checked to stay inside
     the copy.
     """
-    if ref in BUILTIN_MODELS:
-        return (
-            Path(),
-            "builtin",
-        )  # shipped with the worker (``worker.models.vision``): nothing to fetch
+    if ref in BUILTIN_MODELS:  # shipped with the worker (``worker.models.vision``)
+        return Path(), "builtin"
     files = list_model_files(settings, store, ref)
     check_model_files(ref, files)
     files = {rel: tag for rel, tag in files.items() if is_model_file(rel)}
@@ -79,56 +76,6 @@ def fetch_model(settings: Settings, store: ObjectStore, ref: str) -> tuple[Path,
     except OSError:  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
     return target, revision
-
-
-def pick_device(settings: Settings) -> Any:
-    import torch
-
-    if settings.device:
-        return torch.device(settings.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@dataclass
-class LoadedModel:
-    task: str
-    model: Any
-    tokenizer: Any
-    device: Any
-    ref: str
-    revision: str
-    load_seconds: float
-    labels: dict[int, str] = field(default_factory=dict)
-    max_positions: int | None = None  # tokens the model takes; max_length is clamped to it
-    # A model that reads its own record fields (an ONNX model: its barge.json): one record's
-    # inputs, or why it cannot run. None: the job's text_field is the model's input.
-    read: Callable[[dict[str, Any]], tuple[Any, str | None]] | None = None
-    adapter: str | None = None  # a LoRA adapter's name on its (shared) base model
-
-    def activate(self) -> None:
-        """Before each use: a LoRA adapter's base serves this adapter from now on."""
-        if self.adapter is not None:
-            self.model.set_adapter(self.adapter)
-
-    def input_tokens(self, params: Any) -> int:
-        """Tokens kept per record: the job's max_length, clamped to what the model takes (for
-        generate, leaving room for max_new_tokens)."""
-        keep = int(params.max_length)
-        if self.max_positions is None:
-            return keep
-        room = self.max_positions
-        if self.task == "generate":
-            room -= int(params.max_new_tokens)
-            if room < 1:
-                raise PermanentJobError(
-                    f"max_new_tokens {params.max_new_tokens} leaves no room for a prompt: "
-                    f"model {self.ref} takes at most {self.max_positions} tokens in all"
-                )
-        return min(keep, room)
-
-    def autocast(self) -> Any:
-        """Mixed precision on CUDA (bf16 where supported, else fp16); nothing elsewhere."""
-        return hf.autocast(hf.autocast_dtype(self.device))
 
 
 GIB = 1024**3
@@ -204,86 +151,6 @@ def load_options(settings: Settings, path: Path, device: Any, ref: str) -> dict[
     return options
 
 
-def load_model(
-    path: Path,
-    task: str,
-    device: Any,
-    ref: str,
-    revision: str,
-    options: dict[str, Any] | None = None,
-) -> LoadedModel:
-    """Load the model for ``task`` (safetensors only, nothing remote) with ``load_options``."""
-    import transformers
-
-    if task in IMAGE_TASKS:
-        from worker.models import vision  # it builds on this module
-
-        return vision.load_vision_model(path, task, device, ref, revision)
-    if task not in hf.TASK_CLASSES:
-        raise PermanentJobError(
-            f"task {task!r} runs ONNX models only; {ref} is a Hugging Face model directory"
-        )
-    started = time.monotonic()
-    hf.check_config_fits_weights(path, hf.model_class(task), ref)
-    options = options or {}
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        model = hf.model_class(task).from_pretrained(
-            str(path),
-            use_safetensors=True,
-            local_files_only=True,
-            trust_remote_code=False,
-            **options,
-        )
-    except SoftTimeLimitExceeded:
-        raise  # the shard's time is up: not the model's fault
-    except Exception as exc:
-        raise PermanentJobError(
-            f"cannot load model {ref} for task {task!r}: {without_paths(str(exc))}"
-        ) from exc
-    model.eval()
-    if "device_map" in options:
-        device = model.device  # inputs go where its first layers are
-    else:
-        model.to(device)
-    if task == "generate":
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-    labels = {}
-    if task == "classify":
-        labels = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
-    return LoadedModel(
-        task,
-        model,
-        tokenizer,
-        device,
-        ref,
-        revision,
-        time.monotonic() - started,
-        labels,
-        hf.position_limit(model, tokenizer),
-    )
-
-
-def load_onnx(path: Path, task: str, settings: Settings, ref: str, revision: str) -> LoadedModel:
-    """An ONNX model directory (``worker.models.onnx``) as a loaded model."""
-    import torch
-
-    started = time.monotonic()
-    runner = onnxmodels.OnnxRunner.load(path, task, settings, ref)
-    return LoadedModel(
-        task,
-        runner,
-        None,
-        torch.device(runner.device_type),
-        ref,
-        revision,
-        time.monotonic() - started,
-        read=runner.read,
-    )
-
-
 class ModelCache:
     """Loaded models kept warm across tasks and jobs, least recently used evicted first, keyed
     by model URI + revision (a hash of the directory's files and their ETags) + task.
@@ -356,11 +223,14 @@ class ModelCache:
         while len(self._models) >= max(1, self.settings.model_cache_size):
             self._evict()
         _release_memory(device)
-        if onnxmodels.is_onnx_dir(path):
-            loaded = load_onnx(path, task, self.settings, ref, revision)
+        if onnx.is_onnx_dir(path):
+            loaded = onnx.load_onnx(path, task, self.settings, ref, revision)
         else:
             options = {**load_options(self.settings, path, device, ref), **(extra or {})}
-            loaded = load_model(path, task, device, ref, revision, options)
+            if task in IMAGE_TASKS:
+                loaded = vision.load_vision_model(path, task, device, ref, revision)
+            else:
+                loaded = text.load_model(path, task, device, ref, revision, options)
         metrics.MODEL_LOAD_SECONDS.labels(task).set(loaded.load_seconds)  # never the URI
         metrics.MODEL_LOADS.labels(task, kind).inc()
         metrics.observe_gpu_memory(loaded.device)
@@ -384,11 +254,9 @@ class ModelCache:
         pin = (f"{ref}\0adapter", job_id) if job_id is not None else None
         with self._lock:
             revision = self._pins.get(pin) if pin is not None else None
-            found = self._adapters.get((ref, revision, task)) if revision else None
-            if found is not None and found[0] in self._models:
-                self._adapters.move_to_end((ref, found[1].revision, task))
-                self._models.move_to_end(found[0])
-                return found[1]
+            found = self._warm_adapter((ref, revision, task)) if revision else None
+            if found is not None:
+                return found
         path, revision = fetch_model(self.settings, self.store, ref)
         if not adapters.is_adapter(path):
             raise PermanentJobError(f"model {ref} is registered as a LoRA adapter but is none")
@@ -398,11 +266,9 @@ class ModelCache:
                 self._pins[pin] = revision
                 while len(self._pins) > self.PINS:
                     self._pins.popitem(last=False)
-            found = self._adapters.get(akey)
-            if found is not None and found[0] in self._models:
-                self._adapters.move_to_end(akey)
-                self._models.move_to_end(found[0])
-                return found[1]
+            found = self._warm_adapter(akey)
+            if found is not None:
+                return found
         labels = adapters.labels_of(path, ref)
         base_path, base_revision = fetch_model(self.settings, self.store, base)
         bkey = (base, base_revision, task, f"labels={len(labels)}")
@@ -412,29 +278,51 @@ class ModelCache:
                 options = adapters.base_options(task, labels)
                 host = self._load(bkey, base_path, task, base, base_revision, "base", options)
             self._models.move_to_end(bkey)
-            started = time.monotonic()
-            name = adapters.adapter_name(ref, revision)
-            host.model = adapters.attach(host.model, path, name, ref)
-            view = LoadedModel(
-                task,
-                host.model,
-                host.tokenizer,
-                host.device,
-                ref,
-                revision,
-                time.monotonic() - started,
-                dict(enumerate(labels)) or host.labels,
-                host.max_positions,
-                adapter=name,
-            )
-            metrics.MODEL_LOADS.labels(task, "adapter").inc()
-            self.loads["adapter"] += 1
-            self._adapters[akey] = (bkey, view)
-            while len(self._adapters) > max(1, self.settings.adapter_cache_size):
-                _, (old_base, old) = self._adapters.popitem(last=False)
-                if old_base in self._models and old.adapter is not None:
-                    adapters.detach(self._models[old_base].model, old.adapter)
-            return view
+            return self._attach(akey, bkey, host, path, labels)
+
+    def _warm_adapter(self, akey: tuple[str, str, str]) -> LoadedModel | None:
+        """The adapter ``akey`` if it is loaded on a base still warm (the lock held)."""
+        found = self._adapters.get(akey)
+        if found is None or found[0] not in self._models:
+            return None
+        self._adapters.move_to_end(akey)
+        self._models.move_to_end(found[0])
+        return found[1]
+
+    def _attach(
+        self,
+        akey: tuple[str, str, str],
+        bkey: tuple[str, ...],
+        host: LoadedModel,
+        path: Path,
+        labels: list[str],
+    ) -> LoadedModel:
+        """Load the adapter ``akey`` onto its warm base ``host`` (the lock held), dropping the
+        least recently used adapters over ``BARGE_ADAPTER_CACHE_SIZE``."""
+        ref, revision, task = akey
+        started = time.monotonic()
+        name = adapters.adapter_name(ref, revision)
+        host.model = adapters.attach(host.model, path, name, ref)
+        view = LoadedModel(
+            task,
+            host.model,
+            host.tokenizer,
+            host.device,
+            ref,
+            revision,
+            time.monotonic() - started,
+            dict(enumerate(labels)) or host.labels,
+            host.max_positions,
+            adapter=name,
+        )
+        metrics.MODEL_LOADS.labels(task, "adapter").inc()
+        self.loads["adapter"] += 1
+        self._adapters[akey] = (bkey, view)
+        while len(self._adapters) > max(1, self.settings.adapter_cache_size):
+            _, (old_base, old) = self._adapters.popitem(last=False)
+            if old_base in self._models and old.adapter is not None:
+                adapters.detach(self._models[old_base].model, old.adapter)
+        return view
 
     def warm(self) -> dict[str, int]:
         """What this process keeps loaded: models (full ones and bases) and adapters."""
@@ -442,81 +330,14 @@ class ModelCache:
             return {"models": len(self._models), "adapters": len(self._adapters)}
 
 
-def predict(
-    loaded: LoadedModel,
-    texts: Sequence[str],
-    params: Any,
-    seed: int = 0,
-    add_special_tokens: bool = True,
-) -> list[dict[str, Any]]:
-    """Run one batch; returns one result dict per text, in order. A generated text comes with
-    its ``finish_reason`` (``stop``: the model ended it; ``length``: max_new_tokens did) and
-    its ``usage`` (prompt, completion and total tokens, counted as the model saw them)."""
-    import torch
+_current: tuple[WorkerContext, ModelCache] | None = None
 
-    loaded.activate()
-    if isinstance(loaded.model, onnxmodels.OnnxRunner):
-        return loaded.model.predict(list(texts), params)  # type: ignore[arg-type]  # what ``loaded.read`` made of each record
-    if loaded.task == "text2text":
-        return seq2seq.predict(loaded, texts, params, seed)
 
-    tok = loaded.tokenizer
-    enc = tok(
-        list(texts),
-        padding=True,
-        truncation=True,
-        max_length=loaded.input_tokens(params),
-        return_tensors="pt",
-        add_special_tokens=add_special_tokens,
-    ).to(loaded.device)
-    with torch.inference_mode(), loaded.autocast():
-        if loaded.task == "embed":
-            hidden = loaded.model(**enc).last_hidden_state
-            pooled = hf.mean_pool(hidden, enc["attention_mask"]).float()
-            if params.normalize:
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-            return [{"embedding": row} for row in pooled.cpu().tolist()]
-        if loaded.task == "classify":
-            logits = loaded.model(**enc).logits.float()
-            probs = torch.softmax(logits, dim=-1).cpu()
-            out = []
-            for row in probs.tolist():
-                best = max(range(len(row)), key=row.__getitem__)
-                names = [loaded.labels.get(i, str(i)) for i in range(len(row))]
-                out.append(
-                    {
-                        "label": names[best],
-                        "score": row[best],
-                        "scores": dict(zip(names, row, strict=True)),
-                    }
-                )
-            return out
-        # generate
-        # A causal LM reads its prompt's ids and mask only (a tokenizer's token_type_ids
-        # would shift its embeddings, as in the OpenAI endpoints' path).
-        generated = loaded.model.generate(
-            input_ids=enc["input_ids"],
-            attention_mask=enc["attention_mask"],
-            max_new_tokens=params.max_new_tokens,
-            pad_token_id=tok.pad_token_id,
-            **hf.sampling(params.temperature, seed),
-        )
-        new_tokens = generated[:, enc["input_ids"].shape[1] :]
-        texts_out = tok.batch_decode(new_tokens, skip_special_tokens=True)
-        prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
-        eos = hf.eos_ids(loaded.model, tok)
-        out = []
-        for text, row, prompt in zip(texts_out, new_tokens.tolist(), prompt_tokens, strict=True):
-            length, finish = hf.completion(row, eos)
-            out.append(
-                {
-                    "text": text,
-                    "finish_reason": finish,
-                    "usage": {
-                        "prompt_tokens": int(prompt),
-                        "completion_tokens": length,
-                        "total_tokens": int(prompt) + length,
-                    },
-                }
-            )
-        return out
+def cache_for(ctx: WorkerContext) -> ModelCache:
+    """The model cache of ``ctx``, the process's context: made by the first unit that loads a
+    model (in the pool child, never at import, and never in the control worker, which loads
+    none) and kept as long as the process keeps that context."""
+    global _current
+    if _current is None or _current[0] is not ctx:
+        _current = (ctx, ModelCache(ctx.settings, ctx.store))
+    return _current[1]

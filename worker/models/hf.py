@@ -1,8 +1,8 @@
-"""The Hugging Face helpers that inference (``worker.models.cache``, ``worker.models.seq2seq``,
-``worker.runners.openai_batch``) and training (``worker.runners.finetune.training``) share: the model class each
-task loads, the CUDA autocast dtype, mean pooling, generation's sampling arguments and where a
-generated sequence ends, and the checks on a model directory's config (its size against its
-weights, the most tokens it takes).
+"""The Hugging Face helpers that inference (``worker.models.text``, ``worker.models.seq2seq``,
+``worker.runners.openai_batch``) and training (``worker.runners.finetune.training``) share: the
+model class each task loads, the CUDA autocast dtype, mean pooling, generation's sampling
+arguments and where a generated sequence ends, and the checks on a model directory's config
+(its size against its weights, the most tokens it takes).
 
 torch and transformers are imported inside the functions, so importing this module is cheap.
 Imports: ``barge`` only; never ``api`` or ``cli``.

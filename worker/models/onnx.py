@@ -25,6 +25,7 @@ import binascii
 import io
 import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from barge.onnxdirs import (
 )
 from barge.records.tabular import feature_vector
 from barge.settings import Settings
+from worker.models.loaded import LoadedModel
 
 MAX_IMAGE_PIXELS = 40_000_000  # of one decoded image; a larger one is a per-record error
 NUMPY_TYPES = {"float": "float32", "double": "float64", "float16": "float16", "int32": "int32"}
@@ -379,3 +381,21 @@ def decode_image(row: dict[str, Any], binding: ImageInput) -> tuple[Any, str | N
     if not math.isfinite(float(result.sum())):
         return None, f"image field {field!r} gives non-finite values"
     return result, None
+
+
+def load_onnx(path: Path, task: str, settings: Settings, ref: str, revision: str) -> LoadedModel:
+    """An ONNX model directory as a loaded model."""
+    import torch
+
+    started = time.monotonic()
+    runner = OnnxRunner.load(path, task, settings, ref)
+    return LoadedModel(
+        task,
+        runner,
+        None,
+        torch.device(runner.device_type),
+        ref,
+        revision,
+        time.monotonic() - started,
+        read=runner.read,
+    )

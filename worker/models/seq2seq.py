@@ -22,6 +22,7 @@ def predict(loaded: Any, texts: Sequence[str], params: Any, seed: int = 0) -> li
     encoder saw them (after truncation) and the generated tokens, end-of-sequence included."""
     import torch
 
+    loaded.activate()  # a LoRA adapter's base serves this adapter from now on
     tok = loaded.tokenizer
     enc = tok(
         [params.prefix + t for t in texts],

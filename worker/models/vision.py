@@ -16,7 +16,7 @@ The image processor (``preprocessor_config.json`` beside the weights) prepares e
 alone, so a batch holds images whose prepared tensors have the same shape (``shape_key``): no
 padding, and each image's result is what it would be on its own.
 
-Imports: ``barge``, ``worker.models.hf``, ``worker.models.cache``; never ``api`` or ``cli``.
+Imports: ``barge``, ``worker.models.hf``, ``worker.models.loaded``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from barge.errors import PermanentJobError, without_paths
 from barge.specs import BUILTIN_MODELS
 from worker.models import hf
-from worker.models.cache import LoadedModel
+from worker.models.loaded import LoadedModel
 
 HAAR_FILE = "haarcascade_frontalface_default.xml"
 HAAR_SCALE_FACTOR = 1.1

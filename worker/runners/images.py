@@ -48,12 +48,10 @@ from barge.records.images import (
 from barge.specs import InferenceSpec
 from worker import metrics
 from worker.context import WorkerContext
-from worker.lease import Lease, ShardWork, Stop
-from worker.lifecycle import Result, Runner
+from worker.lease import Lease, Result, ShardWork, Stop
+from worker.models.cache import cache_for
 from worker.models.vision import VisionModel, predict_images, result_schema, shape_key
-from worker.outputs import RecordId, coerce_id, make_part, windows
-from worker.runners.records import _input_info
-from worker.shard import ShardRun
+from worker.shard import RecordId, ShardRun, coerce_id, input_info, make_part, windows
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +63,9 @@ R = TypeVar("R")
 def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     spec = work.spec
     assert isinstance(spec, InferenceSpec)
-    loaded = ctx.models.get(work.model_ref, spec.task, work.job_id)
+    loaded = cache_for(ctx).get(work.model_ref, spec.task, work.job_id)
     assert isinstance(loaded, VisionModel)
-    info = _input_info(ctx, work)
+    info = input_info(ctx, work)
     threads = ctx.settings.image_decode_threads
     with (
         ctx.scratch() as tmp,
@@ -76,15 +74,6 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
         shard = _ImageShard(ctx, work, lease, loaded, tmp)
         stopped = shard.process(iter_range(ctx.store, info, work.fmt, work.rng), pool)
         return shard.upload(stopped)
-
-
-RUNNER = Runner(
-    run=run,
-    time_limit_error=(
-        "ran longer than the shard time limit ({limit:.0f}s, BARGE_SHARD_SOFT_TIME_LIMIT); "
-        "submit the job with a smaller shard_size"
-    ),
-)
 
 
 @dataclass

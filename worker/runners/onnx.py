@@ -1,8 +1,14 @@
-"""A columnar path for ONNX models that read numeric features only, over Parquet: the feature
+"""The ONNX kind's run step: one shard of a user's own network (``worker.models.onnx``), for
+``regress`` (ONNX models only) and for an ``embed`` or ``classify`` job whose model directory
+holds an ONNX model (``worker.runners.text`` hands it over once the model is loaded).
+
+Two paths. The records path reads each record through the model's ``barge.json``
+(``OnnxRunner.read``) and runs it like any text record (``worker.runners.records``). The
+columnar path, for ONNX models that read numeric features only, over Parquet: the feature
 columns of each record batch are read as arrays (only the id and feature columns are read at
 all), so a record costs the worker no Python dict and no per-value check.
 
-It writes exactly what the record path (``worker.runners.records``) writes for the same shard: the
+The columnar path writes exactly what the records path writes for the same shard: the
 same part rows in input order, the same per-record errors (a row whose feature is missing,
 null, non-numeric, boolean, NaN or infinite is checked value by value with
 ``barge.records.tabular.numeric_value``, so its error names the first bad field as the record
@@ -10,9 +16,8 @@ path's would; a text column of numbers is read value by value too; a record whos
 over ``BARGE_ONNX_MAX_OUTPUT_VALUES`` is found by running its batch record by record), the same
 ids (``coerce_id``), the same progress, cancel checks between batches and fencing before the PUT.
 
-Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.lifecycle``,
-``worker.metrics``, ``worker.models.cache``, ``worker.models.onnx``, ``worker.outputs``,
-``worker.shard``; never ``api`` or ``cli``.
+Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.metrics``, ``worker.models``,
+``worker.runners.records``, ``worker.shard``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -29,13 +34,11 @@ from barge.records.tabular import numeric_value
 from barge.storage import ObjectInfo
 from worker import metrics
 from worker.context import WorkerContext
-from worker.lease import Lease, ShardWork, Stop
-from worker.lifecycle import Result
-from worker.models.cache import LoadedModel
+from worker.lease import Lease, Result, ShardWork, Stop
+from worker.models.loaded import LoadedModel
 from worker.models.onnx import OnnxRunner, OutputTooLarge
-from worker.outputs import coerce_id
-from worker.prefetch import prefetch
-from worker.shard import ShardRun
+from worker.runners import records
+from worker.shard import ShardRun, coerce_id, input_info, prefetch
 
 READ_ROWS = 8192  # rows per Arrow record batch read
 READ_AHEAD = 2  # record batches read ahead on a background thread while the model runs
@@ -52,12 +55,31 @@ def applies(loaded: LoadedModel, work: ShardWork) -> bool:
     )
 
 
-def run(
+def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
+    """Run the shard's records through the ONNX model; return what was written."""
+    loaded = records.load(ctx, work)
+    return run_loaded(ctx, work, lease, loaded, input_info(ctx, work))
+
+
+def run_loaded(
     ctx: WorkerContext, work: ShardWork, lease: Lease, loaded: LoadedModel, info: ObjectInfo
 ) -> Result:
+    """Run the shard with its ONNX model loaded: the columnar path where it applies, else the
+    records path."""
+    if not applies(loaded, work):
+        return records.run(ctx, work, lease, loaded, info, predict)
     with ctx.scratch() as tmp:
         shard = _ColumnarShard(ctx, work, lease, loaded, tmp)
         return shard.upload(shard.process(info))
+
+
+def predict(
+    loaded: LoadedModel, inputs: list[Any], params: Any, seed: int, add_special_tokens: bool
+) -> list[dict[str, Any]]:
+    """One batch of records, each as the model's ``read`` made it into its inputs."""
+    runner = loaded.model
+    assert isinstance(runner, OnnxRunner)
+    return runner.predict(inputs, params)
 
 
 class _ColumnarShard(ShardRun[LoadedModel]):

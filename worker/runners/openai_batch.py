@@ -8,8 +8,8 @@ completions by their generation parameters and their prompt length (so no prompt
 each one's greedy output equals ``model.generate`` on it alone). Chat messages are rendered with
 the model's chat template. Every response carries ``usage`` counted with the model's tokenizer.
 
-At finalize (``assemble``) the parts are joined into one output and one error file, streamed,
-and registered as the batch's files with its token totals.
+At finalize the parts are joined into one output and one error file (the kind's finalize step,
+``worker.kinds.openai_batch``).
 
 Imports: ``barge``, ``db``, ``services.openai_batches``, ``worker.*``; never ``api`` or ``cli``.
 """
@@ -17,7 +17,6 @@ Imports: ``barge``, ``db``, ``services.openai_batches``, ``worker.*``; never ``a
 from __future__ import annotations
 
 import base64
-import json
 import math
 import time
 import uuid
@@ -27,26 +26,22 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy.orm import Session
 
 from barge.errors import PermanentJobError, describe
-from barge.records import Format, Range, Record, iter_range
+from barge.records import Record, iter_range
 from barge.specs import InferenceSpec
-from barge.status import SHARD_SUCCEEDED
 from barge.storage import S3Uri
-from db.models import Job, Shard
-from services import openai_batches, openai_requests
+from services import openai_requests
 from services.openai_requests import RequestError
 from worker import metrics
 from worker.context import WorkerContext
-from worker.lease import Lease, ShardWork, Stop
-from worker.lifecycle import Result, Runner
+from worker.kinds.openai_batch import line_id
+from worker.lease import Lease, Result, ShardWork, Stop
 from worker.models import chat, hf
-from worker.models.cache import LoadedModel
-from worker.outputs import JsonlPart, windows
-from worker.prefetch import prefetch
+from worker.models.cache import cache_for
+from worker.models.loaded import LoadedModel
 from worker.runners.records import WINDOW_BATCHES
-from worker.shard import ShardRun
+from worker.shard import JsonlPart, ShardRun, prefetch, windows
 
 MAX_STOP = 4
 MAX_DEFAULT_TOKENS = 4096  # max_tokens when a request names none: what is left, at most this
@@ -82,7 +77,7 @@ class Request:
 def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     spec = work.spec
     assert isinstance(spec, InferenceSpec) and spec.openai_endpoint is not None
-    loaded = ctx.models.get(work.model_ref, spec.task, base=work.base_ref)
+    loaded = cache_for(ctx).get(work.model_ref, spec.task, base=work.base_ref)
     if loaded.read is not None:
         raise PermanentJobError(
             f"model {work.model_ref} is an ONNX model; OpenAI batches need a Hugging Face model"
@@ -95,20 +90,6 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
         window_size = spec.batch_size * WINDOW_BATCHES
         records = prefetch(iter_range(ctx.store, info, work.fmt, work.rng), window_size * 2)
         return shard.upload(shard.process(records, window_size))
-
-
-RUNNER = Runner(
-    run=run,
-    time_limit_error=(
-        "ran longer than the shard time limit ({limit:.0f}s, BARGE_SHARD_SOFT_TIME_LIMIT); "
-        "split the batch into smaller input files"
-    ),
-)
-
-
-def _line_id(job_id: uuid.UUID, custom_id: str, kind: str) -> str:
-    """Deterministic ids, so a re-run shard writes the very same lines."""
-    return uuid.uuid5(job_id, f"{kind}:{custom_id}").hex
 
 
 class _BatchShard(ShardRun[LoadedModel]):
@@ -382,7 +363,7 @@ class _BatchShard(ShardRun[LoadedModel]):
             "completion_tokens": completion_tokens,
             "total_tokens": len(req.prompt_ids) + completion_tokens,
         }
-        rid = _line_id(self.work.job_id, req.custom_id, "completion")
+        rid = line_id(self.work.job_id, req.custom_id, "completion")
         if self.endpoint == "/v1/chat/completions":
             return {
                 "id": f"chatcmpl-{rid}",
@@ -412,11 +393,11 @@ class _BatchShard(ShardRun[LoadedModel]):
 
     def _ok_line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return {
-            "id": f"batch_req_{_line_id(self.work.job_id, custom_id, 'line')}",
+            "id": f"batch_req_{line_id(self.work.job_id, custom_id, 'line')}",
             "custom_id": custom_id,
             "response": {
                 "status_code": 200,
-                "request_id": _line_id(self.work.job_id, custom_id, "request"),
+                "request_id": line_id(self.work.job_id, custom_id, "request"),
                 "body": body,
             },
             "error": None,
@@ -424,11 +405,11 @@ class _BatchShard(ShardRun[LoadedModel]):
 
     def _error_line(self, custom_id: str, status: int, error: RequestError) -> dict[str, Any]:
         return {
-            "id": f"batch_req_{_line_id(self.work.job_id, custom_id, 'line')}",
+            "id": f"batch_req_{line_id(self.work.job_id, custom_id, 'line')}",
             "custom_id": custom_id,
             "response": {
                 "status_code": status,
-                "request_id": _line_id(self.work.job_id, custom_id, "request"),
+                "request_id": line_id(self.work.job_id, custom_id, "request"),
                 "body": {
                     "error": {
                         "message": error.message,
@@ -461,86 +442,3 @@ def _base64(vector: list[float]) -> str:
     import numpy as np
 
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-
-
-# --- finalize ------------------------------------------------------------------------------------
-
-
-def assemble(ctx: WorkerContext, session: Session, job: Job, shards: list[Shard]) -> dict[str, int]:
-    """Join the shards' parts into ``output.jsonl`` and ``errors.jsonl`` under the job's
-    output (streamed through a local file, never whole in memory), register them as the
-    batch's files, and return the token totals read from the responses."""
-    out = S3Uri.parse(job.output_uri).as_prefix()
-    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    joined: dict[str, tuple[S3Uri, int, int] | None] = {}
-    batch = openai_batches.batch_for_job(session, job.id)
-    expired = batch is not None and batch.expired_at is not None
-    seen: set[str] = set()  # custom_ids with a line (kept only for an expired batch)
-    unrun = 0
-    ordered = sorted(shards, key=lambda s: s.index)
-    with ctx.scratch() as tmp:
-        for name, keys in (
-            ("output.jsonl", [s.output_key for s in ordered]),
-            ("errors.jsonl", [s.errors_key for s in ordered]),
-        ):
-            path = tmp / name
-            lines = 0
-            with path.open("wb") as f:
-                for key in keys:
-                    if not key:
-                        continue
-                    with ctx.store.open(S3Uri(out.bucket, key)) as src:
-                        for line in src:
-                            f.write(line)
-                            lines += 1
-                            parsed = json.loads(line)
-                            if expired:
-                                seen.add(parsed.get("custom_id"))
-                            body = (parsed.get("response") or {}).get("body") or {}
-                            for k, v in (body.get("usage") or {}).items():
-                                if k in usage and isinstance(v, int):
-                                    usage[k] += v
-                if name == "errors.jsonl" and expired:
-                    for line_bytes in _expired_lines(ctx, job, ordered, seen):
-                        f.write(line_bytes)
-                        lines += 1
-                        unrun += 1
-            target = out.join(name)
-            ctx.store.put_file(target, path)
-            joined[name] = (target, path.stat().st_size, lines)
-    openai_batches.attach_outputs(
-        session, job, joined["output.jsonl"], joined["errors.jsonl"], usage, unrun
-    )
-    return usage
-
-
-def _expired_lines(
-    ctx: WorkerContext, job: Job, shards: list[Shard], seen: set[str]
-) -> Iterator[bytes]:
-    """An error-file line (code ``batch_expired``) for each request of the unfinished shards
-    that has no line yet: read again from the shards' input ranges, in input order."""
-    for shard in shards:
-        if shard.status == SHARD_SUCCEEDED:
-            continue
-        info = ctx.store.head(S3Uri.parse(shard.source_uri))
-        if info is None:
-            continue  # the input is gone: nothing to name
-        rng = Range(
-            shard.start_record,
-            shard.record_count,
-            shard.first_line,
-            shard.byte_start,
-            shard.byte_end,
-        )
-        for rec in iter_range(ctx.store, info, Format(shard.input_format, shard.compressed), rng):
-            custom_id = (rec.data or {}).get("custom_id")
-            if not isinstance(custom_id, str) or custom_id in seen:
-                continue
-            seen.add(custom_id)
-            line = {
-                "id": f"batch_req_{_line_id(job.id, custom_id, 'line')}",
-                "custom_id": custom_id,
-                "response": None,
-                "error": {"code": "batch_expired", "message": openai_batches.EXPIRED_MESSAGE},
-            }
-            yield json.dumps(line).encode() + b"\n"

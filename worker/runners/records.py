@@ -1,6 +1,8 @@
-"""Running one claimed inference shard: stream its records through the model in length-sorted
-batches, write its part (and its errors file) in one PUT each, and hand the lifecycle what was
-written; the lifecycle marks the shard done only while this attempt holds its lease (fencing).
+"""What the kinds over text records share (``worker.runners.text``, ``worker.runners.text2text``,
+``worker.runners.onnx``): loading the job's model for a shard (``load``), and running the
+shard's records through the kind's ``Predict`` in length-sorted batches (``run``), writing its
+part (and its errors file) in one PUT each, and handing the lifecycle what was written; the
+lifecycle marks the shard done only while this attempt holds its lease (fencing).
 
 A record that cannot be read, has no usable id or text, or makes the model fail is a per-record
 error, never the shard's. A cancel stops the shard between batches with what it finished (before
@@ -9,10 +11,10 @@ job's status once, at its claim).
 
 What a shard asks of the store: one ranged GET of its records (plus a HEAD for formats other
 than plain JSONL), one PUT of its part (and of its errors file, when it has errors). The model is
-listed once per job per worker process (``worker.models.ModelCache``).
+listed once per job per worker process (``worker.models.cache.ModelCache``).
 
-Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.lifecycle``, ``worker.models.cache``,
-``worker.outputs``, ``worker.metrics``, ``worker.shard``; never ``api`` or ``cli``.
+Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.metrics``, ``worker.models``,
+``worker.shard``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -27,38 +29,52 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from barge.errors import PermanentJobError, describe
-from barge.records import Format, Record, iter_range
+from barge.records import Record, iter_range
 from barge.specs import InferenceSpec
-from barge.storage import ObjectInfo, S3Uri
+from barge.storage import ObjectInfo
 from worker import metrics
 from worker.context import WorkerContext
-from worker.lease import Lease, ShardWork, Stop
-from worker.lifecycle import Result, Runner, job_event
+from worker.lease import Lease, Result, ShardWork, Stop, job_event
 from worker.models import chat
-from worker.models.cache import LoadedModel, predict
+from worker.models.cache import cache_for
+from worker.models.loaded import LoadedModel
 from worker.models.onnx import OutputTooLarge
-from worker.outputs import RecordId, coerce_id, windows
-from worker.prefetch import prefetch
-from worker.runners import onnx as onnxcolumns
-from worker.shard import ShardRun
+from worker.shard import RecordId, ShardRun, coerce_id, prefetch, windows
 
 WINDOW_BATCHES = 16  # records are length-sorted within windows of this many batches
 
+# One batch through a kind's model: (model, texts or what ``loaded.read`` made of each record,
+# the job's or the records' parameters, seed, add special tokens) -> one result per record.
+Predict = Callable[[LoadedModel, list[Any], Any, int, bool], list[dict[str, Any]]]
 
-def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
-    """Run the shard's records through the model; return what was written."""
+
+def load(ctx: WorkerContext, work: ShardWork) -> LoadedModel:
+    """The job's model for this shard, warm or loaded now (then a ``model_loaded`` event says
+    so); refuses parameters the model leaves no room for (max_new_tokens)."""
     spec = work.spec
     assert isinstance(spec, InferenceSpec)
-    before = dict(ctx.models.loads)
-    loaded = ctx.models.get(work.model_ref, spec.task, work.job_id, base=work.base_ref)
-    if ctx.models.loads != before:
+    models = cache_for(ctx)
+    before = dict(models.loads)
+    loaded = models.get(work.model_ref, spec.task, work.job_id, base=work.base_ref)
+    if models.loads != before:
         _loaded_event(ctx, work, loaded, before)
     loaded.input_tokens(spec.task_params())  # refuses max_new_tokens that leave no room
-    info = _input_info(ctx, work)
-    if onnxcolumns.applies(loaded, work):  # an ONNX model of numeric features over Parquet
-        return onnxcolumns.run(ctx, work, lease, loaded, info)
+    return loaded
+
+
+def run(
+    ctx: WorkerContext,
+    work: ShardWork,
+    lease: Lease,
+    loaded: LoadedModel,
+    info: ObjectInfo,
+    predict: Predict,
+) -> Result:
+    """Run the shard's records through ``predict``; return what was written."""
+    spec = work.spec
+    assert isinstance(spec, InferenceSpec)
     with ctx.scratch() as tmp:
-        shard = _TextShard(ctx, work, lease, loaded, tmp)
+        shard = _RecordsShard(ctx, work, lease, loaded, tmp, predict)
         window_size = spec.batch_size * WINDOW_BATCHES
         reading = iter_range(ctx.store, info, work.fmt, work.rng)
         # A shard of one window computes nothing before its last record is read: nothing for
@@ -74,7 +90,8 @@ def _loaded_event(
 ) -> None:
     """A ``model_loaded`` event when this shard loaded something: what, and how many bases,
     adapters and full models this worker process has loaded so far."""
-    loads = ctx.models.loads
+    models = cache_for(ctx)
+    loads = models.loads
     new = {kind: loads[kind] - before.get(kind, 0) for kind in loads}
     what = ", ".join(f"{n} {kind}" for kind, n in new.items() if n)
     job_event(
@@ -87,46 +104,26 @@ def _loaded_event(
         worker_loads=dict(loads),
         adapter=loaded.adapter is not None,
         base=work.base_ref,
-        warm=ctx.models.warm(),
+        warm=models.warm(),
         worker_pid=os.getpid(),
     )
 
 
-def _input_info(ctx: WorkerContext, work: ShardWork) -> ObjectInfo:
-    """What reading the shard's records needs to know of its object.
-
-    A plain JSONL shard names its bytes exactly: planning split the object on line boundaries
-    and checked its size, so the shard reads its byte range with no HEAD first (the object as
-    far as this shard reads it; a deleted object is a NotFound on that read). Other formats
-    need the object's real size (a Parquet footer, the size check of a CSV object read from
-    its start): one HEAD."""
-    uri = S3Uri.parse(work.source)
-    rng = work.rng
-    if work.fmt == Format("jsonl", False) and rng.byte_start is not None and rng.byte_end:
-        return ObjectInfo(uri, rng.byte_end, "")
-    info = ctx.store.head(uri)
-    if info is None:
-        raise PermanentJobError(f"input object {work.source} disappeared")
-    return info
-
-
-RUNNER = Runner(
-    run=run,
-    time_limit_error=(
-        "ran longer than the shard time limit ({limit:.0f}s, BARGE_SHARD_SOFT_TIME_LIMIT); "
-        "submit the job with a smaller shard_size"
-    ),
-)
-
-
-class _TextShard(ShardRun[LoadedModel]):
-    """One text shard's run (``worker.shard.ShardRun``): records are read, checked and run
-    window by window, length-sorted within each."""
+class _RecordsShard(ShardRun[LoadedModel]):
+    """One records shard's run (``worker.shard.ShardRun``): records are read, checked and run
+    window by window, length-sorted within each, through the kind's ``predict``."""
 
     def __init__(
-        self, ctx: WorkerContext, work: ShardWork, lease: Lease, loaded: LoadedModel, tmp: Path
+        self,
+        ctx: WorkerContext,
+        work: ShardWork,
+        lease: Lease,
+        loaded: LoadedModel,
+        tmp: Path,
+        predict: Predict,
     ):
         super().__init__(ctx, work, lease, loaded, tmp)
+        self.predict = predict
         self.max_text_chars = ctx.settings.max_text_chars
         # Chat prompts come from the template with their special tokens already in them.
         self.add_special_tokens = self.spec.messages_field is None
@@ -222,7 +219,7 @@ class _TextShard(ShardRun[LoadedModel]):
         seed = params.seed + window[batch[0].at][0] if sampled else 0
         started = time.monotonic()
         predictions = _predict_isolating(
-            loaded, [t.text for t in batch], params, seed, self.add_special_tokens
+            self.predict, loaded, [t.text for t in batch], params, seed, self.add_special_tokens
         )
         metrics.observe_batch(loaded.task, time.monotonic() - started, predictions, loaded.device)
         for todo, (ok, value) in zip(batch, predictions, strict=True):
@@ -310,7 +307,12 @@ def _extract(
 
 
 def _predict_isolating(
-    loaded: LoadedModel, texts: list[str], params: Any, seed: int, add_special_tokens: bool = True
+    predict: Predict,
+    loaded: LoadedModel,
+    texts: list[Any],
+    params: Any,
+    seed: int,
+    add_special_tokens: bool = True,
 ) -> list[tuple[bool, Any]]:
     """Predict a batch; if it fails, retry record by record so one bad record fails alone."""
     try:
@@ -324,5 +326,7 @@ def _predict_isolating(
             return [(False, f"model failed on this record: {describe(exc)}")]
     out: list[tuple[bool, Any]] = []
     for i, text in enumerate(texts):
-        out.extend(_predict_isolating(loaded, [text], params, seed + i, add_special_tokens))
+        out.extend(
+            _predict_isolating(predict, loaded, [text], params, seed + i, add_special_tokens)
+        )
     return out

@@ -8,7 +8,7 @@ Layout under the job's prefix::
                               (+ best.safetensors with select best, once an epoch was best)
     checkpoints/latest.json    # moved only after the step's files are all written
 
-Imports: ``barge``, ``worker.lease``, ``worker.lifecycle``, ``worker.runners.finetune.training``; never ``api`` or
+Imports: ``barge``, ``worker.lease``, ``worker.runners.finetune.training``; never ``api`` or
 ``cli``.
 """
 
@@ -26,8 +26,7 @@ from barge.errors import PermanentJobError
 from barge.paths import local_path
 from barge.storage import ObjectStore, S3Uri
 from worker.context import WorkerContext
-from worker.lease import Lease, ShardWork
-from worker.lifecycle import job_event
+from worker.lease import Lease, ShardWork, job_event
 from worker.runners.finetune.training import BEST_FILE, CHECKPOINT_FILES, Trainer
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ marked is neither registered nor deleted). A resumed run saves the epochs it tra
 over what an earlier attempt wrote (the same weights: training resumes exactly), and an attempt
 that lost its lease writes no ``epoch.json``.
 
-Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.runners.finetune.training``; never
-``api`` or ``cli``.
+Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.runners.finetune.training``;
+never ``api`` or ``cli``.
 """
 
 from __future__ import annotations

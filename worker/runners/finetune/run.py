@@ -14,8 +14,8 @@ the checkpoints) and registered; ``early_stopping_epochs`` ends training after t
 without a better one. A LoRA fine-tune registers its adapter over the base it trained on (the
 registry records the base's location), or with ``merge`` the merged model.
 
-Imports: ``barge``, ``db``, ``services``, ``worker.lease``, ``worker.lifecycle``, ``worker.models.cache``,
-``worker.runners.finetune``; never ``api`` or ``cli``.
+Imports: ``barge``, ``db``, ``services``, ``worker.kinds.finetune_data``, ``worker.lease``,
+``worker.models``, ``worker.runners.finetune``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -36,19 +36,18 @@ from db import repositories as repo
 from db.models import Job
 from services import registry
 from worker.context import WorkerContext
-from worker.lease import Lease, ShardWork, Stop
-from worker.lifecycle import Outcome, Result, Runner, job_event
+from worker.kinds.finetune_data import check_datasets, load_dataset
+from worker.lease import Lease, Outcome, Result, ShardWork, Stop, job_event
 from worker.models import hf
-from worker.models.cache import fetch_model, pick_device
+from worker.models.cache import fetch_model
+from worker.models.loaded import pick_device
 from worker.runners.finetune import lora
 from worker.runners.finetune.checkpoints import Checkpoints
-from worker.runners.finetune.data import check_datasets, load_dataset
 from worker.runners.finetune.epochs import EpochModel, EpochModels, checkpoint_name
 from worker.runners.finetune.training import Trainer
 
 MODEL_PREFIX = "model/"
 SUMMARY_FILE = "training_summary.json"
-STATUS_CHECK_SECONDS = 1.0  # how often the job's status is read between steps
 
 
 def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
@@ -60,17 +59,6 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
         finally:
             claimed.checkpoints.close()
             claimed.epoch_models.close()
-
-
-RUNNER = Runner(
-    run=run,
-    time_limit_error=(
-        "a training slice ran past BARGE_SHARD_SOFT_TIME_LIMIT ({limit:.0f}s); lower "
-        "BARGE_FINETUNE_SLICE_SECONDS or use fewer steps per checkpoint so a slice and its "
-        "checkpoint fit"
-    ),
-    status_check_seconds=STATUS_CHECK_SECONDS,
-)
 
 
 @dataclass

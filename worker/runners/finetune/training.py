@@ -7,11 +7,11 @@ step), so a run resumed from a checkpoint ends with the same weights as one that
 Checkpoints are written without pickle: tensors in safetensors files, the rest as JSON.
 
 With ``method: lora`` the base is frozen and wrapped with a peft adapter
-(``worker.runners.finetune.lora``): the checkpoint's model file then holds only the weights that train.
-Chat records (``data.Messages``) are rendered with the base's chat template and carry loss on
+(``worker.runners.finetune.lora``): the checkpoint's model file then holds only the weights that
+train. Chat records (``worker.kinds.finetune_data.Messages``) are rendered with the base's chat template and carry loss on
 the assistant's tokens only.
 
-Imports: ``barge``, ``worker.models.hf``, ``worker.models.chat``, ``worker.runners.finetune.data``,
+Imports: ``barge``, ``worker.models.hf``, ``worker.models.chat``, ``worker.kinds.finetune_data``,
 ``worker.runners.finetune.lora``, ``worker.runners.finetune.metrics``; never ``api`` or ``cli``.
 """
 
@@ -26,9 +26,9 @@ from typing import Any
 
 from barge.errors import PermanentJobError
 from barge.specs import IMAGE_TASKS, FinetuneSpec
+from worker.kinds.finetune_data import Messages, steps_per_epoch
 from worker.models import chat, hf, seq2seq
 from worker.runners.finetune import lora
-from worker.runners.finetune.data import Messages, steps_per_epoch
 from worker.runners.finetune.metrics import classification_metrics, exact_match
 
 MAX_GRAD_NORM = 1.0  # gradients are clipped to this norm, as Hugging Face's Trainer does

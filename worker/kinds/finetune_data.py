@@ -86,7 +86,7 @@ def load_dataset(
             if rec.data is None:
                 problem: str | None = rec.error or "unreadable record"
             elif spec.task == "generate" and CHAT_FIELD in rec.data:
-                example, problem = _chat(rec.data[CHAT_FIELD], limit)
+                example, problem = chat_record(rec.data[CHAT_FIELD], limit)
                 if example is not None:
                     data.examples.append(example)
                     continue
@@ -170,8 +170,9 @@ def _pair(
     return (values[0], values[1]), None
 
 
-def _chat(value: Any, max_text_chars: int) -> tuple[tuple[str, str] | None, str | None]:
-    """A chat record's example: its messages and its last assistant message."""
+def chat_record(value: Any, max_text_chars: int) -> tuple[tuple[str, str] | None, str | None]:
+    """A chat record's example (its messages and its last assistant message), or why it cannot
+    train."""
     try:
         messages = chat_example(value, max_text_chars, CHAT_FIELD)
     except MessagesError as exc:

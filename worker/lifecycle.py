@@ -43,7 +43,6 @@ from services import scopes
 from services.unit_of_work import UnitOfWork
 from worker import kinds, metrics
 from worker.context import WorkerContext
-from worker.kinds import JobKind
 from worker.lease import Lease, LeaseLost, Outcome, Result, ShardWork, Stop
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ _SHARD_STATUS = {
 def run_shard(
     ctx: WorkerContext,
     shard_id: uuid.UUID,
-    kind_for: Callable[[JobSpec], JobKind] = kinds.kind_for,
+    kind_for: Callable[[JobSpec], kinds.JobKind] = kinds.kind_for,
 ) -> None:
     """Claim the unit, run it as its job's kind runs, record how it ended."""
     work = claim(ctx, shard_id)
@@ -71,7 +70,7 @@ def run_shard(
     metrics.SHARD_SECONDS.labels(work.spec.task, outcome.value).observe(time.monotonic() - started)
 
 
-def run_claimed(ctx: WorkerContext, work: ShardWork, kind: JobKind) -> Outcome:
+def run_claimed(ctx: WorkerContext, work: ShardWork, kind: kinds.JobKind) -> Outcome:
     """Run a claimed unit to its end and settle it: the one place where results and exceptions
     become outcomes."""
     lease = Lease(ctx, work, kind.status_check_seconds)
@@ -135,7 +134,7 @@ def _summary(work: ShardWork, lease: Lease, outcome: Outcome, seconds: float) ->
     )
 
 
-def _run(kind: JobKind, ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
+def _run(kind: kinds.JobKind, ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     """The run step's result; a ``Stop`` it lets out ends the unit cancelled at its progress."""
     if work.denied:
         raise PermanentJobError(work.denied)

@@ -190,8 +190,9 @@ class _BatchShard(ShardRun[LoadedModel]):
             req.tokens.append(n)
             req.inputs.append(list(ids))
 
-    def _parse_generation(self, req: Request) -> None:
-        body = req.body
+    def _prompt_ids(self, body: dict[str, Any]) -> list[int]:
+        """The request's prompt as token ids: its chat messages rendered with the model's
+        template, or its completion prompt (text, or token ids as the tokenizer makes them)."""
         tok = self.loaded.tokenizer
         if self.endpoint == "/v1/chat/completions":
             try:
@@ -203,14 +204,16 @@ class _BatchShard(ShardRun[LoadedModel]):
                 rendered = chat.render(tok, messages)
             except chat.MessagesError as exc:
                 raise RequestError(exc.message, exc.param) from None
-            req.prompt_ids = list(tok(rendered, add_special_tokens=False)["input_ids"])
-        else:
-            prompt = openai_requests.prompt_of(body.get("prompt"))
-            if isinstance(prompt, str):
-                req.prompt_ids = list(tok(prompt)["input_ids"])
-            else:  # token ids, as the model's tokenizer makes them
-                openai_requests.check_token_ids(prompt, len(tok), "prompt")
-                req.prompt_ids = prompt
+            return list(tok(rendered, add_special_tokens=False)["input_ids"])
+        prompt = openai_requests.prompt_of(body.get("prompt"))
+        if isinstance(prompt, str):
+            return list(tok(prompt)["input_ids"])
+        openai_requests.check_token_ids(prompt, len(tok), "prompt")
+        return prompt
+
+    def _parse_generation(self, req: Request) -> None:
+        body = req.body
+        req.prompt_ids = self._prompt_ids(body)
         limit = self._limit()
         room = (limit - len(req.prompt_ids)) if limit is not None else MAX_DEFAULT_TOKENS
         if room < 1:

@@ -12,8 +12,7 @@
   ``windows`` and ``prefetch`` (reading ahead on a background thread, so that the store's I/O
   and decoding overlap the model).
 
-No torch, no database. Imports: ``barge``, ``worker.context``, ``worker.lease``; never ``api``
-or ``cli``.
+No torch. Imports: ``barge``, ``worker.context``, ``worker.lease``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations

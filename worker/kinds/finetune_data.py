@@ -1,5 +1,6 @@
 """Fine-tune datasets: read every training or validation record, keep the usable ones and say
-exactly why each other one was not used. No torch here: the planner uses it too.
+exactly why each other one was not used. The fine-tune kind's plan step (on the control worker)
+and its run step (``worker.runners.finetune.run``) both read the data through it: no torch.
 
 Imports: ``barge``; never ``api`` or ``cli``."""
 

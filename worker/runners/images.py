@@ -1,7 +1,7 @@
-"""Running one claimed shard of an image task: its records name images (the listing of a prefix
-of image objects, or records whose ``image_field`` holds a URI, base64 data or bytes); a small
-thread pool fetches, decodes and prepares them while the model runs the batch before, and the
-part and errors file are written as for text (``worker.runners.records``).
+"""The images kind's run step: one claimed shard of an image task. Its records name images (the
+listing of a prefix of image objects, or records whose ``image_field`` holds a URI, base64 data
+or bytes); a small thread pool fetches, decodes and prepares them while the model runs the batch
+before, and the part and errors file are written as for any shard (``worker.shard``).
 
 Memory: at most two windows of ``batch_size`` × ``WINDOW_BATCHES`` prepared images are held (the
 one the model runs and the one being decoded), never a whole shard; a prepared image is the image

@@ -1,7 +1,8 @@
-"""Running one shard of an OpenAI batch (a job whose spec has ``openai_endpoint``): each record
-is a request line ``{custom_id, method, url, body}``; each result is an OpenAI batch output line
-``{id, custom_id, response: {status_code, request_id, body}, error}``, in the shard's part, or in
-its errors file when the request failed alone (bad parameters, too long: a 4xx with a message).
+"""The OpenAI batch kind's run step: one shard of an OpenAI batch (a job whose spec has
+``openai_endpoint``). Each record is a request line ``{custom_id, method, url, body}``; each
+result is an OpenAI batch output line ``{id, custom_id, response: {status_code, request_id,
+body}, error}``, in the shard's part, or in its errors file when the request failed alone (bad
+parameters, too long: a 4xx with a message).
 
 Requests are batched by what they can share: embeddings by the model (any parameters), chat and
 completions by their generation parameters and their prompt length (so no prompt is padded and

@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.docs import install_docs
-from api.errors import _barge_error, _db_unavailable, _http_error, _validation_error
+from api.errors import barge_error, db_unavailable, http_error, validation_error
 from api.guard import RequestGuard
 from api.openapi import install_openapi
 from api.routers import admin, drops, health, jobs, metrics, models
@@ -40,10 +40,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = make_store(settings)
     app.state.celery = make_celery(settings, name="barge-api")
     app.add_middleware(RequestGuard, settings=settings)
-    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
-    app.add_exception_handler(BargeError, _barge_error)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(OperationalError, _db_unavailable)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(BargeError, barge_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(OperationalError, db_unavailable)  # type: ignore[arg-type]
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(jobs.router)

@@ -53,7 +53,7 @@ def _bounded(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def _error_body(body: dict[str, Any]) -> dict[str, Any]:
+def error_body(body: dict[str, Any]) -> dict[str, Any]:
     """The safety net under every error message: nothing echoes more than an excerpt."""
     out = {**body, "message": clip(str(body.get("message", "")))}
     out.setdefault("field", None)  # always there: null when the error is about no one field
@@ -105,7 +105,7 @@ def _body_problem(request: Request, err: dict[str, Any]) -> str | None:
     return "the body must be a JSON object ({...}), not an array, a string or a number"
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     # Only the location, the type and pydantic's message are used: never the error's `input`
     # or `ctx`, which hold the user's value.
     errors = exc.errors()
@@ -135,11 +135,11 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     )
 
 
-async def _barge_error(_: Request, exc: BargeError) -> JSONResponse:
+async def barge_error(_: Request, exc: BargeError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
     headers.update(exc.headers)  # e.g. Retry-After with a 429
     return JSONResponse(
-        status_code=exc.status_code, content=_error_body(exc.to_body()), headers=headers
+        status_code=exc.status_code, content=error_body(exc.to_body()), headers=headers
     )
 
 
@@ -165,7 +165,7 @@ def allowed_methods(request: Request) -> str:
     )
 
 
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """Starlette's own refusals (no such route, wrong method) in the same shape as ours."""
     headers = dict(exc.headers or {})
     where = f"{request.method} {clip(request.url.path, PROBLEM_CHARS)}"
@@ -177,7 +177,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         message = f"method not allowed: {where}; allowed: {headers['Allow']}"
     return JSONResponse(
         status_code=exc.status_code,
-        content=_error_body(
+        content=error_body(
             {
                 "error": HTTP_ERROR_CODES.get(exc.status_code, f"http_{exc.status_code}"),
                 "message": message,
@@ -193,6 +193,6 @@ DB_UNAVAILABLE = {
 }
 
 
-async def _db_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+async def db_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
     log.warning("database unavailable: %s", exc)
-    return JSONResponse(status_code=503, content=_error_body(DB_UNAVAILABLE))
+    return JSONResponse(status_code=503, content=error_body(DB_UNAVAILABLE))

@@ -20,8 +20,8 @@ from api.errors import (
     DB_UNAVAILABLE,
     PROBLEM_CHARS,
     UNREAD_BODY_KEPT_ALIVE,
-    _error_body,
     clip,
+    error_body,
 )
 from api.routers.openai.errors import envelope, is_openai_path, status_of
 from barge.errors import BargeError
@@ -174,7 +174,7 @@ class _Exchange:
     async def respond(
         self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> None:
-        content = _error_body(body)
+        content = error_body(body)
         if is_openai_path(self.scope.get("path", "")):
             status = status_of(status)
             content = envelope(status, body)

@@ -1,6 +1,6 @@
 """Chat messages as records hold them: the checks on a list of ``{role, content}`` messages and
 on a chat training example. Pure Python, so the API checks an uploaded training file with the same
-rules a fine-tune applies to it; rendering with a chat template lives in ``worker.chat``.
+rules a fine-tune applies to it; rendering with a chat template lives in ``worker.models.chat``.
 
 Imports: ``barge`` only.
 """

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     worker_metrics_host: str = "127.0.0.1"
 
     # Generation (chat, completions, native generate) runs through one engine interface
-    # (worker.engines): "auto" picks per device what bench/generate.py found fastest (vLLM on
+    # (worker.models.engines): "auto" picks per device what bench/generate.py found fastest (vLLM on
     # CUDA where installed, else transformers' continuous batching; the batched engine off
     # CUDA). The token budget bounds the KV cache an engine holds for the requests in flight
     # (prompt + new tokens, padding counted): the batched engine's batch, the continuous

@@ -29,7 +29,7 @@ Task = Literal[
     "detect",
 ]
 TASKS: tuple[str, ...] = get_args(Task)
-# Tasks whose records are images (``barge.records.images``; the worker's ``worker.vision``).
+# Tasks whose records are images (``barge.records.images``; the worker's ``worker.models.vision``).
 IMAGE_TASKS = frozenset({"image_classify", "image_embed", "detect"})
 # Models built into the worker: name -> the one task each runs.
 BUILTIN_MODELS = {"builtin:face-haar": "detect"}
@@ -139,8 +139,8 @@ PARAMS_BY_TASK: dict[str, type[_Strict]] = {
     "image_classify": ImageClassifyParams,
     "image_embed": ImageEmbedParams,
     "detect": DetectParams,
-    "text2text": Text2TextParams,  # a Hugging Face seq2seq model (worker.seq2seq)
-    "regress": RegressParams,  # an ONNX model only (worker.onnxmodels)
+    "text2text": Text2TextParams,  # a Hugging Face seq2seq model (worker.models.seq2seq)
+    "regress": RegressParams,  # an ONNX model only (worker.models.onnx)
 }
 
 

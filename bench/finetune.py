@@ -44,7 +44,7 @@ def bare_loop(examples: list[dict[str, str]], hp: dict[str, Any]) -> dict[str, f
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from tests.helpers import minilm_dir
-    from worker.finetune.training import epoch_order
+    from worker.runners.finetune.training import epoch_order
 
     labels = sorted({e["label"] for e in examples})
     torch.manual_seed(hp["seed"])

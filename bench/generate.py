@@ -12,7 +12,7 @@ completion tokens it made and the seconds it took; every path is warmed first on
   config);
 - ``generate-one``: bare ``model.generate`` one prompt at a time (``--one-at-a-time``; slow);
 - ``engine-batched`` / ``engine-continuous`` / ``engine-vllm``: Barge's engines
-  (``worker.engines``), as a shard runs them;
+  (``worker.models.engines``), as a shard runs them;
 - ``vllm-bare``: a bare ``vllm.LLM.generate`` loop (CUDA, vLLM installed).
 
 Completion tokens/s (and per CPU second, steadier on a busy machine) and each path's ratio to
@@ -119,7 +119,7 @@ def chat_prompts(tok: Any, messages: list[list[dict[str, str]]]) -> list[list[in
 
 def counted(rows: list[list[int]], eos: set[int]) -> int:
     """Completion tokens of generated rows (up to and including an end-of-sequence)."""
-    from worker import hf
+    from worker.models import hf
 
     return sum(hf.completion(row, eos)[0] for row in rows)
 
@@ -131,7 +131,7 @@ def generate_static(s: Setup, prompts: list[list[int]]) -> int:
     """Bare ``model.generate`` over length-sorted, left-padded batches of 16."""
     import torch
 
-    from worker import hf
+    from worker.models import hf
 
     eos = hf.eos_ids(s.model, s.tokenizer)
     ordered = sorted(prompts, key=len)
@@ -154,7 +154,7 @@ def generate_one(s: Setup, prompts: list[list[int]]) -> int:
     """Bare ``model.generate`` one prompt at a time."""
     import torch
 
-    from worker import hf
+    from worker.models import hf
 
     eos = hf.eos_ids(s.model, s.tokenizer)
     tokens = 0
@@ -176,7 +176,7 @@ def generate_batch(s: Setup, prompts: list[list[int]]) -> int:
     """Bare transformers continuous batching, its default configuration."""
     from transformers import GenerationConfig
 
-    from worker import hf
+    from worker.models import hf
 
     eos = hf.eos_ids(s.model, s.tokenizer)
     config = GenerationConfig(
@@ -192,7 +192,7 @@ def generate_batch(s: Setup, prompts: list[list[int]]) -> int:
 def engine_path(kind: str) -> Callable[[Setup, list[list[int]]], int]:
     def run(s: Setup, prompts: list[list[int]]) -> int:
         from barge.settings import Settings
-        from worker import engines
+        from worker.models import engines
 
         key = ("engine", kind)
         if key not in s.notes:  # built once, kept warm, as a worker keeps it
@@ -208,7 +208,7 @@ def engine_path(kind: str) -> Callable[[Setup, list[list[int]]], int]:
         assert not failed and len(results) == len(prompts), failed[:1]
         return sum(r.completion_tokens for r in results)
 
-    run.__doc__ = f"Barge's {kind} engine (worker.engines)."
+    run.__doc__ = f"Barge's {kind} engine (worker.models.engines)."
     return run
 
 
@@ -237,7 +237,7 @@ BARE = ("generate-static", "generate-batch", "generate-one", "vllm-bare")
 
 
 def default_paths(device: Any, one_at_a_time: bool) -> list[str]:
-    from worker import engines
+    from worker.models import engines
 
     names = ["generate-static", "generate-batch", "engine-batched", "engine-continuous"]
     if one_at_a_time:

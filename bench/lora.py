@@ -88,7 +88,7 @@ def bare_loop(base: Path, rows: list[dict[str, Any]], hp: dict[str, Any]) -> dic
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from worker.finetune.training import IGNORE, chat_tokens, epoch_order
+    from worker.runners.finetune.training import IGNORE, chat_tokens, epoch_order
 
     torch.manual_seed(hp["seed"])
     tok = AutoTokenizer.from_pretrained(str(base))
@@ -192,9 +192,9 @@ def rss_child(base: Path, method: str, steps: int, batch_size: int) -> None:
     import torch
 
     from barge.specs import FinetuneSpec
-    from worker.finetune.data import Messages
-    from worker.finetune.lora import parameter_counts
-    from worker.finetune.training import Trainer
+    from worker.kinds.finetune_data import Messages
+    from worker.runners.finetune.lora import parameter_counts
+    from worker.runners.finetune.training import Trainer
 
     rows = examples(steps * batch_size)
     pairs = [(Messages(json.dumps(r["messages"])), r["messages"][-1]["content"]) for r in rows]

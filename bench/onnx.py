@@ -73,7 +73,7 @@ def bare_loop(model_dir: Path, data: Any, batch_size: int) -> float:
     import onnxruntime as ort
 
     from barge.settings import get_settings
-    from worker.onnxmodels import providers
+    from worker.models.onnx import providers
 
     options = ort.SessionOptions()
     options.log_severity_level = 3

@@ -75,7 +75,7 @@ def bare_loop(texts: list[str], batch_size: int) -> float:
     from transformers import AutoModel, AutoTokenizer
 
     from tests.helpers import minilm_dir
-    from worker.inference import WINDOW_BATCHES
+    from worker.runners.records import WINDOW_BATCHES
 
     tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
     model = AutoModel.from_pretrained(str(minilm_dir())).eval()

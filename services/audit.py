@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -26,9 +26,6 @@ from db import repositories as repo
 from db.base import utcnow
 from db.models import AuditEntry, Tenant
 from services.durations import parse_time
-
-if TYPE_CHECKING:
-    from services.tenants import Principal
 
 ACTIONS = (
     "job.submit",
@@ -50,6 +47,17 @@ VIA_CLI = "cli"
 # passed here.
 _KEY = re.compile(r"bk_[A-Za-z0-9_-]{20,}")
 _MAX_TEXT = 2048
+
+
+class Actor(Protocol):
+    """Who acted through an API key (a ``services.tenants.Principal``, which records its
+    changes here: this module does not import it back)."""
+
+    @property
+    def tenant(self) -> Tenant: ...
+
+    @property
+    def key_prefix(self) -> str: ...
 
 
 def _redacted(text: str) -> str:
@@ -80,7 +88,7 @@ def _storable(value: Any, depth: int = 0) -> Any:
 
 def record(
     session: Session,
-    who: Principal | Tenant,
+    who: Actor | Tenant,
     key_prefix: str | None,
     action: str,
     target: str,
@@ -109,7 +117,7 @@ def record(
 
 def record_admin(
     session: Session,
-    actor: Principal | None,
+    actor: Actor | None,
     tenant: Tenant,
     action: str,
     target: str,

@@ -1,5 +1,5 @@
 """Drop folders: the rules (an S3 prefix mapped to a job template) and the job spec a dropped
-object becomes. The scanning and moving of objects is the worker's (``worker.drops``)."""
+object becomes. The scanning and moving of objects is the worker's (``worker.control.drops``)."""
 
 from __future__ import annotations
 

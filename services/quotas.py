@@ -9,8 +9,9 @@ limit (``tenants.quotas``, a JSON object; ``check_overrides`` validates one befo
   tenant already holding ``max_active_jobs`` queued + running jobs gets a 429 with
   ``Retry-After``. A tenant's submissions take this check in turn (a lock until commit), so
   concurrent ones cannot all slip under the limit; other tenants' never wait for it.
-- when the job is planned (``plan_overrun``, from ``worker.planner``): ``max_shards_per_job``,
-  ``max_records_per_job`` and ``max_finetune_steps``; the job fails naming the limit.
+- when the job is planned (``plan_overrun``, from ``worker.control.planner``):
+  ``max_shards_per_job``, ``max_records_per_job`` and ``max_finetune_steps``; the job fails naming
+  the limit.
 - what a tenant holds, before it holds more: ``max_openai_files`` and
   ``max_openai_storage_bytes`` at an upload to /openai/v1/files (``check_openai_upload``; the
   output files Barge writes count, and are never refused), ``max_model_versions`` when a user

@@ -2,9 +2,11 @@
 import and never in a prefork parent; and the task scopes that commit.
 
 A task opens ``ctx.unit_of_work()`` when it sends messages (they go after the commit, never
-before: the outbox) and ``ctx.session()`` when it sends none.
+before: the outbox) and ``ctx.session()`` when it sends none. The models a GPU worker keeps warm
+are the models room's (``worker.models.cache.cache_for``): the control worker, which shares this
+context, never imports model code.
 
-Imports: ``barge``, ``db``, ``services``, ``worker.models``; never ``api`` or ``cli``.
+Imports: ``barge``, ``db``, ``services``; never ``api``, ``cli`` or the rest of ``worker``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from barge.settings import Settings, get_settings
 from barge.storage import ObjectStore, make_store
 from db.session import dispose_engines, session_scope
 from services.unit_of_work import UnitOfWork
-from worker.models import ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 class WorkerContext:
     settings: Settings
     store: ObjectStore
-    models: ModelCache
     celery: Celery
     name: str
 
@@ -91,7 +91,6 @@ def init_context(celery: Celery | None = None) -> WorkerContext:
     _context = WorkerContext(
         settings=settings,
         store=store,
-        models=ModelCache(settings, store),
         celery=celery or make_celery(settings),
         name=f"{socket.gethostname()}:{os.getpid()}",
     )

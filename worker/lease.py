@@ -1,6 +1,8 @@
-"""A claimed unit of work (``ShardWork``) and the lease its attempt holds (``Lease``), with the
+"""A claimed unit of work (``ShardWork``), the lease its attempt holds (``Lease``), with the
 two ways a lease interrupts the work: ``Stop`` (the job is no longer running) and ``LeaseLost``
-(another attempt holds the unit; nothing of this one may be written).
+(another attempt holds the unit; nothing of this one may be written); and what a run comes to
+(``Result``, ending in an ``Outcome``), which the lifecycle settles. ``job_event`` appends an
+event to a unit's job (a runner's progress worth telling: a model loaded, a checkpoint, an eval).
 
 Imports: ``barge``, ``db``, ``worker.context``, ``worker.samples`` (a heartbeat notes a
 progress sample); never ``api`` or ``cli``.
@@ -8,18 +10,22 @@ progress sample); never ``api`` or ``cli``.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.orm import Session
 
 from barge.records import Format, Range
-from barge.specs import FinetuneSpec, JobSpec, parse_spec
+from barge.specs import JobSpec, parse_spec
 from db import repositories as repo
 from db import state
 from db.models import Job, Shard
@@ -40,6 +46,37 @@ class Stop(Exception):
 
 class LeaseLost(Exception):
     """Another attempt holds the unit now; this one must not write anything."""
+
+
+class Outcome(enum.Enum):
+    """How a claimed unit ended. The value is the ``status`` label of the shard metric."""
+
+    SUCCEEDED = "succeeded"
+    CANCELLED = "cancelled"  # the job stopped running (cancelled or failed) meanwhile
+    FAILED = "failed"  # the unit, and so the job, failed
+    ERROR = "error"  # an unexpected error: re-queued, or failed after BARGE_MAX_ATTEMPTS
+    LEASE_LOST = "lease_lost"  # another attempt holds the unit; nothing of this one counts
+    HANDED_OFF = "handed_off"  # stopped cleanly at a checkpoint; the next claim continues
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a run came to, for ``settle`` to record: SUCCEEDED, CANCELLED (stopped with what it
+    finished) or HANDED_OFF (at ``steps_done``).
+
+    ``publish`` is work committed in the same transaction that marks the unit succeeded (a
+    fine-tune registers its model): it runs only while the job is still running; otherwise the
+    unit ends CANCELLED and nothing is published."""
+
+    outcome: Outcome
+    succeeded: int = 0
+    failed: int = 0
+    output_key: str | None = None
+    errors_key: str | None = None
+    error: str | None = None
+    steps_done: int | None = None
+    usage: dict[str, int] | None = None  # token counts of the unit's records
+    publish: Callable[[Session, Job], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +106,9 @@ class ShardWork:
     # When the claim's transaction began (monotonic seconds): the lease it took ends no earlier
     # than this plus BARGE_LEASE_SECONDS (``Lease.fence``). 0 when unknown.
     claim_started: float = 0.0
+    # How messages name the unit when it is the whole job (its kind's ``unit_name``: "fine-tune");
+    # None for a shard, named by its index and input.
+    unit_name: str | None = None
 
     @classmethod
     def of(
@@ -108,21 +148,23 @@ class ShardWork:
     @property
     def label(self) -> str:
         """How messages to users name this unit."""
-        if isinstance(self.spec, FinetuneSpec):
-            return "fine-tune"
-        return f"shard {self.index} ({self.source})"
+        return self.unit_name or f"shard {self.index} ({self.source})"
 
     @property
     def log_name(self) -> str:
         """How log lines name this unit."""
-        if isinstance(self.spec, FinetuneSpec):
-            return f"job {self.job_id} fine-tune"
-        return f"job {self.job_id} shard {self.index}"
+        return f"job {self.job_id} {self.unit_name or f'shard {self.index}'}"
 
     @property
     def failed_attempts(self) -> int:
         """Attempts that count against BARGE_MAX_ATTEMPTS (hand-offs are not failures)."""
         return self.attempt - self.handoffs
+
+
+def job_event(ctx: WorkerContext, work: ShardWork, kind: str, message: str, **data: Any) -> None:
+    """Append an event to the unit's job, in its own transaction."""
+    with ctx.session() as session:
+        repo.add_event(session, work.job_id, kind, message, **data)
 
 
 class Lease:

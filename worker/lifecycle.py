@@ -4,7 +4,7 @@ lease, settle. Every way a unit can end is decided here, once.
 1. **claim**: a conditional UPDATE takes the unit under a new attempt, the fencing token. A
    duplicate delivery finds it claimed and does nothing; a unit of a job no longer running is
    cancelled; one that has used ``BARGE_MAX_ATTEMPTS`` fails the job.
-2. **run**: the job kind's ``Runner`` (``worker.inference``, ``worker.finetune.run``; chosen by
+2. **run**: the run step of the job's kind (``worker.kinds.kind_for``; the step is in
    ``worker.runners``) works under a ``Lease`` (``worker.lease``): between batches it checks the
    job still runs (else ``Stop``), every few seconds it heartbeats with progress, and
    ``beat()`` before a write proves the attempt still holds the unit (else ``LeaseLost``). It
@@ -15,57 +15,39 @@ lease, settle. Every way a unit can end is decided here, once.
    or dropped because the lease was lost. The last unit of a job to settle sends
    ``finalize_job``. Messages go through ``ctx.unit_of_work()``: after the commit.
 
-Imports: ``barge``, ``db``, ``services.scopes``, ``worker.context``, ``worker.lease``,
-``worker.metrics``, ``worker.usage`` (each attempt's row and what it used). Never the
-runners (they import this module), ``api`` or ``cli``.
+Imports: ``barge``, ``db``, ``services.scopes``, ``worker.context``, ``worker.kinds``,
+``worker.lease``, ``worker.metrics``, ``worker.usage`` (each attempt's row and what it
+used); never ``worker.runners`` (the kinds name their run steps),
+``api`` or ``cli``.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
-from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session
 
 from barge.errors import PermanentJobError, describe
 from barge.queue import FINALIZE_JOB, RUN_SHARD
-from barge.specs import JobSpec
+from barge.specs import JobSpec, parse_spec
 from db import repositories as repo
 from db import state
 from db.base import utcnow
 from db.models import Job, Shard, Tenant
 from services import scopes
 from services.unit_of_work import UnitOfWork
-from worker import metrics, usage
+from worker import kinds, metrics, usage
 from worker.context import WorkerContext
-from worker.lease import Lease, LeaseLost, ShardWork, Stop
-from worker.outputs import JsonlPart, ParquetPart, put_part
+from worker.lease import Lease, LeaseLost, Outcome, Result, ShardWork, Stop
 
 log = logging.getLogger(__name__)
 
-
-class Outcome(enum.Enum):
-    """How a claimed unit ended. The value is the ``status`` label of the shard metric."""
-
-    SUCCEEDED = "succeeded"
-    CANCELLED = "cancelled"  # the job stopped running (cancelled or failed) meanwhile
-    FAILED = "failed"  # the unit, and so the job, failed
-    ERROR = "error"  # an unexpected error: re-queued, or failed after BARGE_MAX_ATTEMPTS
-    LEASE_LOST = "lease_lost"  # another attempt holds the unit; nothing of this one counts
-    HANDED_OFF = "handed_off"  # stopped cleanly at a checkpoint; the next claim continues
-
-
-# How often an inference shard reads its job's status between batches: a cancel stops it
-# within one batch or this long, whichever is longer. Reading it before every batch cost a
-# database round trip per batch (a quarter of an ONNX shard's time with fast batches).
-INFERENCE_STATUS_CHECK_SECONDS = 0.25
 
 # The shard status each outcome that finishes a unit records.
 _SHARD_STATUS = {
@@ -75,86 +57,35 @@ _SHARD_STATUS = {
 }
 
 
-@dataclass(frozen=True)
-class Result:
-    """What a run came to, for ``settle`` to record: SUCCEEDED, CANCELLED (stopped with what it
-    finished) or HANDED_OFF (at ``steps_done``).
-
-    ``publish`` is work committed in the same transaction that marks the unit succeeded (a
-    fine-tune registers its model): it runs only while the job is still running; otherwise the
-    unit ends CANCELLED and nothing is published."""
-
-    outcome: Outcome
-    succeeded: int = 0
-    failed: int = 0
-    output_key: str | None = None
-    errors_key: str | None = None
-    error: str | None = None
-    steps_done: int | None = None
-    usage: dict[str, int] | None = None  # token counts of the unit's records
-    publish: Callable[[Session, Job], None] | None = None
-
-
-def part_result(
-    ctx: WorkerContext,
-    work: ShardWork,
-    output: str,
-    part: JsonlPart | ParquetPart,
-    errors: JsonlPart,
-    stopped: bool,
-    usage: dict[str, int] | None = None,
-) -> Result:
-    """PUT a shard's part and errors file (``worker.outputs.put_part``) and say what was
-    written: SUCCEEDED, or CANCELLED when the run stopped early with what it finished."""
-    output_key, errors_key = put_part(ctx.store, output, work.index, work.attempt, part, errors)
-    return Result(
-        Outcome.CANCELLED if stopped else Outcome.SUCCEEDED,
-        succeeded=part.count,
-        failed=errors.count,
-        output_key=output_key,
-        errors_key=errors_key,
-        usage=usage,
-    )
-
-
-@dataclass(frozen=True)
-class Runner:
-    """How one kind of unit runs. ``run`` works under the lease and returns its ``Result``;
-    ``time_limit_error`` is the failure when ``BARGE_SHARD_SOFT_TIME_LIMIT`` hits (formatted
-    with ``limit``, in seconds); ``status_check_seconds`` throttles the lease's status check."""
-
-    run: Callable[[WorkerContext, ShardWork, Lease], Result]
-    time_limit_error: str
-    status_check_seconds: float = INFERENCE_STATUS_CHECK_SECONDS
-
-
 def run_shard(
-    ctx: WorkerContext, shard_id: uuid.UUID, runner_for: Callable[[JobSpec], Runner]
+    ctx: WorkerContext,
+    shard_id: uuid.UUID,
+    kind_for: Callable[[JobSpec], kinds.JobKind] = kinds.kind_for,
 ) -> None:
-    """Claim the unit, run it with the runner for its job's spec, record how it ended."""
+    """Claim the unit, run it as its job's kind runs, record how it ended."""
     work = claim(ctx, shard_id)
     if work is None:
         return
     started = time.monotonic()
-    outcome = run_claimed(ctx, work, runner_for(work.spec))
+    outcome = run_claimed(ctx, work, kind_for(work.spec))
     metrics.SHARD_SECONDS.labels(work.spec.task, outcome.value).observe(time.monotonic() - started)
 
 
-def run_claimed(ctx: WorkerContext, work: ShardWork, runner: Runner) -> Outcome:
+def run_claimed(ctx: WorkerContext, work: ShardWork, kind: kinds.JobKind) -> Outcome:
     """Run a claimed unit to its end and settle it: the one place where results and exceptions
     become outcomes."""
-    lease = Lease(ctx, work, runner.status_check_seconds)
+    lease = Lease(ctx, work, kind.status_check_seconds)
     usage.Meter(ctx, work)  # the attempt's usage: seconds, tokens, energy
     started = time.monotonic()
-    time_limit_error = runner.time_limit_error.format(limit=ctx.settings.shard_soft_time_limit)
+    time_limit_error = kind.time_limit_error.format(limit=ctx.settings.shard_soft_time_limit)
     try:
-        outcome = settle(ctx, work, _run(runner, ctx, work, lease))
+        outcome = settle(ctx, work, _run(kind, ctx, work, lease))
     except LeaseLost:
         outcome = Outcome.LEASE_LOST
     except SoftTimeLimitExceeded:
         outcome = fail(ctx, work, time_limit_error)
     except Exception as exc:
-        if _time_ran_out(exc):
+        if time_ran_out(exc):
             outcome = fail(ctx, work, time_limit_error)
         elif isinstance(exc, PermanentJobError):
             outcome = fail(ctx, work, exc.message)
@@ -171,7 +102,7 @@ def run_claimed(ctx: WorkerContext, work: ShardWork, runner: Runner) -> Outcome:
     return outcome
 
 
-def _time_ran_out(exc: BaseException) -> bool:
+def time_ran_out(exc: BaseException) -> bool:
     """Whether the shard's soft time limit is what this exception is really about: a library
     that wraps every error it meets (transformers' lazy imports raise "Could not import module"
     from whatever interrupted them) must not turn "time is up" into a model error."""
@@ -206,12 +137,12 @@ def _summary(work: ShardWork, lease: Lease, outcome: Outcome, seconds: float) ->
     )
 
 
-def _run(runner: Runner, ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
-    """The runner's result; a ``Stop`` it lets out ends the unit cancelled at its progress."""
+def _run(kind: kinds.JobKind, ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
+    """The run step's result; a ``Stop`` it lets out ends the unit cancelled at its progress."""
     if work.denied:
         raise PermanentJobError(work.denied)
     try:
-        return runner.run(ctx, work, lease)
+        return kind.run(ctx, work, lease)
     except Stop as stop:
         at = "" if lease.steps_done is None else f" at step {lease.steps_done}"
         return Result(
@@ -318,12 +249,6 @@ def _hand_off(ctx: WorkerContext, work: ShardWork, result: Result) -> Outcome:
     return Outcome.HANDED_OFF if handed else Outcome.LEASE_LOST
 
 
-def job_event(ctx: WorkerContext, work: ShardWork, kind: str, message: str, **data: Any) -> None:
-    """Append an event to the unit's job, in its own transaction."""
-    with ctx.session() as session:
-        repo.add_event(session, work.job_id, kind, message, **data)
-
-
 def finalize_if_last(ctx: WorkerContext, job_id: uuid.UUID) -> None:
     """Send ``finalize_job`` when no unit of the job is left unsettled. It counts after the
     settling transaction committed, so of two last units settling at once at least one sees
@@ -428,7 +353,7 @@ def _taken(
         )
     # The tenant as the claim read it (no scopes at all if it is gone).
     held = scopes.scopes_of(tenant, ctx.settings) if tenant else scopes.Scopes(read=(), write=())
-    return ShardWork.of(
+    work = ShardWork.of(
         shard,
         job,
         attempt,
@@ -436,6 +361,7 @@ def _taken(
         held,
         claim_started=started,
     )
+    return replace(work, unit_name=kinds.kind_for(work.spec).unit_name)
 
 
 def _settle_unstarted(session: Session, shard: Shard, job: Job) -> bool:
@@ -445,9 +371,10 @@ def _settle_unstarted(session: Session, shard: Shard, job: Job) -> bool:
         return repo.settle_unstarted_shard(
             session, shard.id, state.SHARD_CANCELLED, f"not run: job is {job.status}"
         )
+    unit_name = kinds.kind_for(parse_spec(job.spec)).unit_name
     what = (
-        "the fine-tune"
-        if job.type == "finetune"
+        f"the {unit_name}"
+        if unit_name
         else f"shard {shard.index} ({shard.source_uri}, records {shard.start_record}-"
         f"{shard.start_record + shard.record_count - 1})"
     )

@@ -17,6 +17,7 @@ from db import repositories as repo
 from db.base import utcnow
 from worker import usage
 from worker.context import WorkerContext
+from worker.models.cache import held_by
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def note(ctx: WorkerContext, queues: list[str], computes: bool) -> None:
             queues=queues,
             device=",".join(d.id for d in devices) or None,
             device_name=", ".join(dict.fromkeys(d.name for d in devices)) or None,
-            models=ctx.models.held(),
+            models=held_by(ctx),
         )
 
 

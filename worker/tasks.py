@@ -11,10 +11,10 @@ from celery import Task
 
 from barge.queue import FINALIZE_JOB, PLAN_JOB, RECONCILE, RUN_SHARD, SCAN_DROPS
 from barge.settings import get_settings
-from worker import drops, finalize, lifecycle, planner, reconciler, takeover
+from worker import lifecycle, takeover
 from worker.celery_app import app
 from worker.context import get_context
-from worker.runners import runner_for
+from worker.control import drops, finalize, planner, reconciler
 
 
 @app.task(name=PLAN_JOB)
@@ -39,7 +39,7 @@ def run_shard(self: Task, shard_id: str, job_id: str = "", index: int = -1) -> N
     ctx = get_context()
     if (self.request.delivery_info or {}).get("redelivered"):
         takeover.wait_for_dead_holder(ctx, uuid.UUID(shard_id))
-    lifecycle.run_shard(ctx, uuid.UUID(shard_id), runner_for)
+    lifecycle.run_shard(ctx, uuid.UUID(shard_id))
 
 
 @app.task(name=FINALIZE_JOB)

@@ -42,7 +42,7 @@ class Limits:
         return cls(object_bytes=settings.max_object_bytes, record_bytes=settings.max_record_bytes)
 
 
-def _resolve(limits: Limits | None) -> Limits:
+def resolve_limits(limits: Limits | None) -> Limits:
     return limits if limits is not None else Limits.from_settings(get_settings())
 
 
@@ -106,7 +106,7 @@ class Record:
 # --- bounds -------------------------------------------------------------------------------------
 
 
-def _object_too_large(uri: S3Uri, limits: Limits, gz: bool) -> PermanentJobError:
+def object_too_large(uri: S3Uri, limits: Limits, gz: bool) -> PermanentJobError:
     once = " once decompressed" if gz else ""
     return PermanentJobError(
         f"{uri} is larger than {limits.object_bytes} bytes{once} (BARGE_MAX_OBJECT_BYTES); "
@@ -114,22 +114,22 @@ def _object_too_large(uri: S3Uri, limits: Limits, gz: bool) -> PermanentJobError
     )
 
 
-def _record_too_large(limits: Limits, line_bytes: int | None = None) -> str:
+def record_too_large(limits: Limits, line_bytes: int | None = None) -> str:
     size = f"; its line has {line_bytes} bytes" if line_bytes is not None else ""
     return f"record is larger than {limits.record_bytes} bytes (BARGE_MAX_RECORD_BYTES){size}"
 
 
-def _check_plain_size(info: ObjectInfo, fmt: Format, limits: Limits) -> None:
+def check_plain_size(info: ObjectInfo, fmt: Format, limits: Limits) -> None:
     """A plain object's size is known before reading it: refuse it at once."""
     if not fmt.gzip and info.size > limits.object_bytes:
-        raise _object_too_large(info.uri, limits, False)
+        raise object_too_large(info.uri, limits, False)
 
 
 _GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
 
 
 @contextlib.contextmanager
-def _gzip_errors(info: ObjectInfo, fmt: Format, field: str | None = None) -> Iterator[None]:
+def gzip_errors(info: ObjectInfo, fmt: Format, field: str | None = None) -> Iterator[None]:
     """Corrupt or truncated gzip data as a permanent error (``InvalidSpec`` when ``field``)."""
     try:
         yield

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from barge.errors import PermanentJobError
-from barge.records.base import Limits, Record, _record_too_large
-from barge.records.lines import _content_bytes, _Lines
+from barge.records.base import Limits, Record, record_too_large
+from barge.records.lines import Lines, content_bytes
 from barge.storage import S3Uri
 
 # --- CSV ----------------------------------------------------------------------------------------
@@ -41,7 +41,7 @@ class _CsvFeed:
     :class:`_RecordTooLarge` out of the reader, which then starts afresh on the next line.
     """
 
-    def __init__(self, lines: _Lines, limits: Limits):
+    def __init__(self, lines: Lines, limits: Limits):
         self._lines = lines
         self._iter = iter(lines)
         lines.count_quotes = True
@@ -76,7 +76,7 @@ class _CsvFeed:
         if piece.count(b'"') & 1:
             self._in_quotes = not self._in_quotes
         if self._record_bytes > self._limit and (
-            self._record_bytes - (len(piece) - _content_bytes(piece)) > self._limit
+            self._record_bytes - (len(piece) - content_bytes(piece)) > self._limit
         ):
             self._skip_record()
             raise _RecordTooLarge(None)
@@ -123,7 +123,7 @@ class _CsvFeed:
                 self._in_quotes = not self._in_quotes
 
 
-def _csv_reader(lines: _Lines, limits: Limits) -> tuple[Any, _CsvFeed]:
+def csv_reader(lines: Lines, limits: Limits) -> tuple[Any, _CsvFeed]:
     # The record limit is what bounds a field: the csv module's own (131,072) must not come first.
     if csv.field_size_limit() < limits.record_bytes:
         csv.field_size_limit(limits.record_bytes)
@@ -131,7 +131,7 @@ def _csv_reader(lines: _Lines, limits: Limits) -> tuple[Any, _CsvFeed]:
     return csv.reader(feed), feed
 
 
-def _csv_header(reader: Any, feed: _CsvFeed, uri: S3Uri, limits: Limits) -> list[str] | None:
+def csv_header(reader: Any, feed: _CsvFeed, uri: S3Uri, limits: Limits) -> list[str] | None:
     """The header row (None for an empty object); fails the object if it is unreadable."""
     feed.skip_long = False  # an over-long header fails the object: no need to read past it
     feed.start_record()
@@ -153,9 +153,9 @@ def _csv_header(reader: Any, feed: _CsvFeed, uri: S3Uri, limits: Limits) -> list
     return header
 
 
-def _iter_csv(lines: _Lines, uri: S3Uri, limits: Limits) -> Iterator[Record]:
-    reader, feed = _csv_reader(lines, limits)
-    header = _csv_header(reader, feed, uri, limits)
+def iter_csv(lines: Lines, uri: S3Uri, limits: Limits) -> Iterator[Record]:
+    reader, feed = csv_reader(lines, limits)
+    header = csv_header(reader, feed, uri, limits)
     if header is None:
         return
     while True:
@@ -165,7 +165,7 @@ def _iter_csv(lines: _Lines, uri: S3Uri, limits: Limits) -> Iterator[Record]:
         except StopIteration:
             return
         except _RecordTooLarge as exc:
-            yield Record(feed.record_line, None, _record_too_large(limits, exc.line_bytes))
+            yield Record(feed.record_line, None, record_too_large(limits, exc.line_bytes))
             continue
         except csv.Error as exc:
             yield Record(feed.record_line, None, f"invalid CSV: {exc}")

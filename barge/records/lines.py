@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator
 from typing import IO
 
-from barge.records.base import Format, Limits, Record, _object_too_large
+from barge.records.base import Format, Limits, Record, object_too_large
 from barge.storage import ObjectInfo, ObjectStore, S3Uri
 
 # --- lines ----------------------------------------------------------------------------------------
@@ -16,7 +16,7 @@ from barge.storage import ObjectInfo, ObjectStore, S3Uri
 _SKIP_CHUNK = 1 << 20  # how much of an over-long line is read at a time while skipping it
 
 
-def _content_bytes(line: bytes) -> int:
+def content_bytes(line: bytes) -> int:
     """Bytes of a line without its line break."""
     if line.endswith(b"\r\n"):
         return len(line) - 2
@@ -25,7 +25,7 @@ def _content_bytes(line: bytes) -> int:
     return len(line)
 
 
-class _Lines:
+class Lines:
     """The physical lines (ending in ``\\n``) of one object's bytes, each read in bounded chunks.
 
     ``next()`` gives ``(line, size)``: the line with its line break and its size in bytes. A line
@@ -47,7 +47,7 @@ class _Lines:
     def _count(self, n: int) -> None:
         self.bytes_read += n
         if self.bytes_read > self._limits.object_bytes:
-            raise _object_too_large(self._uri, self._limits, self._gz)
+            raise object_too_large(self._uri, self._limits, self._gz)
 
     def next(self, skip_long: bool = True) -> tuple[bytes | None, int] | None:
         """The next line, or None at the end. With ``skip_long=False`` an over-long line is not
@@ -64,7 +64,7 @@ class _Lines:
         if size <= limit:
             return line, size
         if size < limit + 2 or line.endswith(b"\n"):  # a whole line (or the last, unterminated)
-            return (line if _content_bytes(line) <= limit else None), size
+            return (line if content_bytes(line) <= limit else None), size
         quotes = line.count(b'"') if self.count_quotes else 0
         while skip_long:
             chunk = self._f.readline(_SKIP_CHUNK)
@@ -88,14 +88,14 @@ class _Lines:
             yield (line, size) if size <= limit else self._checked(line, True)
 
 
-def _open_text_source(store: ObjectStore, info: ObjectInfo, fmt: Format) -> IO[bytes]:
+def open_text_source(store: ObjectStore, info: ObjectInfo, fmt: Format) -> IO[bytes]:
     raw = store.open(info.uri)
     if fmt.gzip:
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     return raw
 
 
-def _parse_json_line(line: bytes, line_no: int) -> Record:
+def parse_json_line(line: bytes, line_no: int) -> Record:
     if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
         line = line[3:]  # a byte-order mark is not part of the record
     try:

@@ -23,7 +23,7 @@ def _is_parquet_content_error(exc: Exception) -> bool:
     return isinstance(exc, pa.ArrowException) or type(exc) is OSError
 
 
-def _parquet_file(store: ObjectStore, info: ObjectInfo, limits: Limits) -> Any:
+def parquet_file(store: ObjectStore, info: ObjectInfo, limits: Limits) -> Any:
     import pyarrow.parquet as pq
 
     try:
@@ -73,7 +73,7 @@ def row_batches(
     ``wanted`` only those of its columns the file has (every column when it has none);
     nanosecond timestamps come as microseconds. Bytes pyarrow cannot read as Parquet are a
     PermanentJobError naming the row near which it broke."""
-    pf = _parquet_file(store, info, limits)
+    pf = parquet_file(store, info, limits)
     columns = None
     if wanted is not None:
         names = set(pf.schema_arrow.names)
@@ -106,7 +106,7 @@ def row_batches(
         ) from exc
 
 
-def _iter_parquet(
+def iter_parquet(
     store: ObjectStore, info: ObjectInfo, rng: Range, limits: Limits
 ) -> Iterator[Record]:
     for first, rows in row_batches(store, info, rng, limits, lambda batch: batch.to_pylist()):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from barge.errors import InvalidSpec, PermanentJobError
-from barge.records.base import Format, Limits, _check_plain_size, _gzip_errors, _resolve
-from barge.records.csvrows import _csv_header, _csv_reader
-from barge.records.lines import _Lines, _open_text_source, _parse_json_line
-from barge.records.parquet import _parquet_file
+from barge.records.base import Format, Limits, check_plain_size, gzip_errors, resolve_limits
+from barge.records.csvrows import csv_header, csv_reader
+from barge.records.lines import Lines, open_text_source, parse_json_line
+from barge.records.parquet import parquet_file
 from barge.storage import ObjectInfo, ObjectStore
 
 # --- peek ---------------------------------------------------------------------------------------
@@ -30,17 +30,17 @@ def peek_fields(
     gives ``[]`` (nothing to check fields against; the record is reported when the job runs).
     An unreadable object (corrupt gzip, bad CSV header, over a limit) is ``InvalidSpec``.
     """
-    limits = _resolve(limits)
+    limits = resolve_limits(limits)
     try:
-        with _gzip_errors(info, fmt, field):
+        with gzip_errors(info, fmt, field):
             if fmt.name == "parquet":
-                return list(_parquet_file(store, info, limits).schema_arrow.names)
-            _check_plain_size(info, fmt, limits)
-            with _open_text_source(store, info, fmt) as raw:
-                lines = _Lines(raw, info.uri, limits, fmt.gzip)
+                return list(parquet_file(store, info, limits).schema_arrow.names)
+            check_plain_size(info, fmt, limits)
+            with open_text_source(store, info, fmt) as raw:
+                lines = Lines(raw, info.uri, limits, fmt.gzip)
                 if fmt.name == "csv":
-                    reader, feed = _csv_reader(lines, limits)
-                    return _csv_header(reader, feed, info.uri, limits) or []
+                    reader, feed = csv_reader(lines, limits)
+                    return csv_header(reader, feed, info.uri, limits) or []
                 return _peek_jsonl(lines, limits)
     except PermanentJobError as exc:
         raise InvalidSpec(exc.message, field=field) from exc
@@ -48,7 +48,7 @@ def peek_fields(
         raise InvalidSpec(f"cannot read {info.uri}: {exc}", field=field) from exc
 
 
-def _peek_jsonl(lines: _Lines, limits: Limits) -> list[str]:
+def _peek_jsonl(lines: Lines, limits: Limits) -> list[str]:
     budget = PEEK_RECORDS * limits.record_bytes
     for line_no in range(1, PEEK_LINES + 1):
         item = lines.next(skip_long=False)
@@ -58,7 +58,7 @@ def _peek_jsonl(lines: _Lines, limits: Limits) -> list[str]:
         if line is None:
             return []  # over the record limit: stop here rather than read past it
         if line.strip():
-            rec = _parse_json_line(line, line_no)
+            rec = parse_json_line(line, line_no)
             if rec.data is not None:
                 return list(rec.data)
         if lines.bytes_read >= budget:

@@ -9,14 +9,14 @@ from barge.records.base import (
     Limits,
     Range,
     Record,
-    _check_plain_size,
-    _gzip_errors,
-    _record_too_large,
-    _resolve,
+    check_plain_size,
+    gzip_errors,
+    record_too_large,
+    resolve_limits,
 )
-from barge.records.csvrows import _iter_csv
-from barge.records.lines import _Lines, _open_text_source, _parse_json_line
-from barge.records.parquet import _iter_parquet, _parquet_file
+from barge.records.csvrows import iter_csv
+from barge.records.lines import Lines, open_text_source, parse_json_line
+from barge.records.parquet import iter_parquet, parquet_file
 from barge.storage import ObjectInfo, ObjectStore
 
 # --- planning and streaming ---------------------------------------------------------------------
@@ -37,21 +37,21 @@ def plan_ranges(
     record limit counts as a record (it is read as an error record), so counts, ranges and line
     numbers agree with :func:`iter_range`.
     """
-    limits = _resolve(limits)
-    with _gzip_errors(info, fmt):
+    limits = resolve_limits(limits)
+    with gzip_errors(info, fmt):
         if fmt.name == "parquet":
-            total = _parquet_file(store, info, limits).metadata.num_rows
+            total = parquet_file(store, info, limits).metadata.num_rows
             ranges = [
                 Range(start, min(shard_records, total - start), start + 1)
                 for start in range(0, total, shard_records)
             ]
             return ranges, total
-        _check_plain_size(info, fmt, limits)
+        check_plain_size(info, fmt, limits)
         if fmt.name == "csv":
             total = 0
             ranges = []
-            with _open_text_source(store, info, fmt) as raw:
-                for rec in _iter_csv(_Lines(raw, info.uri, limits, fmt.gzip), info.uri, limits):
+            with open_text_source(store, info, fmt) as raw:
+                for rec in iter_csv(Lines(raw, info.uri, limits, fmt.gzip), info.uri, limits):
                     if total % shard_records == 0:
                         ranges.append(Range(total, 0, rec.line))
                     ranges[-1].record_count += 1
@@ -61,8 +61,8 @@ def plan_ranges(
         total = 0
         ranges = []
         offset = 0
-        with _open_text_source(store, info, fmt) as raw:
-            lines = _Lines(raw, info.uri, limits, fmt.gzip)
+        with open_text_source(store, info, fmt) as raw:
+            lines = Lines(raw, info.uri, limits, fmt.gzip)
             for line_no, (line, size) in enumerate(lines, start=1):
                 start = offset
                 offset += size
@@ -88,15 +88,15 @@ def iter_range(
     limits: Limits | None = None,
 ) -> Iterator[Record]:
     """Stream the records of one range, in order, with their line numbers."""
-    limits = _resolve(limits)
-    with _gzip_errors(info, fmt):
+    limits = resolve_limits(limits)
+    with gzip_errors(info, fmt):
         if fmt.name == "parquet":
-            yield from _iter_parquet(store, info, rng, limits)
+            yield from iter_parquet(store, info, rng, limits)
             return
-        _check_plain_size(info, fmt, limits)
+        check_plain_size(info, fmt, limits)
         if fmt.name == "csv":
-            with _open_text_source(store, info, fmt) as raw:
-                records = _iter_csv(_Lines(raw, info.uri, limits, fmt.gzip), info.uri, limits)
+            with open_text_source(store, info, fmt) as raw:
+                records = iter_csv(Lines(raw, info.uri, limits, fmt.gzip), info.uri, limits)
                 for i, rec in enumerate(records):
                     if i < rng.start_record:
                         continue
@@ -108,12 +108,12 @@ def iter_range(
             raw = store.open(info.uri, rng.byte_start, rng.byte_end)
             skip = 0
         else:
-            raw = _open_text_source(store, info, fmt)
+            raw = open_text_source(store, info, fmt)
             skip = rng.start_record
         with raw:
             seen = 0
             line_no = rng.first_line if rng.byte_start is not None else 1
-            for line, size in _Lines(raw, info.uri, limits, fmt.gzip):
+            for line, size in Lines(raw, info.uri, limits, fmt.gzip):
                 this_line = line_no
                 line_no += 1
                 if line is not None and not line.strip():
@@ -122,9 +122,9 @@ def iter_range(
                     seen += 1
                     continue
                 if line is None:
-                    yield Record(this_line, None, _record_too_large(limits, size))
+                    yield Record(this_line, None, record_too_large(limits, size))
                 else:
-                    yield _parse_json_line(line, this_line)
+                    yield parse_json_line(line, this_line)
                 seen += 1
                 if seen >= skip + rng.record_count:
                     break

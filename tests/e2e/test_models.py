@@ -192,7 +192,7 @@ def test_a_job_keeps_the_model_revision_it_started_with(
     later shards find the revision its first shard listed, warm, without listing again (so a
     model is never swapped under a running job); the next job lists the directory anew."""
     from barge.storage import make_store
-    from worker.models import ModelCache
+    from worker.models.cache import ModelCache
 
     cache = ModelCache(settings, make_store(settings))
     uri = upload_dir(s3, bucket, "m", tiny_classifier(tmp_path / "v1", ("a", "b")))

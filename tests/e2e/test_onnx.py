@@ -331,6 +331,7 @@ def test_barge_models_register_says_what_does_not_fit(
     import subprocess
     import sys
 
+    from cli.errors import EXIT_REFUSED
     from tests.conftest import new_key
     from tests.services import ROOT
 
@@ -364,7 +365,7 @@ def test_barge_models_register_says_what_does_not_fit(
         )
 
     refused = barge("models", "register", "net", "--uri", bad_uri, "--task", "classify")
-    assert refused.returncode == 3, refused
+    assert refused.returncode == EXIT_REFUSED, refused  # the API's 422
     assert (
         "output y (float [batch, 1]) scores 1 classes, but barge.json has 2 labels"
         in refused.stderr

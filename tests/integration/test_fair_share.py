@@ -31,7 +31,6 @@ from tests.services import create_database, create_vhost, delete_vhost, drop_dat
 from worker import lifecycle
 from worker.context import WorkerContext
 from worker.lease import ShardWork
-from worker.models import ModelCache
 
 LONG = timedelta(hours=1)
 
@@ -50,9 +49,7 @@ def ctx(vhost_url: str, tmp_path: Path) -> Iterator[WorkerContext]:
     upgrade(url)
     settings = Settings(env="test", database_url=url, broker_url=vhost_url, home=tmp_path)
     store = make_store(settings)
-    yield WorkerContext(
-        settings, store, ModelCache(settings, store), make_celery(settings), "test:1"
-    )
+    yield WorkerContext(settings, store, make_celery(settings), "test:1")
     get_engine(url).dispose()
     drop_database(name)
 

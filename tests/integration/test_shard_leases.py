@@ -360,7 +360,7 @@ class ShardLeaseMachine(RuleBasedStateMachine):
     )
     @rule()
     def finalize(self) -> None:
-        """As worker.finalize: once every shard is settled, the job takes its final state."""
+        """As worker.control.finalize: once every shard is settled, the job takes its final state."""
         if self.job_status == CANCELLING:
             target = CANCELLED
         elif any(s.status == SHARD_FAILED for s in self.shards):

@@ -1,8 +1,8 @@
 """The worker's unit-of-work lifecycle (``worker.lifecycle``) and its outbox
 (``WorkerContext.unit_of_work``) on a real Postgres and a real RabbitMQ.
 
-Each test claims a real shard and runs it with a small runner written here (a plain function
-of the ``Runner`` shape, no model), then checks the row, the job and the messages waiting on
+Each test claims a real shard and runs it as a small job kind written here (a ``JobKind`` whose
+run step is a plain function, no model), then checks the row, the job and the messages waiting on
 the queues: every result and every exception a runner can end with maps to one ``Outcome``,
 and messages leave only after the commit."""
 
@@ -32,9 +32,8 @@ from tests.factories import make_job, make_shard, make_tenant
 from tests.services import create_vhost, delete_vhost
 from worker import lifecycle
 from worker.context import WorkerContext
-from worker.lease import Lease, LeaseLost, ShardWork, Stop
-from worker.lifecycle import Outcome, Result, Runner
-from worker.models import ModelCache
+from worker.kinds import JobKind
+from worker.lease import Lease, LeaseLost, Outcome, Result, ShardWork, Stop
 
 Run = Callable[[WorkerContext, ShardWork, Lease], Result]
 
@@ -51,9 +50,7 @@ def make_context(database_url: str, broker_url: str, home: Path, **values: Any) 
         env="test", database_url=database_url, broker_url=broker_url, home=home, **values
     )
     store = make_store(settings)
-    return WorkerContext(
-        settings, store, ModelCache(settings, store), make_celery(settings), "test:1"
-    )
+    return WorkerContext(settings, store, make_celery(settings), "test:1")
 
 
 @pytest.fixture
@@ -90,8 +87,8 @@ def claimed(ctx: WorkerContext, attempts_before: int = 0) -> ShardWork:
     return work
 
 
-def runner(run: Run) -> Runner:
-    return Runner(run=run, time_limit_error="ran past {limit:.0f}s")
+def runner(run: Run) -> JobKind:
+    return JobKind("test", lambda spec: True, run, time_limit_error="ran past {limit:.0f}s")
 
 
 def ending(result: Result) -> Run:

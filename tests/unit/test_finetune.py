@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from barge.settings import Settings
 from barge.specs import FinetuneSpec, Hyperparameters, InferenceSpec, parse_spec
 from tests.helpers import minilm_dir, tiny_encoder, topic_examples
-from worker.finetune.data import Dataset, check_datasets, steps_per_epoch
-from worker.finetune.training import IGNORE, Trainer, completion_tokens, epoch_order
+from worker.kinds.finetune_data import Dataset, check_datasets, steps_per_epoch
+from worker.runners.finetune.training import IGNORE, Trainer, completion_tokens, epoch_order
 
 BASE: dict[str, Any] = {
     "type": "finetune",
@@ -66,7 +66,7 @@ class TestSpec:
 
     def test_epoch_model_names_fit_the_registry(self) -> None:
         from barge.specs import MODEL_NAME_MAX
-        from worker.finetune.epochs import checkpoint_name
+        from worker.runners.finetune.epochs import checkpoint_name
 
         assert checkpoint_name("colours", 90) == "colours-ckpt-step-90"
         long = checkpoint_name("m" * MODEL_NAME_MAX, 123456)

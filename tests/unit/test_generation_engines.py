@@ -1,4 +1,4 @@
-"""The generation engines (``worker.engines``) against ``model.generate``: greedy outputs equal
+"""The generation engines (``worker.models.engines``) against ``model.generate``: greedy outputs equal
 ``generate`` on each prompt alone (fp32 on CPU, a tiny Llama and a tiny GPT-2, mixed prompt
 lengths, mixed ``max_tokens``, stop strings, per-request seeds), token for token or identical up
 to the first position where the reference's top two logits are within 1e-4; sampled outputs are
@@ -19,10 +19,10 @@ import torch
 
 from barge.settings import Settings
 from tests.helpers import minilm_dir
-from worker import engines, hf
-from worker.engines import GenRequest, GenResult, SizeMemory, sampling
-from worker.engines.batched import BatchedEngine
-from worker.engines.continuous import ContinuousEngine
+from worker.models import engines, hf
+from worker.models.engines import GenRequest, GenResult, SizeMemory, sampling
+from worker.models.engines.batched import BatchedEngine
+from worker.models.engines.continuous import ContinuousEngine
 
 CPU = torch.device("cpu")
 TIE = 1e-4  # fp32 on CPU: a mismatch is allowed only after the reference's top two were this close
@@ -521,7 +521,7 @@ def test_cuda_greedy_equals_generate_alone(kind: str, tok: Any) -> None:
 def test_vllm_sizing(tok: Any) -> None:
     """What the vLLM engine asks of vLLM, worked out without it: the KV bytes of the token
     budget, and how many GPUs a model is split over (one when it fits)."""
-    from worker.engines.vllm import kv_bytes_per_token, tensor_parallel
+    from worker.models.engines.vllm import kv_bytes_per_token, tensor_parallel
 
     config = tiny_llama(tok).config  # 2 layers, 2 key/value heads of 16 dims
     assert kv_bytes_per_token(config) == 2 * 2 * 2 * 16 * 2
@@ -539,7 +539,7 @@ def vllm_engine(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Iterator[
     if not torch.cuda.is_available():
         pytest.skip("the vLLM engine needs a CUDA device")
     pytest.importorskip("vllm", reason="the vLLM engine needs the vllm extra")
-    from worker.engines.vllm import VllmEngine
+    from worker.models.engines.vllm import VllmEngine
 
     path = Path(tmp_path_factory.mktemp("vllm")) / "llama"
     model = tiny_llama(tok)

@@ -87,14 +87,14 @@ class TestDecode:
 
 
 class TestPixelBudget:
-    """What a worker process decodes at once (``worker.image_inference.PixelBudget``)."""
+    """What a worker process decodes at once (``worker.runners.images.PixelBudget``)."""
 
     def test_holds_never_exceed_the_budget_and_a_large_image_goes_alone(self) -> None:
         import threading
         import time
         from concurrent.futures import ThreadPoolExecutor
 
-        from worker.image_inference import PixelBudget
+        from worker.runners.images import PixelBudget
 
         budget = PixelBudget(100)
         lock = threading.Lock()
@@ -123,7 +123,7 @@ class TestPixelBudget:
         import threading
         import time
 
-        from worker.image_inference import PixelBudget
+        from worker.runners.images import PixelBudget
 
         budget = PixelBudget(10)
         order: list[str] = []
@@ -230,7 +230,7 @@ def test_an_image_classifier_checkpoint_round_trip_continues_exactly(tmp_path: P
     from barge.records.images import read_image
     from barge.specs import FinetuneSpec
     from tests.images import digits, tiny_resnet
-    from worker.finetune.training import Trainer
+    from worker.runners.finetune.training import Trainer
 
     base = tiny_resnet(tmp_path / "base", size=16)
     pngs, targets = digits()

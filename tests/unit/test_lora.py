@@ -14,10 +14,10 @@ from pydantic import ValidationError
 
 from barge.specs import FinetuneSpec, LoraMethod
 from tests.helpers import CHAT_TEMPLATE, minilm_dir, tiny_encoder, topic_examples
-from worker.finetune.data import Messages, _chat
-from worker.finetune.metrics import classification_metrics, exact_match
-from worker.finetune.run import best_epoch
-from worker.finetune.training import IGNORE, Trainer, chat_tokens
+from worker.kinds.finetune_data import Messages, chat_record
+from worker.runners.finetune.metrics import classification_metrics, exact_match
+from worker.runners.finetune.run import best_epoch
+from worker.runners.finetune.training import IGNORE, Trainer, chat_tokens
 
 BASE: dict[str, Any] = {
     "type": "finetune",
@@ -107,18 +107,18 @@ def test_only_assistant_tokens_carry_loss_in_a_chat() -> None:
 
 
 def test_chat_records_are_checked() -> None:
-    ok, problem = _chat(
+    ok, problem = chat_record(
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], 100
     )
     assert problem is None and ok is not None
     assert isinstance(ok[0], Messages) and ok[1] == "yo"
     assert ok[0].prompt_messages() == [{"role": "user", "content": "hi"}]
-    assert _chat([{"role": "user", "content": "hi"}], 100)[1] == (
+    assert chat_record([{"role": "user", "content": "hi"}], 100)[1] == (
         "'messages' has no assistant message with content to learn"
     )
-    assert "role" in str(_chat([{"role": "robot", "content": "x"}], 100)[1])
+    assert "role" in str(chat_record([{"role": "robot", "content": "x"}], 100)[1])
     assert "more than the limit" in str(
-        _chat(
+        chat_record(
             [{"role": "user", "content": "x" * 90}, {"role": "assistant", "content": "y" * 20}], 100
         )[1]
     )
@@ -302,7 +302,8 @@ def test_the_model_cache_keeps_one_base_and_switches_and_drops_adapters(tmp_path
     from barge.settings import Settings
     from barge.specs import GenerateParams
     from tests.helpers import tiny_generator
-    from worker.models import ModelCache, predict
+    from worker.models.cache import ModelCache
+    from worker.models.text import predict
 
     base = tiny_generator(tmp_path / "base")
     for name, word in (("a", "red"), ("b", "blue")):

@@ -11,7 +11,8 @@ import torch
 from barge.errors import PermanentJobError
 from barge.settings import Settings
 from tests.helpers import minilm_dir
-from worker import hf, models
+from worker.models import hf, text
+from worker.models.cache import load_options
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +49,14 @@ def test_weight_bytes_as_stored_and_widened(bf16_model: Path) -> None:
 
 
 def test_cpu_loads_fp32_and_cuda_keeps_the_stored_dtype(bf16_model: Path) -> None:
-    options = models.load_options(Settings(), bf16_model, torch.device("cpu"), "m")
+    options = load_options(Settings(), bf16_model, torch.device("cpu"), "m")
     assert options == {"dtype": torch.float32}
-    loaded = models.load_model(bf16_model, "embed", torch.device("cpu"), "m", "r", options)
+    loaded = text.load_model(bf16_model, "embed", torch.device("cpu"), "m", "r", options)
     assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
     if torch.cuda.is_available():
-        cuda = models.load_options(
-            Settings(device_map="auto"), bf16_model, torch.device("cuda"), "m"
-        )
+        cuda = load_options(Settings(device_map="auto"), bf16_model, torch.device("cuda"), "m")
         assert cuda == {"dtype": "auto", "device_map": "auto"}
-        on_gpu = models.load_model(bf16_model, "embed", torch.device("cuda"), "m", "r", cuda)
+        on_gpu = text.load_model(bf16_model, "embed", torch.device("cuda"), "m", "r", cuda)
         assert {p.dtype for p in on_gpu.model.parameters()} == {torch.bfloat16}
 
 
@@ -65,13 +64,11 @@ def test_a_model_that_does_not_fit_is_refused_before_loading(bf16_model: Path) -
     need = hf.weight_bytes(bf16_model, element_bytes=4)
     tight = Settings(model_memory_bytes=need - 1)
     with pytest.raises(PermanentJobError) as caught:
-        models.load_options(tight, bf16_model, torch.device("cpu"), "s3://models/tiny/")
+        load_options(tight, bf16_model, torch.device("cpu"), "s3://models/tiny/")
     message = caught.value.message
     assert "model s3://models/tiny/ does not fit" in message
     assert "BARGE_MODEL_MEMORY_BYTES" in message
-    assert models.load_options(
-        Settings(model_memory_bytes=need), bf16_model, torch.device("cpu"), "m"
-    )
+    assert load_options(Settings(model_memory_bytes=need), bf16_model, torch.device("cpu"), "m")
 
 
 def test_a_time_limit_wrapped_by_a_library_is_still_the_time_limit() -> None:
@@ -79,7 +76,7 @@ def test_a_time_limit_wrapped_by_a_library_is_still_the_time_limit() -> None:
     'BertModel'"; when that was the shard's soft time limit, the shard says so."""
     from celery.exceptions import SoftTimeLimitExceeded
 
-    from worker.lifecycle import _time_ran_out
+    from worker.lifecycle import time_ran_out
 
     def wrapped() -> BaseException:
         try:
@@ -93,13 +90,13 @@ def test_a_time_limit_wrapped_by_a_library_is_still_the_time_limit() -> None:
             except PermanentJobError as exc:
                 return exc
 
-    assert _time_ran_out(wrapped())
-    assert _time_ran_out(SoftTimeLimitExceeded())
-    assert not _time_ran_out(PermanentJobError("cannot load model: bad config.json"))
+    assert time_ran_out(wrapped())
+    assert time_ran_out(SoftTimeLimitExceeded())
+    assert not time_ran_out(PermanentJobError("cannot load model: bad config.json"))
     try:
         try:
             raise ValueError("a record's fault")
         except ValueError:
             raise RuntimeError("during handling") from None
     except RuntimeError as plain:
-        assert not _time_ran_out(plain)
+        assert not time_ran_out(plain)

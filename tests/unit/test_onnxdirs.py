@@ -262,7 +262,7 @@ class TestImages:
     )
 
     def test_bytes_and_base64_decode_resize_and_normalise(self) -> None:
-        from worker.onnxmodels import decode_image
+        from worker.models.onnx import decode_image
 
         raw = _png("RGB", (3, 2))
         for value in (
@@ -276,7 +276,7 @@ class TestImages:
             assert np.allclose(array[0], 1.0) and np.allclose(array[1], -1.0)
 
     def test_grey_images_become_rgb(self, tmp_path: Path) -> None:
-        from worker.onnxmodels import decode_image
+        from worker.models.onnx import decode_image
 
         array, problem = decode_image({"img": _png("L", (6, 4))}, self.binding)
         assert problem is None and array.shape == (3, 4, 6)
@@ -290,7 +290,7 @@ class TestImages:
         ],
     )
     def test_bad_images_are_per_record_problems(self, row: dict[str, Any], problem: str) -> None:
-        from worker.onnxmodels import decode_image
+        from worker.models.onnx import decode_image
 
         assert decode_image(row, self.binding) == (None, problem)
         array, why = decode_image({"img": b"\x89PNG garbage"}, self.binding)
@@ -303,14 +303,14 @@ class TestImages:
 
 class TestText2TextMetrics:
     def test_a_completion_ends_at_the_first_end_of_sequence(self) -> None:
-        from worker.hf import completion
+        from worker.models.hf import completion
 
         assert completion([5, 6, 1, 0, 0], {1}) == (3, "stop")
         assert completion([5, 6, 7], {1}) == (3, "length")
         assert completion([], {1}) == (0, "length")
 
     def test_bleu_chrf_and_exact_match(self) -> None:
-        from worker.seq2seq import text_metrics
+        from worker.models.seq2seq import text_metrics
 
         perfect = text_metrics(["das haus", "ein baum"], ["das haus", "ein baum"])
         assert perfect == {
@@ -329,7 +329,7 @@ class TestOnnxRunner:
 
     def _load(self, tmp_path: Path, graph: bytes, config: bytes, task: str, **settings: Any) -> Any:
         from barge.settings import Settings
-        from worker.onnxmodels import OnnxRunner
+        from worker.models.onnx import OnnxRunner
 
         (tmp_path / "model.onnx").write_bytes(graph)
         (tmp_path / "barge.json").write_bytes(config)
@@ -351,7 +351,7 @@ class TestOnnxRunner:
         import onnxruntime as ort
 
         from barge.settings import Settings
-        from worker.onnxmodels import inference_session
+        from worker.models.onnx import inference_session
 
         planted = b"planted: the bytes of another tenant's records."
         n = len(planted)
@@ -379,7 +379,7 @@ class TestOnnxRunner:
             assert b"another tenant" not in str(exc.value).encode(), exc.value
 
     def test_an_output_over_the_per_record_limit_is_refused(self, tmp_path: Path) -> None:
-        from worker.onnxmodels import OutputTooLarge
+        from worker.models.onnx import OutputTooLarge
 
         shape = helper.make_tensor("shape", INT64, [2], [1, 1000])
         graph = _graph(

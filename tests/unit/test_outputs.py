@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from worker.outputs import ROW_GROUP_ROWS, JsonlPart, ParquetPart, coerce_id
+from worker.shard import ROW_GROUP_ROWS, JsonlPart, ParquetPart, coerce_id
 
 
 @pytest.mark.parametrize(

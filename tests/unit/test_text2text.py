@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from barge.specs import FinetuneSpec, InferenceSpec
 from tests.helpers import WORDS, tiny_t5
-from worker.finetune.training import Trainer
+from worker.runners.finetune.training import Trainer
 
 BASE: dict[str, Any] = {
     "type": "finetune",

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.errors import DB_UNAVAILABLE, PROBLEM_CHARS, _error_body, allowed_methods, clip
+from api.errors import DB_UNAVAILABLE, PROBLEM_CHARS, allowed_methods, clip, error_body
 from barge.errors import BargeError
 from barge.jsonvalues import field_name
 
@@ -43,7 +43,7 @@ def is_openai_path(path: str) -> bool:
 def envelope(status: int, body: dict[str, Any], kind: str | None = None) -> dict[str, Any]:
     """Barge's error body (``{"error", "message", "field"?, "detail"?}``) in OpenAI's shape;
     ``kind`` is its ``type`` when the status alone does not say it."""
-    body = _error_body(body)
+    body = error_body(body)
     detail = body.get("detail")
     code = detail.get("code") if isinstance(detail, dict) else None
     if kind is None:

@@ -1,0 +1,120 @@
+"""The OpenAI batch kind's finalize step: the records manifest, and the batch's two files.
+The shards' parts are joined into one output and one error file under the job's output
+(``assemble``, streamed through a local file, never whole in memory) and registered as the
+batch's files with its token totals; an expired batch's requests that never ran get an error
+line each (code ``batch_expired``). ``line_id`` makes the lines' ids, here and in the run step
+(``worker.runners.openai_batch``), deterministic: a re-run shard writes the very same lines.
+
+No torch, nothing of the runners. Imports: ``barge``, ``db``, ``services.openai_batches``,
+``worker.context``, ``worker.kinds``; never ``api`` or ``cli``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+
+from sqlalchemy.orm import Session
+
+from barge.records import Format, Range, iter_range
+from barge.status import SHARD_SUCCEEDED
+from barge.storage import S3Uri
+from db.models import Job, Shard
+from services import openai_batches
+from worker.context import WorkerContext
+from worker.kinds import records
+from worker.kinds.steps import Finalizing, Finished
+
+
+def finalize(done: Finalizing) -> Finished:
+    """The records manifest, with the batch's token totals once its files are written."""
+    finished = records.finalize(done)
+    if done.writes:  # an OpenAI batch: its two files
+        finished.manifest["usage"] = assemble(done.ctx, done.session, done.job, done.shards)
+    return finished
+
+
+def line_id(job_id: uuid.UUID, custom_id: str, kind: str) -> str:
+    """Deterministic ids, so a re-run shard writes the very same lines."""
+    return uuid.uuid5(job_id, f"{kind}:{custom_id}").hex
+
+
+def assemble(ctx: WorkerContext, session: Session, job: Job, shards: list[Shard]) -> dict[str, int]:
+    """Join the shards' parts into ``output.jsonl`` and ``errors.jsonl`` under the job's
+    output (streamed through a local file, never whole in memory), register them as the
+    batch's files, and return the token totals read from the responses."""
+    out = S3Uri.parse(job.output_uri).as_prefix()
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    joined: dict[str, tuple[S3Uri, int, int] | None] = {}
+    batch = openai_batches.batch_for_job(session, job.id)
+    expired = batch is not None and batch.expired_at is not None
+    seen: set[str] = set()  # custom_ids with a line (kept only for an expired batch)
+    unrun = 0
+    ordered = sorted(shards, key=lambda s: s.index)
+    with ctx.scratch() as tmp:
+        for name, keys in (
+            ("output.jsonl", [s.output_key for s in ordered]),
+            ("errors.jsonl", [s.errors_key for s in ordered]),
+        ):
+            path = tmp / name
+            lines = 0
+            with path.open("wb") as f:
+                for key in keys:
+                    if not key:
+                        continue
+                    with ctx.store.open(S3Uri(out.bucket, key)) as src:
+                        for line in src:
+                            f.write(line)
+                            lines += 1
+                            parsed = json.loads(line)
+                            if expired:
+                                seen.add(parsed.get("custom_id"))
+                            body = (parsed.get("response") or {}).get("body") or {}
+                            for k, v in (body.get("usage") or {}).items():
+                                if k in usage and isinstance(v, int):
+                                    usage[k] += v
+                if name == "errors.jsonl" and expired:
+                    for line_bytes in _expired_lines(ctx, job, ordered, seen):
+                        f.write(line_bytes)
+                        lines += 1
+                        unrun += 1
+            target = out.join(name)
+            ctx.store.put_file(target, path)
+            joined[name] = (target, path.stat().st_size, lines)
+    openai_batches.attach_outputs(
+        session, job, joined["output.jsonl"], joined["errors.jsonl"], usage, unrun
+    )
+    return usage
+
+
+def _expired_lines(
+    ctx: WorkerContext, job: Job, shards: list[Shard], seen: set[str]
+) -> Iterator[bytes]:
+    """An error-file line (code ``batch_expired``) for each request of the unfinished shards
+    that has no line yet: read again from the shards' input ranges, in input order."""
+    for shard in shards:
+        if shard.status == SHARD_SUCCEEDED:
+            continue
+        info = ctx.store.head(S3Uri.parse(shard.source_uri))
+        if info is None:
+            continue  # the input is gone: nothing to name
+        rng = Range(
+            shard.start_record,
+            shard.record_count,
+            shard.first_line,
+            shard.byte_start,
+            shard.byte_end,
+        )
+        for rec in iter_range(ctx.store, info, Format(shard.input_format, shard.compressed), rng):
+            custom_id = (rec.data or {}).get("custom_id")
+            if not isinstance(custom_id, str) or custom_id in seen:
+                continue
+            seen.add(custom_id)
+            line = {
+                "id": f"batch_req_{line_id(job.id, custom_id, 'line')}",
+                "custom_id": custom_id,
+                "response": None,
+                "error": {"code": "batch_expired", "message": openai_batches.EXPIRED_MESSAGE},
+            }
+            yield json.dumps(line).encode() + b"\n"

@@ -1,0 +1,401 @@
+"""ONNX models: a user's own network (``model.onnx``) run by onnxruntime over the record fields
+its ``barge.json`` names (``barge.onnxdirs``): numeric features, a text field through the
+directory's tokenizer, an image field through simple preprocessing (decode, convert, resize,
+scale, normalise).
+
+``OnnxRunner.read`` turns one record into that model's inputs, or says why it cannot (a
+per-record error naming the record's field); ``OnnxRunner.predict`` runs a batch of them on the
+first axis (in batches of the graph's own size when it was exported with a fixed one) and reads
+the output as its meaning says: ``regress`` → ``value`` (or ``values``), ``classify`` →
+``label``, ``score``, ``scores``, ``embed`` → ``embedding``.
+
+Only the CPU provider, or CUDA's where onnxruntime has it and the worker's device is not the
+CPU; no custom-operator library is ever registered, and the graph is checked
+(``barge.onnxdirs.check_graph``) before a session is made of the very bytes checked, a session
+that can read no file (``inference_session``). A record whose output holds more than
+``BARGE_ONNX_MAX_OUTPUT_VALUES`` values is refused (``OutputTooLarge``) before it is read.
+
+Imports: ``barge`` only; never ``api`` or ``cli``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from barge.errors import PermanentJobError, excerpt, without_paths
+from barge.onnxdirs import (
+    CONFIG_FILE,
+    ONNX_FILE,
+    FeatureInput,
+    ImageInput,
+    OnnxConfig,
+    Signature,
+    TextInput,
+    check_graph,
+    fixed_batch_size,
+    output_too_large,
+    parse_config,
+)
+from barge.records.tabular import feature_vector
+from barge.settings import Settings
+from worker.models.loaded import LoadedModel
+
+MAX_IMAGE_PIXELS = 40_000_000  # of one decoded image; a larger one is a per-record error
+NUMPY_TYPES = {"float": "float32", "double": "float64", "float16": "float16", "int32": "int32"}
+# The directory onnxruntime resolves a tensor's external data against, for a model loaded from
+# a file or from bytes (for bytes, the process's working directory when not set).
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
+
+
+class OutputTooLarge(ValueError):
+    """A batch's output holds more values per record than ``BARGE_ONNX_MAX_OUTPUT_VALUES``:
+    a record that still gives it, run alone, is a per-record error with this message."""
+
+
+def is_onnx_dir(path: Path) -> bool:
+    return (path / ONNX_FILE).is_file()
+
+
+def providers(settings: Settings) -> list[str]:
+    """onnxruntime's execution providers for this worker: CUDA first where it is available and
+    the worker's device is not forced to the CPU."""
+    import onnxruntime as ort
+
+    wanted = (settings.device or "cuda").split(":")[0]
+    if wanted == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def inference_session(data: bytes, settings: Settings) -> Any:
+    """An onnxruntime session of ``data`` (the bytes that were checked) that reads no file.
+
+    onnxruntime has no switch that turns external data off; it resolves each tensor's external
+    data against ``EXTERNAL_DATA_FOLDER`` (refusing absolute paths and paths that leave it), so
+    that folder is an empty directory of this call's own, gone once the session is made (which
+    is when initializers are read): never the worker's working directory, nor the model's
+    cache directory."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # onnxruntime's threads spin after each run by default; between runs this worker's threads
+    # read and check records, and spinning threads would take their cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    with tempfile.TemporaryDirectory(prefix="barge-onnx-") as empty:
+        options.add_session_config_entry(EXTERNAL_DATA_FOLDER, empty)
+        return ort.InferenceSession(data, options, providers=providers(settings))
+
+
+@dataclass
+class _Feed:
+    """How to build one graph input's array."""
+
+    name: str
+    dtype: str  # numpy dtype name
+    length: int | None = None  # fixed token length of a text input
+
+
+class OnnxRunner:
+    """One loaded ONNX model: its session, its barge.json, and how records become inputs."""
+
+    def __init__(
+        self,
+        session: Any,
+        config: OnnxConfig,
+        sig: Signature,
+        tokenizer: Any,
+        *,
+        max_text_chars: int,
+        max_output_values: int,
+        device_type: str,
+    ):
+        self.session = session
+        self.config = config
+        self.sig = sig
+        self.tokenizer = tokenizer
+        self.max_text_chars = max_text_chars
+        self.max_output_values = max_output_values
+        self.device_type = device_type
+        self.batch_size = fixed_batch_size(config, sig)
+        self.output = config.output
+        self.feeds: dict[str, _Feed] = {}
+        for t in sig.inputs:
+            length = t.shape[1] if t.shape and len(t.shape) == 2 else None
+            self.feeds[t.name] = _Feed(
+                t.name,
+                NUMPY_TYPES.get(t.dtype, "int64" if t.dtype == "int64" else "float32"),
+                length if isinstance(length, int) else None,
+            )
+
+    @classmethod
+    def load(cls, path: Path, task: str, settings: Settings, ref: str) -> OnnxRunner:
+        """Check the directory and make an onnxruntime session for it."""
+        config = parse_config((path / CONFIG_FILE).read_bytes(), ref)
+        if config.task != task:
+            raise PermanentJobError(
+                f"model {ref} is an ONNX model whose barge.json output means "
+                f"{config.task!r}; the job's task is {task!r}"
+            )
+        onnx_path = path / ONNX_FILE
+        size = onnx_path.stat().st_size
+        if size > settings.onnx_max_bytes:
+            raise PermanentJobError(
+                f"model {ref}: {ONNX_FILE} is {size:,} bytes, more than the limit of "
+                f"{settings.onnx_max_bytes:,} (BARGE_ONNX_MAX_BYTES)"
+            )
+        data = onnx_path.read_bytes()
+        sig = check_graph(settings, config, data, ref)
+        tokenizer = None
+        try:
+            for binding in config.inputs:
+                if isinstance(binding, TextInput):
+                    tokenizer = _tokenizer(path / binding.tokenizer, ref)
+            session = inference_session(data, settings)
+        except (SoftTimeLimitExceeded, PermanentJobError):
+            raise
+        except Exception as exc:
+            raise PermanentJobError(
+                f"cannot load ONNX model {ref}: {excerpt(without_paths(str(exc)), 500)}"
+            ) from exc
+        used = session.get_providers()
+        device = "cuda" if used and used[0] == "CUDAExecutionProvider" else "cpu"
+        return cls(
+            session,
+            config,
+            sig,
+            tokenizer,
+            max_text_chars=settings.max_text_chars,
+            max_output_values=settings.onnx_max_output_values,
+            device_type=device,
+        )
+
+    # --- records -------------------------------------------------------------------------------
+
+    def read(self, row: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+        """The model's inputs of one record (graph input name → value), or why it cannot run."""
+
+        out: dict[str, Any] = {}
+        for binding in self.config.inputs:
+            if isinstance(binding, FeatureInput):
+                values, problem = feature_vector(row, binding.feature_fields)
+                if problem is not None:
+                    return None, problem
+                out[binding.input] = values  # a list: the batch becomes one array at once
+            elif isinstance(binding, TextInput):
+                field = binding.text_field
+                text = row.get(field)
+                if field not in row:
+                    return None, f"record has no field {field!r}"
+                if not isinstance(text, str):
+                    return None, f"field {field!r} is {type(text).__name__}, expected a string"
+                if len(text) > self.max_text_chars:
+                    return None, (
+                        f"field {field!r} has {len(text)} characters, more than the limit of "
+                        f"{self.max_text_chars} (BARGE_MAX_TEXT_CHARS)"
+                    )
+                out[binding.input_ids] = text
+            else:
+                image, problem = decode_image(row, binding)
+                if problem is not None:
+                    return None, problem
+                out[binding.input] = image
+        return out, None
+
+    # --- batches -------------------------------------------------------------------------------
+
+    def predict(self, records: list[dict[str, Any]], params: Any) -> list[dict[str, Any]]:
+        """Run records (from ``read``) through the graph; one result per record, in order."""
+        if not records:
+            return []
+        return self.predict_arrays(self._feeds(records, params), len(records), params)
+
+    def predict_arrays(self, feeds: dict[str, Any], n: int, params: Any) -> list[dict[str, Any]]:
+        """Run ``n`` records given as arrays (graph input name -> [n, ...]) through the graph,
+        in batches of its fixed size when it has one (the last padded with copies of its last
+        record, whose outputs are dropped); one result per record, in order."""
+        import numpy as np
+
+        if not n:
+            return []
+        step = self.batch_size or n
+        rows: list[Any] = []
+        for start in range(0, n, step):
+            size = min(step, n - start)
+            chunk = {}
+            for name, array in feeds.items():
+                part = np.asarray(array[start : start + size], dtype=self.feeds[name].dtype)
+                if self.batch_size and size < step:
+                    part = np.concatenate([part, np.repeat(part[-1:], step - size, axis=0)])
+                chunk[name] = part
+            (result,) = self.session.run([self.output.name], chunk)
+            values = math.prod(np.shape(result)[1:])
+            if values > self.max_output_values:
+                raise OutputTooLarge(
+                    f"output {self.output.name!r} gives "
+                    f"{output_too_large(values, self.max_output_values)}"
+                )
+            rows.append(np.asarray(result)[:size])
+        return self._results(np.concatenate(rows, axis=0), params)
+
+    def _feeds(self, records: list[dict[str, Any]], params: Any) -> dict[str, Any]:
+        import numpy as np
+
+        feeds: dict[str, Any] = {}
+        for binding in self.config.inputs:
+            if isinstance(binding, TextInput):
+                feeds.update(self._tokens(binding, [r[binding.input_ids] for r in records], params))
+                continue
+            feed = self.feeds[binding.input]
+            feeds[binding.input] = np.asarray([r[binding.input] for r in records], dtype=feed.dtype)
+        return feeds
+
+    def _tokens(self, binding: TextInput, texts: list[str], params: Any) -> dict[str, Any]:
+        import numpy as np
+
+        feed = self.feeds[binding.input_ids]
+        keep = min(binding.max_length, int(getattr(params, "max_length", binding.max_length)))
+        tok = self.tokenizer
+        if feed.length is not None:
+            keep = feed.length
+            tok.enable_padding(pad_id=_pad_id(tok), length=feed.length)
+        else:
+            tok.enable_padding(pad_id=_pad_id(tok))
+        tok.enable_truncation(max_length=keep)
+        encodings = tok.encode_batch(texts)
+        out = {binding.input_ids: np.asarray([e.ids for e in encodings], dtype=feed.dtype)}
+        if binding.attention_mask:
+            out[binding.attention_mask] = np.asarray(
+                [e.attention_mask for e in encodings],
+                dtype=self.feeds[binding.attention_mask].dtype,
+            )
+        if binding.token_type_ids:
+            out[binding.token_type_ids] = np.asarray(
+                [e.type_ids for e in encodings], dtype=self.feeds[binding.token_type_ids].dtype
+            )
+        return out
+
+    def _results(self, output: Any, params: Any) -> list[dict[str, Any]]:
+        import numpy as np
+
+        meaning = self.output.meaning
+        values = np.asarray(output, dtype=np.float64)
+        if meaning == "regress":
+            if values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1):
+                return [{"value": v} for v in values.reshape(len(values)).tolist()]
+            return [{"values": row} for row in values.reshape(len(values), -1).tolist()]
+        rows = values.reshape(len(values), -1)
+        if meaning == "embed":
+            if getattr(params, "normalize", False):
+                norms = np.linalg.norm(rows, axis=1, keepdims=True)
+                rows = rows / np.maximum(norms, 1e-12)
+            return [{"embedding": row.tolist()} for row in rows]
+        if self.output.scores == "logits":
+            shifted = rows - rows.max(axis=1, keepdims=True)
+            exp = np.exp(shifted)
+            rows = exp / exp.sum(axis=1, keepdims=True)
+        labels = self.output.labels or [str(i) for i in range(rows.shape[1])]
+        out = []
+        for row in rows:
+            scores = [float(v) for v in row]
+            best = max(range(len(scores)), key=scores.__getitem__)
+            names = [labels[i] if i < len(labels) else str(i) for i in range(len(scores))]
+            out.append(
+                {
+                    "label": names[best],
+                    "score": scores[best],
+                    "scores": dict(zip(names, scores, strict=True)),
+                }
+            )
+        return out
+
+
+def _tokenizer(path: Path, ref: str) -> Any:
+    from tokenizers import Tokenizer
+
+    if not path.is_file():
+        raise PermanentJobError(f"model {ref}: barge.json names {path.name}, which is missing")
+    return Tokenizer.from_file(str(path))
+
+
+def _pad_id(tok: Any) -> int:
+    padding = tok.padding
+    if padding and isinstance(padding.get("pad_id"), int):
+        return int(padding["pad_id"])
+    for token in ("<pad>", "[PAD]"):
+        found = tok.token_to_id(token)
+        if found is not None:
+            return int(found)
+    return 0
+
+
+def decode_image(row: dict[str, Any], binding: ImageInput) -> tuple[Any, str | None]:
+    """The image in ``row[binding.image_field]`` (bytes, or base64 text, with or without a
+    ``data:`` prefix) as a normalised float array [channels, height, width], or why not."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    field = binding.image_field
+    if field not in row:
+        return None, f"record has no image field {field!r}"
+    value = row[field]
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+    elif isinstance(value, str):
+        text = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            return None, f"image field {field!r} is text that is not base64: {excerpt(value, 40)}"
+    else:
+        return None, f"image field {field!r} is {type(value).__name__}, expected bytes or base64"
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                return None, (
+                    f"image field {field!r} is {width}x{height} pixels, more than "
+                    f"{MAX_IMAGE_PIXELS:,}"
+                )
+            converted = image.convert(binding.mode)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        return None, f"image field {field!r} is not an image Barge can decode: {excerpt(exc, 200)}"
+    target_h, target_w = binding.size
+    if converted.size != (target_w, target_h):
+        converted = converted.resize((target_w, target_h), Image.Resampling.BILINEAR)
+    array = np.asarray(converted, dtype=np.float32) / 255.0
+    array = array[None, :, :] if array.ndim == 2 else array.transpose(2, 0, 1)
+    mean = np.asarray(binding.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(binding.std, dtype=np.float32)[:, None, None]
+    result = (array - mean) / std
+    if not math.isfinite(float(result.sum())):
+        return None, f"image field {field!r} gives non-finite values"
+    return result, None
+
+
+def load_onnx(path: Path, task: str, settings: Settings, ref: str, revision: str) -> LoadedModel:
+    """An ONNX model directory as a loaded model."""
+    import torch
+
+    started = time.monotonic()
+    runner = OnnxRunner.load(path, task, settings, ref)
+    return LoadedModel(
+        task,
+        runner,
+        None,
+        torch.device(runner.device_type),
+        ref,
+        revision,
+        time.monotonic() - started,
+        read=runner.read,
+    )

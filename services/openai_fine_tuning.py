@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
 from barge import modeldirs
@@ -138,12 +138,11 @@ def _pair_problem(data: dict[str, Any], limit: int) -> str | None:
     return None
 
 
-class Request(BaseModel):
-    """A create request's body: OpenAI's fields and Barge's ``barge`` extension
-    (``{"method": {"type": "lora", ...}}`` or ``{"type": "full"}``). Every field is taken as
-    sent and checked here, so that each refusal names its field and says what to fix."""
-
-    model_config = ConfigDict(extra="ignore")
+@dataclass(frozen=True)
+class CreateFineTuningJob:
+    """What a create request asks: OpenAI's fields and Barge's ``barge`` extension
+    (``{"method": {"type": "lora", ...}}`` or ``{"type": "full"}``), each as sent; ``create``
+    checks every one, so that each refusal names its field and says what to fix."""
 
     model: Any
     training_file: Any
@@ -157,7 +156,7 @@ class Request(BaseModel):
     barge: Any = None
 
 
-def _hyperparameters(request: Request) -> dict[str, Any]:
+def _hyperparameters(request: CreateFineTuningJob) -> dict[str, Any]:
     """The hyperparameters asked for: ``method.supervised.hyperparameters`` over the top-level
     (deprecated) ``hyperparameters``."""
     method = request.method
@@ -209,7 +208,7 @@ def _number(
     return value
 
 
-def _method(request: Request, settings: Settings) -> FullMethod | LoraMethod:
+def _method(request: CreateFineTuningJob, settings: Settings) -> FullMethod | LoraMethod:
     options = request.barge
     if options is None:
         options = {}
@@ -325,7 +324,11 @@ def _chosen(
 
 
 def create(
-    uow: UnitOfWork, settings: Settings, store: ObjectStore, tenant: Tenant, request: Request
+    uow: UnitOfWork,
+    settings: Settings,
+    store: ObjectStore,
+    tenant: Tenant,
+    request: CreateFineTuningJob,
 ) -> OpenAIFineTuningJob:
     """Check the request and its files, then submit the Barge fine-tune that runs it."""
     if not isinstance(request.model, str) or not request.model or len(request.model) > 2048:

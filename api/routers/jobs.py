@@ -8,22 +8,23 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import StreamingResponse
-from pydantic import Discriminator, Tag
 
 from api.deps import CurrentPrincipal, CurrentTenant, SettingsDep, StoreDep, UoW
-from api.schemas import (
+from api.schemas.errors import errors
+from api.schemas.jobs import (
+    JOB_EXAMPLES,
     EventList,
     EventOut,
+    JobBody,
     JobFileList,
     JobFileOut,
     JobList,
     JobOut,
     ShardList,
     ShardOut,
-    errors,
 )
 from barge.errors import InvalidSpec, NotFound, excerpt
-from barge.specs import JOB_TYPES, FinetuneSpec, InferenceSpec
+from barge.specs import JOB_TYPES
 from barge.status import JOB_STATUSES
 from barge.storage import ObjectInfo, ObjectStore
 from db import repositories as repo
@@ -37,64 +38,6 @@ BIGINT_MAX = 2**63 - 1  # event ids are Postgres bigints
 CHUNK = 1 << 20  # bytes per read of a streamed file
 # What a file is served as, by its name's ending.
 MEDIA_TYPES = {".jsonl": "application/x-ndjson", ".json": "application/json"}
-
-
-def _job_type(body: object) -> str:
-    if isinstance(body, dict):
-        return str(body.get("type", "inference"))
-    return str(getattr(body, "type", "inference"))
-
-
-# `type` picks the spec: "inference" (the default) or "finetune".
-JobBody = Annotated[
-    Annotated[InferenceSpec, Tag("inference")] | Annotated[FinetuneSpec, Tag("finetune")],
-    Discriminator(_job_type),
-]
-
-
-# The examples of /docs ("Try it out" starts from one of them).
-JOB_EXAMPLES = {
-    "embed": {
-        "summary": "Embed a prefix of JSONL files",
-        "value": {
-            "type": "inference",
-            "model": "s3://barge/acme/models/all-minilm-l6-v2/",
-            "task": "embed",
-            "input": "s3://barge/acme/reviews/",
-            "output": "s3://barge/acme/reviews-embedded/",
-            "text_field": "text",
-            "id_field": "id",
-            "batch_size": 64,
-            "params": {"normalize": True},
-            "metadata": {"team": "search"},
-        },
-    },
-    "generate": {
-        "summary": "Generate from chat messages with a registered model",
-        "value": {
-            "type": "inference",
-            "model": "support-bot@2",
-            "task": "generate",
-            "input": "s3://barge/acme/tickets/open.jsonl",
-            "output": "s3://barge/acme/tickets-answered/",
-            "messages_field": "messages",
-            "params": {"max_new_tokens": 128, "temperature": 0},
-        },
-    },
-    "finetune": {
-        "summary": "Fine-tune a classifier",
-        "value": {
-            "type": "finetune",
-            "base_model": "s3://barge/acme/models/all-minilm-l6-v2/",
-            "task": "classify",
-            "train": "s3://barge/acme/tickets/train.jsonl",
-            "validation": "s3://barge/acme/tickets/val.jsonl",
-            "hyperparameters": {"epochs": 3, "batch_size": 16, "learning_rate": 5e-5},
-            "model_name": "ticket-router",
-            "checkpoint_every_steps": 200,
-        },
-    },
-}
 
 
 def _job(uow: UoW, tenant: Tenant, job_id: str) -> Job:

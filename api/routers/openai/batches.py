@@ -5,21 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict
 
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
+from api.schemas.openai_batches import BatchCreate
 from services import openai_batches as service
 
 router = APIRouter(prefix="/batches", tags=["openai batches"])
-
-
-class BatchCreate(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    input_file_id: str
-    endpoint: str
-    completion_window: str = "24h"
-    metadata: dict[str, Any] | None = None
 
 
 @router.post("", summary="Create a batch over an uploaded file")

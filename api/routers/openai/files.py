@@ -12,31 +12,13 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
 from api.routers.openai.upload import TooLarge, read_upload
+from api.schemas.openai_files import UPLOAD_BODY
 from barge.storage import ObjectStore, S3Uri
 from services import openai_files as service
 
 router = APIRouter(prefix="/files", tags=["openai files"])
 
 CHUNK = 1 << 20
-
-# The body the handler reads itself as it streams (api.routers.openai.upload), for the schema.
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "purpose"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "purpose": {"type": "string", "enum": list(service.PURPOSES)},
-                    },
-                }
-            }
-        },
-    }
-}
 
 
 @router.post("", summary="Upload a file (multipart: file, purpose)", openapi_extra=UPLOAD_BODY)

@@ -2,42 +2,27 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
+from api.schemas.openai_fine_tuning import METADATA_FILTER, METADATA_KEY, FineTuningJobCreate
 from services import openai_fine_tuning as service
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["openai fine-tuning"])
 
-_METADATA_KEY = re.compile(r"^metadata\[(.{1,64})\]$")
-# The metadata filter the handler reads from the query itself, for the schema.
-METADATA_FILTER = {
-    "parameters": [
-        {
-            "name": "metadata",
-            "in": "query",
-            "required": False,
-            "style": "deepObject",
-            "explode": True,
-            "description": "metadata[KEY]=VALUE: only jobs whose metadata has KEY set to VALUE",
-            "schema": {"type": "object", "additionalProperties": {"type": "string"}},
-        }
-    ]
-}
-
 
 @router.post("", summary="Create a fine-tuning job over uploaded fine-tune files")
 def create_job(
-    body: service.Request,
+    body: FineTuningJobCreate,
     tenant: CurrentTenant,
     uow: UoW,
     settings: SettingsDep,
     store: StoreDep,
 ) -> dict[str, Any]:
-    row = service.create(uow, settings, store, tenant, body)
+    request = service.CreateFineTuningJob(**body.model_dump())
+    row = service.create(uow, settings, store, tenant, request)
     return service.present(uow.session, row)
 
 
@@ -55,7 +40,7 @@ def list_jobs(
 ) -> dict[str, Any]:
     metadata = {}
     for key, value in request.query_params.multi_items():
-        found = _METADATA_KEY.match(key)
+        found = METADATA_KEY.match(key)
         if found:
             metadata[found.group(1)] = value
     return service.page(uow.session, tenant.id, limit, after, metadata or None)

@@ -18,6 +18,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -152,7 +153,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 @_refusals_to_stderr
 def cmd_keys_list(args: argparse.Namespace) -> int:
     with session_scope(get_settings().resolved_database_url) as session:
-        keys = tenants.list_keys(session, args.tenant)
+        keys = [asdict(k) for k in tenants.list_keys(session, args.tenant)]
     emit(args, keys, [k["prefix"] for k in keys], lambda wide: [_key_rows(keys)])
     return 0
 
@@ -273,7 +274,7 @@ def cmd_tenants_create(args: argparse.Namespace) -> int:
             write_scopes=args.write,
             quota_overrides=_quota_changes(args.quota),
         )
-        shown = tenants.describe_tenant(session, settings, tenant)
+        shown = asdict(tenants.describe_tenant(session, settings, tenant))
     show(*_tenant_lines(shown))
     return 0
 
@@ -293,7 +294,7 @@ def cmd_tenants_update(args: argparse.Namespace) -> int:
         tenant = tenants.update_tenant(
             session, None, args.name, **reset, **given, quota_changes=_quota_changes(args.quota)
         )
-        shown = tenants.describe_tenant(session, settings, tenant)
+        shown = asdict(tenants.describe_tenant(session, settings, tenant))
     show(*_tenant_lines(shown))
     return 0
 
@@ -302,7 +303,9 @@ def cmd_tenants_update(args: argparse.Namespace) -> int:
 def cmd_tenants_show(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as session:
-        shown = tenants.describe_tenant(session, settings, tenants.get_tenant(session, args.name))
+        shown = asdict(
+            tenants.describe_tenant(session, settings, tenants.get_tenant(session, args.name))
+        )
     emit(args, shown, [shown["name"]], lambda wide: list(_tenant_lines(shown)))
     return 0
 
@@ -311,7 +314,7 @@ def cmd_tenants_show(args: argparse.Namespace) -> int:
 def cmd_tenants_list(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as session:
-        items = tenants.describe_tenants(session, settings)
+        items = [asdict(t) for t in tenants.describe_tenants(session, settings)]
     emit(args, items, [t["name"] for t in items], lambda wide: [_tenant_rows(items)])
     return 0
 
@@ -357,6 +360,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
             since=since,
             limit=args.limit,
         )
-        items = [audit.present(e) for e in found]
+        items = [asdict(audit.present(e)) for e in found]
     emit(args, items, [e["id"] for e in items], lambda wide: [_audit_rows(items)])
     return 0

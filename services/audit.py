@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -158,13 +159,27 @@ def entries(
     )
 
 
-def present(entry: AuditEntry) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "at": entry.at,
-        "tenant": entry.tenant_name,
-        "key_prefix": entry.key_prefix,
-        "action": entry.action,
-        "target": entry.target,
-        "data": entry.data or {},
-    }
+@dataclass(frozen=True)
+class AuditView:
+    """An entry as the log is read: the tenant concerned by name, the acting key's prefix (None:
+    the local operator or a worker, ``data["via"]`` says which)."""
+
+    id: int
+    at: datetime
+    tenant: str
+    key_prefix: str | None
+    action: str
+    target: str
+    data: dict[str, Any]
+
+
+def present(entry: AuditEntry) -> AuditView:
+    return AuditView(
+        id=entry.id,
+        at=entry.at,
+        tenant=entry.tenant_name,
+        key_prefix=entry.key_prefix,
+        action=entry.action,
+        target=entry.target,
+        data=entry.data or {},
+    )

@@ -3,6 +3,7 @@ cancelling one."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -59,10 +60,27 @@ def waiting_for(job: Job, progress: repo.Progress, ahead: int = 0) -> str | None
     return None
 
 
+@dataclass(frozen=True)
+class JobView:
+    """A job as its tenant sees it: the row, its progress, and what they tell (the rate and
+    ETA of its work, where its manifest and errors are, what it waits for, its token usage).
+    The API's ``JobOut`` is made from it."""
+
+    job: Job
+    progress: repo.Progress
+    steps_done: int | None  # a fine-tune's optimizer steps done; None for other jobs
+    records_per_second: float | None
+    eta_seconds: float | None
+    manifest: str | None  # its _manifest.json, once written
+    errors: str | None  # its errors/ prefix, once a record failed
+    waiting: str | None
+    usage: dict[str, int] | None  # token totals (generate and OpenAI batches), once final
+
+
 def present(
     job: Job, progress: repo.Progress, now: datetime | None = None, ahead: int = 0
-) -> dict[str, Any]:
-    """The job's public view (the API's ``JobOut``)."""
+) -> JobView:
+    """The job's public view."""
     now = now or utcnow()
     # What counts as work done, and how much there is: records, or a fine-tune's examples
     # (optimizer steps times examples per step).
@@ -79,38 +97,20 @@ def present(
         elapsed = ((job.finished_at or now) - job.started_at).total_seconds()
     rate, eta = rate_and_eta(done, total, elapsed, job.status == RUNNING)
     out = S3Uri.parse(job.output_uri)
-    return {
-        "id": str(job.id),
-        "type": job.type,
-        "status": job.status,
-        "spec": job.spec,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "progress": {
-            "records_total": job.records_total,
-            "records_succeeded": progress.records_succeeded,
-            "records_failed": progress.records_failed,
-            "shards_total": job.shards_total,
-            "shards_done": progress.shards_done,
-            "records_per_second": rate,
-            "eta_seconds": eta,
-            "steps_done": steps_done,
-            "steps_total": job.steps_total,
-        },
-        "output": {
-            "uri": job.output_uri,
-            "manifest": str(out.join("_manifest.json")) if job.manifest is not None else None,
-            "errors": str(out.join("errors/")) if progress.records_failed else None,
-        },
-        "error": job.error,
-        "metadata": job.meta or {},
-        "waiting": waiting_for(job, progress, ahead),
-        "usage": (job.manifest or {}).get("usage"),  # token totals (generate and OpenAI batches)
-    }
+    return JobView(
+        job=job,
+        progress=progress,
+        steps_done=steps_done,
+        records_per_second=rate,
+        eta_seconds=eta,
+        manifest=str(out.join("_manifest.json")) if job.manifest is not None else None,
+        errors=str(out.join("errors/")) if progress.records_failed else None,
+        waiting=waiting_for(job, progress, ahead),
+        usage=(job.manifest or {}).get("usage"),
+    )
 
 
-def present_many(session: Session, jobs: list[Job]) -> list[dict[str, Any]]:
+def present_many(session: Session, jobs: list[Job]) -> list[JobView]:
     """The public view of each job: one query for their progress, and one more for the jobs
     ahead of those waiting for a GPU worker, if any."""
     progress = repo.progress_for(session, [j.id for j in jobs])

@@ -309,7 +309,7 @@ def cancel(uow: UnitOfWork, tenant_id: uuid.UUID, batch_id: str) -> OpenAIBatch:
     batch = get(uow.session, tenant_id, batch_id)
     job = repo.get_job(uow.session, batch.job_id) if batch.job_id else None
     if job is None or job.status in (SUCCEEDED, FAILED, CANCELLED):
-        status = present(uow.session, batch)["status"]
+        status = present(uow.session, batch).status
         raise Conflict(f"batch {batch.id} is already {status}; there is nothing to cancel")
     jobs.cancel(uow, job)
     if batch.cancelling_at is None:
@@ -361,10 +361,6 @@ def attach_outputs(
     session.flush()
 
 
-def _ts(value: Any) -> int | None:
-    return int(value.timestamp()) if value is not None else None
-
-
 _STATUS = {
     QUEUED: "validating",
     RUNNING: "in_progress",
@@ -375,12 +371,24 @@ _STATUS = {
 }
 
 
-def present(session: Session, batch: OpenAIBatch) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BatchView:
+    """A batch as OpenAI's client reads it: the row, its job (None when its input failed the
+    checks), the job's progress, and what they tell: its OpenAI status and errors."""
+
+    batch: OpenAIBatch
+    job: Job | None
+    progress: repo.Progress | None
+    status: str
+    errors: list[dict[str, Any]] | None
+
+
+def present(session: Session, batch: OpenAIBatch) -> BatchView:
     """The batch as OpenAI's client reads it."""
     return present_many(session, [batch])[0]
 
 
-def present_many(session: Session, batches: list[OpenAIBatch]) -> list[dict[str, Any]]:
+def present_many(session: Session, batches: list[OpenAIBatch]) -> list[BatchView]:
     job_ids = [b.job_id for b in batches if b.job_id is not None]
     found = {j.id: j for j in (repo.get_job(session, i) for i in job_ids) if j is not None}
     progress = repo.progress_for(session, list(found))
@@ -388,11 +396,11 @@ def present_many(session: Session, batches: list[OpenAIBatch]) -> list[dict[str,
     for b in batches:
         job = found.get(b.job_id) if b.job_id else None
         done = progress.get(b.job_id) if b.job_id else None
-        out.append(_present(b, job, done))
+        out.append(_view(b, job, done))
     return out
 
 
-def _present(batch: OpenAIBatch, job: Job | None, progress: repo.Progress | None) -> dict[str, Any]:
+def _view(batch: OpenAIBatch, job: Job | None, progress: repo.Progress | None) -> BatchView:
     status = batch.status or (_STATUS.get(job.status, "in_progress") if job else "failed")
     if (
         job is not None
@@ -408,54 +416,15 @@ def _present(batch: OpenAIBatch, job: Job | None, progress: repo.Progress | None
         status = "finalizing"
         if job.status in (CANCELLED, SUCCEEDED, FAILED):
             status = "completed" if batch.expired_requests == 0 else "expired"
-    expired = batch.expired_requests or 0
     errors = batch.errors
     if errors is None and job is not None and job.status == FAILED:
         errors = [{"code": "batch_failed", "line": None, "message": job.error, "param": None}]
-    finished = job.finished_at if job is not None else batch.created_at
-    return {
-        "id": batch.id,
-        "object": "batch",
-        "endpoint": batch.endpoint,
-        "errors": {"object": "list", "data": errors} if errors else None,
-        "input_file_id": batch.input_file_id,
-        "completion_window": batch.completion_window,
-        "status": status,
-        "output_file_id": batch.output_file_id,
-        "error_file_id": batch.error_file_id,
-        "created_at": _ts(batch.created_at),
-        "in_progress_at": _ts(job.started_at) if job else None,
-        "expires_at": _ts(batch.expires_at),
-        "finalizing_at": _ts(job.finished_at) if job and status == "completed" else None,
-        "completed_at": _ts(finished) if status == "completed" else None,
-        "failed_at": _ts(finished) if status == "failed" else None,
-        "expired_at": _ts(batch.expired_at) if status == "expired" else None,
-        "cancelling_at": _ts(batch.cancelling_at),
-        "cancelled_at": _ts(finished) if status == "cancelled" else None,
-        "request_counts": {
-            "total": batch.total,
-            "completed": progress.records_succeeded if progress else 0,
-            "failed": (progress.records_failed if progress else 0) + expired,
-        },
-        "usage": _usage(batch.usage),
-        "model": batch.model,
-        "metadata": batch.meta,
-    }
+    return BatchView(batch, job, progress, status, errors)
 
 
-def _usage(totals: dict[str, int] | None) -> dict[str, Any] | None:
-    if totals is None:
-        return None
-    return {
-        "input_tokens": totals.get("prompt_tokens", 0),
-        "output_tokens": totals.get("completion_tokens", 0),
-        "total_tokens": totals.get("total_tokens", 0),
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens_details": {"reasoning_tokens": 0},
-    }
-
-
-def page(session: Session, tenant_id: uuid.UUID, limit: int, after: str | None) -> dict[str, Any]:
+def page(
+    session: Session, tenant_id: uuid.UUID, limit: int, after: str | None
+) -> openai_files.Page[BatchView]:
     after_row = None
     if after is not None:
         after_row = (
@@ -466,4 +435,4 @@ def page(session: Session, tenant_id: uuid.UUID, limit: int, after: str | None) 
         if after_row is None:
             raise BadRequest(f"after: no such batch {excerpt(after)}", field="after")
     rows, more = openai_repo.list_openai_batches(session, tenant_id, limit, after_row)
-    return openai_files.listing(present_many(session, rows), more)
+    return openai_files.Page(present_many(session, rows), more)

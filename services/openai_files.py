@@ -1,5 +1,5 @@
-"""Files of the OpenAI-compatible surface: where a tenant's uploads go, their rows, their
-presentation, and batch outputs registered as files.
+"""Files of the OpenAI-compatible surface: where a tenant's uploads go, their rows, pages of
+the surface's lists (``Page``), and batch outputs registered as files.
 
 An upload lands under the tenant's ``BARGE_OPENAI_FILES_PREFIX`` (``{tenant}`` is its name),
 which must lie inside its write scopes. Another tenant's file is a 404, never a 403.
@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -30,6 +31,15 @@ OUTPUT_PURPOSE = "batch_output"
 RESULTS_PURPOSE = "fine-tune-results"
 MAX_FILENAME_CHARS = 512
 MAX_METADATA_KEYS = 16
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of one of the surface's lists: its items, and whether more follow."""
+
+    items: list[T]
+    has_more: bool
 
 
 class BadRequest(BargeError):
@@ -160,46 +170,21 @@ def delete(session: Session, store: ObjectStore, tenant_id: uuid.UUID, file_id: 
     return file_id
 
 
-def present(row: OpenAIFile) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "object": "file",
-        "bytes": row.bytes,
-        "created_at": int(row.created_at.timestamp()),
-        "filename": row.filename,
-        "purpose": row.purpose,
-        "status": "processed",
-        "status_details": None,
-    }
-
-
 def page(
     session: Session,
     tenant_id: uuid.UUID,
     limit: int,
     after: str | None,
     purpose: str | None = None,
-) -> dict[str, Any]:
-    """A page of files as OpenAI lists them."""
+) -> Page[OpenAIFile]:
+    """A page of the tenant's files, newest first (``after``: the last of the previous page)."""
     after_row = None
     if after is not None:
         after_row = openai_repo.get_openai_file(session, tenant_id, after) if is_id(after) else None
         if after_row is None:
             raise BadRequest(f"after: no such file {excerpt(after)}", field="after")
     rows, more = openai_repo.list_openai_files(session, tenant_id, limit, after_row, purpose)
-    return listing([present(r) for r in rows], more)
-
-
-def listing(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
-    """A page of objects as OpenAI's list endpoints answer it (what the client's
-    auto-pagination reads)."""
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": more,
-    }
+    return Page(rows, more)
 
 
 def check_text(name: str, value: str) -> str:

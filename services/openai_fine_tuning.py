@@ -22,6 +22,7 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -428,7 +429,7 @@ def cancel(uow: UnitOfWork, tenant_id: uuid.UUID, job_id: str) -> OpenAIFineTuni
     row = get(uow.session, tenant_id, job_id)
     job = _job(uow.session, row)
     if job is None or job.status in TERMINAL or job.status == CANCELLING:
-        status = present(uow.session, row)["status"]
+        status = present(uow.session, row).status
         raise Conflict(f"fine-tuning job {row.id} is already {status}; there is nothing to cancel")
     jobs.cancel(uow, job)
     uow.session.flush()
@@ -445,11 +446,21 @@ _STATUS = {
 }
 
 
-def _ts(value: Any) -> int | None:
-    return int(value.timestamp()) if value is not None else None
+@dataclass(frozen=True)
+class FineTuningView:
+    """A fine-tuning job as OpenAI's client reads it: the row, its Barge job, and what they
+    tell: its OpenAI status, the model it registered (``name@N``) and the tokens it trained
+    on once it succeeded, and when it should finish while it trains (Unix seconds)."""
+
+    row: OpenAIFineTuningJob
+    job: Job | None
+    status: str
+    fine_tuned_model: str | None
+    trained_tokens: int | None
+    estimated_finish: int | None
 
 
-def present(session: Session, row: OpenAIFineTuningJob) -> dict[str, Any]:
+def present(session: Session, row: OpenAIFineTuningJob) -> FineTuningView:
     """The job as OpenAI's client reads it (``fine_tuning.job``)."""
     job = _job(session, row)
     status = _STATUS.get(job.status, "running") if job else "failed"
@@ -461,33 +472,14 @@ def present(session: Session, row: OpenAIFineTuningJob) -> dict[str, Any]:
             done, job.steps_total, (utcnow() - job.started_at).total_seconds(), True
         )
         estimated = int(utcnow().timestamp() + eta) if eta is not None else None
-    hyperparameters = dict(row.hyperparameters)
-    return {
-        "id": row.id,
-        "object": "fine_tuning.job",
-        "created_at": _ts(row.created_at),
-        "error": (
-            {"code": "job_failed", "message": job.error or "the job failed", "param": None}
-            if job is not None and job.status == FAILED
-            else None
-        ),
-        "fine_tuned_model": f"{model.name}@{model.version}" if model else None,
-        "finished_at": _ts(job.finished_at) if job and job.status in TERMINAL else None,
-        "hyperparameters": hyperparameters,
-        "model": row.model,
-        "organization_id": f"org-{job.tenant_id}" if job else f"org-{row.tenant_id}",
-        "result_files": [row.result_file_id] if row.result_file_id else [],
-        "seed": row.seed,
-        "status": status,
-        "trained_tokens": (model.metrics or {}).get("trained_tokens") if model else None,
-        "training_file": row.training_file_id,
-        "validation_file": row.validation_file_id,
-        "estimated_finish": estimated,
-        "integrations": [],
-        "metadata": row.meta,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-        "user_provided_suffix": row.suffix,
-    }
+    return FineTuningView(
+        row=row,
+        job=job,
+        status=status,
+        fine_tuned_model=f"{model.name}@{model.version}" if model else None,
+        trained_tokens=(model.metrics or {}).get("trained_tokens") if model else None,
+        estimated_finish=estimated,
+    )
 
 
 # What an event's id shows (``ftevent-`` or ``ftckpt-`` and 32 hex digits): the event's number
@@ -540,7 +532,7 @@ def page(
     limit: int,
     after: str | None,
     metadata: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> openai_files.Page[FineTuningView]:
     after_row = None
     if after is not None:
         after_row = (
@@ -551,10 +543,37 @@ def page(
         if after_row is None:
             raise BadRequest(f"after: no such fine-tuning job {excerpt(after)}", field="after")
     rows, more = openai_repo.list_fine_tuning_jobs(session, tenant_id, limit, after_row, metadata)
-    return openai_files.listing([present(session, r) for r in rows], more)
+    return openai_files.Page([present(session, r) for r in rows], more)
 
 
-def _event(row: OpenAIFineTuningJob, event: JobEvent) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FineTuningEvent:
+    """One of a job's events as OpenAI shows it (``fine_tuning.job.event``); ``id`` is opaque
+    (``public_id``)."""
+
+    id: str
+    at: datetime
+    level: str  # info, warn or error
+    message: str
+    data: dict[str, Any]
+    type: str  # metrics or message
+
+
+@dataclass(frozen=True)
+class FineTuningCheckpoint:
+    """One epoch's checkpoint (``fine_tuning.job.checkpoint``): its metrics, and the model it
+    is usable as (``name@N``) when Barge kept one."""
+
+    id: str
+    at: datetime
+    model: str | None
+    job_id: str  # the fine-tuning job's id
+    metrics: dict[str, Any]
+    step: Any
+    epoch: Any
+
+
+def _event(row: OpenAIFineTuningJob, event: JobEvent) -> FineTuningEvent:
     data = {k: v for k, v in (event.data or {}).items() if k != "spec"}
     kind, message = event.kind, event.message
     level = "info"
@@ -574,32 +593,57 @@ def _event(row: OpenAIFineTuningJob, event: JobEvent) -> dict[str, Any]:
             "total_steps": data.get("steps_total"),
             **data,
         }
-    return {
-        "id": public_id(row, EVENT_PREFIX, event.id),
-        "object": "fine_tuning.job.event",
-        "created_at": _ts(event.at),
-        "level": level,
-        "message": message,
-        "data": data,
-        "type": "metrics" if kind in ("train", CHECKPOINT_KIND) else "message",
-    }
+    return FineTuningEvent(
+        id=public_id(row, EVENT_PREFIX, event.id),
+        at=event.at,
+        level=level,
+        message=message,
+        data=data,
+        type="metrics" if kind in ("train", CHECKPOINT_KIND) else "message",
+    )
 
 
 def events(
     session: Session, tenant_id: uuid.UUID, job_id: str, limit: int, after: str | None
-) -> dict[str, Any]:
+) -> openai_files.Page[FineTuningEvent]:
     """The job's events, newest first (``after``: the last of the previous page)."""
     row = get(session, tenant_id, job_id)
     before = read_cursor(row, after, EVENT_PREFIX)
     if row.job_id is None:
-        return openai_files.listing([], False)
+        return openai_files.Page([], False)
     found, more = repo.events_newest_first(session, row.job_id, limit, before)
-    return openai_files.listing([_event(row, e) for e in found], more)
+    return openai_files.Page([_event(row, e) for e in found], more)
+
+
+def _checkpoint(
+    row: OpenAIFineTuningJob, event: JobEvent, usable: dict[Any, str]
+) -> FineTuningCheckpoint:
+    record = event.data or {}
+    metrics = {
+        "step": record.get("step"),
+        "train_loss": record.get("train_loss"),
+        "valid_loss": record.get("validation_loss"),
+        "full_valid_loss": record.get("validation_loss"),
+        **{
+            k.replace("validation_", "valid_"): v
+            for k, v in record.items()
+            if k.startswith("validation_") and k != "validation_loss"
+        },
+    }
+    return FineTuningCheckpoint(
+        id=public_id(row, CHECKPOINT_PREFIX, event.id),
+        at=event.at,
+        model=usable.get(record.get("epoch")),
+        job_id=row.id,
+        metrics=metrics,
+        step=record.get("step"),
+        epoch=record.get("epoch"),
+    )
 
 
 def checkpoints(
     session: Session, tenant_id: uuid.UUID, job_id: str, limit: int, after: str | None
-) -> dict[str, Any]:
+) -> openai_files.Page[FineTuningCheckpoint]:
     """One checkpoint per finished epoch, newest first, with its train loss and validation
     metrics. The registered epoch and the kept epochs before it (``EPOCH_MODELS``) name their
     models (``name@N``, usable as any model); Barge keeps no model of the others, so theirs is
@@ -607,36 +651,10 @@ def checkpoints(
     row = get(session, tenant_id, job_id)
     before = read_cursor(row, after, CHECKPOINT_PREFIX)
     if row.job_id is None:
-        return openai_files.listing([], False)
+        return openai_files.Page([], False)
     found, more = repo.events_newest_first(session, row.job_id, limit, before, (CHECKPOINT_KIND,))
     usable = _epoch_models(session, row.job_id)
-    data = []
-    for event in found:
-        record = event.data or {}
-        metrics = {
-            "step": record.get("step"),
-            "train_loss": record.get("train_loss"),
-            "valid_loss": record.get("validation_loss"),
-            "full_valid_loss": record.get("validation_loss"),
-            **{
-                k.replace("validation_", "valid_"): v
-                for k, v in record.items()
-                if k.startswith("validation_") and k != "validation_loss"
-            },
-        }
-        data.append(
-            {
-                "id": public_id(row, CHECKPOINT_PREFIX, event.id),
-                "object": "fine_tuning.job.checkpoint",
-                "created_at": _ts(event.at),
-                "fine_tuned_model_checkpoint": usable.get(record.get("epoch")),
-                "fine_tuning_job_id": row.id,
-                "metrics": metrics,
-                "step_number": record.get("step"),
-                "epoch": record.get("epoch"),
-            }
-        )
-    return openai_files.listing(data, more)
+    return openai_files.Page([_checkpoint(row, e, usable) for e in found], more)
 
 
 def _epoch_models(session: Session, job_id: uuid.UUID) -> dict[Any, str]:

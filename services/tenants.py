@@ -217,29 +217,44 @@ def update_tenant(
     return tenant
 
 
+@dataclass(frozen=True)
+class TenantView:
+    """A tenant with its effective scopes and quotas, saying which come from the defaults."""
+
+    name: str
+    created_at: datetime
+    updated_at: datetime | None
+    read_scopes: list[str]
+    read_scopes_default: bool  # the settings' template
+    write_scopes: list[str]
+    write_scopes_default: bool
+    quotas: dict[str, Any]  # the effective quotas
+    quota_overrides: dict[str, Any]  # those set for this tenant
+    active_keys: int
+
+
 def describe_tenant(
     session: Session, settings: Settings, tenant: Tenant, active_keys: int | None = None
-) -> dict[str, Any]:
+) -> TenantView:
     """The tenant with its effective scopes and quotas, saying which come from the defaults."""
     if active_keys is None:
         active_keys = repo.active_key_counts(session, utcnow()).get(tenant.id, 0)
     effective = scopes.scopes_of(tenant, settings)
-    overrides = dict(tenant.quotas or {})
-    return {
-        "name": tenant.name,
-        "created_at": tenant.created_at,
-        "updated_at": tenant.updated_at,
-        "read_scopes": list(effective.read),
-        "read_scopes_default": effective.read_from_template,
-        "write_scopes": list(effective.write),
-        "write_scopes_default": effective.write_from_template,
-        "quotas": quotas.effective(tenant, settings).model_dump(),
-        "quota_overrides": overrides,
-        "active_keys": active_keys,
-    }
+    return TenantView(
+        name=tenant.name,
+        created_at=tenant.created_at,
+        updated_at=tenant.updated_at,
+        read_scopes=list(effective.read),
+        read_scopes_default=effective.read_from_template,
+        write_scopes=list(effective.write),
+        write_scopes_default=effective.write_from_template,
+        quotas=quotas.effective(tenant, settings).model_dump(),
+        quota_overrides=dict(tenant.quotas or {}),
+        active_keys=active_keys,
+    )
 
 
-def describe_tenants(session: Session, settings: Settings) -> list[dict[str, Any]]:
+def describe_tenants(session: Session, settings: Settings) -> list[TenantView]:
     counts = repo.active_key_counts(session, utcnow())
     return [
         describe_tenant(session, settings, t, counts.get(t.id, 0))
@@ -352,23 +367,39 @@ def key_state(key: ApiKey, now: datetime | None = None) -> str:
     return "active"
 
 
-def describe_key(key: ApiKey, tenant_name: str, now: datetime | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class KeyView:
     """A key as lists show it: never the key itself, nor its hash."""
-    return {
-        "id": str(key.id),
-        "prefix": key.prefix,
-        "tenant": tenant_name,
-        "name": key.name,
-        "role": key.role,
-        "state": key_state(key, now),
-        "created_at": key.created_at,
-        "expires_at": key.expires_at,
-        "last_used_at": key.last_used_at,
-        "revoked_at": key.revoked_at,
-    }
+
+    id: str
+    prefix: str
+    tenant: str
+    name: str | None
+    role: str
+    state: str  # active, revoked or expired
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None  # to the minute
+    revoked_at: datetime | None  # when it was revoked, or will be: a rotation's grace
 
 
-def list_keys(session: Session, tenant_name: str | None = None) -> list[dict[str, Any]]:
+def describe_key(key: ApiKey, tenant_name: str, now: datetime | None = None) -> KeyView:
+    """A key as lists show it: never the key itself, nor its hash."""
+    return KeyView(
+        id=str(key.id),
+        prefix=key.prefix,
+        tenant=tenant_name,
+        name=key.name,
+        role=key.role,
+        state=key_state(key, now),
+        created_at=key.created_at,
+        expires_at=key.expires_at,
+        last_used_at=key.last_used_at,
+        revoked_at=key.revoked_at,
+    )
+
+
+def list_keys(session: Session, tenant_name: str | None = None) -> list[KeyView]:
     """Every tenant's keys (or one tenant's), by tenant, oldest first."""
     tenant_id = get_tenant(session, tenant_name).id if tenant_name is not None else None
     now = utcnow()

@@ -15,7 +15,6 @@ from api.schemas.admin import (
     TENANT_EXAMPLES,
     TENANT_PATCH_EXAMPLES,
     AuditList,
-    AuditOut,
     KeyIn,
     KeyList,
     KeyOut,
@@ -26,7 +25,10 @@ from api.schemas.admin import (
     TenantList,
     TenantOut,
     TenantPatch,
+    audit_out,
     key_out,
+    new_key_out,
+    tenant_out,
 )
 from api.schemas.errors import errors
 from barge.errors import InvalidSpec
@@ -63,14 +65,14 @@ def create_tenant(
         write_scopes=body.write_scopes,
         quota_overrides=body.quotas,
     )
-    return TenantOut(**service.describe_tenant(uow.session, settings, tenant))
+    return tenant_out(service.describe_tenant(uow.session, settings, tenant))
 
 
 @router.get("/tenants", response_model=TenantList, responses=errors(403))
 def list_tenants(uow: UoW, _: AdminPrincipal, settings: SettingsDep) -> TenantList:
     """Every tenant with its effective scopes and quotas, by name."""
     return TenantList(
-        tenants=[TenantOut(**t) for t in service.describe_tenants(uow.session, settings)]
+        tenants=[tenant_out(t) for t in service.describe_tenants(uow.session, settings)]
     )
 
 
@@ -78,7 +80,7 @@ def list_tenants(uow: UoW, _: AdminPrincipal, settings: SettingsDep) -> TenantLi
 def show_tenant(name: str, uow: UoW, _: AdminPrincipal, settings: SettingsDep) -> TenantOut:
     """The tenant's effective scopes and quotas, saying which come from the defaults."""
     tenant = service.get_tenant(uow.session, name)
-    return TenantOut(**service.describe_tenant(uow.session, settings, tenant))
+    return tenant_out(service.describe_tenant(uow.session, settings, tenant))
 
 
 @router.patch("/tenants/{name}", response_model=TenantOut, responses=errors(403, 404, body=True))
@@ -100,7 +102,7 @@ def update_tenant(
         write_scopes=body.write_scopes if "write_scopes" in given else UNSET,
         quota_changes=body.quotas,
     )
-    return TenantOut(**service.describe_tenant(uow.session, settings, tenant))
+    return tenant_out(service.describe_tenant(uow.session, settings, tenant))
 
 
 # --- keys ---------------------------------------------------------------------------------------
@@ -121,7 +123,7 @@ def create_key(
         uow.session, principal, body.tenant, role=body.role, name=body.name, expires_in=expires_in
     )
     response.headers.update(NO_STORE)
-    return NewKeyOut(**service.describe_key(row, body.tenant), key=key)
+    return new_key_out(service.describe_key(row, body.tenant), key)
 
 
 @router.get("/keys", response_model=KeyList, responses=errors(403, 422))
@@ -129,14 +131,14 @@ def list_keys(
     uow: UoW, _: AdminPrincipal, tenant: Annotated[str | None, Query(max_length=200)] = None
 ) -> KeyList:
     """Every key (or one tenant's): prefix, name, role, state and times; never the key."""
-    return KeyList(keys=[KeyOut(**k) for k in service.list_keys(uow.session, tenant)])
+    return KeyList(keys=[key_out(k) for k in service.list_keys(uow.session, tenant)])
 
 
 @router.post("/keys/{key_ref}/revoke", response_model=KeyOut, responses=errors(403, 404))
 def revoke_key(key_ref: str, uow: UoW, principal: AdminPrincipal) -> KeyOut:
     """Revoke a key (by prefix or id): refused from the next request on."""
     row, tenant = service.revoke_key(uow.session, principal, key_ref)
-    return key_out(row, tenant.name)
+    return key_out(service.describe_key(row, tenant.name))
 
 
 @router.post(
@@ -165,7 +167,11 @@ def rotate_key(
         expires_in=expires_in,
     )
     response.headers.update(NO_STORE)
-    return RotatedKeyOut(key=key, new=key_out(new, tenant.name), old=key_out(old, tenant.name))
+    return RotatedKeyOut(
+        key=key,
+        new=key_out(service.describe_key(new, tenant.name)),
+        old=key_out(service.describe_key(old, tenant.name)),
+    )
 
 
 # --- the audit log --------------------------------------------------------------------------------
@@ -207,6 +213,6 @@ def list_audit(
     )
     page = found[:limit]
     return AuditList(
-        entries=[AuditOut(**audit.present(e)) for e in page],
+        entries=[audit_out(audit.present(e)) for e in page],
         next_cursor=str(page[-1].id) if len(found) > limit else None,
     )

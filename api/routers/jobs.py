@@ -22,6 +22,7 @@ from api.schemas.jobs import (
     JobOut,
     ShardList,
     ShardOut,
+    job_out,
 )
 from barge.errors import InvalidSpec, NotFound, excerpt
 from barge.specs import JOB_TYPES
@@ -89,7 +90,7 @@ def create_job(
         audit.record(uow.session, principal, None, "job.submit", f"job:{job.id}", **_audited(job))
     else:
         response.status_code = 200
-    return JobOut.model_validate(service.present_many(uow.session, [job])[0])
+    return job_out(service.present_many(uow.session, [job])[0])
 
 
 @router.get("", response_model=JobList, responses=errors(422))
@@ -119,14 +120,14 @@ def list_jobs(
     )
     page = jobs[:limit]
     return JobList(
-        jobs=[JobOut.model_validate(j) for j in service.present_many(uow.session, page)],
+        jobs=[job_out(j) for j in service.present_many(uow.session, page)],
         next_cursor=repo.encode_cursor(page[-1]) if len(jobs) > limit else None,
     )
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=errors(404))
 def get_job(job_id: str, uow: UoW, tenant: CurrentTenant) -> JobOut:
-    return JobOut.model_validate(service.present_many(uow.session, [_job(uow, tenant, job_id)])[0])
+    return job_out(service.present_many(uow.session, [_job(uow, tenant, job_id)])[0])
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=errors(404, 409))
@@ -137,7 +138,7 @@ def cancel_job(job_id: str, uow: UoW, tenant: CurrentTenant, principal: CurrentP
     job = service.cancel(uow, job)
     if job.status != before:
         audit.record(uow.session, principal, None, "job.cancel", f"job:{job.id}", was=before)
-    return JobOut.model_validate(service.present_many(uow.session, [job])[0])
+    return job_out(service.present_many(uow.session, [job])[0])
 
 
 @router.get("/{job_id}/events", response_model=EventList, responses=errors(404, 422))

@@ -6,6 +6,9 @@ per area; routers map what the services return onto them.
 - ``models``: registering a model version, and registered versions;
 - ``drops``: drop-folder rules;
 - ``admin``: tenants, keys and the audit log;
-- ``openai_files``, ``openai_batches``, ``openai_fine_tuning``: the OpenAI-compatible surface's
-  bodies (its answers are OpenAI's objects, built where each is described).
+- ``openai_files``, ``openai_batches``, ``openai_fine_tuning``, ``openai_models``: the
+  OpenAI-compatible surface's bodies and its answers, OpenAI's objects (``file``, ``batch``,
+  ``fine_tuning.job`` with its events and checkpoints, ``model``), built from what the services
+  return;
+- ``openai_common``: what those answers share: a list page, times as Unix seconds.
 """

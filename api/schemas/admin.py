@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from barge.jsonvalues import check_json_value
-from db.models import ApiKey
-from services.tenants import TENANT_NAME_PATTERN, describe_key
+from services.audit import AuditView
+from services.tenants import TENANT_NAME_PATTERN, KeyView, TenantView
 
 Scope = Annotated[str, Field(max_length=2048)]
 ScopeList = Annotated[list[Scope], Field(max_length=50)]
@@ -110,6 +110,10 @@ class TenantList(BaseModel):
     tenants: list[TenantOut]
 
 
+def tenant_out(tenant: TenantView) -> TenantOut:
+    return TenantOut.model_validate(tenant, from_attributes=True)
+
+
 # --- keys ---------------------------------------------------------------------------------------
 
 
@@ -164,8 +168,13 @@ class KeyList(BaseModel):
     keys: list[KeyOut]
 
 
-def key_out(row: ApiKey, tenant_name: str) -> KeyOut:
-    return KeyOut(**describe_key(row, tenant_name))
+def key_out(key: KeyView) -> KeyOut:
+    return KeyOut.model_validate(key, from_attributes=True)
+
+
+def new_key_out(key: KeyView, secret: str) -> NewKeyOut:
+    """A key just made, with the key itself (shown this once)."""
+    return NewKeyOut(**key_out(key).model_dump(), key=secret)
 
 
 # --- the audit log --------------------------------------------------------------------------------
@@ -184,3 +193,7 @@ class AuditOut(BaseModel):
 class AuditList(BaseModel):
     entries: list[AuditOut]
     next_cursor: str | None
+
+
+def audit_out(entry: AuditView) -> AuditOut:
+    return AuditOut.model_validate(entry, from_attributes=True)

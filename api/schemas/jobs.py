@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from barge.specs import FinetuneSpec, InferenceSpec
+from services.jobs import JobView
 
 # The vocabularies, as enums in the OpenAPI schema (barge.status and barge.specs.JOB_TYPES hold
 # the same values; tests/e2e/test_api_contract.py checks they agree).
@@ -55,6 +56,36 @@ class JobOut(BaseModel):
     )
     usage: dict[str, int] | None = (
         None  # token totals of generate and text2text jobs and OpenAI batches, once final
+    )
+
+
+def job_out(view: JobView) -> JobOut:
+    """The job as the API answers it."""
+    job, progress = view.job, view.progress
+    return JobOut(
+        id=str(job.id),
+        type=job.type,  # type: ignore[arg-type]  # checked against JobType by pydantic
+        status=job.status,  # type: ignore[arg-type]
+        spec=job.spec,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        progress=ProgressOut(
+            records_total=job.records_total,
+            records_succeeded=progress.records_succeeded,
+            records_failed=progress.records_failed,
+            shards_total=job.shards_total,
+            shards_done=progress.shards_done,
+            records_per_second=view.records_per_second,
+            eta_seconds=view.eta_seconds,
+            steps_done=view.steps_done,
+            steps_total=job.steps_total,
+        ),
+        output=OutputOut(uri=job.output_uri, manifest=view.manifest, errors=view.errors),
+        error=job.error,
+        metadata=job.meta or {},
+        waiting=view.waiting,
+        usage=view.usage,
     )
 
 

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
-from api.schemas.openai_batches import BatchCreate
+from api.schemas.openai_batches import BatchCreate, batch_object
+from api.schemas.openai_common import page_of
 from services import openai_batches as service
 
 router = APIRouter(prefix="/batches", tags=["openai batches"])
@@ -27,7 +28,7 @@ def create_batch(
         body.completion_window,
         body.metadata,
     )
-    return service.present(uow.session, batch)
+    return batch_object(service.present(uow.session, batch))
 
 
 @router.get("", summary="List batches, newest first")
@@ -37,14 +38,14 @@ def list_batches(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    return service.page(uow.session, tenant.id, limit, after)
+    return page_of(service.page(uow.session, tenant.id, limit, after), batch_object)
 
 
 @router.get("/{batch_id}", summary="A batch")
 def get_batch(batch_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
-    return service.present(uow.session, service.get(uow.session, tenant.id, batch_id))
+    return batch_object(service.present(uow.session, service.get(uow.session, tenant.id, batch_id)))
 
 
 @router.post("/{batch_id}/cancel", summary="Cancel a batch (what finished is kept)")
 def cancel_batch(batch_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
-    return service.present(uow.session, service.cancel(uow, tenant.id, batch_id))
+    return batch_object(service.present(uow.session, service.cancel(uow, tenant.id, batch_id)))

@@ -12,7 +12,8 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
 from api.routers.openai.upload import TooLarge, read_upload
-from api.schemas.openai_files import UPLOAD_BODY
+from api.schemas.openai_common import page_of
+from api.schemas.openai_files import UPLOAD_BODY, deleted_file, file_object
 from barge.storage import ObjectStore, S3Uri
 from services import openai_files as service
 
@@ -48,7 +49,7 @@ async def upload_file(
         )
     finally:
         upload.path.unlink(missing_ok=True)
-    return service.present(row)
+    return file_object(row)
 
 
 @router.get("", summary="List files, newest first")
@@ -59,12 +60,12 @@ def list_files(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    return service.page(uow.session, tenant.id, limit, after, purpose)
+    return page_of(service.page(uow.session, tenant.id, limit, after, purpose), file_object)
 
 
 @router.get("/{file_id}", summary="A file")
 def get_file(file_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
-    return service.present(service.get(uow.session, tenant.id, file_id))
+    return file_object(service.get(uow.session, tenant.id, file_id))
 
 
 def _chunks(store: ObjectStore, uri: S3Uri) -> Iterator[bytes]:
@@ -88,4 +89,4 @@ def file_content(
 @router.delete("/{file_id}", summary="Delete a file and its object")
 def delete_file(file_id: str, tenant: CurrentTenant, uow: UoW, store: StoreDep) -> dict[str, Any]:
     deleted = service.delete(uow.session, store, tenant.id, file_id)
-    return {"id": deleted, "object": "file", "deleted": True}
+    return deleted_file(deleted)

@@ -7,7 +7,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
-from api.schemas.openai_fine_tuning import METADATA_FILTER, METADATA_KEY, FineTuningJobCreate
+from api.schemas.openai_common import page_of
+from api.schemas.openai_fine_tuning import (
+    METADATA_FILTER,
+    METADATA_KEY,
+    FineTuningJobCreate,
+    fine_tuning_checkpoint,
+    fine_tuning_event,
+    fine_tuning_job,
+)
 from services import openai_fine_tuning as service
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["openai fine-tuning"])
@@ -23,7 +31,7 @@ def create_job(
 ) -> dict[str, Any]:
     request = service.CreateFineTuningJob(**body.model_dump())
     row = service.create(uow, settings, store, tenant, request)
-    return service.present(uow.session, row)
+    return fine_tuning_job(service.present(uow.session, row))
 
 
 @router.get(
@@ -43,17 +51,20 @@ def list_jobs(
         found = METADATA_KEY.match(key)
         if found:
             metadata[found.group(1)] = value
-    return service.page(uow.session, tenant.id, limit, after, metadata or None)
+    jobs = service.page(uow.session, tenant.id, limit, after, metadata or None)
+    return page_of(jobs, fine_tuning_job)
 
 
 @router.get("/{job_id}", summary="A fine-tuning job")
 def get_job(job_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
-    return service.present(uow.session, service.get(uow.session, tenant.id, job_id))
+    return fine_tuning_job(
+        service.present(uow.session, service.get(uow.session, tenant.id, job_id))
+    )
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a fine-tuning job")
 def cancel_job(job_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
-    return service.present(uow.session, service.cancel(uow, tenant.id, job_id))
+    return fine_tuning_job(service.present(uow.session, service.cancel(uow, tenant.id, job_id)))
 
 
 @router.get("/{job_id}/events", summary="A fine-tuning job's events, newest first")
@@ -64,7 +75,7 @@ def list_events(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    return service.events(uow.session, tenant.id, job_id, limit, after)
+    return page_of(service.events(uow.session, tenant.id, job_id, limit, after), fine_tuning_event)
 
 
 @router.get("/{job_id}/checkpoints", summary="A fine-tuning job's checkpoints, one per epoch")
@@ -75,4 +86,5 @@ def list_checkpoints(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    return service.checkpoints(uow.session, tenant.id, job_id, limit, after)
+    found = service.checkpoints(uow.session, tenant.id, job_id, limit, after)
+    return page_of(found, fine_tuning_checkpoint)

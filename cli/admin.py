@@ -25,6 +25,7 @@ from typing import Any
 from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from barge.errors import BargeError, describe
 from barge.settings import get_settings
@@ -33,6 +34,7 @@ from cli.tables import Column, Item, show, status, table
 from db.migrate import upgrade
 from db.session import session_scope
 from services import audit, tenants
+from services.context import ServiceContext
 from services.durations import parse_duration
 
 
@@ -52,7 +54,14 @@ def create_key(
 ) -> str:
     """A new API key for ``tenant`` (created if new); the key itself, shown only this once."""
     with session_scope(get_settings().resolved_database_url) as session:
-        return tenants.create_key(session, tenant, role=role, name=name, expires_in=expires_in)
+        return tenants.create_key(
+            operator(session), tenant, role=role, name=name, expires_in=expires_in
+        )
+
+
+def operator(session: Session) -> ServiceContext:
+    """The local operator's service context on ``session``: changes audited with ``"via": "cli"``."""
+    return ServiceContext.for_operator(session, get_settings())
 
 
 Handler = Callable[[argparse.Namespace], int]
@@ -135,8 +144,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     expires_in = _duration(args.expires_in, "--expires-in")
     with session_scope(get_settings().resolved_database_url) as session:
         row, key = tenants.issue_key(
-            session,
-            None,
+            operator(session),
             args.tenant,
             role=args.role,
             name=args.name,
@@ -161,7 +169,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 @_refusals_to_stderr
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     with session_scope(get_settings().resolved_database_url) as session:
-        row, tenant = tenants.revoke_key(session, None, args.key)
+        row, tenant = tenants.revoke_key(operator(session), args.key)
         prefix, revoked_at, name = row.prefix, row.revoked_at, tenant.name
     print(f"key {prefix} of tenant {name} revoked at {_when(revoked_at)} UTC", file=sys.stderr)
     return 0
@@ -173,8 +181,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     expires_in = _duration(args.expires_in, "--expires-in")
     with session_scope(get_settings().resolved_database_url) as session:
         old, new, key, tenant = tenants.rotate_key(
-            session,
-            None,
+            operator(session),
             args.key,
             grace=grace,
             **({"expires_in": expires_in} if expires_in is not None else {}),
@@ -267,14 +274,13 @@ def cmd_tenants_create(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as session:
         tenant = tenants.create_tenant(
-            session,
-            None,
+            operator(session),
             args.name,
             read_scopes=args.read,
             write_scopes=args.write,
             quota_overrides=_quota_changes(args.quota),
         )
-        shown = asdict(tenants.describe_tenant(session, settings, tenant))
+        shown = asdict(tenants.describe_tenant(operator(session), tenant))
     show(*_tenant_lines(shown))
     return 0
 
@@ -292,9 +298,9 @@ def cmd_tenants_update(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as session:
         tenant = tenants.update_tenant(
-            session, None, args.name, **reset, **given, quota_changes=_quota_changes(args.quota)
+            operator(session), args.name, **reset, **given, quota_changes=_quota_changes(args.quota)
         )
-        shown = asdict(tenants.describe_tenant(session, settings, tenant))
+        shown = asdict(tenants.describe_tenant(operator(session), tenant))
     show(*_tenant_lines(shown))
     return 0
 
@@ -304,7 +310,7 @@ def cmd_tenants_show(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as session:
         shown = asdict(
-            tenants.describe_tenant(session, settings, tenants.get_tenant(session, args.name))
+            tenants.describe_tenant(operator(session), tenants.get_tenant(session, args.name))
         )
     emit(args, shown, [shown["name"]], lambda wide: list(_tenant_lines(shown)))
     return 0
@@ -314,7 +320,7 @@ def cmd_tenants_show(args: argparse.Namespace) -> int:
 def cmd_tenants_list(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as session:
-        items = [asdict(t) for t in tenants.describe_tenants(session, settings)]
+        items = [asdict(t) for t in tenants.describe_tenants(operator(session))]
     emit(args, items, [t["name"] for t in items], lambda wide: [_tenant_rows(items)])
     return 0
 

@@ -17,7 +17,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -26,10 +26,8 @@ from barge.jsonvalues import unstorable
 from db import repositories as repo
 from db.base import utcnow
 from db.models import AuditEntry, Tenant
+from services.context import WORKER, Operator, ServiceContext
 from services.durations import parse_time
-
-if TYPE_CHECKING:
-    from services.tenants import Principal
 
 ACTIONS = (
     "job.submit",
@@ -46,6 +44,7 @@ ACTIONS = (
 ACTION_PATTERN = re.compile(r"^[a-z_]{1,30}\.[a-z_]{1,30}$")
 # What the local operator's entries carry: they come from the `barge` command, not a key.
 VIA_CLI = "cli"
+VIA_WORKER = "worker"  # and a worker's, doing a tenant's work
 
 # A whole API key anywhere in an entry is cut to its prefix: a safety net, keys are never
 # passed here.
@@ -80,48 +79,35 @@ def _storable(value: Any, depth: int = 0) -> Any:
 
 
 def record(
-    session: Session,
-    who: Principal | Tenant,
-    key_prefix: str | None,
-    action: str,
-    target: str,
-    **data: Any,
+    ctx: ServiceContext, action: str, target: str, *, tenant: Tenant | None = None, **data: Any
 ) -> AuditEntry:
-    """Append an entry in ``session``'s transaction. ``who`` is the acting principal (its tenant
-    and key prefix are recorded) or the tenant concerned (then ``key_prefix`` is the acting
-    key's, or None for the local operator)."""
+    """Append an entry in the context's transaction: ``action`` on ``target``, concerning
+    ``tenant`` (the principal's own when not given), naming the principal: its key's prefix
+    (and ``data["by"]``, the key's tenant, when an admin acts on another tenant), or
+    ``data["via"]``: ``cli`` for the local operator, ``worker`` for a worker doing a tenant's
+    work."""
     if not ACTION_PATTERN.match(action):
         raise ValueError(f"an audit action is `noun.verb`, not {action!r}")
-    if isinstance(who, Tenant):
-        tenant = who
+    concerned = tenant or ctx.tenant
+    principal = ctx.principal
+    key_prefix = None
+    if isinstance(principal, Operator):
+        data = {"via": VIA_CLI, **data}
+    elif principal.role == WORKER:
+        data = {"via": VIA_WORKER, **data}
     else:
-        tenant = who.tenant
-        key_prefix = key_prefix or who.key_prefix
+        key_prefix = principal.key_prefix
+        by = principal.tenant.name if principal.tenant.id != concerned.id else None
+        data = {"by": by, **data}
     return repo.add_audit_entry(
-        session,
-        tenant_id=tenant.id,
-        tenant_name=tenant.name,
+        ctx.session,
+        tenant_id=concerned.id,
+        tenant_name=concerned.name,
         key_prefix=key_prefix,
         action=action,
         target=_redacted(target),
         data=_storable({k: v for k, v in data.items() if v is not None}),
     )
-
-
-def record_admin(
-    session: Session,
-    actor: Principal | None,
-    tenant: Tenant,
-    action: str,
-    target: str,
-    **data: Any,
-) -> AuditEntry:
-    """An administrative change to ``tenant``: by ``actor``'s key (naming the actor's tenant
-    when it is another), or by the local operator (``actor`` None: the ``barge`` command)."""
-    if actor is None:
-        return record(session, tenant, None, action, target, via=VIA_CLI, **data)
-    by = actor.tenant.name if actor.tenant.id != tenant.id else None
-    return record(session, tenant, actor.key_prefix, action, target, by=by, **data)
 
 
 def check_filter(value: str | None, field: str) -> str | None:

@@ -17,6 +17,7 @@ from db import repositories as repo
 from db import state
 from db.base import utcnow
 from db.models import Job
+from services.context import ServiceContext
 from services.unit_of_work import UnitOfWork
 
 
@@ -120,7 +121,12 @@ def present_many(session: Session, jobs: list[Job]) -> list[JobView]:
     return [present(j, progress[j.id], now, ahead.get(j.id, 0)) for j in jobs]
 
 
-def cancel(uow: UnitOfWork, job: Job, reason: str = "cancel requested") -> Job:
+def cancel(ctx: ServiceContext, job: Job) -> Job:
+    """The principal's cancel: ``request_cancel``."""
+    return request_cancel(ctx.uow, job)
+
+
+def request_cancel(uow: UnitOfWork, job: Job, reason: str = "cancel requested") -> Job:
     """Move the job to cancelling (durable: workers stop within one batch); pending shards are
     cancelled now and finalize is sent after the commit."""
     if job.status in FINAL:

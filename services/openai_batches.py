@@ -23,12 +23,13 @@ from barge.jsonvalues import unstorable
 from barge.settings import Settings
 from barge.specs import InferenceSpec
 from barge.status import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED
-from barge.storage import ObjectStore, S3Uri
+from barge.storage import S3Uri
 from db import repositories as repo
 from db.base import utcnow
-from db.models import Job, OpenAIBatch, Tenant
+from db.models import Job, OpenAIBatch
 from db.repositories import openai as openai_repo
 from services import jobs, openai_files, submission
+from services.context import ServiceContext
 from services.openai_files import BadRequest
 from services.unit_of_work import UnitOfWork
 
@@ -178,55 +179,54 @@ def model_ref(settings: Settings, name: str) -> str:
     return settings.openai_model_aliases.get(name, name)
 
 
-def _check_request_fields(
-    input_file_id: Any, endpoint: Any, completion_window: Any, metadata: Any
-) -> None:
-    if endpoint not in ENDPOINTS:
+@dataclass(frozen=True)
+class CreateBatch:
+    """A batch to create, as the request asks it."""
+
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, Any] | None
+
+
+def _check_request_fields(command: CreateBatch) -> None:
+    if command.endpoint not in ENDPOINTS:
         raise BadRequest(
-            f"endpoint must be one of {', '.join(ENDPOINTS)}, got {excerpt(endpoint)}",
+            f"endpoint must be one of {', '.join(ENDPOINTS)}, got {excerpt(command.endpoint)}",
             field="endpoint",
             code="unsupported_endpoint",
         )
-    if completion_window not in COMPLETION_WINDOWS:
+    if command.completion_window not in COMPLETION_WINDOWS:
         raise BadRequest(
-            f"completion_window must be 24h, got {excerpt(completion_window)}",
+            f"completion_window must be 24h, got {excerpt(command.completion_window)}",
             field="completion_window",
         )
-    openai_files.check_metadata(metadata)
+    openai_files.check_metadata(command.metadata)
 
 
-def create(
-    uow: UnitOfWork,
-    settings: Settings,
-    store: ObjectStore,
-    tenant: Tenant,
-    input_file_id: str,
-    endpoint: str,
-    completion_window: str,
-    metadata: dict[str, str] | None,
-) -> OpenAIBatch:
+def create(ctx: ServiceContext, command: CreateBatch) -> OpenAIBatch:
     """Check the input file and start its job; a file that fails the checks makes a failed
     batch (no job)."""
-    _check_request_fields(input_file_id, endpoint, completion_window, metadata)
-    session = uow.session
-    source = openai_files.get(session, tenant.id, input_file_id)
+    _check_request_fields(command)
+    settings, endpoint = ctx.settings, command.endpoint
+    source = openai_files.get(ctx.session, ctx.tenant.id, command.input_file_id)
     if source.purpose != "batch":
         raise BadRequest(
             f"file {source.id} has purpose {source.purpose!r}; a batch reads a file uploaded "
             "with purpose 'batch'",
             field="input_file_id",
         )
-    with store.open(S3Uri.parse(source.uri)) as f:
+    with ctx.store.open(S3Uri.parse(source.uri)) as f:
         checked = check_lines(f, endpoint, settings)
     now = utcnow()
     batch = OpenAIBatch(
         id=openai_files.new_id("batch_"),
-        tenant_id=tenant.id,
+        tenant_id=ctx.tenant.id,
         endpoint=endpoint,
         input_file_id=source.id,
-        completion_window=completion_window,
+        completion_window=command.completion_window,
         model=checked.model,
-        meta=metadata,
+        meta=command.metadata,
         total=checked.total,
         created_at=now,
         expires_at=now + timedelta(seconds=settings.openai_batch_window_seconds),
@@ -234,7 +234,7 @@ def create(
     if not checked.errors:
         assert checked.model is not None
         try:
-            batch.job_id = _start_job(uow, settings, store, tenant, batch, source.uri, endpoint)
+            batch.job_id = _start_job(ctx, batch, source.uri, endpoint)
         except InvalidSpec as exc:  # the model named (or the task it runs) refused
             if exc.field not in ("model", "task"):
                 raise
@@ -244,20 +244,13 @@ def create(
     if checked.errors:
         batch.status = "failed"
         batch.errors = checked.errors
-    return openai_repo.add_openai_batch(session, batch)
+    return openai_repo.add_openai_batch(ctx.session, batch)
 
 
-def _start_job(
-    uow: UnitOfWork,
-    settings: Settings,
-    store: ObjectStore,
-    tenant: Tenant,
-    batch: OpenAIBatch,
-    input_uri: str,
-    endpoint: str,
-) -> uuid.UUID:
+def _start_job(ctx: ServiceContext, batch: OpenAIBatch, input_uri: str, endpoint: str) -> uuid.UUID:
     assert batch.model is not None
-    output = openai_files.files_prefix(settings, tenant).join(f"batches/{batch.id}/")
+    settings = ctx.settings
+    output = openai_files.files_prefix(settings, ctx.tenant).join(f"batches/{batch.id}/")
     spec = _spec(
         model=model_ref(settings, batch.model),
         task=ENDPOINTS[endpoint],  # type: ignore[arg-type]
@@ -274,7 +267,7 @@ def _start_job(
         openai_endpoint=endpoint,  # type: ignore[arg-type]
         metadata={"openai_batch_id": batch.id},
     )
-    job, _ = submission.submit(uow, settings, store, tenant.id, spec)
+    job, _ = submission.submit(ctx, submission.SubmitJob(spec))
     return job.id
 
 
@@ -304,17 +297,18 @@ def get(session: Session, tenant_id: uuid.UUID, batch_id: str) -> OpenAIBatch:
     return row
 
 
-def cancel(uow: UnitOfWork, tenant_id: uuid.UUID, batch_id: str) -> OpenAIBatch:
+def cancel(ctx: ServiceContext, batch_id: str) -> OpenAIBatch:
     """Cancel the batch's job (what finished is kept); 409 when it already ended."""
-    batch = get(uow.session, tenant_id, batch_id)
-    job = repo.get_job(uow.session, batch.job_id) if batch.job_id else None
+    session = ctx.session
+    batch = get(session, ctx.tenant.id, batch_id)
+    job = repo.get_job(session, batch.job_id) if batch.job_id else None
     if job is None or job.status in (SUCCEEDED, FAILED, CANCELLED):
-        status = present(uow.session, batch).status
+        status = present(session, batch).status
         raise Conflict(f"batch {batch.id} is already {status}; there is nothing to cancel")
-    jobs.cancel(uow, job)
+    jobs.cancel(ctx, job)
     if batch.cancelling_at is None:
         batch.cancelling_at = utcnow()
-    uow.session.flush()
+    session.flush()
     return batch
 
 
@@ -324,7 +318,9 @@ def expire_due(uow: UnitOfWork, now: datetime, limit: int = 100) -> int:
     due = openai_repo.take_due_openai_batches(uow.session, now, limit)
     for batch, job in due:
         batch.expired_at = now
-        jobs.cancel(uow, job, reason=f"batch {batch.id} expired: its completion window ended")
+        jobs.request_cancel(
+            uow, job, reason=f"batch {batch.id} expired: its completion window ended"
+        )
     uow.session.flush()
     return len(due)
 

@@ -19,11 +19,12 @@ from sqlalchemy.orm import Session
 from barge.errors import BargeError, Forbidden, NotFound, excerpt
 from barge.jsonvalues import unstorable
 from barge.settings import Settings
-from barge.storage import ObjectStore, S3Uri
+from barge.storage import S3Uri
 from db.base import utcnow
 from db.models import OpenAIFile, Tenant
 from db.repositories import openai as openai_repo
 from services import quotas, scopes
+from services.context import ServiceContext
 
 PURPOSES = ("batch", "fine-tune")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the ids this surface hands out
@@ -89,31 +90,33 @@ def too_large(settings: Settings) -> FileTooLarge:
     )
 
 
-def store_upload(
-    session: Session,
-    settings: Settings,
-    store: ObjectStore,
-    tenant: Tenant,
-    filename: str,
-    purpose: str,
-    path: Path,
-) -> OpenAIFile:
-    """Put the uploaded file (spooled at ``path``) under the tenant's prefix and add its row."""
-    check_purpose(purpose)
-    size = path.stat().st_size
+@dataclass(frozen=True)
+class UploadFile:
+    """An uploaded file, spooled at ``path``: the name it was sent with and its purpose."""
+
+    filename: str
+    purpose: str
+    path: Path
+
+
+def store_upload(ctx: ServiceContext, upload: UploadFile) -> OpenAIFile:
+    """Put the uploaded file under the tenant's prefix and add its row."""
+    settings, tenant = ctx.settings, ctx.tenant
+    purpose = check_purpose(upload.purpose)
+    size = upload.path.stat().st_size
     if size > settings.openai_max_file_bytes:
         raise too_large(settings)
-    quotas.check_openai_upload(session, settings, tenant, size)  # 429 naming the quota
+    quotas.check_openai_upload(ctx.session, settings, tenant, size)  # 429 naming the quota
     file_id = new_id("file-")
     uri = files_prefix(settings, tenant).join(f"{file_id}.jsonl")
-    store.put_file(uri, path)
+    ctx.store.put_file(uri, upload.path)
     return openai_repo.add_openai_file(
-        session,
+        ctx.session,
         OpenAIFile(
             id=file_id,
             tenant_id=tenant.id,
             purpose=purpose,
-            filename=clean_filename(filename),
+            filename=clean_filename(upload.filename),
             bytes=size,
             uri=str(uri),
             created_at=utcnow(),
@@ -163,10 +166,11 @@ def get(session: Session, tenant_id: uuid.UUID, file_id: str) -> OpenAIFile:
     return row
 
 
-def delete(session: Session, store: ObjectStore, tenant_id: uuid.UUID, file_id: str) -> str:
-    row = get(session, tenant_id, file_id)
-    store.delete(S3Uri.parse(row.uri))
-    openai_repo.delete_openai_file(session, row)
+def delete(ctx: ServiceContext, file_id: str) -> str:
+    """Delete the tenant's file and its object."""
+    row = get(ctx.session, ctx.tenant.id, file_id)
+    ctx.store.delete(S3Uri.parse(row.uri))
+    openai_repo.delete_openai_file(ctx.session, row)
     return file_id
 
 

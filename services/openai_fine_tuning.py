@@ -41,15 +41,15 @@ from barge.specs import (
     Method,
 )
 from barge.status import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED
-from barge.storage import ObjectStore, S3Uri
+from barge.storage import S3Uri
 from db import repositories as repo
 from db.base import utcnow
-from db.models import Job, JobEvent, OpenAIFile, OpenAIFineTuningJob, Tenant
+from db.models import Job, JobEvent, OpenAIFile, OpenAIFineTuningJob
 from db.repositories import openai as openai_repo
 from services import jobs, openai_files, submission
+from services.context import ServiceContext
 from services.openai_batches import bounded_lines, model_ref
 from services.openai_files import BadRequest
-from services.unit_of_work import UnitOfWork
 
 AUTO_EPOCHS = 3
 MAX_AUTO_BATCH_SIZE = 16
@@ -263,9 +263,9 @@ def _file(session: Session, tenant_id: uuid.UUID, file_id: Any, field: str) -> O
     return row
 
 
-def _checked(store: ObjectStore, settings: Settings, row: OpenAIFile, field: str) -> Examples:
-    with store.open(S3Uri.parse(row.uri)) as f:
-        found = check_file(f, settings)
+def _checked(ctx: ServiceContext, row: OpenAIFile, field: str) -> Examples:
+    with ctx.store.open(S3Uri.parse(row.uri)) as f:
+        found = check_file(f, ctx.settings)
     if found.errors:
         raise BadRequest(
             f"{field} {row.id} is not a valid fine-tuning file: {'; '.join(found.errors)}",
@@ -275,13 +275,11 @@ def _checked(store: ObjectStore, settings: Settings, row: OpenAIFile, field: str
     return found
 
 
-def _check_base(
-    settings: Settings, store: ObjectStore, model: str, job: Job, examples: Examples
-) -> None:
+def _check_base(ctx: ServiceContext, model: str, job: Job, examples: Examples) -> None:
     """The base (as the submission resolved it) must be a causal LM, with a chat template
     for chat examples: an embedding model is refused here, not by the job a moment later."""
     base = job.model_uri
-    problem = base and modeldirs.causal_lm_problem(settings, store, base, examples.chat)
+    problem = base and modeldirs.causal_lm_problem(ctx.settings, ctx.store, base, examples.chat)
     if problem:
         raise BadRequest(
             f"model {excerpt(model)} cannot be fine-tuned: {problem}",
@@ -324,13 +322,7 @@ def _chosen(
     return chosen, learning_rate
 
 
-def create(
-    uow: UnitOfWork,
-    settings: Settings,
-    store: ObjectStore,
-    tenant: Tenant,
-    request: CreateFineTuningJob,
-) -> OpenAIFineTuningJob:
+def create(ctx: ServiceContext, request: CreateFineTuningJob) -> OpenAIFineTuningJob:
     """Check the request and its files, then submit the Barge fine-tune that runs it."""
     if not isinstance(request.model, str) or not request.model or len(request.model) > 2048:
         raise BadRequest("model must be a model name of at most 2048 characters", field="model")
@@ -338,22 +330,22 @@ def create(
         raise BadRequest("integrations are not supported", field="integrations")
     seed = _seed(request.seed)
     asked = _hyperparameters(request)
-    method = _method(request, settings)
+    method = _method(request, ctx.settings)
     suffix = _suffix(request.suffix)
     metadata = openai_files.check_metadata(request.metadata)
-    train = _file(uow.session, tenant.id, request.training_file, "training_file")
+    train = _file(ctx.session, ctx.tenant.id, request.training_file, "training_file")
     validation = (
-        _file(uow.session, tenant.id, request.validation_file, "validation_file")
+        _file(ctx.session, ctx.tenant.id, request.validation_file, "validation_file")
         if request.validation_file is not None
         else None
     )
-    examples = _checked(store, settings, train, "training_file")
+    examples = _checked(ctx, train, "training_file")
     if validation is not None:
-        _checked(store, settings, validation, "validation_file")
+        _checked(ctx, validation, "validation_file")
     chosen, learning_rate = _chosen(asked, examples, method)
     row = OpenAIFineTuningJob(
         id=openai_files.new_id("ftjob-"),
-        tenant_id=tenant.id,
+        tenant_id=ctx.tenant.id,
         model=request.model,
         training_file_id=train.id,
         validation_file_id=validation.id if validation else None,
@@ -364,9 +356,26 @@ def create(
         created_at=utcnow(),
         id_key=secrets.token_hex(16),
     )
-    spec_fields = {
+    job = _submit(ctx, _spec_fields(ctx, row, (train, validation), method, learning_rate))
+    _check_base(ctx, request.model, job, examples)  # a refusal rolls the job back
+    row.job_id = job.id
+    return openai_repo.add_fine_tuning_job(ctx.session, row)
+
+
+def _spec_fields(
+    ctx: ServiceContext,
+    row: OpenAIFineTuningJob,
+    files: tuple[OpenAIFile, OpenAIFile | None],
+    method: FullMethod | LoraMethod,
+    learning_rate: float,
+) -> dict[str, Any]:
+    """The Barge fine-tune that runs the job ``row`` over its (training, validation) files."""
+    train, validation = files
+    chosen = row.hyperparameters
+    output = openai_files.files_prefix(ctx.settings, ctx.tenant).join(f"fine_tuning/{row.id}/")
+    return {
         "type": "finetune",
-        "base_model": model_ref(settings, request.model),
+        "base_model": model_ref(ctx.settings, row.model),
         "task": "generate",
         "train": train.uri,
         "validation": validation.uri if validation else None,
@@ -374,33 +383,23 @@ def create(
             "epochs": chosen["n_epochs"],
             "batch_size": chosen["batch_size"],
             "learning_rate": learning_rate,
-            "seed": seed,
+            "seed": row.seed,
         },
-        "model_name": registered_name(request.model, suffix),
-        "output": str(openai_files.files_prefix(settings, tenant).join(f"fine_tuning/{row.id}/")),
+        "model_name": registered_name(row.model, row.suffix),
+        "output": str(output),
         "input_format": "jsonl",
         "method": method,
         # A merged LoRA model exists only at the end.
         "epoch_models": 0 if isinstance(method, LoraMethod) and method.merge else EPOCH_MODELS,
         "metadata": {"openai_fine_tuning_job_id": row.id},
     }
-    job = _submit(uow, settings, store, tenant, spec_fields)
-    _check_base(settings, store, request.model, job, examples)  # a refusal rolls the job back
-    row.job_id = job.id
-    return openai_repo.add_fine_tuning_job(uow.session, row)
 
 
-def _submit(
-    uow: UnitOfWork,
-    settings: Settings,
-    store: ObjectStore,
-    tenant: Tenant,
-    spec_fields: dict[str, Any],
-) -> Job:
+def _submit(ctx: ServiceContext, spec_fields: dict[str, Any]) -> Job:
     """The Barge fine-tune, submitted; its refusals named by the request's fields."""
     try:
         spec = FinetuneSpec.model_validate(spec_fields)
-        job, _ = submission.submit(uow, settings, store, tenant.id, spec)
+        job, _ = submission.submit(ctx, submission.SubmitJob(spec))
     except ValidationError as exc:
         raise BadRequest(f"the job cannot run: {exc.errors()[0]['msg']}", field="model") from None
     except InvalidSpec as exc:
@@ -424,15 +423,15 @@ def _job(session: Session, row: OpenAIFineTuningJob) -> Job | None:
     return repo.get_job(session, row.job_id) if row.job_id else None
 
 
-def cancel(uow: UnitOfWork, tenant_id: uuid.UUID, job_id: str) -> OpenAIFineTuningJob:
+def cancel(ctx: ServiceContext, job_id: str) -> OpenAIFineTuningJob:
     """Cancel the Barge job (its training stops at the next step); 409 once it ended."""
-    row = get(uow.session, tenant_id, job_id)
-    job = _job(uow.session, row)
+    row = get(ctx.session, ctx.tenant.id, job_id)
+    job = _job(ctx.session, row)
     if job is None or job.status in TERMINAL or job.status == CANCELLING:
-        status = present(uow.session, row).status
+        status = present(ctx.session, row).status
         raise Conflict(f"fine-tuning job {row.id} is already {status}; there is nothing to cancel")
-    jobs.cancel(uow, job)
-    uow.session.flush()
+    jobs.cancel(ctx, job)
+    ctx.session.flush()
     return row
 
 

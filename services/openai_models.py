@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
-
 from barge.errors import NotFound, excerpt
-from barge.settings import Settings
 from db.models import Model, Tenant
 from db.repositories import openai as openai_repo
 from services import registry
+from services.context import ServiceContext
 
 
 @dataclass(frozen=True)
@@ -34,11 +32,12 @@ def _registered(tenant: Tenant, model_id: str, row: Model) -> ModelView:
     return ModelView(model_id, int(row.created_at.timestamp()), f"org-{tenant.id}")
 
 
-def listing(session: Session, settings: Settings, tenant: Tenant) -> list[ModelView]:
+def listing(ctx: ServiceContext) -> list[ModelView]:
     """Every model the tenant may name: the aliases, then its registered names and versions."""
+    settings, tenant = ctx.settings, ctx.tenant
     data = [_alias(name) for name in sorted(settings.openai_model_aliases)]
     seen = set(settings.openai_model_aliases)  # an alias wins over a registered name
-    for row in openai_repo.tenant_models(session, tenant.id):
+    for row in openai_repo.tenant_models(ctx.session, tenant.id):
         if row.name not in seen:  # the newest version comes first
             seen.add(row.name)
             data.append(_registered(tenant, row.name, row))
@@ -46,11 +45,11 @@ def listing(session: Session, settings: Settings, tenant: Tenant) -> list[ModelV
     return data
 
 
-def get(session: Session, settings: Settings, tenant: Tenant, model_id: str) -> ModelView:
+def get(ctx: ServiceContext, model_id: str) -> ModelView:
     """The model ``model_id`` names; 404 for a name neither an alias nor the tenant's."""
-    if model_id in settings.openai_model_aliases:
+    if model_id in ctx.settings.openai_model_aliases:
         return _alias(model_id)
-    row = registry.registered(session, tenant.id, model_id)
+    row = registry.registered(ctx.session, ctx.tenant.id, model_id)
     if row is None:
         raise NotFound(
             f"The model {excerpt(model_id)} does not exist: GET /models lists the ones this key "
@@ -58,4 +57,4 @@ def get(session: Session, settings: Settings, tenant: Tenant, model_id: str) -> 
             field="model",
             code="model_not_found",
         )
-    return _registered(tenant, model_id, row)
+    return _registered(ctx.tenant, model_id, row)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response
 
-from api.deps import AdminPrincipal, SettingsDep, UoW
+from api.deps import AdminContext
 from api.schemas.admin import (
     KEY_EXAMPLES,
     ROTATE_EXAMPLES,
@@ -51,58 +51,48 @@ NO_STORE = {"Cache-Control": "no-store"}
     "/tenants", status_code=201, response_model=TenantOut, responses=errors(403, 409, body=True)
 )
 def create_tenant(
-    body: Annotated[TenantIn, Body(openapi_examples=TENANT_EXAMPLES)],
-    uow: UoW,
-    principal: AdminPrincipal,
-    settings: SettingsDep,
+    body: Annotated[TenantIn, Body(openapi_examples=TENANT_EXAMPLES)], ctx: AdminContext
 ) -> TenantOut:
     """A new tenant, with its own storage scopes or the settings' templates."""
     tenant = service.create_tenant(
-        uow.session,
-        principal,
+        ctx,
         body.name,
         read_scopes=body.read_scopes,
         write_scopes=body.write_scopes,
         quota_overrides=body.quotas,
     )
-    return tenant_out(service.describe_tenant(uow.session, settings, tenant))
+    return tenant_out(service.describe_tenant(ctx, tenant))
 
 
 @router.get("/tenants", response_model=TenantList, responses=errors(403))
-def list_tenants(uow: UoW, _: AdminPrincipal, settings: SettingsDep) -> TenantList:
+def list_tenants(ctx: AdminContext) -> TenantList:
     """Every tenant with its effective scopes and quotas, by name."""
-    return TenantList(
-        tenants=[tenant_out(t) for t in service.describe_tenants(uow.session, settings)]
-    )
+    return TenantList(tenants=[tenant_out(t) for t in service.describe_tenants(ctx)])
 
 
 @router.get("/tenants/{name}", response_model=TenantOut, responses=errors(403, 404))
-def show_tenant(name: str, uow: UoW, _: AdminPrincipal, settings: SettingsDep) -> TenantOut:
+def show_tenant(name: str, ctx: AdminContext) -> TenantOut:
     """The tenant's effective scopes and quotas, saying which come from the defaults."""
-    tenant = service.get_tenant(uow.session, name)
-    return tenant_out(service.describe_tenant(uow.session, settings, tenant))
+    return tenant_out(service.describe_tenant(ctx, service.get_tenant(ctx.session, name)))
 
 
 @router.patch("/tenants/{name}", response_model=TenantOut, responses=errors(403, 404, body=True))
 def update_tenant(
     name: str,
     body: Annotated[TenantPatch, Body(openapi_examples=TENANT_PATCH_EXAMPLES)],
-    uow: UoW,
-    principal: AdminPrincipal,
-    settings: SettingsDep,
+    ctx: AdminContext,
 ) -> TenantOut:
     """Change scopes (a list replaces them, null goes back to the template) and quota overrides
     (merged; a null value removes one). Fields left out stay as they are."""
     given = body.model_fields_set
     tenant = service.update_tenant(
-        uow.session,
-        principal,
+        ctx,
         name,
         read_scopes=body.read_scopes if "read_scopes" in given else UNSET,
         write_scopes=body.write_scopes if "write_scopes" in given else UNSET,
         quota_changes=body.quotas,
     )
-    return tenant_out(service.describe_tenant(uow.session, settings, tenant))
+    return tenant_out(service.describe_tenant(ctx, tenant))
 
 
 # --- keys ---------------------------------------------------------------------------------------
@@ -113,14 +103,13 @@ def update_tenant(
 )
 def create_key(
     body: Annotated[KeyIn, Body(openapi_examples=KEY_EXAMPLES)],
-    uow: UoW,
-    principal: AdminPrincipal,
+    ctx: AdminContext,
     response: Response,
 ) -> NewKeyOut:
     """A new key of an existing tenant; the response is the only time the key is seen."""
     expires_in = parse_duration(body.expires_in, "expires_in") if body.expires_in else None
     row, key = service.issue_key(
-        uow.session, principal, body.tenant, role=body.role, name=body.name, expires_in=expires_in
+        ctx, body.tenant, role=body.role, name=body.name, expires_in=expires_in
     )
     response.headers.update(NO_STORE)
     return new_key_out(service.describe_key(row, body.tenant), key)
@@ -128,16 +117,16 @@ def create_key(
 
 @router.get("/keys", response_model=KeyList, responses=errors(403, 422))
 def list_keys(
-    uow: UoW, _: AdminPrincipal, tenant: Annotated[str | None, Query(max_length=200)] = None
+    ctx: AdminContext, tenant: Annotated[str | None, Query(max_length=200)] = None
 ) -> KeyList:
     """Every key (or one tenant's): prefix, name, role, state and times; never the key."""
-    return KeyList(keys=[key_out(k) for k in service.list_keys(uow.session, tenant)])
+    return KeyList(keys=[key_out(k) for k in service.list_keys(ctx.session, tenant)])
 
 
 @router.post("/keys/{key_ref}/revoke", response_model=KeyOut, responses=errors(403, 404))
-def revoke_key(key_ref: str, uow: UoW, principal: AdminPrincipal) -> KeyOut:
+def revoke_key(key_ref: str, ctx: AdminContext) -> KeyOut:
     """Revoke a key (by prefix or id): refused from the next request on."""
-    row, tenant = service.revoke_key(uow.session, principal, key_ref)
+    row, tenant = service.revoke_key(ctx, key_ref)
     return key_out(service.describe_key(row, tenant.name))
 
 
@@ -149,8 +138,7 @@ def revoke_key(key_ref: str, uow: UoW, principal: AdminPrincipal) -> KeyOut:
 )
 def rotate_key(
     key_ref: str,
-    uow: UoW,
-    principal: AdminPrincipal,
+    ctx: AdminContext,
     response: Response,
     body: Annotated[RotateIn | None, Body(openapi_examples=ROTATE_EXAMPLES)] = None,
 ) -> RotatedKeyOut:
@@ -160,8 +148,7 @@ def rotate_key(
     grace = parse_duration(body.grace, "grace", allow_zero=True) if body.grace else None
     expires_in = parse_duration(body.expires_in, "expires_in") if body.expires_in else UNSET
     old, new, key, tenant = service.rotate_key(
-        uow.session,
-        principal,
+        ctx,
         key_ref,
         **({"grace": grace} if grace is not None else {}),
         expires_in=expires_in,
@@ -182,8 +169,7 @@ BIGINT_MAX = 2**63 - 1
 
 @audit_router.get("", response_model=AuditList, responses=errors(403, 422))
 def list_audit(
-    uow: UoW,
-    _: AdminPrincipal,
+    ctx: AdminContext,
     tenant: Annotated[str | None, Query(max_length=200)] = None,
     action: Annotated[
         str | None, Query(max_length=64, description="e.g. key.revoke, or key. for all key.*")
@@ -203,7 +189,7 @@ def list_audit(
     if cursor is not None and (before_id is None or not 0 < before_id <= BIGINT_MAX):
         raise InvalidSpec("cursor is not one this API returned", field="cursor")
     found = audit.entries(
-        uow.session,
+        ctx.session,
         tenant=audit.check_filter(tenant, "tenant"),
         action=audit.check_filter(action, "action"),
         key_prefix=audit.check_filter(key_prefix, "key_prefix"),

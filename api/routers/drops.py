@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Response
 
-from api.deps import CurrentPrincipal, CurrentTenant, SettingsDep, StoreDep, UoW
+from api.deps import Context, CurrentTenant, UoW
 from api.schemas.drops import DROP_EXAMPLES, DropRuleIn, DropRuleList, DropRuleOut, drop_rule_out
 from api.schemas.errors import errors
 from db import repositories as repo
@@ -19,19 +19,11 @@ router = APIRouter(prefix="/v1/drops", tags=["drops"])
     "", status_code=201, response_model=DropRuleOut, responses=errors(403, 409, 502, body=True)
 )
 def add_drop(
-    body: Annotated[DropRuleIn, Body(openapi_examples=DROP_EXAMPLES)],
-    uow: UoW,
-    principal: CurrentPrincipal,
-    settings: SettingsDep,
-    store: StoreDep,
+    body: Annotated[DropRuleIn, Body(openapi_examples=DROP_EXAMPLES)], ctx: Context
 ) -> DropRuleOut:
     """Watch `<prefix>incoming/`: each new file becomes one job from `template`."""
-    rule = drops.add_rule(
-        uow.session, settings, principal.tenant.id, body.name, body.prefix, body.template
-    )
-    audit.record(
-        uow.session, principal, None, "drop.create", f"drop:{rule.name}", prefix=rule.prefix
-    )
+    rule = drops.add_rule(ctx, drops.AddDropRule(body.name, body.prefix, body.template))
+    audit.record(ctx, "drop.create", f"drop:{rule.name}", prefix=rule.prefix)
     return drop_rule_out(rule)
 
 
@@ -41,8 +33,8 @@ def list_drops(uow: UoW, tenant: CurrentTenant) -> DropRuleList:
 
 
 @router.delete("/{name}", status_code=204, responses=errors(404))
-def remove_drop(name: str, uow: UoW, principal: CurrentPrincipal) -> Response:
+def remove_drop(name: str, ctx: Context) -> Response:
     """Stop watching; jobs already created run to the end."""
-    drops.remove_rule(uow.session, principal.tenant.id, name)
-    audit.record(uow.session, principal, None, "drop.delete", f"drop:{name}")
+    drops.remove_rule(ctx, name)
+    audit.record(ctx, "drop.delete", f"drop:{name}")
     return Response(status_code=204)

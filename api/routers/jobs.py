@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
-from api.deps import CurrentPrincipal, CurrentTenant, SettingsDep, StoreDep, UoW
+from api.deps import Context, CurrentTenant, UoW
 from api.schemas.errors import errors
 from api.schemas.jobs import (
     JOB_EXAMPLES,
@@ -41,18 +42,18 @@ CHUNK = 1 << 20  # bytes per read of a streamed file
 MEDIA_TYPES = {".jsonl": "application/x-ndjson", ".json": "application/json"}
 
 
-def _job(uow: UoW, tenant: Tenant, job_id: str) -> Job:
+def _job(session: Session, tenant: Tenant, job_id: str) -> Job:
     try:
         parsed = uuid.UUID(job_id)
     except ValueError:
         raise NotFound(f"no job {excerpt(job_id)}") from None
-    job = repo.get_job(uow.session, parsed, tenant.id)
+    job = repo.get_job(session, parsed, tenant.id)
     if job is None:
         raise NotFound(f"no job {job_id!r}")
     return job
 
 
-def _audited(job: Job) -> dict[str, object]:
+def _audited(job: Job) -> dict[str, Any]:
     """What the audit log keeps of a submission: its type and the locations it names."""
     spec = job.spec
     reads = ("train", "validation") if job.type == "finetune" else ("input",)
@@ -75,22 +76,18 @@ def _audited(job: Job) -> dict[str, object]:
 )
 def create_job(
     spec: Annotated[JobBody, Body(openapi_examples=JOB_EXAMPLES)],
-    uow: UoW,
-    tenant: CurrentTenant,
-    settings: SettingsDep,
-    store: StoreDep,
+    ctx: Context,
     response: Response,
-    principal: CurrentPrincipal,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobOut:
     """Submit an inference job or (`"type": "finetune"`) a fine-tune. The same `Idempotency-Key`
     from the same tenant returns the same job."""
-    job, created = submission.submit(uow, settings, store, tenant.id, spec, idempotency_key)
+    job, created = submission.submit(ctx, submission.SubmitJob(spec, idempotency_key))
     if created:
-        audit.record(uow.session, principal, None, "job.submit", f"job:{job.id}", **_audited(job))
+        audit.record(ctx, "job.submit", f"job:{job.id}", **_audited(job))
     else:
         response.status_code = 200
-    return job_out(service.present_many(uow.session, [job])[0])
+    return job_out(service.present_many(ctx.session, [job])[0])
 
 
 @router.get("", response_model=JobList, responses=errors(422))
@@ -127,18 +124,18 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobOut, responses=errors(404))
 def get_job(job_id: str, uow: UoW, tenant: CurrentTenant) -> JobOut:
-    return job_out(service.present_many(uow.session, [_job(uow, tenant, job_id)])[0])
+    return job_out(service.present_many(uow.session, [_job(uow.session, tenant, job_id)])[0])
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=errors(404, 409))
-def cancel_job(job_id: str, uow: UoW, tenant: CurrentTenant, principal: CurrentPrincipal) -> JobOut:
+def cancel_job(job_id: str, ctx: Context) -> JobOut:
     """Cancel: running shards stop within one batch; what was written stays and is listed."""
-    job = _job(uow, tenant, job_id)
+    job = _job(ctx.session, ctx.tenant, job_id)
     before = job.status
-    job = service.cancel(uow, job)
+    job = service.cancel(ctx, job)
     if job.status != before:
-        audit.record(uow.session, principal, None, "job.cancel", f"job:{job.id}", was=before)
-    return job_out(service.present_many(uow.session, [job])[0])
+        audit.record(ctx, "job.cancel", f"job:{job.id}", was=before)
+    return job_out(service.present_many(ctx.session, [job])[0])
 
 
 @router.get("/{job_id}/events", response_model=EventList, responses=errors(404, 422))
@@ -150,7 +147,7 @@ def job_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> EventList:
     """The job's events in order; pass `next_after` back as `after` to follow along."""
-    job = _job(uow, tenant, job_id)
+    job = _job(uow.session, tenant, job_id)
     events = repo.list_events(uow.session, job.id, after, limit)
     return EventList(
         events=[EventOut.model_validate(e) for e in events],
@@ -161,21 +158,19 @@ def job_events(
 @router.get("/{job_id}/shards", response_model=ShardList, responses=errors(404))
 def job_shards(job_id: str, uow: UoW, tenant: CurrentTenant) -> ShardList:
     """Each shard's status, attempts, worker and last error."""
-    job = _job(uow, tenant, job_id)
+    job = _job(uow.session, tenant, job_id)
     return ShardList(
         shards=[ShardOut.model_validate(s) for s in repo.shards_of(uow.session, job.id)]
     )
 
 
 @router.get("/{job_id}/files", response_model=JobFileList, responses=errors(403, 404, 502))
-def job_file_list(
-    job_id: str, uow: UoW, tenant: CurrentTenant, settings: SettingsDep, store: StoreDep
-) -> JobFileList:
+def job_file_list(job_id: str, ctx: Context) -> JobFileList:
     """Every file under the job's output prefix: its parts (results, in input order), its
     errors files (failed records), its manifest and the rest. Read one with
     `GET /v1/jobs/{job_id}/files/{name}`."""
-    job = _job(uow, tenant, job_id)
-    files = job_files.list_files(uow.session, settings, store, job)
+    job = _job(ctx.session, ctx.tenant, job_id)
+    files = job_files.list_files(ctx, job)
     return JobFileList(output=job.output_uri, files=[JobFileOut.model_validate(f) for f in files])
 
 
@@ -193,21 +188,14 @@ def _chunks(store: ObjectStore, info: ObjectInfo) -> Iterator[bytes]:
         **errors(403, 404, 422, 502),
     },
 )
-def job_file(
-    job_id: str,
-    name: str,
-    uow: UoW,
-    tenant: CurrentTenant,
-    settings: SettingsDep,
-    store: StoreDep,
-) -> StreamingResponse:
+def job_file(job_id: str, name: str, ctx: Context) -> StreamingResponse:
     """One file of the job (`name` as the list gives it, e.g. `errors/part-00000.jsonl`),
     streamed as it is stored."""
-    job = _job(uow, tenant, job_id)
-    info = job_files.find_file(uow.session, settings, store, job, name)
+    job = _job(ctx.session, ctx.tenant, job_id)
+    info = job_files.find_file(ctx, job, name)
     suffix = name[name.rfind(".") :] if "." in name else ""
     return StreamingResponse(
-        _chunks(store, info),
+        _chunks(ctx.store, info),
         media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"),
         headers={"Content-Length": str(info.size)},
     )

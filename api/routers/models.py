@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
-from api.deps import CurrentPrincipal, CurrentTenant, SettingsDep, StoreDep, UoW
+from api.deps import Context, CurrentTenant, UoW
 from api.schemas.errors import errors
 from api.schemas.models import MODEL_EXAMPLES, ModelIn, ModelList, ModelOut, model_out
 from barge.errors import NotFound, excerpt
@@ -22,28 +22,15 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
     "", status_code=201, response_model=ModelOut, responses=errors(403, 409, 502, body=True)
 )
 def register_model(
-    body: Annotated[ModelIn, Body(openapi_examples=MODEL_EXAMPLES)],
-    uow: UoW,
-    principal: CurrentPrincipal,
-    settings: SettingsDep,
-    store: StoreDep,
+    body: Annotated[ModelIn, Body(openapi_examples=MODEL_EXAMPLES)], ctx: Context
 ) -> ModelOut:
     """Register an existing model directory as the next version of `name`."""
-    model = registry.register_directory(
-        uow.session,
-        settings,
-        store,
-        principal.tenant.id,
-        body.name,
-        body.uri,
-        body.task,
-        base_model=body.base_model,
-        metrics=body.metrics,
+    version = registry.RegisterVersion(
+        body.name, body.uri, body.task, base_model=body.base_model, metrics=body.metrics
     )
+    model = registry.register_directory(ctx, version)
     audit.record(
-        uow.session,
-        principal,
-        None,
+        ctx,
         "model.register",
         f"model:{model.name}@{model.version}",
         uri=model.uri,

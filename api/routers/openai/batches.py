@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
+from api.deps import Context, CurrentTenant, UoW
 from api.schemas.openai_batches import BatchCreate, batch_object
 from api.schemas.openai_common import page_of
 from services import openai_batches as service
@@ -15,20 +15,11 @@ router = APIRouter(prefix="/batches", tags=["openai batches"])
 
 
 @router.post("", summary="Create a batch over an uploaded file")
-def create_batch(
-    body: BatchCreate, tenant: CurrentTenant, uow: UoW, settings: SettingsDep, store: StoreDep
-) -> dict[str, Any]:
-    batch = service.create(
-        uow,
-        settings,
-        store,
-        tenant,
-        body.input_file_id,
-        body.endpoint,
-        body.completion_window,
-        body.metadata,
+def create_batch(body: BatchCreate, ctx: Context) -> dict[str, Any]:
+    command = service.CreateBatch(
+        body.input_file_id, body.endpoint, body.completion_window, body.metadata
     )
-    return batch_object(service.present(uow.session, batch))
+    return batch_object(service.present(ctx.session, service.create(ctx, command)))
 
 
 @router.get("", summary="List batches, newest first")
@@ -47,5 +38,5 @@ def get_batch(batch_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
 
 
 @router.post("/{batch_id}/cancel", summary="Cancel a batch (what finished is kept)")
-def cancel_batch(batch_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
-    return batch_object(service.present(uow.session, service.cancel(uow, tenant.id, batch_id)))
+def cancel_batch(batch_id: str, ctx: Context) -> dict[str, Any]:
+    return batch_object(service.present(ctx.session, service.cancel(ctx, batch_id)))

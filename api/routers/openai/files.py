@@ -10,7 +10,7 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
+from api.deps import Context, CurrentTenant, StoreDep, UoW
 from api.routers.openai.upload import TooLarge, read_upload
 from api.schemas.openai_common import page_of
 from api.schemas.openai_files import UPLOAD_BODY, deleted_file, file_object
@@ -23,9 +23,8 @@ CHUNK = 1 << 20
 
 
 @router.post("", summary="Upload a file (multipart: file, purpose)", openapi_extra=UPLOAD_BODY)
-async def upload_file(
-    request: Request, tenant: CurrentTenant, uow: UoW, settings: SettingsDep, store: StoreDep
-) -> dict[str, Any]:
+async def upload_file(request: Request, ctx: Context) -> dict[str, Any]:
+    settings = ctx.settings
     spool_dir = settings.resolved_cache_dir / "uploads"
     try:
         upload = await read_upload(request, spool_dir, settings.openai_max_file_bytes)
@@ -34,19 +33,9 @@ async def upload_file(
     if upload.path is None:
         raise service.BadRequest("the upload has no 'file' part", field="file")
     try:
-        service.check_purpose(upload.fields.get("purpose"))
-        row = await anyio.to_thread.run_sync(
-            partial(
-                service.store_upload,
-                uow.session,
-                settings,
-                store,
-                tenant,
-                upload.filename,
-                upload.fields["purpose"],
-                upload.path,
-            )
-        )
+        purpose = service.check_purpose(upload.fields.get("purpose"))
+        command = service.UploadFile(upload.filename, purpose, upload.path)
+        row = await anyio.to_thread.run_sync(partial(service.store_upload, ctx, command))
     finally:
         upload.path.unlink(missing_ok=True)
     return file_object(row)
@@ -87,6 +76,5 @@ def file_content(
 
 
 @router.delete("/{file_id}", summary="Delete a file and its object")
-def delete_file(file_id: str, tenant: CurrentTenant, uow: UoW, store: StoreDep) -> dict[str, Any]:
-    deleted = service.delete(uow.session, store, tenant.id, file_id)
-    return deleted_file(deleted)
+def delete_file(file_id: str, ctx: Context) -> dict[str, Any]:
+    return deleted_file(service.delete(ctx, file_id))

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
+from api.deps import Context, CurrentTenant, UoW
 from api.schemas.openai_common import page_of
 from api.schemas.openai_fine_tuning import (
     METADATA_FILTER,
@@ -22,16 +22,9 @@ router = APIRouter(prefix="/fine_tuning/jobs", tags=["openai fine-tuning"])
 
 
 @router.post("", summary="Create a fine-tuning job over uploaded fine-tune files")
-def create_job(
-    body: FineTuningJobCreate,
-    tenant: CurrentTenant,
-    uow: UoW,
-    settings: SettingsDep,
-    store: StoreDep,
-) -> dict[str, Any]:
-    request = service.CreateFineTuningJob(**body.model_dump())
-    row = service.create(uow, settings, store, tenant, request)
-    return fine_tuning_job(service.present(uow.session, row))
+def create_job(body: FineTuningJobCreate, ctx: Context) -> dict[str, Any]:
+    row = service.create(ctx, service.CreateFineTuningJob(**body.model_dump()))
+    return fine_tuning_job(service.present(ctx.session, row))
 
 
 @router.get(
@@ -63,8 +56,8 @@ def get_job(job_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a fine-tuning job")
-def cancel_job(job_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
-    return fine_tuning_job(service.present(uow.session, service.cancel(uow, tenant.id, job_id)))
+def cancel_job(job_id: str, ctx: Context) -> dict[str, Any]:
+    return fine_tuning_job(service.present(ctx.session, service.cancel(ctx, job_id)))
 
 
 @router.get("/{job_id}/events", summary="A fine-tuning job's events, newest first")

@@ -20,7 +20,7 @@ from barge.storage import ObjectInfo, ObjectStore, S3Uri, check_bucket_allowed
 from barge.uris import key_problem, overlap
 from db import repositories as repo
 from db.models import DropRule
-from services import scopes
+from services import audit, scopes
 from services.context import ServiceContext
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
@@ -73,6 +73,7 @@ def add_rule(ctx: ServiceContext, command: AddDropRule) -> DropRule:
     rule = repo.add_drop_rule(ctx.session, tenant_id, command.name, prefix, template)
     if rule is None:
         raise Conflict(f"a drop folder named {command.name!r} exists; remove it first")
+    audit.record(ctx, "drop.create", f"drop:{rule.name}", prefix=rule.prefix)
     return rule
 
 
@@ -111,6 +112,7 @@ def remove_rule(ctx: ServiceContext, name: str) -> None:
     if rule is None:
         raise NotFound(f"no drop folder named {excerpt(name)}")
     repo.remove_drop_rule(ctx.session, rule)
+    audit.record(ctx, "drop.delete", f"drop:{name}")
 
 
 def drop_name(filename: str) -> str:

@@ -17,6 +17,7 @@ from db import repositories as repo
 from db import state
 from db.base import utcnow
 from db.models import Job
+from services import audit
 from services.context import ServiceContext
 from services.unit_of_work import UnitOfWork
 
@@ -122,8 +123,12 @@ def present_many(session: Session, jobs: list[Job]) -> list[JobView]:
 
 
 def cancel(ctx: ServiceContext, job: Job) -> Job:
-    """The principal's cancel: ``request_cancel``."""
-    return request_cancel(ctx.uow, job)
+    """The principal's cancel (``request_cancel``), audited when it changed the job's status."""
+    before = job.status
+    request_cancel(ctx.uow, job)
+    if job.status != before:
+        audit.record(ctx, "job.cancel", f"job:{job.id}", was=before)
+    return job
 
 
 def request_cancel(uow: UnitOfWork, job: Job, reason: str = "cancel requested") -> Job:

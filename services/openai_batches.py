@@ -28,7 +28,7 @@ from db import repositories as repo
 from db.base import utcnow
 from db.models import Job, OpenAIBatch
 from db.repositories import openai as openai_repo
-from services import jobs, openai_files, submission
+from services import audit, jobs, openai_files, submission
 from services.context import ServiceContext
 from services.openai_files import BadRequest
 from services.unit_of_work import UnitOfWork
@@ -244,7 +244,17 @@ def create(ctx: ServiceContext, command: CreateBatch) -> OpenAIBatch:
     if checked.errors:
         batch.status = "failed"
         batch.errors = checked.errors
-    return openai_repo.add_openai_batch(ctx.session, batch)
+    row = openai_repo.add_openai_batch(ctx.session, batch)
+    audit.record(
+        ctx,
+        "batch.create",
+        f"batch:{row.id}",
+        endpoint=row.endpoint,
+        input_file_id=row.input_file_id,
+        job=row.job_id,
+        status=row.status,  # "failed" when the input failed its checks; no job then
+    )
+    return row
 
 
 def _start_job(ctx: ServiceContext, batch: OpenAIBatch, input_uri: str, endpoint: str) -> uuid.UUID:
@@ -308,6 +318,7 @@ def cancel(ctx: ServiceContext, batch_id: str) -> OpenAIBatch:
     jobs.cancel(ctx, job)
     if batch.cancelling_at is None:
         batch.cancelling_at = utcnow()
+        audit.record(ctx, "batch.cancel", f"batch:{batch.id}", job=job.id)
     session.flush()
     return batch
 

@@ -23,7 +23,7 @@ from barge.storage import S3Uri
 from db.base import utcnow
 from db.models import OpenAIFile, Tenant
 from db.repositories import openai as openai_repo
-from services import quotas, scopes
+from services import audit, quotas, scopes
 from services.context import ServiceContext
 
 PURPOSES = ("batch", "fine-tune")
@@ -100,7 +100,7 @@ class UploadFile:
 
 
 def store_upload(ctx: ServiceContext, upload: UploadFile) -> OpenAIFile:
-    """Put the uploaded file under the tenant's prefix and add its row."""
+    """Put the uploaded file under the tenant's prefix and add (and audit) its row."""
     settings, tenant = ctx.settings, ctx.tenant
     purpose = check_purpose(upload.purpose)
     size = upload.path.stat().st_size
@@ -110,7 +110,7 @@ def store_upload(ctx: ServiceContext, upload: UploadFile) -> OpenAIFile:
     file_id = new_id("file-")
     uri = files_prefix(settings, tenant).join(f"{file_id}.jsonl")
     ctx.store.put_file(uri, upload.path)
-    return openai_repo.add_openai_file(
+    row = openai_repo.add_openai_file(
         ctx.session,
         OpenAIFile(
             id=file_id,
@@ -122,6 +122,8 @@ def store_upload(ctx: ServiceContext, upload: UploadFile) -> OpenAIFile:
             created_at=utcnow(),
         ),
     )
+    audit.record(ctx, "file.upload", f"file:{file_id}", purpose=purpose, bytes=size)
+    return row
 
 
 def add_output_file(
@@ -171,6 +173,7 @@ def delete(ctx: ServiceContext, file_id: str) -> str:
     row = get(ctx.session, ctx.tenant.id, file_id)
     ctx.store.delete(S3Uri.parse(row.uri))
     openai_repo.delete_openai_file(ctx.session, row)
+    audit.record(ctx, "file.delete", f"file:{file_id}", purpose=row.purpose)
     return file_id
 
 

@@ -46,7 +46,7 @@ from db import repositories as repo
 from db.base import utcnow
 from db.models import Job, JobEvent, OpenAIFile, OpenAIFineTuningJob
 from db.repositories import openai as openai_repo
-from services import jobs, openai_files, submission
+from services import audit, jobs, openai_files, submission
 from services.context import ServiceContext
 from services.openai_batches import bounded_lines, model_ref
 from services.openai_files import BadRequest
@@ -359,7 +359,17 @@ def create(ctx: ServiceContext, request: CreateFineTuningJob) -> OpenAIFineTunin
     job = _submit(ctx, _spec_fields(ctx, row, (train, validation), method, learning_rate))
     _check_base(ctx, request.model, job, examples)  # a refusal rolls the job back
     row.job_id = job.id
-    return openai_repo.add_fine_tuning_job(ctx.session, row)
+    row = openai_repo.add_fine_tuning_job(ctx.session, row)
+    audit.record(
+        ctx,
+        "fine_tuning.create",
+        f"fine_tuning_job:{row.id}",
+        model=row.model,
+        training_file=row.training_file_id,
+        validation_file=row.validation_file_id,
+        job=job.id,
+    )
+    return row
 
 
 def _spec_fields(
@@ -431,6 +441,7 @@ def cancel(ctx: ServiceContext, job_id: str) -> OpenAIFineTuningJob:
         status = present(ctx.session, row).status
         raise Conflict(f"fine-tuning job {row.id} is already {status}; there is nothing to cancel")
     jobs.cancel(ctx, job)
+    audit.record(ctx, "fine_tuning.cancel", f"fine_tuning_job:{row.id}", job=job.id)
     ctx.session.flush()
     return row
 

@@ -18,7 +18,7 @@ from barge.storage import S3Uri, check_bucket_allowed, local_model_dir
 from barge.uris import normalise
 from db import repositories as repo
 from db.models import Model
-from services import quotas
+from services import audit, quotas
 from services.context import ServiceContext
 from services.scopes import Scopes, require_read, scopes_for
 
@@ -148,14 +148,14 @@ class RegisterVersion:
 
 
 def register_version(ctx: ServiceContext, version: RegisterVersion) -> Model:
-    """Add the next version of ``version.name`` for the context's tenant, inside the caller's
-    transaction. A concurrent registration of the same name makes the unique constraint refuse
+    """Add (and audit) the next version of ``version.name`` for the context's tenant, inside the
+    caller's transaction. A concurrent registration of the same name makes the unique constraint refuse
     one of them: that one retries (in a savepoint) with the next version."""
     session = ctx.session
     for _ in range(REGISTER_TRIES):
         try:
             with session.begin_nested():
-                return repo.register_model(
+                model = repo.register_model(
                     session,
                     ctx.tenant.id,
                     version.name,
@@ -168,6 +168,11 @@ def register_version(ctx: ServiceContext, version: RegisterVersion) -> Model:
                 )
         except IntegrityError:
             continue
+        target = f"model:{model.name}@{model.version}"
+        audit.record(
+            ctx, "model.register", target, uri=model.uri, task=model.task, job=model.job_id
+        )
+        return model
     raise Conflict(f"{version.name} was registered concurrently {REGISTER_TRIES} times; retry")
 
 

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from barge import onnxdirs
 from barge.errors import Conflict, InvalidSpec, PermanentJobError
@@ -23,7 +24,7 @@ from barge.uris import normalise
 from db import repositories as repo
 from db.base import utcnow
 from db.models import Job
-from services import quotas, registry, scopes
+from services import audit, quotas, registry, scopes
 from services.context import ServiceContext
 from services.locations import check_locations, reads
 
@@ -298,8 +299,22 @@ def create_job(ctx: ServiceContext, command: SubmitJob) -> tuple[Job, bool]:
 
 
 def submit(ctx: ServiceContext, command: SubmitJob) -> tuple[Job, bool]:
-    """Create the job and queue its planning for after the commit; (job, created)."""
+    """Create the job, audit it and queue its planning for after the commit; (job, created).
+    A repeated submission (the same idempotency key) changes nothing and is not audited."""
     job, created = create_job(ctx, command)
     if created:
+        audit.record(ctx, "job.submit", f"job:{job.id}", **audited(job))
         ctx.uow.send_after_commit(PLAN_JOB, str(job.id))
     return job, created
+
+
+def audited(job: Job) -> dict[str, Any]:
+    """What the audit log keeps of a submission: its type and the locations it names."""
+    spec = job.spec
+    reads = ("train", "validation") if job.type == "finetune" else ("input",)
+    return {
+        "type": job.type,
+        "model": spec.get("base_model" if job.type == "finetune" else "model"),
+        **{field: spec.get(field) for field in reads},
+        "output": job.output_uri,
+    }

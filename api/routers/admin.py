@@ -1,6 +1,7 @@
 """/v1/admin (tenants, their scopes and quotas, API keys) and /v1/audit: for admin keys only
 (a member's key gets a 403). Thin handlers; the rules live in services.tenants and
-services.audit, and every change is audited in the request's transaction."""
+services.audit, and every change is audited by the service that makes it, in the request's
+transaction."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from api.deps import Context, CurrentTenant, UoW
 from api.schemas.drops import DROP_EXAMPLES, DropRuleIn, DropRuleList, DropRuleOut, drop_rule_out
 from api.schemas.errors import errors
 from db import repositories as repo
-from services import audit, drops
+from services import drops
 
 router = APIRouter(prefix="/v1/drops", tags=["drops"])
 
@@ -22,9 +22,9 @@ def add_drop(
     body: Annotated[DropRuleIn, Body(openapi_examples=DROP_EXAMPLES)], ctx: Context
 ) -> DropRuleOut:
     """Watch `<prefix>incoming/`: each new file becomes one job from `template`."""
-    rule = drops.add_rule(ctx, drops.AddDropRule(body.name, body.prefix, body.template))
-    audit.record(ctx, "drop.create", f"drop:{rule.name}", prefix=rule.prefix)
-    return drop_rule_out(rule)
+    return drop_rule_out(
+        drops.add_rule(ctx, drops.AddDropRule(body.name, body.prefix, body.template))
+    )
 
 
 @router.get("", response_model=DropRuleList, responses=errors())
@@ -36,5 +36,4 @@ def list_drops(uow: UoW, tenant: CurrentTenant) -> DropRuleList:
 def remove_drop(name: str, ctx: Context) -> Response:
     """Stop watching; jobs already created run to the end."""
     drops.remove_rule(ctx, name)
-    audit.record(ctx, "drop.delete", f"drop:{name}")
     return Response(status_code=204)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import StreamingResponse
@@ -31,7 +31,7 @@ from barge.status import JOB_STATUSES
 from barge.storage import ObjectInfo, ObjectStore
 from db import repositories as repo
 from db.models import Job, Tenant
-from services import audit, job_files, submission
+from services import job_files, submission
 from services import jobs as service
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -53,18 +53,6 @@ def _job(session: Session, tenant: Tenant, job_id: str) -> Job:
     return job
 
 
-def _audited(job: Job) -> dict[str, Any]:
-    """What the audit log keeps of a submission: its type and the locations it names."""
-    spec = job.spec
-    reads = ("train", "validation") if job.type == "finetune" else ("input",)
-    return {
-        "type": job.type,
-        "model": spec.get("base_model" if job.type == "finetune" else "model"),
-        **{field: spec.get(field) for field in reads},
-        "output": job.output_uri,
-    }
-
-
 @router.post(
     "",
     status_code=201,
@@ -83,9 +71,7 @@ def create_job(
     """Submit an inference job or (`"type": "finetune"`) a fine-tune. The same `Idempotency-Key`
     from the same tenant returns the same job."""
     job, created = submission.submit(ctx, submission.SubmitJob(spec, idempotency_key))
-    if created:
-        audit.record(ctx, "job.submit", f"job:{job.id}", **_audited(job))
-    else:
+    if not created:
         response.status_code = 200
     return job_out(service.present_many(ctx.session, [job])[0])
 
@@ -130,11 +116,7 @@ def get_job(job_id: str, uow: UoW, tenant: CurrentTenant) -> JobOut:
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=errors(404, 409))
 def cancel_job(job_id: str, ctx: Context) -> JobOut:
     """Cancel: running shards stop within one batch; what was written stays and is listed."""
-    job = _job(ctx.session, ctx.tenant, job_id)
-    before = job.status
-    job = service.cancel(ctx, job)
-    if job.status != before:
-        audit.record(ctx, "job.cancel", f"job:{job.id}", was=before)
+    job = service.cancel(ctx, _job(ctx.session, ctx.tenant, job_id))
     return job_out(service.present_many(ctx.session, [job])[0])
 
 

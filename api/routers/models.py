@@ -13,7 +13,7 @@ from api.schemas.models import MODEL_EXAMPLES, ModelIn, ModelList, ModelOut, mod
 from barge.errors import NotFound, excerpt
 from barge.specs import MODEL_NAME_PATTERN
 from db import repositories as repo
-from services import audit, registry
+from services import registry
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -28,15 +28,7 @@ def register_model(
     version = registry.RegisterVersion(
         body.name, body.uri, body.task, base_model=body.base_model, metrics=body.metrics
     )
-    model = registry.register_directory(ctx, version)
-    audit.record(
-        ctx,
-        "model.register",
-        f"model:{model.name}@{model.version}",
-        uri=model.uri,
-        task=model.task,
-    )
-    return model_out(model)
+    return model_out(registry.register_directory(ctx, version))
 
 
 @router.get("", response_model=ModelList, responses=errors())

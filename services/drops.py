@@ -115,6 +115,12 @@ def remove_rule(ctx: ServiceContext, name: str) -> None:
     audit.record(ctx, "drop.delete", f"drop:{name}")
 
 
+def folder(rule: DropRule, name: str) -> S3Uri:
+    """One of the rule's folders under its prefix: ``incoming/``, ``outputs/``, ``done/``,
+    ``failed/``."""
+    return S3Uri.parse(rule.prefix).join(name)
+
+
 def drop_name(filename: str) -> str:
     """`reviews.csv.gz` → `reviews`: the name outputs and status files are called by."""
     name = filename[:-3] if filename.lower().endswith(".gz") else filename
@@ -163,7 +169,7 @@ def spec_for_object(
         raise ValueError(
             f"cannot read {filename}: Barge reads .jsonl, .csv and .parquet files (optionally .gz)"
         )
-    outputs = S3Uri.parse(rule.prefix).join("outputs/")
+    outputs = folder(rule, "outputs/")
     output = outputs.join(f"{name}/")
     taken = store.head(output.join("_manifest.json")) is not None
     if taken or repo.job_with_output_overlapping(session, str(output)) is not None:

@@ -21,7 +21,7 @@ from barge.errors import InvalidSpec, NotFound, excerpt
 from barge.storage import ObjectInfo, S3Uri, iter_prefix_files
 from barge.uris import key_problem
 from db.models import Job
-from services import scopes
+from services import jobs, scopes
 from services.context import ServiceContext
 
 PART = "part"
@@ -55,7 +55,7 @@ def output_prefix(ctx: ServiceContext, job: Job) -> S3Uri:
     """The job's output prefix, once its tenant's scopes (as they are now) let it read there."""
     tenant_scopes = scopes.scopes_for(ctx.session, ctx.settings, job.tenant_id)
     scopes.require_read(tenant_scopes, job.output_uri, "output")
-    return S3Uri.parse(job.output_uri).as_prefix()
+    return jobs.output_prefix(job)
 
 
 def list_files(ctx: ServiceContext, job: Job) -> list[JobFile]:

@@ -98,7 +98,7 @@ def present(
     if job.started_at is not None:
         elapsed = ((job.finished_at or now) - job.started_at).total_seconds()
     rate, eta = rate_and_eta(done, total, elapsed, job.status == RUNNING)
-    out = S3Uri.parse(job.output_uri)
+    out = output_prefix(job)
     return JobView(
         job=job,
         progress=progress,
@@ -110,6 +110,11 @@ def present(
         waiting=waiting_for(job, progress, ahead),
         usage=(job.manifest or {}).get("usage"),
     )
+
+
+def output_prefix(job: Job) -> S3Uri:
+    """The job's output prefix (its row holds it as the submission normalised it)."""
+    return S3Uri.parse(job.output_uri).as_prefix()
 
 
 def present_many(session: Session, jobs: list[Job]) -> list[JobView]:

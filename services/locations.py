@@ -9,7 +9,7 @@ from typing import Any
 from barge.errors import InvalidSpec
 from barge.specs import JobSpec
 from barge.storage import S3Uri, check_bucket_allowed
-from barge.uris import normalise, overlap
+from barge.uris import overlap
 from db import repositories as repo
 from db.models import Job
 from services.context import ServiceContext
@@ -37,15 +37,17 @@ def reads(spec: JobSpec | dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def check_locations(ctx: ServiceContext, output: str, reading: list[tuple[str, str]]) -> str:
-    """The one rule for where a job may write; returns the normalised output prefix.
+    """The one rule for where a job may write; returns the output prefix. ``output`` and the
+    ``reading`` locations are normalised already (by the spec that names them, or built from
+    normalised scopes).
 
     The output may not overlap the job's own input; may not equal, contain or lie inside any
     other job's output (running or finished, whatever its status), nor overlap the input of a
     job that is not final; an active job's output is not an input. A prefix that already holds
     a manifest or checkpoints is refused too. Concurrent submissions take this check in turn
     (the lock is held until the caller commits), so two jobs can never both win one place."""
-    out = normalise(output, "output", prefix=True)
-    check_bucket_allowed(ctx.settings, S3Uri.parse(out), "output")
+    out, prefix = output, S3Uri.parse(output)
+    check_bucket_allowed(ctx.settings, prefix, "output")
     for field, uri in reading:
         if overlap(out, uri):
             raise InvalidSpec(
@@ -54,7 +56,7 @@ def check_locations(ctx: ServiceContext, output: str, reading: list[tuple[str, s
                 field="output",
             )
     for marker, what in TAKEN_MARKERS.items():
-        if ctx.store.head(S3Uri.parse(out).join(marker)) is not None:
+        if ctx.store.head(prefix.join(marker)) is not None:
             raise InvalidSpec(
                 f"output prefix {out} already holds {what} ({marker}); choose a new output prefix",
                 field="output",

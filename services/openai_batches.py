@@ -216,7 +216,7 @@ def create(ctx: ServiceContext, command: CreateBatch) -> OpenAIBatch:
             "with purpose 'batch'",
             field="input_file_id",
         )
-    with ctx.store.open(S3Uri.parse(source.uri)) as f:
+    with ctx.store.open(openai_files.location(source)) as f:
         checked = check_lines(f, endpoint, settings)
     now = utcnow()
     batch = OpenAIBatch(

@@ -168,10 +168,15 @@ def get(session: Session, tenant_id: uuid.UUID, file_id: str) -> OpenAIFile:
     return row
 
 
+def location(row: OpenAIFile) -> S3Uri:
+    """Where the file's object lies (its row holds the URI Barge wrote it at)."""
+    return S3Uri.parse(row.uri)
+
+
 def delete(ctx: ServiceContext, file_id: str) -> str:
     """Delete the tenant's file and its object."""
     row = get(ctx.session, ctx.tenant.id, file_id)
-    ctx.store.delete(S3Uri.parse(row.uri))
+    ctx.store.delete(location(row))
     openai_repo.delete_openai_file(ctx.session, row)
     audit.record(ctx, "file.delete", f"file:{file_id}", purpose=row.purpose)
     return file_id

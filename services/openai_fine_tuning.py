@@ -264,7 +264,7 @@ def _file(session: Session, tenant_id: uuid.UUID, file_id: Any, field: str) -> O
 
 
 def _checked(ctx: ServiceContext, row: OpenAIFile, field: str) -> Examples:
-    with ctx.store.open(S3Uri.parse(row.uri)) as f:
+    with ctx.store.open(openai_files.location(row)) as f:
         found = check_file(f, ctx.settings)
     if found.errors:
         raise BadRequest(

@@ -51,7 +51,7 @@ def resolve_model(
     if ref in BUILTIN_MODELS:
         return ref, None  # shipped with the worker
     if ref.startswith("s3://"):
-        uri = S3Uri.parse(normalise(ref, field, prefix=True), field=field)
+        uri = S3Uri.parse(ref, field=field)  # a spec's model: normalised, a prefix
         require_read(tenant_scopes, str(uri), field)
         check_bucket_allowed(ctx.settings, uri, field)
         if not ctx.store.list(uri):

@@ -20,7 +20,6 @@ from barge.records import detect_format, format_of, images, peek_fields, resolve
 from barge.specs import BUILTIN_MODELS, CHAT_FIELD, FinetuneSpec, InferenceSpec, JobSpec
 from barge.status import QUEUED
 from barge.storage import ObjectInfo, ObjectStore, S3Uri, check_bucket_allowed
-from barge.uris import normalise
 from db import repositories as repo
 from db.base import utcnow
 from db.models import Job
@@ -32,8 +31,9 @@ from services.locations import check_locations, reads
 def _data_objects(
     ctx: ServiceContext, uri_text: str, declared: str, field: str
 ) -> list[ObjectInfo]:
-    """The data objects at ``uri_text`` (one object or a prefix), each of a known format."""
-    uri = S3Uri.parse(normalise(uri_text, field), field=field)
+    """The data objects at ``uri_text`` (a spec's location: one object or a prefix), each of a
+    known format."""
+    uri = S3Uri.parse(uri_text, field=field)
     check_bucket_allowed(ctx.settings, uri, field)
     objects = resolve_inputs(ctx.store, uri_text, field)
     if not objects:
@@ -124,7 +124,7 @@ def check_input(ctx: ServiceContext, spec: InferenceSpec, onnx: OnnxConfig | Non
 
 def _check_image_objects(ctx: ServiceContext, spec: InferenceSpec) -> None:
     """An image task without image_field reads image objects: there must be at least one."""
-    uri = S3Uri.parse(normalise(spec.input, "input"), field="input")
+    uri = S3Uri.parse(spec.input, field="input")
     check_bucket_allowed(ctx.settings, uri, "input")
     if not images.list_images(ctx.store, spec.input):
         raise InvalidSpec(
@@ -200,7 +200,7 @@ def _check_finetune(
                 field="base_model",
             )
     output = spec.output or default_finetune_output(tenant_scopes, spec, job_id)
-    scopes.require_write(tenant_scopes, normalise(output, "output", prefix=True), "output")
+    scopes.require_write(tenant_scopes, output, "output")
     with naming("train"):
         check_training_data(ctx, spec)
     registry.check_name_keeps_task(ctx.session, ctx.tenant.id, spec.model_name, spec.task)
@@ -212,7 +212,7 @@ def _check_inference(
 ) -> tuple[str, str | None]:
     """An inference job's model (and the base it applies to when it is a LoRA adapter), once
     the model, its task and the input pass their checks."""
-    scopes.require_write(tenant_scopes, normalise(spec.output, "output", prefix=True), "output")
+    scopes.require_write(tenant_scopes, spec.output, "output")
     with naming("model"):
         model_uri, adapter_base = registry.resolve_model(
             ctx, spec.model, tenant_scopes=tenant_scopes
@@ -229,10 +229,11 @@ def _check_against_stores(
 ) -> tuple[str, str | None, str]:
     """The resolved model, the base it applies to when it is a LoRA adapter, and the output
     prefix, once the model, the data and the locations pass their checks. Every location is
-    checked against the tenant's storage scopes before the store is asked anything about it."""
+    checked against the tenant's storage scopes before the store is asked anything about it;
+    the spec normalised each when it was parsed."""
     tenant_scopes = scopes.scopes_for(ctx.session, ctx.settings, ctx.tenant.id)
     for field, uri in reads(spec):  # an input that may be an object or a prefix: both
-        scopes.require_read(tenant_scopes, normalise(uri, field), field)
+        scopes.require_read(tenant_scopes, uri, field)
     adapter_base: str | None = None  # resolve refuses an adapter as a fine-tune's base
     if isinstance(spec, FinetuneSpec):
         model_uri, output = _check_finetune(ctx, tenant_scopes, spec, job_id)

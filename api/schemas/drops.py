@@ -7,10 +7,9 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 
 from barge.jsonvalues import field_name, unstorable
-from barge.storage import S3Uri
 from barge.uris import uri_problem
 from db.models import DropRule
-from services.drops import NAME_CHARS, NAME_PATTERN
+from services.drops import NAME_CHARS, NAME_PATTERN, folder
 
 
 class DropRuleIn(BaseModel):
@@ -69,12 +68,11 @@ DROP_EXAMPLES = {
 
 
 def drop_rule_out(rule: DropRule) -> DropRuleOut:
-    prefix = S3Uri.parse(rule.prefix)
     return DropRuleOut(
         name=rule.name,
         prefix=rule.prefix,
         template=rule.template,
         enabled=rule.enabled,
-        incoming=str(prefix.join("incoming/")),
-        outputs=str(prefix.join("outputs/")),
+        incoming=str(folder(rule, "incoming/")),
+        outputs=str(folder(rule, "outputs/")),
     )

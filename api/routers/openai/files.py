@@ -69,7 +69,7 @@ def file_content(
 ) -> StreamingResponse:
     row = service.get(uow.session, tenant.id, file_id)
     return StreamingResponse(
-        _chunks(store, S3Uri.parse(row.uri)),
+        _chunks(store, service.location(row)),
         media_type="application/octet-stream",
         headers={"Content-Length": str(row.bytes)},
     )

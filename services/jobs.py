@@ -127,10 +127,10 @@ def present_many(session: Session, jobs: list[Job]) -> list[JobView]:
     return [present(j, progress[j.id], now, ahead.get(j.id, 0)) for j in jobs]
 
 
-def cancel(ctx: ServiceContext, job: Job) -> Job:
+def cancel(ctx: ServiceContext, job: Job, reason: str = "cancel requested") -> Job:
     """The principal's cancel (``request_cancel``), audited when it changed the job's status."""
     before = job.status
-    request_cancel(ctx.uow, job)
+    request_cancel(ctx.uow, job, reason)
     if job.status != before:
         audit.record(ctx, "job.cancel", f"job:{job.id}", was=before)
     return job

@@ -5,6 +5,7 @@ Shared by the HTTP API and the drop-folder scanner, so both accept exactly the s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterator
@@ -247,11 +248,13 @@ def _check_against_stores(
 
 @dataclass(frozen=True)
 class SubmitJob:
-    """A job to submit: its spec, and the key that makes a repeated submission return the job
-    it made before (the API's ``Idempotency-Key``, a drop folder's object and ETag)."""
+    """A job to submit: its spec, the key that makes a repeated submission return the job it
+    made before (the API's ``Idempotency-Key``, a drop folder's object and ETag), and what its
+    audit entry says besides the job's locations (a resubmission's original, say)."""
 
     spec: JobSpec
     idempotency_key: str | None = None
+    audit_data: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def create_job(ctx: ServiceContext, command: SubmitJob) -> tuple[Job, bool]:
@@ -304,7 +307,7 @@ def submit(ctx: ServiceContext, command: SubmitJob) -> tuple[Job, bool]:
     A repeated submission (the same idempotency key) changes nothing and is not audited."""
     job, created = create_job(ctx, command)
     if created:
-        audit.record(ctx, "job.submit", f"job:{job.id}", **audited(job))
+        audit.record(ctx, "job.submit", f"job:{job.id}", **audited(job), **command.audit_data)
         ctx.uow.send_after_commit(PLAN_JOB, str(job.id))
     return job, created
 

@@ -1,4 +1,6 @@
-"""Request boundary: one session per request, committed at the end, then queued task sends."""
+"""Request boundary: one session per request, committed at the end, then queued task sends;
+the request's principal (authenticated by the request guard) and the service context the
+handlers hand to the services."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from barge.settings import Settings
 from barge.storage import ObjectStore
 from db.models import Tenant
 from db.session import session_factory, session_scope
-from services.tenants import Principal, principal_for_authorization, require_admin
+from services.context import Principal, ServiceContext
+from services.tenants import principal_for_authorization, require_admin
 from services.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -95,12 +98,26 @@ def current_tenant(principal: CurrentPrincipal) -> Tenant:
     return principal.tenant
 
 
-def admin_principal(principal: CurrentPrincipal) -> Principal:
-    """The request's principal, which must hold an admin key (403 for a member's)."""
-    return require_admin(principal)
-
-
 CurrentTenant = Annotated[Tenant, Depends(current_tenant)]
-AdminPrincipal = Annotated[Principal, Depends(admin_principal)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def service_context(
+    uow: UoW, settings: SettingsDep, store: StoreDep, principal: CurrentPrincipal
+) -> ServiceContext:
+    """What the request's services act in: its unit of work, the app's settings and store,
+    and its principal."""
+    return ServiceContext(uow, settings, store, principal)
+
+
+Context = Annotated[ServiceContext, Depends(service_context)]
+
+
+def admin_context(ctx: Context) -> ServiceContext:
+    """The request's context, whose principal must hold an admin key (403 for a member's)."""
+    require_admin(ctx.principal)
+    return ctx
+
+
+AdminContext = Annotated[ServiceContext, Depends(admin_context)]

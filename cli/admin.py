@@ -18,12 +18,14 @@ import functools
 import json
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
 from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from barge.errors import BargeError, describe
 from barge.settings import get_settings
@@ -32,6 +34,7 @@ from cli.tables import Column, Item, show, status, table
 from db.migrate import upgrade
 from db.session import session_scope
 from services import audit, tenants
+from services.context import ServiceContext
 from services.durations import parse_duration
 
 
@@ -51,7 +54,14 @@ def create_key(
 ) -> str:
     """A new API key for ``tenant`` (created if new); the key itself, shown only this once."""
     with session_scope(get_settings().resolved_database_url) as session:
-        return tenants.create_key(session, tenant, role=role, name=name, expires_in=expires_in)
+        return tenants.create_key(
+            operator(session), tenant, role=role, name=name, expires_in=expires_in
+        )
+
+
+def operator(session: Session) -> ServiceContext:
+    """The local operator's service context on ``session``: changes audited with ``"via": "cli"``."""
+    return ServiceContext.for_operator(session, get_settings())
 
 
 Handler = Callable[[argparse.Namespace], int]
@@ -134,8 +144,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     expires_in = _duration(args.expires_in, "--expires-in")
     with session_scope(get_settings().resolved_database_url) as session:
         row, key = tenants.issue_key(
-            session,
-            None,
+            operator(session),
             args.tenant,
             role=args.role,
             name=args.name,
@@ -152,7 +161,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 @_refusals_to_stderr
 def cmd_keys_list(args: argparse.Namespace) -> int:
     with session_scope(get_settings().resolved_database_url) as session:
-        keys = tenants.list_keys(session, args.tenant)
+        keys = [asdict(k) for k in tenants.list_keys(session, args.tenant)]
     emit(args, keys, [k["prefix"] for k in keys], lambda wide: [_key_rows(keys)])
     return 0
 
@@ -160,7 +169,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 @_refusals_to_stderr
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     with session_scope(get_settings().resolved_database_url) as session:
-        row, tenant = tenants.revoke_key(session, None, args.key)
+        row, tenant = tenants.revoke_key(operator(session), args.key)
         prefix, revoked_at, name = row.prefix, row.revoked_at, tenant.name
     print(f"key {prefix} of tenant {name} revoked at {_when(revoked_at)} UTC", file=sys.stderr)
     return 0
@@ -172,8 +181,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     expires_in = _duration(args.expires_in, "--expires-in")
     with session_scope(get_settings().resolved_database_url) as session:
         old, new, key, tenant = tenants.rotate_key(
-            session,
-            None,
+            operator(session),
             args.key,
             grace=grace,
             **({"expires_in": expires_in} if expires_in is not None else {}),
@@ -266,14 +274,13 @@ def cmd_tenants_create(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as session:
         tenant = tenants.create_tenant(
-            session,
-            None,
+            operator(session),
             args.name,
             read_scopes=args.read,
             write_scopes=args.write,
             quota_overrides=_quota_changes(args.quota),
         )
-        shown = tenants.describe_tenant(session, settings, tenant)
+        shown = asdict(tenants.describe_tenant(operator(session), tenant))
     show(*_tenant_lines(shown))
     return 0
 
@@ -291,9 +298,9 @@ def cmd_tenants_update(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as session:
         tenant = tenants.update_tenant(
-            session, None, args.name, **reset, **given, quota_changes=_quota_changes(args.quota)
+            operator(session), args.name, **reset, **given, quota_changes=_quota_changes(args.quota)
         )
-        shown = tenants.describe_tenant(session, settings, tenant)
+        shown = asdict(tenants.describe_tenant(operator(session), tenant))
     show(*_tenant_lines(shown))
     return 0
 
@@ -302,7 +309,9 @@ def cmd_tenants_update(args: argparse.Namespace) -> int:
 def cmd_tenants_show(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as session:
-        shown = tenants.describe_tenant(session, settings, tenants.get_tenant(session, args.name))
+        shown = asdict(
+            tenants.describe_tenant(operator(session), tenants.get_tenant(session, args.name))
+        )
     emit(args, shown, [shown["name"]], lambda wide: list(_tenant_lines(shown)))
     return 0
 
@@ -311,7 +320,7 @@ def cmd_tenants_show(args: argparse.Namespace) -> int:
 def cmd_tenants_list(args: argparse.Namespace) -> int:
     settings = get_settings()
     with session_scope(settings.resolved_database_url) as session:
-        items = tenants.describe_tenants(session, settings)
+        items = [asdict(t) for t in tenants.describe_tenants(operator(session))]
     emit(args, items, [t["name"] for t in items], lambda wide: [_tenant_rows(items)])
     return 0
 
@@ -357,6 +366,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
             since=since,
             limit=args.limit,
         )
-        items = [audit.present(e) for e in found]
+        items = [asdict(audit.present(e)) for e in found]
     emit(args, items, [e["id"] for e in items], lambda wide: [_audit_rows(items)])
     return 0

@@ -19,8 +19,13 @@
   files, batches (run as inference jobs) and fine-tuning jobs (run as Barge fine-tunes);
 - ``openai_models``: the OpenAI surface's model objects (aliases and registered names);
 - ``openai_requests``: the parameters an OpenAI batch request may carry, checked per line;
-- ``unit_of_work``: a session plus the messages to send once it commits.
+- ``unit_of_work``: a session plus the messages to send once it commits;
+- ``context``: what a service acts in (``ServiceContext``: the unit of work, the settings, the
+  object store and the acting principal: a key, a worker doing a tenant's work, or the local
+  operator), built once by each boundary.
 
-Services call repositories (``db``) and the kernel (``barge``); they never commit (their caller,
-a request or a task scope, does) and never import ``api``, ``worker`` or torch.
+Services take a ``ServiceContext`` (and a small command where a call needs more than an id),
+call repositories (``db``) and the kernel (``barge``), and return rows or typed views that the
+API's schemas and the CLI show; they never commit (their caller, a request or a task scope,
+does) and never import ``api``, ``worker`` or torch.
 """

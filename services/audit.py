@@ -2,21 +2,29 @@
 exists exactly when its change was committed). Append-only: Barge never updates or deletes an
 entry.
 
-An entry names the tenant concerned (the one whose jobs, models, drop folders, keys, scopes or
-quotas changed), the API key that acted (its prefix, never the key), the action
-(``job.submit``, ``job.cancel``, ``model.register``, ``drop.create``, ``drop.delete``,
-``key.create``, ``key.revoke``, ``key.rotate``, ``tenant.create``, ``tenant.update``), the
-target (``job:<id>``, ``key:<prefix>``, ``tenant:<name>``, ...) and a little data. An admin
-acting on another tenant is named in ``data["by"]``; the local operator, using the ``barge``
-command on the database itself, has no key prefix and ``data["via"] == "cli"``.
+The service that makes a change writes its entry (``record``, given the context's principal),
+so every way in is audited alike: the /v1 API, the OpenAI-compatible surface, the admin CLI, and
+a worker doing a tenant's work (a dropped file's job, a fine-tune's registered model).
+
+An entry names the tenant concerned (the one whose jobs, models, drop folders, files, batches,
+fine-tuning jobs, keys, scopes or quotas changed), the API key that acted (its prefix, never
+the key), the action (``ACTIONS``: ``job.submit``, ``job.cancel``, ``model.register``,
+``drop.create``, ``drop.delete``, ``key.create``, ``key.revoke``, ``key.rotate``,
+``tenant.create``, ``tenant.update``, ``file.upload``, ``file.delete``, ``batch.create``,
+``batch.cancel``, ``fine_tuning.create``, ``fine_tuning.cancel``), the target (``job:<id>``,
+``key:<prefix>``, ``tenant:<name>``, ``file:<id>``, ...) and a little data. An admin acting on
+another tenant is named in ``data["by"]``; the local operator, using the ``barge`` command on
+the database itself, has no key prefix and ``data["via"] == "cli"``; a worker doing a tenant's
+work has none either and ``data["via"] == "worker"``.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -25,6 +33,7 @@ from barge.jsonvalues import unstorable
 from db import repositories as repo
 from db.base import utcnow
 from db.models import AuditEntry, Tenant
+from services.context import WORKER, Operator, ServiceContext
 from services.durations import parse_time
 
 ACTIONS = (
@@ -38,26 +47,21 @@ ACTIONS = (
     "key.rotate",
     "tenant.create",
     "tenant.update",
+    "file.upload",
+    "file.delete",
+    "batch.create",
+    "batch.cancel",
+    "fine_tuning.create",
+    "fine_tuning.cancel",
 )
-ACTION_PATTERN = re.compile(r"^[a-z_]{1,30}\.[a-z_]{1,30}$")
 # What the local operator's entries carry: they come from the `barge` command, not a key.
 VIA_CLI = "cli"
+VIA_WORKER = "worker"  # and a worker's, doing a tenant's work
 
 # A whole API key anywhere in an entry is cut to its prefix: a safety net, keys are never
 # passed here.
 _KEY = re.compile(r"bk_[A-Za-z0-9_-]{20,}")
 _MAX_TEXT = 2048
-
-
-class Actor(Protocol):
-    """Who acted through an API key (a ``services.tenants.Principal``, which records its
-    changes here: this module does not import it back)."""
-
-    @property
-    def tenant(self) -> Tenant: ...
-
-    @property
-    def key_prefix(self) -> str: ...
 
 
 def _redacted(text: str) -> str:
@@ -87,48 +91,35 @@ def _storable(value: Any, depth: int = 0) -> Any:
 
 
 def record(
-    session: Session,
-    who: Actor | Tenant,
-    key_prefix: str | None,
-    action: str,
-    target: str,
-    **data: Any,
+    ctx: ServiceContext, action: str, target: str, *, tenant: Tenant | None = None, **data: Any
 ) -> AuditEntry:
-    """Append an entry in ``session``'s transaction. ``who`` is the acting principal (its tenant
-    and key prefix are recorded) or the tenant concerned (then ``key_prefix`` is the acting
-    key's, or None for the local operator)."""
-    if not ACTION_PATTERN.match(action):
-        raise ValueError(f"an audit action is `noun.verb`, not {action!r}")
-    if isinstance(who, Tenant):
-        tenant = who
+    """Append an entry in the context's transaction: ``action`` on ``target``, concerning
+    ``tenant`` (the principal's own when not given), naming the principal: its key's prefix
+    (and ``data["by"]``, the key's tenant, when an admin acts on another tenant), or
+    ``data["via"]``: ``cli`` for the local operator, ``worker`` for a worker doing a tenant's
+    work."""
+    if action not in ACTIONS:
+        raise ValueError(f"{action!r} is no audit action (ACTIONS lists them)")
+    concerned = tenant or ctx.tenant
+    principal = ctx.principal
+    key_prefix = None
+    if isinstance(principal, Operator):
+        data = {"via": VIA_CLI, **data}
+    elif principal.role == WORKER:
+        data = {"via": VIA_WORKER, **data}
     else:
-        tenant = who.tenant
-        key_prefix = key_prefix or who.key_prefix
+        key_prefix = principal.key_prefix
+        by = principal.tenant.name if principal.tenant.id != concerned.id else None
+        data = {"by": by, **data}
     return repo.add_audit_entry(
-        session,
-        tenant_id=tenant.id,
-        tenant_name=tenant.name,
+        ctx.session,
+        tenant_id=concerned.id,
+        tenant_name=concerned.name,
         key_prefix=key_prefix,
         action=action,
         target=_redacted(target),
         data=_storable({k: v for k, v in data.items() if v is not None}),
     )
-
-
-def record_admin(
-    session: Session,
-    actor: Actor | None,
-    tenant: Tenant,
-    action: str,
-    target: str,
-    **data: Any,
-) -> AuditEntry:
-    """An administrative change to ``tenant``: by ``actor``'s key (naming the actor's tenant
-    when it is another), or by the local operator (``actor`` None: the ``barge`` command)."""
-    if actor is None:
-        return record(session, tenant, None, action, target, via=VIA_CLI, **data)
-    by = actor.tenant.name if actor.tenant.id != tenant.id else None
-    return record(session, tenant, actor.key_prefix, action, target, by=by, **data)
 
 
 def check_filter(value: str | None, field: str) -> str | None:
@@ -166,13 +157,27 @@ def entries(
     )
 
 
-def present(entry: AuditEntry) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "at": entry.at,
-        "tenant": entry.tenant_name,
-        "key_prefix": entry.key_prefix,
-        "action": entry.action,
-        "target": entry.target,
-        "data": entry.data or {},
-    }
+@dataclass(frozen=True)
+class AuditView:
+    """An entry as the log is read: the tenant concerned by name, the acting key's prefix (None:
+    the local operator or a worker, ``data["via"]`` says which)."""
+
+    id: int
+    at: datetime
+    tenant: str
+    key_prefix: str | None
+    action: str
+    target: str
+    data: dict[str, Any]
+
+
+def present(entry: AuditEntry) -> AuditView:
+    return AuditView(
+        id=entry.id,
+        at=entry.at,
+        tenant=entry.tenant_name,
+        key_prefix=entry.key_prefix,
+        action=entry.action,
+        target=entry.target,
+        data=entry.data or {},
+    )

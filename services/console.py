@@ -26,10 +26,10 @@ from db import repositories as repo
 from db.base import utcnow
 from db.models import Job, JobEvent, JobSample, Model, ShardAttempt
 from db.repositories import openai as openai_repo
-from services import audit, job_files, submission, usage
+from services import job_files, submission, usage
 from services import jobs as jobs_service
+from services.context import ServiceContext
 from services.tenants import Principal
-from services.unit_of_work import UnitOfWork
 
 # How much the job page shows: events, errors, attempts on the timeline, samples.
 EVENTS_SHOWN = 30
@@ -58,15 +58,18 @@ def percent(view: dict[str, Any]) -> float | None:
 def views(session: Session, settings: Settings, jobs: list[Job]) -> list[dict[str, Any]]:
     """Each job's public view (``services.jobs``) with its percent and OpenAI id, if any."""
     ids = openai_repo.openai_ids(session, [j.id for j in jobs])
-    return [
-        {
-            **view,
-            "percent": percent(view),
-            "openai_id": ids.get(job.id),
-            "final": job.status in FINAL,
-        }
-        for job, view in zip(jobs, jobs_service.present_many(session, jobs, settings), strict=True)
-    ]
+    shown = []
+    for job, view in zip(jobs, jobs_service.present_many(session, jobs, settings), strict=True):
+        public = view.as_dict()
+        shown.append(
+            {
+                **public,
+                "percent": percent(public),
+                "openai_id": ids.get(job.id),
+                "final": job.status in FINAL,
+            }
+        )
+    return shown
 
 
 def find_jobs(
@@ -280,26 +283,22 @@ def _lines(store: ObjectStore, uri: S3Uri, limit: int) -> list[dict[str, Any]]:
     return out
 
 
-def first_errors(
-    session: Session, settings: Settings, store: ObjectStore, job: Job
-) -> list[dict[str, Any]]:
+def first_errors(ctx: ServiceContext, job: Job) -> list[dict[str, Any]]:
     """The job's first failed records (id, source, line, error) from its errors files, then
     the errors of its failed shards; bounded reads."""
     found: list[dict[str, Any]] = []
     try:
-        files = [
-            f for f in job_files.list_files(session, settings, store, job) if f.kind == "errors"
-        ]
-        prefix = job_files.output_prefix(session, settings, job)
+        files = [f for f in job_files.list_files(ctx, job) if f.kind == "errors"]
+        prefix = job_files.output_prefix(ctx, job)
         for f in files[:ERROR_FILES_READ]:
-            found += _lines(store, prefix.join(f.name), ERRORS_SHOWN - len(found))
+            found += _lines(ctx.store, prefix.join(f.name), ERRORS_SHOWN - len(found))
             if len(found) >= ERRORS_SHOWN:
                 break
     except Exception as exc:  # the store away, or out of the tenant's scopes now
         found.append({"error": f"errors files not read: {exc}"[:300]})
     shard_errors = [
         {"source": s.source_uri, "line": None, "id": None, "error": s.last_error}
-        for s in repo.shards_of(session, job.id)
+        for s in repo.shards_of(ctx.session, job.id)
         if s.status == FAILED and s.last_error
     ]
     return (found + shard_errors)[:ERRORS_SHOWN]
@@ -330,15 +329,15 @@ def retried_spec(job: Job) -> JobSpec:
         raise Conflict(f"the job's spec cannot be submitted again: {exc}") from None
 
 
-def retry(
-    uow: UnitOfWork, settings: Settings, store: ObjectStore, principal: Principal, job: Job
-) -> Job:
-    """Submit the failed or cancelled ``job`` again, as a new job writing beside it."""
-    if openai_repo.fine_tuning_job_for(uow.session, job.id) is not None:
+def retry(ctx: ServiceContext, job: Job) -> Job:
+    """Submit the failed or cancelled ``job`` again, as a new job writing beside it (audited
+    as a submit naming the job it retries)."""
+    if openai_repo.fine_tuning_job_for(ctx.session, job.id) is not None:
         raise Conflict("this job runs an OpenAI fine-tuning job: retry it through the OpenAI API")
     spec = retried_spec(job)
-    new, _ = submission.submit(uow, settings, store, principal.tenant.id, spec, None)
-    audit.record(uow.session, principal, None, "job.submit", f"job:{new.id}", retry_of=str(job.id))
+    new, _ = submission.submit(
+        ctx, submission.SubmitJob(spec, audit_data={"retry_of": str(job.id)})
+    )
     return new
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -14,13 +15,13 @@ from sqlalchemy.orm import Session
 from barge.errors import Conflict, InvalidSpec, NotFound, excerpt
 from barge.jsonvalues import field_name
 from barge.records import DATA_SUFFIXES, detect_format
-from barge.settings import Settings
 from barge.specs import InferenceSpec
 from barge.storage import ObjectInfo, ObjectStore, S3Uri, check_bucket_allowed
 from barge.uris import key_problem, overlap
 from db import repositories as repo
 from db.models import DropRule
-from services import scopes
+from services import audit, scopes
+from services.context import ServiceContext
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
 NAME_CHARS = 200
@@ -48,32 +49,39 @@ def check_template(template: dict[str, Any]) -> None:
         ) from None
 
 
-def add_rule(
-    session: Session,
-    settings: Settings,
-    tenant_id: uuid.UUID,
-    name: str,
-    prefix: str,
-    template: dict[str, Any],
-) -> DropRule:
+@dataclass(frozen=True)
+class AddDropRule:
+    """A drop folder to watch: its name, its ``s3://`` prefix (ending in "/") and the job
+    template each dropped file is run with."""
+
+    name: str
+    prefix: str
+    template: dict[str, Any]
+
+
+def add_rule(ctx: ServiceContext, command: AddDropRule) -> DropRule:
+    """Watch ``<prefix>incoming/`` for the context's tenant."""
+    prefix, template, tenant_id = command.prefix, command.template, ctx.tenant.id
     check_template(template)
-    mine = scopes.scopes_for(session, settings, tenant_id)
+    mine = scopes.scopes_for(ctx.session, ctx.settings, tenant_id)
     scopes.require_write(mine, prefix, "prefix")  # it moves and writes objects under it
     model = template.get("model")
     if isinstance(model, str) and model.startswith("s3://"):
         scopes.require_read(mine, model, "template.model")
-    check_bucket_allowed(settings, S3Uri.parse(prefix), "prefix")
-    _check_owner(session, settings, tenant_id, prefix)
-    rule = repo.add_drop_rule(session, tenant_id, name, prefix, template)
+    check_bucket_allowed(ctx.settings, S3Uri.parse(prefix), "prefix")
+    _check_owner(ctx, prefix)
+    rule = repo.add_drop_rule(ctx.session, tenant_id, command.name, prefix, template)
     if rule is None:
-        raise Conflict(f"a drop folder named {name!r} exists; remove it first")
+        raise Conflict(f"a drop folder named {command.name!r} exists; remove it first")
+    audit.record(ctx, "drop.create", f"drop:{rule.name}", prefix=rule.prefix)
     return rule
 
 
-def _check_owner(session: Session, settings: Settings, tenant_id: uuid.UUID, prefix: str) -> None:
+def _check_owner(ctx: ServiceContext, prefix: str) -> None:
     """One owner per drop prefix: a new rule may not overlap another rule (any tenant's), nor
     the write scopes of another tenant (who could drop files into it). Concurrent adds take this check in turn (the lock is
     held until the caller commits)."""
+    session, tenant_id = ctx.session, ctx.tenant.id
     repo.lock_submissions(session)
     for rule in repo.enabled_drop_rules(session):
         if overlap(prefix, rule.prefix):
@@ -87,7 +95,7 @@ def _check_owner(session: Session, settings: Settings, tenant_id: uuid.UUID, pre
                 field="prefix",
             )
     for other in repo.tenants_except(session, tenant_id):
-        theirs = scopes.scopes_of(other, settings)
+        theirs = scopes.scopes_of(other, ctx.settings)
         if any(s != scopes.ANY and overlap(prefix, s) for s in theirs.write):
             raise Conflict(
                 f"prefix {prefix} overlaps storage another tenant may write to (and so drop "
@@ -96,14 +104,21 @@ def _check_owner(session: Session, settings: Settings, tenant_id: uuid.UUID, pre
             )
 
 
-def remove_rule(session: Session, tenant_id: uuid.UUID, name: str) -> None:
+def remove_rule(ctx: ServiceContext, name: str) -> None:
     """Stop watching; jobs already created run to the end."""
     # A name no rule can have (a removed rule's NAME~removed~... included) needs no query.
     valid = len(name) <= NAME_CHARS and re.fullmatch(NAME_PATTERN, name)
-    rule = repo.live_drop_rule(session, tenant_id, name) if valid else None
+    rule = repo.live_drop_rule(ctx.session, ctx.tenant.id, name) if valid else None
     if rule is None:
         raise NotFound(f"no drop folder named {excerpt(name)}")
-    repo.remove_drop_rule(session, rule)
+    repo.remove_drop_rule(ctx.session, rule)
+    audit.record(ctx, "drop.delete", f"drop:{name}")
+
+
+def folder(rule: DropRule, name: str) -> S3Uri:
+    """One of the rule's folders under its prefix: ``incoming/``, ``outputs/``, ``done/``,
+    ``failed/``."""
+    return S3Uri.parse(rule.prefix).join(name)
 
 
 def drop_name(filename: str) -> str:
@@ -154,7 +169,7 @@ def spec_for_object(
         raise ValueError(
             f"cannot read {filename}: Barge reads .jsonl, .csv and .parquet files (optionally .gz)"
         )
-    outputs = S3Uri.parse(rule.prefix).join("outputs/")
+    outputs = folder(rule, "outputs/")
     output = outputs.join(f"{name}/")
     taken = store.head(output.join("_manifest.json")) is not None
     if taken or repo.job_with_output_overlapping(session, str(output)) is not None:

@@ -17,14 +17,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
-
 from barge.errors import InvalidSpec, NotFound, excerpt
-from barge.settings import Settings
-from barge.storage import ObjectInfo, ObjectStore, S3Uri, iter_prefix_files
+from barge.storage import ObjectInfo, S3Uri, iter_prefix_files
 from barge.uris import key_problem
 from db.models import Job
-from services import scopes
+from services import jobs, scopes
+from services.context import ServiceContext
 
 PART = "part"
 ERRORS = "errors"
@@ -53,28 +51,26 @@ def kind_of(name: str) -> str:
     return OTHER
 
 
-def output_prefix(session: Session, settings: Settings, job: Job) -> S3Uri:
+def output_prefix(ctx: ServiceContext, job: Job) -> S3Uri:
     """The job's output prefix, once its tenant's scopes (as they are now) let it read there."""
-    tenant_scopes = scopes.scopes_for(session, settings, job.tenant_id)
+    tenant_scopes = scopes.scopes_for(ctx.session, ctx.settings, job.tenant_id)
     scopes.require_read(tenant_scopes, job.output_uri, "output")
-    return S3Uri.parse(job.output_uri).as_prefix()
+    return jobs.output_prefix(job)
 
 
-def list_files(session: Session, settings: Settings, store: ObjectStore, job: Job) -> list[JobFile]:
+def list_files(ctx: ServiceContext, job: Job) -> list[JobFile]:
     """Every file of the job: its parts, then its errors files, its manifest, the rest; each
     group by name (so parts and errors files come in input order)."""
-    prefix = output_prefix(session, settings, job)
+    prefix = output_prefix(ctx, job)
     found = [
         JobFile(name, kind_of(name), info.size)
-        for info, name in iter_prefix_files(store, prefix)
+        for info, name in iter_prefix_files(ctx.store, prefix)
         if name and not name.endswith("/")
     ]
     return sorted(found, key=lambda f: (_ORDER[f.kind], f.name))
 
 
-def find_file(
-    session: Session, settings: Settings, store: ObjectStore, job: Job, name: str
-) -> ObjectInfo:
+def find_file(ctx: ServiceContext, job: Job, name: str) -> ObjectInfo:
     """The object of the job's file ``name``: InvalidSpec for a name that would leave the
     output prefix, NotFound for one that is not there."""
     problem = key_problem(name) if name else "it is empty"
@@ -82,7 +78,7 @@ def find_file(
         problem = "it names a folder, not a file"
     if problem is not None:
         raise InvalidSpec(f"file name {excerpt(name)}: {problem}", field="name")
-    info = store.head(output_prefix(session, settings, job).join(name))
+    info = ctx.store.head(output_prefix(ctx, job).join(name))
     if info is None:
         raise NotFound(
             f"job {job.id} has no file {excerpt(name)} (GET /v1/jobs/{job.id}/files lists them)"

@@ -3,6 +3,7 @@ cancelling one."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +18,8 @@ from db import repositories as repo
 from db import state
 from db.base import utcnow
 from db.models import Job
-from services import usage
+from services import audit, usage
+from services.context import ServiceContext
 from services.unit_of_work import UnitOfWork
 
 
@@ -61,10 +63,59 @@ def waiting_for(job: Job, progress: repo.Progress, ahead: int = 0) -> str | None
     return None
 
 
+@dataclass(frozen=True)
+class JobView:
+    """A job as its tenant sees it: the row, its progress, and what they tell (the rate and
+    ETA of its work, where its manifest and errors are, what it waits for, its token usage).
+    The API's ``JobOut`` is made from it."""
+
+    job: Job
+    progress: repo.Progress
+    steps_done: int | None  # a fine-tune's optimizer steps done; None for other jobs
+    records_per_second: float | None
+    eta_seconds: float | None
+    manifest: str | None  # its _manifest.json, once written
+    errors: str | None  # its errors/ prefix, once a record failed
+    waiting: str | None
+    usage: dict[str, int] | None  # token totals (generate and OpenAI batches), once final
+    resources: dict[str, Any] | None = None  # what its attempts used (``services.usage``)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The view as plain values, in the shape the API answers (``JobOut``) and the console
+        renders."""
+        job, progress = self.job, self.progress
+        return {
+            "id": str(job.id),
+            "type": job.type,
+            "status": job.status,
+            "spec": job.spec,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "progress": {
+                "records_total": job.records_total,
+                "records_succeeded": progress.records_succeeded,
+                "records_failed": progress.records_failed,
+                "shards_total": job.shards_total,
+                "shards_done": progress.shards_done,
+                "records_per_second": self.records_per_second,
+                "eta_seconds": self.eta_seconds,
+                "steps_done": self.steps_done,
+                "steps_total": job.steps_total,
+            },
+            "output": {"uri": job.output_uri, "manifest": self.manifest, "errors": self.errors},
+            "error": job.error,
+            "metadata": job.meta or {},
+            "waiting": self.waiting,
+            "usage": self.usage,
+            "resources": self.resources,
+        }
+
+
 def present(
     job: Job, progress: repo.Progress, now: datetime | None = None, ahead: int = 0
-) -> dict[str, Any]:
-    """The job's public view (the API's ``JobOut``)."""
+) -> JobView:
+    """The job's public view."""
     now = now or utcnow()
     # What counts as work done, and how much there is: records, or a fine-tune's examples
     # (optimizer steps times examples per step).
@@ -80,41 +131,28 @@ def present(
     if job.started_at is not None:
         elapsed = ((job.finished_at or now) - job.started_at).total_seconds()
     rate, eta = rate_and_eta(done, total, elapsed, job.status == RUNNING)
-    out = S3Uri.parse(job.output_uri)
-    return {
-        "id": str(job.id),
-        "type": job.type,
-        "status": job.status,
-        "spec": job.spec,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "progress": {
-            "records_total": job.records_total,
-            "records_succeeded": progress.records_succeeded,
-            "records_failed": progress.records_failed,
-            "shards_total": job.shards_total,
-            "shards_done": progress.shards_done,
-            "records_per_second": rate,
-            "eta_seconds": eta,
-            "steps_done": steps_done,
-            "steps_total": job.steps_total,
-        },
-        "output": {
-            "uri": job.output_uri,
-            "manifest": str(out.join("_manifest.json")) if job.manifest is not None else None,
-            "errors": str(out.join("errors/")) if progress.records_failed else None,
-        },
-        "error": job.error,
-        "metadata": job.meta or {},
-        "waiting": waiting_for(job, progress, ahead),
-        "usage": (job.manifest or {}).get("usage"),  # token totals (generate and OpenAI batches)
-    }
+    out = output_prefix(job)
+    return JobView(
+        job=job,
+        progress=progress,
+        steps_done=steps_done,
+        records_per_second=rate,
+        eta_seconds=eta,
+        manifest=str(out.join("_manifest.json")) if job.manifest is not None else None,
+        errors=str(out.join("errors/")) if progress.records_failed else None,
+        waiting=waiting_for(job, progress, ahead),
+        usage=(job.manifest or {}).get("usage"),
+    )
+
+
+def output_prefix(job: Job) -> S3Uri:
+    """The job's output prefix (its row holds it as the submission normalised it)."""
+    return S3Uri.parse(job.output_uri).as_prefix()
 
 
 def present_many(
     session: Session, jobs: list[Job], settings: Settings | None = None
-) -> list[dict[str, Any]]:
+) -> list[JobView]:
     """The public view of each job: one query for their progress, one for their usage, and
     one more for the jobs ahead of those waiting for a GPU worker, if any. ``settings``: the
     prices of the usage's cost estimate."""
@@ -124,12 +162,21 @@ def present_many(
     used = usage.usage_for(session, settings, [j.id for j in jobs])
     now = utcnow()
     return [
-        {**present(j, progress[j.id], now, ahead.get(j.id, 0)), "resources": used.get(j.id)}
+        replace(present(j, progress[j.id], now, ahead.get(j.id, 0)), resources=used.get(j.id))
         for j in jobs
     ]
 
 
-def cancel(uow: UnitOfWork, job: Job, reason: str = "cancel requested") -> Job:
+def cancel(ctx: ServiceContext, job: Job, reason: str = "cancel requested") -> Job:
+    """The principal's cancel (``request_cancel``), audited when it changed the job's status."""
+    before = job.status
+    request_cancel(ctx.uow, job, reason)
+    if job.status != before:
+        audit.record(ctx, "job.cancel", f"job:{job.id}", was=before)
+    return job
+
+
+def request_cancel(uow: UnitOfWork, job: Job, reason: str = "cancel requested") -> Job:
     """Move the job to cancelling (durable: workers stop within one batch); pending shards are
     cancelled now and finalize is sent after the commit."""
     if job.status in FINAL:

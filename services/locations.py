@@ -6,15 +6,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from barge.errors import InvalidSpec
-from barge.settings import Settings
 from barge.specs import JobSpec
-from barge.storage import ObjectStore, S3Uri, check_bucket_allowed
-from barge.uris import normalise, overlap
+from barge.storage import S3Uri, check_bucket_allowed
+from barge.uris import overlap
 from db import repositories as repo
 from db.models import Job
+from services.context import ServiceContext
 
 # Objects in an output prefix that say another job already wrote there.
 TAKEN_MARKERS = {
@@ -38,23 +36,18 @@ def reads(spec: JobSpec | dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def check_locations(
-    session: Session,
-    settings: Settings,
-    store: ObjectStore,
-    tenant_id: uuid.UUID,
-    output: str,
-    reading: list[tuple[str, str]],
-) -> str:
-    """The one rule for where a job may write; returns the normalised output prefix.
+def check_locations(ctx: ServiceContext, output: str, reading: list[tuple[str, str]]) -> str:
+    """The one rule for where a job may write; returns the output prefix. ``output`` and the
+    ``reading`` locations are normalised already (by the spec that names them, or built from
+    normalised scopes).
 
     The output may not overlap the job's own input; may not equal, contain or lie inside any
     other job's output (running or finished, whatever its status), nor overlap the input of a
     job that is not final; an active job's output is not an input. A prefix that already holds
     a manifest or checkpoints is refused too. Concurrent submissions take this check in turn
     (the lock is held until the caller commits), so two jobs can never both win one place."""
-    out = normalise(output, "output", prefix=True)
-    check_bucket_allowed(settings, S3Uri.parse(out), "output")
+    out, prefix = output, S3Uri.parse(output)
+    check_bucket_allowed(ctx.settings, prefix, "output")
     for field, uri in reading:
         if overlap(out, uri):
             raise InvalidSpec(
@@ -63,11 +56,12 @@ def check_locations(
                 field="output",
             )
     for marker, what in TAKEN_MARKERS.items():
-        if store.head(S3Uri.parse(out).join(marker)) is not None:
+        if ctx.store.head(prefix.join(marker)) is not None:
             raise InvalidSpec(
                 f"output prefix {out} already holds {what} ({marker}); choose a new output prefix",
                 field="output",
             )
+    session, tenant_id = ctx.session, ctx.tenant.id
     repo.lock_submissions(session)
     other = repo.job_with_output_overlapping(session, out)
     if other is not None:

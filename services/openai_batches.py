@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import IO, Any
 
@@ -23,12 +23,13 @@ from barge.jsonvalues import unstorable
 from barge.settings import Settings
 from barge.specs import InferenceSpec
 from barge.status import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED
-from barge.storage import ObjectStore, S3Uri
+from barge.storage import S3Uri
 from db import repositories as repo
 from db.base import utcnow
-from db.models import Job, OpenAIBatch, Tenant
+from db.models import Job, OpenAIBatch
 from db.repositories import openai as openai_repo
-from services import jobs, openai_files, submission, usage
+from services import audit, jobs, openai_files, submission, usage
+from services.context import ServiceContext
 from services.openai_files import BadRequest
 from services.unit_of_work import UnitOfWork
 
@@ -178,55 +179,54 @@ def model_ref(settings: Settings, name: str) -> str:
     return settings.openai_model_aliases.get(name, name)
 
 
-def _check_request_fields(
-    input_file_id: Any, endpoint: Any, completion_window: Any, metadata: Any
-) -> None:
-    if endpoint not in ENDPOINTS:
+@dataclass(frozen=True)
+class CreateBatch:
+    """A batch to create, as the request asks it."""
+
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, Any] | None
+
+
+def _check_request_fields(command: CreateBatch) -> None:
+    if command.endpoint not in ENDPOINTS:
         raise BadRequest(
-            f"endpoint must be one of {', '.join(ENDPOINTS)}, got {excerpt(endpoint)}",
+            f"endpoint must be one of {', '.join(ENDPOINTS)}, got {excerpt(command.endpoint)}",
             field="endpoint",
             code="unsupported_endpoint",
         )
-    if completion_window not in COMPLETION_WINDOWS:
+    if command.completion_window not in COMPLETION_WINDOWS:
         raise BadRequest(
-            f"completion_window must be 24h, got {excerpt(completion_window)}",
+            f"completion_window must be 24h, got {excerpt(command.completion_window)}",
             field="completion_window",
         )
-    openai_files.check_metadata(metadata)
+    openai_files.check_metadata(command.metadata)
 
 
-def create(
-    uow: UnitOfWork,
-    settings: Settings,
-    store: ObjectStore,
-    tenant: Tenant,
-    input_file_id: str,
-    endpoint: str,
-    completion_window: str,
-    metadata: dict[str, str] | None,
-) -> OpenAIBatch:
+def create(ctx: ServiceContext, command: CreateBatch) -> OpenAIBatch:
     """Check the input file and start its job; a file that fails the checks makes a failed
     batch (no job)."""
-    _check_request_fields(input_file_id, endpoint, completion_window, metadata)
-    session = uow.session
-    source = openai_files.get(session, tenant.id, input_file_id)
+    _check_request_fields(command)
+    settings, endpoint = ctx.settings, command.endpoint
+    source = openai_files.get(ctx.session, ctx.tenant.id, command.input_file_id)
     if source.purpose != "batch":
         raise BadRequest(
             f"file {source.id} has purpose {source.purpose!r}; a batch reads a file uploaded "
             "with purpose 'batch'",
             field="input_file_id",
         )
-    with store.open(S3Uri.parse(source.uri)) as f:
+    with ctx.store.open(openai_files.location(source)) as f:
         checked = check_lines(f, endpoint, settings)
     now = utcnow()
     batch = OpenAIBatch(
         id=openai_files.new_id("batch_"),
-        tenant_id=tenant.id,
+        tenant_id=ctx.tenant.id,
         endpoint=endpoint,
         input_file_id=source.id,
-        completion_window=completion_window,
+        completion_window=command.completion_window,
         model=checked.model,
-        meta=metadata,
+        meta=command.metadata,
         total=checked.total,
         created_at=now,
         expires_at=now + timedelta(seconds=settings.openai_batch_window_seconds),
@@ -234,7 +234,7 @@ def create(
     if not checked.errors:
         assert checked.model is not None
         try:
-            batch.job_id = _start_job(uow, settings, store, tenant, batch, source.uri, endpoint)
+            batch.job_id = _start_job(ctx, batch, source.uri, endpoint)
         except InvalidSpec as exc:  # the model named (or the task it runs) refused
             if exc.field not in ("model", "task"):
                 raise
@@ -244,20 +244,23 @@ def create(
     if checked.errors:
         batch.status = "failed"
         batch.errors = checked.errors
-    return openai_repo.add_openai_batch(session, batch)
+    row = openai_repo.add_openai_batch(ctx.session, batch)
+    audit.record(
+        ctx,
+        "batch.create",
+        f"batch:{row.id}",
+        endpoint=row.endpoint,
+        input_file_id=row.input_file_id,
+        job=row.job_id,
+        status=row.status,  # "failed" when the input failed its checks; no job then
+    )
+    return row
 
 
-def _start_job(
-    uow: UnitOfWork,
-    settings: Settings,
-    store: ObjectStore,
-    tenant: Tenant,
-    batch: OpenAIBatch,
-    input_uri: str,
-    endpoint: str,
-) -> uuid.UUID:
+def _start_job(ctx: ServiceContext, batch: OpenAIBatch, input_uri: str, endpoint: str) -> uuid.UUID:
     assert batch.model is not None
-    output = openai_files.files_prefix(settings, tenant).join(f"batches/{batch.id}/")
+    settings = ctx.settings
+    output = openai_files.files_prefix(settings, ctx.tenant).join(f"batches/{batch.id}/")
     spec = _spec(
         model=model_ref(settings, batch.model),
         task=ENDPOINTS[endpoint],  # type: ignore[arg-type]
@@ -274,7 +277,7 @@ def _start_job(
         openai_endpoint=endpoint,  # type: ignore[arg-type]
         metadata={"openai_batch_id": batch.id},
     )
-    job, _ = submission.submit(uow, settings, store, tenant.id, spec)
+    job, _ = submission.submit(ctx, submission.SubmitJob(spec))
     return job.id
 
 
@@ -304,17 +307,19 @@ def get(session: Session, tenant_id: uuid.UUID, batch_id: str) -> OpenAIBatch:
     return row
 
 
-def cancel(uow: UnitOfWork, tenant_id: uuid.UUID, batch_id: str) -> OpenAIBatch:
+def cancel(ctx: ServiceContext, batch_id: str) -> OpenAIBatch:
     """Cancel the batch's job (what finished is kept); 409 when it already ended."""
-    batch = get(uow.session, tenant_id, batch_id)
-    job = repo.get_job(uow.session, batch.job_id) if batch.job_id else None
+    session = ctx.session
+    batch = get(session, ctx.tenant.id, batch_id)
+    job = repo.get_job(session, batch.job_id) if batch.job_id else None
     if job is None or job.status in (SUCCEEDED, FAILED, CANCELLED):
-        status = present(uow.session, batch)["status"]
+        status = present(session, batch).status
         raise Conflict(f"batch {batch.id} is already {status}; there is nothing to cancel")
-    jobs.cancel(uow, job)
+    jobs.cancel(ctx, job)
     if batch.cancelling_at is None:
         batch.cancelling_at = utcnow()
-    uow.session.flush()
+        audit.record(ctx, "batch.cancel", f"batch:{batch.id}", job=job.id)
+    session.flush()
     return batch
 
 
@@ -324,7 +329,9 @@ def expire_due(uow: UnitOfWork, now: datetime, limit: int = 100) -> int:
     due = openai_repo.take_due_openai_batches(uow.session, now, limit)
     for batch, job in due:
         batch.expired_at = now
-        jobs.cancel(uow, job, reason=f"batch {batch.id} expired: its completion window ended")
+        jobs.request_cancel(
+            uow, job, reason=f"batch {batch.id} expired: its completion window ended"
+        )
     uow.session.flush()
     return len(due)
 
@@ -361,10 +368,6 @@ def attach_outputs(
     session.flush()
 
 
-def _ts(value: Any) -> int | None:
-    return int(value.timestamp()) if value is not None else None
-
-
 _STATUS = {
     QUEUED: "validating",
     RUNNING: "in_progress",
@@ -375,12 +378,25 @@ _STATUS = {
 }
 
 
-def present(session: Session, batch: OpenAIBatch) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BatchView:
+    """A batch as OpenAI's client reads it: the row, its job (None when its input failed the
+    checks), the job's progress, and what they tell: its OpenAI status and errors."""
+
+    batch: OpenAIBatch
+    job: Job | None
+    progress: repo.Progress | None
+    status: str
+    errors: list[dict[str, Any]] | None
+    barge: dict[str, Any] | None = None  # the Barge job it runs as and what that used
+
+
+def present(session: Session, batch: OpenAIBatch) -> BatchView:
     """The batch as OpenAI's client reads it."""
     return present_many(session, [batch])[0]
 
 
-def present_many(session: Session, batches: list[OpenAIBatch]) -> list[dict[str, Any]]:
+def present_many(session: Session, batches: list[OpenAIBatch]) -> list[BatchView]:
     job_ids = [b.job_id for b in batches if b.job_id is not None]
     found = {j.id: j for j in (repo.get_job(session, i) for i in job_ids) if j is not None}
     progress = repo.progress_for(session, list(found))
@@ -389,11 +405,11 @@ def present_many(session: Session, batches: list[OpenAIBatch]) -> list[dict[str,
     for b in batches:
         job = found.get(b.job_id) if b.job_id else None
         done = progress.get(b.job_id) if b.job_id else None
-        out.append({**_present(b, job, done), "barge": usage.extension(job, used)})
+        out.append(replace(_view(b, job, done), barge=usage.extension(job, used)))
     return out
 
 
-def _present(batch: OpenAIBatch, job: Job | None, progress: repo.Progress | None) -> dict[str, Any]:
+def _view(batch: OpenAIBatch, job: Job | None, progress: repo.Progress | None) -> BatchView:
     status = batch.status or (_STATUS.get(job.status, "in_progress") if job else "failed")
     if (
         job is not None
@@ -409,54 +425,15 @@ def _present(batch: OpenAIBatch, job: Job | None, progress: repo.Progress | None
         status = "finalizing"
         if job.status in (CANCELLED, SUCCEEDED, FAILED):
             status = "completed" if batch.expired_requests == 0 else "expired"
-    expired = batch.expired_requests or 0
     errors = batch.errors
     if errors is None and job is not None and job.status == FAILED:
         errors = [{"code": "batch_failed", "line": None, "message": job.error, "param": None}]
-    finished = job.finished_at if job is not None else batch.created_at
-    return {
-        "id": batch.id,
-        "object": "batch",
-        "endpoint": batch.endpoint,
-        "errors": {"object": "list", "data": errors} if errors else None,
-        "input_file_id": batch.input_file_id,
-        "completion_window": batch.completion_window,
-        "status": status,
-        "output_file_id": batch.output_file_id,
-        "error_file_id": batch.error_file_id,
-        "created_at": _ts(batch.created_at),
-        "in_progress_at": _ts(job.started_at) if job else None,
-        "expires_at": _ts(batch.expires_at),
-        "finalizing_at": _ts(job.finished_at) if job and status == "completed" else None,
-        "completed_at": _ts(finished) if status == "completed" else None,
-        "failed_at": _ts(finished) if status == "failed" else None,
-        "expired_at": _ts(batch.expired_at) if status == "expired" else None,
-        "cancelling_at": _ts(batch.cancelling_at),
-        "cancelled_at": _ts(finished) if status == "cancelled" else None,
-        "request_counts": {
-            "total": batch.total,
-            "completed": progress.records_succeeded if progress else 0,
-            "failed": (progress.records_failed if progress else 0) + expired,
-        },
-        "usage": _usage(batch.usage),
-        "model": batch.model,
-        "metadata": batch.meta,
-    }
+    return BatchView(batch, job, progress, status, errors)
 
 
-def _usage(totals: dict[str, int] | None) -> dict[str, Any] | None:
-    if totals is None:
-        return None
-    return {
-        "input_tokens": totals.get("prompt_tokens", 0),
-        "output_tokens": totals.get("completion_tokens", 0),
-        "total_tokens": totals.get("total_tokens", 0),
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens_details": {"reasoning_tokens": 0},
-    }
-
-
-def page(session: Session, tenant_id: uuid.UUID, limit: int, after: str | None) -> dict[str, Any]:
+def page(
+    session: Session, tenant_id: uuid.UUID, limit: int, after: str | None
+) -> openai_files.Page[BatchView]:
     after_row = None
     if after is not None:
         after_row = (
@@ -467,4 +444,4 @@ def page(session: Session, tenant_id: uuid.UUID, limit: int, after: str | None) 
         if after_row is None:
             raise BadRequest(f"after: no such batch {excerpt(after)}", field="after")
     rows, more = openai_repo.list_openai_batches(session, tenant_id, limit, after_row)
-    return openai_files.listing(present_many(session, rows), more)
+    return openai_files.Page(present_many(session, rows), more)

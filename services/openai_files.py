@@ -1,5 +1,5 @@
-"""Files of the OpenAI-compatible surface: where a tenant's uploads go, their rows, their
-presentation, and batch outputs registered as files.
+"""Files of the OpenAI-compatible surface: where a tenant's uploads go, their rows, pages of
+the surface's lists (``Page``), and batch outputs registered as files.
 
 An upload lands under the tenant's ``BARGE_OPENAI_FILES_PREFIX`` (``{tenant}`` is its name),
 which must lie inside its write scopes. Another tenant's file is a 404, never a 403.
@@ -10,19 +10,21 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
 from barge.errors import BargeError, Forbidden, NotFound, excerpt
 from barge.jsonvalues import unstorable
 from barge.settings import Settings
-from barge.storage import ObjectStore, S3Uri
+from barge.storage import S3Uri
 from db.base import utcnow
 from db.models import OpenAIFile, Tenant
 from db.repositories import openai as openai_repo
-from services import quotas, scopes
+from services import audit, quotas, scopes
+from services.context import ServiceContext
 
 PURPOSES = ("batch", "fine-tune")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the ids this surface hands out
@@ -30,6 +32,15 @@ OUTPUT_PURPOSE = "batch_output"
 RESULTS_PURPOSE = "fine-tune-results"
 MAX_FILENAME_CHARS = 512
 MAX_METADATA_KEYS = 16
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of one of the surface's lists: its items, and whether more follow."""
+
+    items: list[T]
+    has_more: bool
 
 
 class BadRequest(BargeError):
@@ -79,36 +90,40 @@ def too_large(settings: Settings) -> FileTooLarge:
     )
 
 
-def store_upload(
-    session: Session,
-    settings: Settings,
-    store: ObjectStore,
-    tenant: Tenant,
-    filename: str,
-    purpose: str,
-    path: Path,
-) -> OpenAIFile:
-    """Put the uploaded file (spooled at ``path``) under the tenant's prefix and add its row."""
-    check_purpose(purpose)
-    size = path.stat().st_size
+@dataclass(frozen=True)
+class UploadFile:
+    """An uploaded file, spooled at ``path``: the name it was sent with and its purpose."""
+
+    filename: str
+    purpose: str
+    path: Path
+
+
+def store_upload(ctx: ServiceContext, upload: UploadFile) -> OpenAIFile:
+    """Put the uploaded file under the tenant's prefix and add (and audit) its row."""
+    settings, tenant = ctx.settings, ctx.tenant
+    purpose = check_purpose(upload.purpose)
+    size = upload.path.stat().st_size
     if size > settings.openai_max_file_bytes:
         raise too_large(settings)
-    quotas.check_openai_upload(session, settings, tenant, size)  # 429 naming the quota
+    quotas.check_openai_upload(ctx.session, settings, tenant, size)  # 429 naming the quota
     file_id = new_id("file-")
     uri = files_prefix(settings, tenant).join(f"{file_id}.jsonl")
-    store.put_file(uri, path)
-    return openai_repo.add_openai_file(
-        session,
+    ctx.store.put_file(uri, upload.path)
+    row = openai_repo.add_openai_file(
+        ctx.session,
         OpenAIFile(
             id=file_id,
             tenant_id=tenant.id,
             purpose=purpose,
-            filename=clean_filename(filename),
+            filename=clean_filename(upload.filename),
             bytes=size,
             uri=str(uri),
             created_at=utcnow(),
         ),
     )
+    audit.record(ctx, "file.upload", f"file:{file_id}", purpose=purpose, bytes=size)
+    return row
 
 
 def add_output_file(
@@ -153,24 +168,18 @@ def get(session: Session, tenant_id: uuid.UUID, file_id: str) -> OpenAIFile:
     return row
 
 
-def delete(session: Session, store: ObjectStore, tenant_id: uuid.UUID, file_id: str) -> str:
-    row = get(session, tenant_id, file_id)
-    store.delete(S3Uri.parse(row.uri))
-    openai_repo.delete_openai_file(session, row)
+def location(row: OpenAIFile) -> S3Uri:
+    """Where the file's object lies (its row holds the URI Barge wrote it at)."""
+    return S3Uri.parse(row.uri)
+
+
+def delete(ctx: ServiceContext, file_id: str) -> str:
+    """Delete the tenant's file and its object."""
+    row = get(ctx.session, ctx.tenant.id, file_id)
+    ctx.store.delete(location(row))
+    openai_repo.delete_openai_file(ctx.session, row)
+    audit.record(ctx, "file.delete", f"file:{file_id}", purpose=row.purpose)
     return file_id
-
-
-def present(row: OpenAIFile) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "object": "file",
-        "bytes": row.bytes,
-        "created_at": int(row.created_at.timestamp()),
-        "filename": row.filename,
-        "purpose": row.purpose,
-        "status": "processed",
-        "status_details": None,
-    }
 
 
 def page(
@@ -179,27 +188,15 @@ def page(
     limit: int,
     after: str | None,
     purpose: str | None = None,
-) -> dict[str, Any]:
-    """A page of files as OpenAI lists them."""
+) -> Page[OpenAIFile]:
+    """A page of the tenant's files, newest first (``after``: the last of the previous page)."""
     after_row = None
     if after is not None:
         after_row = openai_repo.get_openai_file(session, tenant_id, after) if is_id(after) else None
         if after_row is None:
             raise BadRequest(f"after: no such file {excerpt(after)}", field="after")
     rows, more = openai_repo.list_openai_files(session, tenant_id, limit, after_row, purpose)
-    return listing([present(r) for r in rows], more)
-
-
-def listing(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
-    """A page of objects as OpenAI's list endpoints answer it (what the client's
-    auto-pagination reads)."""
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": more,
-    }
+    return Page(rows, more)
 
 
 def check_text(name: str, value: str) -> str:

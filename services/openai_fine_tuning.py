@@ -22,10 +22,11 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
 from barge import modeldirs
@@ -40,15 +41,15 @@ from barge.specs import (
     Method,
 )
 from barge.status import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED
-from barge.storage import ObjectStore, S3Uri
+from barge.storage import S3Uri
 from db import repositories as repo
 from db.base import utcnow
-from db.models import Job, JobEvent, OpenAIFile, OpenAIFineTuningJob, Tenant
+from db.models import Job, JobEvent, OpenAIFile, OpenAIFineTuningJob
 from db.repositories import openai as openai_repo
-from services import jobs, openai_files, submission, usage
+from services import audit, jobs, openai_files, submission, usage
+from services.context import ServiceContext
 from services.openai_batches import bounded_lines, model_ref
 from services.openai_files import BadRequest
-from services.unit_of_work import UnitOfWork
 
 AUTO_EPOCHS = 3
 MAX_AUTO_BATCH_SIZE = 16
@@ -138,12 +139,11 @@ def _pair_problem(data: dict[str, Any], limit: int) -> str | None:
     return None
 
 
-class Request(BaseModel):
-    """A create request's body: OpenAI's fields and Barge's ``barge`` extension
-    (``{"method": {"type": "lora", ...}}`` or ``{"type": "full"}``). Every field is taken as
-    sent and checked here, so that each refusal names its field and says what to fix."""
-
-    model_config = ConfigDict(extra="ignore")
+@dataclass(frozen=True)
+class CreateFineTuningJob:
+    """What a create request asks: OpenAI's fields and Barge's ``barge`` extension
+    (``{"method": {"type": "lora", ...}}`` or ``{"type": "full"}``), each as sent; ``create``
+    checks every one, so that each refusal names its field and says what to fix."""
 
     model: Any
     training_file: Any
@@ -157,7 +157,7 @@ class Request(BaseModel):
     barge: Any = None
 
 
-def _hyperparameters(request: Request) -> dict[str, Any]:
+def _hyperparameters(request: CreateFineTuningJob) -> dict[str, Any]:
     """The hyperparameters asked for: ``method.supervised.hyperparameters`` over the top-level
     (deprecated) ``hyperparameters``."""
     method = request.method
@@ -209,7 +209,7 @@ def _number(
     return value
 
 
-def _method(request: Request, settings: Settings) -> FullMethod | LoraMethod:
+def _method(request: CreateFineTuningJob, settings: Settings) -> FullMethod | LoraMethod:
     options = request.barge
     if options is None:
         options = {}
@@ -263,9 +263,9 @@ def _file(session: Session, tenant_id: uuid.UUID, file_id: Any, field: str) -> O
     return row
 
 
-def _checked(store: ObjectStore, settings: Settings, row: OpenAIFile, field: str) -> Examples:
-    with store.open(S3Uri.parse(row.uri)) as f:
-        found = check_file(f, settings)
+def _checked(ctx: ServiceContext, row: OpenAIFile, field: str) -> Examples:
+    with ctx.store.open(openai_files.location(row)) as f:
+        found = check_file(f, ctx.settings)
     if found.errors:
         raise BadRequest(
             f"{field} {row.id} is not a valid fine-tuning file: {'; '.join(found.errors)}",
@@ -275,13 +275,11 @@ def _checked(store: ObjectStore, settings: Settings, row: OpenAIFile, field: str
     return found
 
 
-def _check_base(
-    settings: Settings, store: ObjectStore, model: str, job: Job, examples: Examples
-) -> None:
+def _check_base(ctx: ServiceContext, model: str, job: Job, examples: Examples) -> None:
     """The base (as the submission resolved it) must be a causal LM, with a chat template
     for chat examples: an embedding model is refused here, not by the job a moment later."""
     base = job.model_uri
-    problem = base and modeldirs.causal_lm_problem(settings, store, base, examples.chat)
+    problem = base and modeldirs.causal_lm_problem(ctx.settings, ctx.store, base, examples.chat)
     if problem:
         raise BadRequest(
             f"model {excerpt(model)} cannot be fine-tuned: {problem}",
@@ -324,9 +322,7 @@ def _chosen(
     return chosen, learning_rate
 
 
-def create(
-    uow: UnitOfWork, settings: Settings, store: ObjectStore, tenant: Tenant, request: Request
-) -> OpenAIFineTuningJob:
+def create(ctx: ServiceContext, request: CreateFineTuningJob) -> OpenAIFineTuningJob:
     """Check the request and its files, then submit the Barge fine-tune that runs it."""
     if not isinstance(request.model, str) or not request.model or len(request.model) > 2048:
         raise BadRequest("model must be a model name of at most 2048 characters", field="model")
@@ -334,22 +330,22 @@ def create(
         raise BadRequest("integrations are not supported", field="integrations")
     seed = _seed(request.seed)
     asked = _hyperparameters(request)
-    method = _method(request, settings)
+    method = _method(request, ctx.settings)
     suffix = _suffix(request.suffix)
     metadata = openai_files.check_metadata(request.metadata)
-    train = _file(uow.session, tenant.id, request.training_file, "training_file")
+    train = _file(ctx.session, ctx.tenant.id, request.training_file, "training_file")
     validation = (
-        _file(uow.session, tenant.id, request.validation_file, "validation_file")
+        _file(ctx.session, ctx.tenant.id, request.validation_file, "validation_file")
         if request.validation_file is not None
         else None
     )
-    examples = _checked(store, settings, train, "training_file")
+    examples = _checked(ctx, train, "training_file")
     if validation is not None:
-        _checked(store, settings, validation, "validation_file")
+        _checked(ctx, validation, "validation_file")
     chosen, learning_rate = _chosen(asked, examples, method)
     row = OpenAIFineTuningJob(
         id=openai_files.new_id("ftjob-"),
-        tenant_id=tenant.id,
+        tenant_id=ctx.tenant.id,
         model=request.model,
         training_file_id=train.id,
         validation_file_id=validation.id if validation else None,
@@ -360,9 +356,36 @@ def create(
         created_at=utcnow(),
         id_key=secrets.token_hex(16),
     )
-    spec_fields = {
+    job = _submit(ctx, _spec_fields(ctx, row, (train, validation), method, learning_rate))
+    _check_base(ctx, request.model, job, examples)  # a refusal rolls the job back
+    row.job_id = job.id
+    row = openai_repo.add_fine_tuning_job(ctx.session, row)
+    audit.record(
+        ctx,
+        "fine_tuning.create",
+        f"fine_tuning_job:{row.id}",
+        model=row.model,
+        training_file=row.training_file_id,
+        validation_file=row.validation_file_id,
+        job=job.id,
+    )
+    return row
+
+
+def _spec_fields(
+    ctx: ServiceContext,
+    row: OpenAIFineTuningJob,
+    files: tuple[OpenAIFile, OpenAIFile | None],
+    method: FullMethod | LoraMethod,
+    learning_rate: float,
+) -> dict[str, Any]:
+    """The Barge fine-tune that runs the job ``row`` over its (training, validation) files."""
+    train, validation = files
+    chosen = row.hyperparameters
+    output = openai_files.files_prefix(ctx.settings, ctx.tenant).join(f"fine_tuning/{row.id}/")
+    return {
         "type": "finetune",
-        "base_model": model_ref(settings, request.model),
+        "base_model": model_ref(ctx.settings, row.model),
         "task": "generate",
         "train": train.uri,
         "validation": validation.uri if validation else None,
@@ -370,33 +393,23 @@ def create(
             "epochs": chosen["n_epochs"],
             "batch_size": chosen["batch_size"],
             "learning_rate": learning_rate,
-            "seed": seed,
+            "seed": row.seed,
         },
-        "model_name": registered_name(request.model, suffix),
-        "output": str(openai_files.files_prefix(settings, tenant).join(f"fine_tuning/{row.id}/")),
+        "model_name": registered_name(row.model, row.suffix),
+        "output": str(output),
         "input_format": "jsonl",
         "method": method,
         # A merged LoRA model exists only at the end.
         "epoch_models": 0 if isinstance(method, LoraMethod) and method.merge else EPOCH_MODELS,
         "metadata": {"openai_fine_tuning_job_id": row.id},
     }
-    job = _submit(uow, settings, store, tenant, spec_fields)
-    _check_base(settings, store, request.model, job, examples)  # a refusal rolls the job back
-    row.job_id = job.id
-    return openai_repo.add_fine_tuning_job(uow.session, row)
 
 
-def _submit(
-    uow: UnitOfWork,
-    settings: Settings,
-    store: ObjectStore,
-    tenant: Tenant,
-    spec_fields: dict[str, Any],
-) -> Job:
+def _submit(ctx: ServiceContext, spec_fields: dict[str, Any]) -> Job:
     """The Barge fine-tune, submitted; its refusals named by the request's fields."""
     try:
         spec = FinetuneSpec.model_validate(spec_fields)
-        job, _ = submission.submit(uow, settings, store, tenant.id, spec)
+        job, _ = submission.submit(ctx, submission.SubmitJob(spec))
     except ValidationError as exc:
         raise BadRequest(f"the job cannot run: {exc.errors()[0]['msg']}", field="model") from None
     except InvalidSpec as exc:
@@ -420,15 +433,16 @@ def _job(session: Session, row: OpenAIFineTuningJob) -> Job | None:
     return repo.get_job(session, row.job_id) if row.job_id else None
 
 
-def cancel(uow: UnitOfWork, tenant_id: uuid.UUID, job_id: str) -> OpenAIFineTuningJob:
+def cancel(ctx: ServiceContext, job_id: str) -> OpenAIFineTuningJob:
     """Cancel the Barge job (its training stops at the next step); 409 once it ended."""
-    row = get(uow.session, tenant_id, job_id)
-    job = _job(uow.session, row)
+    row = get(ctx.session, ctx.tenant.id, job_id)
+    job = _job(ctx.session, row)
     if job is None or job.status in TERMINAL or job.status == CANCELLING:
-        status = present(uow.session, row)["status"]
+        status = present(ctx.session, row).status
         raise Conflict(f"fine-tuning job {row.id} is already {status}; there is nothing to cancel")
-    jobs.cancel(uow, job)
-    uow.session.flush()
+    jobs.cancel(ctx, job)
+    audit.record(ctx, "fine_tuning.cancel", f"fine_tuning_job:{row.id}", job=job.id)
+    ctx.session.flush()
     return row
 
 
@@ -442,11 +456,22 @@ _STATUS = {
 }
 
 
-def _ts(value: Any) -> int | None:
-    return int(value.timestamp()) if value is not None else None
+@dataclass(frozen=True)
+class FineTuningView:
+    """A fine-tuning job as OpenAI's client reads it: the row, its Barge job, and what they
+    tell: its OpenAI status, the model it registered (``name@N``) and the tokens it trained
+    on once it succeeded, and when it should finish while it trains (Unix seconds)."""
+
+    row: OpenAIFineTuningJob
+    job: Job | None
+    status: str
+    fine_tuned_model: str | None
+    trained_tokens: int | None
+    estimated_finish: int | None
+    barge: dict[str, Any] | None = None  # the Barge job it runs as and what that used
 
 
-def present(session: Session, row: OpenAIFineTuningJob) -> dict[str, Any]:
+def present(session: Session, row: OpenAIFineTuningJob) -> FineTuningView:
     """The job as OpenAI's client reads it (``fine_tuning.job``)."""
     job = _job(session, row)
     status = _STATUS.get(job.status, "running") if job else "failed"
@@ -458,34 +483,15 @@ def present(session: Session, row: OpenAIFineTuningJob) -> dict[str, Any]:
             done, job.steps_total, (utcnow() - job.started_at).total_seconds(), True
         )
         estimated = int(utcnow().timestamp() + eta) if eta is not None else None
-    hyperparameters = dict(row.hyperparameters)
-    return {
-        "id": row.id,
-        "object": "fine_tuning.job",
-        "created_at": _ts(row.created_at),
-        "error": (
-            {"code": "job_failed", "message": job.error or "the job failed", "param": None}
-            if job is not None and job.status == FAILED
-            else None
-        ),
-        "fine_tuned_model": f"{model.name}@{model.version}" if model else None,
-        "finished_at": _ts(job.finished_at) if job and job.status in TERMINAL else None,
-        "hyperparameters": hyperparameters,
-        "model": row.model,
-        "organization_id": f"org-{job.tenant_id}" if job else f"org-{row.tenant_id}",
-        "result_files": [row.result_file_id] if row.result_file_id else [],
-        "seed": row.seed,
-        "status": status,
-        "trained_tokens": (model.metrics or {}).get("trained_tokens") if model else None,
-        "training_file": row.training_file_id,
-        "validation_file": row.validation_file_id,
-        "estimated_finish": estimated,
-        "integrations": [],
-        "metadata": row.meta,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-        "user_provided_suffix": row.suffix,
-        "barge": usage.extension(job, usage.usage_for(session, None, [job.id] if job else [])),
-    }
+    return FineTuningView(
+        row=row,
+        job=job,
+        status=status,
+        fine_tuned_model=f"{model.name}@{model.version}" if model else None,
+        trained_tokens=(model.metrics or {}).get("trained_tokens") if model else None,
+        estimated_finish=estimated,
+        barge=usage.extension(job, usage.usage_for(session, None, [job.id] if job else [])),
+    )
 
 
 # What an event's id shows (``ftevent-`` or ``ftckpt-`` and 32 hex digits): the event's number
@@ -538,7 +544,7 @@ def page(
     limit: int,
     after: str | None,
     metadata: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> openai_files.Page[FineTuningView]:
     after_row = None
     if after is not None:
         after_row = (
@@ -549,10 +555,37 @@ def page(
         if after_row is None:
             raise BadRequest(f"after: no such fine-tuning job {excerpt(after)}", field="after")
     rows, more = openai_repo.list_fine_tuning_jobs(session, tenant_id, limit, after_row, metadata)
-    return openai_files.listing([present(session, r) for r in rows], more)
+    return openai_files.Page([present(session, r) for r in rows], more)
 
 
-def _event(row: OpenAIFineTuningJob, event: JobEvent) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FineTuningEvent:
+    """One of a job's events as OpenAI shows it (``fine_tuning.job.event``); ``id`` is opaque
+    (``public_id``)."""
+
+    id: str
+    at: datetime
+    level: str  # info, warn or error
+    message: str
+    data: dict[str, Any]
+    type: str  # metrics or message
+
+
+@dataclass(frozen=True)
+class FineTuningCheckpoint:
+    """One epoch's checkpoint (``fine_tuning.job.checkpoint``): its metrics, and the model it
+    is usable as (``name@N``) when Barge kept one."""
+
+    id: str
+    at: datetime
+    model: str | None
+    job_id: str  # the fine-tuning job's id
+    metrics: dict[str, Any]
+    step: Any
+    epoch: Any
+
+
+def _event(row: OpenAIFineTuningJob, event: JobEvent) -> FineTuningEvent:
     data = {k: v for k, v in (event.data or {}).items() if k != "spec"}
     kind, message = event.kind, event.message
     level = "info"
@@ -572,32 +605,57 @@ def _event(row: OpenAIFineTuningJob, event: JobEvent) -> dict[str, Any]:
             "total_steps": data.get("steps_total"),
             **data,
         }
-    return {
-        "id": public_id(row, EVENT_PREFIX, event.id),
-        "object": "fine_tuning.job.event",
-        "created_at": _ts(event.at),
-        "level": level,
-        "message": message,
-        "data": data,
-        "type": "metrics" if kind in ("train", CHECKPOINT_KIND) else "message",
-    }
+    return FineTuningEvent(
+        id=public_id(row, EVENT_PREFIX, event.id),
+        at=event.at,
+        level=level,
+        message=message,
+        data=data,
+        type="metrics" if kind in ("train", CHECKPOINT_KIND) else "message",
+    )
 
 
 def events(
     session: Session, tenant_id: uuid.UUID, job_id: str, limit: int, after: str | None
-) -> dict[str, Any]:
+) -> openai_files.Page[FineTuningEvent]:
     """The job's events, newest first (``after``: the last of the previous page)."""
     row = get(session, tenant_id, job_id)
     before = read_cursor(row, after, EVENT_PREFIX)
     if row.job_id is None:
-        return openai_files.listing([], False)
+        return openai_files.Page([], False)
     found, more = repo.events_newest_first(session, row.job_id, limit, before)
-    return openai_files.listing([_event(row, e) for e in found], more)
+    return openai_files.Page([_event(row, e) for e in found], more)
+
+
+def _checkpoint(
+    row: OpenAIFineTuningJob, event: JobEvent, usable: dict[Any, str]
+) -> FineTuningCheckpoint:
+    record = event.data or {}
+    metrics = {
+        "step": record.get("step"),
+        "train_loss": record.get("train_loss"),
+        "valid_loss": record.get("validation_loss"),
+        "full_valid_loss": record.get("validation_loss"),
+        **{
+            k.replace("validation_", "valid_"): v
+            for k, v in record.items()
+            if k.startswith("validation_") and k != "validation_loss"
+        },
+    }
+    return FineTuningCheckpoint(
+        id=public_id(row, CHECKPOINT_PREFIX, event.id),
+        at=event.at,
+        model=usable.get(record.get("epoch")),
+        job_id=row.id,
+        metrics=metrics,
+        step=record.get("step"),
+        epoch=record.get("epoch"),
+    )
 
 
 def checkpoints(
     session: Session, tenant_id: uuid.UUID, job_id: str, limit: int, after: str | None
-) -> dict[str, Any]:
+) -> openai_files.Page[FineTuningCheckpoint]:
     """One checkpoint per finished epoch, newest first, with its train loss and validation
     metrics. The registered epoch and the kept epochs before it (``EPOCH_MODELS``) name their
     models (``name@N``, usable as any model); Barge keeps no model of the others, so theirs is
@@ -605,36 +663,10 @@ def checkpoints(
     row = get(session, tenant_id, job_id)
     before = read_cursor(row, after, CHECKPOINT_PREFIX)
     if row.job_id is None:
-        return openai_files.listing([], False)
+        return openai_files.Page([], False)
     found, more = repo.events_newest_first(session, row.job_id, limit, before, (CHECKPOINT_KIND,))
     usable = _epoch_models(session, row.job_id)
-    data = []
-    for event in found:
-        record = event.data or {}
-        metrics = {
-            "step": record.get("step"),
-            "train_loss": record.get("train_loss"),
-            "valid_loss": record.get("validation_loss"),
-            "full_valid_loss": record.get("validation_loss"),
-            **{
-                k.replace("validation_", "valid_"): v
-                for k, v in record.items()
-                if k.startswith("validation_") and k != "validation_loss"
-            },
-        }
-        data.append(
-            {
-                "id": public_id(row, CHECKPOINT_PREFIX, event.id),
-                "object": "fine_tuning.job.checkpoint",
-                "created_at": _ts(event.at),
-                "fine_tuned_model_checkpoint": usable.get(record.get("epoch")),
-                "fine_tuning_job_id": row.id,
-                "metrics": metrics,
-                "step_number": record.get("step"),
-                "epoch": record.get("epoch"),
-            }
-        )
-    return openai_files.listing(data, more)
+    return openai_files.Page([_checkpoint(row, e, usable) for e in found], more)
 
 
 def _epoch_models(session: Session, job_id: uuid.UUID) -> dict[Any, str]:

@@ -6,42 +6,50 @@ the tenant's organization (``org-<tenant id>``, as fine-tuning jobs name it)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy.orm import Session
+from dataclasses import dataclass
 
 from barge.errors import NotFound, excerpt
-from barge.settings import Settings
 from db.models import Model, Tenant
 from db.repositories import openai as openai_repo
 from services import registry
+from services.context import ServiceContext
 
 
-def _model(model_id: str, created: int, owned_by: str) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
+@dataclass(frozen=True)
+class ModelView:
+    """A model a request may name, as OpenAI's ``model`` object says it."""
+
+    id: str
+    created: int  # Unix seconds; 0 for an alias
+    owned_by: str  # "system" for an alias, the tenant's organization for its own
 
 
-def _registered(tenant: Tenant, model_id: str, row: Model) -> dict[str, Any]:
-    return _model(model_id, int(row.created_at.timestamp()), f"org-{tenant.id}")
+def _alias(name: str) -> ModelView:
+    return ModelView(name, 0, "system")
 
 
-def listing(session: Session, settings: Settings, tenant: Tenant) -> dict[str, Any]:
+def _registered(tenant: Tenant, model_id: str, row: Model) -> ModelView:
+    return ModelView(model_id, int(row.created_at.timestamp()), f"org-{tenant.id}")
+
+
+def listing(ctx: ServiceContext) -> list[ModelView]:
     """Every model the tenant may name: the aliases, then its registered names and versions."""
-    data = [_model(name, 0, "system") for name in sorted(settings.openai_model_aliases)]
+    settings, tenant = ctx.settings, ctx.tenant
+    data = [_alias(name) for name in sorted(settings.openai_model_aliases)]
     seen = set(settings.openai_model_aliases)  # an alias wins over a registered name
-    for row in openai_repo.tenant_models(session, tenant.id):
+    for row in openai_repo.tenant_models(ctx.session, tenant.id):
         if row.name not in seen:  # the newest version comes first
             seen.add(row.name)
             data.append(_registered(tenant, row.name, row))
         data.append(_registered(tenant, f"{row.name}@{row.version}", row))
-    return {"object": "list", "data": data}
+    return data
 
 
-def get(session: Session, settings: Settings, tenant: Tenant, model_id: str) -> dict[str, Any]:
+def get(ctx: ServiceContext, model_id: str) -> ModelView:
     """The model ``model_id`` names; 404 for a name neither an alias nor the tenant's."""
-    if model_id in settings.openai_model_aliases:
-        return _model(model_id, 0, "system")
-    row = registry.registered(session, tenant.id, model_id)
+    if model_id in ctx.settings.openai_model_aliases:
+        return _alias(model_id)
+    row = registry.registered(ctx.session, ctx.tenant.id, model_id)
     if row is None:
         raise NotFound(
             f"The model {excerpt(model_id)} does not exist: GET /models lists the ones this key "
@@ -49,4 +57,4 @@ def get(session: Session, settings: Settings, tenant: Tenant, model_id: str) -> 
             field="model",
             code="model_not_found",
         )
-    return _registered(tenant, model_id, row)
+    return _registered(ctx.tenant, model_id, row)

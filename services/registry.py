@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -12,33 +13,22 @@ from barge import onnxdirs
 from barge.errors import Conflict, Forbidden, InvalidSpec, PermanentJobError, excerpt
 from barge.jsonvalues import unstorable
 from barge.modeldirs import check_model_files, is_onnx_dir, list_model_files
-from barge.settings import Settings
 from barge.specs import BUILTIN_MODELS, MAX_VERSION
-from barge.storage import ObjectStore, S3Uri, check_bucket_allowed, local_model_dir
+from barge.storage import S3Uri, check_bucket_allowed, local_model_dir
 from barge.uris import normalise
 from db import repositories as repo
 from db.models import Model
-from services import quotas
+from services import audit, quotas
+from services.context import ServiceContext
 from services.scopes import Scopes, require_read, scopes_for
 
 REGISTER_TRIES = 5  # two registrations of one name at once: the loser takes the next version
 
 
-def resolve(
-    session: Session,
-    settings: Settings,
-    store: ObjectStore,
-    tenant_id: uuid.UUID,
-    ref: str,
-    field: str = "model",
-    *,
-    tenant_scopes: Scopes,
-) -> str:
+def resolve(ctx: ServiceContext, ref: str, field: str = "model", *, tenant_scopes: Scopes) -> str:
     """``resolve_model``'s location, for a field that takes no adapter (refused, naming its
     base)."""
-    uri, base = resolve_model(
-        session, settings, store, tenant_id, ref, field, tenant_scopes=tenant_scopes
-    )
+    uri, base = resolve_model(ctx, ref, field, tenant_scopes=tenant_scopes)
     if base is not None:
         raise InvalidSpec(
             f"{field}: model {excerpt(ref)} is a LoRA adapter over {base}; name its base here "
@@ -49,14 +39,7 @@ def resolve(
 
 
 def resolve_model(
-    session: Session,
-    settings: Settings,
-    store: ObjectStore,
-    tenant_id: uuid.UUID,
-    ref: str,
-    field: str = "model",
-    *,
-    tenant_scopes: Scopes,
+    ctx: ServiceContext, ref: str, field: str = "model", *, tenant_scopes: Scopes
 ) -> tuple[str, str | None]:
     """The model's location and, for a registered LoRA adapter, its base's (both inside the
     tenant's read scopes), else None. The model's location: a built-in model's name, an s3://
@@ -68,14 +51,14 @@ def resolve_model(
     if ref in BUILTIN_MODELS:
         return ref, None  # shipped with the worker
     if ref.startswith("s3://"):
-        uri = S3Uri.parse(normalise(ref, field, prefix=True), field=field)
+        uri = S3Uri.parse(ref, field=field)  # a spec's model: normalised, a prefix
         require_read(tenant_scopes, str(uri), field)
-        check_bucket_allowed(settings, uri, field)
-        if not store.list(uri):
+        check_bucket_allowed(ctx.settings, uri, field)
+        if not ctx.store.list(uri):
             raise InvalidSpec(f"no model directory at {uri}", field=field)
         return str(uri), None
     try:
-        local = local_model_dir(settings, ref)  # raises when not under BARGE_LOCAL_MODEL_DIRS
+        local = local_model_dir(ctx.settings, ref)  # raises when not under BARGE_LOCAL_MODEL_DIRS
     except InvalidSpec as exc:
         raise InvalidSpec(exc.message, field=field) from None
     if local is not None:  # kept as sent: what it resolves to is for the worker, not for echoes
@@ -88,7 +71,7 @@ def resolve_model(
             f"model version must be a number from 1 to {MAX_VERSION}: {excerpt(ref)}",
             field=field,
         )
-    found = repo.find_model(session, tenant_id, name, int(version) if version else None)
+    found = repo.find_model(ctx.session, ctx.tenant.id, name, int(version) if version else None)
     if found is None:
         raise InvalidSpec(
             f"model {excerpt(ref)} is neither an s3:// URI nor a registered model name[@version]",
@@ -149,56 +132,56 @@ def check_name_keeps_task(session: Session, tenant_id: uuid.UUID, name: str, tas
         )
 
 
-def register_version(
-    session: Session,
-    tenant_id: uuid.UUID,
-    name: str,
-    uri: str,
-    task: str,
-    *,
-    base_model: str | None = None,
-    metrics: dict[str, Any] | None = None,
-    job_id: uuid.UUID | None = None,
-    adapter_base_uri: str | None = None,
-) -> Model:
-    """Add the next version of ``name`` inside the caller's transaction. A concurrent
-    registration of the same name makes the unique constraint refuse one of them: that one
-    retries (in a savepoint) with the next version."""
+@dataclass(frozen=True)
+class RegisterVersion:
+    """A model version to register as the next version of ``name``: where it lies, the task it
+    runs, and what is known of it (a fine-tune's base, metrics and job, the base a LoRA adapter
+    applies to)."""
+
+    name: str
+    uri: str
+    task: str
+    base_model: str | None = None
+    metrics: dict[str, Any] | None = None
+    job_id: uuid.UUID | None = None
+    adapter_base_uri: str | None = None
+
+
+def register_version(ctx: ServiceContext, version: RegisterVersion) -> Model:
+    """Add (and audit) the next version of ``version.name`` for the context's tenant, inside the
+    caller's transaction. A concurrent registration of the same name makes the unique constraint refuse
+    one of them: that one retries (in a savepoint) with the next version."""
+    session = ctx.session
     for _ in range(REGISTER_TRIES):
         try:
             with session.begin_nested():
-                return repo.register_model(
+                model = repo.register_model(
                     session,
-                    tenant_id,
-                    name,
-                    uri,
-                    task,
-                    base_model=base_model,
-                    metrics=metrics,
-                    job_id=job_id,
-                    adapter_base_uri=adapter_base_uri,
+                    ctx.tenant.id,
+                    version.name,
+                    version.uri,
+                    version.task,
+                    base_model=version.base_model,
+                    metrics=version.metrics,
+                    job_id=version.job_id,
+                    adapter_base_uri=version.adapter_base_uri,
                 )
         except IntegrityError:
             continue
-    raise Conflict(f"{name} was registered concurrently {REGISTER_TRIES} times; retry")
+        target = f"model:{model.name}@{model.version}"
+        audit.record(
+            ctx, "model.register", target, uri=model.uri, task=model.task, job=model.job_id
+        )
+        return model
+    raise Conflict(f"{version.name} was registered concurrently {REGISTER_TRIES} times; retry")
 
 
-def register_directory(
-    session: Session,
-    settings: Settings,
-    store: ObjectStore,
-    tenant_id: uuid.UUID,
-    name: str,
-    uri_text: str,
-    task: str,
-    *,
-    base_model: str | None = None,
-    metrics: dict[str, Any] | None = None,
-) -> Model:
+def register_directory(ctx: ServiceContext, version: RegisterVersion) -> Model:
     """Register an existing model directory (inside the tenant's read scopes, checked to be
     loadable) as the next version."""
-    uri = S3Uri.parse(normalise(uri_text, "uri", prefix=True), field="uri")
-    require_read(scopes_for(session, settings, tenant_id), str(uri), "uri")
+    settings, store = ctx.settings, ctx.store
+    uri = S3Uri.parse(normalise(version.uri, "uri", prefix=True), field="uri")
+    require_read(scopes_for(ctx.session, settings, ctx.tenant.id), str(uri), "uri")
     check_bucket_allowed(settings, uri, "uri")
     try:
         files = list_model_files(settings, store, str(uri))
@@ -208,8 +191,6 @@ def register_directory(
         )
     except PermanentJobError as exc:
         raise InvalidSpec(exc.message, field="uri") from None
-    check_task_fits(task, onnx_task, "task")
-    quotas.check_registration(session, settings, tenant_id)  # 429 naming max_model_versions
-    return register_version(
-        session, tenant_id, name, str(uri), task, base_model=base_model, metrics=metrics
-    )
+    check_task_fits(version.task, onnx_task, "task")
+    quotas.check_registration(ctx.session, settings, ctx.tenant.id)  # 429: max_model_versions
+    return register_version(ctx, replace(version, uri=str(uri)))

@@ -6,9 +6,8 @@ submits and reads its own tenant's work; ``admin`` also manages every tenant, sc
 key, and reads the audit log (an operator's key). A key may expire; a revoked or expired key is
 refused from the next request on. ``last_used_at`` is written at most once a minute per key.
 
-Every change made here is audited (``services.audit``) in the caller's transaction: by an
-admin's key (``actor``) or, with ``actor`` None, by the local operator through the ``barge``
-command.
+Every change made here is audited (``services.audit``) in the caller's transaction, naming the
+context's principal: an admin's key, or the local operator through the ``barge`` command.
 """
 
 from __future__ import annotations
@@ -24,13 +23,16 @@ from sqlalchemy.orm import Session
 
 from barge.errors import Conflict, Forbidden, InvalidSpec, NotFound, Unauthorized, excerpt
 from barge.jsonvalues import unstorable
-from barge.settings import Settings
 from db import repositories as repo
 from db.base import utcnow
 from db.models import ApiKey, Tenant
 from services import audit, quotas, scopes
+from services.context import ADMIN, Operator, ServiceContext
 
-MEMBER, ADMIN = "member", "admin"
+# Named here too, where callers of the keys and the principal look for them.
+from services.context import MEMBER as MEMBER
+from services.context import Principal as Principal
+
 ROLES = repo.ROLES
 # A tenant name stands for a path segment in the scope templates (s3://barge-data/{tenant}/).
 TENANT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -45,20 +47,6 @@ class _Unset:
 
 
 UNSET: Final = _Unset()  # "leave as it is", where None means "back to the default"
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who a request acts as: a tenant, through one of its keys, with that key's role."""
-
-    tenant: Tenant
-    key_id: uuid.UUID
-    key_prefix: str
-    role: str
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == ADMIN
 
 
 # --- authentication -------------------------------------------------------------------------------
@@ -123,9 +111,11 @@ def tenant_for_authorization(session: Session, authorization: str | None) -> Ten
     return principal_for_authorization(session, authorization).tenant
 
 
-def require_admin(principal: Principal) -> Principal:
-    """The principal, if its key is an admin's; Forbidden saying so otherwise."""
+def require_admin(principal: Principal | Operator) -> Principal | Operator:
+    """The principal, if its key is an admin's (or it is the local operator); Forbidden saying
+    so otherwise."""
     if not principal.is_admin:
+        assert isinstance(principal, Principal)
         raise Forbidden(
             f"this call needs an admin API key; {principal.key_prefix}… is a member key "
             "(an operator makes admin keys: `barge keys create --tenant T --role admin`)"
@@ -165,8 +155,7 @@ def _checked_overrides(overrides: Mapping[str, object]) -> dict[str, Any]:
 
 
 def create_tenant(
-    session: Session,
-    actor: Principal | None,
+    ctx: ServiceContext,
     name: str,
     *,
     read_scopes: list[str] | None = None,
@@ -178,15 +167,16 @@ def create_tenant(
     read = None if read_scopes is None else scopes.check_scopes(read_scopes, "read_scopes")
     write = None if write_scopes is None else scopes.check_scopes(write_scopes, "write_scopes")
     overrides = _checked_overrides(quota_overrides or {})
-    tenant = repo.add_tenant(session, name, read_scopes=read, write_scopes=write, quotas=overrides)
+    tenant = repo.add_tenant(
+        ctx.session, name, read_scopes=read, write_scopes=write, quotas=overrides
+    )
     if tenant is None:
         raise Conflict(f"a tenant named {name!r} exists; change it with `tenants update`")
-    audit.record_admin(
-        session,
-        actor,
-        tenant,
+    audit.record(
+        ctx,
         "tenant.create",
         f"tenant:{name}",
+        tenant=tenant,
         read_scopes=read,
         write_scopes=write,
         quotas=overrides or None,
@@ -195,8 +185,7 @@ def create_tenant(
 
 
 def update_tenant(
-    session: Session,
-    actor: Principal | None,
+    ctx: ServiceContext,
     name: str,
     *,
     read_scopes: list[str] | _Unset | None = UNSET,
@@ -206,7 +195,7 @@ def update_tenant(
     """Change a tenant's scopes (a list replaces them; None goes back to the settings'
     template) and quota overrides (a value sets one, None removes it: back to the default).
     Audited with what changed, from what to what; a change to nothing is no change."""
-    tenant = get_tenant(session, name, lock=True)
+    tenant = get_tenant(ctx.session, name, lock=True)
     values: dict[str, object] = {}
     changes: dict[str, dict[str, object]] = {}
     for column, given in (("read_scopes", read_scopes), ("write_scopes", write_scopes)):
@@ -227,46 +216,58 @@ def update_tenant(
             values["quotas"] = checked
             changes["quotas"] = {"from": old_quotas, "to": checked}
     if values:
-        repo.update_tenant(session, tenant, **values)
-        audit.record_admin(session, actor, tenant, "tenant.update", f"tenant:{name}", **changes)
+        repo.update_tenant(ctx.session, tenant, **values)
+        audit.record(ctx, "tenant.update", f"tenant:{name}", tenant=tenant, **changes)
     return tenant
 
 
+@dataclass(frozen=True)
+class TenantView:
+    """A tenant with its effective scopes and quotas, saying which come from the defaults."""
+
+    name: str
+    created_at: datetime
+    updated_at: datetime | None
+    read_scopes: list[str]
+    read_scopes_default: bool  # the settings' template
+    write_scopes: list[str]
+    write_scopes_default: bool
+    quotas: dict[str, Any]  # the effective quotas
+    quota_overrides: dict[str, Any]  # those set for this tenant
+    active_keys: int
+
+
 def describe_tenant(
-    session: Session, settings: Settings, tenant: Tenant, active_keys: int | None = None
-) -> dict[str, Any]:
+    ctx: ServiceContext, tenant: Tenant, active_keys: int | None = None
+) -> TenantView:
     """The tenant with its effective scopes and quotas, saying which come from the defaults."""
     if active_keys is None:
-        active_keys = repo.active_key_counts(session, utcnow()).get(tenant.id, 0)
-    effective = scopes.scopes_of(tenant, settings)
-    overrides = dict(tenant.quotas or {})
-    return {
-        "name": tenant.name,
-        "created_at": tenant.created_at,
-        "updated_at": tenant.updated_at,
-        "read_scopes": list(effective.read),
-        "read_scopes_default": effective.read_from_template,
-        "write_scopes": list(effective.write),
-        "write_scopes_default": effective.write_from_template,
-        "quotas": quotas.effective(tenant, settings).model_dump(),
-        "quota_overrides": overrides,
-        "active_keys": active_keys,
-    }
+        active_keys = repo.active_key_counts(ctx.session, utcnow()).get(tenant.id, 0)
+    effective = scopes.scopes_of(tenant, ctx.settings)
+    return TenantView(
+        name=tenant.name,
+        created_at=tenant.created_at,
+        updated_at=tenant.updated_at,
+        read_scopes=list(effective.read),
+        read_scopes_default=effective.read_from_template,
+        write_scopes=list(effective.write),
+        write_scopes_default=effective.write_from_template,
+        quotas=quotas.effective(tenant, ctx.settings).model_dump(),
+        quota_overrides=dict(tenant.quotas or {}),
+        active_keys=active_keys,
+    )
 
 
-def describe_tenants(session: Session, settings: Settings) -> list[dict[str, Any]]:
-    counts = repo.active_key_counts(session, utcnow())
-    return [
-        describe_tenant(session, settings, t, counts.get(t.id, 0))
-        for t in repo.list_tenants(session)
-    ]
+def describe_tenants(ctx: ServiceContext) -> list[TenantView]:
+    counts = repo.active_key_counts(ctx.session, utcnow())
+    return [describe_tenant(ctx, t, counts.get(t.id, 0)) for t in repo.list_tenants(ctx.session)]
 
 
 # --- keys ---------------------------------------------------------------------------------------
 
 
 def create_key(
-    session: Session,
+    ctx: ServiceContext,
     tenant_name: str,
     *,
     role: str = MEMBER,
@@ -276,8 +277,7 @@ def create_key(
     """The local operator's ``barge keys create``: a new key for ``tenant_name`` (the tenant is
     created if new); the only time the key is seen."""
     return issue_key(
-        session,
-        None,
+        ctx,
         tenant_name,
         role=role,
         name=name,
@@ -306,8 +306,7 @@ def _check_key_name(name: str | None) -> str | None:
 
 
 def issue_key(
-    session: Session,
-    actor: Principal | None,
+    ctx: ServiceContext,
     tenant_name: str,
     *,
     role: str = MEMBER,
@@ -319,19 +318,18 @@ def issue_key(
     ``new_tenant_ok`` a tenant not seen before is created (with the default scopes and quotas)."""
     _check_role(role)
     _check_key_name(name)
-    tenant = repo.tenant_by_name(session, tenant_name) if _findable(tenant_name) else None
+    tenant = repo.tenant_by_name(ctx.session, tenant_name) if _findable(tenant_name) else None
     if tenant is None and new_tenant_ok:
-        tenant = create_tenant(session, actor, tenant_name)
+        tenant = create_tenant(ctx, tenant_name)
     elif tenant is None:
         raise NotFound(f"no tenant named {excerpt(tenant_name)}")
     expires_at = utcnow() + expires_in if expires_in is not None else None
-    row, key = repo.add_api_key(session, tenant, role=role, name=name, expires_at=expires_at)
-    audit.record_admin(
-        session,
-        actor,
-        tenant,
+    row, key = repo.add_api_key(ctx.session, tenant, role=role, name=name, expires_at=expires_at)
+    audit.record(
+        ctx,
         "key.create",
         f"key:{row.prefix}",
+        tenant=tenant,
         role=role,
         name=name,
         expires_at=expires_at,
@@ -367,23 +365,39 @@ def key_state(key: ApiKey, now: datetime | None = None) -> str:
     return "active"
 
 
-def describe_key(key: ApiKey, tenant_name: str, now: datetime | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class KeyView:
     """A key as lists show it: never the key itself, nor its hash."""
-    return {
-        "id": str(key.id),
-        "prefix": key.prefix,
-        "tenant": tenant_name,
-        "name": key.name,
-        "role": key.role,
-        "state": key_state(key, now),
-        "created_at": key.created_at,
-        "expires_at": key.expires_at,
-        "last_used_at": key.last_used_at,
-        "revoked_at": key.revoked_at,
-    }
+
+    id: str
+    prefix: str
+    tenant: str
+    name: str | None
+    role: str
+    state: str  # active, revoked or expired
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None  # to the minute
+    revoked_at: datetime | None  # when it was revoked, or will be: a rotation's grace
 
 
-def list_keys(session: Session, tenant_name: str | None = None) -> list[dict[str, Any]]:
+def describe_key(key: ApiKey, tenant_name: str, now: datetime | None = None) -> KeyView:
+    """A key as lists show it: never the key itself, nor its hash."""
+    return KeyView(
+        id=str(key.id),
+        prefix=key.prefix,
+        tenant=tenant_name,
+        name=key.name,
+        role=key.role,
+        state=key_state(key, now),
+        created_at=key.created_at,
+        expires_at=key.expires_at,
+        last_used_at=key.last_used_at,
+        revoked_at=key.revoked_at,
+    )
+
+
+def list_keys(session: Session, tenant_name: str | None = None) -> list[KeyView]:
     """Every tenant's keys (or one tenant's), by tenant, oldest first."""
     tenant_id = get_tenant(session, tenant_name).id if tenant_name is not None else None
     now = utcnow()
@@ -396,22 +410,19 @@ def _tenant_of(session: Session, key: ApiKey) -> Tenant:
     return tenant
 
 
-def revoke_key(
-    session: Session, actor: Principal | None, prefix_or_id: str
-) -> tuple[ApiKey, Tenant]:
+def revoke_key(ctx: ServiceContext, prefix_or_id: str) -> tuple[ApiKey, Tenant]:
     """Revoke the key now: refused from the next request on (a key in a rotation's grace too:
     the grace ends now). Revoking a revoked key changes nothing (its ``revoked_at`` stays)."""
-    key = find_key(session, prefix_or_id)
-    tenant = _tenant_of(session, key)
+    key = find_key(ctx.session, prefix_or_id)
+    tenant = _tenant_of(ctx.session, key)
     if key_state(key) != "revoked":
-        repo.revoke_api_key(session, key, utcnow())
-        audit.record_admin(session, actor, tenant, "key.revoke", f"key:{key.prefix}")
+        repo.revoke_api_key(ctx.session, key, utcnow())
+        audit.record(ctx, "key.revoke", f"key:{key.prefix}", tenant=tenant)
     return key, tenant
 
 
 def rotate_key(
-    session: Session,
-    actor: Principal | None,
+    ctx: ServiceContext,
     prefix_or_id: str,
     *,
     grace: timedelta = timedelta(0),
@@ -420,6 +431,7 @@ def rotate_key(
     """A new key with the old one's tenant, role, name and lifetime (or ``expires_in``); the
     old key is revoked now, or at the end of the ``grace`` (its ``revoked_at``, a time to come:
     it works until then). Returns (old, new, the new key itself, tenant)."""
+    session = ctx.session
     old = find_key(session, prefix_or_id)
     tenant = _tenant_of(session, old)
     now = utcnow()
@@ -444,12 +456,11 @@ def rotate_key(
         expires_at=now + expires_in if expires_in is not None else None,
     )
     repo.revoke_api_key(session, old, now + grace)
-    audit.record_admin(
-        session,
-        actor,
-        tenant,
+    audit.record(
+        ctx,
         "key.rotate",
         f"key:{old.prefix}",
+        tenant=tenant,
         new_key=new.prefix,
         role=new.role,
         grace_seconds=grace.total_seconds(),

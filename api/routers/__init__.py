@@ -1,5 +1,5 @@
-"""Thin HTTP handlers, one module per area, each with its request and response models; the
-rules live in ``services``.
+"""Thin HTTP handlers, one module per area: each maps a request onto a service call and what
+the service returns onto a response of ``api.schemas``; the rules live in ``services``.
 
 - ``jobs``: ``/v1/jobs`` (submit, list, get, cancel, events, shards);
 - ``drops``: ``/v1/drops``, drop-folder rules;

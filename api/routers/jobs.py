@@ -8,27 +8,30 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import StreamingResponse
-from pydantic import Discriminator, Tag
+from sqlalchemy.orm import Session
 
-from api.deps import CurrentPrincipal, CurrentTenant, SettingsDep, StoreDep, UoW
-from api.schemas import (
+from api.deps import Context, CurrentTenant, SettingsDep, UoW
+from api.schemas.errors import errors
+from api.schemas.jobs import (
+    JOB_EXAMPLES,
     EventList,
     EventOut,
+    JobBody,
     JobFileList,
     JobFileOut,
     JobList,
     JobOut,
     ShardList,
     ShardOut,
-    errors,
+    job_out,
 )
 from barge.errors import InvalidSpec, NotFound, excerpt
-from barge.specs import JOB_TYPES, FinetuneSpec, InferenceSpec
+from barge.specs import JOB_TYPES
 from barge.status import JOB_STATUSES
 from barge.storage import ObjectInfo, ObjectStore
 from db import repositories as repo
 from db.models import Job, Tenant
-from services import audit, job_files, submission
+from services import job_files, submission
 from services import jobs as service
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -39,85 +42,15 @@ CHUNK = 1 << 20  # bytes per read of a streamed file
 MEDIA_TYPES = {".jsonl": "application/x-ndjson", ".json": "application/json"}
 
 
-def _job_type(body: object) -> str:
-    if isinstance(body, dict):
-        return str(body.get("type", "inference"))
-    return str(getattr(body, "type", "inference"))
-
-
-# `type` picks the spec: "inference" (the default) or "finetune".
-JobBody = Annotated[
-    Annotated[InferenceSpec, Tag("inference")] | Annotated[FinetuneSpec, Tag("finetune")],
-    Discriminator(_job_type),
-]
-
-
-# The examples of /docs ("Try it out" starts from one of them).
-JOB_EXAMPLES = {
-    "embed": {
-        "summary": "Embed a prefix of JSONL files",
-        "value": {
-            "type": "inference",
-            "model": "s3://barge/acme/models/all-minilm-l6-v2/",
-            "task": "embed",
-            "input": "s3://barge/acme/reviews/",
-            "output": "s3://barge/acme/reviews-embedded/",
-            "text_field": "text",
-            "id_field": "id",
-            "batch_size": 64,
-            "params": {"normalize": True},
-            "metadata": {"team": "search"},
-        },
-    },
-    "generate": {
-        "summary": "Generate from chat messages with a registered model",
-        "value": {
-            "type": "inference",
-            "model": "support-bot@2",
-            "task": "generate",
-            "input": "s3://barge/acme/tickets/open.jsonl",
-            "output": "s3://barge/acme/tickets-answered/",
-            "messages_field": "messages",
-            "params": {"max_new_tokens": 128, "temperature": 0},
-        },
-    },
-    "finetune": {
-        "summary": "Fine-tune a classifier",
-        "value": {
-            "type": "finetune",
-            "base_model": "s3://barge/acme/models/all-minilm-l6-v2/",
-            "task": "classify",
-            "train": "s3://barge/acme/tickets/train.jsonl",
-            "validation": "s3://barge/acme/tickets/val.jsonl",
-            "hyperparameters": {"epochs": 3, "batch_size": 16, "learning_rate": 5e-5},
-            "model_name": "ticket-router",
-            "checkpoint_every_steps": 200,
-        },
-    },
-}
-
-
-def _job(uow: UoW, tenant: Tenant, job_id: str) -> Job:
+def _job(session: Session, tenant: Tenant, job_id: str) -> Job:
     try:
         parsed = uuid.UUID(job_id)
     except ValueError:
         raise NotFound(f"no job {excerpt(job_id)}") from None
-    job = repo.get_job(uow.session, parsed, tenant.id)
+    job = repo.get_job(session, parsed, tenant.id)
     if job is None:
         raise NotFound(f"no job {job_id!r}")
     return job
-
-
-def _audited(job: Job) -> dict[str, object]:
-    """What the audit log keeps of a submission: its type and the locations it names."""
-    spec = job.spec
-    reads = ("train", "validation") if job.type == "finetune" else ("input",)
-    return {
-        "type": job.type,
-        "model": spec.get("base_model" if job.type == "finetune" else "model"),
-        **{field: spec.get(field) for field in reads},
-        "output": job.output_uri,
-    }
 
 
 @router.post(
@@ -131,22 +64,16 @@ def _audited(job: Job) -> dict[str, object]:
 )
 def create_job(
     spec: Annotated[JobBody, Body(openapi_examples=JOB_EXAMPLES)],
-    uow: UoW,
-    tenant: CurrentTenant,
-    settings: SettingsDep,
-    store: StoreDep,
+    ctx: Context,
     response: Response,
-    principal: CurrentPrincipal,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobOut:
     """Submit an inference job or (`"type": "finetune"`) a fine-tune. The same `Idempotency-Key`
     from the same tenant returns the same job."""
-    job, created = submission.submit(uow, settings, store, tenant.id, spec, idempotency_key)
-    if created:
-        audit.record(uow.session, principal, None, "job.submit", f"job:{job.id}", **_audited(job))
-    else:
+    job, created = submission.submit(ctx, submission.SubmitJob(spec, idempotency_key))
+    if not created:
         response.status_code = 200
-    return JobOut.model_validate(service.present_many(uow.session, [job], settings)[0])
+    return job_out(service.present_many(ctx.session, [job], ctx.settings)[0])
 
 
 @router.get("", response_model=JobList, responses=errors(422))
@@ -177,34 +104,24 @@ def list_jobs(
     )
     page = jobs[:limit]
     return JobList(
-        jobs=[JobOut.model_validate(j) for j in service.present_many(uow.session, page, settings)],
+        jobs=[job_out(j) for j in service.present_many(uow.session, page, settings)],
         next_cursor=repo.encode_cursor(page[-1]) if len(jobs) > limit else None,
     )
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=errors(404))
-def get_job(job_id: str, uow: UoW, tenant: CurrentTenant, settings: SettingsDep) -> JobOut:
+def get_job(job_id: str, ctx: Context) -> JobOut:
     """The job: status, progress with rate and ETA, outputs, what it waits for, and what its
     attempts used (`resources`: device seconds, tokens, energy, cost)."""
-    job = _job(uow, tenant, job_id)
-    return JobOut.model_validate(service.present_many(uow.session, [job], settings)[0])
+    job = _job(ctx.session, ctx.tenant, job_id)
+    return job_out(service.present_many(ctx.session, [job], ctx.settings)[0])
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=errors(404, 409))
-def cancel_job(
-    job_id: str,
-    uow: UoW,
-    tenant: CurrentTenant,
-    principal: CurrentPrincipal,
-    settings: SettingsDep,
-) -> JobOut:
+def cancel_job(job_id: str, ctx: Context) -> JobOut:
     """Cancel: running shards stop within one batch; what was written stays and is listed."""
-    job = _job(uow, tenant, job_id)
-    before = job.status
-    job = service.cancel(uow, job)
-    if job.status != before:
-        audit.record(uow.session, principal, None, "job.cancel", f"job:{job.id}", was=before)
-    return JobOut.model_validate(service.present_many(uow.session, [job], settings)[0])
+    job = service.cancel(ctx, _job(ctx.session, ctx.tenant, job_id))
+    return job_out(service.present_many(ctx.session, [job], ctx.settings)[0])
 
 
 @router.get("/{job_id}/events", response_model=EventList, responses=errors(404, 422))
@@ -216,7 +133,7 @@ def job_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> EventList:
     """The job's events in order; pass `next_after` back as `after` to follow along."""
-    job = _job(uow, tenant, job_id)
+    job = _job(uow.session, tenant, job_id)
     events = repo.list_events(uow.session, job.id, after, limit)
     return EventList(
         events=[EventOut.model_validate(e) for e in events],
@@ -227,21 +144,19 @@ def job_events(
 @router.get("/{job_id}/shards", response_model=ShardList, responses=errors(404))
 def job_shards(job_id: str, uow: UoW, tenant: CurrentTenant) -> ShardList:
     """Each shard's status, attempts, worker and last error."""
-    job = _job(uow, tenant, job_id)
+    job = _job(uow.session, tenant, job_id)
     return ShardList(
         shards=[ShardOut.model_validate(s) for s in repo.shards_of(uow.session, job.id)]
     )
 
 
 @router.get("/{job_id}/files", response_model=JobFileList, responses=errors(403, 404, 502))
-def job_file_list(
-    job_id: str, uow: UoW, tenant: CurrentTenant, settings: SettingsDep, store: StoreDep
-) -> JobFileList:
+def job_file_list(job_id: str, ctx: Context) -> JobFileList:
     """Every file under the job's output prefix: its parts (results, in input order), its
     errors files (failed records), its manifest and the rest. Read one with
     `GET /v1/jobs/{job_id}/files/{name}`."""
-    job = _job(uow, tenant, job_id)
-    files = job_files.list_files(uow.session, settings, store, job)
+    job = _job(ctx.session, ctx.tenant, job_id)
+    files = job_files.list_files(ctx, job)
     return JobFileList(output=job.output_uri, files=[JobFileOut.model_validate(f) for f in files])
 
 
@@ -259,21 +174,14 @@ def _chunks(store: ObjectStore, info: ObjectInfo) -> Iterator[bytes]:
         **errors(403, 404, 422, 502),
     },
 )
-def job_file(
-    job_id: str,
-    name: str,
-    uow: UoW,
-    tenant: CurrentTenant,
-    settings: SettingsDep,
-    store: StoreDep,
-) -> StreamingResponse:
+def job_file(job_id: str, name: str, ctx: Context) -> StreamingResponse:
     """One file of the job (`name` as the list gives it, e.g. `errors/part-00000.jsonl`),
     streamed as it is stored."""
-    job = _job(uow, tenant, job_id)
-    info = job_files.find_file(uow.session, settings, store, job, name)
+    job = _job(ctx.session, ctx.tenant, job_id)
+    info = job_files.find_file(ctx, job, name)
     suffix = name[name.rfind(".") :] if "." in name else ""
     return StreamingResponse(
-        _chunks(store, info),
+        _chunks(ctx.store, info),
         media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"),
         headers={"Content-Length": str(info.size)},
     )

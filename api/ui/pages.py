@@ -34,6 +34,7 @@ from db import repositories as repo
 from db.models import Job
 from services import audit, console
 from services import jobs as jobs_service
+from services.context import ServiceContext
 from services.tenants import describe_tenants
 
 router = APIRouter()
@@ -42,6 +43,11 @@ router.include_router(auth_router)
 Status = Annotated[str | None, Query(max_length=32)]
 Text = Annotated[str | None, Query(max_length=200)]
 Cursor = Annotated[str | None, Query(max_length=256)]
+
+
+def _context(request: Request, uow: UoW, signed: SignedIn) -> ServiceContext:
+    """The signed-in key's service context (services audit and check scopes through it)."""
+    return ServiceContext(uow, settings_of(request), request.app.state.store, signed.principal)
 
 
 def _job(uow: UoW, signed: SignedIn, job_id: str) -> Job:
@@ -123,7 +129,7 @@ def job_page(request: Request, job_id: str, uow: UoW, signed: Signed) -> HTMLRes
     settings = settings_of(request)
     job = _job(uow, signed, job_id)
     data = console.job_data(uow.session, settings, job)
-    errors = console.first_errors(uow.session, settings, request.app.state.store, job)
+    errors = console.first_errors(_context(request, uow, signed), job)
     context = {"data": data, "job": data["job"], "errors": errors, "job_type": job.type}
     return page(request, "job.html", jsonable_encoder(context), signed)
 
@@ -140,8 +146,7 @@ def job_live(
     context = {"data": data, "usage": data["job"]["resources"], "ui": ui_root(request)}
     names = ["events", "usage"]
     if errors:
-        store = request.app.state.store
-        context["errors"] = console.first_errors(uow.session, settings, store, job)
+        context["errors"] = console.first_errors(_context(request, uow, signed), job)
         names.append("errors")
     if job.type == "finetune":
         names += ["epochs", "confusion", "finetune_outputs"]
@@ -158,10 +163,7 @@ def cancel(
 ) -> RedirectResponse:
     check_csrf(signed, csrf)
     job = _job(uow, signed, job_id)
-    before = job.status
-    jobs_service.cancel(uow, job, "cancelled from the console")
-    if job.status != before:
-        audit.record(uow.session, signed.principal, None, "job.cancel", f"job:{job.id}", was=before)
+    jobs_service.cancel(_context(request, uow, signed), job, "cancelled from the console")
     return RedirectResponse(f"{ui_root(request)}/jobs/{job.id}", status_code=303)
 
 
@@ -172,7 +174,7 @@ def retry(
     """Submit a failed or cancelled job again (a new job, writing beside the first)."""
     check_csrf(signed, csrf)
     job = _job(uow, signed, job_id)
-    new = console.retry(uow, settings_of(request), request.app.state.store, signed.principal, job)
+    new = console.retry(_context(request, uow, signed), job)
     return RedirectResponse(f"{ui_root(request)}/jobs/{new.id}", status_code=303)
 
 
@@ -191,7 +193,7 @@ def models(request: Request, uow: UoW, signed: Signed) -> HTMLResponse:
 @router.get("/admin/tenants", response_class=HTMLResponse)
 def tenants(request: Request, uow: UoW, signed: Signed) -> HTMLResponse:
     require_admin_page(signed)
-    found = describe_tenants(uow.session, settings_of(request))
+    found = describe_tenants(_context(request, uow, signed))
     return page(request, "tenants.html", {"tenants": found}, signed)
 
 
@@ -205,5 +207,5 @@ def audit_log(
     require_admin_page(signed)
     entries = audit.entries(uow.session, before_id=before, limit=100)
     shown = [audit.present(e) for e in entries]
-    more = shown[-1]["id"] if len(shown) == 100 else None
+    more = shown[-1].id if len(shown) == 100 else None
     return page(request, "audit.html", {"entries": shown, "more": more}, signed)

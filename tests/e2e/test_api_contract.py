@@ -10,7 +10,7 @@ from typing import Any, get_args
 
 import pytest
 
-from api.schemas import JobStatus, JobType, ShardStatus
+from api.schemas.jobs import JobStatus, JobType, ShardStatus
 from barge.specs import JOB_TYPES, TASKS
 from barge.status import JOB_STATUSES, SHARD_FINAL, SHARD_PENDING, SHARD_RUNNING
 

@@ -184,7 +184,8 @@ def test_a_job_committed_but_never_published_is_dispatched_by_the_reconciler(
     from barge.storage import make_store
     from db.models import Tenant
     from db.session import session_scope
-    from services.submission import submit
+    from services.context import MEMBER, Principal, ServiceContext
+    from services.submission import SubmitJob, submit
     from services.unit_of_work import UnitOfWork
 
     data, rows = dataset(s3, bucket, 100)
@@ -196,16 +197,11 @@ def test_a_job_committed_but_never_published_is_dispatched_by_the_reconciler(
     with session_scope(world.database_url) as session:  # the API's commit, then it "dies"
         tenant = session.scalar(select(Tenant).where(Tenant.name == "faults"))
         uow = UnitOfWork(session)
-        job, _ = submit(
-            uow,
-            settings,
-            make_store(settings),
-            tenant.id,
-            InferenceSpec.model_validate(
-                inference_spec(minilm_uri, data, f"s3://{bucket}/out/", id_field="id")
-            ),
-            None,
+        ctx = ServiceContext(
+            uow, settings, make_store(settings), Principal(tenant, None, None, MEMBER)
         )
+        spec = inference_spec(minilm_uri, data, f"s3://{bucket}/out/", id_field="id")
+        job, _ = submit(ctx, SubmitJob(InferenceSpec.model_validate(spec)))
         job_id = str(job.id)
         assert uow.outbox  # the send that never happens
     world.worker()

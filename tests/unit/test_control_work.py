@@ -99,7 +99,7 @@ class TestWaiting:
     def test_running_with_no_shard_running(self, ahead: int, expected: str) -> None:
         job = build_job(status=RUNNING, shards_total=3)
         assert waiting_for(job, Progress(shards_done=1), ahead) == expected
-        assert present(job, Progress(shards_done=1), ahead=ahead)["waiting"] == expected
+        assert present(job, Progress(shards_done=1), ahead=ahead).waiting == expected
 
     def test_not_waiting_while_a_shard_runs(self) -> None:
         job = build_job(status=RUNNING, shards_total=3)

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from api.schemas.jobs import job_out
 from barge.errors import InvalidSpec
 from barge.status import RUNNING, SUCCEEDED
 from db.base import utcnow
@@ -22,38 +23,40 @@ class TestPresent:
         now = utcnow()
         job = build_job(status=RUNNING, records_total=1000, shards_total=4)
         job.started_at = now - timedelta(seconds=10)
-        view = present(job, Progress(records_succeeded=180, records_failed=20, shards_done=1), now)
-        p = view["progress"]
-        assert (p["records_per_second"], p["eta_seconds"]) == (20.0, 40.0)
-        assert (p["records_total"], p["shards_total"], p["shards_done"]) == (1000, 4, 1)
-        assert p["steps_done"] is None and p["steps_total"] is None
-        assert view["output"]["errors"] == f"{job.output_uri}errors/"
-        assert view["output"]["manifest"] is None
+        view = job_out(
+            present(job, Progress(records_succeeded=180, records_failed=20, shards_done=1), now)
+        )
+        p = view.progress
+        assert (p.records_per_second, p.eta_seconds) == (20.0, 40.0)
+        assert (p.records_total, p.shards_total, p.shards_done) == (1000, 4, 1)
+        assert p.steps_done is None and p.steps_total is None
+        assert view.output.errors == f"{job.output_uri}errors/"
+        assert view.output.manifest is None
 
     def test_a_finished_job_has_no_eta_and_names_its_manifest(self) -> None:
         now = utcnow()
         job = build_job(status=SUCCEEDED, records_total=10, manifest={"status": "succeeded"})
         job.started_at, job.finished_at = now - timedelta(seconds=5), now - timedelta(seconds=3)
-        view = present(job, Progress(records_succeeded=10), now)
-        assert view["progress"]["records_per_second"] == 5.0  # up to finished_at, not now
-        assert view["progress"]["eta_seconds"] is None
-        assert view["output"]["manifest"] == f"{job.output_uri}_manifest.json"
-        assert view["output"]["errors"] is None
+        view = job_out(present(job, Progress(records_succeeded=10), now))
+        assert view.progress.records_per_second == 5.0  # up to finished_at, not now
+        assert view.progress.eta_seconds is None
+        assert view.output.manifest == f"{job.output_uri}_manifest.json"
+        assert view.output.errors is None
 
     def test_a_fine_tune_counts_examples_through_its_steps(self) -> None:
         now = utcnow()
         spec = {"type": "finetune", "hyperparameters": {"batch_size": 8}}
         job = build_job(status=RUNNING, type_="finetune", spec=spec, steps_total=100)
         job.started_at = now - timedelta(seconds=4)
-        view = present(job, Progress(steps_done=25), now)
-        p = view["progress"]
-        assert (p["steps_done"], p["steps_total"]) == (25, 100)
-        assert p["records_per_second"] == 50.0  # 25 steps x 8 examples in 4 s
-        assert p["eta_seconds"] == 12.0
+        view = job_out(present(job, Progress(steps_done=25), now))
+        p = view.progress
+        assert (p.steps_done, p.steps_total) == (25, 100)
+        assert p.records_per_second == 50.0  # 25 steps x 8 examples in 4 s
+        assert p.eta_seconds == 12.0
 
     def test_a_queued_job_has_no_rate(self) -> None:
-        view = present(build_job(), Progress())
-        assert view["progress"]["records_per_second"] is None
+        view = job_out(present(build_job(), Progress()))
+        assert view.progress.records_per_second is None
 
     @pytest.mark.parametrize(
         ("done", "total", "elapsed", "running", "expected"),

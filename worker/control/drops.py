@@ -30,8 +30,9 @@ from db import repositories as repo
 from db import state
 from db.models import DropObject, DropRule
 from services import drops, scopes
+from services.context import ServiceContext
 from services.drops import OVERRIDE_SUFFIX, drop_name
-from services.submission import submit
+from services.submission import SubmitJob, submit
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -113,12 +114,8 @@ def _take(
         try:
             spec = drops.spec_for_object(session, ctx.store, rule, info, override, relative)
             job, _ = submit(  # plan_job is sent after the commit
-                uow,
-                ctx.settings,
-                ctx.store,
-                rule.tenant_id,
-                spec,
-                idempotency_key=f"drop:{rule.id}:{info.uri.key}:{info.etag}"[:200],
+                ServiceContext.for_worker(uow, ctx.settings, ctx.store, rule.tenant_id),
+                SubmitJob(spec, f"drop:{rule.id}:{info.uri.key}:{info.etag}"[:200]),
             )
         except QuotaExceeded:
             raise  # rolls the claim back: the object stays new

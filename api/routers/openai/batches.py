@@ -5,38 +5,21 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict
 
-from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
+from api.deps import Context, CurrentTenant, UoW
+from api.schemas.openai_batches import BatchCreate, batch_object
+from api.schemas.openai_common import page_of
 from services import openai_batches as service
 
 router = APIRouter(prefix="/batches", tags=["openai batches"])
 
 
-class BatchCreate(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    input_file_id: str
-    endpoint: str
-    completion_window: str = "24h"
-    metadata: dict[str, Any] | None = None
-
-
 @router.post("", summary="Create a batch over an uploaded file")
-def create_batch(
-    body: BatchCreate, tenant: CurrentTenant, uow: UoW, settings: SettingsDep, store: StoreDep
-) -> dict[str, Any]:
-    batch = service.create(
-        uow,
-        settings,
-        store,
-        tenant,
-        body.input_file_id,
-        body.endpoint,
-        body.completion_window,
-        body.metadata,
+def create_batch(body: BatchCreate, ctx: Context) -> dict[str, Any]:
+    command = service.CreateBatch(
+        body.input_file_id, body.endpoint, body.completion_window, body.metadata
     )
-    return service.present(uow.session, batch)
+    return batch_object(service.present(ctx.session, service.create(ctx, command)))
 
 
 @router.get("", summary="List batches, newest first")
@@ -46,14 +29,14 @@ def list_batches(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    return service.page(uow.session, tenant.id, limit, after)
+    return page_of(service.page(uow.session, tenant.id, limit, after), batch_object)
 
 
 @router.get("/{batch_id}", summary="A batch")
 def get_batch(batch_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
-    return service.present(uow.session, service.get(uow.session, tenant.id, batch_id))
+    return batch_object(service.present(uow.session, service.get(uow.session, tenant.id, batch_id)))
 
 
 @router.post("/{batch_id}/cancel", summary="Cancel a batch (what finished is kept)")
-def cancel_batch(batch_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
-    return service.present(uow.session, service.cancel(uow, tenant.id, batch_id))
+def cancel_batch(batch_id: str, ctx: Context) -> dict[str, Any]:
+    return batch_object(service.present(ctx.session, service.cancel(ctx, batch_id)))

@@ -10,8 +10,10 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
+from api.deps import Context, CurrentTenant, StoreDep, UoW
 from api.routers.openai.upload import TooLarge, read_upload
+from api.schemas.openai_common import page_of
+from api.schemas.openai_files import UPLOAD_BODY, deleted_file, file_object
 from barge.storage import ObjectStore, S3Uri
 from services import openai_files as service
 
@@ -19,30 +21,10 @@ router = APIRouter(prefix="/files", tags=["openai files"])
 
 CHUNK = 1 << 20
 
-# The body the handler reads itself as it streams (api.routers.openai.upload), for the schema.
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "purpose"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "purpose": {"type": "string", "enum": list(service.PURPOSES)},
-                    },
-                }
-            }
-        },
-    }
-}
-
 
 @router.post("", summary="Upload a file (multipart: file, purpose)", openapi_extra=UPLOAD_BODY)
-async def upload_file(
-    request: Request, tenant: CurrentTenant, uow: UoW, settings: SettingsDep, store: StoreDep
-) -> dict[str, Any]:
+async def upload_file(request: Request, ctx: Context) -> dict[str, Any]:
+    settings = ctx.settings
     spool_dir = settings.resolved_cache_dir / "uploads"
     try:
         upload = await read_upload(request, spool_dir, settings.openai_max_file_bytes)
@@ -51,22 +33,12 @@ async def upload_file(
     if upload.path is None:
         raise service.BadRequest("the upload has no 'file' part", field="file")
     try:
-        service.check_purpose(upload.fields.get("purpose"))
-        row = await anyio.to_thread.run_sync(
-            partial(
-                service.store_upload,
-                uow.session,
-                settings,
-                store,
-                tenant,
-                upload.filename,
-                upload.fields["purpose"],
-                upload.path,
-            )
-        )
+        purpose = service.check_purpose(upload.fields.get("purpose"))
+        command = service.UploadFile(upload.filename, purpose, upload.path)
+        row = await anyio.to_thread.run_sync(partial(service.store_upload, ctx, command))
     finally:
         upload.path.unlink(missing_ok=True)
-    return service.present(row)
+    return file_object(row)
 
 
 @router.get("", summary="List files, newest first")
@@ -77,12 +49,12 @@ def list_files(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    return service.page(uow.session, tenant.id, limit, after, purpose)
+    return page_of(service.page(uow.session, tenant.id, limit, after, purpose), file_object)
 
 
 @router.get("/{file_id}", summary="A file")
 def get_file(file_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
-    return service.present(service.get(uow.session, tenant.id, file_id))
+    return file_object(service.get(uow.session, tenant.id, file_id))
 
 
 def _chunks(store: ObjectStore, uri: S3Uri) -> Iterator[bytes]:
@@ -97,13 +69,12 @@ def file_content(
 ) -> StreamingResponse:
     row = service.get(uow.session, tenant.id, file_id)
     return StreamingResponse(
-        _chunks(store, S3Uri.parse(row.uri)),
+        _chunks(store, service.location(row)),
         media_type="application/octet-stream",
         headers={"Content-Length": str(row.bytes)},
     )
 
 
 @router.delete("/{file_id}", summary="Delete a file and its object")
-def delete_file(file_id: str, tenant: CurrentTenant, uow: UoW, store: StoreDep) -> dict[str, Any]:
-    deleted = service.delete(uow.session, store, tenant.id, file_id)
-    return {"id": deleted, "object": "file", "deleted": True}
+def delete_file(file_id: str, ctx: Context) -> dict[str, Any]:
+    return deleted_file(service.delete(ctx, file_id))

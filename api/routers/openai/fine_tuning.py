@@ -2,43 +2,29 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from api.deps import CurrentTenant, SettingsDep, StoreDep, UoW
+from api.deps import Context, CurrentTenant, UoW
+from api.schemas.openai_common import page_of
+from api.schemas.openai_fine_tuning import (
+    METADATA_FILTER,
+    METADATA_KEY,
+    FineTuningJobCreate,
+    fine_tuning_checkpoint,
+    fine_tuning_event,
+    fine_tuning_job,
+)
 from services import openai_fine_tuning as service
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["openai fine-tuning"])
 
-_METADATA_KEY = re.compile(r"^metadata\[(.{1,64})\]$")
-# The metadata filter the handler reads from the query itself, for the schema.
-METADATA_FILTER = {
-    "parameters": [
-        {
-            "name": "metadata",
-            "in": "query",
-            "required": False,
-            "style": "deepObject",
-            "explode": True,
-            "description": "metadata[KEY]=VALUE: only jobs whose metadata has KEY set to VALUE",
-            "schema": {"type": "object", "additionalProperties": {"type": "string"}},
-        }
-    ]
-}
-
 
 @router.post("", summary="Create a fine-tuning job over uploaded fine-tune files")
-def create_job(
-    body: service.Request,
-    tenant: CurrentTenant,
-    uow: UoW,
-    settings: SettingsDep,
-    store: StoreDep,
-) -> dict[str, Any]:
-    row = service.create(uow, settings, store, tenant, body)
-    return service.present(uow.session, row)
+def create_job(body: FineTuningJobCreate, ctx: Context) -> dict[str, Any]:
+    row = service.create(ctx, service.CreateFineTuningJob(**body.model_dump()))
+    return fine_tuning_job(service.present(ctx.session, row))
 
 
 @router.get(
@@ -55,20 +41,23 @@ def list_jobs(
 ) -> dict[str, Any]:
     metadata = {}
     for key, value in request.query_params.multi_items():
-        found = _METADATA_KEY.match(key)
+        found = METADATA_KEY.match(key)
         if found:
             metadata[found.group(1)] = value
-    return service.page(uow.session, tenant.id, limit, after, metadata or None)
+    jobs = service.page(uow.session, tenant.id, limit, after, metadata or None)
+    return page_of(jobs, fine_tuning_job)
 
 
 @router.get("/{job_id}", summary="A fine-tuning job")
 def get_job(job_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
-    return service.present(uow.session, service.get(uow.session, tenant.id, job_id))
+    return fine_tuning_job(
+        service.present(uow.session, service.get(uow.session, tenant.id, job_id))
+    )
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a fine-tuning job")
-def cancel_job(job_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
-    return service.present(uow.session, service.cancel(uow, tenant.id, job_id))
+def cancel_job(job_id: str, ctx: Context) -> dict[str, Any]:
+    return fine_tuning_job(service.present(ctx.session, service.cancel(ctx, job_id)))
 
 
 @router.get("/{job_id}/events", summary="A fine-tuning job's events, newest first")
@@ -79,7 +68,7 @@ def list_events(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    return service.events(uow.session, tenant.id, job_id, limit, after)
+    return page_of(service.events(uow.session, tenant.id, job_id, limit, after), fine_tuning_event)
 
 
 @router.get("/{job_id}/checkpoints", summary="A fine-tuning job's checkpoints, one per epoch")
@@ -90,4 +79,5 @@ def list_checkpoints(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    return service.checkpoints(uow.session, tenant.id, job_id, limit, after)
+    found = service.checkpoints(uow.session, tenant.id, job_id, limit, after)
+    return page_of(found, fine_tuning_checkpoint)

@@ -35,6 +35,7 @@ from barge.storage import S3Uri
 from db import repositories as repo
 from db.models import Job
 from services import registry
+from services.context import ServiceContext
 from worker.context import WorkerContext
 from worker.kinds.finetune_data import check_datasets, load_dataset
 from worker.lease import Lease, Outcome, Result, ShardWork, Stop, job_event
@@ -404,20 +405,21 @@ class FinetuneRun:
         """Register the model as the next version of ``model_name`` (and say so in an event),
         and the kept epoch models each under its own name, in the transaction that marks the
         unit done."""
-        spec = self.spec
+        spec, ctx = self.spec, self.ctx
         adapter_base = self.work.model_ref if self.registers_adapter else None
 
         def add(session: Session, job: Job, name: str, uri: S3Uri, values: dict[str, Any]) -> None:
             model = registry.register_version(
-                session,
-                job.tenant_id,
-                name,
-                str(uri),
-                spec.task,
-                base_model=spec.base_model,
-                metrics=values,
-                job_id=job.id,
-                adapter_base_uri=adapter_base,
+                ServiceContext.for_worker(session, ctx.settings, ctx.store, job.tenant_id),
+                registry.RegisterVersion(
+                    name,
+                    str(uri),
+                    spec.task,
+                    base_model=spec.base_model,
+                    metrics=values,
+                    job_id=job.id,
+                    adapter_base_uri=adapter_base,
+                ),
             )
             repo.add_event(
                 session,

@@ -1,11 +1,15 @@
-"""Response bodies, and what every request body must be to be storable."""
+"""/v1/jobs: the job body (an inference spec or a fine-tune, told apart by ``type``), its
+examples, and the job, event, shard and file responses."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from barge.specs import FinetuneSpec, InferenceSpec
+from services.jobs import JobView
 
 # The vocabularies, as enums in the OpenAPI schema (barge.status and barge.specs.JOB_TYPES hold
 # the same values; tests/e2e/test_api_contract.py checks they agree).
@@ -98,6 +102,11 @@ class JobOut(BaseModel):
     )
 
 
+def job_out(view: JobView) -> JobOut:
+    """The job as the API answers it."""
+    return JobOut.model_validate(view.as_dict())
+
+
 class JobList(BaseModel):
     jobs: list[JobOut]
     next_cursor: str | None
@@ -158,57 +167,59 @@ class JobFileList(BaseModel):
     files: list[JobFileOut] = Field(description="Parts, errors files, manifest, the rest")
 
 
-class ErrorOut(BaseModel):
-    """Every error of the /v1 API (the /openai/v1 surface keeps OpenAI's envelope)."""
-
-    error: str = Field(description="A stable code: not_found, invalid_request, forbidden, ...")
-    message: str = Field(description="What went wrong and what to do, in words")
-    field: str | None = Field(
-        None, description="The request field at fault (`body` for the body as a whole), or null"
-    )
-    detail: Any = Field(None, description="More, when there is more: each problem, a quota")
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "error": "invalid_request",
-                    "message": "batch_size: Input should be greater than or equal to 1",
-                    "field": "batch_size",
-                    "detail": [{"field": "batch_size", "message": "Input should be ..."}],
-                }
-            ]
-        }
-    )
+def _job_type(body: object) -> str:
+    if isinstance(body, dict):
+        return str(body.get("type", "inference"))
+    return str(getattr(body, "type", "inference"))
 
 
-# What each status means, for the OpenAPI schema: every operation lists only those it can answer.
-ERROR_MEANINGS = {
-    401: "No API key, or one that is unknown, revoked or expired (`WWW-Authenticate: Bearer`).",
-    403: "Outside the tenant's storage scopes, or an admin call made with a member's key.",
-    404: "No such resource for this tenant (another tenant's is a 404 too).",
-    409: "Conflicts with the resource's state or with an existing one.",
-    413: "The body is over BARGE_MAX_BODY_BYTES; refused before it is read.",
-    422: "Invalid input: `field` names where, `message` says what is wrong.",
-    429: "Over a quota of the tenant (`Retry-After` says when to try again).",
-    502: "The object store failed or refused Barge's request.",
-    503: "The database is unavailable; retry shortly.",
+# `type` picks the spec: "inference" (the default) or "finetune".
+JobBody = Annotated[
+    Annotated[InferenceSpec, Tag("inference")] | Annotated[FinetuneSpec, Tag("finetune")],
+    Discriminator(_job_type),
+]
+
+
+# The examples of /docs ("Try it out" starts from one of them).
+JOB_EXAMPLES = {
+    "embed": {
+        "summary": "Embed a prefix of JSONL files",
+        "value": {
+            "type": "inference",
+            "model": "s3://barge/acme/models/all-minilm-l6-v2/",
+            "task": "embed",
+            "input": "s3://barge/acme/reviews/",
+            "output": "s3://barge/acme/reviews-embedded/",
+            "text_field": "text",
+            "id_field": "id",
+            "batch_size": 64,
+            "params": {"normalize": True},
+            "metadata": {"team": "search"},
+        },
+    },
+    "generate": {
+        "summary": "Generate from chat messages with a registered model",
+        "value": {
+            "type": "inference",
+            "model": "support-bot@2",
+            "task": "generate",
+            "input": "s3://barge/acme/tickets/open.jsonl",
+            "output": "s3://barge/acme/tickets-answered/",
+            "messages_field": "messages",
+            "params": {"max_new_tokens": 128, "temperature": 0},
+        },
+    },
+    "finetune": {
+        "summary": "Fine-tune a classifier",
+        "value": {
+            "type": "finetune",
+            "base_model": "s3://barge/acme/models/all-minilm-l6-v2/",
+            "task": "classify",
+            "train": "s3://barge/acme/tickets/train.jsonl",
+            "validation": "s3://barge/acme/tickets/val.jsonl",
+            "hyperparameters": {"epochs": 3, "batch_size": 16, "learning_rate": 5e-5},
+            "model_name": "ticket-router",
+            "checkpoint_every_steps": 200,
+        },
+    },
 }
-HEADERS = {
-    401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "`Bearer`"}},
-    429: {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds"}},
-}
-
-
-def errors(*codes: int, body: bool = False) -> dict[int | str, dict[str, Any]]:
-    """The error responses of an authenticated /v1 operation: 401 and 503 always, 413 and 422
-    when it takes a body, and ``codes``."""
-    every = {401, 503, *codes, *((413, 422) if body else ())}
-    return {
-        code: {
-            "model": ErrorOut,
-            "description": ERROR_MEANINGS[code],
-            **({"headers": HEADERS[code]} if code in HEADERS else {}),
-        }
-        for code in sorted(every)
-    }

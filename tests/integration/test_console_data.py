@@ -27,8 +27,8 @@ from tests.integration.test_worker_lifecycle import make_context, sent
 from tests.services import create_vhost, delete_vhost
 from worker import lifecycle, samples
 from worker.context import WorkerContext
-from worker.lease import Lease, ShardWork
-from worker.lifecycle import Outcome, Result, Runner
+from worker.kinds import JobKind
+from worker.lease import Lease, Outcome, Result, ShardWork
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,10 @@ def ready_again(url: str, shard_id: uuid.UUID) -> None:
         session.execute(update(Shard).where(Shard.id == shard_id).values(not_before=None))
 
 
-def runs(work: lifecycle.Runner) -> object:
-    return lambda spec: work
+def runs(run: object) -> object:
+    """A lookup of kinds giving every spec a test kind that runs ``run``."""
+    kind = JobKind("test", lambda spec: True, run, time_limit_error="x")  # type: ignore[arg-type]
+    return lambda spec: kind
 
 
 def done(ctx: WorkerContext, unit: ShardWork, lease: Lease) -> Result:
@@ -86,7 +88,7 @@ class TestAttempts:
     ) -> None:
         _, (shard_id,) = running_job(database_url)
 
-        lifecycle.run_shard(ctx, shard_id, runs(Runner(run=done, time_limit_error="x")))
+        lifecycle.run_shard(ctx, shard_id, runs(done))
 
         (row,) = attempts(database_url, shard_id)
         assert (row.attempt, row.worker, row.outcome) == (1, "test:1", "succeeded")
@@ -110,9 +112,9 @@ class TestAttempts:
         def refused(ctx: WorkerContext, unit: ShardWork, lease: Lease) -> Result:
             raise PermanentJobError("the model is not one Barge runs")
 
-        lifecycle.run_shard(ctx, shard_id, runs(Runner(run=broken, time_limit_error="x")))
+        lifecycle.run_shard(ctx, shard_id, runs(broken))
         ready_again(database_url, shard_id)
-        lifecycle.run_shard(ctx, shard_id, runs(Runner(run=refused, time_limit_error="x")))
+        lifecycle.run_shard(ctx, shard_id, runs(refused))
 
         first, second = attempts(database_url, shard_id)
         assert (first.attempt, first.outcome, second.attempt, second.outcome) == (
@@ -139,7 +141,7 @@ class TestSamples:
             return Result(Outcome.SUCCEEDED, succeeded=10)
 
         for shard_id in shard_ids:
-            lifecycle.run_shard(ctx, shard_id, runs(Runner(run=slow, time_limit_error="x")))
+            lifecycle.run_shard(ctx, shard_id, runs(slow))
 
         found = job_samples(database_url, job_id)
         slots = [s.slot for s in found]

@@ -163,7 +163,7 @@ def timeline(settings: Settings, rows: list[repo.AttemptRow], now: datetime) -> 
         end = a.finished_at or (now if outcome == "running" else a.seen_at)
         bars.append(
             {
-                "worker": a.worker,
+                "worker": usage.worker_label(settings, a.worker),
                 "shard": row.index,
                 "attempt": a.attempt,
                 "start": _ts(a.started_at),
@@ -369,7 +369,8 @@ def workers_view(
     session: Session, settings: Settings, principal: Principal
 ) -> list[dict[str, Any]]:
     """Each live worker: its queues, device, warm models (admins only), the shards it runs
-    now (a member sees only its own) and its utilisation over the last hour."""
+    now (a member sees only its own) and its utilisation over the last hour. A member sees each
+    worker by the label its jobs' pages give it, not its node name or host."""
     now = utcnow()
     live = repo.workers_seen_since(
         session, now - timedelta(seconds=3 * settings.worker_presence_seconds)
@@ -384,8 +385,8 @@ def workers_view(
     mine = principal.tenant.id
     return [
         {
-            "name": w.name,
-            "host": w.host,
+            "name": w.name if principal.is_admin else usage.worker_label(settings, w.name),
+            "host": w.host if principal.is_admin else None,
             "queues": w.queues,
             "device": w.device,
             "device_name": w.device_name,

@@ -5,10 +5,17 @@ where a device has no counter, never an estimate), and a cost estimate from the 
 the devices as much as the one that succeeded. Attempts still running count once they end.
 
 Also the model's measured steady rate (the console's reference line).
+
+A job's views name the workers that ran it by an opaque label (``worker_label``), never by
+their node names: those carry the worker's host and process id, which are the operator's, not
+the tenant's. The admin's workers page shows the node names.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import statistics
 import uuid
 from typing import Any
@@ -21,6 +28,21 @@ from db.models import Job
 
 # The newest succeeded attempts of a model whose rates make its steady rate.
 STEADY_ATTEMPTS = 20
+
+
+# Without a configured secret the labels are keyed by the process (opaque, stable while it runs).
+_PROCESS_KEY = os.urandom(32)
+
+
+def worker_label(settings: Settings | None, node: str) -> str:
+    """The label a job's views give the worker ``node``: the same for the same worker across a
+    deployment's API processes (keyed by the console secret, else the database URL, both
+    secret from tenants), and saying nothing of its host."""
+    if settings is None:
+        key = _PROCESS_KEY
+    else:
+        key = (settings.console_secret or str(settings.database_url)).encode()
+    return "worker-" + hmac.new(key, node.encode(), hashlib.sha256).hexdigest()[:10]
 
 
 def _rounded(value: float | None, digits: int = 3) -> float | None:
@@ -62,10 +84,10 @@ def _cost(settings: Settings | None, groups: list[repo.UsageGroup]) -> dict[str,
     }
 
 
-def _device(group: repo.UsageGroup) -> dict[str, Any]:
+def _device(settings: Settings | None, group: repo.UsageGroup) -> dict[str, Any]:
     energy = group.sums["energy_joules"] if group.known["energy_joules"] == group.ended else None
     return {
-        "worker": group.worker,
+        "worker": worker_label(settings, group.worker),
         "device": group.device,
         "name": group.device_name,
         "attempts": group.attempts,
@@ -93,7 +115,9 @@ def summarise(settings: Settings | None, groups: list[repo.UsageGroup]) -> dict[
         "tokens_in": None if tokens_in is None else int(tokens_in),
         "tokens_out": None if tokens_out is None else int(tokens_out),
         "energy_joules": _rounded(_total(groups, "energy_joules")),
-        "devices": [_device(g) for g in sorted(groups, key=lambda g: (g.worker, g.device or ""))],
+        "devices": [
+            _device(settings, g) for g in sorted(groups, key=lambda g: (g.worker, g.device or ""))
+        ],
         "cost": _cost(settings, groups),
     }
 

@@ -197,7 +197,12 @@ def test_a_batch_whose_requests_all_finished_in_its_window_completes_though_fina
     )
     while client.batches.retrieve(batch.id).status == "validating":
         time.sleep(0.1)
-    control.stop()  # the finalize the last shard sends waits for the next control worker
+    # The finalize the last shard sends waits for the next control worker. A warm shutdown of
+    # the worker itself (not its process group: SIGTERM would also end the pool child between
+    # the plan's commit and its sends) lets the plan task send the shard's message first.
+    assert control.proc is not None
+    os.kill(control.proc.pid, signal.SIGTERM)
+    control.proc.wait(60)
     os.killpg(gpu.proc.pid, signal.SIGCONT)
     while (now := client.batches.retrieve(batch.id)).request_counts.completed < 40:
         assert now.status == "in_progress", now

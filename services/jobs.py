@@ -187,3 +187,30 @@ def request_cancel(uow: UnitOfWork, job: Job, reason: str = "cancel requested") 
     repo.cancel_pending_shards(uow.session, job.id)
     uow.send_after_commit(FINALIZE_JOB, str(job.id))
     return job
+
+
+def shards_view(session: Session, settings: Settings, job: Job) -> list[dict[str, Any]]:
+    """The job's shards as its owner sees them: the worker of each by its label
+    (``usage.worker_label``), like the job's usage and the console's timeline."""
+    rows = []
+    for shard in repo.shards_of(session, job.id):
+        row = {c: getattr(shard, c) for c in SHARD_FIELDS}
+        row["worker"] = shard.worker and usage.worker_label(settings, shard.worker)
+        rows.append(row)
+    return rows
+
+
+SHARD_FIELDS = (
+    "index",
+    "status",
+    "source_uri",
+    "start_record",
+    "record_count",
+    "attempt",
+    "records_succeeded",
+    "records_failed",
+    "last_error",
+    "lease_expires_at",
+    "started_at",
+    "finished_at",
+)

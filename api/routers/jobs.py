@@ -142,12 +142,11 @@ def job_events(
 
 
 @router.get("/{job_id}/shards", response_model=ShardList, responses=errors(404))
-def job_shards(job_id: str, uow: UoW, tenant: CurrentTenant) -> ShardList:
-    """Each shard's status, attempts, worker and last error."""
+def job_shards(job_id: str, uow: UoW, tenant: CurrentTenant, settings: SettingsDep) -> ShardList:
+    """Each shard's status, attempts, worker (by its label) and last error."""
     job = _job(uow.session, tenant, job_id)
-    return ShardList(
-        shards=[ShardOut.model_validate(s) for s in repo.shards_of(uow.session, job.id)]
-    )
+    shards = service.shards_view(uow.session, settings, job)
+    return ShardList(shards=[ShardOut.model_validate(s) for s in shards])
 
 
 @router.get("/{job_id}/files", response_model=JobFileList, responses=errors(403, 404, 502))

@@ -37,7 +37,10 @@ class OutputOut(BaseModel):
 
 
 class DeviceUsageOut(BaseModel):
-    worker: str = Field(description="The worker process (host:pid) the attempts ran in")
+    worker: str = Field(
+        description="The worker the attempts ran in, by an opaque label (the same in the "
+        "job's shards and the console's timeline); the admin's workers page names it"
+    )
     device: str | None = Field(description="As torch names it: cuda:0, cpu, cuda:0,cuda:1")
     name: str | None = Field(description="The device's name, e.g. NVIDIA H100 80GB HBM3")
     attempts: int
@@ -138,7 +141,9 @@ class ShardOut(BaseModel):
     start_record: int
     record_count: int
     attempt: int
-    worker: str | None
+    worker: str | None = Field(
+        description="The worker of its latest attempt, by the label the job's usage gives it"
+    )
     records_succeeded: int
     records_failed: int
     last_error: str | None

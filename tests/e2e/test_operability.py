@@ -23,6 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from services.usage import worker_label
 from tests.conftest import ApiProcess, new_key
 from tests.helpers import inference_spec, put_jsonl, wait_job, wait_until
 from tests.services import (
@@ -277,7 +278,8 @@ def test_one_worker_per_gpu_on_one_host_each_runs_shards(
         assert len(shards) == 8
         ran_on = {s["worker"] for s in shards}
         for w in workers:
-            assert ran_on & {f"{HOST}:{pid}" for pid in w.pool_pids()}, (ran_on, w.tail())
+            labels = {worker_label(on_vhost, f"{HOST}:{pid}") for pid in w.pool_pids()}
+            assert ran_on & labels, (ran_on, w.tail())
             assert w.proc is not None and w.proc.poll() is None, w.tail()
     finally:
         for w in workers:

@@ -388,7 +388,8 @@ def test_job_errors_show_no_worker_paths_or_hosts(
         timeout=120,
         what="the job to end",
     )
-    shown = json.dumps(job) + json.dumps(events(api, auth, job_id))
+    shards = api.get(f"/v1/jobs/{job_id}/shards", headers=auth).json()
+    shown = json.dumps(job) + json.dumps(events(api, auth, job_id)) + json.dumps(shards)
     assert job["status"] == "failed" and "model_type" in job["error"]
     for private in (str(tmp_path), "/cache/", socket.gethostname(), "celery@"):
         assert private not in shown, private

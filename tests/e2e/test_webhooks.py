@@ -1,0 +1,323 @@
+"""Webhooks on real processes: an API, a worker and a scheduler allowed to send to loopback (the
+receiver here listens on 127.0.0.1), a receiver made of ``http.server``; every delivery is
+checked with the official ``openai`` client's ``webhooks.unwrap`` and the endpoint's secret.
+
+Each job's final state reaches the receiver once; an OpenAI batch's end comes under OpenAI's
+own event names; a receiver that is down, then failing, then up still gets the event (retried
+with back-off, the attempts listed); and with the default settings targets on loopback, private
+and metadata addresses are refused at create, naming the field."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import new_key
+from tests.helpers import inference_spec, put_jsonl, wait_until
+from tests.services import ROOT, WorkerProcess, create_vhost, delete_vhost, free_port, wait_port
+
+pytestmark = pytest.mark.e2e
+openai = pytest.importorskip("openai")
+
+JOB_EVENTS = ["job.succeeded", "job.failed", "job.cancelled"]
+
+
+@dataclass
+class Receiver:
+    """An HTTP receiver on 127.0.0.1:``port`` keeping every request; it answers ``codes``
+    in turn (then 200). Stopped and started again on the same port."""
+
+    port: int
+    got: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    codes: list[int] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                code = receiver.codes.pop(0) if receiver.codes else 200
+                if code == 200:
+                    receiver.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                answer = b"ok" if code == 200 else b"busy, try later " + b"x" * 2000
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    def events(self, secret: str) -> list[Any]:
+        """Every delivery received, verified and parsed by the ``openai`` client."""
+        client = openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9/")
+        return [client.webhooks.unwrap(body, headers, secret=secret) for headers, body in self.got]
+
+
+@dataclass
+class Stack:
+    url: str  # the API's
+    env: dict[str, str]
+    database_url: str
+
+    def client(self) -> tuple[httpx.Client, str]:
+        key = new_key(self.database_url, f"wh-{uuid.uuid4().hex[:8]}")
+        headers = {"Authorization": f"Bearer {key}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30), key
+
+    def hook(self, http: httpx.Client, url: str, events: list[str]) -> dict[str, Any]:
+        r = http.post("/v1/webhooks", json={"url": url, "events": events})
+        assert r.status_code == 201, r.text
+        made = r.json()
+        assert made["secret"].startswith("whsec_")
+        return made  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def stack(barge_env: dict[str, str], tmp_root: Path, s3: Any, minilm_uri: str) -> Iterator[Stack]:
+    """An API, a worker and a scheduler (on a vhost of their own) that may send webhooks to
+    127.0.0.0/8, sending every half second, retrying after 1 then 2 seconds."""
+    vhost = f"barge_wh_{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        **barge_env,
+        "BARGE_BROKER_URL": create_vhost(vhost),
+        "BARGE_HOME": str(tmp_root / "webhooks-home"),
+        "BARGE_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
+        "BARGE_WEBHOOK_SEND_SECONDS": "0.5",
+        "BARGE_WEBHOOK_RETRY_BASE_SECONDS": "1",
+        "BARGE_WEBHOOK_RETRY_MAX_SECONDS": "2",
+        "BARGE_WEBHOOK_TIMEOUT_SECONDS": "3",
+        "BARGE_OPENAI_MODEL_ALIASES": json.dumps({"text-embedding-3-small": minilm_uri}),
+    }
+    s3.create_bucket(Bucket="barge") if "barge" not in _buckets(s3) else None
+    port = free_port()
+    log = (tmp_root / "webhooks-api.log").open("ab")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cli", *argv],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for argv in (["api", "--port", str(port)], ["scheduler"])
+    ]
+    worker = WorkerProcess(env, tmp_root / "webhooks-worker.log").start()
+    wait_port(port, 60)
+    yield Stack(f"http://127.0.0.1:{port}", env, barge_env["BARGE_DATABASE_URL"])
+    worker.stop()
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+    delete_vhost(vhost)
+
+
+def _buckets(s3: Any) -> set[str]:
+    return {b["Name"] for b in s3.list_buckets()["Buckets"]}
+
+
+def submit(http: httpx.Client, spec: dict[str, Any]) -> str:
+    r = http.post("/v1/jobs", json=spec)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def final(http: httpx.Client, job_id: str, timeout: float = 240) -> str:
+    def status() -> str | None:
+        found = http.get(f"/v1/jobs/{job_id}").json()["status"]
+        return found if found in ("succeeded", "failed", "cancelled") else None
+
+    return str(wait_until(status, timeout, 0.3, f"job {job_id} final"))
+
+
+def test_each_final_state_is_delivered_once_signed(stack: Stack, s3: Any, bucket: str) -> None:
+    receiver = Receiver(free_port()).start()
+    http, _ = stack.client()
+    try:
+        hook = stack.hook(http, receiver.url, JOB_EVENTS)
+        good = put_jsonl(s3, bucket, "good.jsonl", [{"id": i, "text": f"t {i}"} for i in range(3)])
+        bad = put_jsonl(s3, bucket, "bad.jsonl", [{"id": i} for i in range(3)])  # no text
+        model = stack.env["BARGE_OPENAI_MODEL_ALIASES"]
+        minilm = json.loads(model)["text-embedding-3-small"]
+        ok = submit(http, inference_spec(minilm, good, f"s3://{bucket}/ok/"))
+        failed = submit(http, inference_spec(minilm, bad, f"s3://{bucket}/bad/"))
+        cancelled = submit(http, inference_spec(minilm, good, f"s3://{bucket}/cancel/"))
+        assert http.post(f"/v1/jobs/{cancelled}/cancel").status_code == 200
+        ends = {ok: final(http, ok), failed: final(http, failed), cancelled: final(http, cancelled)}
+        assert ends == {ok: "succeeded", failed: "failed", cancelled: "cancelled"}
+        wait_until(lambda: len(receiver.got) >= 3, 60, 0.2, "three deliveries")
+        time.sleep(3)  # six more send passes: nothing is sent twice
+        events = receiver.events(hook["secret"])  # raises unless each signature verifies
+        got = sorted((e.type, e.data.id) for e in events)
+        assert got == sorted(
+            [("job.succeeded", ok), ("job.failed", failed), ("job.cancelled", cancelled)]
+        )
+        ids = [headers["webhook-id"] for headers, _ in receiver.got]
+        assert len(set(ids)) == 3 and all(i.startswith("wh_") for i in ids)
+        assert all(e.object == "event" and e.id.startswith("evt_") for e in events)
+        listed = http.get(f"/v1/webhooks/{hook['id']}/deliveries").json()["deliveries"]
+        assert sorted(d["id"] for d in listed) == sorted(ids)
+        assert {(d["status"], d["attempts"], d["last_status_code"]) for d in listed} == {
+            ("delivered", 1, 200)
+        }
+        assert all(d["attempt_log"][0]["response"] == "ok" for d in listed)
+        assert "secret" not in json.dumps(http.get("/v1/webhooks").json()).replace(
+            '"secret":null', ""
+        )
+    finally:
+        receiver.stop()
+        http.close()
+
+
+def test_a_receiver_down_then_failing_still_gets_the_event(
+    stack: Stack, s3: Any, bucket: str
+) -> None:
+    receiver = Receiver(free_port())  # nothing listens on its port yet
+    http, _ = stack.client()
+    try:
+        hook = stack.hook(http, receiver.url, ["job.succeeded"])
+        minilm = json.loads(stack.env["BARGE_OPENAI_MODEL_ALIASES"])["text-embedding-3-small"]
+        data = put_jsonl(s3, bucket, "in.jsonl", [{"id": 1, "text": "hello"}])
+        job = submit(http, inference_spec(minilm, data, f"s3://{bucket}/out/"))
+        assert final(http, job) == "succeeded"
+
+        def deliveries() -> list[dict[str, Any]]:
+            r = http.get(f"/v1/webhooks/{hook['id']}/deliveries")
+            return r.json()["deliveries"]  # type: ignore[no-any-return]
+
+        wait_until(lambda: deliveries() and deliveries()[0]["attempts"] >= 2, 60, 0.3, "retries")
+        down = deliveries()[0]
+        assert down["status"] == "pending" and down["last_status_code"] is None
+        assert all(a["status_code"] is None and a["error"] for a in down["attempt_log"])
+        receiver.codes = [503]  # up again, but failing once
+        receiver.start()
+        wait_until(lambda: receiver.got, 60, 0.2, "the delivery after the receiver came back")
+        time.sleep(3)
+        [event] = receiver.events(hook["secret"])
+        assert (event.type, event.data.id) == ("job.succeeded", job)
+        [done] = deliveries()
+        assert done["status"] == "delivered" and done["id"] == receiver.got[0][0]["webhook-id"]
+        codes = [a["status_code"] for a in done["attempt_log"]]
+        assert codes[-2:] == [503, 200] and codes[0] is None and len(codes) == done["attempts"]
+        busy = done["attempt_log"][-2]
+        assert busy["response"].startswith("busy") and len(busy["response"]) <= 512
+    finally:
+        receiver.stop()
+        http.close()
+
+
+def test_openai_batch_ends_under_openai_event_names(stack: Stack) -> None:
+    receiver = Receiver(free_port()).start()
+    http, key = stack.client()
+    try:
+        hook = stack.hook(http, receiver.url, ["batch.completed", "batch.cancelled"])
+        client = openai.OpenAI(base_url=f"{stack.url}/openai/v1", api_key=key, max_retries=0)
+        line = {
+            "custom_id": "a",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "text-embedding-3-small", "input": "hello"},
+        }
+        upload = client.files.create(
+            file=("b.jsonl", json.dumps(line).encode() + b"\n"), purpose="batch"
+        )
+        done = client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+        stopped = client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+        client.batches.cancel(stopped.id)
+        wait_until(lambda: len(receiver.got) >= 2, 240, 0.3, "both batches' events")
+        time.sleep(2)
+        got = sorted((e.type, e.data.id) for e in receiver.events(hook["secret"]))
+        assert got == sorted([("batch.completed", done.id), ("batch.cancelled", stopped.id)])
+        assert client.batches.retrieve(done.id).status == "completed"
+    finally:
+        receiver.stop()
+        http.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/hooks",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.1.2.3/hooks",
+        "http://[::1]/hooks",
+        "http://[::ffff:127.0.0.1]/hooks",
+        "http://localhost/hooks",
+    ],
+)
+def test_loopback_private_and_metadata_targets_are_refused(
+    api: Any, auth: dict[str, str], url: str
+) -> None:
+    r = api.post("/v1/webhooks", json={"url": url, "events": ["job.failed"]}, headers=auth)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "url"
+    assert api.get("/v1/webhooks", headers=auth).json()["webhooks"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"url": "ftp://93.184.216.34/x", "events": ["job.failed"]}, "url"),
+        ({"url": "https://user:pw@93.184.216.34/x", "events": ["job.failed"]}, "url"),
+        ({"url": "https://93.184.216.34/x", "events": ["job.exploded"]}, "events"),
+        ({"url": "https://93.184.216.34/x", "events": []}, "events"),
+    ],
+)
+def test_bad_bodies_name_their_field(
+    api: Any, auth: dict[str, str], body: dict[str, Any], field: str
+) -> None:
+    r = api.post("/v1/webhooks", json=body, headers=auth)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == field
+
+
+def test_another_tenants_endpoint_is_not_found(
+    api: Any, auth: dict[str, str], database_url: str
+) -> None:
+    body = {"url": "https://93.184.216.34/x", "events": ["job.failed"]}
+    made = api.post("/v1/webhooks", json=body, headers=auth).json()
+    other = {"Authorization": f"Bearer {new_key(database_url, f'o-{uuid.uuid4().hex[:8]}')}"}
+    for method, path in (
+        ("GET", f"/v1/webhooks/{made['id']}"),
+        ("DELETE", f"/v1/webhooks/{made['id']}"),
+        ("POST", f"/v1/webhooks/{made['id']}/rotate"),
+        ("GET", f"/v1/webhooks/{made['id']}/deliveries"),
+    ):
+        assert api.request(method, path, headers=other).status_code == 404, path
+    assert api.get(f"/v1/webhooks/{made['id']}", headers=auth).json()["secret"] is None

@@ -13,12 +13,10 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,61 +25,20 @@ import pytest
 
 from tests.conftest import new_key
 from tests.helpers import inference_spec, put_jsonl, wait_until
-from tests.services import ROOT, WorkerProcess, create_vhost, delete_vhost, free_port, wait_port
+from tests.services import (
+    ROOT,
+    Receiver,
+    WorkerProcess,
+    create_vhost,
+    delete_vhost,
+    free_port,
+    wait_port,
+)
 
 pytestmark = pytest.mark.e2e
 openai = pytest.importorskip("openai")
 
 JOB_EVENTS = ["job.succeeded", "job.failed", "job.cancelled"]
-
-
-@dataclass
-class Receiver:
-    """An HTTP receiver on 127.0.0.1:``port`` keeping every request; it answers ``codes``
-    in turn (then 200). Stopped and started again on the same port."""
-
-    port: int
-    got: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    codes: list[int] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
-
-    def start(self) -> Receiver:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                code = receiver.codes.pop(0) if receiver.codes else 200
-                if code == 200:
-                    receiver.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                answer = b"ok" if code == 200 else b"busy, try later " + b"x" * 2000
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        ThreadingHTTPServer.allow_reuse_address = True
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks"
-
-    def events(self, secret: str) -> list[Any]:
-        """Every delivery received, verified and parsed by the ``openai`` client."""
-        client = openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9/")
-        return [client.webhooks.unwrap(body, headers, secret=secret) for headers, body in self.got]
 
 
 @dataclass

@@ -6,7 +6,8 @@ answer noted: a 2xx delivers; anything else is tried again with exponential back
 
 Each send checks its target again after DNS and connects to the very address it checked (no
 rebinding between check and connect), with a short timeout; redirects are never followed (a
-3xx is a failed attempt) and only an excerpt of the answer is read and kept.
+3xx is a failed attempt) and only an excerpt of the answer is read and kept. A watchdog
+cuts an exchange that outlives the timeout as a whole (an answer trickled byte by byte too).
 
 Imports: ``barge``, ``db``, ``services.webhooks``, ``worker.context``; never ``api`` or
 ``cli``.
@@ -14,10 +15,12 @@ Imports: ``barge``, ``db``, ``services.webhooks``, ``worker.context``; never ``a
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import socket
 import ssl
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,7 +40,6 @@ log = logging.getLogger(__name__)
 
 EXCERPT_BYTES = 512  # of an answer's body, read and kept
 SENDERS = 8  # deliveries sent at once
-HOLD_SECONDS = 60.0  # beyond the timeout: a claimed row waits this long for its sender
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,9 @@ class Claimed:
 def send_due(ctx: WorkerContext, limit: int = 100) -> int:
     """Send the due deliveries; how many were attempted."""
     settings = ctx.settings
-    hold = timedelta(seconds=settings.webhook_timeout_seconds + HOLD_SECONDS)
+    # A send ends within the timeout (a watchdog cuts it there): a claimed row is not due again
+    # before twice that and a margin, so only a sender that died leaves it to another.
+    hold = timedelta(seconds=2 * settings.webhook_timeout_seconds + 5)
     with ctx.session() as session:
         rows = repo.take_due_deliveries(session, utcnow(), limit, hold)
         claimed = [_claimed(d, e) for d, e in rows]
@@ -114,7 +118,10 @@ def post(ctx: WorkerContext, item: Claimed) -> tuple[int, str]:
         "webhook-timestamp": str(timestamp),
         "webhook-signature": webhooks.signature_header(item.secrets, item.id, timestamp, item.body),
     }
-    conn = _connection(target, settings.webhook_timeout_seconds)
+    timeout = settings.webhook_timeout_seconds
+    conn = _connection(target, timeout)
+    watchdog = threading.Timer(timeout, _cut, (conn,))  # the whole exchange, not each read
+    watchdog.start()
     try:
         path = target.url.path or "/"
         if target.url.query:
@@ -124,7 +131,15 @@ def post(ctx: WorkerContext, item: Claimed) -> tuple[int, str]:
         data = answer.read(EXCERPT_BYTES)
         return answer.status, data.decode("utf-8", "replace")
     finally:
+        watchdog.cancel()
         conn.close()
+
+
+def _cut(conn: http.client.HTTPConnection) -> None:
+    """End a send that outlived its timeout: its blocked read returns at once."""
+    if conn.sock is not None:
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
 
 
 class _PinnedHTTP(http.client.HTTPConnection):

@@ -82,16 +82,17 @@ def take_due_deliveries(
     """Claim up to ``limit`` pending deliveries due by ``now`` (skipping those another sender
     holds): each attempt is counted and the row is not due again before ``now + hold``, so a
     sender that dies mid-send leaves it to be tried again then. Oldest first."""
-    rows = list(
-        session.execute(
+    rows = [
+        (delivery, endpoint)
+        for delivery, endpoint in session.execute(
             select(WebhookDelivery, WebhookEndpoint)
             .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
             .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now)
             .order_by(WebhookDelivery.next_attempt_at)
             .limit(limit)
             .with_for_update(of=WebhookDelivery, skip_locked=True)
-        ).tuples()
-    )
+        )
+    ]
     for delivery, _ in rows:
         delivery.attempts += 1
         delivery.next_attempt_at = now + hold

@@ -278,3 +278,37 @@ def test_another_tenants_endpoint_is_not_found(
     ):
         assert api.request(method, path, headers=other).status_code == 404, path
     assert api.get(f"/v1/webhooks/{made['id']}", headers=auth).json()["secret"] is None
+
+
+def test_the_cli_manages_endpoints(stack: Stack, tmp_path: Path) -> None:
+    _, key = stack.client()
+    env = {
+        **{k: v for k, v in stack.env.items() if k != "BARGE_PROFILE"},
+        "BARGE_API_URL": stack.url,
+        "BARGE_API_KEY": key,
+        "XDG_CONFIG_HOME": str(tmp_path),
+    }
+
+    def barge(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "cli", "webhooks", *args]
+        return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+
+    url = f"http://127.0.0.1:{free_port()}/hooks"
+    made = barge("create", url, "--event", "job.succeeded", "--event", "batch.completed")
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip()
+    assert secret.startswith("whsec_") and "not shown again" in made.stderr
+    [listed] = json.loads(barge("list", "-o", "json").stdout)
+    assert listed["url"] == url and listed["events"] == ["job.succeeded", "batch.completed"]
+    assert listed["secret"] is None
+    assert barge("list", "-q").stdout.split() == [listed["id"]]
+    rotated = barge("rotate", listed["id"])
+    assert rotated.returncode == 0 and rotated.stdout.strip() not in ("", secret)
+    assert json.loads(barge("deliveries", listed["id"], "-o", "json").stdout) == []
+    refused = barge("create", "http://169.254.169.254/latest/meta-data/", "--event", "job.failed")
+    assert refused.returncode == 3 and "link-local" in refused.stderr
+    assert barge("create", url, "--event", "job.exploded").returncode == 3
+    assert barge("create", url).returncode == 2  # --event is required
+    assert barge("delete", listed["id"]).returncode == 0
+    assert barge("delete", listed["id"]).returncode == 3  # gone: 404
+    assert json.loads(barge("list", "-o", "json").stdout) == []

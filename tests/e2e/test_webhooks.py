@@ -24,7 +24,14 @@ import httpx
 import pytest
 
 from tests.conftest import new_key
-from tests.helpers import inference_spec, put_jsonl, wait_until
+from tests.helpers import (
+    colour_chats,
+    inference_spec,
+    put_jsonl,
+    tiny_lora_base,
+    upload_dir,
+    wait_until,
+)
 from tests.services import (
     ROOT,
     Receiver,
@@ -222,6 +229,30 @@ def test_openai_batch_ends_under_openai_event_names(stack: Stack) -> None:
         got = sorted((e.type, e.data.id) for e in receiver.events(hook["secret"]))
         assert got == sorted([("batch.completed", done.id), ("batch.cancelled", stopped.id)])
         assert client.batches.retrieve(done.id).status == "completed"
+    finally:
+        receiver.stop()
+        http.close()
+
+
+def test_a_cancelled_fine_tuning_job_is_delivered_under_its_name(
+    stack: Stack, s3: Any, models_bucket: str, tmp_path: Path
+) -> None:
+    base = upload_dir(s3, models_bucket, "wh-lora-base", tiny_lora_base(tmp_path / "base"))
+    receiver = Receiver(free_port()).start()
+    http, key = stack.client()
+    try:
+        hook = stack.hook(http, receiver.url, ["fine_tuning.job.cancelled", "job.cancelled"])
+        client = openai.OpenAI(base_url=f"{stack.url}/openai/v1", api_key=key, max_retries=0)
+        rows = b"".join(json.dumps(r).encode() + b"\n" for r in colour_chats(16, 1))
+        train = client.files.create(file=("train.jsonl", rows), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model=base, training_file=train.id)
+        assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+        wait_until(lambda: len(receiver.got) >= 2, 120, 0.3, "the fine-tune's events")
+        time.sleep(2)
+        got = {e.type: e.data.id for e in receiver.events(hook["secret"])}
+        assert len(receiver.got) == 2 and got["fine_tuning.job.cancelled"] == job.id
+        barge_job = http.get(f"/v1/jobs/{got['job.cancelled']}").json()
+        assert barge_job["status"] == "cancelled" and barge_job["type"] == "finetune"
     finally:
         receiver.stop()
         http.close()

@@ -21,6 +21,7 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import re
 import secrets
 import socket
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from services.context import ServiceContext
 SECRET_PREFIX = "whsec_"
 MAX_URL_CHARS = 2048
 MAX_DELIVERIES = 100  # listed per page
+ENDPOINT_ID = re.compile(r"whep_[0-9a-f]{24}")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -123,7 +125,7 @@ def check_target(url: str, settings: Settings, field: str = "url") -> Target:
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         addresses = resolve(host, port)
-    except (OSError, UnicodeError):
+    except (OSError, UnicodeError, ValueError):  # no such name; a name no resolver takes
         raise TargetRefused(
             f"{field}: the host {excerpt(host)} does not resolve", field=field
         ) from None
@@ -205,8 +207,8 @@ def create(ctx: ServiceContext, command: CreateWebhook) -> WebhookEndpoint:
 def get(ctx: ServiceContext, endpoint_id: str, lock: bool = False) -> WebhookEndpoint:
     found = (
         repo.webhook_endpoint(ctx.session, ctx.tenant.id, endpoint_id, lock)
-        if len(endpoint_id) <= 64
-        else None
+        if ENDPOINT_ID.fullmatch(endpoint_id)
+        else None  # no endpoint has such an id: no query (a NUL never reaches the database)
     )
     if found is None:
         raise NotFound(f"no such webhook endpoint: {excerpt(endpoint_id)}", field="webhook_id")

@@ -309,6 +309,10 @@ def test_another_tenants_endpoint_is_not_found(
     ):
         assert api.request(method, path, headers=other).status_code == 404, path
     assert api.get(f"/v1/webhooks/{made['id']}", headers=auth).json()["secret"] is None
+    for odd in ("whep_%00", "x" * 300, made["id"].upper()):
+        assert api.get(f"/v1/webhooks/{odd}", headers=auth).status_code == 404, odd
+    bad_type = api.get(f"/v1/webhooks/{made['id']}/deliveries?type=a%00b", headers=auth)
+    assert bad_type.status_code == 422 and bad_type.json()["field"] == "type"
 
 
 def test_the_cli_manages_endpoints(stack: Stack, tmp_path: Path) -> None:

@@ -190,13 +190,14 @@ class WorkerProcess:
 class Receiver:
     """A webhook receiver on 127.0.0.1:``port`` (``http.server``, a thread per request),
     keeping every request it answers 200 (``got``: headers, body) and every request it saw
-    (``seen``); it answers ``codes`` in turn, then 200. While ``holding``, a request waits
+    (``seen``); it answers ``codes`` in turn, then 200 (a 3xx pointing at ``location``). While ``holding``, a request waits
     unanswered until ``release`` is set. Stopped and started again on the same port."""
 
     port: int
     got: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     codes: list[int] = field(default_factory=list)
     holding: bool = False
+    location: str | None = None  # where a 3xx answer points
     release: threading.Event = field(default_factory=threading.Event)
     seen: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
@@ -215,6 +216,8 @@ class Receiver:
                 answer = b"ok" if code == 200 else b"busy, try later " + b"x" * 2000
                 try:
                     self.send_response(code)
+                    if 300 <= code < 400 and receiver.location:
+                        self.send_header("Location", receiver.location)
                     self.send_header("Content-Length", str(len(answer)))
                     self.end_headers()
                     self.wfile.write(answer)

@@ -185,7 +185,9 @@ def test_a_receiver_down_then_failing_still_gets_the_event(
         down = deliveries()[0]
         assert down["status"] == "pending" and down["last_status_code"] is None
         assert all(a["status_code"] is None and a["error"] for a in down["attempt_log"])
-        receiver.codes = [503]  # up again, but failing once
+        elsewhere = Receiver(free_port()).start()
+        receiver.codes = [307, 503]  # up again: a redirect (never followed), a failure, then ok
+        receiver.location = elsewhere.url
         receiver.start()
         wait_until(lambda: receiver.got, 60, 0.2, "the delivery after the receiver came back")
         time.sleep(3)
@@ -194,9 +196,12 @@ def test_a_receiver_down_then_failing_still_gets_the_event(
         [done] = deliveries()
         assert done["status"] == "delivered" and done["id"] == receiver.got[0][0]["webhook-id"]
         codes = [a["status_code"] for a in done["attempt_log"]]
-        assert codes[-2:] == [503, 200] and codes[0] is None and len(codes) == done["attempts"]
+        assert codes[-3:] == [307, 503, 200] and codes[0] is None
+        assert len(codes) == done["attempts"] and elsewhere.seen == []
+        assert "redirects are not followed" in done["attempt_log"][-3]["error"]
         busy = done["attempt_log"][-2]
         assert busy["response"].startswith("busy") and len(busy["response"]) <= 512
+        elsewhere.stop()
     finally:
         receiver.stop()
         http.close()
@@ -206,7 +211,8 @@ def test_openai_batch_ends_under_openai_event_names(stack: Stack) -> None:
     receiver = Receiver(free_port()).start()
     http, key = stack.client()
     try:
-        hook = stack.hook(http, receiver.url, ["batch.completed", "batch.cancelled"])
+        events = ["batch.completed", "batch.cancelled", "batch.failed"]
+        hook = stack.hook(http, receiver.url, events)
         client = openai.OpenAI(base_url=f"{stack.url}/openai/v1", api_key=key, max_retries=0)
         line = {
             "custom_id": "a",
@@ -224,10 +230,23 @@ def test_openai_batch_ends_under_openai_event_names(stack: Stack) -> None:
             input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
         )
         client.batches.cancel(stopped.id)
-        wait_until(lambda: len(receiver.got) >= 2, 240, 0.3, "both batches' events")
+        twice = client.files.create(  # fails its checks at create: no job ever runs
+            file=("dup.jsonl", (json.dumps(line) + "\n") * 2), purpose="batch"
+        )
+        refused = client.batches.create(
+            input_file_id=twice.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+        assert refused.status == "failed"
+        wait_until(lambda: len(receiver.got) >= 3, 240, 0.3, "the three batches' events")
         time.sleep(2)
         got = sorted((e.type, e.data.id) for e in receiver.events(hook["secret"]))
-        assert got == sorted([("batch.completed", done.id), ("batch.cancelled", stopped.id)])
+        assert got == sorted(
+            [
+                ("batch.completed", done.id),
+                ("batch.cancelled", stopped.id),
+                ("batch.failed", refused.id),
+            ]
+        )
         assert client.batches.retrieve(done.id).status == "completed"
     finally:
         receiver.stop()

@@ -182,6 +182,7 @@ class Settings(BaseSettings):
     webhook_allowed_networks: list[str] = Field(default_factory=list)
     webhook_secret_grace_hours: float = Field(default=24.0, ge=0, le=24 * 7)
     webhook_max_endpoints: int = Field(default=20, ge=1)
+    webhook_retention_days: float = Field(default=30.0, gt=0)
 
     # Flower (`barge flower`): basic auth is required, so an empty password refuses to start.
     flower_user: str = "admin"

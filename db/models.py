@@ -441,11 +441,13 @@ class WebhookDelivery(Base):
     job's status, then sent (and re-sent with back-off) by the control worker. ``id`` is the
     ``webhook-id`` header, the same on every attempt (receivers deduplicate by it); ``body`` is
     the exact JSON signed. ``attempts_log``: the last attempts, each with its status code (or
-    error) and an excerpt of the answer."""
+    error) and an excerpt of the answer. Those settled longer than
+    ``BARGE_WEBHOOK_RETENTION_DAYS`` ago are pruned."""
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         Index("ix_webhook_deliveries_endpoint_id_created_at", "endpoint_id", "created_at"),
+        Index("ix_webhook_deliveries_created_at", "created_at"),  # pruning
         Index(
             "ix_webhook_deliveries_due",
             "next_attempt_at",

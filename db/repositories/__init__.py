@@ -134,6 +134,7 @@ from db.repositories.tenants import (
 from db.repositories.webhooks import (
     ATTEMPTS_KEPT,
     add_webhook_endpoint,
+    prune_deliveries,
     record_delivery_attempt,
     remove_webhook_endpoint,
     take_due_deliveries,
@@ -230,6 +231,7 @@ __all__ = [
     "note_worker",
     "pending_shard_count",
     "progress_for",
+    "prune_deliveries",
     "prune_samples",
     "prune_workers",
     "record_delivery_attempt",

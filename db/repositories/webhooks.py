@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from db.models import WebhookDelivery, WebhookEndpoint
@@ -132,3 +132,18 @@ def record_delivery_attempt(
         row.delivered_at = at
     session.flush()
     return True
+
+
+def prune_deliveries(session: Session, before: datetime, limit: int) -> int:
+    """Delete up to ``limit`` deliveries of events older than ``before`` that are settled
+    (delivered or given up); how many went. Pending ones stay whatever their age."""
+    old = (
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.created_at < before, WebhookDelivery.status != PENDING)
+        .limit(limit)
+    )
+    result = session.execute(
+        delete(WebhookDelivery).where(WebhookDelivery.id.in_(old.scalar_subquery())),
+        execution_options={"synchronize_session": False},
+    )
+    return int(getattr(result, "rowcount", 0))

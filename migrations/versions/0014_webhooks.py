@@ -90,6 +90,7 @@ def upgrade() -> None:
         "webhook_deliveries",
         ["endpoint_id", "created_at"],
     )
+    op.create_index("ix_webhook_deliveries_created_at", "webhook_deliveries", ["created_at"])
     op.create_index(
         "ix_webhook_deliveries_due",
         "webhook_deliveries",
@@ -101,6 +102,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_webhook_deliveries_due", table_name="webhook_deliveries")
+    op.drop_index("ix_webhook_deliveries_created_at", table_name="webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_endpoint_id_created_at", table_name="webhook_deliveries")
     op.drop_table("webhook_deliveries")
     op.drop_index("ix_webhook_endpoints_tenant_id_created_at", table_name="webhook_endpoints")

@@ -167,3 +167,26 @@ def test_a_claimed_delivery_is_skipped_by_a_second_sender(database_url: str) -> 
     with session_scope(database_url) as third:  # committed: not due again before the hold ends
         taken = repo.take_due_deliveries(third, later, 1000, timedelta(seconds=30))
         assert mine[0].id not in {d.id for d, _ in taken}
+
+
+def test_settled_deliveries_past_their_retention_are_pruned(database_url: str) -> None:
+    with session_scope(database_url) as session:
+        tenant = make_tenant(session)
+        endpoint(session, tenant, ["job.failed"])
+        for _ in range(3):
+            job = make_job(session, tenant)
+            state.transition(session, job, state.FAILED, error="x")
+        rows = list(
+            session.scalars(select(WebhookDelivery).where(WebhookDelivery.tenant_id == tenant.id))
+        )
+        old = utcnow() - timedelta(days=40)
+        for row, status in zip(rows, ("delivered", "failed", "pending"), strict=True):
+            row.status, row.created_at = status, old
+        tenant_id = tenant.id
+    with session_scope(database_url) as session:
+        repo.prune_deliveries(session, utcnow() - timedelta(days=30), 1000)
+    with session_scope(database_url) as session:
+        left = session.scalars(
+            select(WebhookDelivery.status).where(WebhookDelivery.tenant_id == tenant_id)
+        )
+        assert list(left) == ["pending"]  # a pending one stays whatever its age

@@ -2,7 +2,8 @@
 deliveries of the outbox are claimed (each attempt counted, the row held for a while so a
 sender that dies leaves it to the next pass), then sent outside any transaction, and each
 answer noted: a 2xx delivers; anything else is tried again with exponential back-off until
-``BARGE_WEBHOOK_RETRY_HOURS`` after the event, then the delivery is ``failed``.
+``BARGE_WEBHOOK_RETRY_HOURS`` after the event, then the delivery is ``failed``. Settled
+deliveries older than ``BARGE_WEBHOOK_RETENTION_DAYS`` are pruned on the way.
 
 Each send checks its target again after DNS and connects to the very address it checked (no
 rebinding between check and connect), with a short timeout; redirects are never followed (a
@@ -60,9 +61,12 @@ def send_due(ctx: WorkerContext, limit: int = 100) -> int:
     # A send ends within the timeout (a watchdog cuts it there): a claimed row is not due again
     # before twice that and a margin, so only a sender that died leaves it to another.
     hold = timedelta(seconds=2 * settings.webhook_timeout_seconds + 5)
+    now = utcnow()
     with ctx.session() as session:
-        rows = repo.take_due_deliveries(session, utcnow(), limit, hold)
+        rows = repo.take_due_deliveries(session, now, limit, hold)
         claimed = [_claimed(d, e) for d, e in rows]
+        retention = timedelta(days=settings.webhook_retention_days)
+        repo.prune_deliveries(session, now - retention, limit)
     if not claimed:
         return 0
     with ThreadPoolExecutor(max_workers=min(SENDERS, len(claimed))) as pool:

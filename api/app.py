@@ -13,7 +13,7 @@ from api.docs import install_docs
 from api.errors import barge_error, db_unavailable, http_error, validation_error
 from api.guard import RequestGuard
 from api.openapi import install_openapi
-from api.routers import admin, drops, health, jobs, metrics, models
+from api.routers import admin, drops, health, jobs, metrics, models, webhooks
 from api.routers.openai import MOUNT, create_openai_app
 from api.ui.app import install_console
 from barge import __version__
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(jobs.router)
     app.include_router(drops.router)
+    app.include_router(webhooks.router)
     app.include_router(models.router)
     app.include_router(admin.router)
     app.include_router(admin.audit_router)

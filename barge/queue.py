@@ -21,6 +21,7 @@ RUN_SHARD = "barge.run_shard"
 FINALIZE_JOB = "barge.finalize_job"
 RECONCILE = "barge.reconcile"
 SCAN_DROPS = "barge.scan_drops"
+SEND_WEBHOOKS = "barge.send_webhooks"
 
 ROUTES = {
     PLAN_JOB: CONTROL_QUEUE,
@@ -28,6 +29,7 @@ ROUTES = {
     FINALIZE_JOB: CONTROL_QUEUE,
     RECONCILE: CONTROL_QUEUE,
     SCAN_DROPS: CONTROL_QUEUE,
+    SEND_WEBHOOKS: CONTROL_QUEUE,
 }
 
 
@@ -78,6 +80,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": SCAN_DROPS,
                 "schedule": settings.drop_scan_seconds,
                 "options": {"expires": settings.drop_scan_seconds},
+            },
+            "send-webhooks": {
+                "task": SEND_WEBHOOKS,
+                "schedule": settings.webhook_send_seconds,
+                "options": {"expires": settings.webhook_send_seconds},
             },
         },
     }

@@ -169,6 +169,21 @@ class Settings(BaseSettings):
     price_per_device_hour: dict[str, float] = Field(default_factory=dict)
     price_currency: str = Field(default="USD", min_length=1, max_length=8)
 
+    # Webhooks (/v1/webhooks): the control worker sends due deliveries every
+    # webhook_send_seconds; a failed attempt is tried again after retry_base x 2^(n-1) seconds
+    # (at most retry_max_seconds apart) until webhook_retry_hours after the event, then given up.
+    # A target resolving to a loopback, private, link-local, shared or reserved address (cloud
+    # metadata included) is refused unless one of webhook_allowed_networks (CIDRs) holds it.
+    webhook_send_seconds: float = Field(default=5.0, gt=0, le=3600.0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60.0)
+    webhook_retry_base_seconds: float = Field(default=30.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_retry_hours: float = Field(default=24.0, gt=0, le=24 * 7)
+    webhook_allowed_networks: list[str] = Field(default_factory=list)
+    webhook_secret_grace_hours: float = Field(default=24.0, ge=0, le=24 * 7)
+    webhook_max_endpoints: int = Field(default=20, ge=1)
+    webhook_retention_days: float = Field(default=30.0, gt=0)
+
     # Flower (`barge flower`): basic auth is required, so an empty password refuses to start.
     flower_user: str = "admin"
     flower_password: str = ""
@@ -236,6 +251,24 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"BARGE_PRICE_PER_DEVICE_HOUR: the price of {', '.join(bad)} must be a number "
                 "of at least 0"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_webhooks(self) -> Settings:
+        import ipaddress
+
+        for cidr in self.webhook_allowed_networks:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"BARGE_WEBHOOK_ALLOWED_NETWORKS: {cidr!r} is not a network "
+                    "(e.g. 10.0.0.0/8 or 127.0.0.1/32)"
+                ) from None
+        if self.webhook_retry_base_seconds > self.webhook_retry_max_seconds:
+            raise ValueError(
+                "BARGE_WEBHOOK_RETRY_BASE_SECONDS must be at most BARGE_WEBHOOK_RETRY_MAX_SECONDS"
             )
         return self
 

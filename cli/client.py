@@ -90,6 +90,24 @@ class Client:
     def remove_drop(self, name: str) -> None:
         self._call("DELETE", f"/v1/drops/{name}")
 
+    def create_webhook(self, url: str, events: list[str]) -> dict[str, Any]:
+        body = {"url": url, "events": events}
+        return self._call("POST", "/v1/webhooks", json=body)  # type: ignore[no-any-return]
+
+    def webhooks(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/webhooks")  # type: ignore[no-any-return]
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        self._call("DELETE", f"/v1/webhooks/{quote(webhook_id, safe='')}")
+
+    def rotate_webhook(self, webhook_id: str) -> dict[str, Any]:
+        path = f"/v1/webhooks/{quote(webhook_id, safe='')}/rotate"
+        return self._call("POST", path)  # type: ignore[no-any-return]
+
+    def webhook_deliveries(self, webhook_id: str, limit: int) -> dict[str, Any]:
+        path = f"/v1/webhooks/{quote(webhook_id, safe='')}/deliveries"
+        return self._call("GET", path, params={"limit": limit})  # type: ignore[no-any-return]
+
     def register_model(self, name: str, uri: str, task: str) -> dict[str, Any]:
         body = {"name": name, "uri": uri, "task": task}
         return self._call("POST", "/v1/models", json=body)  # type: ignore[no-any-return]

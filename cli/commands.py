@@ -1,6 +1,6 @@
 """The client commands of ``barge``: submit, status, list, cancel, wait, events, shards, drops,
-models and top. They talk to the API over HTTP (``connect``: the URL and key from the flags, the
-environment or a profile, see ``cli.profiles``) and never open the database.
+webhooks, models and top. They talk to the API over HTTP (``connect``: the URL and key from the
+flags, the environment or a profile, see ``cli.profiles``) and never open the database.
 
 Every list and get prints through ``cli.output.emit`` (a table, ``-o wide``, ``-o json``,
 ``-o yaml``, ``-o name`` / ``-q``); tables go through ``cli.tables`` (boxed on a terminal,
@@ -30,6 +30,7 @@ from cli.live import StopSignals
 from cli.output import emit, output_format, to_yaml
 from cli.profiles import resolve
 from cli.render import (
+    deliveries_table,
     drops_table,
     event_lines,
     final_report,
@@ -44,6 +45,7 @@ from cli.render import (
     shards_table,
     to_json,
     top_view,
+    webhooks_table,
 )
 from cli.tables import Item, fit, is_terminal, lines, show, terminal_console, terminal_view
 
@@ -274,6 +276,31 @@ def cmd_drops(args: argparse.Namespace) -> int:
     else:
         rules = client.drops()["drops"]
         emit(args, rules, [r["name"] for r in rules], lambda wide: [drops_table(rules, wide)])
+    return 0
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    client = connect(args)
+    if args.webhooks in ("create", "rotate"):
+        made = (
+            client.create_webhook(args.url, args.events)
+            if args.webhooks == "create"
+            else client.rotate_webhook(args.id)
+        )
+        print(made["secret"])
+        print(
+            f"webhook {made['id']} → {made['url']}: keep the secret above, it is not shown again",
+            file=sys.stderr,
+        )
+    elif args.webhooks == "delete":
+        client.delete_webhook(args.id)
+        print(f"webhook {args.id} deleted", file=sys.stderr)
+    elif args.webhooks == "deliveries":
+        found = client.webhook_deliveries(args.id, args.limit)["deliveries"]
+        emit(args, found, [d["id"] for d in found], lambda w: [deliveries_table(found, w)])
+    else:
+        hooks = client.webhooks()["webhooks"]
+        emit(args, hooks, [h["id"] for h in hooks], lambda w: [webhooks_table(hooks, w)])
     return 0
 
 

@@ -121,6 +121,15 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "drops list": ("barge drops list -o wide",),
     "drops remove": ("barge drops remove reviews",),
+    "webhooks": ("barge webhooks list",),
+    "webhooks create": (
+        "barge webhooks create https://hooks.example.com/barge --event job.succeeded "
+        "--event job.failed",
+    ),
+    "webhooks list": ("barge webhooks list -o json",),
+    "webhooks delete": ("barge webhooks delete whep_3f2a9c1e...",),
+    "webhooks rotate": ("barge webhooks rotate whep_3f2a9c1e...",),
+    "webhooks deliveries": ("barge webhooks deliveries whep_3f2a9c1e... -o wide",),
     "models": ("barge models", "barge models show ticket-router"),
     "models list": ("barge models list -o name",),
     "models show": ("barge models show ticket-router -o json",),
@@ -442,6 +451,38 @@ def _add_outputs(sub: Subparsers) -> None:
     p.set_defaults(func=command("results", "cmd_errors"))
 
 
+def _add_webhooks(sub: Subparsers) -> None:
+    hooks_cmd = command("commands", "cmd_webhooks")
+    hooks = sub.add_parser("webhooks", help="webhook endpoints (signed as OpenAI signs)")
+    hsub = hooks.add_subparsers(dest="webhooks", required=True)
+    p = _client(hsub, "create", "a new endpoint; prints its secret, shown only this once")
+    p.add_argument("url", help="an http(s) URL on a public address")
+    p.add_argument(
+        "--event",
+        dest="events",
+        action="append",
+        required=True,
+        metavar="TYPE",
+        help="an event type to send (repeat for more), e.g. job.succeeded, batch.completed",
+    )
+    p.set_defaults(func=hooks_cmd)
+    p = _client(hsub, "list", "the endpoints (never their secrets)")
+    add_output_options(p, "endpoint ids")
+    p.set_defaults(func=hooks_cmd)
+    for name, help_ in (
+        ("delete", "delete an endpoint and its deliveries"),
+        ("rotate", "a new secret (printed); the old one signs too for a grace period"),
+    ):
+        p = _client(hsub, name, help_)
+        p.add_argument("id", help="the endpoint's id (whep_...)")
+        p.set_defaults(func=hooks_cmd)
+    p = _client(hsub, "deliveries", "an endpoint's deliveries, newest first, and their attempts")
+    p.add_argument("id", help="the endpoint's id (whep_...)")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (1 to 100)")
+    add_output_options(p, "delivery ids (the webhook-id header)")
+    p.set_defaults(func=hooks_cmd)
+
+
 def _add_drops_and_models(sub: Subparsers) -> None:
     drops_cmd = command("commands", "cmd_drops")
     drops = sub.add_parser("drops", help="S3 drop folders").add_subparsers(
@@ -459,6 +500,7 @@ def _add_drops_and_models(sub: Subparsers) -> None:
     p.add_argument("name", help="the drop folder's name")
     p.set_defaults(func=drops_cmd)
 
+    _add_webhooks(sub)
     models_cmd = command("commands", "cmd_models")
     models = sub.add_parser("models", help="the model registry (barge models: list)")
     models.set_defaults(func=models_cmd, models="list", output=None)

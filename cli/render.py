@@ -247,6 +247,45 @@ def drops_table(rules: Iterable[dict[str, Any]], wide: bool = False) -> Table:
     return table(columns, rows)
 
 
+def webhooks_table(hooks: Iterable[dict[str, Any]], wide: bool = False) -> Table:
+    """``barge webhooks list``; ``wide`` adds when each was made and its secret last rotated."""
+    columns: list[Column | str] = [Column("ID", no_wrap=True), "URL", "EVENTS"]
+    if wide:
+        columns += ["CREATED", "ROTATED"]
+    rows = []
+    for h in hooks:
+        row = [h["id"], h["url"], ", ".join(h["events"])]
+        if wide:
+            row += [h["created_at"][:19], (h.get("rotated_at") or "-")[:19]]
+        rows.append(row)
+    return table(columns, rows)
+
+
+def deliveries_table(deliveries: Iterable[dict[str, Any]], wide: bool = False) -> Table:
+    """``barge webhooks deliveries``; ``wide`` adds the event's id and the last answer."""
+    columns: list[Column | str] = [
+        Column("ID", no_wrap=True),
+        "TYPE",
+        "STATUS",
+        "ATTEMPTS",
+        "CODE",
+        "CREATED",
+    ]
+    if wide:
+        columns += ["EVENT", "LAST ANSWER"]
+    rows = []
+    for d in deliveries:
+        code = d.get("last_status_code")
+        row = [d["id"], d["type"], d["status"], str(d["attempts"]), str(code or "-")]
+        row.append(d["created_at"][:19])
+        if wide:
+            last = (d.get("attempt_log") or [{}])[-1]
+            answer = last.get("error") or last.get("response") or "-"
+            row += [d["event_id"], answer[:60]]
+        rows.append(row)
+    return table(columns, rows)
+
+
 def model_versions(models: Iterable[dict[str, Any]]) -> Iterator[str]:
     """``barge models show NAME``: every version with what the API has about it."""
     for m in models:

@@ -413,3 +413,61 @@ class OpenAIFineTuningJob(Base):
     result_file_id: Mapped[str | None] = mapped_column(String(64))
     # The job's own secret (AES-128, hex) that seals the ids of its events and checkpoints.
     id_key: Mapped[str] = mapped_column(String(64))
+
+
+class WebhookEndpoint(Base):
+    """A tenant's webhook endpoint: where the events it subscribed to are sent, signed with its
+    secret (``whsec_<base64>``, Standard Webhooks). After a rotation the previous secret signs
+    too until ``previous_secret_until``."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (
+        Index("ix_webhook_endpoints_tenant_id_created_at", "tenant_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # whep_<hex>
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(JSONType)
+    secret: Mapped[str] = mapped_column(String(128))
+    previous_secret: Mapped[str | None] = mapped_column(String(128))
+    previous_secret_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint, from the outbox: written in the transaction that changed the
+    job's status, then sent (and re-sent with back-off) by the control worker. ``id`` is the
+    ``webhook-id`` header, the same on every attempt (receivers deduplicate by it); ``body`` is
+    the exact JSON signed. ``attempts_log``: the last attempts, each with its status code (or
+    error) and an excerpt of the answer. Those settled longer than
+    ``BARGE_WEBHOOK_RETENTION_DAYS`` ago are pruned."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_endpoint_id_created_at", "endpoint_id", "created_at"),
+        Index("ix_webhook_deliveries_created_at", "created_at"),  # pruning
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # wh_<hex>: webhook-id
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    event_id: Mapped[str] = mapped_column(String(64))  # evt_<hex>, the body's id
+    event_type: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    body: Mapped[str] = mapped_column(Text)
+    # pending → delivered | failed (given up after BARGE_WEBHOOK_RETRY_HOURS)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    attempts_log: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)

@@ -2,7 +2,8 @@
 
 ``queued → running → succeeded | failed``, with ``cancelling → cancelled`` from any non-final
 state. Every transition is a conditional UPDATE on the current status (so two processes cannot
-both move the same job), stamps its time and appends a ``job_events`` row.
+both move the same job), stamps its time and appends a ``job_events`` row; one to a final
+state also writes its webhook deliveries (``db.outbox``) in the same transaction.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from barge.status import (  # the vocabulary; re-exported for the state machine'
     SHARD_SUCCEEDED,
     SUCCEEDED,
 )
+from db import outbox
 from db.base import utcnow
 from db.models import Job, JobEvent
 
@@ -110,4 +112,6 @@ def transition(
     )
     session.add(event)
     session.flush()
+    if to in FINAL:  # its webhooks, in this very transaction
+        outbox.job_finished(session, job, to, now)
     return event

@@ -14,6 +14,8 @@
 - ``drops``: drop-folder rules and the job an object becomes;
 - ``tenants``: tenants, API keys and roles, the request's principal;
 - ``audit``: the append-only audit log of changes;
+- ``webhooks``: tenants' webhook endpoints, the checks their targets pass (at create and at
+  each send) and how deliveries are signed (Standard Webhooks, as OpenAI signs);
 - ``durations``: durations and times as people write them (``30d``, ``1h30m``);
 - ``openai_files``, ``openai_batches``, ``openai_fine_tuning``: the OpenAI-compatible surface's
   files, batches (run as inference jobs) and fine-tuning jobs (run as Barge fine-tunes);

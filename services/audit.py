@@ -11,7 +11,8 @@ fine-tuning jobs, keys, scopes or quotas changed), the API key that acted (its p
 the key), the action (``ACTIONS``: ``job.submit``, ``job.cancel``, ``model.register``,
 ``drop.create``, ``drop.delete``, ``key.create``, ``key.revoke``, ``key.rotate``,
 ``tenant.create``, ``tenant.update``, ``file.upload``, ``file.delete``, ``batch.create``,
-``batch.cancel``, ``fine_tuning.create``, ``fine_tuning.cancel``), the target (``job:<id>``,
+``batch.cancel``, ``fine_tuning.create``, ``fine_tuning.cancel``, ``webhook.create``,
+``webhook.delete``, ``webhook.rotate``), the target (``job:<id>``,
 ``key:<prefix>``, ``tenant:<name>``, ``file:<id>``, ...) and a little data. An admin acting on
 another tenant is named in ``data["by"]``; the local operator, using the ``barge`` command on
 the database itself, has no key prefix and ``data["via"] == "cli"``; a worker doing a tenant's
@@ -53,6 +54,9 @@ ACTIONS = (
     "batch.cancel",
     "fine_tuning.create",
     "fine_tuning.cancel",
+    "webhook.create",
+    "webhook.delete",
+    "webhook.rotate",
 )
 # What the local operator's entries carry: they come from the `barge` command, not a key.
 VIA_CLI = "cli"

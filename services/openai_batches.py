@@ -24,6 +24,7 @@ from barge.settings import Settings
 from barge.specs import InferenceSpec
 from barge.status import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED
 from barge.storage import S3Uri
+from db import outbox
 from db import repositories as repo
 from db.base import utcnow
 from db.models import Job, OpenAIBatch
@@ -245,6 +246,8 @@ def create(ctx: ServiceContext, command: CreateBatch) -> OpenAIBatch:
         batch.status = "failed"
         batch.errors = checked.errors
     row = openai_repo.add_openai_batch(ctx.session, batch)
+    if row.status == "failed":  # ended at once: its webhooks, in this transaction
+        outbox.enqueue(ctx.session, ctx.tenant.id, "batch.failed", row.id, now)
     audit.record(
         ctx,
         "batch.create",

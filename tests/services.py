@@ -1,5 +1,5 @@
 """Real services for the tests: a fresh Postgres database built by the migrations, a RabbitMQ
-vhost, moto's S3 HTTP server, and real Barge worker processes."""
+vhost, moto's S3 HTTP server, real Barge worker processes, and a webhook receiver."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import sqlalchemy
@@ -181,3 +184,76 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on 127.0.0.1:``port`` (``http.server``, a thread per request),
+    keeping every request it answers 200 (``got``: headers, body) and every request it saw
+    (``seen``); it answers ``codes`` in turn, then 200 (a 3xx pointing at ``location``). While ``holding``, a request waits
+    unanswered until ``release`` is set. Stopped and started again on the same port."""
+
+    port: int
+    got: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    codes: list[int] = field(default_factory=list)
+    holding: bool = False
+    location: str | None = None  # where a 3xx answer points
+    release: threading.Event = field(default_factory=threading.Event)
+    seen: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                request = ({k.lower(): v for k, v in self.headers.items()}, body)
+                receiver.seen.append(request)
+                if receiver.holding:
+                    receiver.release.wait(120)
+                code = receiver.codes.pop(0) if receiver.codes else 200
+                answer = b"ok" if code == 200 else b"busy, try later " + b"x" * 2000
+                try:
+                    self.send_response(code)
+                    if 300 <= code < 400 and receiver.location:
+                        self.send_header("Location", receiver.location)
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                except OSError:
+                    return  # the sender went away
+                if code == 200:
+                    receiver.got.append(request)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.release.set()  # held requests end
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    def events(
+        self, secret: str, requests: list[tuple[dict[str, str], bytes]] | None = None
+    ) -> list[Any]:
+        """Every delivery answered 200 (or ``requests``), verified and parsed by the official
+        ``openai`` client."""
+        import openai
+
+        client = openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9/")
+        return [
+            client.webhooks.unwrap(body, headers, secret=secret)
+            for headers, body in (self.got if requests is None else requests)
+        ]

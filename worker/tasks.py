@@ -9,12 +9,12 @@ import uuid
 
 from celery import Task
 
-from barge.queue import FINALIZE_JOB, PLAN_JOB, RECONCILE, RUN_SHARD, SCAN_DROPS
+from barge.queue import FINALIZE_JOB, PLAN_JOB, RECONCILE, RUN_SHARD, SCAN_DROPS, SEND_WEBHOOKS
 from barge.settings import get_settings
 from worker import lifecycle, takeover
 from worker.celery_app import app
 from worker.context import get_context
-from worker.control import drops, finalize, planner, reconciler
+from worker.control import drops, finalize, planner, reconciler, webhooks
 
 
 @app.task(name=PLAN_JOB)
@@ -58,3 +58,9 @@ def reconcile() -> None:
 def scan_drops() -> None:
     """Turn new objects in drop folders into jobs; settle the inputs of finished ones."""
     drops.scan(get_context())
+
+
+@app.task(name=SEND_WEBHOOKS)
+def send_webhooks() -> None:
+    """Send the webhook deliveries that are due (retries included)."""
+    webhooks.send_due(get_context())

@@ -5,6 +5,7 @@ per area; routers map what the services return onto them.
 - ``jobs``: the job body (inference or fine-tune) and jobs, events, shards and files;
 - ``models``: registering a model version, and registered versions;
 - ``drops``: drop-folder rules;
+- ``webhooks``: webhook endpoints and their deliveries;
 - ``admin``: tenants, keys and the audit log;
 - ``openai_files``, ``openai_batches``, ``openai_fine_tuning``, ``openai_models``: the
   OpenAI-compatible surface's bodies and its answers, OpenAI's objects (``file``, ``batch``,

@@ -2,7 +2,8 @@
 ``shards`` (claims, leases, settlement), ``events``, ``registry`` (models), ``drops``,
 ``aggregates`` (for /metrics), ``audit``, ``openai`` (the OpenAI surface's files, batches and
 fine-tuning jobs), ``attempts`` (one row per shard attempt, with its usage), ``samples`` (a
-job's progress over time) and ``workers`` (live worker processes). Repositories query and flush; only a boundary (a request, a task scope)
+job's progress over time), ``workers`` (live worker processes) and ``webhooks`` (endpoints and
+their deliveries). Repositories query and flush; only a boundary (a request, a task scope)
 commits.
 
 ``from db import repositories as repo`` gives every function; each module is also importable on
@@ -53,6 +54,7 @@ from db.repositories.jobs import (
     FILES_LOCK,
     REGISTRY_LOCK,
     SUBMISSION_LOCK,
+    WEBHOOKS_LOCK,
     Progress,
     active_job_count,
     active_jobs,
@@ -129,6 +131,18 @@ from db.repositories.tenants import (
     touch_api_key,
     update_tenant,
 )
+from db.repositories.webhooks import (
+    ATTEMPTS_KEPT,
+    add_webhook_endpoint,
+    prune_deliveries,
+    record_delivery_attempt,
+    remove_webhook_endpoint,
+    take_due_deliveries,
+    webhook_deliveries,
+    webhook_endpoint,
+    webhook_endpoint_count,
+    webhook_endpoints,
+)
 from db.repositories.workers import (
     Running,
     note_worker,
@@ -139,6 +153,7 @@ from db.repositories.workers import (
 )
 
 __all__ = [
+    "ATTEMPTS_KEPT",
     "CHECKPOINT_OF",
     "DROP_NAME_CHARS",
     "FILES_LOCK",
@@ -147,6 +162,7 @@ __all__ = [
     "REMOVED_MARK",
     "ROLES",
     "SUBMISSION_LOCK",
+    "WEBHOOKS_LOCK",
     "AttemptRow",
     "Progress",
     "Running",
@@ -162,6 +178,7 @@ __all__ = [
     "add_event",
     "add_job_sample",
     "add_tenant",
+    "add_webhook_endpoint",
     "ancestors",
     "api_keys",
     "api_keys_matching",
@@ -214,12 +231,15 @@ __all__ = [
     "note_worker",
     "pending_shard_count",
     "progress_for",
+    "prune_deliveries",
     "prune_samples",
     "prune_workers",
+    "record_delivery_attempt",
     "record_totals",
     "register_model",
     "release_shard",
     "remove_drop_rule",
+    "remove_webhook_endpoint",
     "remove_worker",
     "revoke_api_key",
     "running_shards",
@@ -229,6 +249,7 @@ __all__ = [
     "shard_job_tenant",
     "shards_of",
     "start_attempt",
+    "take_due_deliveries",
     "take_expired_shards",
     "take_stale_queued_jobs",
     "take_unclaimed_shards",
@@ -244,6 +265,10 @@ __all__ = [
     "update_tenant",
     "usage_by_job",
     "usage_totals",
+    "webhook_deliveries",
+    "webhook_endpoint",
+    "webhook_endpoint_count",
+    "webhook_endpoints",
     "worker_attempts",
     "workers_seen_since",
 ]

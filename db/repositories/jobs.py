@@ -188,6 +188,7 @@ def lock_submissions(session: Session) -> None:
 SUBMISSION_LOCK = 0x62617267  # "barg"
 FILES_LOCK = 0x66696C65  # "file": a tenant's OpenAI uploads, against its files quotas
 REGISTRY_LOCK = 0x6D6F646C  # "modl": a tenant's registrations, against its versions quota
+WEBHOOKS_LOCK = 0x77686F6B  # "whok": a tenant's webhook endpoints, against their limit
 
 
 def lock_tenant_submissions(session: Session, tenant_id: uuid.UUID) -> None:

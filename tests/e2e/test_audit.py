@@ -204,6 +204,28 @@ def remove_drop(w: World) -> list[Expected]:
     return [("drop.delete", "drop:inbox", "member")]
 
 
+# A public address given literally: create checks it without DNS, and no test sends to it.
+WEBHOOK_URL = "https://93.184.216.34/hooks/barge"
+
+
+def create_webhook(w: World) -> list[Expected]:
+    made = w.post("/v1/webhooks", json={"url": WEBHOOK_URL, "events": ["job.succeeded"]})
+    return [("webhook.create", f"webhook:{made['id']}", "member")]
+
+
+def delete_webhook(w: World) -> list[Expected]:
+    made = w.post("/v1/webhooks", json={"url": WEBHOOK_URL, "events": ["job.failed"]})
+    assert w.api.delete(f"/v1/webhooks/{made['id']}", headers=w.member).status_code == 204
+    return [("webhook.delete", f"webhook:{made['id']}", "member")]
+
+
+def rotate_webhook(w: World) -> list[Expected]:
+    made = w.post("/v1/webhooks", json={"url": WEBHOOK_URL, "events": ["job.failed"]})
+    rotated = w.post(f"/v1/webhooks/{made['id']}/rotate")
+    assert rotated["secret"] != made["secret"]
+    return [("webhook.rotate", f"webhook:{made['id']}", "member")]
+
+
 def create_tenant(w: World) -> list[Expected]:
     name = _name("beta")
     w.post("/v1/admin/tenants", as_admin=True, json={"name": name})
@@ -324,6 +346,9 @@ CALLS: dict[tuple[str, str], Callable[[World], list[Expected]]] = {
     ("POST", "/v1/models"): register_model,
     ("POST", "/v1/drops"): add_drop,
     ("DELETE", "/v1/drops/{name}"): remove_drop,
+    ("POST", "/v1/webhooks"): create_webhook,
+    ("DELETE", "/v1/webhooks/{webhook_id}"): delete_webhook,
+    ("POST", "/v1/webhooks/{webhook_id}/rotate"): rotate_webhook,
     ("POST", "/v1/admin/tenants"): create_tenant,
     ("PATCH", "/v1/admin/tenants/{name}"): update_tenant,
     ("POST", "/v1/admin/keys"): create_key,

@@ -36,8 +36,8 @@ OPENAI = "/openai/v1"
 def tenant(
     api_process: ApiProcess, database_url: str, s3: Any, bucket: str, minilm_uri: str
 ) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    """A key, and path parameters naming a real job, model and drop folder of its tenant (by
-    path prefix), so that fuzzed query parameters and bodies reach the database."""
+    """A key, and path parameters naming a real job, model, drop folder and webhook endpoint
+    of its tenant (by path prefix), so that fuzzed query parameters and bodies reach the database."""
     headers = {"Authorization": f"Bearer {new_key(database_url, f'fuzz-{uuid.uuid4().hex[:8]}')}"}
     url = api_process.url
     data = put_jsonl(s3, bucket, "in/data.jsonl", [{"id": i, "text": f"t {i}"} for i in range(3)])
@@ -54,13 +54,16 @@ def tenant(
                     "template": {"model": minilm_uri, "task": "embed"},
                 },
             ),
+            # A literal public address: checked without DNS (no test sends to it).
+            ("/v1/webhooks", {"url": "https://93.184.216.34/hooks", "events": ["job.failed"]}),
         ]
     ]
-    assert [r.status_code for r in created] == [201] * 3, [r.text for r in created]
+    assert [r.status_code for r in created] == [201] * 4, [r.text for r in created]
     return headers, {
         "/v1/jobs/{job_id}": {"job_id": created[0].json()["id"]},
         "/v1/models/{name}": {"name": "fuzz-model"},
         "/v1/drops/{name}": {"name": "fuzz-drop"},
+        "/v1/webhooks/{webhook_id}": {"webhook_id": created[3].json()["id"]},
     }
 
 

@@ -9,7 +9,7 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from barge.queue import RECONCILE, SCAN_DROPS, celery_config
+from barge.queue import RECONCILE, SCAN_DROPS, SEND_WEBHOOKS, celery_config
 from barge.settings import Settings
 from barge.status import CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED
 from cli.main import main
@@ -64,11 +64,12 @@ class TestWorkerProcesses:
 
 class TestPeriodicMessages:
     def test_each_expires_when_the_next_is_due(self) -> None:
-        settings = Settings(reconcile_seconds=15, drop_scan_seconds=5)
+        settings = Settings(reconcile_seconds=15, drop_scan_seconds=5, webhook_send_seconds=3)
         schedule = celery_config(settings)["beat_schedule"]
         by_task = {entry["task"]: entry for entry in schedule.values()}
         assert by_task[RECONCILE]["options"] == {"expires": 15}
         assert by_task[SCAN_DROPS]["options"] == {"expires": 5}
+        assert by_task[SEND_WEBHOOKS]["options"] == {"expires": 3}
 
 
 class TestLeaseDefaults:

@@ -225,6 +225,18 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retry(args: argparse.Namespace) -> int:
+    client = connect(args)
+    given = {"batch_size": args.batch_size, "shard_size": args.shard_size, "model": args.model}
+    parent = resolve_job_id(client, args.id)
+    job = client.retry(parent, {k: v for k, v in given.items() if v is not None})
+    print(job["id"])
+    print(f"retry {job['id']} of job {parent} ({job['status']})", file=sys.stderr)
+    if args.wait:
+        return _report_final(wait_for(client, job["id"]), client)
+    return 0
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     client = connect(args)
     return _report_final(wait_for(client, resolve_job_id(client, args.id)), client)

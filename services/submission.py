@@ -226,7 +226,7 @@ def _check_inference(
 
 
 def _check_against_stores(
-    ctx: ServiceContext, spec: JobSpec, job_id: uuid.UUID
+    ctx: ServiceContext, spec: JobSpec, job_id: uuid.UUID, parent_id: uuid.UUID | None = None
 ) -> tuple[str, str | None, str]:
     """The resolved model, the base it applies to when it is a LoRA adapter, and the output
     prefix, once the model, the data and the locations pass their checks. Every location is
@@ -242,7 +242,7 @@ def _check_against_stores(
         output = spec.output
         model_uri, adapter_base = _check_inference(ctx, tenant_scopes, spec)
     with naming("output"):
-        output = check_locations(ctx, output, reads(spec))
+        output = check_locations(ctx, output, reads(spec), parent_id)
     return model_uri, adapter_base, output
 
 
@@ -255,6 +255,8 @@ class SubmitJob:
     spec: JobSpec
     idempotency_key: str | None = None
     audit_data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    parent_id: uuid.UUID | None = None  # a retry: the job it retries (it writes inside its output)
+    retry_index: int | None = None
 
 
 def create_job(ctx: ServiceContext, command: SubmitJob) -> tuple[Job, bool]:
@@ -279,7 +281,7 @@ def create_job(ctx: ServiceContext, command: SubmitJob) -> tuple[Job, bool]:
         )
     quotas.check_submission(session, ctx.settings, tenant_id, spec)  # 422 / 429 naming the limit
     job_id = uuid.uuid4()
-    model_uri, adapter_base, output = _check_against_stores(ctx, spec, job_id)
+    model_uri, adapter_base, output = _check_against_stores(ctx, spec, job_id, command.parent_id)
     now = utcnow()
     job = Job(
         id=job_id,
@@ -295,6 +297,8 @@ def create_job(ctx: ServiceContext, command: SubmitJob) -> tuple[Job, bool]:
         created_at=now,
         updated_at=now,
         dispatched_at=now,
+        parent_id=command.parent_id,
+        retry_index=command.retry_index,
     )
     session.add(job)
     session.flush()

@@ -21,6 +21,7 @@ from api.schemas.jobs import (
     JobFileOut,
     JobList,
     JobOut,
+    RetryBody,
     ShardList,
     ShardOut,
     job_out,
@@ -31,7 +32,7 @@ from barge.status import JOB_STATUSES
 from barge.storage import ObjectInfo, ObjectStore
 from db import repositories as repo
 from db.models import Job, Tenant
-from services import job_files, submission
+from services import job_files, retries, submission
 from services import jobs as service
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -122,6 +123,20 @@ def cancel_job(job_id: str, ctx: Context) -> JobOut:
     """Cancel: running shards stop within one batch; what was written stays and is listed."""
     job = service.cancel(ctx, _job(ctx.session, ctx.tenant, job_id))
     return job_out(service.present_many(ctx.session, [job], ctx.settings)[0])
+
+
+@router.post(
+    "/{job_id}/retry", status_code=201, response_model=JobOut, responses=errors(404, 409, 422)
+)
+def retry_job(job_id: str, ctx: Context, body: RetryBody | None = None) -> JobOut:
+    """Retry only what failed: a new job (a child of this one, writing under its output's
+    `retry-N/`) over exactly the records this job (or its newest retry) did not finish: its
+    errors files' records and those of shards that never succeeded. The body changes the spec
+    (`batch_size`, `model`, ...); the rest stays."""
+    overrides = body.model_dump(exclude_none=True) if body is not None else {}
+    job = _job(ctx.session, ctx.tenant, job_id)
+    child = retries.retry(ctx, retries.RetryJob(job, overrides))
+    return job_out(service.present_many(ctx.session, [child], ctx.settings)[0])
 
 
 @router.get("/{job_id}/events", response_model=EventList, responses=errors(404, 422))

@@ -71,6 +71,7 @@ from db.repositories.jobs import (
     lock_tenant,
     lock_tenant_submissions,
     progress_for,
+    retries_of,
     take_stale_queued_jobs,
     touch_dispatched,
 )
@@ -221,6 +222,7 @@ __all__ = [
     "release_shard",
     "remove_drop_rule",
     "remove_worker",
+    "retries_of",
     "revoke_api_key",
     "running_shards",
     "settle_drop",

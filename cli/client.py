@@ -56,6 +56,9 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._call("POST", "/v1/jobs", json=spec, headers=headers)  # type: ignore[no-any-return]
 
+    def dry_run(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/v1/jobs", json=spec, params={"dry_run": "true"})  # type: ignore[no-any-return]
+
     def job(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
 

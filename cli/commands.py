@@ -190,6 +190,9 @@ def _report_final(job: dict[str, Any], client: Client | None = None) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)  # a bad file is reported before the API is asked anything
     client = connect(args)
+    if args.dry_run:
+        print(json.dumps(client.dry_run(spec), indent=2))
+        return 0
     job = client.submit(spec, args.idempotency_key)
     print(job["id"])
     print(f"submitted job {job['id']} ({job['status']})", file=sys.stderr)

@@ -104,6 +104,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "submit": (
         "barge submit job.yaml --wait",
         "cat job.json | barge submit - --idempotency-key nightly-2024-06-01",
+        "barge submit job.yaml --dry-run",
     ),
     "status": ("barge status 3f2a9c1e", "barge status 3f2a9c1e -o yaml"),
     "cancel": ("barge cancel 3f2a9c1e",),
@@ -374,6 +375,11 @@ def _add_jobs(sub: Subparsers) -> None:
     p = _client(sub, "submit", "submit a job spec (JSON or YAML file, - for stdin)")
     p.add_argument("spec", help="a .json, .yaml or .yml file, or - to read JSON from stdin")
     p.add_argument("--wait", action="store_true", help="show progress until the job ends")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the spec and estimate records, tokens, shards, duration; create nothing",
+    )
     p.add_argument(
         "--idempotency-key",
         default=None,

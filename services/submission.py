@@ -259,6 +259,21 @@ class SubmitJob:
     retry_index: int | None = None
 
 
+def check(
+    ctx: ServiceContext, command: SubmitJob, job_id: uuid.UUID
+) -> tuple[str, str | None, str]:
+    """Every check a submission passes (its metadata, the tenant's quotas, the model, the data
+    and the locations against the stores); the resolved model, the base it applies to when it
+    is a LoRA adapter, and the output prefix. A dry run stops here."""
+    spec = command.spec
+    if len(json.dumps(spec.metadata)) > ctx.settings.max_metadata_bytes:
+        raise InvalidSpec(
+            f"metadata is larger than {ctx.settings.max_metadata_bytes} bytes", field="metadata"
+        )
+    quotas.check_submission(ctx.session, ctx.settings, ctx.tenant.id, spec)  # 422 / 429
+    return _check_against_stores(ctx, spec, job_id, command.parent_id)
+
+
 def create_job(ctx: ServiceContext, command: SubmitJob) -> tuple[Job, bool]:
     """Validate against the stores and add the job (queued) for the context's tenant; (job,
     created). The caller commits and then sends ``plan_job``; the same idempotency key returns
@@ -275,13 +290,8 @@ def create_job(ctx: ServiceContext, command: SubmitJob) -> tuple[Job, bool]:
                     "different spec; use a new key for a new job"
                 )
             return existing, False
-    if len(json.dumps(spec.metadata)) > ctx.settings.max_metadata_bytes:
-        raise InvalidSpec(
-            f"metadata is larger than {ctx.settings.max_metadata_bytes} bytes", field="metadata"
-        )
-    quotas.check_submission(session, ctx.settings, tenant_id, spec)  # 422 / 429 naming the limit
     job_id = uuid.uuid4()
-    model_uri, adapter_base, output = _check_against_stores(ctx, spec, job_id, command.parent_id)
+    model_uri, adapter_base, output = check(ctx, command, job_id)
     now = utcnow()
     job = Job(
         id=job_id,

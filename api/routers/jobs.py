@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
 from api.deps import Context, CurrentTenant, SettingsDep, UoW
 from api.schemas.errors import errors
 from api.schemas.jobs import (
     JOB_EXAMPLES,
+    DryRunOut,
     EventList,
     EventOut,
     JobBody,
@@ -32,7 +33,7 @@ from barge.status import JOB_STATUSES
 from barge.storage import ObjectInfo, ObjectStore
 from db import repositories as repo
 from db.models import Job, Tenant
-from services import job_files, retries, submission
+from services import estimates, job_files, retries, submission
 from services import jobs as service
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -59,7 +60,11 @@ def _job(session: Session, tenant: Tenant, job_id: str) -> Job:
     status_code=201,
     response_model=JobOut,
     responses={
-        200: {"model": JobOut, "description": "The job an `Idempotency-Key` made before"},
+        200: {
+            "model": JobOut | DryRunOut,
+            "description": "The job an `Idempotency-Key` made before; or, with `dry_run`, "
+            "what the job would be (no job is created)",
+        },
         **errors(403, 409, 429, 502, body=True),
     },
 )
@@ -68,9 +73,15 @@ def create_job(
     ctx: Context,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> JobOut:
+    dry_run: Annotated[bool, Query(description="Check and estimate; create nothing")] = False,
+) -> Any:
     """Submit an inference job or (`"type": "finetune"`) a fine-tune. The same `Idempotency-Key`
-    from the same tenant returns the same job."""
+    from the same tenant returns the same job. With `dry_run=true` nothing is created: the
+    spec passes every check a submission does, and the answer says its records, tokens,
+    shards and an estimated duration and device-hours (null for a model never run here)."""
+    if dry_run:
+        answer = DryRunOut.model_validate(estimates.dry_run(ctx, spec))
+        return JSONResponse(answer.model_dump(mode="json"), status_code=200)
     job, created = submission.submit(ctx, submission.SubmitJob(spec, idempotency_key))
     if not created:
         response.status_code = 200

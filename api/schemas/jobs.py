@@ -108,6 +108,50 @@ class RetryBody(BaseModel):
     output_format: Literal["jsonl", "parquet"] | None = None
 
 
+class DryRunRecordsOut(BaseModel):
+    count: int
+    exact: bool = Field(description="False when estimated from a sample of a large object")
+
+
+class DryRunTokensOut(BaseModel):
+    input: int = Field(description="Input tokens of the whole job, estimated")
+    per_record: float
+    sampled_records: int
+
+
+class MeasuredOut(BaseModel):
+    shards: int
+    records: int
+    seconds: float
+
+
+class EstimateOut(BaseModel):
+    duration_seconds: float = Field(description="From the first shard's start to the last's end")
+    device_hours: float
+    device: str = Field(description="The kind of device the estimate is for")
+    workers: int = Field(description="Workers of that kind its shards are spread over")
+    records_per_second: float = Field(description="Per device, as measured")
+    confidence: Literal["low", "medium", "high"]
+    measured: MeasuredOut = Field(description="The past shards the rate was measured over")
+
+
+class DryRunOut(BaseModel):
+    """What a submission would make: it passed every check; no job was created."""
+
+    dry_run: Literal[True]
+    type: JobType
+    model_uri: str
+    output: str
+    records: DryRunRecordsOut
+    shards: int
+    tokens: DryRunTokensOut | None = Field(
+        description="Null without a tokenizer.json or for records other than text"
+    )
+    estimate: EstimateOut | None = Field(
+        description="Null when this model never ran this task here"
+    )
+
+
 class JobOut(BaseModel):
     id: str
     type: JobType

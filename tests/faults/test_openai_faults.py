@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.faults.conftest import World
@@ -290,6 +291,20 @@ def test_a_batch_cancelled_mid_run_lists_every_request_it_never_ran(
     assert all(line["response"] is None for line in err)
     assert (done.request_counts.completed, done.request_counts.failed) == (len(out), len(err))
     assert done.request_counts.total == 1500
+
+    # Barge's extension: a new batch over the requests the cancelled one never ran.
+    world.worker()
+    auth = {"Authorization": f"Bearer {_key(world)}"}
+    r = httpx.post(f"{openai_url}/batches/{batch.id}/retry", headers=auth, timeout=30)
+    assert r.status_code == 200, r.text
+    retried = r.json()
+    assert retried["barge"]["retry_of"] == batch.id
+    assert retried["request_counts"]["total"] == len(err)
+    again = _wait_status(client, retried["id"], "completed", timeout=300)
+    more = _lines(client, again.output_file_id)
+    assert sorted(x["custom_id"] for x in out + more) == sorted(f"r-{i}" for i in range(1500))
+    parent = httpx.get(f"{openai_url}/batches/{batch.id}", headers=auth, timeout=30).json()
+    assert parent["barge"]["retries"] == [retried["id"]]
 
 
 def test_a_batch_cancelled_before_it_was_planned_lists_all_its_requests(

@@ -27,16 +27,16 @@ def test_a_dry_run_checks_creates_nothing_and_estimates_from_past_shards(
 ) -> None:
     # A copy of MiniLM at a location of its own: a model this database has never run.
     model = upload_dir(s3, models_bucket, f"minilm-{uuid.uuid4().hex[:8]}", minilm_dir())
-    first = put_jsonl(s3, bucket, "est/first.jsonl", _rows(2000, "first"))
-    spec = inference_spec(model, first, f"s3://{bucket}/est/first-out/", shard_size=500)
+    first = put_jsonl(s3, bucket, "est/first.jsonl", _rows(240, "first"))
+    spec = inference_spec(model, first, f"s3://{bucket}/est/first-out/", shard_size=60)
 
     r = _dry(api, auth, spec)
     assert r.status_code == 200, r.text
     never = r.json()
     assert never["dry_run"] is True and never["estimate"] is None  # never ran: no estimate
-    assert never["records"] == {"count": 2000, "exact": True} and never["shards"] == 4
+    assert never["records"] == {"count": 240, "exact": True} and never["shards"] == 4
     tokens = never["tokens"]
-    assert tokens["sampled_records"] == 200 and tokens["input"] > 2000 * 5
+    assert tokens["sampled_records"] == 200 and tokens["input"] > 240 * 5
     assert api.get("/v1/jobs", headers=auth).json()["jobs"] == []  # nothing was created
 
     bad = _dry(api, auth, {**spec, "input": f"s3://{bucket}/est/missing.jsonl"})
@@ -45,13 +45,13 @@ def test_a_dry_run_checks_creates_nothing_and_estimates_from_past_shards(
     ran = wait_job(api, auth, api.post("/v1/jobs", json=spec, headers=auth).json()["id"])
     assert ran["status"] == "succeeded", ran
 
-    second = put_jsonl(s3, bucket, "est/second.jsonl", _rows(2000, "second"))
-    spec = inference_spec(model, second, f"s3://{bucket}/est/second-out/", shard_size=500)
+    second = put_jsonl(s3, bucket, "est/second.jsonl", _rows(240, "second"))
+    spec = inference_spec(model, second, f"s3://{bucket}/est/second-out/", shard_size=60)
     r = _dry(api, auth, spec)
     assert r.status_code == 200, r.text
     estimate = r.json()["estimate"]
     assert estimate is not None, r.json()
-    assert estimate["measured"]["shards"] == 4 and estimate["measured"]["records"] == 2000
+    assert estimate["measured"]["shards"] == 4 and estimate["measured"]["records"] == 240
     assert estimate["device"] == "cpu" and estimate["confidence"] in ("low", "medium")
     assert estimate["device_hours"] > 0
     job = wait_job(api, auth, api.post("/v1/jobs", json=spec, headers=auth).json()["id"])

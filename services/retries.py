@@ -25,8 +25,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from barge.errors import Conflict, InvalidSpec, PermanentJobError
-from barge.records import Format, Range, iter_range
-from barge.specs import parse_spec
+from barge.records import Format, Range, Record, iter_range
+from barge.specs import IMAGE_TASKS, parse_spec
 from barge.status import FINAL, SHARD_SUCCEEDED
 from barge.storage import ObjectStore, S3Uri
 from db import repositories as repo
@@ -64,6 +64,11 @@ def _check_retriable(root: Job, children: list[Job]) -> Job:
         raise Conflict(
             f"job {root.id} runs an OpenAI batch; retry the batch with "
             "POST /openai/v1/batches/{batch_id}/retry"
+        )
+    if spec.get("task") in IMAGE_TASKS and not spec.get("image_field"):
+        raise Conflict(
+            f"job {root.id} reads image objects, not records; submit the images to run again "
+            "as a job of their own"
         )
     source = children[-1] if children else root
     if source.status not in FINAL or source.manifest is None:
@@ -160,11 +165,19 @@ def unfinished_records(
         if not wanted(rec, position):
             continue
         data: dict[str, Any] = (
-            dict(rec.data) if isinstance(rec.data, dict) else {"barge_unreadable": rec.error}
+            dict(rec.data) if isinstance(rec.data, dict) else unreadable(job, rec)
         )
         if positions:
             data.setdefault(RETRY_ID, position)
         yield data
+
+
+def unreadable(job: Job, rec: Record) -> dict[str, Any]:
+    """What a record Barge could not read is retried as: why, and the field the job reads as
+    null, so the retry's checks pass and the record fails again, alone."""
+    spec = job.spec
+    read = spec.get("messages_field") or spec.get("image_field") or spec.get("text_field")
+    return {"barge_unreadable": rec.error, str(read or "text"): None}
 
 
 def _id_of(data: dict[str, Any] | None, id_field: str | None, position: int) -> Any:

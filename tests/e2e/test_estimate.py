@@ -4,6 +4,7 @@ for a model that ran before, null for one that never ran."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -67,3 +68,49 @@ def _seconds(job: dict[str, Any]) -> float:
     started = datetime.fromisoformat(job["started_at"])
     finished = datetime.fromisoformat(job["finished_at"])
     return (finished - started).total_seconds()
+
+
+def test_the_cli_dry_runs_and_retries(
+    api: Any,
+    auth: dict[str, str],
+    tenant_key: str,
+    api_url: str,
+    barge_env: dict[str, str],
+    tmp_path: Any,
+    s3: Any,
+    bucket: str,
+    minilm_uri: str,
+    worker: Any,
+) -> None:
+    from tests.e2e.test_cli import barge, client_env
+
+    env = client_env(barge_env, tmp_path, BARGE_API_URL=api_url, BARGE_API_KEY=tenant_key)
+    rows: list[Any] = [{"id": i, "text": f"record {i}"} for i in range(20)]
+    rows[7] = '{"id": 7, "text": broken'
+    data = put_jsonl(s3, bucket, "cli-est/in.jsonl", rows)
+    spec = inference_spec(minilm_uri, data, f"s3://{bucket}/cli-est/out/", id_field="id")
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(spec))
+
+    dry = barge("submit", str(path), "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["records"] == {"count": 20, "exact": True}
+    assert api.get("/v1/jobs", headers=auth).json()["jobs"] == []
+
+    job = wait_job(api, auth, api.post("/v1/jobs", json=spec, headers=auth).json()["id"])
+    assert job["status"] == "succeeded" and job["progress"]["records_failed"] == 1, job
+    done = barge("retry", job["id"], "--batch-size", "4", env=env)
+    assert done.returncode == 0, done.stderr
+    child = api.get(f"/v1/jobs/{done.stdout.strip()}", headers=auth).json()
+    assert child["retries"]["parent"] == job["id"] and child["spec"]["batch_size"] == 4
+    assert child["progress"]["records_total"] in (None, 1)
+    parent = api.get(f"/v1/jobs/{job['id']}", headers=auth).json()
+    assert [c["id"] for c in parent["retries"]["children"]] == [child["id"]]
+    child = wait_job(api, auth, child["id"])
+    assert child["progress"]["records_total"] == 1  # only the record that failed
+
+    clean = put_jsonl(s3, bucket, "cli-est/clean.jsonl", rows[:5])
+    spec = inference_spec(minilm_uri, clean, f"s3://{bucket}/cli-est/clean-out/")
+    ok = wait_job(api, auth, api.post("/v1/jobs", json=spec, headers=auth).json()["id"])
+    refused = barge("retry", ok["id"], env=env)
+    assert refused.returncode == 3 and "no failed" in refused.stderr, refused.stderr

@@ -56,6 +56,9 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._call("POST", "/v1/jobs", json=spec, headers=headers)  # type: ignore[no-any-return]
 
+    def dry_run(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/v1/jobs", json=spec, params={"dry_run": "true"})  # type: ignore[no-any-return]
+
     def job(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
 
@@ -65,6 +68,9 @@ class Client:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")  # type: ignore[no-any-return]
+
+    def retry(self, job_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", f"/v1/jobs/{job_id}/retry", json=overrides)  # type: ignore[no-any-return]
 
     def events(self, job_id: str, after: int = 0) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}/events", params={"after": after})  # type: ignore[no-any-return]

@@ -192,6 +192,9 @@ def _report_final(job: dict[str, Any], client: Client | None = None) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)  # a bad file is reported before the API is asked anything
     client = connect(args)
+    if args.dry_run:
+        print(json.dumps(client.dry_run(spec), indent=2))
+        return 0
     job = client.submit(spec, args.idempotency_key)
     print(job["id"])
     print(f"submitted job {job['id']} ({job['status']})", file=sys.stderr)
@@ -224,6 +227,18 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     client = connect(args)
     job = client.cancel(resolve_job_id(client, args.id))
     print(f"job {job['id']} is {job['status']}", file=sys.stderr)
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    client = connect(args)
+    given = {"batch_size": args.batch_size, "shard_size": args.shard_size, "model": args.model}
+    parent = resolve_job_id(client, args.id)
+    job = client.retry(parent, {k: v for k, v in given.items() if v is not None})
+    print(job["id"])
+    print(f"retry {job['id']} of job {parent} ({job['status']})", file=sys.stderr)
+    if args.wait:
+        return _report_final(wait_for(client, job["id"]), client)
     return 0
 
 

@@ -104,9 +104,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "submit": (
         "barge submit job.yaml --wait",
         "cat job.json | barge submit - --idempotency-key nightly-2024-06-01",
+        "barge submit job.yaml --dry-run",
     ),
     "status": ("barge status 3f2a9c1e", "barge status 3f2a9c1e -o yaml"),
     "cancel": ("barge cancel 3f2a9c1e",),
+    "retry": ("barge retry 3f2a9c1e --wait", "barge retry 3f2a9c1e --batch-size 8"),
     "wait": ("barge wait 3f2a9c1e && echo done",),
     "shards": ("barge shards 3f2a9c1e", "barge shards 3f2a9c1e -o wide"),
     "events": ("barge events 3f2a9c1e --follow", "barge events 3f2a9c1e -o json | jq .kind"),
@@ -383,6 +385,11 @@ def _add_jobs(sub: Subparsers) -> None:
     p.add_argument("spec", help="a .json, .yaml or .yml file, or - to read JSON from stdin")
     p.add_argument("--wait", action="store_true", help="show progress until the job ends")
     p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the spec and estimate records, tokens, shards, duration; create nothing",
+    )
+    p.add_argument(
         "--idempotency-key",
         default=None,
         metavar="KEY",
@@ -401,6 +408,14 @@ def _add_jobs(sub: Subparsers) -> None:
         p = _client(sub, name, help_)
         _job_id(p)
         p.set_defaults(func=command("commands", func))
+
+    p = _client(sub, "retry", "a new job over only the records a finished job did not finish")
+    _job_id(p)
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="another batch size")
+    p.add_argument("--shard-size", type=int, default=None, metavar="N", help="another shard size")
+    p.add_argument("--model", default=None, help="another model (or version) to run them with")
+    p.add_argument("--wait", action="store_true", help="show progress until the retry ends")
+    p.set_defaults(func=command("commands", "cmd_retry"))
 
     p = _client(sub, "shards", "each shard's status, attempts, records, failures and worker")
     _job_id(p)

@@ -94,6 +94,29 @@ class Job(Base):
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A retry (``POST /v1/jobs/{id}/retry``): the job whose failed records it runs again, and
+    # its number among that job's retries (its output is ``<parent output>retry-N/``).
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True
+    )
+    retry_index: Mapped[int | None] = mapped_column(Integer)
+
+
+class Throughput(Base):
+    """What a model reached on a kind of device, summed over the inference shards that
+    succeeded there (fed as each settles): the records they read and the seconds their
+    attempts held the device. A dry run's estimate is made from it."""
+
+    __tablename__ = "throughput"
+
+    model: Mapped[str] = mapped_column(Text, primary_key=True)  # the job's resolved model
+    task: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device: Mapped[str] = mapped_column(String(200), primary_key=True)  # the device's name
+    shards: Mapped[int] = mapped_column(BigInteger)
+    records: Mapped[int] = mapped_column(BigInteger)
+    seconds: Mapped[float] = mapped_column(Float)
+    tokens_out: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Shard(Base):
@@ -383,6 +406,10 @@ class OpenAIBatch(Base):
     # how many requests it left unrun (each an error-file line with code batch_expired).
     expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expired_requests: Mapped[int | None] = mapped_column(Integer)
+    # How many requests a cancelled batch left unrun (each an error-file line, batch_cancelled).
+    cancelled_requests: Mapped[int | None] = mapped_column(Integer)
+    # A retry (Barge's extension): the batch whose failed requests it runs again.
+    retry_of: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class OpenAIFineTuningJob(Base):

@@ -5,6 +5,10 @@
 - ``scopes``: tenants' storage scopes, checked before the store is touched;
 - ``quotas``: how much one tenant may hold and ask for;
 - ``jobs``: presenting, cancelling;
+- ``estimates``: a dry run: the checks of a submission, then its records, tokens, shards and an
+  estimated duration and device-hours from the throughput its model reached before;
+- ``retries``: retrying only what a finished job did not finish (a child job over its failed
+  and unprocessed records, counted once across parent and children);
 - ``usage``: what a job's attempts used (device seconds, tokens, energy, a cost estimate) and
   a model's measured steady rate;
 - ``console``: what the console's pages show (jobs found by id or metadata, a job's charts,

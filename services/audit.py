@@ -8,11 +8,12 @@ a worker doing a tenant's work (a dropped file's job, a fine-tune's registered m
 
 An entry names the tenant concerned (the one whose jobs, models, drop folders, files, batches,
 fine-tuning jobs, keys, scopes or quotas changed), the API key that acted (its prefix, never
-the key), the action (``ACTIONS``: ``job.submit``, ``job.cancel``, ``model.register``,
-``drop.create``, ``drop.delete``, ``key.create``, ``key.revoke``, ``key.rotate``,
-``tenant.create``, ``tenant.update``, ``file.upload``, ``file.delete``, ``batch.create``,
-``batch.cancel``, ``fine_tuning.create``, ``fine_tuning.cancel``, ``webhook.create``,
-``webhook.delete``, ``webhook.rotate``), the target (``job:<id>``,
+the key), the action (``ACTIONS``: ``job.submit``, ``job.cancel``, ``job.retry``,
+``model.register``, ``drop.create``, ``drop.delete``, ``key.create``, ``key.revoke``,
+``key.rotate``, ``tenant.create``, ``tenant.update``, ``file.upload``, ``file.delete``,
+``batch.create``, ``batch.cancel``, ``batch.retry``, ``fine_tuning.create``,
+``fine_tuning.cancel``, ``webhook.create``, ``webhook.delete``, ``webhook.rotate``), the
+target (``job:<id>``,
 ``key:<prefix>``, ``tenant:<name>``, ``file:<id>``, ...) and a little data. An admin acting on
 another tenant is named in ``data["by"]``; the local operator, using the ``barge`` command on
 the database itself, has no key prefix and ``data["via"] == "cli"``; a worker doing a tenant's
@@ -40,6 +41,7 @@ from services.durations import parse_time
 ACTIONS = (
     "job.submit",
     "job.cancel",
+    "job.retry",
     "model.register",
     "drop.create",
     "drop.delete",
@@ -52,6 +54,7 @@ ACTIONS = (
     "file.delete",
     "batch.create",
     "batch.cancel",
+    "batch.retry",
     "fine_tuning.create",
     "fine_tuning.cancel",
     "webhook.create",

@@ -18,7 +18,7 @@ from db import repositories as repo
 from db import state
 from db.base import utcnow
 from db.models import Job
-from services import audit, usage
+from services import audit, retries, usage
 from services.context import ServiceContext
 from services.unit_of_work import UnitOfWork
 
@@ -79,6 +79,7 @@ class JobView:
     waiting: str | None
     usage: dict[str, int] | None  # token totals (generate and OpenAI batches), once final
     resources: dict[str, Any] | None = None  # what its attempts used (``services.usage``)
+    retries: dict[str, Any] | None = None  # its retries and effective counts (``services.retries``)
 
     def as_dict(self) -> dict[str, Any]:
         """The view as plain values, in the shape the API answers (``JobOut``) and the console
@@ -109,6 +110,7 @@ class JobView:
             "waiting": self.waiting,
             "usage": self.usage,
             "resources": self.resources,
+            "retries": self.retries,
         }
 
 
@@ -160,9 +162,14 @@ def present_many(
     waiting = [j.id for j in jobs if waits_for_a_gpu_worker(j, progress[j.id])]
     ahead = repo.jobs_ahead(session, waiting)
     used = usage.usage_for(session, settings, [j.id for j in jobs])
+    children = repo.retries_of(session, [j.id for j in jobs])
     now = utcnow()
     return [
-        replace(present(j, progress[j.id], now, ahead.get(j.id, 0)), resources=used.get(j.id))
+        replace(
+            present(j, progress[j.id], now, ahead.get(j.id, 0)),
+            resources=used.get(j.id),
+            retries=retries.retries_view(session, j, children.get(j.id, [])),
+        )
         for j in jobs
     ]
 

@@ -36,7 +36,12 @@ def reads(spec: JobSpec | dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def check_locations(ctx: ServiceContext, output: str, reading: list[tuple[str, str]]) -> str:
+def check_locations(
+    ctx: ServiceContext,
+    output: str,
+    reading: list[tuple[str, str]],
+    parent_id: uuid.UUID | None = None,
+) -> str:
     """The one rule for where a job may write; returns the output prefix. ``output`` and the
     ``reading`` locations are normalised already (by the spec that names them, or built from
     normalised scopes).
@@ -44,7 +49,8 @@ def check_locations(ctx: ServiceContext, output: str, reading: list[tuple[str, s
     The output may not overlap the job's own input; may not equal, contain or lie inside any
     other job's output (running or finished, whatever its status), nor overlap the input of a
     job that is not final; an active job's output is not an input. A prefix that already holds
-    a manifest or checkpoints is refused too. Concurrent submissions take this check in turn
+    a manifest or checkpoints is refused too. A retry (``parent_id``: the job it retries)
+    writes inside that job's output, and only there. Concurrent submissions take this check in turn
     (the lock is held until the caller commits), so two jobs can never both win one place."""
     out, prefix = output, S3Uri.parse(output)
     check_bucket_allowed(ctx.settings, prefix, "output")
@@ -63,7 +69,7 @@ def check_locations(ctx: ServiceContext, output: str, reading: list[tuple[str, s
             )
     session, tenant_id = ctx.session, ctx.tenant.id
     repo.lock_submissions(session)
-    other = repo.job_with_output_overlapping(session, out)
+    other = repo.job_with_output_overlapping(session, out, parent_id)
     if other is not None:
         raise InvalidSpec(
             f"output prefix {out} overlaps {_whose('output', other.output_uri, other, tenant_id)}"

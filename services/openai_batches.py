@@ -10,9 +10,11 @@ A batch whose input fails a check is created ``failed`` with OpenAI's codes and 
 from __future__ import annotations
 
 import json
+import tempfile
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import IO, Any
 
 from pydantic import ValidationError
@@ -42,6 +44,7 @@ ENDPOINTS = {
 }
 COMPLETION_WINDOWS = ("24h",)  # lasts BARGE_OPENAI_BATCH_WINDOW_SECONDS
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+CANCELLED_MESSAGE = "This request was not executed: the batch was cancelled before it ran."
 MAX_ERRORS = 100  # validation errors listed per batch
 BATCH_SIZE = 32  # requests per forward pass
 
@@ -326,6 +329,49 @@ def cancel(ctx: ServiceContext, batch_id: str) -> OpenAIBatch:
     return batch
 
 
+FINISHED = ("completed", "failed", "expired", "cancelled")
+
+
+def retry(ctx: ServiceContext, batch_id: str) -> OpenAIBatch:
+    """Barge's extension: a new batch over the requests of a finished batch that have a line
+    in its error file (failed, expired or cancelled), read again from its input file and
+    written as a new input file; the new batch names the one it retries (``retry_of``)."""
+    session = ctx.session
+    batch = get(session, ctx.tenant.id, batch_id)
+    status = present(session, batch).status
+    if batch.job_id is None or status not in FINISHED:
+        raise Conflict(f"batch {batch.id} is {status}; a finished batch that ran is retried")
+    if batch.error_file_id is None:
+        raise Conflict(f"batch {batch.id} has no failed requests to retry")
+    errors = openai_files.get(session, ctx.tenant.id, batch.error_file_id)
+    with ctx.store.open(openai_files.location(errors)) as f:
+        failed = {json.loads(line).get("custom_id") for line in f if line.strip()}
+    source = openai_files.get(session, ctx.tenant.id, batch.input_file_id)
+    target = openai_files.files_prefix(ctx.settings, ctx.tenant).join(
+        f"batches/{batch.id}/retry-{openai_files.new_id('')}.jsonl"
+    )
+    kept = size = 0
+    with tempfile.TemporaryDirectory(prefix="barge-retry-") as tmp:
+        path = Path(tmp) / "retry.jsonl"
+        with ctx.store.open(openai_files.location(source)) as src, path.open("wb") as out:
+            for _, raw in bounded_lines(src, ctx.settings.max_record_bytes):
+                if raw is None or not raw.strip():
+                    continue
+                if json.loads(raw).get("custom_id") in failed:
+                    out.write(raw if raw.endswith(b"\n") else raw + b"\n")
+                    kept += 1
+        size = path.stat().st_size
+        ctx.store.put_file(target, path)
+    name = f"{batch.id}_retry.jsonl"
+    made = openai_files.add_output_file(session, ctx.tenant.id, target, name, size, "batch")
+    command = CreateBatch(made.id, batch.endpoint, batch.completion_window, batch.meta)
+    new = create(ctx, command)
+    new.retry_of = batch.id
+    audit.record(ctx, "batch.retry", f"batch:{batch.id}", batch=new.id, requests=kept)
+    session.flush()
+    return new
+
+
 def expire_due(uow: UnitOfWork, now: datetime, limit: int = 100) -> int:
     """Expire the batches whose completion window has ended unfinished: their jobs are
     cancelled (what finished is kept; finalize lists the rest as batch_expired)."""
@@ -349,16 +395,18 @@ def attach_outputs(
     output: tuple[S3Uri, int, int] | None,
     errors: tuple[S3Uri, int, int] | None,
     usage: dict[str, int],
-    expired: int = 0,
+    unrun: int = 0,
 ) -> None:
     """At finalize: the batch's joined output and error files (uri, bytes, lines) become files
-    of its tenant; its token totals (and, if it expired, how many requests it left unrun) are
-    kept. Idempotent (a second run changes nothing)."""
+    of its tenant; its token totals (and, if it expired or was cancelled, how many requests it
+    left unrun) are kept. Idempotent (a second run changes nothing)."""
     batch = openai_repo.openai_batch_for_job(session, job.id)
     if batch is None or batch.usage is not None:
         return
     if batch.expired_at is not None:
-        batch.expired_requests = expired
+        batch.expired_requests = unrun
+    elif unrun:
+        batch.cancelled_requests = unrun
     if output is not None and output[2]:
         batch.output_file_id = openai_files.add_output_file(
             session, job.tenant_id, output[0], f"{batch.id}_output.jsonl", output[1]
@@ -404,11 +452,15 @@ def present_many(session: Session, batches: list[OpenAIBatch]) -> list[BatchView
     found = {j.id: j for j in (repo.get_job(session, i) for i in job_ids) if j is not None}
     progress = repo.progress_for(session, list(found))
     used = usage.usage_for(session, None, list(found))
+    retried = openai_repo.openai_batch_retries(session, [b.id for b in batches])
     out = []
     for b in batches:
         job = found.get(b.job_id) if b.job_id else None
         done = progress.get(b.job_id) if b.job_id else None
-        out.append(replace(_view(b, job, done), barge=usage.extension(job, used)))
+        barge = usage.extension(job, used)
+        if b.retry_of is not None or b.id in retried:
+            barge = {**(barge or {}), "retry_of": b.retry_of, "retries": retried.get(b.id, [])}
+        out.append(replace(_view(b, job, done), barge=barge))
     return out
 
 

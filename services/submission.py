@@ -226,7 +226,7 @@ def _check_inference(
 
 
 def _check_against_stores(
-    ctx: ServiceContext, spec: JobSpec, job_id: uuid.UUID
+    ctx: ServiceContext, spec: JobSpec, job_id: uuid.UUID, parent_id: uuid.UUID | None = None
 ) -> tuple[str, str | None, str]:
     """The resolved model, the base it applies to when it is a LoRA adapter, and the output
     prefix, once the model, the data and the locations pass their checks. Every location is
@@ -242,7 +242,7 @@ def _check_against_stores(
         output = spec.output
         model_uri, adapter_base = _check_inference(ctx, tenant_scopes, spec)
     with naming("output"):
-        output = check_locations(ctx, output, reads(spec))
+        output = check_locations(ctx, output, reads(spec), parent_id)
     return model_uri, adapter_base, output
 
 
@@ -255,6 +255,23 @@ class SubmitJob:
     spec: JobSpec
     idempotency_key: str | None = None
     audit_data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    parent_id: uuid.UUID | None = None  # a retry: the job it retries (it writes inside its output)
+    retry_index: int | None = None
+
+
+def check(
+    ctx: ServiceContext, command: SubmitJob, job_id: uuid.UUID
+) -> tuple[str, str | None, str]:
+    """Every check a submission passes (its metadata, the tenant's quotas, the model, the data
+    and the locations against the stores); the resolved model, the base it applies to when it
+    is a LoRA adapter, and the output prefix. A dry run stops here."""
+    spec = command.spec
+    if len(json.dumps(spec.metadata)) > ctx.settings.max_metadata_bytes:
+        raise InvalidSpec(
+            f"metadata is larger than {ctx.settings.max_metadata_bytes} bytes", field="metadata"
+        )
+    quotas.check_submission(ctx.session, ctx.settings, ctx.tenant.id, spec)  # 422 / 429
+    return _check_against_stores(ctx, spec, job_id, command.parent_id)
 
 
 def create_job(ctx: ServiceContext, command: SubmitJob) -> tuple[Job, bool]:
@@ -273,13 +290,8 @@ def create_job(ctx: ServiceContext, command: SubmitJob) -> tuple[Job, bool]:
                     "different spec; use a new key for a new job"
                 )
             return existing, False
-    if len(json.dumps(spec.metadata)) > ctx.settings.max_metadata_bytes:
-        raise InvalidSpec(
-            f"metadata is larger than {ctx.settings.max_metadata_bytes} bytes", field="metadata"
-        )
-    quotas.check_submission(session, ctx.settings, tenant_id, spec)  # 422 / 429 naming the limit
     job_id = uuid.uuid4()
-    model_uri, adapter_base, output = _check_against_stores(ctx, spec, job_id)
+    model_uri, adapter_base, output = check(ctx, command, job_id)
     now = utcnow()
     job = Job(
         id=job_id,
@@ -295,6 +307,8 @@ def create_job(ctx: ServiceContext, command: SubmitJob) -> tuple[Job, bool]:
         created_at=now,
         updated_at=now,
         dispatched_at=now,
+        parent_id=command.parent_id,
+        retry_index=command.retry_index,
     )
     session.add(job)
     session.flush()

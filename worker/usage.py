@@ -8,6 +8,9 @@ newer) read through ``nvidia-ml-py`` for each GPU the process uses. A device wit
 GPU, so with several processes on one GPU each attempt's figure includes the others' draw
 (Barge runs one worker process per GPU).
 
+A succeeded inference attempt also adds its records and seconds to its model's throughput on
+its kind of device (``throughput``: what a dry run estimates from).
+
 An attempt's row is ended in the transaction that settles it (``end_in``, called by
 ``worker.lifecycle``), so the job's finalize, sent after that commit, sums every attempt;
 an attempt settled otherwise (retried, handed off, its lease lost) is ended just after
@@ -30,6 +33,7 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session
 
 from barge.settings import Settings
+from barge.specs import InferenceSpec
 from db import repositories as repo
 from db.base import utcnow
 from worker import metrics
@@ -275,6 +279,20 @@ def end_in(
     )
     if ended and used is not None:
         metrics.observe_usage(used)
+        if outcome == "succeeded":
+            _add_throughput(session, work, succeeded + failed, used)
+
+
+def _add_throughput(session: Session, work: ShardWork, records: int, used: dict[str, Any]) -> None:
+    """A succeeded inference shard adds its records and seconds to what its model reached on
+    this kind of device (what a dry run estimates from)."""
+    spec, seconds = work.spec, used.get("wall_seconds")
+    if not isinstance(spec, InferenceSpec) or not records or not seconds:
+        return
+    device = str(used.get("device_name") or used.get("device") or "unknown")
+    key = (work.model_ref, spec.task, device)
+    tokens = int(used.get("tokens_out") or 0)
+    repo.add_throughput(session, key, records, float(seconds), tokens, utcnow())
 
 
 def end_attempt(ctx: WorkerContext, work: ShardWork, lease: Lease, outcome: str) -> None:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
 from api.deps import Context, CurrentTenant, SettingsDep, UoW
 from api.schemas.errors import errors
 from api.schemas.jobs import (
     JOB_EXAMPLES,
+    DryRunOut,
     EventList,
     EventOut,
     JobBody,
@@ -21,6 +22,7 @@ from api.schemas.jobs import (
     JobFileOut,
     JobList,
     JobOut,
+    RetryBody,
     ShardList,
     ShardOut,
     job_out,
@@ -31,7 +33,7 @@ from barge.status import JOB_STATUSES
 from barge.storage import ObjectInfo, ObjectStore
 from db import repositories as repo
 from db.models import Job, Tenant
-from services import job_files, submission
+from services import estimates, job_files, retries, submission
 from services import jobs as service
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -58,7 +60,11 @@ def _job(session: Session, tenant: Tenant, job_id: str) -> Job:
     status_code=201,
     response_model=JobOut,
     responses={
-        200: {"model": JobOut, "description": "The job an `Idempotency-Key` made before"},
+        200: {
+            "model": JobOut | DryRunOut,
+            "description": "The job an `Idempotency-Key` made before; or, with `dry_run`, "
+            "what the job would be (no job is created)",
+        },
         **errors(403, 409, 429, 502, body=True),
     },
 )
@@ -67,9 +73,15 @@ def create_job(
     ctx: Context,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> JobOut:
+    dry_run: Annotated[bool, Query(description="Check and estimate; create nothing")] = False,
+) -> Any:
     """Submit an inference job or (`"type": "finetune"`) a fine-tune. The same `Idempotency-Key`
-    from the same tenant returns the same job."""
+    from the same tenant returns the same job. With `dry_run=true` nothing is created: the
+    spec passes every check a submission does, and the answer says its records, tokens,
+    shards and an estimated duration and device-hours (null for a model never run here)."""
+    if dry_run:
+        answer = DryRunOut.model_validate(estimates.dry_run(ctx, spec))
+        return JSONResponse(answer.model_dump(mode="json"), status_code=200)
     job, created = submission.submit(ctx, submission.SubmitJob(spec, idempotency_key))
     if not created:
         response.status_code = 200
@@ -122,6 +134,20 @@ def cancel_job(job_id: str, ctx: Context) -> JobOut:
     """Cancel: running shards stop within one batch; what was written stays and is listed."""
     job = service.cancel(ctx, _job(ctx.session, ctx.tenant, job_id))
     return job_out(service.present_many(ctx.session, [job], ctx.settings)[0])
+
+
+@router.post(
+    "/{job_id}/retry", status_code=201, response_model=JobOut, responses=errors(404, 409, 422)
+)
+def retry_job(job_id: str, ctx: Context, body: RetryBody | None = None) -> JobOut:
+    """Retry only what failed: a new job (a child of this one, writing under its output's
+    `retry-N/`) over exactly the records this job (or its newest retry) did not finish: its
+    errors files' records and those of shards that never succeeded. The body changes the spec
+    (`batch_size`, `model`, ...); the rest stays."""
+    overrides = body.model_dump(exclude_none=True) if body is not None else {}
+    job = _job(ctx.session, ctx.tenant, job_id)
+    child = retries.retry(ctx, retries.RetryJob(job, overrides))
+    return job_out(service.present_many(ctx.session, [child], ctx.settings)[0])
 
 
 @router.get("/{job_id}/events", response_model=EventList, responses=errors(404, 422))

@@ -77,6 +77,84 @@ class UsageOut(BaseModel):
     cost: CostOut | None = Field(description="From BARGE_PRICE_PER_DEVICE_HOUR; null if unset")
 
 
+class RetryChildOut(BaseModel):
+    id: str
+    retry: int | None
+    status: JobStatus
+    output: str
+
+
+class EffectiveRecordsOut(BaseModel):
+    total: int
+    succeeded: int = Field(description="Succeeded in the job or any of its retries")
+    failed: int = Field(description="Failed in its newest finished retry")
+    not_processed: int
+
+
+class RetriesOut(BaseModel):
+    children: list[RetryChildOut] | None = None
+    records: EffectiveRecordsOut | None = None
+    parent: str | None = Field(None, description="A retry: the job it retries")
+    retry: int | None = Field(None, description="A retry: its number (output retry-N/)")
+
+
+class RetryBody(BaseModel):
+    """What a retry changes of its job's spec; anything left out stays as it was."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, max_length=2048, description="Another model or version")
+    batch_size: int | None = Field(None, ge=1, le=4096)
+    shard_size: int | None = Field(None, ge=1)
+    max_failed_ratio: float | None = Field(None, ge=0.0, le=1.0)
+    params: dict[str, Any] | None = None
+    output_format: Literal["jsonl", "parquet"] | None = None
+
+
+class DryRunRecordsOut(BaseModel):
+    count: int
+    exact: bool = Field(description="False when estimated from a sample of a large object")
+
+
+class DryRunTokensOut(BaseModel):
+    input: int = Field(description="Input tokens of the whole job, estimated")
+    per_record: float
+    sampled_records: int
+
+
+class MeasuredOut(BaseModel):
+    shards: int
+    records: int
+    seconds: float
+
+
+class EstimateOut(BaseModel):
+    duration_seconds: float = Field(description="From the first shard's start to the last's end")
+    device_hours: float
+    device: str = Field(description="The kind of device the estimate is for")
+    workers: int = Field(description="Workers of that kind its shards are spread over")
+    records_per_second: float = Field(description="Per device, as measured")
+    confidence: Literal["low", "medium", "high"]
+    measured: MeasuredOut = Field(description="The past shards the rate was measured over")
+
+
+class DryRunOut(BaseModel):
+    """What a submission would make: it passed every check; no job was created."""
+
+    dry_run: Literal[True]
+    type: JobType
+    model_uri: str
+    output: str
+    records: DryRunRecordsOut
+    shards: int
+    tokens: DryRunTokensOut | None = Field(
+        description="Null without a tokenizer.json or for records other than text"
+    )
+    estimate: EstimateOut | None = Field(
+        description="Null when this model never ran this task here"
+    )
+
+
 class JobOut(BaseModel):
     id: str
     type: JobType
@@ -102,6 +180,11 @@ class JobOut(BaseModel):
         None,
         description="What the job's attempts used: device seconds, tokens, energy, cost; "
         "null before its first attempt",
+    )
+    retries: RetriesOut | None = Field(
+        None,
+        description="A retried job: its retries and its records counted once across them; "
+        "a retry: the job it retries and its number; null otherwise",
     )
 
 

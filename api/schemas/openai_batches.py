@@ -44,7 +44,9 @@ def batch_object(view: BatchView) -> dict[str, Any]:
         "request_counts": {
             "total": batch.total,
             "completed": progress.records_succeeded if progress else 0,
-            "failed": (progress.records_failed if progress else 0) + (batch.expired_requests or 0),
+            "failed": (progress.records_failed if progress else 0)
+            + (batch.expired_requests or 0)
+            + (batch.cancelled_requests or 0),
         },
         "usage": _usage(batch.usage),
         "model": batch.model,

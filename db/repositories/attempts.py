@@ -1,5 +1,6 @@
 """Shard attempts: one row per claim of a shard (its worker, start, end, outcome) with what the
-attempt used, and the aggregates read from them. Repositories flush; only boundaries commit."""
+attempt used, and the aggregates read from them; the throughput each model reached per task and
+device, added to as attempts succeed. Repositories flush; only boundaries commit."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Job, Shard, ShardAttempt
+from db.models import Job, Shard, ShardAttempt, Throughput
 
 # What ``end_attempt`` may set.
 USAGE_FIELDS = (
@@ -273,3 +274,56 @@ def usage_by_job(session: Session, job_ids: list[uuid.UUID]) -> list[UsageGroup]
             )
         )
     return out
+
+
+def add_throughput(
+    session: Session,
+    key: tuple[str, str, str],
+    records: int,
+    seconds: float,
+    tokens_out: int,
+    now: datetime,
+) -> None:
+    """Add one succeeded shard's records and seconds to (model, task, device)'s throughput,
+    in one statement (two shards settling at once both count)."""
+    model, task, device = key
+    values = {
+        "model": model,
+        "task": task,
+        "device": device,
+        "shards": 1,
+        "records": records,
+        "seconds": seconds,
+        "tokens_out": tokens_out,
+        "updated_at": now,
+    }
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
+    statement = upsert(Throughput).values(**values)
+    table = Throughput.__table__.c
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[table.model, table.task, table.device],
+            set_={
+                "shards": table.shards + 1,
+                "records": table.records + records,
+                "seconds": table.seconds + seconds,
+                "tokens_out": table.tokens_out + tokens_out,
+                "updated_at": now,
+            },
+        )
+    )
+
+
+def throughput_of(session: Session, model: str, task: str) -> list[Throughput]:
+    """What ``model`` reached on each kind of device for ``task``, most records first."""
+    return list(
+        session.scalars(
+            select(Throughput)
+            .where(Throughput.model == model, Throughput.task == task)
+            .order_by(Throughput.records.desc())
+        )
+    )

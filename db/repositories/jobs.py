@@ -222,19 +222,34 @@ def ancestors(prefix: str) -> list[str]:
     return [f"{scheme}://{'/'.join(parts[: i + 1])}/" for i in range(len(parts))]
 
 
-def job_with_output_overlapping(session: Session, prefix: str) -> Job | None:
-    """A job (any status) whose output prefix equals, contains or lies inside ``prefix``."""
-    return session.scalar(
-        select(Job)
-        .where(
-            or_(
-                Job.output_uri.in_(ancestors(prefix)),
-                func.substr(Job.output_uri, 1, len(prefix)) == prefix,
-            )
+def job_with_output_overlapping(
+    session: Session, prefix: str, parent_id: uuid.UUID | None = None
+) -> Job | None:
+    """A job (any status) whose output prefix equals, contains or lies inside ``prefix``;
+    ``parent_id``: a job whose output may contain ``prefix`` (a retry writes inside it)."""
+    query = select(Job).where(
+        or_(
+            Job.output_uri.in_(ancestors(prefix)),
+            func.substr(Job.output_uri, 1, len(prefix)) == prefix,
         )
-        .order_by(Job.created_at)
-        .limit(1)
     )
+    if parent_id is not None:
+        query = query.where(or_(Job.id != parent_id, Job.output_uri == prefix))
+    return session.scalar(query.order_by(Job.created_at).limit(1))
+
+
+def retries_of(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Job]]:
+    """Each job's retries, in the order they were made (only jobs that have some)."""
+    if not job_ids:
+        return {}
+    found: dict[uuid.UUID, list[Job]] = {}
+    rows = session.scalars(
+        select(Job).where(Job.parent_id.in_(job_ids)).order_by(Job.retry_index, Job.created_at)
+    )
+    for job in rows:
+        assert job.parent_id is not None
+        found.setdefault(job.parent_id, []).append(job)
+    return found
 
 
 def active_jobs(session: Session) -> list[Job]:

@@ -91,6 +91,21 @@ def openai_batch_for_job(session: Session, job_id: uuid.UUID) -> OpenAIBatch | N
     return session.scalar(select(OpenAIBatch).where(OpenAIBatch.job_id == job_id))
 
 
+def openai_batch_retries(session: Session, batch_ids: list[str]) -> dict[str, list[str]]:
+    """The batches retrying each of these (Barge's extension), oldest first."""
+    if not batch_ids:
+        return {}
+    out: dict[str, list[str]] = {}
+    rows = session.execute(
+        select(OpenAIBatch.retry_of, OpenAIBatch.id)
+        .where(OpenAIBatch.retry_of.in_(batch_ids))
+        .order_by(OpenAIBatch.created_at, OpenAIBatch.id)
+    )
+    for parent, child in rows:
+        out.setdefault(str(parent), []).append(child)
+    return out
+
+
 def openai_ids(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
     """The OpenAI batch or fine-tuning job id each of these Barge jobs runs, where it runs one."""
     if not job_ids:

@@ -186,6 +186,68 @@ def cancel_job(w: World) -> list[Expected]:
     return [("job.cancel", f"job:{job_id}", "member")]
 
 
+def retry_job(w: World) -> list[Expected]:
+    """A job whose one shard failed (set so in the database: no worker runs here) is
+    retried: a child job over its record."""
+    from db import state
+    from db.models import Job, Shard
+    from db.session import session_scope
+
+    job_id = w.job("retried")
+    with session_scope(w.database_url) as session:
+        job = session.get(Job, uuid.UUID(job_id))
+        assert job is not None
+        state.transition(session, job, state.RUNNING)
+        session.add(
+            Shard(
+                job_id=job.id,
+                index=0,
+                status="failed",
+                source_uri=job.spec["input"],
+                input_format="jsonl",
+                start_record=0,
+                record_count=1,
+                record_offset=0,
+                first_line=1,
+                attempt=3,
+            )
+        )
+        job.records_total, job.shards_total, job.manifest = 1, 1, {"status": "failed"}
+        state.transition(session, job, state.FAILED, error="failed for the test")
+    child = w.post(f"/v1/jobs/{job_id}/retry", json={"batch_size": 4})["id"]
+    return [("job.retry", f"job:{job_id}", "member"), ("job.submit", f"job:{child}", "member")]
+
+
+def retry_batch(w: World) -> list[Expected]:
+    """A batch cancelled with its request unrun (its job ended and its error file written
+    here: no worker runs) is retried as a new batch."""
+    from barge.storage import S3Uri
+    from db import state
+    from db.models import Job, OpenAIBatch
+    from db.session import session_scope
+    from services import openai_files
+
+    batch_id = w.batch()
+    job_id = w.job_of(OpenAIBatch, batch_id)
+    key = f"errors-{batch_id}.jsonl"
+    w.s3.put_object(Bucket=w.bucket, Key=key, Body=b'{"custom_id": "a", "response": null}\n')
+    with session_scope(w.database_url) as session:
+        job = session.get(Job, uuid.UUID(job_id))
+        batch = session.get(OpenAIBatch, batch_id)
+        assert job is not None and batch is not None
+        state.transition(session, job, state.CANCELLING)
+        state.transition(session, job, state.CANCELLED)
+        uri = S3Uri(w.bucket, key)
+        batch.error_file_id = openai_files.add_output_file(
+            session, job.tenant_id, uri, "e.jsonl", 40
+        ).id
+    new = w.post(f"/openai/v1/batches/{batch_id}/retry")["id"]
+    return [
+        ("batch.retry", f"batch:{batch_id}", "member"),
+        ("batch.create", f"batch:{new}", "member"),
+    ]
+
+
 def register_model(w: World) -> list[Expected]:
     w.post("/v1/models", json={"name": "audited", "uri": w.minilm_uri, "task": "embed"})
     return [("model.register", "model:audited@1", "member")]
@@ -343,6 +405,7 @@ def console_retry(w: World) -> list[Expected]:
 CALLS: dict[tuple[str, str], Callable[[World], list[Expected]]] = {
     ("POST", "/v1/jobs"): submit_job,
     ("POST", "/v1/jobs/{job_id}/cancel"): cancel_job,
+    ("POST", "/v1/jobs/{job_id}/retry"): retry_job,
     ("POST", "/v1/models"): register_model,
     ("POST", "/v1/drops"): add_drop,
     ("DELETE", "/v1/drops/{name}"): remove_drop,
@@ -358,6 +421,7 @@ CALLS: dict[tuple[str, str], Callable[[World], list[Expected]]] = {
     ("DELETE", "/openai/v1/files/{file_id}"): delete_file,
     ("POST", "/openai/v1/batches"): create_batch,
     ("POST", "/openai/v1/batches/{batch_id}/cancel"): cancel_batch,
+    ("POST", "/openai/v1/batches/{batch_id}/retry"): retry_batch,
     ("POST", "/openai/v1/fine_tuning/jobs"): create_fine_tuning_job,
     ("POST", "/openai/v1/fine_tuning/jobs/{job_id}/cancel"): cancel_fine_tuning_job,
     ("POST", "/ui/jobs/{job_id}/cancel"): console_cancel,

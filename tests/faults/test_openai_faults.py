@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.faults.conftest import World
@@ -232,3 +233,100 @@ def _worker(world: World, queues: str) -> WorkerProcess:
     proc = WorkerProcess(dict(world.env), log, queues=queues).start()
     world.workers.append(proc)
     return proc
+
+
+def _requests(client: Any, n: int) -> Any:
+    rows = [
+        {
+            "custom_id": f"r-{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "embed-small", "input": f"record {i} of a batch that is cancelled"},
+        }
+        for i in range(n)
+    ]
+    content = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+    return client.files.create(file=("in.jsonl", content), purpose="batch")
+
+
+def _wait_status(client: Any, batch_id: str, status: str, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while (done := client.batches.retrieve(batch_id)).status != status:
+        assert time.monotonic() < deadline, done
+        time.sleep(0.3)
+    return done
+
+
+def _lines(client: Any, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    return [json.loads(x) for x in client.files.content(file_id).text.splitlines()]
+
+
+def test_a_batch_cancelled_mid_run_lists_every_request_it_never_ran(
+    world: World, openai_url: str
+) -> None:
+    """15 shards of 100 requests; the GPU worker is SIGKILLed after some finished and none
+    replaces it; the batch is cancelled. What finished is in the output file, every other
+    request an error-file line with code batch_cancelled: each custom_id exactly once, and the
+    request counts agree with the files."""
+    client = openai.OpenAI(base_url=openai_url, api_key=_key(world), max_retries=2)
+    source = _requests(client, 1500)
+    first = world.worker(BARGE_SHARD_RECORDS="100")
+    world.start_scheduler()
+    batch = client.batches.create(
+        input_file_id=source.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    deadline = time.monotonic() + 180
+    while client.batches.retrieve(batch.id).request_counts.completed < 200:
+        assert time.monotonic() < deadline, first.tail()
+        time.sleep(0.1)
+    assert first.proc is not None
+    os.killpg(first.proc.pid, signal.SIGKILL)  # no GPU worker from here on
+    first.proc.wait(10)
+    _worker(world, "control")
+    assert client.batches.cancel(batch.id).status == "cancelling"
+
+    done = _wait_status(client, batch.id, "cancelled")
+    out, err = _lines(client, done.output_file_id), _lines(client, done.error_file_id)
+    seen = [line["custom_id"] for line in out + err]
+    assert len(seen) == len(set(seen)) == 1500
+    assert 200 <= len(out) < 1500
+    assert all(line["error"]["code"] == "batch_cancelled" for line in err)
+    assert all(line["response"] is None for line in err)
+    assert (done.request_counts.completed, done.request_counts.failed) == (len(out), len(err))
+    assert done.request_counts.total == 1500
+
+    # Barge's extension: a new batch over the requests the cancelled one never ran.
+    world.worker()
+    auth = {"Authorization": f"Bearer {_key(world)}"}
+    r = httpx.post(f"{openai_url}/batches/{batch.id}/retry", headers=auth, timeout=30)
+    assert r.status_code == 200, r.text
+    retried = r.json()
+    assert retried["barge"]["retry_of"] == batch.id
+    assert retried["request_counts"]["total"] == len(err)
+    again = _wait_status(client, retried["id"], "completed", timeout=300)
+    more = _lines(client, again.output_file_id)
+    assert sorted(x["custom_id"] for x in out + more) == sorted(f"r-{i}" for i in range(1500))
+    parent = httpx.get(f"{openai_url}/batches/{batch.id}", headers=auth, timeout=30).json()
+    assert parent["barge"]["retries"] == [retried["id"]]
+
+
+def test_a_batch_cancelled_before_it_was_planned_lists_all_its_requests(
+    world: World, openai_url: str
+) -> None:
+    """No worker runs while the batch is created and cancelled; the control worker that
+    starts afterwards finalizes it: every request is an error-file line (batch_cancelled)."""
+    client = openai.OpenAI(base_url=openai_url, api_key=_key(world), max_retries=2)
+    source = _requests(client, 30)
+    batch = client.batches.create(
+        input_file_id=source.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    assert client.batches.cancel(batch.id).status == "cancelling"
+    _worker(world, "control")
+    done = _wait_status(client, batch.id, "cancelled")
+    assert done.output_file_id is None
+    err = _lines(client, done.error_file_id)
+    assert [line["custom_id"] for line in err] == [f"r-{i}" for i in range(30)]
+    assert {line["error"]["code"] for line in err} == {"batch_cancelled"}
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, 30)

@@ -4,7 +4,8 @@ writes (an OpenAI batch's files, a fine-tune's results) and makes the manifest; 
 state. Idempotent: safe to run twice. It sends nothing, so it opens a plain ``ctx.session()``
 scope.
 
-The manifest carries what the job's attempts used (``resources``: ``services.usage``).
+The manifest carries what the job's attempts used (``resources``: ``services.usage``). A
+retry's finalize writes its parent's manifest again, naming it (``services.retries``).
 
 Imports: ``barge``, ``db``, ``services``, ``worker.context``, ``worker.kinds`` (no torch),
 ``worker.samples``; never ``api`` or ``cli``.
@@ -22,7 +23,7 @@ from db import repositories as repo
 from db import state
 from db.base import utcnow
 from db.models import Job, Shard
-from services import scopes
+from services import retries, scopes
 from services import usage as used_by
 from worker import samples
 from worker.context import WorkerContext
@@ -72,6 +73,10 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> None:
                 message=error or done.summary,
                 data={"records": manifest["records"]},
             )
+        if job.parent_id is not None and not denied:  # a retry: its parent's manifest names it
+            parent = repo.get_job(session, job.parent_id)
+            if parent is not None:
+                retries.write_parent_manifest(session, ctx.store, parent)
 
 
 def _outcome(job: Job, shards: list[Shard], spec: JobSpec, kind: JobKind) -> tuple[str, str | None]:

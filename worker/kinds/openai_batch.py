@@ -1,8 +1,9 @@
 """The OpenAI batch kind's finalize step: the records manifest, and the batch's two files.
 The shards' parts are joined into one output and one error file under the job's output
 (``assemble``, streamed through a local file, never whole in memory) and registered as the
-batch's files with its token totals; an expired batch's requests that never ran get an error
-line each (code ``batch_expired``). ``line_id`` makes the lines' ids, here and in the run step
+batch's files with its token totals; the requests of an expired or cancelled batch that never
+ran get an error line each (code ``batch_expired`` or ``batch_cancelled``), so each custom_id
+appears exactly once across the two files. ``line_id`` makes the lines' ids, here and in the run step
 (``worker.runners.openai_batch``), deterministic: a re-run shard writes the very same lines.
 
 No torch, nothing of the runners. Imports: ``barge``, ``db``, ``services.openai_batches``,
@@ -17,9 +18,9 @@ from collections.abc import Iterator
 
 from sqlalchemy.orm import Session
 
-from barge.records import Format, Range, iter_range
-from barge.status import SHARD_SUCCEEDED
-from barge.storage import S3Uri
+from barge.records import Format, Range, iter_range, plan_ranges
+from barge.status import CANCELLED, SHARD_SUCCEEDED
+from barge.storage import ObjectInfo, S3Uri
 from db.models import Job, Shard
 from services import openai_batches
 from worker.context import WorkerContext
@@ -31,7 +32,9 @@ def finalize(done: Finalizing) -> Finished:
     """The records manifest, with the batch's token totals once its files are written."""
     finished = records.finalize(done)
     if done.writes:  # an OpenAI batch: its two files
-        finished.manifest["usage"] = assemble(done.ctx, done.session, done.job, done.shards)
+        finished.manifest["usage"] = assemble(
+            done.ctx, done.session, done.job, done.shards, done.status
+        )
     return finished
 
 
@@ -40,16 +43,30 @@ def line_id(job_id: uuid.UUID, custom_id: str, kind: str) -> str:
     return uuid.uuid5(job_id, f"{kind}:{custom_id}").hex
 
 
-def assemble(ctx: WorkerContext, session: Session, job: Job, shards: list[Shard]) -> dict[str, int]:
+def unrun_error(session: Session, job: Job, status: str) -> dict[str, str] | None:
+    """The error each request that never ran gets: ``batch_expired`` when the batch's window
+    ended, ``batch_cancelled`` when it was cancelled; None when every request ran."""
+    batch = openai_batches.batch_for_job(session, job.id)
+    if batch is not None and batch.expired_at is not None:
+        return {"code": "batch_expired", "message": openai_batches.EXPIRED_MESSAGE}
+    if status == CANCELLED:
+        return {"code": "batch_cancelled", "message": openai_batches.CANCELLED_MESSAGE}
+    return None
+
+
+def assemble(
+    ctx: WorkerContext, session: Session, job: Job, shards: list[Shard], status: str
+) -> dict[str, int]:
     """Join the shards' parts into ``output.jsonl`` and ``errors.jsonl`` under the job's
     output (streamed through a local file, never whole in memory), register them as the
-    batch's files, and return the token totals read from the responses."""
+    batch's files, and return the token totals read from the responses. A batch ending
+    ``status`` cancelled (or expired) lists each request that never ran in its error file."""
     out = S3Uri.parse(job.output_uri).as_prefix()
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     joined: dict[str, tuple[S3Uri, int, int] | None] = {}
-    batch = openai_batches.batch_for_job(session, job.id)
-    expired = batch is not None and batch.expired_at is not None
-    seen: set[str] = set()  # custom_ids with a line (kept only for an expired batch)
+    unrun_as = unrun_error(session, job, status)
+    expired = unrun_as is not None
+    seen: set[str] = set()  # custom_ids with a line (kept only when some never ran)
     unrun = 0
     ordered = sorted(shards, key=lambda s: s.index)
     with ctx.scratch() as tmp:
@@ -74,8 +91,8 @@ def assemble(ctx: WorkerContext, session: Session, job: Job, shards: list[Shard]
                             for k, v in (body.get("usage") or {}).items():
                                 if k in usage and isinstance(v, int):
                                     usage[k] += v
-                if name == "errors.jsonl" and expired:
-                    for line_bytes in _expired_lines(ctx, job, ordered, seen):
+                if name == "errors.jsonl" and unrun_as is not None:
+                    for line_bytes in _unrun_lines(ctx, job, ordered, seen, unrun_as):
                         f.write(line_bytes)
                         lines += 1
                         unrun += 1
@@ -88,16 +105,26 @@ def assemble(ctx: WorkerContext, session: Session, job: Job, shards: list[Shard]
     return usage
 
 
-def _expired_lines(
-    ctx: WorkerContext, job: Job, shards: list[Shard], seen: set[str]
-) -> Iterator[bytes]:
-    """An error-file line (code ``batch_expired``) for each request of the unfinished shards
-    that has no line yet: read again from the shards' input ranges, in input order."""
+def _unrun_ranges(
+    ctx: WorkerContext, job: Job, shards: list[Shard]
+) -> Iterator[tuple[ObjectInfo, Format, Range]]:
+    """(object, format, range) of every request that may not have run: the ranges of the
+    shards that did not succeed, or, for a batch cancelled before it was planned, its whole
+    input file."""
+    if not shards:
+        info = ctx.store.head(S3Uri.parse(job.spec["input"]))
+        if info is None:
+            return  # the input is gone: nothing to name
+        fmt = Format("jsonl", False)
+        ranges, _ = plan_ranges(ctx.store, info, fmt, 1 << 62)
+        for rng in ranges:
+            yield info, fmt, rng
+        return
     for shard in shards:
         if shard.status == SHARD_SUCCEEDED:
             continue
-        info = ctx.store.head(S3Uri.parse(shard.source_uri))
-        if info is None:
+        found = ctx.store.head(S3Uri.parse(shard.source_uri))
+        if found is None:
             continue  # the input is gone: nothing to name
         rng = Range(
             shard.start_record,
@@ -106,7 +133,17 @@ def _expired_lines(
             shard.byte_start,
             shard.byte_end,
         )
-        for rec in iter_range(ctx.store, info, Format(shard.input_format, shard.compressed), rng):
+        yield found, Format(shard.input_format, shard.compressed), rng
+
+
+def _unrun_lines(
+    ctx: WorkerContext, job: Job, shards: list[Shard], seen: set[str], error: dict[str, str]
+) -> Iterator[bytes]:
+    """An error-file line (``error``: batch_expired or batch_cancelled) for each request of
+    the unfinished shards that has no line yet: read again from their input ranges, in input
+    order."""
+    for info, fmt, rng in _unrun_ranges(ctx, job, shards):
+        for rec in iter_range(ctx.store, info, fmt, rng):
             custom_id = (rec.data or {}).get("custom_id")
             if not isinstance(custom_id, str) or custom_id in seen:
                 continue
@@ -115,6 +152,6 @@ def _expired_lines(
                 "id": f"batch_req_{line_id(job.id, custom_id, 'line')}",
                 "custom_id": custom_id,
                 "response": None,
-                "error": {"code": "batch_expired", "message": openai_batches.EXPIRED_MESSAGE},
+                "error": error,
             }
             yield json.dumps(line).encode() + b"\n"

@@ -40,3 +40,14 @@ def get_batch(batch_id: str, tenant: CurrentTenant, uow: UoW) -> dict[str, Any]:
 @router.post("/{batch_id}/cancel", summary="Cancel a batch (what finished is kept)")
 def cancel_batch(batch_id: str, ctx: Context) -> dict[str, Any]:
     return batch_object(service.present(ctx.session, service.cancel(ctx, batch_id)))
+
+
+@router.post(
+    "/{batch_id}/retry",
+    summary="Barge's extension: a new batch over a finished batch's failed requests",
+)
+def retry_batch(batch_id: str, ctx: Context) -> dict[str, Any]:
+    """The requests with a line in the batch's error file (failed, expired or cancelled) run
+    again as a new batch; its `barge.retry_of` names this one, and this one's
+    `barge.retries` names it."""
+    return batch_object(service.present(ctx.session, service.retry(ctx, batch_id)))

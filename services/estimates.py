@@ -1,0 +1,208 @@
+"""A dry run (``POST /v1/jobs?dry_run=true``): every check a submission passes, then, without
+creating a job, what the job would be: its records (counted, or estimated from a sample of a
+large plain JSONL object), its tokens (a sample of records through the model's tokenizer), its
+shards, and how long it would take and how many device-hours it would use, from the throughput
+this model reached for this task on each kind of device in past shards (``throughput``, fed as
+shards succeed). The estimate is ``None`` when the model never ran the task.
+
+Which device: the kind of the GPU-queue workers alive now, where the model has run on it
+(else the kind it ran on most); the duration assumes its shards spread over those workers.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from barge.errors import PermanentJobError
+from barge.queue import GPU_QUEUE
+from barge.records import Range, format_of, images, iter_range, plan_ranges, resolve_inputs
+from barge.specs import BUILTIN_MODELS, FinetuneSpec, InferenceSpec, JobSpec
+from barge.storage import ObjectInfo, ObjectStore, S3Uri
+from db import repositories as repo
+from db.base import utcnow
+from db.models import Throughput
+from services import submission
+from services.context import ServiceContext
+
+COUNT_BYTES = 256 << 20  # a plain JSONL object larger than this is sampled, not counted
+SAMPLE_BYTES = 1 << 20  # what is read of it to estimate its records
+TOKEN_SAMPLE = 200  # records read to estimate tokens
+TOKENIZER_BYTES = 32 << 20  # a larger tokenizer.json is not read
+WORKERS_SEEN_SECONDS = 120  # a worker seen this recently counts as alive
+# How sure an estimate is, by the shards it was measured over.
+CONFIDENCE = ((20, "high"), (3, "medium"), (1, "low"))
+
+
+@dataclass
+class Counted:
+    """The records and shards of a job's input: ``exact`` unless sampled."""
+
+    records: int = 0
+    shards: int = 0
+    exact: bool = True
+
+
+def dry_run(ctx: ServiceContext, spec: JobSpec) -> dict[str, Any]:
+    """What submitting ``spec`` would make, checked as a submission is; nothing is created."""
+    model_uri, _, output = submission.check(ctx, submission.SubmitJob(spec), uuid.uuid4())
+    answer: dict[str, Any] = {
+        "dry_run": True,
+        "type": spec.type,
+        "model_uri": model_uri,
+        "output": output,
+    }
+    if isinstance(spec, FinetuneSpec):
+        counted = count(ctx.store, spec.train, spec.input_format, 1 << 62)
+        answer.update(records=_records(counted), shards=1, tokens=None, estimate=None)
+        return answer
+    shard_records = spec.shard_size or ctx.settings.shard_records
+    if spec.reads_image_objects:
+        found = len(images.list_images(ctx.store, spec.input))
+        counted = Counted(found, math.ceil(found / shard_records))
+    else:
+        counted = count(ctx.store, spec.input, spec.input_format, shard_records)
+    answer.update(
+        records=_records(counted),
+        shards=counted.shards,
+        tokens=sample_tokens(ctx, spec, model_uri, counted.records),
+        estimate=estimate(ctx, model_uri, spec.task, counted),
+    )
+    return answer
+
+
+def _records(counted: Counted) -> dict[str, Any]:
+    return {"count": counted.records, "exact": counted.exact}
+
+
+def count(store: ObjectStore, uri: str, declared: str, shard_records: int) -> Counted:
+    """The records and shards of the objects at ``uri``, as planning would split them; a plain
+    JSONL object over ``COUNT_BYTES`` is estimated from its first ``SAMPLE_BYTES``."""
+    out = Counted()
+    for info in resolve_inputs(store, uri):
+        fmt = format_of(info.uri, declared)
+        if fmt.name == "jsonl" and not fmt.gzip and info.size > COUNT_BYTES:
+            n = sampled_lines(store, info)
+            out.exact = False
+        else:
+            try:
+                _, n = plan_ranges(store, info, fmt, shard_records)
+            except PermanentJobError:
+                continue  # planning will say so; a dry run counts what it can read
+        out.records += n
+        out.shards += math.ceil(n / shard_records)
+    return out
+
+
+def sampled_lines(store: ObjectStore, info: ObjectInfo) -> int:
+    """Records in a large plain JSONL object, from the lines of its first ``SAMPLE_BYTES``."""
+    with store.open(info.uri, 0, SAMPLE_BYTES) as f:
+        head = f.read(SAMPLE_BYTES)
+    cut = head.rfind(b"\n") + 1 or len(head)
+    lines = sum(1 for line in head[:cut].split(b"\n") if line.strip())
+    return round(lines * info.size / max(cut, 1))
+
+
+def _tokenizer(ctx: ServiceContext, model_uri: str) -> Any:
+    """The model directory's tokenizer.json (``tokenizers``, no torch), or None."""
+    if model_uri in BUILTIN_MODELS or "://" not in model_uri:
+        return None
+    uri = S3Uri.parse(model_uri).as_prefix().join("tokenizer.json")
+    info = ctx.store.head(uri)
+    if info is None or info.size > TOKENIZER_BYTES:
+        return None
+    from tokenizers import Tokenizer
+
+    with ctx.store.open(uri) as f:
+        return Tokenizer.from_str(f.read().decode("utf-8"))
+
+
+def sample_tokens(
+    ctx: ServiceContext, spec: InferenceSpec, model_uri: str, records: int
+) -> dict[str, Any] | None:
+    """The input tokens of the job, from the first ``TOKEN_SAMPLE`` records' text through
+    the model's tokenizer; None without a tokenizer.json or text records."""
+    if spec.reads_image_objects or spec.image_field or spec.messages_field:
+        return None
+    try:
+        tokenizer = _tokenizer(ctx, model_uri)
+    except Exception:  # a tokenizer this library cannot read: no figure, never a refusal
+        return None
+    if tokenizer is None:
+        return None
+    info = resolve_inputs(ctx.store, spec.input)[0]
+    fmt = format_of(info.uri, spec.input_format)
+    texts = []
+    try:
+        for rec in iter_range(ctx.store, info, fmt, Range(0, TOKEN_SAMPLE, 1)):
+            text = (rec.data or {}).get(spec.text_field)
+            if isinstance(text, str):
+                texts.append(text)
+    except PermanentJobError:
+        return None  # unreadable: planning will say so
+    if not texts:
+        return None
+    lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)]
+    mean = sum(lengths) / len(lengths)
+    return {
+        "input": round(mean * records),
+        "per_record": round(mean, 1),
+        "sampled_records": len(texts),
+    }
+
+
+def _pick(rows: list[Throughput], alive: dict[str, int]) -> Throughput:
+    """The kind of device the job would run on: one alive now where the model ran (the
+    fastest of them), else the one it ran most on."""
+    live = [r for r in rows if r.device in alive]
+    if live:
+        return max(live, key=lambda r: r.records / r.seconds)
+    return rows[0]
+
+
+def _alive_devices(ctx: ServiceContext) -> dict[str, int]:
+    """GPU-queue worker processes alive now, by the name of their device."""
+    since = utcnow() - timedelta(seconds=WORKERS_SEEN_SECONDS)
+    alive: dict[str, int] = {}
+    for worker in repo.workers_seen_since(ctx.session, since):
+        if GPU_QUEUE in (worker.queues or []):
+            name = worker.device_name or worker.device or "unknown"
+            alive[name] = alive.get(name, 0) + 1
+    return alive
+
+
+def estimate(
+    ctx: ServiceContext, model_uri: str, task: str, counted: Counted
+) -> dict[str, Any] | None:
+    """Duration and device-hours from what ``model_uri`` reached for ``task``; None when it
+    never ran it."""
+    rows = [r for r in repo.throughput_of(ctx.session, model_uri, task) if r.seconds > 0]
+    if not rows:
+        return None
+    alive = _alive_devices(ctx)
+    row = _pick(rows, alive)
+    rate = row.records / row.seconds  # records per device-second
+    device_seconds = counted.records / rate
+    workers = max(1, min(counted.shards or 1, alive.get(row.device, 1)))
+    # Shards run whole on one worker: the busiest worker runs ceil(shards / workers) of them.
+    per_shard = device_seconds / max(counted.shards, 1)
+    duration = per_shard * math.ceil(max(counted.shards, 1) / workers)
+    confidence = next(name for least, name in CONFIDENCE if row.shards >= least)
+    if row.device not in alive and confidence != "low":
+        confidence = "low" if confidence == "medium" else "medium"
+    return {
+        "duration_seconds": round(duration, 1),
+        "device_hours": round(device_seconds / 3600, 4),
+        "device": row.device,
+        "workers": workers,
+        "records_per_second": round(rate, 2),
+        "confidence": confidence,
+        "measured": {
+            "shards": row.shards,
+            "records": row.records,
+            "seconds": round(row.seconds, 1),
+        },
+    }

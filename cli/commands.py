@@ -1,5 +1,5 @@
-"""The client commands of ``barge``: submit, status, list, cancel, wait, events, shards, drops,
-models and top. They talk to the API over HTTP (``connect``: the URL and key from the flags, the
+"""The client commands of ``barge``: submit, status, list, cancel, pause, resume, wait, events,
+shards, drops, models and top. They talk to the API over HTTP (``connect``: the URL and key from the flags, the
 environment or a profile, see ``cli.profiles``) and never open the database.
 
 Every list and get prints through ``cli.output.emit`` (a table, ``-o wide``, ``-o json``,
@@ -23,7 +23,7 @@ from typing import Any
 
 from rich.live import Live
 
-from barge.status import CANCELLING, FINAL, QUEUED, RUNNING
+from barge.status import CANCELLING, FINAL, PAUSED, PAUSING, QUEUED, RUNNING
 from cli.client import ApiError, Client
 from cli.errors import CliError
 from cli.live import StopSignals
@@ -47,7 +47,7 @@ from cli.render import (
 )
 from cli.tables import Item, fit, is_terminal, lines, show, terminal_console, terminal_view
 
-TOP_STATUSES = (RUNNING, CANCELLING, QUEUED)
+TOP_STATUSES = (RUNNING, PAUSING, PAUSED, CANCELLING, QUEUED)
 # The live view's limit per request (the one-off commands keep the client's 30 s): past it the
 # view shows the error instead of a stale table, and tries again at the next refresh.
 LIVE_TIMEOUT = 10.0
@@ -221,6 +221,20 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     client = connect(args)
     job = client.cancel(resolve_job_id(client, args.id))
+    print(f"job {job['id']} is {job['status']}", file=sys.stderr)
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    client = connect(args)
+    job = client.pause(resolve_job_id(client, args.id))
+    print(f"job {job['id']} is {job['status']}", file=sys.stderr)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    client = connect(args)
+    job = client.resume(resolve_job_id(client, args.id))
     print(f"job {job['id']} is {job['status']}", file=sys.stderr)
     return 0
 

@@ -237,14 +237,14 @@ def resume(ctx: ServiceContext, job: Job) -> Job:
     return job
 
 
-def pause_if_idle(session: Session, job_id: uuid.UUID) -> bool:
-    """Move a pausing job none of whose units runs under a live lease to paused; whether it
-    did. Takes the job's lock, so of two units settling at once the later one sees both
-    settled."""
+def pause_if_idle(session: Session, job_id: uuid.UUID, at: datetime | None = None) -> bool:
+    """Move a pausing job none of whose units runs under a lease live ``at`` (now by default)
+    to paused; whether it did. Takes the job's lock, so of two units settling at once the
+    later one sees both settled."""
     job = repo.lock_job(session, job_id)
     if job is None or job.status != PAUSING:
         return False
-    if repo.live_shard_count(session, job_id, utcnow()):
+    if repo.live_shard_count(session, job_id, at or utcnow()):
         return False
     state.transition(session, job, PAUSED, message="paused: no shard of it runs")
     return True

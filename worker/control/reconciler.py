@@ -3,7 +3,8 @@ or whose lease expired, finalizes jobs whose shards are all settled, and expires
 whose completion window has ended; prunes old progress samples and workers long gone.
 
 A pausing or paused job's shards are neither re-sent nor failed (resume sends them), and a
-pausing job none of whose shards runs under a live lease (its last worker died) is paused.
+pausing job none of whose shards holds a lease that ended less than a lease ago (its last
+worker died, not merely renewed late) is paused.
 
 Imports: ``barge``, ``db``, ``services.jobs``, ``services.openai_batches``, ``worker.context``,
 ``worker.samples``; never ``api`` or ``cli``.
@@ -74,9 +75,11 @@ def reconcile(ctx: WorkerContext, limit: int = 500) -> ReconcileReport:
         report.finalizes = len(to_finalize)
         report.expired = openai_batches.expire_due(uow, now, limit)
         report.abandoned = len(abandoned)
+        # A lease ended more than a lease ago: its worker is gone, not merely slow to renew.
+        dead_since = now - timedelta(seconds=ctx.settings.lease_seconds)
         report.paused = sum(
-            jobs.pause_if_idle(session, job_id)
-            for job_id in repo.idle_pausing_jobs(session, now, limit)
+            jobs.pause_if_idle(session, job_id, dead_since)
+            for job_id in repo.idle_pausing_jobs(session, dead_since, limit)
         )
         report.pruned = samples.prune(session, ctx.settings, now, limit)
     if any(vars(report).values()):

@@ -6,6 +6,8 @@ of a run that never paused."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -131,7 +133,7 @@ def test_a_paused_fine_tune_frees_its_worker_and_ends_with_the_weights_of_an_unp
 ) -> None:
     import torch
 
-    train = put_jsonl(s3, bucket, "pause/train.jsonl", topic_examples(240, seed=1))
+    train = put_jsonl(s3, bucket, "pause/train.jsonl", topic_examples(96, seed=1))
     hp = {"epochs": 16, "batch_size": 16, "learning_rate": 1e-3, "warmup_ratio": 0.1, "seed": 3}
 
     def spec(name: str) -> dict[str, Any]:
@@ -141,26 +143,34 @@ def test_a_paused_fine_tune_frees_its_worker_and_ends_with_the_weights_of_an_unp
             name,
             hyperparameters=hp,
             output=f"s3://{bucket}/{name}/",
-            log_every_steps=5,
+            log_every_steps=1,
         )
 
     world.worker()  # one worker process: the paused fine-tune must give it back
     world.start_scheduler()
     reference = world.submit(spec("reference"))
-    assert world.wait_final(reference, timeout=240)["status"] == "succeeded"
+    assert world.wait_final(reference, timeout=600)["status"] == "succeeded"
 
     job_id = world.submit(spec("paused"))
     wait_until(
         lambda: [e for e in events(world.api, world.auth, job_id) if e["kind"] == "train"],
-        timeout=120,
+        timeout=300,
         interval=0.05,
         what="a first train event",
     )
-    assert _post(world, f"/v1/jobs/{job_id}/pause")["status"] in ("pausing", "paused")
-    paused = _status(world, job_id, "paused")
+    # Mid-training, whatever the machine's pace: the training process is frozen while the pause
+    # is asked (well within its lease), and sees it at its next step.
+    [unit] = world.shards(job_id)
+    child = int(unit.worker.rsplit(":", 1)[1])
+    os.kill(child, signal.SIGSTOP)
+    try:
+        assert _post(world, f"/v1/jobs/{job_id}/pause")["status"] == "pausing"
+    finally:
+        os.kill(child, signal.SIGCONT)
+    paused = _status(world, job_id, "paused", timeout=300)
     [pause] = [e for e in events(world.api, world.auth, job_id) if e["kind"] == "paused"]
     step = pause["data"]["step"]
-    total = 16 * 15
+    total = 16 * 6  # epochs times steps per epoch (96 examples in batches of 16)
     assert 0 < step < total and paused["progress"]["steps_done"] == step
     [unit] = world.shards(job_id)
     assert (unit.status, unit.lease_expires_at, unit.handoffs) == ("pending", None, 1)
@@ -168,13 +178,13 @@ def test_a_paused_fine_tune_frees_its_worker_and_ends_with_the_weights_of_an_unp
     # The worker is free: another job runs to its end while the fine-tune stays paused.
     data, rows = dataset(s3, bucket, 50, key="other.jsonl")
     other = world.submit(inference_spec(minilm_uri, data, f"s3://{bucket}/other/", id_field="id"))
-    assert world.wait_final(other)["status"] == "succeeded"
+    assert world.wait_final(other, timeout=600)["status"] == "succeeded"
     assert_exactly_once(s3, bucket, "other", rows)
     assert world.job(job_id)["status"] == "paused"
     assert world.shards(job_id)[0].status == "pending"
 
     assert _post(world, f"/v1/jobs/{job_id}/resume")["status"] == "running"
-    job = world.wait_final(job_id, timeout=240)
+    job = world.wait_final(job_id, timeout=600)
     assert job["status"] == "succeeded", job
     assert job["progress"]["steps_done"] == total
     found = events(world.api, world.auth, job_id)

@@ -8,9 +8,16 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 CANCELLING = "cancelling"
 CANCELLED = "cancelled"
+# Pause: ``pausing`` while the shards running at the pause finish (a fine-tune checkpoints and
+# gives its worker back), ``paused`` once none runs; ``resume`` moves either back to running.
+PAUSING = "pausing"
+PAUSED = "paused"
 
-JOB_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED)
+JOB_STATUSES = (QUEUED, RUNNING, PAUSING, PAUSED, SUCCEEDED, FAILED, CANCELLING, CANCELLED)
 FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+# Planned and not stopping: its running shards go on and it counts as active (quotas).
+PAUSE_STATES = frozenset({PAUSING, PAUSED})
+IN_PROGRESS = frozenset({RUNNING, PAUSING, PAUSED})
 # Shard statuses (moved by conditional UPDATEs in db.repositories.shards).
 SHARD_PENDING = "pending"
 SHARD_RUNNING = "running"

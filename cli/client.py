@@ -72,6 +72,12 @@ class Client:
     def retry(self, job_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", f"/v1/jobs/{job_id}/retry", json=overrides)  # type: ignore[no-any-return]
 
+    def pause(self, job_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/jobs/{job_id}/pause")  # type: ignore[no-any-return]
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/jobs/{job_id}/resume")  # type: ignore[no-any-return]
+
     def events(self, job_id: str, after: int = 0) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}/events", params={"after": after})  # type: ignore[no-any-return]
 

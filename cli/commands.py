@@ -1,6 +1,7 @@
-"""The client commands of ``barge``: submit, status, list, cancel, wait, events, shards, drops,
-webhooks, models and top. They talk to the API over HTTP (``connect``: the URL and key from the
-flags, the environment or a profile, see ``cli.profiles``) and never open the database.
+"""The client commands of ``barge``: submit, status, list, cancel, retry, pause, resume, wait,
+events, shards, drops, webhooks, models and top. They talk to the API over HTTP (``connect``: the
+URL and key from the flags, the environment or a profile, see ``cli.profiles``) and never open
+the database.
 
 Every list and get prints through ``cli.output.emit`` (a table, ``-o wide``, ``-o json``,
 ``-o yaml``, ``-o name`` / ``-q``); tables go through ``cli.tables`` (boxed on a terminal,
@@ -23,7 +24,7 @@ from typing import Any
 
 from rich.live import Live
 
-from barge.status import CANCELLING, FINAL, QUEUED, RUNNING
+from barge.status import CANCELLING, FINAL, PAUSED, PAUSING, QUEUED, RUNNING
 from cli.client import ApiError, Client
 from cli.errors import CliError
 from cli.live import StopSignals
@@ -49,7 +50,7 @@ from cli.render import (
 )
 from cli.tables import Item, fit, is_terminal, lines, show, terminal_console, terminal_view
 
-TOP_STATUSES = (RUNNING, CANCELLING, QUEUED)
+TOP_STATUSES = (RUNNING, PAUSING, PAUSED, CANCELLING, QUEUED)
 # The live view's limit per request (the one-off commands keep the client's 30 s): past it the
 # view shows the error instead of a stale table, and tries again at the next refresh.
 LIVE_TIMEOUT = 10.0
@@ -239,6 +240,20 @@ def cmd_retry(args: argparse.Namespace) -> int:
     print(f"retry {job['id']} of job {parent} ({job['status']})", file=sys.stderr)
     if args.wait:
         return _report_final(wait_for(client, job["id"]), client)
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    client = connect(args)
+    job = client.pause(resolve_job_id(client, args.id))
+    print(f"job {job['id']} is {job['status']}", file=sys.stderr)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    client = connect(args)
+    job = client.resume(resolve_job_id(client, args.id))
+    print(f"job {job['id']} is {job['status']}", file=sys.stderr)
     return 0
 
 

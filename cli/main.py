@@ -109,6 +109,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "status": ("barge status 3f2a9c1e", "barge status 3f2a9c1e -o yaml"),
     "cancel": ("barge cancel 3f2a9c1e",),
     "retry": ("barge retry 3f2a9c1e --wait", "barge retry 3f2a9c1e --batch-size 8"),
+    "pause": ("barge pause 3f2a9c1e",),
+    "resume": ("barge resume 3f2a9c1e",),
     "wait": ("barge wait 3f2a9c1e && echo done",),
     "shards": ("barge shards 3f2a9c1e", "barge shards 3f2a9c1e -o wide"),
     "events": ("barge events 3f2a9c1e --follow", "barge events 3f2a9c1e -o json | jq .kind"),
@@ -403,6 +405,8 @@ def _add_jobs(sub: Subparsers) -> None:
     p.set_defaults(func=command("commands", "cmd_status"))
     for name, func, help_ in (
         ("cancel", "cmd_cancel", "cancel a job"),
+        ("pause", "cmd_pause", "pause a running job: running shards finish, no new one starts"),
+        ("resume", "cmd_resume", "resume a pausing or paused job"),
         ("wait", "cmd_wait", "show live progress until the job ends (exit 1 unless it succeeded)"),
     ):
         p = _client(sub, name, help_)
@@ -549,7 +553,7 @@ def _add_views(sub: Subparsers) -> None:
     add_output_options(p)
     p.set_defaults(func=command("commands", "cmd_list"))
 
-    p = _client(sub, "top", "a live table of running, cancelling and queued jobs")
+    p = _client(sub, "top", "a live table of running, pausing, paused, cancelling and queued jobs")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     p.add_argument("--once", action="store_true", help="print the table once and exit")
     p.add_argument("--json", action="store_true", help="the active jobs once, as JSON")

@@ -49,6 +49,8 @@ STATUS_STYLES = {
     "queued": "cyan",
     "pending": "cyan",
     "running": "bold blue",
+    "pausing": "magenta",
+    "paused": "magenta",
     "succeeded": "green",
     "failed": "bold red",
     "cancelling": "yellow",

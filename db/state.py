@@ -1,9 +1,12 @@
 """The job state machine: the one place job status changes.
 
 ``queued → running → succeeded | failed``, with ``cancelling → cancelled`` from any non-final
-state. Every transition is a conditional UPDATE on the current status (so two processes cannot
-both move the same job), stamps its time and appends a ``job_events`` row; one to a final
-state also writes its webhook deliveries (``db.outbox``) in the same transaction.
+state, and ``running → pausing → paused → running`` (pause and resume; ``pausing → running``
+too: a resume before the running shards finished). A pausing or paused job may still succeed
+or fail: the shards running at the pause settle it. Every transition is a conditional UPDATE on
+the current status (so two processes cannot both move the same job), stamps its time and
+appends a ``job_events`` row; one to a final state also writes its webhook deliveries
+(``db.outbox``) in the same transaction.
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ from barge.status import (  # the vocabulary; re-exported for the state machine'
     CANCELLING,
     FAILED,
     FINAL,
+    IN_PROGRESS,
     JOB_STATUSES,
+    PAUSE_STATES,
+    PAUSED,
+    PAUSING,
     QUEUED,
     RUNNING,
     SHARD_CANCELLED,
@@ -40,7 +47,11 @@ __all__ = [
     "CANCELLING",
     "FAILED",
     "FINAL",
+    "IN_PROGRESS",
     "JOB_STATUSES",
+    "PAUSED",
+    "PAUSE_STATES",
+    "PAUSING",
     "QUEUED",
     "RUNNING",
     "SHARD_CANCELLED",
@@ -57,7 +68,9 @@ __all__ = [
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({RUNNING, FAILED, CANCELLING}),
-    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLING}),
+    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLING, PAUSING}),
+    PAUSING: frozenset({PAUSED, RUNNING, SUCCEEDED, FAILED, CANCELLING}),
+    PAUSED: frozenset({RUNNING, SUCCEEDED, FAILED, CANCELLING}),
     CANCELLING: frozenset({CANCELLED}),
     SUCCEEDED: frozenset(),
     FAILED: frozenset(),

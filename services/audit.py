@@ -9,11 +9,11 @@ a worker doing a tenant's work (a dropped file's job, a fine-tune's registered m
 An entry names the tenant concerned (the one whose jobs, models, drop folders, files, batches,
 fine-tuning jobs, keys, scopes or quotas changed), the API key that acted (its prefix, never
 the key), the action (``ACTIONS``: ``job.submit``, ``job.cancel``, ``job.retry``,
-``model.register``, ``drop.create``, ``drop.delete``, ``key.create``, ``key.revoke``,
-``key.rotate``, ``tenant.create``, ``tenant.update``, ``file.upload``, ``file.delete``,
-``batch.create``, ``batch.cancel``, ``batch.retry``, ``fine_tuning.create``,
-``fine_tuning.cancel``, ``webhook.create``, ``webhook.delete``, ``webhook.rotate``), the
-target (``job:<id>``,
+``job.pause``, ``job.resume``, ``model.register``, ``drop.create``, ``drop.delete``,
+``key.create``, ``key.revoke``, ``key.rotate``, ``tenant.create``, ``tenant.update``,
+``file.upload``, ``file.delete``, ``batch.create``, ``batch.cancel``, ``batch.retry``,
+``fine_tuning.create``, ``fine_tuning.cancel``, ``fine_tuning.pause``, ``fine_tuning.resume``,
+``webhook.create``, ``webhook.delete``, ``webhook.rotate``), the target (``job:<id>``,
 ``key:<prefix>``, ``tenant:<name>``, ``file:<id>``, ...) and a little data. An admin acting on
 another tenant is named in ``data["by"]``; the local operator, using the ``barge`` command on
 the database itself, has no key prefix and ``data["via"] == "cli"``; a worker doing a tenant's
@@ -42,6 +42,8 @@ ACTIONS = (
     "job.submit",
     "job.cancel",
     "job.retry",
+    "job.pause",
+    "job.resume",
     "model.register",
     "drop.create",
     "drop.delete",
@@ -60,6 +62,8 @@ ACTIONS = (
     "webhook.create",
     "webhook.delete",
     "webhook.rotate",
+    "fine_tuning.pause",
+    "fine_tuning.resume",
 )
 # What the local operator's entries carry: they come from the `barge` command, not a key.
 VIA_CLI = "cli"

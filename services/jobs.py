@@ -1,8 +1,16 @@
 """Jobs as a user sees them (status, progress with rate and ETA, where the outputs are), and
-cancelling one."""
+cancelling, pausing and resuming one.
+
+Pause: a running job moves to ``pausing``; no new shard of it is claimed, the shards running
+finish (a fine-tune checkpoints at its next step and gives its worker back), and once none runs
+under a live lease it is ``paused`` (``pause_if_idle``: at the pause, as each unit settles, and
+by the reconciler). Resume moves a pausing or paused job back to ``running`` and sends every
+unit no one holds again. A pausing or paused job counts as active for quotas and can be
+cancelled."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -10,9 +18,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from barge.errors import Conflict
-from barge.queue import FINALIZE_JOB
+from barge.queue import FINALIZE_JOB, RUN_SHARD
 from barge.settings import Settings
-from barge.status import CANCELLING, FINAL, QUEUED, RUNNING
+from barge.status import CANCELLING, FINAL, PAUSE_STATES, PAUSED, PAUSING, QUEUED, RUNNING
 from barge.storage import S3Uri
 from db import repositories as repo
 from db import state
@@ -49,6 +57,8 @@ def waiting_for(job: Job, progress: repo.Progress, ahead: int = 0) -> str | None
     ``ahead``: the running jobs planned before it that still have shards to run."""
     if job.status == QUEUED:
         return "waiting to be planned"
+    if job.status == PAUSED:
+        return "paused: resume it to go on"
     if job.manifest is not None:
         return None
     if waits_for_a_gpu_worker(job, progress):
@@ -57,6 +67,9 @@ def waiting_for(job: Job, progress: repo.Progress, ahead: int = 0) -> str | None
         return f"waiting for a GPU worker: {ahead} job{'' if ahead == 1 else 's'} ahead"
     if (job.shards_total or 0) - progress.shards_done <= 0:
         return "finalizing"
+    if job.status == PAUSING:
+        n = progress.shards_running
+        return f"pausing: waiting for {n} running shard{'' if n == 1 else 's'} to finish"
     if job.status != RUNNING:  # cancelling, or failed: its running shards stop within a batch
         n = progress.shards_running
         return f"waiting for {n} running shard{'' if n == 1 else 's'} to stop"
@@ -221,3 +234,51 @@ SHARD_FIELDS = (
     "started_at",
     "finished_at",
 )
+
+
+def pause(ctx: ServiceContext, job: Job) -> Job:
+    """Pause a running job (audited): no new shard of it is claimed; the running ones finish,
+    and then it is paused. Pausing a pausing or paused job changes nothing; any other status
+    is a 409."""
+    if job.status in PAUSE_STATES:
+        return job
+    if job.status != RUNNING:
+        raise Conflict(
+            f"job {job.id} is {job.status}; only a running job can be paused", field="status"
+        )
+    state.transition(ctx.session, job, PAUSING, message="pause requested")
+    audit.record(ctx, "job.pause", f"job:{job.id}")
+    pause_if_idle(ctx.session, job.id)
+    return job
+
+
+def resume(ctx: ServiceContext, job: Job) -> Job:
+    """Resume a pausing or paused job (audited): it runs again, and every unit of it no one
+    holds is sent again after the commit. Resuming a running job changes nothing; any other
+    status is a 409."""
+    if job.status == RUNNING:
+        return job
+    if job.status not in PAUSE_STATES:
+        raise Conflict(
+            f"job {job.id} is {job.status}; only a pausing or paused job can be resumed",
+            field="status",
+        )
+    before = job.status
+    state.transition(ctx.session, job, RUNNING, message="resumed")
+    for shard_id, job_id, index in repo.take_shards_to_resume(ctx.session, job.id, utcnow()):
+        ctx.uow.send_after_commit(RUN_SHARD, str(shard_id), str(job_id), index)
+    audit.record(ctx, "job.resume", f"job:{job.id}", was=before)
+    return job
+
+
+def pause_if_idle(session: Session, job_id: uuid.UUID, at: datetime | None = None) -> bool:
+    """Move a pausing job none of whose units runs under a lease live ``at`` (now by default)
+    to paused; whether it did. Takes the job's lock, so of two units settling at once the
+    later one sees both settled."""
+    job = repo.lock_job(session, job_id)
+    if job is None or job.status != PAUSING:
+        return False
+    if repo.live_shard_count(session, job_id, at or utcnow()):
+        return False
+    state.transition(session, job, PAUSED, message="paused: no shard of it runs")
+    return True

@@ -40,7 +40,17 @@ from barge.specs import (
     LoraMethod,
     Method,
 )
-from barge.status import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED
+from barge.status import (
+    CANCELLED,
+    CANCELLING,
+    FAILED,
+    PAUSE_STATES,
+    PAUSED,
+    PAUSING,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+)
 from barge.storage import S3Uri
 from db import repositories as repo
 from db.base import utcnow
@@ -446,9 +456,41 @@ def cancel(ctx: ServiceContext, job_id: str) -> OpenAIFineTuningJob:
     return row
 
 
+def pause(ctx: ServiceContext, job_id: str) -> OpenAIFineTuningJob:
+    """Pause the training: it checkpoints at its next step and frees its worker (``pausing``,
+    then ``paused``); 409 unless it is running (a paused job's pause changes nothing)."""
+    row = get(ctx.session, ctx.tenant.id, job_id)
+    job = _job(ctx.session, row)
+    if job is None or job.status not in (RUNNING, *PAUSE_STATES):
+        status = present(ctx.session, row).status
+        raise Conflict(f"fine-tuning job {row.id} is {status}; only a running job can be paused")
+    if job.status == RUNNING:
+        jobs.pause(ctx, job)
+        audit.record(ctx, "fine_tuning.pause", f"fine_tuning_job:{row.id}", job=job.id)
+    ctx.session.flush()
+    return row
+
+
+def resume(ctx: ServiceContext, job_id: str) -> OpenAIFineTuningJob:
+    """Resume a pausing or paused training from the checkpoint its pause took; 409 unless it
+    is pausing or paused (a running job's resume changes nothing)."""
+    row = get(ctx.session, ctx.tenant.id, job_id)
+    job = _job(ctx.session, row)
+    if job is None or job.status not in (RUNNING, *PAUSE_STATES):
+        status = present(ctx.session, row).status
+        raise Conflict(f"fine-tuning job {row.id} is {status}; only a paused job can be resumed")
+    if job.status in PAUSE_STATES:
+        jobs.resume(ctx, job)
+        audit.record(ctx, "fine_tuning.resume", f"fine_tuning_job:{row.id}", job=job.id)
+    ctx.session.flush()
+    return row
+
+
 _STATUS = {
     QUEUED: "queued",
     RUNNING: "running",
+    PAUSING: "pausing",
+    PAUSED: "paused",
     SUCCEEDED: "succeeded",
     FAILED: "failed",
     CANCELLING: "cancelled",

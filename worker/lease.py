@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 
 class Stop(Exception):
-    """Stop working on the unit: the job is no longer running."""
+    """Stop working on the unit: the job is no longer running (a pausing or paused job still
+    is: see ``Lease.pause_requested``)."""
 
     def __init__(self, job_status: str):
         self.job_status = job_status
@@ -169,7 +170,7 @@ def job_event(ctx: WorkerContext, work: ShardWork, kind: str, message: str, **da
 
 class Lease:
     """This attempt's hold on its unit. Between batches: is the job still running (else
-    ``Stop``), and is the shard within its soft time limit (else ``SoftTimeLimitExceeded``, as
+    ``Stop``; a pausing or paused job still is, and sets ``pause_requested``), and is the shard within its soft time limit (else ``SoftTimeLimitExceeded``, as
     Celery's signal raises it)? Every ``BARGE_HEARTBEAT_SECONDS`` the process's keeper thread renews the lease
     and records progress (``succeeded``, ``failed``, ``steps_done``), whatever the work is
     doing: a long batch, a model load or an upload never lets a short lease lapse while the
@@ -190,6 +191,9 @@ class Lease:
         # Token counts of the attempt's records so far (generation runners keep it up to date).
         self.tokens: dict[str, int] | None = None
         self.check_seconds = check_seconds
+        # The job was paused (seen by the last status check): a unit that can stop at a
+        # checkpoint (a fine-tune) hands itself off; a shard over records just finishes.
+        self.pause_requested = False
         # When the newest confirmed hold (the claim, or a renewal) began: its transaction's
         # start, so that the lease it set ends no earlier than this plus BARGE_LEASE_SECONDS.
         self._held_since = work.claim_started or time.monotonic()
@@ -266,8 +270,9 @@ class Lease:
             self._last_check = now
             with self.ctx.session() as session:
                 status = repo.job_status(session, self.work.job_id)
-            if status != state.RUNNING:
+            if status not in state.IN_PROGRESS:
                 raise Stop(status or "gone")
+            self.pause_requested = status in state.PAUSE_STATES
         if time.monotonic() - self._held_since >= self.ctx.settings.heartbeat_seconds:
             self.beat()
 

@@ -3,7 +3,8 @@ lease, settle. Every way a unit can end is decided here, once.
 
 1. **claim**: a conditional UPDATE takes the unit under a new attempt, the fencing token. A
    duplicate delivery finds it claimed and does nothing; a unit of a job no longer running is
-   cancelled; one that has used ``BARGE_MAX_ATTEMPTS`` fails the job.
+   cancelled; one that has used ``BARGE_MAX_ATTEMPTS`` fails the job; a unit of a pausing or
+   paused job is left pending (its message is spent: resume sends it again).
 2. **run**: the run step of the job's kind (``worker.kinds.kind_for``; the step is in
    ``worker.runners``) works under a ``Lease`` (``worker.lease``): between batches it checks the
    job still runs (else ``Stop``), every few seconds it heartbeats with progress, and
@@ -13,9 +14,10 @@ lease, settle. Every way a unit can end is decided here, once.
    ``finish_shard`` is called in one shape only (``_record``): done, cancelled, failed, retried
    (re-queued with a back-off until ``BARGE_MAX_ATTEMPTS``), handed off (re-queued at once),
    or dropped because the lease was lost. The last unit of a job to settle sends
-   ``finalize_job``. Messages go through ``ctx.unit_of_work()``: after the commit.
+   ``finalize_job``; the last running unit of a pausing job to settle makes it paused
+   (``services.jobs.pause_if_idle``). Messages go through ``ctx.unit_of_work()``: after the commit.
 
-Imports: ``barge``, ``db``, ``services.scopes``, ``worker.context``, ``worker.kinds``,
+Imports: ``barge``, ``db``, ``services.jobs`` (pause), ``services.scopes``, ``worker.context``, ``worker.kinds``,
 ``worker.lease``, ``worker.metrics``, ``worker.usage`` (each attempt's row and what it
 used); never ``worker.runners`` (the kinds name their run steps),
 ``api`` or ``cli``.
@@ -40,7 +42,7 @@ from db import repositories as repo
 from db import state
 from db.base import utcnow
 from db.models import Job, Shard, Tenant
-from services import scopes
+from services import jobs, scopes
 from services.unit_of_work import UnitOfWork
 from worker import kinds, metrics, usage
 from worker.context import WorkerContext
@@ -161,6 +163,7 @@ def settle(ctx: WorkerContext, work: ShardWork, result: Result) -> Outcome:
         if outcome is not Outcome.LEASE_LOST:
             uow.session.commit()  # the settlement, before counting (same connection)
             _send_finalize_if_last(uow, work.job_id)
+            jobs.pause_if_idle(uow.session, work.job_id)
     return outcome
 
 
@@ -169,7 +172,7 @@ def _record(session: Session, work: ShardWork, result: Result) -> Outcome:
     job: Job | None = None
     if result.publish is not None:
         job = repo.lock_job(session, work.job_id)
-        if job is None or job.status != state.RUNNING:
+        if job is None or job.status not in state.IN_PROGRESS:
             result = replace(result, outcome=Outcome.CANCELLED, publish=None)
     held = repo.finish_shard(
         session,
@@ -193,7 +196,7 @@ def _record(session: Session, work: ShardWork, result: Result) -> Outcome:
         result.publish(session, job)
     elif result.outcome is Outcome.FAILED:
         job = repo.lock_job(session, work.job_id)
-        if job is not None and job.status == state.RUNNING:
+        if job is not None and job.status in state.IN_PROGRESS:
             state.transition(session, job, state.FAILED, error=result.error)
             repo.cancel_pending_shards(session, job.id, "not run: job is failed")
     return result.outcome
@@ -228,24 +231,34 @@ def retry_or_fail(ctx: WorkerContext, work: ShardWork, message: str) -> None:
                 work.index,
                 countdown=back_off,
             )
+            uow.session.commit()  # released, before counting what still runs
+            jobs.pause_if_idle(uow.session, work.job_id)
 
 
 def _hand_off(ctx: WorkerContext, work: ShardWork, result: Result) -> Outcome:
-    """Give the unit back at a checkpoint and re-queue it at once (not a failed attempt)."""
+    """Give the unit back at a checkpoint and re-queue it at once (not a failed attempt); a
+    paused job's unit is sent again when the job is resumed."""
     step = result.steps_done
     assert step is not None
     with ctx.unit_of_work() as uow:
+        job = repo.lock_job(uow.session, work.job_id)
+        paused = job is not None and job.status in state.PAUSE_STATES
         handed = repo.hand_off_shard(uow.session, work.shard_id, work.attempt, step)
         if handed:
             repo.add_event(
                 uow.session,
                 work.job_id,
-                "handoff",
-                f"slice ended at step {step}; continuing from its checkpoint",
+                "paused" if paused else "handoff",
+                f"paused at step {step}, its checkpoint; the worker is free"
+                if paused
+                else f"slice ended at step {step}; continuing from its checkpoint",
                 step=step,
                 attempt=work.attempt,
             )
-            uow.send_after_commit(RUN_SHARD, str(work.shard_id), str(work.job_id), work.index)
+            if paused:
+                jobs.pause_if_idle(uow.session, work.job_id)
+            else:
+                uow.send_after_commit(RUN_SHARD, str(work.shard_id), str(work.job_id), work.index)
     return Outcome.HANDED_OFF if handed else Outcome.LEASE_LOST
 
 
@@ -274,9 +287,11 @@ def claim(ctx: WorkerContext, shard_id: uuid.UUID) -> ShardWork | None:
     tenant's backlog of messages cannot keep another tenant's job waiting behind it.
 
     The invariant the reconciler counts on holds: the gpu queue holds at least one message per
-    pending unit, since a message is spent only on claiming a unit, on settling the named one
-    (its job stopped running: cancelled; it used its attempts: failed, with its job), or when
-    no unit at all can be claimed now (a unit backing off still has its delayed message).
+    pending unit of a running job, since a message is spent only on claiming a unit, on
+    settling the named one (its job stopped running: cancelled; it used its attempts: failed,
+    with its job), when no unit at all can be claimed now (a unit backing off still has its
+    delayed message), or when the named unit's job is pausing or paused (resume sends every
+    unit of the job again, and the reconciler leaves a paused job's units alone).
     Fencing (the attempt), the conditional claim and the back-off (``not_before``) are the
     repository's."""
     settled: uuid.UUID | None = None
@@ -286,7 +301,9 @@ def claim(ctx: WorkerContext, shard_id: uuid.UUID) -> ShardWork | None:
         if named is not None and named[0].status not in state.SHARD_FINAL:
             shard, job, _tenant = named
             used_up = shard.attempt - shard.handoffs >= ctx.settings.max_attempts
-            if job.status != state.RUNNING or used_up:
+            if job.status in state.PAUSE_STATES:
+                named = None  # its message is spent; resume sends the job's units again
+            elif job.status != state.RUNNING or used_up:
                 if _settle_unstarted(session, shard, job):
                     settled = shard.job_id
                 named = None

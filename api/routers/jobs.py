@@ -150,6 +150,22 @@ def retry_job(job_id: str, ctx: Context, body: RetryBody | None = None) -> JobOu
     return job_out(service.present_many(ctx.session, [child], ctx.settings)[0])
 
 
+@router.post("/{job_id}/pause", response_model=JobOut, responses=errors(404, 409))
+def pause_job(job_id: str, ctx: Context) -> JobOut:
+    """Pause a running job: no new shard is claimed, running shards finish (a fine-tune
+    checkpoints and frees its worker); then it is `paused`. It stays active for quotas."""
+    job = service.pause(ctx, _job(ctx.session, ctx.tenant, job_id))
+    return job_out(service.present_many(ctx.session, [job], ctx.settings)[0])
+
+
+@router.post("/{job_id}/resume", response_model=JobOut, responses=errors(404, 409))
+def resume_job(job_id: str, ctx: Context) -> JobOut:
+    """Resume a pausing or paused job: its pending shards are sent again (a fine-tune goes on
+    from the checkpoint its pause took)."""
+    job = service.resume(ctx, _job(ctx.session, ctx.tenant, job_id))
+    return job_out(service.present_many(ctx.session, [job], ctx.settings)[0])
+
+
 @router.get("/{job_id}/events", response_model=EventList, responses=errors(404, 422))
 def job_events(
     job_id: str,

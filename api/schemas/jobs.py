@@ -13,7 +13,9 @@ from services.jobs import JobView
 
 # The vocabularies, as enums in the OpenAPI schema (barge.status and barge.specs.JOB_TYPES hold
 # the same values; tests/e2e/test_api_contract.py checks they agree).
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
+JobStatus = Literal[
+    "queued", "running", "pausing", "paused", "succeeded", "failed", "cancelling", "cancelled"
+]
 JobType = Literal["inference", "finetune"]
 ShardStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 

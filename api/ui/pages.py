@@ -1,6 +1,6 @@
 """The console's pages: jobs (filters, search, live progress), a job (throughput over time,
-shard timeline, errors, events, usage; a fine-tune's curves; cancel and retry), workers,
-models, and for admins tenants with their quotas and the audit log. Thin: what they show
+shard timeline, errors, events, usage; a fine-tune's curves; cancel, pause, resume and retry),
+workers, models, and for admins tenants with their quotas and the audit log. Thin: what they show
 comes from ``services.console``.
 
 A job's page polls ``/ui/jobs/{id}/live`` (JSON) once a second while the job runs, and stops
@@ -164,6 +164,28 @@ def cancel(
     check_csrf(signed, csrf)
     job = _job(uow, signed, job_id)
     jobs_service.cancel(_context(request, uow, signed), job, "cancelled from the console")
+    return RedirectResponse(f"{ui_root(request)}/jobs/{job.id}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/pause")
+def pause(
+    request: Request, job_id: str, uow: UoW, signed: Signed, csrf: CsrfField = ""
+) -> RedirectResponse:
+    """Pause a running job: running shards finish, no new one starts."""
+    check_csrf(signed, csrf)
+    job = _job(uow, signed, job_id)
+    jobs_service.pause(_context(request, uow, signed), job)
+    return RedirectResponse(f"{ui_root(request)}/jobs/{job.id}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/resume")
+def resume(
+    request: Request, job_id: str, uow: UoW, signed: Signed, csrf: CsrfField = ""
+) -> RedirectResponse:
+    """Resume a pausing or paused job."""
+    check_csrf(signed, csrf)
+    job = _job(uow, signed, job_id)
+    jobs_service.resume(_context(request, uow, signed), job)
     return RedirectResponse(f"{ui_root(request)}/jobs/{job.id}", status_code=303)
 
 

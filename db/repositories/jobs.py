@@ -18,6 +18,7 @@ from db.state import (
     CANCELLING,
     FAILED,
     FINAL,
+    IN_PROGRESS,
     QUEUED,
     RUNNING,
     SHARD_CANCELLED,
@@ -208,9 +209,9 @@ def lock_tenant(session: Session, space: int, tenant_id: uuid.UUID) -> None:
 
 
 def active_job_count(session: Session, tenant_id: uuid.UUID) -> int:
-    """The tenant's queued and running jobs (ix_jobs_tenant_status)."""
+    """The tenant's queued, running, pausing and paused jobs (ix_jobs_tenant_status)."""
     query = select(func.count()).where(
-        Job.tenant_id == tenant_id, Job.status.in_([QUEUED, RUNNING])
+        Job.tenant_id == tenant_id, Job.status.in_([QUEUED, *IN_PROGRESS])
     )
     return int(session.scalar(query) or 0)
 
@@ -305,7 +306,7 @@ def jobs_to_finalize(session: Session, before: datetime, limit: int) -> list[uui
             select(Job.id)
             .where(
                 Job.manifest.is_(None),
-                Job.status.in_([RUNNING, CANCELLING, FAILED]),
+                Job.status.in_([*IN_PROGRESS, CANCELLING, FAILED]),
                 Job.updated_at < before,
                 ~unsettled,
             )

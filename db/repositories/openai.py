@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from barge.status import QUEUED, RUNNING, SHARD_PENDING, SHARD_RUNNING
+from barge.status import IN_PROGRESS, QUEUED, SHARD_PENDING, SHARD_RUNNING
 from db.models import Job, Model, OpenAIBatch, OpenAIFile, OpenAIFineTuningJob, Shard
 
 Row = TypeVar("Row", OpenAIFile, OpenAIBatch, OpenAIFineTuningJob)
@@ -136,7 +136,7 @@ def take_due_openai_batches(
             OpenAIBatch.expired_at.is_(None),
             or_(
                 Job.status == QUEUED,
-                and_(Job.status == RUNNING, or_(Job.shards_total.is_(None), unsettled)),
+                and_(Job.status.in_(IN_PROGRESS), or_(Job.shards_total.is_(None), unsettled)),
             ),
         )
         .order_by(OpenAIBatch.expires_at)

@@ -16,6 +16,8 @@ from db.models import Job, Shard, Tenant
 from db.state import (
     CANCELLING,
     FAILED,
+    PAUSE_STATES,
+    PAUSING,
     RUNNING,
     SHARD_CANCELLED,
     SHARD_PENDING,
@@ -251,6 +253,11 @@ def _not_sent_since(before: datetime) -> Any:
     return or_(Shard.dispatched_at.is_(None), Shard.dispatched_at < before)
 
 
+def _not_paused() -> Any:
+    """The shard's job is not pausing or paused: its units are sent again by the resume."""
+    return Shard.job_id.not_in(select(Job.id).where(Job.status.in_(PAUSE_STATES)))
+
+
 def take_expired_shards(
     session: Session, now: datetime, grace: timedelta, limit: int
 ) -> list[tuple[uuid.UUID, uuid.UUID, int]]:
@@ -262,6 +269,7 @@ def take_expired_shards(
             Shard.status == SHARD_RUNNING,
             Shard.lease_expires_at < now,
             _not_sent_since(now - grace),
+            _not_paused(),
         )
         .limit(limit)
     )
@@ -300,11 +308,10 @@ def cancel_abandoned_shards(session: Session, now: datetime, limit: int) -> list
 
 
 def pending_shard_count(session: Session) -> int:
-    """Shards waiting to be claimed, over every job."""
-    return int(
-        session.scalar(select(func.count()).select_from(Shard).where(Shard.status == SHARD_PENDING))
-        or 0
-    )
+    """Shards waiting to be claimed, over every job that is not pausing or paused (their
+    messages are spent)."""
+    query = select(func.count()).select_from(Shard)
+    return int(session.scalar(query.where(Shard.status == SHARD_PENDING, _not_paused())) or 0)
 
 
 def take_unclaimed_shards(
@@ -316,9 +323,42 @@ def take_unclaimed_shards(
         return []
     query = (
         select(Shard.id, Shard.job_id, Shard.index)
-        .where(Shard.status == SHARD_PENDING, _not_sent_since(now - grace))
+        .where(Shard.status == SHARD_PENDING, _not_sent_since(now - grace), _not_paused())
         .order_by(Shard.dispatched_at.asc().nulls_first())
         .limit(limit)
+    )
+    return _take(session, query, now)
+
+
+# --- pause and resume ----------------------------------------------------------------------------
+
+
+def live_shard_count(session: Session, job_id: uuid.UUID, now: datetime) -> int:
+    """The job's shards running under a live lease (a worker holds them)."""
+    query = select(func.count()).select_from(Shard)
+    live = and_(Shard.status == SHARD_RUNNING, Shard.lease_expires_at >= now)
+    return int(session.scalar(query.where(Shard.job_id == job_id, live)) or 0)
+
+
+def idle_pausing_jobs(session: Session, now: datetime, limit: int) -> list[uuid.UUID]:
+    """Pausing jobs none of whose shards runs under a live lease (their workers finished, or
+    died): they are paused now."""
+    live = exists().where(
+        Shard.job_id == Job.id, Shard.status == SHARD_RUNNING, Shard.lease_expires_at >= now
+    )
+    query = select(Job.id).where(Job.status == PAUSING, ~live).limit(limit)
+    return list(session.scalars(query))
+
+
+def take_shards_to_resume(
+    session: Session, job_id: uuid.UUID, now: datetime
+) -> list[tuple[uuid.UUID, uuid.UUID, int]]:
+    """The resumed job's shards no one holds (pending, or running under an expired lease: their
+    worker died while the job was paused); stamped as dispatched now."""
+    query = (
+        select(Shard.id, Shard.job_id, Shard.index)
+        .where(Shard.job_id == job_id, _unheld(now))
+        .order_by(Shard.index)
     )
     return _take(session, query, now)
 

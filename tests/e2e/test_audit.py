@@ -248,6 +248,32 @@ def retry_batch(w: World) -> list[Expected]:
     ]
 
 
+def running(w: World, job_id: str) -> str:
+    """Move the job to running, as planning would (no worker runs in these tests)."""
+    from db import state
+    from db.models import Job
+    from db.session import session_scope
+
+    with session_scope(w.database_url) as session:
+        job = session.get(Job, uuid.UUID(job_id))
+        assert job is not None
+        state.transition(session, job, state.RUNNING)
+    return job_id
+
+
+def pause_job(w: World) -> list[Expected]:
+    job_id = running(w, w.job())
+    assert w.post(f"/v1/jobs/{job_id}/pause")["status"] == "paused"  # no shard of it runs
+    return [("job.pause", f"job:{job_id}", "member")]
+
+
+def resume_job(w: World) -> list[Expected]:
+    job_id = running(w, w.job())
+    w.post(f"/v1/jobs/{job_id}/pause")
+    assert w.post(f"/v1/jobs/{job_id}/resume")["status"] == "running"
+    return [("job.resume", f"job:{job_id}", "member")]
+
+
 def register_model(w: World) -> list[Expected]:
     w.post("/v1/models", json={"name": "audited", "uri": w.minilm_uri, "task": "embed"})
     return [("model.register", "model:audited@1", "member")]
@@ -375,12 +401,54 @@ def cancel_fine_tuning_job(w: World) -> list[Expected]:
     ]
 
 
+def pause_fine_tuning_job(w: World) -> list[Expected]:
+    from db.models import OpenAIFineTuningJob
+
+    ft_id = w.fine_tuning_job()
+    job_id = running(w, w.job_of(OpenAIFineTuningJob, ft_id))
+    assert w.post(f"/openai/v1/fine_tuning/jobs/{ft_id}/pause")["status"] == "paused"
+    return [
+        ("fine_tuning.pause", f"fine_tuning_job:{ft_id}", "member"),
+        ("job.pause", f"job:{job_id}", "member"),
+    ]
+
+
+def resume_fine_tuning_job(w: World) -> list[Expected]:
+    from db.models import OpenAIFineTuningJob
+
+    ft_id = w.fine_tuning_job()
+    job_id = running(w, w.job_of(OpenAIFineTuningJob, ft_id))
+    w.post(f"/openai/v1/fine_tuning/jobs/{ft_id}/pause")
+    assert w.post(f"/openai/v1/fine_tuning/jobs/{ft_id}/resume")["status"] == "running"
+    return [
+        ("fine_tuning.resume", f"fine_tuning_job:{ft_id}", "member"),
+        ("job.resume", f"job:{job_id}", "member"),
+    ]
+
+
 def console_cancel(w: World) -> list[Expected]:
     job_id = w.job()
     csrf = w.console_form(f"/ui/jobs/{job_id}")
     r = w.console.post(f"/ui/jobs/{job_id}/cancel", data={"csrf": csrf})
     assert r.status_code == 303, r.text
     return [("job.cancel", f"job:{job_id}", "member")]
+
+
+def console_pause(w: World) -> list[Expected]:
+    job_id = running(w, w.job())
+    csrf = w.console_form(f"/ui/jobs/{job_id}")
+    r = w.console.post(f"/ui/jobs/{job_id}/pause", data={"csrf": csrf})
+    assert r.status_code == 303, r.text
+    return [("job.pause", f"job:{job_id}", "member")]
+
+
+def console_resume(w: World) -> list[Expected]:
+    job_id = running(w, w.job())
+    w.post(f"/v1/jobs/{job_id}/pause")
+    csrf = w.console_form(f"/ui/jobs/{job_id}")
+    r = w.console.post(f"/ui/jobs/{job_id}/resume", data={"csrf": csrf})
+    assert r.status_code == 303, r.text
+    return [("job.resume", f"job:{job_id}", "member")]
 
 
 def console_retry(w: World) -> list[Expected]:
@@ -406,6 +474,8 @@ CALLS: dict[tuple[str, str], Callable[[World], list[Expected]]] = {
     ("POST", "/v1/jobs"): submit_job,
     ("POST", "/v1/jobs/{job_id}/cancel"): cancel_job,
     ("POST", "/v1/jobs/{job_id}/retry"): retry_job,
+    ("POST", "/v1/jobs/{job_id}/pause"): pause_job,
+    ("POST", "/v1/jobs/{job_id}/resume"): resume_job,
     ("POST", "/v1/models"): register_model,
     ("POST", "/v1/drops"): add_drop,
     ("DELETE", "/v1/drops/{name}"): remove_drop,
@@ -424,7 +494,11 @@ CALLS: dict[tuple[str, str], Callable[[World], list[Expected]]] = {
     ("POST", "/openai/v1/batches/{batch_id}/retry"): retry_batch,
     ("POST", "/openai/v1/fine_tuning/jobs"): create_fine_tuning_job,
     ("POST", "/openai/v1/fine_tuning/jobs/{job_id}/cancel"): cancel_fine_tuning_job,
+    ("POST", "/openai/v1/fine_tuning/jobs/{job_id}/pause"): pause_fine_tuning_job,
+    ("POST", "/openai/v1/fine_tuning/jobs/{job_id}/resume"): resume_fine_tuning_job,
     ("POST", "/ui/jobs/{job_id}/cancel"): console_cancel,
+    ("POST", "/ui/jobs/{job_id}/pause"): console_pause,
+    ("POST", "/ui/jobs/{job_id}/resume"): console_resume,
     ("POST", "/ui/jobs/{job_id}/retry"): console_retry,
 }
 

@@ -110,6 +110,10 @@ def test_cli_keys_submit_wait_status_list_events_cancel(
     assert "queued -> running" in events.stdout and "running -> succeeded" in events.stdout
     cancel = barge("cancel", job_id, env=env)
     assert cancel.returncode == 3 and "already succeeded" in cancel.stderr  # refused: 409
+    paused = barge("pause", job_id[:8], env=env)
+    assert paused.returncode == 3 and "only a running job can be paused" in paused.stderr
+    resumed = barge("resume", job_id[:8], env=env)
+    assert resumed.returncode == 3 and "only a pausing or paused job" in resumed.stderr
     waited = barge("wait", job_id, env=env)
     assert waited.returncode == 0 and "succeeded" in waited.stderr
 

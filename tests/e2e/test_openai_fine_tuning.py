@@ -1,7 +1,9 @@
 """OpenAI-compatible fine-tuning jobs with the official ``openai`` client: files uploaded with
 purpose fine-tune, a LoRA chat fine-tune of a tiny base created, followed through its events
 (auto-paged) and checkpoints until it succeeds, and its ``fine_tuned_model`` used at once as a
-batch's model; bad requests refused with OpenAI's envelope and what to fix."""
+batch's model; bad requests refused with OpenAI's envelope and what to fix; a job paused
+(``pausing``, ``paused``: it checkpoints and frees its worker), resumed from that checkpoint and
+cancelled."""
 
 from __future__ import annotations
 
@@ -330,3 +332,51 @@ def _check_event_ids(client: Any, job_id: str, other: Any, base: str) -> None:
         assert raised.value.param == "after", (after, raised.value)
     with pytest.raises(openai.BadRequestError):
         client.fine_tuning.jobs.checkpoints.list(job_id, after=ids[0])
+
+
+def _until_status(client: Any, job_id: str, status: str, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while (job := client.fine_tuning.jobs.retrieve(job_id)).status != status:
+        assert time.monotonic() < deadline, f"{job_id} not {status} after {timeout}s: {job}"
+        time.sleep(0.2)
+    return job
+
+
+def _messages(client: Any, job_id: str) -> list[str]:
+    return [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=100).data]
+
+
+def test_pause_and_resume_through_the_official_client(
+    client: Any, openai_api: str, database_url: str, lora_base: str
+) -> None:
+    train = _upload(client, colour_chats(96, 1))
+    job = client.fine_tuning.jobs.create(
+        model=lora_base,
+        training_file=train.id,
+        hyperparameters={"n_epochs": 200, "batch_size": 4},
+    )
+    other = openai.OpenAI(base_url=openai_api, api_key=new_tenant_key(database_url), max_retries=0)
+    for call in (other.fine_tuning.jobs.pause, other.fine_tuning.jobs.resume):
+        with pytest.raises(openai.NotFoundError):
+            call(job.id)
+    _until_status(client, job.id, "running")
+    with pytest.raises(openai.ConflictError):  # a running job has nothing to resume
+        client.fine_tuning.jobs.resume(job.id)
+
+    assert client.fine_tuning.jobs.pause(job.id).status in ("pausing", "paused")
+    paused = _until_status(client, job.id, "paused")
+    assert paused.estimated_finish is None
+    assert any(m.startswith("paused at step ") for m in _messages(client, job.id))
+    assert [j["status"] for j in _native_jobs(client)] == ["paused"]
+    assert client.fine_tuning.jobs.pause(job.id).status == "paused"  # again: nothing changes
+
+    assert client.fine_tuning.jobs.resume(job.id).status == "running"
+    deadline = time.monotonic() + 120
+    while not any(m.startswith("resumed from the checkpoint") for m in _messages(client, job.id)):
+        assert time.monotonic() < deadline, _messages(client, job.id)
+        time.sleep(0.3)
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    assert _wait(client, job.id).status == "cancelled"
+    for call in (client.fine_tuning.jobs.pause, client.fine_tuning.jobs.resume):
+        with pytest.raises(openai.ConflictError):
+            call(job.id)

@@ -23,6 +23,8 @@ from db.state import (
     FAILED,
     FINAL,
     JOB_STATUSES,
+    PAUSED,
+    PAUSING,
     QUEUED,
     RUNNING,
     SHARD_CANCELLED,
@@ -34,6 +36,7 @@ from db.state import (
     TRANSITIONS,
     transition,
 )
+from services import jobs as job_service
 from tests.factories import make_job, make_shard, make_tenant, new_job, new_shard
 
 # The lifecycle as DESIGN.md states it, written out independently of db.state.
@@ -45,6 +48,18 @@ LEGAL = {
     (QUEUED, CANCELLING),
     (RUNNING, CANCELLING),
     (CANCELLING, CANCELLED),
+    # Pause and resume: a paused job holds no worker; the shards running at the pause may
+    # still settle the job (succeed or fail it), and it can be cancelled or resumed.
+    (RUNNING, PAUSING),
+    (PAUSING, PAUSED),
+    (PAUSING, RUNNING),
+    (PAUSED, RUNNING),
+    (PAUSING, SUCCEEDED),
+    (PAUSED, SUCCEEDED),
+    (PAUSING, FAILED),
+    (PAUSED, FAILED),
+    (PAUSING, CANCELLING),
+    (PAUSED, CANCELLING),
 }
 ILLEGAL = sorted({(src, dst) for src in JOB_STATUSES for dst in (*JOB_STATUSES, "bogus")} - LEGAL)
 LEASE = timedelta(minutes=5)
@@ -321,6 +336,106 @@ class TestShardLeases:
 
     def test_unknown_shard(self, database_url: str) -> None:
         assert self.claim(database_url, uuid.uuid4(), "w1", LEASE) is None
+
+
+class TestPause:
+    """What the reconciler, the claim and the resume read of a pausing or paused job's shards."""
+
+    LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
+
+    def job_with_shards(self, url: str, status: str) -> tuple[uuid.UUID, dict[str, uuid.UUID]]:
+        """A job in ``status`` with a shard of each kind: pending (sent long ago), running
+        under a live lease, running under an expired one, and succeeded."""
+        now = datetime.now(UTC)
+        with session_scope(url) as session:
+            job = make_job(session, make_tenant(session), status=status)
+            shards = {
+                "pending": make_shard(session, job, 0, dispatched_at=self.LONG_AGO),
+                "live": make_shard(
+                    session, job, 1, status=SHARD_RUNNING, lease_expires_at=now + LEASE
+                ),
+                "expired": make_shard(
+                    session,
+                    job,
+                    2,
+                    status=SHARD_RUNNING,
+                    lease_expires_at=now - timedelta(minutes=1),
+                    dispatched_at=self.LONG_AGO,
+                ),
+                "done": make_shard(session, job, 3, status=SHARD_SUCCEEDED),
+            }
+            return job.id, {name: shard.id for name, shard in shards.items()}
+
+    def resent(self, url: str) -> set[uuid.UUID]:
+        """The shards the reconciler would send again now (and stamps as sent)."""
+        now, grace = datetime.now(UTC), timedelta(seconds=60)
+        with session_scope(url) as session:
+            taken = repositories.take_expired_shards(session, now, grace, 100)
+            taken += repositories.take_unclaimed_shards(session, now, grace, 100)
+        return {shard_id for shard_id, _, _ in taken}
+
+    @pytest.mark.parametrize("status", [PAUSING, PAUSED])
+    def test_the_reconciler_leaves_a_paused_jobs_shards_alone(
+        self, database_url: str, status: str
+    ) -> None:
+        _paused, mine = self.job_with_shards(database_url, status)
+        _running, theirs = self.job_with_shards(database_url, RUNNING)
+        with session_scope(database_url) as session:
+            assert repositories.pending_shard_count(session) == 1  # the running job's only
+        assert self.resent(database_url) == {theirs["pending"], theirs["expired"]}
+        for shard_id in mine.values():  # nothing of the paused job was stamped or settled
+            shard = load_shard(database_url, shard_id)
+            assert shard.dispatched_at in (None, self.LONG_AGO)
+        assert load_shard(database_url, mine["expired"]).status == SHARD_RUNNING
+
+    def test_resume_takes_every_shard_no_one_holds(self, database_url: str) -> None:
+        job_id, shards = self.job_with_shards(database_url, PAUSED)
+        with session_scope(database_url) as session:
+            now = datetime.now(UTC)
+            taken = repositories.take_shards_to_resume(session, job_id, now)
+        assert [(s, i) for s, _, i in taken] == [(shards["pending"], 0), (shards["expired"], 2)]
+        assert load_shard(database_url, shards["pending"]).dispatched_at == now
+
+    def test_a_pausing_job_is_paused_once_no_shard_runs_under_a_live_lease(
+        self, database_url: str
+    ) -> None:
+        job_id, shards = self.job_with_shards(database_url, PAUSING)
+        now = datetime.now(UTC)
+        with session_scope(database_url) as session:
+            assert repositories.live_shard_count(session, job_id, now) == 1
+            assert job_id not in repositories.idle_pausing_jobs(session, now, 100)
+            assert not job_service.pause_if_idle(session, job_id)
+        assert load_job(database_url, job_id).status == PAUSING
+        # Its worker dies: the lease runs out, and the job is paused (the shard stays running,
+        # for the resume to send again; nothing fails).
+        later = now + LEASE + timedelta(seconds=1)
+        with session_scope(database_url) as session:
+            assert job_id in repositories.idle_pausing_jobs(session, later, 100)
+            session.execute(
+                update(Shard).where(Shard.id == shards["live"]).values(lease_expires_at=now)
+            )
+            assert job_service.pause_if_idle(session, job_id)
+            assert not job_service.pause_if_idle(session, job_id)  # once
+        assert load_job(database_url, job_id).status == PAUSED
+        events = status_events(database_url, job_id)
+        assert [(e.from_status, e.to_status) for e in events] == [(PAUSING, PAUSED)]
+        assert load_shard(database_url, shards["live"]).status == SHARD_RUNNING
+
+    def test_a_paused_job_counts_as_active_and_is_finalized_when_settled(
+        self, database_url: str
+    ) -> None:
+        with session_scope(database_url) as session:
+            tenant = make_tenant(session)
+            for status in (QUEUED, RUNNING, PAUSING, PAUSED, CANCELLING, SUCCEEDED, CANCELLED):
+                make_job(session, tenant, status=status)
+            assert repositories.active_job_count(session, tenant.id) == 4
+            settled = make_job(session, tenant, status=PAUSED)
+            make_shard(session, settled, 0, status=SHARD_SUCCEEDED)
+            waiting = make_job(session, tenant, status=PAUSED)
+            make_shard(session, waiting, 0)
+            session.execute(update(Job).values(updated_at=datetime(2001, 1, 1, tzinfo=UTC)))
+            due = repositories.jobs_to_finalize(session, datetime.now(UTC), 100)
+            assert settled.id in due and waiting.id not in due
 
 
 class TestProgress:

@@ -2,7 +2,11 @@
 or whose lease expired, finalizes jobs whose shards are all settled, and expires OpenAI batches
 whose completion window has ended; prunes old progress samples and workers long gone.
 
-Imports: ``barge``, ``db``, ``services.openai_batches``, ``worker.context``,
+A pausing or paused job's shards are neither re-sent nor failed (resume sends them), and a
+pausing job none of whose shards holds a lease that ended less than a lease ago (its last
+worker died, not merely renewed late) is paused.
+
+Imports: ``barge``, ``db``, ``services.jobs``, ``services.openai_batches``, ``worker.context``,
 ``worker.samples``; never ``api`` or ``cli``.
 """
 
@@ -15,7 +19,7 @@ from datetime import timedelta
 from barge.queue import FINALIZE_JOB, GPU_QUEUE, PLAN_JOB, RUN_SHARD, ready_messages
 from db import repositories as repo
 from db.base import utcnow
-from services import openai_batches
+from services import jobs, openai_batches
 from worker import samples
 from worker.context import WorkerContext
 
@@ -29,6 +33,7 @@ class ReconcileReport:
     finalizes: int = 0
     expired: int = 0
     abandoned: int = 0
+    paused: int = 0
     pruned: int = 0
 
 
@@ -70,6 +75,12 @@ def reconcile(ctx: WorkerContext, limit: int = 500) -> ReconcileReport:
         report.finalizes = len(to_finalize)
         report.expired = openai_batches.expire_due(uow, now, limit)
         report.abandoned = len(abandoned)
+        # A lease ended more than a lease ago: its worker is gone, not merely slow to renew.
+        dead_since = now - timedelta(seconds=ctx.settings.lease_seconds)
+        report.paused = sum(
+            jobs.pause_if_idle(session, job_id, dead_since)
+            for job_id in repo.idle_pausing_jobs(session, dead_since, limit)
+        )
         report.pruned = samples.prune(session, ctx.settings, now, limit)
     if any(vars(report).values()):
         log.info("reconcile: %s", report)

@@ -60,6 +60,18 @@ def cancel_job(job_id: str, ctx: Context) -> dict[str, Any]:
     return fine_tuning_job(service.present(ctx.session, service.cancel(ctx, job_id)))
 
 
+@router.post("/{job_id}/pause", summary="Pause a fine-tuning job")
+def pause_job(job_id: str, ctx: Context) -> dict[str, Any]:
+    """It checkpoints at its next step and frees its worker: `pausing`, then `paused`."""
+    return fine_tuning_job(service.present(ctx.session, service.pause(ctx, job_id)))
+
+
+@router.post("/{job_id}/resume", summary="Resume a paused fine-tuning job")
+def resume_job(job_id: str, ctx: Context) -> dict[str, Any]:
+    """It goes on from the checkpoint its pause took, to the weights it would have reached."""
+    return fine_tuning_job(service.present(ctx.session, service.resume(ctx, job_id)))
+
+
 @router.get("/{job_id}/events", summary="A fine-tuning job's events, newest first")
 def list_events(
     job_id: str,

@@ -222,6 +222,8 @@
     text("job-started", when(job.started_at));
     text("job-finished", when(job.finished_at));
     byId("cancel-form").hidden = job.final;
+    byId("pause-form").hidden = job.status !== "running";
+    byId("resume-form").hidden = !(job.status === "pausing" || job.status === "paused");
     byId("retry-form").hidden = !(job.status === "failed" || job.status === "cancelled");
   }
 

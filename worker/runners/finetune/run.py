@@ -7,7 +7,8 @@ eval events, and checkpoints on the spec's schedule. At the slice's end it check
 the unit back (the lifecycle re-queues it); on the last step it writes the model directory and
 returns a result whose ``publish`` registers the model in the same transaction that marks the
 unit done (fencing: once, by the holder). A cancel raises ``Stop`` once a checkpoint upload
-under way has finished; the lifecycle records it.
+under way has finished; the lifecycle records it. A pause checkpoints and hands the unit off
+as a slice's end does; the lifecycle sends it again once the job is resumed.
 
 With ``select: best`` the epoch with the best validation metric is kept (its weights travel in
 the checkpoints) and registered; ``early_stopping_epochs`` ends training after that many epochs
@@ -213,6 +214,8 @@ class FinetuneRun:
         losses = _Losses()
         while not trainer.done:
             self.lease.between_batches()
+            if self.lease.pause_requested:  # paused: a checkpoint, and the worker is free
+                return self._pause()
             losses.add(trainer.train_step())
             self.timing.steps += 1
             self.lease.steps_done = trainer.step
@@ -230,6 +233,15 @@ class FinetuneRun:
                 self.checkpoints.wait()
                 return Result(Outcome.HANDED_OFF, steps_done=trainer.step)
         return None
+
+    def _pause(self) -> Result:
+        """Checkpoint where training stands (unless the newest checkpoint is there) and hand
+        the unit off; the lifecycle sends it again only once the job is resumed. At step 0
+        there is nothing to keep: a resume starts afresh, as this claim did."""
+        if 0 < self.trainer.step != self.last_checkpoint[0]:
+            self._checkpoint()
+        self.checkpoints.wait()
+        return Result(Outcome.HANDED_OFF, steps_done=self.trainer.step)
 
     def _checkpoint_due(self, now: float) -> bool:
         every_steps, every_seconds = self.spec.checkpoint_every_steps, self.spec.checkpoint_seconds

@@ -163,7 +163,7 @@ class _RecordsShard(ShardRun[LoadedModel]):
                 self._generate(window, todo, results, failed, len(rejected))
             budget = self.token_budget()
             lengths = self._lengths(todo) if budget and self.generation is None else None
-            cut = _batches(todo, self.spec.batch_size, budget if lengths else 0, lengths)
+            cut = cut_batches(todo, self.spec.batch_size, budget if lengths else 0, lengths)
             for batch in cut if self.generation is None else ():
                 self.next_batch()
                 self._batch(window, batch, results, failed)
@@ -434,7 +434,7 @@ class _Todo:
     params: Any
 
 
-def _batches(
+def cut_batches(
     todo: list[_Todo], batch_size: int, budget: int = 0, lengths: list[int] | None = None
 ) -> Iterator[list[_Todo]]:
     """Batches of records with the same parameters, each length-sorted (so little padding):

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     generation_engine: Literal["auto", "batched", "continuous", "vllm"] = "auto"
     generation_token_budget: int = Field(default=16_384, ge=64)
     generation_max_batch: int = Field(default=256, ge=1)
+    # Encoders (embed, classify, text2text, ONNX text inputs) cut their batches by padded tokens
+    # over length-sorted windows (a job's max_batch_tokens overrides this): unset, a job's
+    # batch_size times its max_length (the most a fixed batch could hold); 0: fixed batches
+    # of batch_size records.
+    max_batch_tokens: int | None = Field(default=None, ge=0)
 
     # Scheduler / reconciler / drop folders.
     reconcile_seconds: float = 15.0

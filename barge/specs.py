@@ -190,6 +190,15 @@ class InferenceSpec(_Strict):
     ] = None
     input_format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
+    max_batch_tokens: int | None = Field(
+        None,
+        ge=0,
+        le=16_777_216,
+        description="Encoders (embed, classify, text2text, ONNX text inputs): padded tokens per "
+        "batch, cut over length-sorted windows of batch_size x 16 records (short records run "
+        "in wide batches, long ones in narrow ones). Unset: BARGE_MAX_BATCH_TOKENS, else "
+        "batch_size x max_length. 0: fixed batches of batch_size records.",
+    )
     output_format: Literal["jsonl", "parquet"] = "jsonl"
     params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
     max_failed_ratio: float = Field(0.1, ge=0.0, le=1.0)

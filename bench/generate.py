@@ -13,7 +13,13 @@ completion tokens it made and the seconds it took; every path is warmed first on
 - ``generate-one``: bare ``model.generate`` one prompt at a time (``--one-at-a-time``; slow);
 - ``engine-batched`` / ``engine-continuous`` / ``engine-vllm``: Barge's engines
   (``worker.models.engines``), as a shard runs them;
-- ``vllm-bare``: a bare ``vllm.LLM.generate`` loop (CUDA, vLLM installed).
+- ``vllm-bare``: a bare ``vllm.LLM.generate`` loop (CUDA, vLLM installed);
+- ``openai-e2e``: the same chats as a chat-completions batch through the real ``/openai/v1``
+  surface (the official ``openai`` client: upload, create, poll until completed, download the
+  output) of a real stack (``bench.stack``: API and worker processes, Postgres, RabbitMQ, moto's
+  S3), the worker generating with the engine ``BARGE_GENERATION_ENGINE`` picks (``auto``);
+  started once and warmed like the others (``--e2e``; needs Postgres and RabbitMQ like ``make
+  test``). Its "per CPU second" counts this process only and means nothing.
 
 Completion tokens/s (and per CPU second, steadier on a busy machine) and each path's ratio to
 the best bare loop are printed and written to ``bench/results/generate-<time>/result.json``.
@@ -224,6 +230,64 @@ def vllm_bare(s: Setup, prompts: list[list[int]]) -> int:
     return sum(len(o.outputs[0].token_ids) for o in outputs)
 
 
+def openai_e2e(s: Setup, prompts: list[list[int]]) -> int:
+    """The chats of ``prompts`` as one chat-completions batch through ``/openai/v1``,
+    submit (file upload) to completed (output downloaded), greedy, ``max_tokens`` as the
+    others."""
+    import openai
+
+    stack, model = e2e_stack(s)
+    client = openai.OpenAI(
+        base_url=str(stack.api.base_url).rstrip("/") + "/openai/v1",
+        api_key=stack.api.headers["Authorization"].removeprefix("Bearer "),
+    )
+    lines = b"".join(
+        json.dumps(
+            {
+                "custom_id": f"r-{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": model,
+                    "messages": chat,
+                    "max_tokens": s.max_tokens,
+                    "temperature": 0,
+                },
+            }
+        ).encode()
+        + b"\n"
+        for i, chat in enumerate(s.messages[: len(prompts)])
+    )
+    source = client.files.create(file=("chats.jsonl", lines), purpose="batch")
+    created = client.batches.create(
+        input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    while (done := client.batches.retrieve(created.id)).status not in (
+        "completed",
+        "failed",
+        "cancelled",
+        "expired",
+    ):
+        time.sleep(0.1)
+    assert done.status == "completed" and done.output_file_id, done
+    out = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    assert len(out) == len(prompts), f"{len(out)} of {len(prompts)} lines"
+    return sum(int(line["response"]["body"]["usage"]["completion_tokens"]) for line in out)
+
+
+def e2e_stack(s: Setup) -> tuple[Any, str]:
+    """The stack of the end-to-end path (started at its first use, stopped by ``main``) and
+    the model's URI in its S3."""
+    if "stack" not in s.notes:
+        from bench.stack import Stack
+
+        stack = Stack(s.notes["log_dir"]).__enter__()
+        s.notes["stack"] = stack
+        stack.s3.create_bucket(Bucket="barge")  # the default scopes: s3://barge/<tenant>/
+        s.notes["stack-model"] = stack.upload_model("generate-bench", s.model_dir)
+    return s.notes["stack"], s.notes["stack-model"]
+
+
 PATHS: dict[str, Callable[[Setup, list[list[int]]], int]] = {
     "generate-static": generate_static,
     "generate-batch": generate_batch,
@@ -232,6 +296,7 @@ PATHS: dict[str, Callable[[Setup, list[list[int]]], int]] = {
     "engine-continuous": engine_path("continuous"),
     "engine-vllm": engine_path("vllm"),
     "vllm-bare": vllm_bare,
+    "openai-e2e": openai_e2e,
 }
 BARE = ("generate-static", "generate-batch", "generate-one", "vllm-bare")
 
@@ -298,6 +363,7 @@ def main() -> int:
     parser.add_argument("--paths", default="", help=f"comma-separated, of {', '.join(PATHS)}")
     parser.add_argument("--one-at-a-time", action="store_true", help="add generate-one")
     parser.add_argument("--device", default="", help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--e2e", action="store_true", help="add openai-e2e (a real stack)")
     args = parser.parse_args()
 
     import torch
@@ -306,6 +372,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     names = [n for n in args.paths.split(",") if n] or default_paths(device, args.one_at_a_time)
+    if args.e2e and "openai-e2e" not in names:
+        names.append("openai-e2e")
     unknown = [n for n in names if n not in PATHS]
     if unknown:
         parser.error(f"unknown paths {unknown}; known: {', '.join(PATHS)}")
@@ -316,7 +384,12 @@ def main() -> int:
         messages = chats(args.requests)
         prompts = chat_prompts(tok, messages)
         s = Setup(model, tok, device, Path(tmp) / "model", prompts, args.max_tokens, messages)
-        rows = measure(s, names, args.rounds)
+        s.notes["log_dir"] = log_dir
+        try:
+            rows = measure(s, names, args.rounds)
+        finally:
+            if "stack" in s.notes:
+                s.notes["stack"].__exit__(None, None, None)
     report(rows, args, device, torch.get_num_threads(), prompts, log_dir)
     return 0
 

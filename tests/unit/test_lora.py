@@ -302,8 +302,19 @@ def test_the_model_cache_keeps_one_base_and_switches_and_drops_adapters(tmp_path
     from barge.settings import Settings
     from barge.specs import GenerateParams
     from tests.helpers import tiny_generator
+    from worker.models import engines
     from worker.models.cache import ModelCache
-    from worker.models.text import predict
+
+    def predict(loaded: Any, texts: list[str], params: Any) -> list[dict[str, Any]]:
+        """Greedy generation through the engine the runners use, over the adapter's base."""
+        engine = engines.build("batched", loaded.model, loaded.tokenizer, loaded.device, settings)
+        requests = [
+            engines.GenRequest(
+                i, loaded.tokenizer(t)["input_ids"], params.max_new_tokens, adapter=loaded.adapter
+            )
+            for i, t in enumerate(texts)
+        ]
+        return [{"text": r.text} for r in sorted(engine.run(requests), key=lambda r: r.index)]
 
     base = tiny_generator(tmp_path / "base")
     for name, word in (("a", "red"), ("b", "blue")):

@@ -962,3 +962,27 @@ def test_oversize_lines_keep_planning_and_reading_in_step(
         for r in records
     ]
     assert got == expected
+
+
+def test_token_budget_batches_run_short_records_wide_and_long_ones_narrow() -> None:
+    """``cut_batches`` with a token budget: each batch's padded size (records x its longest)
+    within the budget, short records in wide batches, long ones in narrow ones, one over the
+    budget alone; every record once; with no budget, fixed batches of ``batch_size``."""
+    from types import SimpleNamespace
+
+    from barge.specs import EmbedParams
+    from worker.runners.records import cut_batches
+
+    params = EmbedParams()
+    lengths = [5, 300, 12, 8, 90, 7, 1000, 6, 95, 10, 11, 9]
+    todo: list[Any] = [
+        SimpleNamespace(at=i, text="x" * (len(lengths) - i), params=params)
+        for i in range(len(lengths))
+    ]
+    batches = list(cut_batches(todo, 4, 200, lengths))
+    sizes = [[lengths[t.at] for t in b] for b in batches]
+    assert sizes == [[5, 6, 7, 8, 9, 10, 11, 12], [90, 95], [300], [1000]]
+    assert all(len(b) * max(s) <= 200 for b, s in zip(batches, sizes, strict=True) if len(b) > 1)
+    assert sorted(t.at for b in batches for t in b) == list(range(len(lengths)))
+    fixed = list(cut_batches(todo, 4, 0, lengths))
+    assert [len(b) for b in fixed] == [4, 4, 4]

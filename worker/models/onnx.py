@@ -248,6 +248,32 @@ class OnnxRunner:
             rows.append(np.asarray(result)[:size])
         return self._results(np.concatenate(rows, axis=0), params)
 
+    def token_lengths(self, records: list[dict[str, Any]], params: Any) -> list[int] | None:
+        """Each record's tokens as its batch pads them (the longest of its text inputs; a
+        fixed-length input's length), for token-budget batches; None for a model with inputs
+        other than text (their batches keep a fixed count)."""
+        bindings = self.config.inputs
+        if not bindings or not all(isinstance(b, TextInput) for b in bindings):
+            return None
+        lengths = [0] * len(records)
+        for binding in bindings:
+            assert isinstance(binding, TextInput)
+            feed = self.feeds[binding.input_ids]
+            if feed.length is not None:
+                found = [feed.length] * len(records)
+            else:
+                keep = min(
+                    binding.max_length, int(getattr(params, "max_length", binding.max_length))
+                )
+                tok = self.tokenizer
+                tok.no_padding()
+                tok.enable_truncation(max_length=keep)
+                found = [
+                    len(e.ids) for e in tok.encode_batch([r[binding.input_ids] for r in records])
+                ]
+            lengths = [max(a, b) for a, b in zip(lengths, found, strict=True)]
+        return lengths
+
     def _feeds(self, records: list[dict[str, Any]], params: Any) -> dict[str, Any]:
         import numpy as np
 

@@ -1,6 +1,7 @@
 """Hugging Face text models: load one for a text task (``embed``, ``classify``, ``generate``,
-``text2text``; safetensors only, nothing remote) and predict one batch of ``embed``,
-``classify`` or ``generate`` (``text2text`` predicts in ``worker.models.seq2seq``).
+``text2text``; safetensors only, nothing remote) and predict one batch of ``embed`` or
+``classify`` (``generate`` runs through ``worker.models.engines``, ``text2text`` predicts in
+``worker.models.seq2seq``).
 
 Imports: ``barge``, ``worker.models.hf``, ``worker.models.loaded``; never ``api`` or ``cli``.
 """
@@ -84,12 +85,12 @@ def predict(
     seed: int = 0,
     add_special_tokens: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run one batch of ``embed``, ``classify`` or ``generate``; returns one result dict per
-    text, in order. A generated text comes with its ``finish_reason`` (``stop``: the model ended
-    it; ``length``: max_new_tokens did) and its ``usage`` (prompt, completion and total tokens,
-    counted as the model saw them)."""
+    """Run one batch of ``embed`` or ``classify``; returns one result dict per text, in order
+    (``seed`` is the records runner's and unused: these tasks are deterministic)."""
     import torch
 
+    if loaded.task not in ("embed", "classify"):
+        raise ValueError(f"task {loaded.task!r} does not predict in batches here")
     loaded.activate()
     enc = loaded.tokenizer(
         list(texts),
@@ -102,9 +103,7 @@ def predict(
     with torch.inference_mode(), loaded.autocast():
         if loaded.task == "embed":
             return _embed(loaded, enc, params)
-        if loaded.task == "classify":
-            return _classify(loaded, enc)
-        return _generate(loaded, enc, params, seed)
+        return _classify(loaded, enc)
 
 
 def _embed(loaded: LoadedModel, enc: Any, params: Any) -> list[dict[str, Any]]:
@@ -131,38 +130,6 @@ def _classify(loaded: LoadedModel, enc: Any) -> list[dict[str, Any]]:
                 "label": names[best],
                 "score": row[best],
                 "scores": dict(zip(names, row, strict=True)),
-            }
-        )
-    return out
-
-
-def _generate(loaded: LoadedModel, enc: Any, params: Any, seed: int) -> list[dict[str, Any]]:
-    # A causal LM reads its prompt's ids and mask only (a tokenizer's token_type_ids would
-    # shift its embeddings, as in the OpenAI endpoints' path).
-    tok = loaded.tokenizer
-    generated = loaded.model.generate(
-        input_ids=enc["input_ids"],
-        attention_mask=enc["attention_mask"],
-        max_new_tokens=params.max_new_tokens,
-        pad_token_id=tok.pad_token_id,
-        **hf.sampling(params.temperature, seed),
-    )
-    new_tokens = generated[:, enc["input_ids"].shape[1] :]
-    texts_out = tok.batch_decode(new_tokens, skip_special_tokens=True)
-    prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
-    eos = hf.eos_ids(loaded.model, tok)
-    out = []
-    for text, row, prompt in zip(texts_out, new_tokens.tolist(), prompt_tokens, strict=True):
-        length, finish = hf.completion(row, eos)
-        out.append(
-            {
-                "text": text,
-                "finish_reason": finish,
-                "usage": {
-                    "prompt_tokens": int(prompt),
-                    "completion_tokens": length,
-                    "total_tokens": int(prompt) + length,
-                },
             }
         )
     return out

@@ -11,6 +11,8 @@ returns what it wrote; the lifecycle settles it.
   and the window loop that runs records through a kind's prediction;
 - ``images``: image tasks: images fetched and decoded on a thread pool, a window ahead;
 - ``openai_batch``: a shard of an OpenAI batch (request lines in, OpenAI output lines out);
+- ``generation``: what the generating runners share: a shard's requests through the generation
+  engine (``worker.models.engines``) under its lease, and the events that name the engine;
 - ``finetune/``: a fine-tune, one unit per job trained in slices.
 
 What the shard runners share (parts, windows, prefetch) is ``worker.shard``. A runner never

@@ -4,10 +4,13 @@ result is an OpenAI batch output line ``{id, custom_id, response: {status_code, 
 body}, error}``, in the shard's part, or in its errors file when the request failed alone (bad
 parameters, too long: a 4xx with a message).
 
-Requests are batched by what they can share: embeddings by the model (any parameters), chat and
-completions by their generation parameters and their prompt length (so no prompt is padded and
-each one's greedy output equals ``model.generate`` on it alone). Chat messages are rendered with
-the model's chat template. Every response carries ``usage`` counted with the model's tokenizer.
+Embeddings requests run in length-sorted batches (any parameters). Chat and completions requests
+run through the worker's generation engine (``worker.runners.generation``), a window's requests
+at once, each with its own ``max_tokens``, ``temperature``, ``top_p``, ``seed`` and ``stop``
+(greedy outputs equal ``model.generate`` on each prompt alone); a request longer than the
+engine's token budget is a 400 line naming its token count. Chat messages are rendered with the
+model's chat template. Every response carries ``usage`` counted with the model's tokenizer, and
+the shard's token counts go to its heartbeat and usage.
 
 At finalize the parts are joined into one output and one error file (the kind's finalize step,
 ``worker.kinds.openai_batch``).
@@ -40,7 +43,9 @@ from worker.kinds.openai_batch import line_id
 from worker.lease import Lease, Result, ShardWork, Stop
 from worker.models import chat, hf
 from worker.models.cache import cache_for
+from worker.models.engines import GenResult
 from worker.models.loaded import LoadedModel
+from worker.runners.generation import ShardGeneration
 from worker.runners.records import WINDOW_BATCHES
 from worker.shard import JsonlPart, ShardRun, prefetch, windows
 
@@ -64,16 +69,6 @@ class Request:
     seed: int = 0
     stop: list[str] = field(default_factory=list)
 
-    def group(self) -> tuple[Any, ...]:
-        sampled = self.temperature > 0
-        return (
-            self.max_new_tokens,
-            self.temperature,
-            self.top_p if sampled else 1.0,
-            self.seed if sampled else 0,
-            len(self.prompt_ids),
-        )
-
 
 def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     spec = work.spec
@@ -90,7 +85,7 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
         shard = _BatchShard(ctx, work, lease, loaded, tmp)
         window_size = spec.batch_size * WINDOW_BATCHES
         records = prefetch(iter_range(ctx.store, info, work.fmt, work.rng), window_size * 2)
-        return shard.upload(shard.process(records, window_size))
+        return shard.upload(shard.process(records, window_size), usage=shard.usage or None)
 
 
 class _BatchShard(ShardRun[LoadedModel]):
@@ -104,6 +99,9 @@ class _BatchShard(ShardRun[LoadedModel]):
         assert self.spec.openai_endpoint is not None
         self.endpoint: str = self.spec.openai_endpoint
         self.created = int(time.time())
+        self.usage: dict[str, int] = {}  # tokens of the requests generated so far
+        lease.tokens = self.usage  # the heartbeat reads the tokens so far (tokens/s over time)
+        self._generation: ShardGeneration | None = None
 
     # --- the shard -----------------------------------------------------------------------------
 
@@ -112,7 +110,8 @@ class _BatchShard(ShardRun[LoadedModel]):
         return self.walk(windows(records, window_size), self._window)
 
     def _window(self, window: list[Record]) -> None:
-        """Parse the window's requests, run them in compatible batches, write the lines in input
+        """Parse the window's requests, run them (embeddings in length-sorted batches, chat and
+        completions through the generation engine, all at once), write the lines in input
         order (whatever finished, even when stopping mid-window)."""
         lines: list[tuple[bool, dict[str, Any]] | None] = [None] * len(window)
         todo: list[Request] = []
@@ -122,27 +121,77 @@ class _BatchShard(ShardRun[LoadedModel]):
                 todo.append(self._parse(i, custom_id, rec))
             except RequestError as exc:
                 lines[i] = (False, self._error_line(custom_id, 400, exc))
-        groups: dict[tuple[Any, ...], list[Request]] = {}
-        for req in sorted(todo, key=lambda r: len(r.prompt_ids) or sum(r.tokens)):
-            groups.setdefault(req.group(), []).append(req)
         try:
-            for group in groups.values():
-                for start in range(0, len(group), self.spec.batch_size):
-                    self.next_batch()
-                    batch = group[start : start + self.spec.batch_size]
-                    for req, outcome in zip(batch, self._run_isolating(batch), strict=True):
-                        lines[req.at] = outcome
-                    self.lease.succeeded = self.part.count + sum(
-                        1 for x in lines if x is not None and x[0]
-                    )
-                    self.lease.failed = self.errors.count + sum(
-                        1 for x in lines if x is not None and not x[0]
-                    )
+            if self.endpoint == "/v1/embeddings":
+                self._embed_window(todo, lines)
+            else:
+                self._generate_window(todo, lines)
         finally:
             self.part.write_rows([line for ok, line in filter(None, lines) if ok])
             self.errors.write_rows([line for ok, line in filter(None, lines) if not ok])
             self.lease.succeeded = self.part.count
             self.lease.failed = self.errors.count
+
+    def _progress(self, lines: list[tuple[bool, dict[str, Any]] | None]) -> None:
+        """The lease's counts (the heartbeat records them): written parts and finished lines."""
+        self.lease.succeeded = self.part.count + sum(1 for x in lines if x is not None and x[0])
+        self.lease.failed = self.errors.count + sum(1 for x in lines if x is not None and not x[0])
+
+    def _embed_window(
+        self, todo: list[Request], lines: list[tuple[bool, dict[str, Any]] | None]
+    ) -> None:
+        ordered = sorted(todo, key=lambda r: sum(r.tokens))
+        for start in range(0, len(ordered), self.spec.batch_size):
+            self.next_batch()
+            batch = ordered[start : start + self.spec.batch_size]
+            for req, outcome in zip(batch, self._run_isolating(batch), strict=True):
+                lines[req.at] = outcome
+            self._progress(lines)
+
+    def _generate_window(
+        self, todo: list[Request], lines: list[tuple[bool, dict[str, Any]] | None]
+    ) -> None:
+        """Every request of the window through the engine at once; each line is made as its
+        request finishes, a request the engine refuses (too long for its token budget) is a
+        400 line naming its token count, one that failed in the model a 500 line."""
+        if not todo:
+            return
+        self.next_batch()
+        gen = self.generation()
+        by_index = {req.at: req for req in todo}
+        started = time.monotonic()
+
+        def take(result: GenResult) -> None:
+            req = by_index[result.index]
+            if result.error is not None:
+                if result.refused:  # the request asked for more than the engine holds
+                    error = RequestError(result.error, "max_tokens", "context_length_exceeded")
+                else:
+                    error = RequestError(f"the model failed on this request: {result.error}")
+                status = 400 if result.refused else 500
+                lines[req.at] = (False, self._error_line(req.custom_id, status, error))
+            else:
+                body = self._completion_body(
+                    req, result.text, result.finish_reason, result.completion_tokens
+                )
+                lines[req.at] = (True, self._ok_line(req.custom_id, body))
+                for k, n in _usage(result).items():
+                    self.usage[k] = self.usage.get(k, 0) + n
+            self._progress(lines)
+
+        try:
+            gen.run((gen.request(req.at, req.prompt_ids, req) for req in todo), take)
+        finally:
+            done: list[tuple[bool, Any]] = [(True, x) for x in lines if x is not None and x[0]]
+            metrics.observe_batch(
+                self.loaded.task, time.monotonic() - started, done, self.loaded.device
+            )
+
+    def generation(self) -> ShardGeneration:
+        """The shard's generation engine, made for its first window that generates."""
+        if self._generation is None:
+            self._generation = ShardGeneration(self.ctx, self.work, self.lease, self.loaded)
+        return self._generation
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -259,15 +308,12 @@ class _BatchShard(ShardRun[LoadedModel]):
     # --- running -------------------------------------------------------------------------------
 
     def _run_isolating(self, batch: list[Request]) -> list[tuple[bool, dict[str, Any]]]:
-        """The batch's lines; if the model fails on it, retry one by one so a bad request fails
-        alone (a 500 line)."""
+        """The lines of a batch of embeddings requests; if the model fails on it, retry one by
+        one so a bad request fails alone (a 500 line)."""
         loaded = self.loaded
         started = time.monotonic()
         try:
-            if self.endpoint == "/v1/embeddings":
-                bodies = self._embed(batch)
-            else:
-                bodies = self._generate(batch)
+            bodies = self._embed(batch)
         except SoftTimeLimitExceeded:
             raise
         except Exception as exc:
@@ -329,35 +375,6 @@ class _BatchShard(ShardRun[LoadedModel]):
             hidden = loaded.model(input_ids=enc["input_ids"], attention_mask=mask).last_hidden_state
             pooled = hf.mean_pool(hidden, mask).float()
             return torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().tolist()  # type: ignore[no-any-return]
-
-    def _generate(self, batch: list[Request]) -> list[dict[str, Any]]:
-        import torch
-
-        loaded = self.loaded
-        tok = loaded.tokenizer
-        first = batch[0]
-        input_ids = torch.tensor([r.prompt_ids for r in batch], device=loaded.device)
-        loaded.activate()
-        with torch.inference_mode(), loaded.autocast():
-            generated = loaded.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=first.max_new_tokens,
-                pad_token_id=tok.pad_token_id,
-                **hf.sampling(first.temperature, first.seed, top_p=first.top_p),
-            )
-        new_tokens = generated[:, input_ids.shape[1] :].tolist()
-        eos = hf.eos_ids(loaded.model, loaded.tokenizer)
-        bodies = []
-        for req, row in zip(batch, new_tokens, strict=True):
-            length, finish = hf.completion(row, eos)
-            kept = row[:length]
-            text = tok.decode([t for t in kept if t not in eos], skip_special_tokens=True)
-            cut = min((i for s in req.stop if (i := text.find(s)) >= 0), default=-1)
-            if cut >= 0:
-                text, finish = text[:cut], "stop"
-            bodies.append(self._completion_body(req, text, finish, len(kept)))
-        return bodies
 
     def _completion_body(
         self, req: Request, text: str, finish: str, completion_tokens: int
@@ -425,6 +442,14 @@ class _BatchShard(ShardRun[LoadedModel]):
             },
             "error": None,
         }
+
+
+def _usage(result: GenResult) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
 
 
 def _is_int(value: Any) -> bool:

@@ -1,8 +1,10 @@
 """What the kinds over text records share (``worker.runners.text``, ``worker.runners.text2text``,
 ``worker.runners.onnx``): loading the job's model for a shard (``load``), and running the
-shard's records through the kind's ``Predict`` in length-sorted batches (``run``), writing its
-part (and its errors file) in one PUT each, and handing the lifecycle what was written; the
-lifecycle marks the shard done only while this attempt holds its lease (fencing).
+shard's records through the kind's ``Predict`` in length-sorted batches (``run``; ``generate``
+records go through the generation engine instead, a window at once, see
+``worker.runners.generation``), writing its part (and its errors file) in one PUT each, and
+handing the lifecycle what was written; the lifecycle marks the shard done only while this
+attempt holds its lease (fencing).
 
 A record that cannot be read, has no usable id or text, or makes the model fail is a per-record
 error, never the shard's. A cancel stops the shard between batches with what it finished (before
@@ -14,7 +16,7 @@ than plain JSONL), one PUT of its part (and of its errors file, when it has erro
 listed once per job per worker process (``worker.models.cache.ModelCache``).
 
 Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.metrics``, ``worker.models``,
-``worker.shard``; never ``api`` or ``cli``.
+``worker.runners.generation``, ``worker.shard``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ from barge.storage import ObjectInfo
 from worker import metrics
 from worker.context import WorkerContext
 from worker.lease import Lease, Result, ShardWork, Stop, job_event
-from worker.models import chat
+from worker.models import chat, engines
 from worker.models.cache import cache_for
+from worker.models.engines import GenResult
 from worker.models.loaded import LoadedModel
 from worker.models.onnx import OutputTooLarge
+from worker.runners.generation import ShardGeneration
 from worker.shard import RecordId, ShardRun, coerce_id, prefetch, windows
 
 WINDOW_BATCHES = 16  # records are length-sorted within windows of this many batches
@@ -131,6 +135,16 @@ class _RecordsShard(ShardRun[LoadedModel]):
             {} if self.spec.task in ("generate", "text2text") else None
         )
         lease.tokens = self.usage  # the heartbeat reads the tokens so far (tokens/s over time)
+        # generate runs through the generation engine (made at the first window), the other
+        # tasks through ``predict`` in batches.
+        self.generation: ShardGeneration | None = None
+        if self.spec.task == "generate" and loaded.read is None:
+            self.generation = ShardGeneration(ctx, work, lease, loaded)
+        # Out-of-memory back-off: the largest batch that failed and the largest that worked
+        # since the last event, and the token budget learnt (0: none).
+        self.out_of_memory = 0
+        self.worked = 0
+        self.learnt_tokens = 0
 
     def process(self, records: Iterator[Record], window_size: int) -> Stop | None:
         """Every record, window by window; the ``Stop`` that cut the shard short, if any."""
@@ -145,9 +159,15 @@ class _RecordsShard(ShardRun[LoadedModel]):
         rejected, todo = self._extract_all(window)
         failed: dict[int, dict[str, Any]] = {}  # by index in window: failed in the model
         try:
-            for batch in _batches(todo, self.spec.batch_size):
+            if self.generation is not None:
+                self._generate(window, todo, results, failed, len(rejected))
+            budget = self.token_budget()
+            lengths = self._lengths(todo) if budget and self.generation is None else None
+            cut = cut_batches(todo, self.spec.batch_size, budget if lengths else 0, lengths)
+            for batch in cut if self.generation is None else ():
                 self.next_batch()
                 self._batch(window, batch, results, failed)
+                self._say_back_off(batch, lengths)
                 self.lease.succeeded = self.part.count + sum(r is not None for r in results)
                 self.lease.failed = self.errors.count + len(rejected) + len(failed)
         finally:
@@ -219,9 +239,7 @@ class _RecordsShard(ShardRun[LoadedModel]):
         sampled = self.spec.task in ("generate", "text2text")
         seed = params.seed + window[batch[0].at][0] if sampled else 0
         started = time.monotonic()
-        predictions = _predict_isolating(
-            self.predict, loaded, [t.text for t in batch], params, seed, self.add_special_tokens
-        )
+        predictions = self._predict_backing_off([t.text for t in batch], params, seed)
         metrics.observe_batch(loaded.task, time.monotonic() - started, predictions, loaded.device)
         for todo, (ok, value) in zip(batch, predictions, strict=True):
             if ok:
@@ -232,8 +250,178 @@ class _RecordsShard(ShardRun[LoadedModel]):
             else:
                 failed[todo.at] = self._error_row(todo.rec_id, window[todo.at][1], value)
 
+    # --- token-budget batches and out-of-memory back-off ----------------------------------------
+
+    def token_budget(self) -> int:
+        """Padded tokens per batch (0: fixed batches of ``batch_size``): the job's
+        ``max_batch_tokens``, else ``BARGE_MAX_BATCH_TOKENS``, else ``batch_size`` times the
+        tokens kept per record (the most a fixed batch could hold), lowered by an
+        out-of-memory back-off."""
+        chosen = self.spec.max_batch_tokens
+        if chosen is None:
+            chosen = self.ctx.settings.max_batch_tokens
+        if chosen is None:
+            chosen = self.spec.batch_size * int(getattr(self.params, "max_length", 512))
+        if chosen and self.learnt_tokens:
+            chosen = min(chosen, self.learnt_tokens)
+        return chosen
+
+    def _lengths(self, todo: list[_Todo]) -> list[int] | None:
+        """Each record's tokens as its batch will pad them, by index in the window (None: the
+        model's inputs are not token sequences; fixed batches then)."""
+        loaded = self.loaded
+        if not todo:
+            return None
+        if loaded.read is not None:
+            sizer = getattr(loaded.model, "token_lengths", None)
+            found = sizer([t.text for t in todo], self.params) if sizer else None
+        elif loaded.tokenizer is not None:
+            enc = loaded.tokenizer(
+                [t.text for t in todo],
+                truncation=True,
+                max_length=loaded.input_tokens(self.params),
+                add_special_tokens=self.add_special_tokens,
+            )
+            found = [len(ids) for ids in enc["input_ids"]]
+        else:
+            found = None
+        if found is None:
+            return None
+        lengths = [0] * (max(t.at for t in todo) + 1)
+        for t, n in zip(todo, found, strict=True):
+            lengths[t.at] = n
+        return lengths
+
+    def _predict_backing_off(
+        self, texts: list[Any], params: Any, seed: int, halved: bool = False
+    ) -> list[tuple[bool, Any]]:
+        """Predict a batch; out of memory, halve it and run both halves (down to one record,
+        then a per-record error); any other failure is retried record by record."""
+        try:
+            out = [
+                (True, r)
+                for r in self.predict(self.loaded, texts, params, seed, self.add_special_tokens)
+            ]
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:
+            if len(texts) == 1 or not engines.is_out_of_memory(exc):
+                return _predict_isolating(
+                    self.predict, self.loaded, texts, params, seed, self.add_special_tokens
+                )
+            failed = len(texts)
+        else:
+            if halved:
+                self.worked = max(self.worked, len(texts))
+            return out
+        engines.release_memory(self.loaded.device)
+        self.out_of_memory = max(self.out_of_memory, failed)
+        half = (len(texts) + 1) // 2
+        return self._predict_backing_off(
+            texts[:half], params, seed, True
+        ) + self._predict_backing_off(texts[half:], params, seed + half, True)
+
+    def _say_back_off(self, batch: list[_Todo], lengths: list[int] | None) -> None:
+        """After a batch that ran out of memory: an event naming the size that worked, and a
+        token budget for the shard's later batches that holds it."""
+        if not self.out_of_memory:
+            return
+        longest = max((lengths[t.at] for t in batch), default=0) if lengths else 0
+        worked = self.worked
+        if worked and longest:
+            self.learnt_tokens = worked * longest
+        job_event(
+            self.ctx,
+            self.work,
+            "batch_backoff",
+            f"shard {self.work.index}: out of memory with {self.out_of_memory} records in a "
+            f"batch; halved, {worked or 1} at a time worked"
+            + (
+                f" ({worked * longest} padded tokens; the shard's later batches hold at most that)"
+                if worked and longest
+                else ""
+            ),
+            shard=self.work.index,
+            failed_size=self.out_of_memory,
+            worked_size=worked,
+            max_batch_tokens=self.learnt_tokens or None,
+        )
+        self.out_of_memory = self.worked = 0
+
+    def _generate(
+        self,
+        window: list[tuple[int, Record]],
+        todo: list[_Todo],
+        results: list[dict[str, Any] | None],
+        failed: dict[int, dict[str, Any]],
+        rejected: int,
+    ) -> None:
+        """The window's prompts through the generation engine at once, each with its own
+        parameters (a record's seed is its parameters' seed plus its position in the input);
+        results land in ``results`` (or ``failed``) as each finishes."""
+        if not todo:
+            return
+        assert self.generation is not None and self.usage is not None
+        gen, usage = self.generation, self.usage
+        self.next_batch()
+        by_at = {t.at: t for t in todo}
+        requests = [
+            gen.request(
+                t.at,
+                self._prompt_ids(t),
+                t.params.model_copy(update={"seed": t.params.seed + window[t.at][0]}),
+            )
+            for t in todo
+        ]
+        started = time.monotonic()
+
+        def take(result: GenResult) -> None:
+            item = by_at[result.index]
+            if result.error is not None:
+                error = result.error if result.refused else f"model failed: {result.error}"
+                failed[item.at] = self._error_row(item.rec_id, window[item.at][1], error)
+            else:
+                made = generated(result)
+                results[item.at] = {"id": item.rec_id, **made}
+                for k, n in made["usage"].items():
+                    usage[k] = usage.get(k, 0) + n
+            self.lease.succeeded = self.part.count + sum(r is not None for r in results)
+            self.lease.failed = self.errors.count + rejected + len(failed)
+
+        try:
+            gen.run(requests, take)
+        finally:
+            outcomes = [(True, r) for r in results if r is not None]
+            outcomes += [(False, r) for r in failed.values()]
+            metrics.observe_batch(
+                self.loaded.task, time.monotonic() - started, outcomes, self.loaded.device
+            )
+
+    def _prompt_ids(self, item: _Todo) -> list[int]:
+        """A prompt's token ids as the model sees them: cut to the tokens the job keeps."""
+        enc = self.loaded.tokenizer(
+            item.text,
+            truncation=True,
+            max_length=self.loaded.input_tokens(item.params),
+            add_special_tokens=self.add_special_tokens,
+        )
+        return list(enc["input_ids"])
+
     def _error_row(self, rec_id: RecordId | None, rec: Record, error: str | None) -> dict[str, Any]:
         return {"id": rec_id, "source": self.work.source, "line": rec.line, "error": error}
+
+
+def generated(result: GenResult) -> dict[str, Any]:
+    """A native generate record's result: its text, why it ended and its token usage."""
+    return {
+        "text": result.text,
+        "finish_reason": result.finish_reason,
+        "usage": {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+        },
+    }
 
 
 @dataclass
@@ -246,15 +434,32 @@ class _Todo:
     params: Any
 
 
-def _batches(todo: list[_Todo], batch_size: int) -> Iterator[list[_Todo]]:
-    """Batches of records with the same parameters, each length-sorted (so little padding)."""
+def cut_batches(
+    todo: list[_Todo], batch_size: int, budget: int = 0, lengths: list[int] | None = None
+) -> Iterator[list[_Todo]]:
+    """Batches of records with the same parameters, each length-sorted (so little padding):
+    ``batch_size`` records each, or, with a token ``budget`` and each record's token
+    ``lengths`` (by index in the window), as many as keep the padded batch (records times its
+    longest) within the budget: short records run in wide batches, long ones in narrow ones
+    (a record over the budget alone)."""
     groups: dict[Any, list[_Todo]] = {}
     for item in todo:
         groups.setdefault(_params_key(item.params), []).append(item)
     for group in groups.values():
-        group.sort(key=lambda item: len(item.text))
-        for start in range(0, len(group), batch_size):
-            yield group[start : start + batch_size]
+        if not budget or lengths is None:
+            group.sort(key=lambda item: len(item.text))
+            for start in range(0, len(group), batch_size):
+                yield group[start : start + batch_size]
+            continue
+        group.sort(key=lambda item: lengths[item.at])
+        batch: list[_Todo] = []
+        for item in group:  # ascending: the newest record is the batch's longest
+            if batch and (len(batch) + 1) * lengths[item.at] > budget:
+                yield batch
+                batch = []
+            batch.append(item)
+        if batch:
+            yield batch
 
 
 def _params_key(params: Any) -> Any:

@@ -68,7 +68,8 @@ class GenResult:
     or the token that completed a stop string), the text (end-of-sequence and special tokens
     left out, cut before a stop string), why it ended (``stop``: the model or a stop string
     ended it; ``length``: ``max_new_tokens`` did), and its usage. ``error`` is set, and the
-    rest empty, when the request failed alone."""
+    rest empty, when the request failed alone; ``refused`` when it failed for what it asked (too
+    long for the token budget, empty): the client's error, not the model's."""
 
     index: int
     token_ids: list[int] = field(default_factory=list)
@@ -77,10 +78,13 @@ class GenResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    refused: bool = False
 
     @classmethod
-    def failed(cls, request: GenRequest, error: str) -> GenResult:
-        return cls(request.index, prompt_tokens=len(request.prompt_ids), error=error)
+    def failed(cls, request: GenRequest, error: str, refused: bool = False) -> GenResult:
+        return cls(
+            request.index, prompt_tokens=len(request.prompt_ids), error=error, refused=refused
+        )
 
 
 def never() -> bool:
@@ -163,9 +167,9 @@ def refusal(request: GenRequest, budget: int) -> GenResult | None:
     """The per-record error of a request no engine can run (an empty prompt, no new tokens),
     or that can never fit the engine's token ``budget``; None for a request that can run."""
     if not request.prompt_ids:
-        return GenResult.failed(request, "the prompt is empty")
+        return GenResult.failed(request, "the prompt is empty", refused=True)
     if request.max_new_tokens < 1:
-        return GenResult.failed(request, "max_tokens must be at least 1")
+        return GenResult.failed(request, "max_tokens must be at least 1", refused=True)
     if request.tokens <= budget:
         return None
     return GenResult.failed(
@@ -173,6 +177,7 @@ def refusal(request: GenRequest, budget: int) -> GenResult | None:
         f"the request needs {request.tokens} tokens (a {len(request.prompt_ids)}-token prompt "
         f"and max_tokens {request.max_new_tokens}); this worker's generation engine holds at "
         f"most {budget} ({BUDGET_SETTING}): send a shorter prompt or a lower max_tokens",
+        refused=True,
     )
 
 

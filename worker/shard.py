@@ -347,6 +347,8 @@ def json_texts(values: Any) -> list[str]:
         kind = values.type
         if pa.types.is_integer(kind) or pa.types.is_floating(kind):
             values = values.to_numpy(zero_copy_only=False)
+        elif pa.types.is_map(kind):  # pairs in Arrow, an object in JSON
+            values = [None if v is None else dict(v) for v in values.to_pylist()]
         else:
             values = values.to_pylist()
     if isinstance(values, np.ndarray) and values.ndim == 1:

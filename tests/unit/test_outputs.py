@@ -188,6 +188,13 @@ def test_columns_write_the_same_jsonl_lines_as_their_rows(tmp_path: Path) -> Non
     assert by_columns.count == 50
     lines = (tmp_path / "columns").read_text().splitlines()
     assert lines == (tmp_path / "rows").read_text().splitlines()
+    scores = pa.MapArray.from_arrays([0, 2], pa.array(["a", "b"]), pa.array([0.25, 0.75]))
+    mapped = JsonlPart(tmp_path / "map")
+    mapped.write_columns(pa.array([1]), {"label": pa.array(["b"]), "scores": scores})
+    mapped.close()
+    assert (tmp_path / "map").read_text().splitlines() == [
+        '{"id": 1, "label": "b", "scores": {"a": 0.25, "b": 0.75}}'
+    ]
     text = JsonlPart(tmp_path / "text")
     text.write_columns(pa.array(["a", 'q"é']), {"value": pa.array([float("nan"), 1e300])})
     text.close()

@@ -8,7 +8,7 @@ MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 # torch is pinned to the 2.13 series (a CPU build here; the same pin picks a CUDA build on GPU hosts).
 TORCH := torch==2.13.*
 
-.PHONY: help venv dev demo test test-unit lint typecheck fmt services docs docs-serve bench bench-finetune bench-onnx bench-lora bench-generate clean
+.PHONY: help venv dev demo test test-unit lint typecheck fmt services docs docs-serve bench bench-finetune bench-onnx bench-ray bench-images bench-lora bench-generate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -73,6 +73,13 @@ bench-finetune: venv ## fine-tune steps/s against a bare PyTorch training loop
 
 bench-onnx: venv ## an ONNX regress job's records/s against onnxruntime in a bare loop
 	$(BIN)/python bench/onnx.py
+
+bench-ray: venv ## the same embedding job through Barge and Ray Data (the bench extra), Barge / Ray
+	$(BIN)/pip --disable-pip-version-check -q install -e '.[bench]'
+	$(BIN)/python bench/ray_peer.py
+
+bench-images: venv ## image_classify over one object per image vs bare loops (in memory, from S3)
+	$(BIN)/python bench/images.py
 
 bench-lora: venv ## LoRA steps/s against a bare peft loop; peak RSS of LoRA vs full
 	$(BIN)/python bench/lora.py

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=100_000_000, ge=1)
     max_image_bytes: int = Field(default=64 * 2**20, ge=1)
     image_decode_threads: int = Field(default=2, ge=1, le=64)
+    # Concurrent GETs per image shard for images held one per object (or named by URI): a
+    # bounded pool a window ahead of decoding; each GET has the store's retries.
+    image_fetch_threads: int = Field(default=8, ge=1, le=64)
     # Pixels a worker process decodes at once, whatever its threads and shards: a decode waits
     # until its image's pixels fit (an image over the whole budget decodes alone). Decoding and
     # preparing one image peaks at 16 bytes a pixel (barge.records.images.DECODE_BYTES_PER_PIXEL)

@@ -4,6 +4,9 @@ same model and batches, same run; and how much of the job's wall time the model 
 (a) bare loop: the JPEG bytes already in memory; per batch, decode each image (Barge's own
     ``decode_image``: EXIF, mode) and prepare it with the model's image processor, then one
     forward pass under ``torch.inference_mode()``; decoding and the model take turns.
+(a') bare loop from S3 (``--source objects``): the same, but each image first fetched from the
+    same S3 server with one GET per object, ``--fetch-threads`` at a time (as many as the worker
+    runs), while the loop decodes and runs what has arrived.
 (b) Barge: the same JPEGs as objects under an S3 prefix (moto's server on loopback), submitted
     through the HTTP API, planned, dispatched over RabbitMQ to a real worker whose decoding
     threads fetch, decode and prepare the next images while the model runs; parts written back
@@ -105,6 +108,39 @@ def bare_loop(images: list[bytes], model_dir: Path, batch_size: int) -> dict[str
     return {"images_per_second": len(images) / wall, "model_busy": busy / wall, "wall": wall}
 
 
+def bare_loop_from_s3(
+    s3: Any, keys: list[str], model_dir: Path, batch_size: int, fetch_threads: int
+) -> dict[str, float]:
+    """images/s of the bare loop whose images are first fetched from the S3 server: one GET per
+    object, ``fetch_threads`` at a time (in order, the next batch's while this one decodes and
+    runs), then decoded, prepared and run as in ``bare_loop``."""
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from barge.records.images import decode_image
+
+    processor = AutoImageProcessor.from_pretrained(str(model_dir))
+    model = AutoModelForImageClassification.from_pretrained(str(model_dir)).eval()
+
+    def get(key: str) -> bytes:
+        return bytes(s3.get_object(Bucket="bench", Key=key)["Body"].read())
+
+    started = time.perf_counter()
+    with torch.inference_mode(), ThreadPoolExecutor(fetch_threads) as pool:
+        fetched = pool.map(get, keys)  # submits every GET; the pool runs fetch_threads at once
+        batch: list[Any] = []
+        for raw in fetched:
+            pixels = processor(images=decode_image(raw, "RGB", 10**8), return_tensors="pt")
+            batch.append(pixels["pixel_values"])
+            if len(batch) == batch_size:
+                model(pixel_values=torch.cat(batch)).logits.float().softmax(-1).argmax(-1)
+                batch = []
+        if batch:
+            model(pixel_values=torch.cat(batch)).logits.float().softmax(-1).argmax(-1)
+    wall = time.perf_counter() - started
+    return {"images_per_second": len(keys) / wall, "wall": wall}
+
+
 BUSY = re.compile(r"image shard \d+: .* model busy ([\d.]+)s of ([\d.]+)s wall")
 
 
@@ -115,6 +151,7 @@ def barge_job(
     log_dir: Path,
     threads: int,
     source: str,
+    fetch_threads: int,
 ) -> dict[str, float]:
     """``source`` "objects": one JPEG object per image under a prefix (a GET each); "parquet":
     the JPEG bytes in one Parquet object's binary column (``image_field``)."""
@@ -123,7 +160,11 @@ def barge_job(
 
     from bench.stack import Stack
 
-    with Stack(log_dir, BARGE_IMAGE_DECODE_THREADS=str(threads)) as stack:
+    with Stack(
+        log_dir,
+        BARGE_IMAGE_DECODE_THREADS=str(threads),
+        BARGE_IMAGE_FETCH_THREADS=str(fetch_threads),
+    ) as stack:
         model = stack.upload_model("vit", model_dir)
 
         def put(item: tuple[int, bytes]) -> None:
@@ -167,6 +208,10 @@ def barge_job(
             elapsed, job = run_job("images.parquet", "out", image_field="jpeg", id_field="id")
         assert job["progress"]["records_succeeded"] == len(images), job["progress"]
         time.sleep(0.5)
+        from_s3: dict[str, float] = {}
+        if source == "objects":  # the same objects, the same concurrent GETs, no Barge
+            keys = [f"images/{i:06d}.jpg" for i in range(len(images))]
+            from_s3 = bare_loop_from_s3(stack.s3, keys, model_dir, batch_size, fetch_threads)
         shards = BUSY.findall(log.read_text(errors="replace"))[before:]
         busy = sum(float(b) for b, _ in shards)
         shard_wall = sum(float(w) for _, w in shards)
@@ -176,6 +221,7 @@ def barge_job(
             "model_busy_of_job": busy / elapsed,
             "model_busy_of_shard": busy / max(shard_wall, 1e-9),
             "cold_start_seconds": cold,
+            "bare_from_s3_images_per_second": from_s3.get("images_per_second", 0.0),
         }
 
 
@@ -184,6 +230,12 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="BARGE_IMAGE_DECODE_THREADS")
+    parser.add_argument(
+        "--fetch-threads",
+        type=int,
+        default=8,
+        help="BARGE_IMAGE_FETCH_THREADS, and the bare loop from S3's concurrent GETs",
+    )
     parser.add_argument(
         "--source",
         choices=("objects", "parquet"),
@@ -221,7 +273,9 @@ def main() -> int:
         f"bare PyTorch loop : {first['images_per_second']:8.1f} images/s  ({first['wall']:.1f} s; "
         f"model busy {first['model_busy']:.0%} of it, decoding the rest)"
     )
-    barge = barge_job(images, model_dir, args.batch_size, log_dir, args.threads, args.source)
+    barge = barge_job(
+        images, model_dir, args.batch_size, log_dir, args.threads, args.source, args.fetch_threads
+    )
     second = bare_loop(images, model_dir, args.batch_size)
     print(
         f"bare loop again   : {second['images_per_second']:8.1f} images/s  "
@@ -235,6 +289,12 @@ def main() -> int:
         f"({barge['elapsed']:.1f} s, submit → succeeded)"
     )
     print(f"ratio Barge / bare: {ratio:.3f}")
+    if barge["bare_from_s3_images_per_second"]:
+        from_s3 = barge["bare_from_s3_images_per_second"]
+        print(
+            f"bare loop from S3 : {from_s3:8.1f} images/s ({args.fetch_threads} concurrent GETs) "
+            f"-> ratio Barge / bare from S3 {barge['images_per_second'] / from_s3:.3f}"
+        )
     print(
         f"decode overlap    : model busy {barge['model_busy_of_shard']:.0%} of the shard's wall "
         f"time, {barge['model_busy_of_job']:.0%} of the job's (bare loop: "

@@ -133,12 +133,17 @@ def observe_batch(
 ) -> None:
     """One batch through a model: its latency, its records by outcome, the GPU memory."""
     ok = sum(1 for good, _ in outcomes if good)
+    observe_counts(task, seconds, ok, len(outcomes) - ok, device)
+
+
+def observe_counts(task: str, seconds: float, ok: int, failed: int, device: Any) -> None:
+    """``observe_batch`` of a batch given by its counts of records that ran and that failed."""
     BATCH_SECONDS.labels(task).observe(seconds)
     note_busy(seconds)
     if ok:
         RECORDS.labels(task, "succeeded").inc(ok)
-    if len(outcomes) - ok:
-        RECORDS.labels(task, "failed").inc(len(outcomes) - ok)
+    if failed:
+        RECORDS.labels(task, "failed").inc(failed)
     observe_gpu_memory(device)
 
 

@@ -159,6 +159,23 @@ class JsonlPart:
         self._f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         self.count += len(rows)
 
+    def write_columns(self, ids: Any, columns: dict[str, Any]) -> None:
+        """Rows given as arrays (as ``ParquetPart.write_columns`` takes them), written as the
+        same lines ``write_rows`` writes for their dicts, without making the dicts: each column
+        is encoded as JSON at once and cut into its rows' texts."""
+        n = len(ids)
+        if not n:
+            return
+        parts = [("id", json_texts(ids))]
+        parts += [(name, json_texts(values)) for name, values in columns.items()]
+        heads = ['{"id": ', *(f", {json.dumps(name)}: " for name, _ in parts[1:])]
+        texts = [t for _, t in parts]
+        self._f.writelines(
+            "".join(h + v for h, v in zip(heads, row, strict=True)) + "}\n"
+            for row in zip(*texts, strict=True)
+        )
+        self.count += n
+
     def close(self) -> None:
         self._f.close()
 
@@ -168,8 +185,12 @@ class ParquetPart:
     id as text); ``close()`` builds the Parquet file, batch by batch, once every id is known:
     the id column is int64 when every id of the part is an integer that fits, else string
     (numbers as their decimal text). An empty part is a file with only a string ``id`` column.
-    Result columns keep the types Arrow infers from the first rows (embedding list<double>,
-    label string, score double, scores struct<label: double>, text string)."""
+    Result columns keep the types Arrow infers from the first rows (label string, score double,
+    text string), except ``embedding``, a fixed-size list of float32 as long as the first row's
+    vector, and ``scores``, a map label -> double (``typed_results``).
+
+    ``write_columns`` takes ids and results as Arrow arrays (a columnar runner's), with no
+    Python object per row."""
 
     ext = "parquet"
 
@@ -198,10 +219,9 @@ class ParquetPart:
             ids.append(rec_id if isinstance(rec_id, str) else str(rec_id))
         results = [{k: v for k, v in row.items() if k != "id"} for row in rows]
         if self._spool is None:
-            if self._results is None:
-                self._results = pa.Table.from_pylist(results).schema
-            self._sink = pa.OSFile(str(self._spool_path), "wb")
-            self._spool = pa.ipc.new_stream(self._sink, self._spool_schema(pa.string()))
+            self._open(
+                pa.Table.from_pylist(results).schema if self._results is None else None, rows
+            )
         table = pa.Table.from_pylist(results, schema=self._results)
         self._spool.write_table(
             pa.Table.from_arrays(
@@ -210,6 +230,35 @@ class ParquetPart:
             )
         )
         self.count += len(rows)
+
+    def write_columns(self, ids: Any, columns: dict[str, Any]) -> None:
+        """Rows given as Arrow arrays: ``ids`` (integers, or text), each result column as
+        long (``embedding`` a fixed-size list of float32 already, or a 2-D float array)."""
+        import pyarrow as pa
+
+        n = len(ids)
+        if not n:
+            return
+        if not pa.types.is_integer(ids.type):
+            self._all_int = False
+        arrays = {name: as_arrow(name, values) for name, values in columns.items()}
+        if self._spool is None:
+            self._open(pa.schema([(name, a.type) for name, a in arrays.items()]), [])
+        self._spool.write_table(
+            pa.Table.from_arrays(
+                [ids.cast(pa.string()), *(arrays[f.name] for f in self._results)],
+                schema=self._spool_schema(pa.string()),
+            )
+        )
+        self.count += n
+
+    def _open(self, inferred: Any, rows: list[dict[str, Any]]) -> None:
+        """Start the spool at the first rows: the result columns fixed (``typed_results``)."""
+        import pyarrow as pa
+
+        self._results = typed_results(self._results if inferred is None else inferred, rows)
+        self._sink = pa.OSFile(str(self._spool_path), "wb")
+        self._spool = pa.ipc.new_stream(self._sink, self._spool_schema(pa.string()))
 
     def _spool_schema(self, id_type: Any) -> Any:
         import pyarrow as pa
@@ -251,6 +300,63 @@ class ParquetPart:
                     out.write_table(pa.Table.from_batches(pending, schema))
         finally:
             self._spool_path.unlink(missing_ok=True)
+
+
+def typed_results(schema: Any, rows: list[dict[str, Any]]) -> Any:
+    """A part's result columns as written: ``embedding`` a fixed-size list of float32 (as long
+    as the first row's vector; a list type given without its length takes it from there), and
+    ``scores`` a map label -> double instead of the struct Arrow infers from dicts."""
+    import pyarrow as pa
+
+    fields = []
+    for field in schema:
+        kind = field.type
+        if field.name == "embedding" and pa.types.is_list(kind) and rows:
+            kind = pa.list_(pa.float32(), len(rows[0]["embedding"]))
+        elif field.name == "embedding" and pa.types.is_list(kind):
+            kind = pa.list_(pa.float32())
+        elif field.name == "scores" and pa.types.is_struct(kind):
+            kind = pa.map_(pa.string(), pa.float64())
+        fields.append(pa.field(field.name, kind))
+    return pa.schema(fields)
+
+
+def as_arrow(name: str, values: Any) -> Any:
+    """One result column as an Arrow array: an array as it is; a 2-D numpy array (an
+    embedding's) as a fixed-size list of float32, with no Python object per value."""
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        return values
+    array = np.asarray(values)
+    if array.ndim == 2:
+        flat = pa.array(np.ascontiguousarray(array, dtype=np.float32).reshape(-1))
+        return pa.FixedSizeListArray.from_arrays(flat, array.shape[1])
+    return pa.array(array)
+
+
+def json_texts(values: Any) -> list[str]:
+    """Each value of a column (an Arrow or numpy array) as its JSON text, as ``json.dumps``
+    writes it. A column of numbers is encoded in one ``json.dumps`` call and split; a vector's
+    row, or a text, one call each."""
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        kind = values.type
+        if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+            values = values.to_numpy(zero_copy_only=False)
+        elif pa.types.is_map(kind):  # pairs in Arrow, an object in JSON
+            values = [None if v is None else dict(v) for v in values.to_pylist()]
+        else:
+            values = values.to_pylist()
+    if isinstance(values, np.ndarray) and values.ndim == 1:
+        body = json.dumps(values.tolist())[1:-1]
+        return body.split(", ") if body else []
+    if isinstance(values, np.ndarray):
+        values = values.tolist()
+    return [json.dumps(v, ensure_ascii=False) for v in values]
 
 
 def make_part(

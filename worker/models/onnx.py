@@ -92,9 +92,21 @@ def inference_session(data: bytes, settings: Settings) -> Any:
     # onnxruntime's threads spin after each run by default; between runs this worker's threads
     # read and check records, and spinning threads would take their cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # As many intra-op threads as the worker process computes with (torch's own count: the
+    # cores it has, or what OMP_NUM_THREADS gives it), not onnxruntime's guess from the host.
+    options.intra_op_num_threads = compute_threads()
+    options.inter_op_num_threads = 1
     with tempfile.TemporaryDirectory(prefix="barge-onnx-") as empty:
         options.add_session_config_entry(EXTERNAL_DATA_FOLDER, empty)
         return ort.InferenceSession(data, options, providers=providers(settings))
+
+
+def compute_threads() -> int:
+    """The threads this worker process computes with: torch's count (the cores the process
+    may use, or ``OMP_NUM_THREADS``)."""
+    import torch
+
+    return max(1, torch.get_num_threads())
 
 
 @dataclass
@@ -221,13 +233,38 @@ class OnnxRunner:
         return self.predict_arrays(self._feeds(records, params), len(records), params)
 
     def predict_arrays(self, feeds: dict[str, Any], n: int, params: Any) -> list[dict[str, Any]]:
-        """Run ``n`` records given as arrays (graph input name -> [n, ...]) through the graph,
-        in batches of its fixed size when it has one (the last padded with copies of its last
-        record, whose outputs are dropped); one result per record, in order."""
-        import numpy as np
-
+        """Run ``n`` records given as arrays (graph input name -> [n, ...]) through the graph;
+        one result per record, in order."""
         if not n:
             return []
+        return self._results(self._run(feeds, n), params)
+
+    def predict_columns(self, feeds: dict[str, Any], n: int, params: Any) -> dict[str, Any]:
+        """``predict_arrays`` as result columns, one value per record, with no Python object
+        per record: ``value`` [n] or ``values`` [n, k] (regress), ``embedding`` [n, k] (embed),
+        ``label`` (an Arrow string array), ``score`` [n] and ``scores`` (an Arrow map label ->
+        score) for classify."""
+        import numpy as np
+        import pyarrow as pa
+
+        columns = self._columns(self._run(feeds, n), params)
+        if "scores" in columns:
+            rows = columns["scores"]
+            k = rows.shape[1]
+            names = pa.array(self._score_names(k), pa.string())
+            columns["label"] = names.take(pa.array(columns["label"]))
+            columns["scores"] = pa.MapArray.from_arrays(
+                pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)),
+                pa.concat_arrays([names] * n) if n else names[:0],
+                pa.array(rows.reshape(-1)),
+            )
+        return columns
+
+    def _run(self, feeds: dict[str, Any], n: int) -> Any:
+        """The graph's output for ``n`` records, in batches of its fixed size when it has one
+        (the last padded with copies of its last record, whose outputs are dropped)."""
+        import numpy as np
+
         step = self.batch_size or n
         rows: list[Any] = []
         for start in range(0, n, step):
@@ -246,7 +283,7 @@ class OnnxRunner:
                     f"{output_too_large(values, self.max_output_values)}"
                 )
             rows.append(np.asarray(result)[:size])
-        return self._results(np.concatenate(rows, axis=0), params)
+        return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
 
     def token_lengths(self, records: list[dict[str, Any]], params: Any) -> list[int] | None:
         """Each record's tokens as its batch pads them (the longest of its text inputs; a
@@ -311,39 +348,48 @@ class OnnxRunner:
             )
         return out
 
-    def _results(self, output: Any, params: Any) -> list[dict[str, Any]]:
+    def _columns(self, output: Any, params: Any) -> dict[str, Any]:
+        """The output as its meaning reads it, in numpy columns (``label`` the index of the
+        best score: the first of equal ones)."""
         import numpy as np
 
         meaning = self.output.meaning
         values = np.asarray(output, dtype=np.float64)
         if meaning == "regress":
             if values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1):
-                return [{"value": v} for v in values.reshape(len(values)).tolist()]
-            return [{"values": row} for row in values.reshape(len(values), -1).tolist()]
+                return {"value": values.reshape(len(values))}
+            return {"values": values.reshape(len(values), -1)}
         rows = values.reshape(len(values), -1)
         if meaning == "embed":
             if getattr(params, "normalize", False):
                 norms = np.linalg.norm(rows, axis=1, keepdims=True)
                 rows = rows / np.maximum(norms, 1e-12)
-            return [{"embedding": row.tolist()} for row in rows]
+            return {"embedding": rows}
         if self.output.scores == "logits":
             shifted = rows - rows.max(axis=1, keepdims=True)
             exp = np.exp(shifted)
             rows = exp / exp.sum(axis=1, keepdims=True)
-        labels = self.output.labels or [str(i) for i in range(rows.shape[1])]
-        out = []
-        for row in rows:
-            scores = [float(v) for v in row]
-            best = max(range(len(scores)), key=scores.__getitem__)
-            names = [labels[i] if i < len(labels) else str(i) for i in range(len(scores))]
-            out.append(
-                {
-                    "label": names[best],
-                    "score": scores[best],
-                    "scores": dict(zip(names, scores, strict=True)),
-                }
+        best = rows.argmax(axis=1) if rows.shape[1] else np.zeros(len(rows), dtype=np.int64)
+        return {"label": best, "score": rows[np.arange(len(rows)), best], "scores": rows}
+
+    def _score_names(self, k: int) -> list[str]:
+        labels = self.output.labels or []
+        return [labels[i] if i < len(labels) else str(i) for i in range(k)]
+
+    def _results(self, output: Any, params: Any) -> list[dict[str, Any]]:
+        """The output as one result dict per record (``_columns``' values)."""
+        columns = self._columns(output, params)
+        if "scores" not in columns:
+            ((name, column),) = columns.items()
+            return [{name: v} for v in column.tolist()]
+        rows = columns["scores"].tolist()
+        names = self._score_names(columns["scores"].shape[1])
+        return [
+            {"label": names[best], "score": score, "scores": dict(zip(names, row, strict=True))}
+            for best, score, row in zip(
+                columns["label"].tolist(), columns["score"].tolist(), rows, strict=True
             )
-        return out
+        ]
 
 
 def _tokenizer(path: Path, ref: str) -> Any:

@@ -91,7 +91,7 @@ def result_schema(task: str) -> Any:
             ]
         )
     if task == "image_embed":
-        return pa.schema([("embedding", pa.list_(pa.float64()))])
+        return pa.schema([("embedding", pa.list_(pa.float32()))])  # fixed-size at the first rows
     box = pa.struct(
         [("label", pa.string()), ("score", pa.float64()), ("box", pa.list_(pa.float64()))]
     )

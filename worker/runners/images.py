@@ -1,7 +1,10 @@
 """The images kind's run step: one claimed shard of an image task. Its records name images (the
 listing of a prefix of image objects, or records whose ``image_field`` holds a URI, base64 data
-or bytes); a small thread pool fetches, decodes and prepares them while the model runs the batch
-before, and the part and errors file are written as for any shard (``worker.shard``).
+or bytes); a bounded pool of fetching threads (BARGE_IMAGE_FETCH_THREADS concurrent GETs, each
+with the store's retries) gets them a window ahead of a small pool of decoding threads, which
+decode and prepare them while the model runs the batch before (backpressure: at most a window of
+fetched and a window of prepared images wait), and the part and errors file are written as for
+any shard (``worker.shard``). Records keep their order whatever finishes first.
 
 Memory: at most two windows of ``batch_size`` × ``WINDOW_BATCHES`` prepared images are held (the
 one the model runs and the one being decoded), never a whole shard; a prepared image is the image
@@ -66,13 +69,16 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     loaded = cache_for(ctx).get(work.model_ref, spec.task, work.job_id)
     assert isinstance(loaded, VisionModel)
     info = input_info(ctx, work)
-    threads = ctx.settings.image_decode_threads
+    settings = ctx.settings
     with (
         ctx.scratch() as tmp,
-        ThreadPoolExecutor(threads, thread_name_prefix="barge-decode") as pool,
+        ThreadPoolExecutor(settings.image_fetch_threads, thread_name_prefix="barge-fetch") as fetch,
+        ThreadPoolExecutor(
+            settings.image_decode_threads, thread_name_prefix="barge-decode"
+        ) as pool,
     ):
         shard = _ImageShard(ctx, work, lease, loaded, tmp)
-        stopped = shard.process(iter_range(ctx.store, info, work.fmt, work.rng), pool)
+        stopped = shard.process(iter_range(ctx.store, info, work.fmt, work.rng), fetch, pool)
         return shard.upload(stopped)
 
 
@@ -107,14 +113,21 @@ class _ImageShard(ShardRun[VisionModel]):
         self.model_seconds = 0.0  # the model busy, for the log line and the bench
         self.started = time.monotonic()
 
-    def process(self, records: Iterator[Record], pool: ThreadPoolExecutor) -> Stop | None:
+    def process(
+        self, records: Iterator[Record], fetch: ThreadPoolExecutor, pool: ThreadPoolExecutor
+    ) -> Stop | None:
+        """Every record: its image fetched on ``fetch`` (at most a window of fetched images
+        held ahead of decoding), decoded and prepared on ``pool`` (a window ahead of the
+        model), run window by window; the ``Stop`` that cut the shard short, if any."""
         window_size = self.spec.batch_size * WINDOW_BATCHES
         items = enumerate(records, self.work.record_offset)
-        prepared = _ordered(pool, self._prepare, items, ahead=window_size)
+        fetched = _ordered(fetch, self._fetch, items, ahead=window_size)
+        prepared = _ordered(pool, self._prepare, fetched, ahead=window_size)
         try:
             return self.walk(windows(prepared, window_size), self._window)
         finally:
             prepared.close()
+            fetched.close()
             wall = time.monotonic() - self.started
             log.info(
                 "image shard %s: %s images, %s failed, model busy %.3fs of %.3fs wall (%.0f%%; "
@@ -131,24 +144,26 @@ class _ImageShard(ShardRun[VisionModel]):
 
     # --- on a decoding thread -------------------------------------------------------------
 
-    def _prepare(self, item: tuple[int, Record]) -> _Item:
+    def _fetch(self, item: tuple[int, Record]) -> tuple[_Item, bytes | None]:
+        """On a fetching thread: the record's id and the encoded bytes of its image (a GET for
+        an ``s3://`` URI), or the item with its error."""
         position, rec = item
         out = _Item(position, rec, None if self.id_field else position, self.work.source)
         if rec.data is None:
             out.error = rec.error or "unreadable record"
-            return out
+            return out, None
         data = rec.data
         if self.id_field:
             if self.id_field not in data:
                 out.error = f"record has no id field {self.id_field!r}"
-                return out
+                return out, None
             out.rec_id, problem = coerce_id(data[self.id_field])
             if problem is not None:
                 out.error = f"{problem} (id_field {self.id_field!r})"
-                return out
+                return out, None
         if self.image_field not in data:
             out.error = f"record has no field {self.image_field!r} (the job's image_field)"
-            return out
+            return out, None
         value = data[self.image_field]
         if self.listing and isinstance(value, str):
             out.source = value  # the image object itself
@@ -161,6 +176,24 @@ class _ImageShard(ShardRun[VisionModel]):
                 may_read=None if scopes is None else scopes.may_read,
                 max_bytes=self.ctx.settings.max_image_bytes,
             )
+        except ImageError as exc:
+            out.error = exc.message
+            return out, None
+        except (PermanentJobError, SoftTimeLimitExceeded):
+            raise
+        except Exception as exc:
+            if _is_store_failure(exc):
+                raise  # the store is down: the attempt fails and is retried
+            out.error = f"cannot fetch this image: {describe(exc)}"
+            return out, None
+        return out, raw
+
+    def _prepare(self, fetched: tuple[_Item, bytes | None]) -> _Item:
+        """On a decoding thread: the fetched image decoded and prepared for the model."""
+        out, raw = fetched
+        if raw is None:
+            return out
+        try:
             self._decode(open_image(raw, self.ctx.settings.max_image_pixels), out)
         except ImageError as exc:
             out.error = exc.message

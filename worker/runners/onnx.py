@@ -6,7 +6,9 @@ Two paths. The records path reads each record through the model's ``barge.json``
 (``OnnxRunner.read``) and runs it like any text record (``worker.runners.records``). The
 columnar path, for ONNX models that read numeric features only, over Parquet: the feature
 columns of each record batch are read as arrays (only the id and feature columns are read at
-all), so a record costs the worker no Python dict and no per-value check.
+all) straight into the input matrix, an integer or text id column is kept as an Arrow array,
+and the outputs go to the part as columns (``write_columns``: Parquet from the arrays, JSONL
+without a dict per row), so a record costs the worker no Python dict and no per-value check.
 
 The columnar path writes exactly what the records path writes for the same shard: the
 same part rows in input order, the same per-record errors (a row whose feature is missing,
@@ -38,7 +40,7 @@ from worker.lease import Lease, Result, ShardWork, Stop
 from worker.models.loaded import LoadedModel
 from worker.models.onnx import OnnxRunner, OutputTooLarge
 from worker.runners import records
-from worker.shard import ShardRun, coerce_id, input_info, prefetch
+from worker.shard import INT64_MAX, INT64_MIN, ShardRun, coerce_id, input_info, prefetch
 
 READ_ROWS = 8192  # rows per Arrow record batch read
 READ_AHEAD = 2  # record batches read ahead on a background thread while the model runs
@@ -114,19 +116,20 @@ class _ColumnarShard(ShardRun[LoadedModel]):
 
     def _record_batch(self, first_row: int, batch: Any) -> None:
         """Check a record batch's ids and features, run its good rows in batches of the job's
-        size, write the results and errors in input order."""
+        size, write the results (as columns) and errors in input order."""
         import numpy as np
 
         n = batch.num_rows
-        problems: list[str | None] = [None] * n
+        problems: dict[int, str] = {}  # by row in the batch: why it cannot run (the first)
         ids = self._ids(batch, first_row, problems)
         features = {b.input: self._features(batch, b, problems) for b in self.bindings}
-        good = np.asarray([p is None for p in problems], dtype=bool)
+        good = np.ones(n, dtype=bool)
+        good[list(problems)] = False
         rows_of_good = np.flatnonzero(good)
-        results: list[dict[str, Any] | None] = [None] * n
-        rejected = n - len(rows_of_good)
-        if rejected:
-            metrics.RECORDS.labels(self.loaded.task, "failed").inc(rejected)
+        if problems:
+            metrics.RECORDS.labels(self.loaded.task, "failed").inc(len(problems))
+        ran: list[Any] = []  # rows (in the batch) whose results are in ``chunks``, in order
+        chunks: list[dict[str, Any]] = []
         step = self.spec.batch_size
         try:
             for start in range(0, len(rows_of_good), step):
@@ -134,67 +137,102 @@ class _ColumnarShard(ShardRun[LoadedModel]):
                 picked = rows_of_good[start : start + step]
                 feeds = {name: matrix[picked] for name, matrix in features.items()}
                 started = time.monotonic()
-                outcomes = self._predict(feeds, len(picked))
-                metrics.observe_batch(
-                    self.loaded.task, time.monotonic() - started, outcomes, self.loaded.device
+                done, failed = self._predict(feeds, len(picked))
+                metrics.observe_counts(
+                    self.loaded.task,
+                    time.monotonic() - started,
+                    len(picked) - len(failed),
+                    len(failed),
+                    self.loaded.device,
                 )
-                for i, (ok, value) in zip(picked.tolist(), outcomes, strict=True):
-                    if ok:
-                        results[i] = {"id": ids[i], **value}
-                    else:
-                        problems[i] = value
-                        rejected += 1
-                self.lease.succeeded = self.part.count + sum(r is not None for r in results)
-                self.lease.failed = self.errors.count + rejected
+                for i, problem in failed.items():
+                    problems[int(picked[i])] = problem
+                ran.append(np.delete(picked, list(failed)) if failed else picked)
+                chunks.extend(done)
+                self.lease.succeeded = self.part.count + sum(len(r) for r in ran)
+                self.lease.failed = self.errors.count + len(problems)
         finally:
-            self.part.write_rows([r for r in results if r is not None])
-            self.errors.write_rows(
-                [
-                    {
-                        "id": ids[i],
-                        "source": self.work.source,
-                        "line": first_row + i + 1,
-                        "error": problem,
-                    }
-                    for i, problem in enumerate(problems)
-                    if problem is not None
-                ]
-            )
-            self.lease.succeeded = self.part.count
-            self.lease.failed = self.errors.count
+            self._write(ids, ran, chunks, first_row, problems)
 
-    def _predict(self, feeds: dict[str, Any], n: int) -> list[tuple[bool, Any]]:
-        """Each record's outcome: its result, or (as on the record path) the output bound's
-        error of a record whose output, run alone, is still over it."""
+    def _write(
+        self,
+        ids: Any,
+        ran: list[Any],
+        chunks: list[dict[str, Any]],
+        first_row: int,
+        problems: dict[int, str],
+    ) -> None:
+        """Write what ran (ids and result columns) and the errors, in input order."""
+        import numpy as np
+
+        if chunks:
+            rows = np.concatenate(ran)
+            self.part.write_columns(ids.take(rows), _concat(chunks))
+        self.errors.write_rows(
+            [
+                {
+                    "id": ids[i].as_py(),
+                    "source": self.work.source,
+                    "line": first_row + i + 1,
+                    "error": problems[i],
+                }
+                for i in sorted(problems)
+            ]
+        )
+        self.lease.succeeded = self.part.count
+        self.lease.failed = self.errors.count
+
+    def _predict(
+        self, feeds: dict[str, Any], n: int
+    ) -> tuple[list[dict[str, Any]], dict[int, str]]:
+        """The result columns of the records that ran (in order, in one chunk or several) and
+        the problem of each that did not (by index): as on the record path, a record whose
+        output, run alone, is still over the output bound."""
         try:
-            return [(True, p) for p in self.runner.predict_arrays(feeds, n, self.params)]
+            return [self.runner.predict_columns(feeds, n, self.params)], {}
         except OutputTooLarge as exc:
             if n == 1:
-                return [(False, str(exc))]
-        return [
-            outcome
-            for i in range(n)
-            for outcome in self._predict({k: v[i : i + 1] for k, v in feeds.items()}, 1)
-        ]
+                return [], {0: str(exc)}
+        chunks: list[dict[str, Any]] = []
+        failed: dict[int, str] = {}
+        for i in range(n):
+            done, problem = self._predict({k: v[i : i + 1] for k, v in feeds.items()}, 1)
+            chunks.extend(done)
+            if problem:
+                failed[i] = problem[0]
+        return chunks, failed
 
-    def _ids(self, batch: Any, first_row: int, problems: list[str | None]) -> list[Any]:
-        """Each row's id (``coerce_id``), or None with its problem set."""
+    def _ids(self, batch: Any, first_row: int, problems: dict[int, str]) -> Any:
+        """Each row's id as an Arrow array: its position without ``id_field``; an integer or
+        text column as it is; any other value by value (``coerce_id``), None with its problem
+        set where it cannot be an id."""
+        import pyarrow as pa
+
         id_field = self.spec.id_field
+        n = batch.num_rows
         offset = self.work.record_offset + (first_row - self.work.rng.start_record)
         if not id_field:
-            return list(range(offset, offset + batch.num_rows))
+            return pa.array(range(offset, offset + n), pa.int64())
         if id_field not in batch.schema.names:
-            problems[:] = [f"record has no id field {id_field!r}"] * batch.num_rows
-            return [None] * batch.num_rows
+            problems.update(dict.fromkeys(range(n), f"record has no id field {id_field!r}"))
+            return pa.nulls(n, pa.string())
+        column = batch.column(id_field)
+        kind = column.type
+        if column.null_count == 0 and (
+            pa.types.is_signed_integer(kind) or pa.types.is_string(kind)
+        ):
+            return column.cast(pa.int64()) if pa.types.is_integer(kind) else column
         ids: list[Any] = []
-        for i, value in enumerate(batch.column(id_field).to_pylist()):
+        for i, value in enumerate(column.to_pylist()):
             rec_id, problem = coerce_id(value)
             if problem is not None:
-                problems[i] = f"{problem} (id_field {id_field!r})"
+                problems.setdefault(i, f"{problem} (id_field {id_field!r})")
             ids.append(rec_id)
-        return ids
+        if all(type(i) is int and INT64_MIN <= i <= INT64_MAX for i in ids if i is not None):
+            return pa.array(ids, pa.int64())
+        return pa.array([i if i is None or isinstance(i, str) else str(i) for i in ids])
 
-    def _features(self, batch: Any, binding: FeatureInput, problems: list[str | None]) -> Any:
+    def _features(self, batch: Any, binding: FeatureInput, problems: dict[int, str]) -> Any:
         """The binding's float64 matrix [rows, features]; a row whose value is not a finite
         number (checked value by value, as the record path does) gets its problem, the first
         in field order, unless an earlier field already gave it one."""
@@ -207,8 +245,7 @@ class _ColumnarShard(ShardRun[LoadedModel]):
         for j, name in enumerate(binding.feature_fields):
             if name not in names:
                 for i in range(n):
-                    if problems[i] is None:
-                        problems[i] = f"record has no feature field {name!r}"
+                    problems.setdefault(i, f"record has no feature field {name!r}")
                 continue
             column = batch.column(name)
             if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
@@ -223,6 +260,22 @@ class _ColumnarShard(ShardRun[LoadedModel]):
                 number, problem = numeric_value(python[i], name)
                 if problem is None:
                     matrix[i, j] = number
-                elif problems[i] is None:
-                    problems[i] = problem
+                else:
+                    problems.setdefault(i, problem)
         return matrix
+
+
+def _concat(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Result columns of several chunks as one column each (numpy or Arrow, as they came)."""
+    import numpy as np
+    import pyarrow as pa
+
+    if len(chunks) == 1:
+        return chunks[0]
+    out: dict[str, Any] = {}
+    for name, first in chunks[0].items():
+        parts = [c[name] for c in chunks]
+        out[name] = (
+            pa.concat_arrays(parts) if isinstance(first, pa.Array) else np.concatenate(parts)
+        )
+    return out

@@ -21,6 +21,7 @@ RUN_SHARD = "barge.run_shard"
 FINALIZE_JOB = "barge.finalize_job"
 RECONCILE = "barge.reconcile"
 SCAN_DROPS = "barge.scan_drops"
+RETENTION = "barge.retention"
 
 ROUTES = {
     PLAN_JOB: CONTROL_QUEUE,
@@ -28,7 +29,19 @@ ROUTES = {
     FINALIZE_JOB: CONTROL_QUEUE,
     RECONCILE: CONTROL_QUEUE,
     SCAN_DROPS: CONTROL_QUEUE,
+    RETENTION: CONTROL_QUEUE,
 }
+
+
+def task_queues(settings: Settings) -> list[Queue]:
+    """The ``gpu`` and ``control`` queues; quorum queues with ``BARGE_BROKER_QUORUM_QUEUES``
+    (every process that declares them, API included, must agree: RabbitMQ refuses a declare
+    whose type differs from the queue's)."""
+    arguments = {"x-queue-type": "quorum"} if settings.broker_quorum_queues else None
+    return [
+        Queue(GPU_QUEUE, queue_arguments=arguments),
+        Queue(CONTROL_QUEUE, queue_arguments=arguments),
+    ]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -58,7 +71,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_queues": [Queue(GPU_QUEUE), Queue(CONTROL_QUEUE)],
+        "task_queues": task_queues(settings),
         "task_default_queue": CONTROL_QUEUE,
         "task_routes": {name: {"queue": q} for name, q in ROUTES.items()},
         "worker_hijack_root_logger": False,
@@ -78,6 +91,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": SCAN_DROPS,
                 "schedule": settings.drop_scan_seconds,
                 "options": {"expires": settings.drop_scan_seconds},
+            },
+            "retention": {
+                "task": RETENTION,
+                "schedule": settings.retention_seconds,
+                "options": {"expires": settings.retention_seconds},
             },
         },
     }

@@ -9,12 +9,12 @@ import uuid
 
 from celery import Task
 
-from barge.queue import FINALIZE_JOB, PLAN_JOB, RECONCILE, RUN_SHARD, SCAN_DROPS
+from barge.queue import FINALIZE_JOB, PLAN_JOB, RECONCILE, RETENTION, RUN_SHARD, SCAN_DROPS
 from barge.settings import get_settings
 from worker import lifecycle, takeover
 from worker.celery_app import app
 from worker.context import get_context
-from worker.control import drops, finalize, planner, reconciler
+from worker.control import drops, finalize, planner, reconciler, retention
 
 
 @app.task(name=PLAN_JOB)
@@ -58,3 +58,9 @@ def reconcile() -> None:
 def scan_drops() -> None:
     """Turn new objects in drop folders into jobs; settle the inputs of finished ones."""
     drops.scan(get_context())
+
+
+@app.task(name=RETENTION)
+def prune_old() -> None:
+    """Delete finished jobs' old events and progress samples, in batches."""
+    retention.prune(get_context())

@@ -48,6 +48,7 @@ from db.repositories.events import (
     events_newest_first,
     last_event,
     list_events,
+    prune_events,
 )
 from db.repositories.jobs import (
     FILES_LOCK,
@@ -214,6 +215,7 @@ __all__ = [
     "note_worker",
     "pending_shard_count",
     "progress_for",
+    "prune_events",
     "prune_samples",
     "prune_workers",
     "record_totals",

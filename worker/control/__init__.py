@@ -8,7 +8,8 @@ test that imports it in a fresh interpreter, keep it so).
   ``_SUCCESS``, the final state;
 - ``reconciler``: re-sending lost or expired work, finalizing settled jobs, expiring OpenAI
   batches;
-- ``drops``: drop folders (new objects become jobs; finished ones are settled).
+- ``drops``: drop folders (new objects become jobs; finished ones are settled);
+- ``retention``: deleting finished jobs' old events and progress samples, in batches.
 
 Imports: ``barge``, ``db``, ``services``, ``worker.context``, ``worker.kinds``; never ``api`` or
 ``cli``.

@@ -1,9 +1,10 @@
 """The reconciler (run by the scheduler every few seconds): re-sends work whose message was lost
 or whose lease expired, finalizes jobs whose shards are all settled, and expires OpenAI batches
-whose completion window has ended; prunes old progress samples and workers long gone.
+whose completion window has ended. (Old progress samples, events and workers long gone are
+the retention task's: ``worker.control.retention``.)
 
-Imports: ``barge``, ``db``, ``services.openai_batches``, ``worker.context``,
-``worker.samples``; never ``api`` or ``cli``.
+Imports: ``barge``, ``db``, ``services.openai_batches``, ``worker.context``; never ``api``
+or ``cli``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from barge.queue import FINALIZE_JOB, GPU_QUEUE, PLAN_JOB, RUN_SHARD, ready_mess
 from db import repositories as repo
 from db.base import utcnow
 from services import openai_batches
-from worker import samples
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,6 @@ class ReconcileReport:
     finalizes: int = 0
     expired: int = 0
     abandoned: int = 0
-    pruned: int = 0
 
 
 def _lost_messages(ctx: WorkerContext, pending: int) -> int:
@@ -70,7 +69,6 @@ def reconcile(ctx: WorkerContext, limit: int = 500) -> ReconcileReport:
         report.finalizes = len(to_finalize)
         report.expired = openai_batches.expire_due(uow, now, limit)
         report.abandoned = len(abandoned)
-        report.pruned = samples.prune(session, ctx.settings, now, limit)
     if any(vars(report).values()):
         log.info("reconcile: %s", report)
     return report

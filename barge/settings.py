@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # redelivered message is claimed again as soon as the lease ends, about 10 s later.
     lease_seconds: float = Field(default=10.0, gt=0)
     heartbeat_seconds: float = Field(default=2.0, gt=0)
+    # The least time between two reads of a shard's job status (is it cancelled?) between
+    # batches: a cancel stops a shard within about this long. Each renewal reads it too, so at
+    # or above heartbeat_seconds the status costs no round trip of its own.
+    status_check_seconds: float = Field(default=0.25, ge=0, le=600)
     max_attempts: int = 3
     shard_records: int = 10_000
     device: str = ""  # "" = cuda when available, else cpu

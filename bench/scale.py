@@ -105,7 +105,10 @@ class Stack:
         self.cli("db", "upgrade")
         self.s3 = boto3.client("s3", endpoint_url=self.moto.url, region_name="us-east-1")
         self.s3.create_bucket(Bucket=BUCKET)
+        # A model directory planning accepts (the simulated workers never load it).
         self.s3.put_object(Bucket=BUCKET, Key="model/config.json", Body=b'{"model_type": "bert"}')
+        empty_safetensors = (2).to_bytes(8, "little") + b"{}"
+        self.s3.put_object(Bucket=BUCKET, Key="model/model.safetensors", Body=empty_safetensors)
         self.api_port = free_port()
         self.spawn("api", "api", "--port", str(self.api_port))
         wait_port(self.api_port, 60)
@@ -222,9 +225,12 @@ class Events:
         from barge.settings import get_settings
 
         app = make_celery(get_settings())
-        with app.connection() as conn:
-            recv = app.events.Receiver(conn, handlers={"*": self.on_event})
-            recv.capture(limit=None, timeout=None, wakeup=False)
+        try:
+            with app.connection() as conn:
+                recv = app.events.Receiver(conn, handlers={"*": self.on_event})
+                recv.capture(limit=None, timeout=None, wakeup=False)
+        except Exception:  # the vhost went at the end of the run
+            return
 
     def on_event(self, event: dict[str, Any]) -> None:
         key = event["type"]
@@ -265,7 +271,7 @@ class Sampler:
         while not self.stop.wait(0.2):
             i += 1
             started = time.perf_counter()
-            if i % 2:
+            if i % 2 and self.job_ids:
                 api.get(f"/v1/jobs/{self.job_ids[i % len(self.job_ids)]}").raise_for_status()
                 self.get_ms.append((time.perf_counter() - started) * 1000)
             else:
@@ -295,10 +301,35 @@ def reconcile_seconds_of(ctx: Any) -> float:
     return time.perf_counter() - started
 
 
-def start_gpu(stack: Stack, workers: int, shard_seconds: float, timings: Path) -> None:
+def consumers(vhost: str, queue: str) -> int:
+    """Consumers of ``queue`` (rabbitmqctl): a started worker consumes it once it is ready."""
+    out = subprocess.run(
+        [
+            "rabbitmqctl",
+            "list_queues",
+            "-p",
+            vhost,
+            "--quiet",
+            "--no-table-headers",
+            "name",
+            "consumers",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    found = dict(line.split()[:2] for line in out.splitlines() if len(line.split()) >= 2)
+    return int(found.get(queue, 0))
+
+
+WORKER_ENV: dict[str, str] = {}  # --worker-env: settings of the simulated workers only
+
+
+def start_gpu(
+    stack: Stack, workers: int, shard_seconds: float, timings: Path, pool: int = 8
+) -> None:
     """The simulated GPU workers: one Celery worker, ``workers`` threads."""
     log = stack.log_dir / "gpu.log"
-    offset = log.stat().st_size if log.exists() else 0
     stack.spawn(
         "gpu",
         "-m",
@@ -318,15 +349,20 @@ def start_gpu(stack: Stack, workers: int, shard_seconds: float, timings: Path) -
         "--without-mingle",
         "-l",
         "WARNING",
-        env={"BENCH_SHARD_SECONDS": str(shard_seconds), "BENCH_TIMINGS": str(timings)},
+        env={
+            "BENCH_SHARD_SECONDS": str(shard_seconds),
+            "BENCH_TIMINGS": str(timings),
+            # the simulated workers share one pool, as GPU workers share a PgBouncer
+            "BARGE_DATABASE_POOL_SIZE": str(pool),
+            "BARGE_DATABASE_MAX_OVERFLOW": "0",
+            **WORKER_ENV,
+        },
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        with log.open("rb") as f:
-            f.seek(offset)
-            if b"ready." in f.read():
-                return
-        time.sleep(0.5)
+        if consumers(stack.run, "gpu") > 0:
+            return
+        time.sleep(1.0)
     raise RuntimeError(f"simulated workers not ready; see {log}")
 
 
@@ -351,11 +387,13 @@ def submit(api: Any, stack: Stack, name: str, records: int, jobs: int) -> list[s
 
 
 def wait_finished(api: Any, ids: list[str], timeout: float) -> dict[str, str]:
+    """Each job's final status (with its error, if any), or its status at the timeout."""
     deadline = time.monotonic() + timeout
     statuses: dict[str, str] = {}
     while time.monotonic() < deadline:
-        statuses = {i: api.get(f"/v1/jobs/{i}").json()["status"] for i in ids}
-        if all(s in ("succeeded", "failed", "cancelled") for s in statuses.values()):
+        jobs = [api.get(f"/v1/jobs/{i}").json() for i in ids]
+        statuses = {j["id"]: f"{j['status']} {j.get('error') or ''}".strip() for j in jobs}
+        if all(j["status"] in ("succeeded", "failed", "cancelled") for j in jobs):
             break
         time.sleep(1.0)
     return statuses
@@ -387,6 +425,16 @@ def shard_span(stack: Stack, ids: list[str]) -> tuple[int, float]:
     return int(rows[0][0]), float(rows[0][1] or 0.0)
 
 
+def idle(stack: Stack, seconds: float = 10.0) -> dict[str, Any]:
+    """Transactions per second with no work: the scheduler's passes, the bench's own list
+    requests and reconciler passes (what every run's figures include)."""
+    before = xacts(stack)
+    sampler = Sampler(stack, [])
+    time.sleep(seconds)
+    sampler.finish()
+    return {"idle_xact_per_s": round((xacts(stack) - before) / seconds, 1), "load": load()}
+
+
 def run_workers(
     stack: Stack, events: Events, workers: int, shard_seconds: float, args: Any
 ) -> dict[str, Any]:
@@ -395,14 +443,15 @@ def run_workers(
     timings = stack.log_dir / f"timings-{name}.log"
     start_gpu(stack, workers, shard_seconds, timings)
     api = stack.client()
-    api_cpu, xact0, ev0 = tree_cpu(stack.procs["api"].pid), xacts(stack), events.snapshot()
+    cpu0 = {name: tree_cpu(stack.procs[name].pid) for name in ("api", "control", "gpu")}
+    xact0, ev0 = xacts(stack), events.snapshot()
     ids = submit(api, stack, name, workers * args.rounds, min(args.jobs, workers * args.rounds))
     sampler = Sampler(stack, ids)
     started = time.monotonic()
     statuses = wait_finished(api, ids, args.rounds * shard_seconds * 10 + 300)
     elapsed = time.monotonic() - started
     sampler.finish()
-    api_cpu = tree_cpu(stack.procs["api"].pid) - api_cpu
+    cpu = {name: tree_cpu(stack.procs[name].pid) - cpu0[name] for name in cpu0}
     xact, ev1 = xacts(stack) - xact0, events.snapshot()
     stack.stop_proc("gpu")
     settled, span = shard_span(stack, ids)
@@ -432,7 +481,9 @@ def run_workers(
         "reconcile_ms_max": round(max(sampler.reconcile_ms, default=0.0), 1),
         "get_job_ms_p50_p99": [round(pct(sampler.get_ms, q), 1) for q in (0.5, 0.99)],
         "list_jobs_ms_p50_p99": [round(pct(sampler.list_ms, q), 1) for q in (0.5, 0.99)],
-        "api_cpu_pct": round(100 * api_cpu / elapsed, 1),
+        "api_cpu_pct": round(100 * cpu["api"] / elapsed, 1),
+        "control_cpu_pct": round(100 * cpu["control"] / elapsed, 1),
+        "sim_workers_cpu_pct": round(100 * cpu["gpu"] / elapsed, 1),
         "pg_cpu_pct": round(100 * sampler.pg.used() / elapsed, 1),
         "elapsed_s": round(elapsed, 1),
         "load": load(),
@@ -603,6 +654,12 @@ def run_jobs_table(stack: Stack, args: Any) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/barge-bench-scale"))
+    parser.add_argument(
+        "--worker-env",
+        nargs="*",
+        default=[],
+        help="KEY=VALUE settings of the simulated workers, e.g. BARGE_STATUS_CHECK_SECONDS=2",
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     w = sub.add_parser("workers", help="simulated workers x shard times")
     w.add_argument("--workers", type=int, nargs="+", default=[100, 300, 1000])
@@ -621,11 +678,13 @@ def main() -> int:
     t.add_argument("--tenants", type=int, default=50)
     t.add_argument("--requests", type=int, default=100)
     args = parser.parse_args()
+    WORKER_ENV.update({k: v for k, v in (item.split("=", 1) for item in args.worker_env)})
     args.log_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(args.log_dir).start(reconcile_seconds=5.0)
     try:
         if args.what == "workers":
             events = Events()
+            print(json.dumps(idle(stack)), flush=True)
             for shard_seconds in args.shard_seconds:
                 for workers in args.workers:
                     print(

@@ -22,7 +22,7 @@ from celery import Task
 
 from barge.queue import RUN_SHARD, make_celery
 from barge.settings import get_settings
-from worker import lifecycle
+from worker import lifecycle, usage
 from worker.context import WorkerContext, get_context
 from worker.kinds import JobKind
 from worker.lease import Lease, Result, ShardWork
@@ -34,6 +34,9 @@ _timings_lock = threading.Lock()
 _timings = open(os.environ.get("BENCH_TIMINGS", os.devnull), "a", buffering=1)  # noqa: SIM115
 
 app = make_celery(get_settings(), name="barge-bench-gpu")
+# What a GPU worker finds once at its start (its devices: torch is imported), found here before
+# the first claim rather than inside it.
+usage.process_devices(get_settings())
 
 
 def note(line: str) -> None:

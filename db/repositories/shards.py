@@ -102,6 +102,24 @@ def heartbeat_shard(
     tokens_out: int | None = None,
 ) -> bool:
     """Extend the lease and record progress; False when the lease was lost (stop working)."""
+    held = heartbeat_job_status(
+        session, shard_id, attempt, lease, succeeded, failed, steps_done, tokens_out
+    )
+    return held is not None
+
+
+def heartbeat_job_status(
+    session: Session,
+    shard_id: uuid.UUID,
+    attempt: int,
+    lease: timedelta,
+    succeeded: int,
+    failed: int,
+    steps_done: int | None = None,
+    tokens_out: int | None = None,
+) -> str | None:
+    """``heartbeat_shard`` that also reads the job's status in the same statement (the lease
+    skips its next status check with it); None when the lease was lost."""
     now = utcnow()
     values: dict[str, Any] = {
         "lease_expires_at": now + lease,
@@ -113,7 +131,12 @@ def heartbeat_shard(
         values["steps_done"] = steps_done
     if tokens_out is not None:
         values["tokens_out"] = tokens_out
-    return _update_held(session, shard_id, attempt, values)
+    job_status = select(Job.status).where(Job.id == Shard.job_id).scalar_subquery()
+    row = session.execute(
+        update(Shard).where(_held(shard_id, attempt)).values(**values).returning(job_status),
+        execution_options={"synchronize_session": False},
+    ).first()
+    return None if row is None else str(row[0] or "gone")
 
 
 def finish_shard(

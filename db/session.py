@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,6 +14,9 @@ from barge.settings import get_settings
 from db.migrate import check_schema
 
 _engines: dict[str, Engine] = {}
+# Many threads may ask for an engine first at once (a threads pool, the API's threadpool):
+# without the lock each could make its own, each with a pool of connections of its own.
+_engines_lock = threading.Lock()
 _current_schema: set[str] = set()  # the URLs whose schema was found current: checked once
 
 
@@ -52,14 +56,18 @@ def get_engine(url: str) -> Engine:
     pool as the settings size it (``BARGE_DATABASE_POOL_SIZE``, ``..._MAX_OVERFLOW``,
     ``..._PREPARED_STATEMENTS``)."""
     engine = _engines.get(url)
-    if engine is None:
-        settings = get_settings()
-        engine = _engines[url] = make_engine(
-            url,
-            settings.database_pool_size,
-            settings.database_max_overflow,
-            settings.database_prepared_statements,
-        )
+    if engine is not None:
+        return engine
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            settings = get_settings()
+            engine = _engines[url] = make_engine(
+                url,
+                settings.database_pool_size,
+                settings.database_max_overflow,
+                settings.database_prepared_statements,
+            )
     return engine
 
 
@@ -74,9 +82,10 @@ def require_current_schema(url: str) -> None:
 
 
 def dispose_engines() -> None:
-    for engine in _engines.values():
-        engine.dispose()
-    _engines.clear()
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

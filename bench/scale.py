@@ -509,30 +509,31 @@ def insert_tenants(stack: Stack, tenants: int) -> None:
 def insert_jobs(stack: Stack, jobs: int, status: str, spread_days: float = 0.0) -> None:
     """``jobs`` jobs spread over the load tenants, created over the last ``spread_days``, with
     one event each (their creation)."""
+    finished = "NULL" if status == "running" else "now()"
     sql(
         stack,
         f"""
         WITH t AS (SELECT id, row_number() OVER (ORDER BY name) - 1 AS n FROM tenants
                    WHERE name LIKE 'load-%%'),
         nt AS (SELECT count(*) AS c FROM t),
-        j AS (SELECT gen_random_uuid() AS id, g FROM generate_series(1, :jobs) g)
-        INSERT INTO jobs (id, tenant_id, type, status, spec, metadata, output_uri, created_at,
-                          updated_at, started_at, shards_total, records_total, plan_attempts)
-        SELECT j.id, t.id, 'inference', :status, {SPEC_SQL}, '{{}}',
-               's3://bench/out/' || j.id || '/',
-               now() - make_interval(secs => (:spread * 86400.0 * j.g / :jobs)),
-               now(), now(), 0, 0, 1
-        FROM j, nt, t WHERE t.n = j.g % nt.c
+        j AS (SELECT gen_random_uuid() AS id, g FROM generate_series(1, :jobs) g),
+        ins AS (
+            INSERT INTO jobs (id, tenant_id, type, status, spec, metadata, output_uri,
+                              created_at, updated_at, started_at, finished_at, shards_total,
+                              records_total, plan_attempts)
+            SELECT j.id, t.id, 'inference', :status, {SPEC_SQL}, '{{}}',
+                   's3://bench/out/' || j.id || '/',
+                   now() - make_interval(secs => (:spread * 86400.0 * j.g / :jobs)),
+                   now(), now(), {finished}, 0, 0, 1
+            FROM j, nt, t WHERE t.n = j.g % nt.c
+            RETURNING id, created_at, status
+        )
+        INSERT INTO job_events (job_id, at, kind, to_status, message, data)
+        SELECT id, created_at, 'status', status, 'job ' || status, '{{}}' FROM ins
         """.replace("%%", "%"),
         jobs=jobs,
         status=status,
         spread=spread_days,
-    )
-    sql(
-        stack,
-        "INSERT INTO job_events (job_id, at, kind, to_status, message, data)"
-        " SELECT id, created_at, 'status', status, 'job ' || status, '{}' FROM jobs"
-        " WHERE tenant_id IN (SELECT id FROM tenants WHERE name LIKE 'load-%')",
     )
 
 

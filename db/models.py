@@ -136,7 +136,7 @@ class Shard(Base):
         # The reconciler's re-send over a backlog: pending shards, longest unsent first.
         Index(
             "ix_shards_pending_dispatched",
-            "dispatched_at",
+            text("dispatched_at NULLS FIRST"),  # the re-send's order: never sent, then oldest
             postgresql_where=text("status = 'pending'"),
             sqlite_where=text("status = 'pending'"),
         ),

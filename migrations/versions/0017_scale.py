@@ -48,7 +48,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_shards_pending_dispatched",
         "shards",
-        ["dispatched_at"],
+        [sa.text("dispatched_at NULLS FIRST")],
         postgresql_where=sa.text("status = 'pending'"),
         sqlite_where=sa.text("status = 'pending'"),
     )

@@ -8,7 +8,7 @@ MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 # torch is pinned to the 2.13 series (a CPU build here; the same pin picks a CUDA build on GPU hosts).
 TORCH := torch==2.13.*
 
-.PHONY: help venv dev demo test test-unit lint typecheck fmt services docs docs-serve bench bench-finetune bench-onnx bench-ray bench-images bench-lora bench-generate clean
+.PHONY: help venv dev demo test test-unit lint typecheck fmt services docs docs-serve bench bench-finetune bench-onnx bench-ray bench-images bench-lora bench-generate bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -86,6 +86,9 @@ bench-lora: venv ## LoRA steps/s against a bare peft loop; peak RSS of LoRA vs f
 
 bench-generate: venv ## generation: Barge's engines against bare generate loops, completion tokens/s
 	$(BIN)/python bench/generate.py $(BENCH_ARGS)
+
+bench-scale: venv ## the control plane with simulated GPU workers (BENCH_ARGS="workers --workers 100 ...")
+	$(BIN)/python bench/scale.py $(or $(BENCH_ARGS),workers)
 
 clean: ## remove the virtualenv and the embedded state
 	rm -rf $(VENV) .barge

@@ -22,6 +22,7 @@ FINALIZE_JOB = "barge.finalize_job"
 RECONCILE = "barge.reconcile"
 SCAN_DROPS = "barge.scan_drops"
 SEND_WEBHOOKS = "barge.send_webhooks"
+RETENTION = "barge.retention"
 
 ROUTES = {
     PLAN_JOB: CONTROL_QUEUE,
@@ -30,7 +31,19 @@ ROUTES = {
     RECONCILE: CONTROL_QUEUE,
     SCAN_DROPS: CONTROL_QUEUE,
     SEND_WEBHOOKS: CONTROL_QUEUE,
+    RETENTION: CONTROL_QUEUE,
 }
+
+
+def task_queues(settings: Settings) -> list[Queue]:
+    """The ``gpu`` and ``control`` queues; quorum queues with ``BARGE_BROKER_QUORUM_QUEUES``
+    (every process that declares them, API included, must agree: RabbitMQ refuses a declare
+    whose type differs from the queue's)."""
+    arguments = {"x-queue-type": "quorum"} if settings.broker_quorum_queues else None
+    return [
+        Queue(GPU_QUEUE, queue_arguments=arguments),
+        Queue(CONTROL_QUEUE, queue_arguments=arguments),
+    ]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -60,7 +73,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_queues": [Queue(GPU_QUEUE), Queue(CONTROL_QUEUE)],
+        "task_queues": task_queues(settings),
         "task_default_queue": CONTROL_QUEUE,
         "task_routes": {name: {"queue": q} for name, q in ROUTES.items()},
         "worker_hijack_root_logger": False,
@@ -85,6 +98,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": SEND_WEBHOOKS,
                 "schedule": settings.webhook_send_seconds,
                 "options": {"expires": settings.webhook_send_seconds},
+            },
+            "retention": {
+                "task": RETENTION,
+                "schedule": settings.retention_seconds,
+                "options": {"expires": settings.retention_seconds},
             },
         },
     }

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # redelivered message is claimed again as soon as the lease ends, about 10 s later.
     lease_seconds: float = Field(default=10.0, gt=0)
     heartbeat_seconds: float = Field(default=2.0, gt=0)
+    # The least time between two reads of a shard's job status (is it cancelled?) between
+    # batches: a cancel stops a shard within about this long. Each renewal reads it too, so at
+    # or above heartbeat_seconds the status costs no round trip of its own.
+    status_check_seconds: float = Field(default=0.25, ge=0, le=600)
     max_attempts: int = 3
     shard_records: int = 10_000
     device: str = ""  # "" = cuda when available, else cpu
@@ -88,6 +92,22 @@ class Settings(BaseSettings):
     reconcile_seconds: float = 15.0
     drop_scan_seconds: float = 5.0
     dispatch_grace_seconds: float = 60.0
+    # Retention: the events of a job finished longer ago than this many days are deleted (0:
+    # kept forever), with its progress samples (``sample_retention_days``), by a periodic
+    # control task every ``retention_seconds``, ``retention_batch`` jobs per transaction.
+    event_retention_days: float = Field(default=0.0, ge=0)
+    retention_seconds: float = Field(default=3600.0, ge=1.0)
+    retention_batch: int = Field(default=500, ge=1, le=100_000)
+    # RabbitMQ quorum queues (replicated, for a RabbitMQ cluster) for the gpu and control
+    # queues. A queue's type is fixed when it is first declared: switching an existing
+    # deployment means deleting the two queues (drained) first.
+    broker_quorum_queues: bool = False
+    # Connections each process's database pool keeps open, and how many more it may open under
+    # load. Behind PgBouncer in transaction mode the pooler multiplexes these.
+    database_pool_size: int = Field(default=5, ge=1, le=1000)
+    database_max_overflow: int = Field(default=5, ge=0, le=1000)
+    # psycopg's server-side prepared statements; false behind PgBouncer in transaction mode.
+    database_prepared_statements: bool = True
 
     # Input bounds, enforced while streaming (at submit and in the worker). A record or a text
     # over its limit is a per-record error; an object over its limit fails the job.

@@ -68,6 +68,20 @@ class Job(Base):
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_status", "status"),
         Index("ix_jobs_tenant_status", "tenant_id", "status"),  # active jobs, for the quota
+        # Retention: finished jobs whose events were not pruned yet.
+        Index(
+            "ix_jobs_events_to_prune",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL AND events_pruned_at IS NULL"),
+            sqlite_where=text("finished_at IS NOT NULL AND events_pruned_at IS NULL"),
+        ),
+        # The reconciler's finalize pass: jobs without a manifest.
+        Index(
+            "ix_jobs_unfinalized",
+            "status",
+            postgresql_where=text("manifest IS NULL"),
+            sqlite_where=text("manifest IS NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -100,6 +114,8 @@ class Job(Base):
         ForeignKey("jobs.id", ondelete="SET NULL"), index=True
     )
     retry_index: Mapped[int | None] = mapped_column(Integer)
+    # When retention deleted the finished job's events (BARGE_EVENT_RETENTION_DAYS).
+    events_pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Throughput(Base):
@@ -140,6 +156,13 @@ class Shard(Base):
             sqlite_where=text("status IN ('pending', 'running')"),
         ),
         Index("ix_shards_job_started", "job_id", "started_at"),
+        # The reconciler's re-send over a backlog: pending shards, longest unsent first.
+        Index(
+            "ix_shards_pending_dispatched",
+            text("dispatched_at NULLS FIRST"),  # the re-send's order: never sent, then oldest
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

@@ -180,7 +180,11 @@ class Lease:
     write, is ``beat()`` unless the hold is young (see there). ``close()`` stops the renewals
     once the unit is settled.
 
-    ``check_seconds`` throttles the status check (a fine-tune's steps can be milliseconds)."""
+    ``check_seconds`` throttles the status check (a fine-tune's steps can be milliseconds);
+    each renewal reads the job's status in its own statement, so a check due within
+    ``check_seconds`` of a renewal asks nothing more, and a stop a renewal read is seen at the
+    next batch (``BARGE_STATUS_CHECK_SECONDS`` at or above the heartbeat: the renewals are
+    the only status checks)."""
 
     def __init__(self, ctx: WorkerContext, work: ShardWork, check_seconds: float = 0.0):
         self.ctx = ctx
@@ -201,6 +205,9 @@ class Lease:
         # callback or a finalizer, where Python prints the exception and carries on.
         self._deadline = self._held_since + ctx.settings.shard_soft_time_limit
         self._last_check = float("-inf")
+        # The job's status as the newest renewal read it, and when (its transaction's start):
+        # a status check younger than ``check_seconds`` costs no round trip of its own.
+        self._status_seen: tuple[float, str | None] = (float("-inf"), state.RUNNING)
         self._next_try = self._held_since + ctx.settings.heartbeat_seconds
         self._lost = threading.Event()
         self._closed = threading.Event()
@@ -238,7 +245,7 @@ class Lease:
     def _renew(self) -> bool:
         started = time.monotonic()
         with self.ctx.session() as session:
-            held = repo.heartbeat_shard(
+            status = repo.heartbeat_job_status(
                 session,
                 self.work.shard_id,
                 self.work.attempt,
@@ -248,6 +255,7 @@ class Lease:
                 self.steps_done,
                 (self.tokens or {}).get("completion_tokens"),
             )
+            held = status is not None
             if held:
                 samples.on_heartbeat(
                     session,
@@ -258,6 +266,7 @@ class Lease:
                 )
         if held:
             self._held_since = max(self._held_since, started)
+            self._status_seen = (started, status)  # one tuple: read whole by the work's thread
         return held
 
     def between_batches(self) -> None:
@@ -266,12 +275,19 @@ class Lease:
         now = time.monotonic()
         if now >= self._deadline:
             raise SoftTimeLimitExceeded()
+        seen_at, seen = self._status_seen
+        if seen not in state.IN_PROGRESS:  # a renewal read that the job stopped: stop now
+            raise Stop(seen or "gone")
         if now - self._last_check >= self.check_seconds:
-            self._last_check = now
-            with self.ctx.session() as session:
-                status = repo.job_status(session, self.work.job_id)
-            if status not in state.IN_PROGRESS:
-                raise Stop(status or "gone")
+            status: str | None = seen
+            if now - seen_at < self.check_seconds:  # a renewal read it lately: no round trip
+                self._last_check = seen_at
+            else:
+                self._last_check = now
+                with self.ctx.session() as session:
+                    status = repo.job_status(session, self.work.job_id)
+                if status not in state.IN_PROGRESS:
+                    raise Stop(status or "gone")
             self.pause_requested = status in state.PAUSE_STATES
         if time.monotonic() - self._held_since >= self.ctx.settings.heartbeat_seconds:
             self.beat()

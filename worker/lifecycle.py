@@ -76,7 +76,7 @@ def run_shard(
 def run_claimed(ctx: WorkerContext, work: ShardWork, kind: kinds.JobKind) -> Outcome:
     """Run a claimed unit to its end and settle it: the one place where results and exceptions
     become outcomes."""
-    lease = Lease(ctx, work, kind.status_check_seconds)
+    lease = Lease(ctx, work, max(kind.status_check_seconds, ctx.settings.status_check_seconds))
     usage.Meter(ctx, work)  # the attempt's usage: seconds, tokens, energy
     started = time.monotonic()
     time_limit_error = kind.time_limit_error.format(limit=ctx.settings.shard_soft_time_limit)

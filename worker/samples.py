@@ -1,8 +1,9 @@
 """Progress samples from the heartbeats that already run: when a lease is renewed and the
 job's current sample slot (``BARGE_SAMPLE_SECONDS``) has no sample yet, the job's counts are
 summed into one (``repo.add_job_sample``), and the attempt is noted alive. At most one row per
-job per slot, whatever the number of shards and workers; nothing per record. The reconciler
-prunes the samples of jobs finished longer ago than ``BARGE_SAMPLE_RETENTION_DAYS`` (``prune``).
+job per slot, whatever the number of shards and workers; nothing per record. The retention
+task (``worker.control.retention``) prunes the samples of jobs finished longer ago than
+``BARGE_SAMPLE_RETENTION_DAYS`` (``prune``).
 
 Imports: ``barge``, ``db``; never ``api`` or ``cli``.
 """
@@ -58,7 +59,7 @@ WORKER_FORGOTTEN_AFTER = timedelta(days=1)
 
 
 def prune(session: Session, settings: Settings, now: datetime, limit: int) -> int:
-    """The reconciler's pruning: the samples of up to ``limit`` jobs finished longer ago than
+    """The retention task's pruning: the samples of up to ``limit`` jobs finished longer ago than
     ``BARGE_SAMPLE_RETENTION_DAYS``, and workers long gone. How many rows went."""
     retention = timedelta(days=settings.sample_retention_days)
     pruned = repo.prune_samples(session, now - retention, limit)

@@ -9,12 +9,20 @@ import uuid
 
 from celery import Task
 
-from barge.queue import FINALIZE_JOB, PLAN_JOB, RECONCILE, RUN_SHARD, SCAN_DROPS, SEND_WEBHOOKS
+from barge.queue import (
+    FINALIZE_JOB,
+    PLAN_JOB,
+    RECONCILE,
+    RETENTION,
+    RUN_SHARD,
+    SCAN_DROPS,
+    SEND_WEBHOOKS,
+)
 from barge.settings import get_settings
 from worker import lifecycle, takeover
 from worker.celery_app import app
 from worker.context import get_context
-from worker.control import drops, finalize, planner, reconciler, webhooks
+from worker.control import drops, finalize, planner, reconciler, retention, webhooks
 
 
 @app.task(name=PLAN_JOB)
@@ -64,3 +72,9 @@ def scan_drops() -> None:
 def send_webhooks() -> None:
     """Send the webhook deliveries that are due (retries included)."""
     webhooks.send_due(get_context())
+
+
+@app.task(name=RETENTION)
+def prune_old() -> None:
+    """Delete finished jobs' old events and progress samples, in batches."""
+    retention.prune(get_context())

@@ -51,6 +51,7 @@ from db.repositories.events import (
     events_newest_first,
     last_event,
     list_events,
+    prune_events,
 )
 from db.repositories.jobs import (
     FILES_LOCK,
@@ -104,6 +105,7 @@ from db.repositories.shards import (
     fair_turns,
     finish_shard,
     hand_off_shard,
+    heartbeat_job_status,
     heartbeat_shard,
     idle_pausing_jobs,
     live_shard_count,
@@ -211,6 +213,7 @@ __all__ = [
     "get_job",
     "hand_off_shard",
     "hash_key",
+    "heartbeat_job_status",
     "heartbeat_shard",
     "idle_pausing_jobs",
     "is_epoch_model",
@@ -241,6 +244,7 @@ __all__ = [
     "pending_shard_count",
     "progress_for",
     "prune_deliveries",
+    "prune_events",
     "prune_samples",
     "prune_workers",
     "record_delivery_attempt",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, and_, case, cast, exists, func, or_, select, update
+from sqlalchemy import String, and_, case, cast, exists, func, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from db.base import utcnow
@@ -297,9 +297,13 @@ def take_stale_queued_jobs(
 
 def jobs_to_finalize(session: Session, before: datetime, limit: int) -> list[uuid.UUID]:
     """Jobs with every shard settled but no manifest, untouched since ``before``."""
-    unsettled = exists().where(
-        Shard.job_id == Job.id,
-        Shard.status.in_([SHARD_PENDING, SHARD_RUNNING]),
+    # A probe per job (LIMIT 1 on ix_shards_unsettled), not NOT EXISTS: over a backlog
+    # Postgres hashed that into a scan of every unsettled shard.
+    unsettled = (
+        select(literal(1))
+        .where(Shard.job_id == Job.id, Shard.status.in_([SHARD_PENDING, SHARD_RUNNING]))
+        .limit(1)
+        .scalar_subquery()
     )
     return list(
         session.scalars(
@@ -308,7 +312,7 @@ def jobs_to_finalize(session: Session, before: datetime, limit: int) -> list[uui
                 Job.manifest.is_(None),
                 Job.status.in_([*IN_PROGRESS, CANCELLING, FAILED]),
                 Job.updated_at < before,
-                ~unsettled,
+                unsettled.is_(None),
             )
             .limit(limit)
         )

@@ -76,15 +76,14 @@ def job_samples(session: Session, job_id: uuid.UUID, limit: int = 5000) -> list[
 
 def prune_samples(session: Session, finished_before: datetime, limit: int) -> int:
     """Delete the samples of up to ``limit`` jobs that finished before ``finished_before``; how
-    many rows went."""
+    many rows went. Found from the samples' side: that table holds only the jobs not pruned
+    yet, so a pass costs the same with a million finished jobs as with ten."""
     done = list(
         session.scalars(
-            select(Job.id)
-            .where(
-                Job.status.in_(sorted(FINAL)),
-                Job.finished_at < finished_before,
-                exists().where(JobSample.job_id == Job.id),
-            )
+            select(JobSample.job_id)
+            .join(Job, Job.id == JobSample.job_id)
+            .where(Job.status.in_(sorted(FINAL)), Job.finished_at < finished_before)
+            .group_by(JobSample.job_id)
             .limit(limit)
         )
     )

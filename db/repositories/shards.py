@@ -8,7 +8,19 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Integer, String, Uuid, and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    Uuid,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, aliased
 
 from db.base import UTCDateTime, utcnow
@@ -104,6 +116,24 @@ def heartbeat_shard(
     tokens_out: int | None = None,
 ) -> bool:
     """Extend the lease and record progress; False when the lease was lost (stop working)."""
+    held = heartbeat_job_status(
+        session, shard_id, attempt, lease, succeeded, failed, steps_done, tokens_out
+    )
+    return held is not None
+
+
+def heartbeat_job_status(
+    session: Session,
+    shard_id: uuid.UUID,
+    attempt: int,
+    lease: timedelta,
+    succeeded: int,
+    failed: int,
+    steps_done: int | None = None,
+    tokens_out: int | None = None,
+) -> str | None:
+    """``heartbeat_shard`` that also reads the job's status in the same statement (the lease
+    skips its next status check with it); None when the lease was lost."""
     now = utcnow()
     values: dict[str, Any] = {
         "lease_expires_at": now + lease,
@@ -115,7 +145,12 @@ def heartbeat_shard(
         values["steps_done"] = steps_done
     if tokens_out is not None:
         values["tokens_out"] = tokens_out
-    return _update_held(session, shard_id, attempt, values)
+    job_status = select(Job.status).where(Job.id == Shard.job_id).scalar_subquery()
+    row = session.execute(
+        update(Shard).where(_held(shard_id, attempt)).values(**values).returning(job_status),
+        execution_options={"synchronize_session": False},
+    ).first()
+    return None if row is None else str(row[0] or "gone")
 
 
 def finish_shard(
@@ -405,7 +440,15 @@ def _claimable(shard: Any) -> Any:
 
 @cache
 def _turns_query() -> Any:
-    ready = exists().where(Shard.job_id == Job.id, _claimable(Shard))
+    # A probe per running job (LIMIT 1 on ix_shards_unsettled), not EXISTS: over a backlog
+    # Postgres hashed the EXISTS into a scan of every shard (180 ms with 100,000 pending).
+    ready = (
+        select(literal(1))
+        .where(Shard.job_id == Job.id, _claimable(Shard))
+        .limit(1)
+        .scalar_subquery()
+        .is_not(None)
+    )
     last_claim = select(func.max(Shard.started_at)).where(Shard.job_id == Job.id)
     jobs = (
         select(

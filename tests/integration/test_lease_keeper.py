@@ -205,3 +205,26 @@ def test_the_soft_time_limit_is_checked_between_batches_too(
                 update(Shard).where(Shard.id == work.shard_id).values(status="cancelled")
             )
             session.execute(update(Job).where(Job.id == work.job_id).values(status="cancelled"))
+
+
+def test_a_renewal_carries_the_job_status_so_a_cancel_is_seen_without_a_status_query(
+    ctx: WorkerContext, work: ShardWork
+) -> None:
+    """With status checks rarer than the heartbeat (BARGE_STATUS_CHECK_SECONDS), the renewal's
+    own read of the job's status stops the work at its next batch: a cancel is seen within a
+    heartbeat, and the checks between batches cost no round trip of their own."""
+    from worker.lease import Stop
+
+    lease = Lease(ctx, work, check_seconds=60.0)
+    try:
+        lease.between_batches()  # the one status query of the next minute: running
+        with session_scope(ctx.settings.resolved_database_url) as session:
+            session.execute(update(Job).where(Job.id == work.job_id).values(status="cancelling"))
+        deadline = time.monotonic() + 5
+        with pytest.raises(Stop) as stopped:
+            while time.monotonic() < deadline:  # the keeper renews every 0.25 s
+                lease.between_batches()
+                time.sleep(0.05)
+        assert stopped.value.job_status == "cancelling"
+    finally:
+        lease.close()

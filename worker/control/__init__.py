@@ -10,6 +10,7 @@ test that imports it in a fresh interpreter, keep it so).
   batches;
 - ``drops``: drop folders (new objects become jobs; finished ones are settled);
 - ``webhooks``: sending the webhook outbox's due deliveries, with back-off.
+- ``retention``: deleting finished jobs' old events and progress samples, in batches.
 
 Imports: ``barge``, ``db``, ``services``, ``worker.context``, ``worker.kinds``; never ``api`` or
 ``cli``.

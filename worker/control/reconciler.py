@@ -1,13 +1,14 @@
 """The reconciler (run by the scheduler every few seconds): re-sends work whose message was lost
 or whose lease expired, finalizes jobs whose shards are all settled, and expires OpenAI batches
-whose completion window has ended; prunes old progress samples and workers long gone.
+whose completion window has ended. (Old progress samples, events and workers long gone are
+the retention task's: ``worker.control.retention``.)
 
 A pausing or paused job's shards are neither re-sent nor failed (resume sends them), and a
 pausing job none of whose shards holds a lease that ended less than a lease ago (its last
 worker died, not merely renewed late) is paused.
 
-Imports: ``barge``, ``db``, ``services.jobs``, ``services.openai_batches``, ``worker.context``,
-``worker.samples``; never ``api`` or ``cli``.
+Imports: ``barge``, ``db``, ``services.jobs``, ``services.openai_batches``, ``worker.context``;
+never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from barge.queue import FINALIZE_JOB, GPU_QUEUE, PLAN_JOB, RUN_SHARD, ready_mess
 from db import repositories as repo
 from db.base import utcnow
 from services import jobs, openai_batches
-from worker import samples
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ class ReconcileReport:
     expired: int = 0
     abandoned: int = 0
     paused: int = 0
-    pruned: int = 0
 
 
 def _lost_messages(ctx: WorkerContext, pending: int) -> int:
@@ -81,7 +80,6 @@ def reconcile(ctx: WorkerContext, limit: int = 500) -> ReconcileReport:
             jobs.pause_if_idle(session, job_id, dead_since)
             for job_id in repo.idle_pausing_jobs(session, dead_since, limit)
         )
-        report.pruned = samples.prune(session, ctx.settings, now, limit)
     if any(vars(report).values()):
         log.info("reconcile: %s", report)
     return report

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from barge.errors import NotFound, excerpt
+from db import repositories as repo
 from db.models import Model, Tenant
-from db.repositories import openai as openai_repo
 from services import registry
 from services.context import ServiceContext
 
@@ -37,7 +37,7 @@ def listing(ctx: ServiceContext) -> list[ModelView]:
     settings, tenant = ctx.settings, ctx.tenant
     data = [_alias(name) for name in sorted(settings.openai_model_aliases)]
     seen = set(settings.openai_model_aliases)  # an alias wins over a registered name
-    for row in openai_repo.tenant_models(ctx.session, tenant.id):
+    for row in repo.tenant_models(ctx.session, tenant.id, limit=None):
         if row.name not in seen:  # the newest version comes first
             seen.add(row.name)
             data.append(_registered(tenant, row.name, row))

@@ -13,7 +13,7 @@ from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from barge.status import IN_PROGRESS, QUEUED, SHARD_PENDING, SHARD_RUNNING
-from db.models import Job, Model, OpenAIBatch, OpenAIFile, OpenAIFineTuningJob, Shard
+from db.models import Job, OpenAIBatch, OpenAIFile, OpenAIFineTuningJob, Shard
 
 Row = TypeVar("Row", OpenAIFile, OpenAIBatch, OpenAIFineTuningJob)
 
@@ -188,14 +188,3 @@ def list_fine_tuning_jobs(
 def fine_tuning_job_for(session: Session, job_id: uuid.UUID) -> OpenAIFineTuningJob | None:
     """The OpenAI fine-tuning job a Barge job runs, if any."""
     return session.scalar(select(OpenAIFineTuningJob).where(OpenAIFineTuningJob.job_id == job_id))
-
-
-def tenant_models(session: Session, tenant_id: uuid.UUID) -> list[Model]:
-    """Every registered version of the tenant's models, by name, newest version first."""
-    return list(
-        session.scalars(
-            select(Model)
-            .where(Model.tenant_id == tenant_id)
-            .order_by(Model.name, Model.version.desc())
-        )
-    )

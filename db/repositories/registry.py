@@ -109,8 +109,9 @@ def model_for_job(session: Session, job_id: uuid.UUID) -> Model | None:
     return next((m for m in models_for_job(session, job_id) if not is_epoch_model(m)), None)
 
 
-def tenant_models(session: Session, tenant_id: uuid.UUID, limit: int = 1000) -> list[Model]:
-    """Every version of every model of the tenant, by name, newest version first."""
+def tenant_models(session: Session, tenant_id: uuid.UUID, limit: int | None = 1000) -> list[Model]:
+    """Every version of every model of the tenant, by name, newest version first (the first
+    ``limit``; None: all of them)."""
     return list(
         session.scalars(
             select(Model)

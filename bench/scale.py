@@ -684,7 +684,7 @@ def main() -> int:
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/barge-bench-scale"))
     parser.add_argument(
         "--worker-env",
-        nargs="*",
+        action="append",
         default=[],
         help="KEY=VALUE settings of the simulated workers, e.g. BARGE_STATUS_CHECK_SECONDS=2",
     )

@@ -75,8 +75,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": CONTROL_QUEUE,
         "task_routes": {name: {"queue": q} for name, q in ROUTES.items()},
         "worker_hijack_root_logger": False,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events (Flower's view): four or five broker messages per task besides the task.
+        "worker_send_task_events": settings.broker_task_events,
+        "task_send_sent_event": settings.broker_task_events,
         # The filesystem transport has no fanout exchange for remote control.
         "worker_enable_remote_control": not settings.is_filesystem_broker,
         # A periodic message not consumed before the next one is due expires (RabbitMQ drops

@@ -668,7 +668,13 @@ def run_jobs_table(stack: Stack, args: Any) -> dict[str, Any]:
         api.get(f"/v1/jobs/{job_id}").raise_for_status()
         one.append((time.perf_counter() - t0) * 1000)
     total = sql(stack, "SELECT count(*) FROM jobs")[0][0]
+    plan = sql(
+        stack,
+        "EXPLAIN ANALYZE SELECT * FROM jobs WHERE tenant_id ="
+        " (SELECT id FROM tenants WHERE name = 'load-1') ORDER BY created_at DESC, id DESC LIMIT 50",
+    )
     return {
+        "list_sql_plan": [row[0] for row in plan if "Index" in row[0] or "Execution" in row[0]],
         "jobs_rows": int(total),
         "tenants": args.tenants,
         "insert_s": round(inserted, 1),

@@ -46,6 +46,21 @@ def task_queues(settings: Settings) -> list[Queue]:
     ]
 
 
+def beat_schedule(settings: Settings) -> dict[str, Any]:
+    """The periodic messages. One not consumed before the next is due expires (RabbitMQ drops
+    it; a worker that gets it late discards it): they never pile up behind busy workers."""
+    every = {
+        "reconcile": (RECONCILE, settings.reconcile_seconds),
+        "scan-drops": (SCAN_DROPS, settings.drop_scan_seconds),
+        "send-webhooks": (SEND_WEBHOOKS, settings.webhook_send_seconds),
+        "retention": (RETENTION, settings.retention_seconds),
+    }
+    return {
+        name: {"task": task, "schedule": seconds, "options": {"expires": seconds}}
+        for name, (task, seconds) in every.items()
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     transport_options: dict[str, Any] = {}
     if settings.is_filesystem_broker:
@@ -77,34 +92,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": CONTROL_QUEUE,
         "task_routes": {name: {"queue": q} for name, q in ROUTES.items()},
         "worker_hijack_root_logger": False,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events (Flower's view): four or five broker messages per task besides the task.
+        "worker_send_task_events": settings.broker_task_events,
+        "task_send_sent_event": settings.broker_task_events,
         # The filesystem transport has no fanout exchange for remote control.
         "worker_enable_remote_control": not settings.is_filesystem_broker,
-        # A periodic message not consumed before the next one is due expires (RabbitMQ drops
-        # it; a worker that gets it late discards it): they never pile up behind busy workers.
-        "beat_schedule": {
-            "reconcile": {
-                "task": RECONCILE,
-                "schedule": settings.reconcile_seconds,
-                "options": {"expires": settings.reconcile_seconds},
-            },
-            "scan-drops": {
-                "task": SCAN_DROPS,
-                "schedule": settings.drop_scan_seconds,
-                "options": {"expires": settings.drop_scan_seconds},
-            },
-            "send-webhooks": {
-                "task": SEND_WEBHOOKS,
-                "schedule": settings.webhook_send_seconds,
-                "options": {"expires": settings.webhook_send_seconds},
-            },
-            "retention": {
-                "task": RETENTION,
-                "schedule": settings.retention_seconds,
-                "options": {"expires": settings.retention_seconds},
-            },
-        },
+        "beat_schedule": beat_schedule(settings),
     }
 
 

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     # queues. A queue's type is fixed when it is first declared: switching an existing
     # deployment means deleting the two queues (drained) first.
     broker_quorum_queues: bool = False
+    # Celery task events (task-sent, -received, -started, -succeeded), which Flower shows: about
+    # four broker messages per shard besides the shard's own. Off, Flower sees workers only.
+    broker_task_events: bool = True
     # Connections each process's database pool keeps open, and how many more it may open under
     # load. Behind PgBouncer in transaction mode the pooler multiplexes these.
     database_pool_size: int = Field(default=5, ge=1, le=1000)

@@ -561,6 +561,31 @@ def insert_backlog(stack: Stack, per_job: int) -> None:
     sql(stack, "ANALYZE")
 
 
+def publish_backlog(stack: Stack) -> float:
+    """A message per pending shard on the gpu queue, as the planner sends them (stamped as
+    dispatched now), through one producer without publisher confirms; seconds it took."""
+    from barge.queue import GPU_QUEUE, RUN_SHARD, make_celery
+    from barge.settings import get_settings
+
+    started = time.perf_counter()
+    rows = sql(
+        stack,
+        "UPDATE shards SET dispatched_at = now() WHERE status = 'pending'"
+        " RETURNING id, job_id, index",
+    )
+    app = make_celery(get_settings())
+    app.conf.broker_transport_options = {}  # no confirm per message: a bulk load
+    with app.producer_or_acquire() as producer:
+        for shard_id, job_id, index in rows:
+            app.send_task(
+                RUN_SHARD,
+                args=[str(shard_id), str(job_id), index],
+                queue=GPU_QUEUE,
+                producer=producer,
+            )
+    return time.perf_counter() - started
+
+
 def run_backlog(stack: Stack, args: Any) -> dict[str, Any]:
     """The backlog, the simulated workers busy on it, then one small job of another tenant."""
     body = "".join(json.dumps({"id": i, "text": "x"}) + "\n" for i in range(args.shards_per_job))
@@ -570,6 +595,7 @@ def run_backlog(stack: Stack, args: Any) -> dict[str, Any]:
     insert_jobs(stack, args.jobs, "running")
     insert_backlog(stack, args.shards_per_job)
     inserted = time.perf_counter() - started
+    published = publish_backlog(stack) if args.messages else 0.0
     from worker.context import get_context
 
     ctx = get_context()
@@ -591,6 +617,7 @@ def run_backlog(stack: Stack, args: Any) -> dict[str, Any]:
         "workers": args.workers,
         "shard_seconds": args.shard_seconds,
         "insert_s": round(inserted, 1),
+        "publish_s": round(published, 1),
         "small_job_status": statuses,
         "small_job_s": round(small_s, 2),
         "reconcile_ms": [round(p, 1) for p in passes],
@@ -634,14 +661,20 @@ def run_jobs_table(stack: Stack, args: Any) -> dict[str, Any]:
             body = api.get("/v1/jobs", params={"limit": 50, "cursor": cursor}).json()
             pages.append((time.perf_counter() - t0) * 1000)
             cursor = body.get("next_cursor")
-    job_id = body["data"][0]["id"] if body.get("data") else None
+    job_id = body["jobs"][0]["id"]
     one = []
     for _ in range(args.requests):
         t0 = time.perf_counter()
         api.get(f"/v1/jobs/{job_id}").raise_for_status()
         one.append((time.perf_counter() - t0) * 1000)
     total = sql(stack, "SELECT count(*) FROM jobs")[0][0]
+    plan = sql(
+        stack,
+        "EXPLAIN ANALYZE SELECT * FROM jobs WHERE tenant_id ="
+        " (SELECT id FROM tenants WHERE name = 'load-1') ORDER BY created_at DESC, id DESC LIMIT 50",
+    )
     return {
+        "list_sql_plan": [row[0] for row in plan if "Index" in row[0] or "Execution" in row[0]],
         "jobs_rows": int(total),
         "tenants": args.tenants,
         "insert_s": round(inserted, 1),
@@ -657,7 +690,7 @@ def main() -> int:
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/barge-bench-scale"))
     parser.add_argument(
         "--worker-env",
-        nargs="*",
+        action="append",
         default=[],
         help="KEY=VALUE settings of the simulated workers, e.g. BARGE_STATUS_CHECK_SECONDS=2",
     )
@@ -674,6 +707,12 @@ def main() -> int:
     b.add_argument("--workers", type=int, default=100)
     b.add_argument("--shard-seconds", type=float, default=1.0)
     b.add_argument("--warm-seconds", type=float, default=20.0)
+    b.add_argument(
+        "--no-messages",
+        dest="messages",
+        action="store_false",
+        help="leave the backlog without messages (the reconciler re-sends them as lost)",
+    )
     t = sub.add_parser("jobs-table", help="list latency over a large jobs table")
     t.add_argument("--jobs", type=int, default=1_000_000)
     t.add_argument("--tenants", type=int, default=50)

@@ -9,7 +9,7 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from barge.queue import RECONCILE, SCAN_DROPS, SEND_WEBHOOKS, celery_config
+from barge.queue import RECONCILE, RETENTION, SCAN_DROPS, SEND_WEBHOOKS, celery_config
 from barge.settings import Settings
 from barge.status import CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED
 from cli.main import main
@@ -64,12 +64,19 @@ class TestWorkerProcesses:
 
 class TestPeriodicMessages:
     def test_each_expires_when_the_next_is_due(self) -> None:
-        settings = Settings(reconcile_seconds=15, drop_scan_seconds=5, webhook_send_seconds=3)
+        settings = Settings(
+            reconcile_seconds=15,
+            drop_scan_seconds=5,
+            webhook_send_seconds=3,
+            retention_seconds=600,
+        )
         schedule = celery_config(settings)["beat_schedule"]
         by_task = {entry["task"]: entry for entry in schedule.values()}
         assert by_task[RECONCILE]["options"] == {"expires": 15}
         assert by_task[SCAN_DROPS]["options"] == {"expires": 5}
         assert by_task[SEND_WEBHOOKS]["options"] == {"expires": 3}
+        assert by_task[RETENTION]["options"] == {"expires": 600}
+        assert by_task[RETENTION]["schedule"] == 600
 
 
 class TestLeaseDefaults:
@@ -119,3 +126,11 @@ class TestWaiting:
     def test_a_finalized_job_waits_for_nothing(self) -> None:
         job = build_job(status=SUCCEEDED, shards_total=2, manifest={"status": "succeeded"})
         assert waiting_for(job, Progress(shards_done=2)) is None
+
+
+def test_task_events_follow_the_setting() -> None:
+    """Task events are most of the broker's messages (bench/scale.py): a setting turns them off."""
+    on = celery_config(Settings(broker_task_events=True))
+    off = celery_config(Settings(broker_task_events=False))
+    assert on["worker_send_task_events"] and on["task_send_sent_event"]
+    assert not off["worker_send_task_events"] and not off["task_send_sent_event"]

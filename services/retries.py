@@ -173,11 +173,14 @@ def unfinished_records(
 
 
 def unreadable(job: Job, rec: Record) -> dict[str, Any]:
-    """What a record Barge could not read is retried as: why, and the field the job reads as
-    null, so the retry's checks pass and the record fails again, alone."""
+    """What a record Barge could not read is retried as: why, and the fields the job reads
+    (and its id_field) as null, so the retry's checks pass and the record fails again, alone."""
     spec = job.spec
     read = spec.get("messages_field") or spec.get("image_field") or spec.get("text_field")
-    return {"barge_unreadable": rec.error, str(read or "text"): None}
+    out: dict[str, Any] = {"barge_unreadable": rec.error, str(read or "text"): None}
+    if spec.get("id_field"):
+        out[spec["id_field"]] = None  # unknown: its error row has a null id, as before
+    return out
 
 
 def _id_of(data: dict[str, Any] | None, id_field: str | None, position: int) -> Any:

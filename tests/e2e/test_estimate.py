@@ -59,6 +59,7 @@ def test_a_dry_run_checks_creates_nothing_and_estimates_from_past_shards(
     assert job["status"] == "succeeded", job
     real = (job["finished_at"] and job["started_at"]) and _seconds(job)
     assert real > 0
+    print(f"dry-run estimate {estimate['duration_seconds']} s, real run {real:.1f} s")
     assert real / 2 <= estimate["duration_seconds"] <= real * 2, (estimate, real)
 
 

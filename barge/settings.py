@@ -84,7 +84,8 @@ class Settings(BaseSettings):
     generation_max_batch: int = Field(default=256, ge=1)
     # Encoders (embed, classify, text2text, ONNX text inputs) cut their batches by padded tokens
     # over length-sorted windows (a job's max_batch_tokens overrides this): unset, a job's
-    # batch_size times its max_length (the most a fixed batch could hold); 0: fixed batches
+    # batch_size times its max_length on a GPU (the most a fixed batch could hold), fixed
+    # batches on a CPU; 0: fixed batches
     # of batch_size records.
     max_batch_tokens: int | None = Field(default=None, ge=0)
 

@@ -281,7 +281,9 @@ def e2e_stack(s: Setup) -> tuple[Any, str]:
     if "stack" not in s.notes:
         from bench.stack import Stack
 
-        stack = Stack(s.notes["log_dir"]).__enter__()
+        threads = s.notes.get("threads")  # the worker's torch threads: the same as here
+        env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
+        stack = Stack(s.notes["log_dir"], **env).__enter__()
         s.notes["stack"] = stack
         stack.s3.create_bucket(Bucket="barge")  # the default scopes: s3://barge/<tenant>/
         s.notes["stack-model"] = stack.upload_model("generate-bench", s.model_dir)
@@ -385,6 +387,7 @@ def main() -> int:
         prompts = chat_prompts(tok, messages)
         s = Setup(model, tok, device, Path(tmp) / "model", prompts, args.max_tokens, messages)
         s.notes["log_dir"] = log_dir
+        s.notes["threads"] = args.threads
         try:
             rows = measure(s, names, args.rounds)
         finally:

@@ -16,7 +16,8 @@
 #    times its GPU-seconds (tests/e2e/test_energy.py; needs Postgres and RabbitMQ, as `make
 #    services` checks; skipped with a note when they are not reachable).
 # 4. The generate benchmark there (every engine, the bare loops, vLLM's bare loop where
-#    installed), bf16.
+#    installed), bf16; with the end-to-end row through /openai/v1 (--e2e) when Postgres and
+#    RabbitMQ are reachable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-${PY:-.venv/bin/python}}
@@ -39,6 +40,10 @@ else
 fi
 
 echo "== generate benchmark"
-# shellcheck disable=SC2086  # BENCH_ARGS is split on purpose
+E2E=""
+if "$PY" -c 'import scripts.check_services as c, sys; sys.exit(bool(c.check_postgres() or c.check_rabbitmq()))'; then
+  E2E="--e2e"
+fi
+# shellcheck disable=SC2086  # BENCH_ARGS and E2E are split on purpose
 "$PY" bench/generate.py --device cuda --requests "${REQUESTS:-512}" --rounds "${ROUNDS:-2}" \
-    ${BENCH_ARGS:-}
+    $E2E ${BENCH_ARGS:-}

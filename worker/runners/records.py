@@ -253,15 +253,17 @@ class _RecordsShard(ShardRun[LoadedModel]):
     # --- token-budget batches and out-of-memory back-off ----------------------------------------
 
     def token_budget(self) -> int:
-        """Padded tokens per batch (0: fixed batches of ``batch_size``): the job's
-        ``max_batch_tokens``, else ``BARGE_MAX_BATCH_TOKENS``, else ``batch_size`` times the
-        tokens kept per record (the most a fixed batch could hold), lowered by an
+        """Padded tokens per batch (0: fixed, length-sorted batches of ``batch_size``): the
+        job's ``max_batch_tokens``, else ``BARGE_MAX_BATCH_TOKENS``, else, on a GPU,
+        ``batch_size`` times the tokens kept per record (the most a fixed batch could hold) and
+        on a CPU fixed batches (wide batches measured slower there), lowered by an
         out-of-memory back-off."""
         chosen = self.spec.max_batch_tokens
         if chosen is None:
             chosen = self.ctx.settings.max_batch_tokens
-        if chosen is None:
+        if chosen is None and str(self.loaded.device).startswith("cuda"):
             chosen = self.spec.batch_size * int(getattr(self.params, "max_length", 512))
+        chosen = chosen or 0
         if chosen and self.learnt_tokens:
             chosen = min(chosen, self.learnt_tokens)
         return chosen

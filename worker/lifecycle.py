@@ -249,7 +249,7 @@ def _hand_off(ctx: WorkerContext, work: ShardWork, result: Result) -> Outcome:
                 uow.session,
                 work.job_id,
                 "paused" if paused else "handoff",
-                f"paused at step {step}, its checkpoint; the worker is free"
+                f"paused at step {step}; the worker is free"
                 if paused
                 else f"slice ended at step {step}; continuing from its checkpoint",
                 step=step,

@@ -14,6 +14,7 @@ from api.deps import Context, CurrentTenant, SettingsDep, UoW
 from api.schemas.errors import errors
 from api.schemas.jobs import (
     JOB_EXAMPLES,
+    RETRY_EXAMPLES,
     DryRunOut,
     EventList,
     EventOut,
@@ -139,7 +140,11 @@ def cancel_job(job_id: str, ctx: Context) -> JobOut:
 @router.post(
     "/{job_id}/retry", status_code=201, response_model=JobOut, responses=errors(404, 409, 422)
 )
-def retry_job(job_id: str, ctx: Context, body: RetryBody | None = None) -> JobOut:
+def retry_job(
+    job_id: str,
+    ctx: Context,
+    body: Annotated[RetryBody | None, Body(openapi_examples=RETRY_EXAMPLES)] = None,
+) -> JobOut:
     """Retry only what failed: a new job (a child of this one, writing under its output's
     `retry-N/`) over exactly the records this job (or its newest retry) did not finish: its
     errors files' records and those of shards that never succeeded. The body changes the spec

@@ -113,6 +113,15 @@ class RetryBody(BaseModel):
     output_format: Literal["jsonl", "parquet"] | None = None
 
 
+RETRY_EXAMPLES = {
+    "same": {"summary": "Retry what failed with the same spec", "value": {}},
+    "smaller": {
+        "summary": "Retry with smaller batches (after an out-of-memory failure)",
+        "value": {"batch_size": 8},
+    },
+}
+
+
 class DryRunRecordsOut(BaseModel):
     count: int
     exact: bool = Field(description="False when estimated from a sample of a large object")

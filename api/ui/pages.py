@@ -157,14 +157,28 @@ def job_live(
 CsrfField = Annotated[str, Form(max_length=200)]
 
 
+def _act(
+    request: Request, job_id: str, uow: UoW, signed: Signed, csrf: str, action: str
+) -> RedirectResponse:
+    """Cancel, pause or resume the job (its owner, or an admin; the form's CSRF token
+    checked), then back to its page."""
+    check_csrf(signed, csrf)
+    job = _job(uow, signed, job_id)
+    ctx = _context(request, uow, signed)
+    if action == "cancel":
+        jobs_service.cancel(ctx, job, "cancelled from the console")
+    elif action == "pause":
+        jobs_service.pause(ctx, job)
+    else:
+        jobs_service.resume(ctx, job)
+    return RedirectResponse(f"{ui_root(request)}/jobs/{job.id}", status_code=303)
+
+
 @router.post("/jobs/{job_id}/cancel")
 def cancel(
     request: Request, job_id: str, uow: UoW, signed: Signed, csrf: CsrfField = ""
 ) -> RedirectResponse:
-    check_csrf(signed, csrf)
-    job = _job(uow, signed, job_id)
-    jobs_service.cancel(_context(request, uow, signed), job, "cancelled from the console")
-    return RedirectResponse(f"{ui_root(request)}/jobs/{job.id}", status_code=303)
+    return _act(request, job_id, uow, signed, csrf, "cancel")
 
 
 @router.post("/jobs/{job_id}/pause")
@@ -172,10 +186,7 @@ def pause(
     request: Request, job_id: str, uow: UoW, signed: Signed, csrf: CsrfField = ""
 ) -> RedirectResponse:
     """Pause a running job: running shards finish, no new one starts."""
-    check_csrf(signed, csrf)
-    job = _job(uow, signed, job_id)
-    jobs_service.pause(_context(request, uow, signed), job)
-    return RedirectResponse(f"{ui_root(request)}/jobs/{job.id}", status_code=303)
+    return _act(request, job_id, uow, signed, csrf, "pause")
 
 
 @router.post("/jobs/{job_id}/resume")
@@ -183,10 +194,7 @@ def resume(
     request: Request, job_id: str, uow: UoW, signed: Signed, csrf: CsrfField = ""
 ) -> RedirectResponse:
     """Resume a pausing or paused job."""
-    check_csrf(signed, csrf)
-    job = _job(uow, signed, job_id)
-    jobs_service.resume(_context(request, uow, signed), job)
-    return RedirectResponse(f"{ui_root(request)}/jobs/{job.id}", status_code=303)
+    return _act(request, job_id, uow, signed, csrf, "resume")
 
 
 @router.post("/jobs/{job_id}/retry")

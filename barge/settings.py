@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     # Concurrent GETs per image shard for images held one per object (or named by URI): a
     # bounded pool a window ahead of decoding; each GET has the store's retries.
     image_fetch_threads: int = Field(default=8, ge=1, le=64)
+    # Concurrent GETs of the planner counting the records of a job's input objects (each read
+    # whole, but Parquet's footer): a prefix of many small objects is read by this bounded pool.
+    input_fetch_threads: int = Field(default=8, ge=1, le=64)
     # Pixels a worker process decodes at once, whatever its threads and shards: a decode waits
     # until its image's pixels fit (an image over the whole budget decodes alone). Decoding and
     # preparing one image peaks at 16 bytes a pixel (barge.records.images.DECODE_BYTES_PER_PIXEL)

@@ -216,8 +216,11 @@ class S3Store:
                 retries={"mode": "standard", "max_attempts": 6},
                 connect_timeout=10,
                 read_timeout=120,
-                # room for an image shard's concurrent GETs beside the worker's other calls
-                max_pool_connections=max(10, settings.image_fetch_threads + 4),
+                # room for an image shard's (or the planner's) concurrent GETs beside the
+                # worker's other calls
+                max_pool_connections=max(
+                    10, settings.image_fetch_threads + 4, settings.input_fetch_threads + 4
+                ),
                 s3={"addressing_style": "path"} if settings.s3_endpoint_url else {},
             ),
         )

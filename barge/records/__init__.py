@@ -2,7 +2,8 @@
 
 - ``base``: formats, records, ranges and the bounds every reader enforces;
 - ``lines``: bounded line reading; ``csvrows``: CSV rows; ``parquet``: Parquet rows by row group;
-- ``planning``: planning the ranges of an object and streaming one range; ``peek``: the first
+- ``planning``: planning the ranges of an object (of many objects, read concurrently) and
+  streaming one range; ``peek``: the first
   record's fields at submit;
 - ``tabular``: records as numeric features (ONNX ``feature_fields``); ``images``: images as
   records (listings, sources, bounded decoding).
@@ -34,7 +35,7 @@ from barge.records.base import (
     resolve_inputs,
 )
 from barge.records.peek import peek_fields
-from barge.records.planning import iter_range, plan_ranges
+from barge.records.planning import iter_range, plan_objects_ranges, plan_ranges
 
 __all__ = [
     "DATA_SUFFIXES",
@@ -49,6 +50,7 @@ __all__ = [
     "is_data_object",
     "iter_range",
     "peek_fields",
+    "plan_objects_ranges",
     "plan_ranges",
     "resolve_inputs",
 ]

@@ -1,8 +1,12 @@
-"""Planning ranges of an object, and streaming the records of one range."""
+"""Planning ranges of an object (or of many objects, read by a bounded pool of concurrent
+GETs), and streaming the records of one range."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import collections
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 from barge.records.base import (
     Format,
@@ -18,6 +22,9 @@ from barge.records.csvrows import iter_csv
 from barge.records.lines import Lines, open_text_source, parse_json_line
 from barge.records.parquet import iter_parquet, parquet_file
 from barge.storage import ObjectInfo, ObjectStore
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # --- planning and streaming ---------------------------------------------------------------------
 
@@ -128,3 +135,52 @@ def iter_range(
                 seen += 1
                 if seen >= skip + rng.record_count:
                     break
+
+
+def plan_objects_ranges(
+    store: ObjectStore,
+    objects: Sequence[tuple[ObjectInfo, Format]],
+    shard_records: int,
+    *,
+    threads: int = 1,
+    limits: Limits | None = None,
+) -> Iterator[tuple[list[Range], int]]:
+    """:func:`plan_ranges` of each object, in the objects' order. Counting the records of an
+    object (other than Parquet) reads it whole, so a prefix of many small objects is read by a
+    bounded pool of ``threads`` concurrent GETs (each with the store's retries), at most
+    ``2 × threads`` objects ahead of the caller (backpressure). An object that cannot be read
+    raises when its turn comes, as it would read one at a time."""
+    limits = resolve_limits(limits)
+
+    def plan(item: tuple[ObjectInfo, Format]) -> tuple[list[Range], int]:
+        return plan_ranges(store, item[0], item[1], shard_records, limits=limits)
+
+    if threads <= 1 or len(objects) <= 1:
+        yield from map(plan, objects)
+        return
+    with ThreadPoolExecutor(min(threads, len(objects)), thread_name_prefix="barge-plan") as pool:
+        yield from in_order(pool, plan, objects, 2 * threads)
+
+
+def in_order(
+    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], ahead: int
+) -> Iterator[R]:
+    """``fn`` over ``items`` on ``pool``, in order, with at most ``ahead`` results pending: the
+    pool works on the next items while the consumer takes this one. Closing it (or an item's
+    error) cancels what has not started."""
+    pending: collections.deque[Future[R]] = collections.deque()
+    source = iter(items)
+    try:
+        while True:
+            while len(pending) < ahead:
+                try:
+                    item = next(source)
+                except StopIteration:
+                    break
+                pending.append(pool.submit(fn, item))
+            if not pending:
+                return
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()

@@ -7,9 +7,11 @@ import itertools
 import json
 import re
 import time
+import threading
 import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,9 +32,11 @@ from barge.records import (
     is_data_object,
     iter_range,
     peek_fields,
+    plan_objects_ranges,
     plan_ranges,
     resolve_inputs,
 )
+from barge.records.planning import in_order
 from barge.settings import Settings, get_settings
 from barge.storage import LocalStore, ObjectInfo, S3Uri
 
@@ -986,3 +990,64 @@ def test_token_budget_batches_run_short_records_wide_and_long_ones_narrow() -> N
     assert sorted(t.at for b in batches for t in b) == list(range(len(lengths)))
     fixed = list(cut_batches(todo, 4, 0, lengths))
     assert [len(b) for b in fixed] == [4, 4, 4]
+
+
+class TestManyObjects:
+    """Planning a prefix of many small objects with a bounded pool of concurrent reads."""
+
+    def test_same_ranges_in_the_same_order_as_one_at_a_time(self, store: LocalStore) -> None:
+        objects = []
+        for i in range(60):
+            lines = [json.dumps({"id": f"{i}-{j}"}) for j in range(i % 4)] + [""] * (i % 2)
+            objects.append((put(store, f"in/{i:03d}.jsonl", "\n".join(lines).encode()), JSONL))
+        gz = put(store, "in/z.jsonl.gz", gzip.compress(jsonl_bytes(JSONL_LINES)))
+        objects.append((gz, JSONL_GZ))
+        one_by_one = [plan_ranges(store, info, fmt, 2) for info, fmt in objects]
+        pooled = list(plan_objects_ranges(store, objects, 2, threads=8))
+        assert pooled == one_by_one
+        assert [n for _, n in pooled][:5] == [0, 1, 2, 3, 0]
+
+    def test_the_first_unreadable_object_in_order_is_the_error(self, store: LocalStore) -> None:
+        objects = [(put(store, f"in/{i:02d}.jsonl", b'{"a": 1}\n'), JSONL) for i in range(20)]
+        for i in (7, 13):
+            bad = put(store, f"in/{i:02d}x.jsonl.gz", b"\x1f\x8bnot gzip")
+            objects[i] = (bad, JSONL_GZ)
+        planned = plan_objects_ranges(store, objects, 5, threads=4)
+        taken = [next(planned) for _ in range(7)]
+        assert [n for _, n in taken] == [1] * 7
+        with pytest.raises(PermanentJobError, match=r"invalid gzip data in s3://bucket/in/07x"):
+            next(planned)
+
+    def test_in_order_keeps_order_and_at_most_ahead_pending(self) -> None:
+        started: list[int] = []
+        lock = threading.Lock()
+
+        def work(i: int) -> int:
+            with lock:
+                started.append(i)
+            time.sleep(0.001 * (i % 3))  # later items often finish first
+            return i * i
+
+        with ThreadPoolExecutor(4) as pool:
+            out = in_order(pool, work, range(50), 6)
+            first = next(out)
+            # nothing past the first 6 was submitted before the consumer took one
+            assert first == 0 and max(started) < 6
+            assert [first, *out] == [i * i for i in range(50)]
+
+    def test_in_order_cancels_what_has_not_started_when_closed(self) -> None:
+        ran: list[int] = []
+        release = threading.Event()
+
+        def work(i: int) -> int:
+            if i:
+                release.wait(5)
+            ran.append(i)
+            return i
+
+        with ThreadPoolExecutor(1) as pool:
+            out = in_order(pool, work, range(100), 10)
+            assert next(out) == 0
+            out.close()  # 2-9 (and 1, unless it started) are pending, and cancelled
+            release.set()
+        assert ran in ([0], [0, 1])

@@ -14,7 +14,7 @@ from typing import Any
 
 from barge.errors import PermanentJobError
 from barge.modeldirs import check_model_files, list_model_files
-from barge.records import format_of, plan_ranges, resolve_inputs
+from barge.records import format_of, plan_objects_ranges, resolve_inputs
 from barge.specs import BUILTIN_MODELS, InferenceSpec
 from barge.storage import ObjectInfo
 from db import state
@@ -53,9 +53,14 @@ def plan_objects(
     shard_records = spec.shard_size or ctx.settings.shard_records
     shards: list[Shard] = []
     offset = 0
-    for info in objects:
-        fmt = format_of(info.uri, declared)
-        ranges, count = plan_ranges(ctx.store, info, fmt, shard_records)
+    formats = [format_of(info.uri, declared) for info in objects]
+    planned = plan_objects_ranges(
+        ctx.store,
+        list(zip(objects, formats, strict=True)),
+        shard_records,
+        threads=ctx.settings.input_fetch_threads,
+    )
+    for info, fmt, (ranges, count) in zip(objects, formats, planned, strict=True):
         for rng in ranges:
             shards.append(
                 Shard(

@@ -6,8 +6,8 @@ import gzip
 import itertools
 import json
 import re
-import time
 import threading
+import time
 import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator

@@ -13,13 +13,23 @@ from __future__ import annotations
 
 import math
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from barge.errors import PermanentJobError
 from barge.queue import GPU_QUEUE
-from barge.records import Range, format_of, images, iter_range, plan_ranges, resolve_inputs
+from barge.records import (
+    Format,
+    Range,
+    format_of,
+    images,
+    iter_range,
+    plan_ranges,
+    resolve_inputs,
+)
+from barge.records.planning import in_order
 from barge.specs import BUILTIN_MODELS, FinetuneSpec, InferenceSpec, JobSpec
 from barge.storage import ObjectInfo, ObjectStore, S3Uri
 from db import repositories as repo
@@ -56,7 +66,9 @@ def dry_run(ctx: ServiceContext, spec: JobSpec) -> dict[str, Any]:
         "output": output,
     }
     if isinstance(spec, FinetuneSpec):
-        counted = count(ctx.store, spec.train, spec.input_format, 1 << 62)
+        counted = count(
+            ctx.store, spec.train, spec.input_format, 1 << 62, ctx.settings.input_fetch_threads
+        )
         answer.update(records=_records(counted), shards=1, tokens=None, estimate=None)
         return answer
     shard_records = spec.shard_size or ctx.settings.shard_records
@@ -64,7 +76,13 @@ def dry_run(ctx: ServiceContext, spec: JobSpec) -> dict[str, Any]:
         found = len(images.list_images(ctx.store, spec.input))
         counted = Counted(found, math.ceil(found / shard_records))
     else:
-        counted = count(ctx.store, spec.input, spec.input_format, shard_records)
+        counted = count(
+            ctx.store,
+            spec.input,
+            spec.input_format,
+            shard_records,
+            ctx.settings.input_fetch_threads,
+        )
     answer.update(
         records=_records(counted),
         shards=counted.shards,
@@ -78,22 +96,29 @@ def _records(counted: Counted) -> dict[str, Any]:
     return {"count": counted.records, "exact": counted.exact}
 
 
-def count(store: ObjectStore, uri: str, declared: str, shard_records: int) -> Counted:
+def count(
+    store: ObjectStore, uri: str, declared: str, shard_records: int, threads: int = 1
+) -> Counted:
     """The records and shards of the objects at ``uri``, as planning would split them; a plain
-    JSONL object over ``COUNT_BYTES`` is estimated from its first ``SAMPLE_BYTES``."""
+    JSONL object over ``COUNT_BYTES`` is estimated from its first ``SAMPLE_BYTES``. The objects
+    are read ``threads`` at a time (BARGE_INPUT_FETCH_THREADS), as the planner reads them."""
     out = Counted()
-    for info in resolve_inputs(store, uri):
-        fmt = format_of(info.uri, declared)
+    objects = [(info, format_of(info.uri, declared)) for info in resolve_inputs(store, uri)]
+
+    def one(item: tuple[ObjectInfo, Format]) -> tuple[int, bool]:
+        info, fmt = item
         if fmt.name == "jsonl" and not fmt.gzip and info.size > COUNT_BYTES:
-            n = sampled_lines(store, info)
-            out.exact = False
-        else:
-            try:
-                _, n = plan_ranges(store, info, fmt, shard_records)
-            except PermanentJobError:
-                continue  # planning will say so; a dry run counts what it can read
-        out.records += n
-        out.shards += math.ceil(n / shard_records)
+            return sampled_lines(store, info), False
+        try:
+            return plan_ranges(store, info, fmt, shard_records)[1], True
+        except PermanentJobError:
+            return 0, True  # planning will say so; a dry run counts what it can read
+
+    with ThreadPoolExecutor(max(1, min(threads, len(objects)))) as pool:
+        for n, exact in in_order(pool, one, objects, 2 * threads):
+            out.exact = out.exact and exact
+            out.records += n
+            out.shards += math.ceil(n / shard_records)
     return out
 
 

@@ -45,6 +45,11 @@ def test_every_record_of_many_small_objects_once_in_order(
         id_field="id",
         max_failed_ratio=0.5,
     )
+    # a dry run counts them as the planner does (read with the same bounded pool)
+    dry = api.post("/v1/jobs", params={"dry_run": "true"}, json=spec, headers=auth)
+    assert dry.status_code == 200, dry.text
+    assert dry.json()["records"] == {"count": len(ids) + 1, "exact": True}
+    assert dry.json()["shards"] == OBJECTS
     r = api.post("/v1/jobs", json=spec, headers=auth)
     assert r.status_code == 201, r.text
     job = wait_job(api, auth, r.json()["id"], timeout=600)
@@ -80,6 +85,10 @@ def test_an_unreadable_object_mid_prefix_fails_the_job_naming_it(
     for i in (17, 31):
         s3.put_object(Bucket=bucket, Key=f"in/obj-{i:03d}x.jsonl.gz", Body=b"\x1f\x8bnot gzip")
     spec = inference_spec(minilm_uri, f"s3://{bucket}/in/", f"s3://{bucket}/out/")
+    # a dry run counts what it can read; the job's planning fails naming the first bad object
+    dry = api.post("/v1/jobs", params={"dry_run": "true"}, json=spec, headers=auth)
+    assert dry.status_code == 200, dry.text
+    assert dry.json()["records"] == {"count": 40, "exact": True}
     r = api.post("/v1/jobs", json=spec, headers=auth)
     assert r.status_code == 201, r.text
     job = wait_job(api, auth, r.json()["id"])

@@ -45,10 +45,12 @@ def upgrade() -> None:
         postgresql_where=sa.text("manifest IS NULL"),
         sqlite_where=sa.text("manifest IS NULL"),
     )
+    # SQLite (the embedded stack) has no NULLS FIRST in an index, and puts NULLs first anyway.
+    postgres = op.get_bind().dialect.name == "postgresql"
     op.create_index(
         "ix_shards_pending_dispatched",
         "shards",
-        [sa.text("dispatched_at NULLS FIRST")],
+        [sa.text("dispatched_at NULLS FIRST") if postgres else sa.text("dispatched_at")],
         postgresql_where=sa.text("status = 'pending'"),
         sqlite_where=sa.text("status = 'pending'"),
     )

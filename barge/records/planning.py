@@ -4,7 +4,7 @@ GETs), and streaming the records of one range."""
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -164,7 +164,7 @@ def plan_objects_ranges(
 
 def in_order(
     pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], ahead: int
-) -> Iterator[R]:
+) -> Generator[R, None, None]:
     """``fn`` over ``items`` on ``pool``, in order, with at most ``ahead`` results pending: the
     pool works on the next items while the consumer takes this one. Closing it (or an item's
     error) cancels what has not started."""

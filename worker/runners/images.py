@@ -29,8 +29,8 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +48,7 @@ from barge.records.images import (
     load_image,
     open_image,
 )
+from barge.records.planning import in_order
 from barge.specs import InferenceSpec
 from worker import metrics
 from worker.context import WorkerContext
@@ -121,8 +122,8 @@ class _ImageShard(ShardRun[VisionModel]):
         model), run window by window; the ``Stop`` that cut the shard short, if any."""
         window_size = self.spec.batch_size * WINDOW_BATCHES
         items = enumerate(records, self.work.record_offset)
-        fetched = _ordered(fetch, self._fetch, items, ahead=window_size)
-        prepared = _ordered(pool, self._prepare, fetched, ahead=window_size)
+        fetched = in_order(fetch, self._fetch, items, ahead=window_size)
+        prepared = in_order(pool, self._prepare, fetched, ahead=window_size)
         try:
             return self.walk(windows(prepared, window_size), self._window)
         finally:
@@ -345,27 +346,3 @@ def _is_store_failure(exc: Exception) -> bool:
     if isinstance(exc, StorageError | ServiceUnavailable | ConnectionError | TimeoutError):
         return True
     return type(exc).__module__.startswith(("botocore", "urllib3"))  # a body read that broke
-
-
-def _ordered(
-    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], ahead: int
-) -> Generator[R, None, None]:
-    """``fn`` over ``items`` on ``pool``, in order, with at most ``ahead`` results pending: the
-    pool works on the next items while the consumer works on this one. Closing it cancels what
-    has not started."""
-    pending: collections.deque[Future[R]] = collections.deque()
-    source = iter(items)
-    try:
-        while True:
-            while len(pending) < ahead:
-                try:
-                    item = next(source)
-                except StopIteration:
-                    break
-                pending.append(pool.submit(fn, item))
-            if not pending:
-                return
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()

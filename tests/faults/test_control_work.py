@@ -105,11 +105,14 @@ def test_a_second_job_is_planned_while_the_only_gpu_worker_runs_a_long_shard(
 
 
 def test_periodic_messages_expire_instead_of_piling_up(world: World) -> None:
-    """No worker consumes `control` for a while: the scheduler's reconcile and drop-scan
-    messages (every second each, here) expire when the next is due, so the queue stays short.
-    (RabbitMQ drops an expired message once it reaches the head of the queue: with periods that
-    differ, it holds at most about longest / shortest period + 1 of them.)"""
-    world.start_scheduler({**world.env, "BARGE_DROP_SCAN_SECONDS": "1"})
+    """No worker consumes `control` for a while: the scheduler's reconcile, drop-scan and
+    webhook messages (every second each, here; retention's first is not due yet) expire when
+    the next is due, so the queue stays short. (RabbitMQ drops an expired message once it
+    reaches the head of the queue: with periods that differ, it holds at most about longest /
+    shortest period + 1 of them.)"""
+    world.start_scheduler(
+        {**world.env, "BARGE_DROP_SCAN_SECONDS": "1", "BARGE_WEBHOOK_SEND_SECONDS": "1"}
+    )
     app = make_celery(Settings(broker_url=world.env["BARGE_BROKER_URL"]))
     depths = []
     deadline = time.monotonic() + 10

@@ -441,10 +441,14 @@ def test_another_tenants_files_and_batches_are_404(
 
 
 def test_cancel_mid_batch_keeps_what_finished(client: Any) -> None:
+    # Two short requests finish first and are counted; the long ones are still decoding when
+    # the cancel lands (the engine runs every request of a window together).
     rows = [
-        # each its own batch (max_tokens differ), so a cancel lands between two of them
         chat_line(
-            f"k-{i}", [{"role": "user", "content": "story"}], temperature=0, max_tokens=300 + i
+            f"k-{i}",
+            [{"role": "user", "content": "story"}],
+            temperature=0,
+            max_tokens=4 if i < 2 else 300 + i,
         )
         for i in range(40)
     ]
@@ -463,7 +467,7 @@ def test_cancel_mid_batch_keeps_what_finished(client: Any) -> None:
     assert done.status == "cancelled" and done.cancelled_at
     out = read_file(client, done.output_file_id)
     ids = [line["custom_id"] for line in out]
-    assert 1 <= len(ids) < 40 and len(ids) == len(set(ids))
+    assert 1 <= len(ids) < len(rows) and len(ids) == len(set(ids))
     assert done.request_counts.completed == len(ids)
     with pytest.raises(openai.ConflictError):
         client.batches.cancel(batch.id)

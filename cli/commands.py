@@ -224,11 +224,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_cancel(args: argparse.Namespace) -> int:
+def _change(args: argparse.Namespace, action: str) -> int:
+    """Cancel, pause or resume the job ``args.id`` names; its new status on stderr."""
     client = connect(args)
-    job = client.cancel(resolve_job_id(client, args.id))
+    job = getattr(client, action)(resolve_job_id(client, args.id))
     print(f"job {job['id']} is {job['status']}", file=sys.stderr)
     return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    return _change(args, "cancel")
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -244,17 +249,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    client = connect(args)
-    job = client.pause(resolve_job_id(client, args.id))
-    print(f"job {job['id']} is {job['status']}", file=sys.stderr)
-    return 0
+    return _change(args, "pause")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    client = connect(args)
-    job = client.resume(resolve_job_id(client, args.id))
-    print(f"job {job['id']} is {job['status']}", file=sys.stderr)
-    return 0
+    return _change(args, "resume")
 
 
 def cmd_wait(args: argparse.Namespace) -> int:

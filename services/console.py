@@ -26,7 +26,7 @@ from db import repositories as repo
 from db.base import utcnow
 from db.models import Job, JobEvent, JobSample, Model, ShardAttempt
 from db.repositories import openai as openai_repo
-from services import job_files, submission, usage
+from services import job_files, retries, submission, usage
 from services import jobs as jobs_service
 from services.context import ServiceContext
 from services.tenants import Principal
@@ -199,6 +199,7 @@ def job_data(session: Session, settings: Settings, job: Job) -> dict[str, Any]:
         "timeline": timeline(settings, repo.attempts_of(session, job.id, ATTEMPTS_SHOWN), utcnow()),
         "events": [event_view(e) for e in events],
         "now": _ts(utcnow()),
+        "retry_failed": job.type == "inference" and retries.offers_retry(session, job),
     }
     if job.type == "finetune":
         data["finetune"] = finetune_data(session, job)

@@ -76,6 +76,20 @@ def _check_retriable(root: Job, children: list[Job]) -> Job:
     return source
 
 
+def offers_retry(session: Session, job: Job) -> bool:
+    """Whether a retry of ``job`` can be made now: it (or the job it retries) reads records,
+    its newest run has finished, and that run left records failed or unprocessed (what the
+    console's "Retry failed records" button offers; the retry itself checks again)."""
+    root = root_of(session, job)
+    children = repo.retries_of(session, [root.id]).get(root.id, [])
+    try:
+        source = _check_retriable(root, children)
+    except Conflict:
+        return False
+    done = repo.progress_for(session, [source.id])[source.id]
+    return (source.records_total or 0) > done.records_succeeded
+
+
 def retry(ctx: ServiceContext, command: RetryJob) -> Job:
     """Make the child job over the records its job left unfinished (409 when there are none,
     or while the job or its newest retry still runs); audited as ``job.retry`` on the job

@@ -32,7 +32,7 @@ from barge.errors import NotFound, excerpt
 from barge.status import JOB_STATUSES
 from db import repositories as repo
 from db.models import Job
-from services import audit, console
+from services import audit, console, retries
 from services import jobs as jobs_service
 from services.context import ServiceContext
 from services.tenants import describe_tenants
@@ -206,6 +206,18 @@ def retry(
     job = _job(uow, signed, job_id)
     new = console.retry(_context(request, uow, signed), job)
     return RedirectResponse(f"{ui_root(request)}/jobs/{new.id}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/retry-failed")
+def retry_failed(
+    request: Request, job_id: str, uow: UoW, signed: Signed, csrf: CsrfField = ""
+) -> RedirectResponse:
+    """Run again only the records the job (or its newest retry) left failed or unprocessed:
+    a child job over exactly those (``POST /v1/jobs/{id}/retry``), then the child's page."""
+    check_csrf(signed, csrf)
+    job = _job(uow, signed, job_id)
+    child = retries.retry(_context(request, uow, signed), retries.RetryJob(job))
+    return RedirectResponse(f"{ui_root(request)}/jobs/{child.id}", status_code=303)
 
 
 @router.get("/workers", response_class=HTMLResponse)

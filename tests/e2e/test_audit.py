@@ -189,6 +189,13 @@ def cancel_job(w: World) -> list[Expected]:
 def retry_job(w: World) -> list[Expected]:
     """A job whose one shard failed (set so in the database: no worker runs here) is
     retried: a child job over its record."""
+    job_id = failed_shard_job(w)
+    child = w.post(f"/v1/jobs/{job_id}/retry", json={"batch_size": 4})["id"]
+    return [("job.retry", f"job:{job_id}", "member"), ("job.submit", f"job:{child}", "member")]
+
+
+def failed_shard_job(w: World) -> str:
+    """A job whose one shard failed, its record unrun, set so in the database."""
     from db import state
     from db.models import Job, Shard
     from db.session import session_scope
@@ -214,8 +221,7 @@ def retry_job(w: World) -> list[Expected]:
         )
         job.records_total, job.shards_total, job.manifest = 1, 1, {"status": "failed"}
         state.transition(session, job, state.FAILED, error="failed for the test")
-    child = w.post(f"/v1/jobs/{job_id}/retry", json={"batch_size": 4})["id"]
-    return [("job.retry", f"job:{job_id}", "member"), ("job.submit", f"job:{child}", "member")]
+    return job_id
 
 
 def retry_batch(w: World) -> list[Expected]:
@@ -469,6 +475,15 @@ def console_retry(w: World) -> list[Expected]:
     return [("job.submit", f"job:{retried}", "member")]
 
 
+def console_retry_failed(w: World) -> list[Expected]:
+    job_id = failed_shard_job(w)
+    csrf = w.console_form(f"/ui/jobs/{job_id}")
+    r = w.console.post(f"/ui/jobs/{job_id}/retry-failed", data={"csrf": csrf})
+    assert r.status_code == 303, r.text
+    child = r.headers["location"].rstrip("/").rsplit("/", 1)[-1]
+    return [("job.retry", f"job:{job_id}", "member"), ("job.submit", f"job:{child}", "member")]
+
+
 # One minimal valid call per state-changing route, by (method, path).
 CALLS: dict[tuple[str, str], Callable[[World], list[Expected]]] = {
     ("POST", "/v1/jobs"): submit_job,
@@ -500,6 +515,7 @@ CALLS: dict[tuple[str, str], Callable[[World], list[Expected]]] = {
     ("POST", "/ui/jobs/{job_id}/pause"): console_pause,
     ("POST", "/ui/jobs/{job_id}/resume"): console_resume,
     ("POST", "/ui/jobs/{job_id}/retry"): console_retry,
+    ("POST", "/ui/jobs/{job_id}/retry-failed"): console_retry_failed,
 }
 
 # Routes that take a POST but change nothing Barge keeps: why each is not audited.

@@ -334,6 +334,40 @@ def test_the_session_cookie_and_another_tenants_job(
     assert "/ui/login" in browser.current_url
 
 
+def test_retry_failed_records_from_a_jobs_page(
+    browser: Any, console_url: str, member: str, s3: Any, bucket: str, minilm_uri: str, worker: Any
+) -> None:
+    """A job that succeeded with some records failed offers "Retry failed records" (and not
+    "Run again", which is for failed and cancelled jobs); it makes a child job over exactly
+    those records and opens its page."""
+    from selenium.webdriver.common.by import By
+
+    sign_in(browser, console_url, member)
+    rows: list[dict[str, Any]] = records(30, words=5)
+    for row in rows[5::10]:
+        row["text"] = 12345  # records 5, 15 and 25 fail: a number is no text to embed
+    data = put_jsonl(s3, bucket, "console/some-bad.jsonl", rows)
+    out = f"s3://{bucket}/console/some-bad/"
+    job_id = submit(console_url, member, inference_spec(minilm_uri, data, out, id_field="id"))
+    wait_until(lambda: job(console_url, member, job_id)["status"] == "succeeded", 120, what="done")
+
+    browser.get(f"{console_url}/ui/jobs/{job_id}")
+    assert browser.find_element(By.ID, "retry-failed-form").get_attribute("hidden") is None
+    assert browser.find_element(By.ID, "retry-form").get_attribute("hidden") is not None
+    browser.find_element(By.ID, "retry-failed").click()
+    wait_until(lambda: text_of(browser, "job-id") not in ("", job_id), 30, what="the retry's page")
+    child_id = text_of(browser, "job-id")
+    child = job(console_url, member, child_id)
+    assert (child["retries"]["parent"], child["retries"]["retry"]) == (job_id, 1)
+    assert child["spec"]["input"] == f"{out}retry-1.input.jsonl"
+    wait_until(lambda: job(console_url, member, child_id)["status"] != "queued", 60, what="plan")
+    wait_until(
+        lambda: job(console_url, member, child_id)["progress"]["records_total"] == 3,
+        60,
+        what="the retry planned over the three failed records",
+    )
+
+
 def finished_job_of_another_tenant(database_url: str) -> str:
     from db.session import session_scope
     from tests.factories import make_job, make_tenant

@@ -236,6 +236,7 @@
 
   function draw(d) {
     status(d.job);
+    byId("retry-failed-form").hidden = !d.retry_failed;
     throughput(d.throughput);
     timeline(d.timeline, d.now);
     if (d.finetune) { finetune(d.finetune); }

@@ -46,9 +46,17 @@ def task_queues(settings: Settings) -> list[Queue]:
     ]
 
 
+# The longest a periodic message waits for a control worker. RabbitMQ drops an expired
+# message only when it reaches the head of its queue, so one long-lived message (retention's,
+# hourly) at the head would hold every shorter-lived one behind it while no control worker
+# consumes: capped, at most a minute's messages wait behind it.
+PERIODIC_EXPIRY_CAP_SECONDS = 60.0
+
+
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    """The periodic messages. One not consumed before the next is due expires (RabbitMQ drops
-    it; a worker that gets it late discards it): they never pile up behind busy workers."""
+    """The periodic messages. One not consumed before the next is due, or within
+    ``PERIODIC_EXPIRY_CAP_SECONDS``, expires (RabbitMQ drops it; a worker that gets it late
+    discards it): they never pile up behind busy or absent workers."""
     every = {
         "reconcile": (RECONCILE, settings.reconcile_seconds),
         "scan-drops": (SCAN_DROPS, settings.drop_scan_seconds),
@@ -56,7 +64,11 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
         "retention": (RETENTION, settings.retention_seconds),
     }
     return {
-        name: {"task": task, "schedule": seconds, "options": {"expires": seconds}}
+        name: {
+            "task": task,
+            "schedule": seconds,
+            "options": {"expires": min(seconds, PERIODIC_EXPIRY_CAP_SECONDS)},
+        }
         for name, (task, seconds) in every.items()
     }
 

@@ -74,5 +74,6 @@ def new_tenant_key(database_url: str) -> str:
 
 @pytest.fixture
 def client(openai_api: str, database_url: str, worker: Any) -> Any:
-    openai = pytest.importorskip("openai")
+    import openai
+
     return openai.OpenAI(base_url=openai_api, api_key=new_tenant_key(database_url), max_retries=0)

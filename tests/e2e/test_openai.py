@@ -12,12 +12,11 @@ from typing import Any
 
 import httpx
 import numpy as np
+import openai
 import pytest
 
 from tests.e2e.conftest import MAX_FILE_BYTES, MAX_TASKS, new_tenant_key
 from tests.helpers import greedy_reference, inference_spec, minilm_dir, put_jsonl
-
-openai = pytest.importorskip("openai")
 
 pytestmark = pytest.mark.e2e
 

@@ -14,13 +14,12 @@ import time
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from tests.e2e.conftest import new_tenant_key
 from tests.e2e.test_openai import lines_file, read_file, wait_batch
 from tests.helpers import COLOURS, colour_chats, tiny_lora_base, upload_dir
-
-openai = pytest.importorskip("openai")
 
 pytestmark = pytest.mark.e2e
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from tests.conftest import new_key
@@ -43,7 +44,6 @@ from tests.services import (
 )
 
 pytestmark = pytest.mark.e2e
-openai = pytest.importorskip("openai")
 
 JOB_EVENTS = ["job.succeeded", "job.failed", "job.cancelled"]
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from tests.faults.conftest import World
@@ -31,8 +32,6 @@ from tests.helpers import (
     wait_until,
 )
 from tests.services import ROOT, free_port, wait_port
-
-openai = pytest.importorskip("openai")
 
 pytestmark = pytest.mark.faults
 

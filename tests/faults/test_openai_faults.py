@@ -14,12 +14,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from tests.faults.conftest import World
 from tests.services import ROOT, WorkerProcess, free_port, wait_port
-
-openai = pytest.importorskip("openai")
 
 pytestmark = pytest.mark.faults
 

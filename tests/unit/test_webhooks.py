@@ -9,6 +9,7 @@ import json
 import time
 from datetime import timedelta
 
+import openai
 import pytest
 from pydantic import ValidationError
 
@@ -16,8 +17,6 @@ from barge.settings import Settings
 from db.base import utcnow
 from db.models import WebhookEndpoint
 from services import webhooks
-
-openai = pytest.importorskip("openai")
 
 BODY = json.dumps(
     {

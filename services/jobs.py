@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from barge.errors import Conflict
+from barge.errors import Conflict, IllegalTransition
 from barge.queue import FINALIZE_JOB, RUN_SHARD
 from barge.settings import Settings
 from barge.status import CANCELLING, FINAL, PAUSE_STATES, PAUSED, PAUSING, QUEUED, RUNNING
@@ -199,14 +199,25 @@ def cancel(ctx: ServiceContext, job: Job, reason: str = "cancel requested") -> J
 def request_cancel(uow: UnitOfWork, job: Job, reason: str = "cancel requested") -> Job:
     """Move the job to cancelling (durable: workers stop within one batch); pending shards are
     cancelled now and finalize is sent after the commit."""
-    if job.status in FINAL:
-        raise Conflict(f"job {job.id} is already {job.status}; there is nothing to cancel")
-    if job.status == CANCELLING:
+    for _ in range(CANCEL_TRIES):
+        if job.status in FINAL:
+            raise Conflict(f"job {job.id} is already {job.status}; there is nothing to cancel")
+        if job.status == CANCELLING:
+            return job
+        seen = job.status
+        try:
+            state.transition(uow.session, job, CANCELLING, message=reason)
+        except IllegalTransition:
+            if job.status == seen:
+                raise
+            continue  # a worker moved it meanwhile (queued → running, say): cancel what it is now
+        repo.cancel_pending_shards(uow.session, job.id)
+        uow.send_after_commit(FINALIZE_JOB, str(job.id))
         return job
-    state.transition(uow.session, job, CANCELLING, message=reason)
-    repo.cancel_pending_shards(uow.session, job.id)
-    uow.send_after_commit(FINALIZE_JOB, str(job.id))
-    return job
+    raise Conflict(f"job {job.id} kept changing (now {job.status}); ask to cancel it again")
+
+
+CANCEL_TRIES = 5  # a job moves at most a few times a second: a cancel racing it tries again
 
 
 def shards_view(session: Session, settings: Settings, job: Job) -> list[dict[str, Any]]:

@@ -12,11 +12,13 @@ from fastapi.testclient import TestClient
 
 from tests.services import (
     MotoServer,
+    VhostPool,
     WorkerProcess,
     create_database,
     create_vhost,
     delete_vhost,
     drop_database,
+    drop_templates,
 )
 
 RUN_ID = uuid.uuid4().hex[:8]
@@ -55,6 +57,21 @@ def broker_url() -> Iterator[str]:
     url = create_vhost(vhost)
     yield url
     delete_vhost(vhost)
+
+
+@pytest.fixture(scope="session")
+def vhost_pool() -> Iterator[VhostPool]:
+    """RabbitMQ vhosts for tests that need a broker of their own, emptied and reused."""
+    pool = VhostPool(RUN_ID)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _migrated_templates() -> Iterator[None]:
+    """Drop this process's template databases (``create_migrated_database``) at the end."""
+    yield
+    drop_templates()
 
 
 @pytest.fixture(scope="session")
@@ -241,3 +258,15 @@ def api_process(barge_env: dict[str, str], tmp_root: Path) -> Iterator[ApiProces
 def api_url(api_process: ApiProcess) -> str:
     """A real `barge api` process (for CLI tests) on a free port."""
     return api_process.url
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A directory with a short path (``/tmp/barge-…``), for tests whose messages quote a
+    path in full: pytest's own temporary paths grow long under xdist."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="barge-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -50,6 +50,78 @@ def drop_database(name: str) -> None:
     engine.dispose()
 
 
+_TEMPLATES: dict[str, str] = {}  # this process's migrated template database, by run
+
+
+def create_migrated_database(name: str, run: str) -> str:
+    """A fresh database at the newest schema, copied from a template that the migrations built
+    once for this process (``CREATE DATABASE ... TEMPLATE``: a file copy, instead of running
+    every migration again for each test that needs a database of its own)."""
+    template = _TEMPLATES.get(run)
+    if template is None:
+        from db.migrate import upgrade
+        from db.session import get_engine
+
+        template = f"barge_template_{run}_{os.getpid()}"
+        url = create_database(template)
+        upgrade(url)  # the schema comes from the migrations, nothing else
+        get_engine(url).dispose()  # a template must have no connections when it is copied
+        _TEMPLATES[run] = template
+    engine = sqlalchemy.create_engine(ADMIN_PG, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    engine.dispose()
+    return ADMIN_PG.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_templates() -> None:
+    for template in _TEMPLATES.values():
+        drop_database(template)
+    _TEMPLATES.clear()
+
+
+class VhostPool:
+    """RabbitMQ vhosts for tests that each need a broker of their own, reused: creating and
+    deleting a vhost takes three `rabbitmqctl` runs (about a second each), while emptying one
+    for the next test is deleting its queues over AMQP. Each process keeps its own pool."""
+
+    QUEUES = ("gpu", "control")  # the durable queues Barge declares; the rest auto-delete
+
+    def __init__(self, run: str):
+        self.run = run
+        self.free: list[str] = []
+        self.made: list[str] = []
+
+    def lease(self) -> str:
+        if self.free:
+            return self.free.pop()
+        name = f"barge_pool_{self.run}_{os.getpid()}_{len(self.made)}"
+        url = create_vhost(name)
+        if url == AMQP_BASE:  # no rabbitmqctl: the default vhost, shared; nothing to reuse
+            return url
+        self.made.append(name)
+        return url
+
+    def release(self, url: str) -> None:
+        """Empty the vhost (its queues and their messages deleted) and keep it for the next."""
+        if url == AMQP_BASE:
+            return
+        from kombu import Connection
+
+        with Connection(url, connect_timeout=10) as conn:
+            channel = conn.channel()
+            for queue in self.QUEUES:
+                channel.queue_delete(queue)
+        self.free.append(url)
+
+    def close(self) -> None:
+        for name in self.made:
+            delete_vhost(name)
+        self.made.clear()
+        self.free.clear()
+
+
 def create_vhost(name: str) -> str:
     """A private RabbitMQ vhost (via rabbitmqctl), or the default vhost when that is unavailable."""
     ctl = shutil.which("rabbitmqctl")
@@ -176,14 +248,20 @@ class WorkerProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
     def stop(self, timeout: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        """SIGTERM to the worker's process group (a warm shutdown), SIGKILL after ``timeout``;
+        then SIGKILL to whatever of the group is left (a pool process whose main process a
+        test killed), so nothing of it outlives the test on a broker or database reused."""
+        if self.proc is None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
 
 
 @dataclass

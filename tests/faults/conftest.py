@@ -18,14 +18,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import new_key
+from tests.conftest import RUN_ID, new_key
 from tests.helpers import FINAL, put_jsonl, read_jsonl, wait_until
 from tests.services import (
     ROOT,
+    VhostPool,
     WorkerProcess,
-    create_database,
-    create_vhost,
-    delete_vhost,
+    create_migrated_database,
     drop_database,
 )
 
@@ -83,6 +82,9 @@ class World:
         if self.scheduler and self.scheduler.poll() is None:
             os.killpg(self.scheduler.pid, signal.SIGTERM)
             self.scheduler.wait(10)
+        if self.scheduler:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.scheduler.pid, signal.SIGKILL)
 
     def submit(self, spec: dict[str, Any]) -> str:
         r = self.api.post("/v1/jobs", json=spec, headers=self.auth)
@@ -115,15 +117,17 @@ class World:
 
 
 @pytest.fixture
-def world(s3_server: Any, tmp_path: Path, barge_env: dict[str, str]) -> Iterator[World]:
+def world(
+    s3_server: Any, tmp_path: Path, barge_env: dict[str, str], vhost_pool: VhostPool
+) -> Iterator[World]:
+    """A Barge of the test's own: its database (at the newest schema, from the migrations),
+    its RabbitMQ vhost (empty), an API client and a tenant's key; workers started on demand."""
     from api.app import create_app
     from barge.settings import Settings
-    from db.migrate import upgrade
 
     name = f"barge_fault_{uuid.uuid4().hex[:8]}"
-    database_url = create_database(name)
-    upgrade(database_url)
-    broker = create_vhost(name)
+    database_url = create_migrated_database(name, RUN_ID)
+    broker = vhost_pool.lease()
     env = {
         **os.environ,
         **barge_env,
@@ -150,7 +154,7 @@ def world(s3_server: Any, tmp_path: Path, barge_env: dict[str, str]) -> Iterator
 
     get_engine(database_url).dispose()
     drop_database(name)
-    delete_vhost(name)
+    vhost_pool.release(broker)
 
 
 def dataset(

@@ -198,6 +198,31 @@ class TestConcurrentTransitions:
             (QUEUED, RUNNING)
         ]
 
+    def test_a_cancel_racing_the_start_cancels_the_running_job(self, database_url: str) -> None:
+        """The user's cancel read the job queued; a worker started it before the cancel's
+        UPDATE: the cancel takes the job as it is now (running) instead of a 409."""
+        from services.unit_of_work import UnitOfWork
+
+        job_id = new_job(database_url)
+        with ExitStack() as stack:
+            a = stack.enter_context(session_scope(database_url))
+            b = stack.enter_context(session_scope(database_url))
+            job_a = repositories.get_job(a, job_id)
+            job_b = repositories.get_job(b, job_id)
+            assert job_a is not None and job_b is not None
+            transition(a, job_a, RUNNING)
+            a.commit()
+            uow = UnitOfWork(b)
+            job_service.request_cancel(uow, job_b, "racing the start")
+            b.commit()
+            assert job_b.status == CANCELLING
+            assert [name for name, _, _ in uow.outbox] == ["barge.finalize_job"]
+        assert load_job(database_url, job_id).status == CANCELLING
+        assert [(e.from_status, e.to_status) for e in status_events(database_url, job_id)] == [
+            (QUEUED, RUNNING),
+            (RUNNING, CANCELLING),
+        ]
+
     @pytest.mark.parametrize(
         "targets", [(RUNNING, CANCELLING), (RUNNING, RUNNING), (FAILED, CANCELLING)]
     )

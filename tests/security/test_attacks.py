@@ -380,12 +380,12 @@ class TestLocalModelPath:
     operator keeps the model."""
 
     def test_refusals_errors_and_bodies_name_the_path_sent(
-        self, world: World, s3: Any, bucket: str, tmp_path: Path
+        self, world: World, s3: Any, bucket: str, short_tmp: Path
     ) -> None:
         from api.app import create_app
         from barge.settings import Settings
 
-        allowed = tmp_path / "allowed"
+        allowed = short_tmp / "allowed"  # short: an error quotes at most 80 characters of it
         kept = allowed / "kept-by-the-operator"
         broken = tiny_classifier(kept / "broken")
         config = json.loads((broken / "config.json").read_text())

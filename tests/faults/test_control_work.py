@@ -48,6 +48,7 @@ def _running_with_progress(world: World, job_id: str) -> Any:
     )
 
 
+@pytest.mark.exclusive  # a wall-clock bound
 def test_a_second_job_is_planned_while_the_only_gpu_worker_runs_a_long_shard(
     world: World, s3: Any, bucket: str, minilm_uri: str
 ) -> None:

@@ -152,6 +152,7 @@ def _events(world: World, job_id: str) -> list[dict[str, Any]]:
     return r.json()["events"]  # type: ignore[no-any-return]
 
 
+@pytest.mark.exclusive  # a wall-clock bound
 def test_cancel_during_a_long_generation_stops_within_a_second(
     world: World, s3: Any, bucket: str, chat_uri: str
 ) -> None:

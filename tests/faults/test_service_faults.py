@@ -42,6 +42,7 @@ def _progressing(world: World, job_id: str) -> None:
     )
 
 
+@pytest.mark.exclusive  # stops the shared RabbitMQ
 def test_rabbitmq_stopped_and_started_mid_job(
     world: World, s3: Any, bucket: str, minilm_uri: str, rabbit_control: None
 ) -> None:
@@ -82,6 +83,7 @@ def test_rabbitmq_stopped_and_started_mid_job(
     assert world.api.get("/healthz").status_code == 200
 
 
+@pytest.mark.exclusive  # restarts the shared Postgres
 def test_postgres_restarted_mid_job(world: World, s3: Any, bucket: str, minilm_uri: str) -> None:
     data, rows = dataset(s3, bucket, 900, bad_every=75)
     world.worker()

@@ -27,6 +27,7 @@ def default_env(world: World) -> dict[str, str]:
     return {k: v for k, v in world.env.items() if k not in FAULT_SETTINGS}
 
 
+@pytest.mark.exclusive  # a wall-clock bound
 def test_a_killed_workers_shard_runs_again_within_15_s_with_the_default_settings(
     world: World, s3: Any, bucket: str, minilm_uri: str
 ) -> None:

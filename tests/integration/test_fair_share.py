@@ -22,12 +22,12 @@ from barge.settings import Settings
 from barge.storage import make_store
 from db import repositories as repo
 from db.base import utcnow
-from db.migrate import upgrade
 from db.models import Job, Shard, Tenant
 from db.session import get_engine, session_scope
 from db.state import RUNNING
+from tests.conftest import RUN_ID
 from tests.factories import make_job, make_shard, make_tenant
-from tests.services import create_database, create_vhost, delete_vhost, drop_database
+from tests.services import create_migrated_database, create_vhost, delete_vhost, drop_database
 from worker import lifecycle
 from worker.context import WorkerContext
 from worker.lease import ShardWork
@@ -45,8 +45,7 @@ def vhost_url() -> Iterator[str]:
 @pytest.fixture
 def ctx(vhost_url: str, tmp_path: Path) -> Iterator[WorkerContext]:
     name = f"barge_fair_{uuid.uuid4().hex[:8]}"
-    url = create_database(name)
-    upgrade(url)
+    url = create_migrated_database(name, RUN_ID)
     settings = Settings(env="test", database_url=url, broker_url=vhost_url, home=tmp_path)
     store = make_store(settings)
     yield WorkerContext(settings, store, make_celery(settings), "test:1")

@@ -34,11 +34,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def create_database(name: str) -> str:
+def create_database(name: str, template: str | None = None) -> str:
+    """A new, empty database (or a copy of ``template``), dropped first if it exists."""
+    copy = f' TEMPLATE "{template}"' if template else ""
     engine = sqlalchemy.create_engine(ADMIN_PG, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"{copy}'))
     engine.dispose()
     return ADMIN_PG.rsplit("/", 1)[0] + f"/{name}"
 
@@ -67,12 +69,7 @@ def create_migrated_database(name: str, run: str) -> str:
         upgrade(url)  # the schema comes from the migrations, nothing else
         get_engine(url).dispose()  # a template must have no connections when it is copied
         _TEMPLATES[run] = template
-    engine = sqlalchemy.create_engine(ADMIN_PG, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    engine.dispose()
-    return ADMIN_PG.rsplit("/", 1)[0] + f"/{name}"
+    return create_database(name, template)
 
 
 def drop_templates() -> None:

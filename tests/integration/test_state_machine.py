@@ -6,6 +6,7 @@ import threading
 import uuid
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -178,17 +179,26 @@ class TestTransitions:
         assert load_job(database_url, job_id).status == final
 
 
+def started_behind_a_stale_copy(
+    stack: ExitStack, database_url: str, job_id: uuid.UUID
+) -> tuple[Any, Job]:
+    """A session holding the queued job (b), then the job started in another session: b's copy
+    is stale."""
+    a = stack.enter_context(session_scope(database_url))
+    b = stack.enter_context(session_scope(database_url))
+    job_a = repositories.get_job(a, job_id)
+    job_b = repositories.get_job(b, job_id)
+    assert job_a is not None and job_b is not None
+    transition(a, job_a, RUNNING)
+    a.commit()
+    return b, job_b
+
+
 class TestConcurrentTransitions:
     def test_stale_copy_loses(self, database_url: str) -> None:
         job_id = new_job(database_url)
         with ExitStack() as stack:
-            a = stack.enter_context(session_scope(database_url))
-            b = stack.enter_context(session_scope(database_url))
-            job_a = repositories.get_job(a, job_id)
-            job_b = repositories.get_job(b, job_id)
-            assert job_a is not None and job_b is not None
-            transition(a, job_a, RUNNING)
-            a.commit()
+            b, job_b = started_behind_a_stale_copy(stack, database_url, job_id)
             with pytest.raises(IllegalTransition, match="changed concurrently") as exc:
                 transition(b, job_b, CANCELLING)
             assert "now running" in exc.value.message
@@ -205,13 +215,7 @@ class TestConcurrentTransitions:
 
         job_id = new_job(database_url)
         with ExitStack() as stack:
-            a = stack.enter_context(session_scope(database_url))
-            b = stack.enter_context(session_scope(database_url))
-            job_a = repositories.get_job(a, job_id)
-            job_b = repositories.get_job(b, job_id)
-            assert job_a is not None and job_b is not None
-            transition(a, job_a, RUNNING)
-            a.commit()
+            b, job_b = started_behind_a_stale_copy(stack, database_url, job_id)
             uow = UnitOfWork(b)
             job_service.request_cancel(uow, job_b, "racing the start")
             b.commit()

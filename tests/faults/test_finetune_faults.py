@@ -46,7 +46,7 @@ def test_sigkill_mid_training_resumes_from_the_checkpoint_with_the_same_final_we
     first = world.worker()
     world.start_scheduler()
     reference = world.submit(spec("reference"))
-    assert world.wait_final(reference)["status"] == "succeeded"
+    assert world.wait_final(reference, timeout=300)["status"] == "succeeded"  # 240 steps
 
     job_id = world.submit(spec("killed"))
     seen = wait_until(
@@ -60,7 +60,7 @@ def test_sigkill_mid_training_resumes_from_the_checkpoint_with_the_same_final_we
     first.proc.wait(10)
     # The replacement works in 2-second slices: every slice also resumes from a checkpoint.
     world.worker(BARGE_FINETUNE_SLICE_SECONDS="2")
-    job = world.wait_final(job_id, timeout=240)
+    job = world.wait_final(job_id, timeout=300)
     assert job["status"] == "succeeded", job
     assert job["progress"]["steps_done"] == job["progress"]["steps_total"] == 16 * 15
 
@@ -115,7 +115,7 @@ def test_sigkill_mid_lora_training_resumes_with_the_same_adapter_weights(
     first = world.worker()
     world.start_scheduler()
     reference = world.submit(spec("lora-reference"))
-    assert world.wait_final(reference)["status"] == "succeeded"
+    assert world.wait_final(reference, timeout=300)["status"] == "succeeded"  # 150 steps
 
     # An epoch folder this job never wrote, under its prefix: neither registered nor deleted.
     planted = {"job_id": "another job", "epoch": 3, "record": {"epoch": 3, "step": 45}}
@@ -133,7 +133,7 @@ def test_sigkill_mid_lora_training_resumes_with_the_same_adapter_weights(
     os.killpg(first.proc.pid, signal.SIGKILL)
     first.proc.wait(10)
     world.worker(BARGE_FINETUNE_SLICE_SECONDS="2")
-    job = world.wait_final(job_id, timeout=240)
+    job = world.wait_final(job_id, timeout=300)
     assert job["status"] == "succeeded", job
     kinds = [e["kind"] for e in _events(world, job_id)]
     assert kinds.count("training_started") == 1 and kinds.count("resumed") >= 1, kinds

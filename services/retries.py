@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from barge.errors import Conflict, InvalidSpec, PermanentJobError
-from barge.records import Format, Range, Record, iter_range
+from barge.records import Format, Range, Record, iter_range, packs
 from barge.specs import IMAGE_TASKS, parse_spec
 from barge.status import FINAL, SHARD_SUCCEEDED
 from barge.storage import ObjectStore, S3Uri
@@ -147,20 +147,16 @@ def unfinished_records(
     if shard.status == SHARD_SUCCEEDED:
         if not shard.errors_key:
             return
-        lines = {row.get("line") for row in _rows(store, job, shard.errors_key)}
-        wanted = lambda rec, _pos: rec.line in lines  # noqa: E731
+        # (object, line): a packed shard's records come from several objects
+        failed = {
+            (row.get("source"), row.get("line")) for row in _rows(store, job, shard.errors_key)
+        }
+        wanted = lambda rec, _pos: (rec.source or shard.source_uri, rec.line) in failed  # noqa: E731
     else:
         done = {row.get("id") for row in _rows(store, job, shard.output_key)}
         id_field = job.spec.get("id_field")
         wanted = lambda rec, pos: _id_of(rec.data, id_field, pos) not in done  # noqa: E731
-    info = store.head(S3Uri.parse(shard.source_uri))
-    if info is None:
-        raise Conflict(f"the job's input {shard.source_uri} is gone; its records cannot be read")
-    rng = Range(
-        shard.start_record, shard.record_count, shard.first_line, shard.byte_start, shard.byte_end
-    )
-    fmt = Format(shard.input_format, shard.compressed)
-    for i, rec in enumerate(iter_range(store, info, fmt, rng)):
+    for i, rec in enumerate(_records_of(store, shard)):
         position = shard.record_offset + i
         if not wanted(rec, position):
             continue
@@ -170,6 +166,24 @@ def unfinished_records(
         if positions:
             data.setdefault(RETRY_ID, position)
         yield data
+
+
+def _records_of(store: ObjectStore, shard: Shard) -> Iterator[Record]:
+    """The shard's records read again: its range of its object, or a packed shard's objects
+    (each record naming its object); 409 when one is gone."""
+    rng = Range(
+        shard.start_record, shard.record_count, shard.first_line, shard.byte_start, shard.byte_end
+    )
+    if shard.input_format == packs.PACK_FORMAT:
+        try:
+            yield from packs.iter_pack(store, S3Uri.parse(shard.source_uri), rng)
+        except PermanentJobError as exc:
+            raise Conflict(f"{exc.message}; the job's records cannot be read again") from None
+        return
+    info = store.head(S3Uri.parse(shard.source_uri))
+    if info is None:
+        raise Conflict(f"the job's input {shard.source_uri} is gone; its records cannot be read")
+    yield from iter_range(store, info, Format(shard.input_format, shard.compressed), rng)
 
 
 def unreadable(job: Job, rec: Record) -> dict[str, Any]:

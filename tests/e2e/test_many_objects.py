@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import inference_spec, manifest, put_jsonl, read_jsonl, wait_job
+from tests.helpers import inference_spec, manifest, put_jsonl, read_jsonl, read_parquet, wait_job
 
 pytestmark = pytest.mark.e2e
 
@@ -177,3 +177,52 @@ def test_small_objects_packed_into_few_shards_then_retried(
     assert len(retried) == len(bad) and all("barge_unreadable" in row for row in retried)
     child = wait_job(api, auth, r.json()["id"], timeout=300)
     assert child["progress"]["records_total"] == len(bad)
+
+
+def test_small_csv_parquet_and_gzip_objects_packed_for_classify_with_parquet_parts(
+    api: Any, auth: dict[str, str], s3: Any, bucket: str, classifier_uri: str, worker: Any
+) -> None:
+    import csv
+    import gzip
+    import io
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids: list[str] = []
+    for i in range(12):
+        rows = [{"id": f"{i}-{j}", "text": f"review {i} {j}: fine"} for j in range(3)]
+        ids += [r["id"] for r in rows]
+        if i % 3 == 0:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=["id", "text"])
+            writer.writeheader()
+            writer.writerows(rows)
+            key, body = f"mixed/{i:02d}.csv", buf.getvalue().encode()
+        elif i % 3 == 1:
+            out = io.BytesIO()
+            pq.write_table(pa.Table.from_pylist(rows), out)
+            key, body = f"mixed/{i:02d}.parquet", out.getvalue()
+        else:
+            text = "\n".join(json.dumps(r) for r in rows) + "\n"
+            key, body = f"mixed/{i:02d}.jsonl.gz", gzip.compress(text.encode())
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    spec = inference_spec(
+        classifier_uri,
+        f"s3://{bucket}/mixed/",
+        f"s3://{bucket}/mixed-out/",
+        task="classify",
+        id_field="id",
+        output_format="parquet",
+    )
+    r = api.post("/v1/jobs", json=spec, headers=auth)
+    assert r.status_code == 201, r.text
+    job = wait_job(api, auth, r.json()["id"])
+    assert job["status"] == "succeeded", job
+    assert job["progress"]["shards_total"] == 1
+    m = manifest(s3, bucket, "mixed-out")
+    assert m["parts"][0]["packed"]["objects"] == 12
+    rows = read_parquet(s3, bucket, m["parts"][0]["key"])
+    assert [row["id"] for row in rows] == ids  # every record once, in key order of objects
+    assert all(row["label"] in ("negative", "positive") for row in rows)

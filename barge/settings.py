@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     # Concurrent GETs of the planner counting the records of a job's input objects (each read
     # whole, but Parquet's footer): a prefix of many small objects is read by this bounded pool.
     input_fetch_threads: int = Field(default=8, ge=1, le=64)
+    # Consecutive small input objects (each under the job's shard_size in records) are packed
+    # into one shard of at most shard_size records and this many objects; 1 packs nothing.
+    pack_max_objects: int = Field(default=1000, ge=1, le=100_000)
     # Pixels a worker process decodes at once, whatever its threads and shards: a decode waits
     # until its image's pixels fit (an image over the whole budget decodes alone). Decoding and
     # preparing one image peaks at 16 bytes a pixel (barge.records.images.DECODE_BYTES_PER_PIXEL)

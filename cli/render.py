@@ -207,9 +207,16 @@ def _shard_row(s: dict[str, Any], wide: bool) -> list[str | Text]:
     ]
     if wide:
         first = s["start_record"]
-        row += [
+        source, span = (
             s["source"],
-            f"{first}-{first + s['record_count'] - 1}" if s["record_count"] else "-",
+            (f"{first}-{first + s['record_count'] - 1}" if s["record_count"] else "-"),
+        )
+        if s.get("objects") is not None:  # a packed shard: whole objects, first to last
+            source = f"{s['objects']} objects {s['first_source']} to {s['last_source']}"
+            span = "all"
+        row += [
+            source,
+            span,
             s.get("started_at") or "-",
             s.get("finished_at") or "-",
         ]
@@ -219,7 +226,8 @@ def _shard_row(s: dict[str, Any], wide: bool) -> list[str | Text]:
 def shards_table(shards: Iterable[dict[str, Any]], wide: bool = False) -> Table:
     """``barge shards``: per shard its status, attempt, the records done of its own (failed
     ones included) and how many of them failed, its worker and last error. ``wide`` adds its
-    source, its range of records and when it started and finished."""
+    source (a packed shard's: its objects, first to last), its range of records (``all`` of a
+    packed shard's objects) and when it started and finished."""
     columns: list[Column | str] = [
         Column("#", justify="right", no_wrap=True),
         _STATUS,

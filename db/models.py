@@ -20,6 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from barge.records.packs import describe as describe_pack
 from db.base import Base, JSONType, UTCDateTime, utcnow
 
 
@@ -136,7 +137,8 @@ class Throughput(Base):
 
 
 class Shard(Base):
-    """One unit of work: a byte or record range of one input object, or a whole fine-tune.
+    """One unit of work: a byte or record range of one input object, a pack of small objects
+    (a byte range of the job's pack listing), or a whole fine-tune.
 
     ``attempt`` is the fencing token: a claim increments it, and only the holder of the current
     attempt may heartbeat or mark the shard done. ``not_before``: a shard given back after a
@@ -179,6 +181,12 @@ class Shard(Base):
     first_line: Mapped[int] = mapped_column(BigInteger)
     byte_start: Mapped[int | None] = mapped_column(BigInteger)
     byte_end: Mapped[int | None] = mapped_column(BigInteger)
+    # A packed shard (input_format "pack", barge.records.packs): ``source_uri`` is its listing,
+    # the byte range its entries; these say what it reads for views: how many objects, the
+    # first and the last. NULL for a shard of one object.
+    pack_objects: Mapped[int | None] = mapped_column(Integer)
+    pack_first: Mapped[str | None] = mapped_column(Text)
+    pack_last: Mapped[str | None] = mapped_column(Text)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     # Claims that ended in a clean hand-off (a fine-tune's time slice), not a failure: attempts
     # minus hand-offs is what counts against BARGE_MAX_ATTEMPTS.
@@ -199,6 +207,14 @@ class Shard(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    @property
+    def source_shown(self) -> str:
+        """Its input as messages and views name it: its object, or a pack's objects (how
+        many, the first and the last) and listing."""
+        if self.pack_objects is None:
+            return self.source_uri
+        return describe_pack(self.source_uri, self.pack_objects, self.pack_first, self.pack_last)
 
 
 class ShardAttempt(Base):

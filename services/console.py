@@ -298,7 +298,7 @@ def first_errors(ctx: ServiceContext, job: Job) -> list[dict[str, Any]]:
     except Exception as exc:  # the store away, or out of the tenant's scopes now
         found.append({"error": f"errors files not read: {exc}"[:300]})
     shard_errors = [
-        {"source": s.source_uri, "line": None, "id": None, "error": s.last_error}
+        {"source": s.source_shown, "line": None, "id": None, "error": s.last_error}
         for s in repo.shards_of(ctx.session, job.id)
         if s.status == FAILED and s.last_error
     ]

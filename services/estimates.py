@@ -26,6 +26,7 @@ from barge.records import (
     format_of,
     images,
     iter_range,
+    packs,
     plan_ranges,
     resolve_inputs,
 )
@@ -82,6 +83,7 @@ def dry_run(ctx: ServiceContext, spec: JobSpec) -> dict[str, Any]:
             spec.input_format,
             shard_records,
             ctx.settings.input_fetch_threads,
+            1 if spec.openai_endpoint else ctx.settings.pack_max_objects,
         )
     answer.update(
         records=_records(counted),
@@ -97,11 +99,17 @@ def _records(counted: Counted) -> dict[str, Any]:
 
 
 def count(
-    store: ObjectStore, uri: str, declared: str, shard_records: int, threads: int = 1
+    store: ObjectStore,
+    uri: str,
+    declared: str,
+    shard_records: int,
+    threads: int = 1,
+    pack_max_objects: int = 1,
 ) -> Counted:
-    """The records and shards of the objects at ``uri``, as planning would split them; a plain
-    JSONL object over ``COUNT_BYTES`` is estimated from its first ``SAMPLE_BYTES``. The objects
-    are read ``threads`` at a time (BARGE_INPUT_FETCH_THREADS), as the planner reads them."""
+    """The records and shards of the objects at ``uri``, as planning would split them (small
+    objects packed, at most ``pack_max_objects`` a shard); a plain JSONL object over
+    ``COUNT_BYTES`` is estimated from its first ``SAMPLE_BYTES``. The objects are read
+    ``threads`` at a time (BARGE_INPUT_FETCH_THREADS), as the planner reads them."""
     out = Counted()
     objects = [(info, format_of(info.uri, declared)) for info in resolve_inputs(store, uri)]
 
@@ -114,11 +122,13 @@ def count(
         except PermanentJobError:
             return 0, True  # planning will say so; a dry run counts what it can read
 
+    counts: list[int] = []
     with ThreadPoolExecutor(max(1, min(threads, len(objects)))) as pool:
         for n, exact in in_order(pool, one, objects, 2 * threads):
             out.exact = out.exact and exact
             out.records += n
-            out.shards += math.ceil(n / shard_records)
+            counts.append(n)
+    out.shards = packs.shards_of(counts, shard_records, pack_max_objects)
     return out
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from barge.errors import Conflict, InvalidSpec, PermanentJobError
-from barge.records import Format, Range, Record, iter_range
+from barge.records import Format, Range, Record, iter_range, packs
 from barge.specs import IMAGE_TASKS, parse_spec
 from barge.status import FINAL, SHARD_SUCCEEDED
 from barge.storage import ObjectStore, S3Uri
@@ -104,7 +104,8 @@ def retry(ctx: ServiceContext, command: RetryJob) -> Job:
     number = len(children) + 1
     out = S3Uri.parse(root.output_uri).as_prefix()
     target = out.join(f"retry-{number}.input.jsonl")
-    count = write_unfinished(session, ctx.store, root, source, target)
+    threads = ctx.settings.input_fetch_threads
+    count = write_unfinished(session, ctx.store, root, source, target, threads)
     if not count:
         raise Conflict(f"job {source.id} has no failed or unprocessed records to retry")
     spec = _child_spec(root, command.overrides, str(target), str(out.join(f"retry-{number}/")))
@@ -135,16 +136,17 @@ def _child_spec(root: Job, overrides: dict[str, Any], input_uri: str, output: st
 
 
 def write_unfinished(
-    session: Session, store: ObjectStore, root: Job, source: Job, target: S3Uri
+    session: Session, store: ObjectStore, root: Job, source: Job, target: S3Uri, threads: int = 1
 ) -> int:
-    """Write the records ``source`` left unfinished as JSONL at ``target``; how many."""
+    """Write the records ``source`` left unfinished as JSONL at ``target``; how many (a packed
+    shard's objects read ``threads`` at a time)."""
     positions = root.spec.get("id_field") is None
     count = 0
     with tempfile.TemporaryDirectory(prefix="barge-retry-") as tmp:
         path = Path(tmp) / "records.jsonl"
         with path.open("wb") as f:
             for shard in repo.shards_of(session, source.id):
-                for data in unfinished_records(store, source, shard, positions):
+                for data in unfinished_records(store, source, shard, positions, threads):
                     f.write(json.dumps(data, default=str).encode() + b"\n")
                     count += 1
         if count:
@@ -153,7 +155,7 @@ def write_unfinished(
 
 
 def unfinished_records(
-    store: ObjectStore, job: Job, shard: Shard, positions: bool
+    store: ObjectStore, job: Job, shard: Shard, positions: bool, threads: int = 1
 ) -> Iterator[dict[str, Any]]:
     """The shard's records that did not succeed: its errors file's lines when the shard
     succeeded; else every record of its range not in its part. ``positions``: the first
@@ -161,20 +163,16 @@ def unfinished_records(
     if shard.status == SHARD_SUCCEEDED:
         if not shard.errors_key:
             return
-        lines = {row.get("line") for row in _rows(store, job, shard.errors_key)}
-        wanted = lambda rec, _pos: rec.line in lines  # noqa: E731
+        # (object, line): a packed shard's records come from several objects
+        failed = {
+            (row.get("source"), row.get("line")) for row in _rows(store, job, shard.errors_key)
+        }
+        wanted = lambda rec, _pos: (rec.source or shard.source_uri, rec.line) in failed  # noqa: E731
     else:
         done = {row.get("id") for row in _rows(store, job, shard.output_key)}
         id_field = job.spec.get("id_field")
         wanted = lambda rec, pos: _id_of(rec.data, id_field, pos) not in done  # noqa: E731
-    info = store.head(S3Uri.parse(shard.source_uri))
-    if info is None:
-        raise Conflict(f"the job's input {shard.source_uri} is gone; its records cannot be read")
-    rng = Range(
-        shard.start_record, shard.record_count, shard.first_line, shard.byte_start, shard.byte_end
-    )
-    fmt = Format(shard.input_format, shard.compressed)
-    for i, rec in enumerate(iter_range(store, info, fmt, rng)):
+    for i, rec in enumerate(_records_of(store, shard, threads)):
         position = shard.record_offset + i
         if not wanted(rec, position):
             continue
@@ -184,6 +182,24 @@ def unfinished_records(
         if positions:
             data.setdefault(RETRY_ID, position)
         yield data
+
+
+def _records_of(store: ObjectStore, shard: Shard, threads: int) -> Iterator[Record]:
+    """The shard's records read again: its range of its object, or a packed shard's objects
+    (each record naming its object); 409 when one is gone."""
+    rng = Range(
+        shard.start_record, shard.record_count, shard.first_line, shard.byte_start, shard.byte_end
+    )
+    if shard.input_format == packs.PACK_FORMAT:
+        try:
+            yield from packs.iter_pack(store, S3Uri.parse(shard.source_uri), rng, threads=threads)
+        except PermanentJobError as exc:
+            raise Conflict(f"{exc.message}; the job's records cannot be read again") from None
+        return
+    info = store.head(S3Uri.parse(shard.source_uri))
+    if info is None:
+        raise Conflict(f"the job's input {shard.source_uri} is gone; its records cannot be read")
+    yield from iter_range(store, info, Format(shard.input_format, shard.compressed), rng)
 
 
 def unreadable(job: Job, rec: Record) -> dict[str, Any]:

@@ -110,6 +110,8 @@ class ShardWork:
     # How messages name the unit when it is the whole job (its kind's ``unit_name``: "fine-tune");
     # None for a shard, named by its index and input.
     unit_name: str | None = None
+    # How messages name its input: its object, or a pack's objects (``Shard.source_shown``).
+    source_shown: str = ""
 
     @classmethod
     def of(
@@ -127,6 +129,7 @@ class ShardWork:
             index=shard.index,
             attempt=attempt,
             source=shard.source_uri,
+            source_shown=shard.source_shown,
             fmt=Format(shard.input_format, shard.compressed),
             rng=Range(
                 shard.start_record,
@@ -149,7 +152,7 @@ class ShardWork:
     @property
     def label(self) -> str:
         """How messages to users name this unit."""
-        return self.unit_name or f"shard {self.index} ({self.source})"
+        return self.unit_name or f"shard {self.index} ({self.source_shown or self.source})"
 
     @property
     def log_name(self) -> str:

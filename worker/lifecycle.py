@@ -389,11 +389,15 @@ def _settle_unstarted(session: Session, shard: Shard, job: Job) -> bool:
             session, shard.id, state.SHARD_CANCELLED, f"not run: job is {job.status}"
         )
     unit_name = kinds.kind_for(parse_spec(job.spec)).unit_name
+    records = (
+        f"{shard.record_count} records"
+        if shard.pack_objects is not None
+        else f"records {shard.start_record}-{shard.start_record + shard.record_count - 1}"
+    )
     what = (
         f"the {unit_name}"
         if unit_name
-        else f"shard {shard.index} ({shard.source_uri}, records {shard.start_record}-"
-        f"{shard.start_record + shard.record_count - 1})"
+        else f"shard {shard.index} ({shard.source_shown}, {records})"
     )
     error = (
         f"{what} gave up after {shard.attempt - shard.handoffs} attempts; last error: "

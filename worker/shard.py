@@ -8,7 +8,8 @@
 - the part writers (``JsonlPart``, ``ParquetPart``): spool a shard's rows to a local file, then
   upload it in one atomic PUT (``put_part``, ``part_result``); and the rule for what a record id
   may be (``coerce_id``);
-- reading: ``input_info`` (what reading a shard's records needs to know of its object),
+- reading: ``read_records`` (a shard's records, of its object or, packed, of its objects),
+  ``input_info`` (what reading a shard's records needs to know of its object),
   ``windows`` and ``prefetch`` (reading ahead on a background thread, so that the store's I/O
   and decoding overlap the model).
 
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from barge.errors import NotFound, PermanentJobError
-from barge.records import Format
+from barge.records import Format, Limits, Record, iter_range, packs
 from barge.specs import InferenceSpec
 from barge.storage import ObjectInfo, ObjectStore, S3Uri
 from worker.context import WorkerContext
@@ -441,6 +442,22 @@ def prefetch(it: Iterator[T], size: int, name: str = "barge-prefetch") -> Iterat
         stop.set()
         while not q.empty():
             q.get_nowait()
+
+
+def read_records(ctx: WorkerContext, work: ShardWork) -> Iterator[Record]:
+    """The shard's records, in order: a packed shard's objects (``barge.records.packs``: its
+    listing range, then its objects by ``BARGE_INPUT_FETCH_THREADS`` concurrent GETs, each
+    record naming its object), else its range of its object (``input_info`` first)."""
+    limits = Limits.from_settings(ctx.settings)
+    if work.fmt.name == packs.PACK_FORMAT:
+        return packs.iter_pack(
+            ctx.store,
+            S3Uri.parse(work.source),
+            work.rng,
+            threads=ctx.settings.input_fetch_threads,
+            limits=limits,
+        )
+    return iter_range(ctx.store, input_info(ctx, work), work.fmt, work.rng, limits=limits)
 
 
 def input_info(ctx: WorkerContext, work: ShardWork) -> ObjectInfo:

@@ -231,8 +231,26 @@ class ShardOut(BaseModel):
 
     index: int
     status: ShardStatus
-    source: str = Field(validation_alias="source_uri")
-    start_record: int
+    source: str = Field(
+        validation_alias="source_uri",
+        description="Its input object; for a packed shard (many small objects read as one), "
+        "the pack listing under the job's output (_inputs/pack-*.jsonl, one line per object)",
+    )
+    objects: int | None = Field(
+        None,
+        validation_alias="pack_objects",
+        description="A packed shard: how many objects it reads; null for an object's own shard",
+    )
+    first_source: str | None = Field(
+        None, validation_alias="pack_first", description="A packed shard: its first object"
+    )
+    last_source: str | None = Field(
+        None, validation_alias="pack_last", description="A packed shard: its last object"
+    )
+    start_record: int = Field(
+        description="Index of its first record in its object (a packed shard: of its first "
+        "object's entry in the listing)"
+    )
     record_count: int
     attempt: int
     worker: str | None = Field(

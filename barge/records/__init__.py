@@ -6,7 +6,9 @@
   streaming one range; ``peek``: the first
   record's fields at submit;
 - ``tabular``: records as numeric features (ONNX ``feature_fields``); ``images``: images as
-  records (listings, sources, bounded decoding).
+  records (listings, sources, bounded decoding);
+- ``packs``: many small objects as one shard (grouping, the pack listing, reading a pack's
+  objects concurrently, each record naming its object).
 
 Pure Python + pyarrow (no torch): the API peeks at inputs with it and the worker reads with it.
 

@@ -101,6 +101,9 @@ class Record:
     line: int
     data: dict[str, Any] | None
     error: str | None = None
+    # The object the record was read from, when a shard reads several (a pack); None: the
+    # shard's own object.
+    source: str | None = None
 
 
 # --- bounds -------------------------------------------------------------------------------------

@@ -100,6 +100,16 @@ class TestInAPipe:
         assert len(rows) == 2
         assert rows[1].endswith("CUDA out of memory [bold] Traceback: [red]x[/red]")
 
+    def test_wide_names_a_packed_shards_objects(self) -> None:
+        own = {**shard(0, "succeeded"), "source": "s3://b/in/big.jsonl", "start_record": 20}
+        own.update(objects=None, started_at=None, finished_at=None)
+        packed = {**own, "index": 1, "source": "s3://b/out/_inputs/pack-1.jsonl"}
+        packed.update(objects=3, first_source="s3://b/in/a", last_source="s3://b/in/c")
+        rows = list(lines(shards_table([own, packed], wide=True)))
+        assert rows[1].split()[6:8] == ["s3://b/in/big.jsonl", "20-29"]
+        assert " 3 objects s3://b/in/a to s3://b/in/c " in rows[2]
+        assert rows[2].split()[-3] == "all"
+
     def test_top_keeps_its_title_header_and_prefixes(self) -> None:
         waiting = {**job("ab12cd34" + JOB_ID[8:], "queued"), "waiting": "waits for a GPU worker"}
         items = top_view({"running": [job()], "queued": [waiting]}, {JOB_ID: ["gpu@a"]}, "12:00")

@@ -14,7 +14,7 @@ from typing import Any
 
 from barge.errors import PermanentJobError
 from barge.modeldirs import check_model_files, list_model_files
-from barge.records import format_of, plan_objects_ranges, resolve_inputs
+from barge.records import Format, Range, format_of, packs, plan_objects_ranges, resolve_inputs
 from barge.specs import BUILTIN_MODELS, InferenceSpec
 from barge.storage import ObjectInfo
 from db import state
@@ -26,10 +26,14 @@ from worker.kinds.steps import Finalizing, Finished, Plan, timings
 def plan(
     ctx: WorkerContext, spec: InferenceSpec, job_id: uuid.UUID, model_ref: str, output: str
 ) -> Plan:
-    """Check the model directory, then split the input objects into shards."""
+    """Check the model directory, then split the input objects into shards (small objects
+    packed, but an OpenAI batch's requests: its input is one file)."""
     check_model(ctx, model_ref or spec.model)
     objects = resolve_inputs(ctx.store, spec.input)
-    return plan_objects(ctx, spec, job_id, objects, spec.input_format, len(objects))
+    pack_into = None if spec.openai_endpoint else (output or spec.output)
+    return plan_objects(
+        ctx, spec, job_id, objects, spec.input_format, len(objects), pack_into=pack_into
+    )
 
 
 def check_model(ctx: WorkerContext, model_ref: str) -> None:
@@ -45,14 +49,16 @@ def plan_objects(
     objects: list[ObjectInfo],
     declared: str,
     n_objects: int,
+    *,
+    pack_into: str | None = None,
 ) -> Plan:
     """The shards of ``objects`` (read as ``declared``, or as each one's suffix says), in
-    order; ``n_objects`` is what the planning message counts as the job's objects."""
+    order; ``n_objects`` is what the planning message counts as the job's objects. With
+    ``pack_into`` (the job's output) consecutive small objects are packed
+    (``barge.records.packs``), their listing written there."""
     if not objects:
         raise PermanentJobError(f"no input objects at {spec.input}")
     shard_records = spec.shard_size or ctx.settings.shard_records
-    shards: list[Shard] = []
-    offset = 0
     formats = [format_of(info.uri, declared) for info in objects]
     planned = plan_objects_ranges(
         ctx.store,
@@ -60,29 +66,83 @@ def plan_objects(
         shard_records,
         threads=ctx.settings.input_fetch_threads,
     )
-    for info, fmt, (ranges, count) in zip(objects, formats, planned, strict=True):
-        for rng in ranges:
-            shards.append(
-                Shard(
-                    id=uuid.uuid4(),
-                    job_id=job_id,
-                    index=len(shards),
-                    source_uri=str(info.uri),
-                    source_etag=info.etag,
-                    input_format=fmt.name,
-                    compressed=fmt.gzip,
-                    start_record=rng.start_record,
-                    record_count=rng.record_count,
-                    record_offset=offset + rng.start_record,
-                    first_line=rng.first_line,
-                    byte_start=rng.byte_start,
-                    byte_end=rng.byte_end,
-                )
-            )
-        offset += count
+    counted = (
+        ((info, fmt, ranges), count)
+        for info, fmt, (ranges, count) in zip(objects, formats, planned, strict=True)
+    )
+    max_objects = ctx.settings.pack_max_objects if pack_into else 1
+    planner = _Shards(job_id)
+    listing = packs.ListingWriter(pack_into) if pack_into else None
+    try:
+        for members in packs.group(counted, shard_records, max_objects):
+            if len(members) == 1:
+                (info, fmt, ranges), _ = members[0]
+                planner.add_object(info, fmt, ranges)
+            else:
+                assert listing is not None
+                planner.add_pack(listing, [packs.entry_of(i, f, r[0]) for (i, f, r), _ in members])
+    except BaseException:
+        if listing is not None:
+            listing.discard()
+        raise
+    if listing is not None:
+        listing.close(ctx.store)  # before any shard reading it is committed
+    shards, offset = planner.shards, planner.offset
     message = f"planned {len(shards)} shards over {n_objects} objects, {offset} records"
+    if planner.packed:
+        message += f" ({planner.packed} objects packed into {planner.packs} shards)"
     data = {"shards": len(shards), "objects": n_objects, "records": offset}
+    if planner.packed:
+        data.update(packed_objects=planner.packed, packs=planner.packs)
     return Plan(shards, offset, message, data)
+
+
+class _Shards:
+    """The shards of a plan as they are made, in order, with the job-wide record offset."""
+
+    def __init__(self, job_id: uuid.UUID):
+        self.job_id = job_id
+        self.shards: list[Shard] = []
+        self.offset = 0
+        self.packed = 0  # objects in packs
+        self.packs = 0
+
+    def add_object(self, info: ObjectInfo, fmt: Format, ranges: list[Range]) -> None:
+        """An object's own shards, one per range."""
+        for rng in ranges:
+            self._add(str(info.uri), info.etag, fmt, rng)
+        self.offset += sum(rng.record_count for rng in ranges)
+
+    def add_pack(self, listing: packs.ListingWriter, entries: list[packs.PackEntry]) -> None:
+        """One shard reading ``entries``: their byte range of the listing."""
+        pack = listing.add(entries)
+        rng = Range(
+            pack.first_entry, pack.records, pack.first_entry + 1, pack.byte_start, pack.byte_end
+        )
+        shard = self._add(str(listing.uri), "", Format(packs.PACK_FORMAT, False), rng, 0)
+        shard.pack_objects, shard.pack_first, shard.pack_last = pack.objects, pack.first, pack.last
+        self.offset += pack.records
+        self.packed += pack.objects
+        self.packs += 1
+
+    def _add(self, uri: str, etag: str, fmt: Format, rng: Range, start: int | None = None) -> Shard:
+        shard = Shard(
+            id=uuid.uuid4(),
+            job_id=self.job_id,
+            index=len(self.shards),
+            source_uri=uri,
+            source_etag=etag,
+            input_format=fmt.name,
+            compressed=fmt.gzip,
+            start_record=rng.start_record,
+            record_count=rng.record_count,
+            record_offset=self.offset + (rng.start_record if start is None else start),
+            first_line=rng.first_line,
+            byte_start=rng.byte_start,
+            byte_end=rng.byte_end,
+        )
+        self.shards.append(shard)
+        return shard
 
 
 def verdict(spec: InferenceSpec, shards: list[Shard]) -> str | None:
@@ -133,6 +193,7 @@ def manifest(job: Job, shards: list[Shard], status: str, error: str | None) -> d
                 "key": s.output_key,
                 "shard": s.index,
                 "source": s.source_uri,
+                **_pack_of(s),
                 "records": s.records_succeeded,
                 "complete": s.status == state.SHARD_SUCCEEDED,
             }
@@ -146,6 +207,20 @@ def manifest(job: Job, shards: list[Shard], status: str, error: str | None) -> d
         ],
         "timings": timings(job),
         **_usage(shards),
+    }
+
+
+def _pack_of(shard: Shard) -> dict[str, Any]:
+    """What a packed shard's part says of its objects (its ``source`` is the pack listing,
+    one line per object): how many, the first and the last; {} for an object's own shard."""
+    if shard.pack_objects is None:
+        return {}
+    return {
+        "packed": {
+            "objects": shard.pack_objects,
+            "first": shard.pack_first,
+            "last": shard.pack_last,
+        }
     }
 
 

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from celery.exceptions import SoftTimeLimitExceeded
 
 from barge.errors import PermanentJobError, describe
-from barge.records import Record, iter_range
+from barge.records import Record
 from barge.records.images import (
     LISTING_ID_FIELD,
     LISTING_IMAGE_FIELD,
@@ -55,7 +55,7 @@ from worker.context import WorkerContext
 from worker.lease import Lease, Result, ShardWork, Stop
 from worker.models.cache import cache_for
 from worker.models.vision import VisionModel, predict_images, result_schema, shape_key
-from worker.shard import RecordId, ShardRun, coerce_id, input_info, make_part, windows
+from worker.shard import RecordId, ShardRun, coerce_id, make_part, read_records, windows
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,6 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     assert isinstance(spec, InferenceSpec)
     loaded = cache_for(ctx).get(work.model_ref, spec.task, work.job_id)
     assert isinstance(loaded, VisionModel)
-    info = input_info(ctx, work)
     settings = ctx.settings
     with (
         ctx.scratch() as tmp,
@@ -79,7 +78,7 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
         ) as pool,
     ):
         shard = _ImageShard(ctx, work, lease, loaded, tmp)
-        stopped = shard.process(iter_range(ctx.store, info, work.fmt, work.rng), fetch, pool)
+        stopped = shard.process(read_records(ctx, work), fetch, pool)
         return shard.upload(stopped)
 
 
@@ -149,7 +148,8 @@ class _ImageShard(ShardRun[VisionModel]):
         """On a fetching thread: the record's id and the encoded bytes of its image (a GET for
         an ``s3://`` URI), or the item with its error."""
         position, rec = item
-        out = _Item(position, rec, None if self.id_field else position, self.work.source)
+        source = rec.source or self.work.source  # a packed shard's records name their object
+        out = _Item(position, rec, None if self.id_field else position, source)
         if rec.data is None:
             out.error = rec.error or "unreadable record"
             return out, None

@@ -60,16 +60,15 @@ def applies(loaded: LoadedModel, work: ShardWork) -> bool:
 def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     """Run the shard's records through the ONNX model; return what was written."""
     loaded = records.load(ctx, work)
-    return run_loaded(ctx, work, lease, loaded, input_info(ctx, work))
+    return run_loaded(ctx, work, lease, loaded)
 
 
-def run_loaded(
-    ctx: WorkerContext, work: ShardWork, lease: Lease, loaded: LoadedModel, info: ObjectInfo
-) -> Result:
+def run_loaded(ctx: WorkerContext, work: ShardWork, lease: Lease, loaded: LoadedModel) -> Result:
     """Run the shard with its ONNX model loaded: the columnar path where it applies, else the
-    records path."""
+    records path (a packed shard's too)."""
     if not applies(loaded, work):
-        return records.run(ctx, work, lease, loaded, info, predict)
+        return records.run(ctx, work, lease, loaded, predict)
+    info = input_info(ctx, work)
     with ctx.scratch() as tmp:
         shard = _ColumnarShard(ctx, work, lease, loaded, tmp)
         return shard.upload(shard.process(info))

@@ -12,7 +12,8 @@ the first batch the claim's check, moments old, stands: a small shard of one bat
 job's status once, at its claim).
 
 What a shard asks of the store: one ranged GET of its records (plus a HEAD for formats other
-than plain JSONL), one PUT of its part (and of its errors file, when it has errors). The model is
+than plain JSONL; a packed shard: a ranged GET of its listing, then a GET of each of its
+objects, ``BARGE_INPUT_FETCH_THREADS`` at a time), one PUT of its part (and of its errors file, when it has errors). The model is
 listed once per job per worker process (``worker.models.cache.ModelCache``).
 
 Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.metrics``, ``worker.models``,
@@ -31,9 +32,8 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from barge.errors import PermanentJobError, describe
-from barge.records import Record, iter_range
+from barge.records import Record
 from barge.specs import InferenceSpec
-from barge.storage import ObjectInfo
 from worker import metrics
 from worker.context import WorkerContext
 from worker.lease import Lease, Result, ShardWork, Stop, job_event
@@ -43,7 +43,7 @@ from worker.models.engines import GenResult
 from worker.models.loaded import LoadedModel
 from worker.models.onnx import OutputTooLarge
 from worker.runners.generation import ShardGeneration
-from worker.shard import RecordId, ShardRun, coerce_id, prefetch, windows
+from worker.shard import RecordId, ShardRun, coerce_id, prefetch, read_records, windows
 
 WINDOW_BATCHES = 16  # records are length-sorted within windows of this many batches
 
@@ -71,7 +71,6 @@ def run(
     work: ShardWork,
     lease: Lease,
     loaded: LoadedModel,
-    info: ObjectInfo,
     predict: Predict,
 ) -> Result:
     """Run the shard's records through ``predict``; return what was written."""
@@ -80,7 +79,7 @@ def run(
     with ctx.scratch() as tmp:
         shard = _RecordsShard(ctx, work, lease, loaded, tmp, predict)
         window_size = spec.batch_size * WINDOW_BATCHES
-        reading = iter_range(ctx.store, info, work.fmt, work.rng)
+        reading = read_records(ctx, work)
         # A shard of one window computes nothing before its last record is read: nothing for
         # a background reader to overlap, so it reads on this thread.
         records = (
@@ -410,7 +409,8 @@ class _RecordsShard(ShardRun[LoadedModel]):
         return list(enc["input_ids"])
 
     def _error_row(self, rec_id: RecordId | None, rec: Record, error: str | None) -> dict[str, Any]:
-        return {"id": rec_id, "source": self.work.source, "line": rec.line, "error": error}
+        source = rec.source or self.work.source  # a packed shard's records name their object
+        return {"id": rec_id, "source": source, "line": rec.line, "error": error}
 
 
 def generated(result: GenResult) -> dict[str, Any]:

@@ -7,7 +7,7 @@ and finalizing are the same records plan and manifest for both), so a shard whos
 as ONNX runs under the ONNX kind's run step (``worker.runners.onnx.run_loaded``).
 
 Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.models``,
-``worker.runners.records``, ``worker.runners.onnx``, ``worker.shard``; never ``api`` or ``cli``.
+``worker.runners.records``, ``worker.runners.onnx``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ from worker.lease import Lease, Result, ShardWork
 from worker.models import text
 from worker.models.onnx import OnnxRunner
 from worker.runners import onnx, records
-from worker.shard import input_info
 
 
 def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     """Run the shard's records through the model; return what was written."""
     loaded = records.load(ctx, work)
-    info = input_info(ctx, work)
     if isinstance(loaded.model, OnnxRunner):  # the directory holds an ONNX model
-        return onnx.run_loaded(ctx, work, lease, loaded, info)
-    return records.run(ctx, work, lease, loaded, info, text.predict)
+        return onnx.run_loaded(ctx, work, lease, loaded)
+    return records.run(ctx, work, lease, loaded, text.predict)

@@ -1,8 +1,8 @@
 """The text2text kind's run step: one shard of a sequence-to-sequence model (translation,
 summarisation; ``worker.models.seq2seq``), its records run through ``worker.runners.records``.
 
-Imports: ``worker.context``, ``worker.lease``, ``worker.models``, ``worker.runners.records``,
-``worker.shard``; never ``api`` or ``cli``.
+Imports: ``worker.context``, ``worker.lease``, ``worker.models``, ``worker.runners.records``;
+never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from worker.lease import Lease, Result, ShardWork
 from worker.models import seq2seq
 from worker.models.loaded import LoadedModel
 from worker.runners import records
-from worker.shard import input_info
 
 
 def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
     """Run the shard's source texts through the model; return what was written."""
     loaded = records.load(ctx, work)
-    return records.run(ctx, work, lease, loaded, input_info(ctx, work), predict)
+    return records.run(ctx, work, lease, loaded, predict)
 
 
 def predict(

@@ -1,0 +1,245 @@
+"""Packs: many small input objects read as one shard.
+
+A prefix of many small objects would otherwise make a shard per object, each paying a shard's
+fixed cost (claim, lease, a part PUT, settling). Planning packs consecutive objects (in key
+order) that each hold fewer records than the job's ``shard_size``, while the pack's records stay
+within ``shard_size`` and its objects within ``BARGE_PACK_MAX_OBJECTS`` (``group``); an object of
+``shard_size`` records or more keeps its own shards, and so does a small object alone between
+two large ones.
+
+The packs of one planning run are written as a JSONL *listing* under the job's output
+(``_inputs/pack-<run>.jsonl``), one :class:`PackEntry` line per object: its URI, ETag, size,
+format, gzip, records and where they are (first line, byte range of plain JSONL), as planning
+found them. A packed shard is a byte range of that listing (``input_format`` ``"pack"``), so it
+reads exactly the objects planned for it, whatever is added to the prefix later, with no
+schema of its own; the shard row keeps only what views show (objects, first and last).
+
+Reading a pack (``iter_pack``) reads its listing range, then its objects with a bounded pool of
+concurrent GETs (``BARGE_INPUT_FETCH_THREADS``), at most twice as many objects ahead as threads
+(backpressure), in order; each record carries its own object (``Record.source``) and line, so a
+per-record error names the real object. An object read as it was planned (``iter_range``): a bad
+line is a per-record error of that object; an object gone since planning fails the job naming
+it, as a shard of its own does.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from barge.errors import NotFound, PermanentJobError
+from barge.records.base import Format, Limits, Range, Record, resolve_limits
+from barge.records.planning import in_order, iter_range
+from barge.storage import ObjectInfo, ObjectStore, S3Uri
+
+PACK_FORMAT = "pack"  # a packed shard's input_format
+LISTING_DIR = "_inputs/"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PackEntry:
+    """One object of a pack, as planning found it."""
+
+    uri: str
+    etag: str
+    size: int
+    format: str
+    gzip: bool
+    records: int
+    first_line: int
+    byte_start: int | None = None  # plain JSONL: the bytes of its records
+    byte_end: int | None = None
+
+    def line(self) -> bytes:
+        return json.dumps(self.__dict__, separators=(",", ":")).encode() + b"\n"
+
+    @classmethod
+    def parse(cls, line: bytes) -> PackEntry:
+        data: dict[str, Any] = json.loads(line)
+        return cls(**data)
+
+    @property
+    def fmt(self) -> Format:
+        return Format(self.format, self.gzip)
+
+    @property
+    def range(self) -> Range:
+        return Range(0, self.records, self.first_line, self.byte_start, self.byte_end)
+
+
+@dataclass(frozen=True)
+class Pack:
+    """A packed shard's part of the listing: its entries' byte range and listing lines, and
+    what its shard row shows (objects, first and last)."""
+
+    byte_start: int
+    byte_end: int
+    first_entry: int  # index of its first entry in the listing
+    records: int
+    objects: int
+    first: str
+    last: str
+
+
+def group(
+    items: Iterable[tuple[T, int]], shard_records: int, max_objects: int
+) -> Iterator[list[tuple[T, int]]]:
+    """``items`` (with their record counts) in order, grouped: a group of several is one pack;
+    a group of one is an object planned on its own (``shard_size`` records or more, an object
+    with no record, or a small object with no small neighbour). Packs hold at most
+    ``shard_records`` records and ``max_objects`` objects (1: nothing is packed)."""
+    pack: list[tuple[T, int]] = []
+    total = 0
+    for item, n in items:
+        if n == 0:
+            yield [(item, n)]  # no record, no shard: it neither joins nor ends a pack
+            continue
+        if n >= shard_records or max_objects <= 1:
+            if pack:
+                yield pack
+            pack, total = [], 0
+            yield [(item, n)]
+            continue
+        if pack and (total + n > shard_records or len(pack) >= max_objects):
+            yield pack
+            pack, total = [], 0
+        pack.append((item, n))
+        total += n
+    if pack:
+        yield pack
+
+
+def shards_of(counts: Iterable[int], shard_records: int, max_objects: int) -> int:
+    """How many shards objects of these record counts make (a dry run's count)."""
+    shards = 0
+    for members in group(((None, n) for n in counts), shard_records, max_objects):
+        n = members[0][1]
+        shards += 1 if len(members) > 1 else -(-n // shard_records)
+    return shards
+
+
+class ListingWriter:
+    """The pack listing of one planning run, spooled to a local file, PUT once at ``close``
+    (before any shard that reads it is committed)."""
+
+    def __init__(self, output_uri: str):
+        name = f"{LISTING_DIR}pack-{uuid.uuid4().hex}.jsonl"
+        self.uri = S3Uri.parse(output_uri).as_prefix().join(name)
+        self._dir = tempfile.TemporaryDirectory(prefix="barge-pack-")
+        self._path = Path(self._dir.name) / "listing.jsonl"
+        self._f = self._path.open("wb")
+        self._offset = 0
+        self._entries = 0
+
+    def add(self, entries: Sequence[PackEntry]) -> Pack:
+        start, first = self._offset, self._entries
+        for entry in entries:
+            line = entry.line()
+            self._f.write(line)
+            self._offset += len(line)
+        self._entries += len(entries)
+        return Pack(
+            start,
+            self._offset,
+            first,
+            sum(e.records for e in entries),
+            len(entries),
+            entries[0].uri,
+            entries[-1].uri,
+        )
+
+    def close(self, store: ObjectStore) -> None:
+        """PUT the listing (when a pack was added); the local file goes either way."""
+        try:
+            self._f.close()
+            if self._entries:
+                store.put_file(self.uri, self._path)
+        finally:
+            self._dir.cleanup()
+
+    def discard(self) -> None:
+        """Planning failed: nothing is written."""
+        self._f.close()
+        self._dir.cleanup()
+
+
+def entry_of(info: ObjectInfo, fmt: Format, rng: Range) -> PackEntry:
+    """The listing entry of a small object planned as one range."""
+    return PackEntry(
+        str(info.uri),
+        info.etag,
+        info.size,
+        fmt.name,
+        fmt.gzip,
+        rng.record_count,
+        rng.first_line,
+        rng.byte_start,
+        rng.byte_end,
+    )
+
+
+def read_entries(store: ObjectStore, listing: S3Uri, rng: Range) -> list[PackEntry]:
+    """A packed shard's entries: its byte range of the listing."""
+    try:
+        with store.open(listing, rng.byte_start or 0, rng.byte_end) as f:
+            body = f.read()
+    except NotFound:
+        raise PermanentJobError(f"the pack listing {listing} disappeared") from None
+    return [PackEntry.parse(line) for line in body.splitlines() if line.strip()]
+
+
+def iter_pack(
+    store: ObjectStore,
+    listing: S3Uri,
+    rng: Range,
+    *,
+    threads: int = 1,
+    limits: Limits | None = None,
+) -> Iterator[Record]:
+    """Stream a packed shard's records, object by object in listing order, each with its
+    object (``Record.source``) and line; the objects are read by a bounded pool of ``threads``
+    concurrent GETs, at most ``2 × threads`` objects ahead of the consumer."""
+    limits = resolve_limits(limits)
+    entries = read_entries(store, listing, rng)
+
+    def fetch(entry: PackEntry) -> list[Record]:
+        return read_object(store, entry, limits)
+
+    if threads <= 1 or len(entries) <= 1:
+        for entry in entries:
+            yield from fetch(entry)
+        return
+    with ThreadPoolExecutor(min(threads, len(entries)), thread_name_prefix="barge-pack") as pool:
+        for records in in_order(pool, fetch, entries, 2 * threads):
+            yield from records
+
+
+def read_object(store: ObjectStore, entry: PackEntry, limits: Limits) -> list[Record]:
+    """The records of one packed object, as planned (at most its planned records), each
+    naming it; an object gone since planning fails the job naming it."""
+    uri = S3Uri.parse(entry.uri)
+    info = ObjectInfo(uri, entry.size, entry.etag)
+    try:
+        if entry.format == "parquet":  # its footer is found from its real size
+            found = store.head(uri)
+            if found is None:
+                raise NotFound(f"no object at {uri}")
+            info = found
+        records = list(iter_range(store, info, entry.fmt, entry.range, limits=limits))
+    except NotFound:
+        raise PermanentJobError(f"input object {entry.uri} disappeared") from None
+    for rec in records:
+        rec.source = entry.uri
+    return records
+
+
+def describe(listing: str, objects: int | None, first: str | None, last: str | None) -> str:
+    """How messages and views name a packed shard's input."""
+    return f"{objects} objects {first} to {last}, listed in {listing}"

@@ -1,0 +1,162 @@
+"""barge.records.packs against a real LocalStore: which objects are packed, the pack listing,
+and reading a pack's objects (in order, each record naming its object and line)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from barge.errors import PermanentJobError
+from barge.records import Format, Range, packs, plan_ranges
+from barge.storage import LocalStore, ObjectInfo, S3Uri
+
+JSONL = Format("jsonl", False)
+
+
+@pytest.fixture
+def store(tmp_path: object) -> LocalStore:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    return LocalStore(tmp_path / "store")
+
+
+def put(store: LocalStore, key: str, data: bytes) -> ObjectInfo:
+    uri = S3Uri("bucket", key)
+    store.put_bytes(uri, data)
+    info = store.head(uri)
+    assert info is not None
+    return info
+
+
+def groups(counts: list[int], shard_records: int, max_objects: int = 1000) -> list[list[int]]:
+    """The groups as lists of the items' indexes."""
+    items = [(i, n) for i, n in enumerate(counts)]
+    return [[i for i, _ in g] for g in packs.group(items, shard_records, max_objects)]
+
+
+class TestGroup:
+    def test_consecutive_small_objects_pack_up_to_shard_size(self) -> None:
+        assert groups([20] * 12, 100) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+        assert groups([30, 30, 40, 1], 100) == [[0, 1, 2], [3]]  # exactly shard_size fits
+
+    def test_an_object_of_shard_size_or_more_keeps_its_own_shards(self) -> None:
+        assert groups([10, 10, 100, 10, 250, 5, 5], 100) == [[0, 1], [2], [3], [4], [5, 6]]
+        # a small object alone between large ones is planned on its own, as before
+        assert groups([100, 7, 100], 100) == [[0], [1], [2]]
+
+    def test_at_most_max_objects_a_pack_and_one_turns_packing_off(self) -> None:
+        assert groups([1] * 7, 100, max_objects=3) == [[0, 1, 2], [3, 4, 5], [6]]
+        assert groups([1] * 3, 100, max_objects=1) == [[0], [1], [2]]
+
+    def test_objects_without_records_neither_join_nor_end_a_pack(self) -> None:
+        found = groups([5, 0, 5, 0, 0, 5], 100)
+        assert [g for g in found if len(g) > 1] == [[0, 2, 5]]
+        assert sorted(i for g in found for i in g) == list(range(6))
+
+    def test_shards_of_counts_as_planning_makes_them(self) -> None:
+        assert packs.shards_of([20] * 12, 100, 1000) == 3
+        assert packs.shards_of([20] * 12, 100, 1) == 12
+        assert packs.shards_of([10, 10, 250, 0, 5], 100, 1000) == 1 + 3 + 1
+
+
+def _plan(
+    store: LocalStore, objects: list[tuple[ObjectInfo, Format]], shard_records: int
+) -> tuple[S3Uri, list[packs.Pack]]:
+    """Plan ``objects`` as the planner does: packs of the small ones, in one listing."""
+    counted = []
+    for info, fmt in objects:
+        ranges, n = plan_ranges(store, info, fmt, shard_records)
+        counted.append(((info, fmt, ranges), n))
+    listing = packs.ListingWriter("s3://bucket/out/")
+    made = []
+    for members in packs.group(counted, shard_records, 1000):
+        if len(members) == 1:
+            continue  # planned on its own
+        made.append(listing.add([packs.entry_of(i, f, r[0]) for (i, f, r), _ in members]))
+    listing.close(store)
+    return listing.uri, made
+
+
+def _range(pack: packs.Pack) -> Range:
+    return Range(
+        pack.first_entry, pack.records, pack.first_entry + 1, pack.byte_start, pack.byte_end
+    )
+
+
+class TestReadingPacks:
+    def test_each_record_once_in_order_naming_its_object_and_line(self, store: LocalStore) -> None:
+        objects = []
+        for i in range(30):
+            lines = [json.dumps({"id": f"{i}-{j}"}) for j in range(i % 4 + 1)]
+            if i == 11:
+                lines.insert(1, "{not json")
+            if i % 5 == 0:
+                lines.insert(0, "")  # a blank line is no record but counts as a line
+            objects.append((put(store, f"in/{i:03d}.jsonl", "\n".join(lines).encode()), JSONL))
+        uri, made = _plan(store, objects, 10)
+        assert uri.key.startswith("out/_inputs/pack-") and uri.key.endswith(".jsonl")
+        assert sum(p.objects for p in made) == 30
+        assert all(p.records <= 10 for p in made)
+        assert made[0].first == "s3://bucket/in/000.jsonl"
+        for threads in (1, 4):
+            records = [
+                r for p in made for r in packs.iter_pack(store, uri, _range(p), threads=threads)
+            ]
+            good = [r.data["id"] for r in records if r.data is not None]
+            assert good == [f"{i}-{j}" for i in range(30) for j in range(i % 4 + 1)]
+            bad = [(r.source, r.line) for r in records if r.data is None]
+            assert bad == [("s3://bucket/in/011.jsonl", 2)]
+            ten = [(r.source, r.line) for r in records if r.source == "s3://bucket/in/010.jsonl"]
+            assert [line for _, line in ten] == [2, 3, 4]  # after the blank first line
+
+    def test_gzip_csv_and_parquet_objects_read_in_a_pack(self, store: LocalStore) -> None:
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"id": ["p0", "p1"]}), buf)
+        objects = [
+            (
+                put(store, "in/a.jsonl.gz", gzip.compress(b'{"id": "g0"}\nnope\n')),
+                Format("jsonl", True),
+            ),
+            (put(store, "in/b.csv", b"id\nc0\nc1\n"), Format("csv", False)),
+            (put(store, "in/c.parquet", buf.getvalue()), Format("parquet", False)),
+        ]
+        uri, made = _plan(store, objects, 100)
+        assert len(made) == 1 and made[0].objects == 3 and made[0].records == 6
+        records = list(packs.iter_pack(store, uri, _range(made[0]), threads=3))
+        assert [(r.source.rsplit("/", 1)[-1], r.line) for r in records if r.source] == [
+            ("a.jsonl.gz", 1),
+            ("a.jsonl.gz", 2),
+            ("b.csv", 2),
+            ("b.csv", 3),
+            ("c.parquet", 1),
+            ("c.parquet", 2),
+        ]
+        assert [r.data and r.data["id"] for r in records] == ["g0", None, "c0", "c1", "p0", "p1"]
+
+    def test_an_object_gone_since_planning_fails_naming_it(self, store: LocalStore) -> None:
+        objects = [(put(store, f"in/{i}.jsonl", b'{"a": 1}\n'), JSONL) for i in range(6)]
+        uri, made = _plan(store, objects, 100)
+        store.delete(S3Uri("bucket", "in/3.jsonl"))
+        reading = packs.iter_pack(store, uri, _range(made[0]), threads=2)
+        with pytest.raises(
+            PermanentJobError, match=r"input object s3://bucket/in/3.jsonl disappeared"
+        ):
+            list(reading)
+
+    def test_a_shard_reads_only_its_own_entries(self, store: LocalStore) -> None:
+        objects = [
+            (put(store, f"in/{i:02d}.jsonl", b'{"a": 1}\n{"a": 2}\n'), JSONL) for i in range(9)
+        ]
+        uri, made = _plan(store, objects, 4)
+        assert [p.objects for p in made] == [2, 2, 2, 2]  # the ninth alone: its own shard
+        second = list(packs.iter_pack(store, uri, _range(made[1])))
+        assert {r.source for r in second} == {"s3://bucket/in/02.jsonl", "s3://bucket/in/03.jsonl"}
+        # objects added to the prefix after planning are not read
+        put(store, "in/02b.jsonl", b'{"a": 3}\n')
+        assert len(list(packs.iter_pack(store, uri, _range(made[1])))) == 4

@@ -2,7 +2,7 @@
 
 A shard's rows are read in few, large GETs (``row_batches``): the object's last
 ``TAIL_BYTES`` at once (the footer; all of a small object), then the column chunks it reads of
-consecutive row groups, up to about ``SPAN_BYTES`` at a time, each run of them one GET
+consecutive row groups, up to about ``SPAN_BYTES`` at a time (less for the first few), each run of them one GET
 (``HeldObject``). Every GET of an object costs a round trip, and on some S3 servers (moto's) it
 costs a pass over the whole object.
 """
@@ -190,11 +190,12 @@ def _spans(
     meta: Any, row_groups: list[int], columns: Collection[str] | None
 ) -> Iterator[tuple[list[int], list[tuple[int, int]]]]:
     """``row_groups`` in runs of consecutive ones whose column chunks (of ``columns``, else
-    all) come to about ``SPAN_BYTES`` at most (one row group at least), each with the byte
-    ranges that hold them: chunks less than ``HOLE_BYTES`` apart in one range."""
+    all) come to about ``SPAN_BYTES`` at most (one row group at least; the first runs an
+    eighth, a quarter, a half of it, so the first rows come soon), each with the byte ranges
+    that hold them: chunks less than ``HOLE_BYTES`` apart in one range."""
     group: list[int] = []
     ranges: list[tuple[int, int]] = []
-    size = 0
+    size = spans = 0
     for rg in row_groups:
         chunks = []
         row_group = meta.row_group(rg)
@@ -207,9 +208,9 @@ def _spans(
                 start = chunk.dictionary_page_offset
             chunks.append((start, start + chunk.total_compressed_size))
         bytes_ = sum(e - s for s, e in chunks)
-        if group and size + bytes_ > SPAN_BYTES:
+        if group and size + bytes_ > SPAN_BYTES >> max(0, 3 - spans):
             yield group, ranges
-            group, ranges, size = [], [], 0
+            group, ranges, size, spans = [], [], 0, spans + 1
         group.append(rg)
         size += bytes_
         for start, stop in sorted(chunks):

@@ -3,8 +3,9 @@
 A shard's rows are read in few, large GETs (``row_batches``): the object's last
 ``TAIL_BYTES`` at once (the footer; all of a small object), then the column chunks it reads of
 consecutive row groups, up to about ``SPAN_BYTES`` at a time (less for the first few), each run of them one GET
-(``HeldObject``). Every GET of an object costs a round trip, and on some S3 servers (moto's) it
-costs a pass over the whole object.
+(``HeldObject``). Planning and peeking read the footer in one GET too (``footer_bytes``).
+Every GET of an object costs a round trip, and on some S3 servers (moto's) it costs a pass
+over the whole object.
 """
 
 from __future__ import annotations
@@ -88,13 +89,22 @@ class HeldObject(io.RawIOBase):
         return len(data)
 
 
+def footer_bytes(size: int) -> int:
+    """How much of the end of an object of ``size`` bytes to read for its footer: 1/64 of it,
+    at least 64 KiB (what pyarrow reads first) and at most ``TAIL_BYTES``. A footer grows with
+    row groups times columns, so with the object: one GET reads it, not two."""
+    return min(TAIL_BYTES, max(64 * 2**10, size // 64))
+
+
 def parquet_file(store: ObjectStore, info: ObjectInfo, limits: Limits, source: Any = None) -> Any:
     """The object as a ``pyarrow.parquet.ParquetFile`` read through ``source`` (by default
-    range reads, 1 MiB at least), its decoded size checked against the limit."""
+    its footer in one GET: ``footer_bytes`` of its end, then range reads), its decoded size
+    checked against the limit."""
     import pyarrow.parquet as pq
 
     if source is None:
-        source = io.BufferedReader(SeekableObject(store, info), 1 << 20)
+        source = HeldObject(store, info)
+        source.hold([(max(0, info.size - footer_bytes(info.size)), info.size)])
     try:
         pf = pq.ParquetFile(source)
     except BargeError:

@@ -3,9 +3,9 @@
 A shard's rows are read in few, large GETs (``row_batches``): the object's last
 ``TAIL_BYTES`` at once (the footer; all of a small object), then the column chunks it reads of
 consecutive row groups, up to about ``SPAN_BYTES`` at a time (less for the first few), each
-run of them one GET (``HeldObject``). Planning and peeking read the footer in one GET too (``footer_bytes``).
-Every GET of an object costs a round trip, and on some S3 servers (moto's) it costs a pass
-over the whole object.
+run of them one GET (``HeldObject``). Planning and peeking read the footer in one GET too
+(``footer_bytes``). Every GET of an object costs a round trip, and on some S3 servers (moto's)
+it costs a pass over the whole object.
 """
 
 from __future__ import annotations

@@ -11,13 +11,23 @@ same model, same batches, same run.
     through the HTTP API (a real uvicorn process) to Postgres, dispatched over RabbitMQ to a
     real worker process, which reads the rows, turns each into its feature vector (a missing or
     non-numeric value would be a per-record error), runs the same batches and writes the values
-    back to S3. Timed from submit to the job's final status, on a worker warmed by a first job.
+    back to S3. Timed from submit to the job's final status (polled every 20 ms), on a worker
+    warmed by a first job.
+
+(c) with `--small-jobs N`: a small job's fixed costs on the warm worker, N times each for an
+    8-record and a 1,000-record Parquet object: the client's submit -> seen `succeeded` (polled
+    every 20 ms), and from the server's own timestamps (same host, same clock) the steps
+    between: POST -> created_at (the API), created_at -> started_at (planning: the model
+    directory checked, the object's footer read, the shard created and sent), -> the shard's
+    started_at (the message to the worker, the claim), -> its finished_at (model from the
+    cache, the read, the model, the PUT, the settle), -> the job's finished_at (finalize:
+    the manifest), -> seen by the client. Medians printed.
 
 The regressor is an MLP `--features` -> `--hidden` -> `--hidden` -> 1 with random weights,
 exported with `torch.onnx.export` (a dynamic batch axis). With a tiny network (`--hidden 20`)
 the figure measures Barge's per-record cost rather than the model's.
 
-Run: `python bench/onnx.py` (needs Postgres and RabbitMQ like `make test`).
+Run: `python bench/onnx.py [--small-jobs 10]` (needs Postgres and RabbitMQ like `make test`).
 """
 
 from __future__ import annotations
@@ -116,8 +126,76 @@ def parquet_bytes(data: Any) -> bytes:
     return buf.getvalue()
 
 
+def at(value: str) -> float:
+    """An API timestamp as seconds since the epoch."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(value).timestamp()
+
+
+STEPS = ("api", "plan", "dispatch", "shard", "finalize", "seen")
+
+
+def small_job(stack: Any, spec: dict[str, Any]) -> dict[str, float]:
+    """One job, polled every 20 ms: the client's submit -> succeeded and each step's seconds."""
+    sent = time.time()
+    job = stack.api.post("/v1/jobs", json=spec).raise_for_status().json()
+    while job["status"] not in ("succeeded", "failed", "cancelled"):
+        time.sleep(0.02)
+        job = stack.api.get(f"/v1/jobs/{job['id']}").json()
+    seen = time.time()
+    assert job["status"] == "succeeded", job
+    (shard,) = stack.api.get(f"/v1/jobs/{job['id']}/shards").json()["shards"]
+    marks = [
+        sent,
+        at(job["created_at"]),
+        at(job["started_at"]),
+        at(shard["started_at"]),
+        at(shard["finished_at"]),
+        at(job["finished_at"]),
+        seen,
+    ]
+    steps = {name: b - a for name, a, b in zip(STEPS, marks, marks[1:], strict=False)}
+    return {"client": seen - sent, **steps}
+
+
+def small_jobs(stack: Any, model: str, data: Any, batch_size: int, n: int) -> dict[str, Any]:
+    """(c): ``n`` jobs of 8 records and of 1,000, alternating; every figure and the medians."""
+    import statistics
+
+    sizes = (8, 1000)
+    for size in sizes:
+        stack.s3.put_object(
+            Bucket="bench", Key=f"small-{size}.parquet", Body=parquet_bytes(data[:size])
+        )
+    runs: dict[int, list[dict[str, float]]] = {size: [] for size in sizes}
+    for i in range(n):
+        for size in sizes:
+            spec = {
+                "type": "inference",
+                "model": model,
+                "task": "regress",
+                "input": f"s3://bench/small-{size}.parquet",
+                "output": f"s3://bench/small/{size}-{i}/",
+                "id_field": "id",
+                "batch_size": batch_size,
+            }
+            runs[size].append(small_job(stack, spec))
+    medians = {
+        size: {k: statistics.median(r[k] for r in rs) for k in ("client", *STEPS)}
+        for size, rs in runs.items()
+    }
+    for size, m in medians.items():
+        steps = ", ".join(f"{k} {m[k] * 1000:.0f}" for k in STEPS)
+        print(
+            f"small job, {size} records (median of {n}): submit -> seen succeeded "
+            f"{m['client'] * 1000:.0f} ms = {steps} ms"
+        )
+    return {"runs": runs, "medians": medians}
+
+
 def run_rounds(
-    model_dir: Path, data: Any, batch_size: int, rounds: int, log_dir: Path
+    model_dir: Path, data: Any, batch_size: int, rounds: int, log_dir: Path, small: int = 0
 ) -> dict[str, Any]:
     """Start a stack, warm its worker, then ``rounds`` times: a bare loop, then the Barge job,
     and one more bare loop at the end; each job is compared with the bare loops either side of
@@ -140,7 +218,7 @@ def run_rounds(
                 "batch_size": batch_size,
                 "shard_size": 1_000_000,
             }
-            return stack.run_job(spec)
+            return stack.run_job(spec, poll=0.02)  # a 0.2 s poll would add 0.1 s on average
 
         cold, _ = run_job("warm.parquet", "cold")
         bare = [bare_loop(model_dir, data, batch_size)]
@@ -158,7 +236,10 @@ def run_rounds(
                 f"| bare {bare[-1]:9.1f} records/s -> ratio {ratio:.3f}; bare from S3 "
                 f"{from_s3[-1]:9.1f} records/s -> ratio {jobs[-1] / from_s3[-1]:.3f}"
             )
-        return {"cold_start_seconds": cold, "bare": bare, "jobs": jobs, "bare_from_s3": from_s3}
+        result = {"cold_start_seconds": cold, "bare": bare, "jobs": jobs, "bare_from_s3": from_s3}
+        if small:
+            result["small_jobs"] = small_jobs(stack, model, data, batch_size, small)
+        return result
 
 
 def main() -> int:
@@ -168,6 +249,13 @@ def main() -> int:
     parser.add_argument("--features", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--small-jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N jobs of 8 and of 1,000 records on the warm worker, step by step",
+    )
     args = parser.parse_args()
     log_dir = ROOT / "bench" / "results" / time.strftime("onnx-%Y%m%d-%H%M%S")
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -185,7 +273,7 @@ def main() -> int:
             f"{ort.get_available_providers()}; bare loop and Barge job (Parquet in S3 -> worker "
             "-> S3, submit -> succeeded) alternate"
         )
-        result = run_rounds(model_dir, data, args.batch_size, args.rounds, log_dir)
+        result = run_rounds(model_dir, data, args.batch_size, args.rounds, log_dir, args.small_jobs)
     bare, jobs = result["bare"], result["jobs"]
     ratios = [job / ((bare[i] + bare[i + 1]) / 2) for i, job in enumerate(jobs)]
     print(

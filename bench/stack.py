@@ -97,12 +97,13 @@ class Stack:
 
         return upload_dir(self.s3, BUCKET, name, directory)
 
-    def run_job(self, spec: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-        """Submit and wait; (seconds from the POST to the final status, the job)."""
+    def run_job(self, spec: dict[str, Any], poll: float = 0.2) -> tuple[float, dict[str, Any]]:
+        """Submit and wait, polling every ``poll`` seconds; (seconds from the POST to the final
+        status, the job)."""
         started = time.perf_counter()
         job = self.api.post("/v1/jobs", json=spec).raise_for_status().json()
         while job["status"] not in ("succeeded", "failed", "cancelled"):
-            time.sleep(0.2)
+            time.sleep(poll)
             job = self.api.get(f"/v1/jobs/{job['id']}").json()
         elapsed = time.perf_counter() - started
         assert job["status"] == "succeeded", job

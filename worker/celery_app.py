@@ -12,6 +12,7 @@ Imports: ``barge``, ``db``, ``worker``; never ``api`` or ``cli``.
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
@@ -54,6 +55,11 @@ def _init_child(**_: Any) -> None:
             getattr(current_process(), "index", 0),
             ctx.settings.worker_metrics_host,
         )
+    # What the process holds from its start (modules, the app, the engine) lives as long as
+    # it does: out of the collector's reach, a full collection (every few jobs) scans only
+    # what came since, not the ~100k objects of the imports (~0.1 to 0.2 s a pass on 2 cores).
+    gc.collect()
+    gc.freeze()
 
 
 def consumed_queues() -> list[str]:

@@ -167,14 +167,11 @@ class JsonlPart:
         n = len(ids)
         if not n:
             return
-        parts = [("id", json_texts(ids))]
-        parts += [(name, json_texts(values)) for name, values in columns.items()]
-        heads = ['{"id": ', *(f", {json.dumps(name)}: " for name, _ in parts[1:])]
-        texts = [t for _, t in parts]
-        self._f.writelines(
-            "".join(h + v for h, v in zip(heads, row, strict=True)) + "}\n"
-            for row in zip(*texts, strict=True)
-        )
+        texts = [json_texts(ids), *(json_texts(values) for values in columns.values())]
+        # One %-template per line: '{"id": %s, "<name>": %s}\n' (a '%' of a name doubled).
+        names = "".join(", " + json.dumps(name).replace("%", "%%") + ": %s" for name in columns)
+        line = '{"id": %s' + names + "}\n"
+        self._f.write("".join([line % row for row in zip(*texts, strict=True)]))
         self.count += n
 
     def close(self) -> None:

@@ -36,6 +36,7 @@ from barge.records import (
     plan_ranges,
     resolve_inputs,
 )
+from barge.records.parquet import row_batches
 from barge.records.planning import in_order
 from barge.settings import Settings, get_settings
 from barge.storage import LocalStore, ObjectInfo, S3Uri
@@ -407,6 +408,102 @@ class TestParquet:
         info = put(store, "in/fake.parquet", b'{"text": "x"}\n')
         with pytest.raises(PermanentJobError, match=r"s3://bucket/in/fake\.parquet"):
             plan_ranges(store, info, PARQUET, 10)
+
+
+class CountingStore(LocalStore):
+    """A LocalStore that keeps the byte ranges read from it (each one a GET on S3)."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.reads: list[tuple[int, int | None]] = []
+
+    def open(self, uri: S3Uri, start: int = 0, end: int | None = None) -> Any:
+        self.reads.append((start, end))
+        return super().open(uri, start, end)
+
+
+class TestParquetSpans:
+    """``row_batches`` reads a shard's rows in few large GETs: the tail, then runs of row
+    groups' column chunks, leaving out columns it does not read."""
+
+    ROWS, GROUP = 100_000, 10_000
+
+    @pytest.fixture
+    def table(self) -> pa.Table:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        features = {f"f{j}": rng.normal(size=self.ROWS) for j in range(16)}
+        blob = [bytes(b).hex() for b in rng.integers(0, 256, (self.ROWS, 75), dtype=np.uint8)]
+        return pa.table({"id": range(self.ROWS), **features, "blob": blob})
+
+    @pytest.fixture
+    def counted(self, tmp_path: Path, table: pa.Table) -> tuple[CountingStore, ObjectInfo]:
+        store = CountingStore(tmp_path / "store")
+        path = tmp_path / "big.parquet"
+        pq.write_table(table, path, row_group_size=self.GROUP)
+        store.put_file(S3Uri("bucket", "in/big.parquet"), path)
+        info = store.head(S3Uri("bucket", "in/big.parquet"))
+        assert info is not None and info.size > 20 * 2**20
+        store.reads.clear()
+        return store, info
+
+    @pytest.mark.parametrize(
+        ("start", "count"), [(0, ROWS), (25_000, 30_000), (99_990, 10), (10_000, 10_000)]
+    )
+    @pytest.mark.parametrize("wanted", [None, ["id", "f3", "f0"]])
+    def test_rows_as_pyarrow_reads_them(
+        self,
+        counted: tuple[CountingStore, ObjectInfo],
+        table: pa.Table,
+        start: int,
+        count: int,
+        wanted: list[str] | None,
+    ) -> None:
+        store, info = counted
+        got = list(
+            row_batches(
+                store,
+                info,
+                Range(start, count, start + 1),
+                Limits.from_settings(get_settings()),
+                lambda b: b,
+                wanted,
+            )
+        )
+        firsts = [first for first, _ in got]
+        assert firsts == list(itertools.accumulate([start, *[b.num_rows for _, b in got][:-1]]))
+        columns = sorted(wanted) if wanted else table.column_names
+        rows = pa.Table.from_batches([b for _, b in got]).select(columns)
+        assert rows.equals(table.slice(start, count).select(columns))
+        groups = -(-(start + count) // self.GROUP) - start // self.GROUP
+        read = sum((end or info.size) - begin for begin, end in store.reads)
+        if wanted:  # the blob column (most of the bytes, between row groups) is never read
+            assert read < info.size / 4
+            assert len(store.reads) <= 1 + groups  # the tail, then a GET per row group at most
+        else:  # the tail, then runs of row groups (the first runs smaller)
+            assert len(store.reads) <= 1 + min(groups, 4)
+
+    def test_a_small_object_is_one_get(self, tmp_path: Path, table: pa.Table) -> None:
+        store = CountingStore(tmp_path / "store")
+        path = tmp_path / "small.parquet"
+        pq.write_table(table.slice(0, 50), path, row_group_size=8)
+        store.put_file(S3Uri("bucket", "in/small.parquet"), path)
+        info = store.head(S3Uri("bucket", "in/small.parquet"))
+        assert info is not None
+        store.reads.clear()
+        got = list(
+            row_batches(
+                store,
+                info,
+                Range(3, 40, 4),
+                Limits.from_settings(get_settings()),
+                lambda b: b,
+                ["id"],
+            )
+        )
+        assert pa.Table.from_batches([b for _, b in got])["id"].to_pylist() == list(range(3, 43))
+        assert len(store.reads) == 1
 
 
 class TestPeekFields:

@@ -121,10 +121,18 @@ class _ColumnarShard(ShardRun[LoadedModel]):
         n = batch.num_rows
         problems: dict[int, str] = {}  # by row in the batch: why it cannot run (the first)
         ids = self._ids(batch, first_row, problems)
-        features = {b.input: self._features(batch, b, problems) for b in self.bindings}
+        # Each input's matrix in the dtype its graph input takes, converted once (the same
+        # values as converting each batch's rows), C-contiguous: rows are then views.
+        features = {
+            b.input: np.ascontiguousarray(
+                self._features(batch, b, problems), dtype=self.runner.feeds[b.input].dtype
+            )
+            for b in self.bindings
+        }
         good = np.ones(n, dtype=bool)
         good[list(problems)] = False
         rows_of_good = np.flatnonzero(good)
+        every_row = not problems  # then a batch's rows are a slice of the matrices: views
         if problems:
             metrics.RECORDS.labels(self.loaded.task, "failed").inc(len(problems))
         ran: list[Any] = []  # rows (in the batch) whose results are in ``chunks``, in order
@@ -134,7 +142,8 @@ class _ColumnarShard(ShardRun[LoadedModel]):
             for start in range(0, len(rows_of_good), step):
                 self.next_batch()
                 picked = rows_of_good[start : start + step]
-                feeds = {name: matrix[picked] for name, matrix in features.items()}
+                rows = slice(start, start + step) if every_row else picked
+                feeds = {name: matrix[rows] for name, matrix in features.items()}
                 started = time.monotonic()
                 done, failed = self._predict(feeds, len(picked))
                 metrics.observe_counts(
@@ -232,14 +241,15 @@ class _ColumnarShard(ShardRun[LoadedModel]):
         return pa.array([i if i is None or isinstance(i, str) else str(i) for i in ids])
 
     def _features(self, batch: Any, binding: FeatureInput, problems: dict[int, str]) -> Any:
-        """The binding's float64 matrix [rows, features]; a row whose value is not a finite
-        number (checked value by value, as the record path does) gets its problem, the first
-        in field order, unless an earlier field already gave it one."""
+        """The binding's float64 matrix [rows, features] (column-major: each column is written
+        whole); a row whose value is not a finite number (checked value by value, as the record
+        path does) gets its problem, the first in field order, unless an earlier field already
+        gave it one."""
         import numpy as np
         import pyarrow as pa
 
         n = batch.num_rows
-        matrix = np.zeros((n, len(binding.feature_fields)), dtype=np.float64)
+        matrix = np.zeros((n, len(binding.feature_fields)), dtype=np.float64, order="F")
         names = set(batch.schema.names)
         for j, name in enumerate(binding.feature_fields):
             if name not in names:

@@ -23,6 +23,7 @@ def _dry(api: Any, auth: dict[str, str], spec: dict[str, Any]) -> Any:
     return api.post("/v1/jobs", params={"dry_run": "true"}, json=spec, headers=auth)
 
 
+@pytest.mark.exclusive  # compares an estimate with a wall-clock run
 def test_a_dry_run_checks_creates_nothing_and_estimates_from_past_shards(
     api: Any, auth: dict[str, str], s3: Any, bucket: str, models_bucket: str, worker: Any
 ) -> None:

@@ -36,6 +36,7 @@ def short_consumer_timeout() -> Iterator[None]:
         _set_rabbit_env("channel_tick_interval", 60_000)
 
 
+@pytest.mark.exclusive  # lowers RabbitMQ's consumer timeout for every vhost
 def test_a_shard_longer_than_the_consumer_timeout_commits_its_records_once(
     world: World, s3: Any, bucket: str, minilm_uri: str, short_consumer_timeout: None
 ) -> None:

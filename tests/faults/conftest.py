@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -183,3 +184,24 @@ def assert_exactly_once(s3: Any, bucket: str, prefix: str, rows: list[Any]) -> d
     assert manifest["records"]["succeeded"] == len(good)
     assert manifest["records"]["failed"] == len(bad_lines)
     return manifest  # type: ignore[no-any-return]
+
+
+def kill_shard_until_it_fails(world: World, job_id: str, index: int) -> int:
+    """SIGKILL the worker child of shard ``index`` at each attempt until the job ends."""
+    kills, killed = 0, set()
+    deadline = time.monotonic() + 420  # a loaded machine restarts children slowly
+    while time.monotonic() < deadline and world.job(job_id)["status"] not in (
+        "failed",
+        "succeeded",
+    ):
+        shards = world.shards(job_id)
+        shard = shards[index] if len(shards) > index else None
+        if shard and shard.status == "running" and shard.attempt not in killed and shard.worker:
+            try:
+                os.kill(int(shard.worker.rsplit(":", 1)[1]), signal.SIGKILL)
+                kills += 1
+            except ProcessLookupError:
+                pass
+            killed.add(shard.attempt)
+        time.sleep(0.05)
+    return kills

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.conftest import World
+from tests.faults.conftest import World, kill_shard_until_it_fails
 from tests.helpers import inference_spec, put_jsonl, read_jsonl, wait_until
 
 pytestmark = pytest.mark.faults
@@ -110,23 +110,7 @@ def test_a_packed_shard_killed_past_its_attempts_is_retried_as_its_records(
     world.worker()
     world.start_scheduler()
     job_id = world.submit(_spec(minilm_uri, bucket))
-    kills, killed = 0, set()
-    deadline = time.monotonic() + 420
-    while time.monotonic() < deadline and world.job(job_id)["status"] not in (
-        "failed",
-        "succeeded",
-    ):
-        shards = world.shards(job_id)
-        shard = shards[1] if len(shards) > 1 else None
-        if shard and shard.status == "running" and shard.attempt not in killed and shard.worker:
-            try:
-                os.kill(int(shard.worker.rsplit(":", 1)[1]), signal.SIGKILL)
-                kills += 1
-            except ProcessLookupError:
-                pass
-            killed.add(shard.attempt)
-        time.sleep(0.05)
-    assert kills == 3
+    assert kill_shard_until_it_fails(world, job_id, 1) == 3
     parent = world.wait_final(job_id, timeout=120)
     assert parent["status"] == "failed" and "gave up after 3 attempts" in parent["error"]
     assert "30 objects" in parent["error"]  # the pack named by its objects, not its listing

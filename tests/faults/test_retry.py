@@ -5,38 +5,14 @@ record is counted once."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 from typing import Any
 
 import pytest
 
-from tests.faults.conftest import World, dataset
+from tests.faults.conftest import World, dataset, kill_shard_until_it_fails
 from tests.helpers import inference_spec, read_jsonl
 
 pytestmark = pytest.mark.faults
-
-
-def _kill_shard_until_it_fails(world: World, job_id: str, index: int) -> int:
-    """SIGKILL the worker child of shard ``index`` at each attempt until the job ends."""
-    kills, killed = 0, set()
-    deadline = time.monotonic() + 420  # a loaded machine restarts children slowly
-    while time.monotonic() < deadline and world.job(job_id)["status"] not in (
-        "failed",
-        "succeeded",
-    ):
-        shards = world.shards(job_id)
-        shard = shards[index] if len(shards) > index else None
-        if shard and shard.status == "running" and shard.attempt not in killed and shard.worker:
-            try:
-                os.kill(int(shard.worker.rsplit(":", 1)[1]), signal.SIGKILL)
-                kills += 1
-            except ProcessLookupError:
-                pass
-            killed.add(shard.attempt)
-        time.sleep(0.05)
-    return kills
 
 
 def _ids(s3: Any, bucket: str, files: list[dict[str, Any]]) -> list[Any]:
@@ -58,7 +34,7 @@ def test_a_retry_of_a_job_whose_shard_killed_its_worker_completes_its_records_on
     world.start_scheduler()
     spec = inference_spec(minilm_uri, data, f"s3://{bucket}/out/", batch_size=8, shard_size=100)
     job_id = world.submit(spec)  # no id_field: a record's id is its position
-    assert _kill_shard_until_it_fails(world, job_id, 1) == 3
+    assert kill_shard_until_it_fails(world, job_id, 1) == 3
     parent = world.wait_final(job_id, timeout=120)
     assert parent["status"] == "failed" and "gave up after 3 attempts" in parent["error"]
 

@@ -14,24 +14,9 @@ import pytest
 from barge.errors import PermanentJobError
 from barge.records import Format, Range, packs, plan_ranges
 from barge.storage import LocalStore, ObjectInfo, S3Uri
+from tests.unit.test_records import put
 
 JSONL = Format("jsonl", False)
-
-
-@pytest.fixture
-def store(tmp_path: object) -> LocalStore:
-    from pathlib import Path
-
-    assert isinstance(tmp_path, Path)
-    return LocalStore(tmp_path / "store")
-
-
-def put(store: LocalStore, key: str, data: bytes) -> ObjectInfo:
-    uri = S3Uri("bucket", key)
-    store.put_bytes(uri, data)
-    info = store.head(uri)
-    assert info is not None
-    return info
 
 
 def groups(counts: list[int], shard_records: int, max_objects: int = 1000) -> list[list[int]]:

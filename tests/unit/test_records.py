@@ -47,11 +47,6 @@ CSV = Format("csv", False)
 PARQUET = Format("parquet", False)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> LocalStore:
-    return LocalStore(tmp_path / "store")
-
-
 def put(store: LocalStore, key: str, data: bytes) -> ObjectInfo:
     uri = S3Uri("bucket", key)
     store.put_bytes(uri, data)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from barge.storage import ObjectStore, S3Uri
 from db import repositories as repo
 from db.models import Job, Shard
 from services import audit, submission
+from services import scopes as scope_rules
 from services.context import ServiceContext
 
 RETRY_ID = "barge_retry_id"  # a record's position in the first job, when it had no id_field
@@ -105,7 +106,9 @@ def retry(ctx: ServiceContext, command: RetryJob) -> Job:
     out = S3Uri.parse(root.output_uri).as_prefix()
     target = out.join(f"retry-{number}.input.jsonl")
     threads = ctx.settings.input_fetch_threads
-    count = write_unfinished(session, ctx.store, root, source, target, threads)
+    tenant = repo.tenant_by_id(session, root.tenant_id)
+    held = scope_rules.scopes_of(tenant, ctx.settings) if tenant else scope_rules.Scopes((), ())
+    count = write_unfinished(session, ctx.store, root, source, target, threads, held.may_read)
     if not count:
         raise Conflict(f"job {source.id} has no failed or unprocessed records to retry")
     spec = _child_spec(root, command.overrides, str(target), str(out.join(f"retry-{number}/")))
@@ -136,17 +139,24 @@ def _child_spec(root: Job, overrides: dict[str, Any], input_uri: str, output: st
 
 
 def write_unfinished(
-    session: Session, store: ObjectStore, root: Job, source: Job, target: S3Uri, threads: int = 1
+    session: Session,
+    store: ObjectStore,
+    root: Job,
+    source: Job,
+    target: S3Uri,
+    threads: int = 1,
+    may_read: Callable[[str], bool] | None = None,
 ) -> int:
     """Write the records ``source`` left unfinished as JSONL at ``target``; how many (a packed
-    shard's objects read ``threads`` at a time)."""
+    shard's objects read ``threads`` at a time, each checked against ``may_read``, the
+    tenant's read scopes)."""
     positions = root.spec.get("id_field") is None
     count = 0
     with tempfile.TemporaryDirectory(prefix="barge-retry-") as tmp:
         path = Path(tmp) / "records.jsonl"
         with path.open("wb") as f:
             for shard in repo.shards_of(session, source.id):
-                for data in unfinished_records(store, source, shard, positions, threads):
+                for data in unfinished_records(store, source, shard, positions, threads, may_read):
                     f.write(json.dumps(data, default=str).encode() + b"\n")
                     count += 1
         if count:
@@ -155,7 +165,12 @@ def write_unfinished(
 
 
 def unfinished_records(
-    store: ObjectStore, job: Job, shard: Shard, positions: bool, threads: int = 1
+    store: ObjectStore,
+    job: Job,
+    shard: Shard,
+    positions: bool,
+    threads: int = 1,
+    may_read: Callable[[str], bool] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The shard's records that did not succeed: its errors file's lines when the shard
     succeeded; else every record of its range not in its part. ``positions``: the first
@@ -172,7 +187,7 @@ def unfinished_records(
         done = {row.get("id") for row in _rows(store, job, shard.output_key)}
         id_field = job.spec.get("id_field")
         wanted = lambda rec, pos: _id_of(rec.data, id_field, pos) not in done  # noqa: E731
-    for i, rec in enumerate(_records_of(store, shard, threads)):
+    for i, rec in enumerate(_records_of(store, shard, threads, may_read)):
         position = shard.record_offset + i
         if not wanted(rec, position):
             continue
@@ -184,7 +199,9 @@ def unfinished_records(
         yield data
 
 
-def _records_of(store: ObjectStore, shard: Shard, threads: int) -> Iterator[Record]:
+def _records_of(
+    store: ObjectStore, shard: Shard, threads: int, may_read: Callable[[str], bool] | None
+) -> Iterator[Record]:
     """The shard's records read again: its range of its object, or a packed shard's objects
     (each record naming its object); 409 when one is gone."""
     rng = Range(
@@ -192,7 +209,8 @@ def _records_of(store: ObjectStore, shard: Shard, threads: int) -> Iterator[Reco
     )
     if shard.input_format == packs.PACK_FORMAT:
         try:
-            yield from packs.iter_pack(store, S3Uri.parse(shard.source_uri), rng, threads=threads)
+            listing = S3Uri.parse(shard.source_uri)
+            yield from packs.iter_pack(store, listing, rng, threads=threads, may_read=may_read)
         except PermanentJobError as exc:
             raise Conflict(f"{exc.message}; the job's records cannot be read again") from None
         return

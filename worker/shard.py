@@ -453,6 +453,7 @@ def read_records(ctx: WorkerContext, work: ShardWork) -> Iterator[Record]:
             work.rng,
             threads=ctx.settings.input_fetch_threads,
             limits=limits,
+            may_read=None if work.scopes is None else work.scopes.may_read,
         )
     return iter_range(ctx.store, input_info(ctx, work), work.fmt, work.rng, limits=limits)
 

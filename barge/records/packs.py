@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,12 +202,21 @@ def iter_pack(
     *,
     threads: int = 1,
     limits: Limits | None = None,
+    may_read: Callable[[str], bool] | None = None,
 ) -> Iterator[Record]:
     """Stream a packed shard's records, object by object in listing order, each with its
     object (``Record.source``) and line; the objects are read by a bounded pool of ``threads``
-    concurrent GETs, at most ``2 × threads`` objects ahead of the consumer."""
+    concurrent GETs, at most ``2 × threads`` objects ahead of the consumer. The listing lies
+    under the job's output, where its tenant can write: with ``may_read`` (the tenant's read
+    scopes) an entry naming an object outside them fails the shard before anything is read."""
     limits = resolve_limits(limits)
     entries = read_entries(store, listing, rng)
+    outside = [e.uri for e in entries if may_read is not None and not may_read(e.uri)]
+    if outside:
+        raise PermanentJobError(
+            f"the pack listing {listing} names {outside[0]}, outside the storage this job's "
+            "tenant may read; nothing of the pack was read"
+        )
 
     def fetch(entry: PackEntry) -> list[Record]:
         return read_object(store, entry, limits)

@@ -134,6 +134,25 @@ class TestReadingPacks:
         ):
             list(reading)
 
+    def test_a_listing_naming_an_object_outside_the_tenants_scopes_is_refused(
+        self, store: LocalStore
+    ) -> None:
+        """The listing lies under the job's output, where its tenant writes: an entry edited
+        to name another tenant's object fails the shard, and nothing of the pack is read."""
+        objects = [(put(store, f"in/{i}.jsonl", b'{"a": 1}\n'), JSONL) for i in range(4)]
+        put(store, "theirs/secret.jsonl", b'{"a": "secret"}\n')
+        uri, _ = _plan(store, objects, 100)
+        body = store.get_bytes(uri).replace(
+            b"s3://bucket/in/2.jsonl", b"s3://bucket/theirs/secret.jsonl"
+        )
+        store.put_bytes(uri, body)
+        rng = Range(0, 4, 1, 0, len(body))
+        mine = lambda u: u.startswith("s3://bucket/in/")  # noqa: E731
+        with pytest.raises(
+            PermanentJobError, match=r"names s3://bucket/theirs/secret.jsonl, outside"
+        ):
+            list(packs.iter_pack(store, uri, rng, threads=2, may_read=mine))
+
     def test_a_shard_reads_only_its_own_entries(self, store: LocalStore) -> None:
         objects = [
             (put(store, f"in/{i:02d}.jsonl", b'{"a": 1}\n{"a": 2}\n'), JSONL) for i in range(9)

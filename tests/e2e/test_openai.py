@@ -545,6 +545,8 @@ def _run_batch(client: Any, rows: list[Any], endpoint: str) -> tuple[Any, dict[s
     )
     assert done.status == "completed", done
     lines = read_file(client, done.output_file_id) + read_file(client, done.error_file_id)
+    ids = sorted(line["custom_id"] for line in lines)
+    assert ids == sorted(r["custom_id"] for r in rows), (done, lines)  # each exactly once
     return done, {line["custom_id"]: line for line in lines}
 
 

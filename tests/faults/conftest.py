@@ -95,6 +95,12 @@ class World:
     def job(self, job_id: str) -> dict[str, Any]:
         return self.api.get(f"/v1/jobs/{job_id}", headers=self.auth).json()  # type: ignore[no-any-return]
 
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's events, oldest first (up to 1,000)."""
+        r = self.api.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}, headers=self.auth)
+        assert r.status_code == 200, r.text
+        return r.json()["events"]  # type: ignore[no-any-return]
+
     def wait_final(self, job_id: str, timeout: float = 120) -> dict[str, Any]:
         return wait_until(  # type: ignore[no-any-return]
             lambda: (j := self.job(job_id))["status"] in FINAL and j["output"]["manifest"] and j,

@@ -146,12 +146,6 @@ def test_a_worker_killed_mid_generation_leaves_every_custom_id_exactly_once(
         assert got["choices"][0]["finish_reason"] == finish
 
 
-def _events(world: World, job_id: str) -> list[dict[str, Any]]:
-    r = world.api.get(f"/v1/jobs/{job_id}/events", headers=world.auth)
-    assert r.status_code == 200, r.text
-    return r.json()["events"]  # type: ignore[no-any-return]
-
-
 @pytest.mark.exclusive  # a wall-clock bound
 def test_cancel_during_a_long_generation_stops_within_a_second(
     world: World, s3: Any, bucket: str, chat_uri: str
@@ -165,7 +159,7 @@ def test_cancel_during_a_long_generation_stops_within_a_second(
     )
     job_id = world.submit(spec)
     wait_until(
-        lambda: any(e["kind"] == "generation_engine" for e in _events(world, job_id)),
+        lambda: any(e["kind"] == "generation_engine" for e in world.events(job_id)),
         timeout=120,
         interval=0.1,
         what="the shard to start generating",
@@ -222,6 +216,6 @@ def test_a_request_too_long_for_the_token_budget_fails_alone_naming_its_tokens(
         f"the request needs {prompt + 400} tokens (a {prompt}-token prompt and max_tokens 400); "
         "this worker's generation engine holds at most 256 (BARGE_GENERATION_TOKEN_BUDGET)"
     ), err
-    events = _events(world, job_id)
+    events = world.events(job_id)
     engine = [e for e in events if e["kind"] == "generation_engine"]
     assert engine and engine[0]["data"]["engine"] == "batched", events

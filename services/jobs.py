@@ -11,6 +11,7 @@ cancelled."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -199,22 +200,33 @@ def cancel(ctx: ServiceContext, job: Job, reason: str = "cancel requested") -> J
 def request_cancel(uow: UnitOfWork, job: Job, reason: str = "cancel requested") -> Job:
     """Move the job to cancelling (durable: workers stop within one batch); pending shards are
     cancelled now and finalize is sent after the commit."""
-    for _ in range(CANCEL_TRIES):
+
+    def step() -> Job:
         if job.status in FINAL:
             raise Conflict(f"job {job.id} is already {job.status}; there is nothing to cancel")
         if job.status == CANCELLING:
             return job
-        seen = job.status
-        try:
-            state.transition(uow.session, job, CANCELLING, message=reason)
-        except IllegalTransition:
-            if job.status == seen:
-                raise
-            continue  # a worker moved it meanwhile (queued → running, say): cancel what it is now
+        state.transition(uow.session, job, CANCELLING, message=reason)
         repo.cancel_pending_shards(uow.session, job.id)
         uow.send_after_commit(FINALIZE_JOB, str(job.id))
         return job
-    raise Conflict(f"job {job.id} kept changing (now {job.status}); ask to cancel it again")
+
+    return while_it_moves(job, step, "cancel")
+
+
+def while_it_moves(job: Job, step: Callable[[], Job], what: str) -> Job:
+    """``step()``; when a worker moved the job between our read and our UPDATE (queued →
+    running, pausing → paused: ``IllegalTransition`` with the job refreshed), ``step()`` again
+    on what the job is now, up to ``CANCEL_TRIES`` times, instead of a 409 for a race the user
+    cannot see."""
+    for _ in range(CANCEL_TRIES):
+        seen = job.status
+        try:
+            return step()
+        except IllegalTransition:
+            if job.status == seen:
+                raise
+    raise Conflict(f"job {job.id} kept changing (now {job.status}); ask to {what} it again")
 
 
 CANCEL_TRIES = 5  # a job moves at most a few times a second: a cancel racing it tries again
@@ -254,35 +266,43 @@ def pause(ctx: ServiceContext, job: Job) -> Job:
     """Pause a running job (audited): no new shard of it is claimed; the running ones finish,
     and then it is paused. Pausing a pausing or paused job changes nothing; any other status
     is a 409."""
-    if job.status in PAUSE_STATES:
+
+    def step() -> Job:
+        if job.status in PAUSE_STATES:
+            return job
+        if job.status != RUNNING:
+            raise Conflict(
+                f"job {job.id} is {job.status}; only a running job can be paused", field="status"
+            )
+        state.transition(ctx.session, job, PAUSING, message="pause requested")
+        audit.record(ctx, "job.pause", f"job:{job.id}")
+        pause_if_idle(ctx.session, job.id)
         return job
-    if job.status != RUNNING:
-        raise Conflict(
-            f"job {job.id} is {job.status}; only a running job can be paused", field="status"
-        )
-    state.transition(ctx.session, job, PAUSING, message="pause requested")
-    audit.record(ctx, "job.pause", f"job:{job.id}")
-    pause_if_idle(ctx.session, job.id)
-    return job
+
+    return while_it_moves(job, step, "pause")
 
 
 def resume(ctx: ServiceContext, job: Job) -> Job:
     """Resume a pausing or paused job (audited): it runs again, and every unit of it no one
     holds is sent again after the commit. Resuming a running job changes nothing; any other
     status is a 409."""
-    if job.status == RUNNING:
+
+    def step() -> Job:
+        if job.status == RUNNING:
+            return job
+        if job.status not in PAUSE_STATES:
+            raise Conflict(
+                f"job {job.id} is {job.status}; only a pausing or paused job can be resumed",
+                field="status",
+            )
+        before = job.status
+        state.transition(ctx.session, job, RUNNING, message="resumed")
+        for shard_id, job_id, index in repo.take_shards_to_resume(ctx.session, job.id, utcnow()):
+            ctx.uow.send_after_commit(RUN_SHARD, str(shard_id), str(job_id), index)
+        audit.record(ctx, "job.resume", f"job:{job.id}", was=before)
         return job
-    if job.status not in PAUSE_STATES:
-        raise Conflict(
-            f"job {job.id} is {job.status}; only a pausing or paused job can be resumed",
-            field="status",
-        )
-    before = job.status
-    state.transition(ctx.session, job, RUNNING, message="resumed")
-    for shard_id, job_id, index in repo.take_shards_to_resume(ctx.session, job.id, utcnow()):
-        ctx.uow.send_after_commit(RUN_SHARD, str(shard_id), str(job_id), index)
-    audit.record(ctx, "job.resume", f"job:{job.id}", was=before)
-    return job
+
+    return while_it_moves(job, step, "resume")
 
 
 def pause_if_idle(session: Session, job_id: uuid.UUID, at: datetime | None = None) -> bool:

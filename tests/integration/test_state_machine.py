@@ -227,6 +227,43 @@ class TestConcurrentTransitions:
             (RUNNING, CANCELLING),
         ]
 
+    def test_a_resume_racing_the_pause_resumes_the_paused_job(self, database_url: str) -> None:
+        """The user's resume read the job pausing; its last shard settled and moved it to
+        paused before the resume's UPDATE: the resume takes the job as it is now (paused)
+        instead of a 409."""
+        from barge.settings import Settings
+        from barge.storage import make_store
+        from db.models import Tenant
+        from services.context import MEMBER, Principal, ServiceContext
+        from services.unit_of_work import UnitOfWork
+
+        job_id = new_job(database_url)
+        with session_scope(database_url) as s:
+            job = repositories.get_job(s, job_id)
+            assert job is not None
+            transition(s, job, RUNNING)
+            transition(s, job, PAUSING)
+        with ExitStack() as stack:
+            a = stack.enter_context(session_scope(database_url))
+            b = stack.enter_context(session_scope(database_url))
+            job_b = repositories.get_job(b, job_id)
+            assert job_b is not None and job_b.status == PAUSING
+            assert job_service.pause_if_idle(a, job_id)  # no shard of it runs
+            a.commit()
+            settings = Settings(database_url=database_url)
+            tenant = b.get(Tenant, job_b.tenant_id)
+            principal = Principal(tenant, None, None, MEMBER)  # type: ignore[arg-type]
+            ctx = ServiceContext(UnitOfWork(b), settings, make_store(settings), principal)
+            job_service.resume(ctx, job_b)
+            b.commit()
+            assert job_b.status == RUNNING
+        assert [(e.from_status, e.to_status) for e in status_events(database_url, job_id)] == [
+            (QUEUED, RUNNING),
+            (RUNNING, PAUSING),
+            (PAUSING, PAUSED),
+            (PAUSED, RUNNING),
+        ]
+
     @pytest.mark.parametrize(
         "targets", [(RUNNING, CANCELLING), (RUNNING, RUNNING), (FAILED, CANCELLING)]
     )

@@ -139,3 +139,24 @@ class PermanentJobError(BargeError):
 
     status_code = 422
     code = "permanent_error"
+
+
+class ObjectChanged(PermanentJobError):
+    """An input object is no longer the one its job was planned from: its ETag changed. No
+    retry can read what was planned; the job has to be submitted again."""
+
+    status_code = 409
+    code = "input_changed"
+
+    def __init__(self, uri: object, expected: str, current: str | None):
+        now = f'"{current}"' if current else "another"
+        super().__init__(
+            f'input object {uri} changed after the job was planned (ETag "{expected}" then, '
+            f"{now} now); resubmit the job to read its new contents",
+            uri=str(uri),
+            expected_etag=expected,
+            current_etag=current,
+        )
+        self.uri = str(uri)
+        self.expected = expected
+        self.current = current

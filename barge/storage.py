@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from barge.errors import InvalidSpec, NotFound, StorageError, excerpt
+from barge.errors import InvalidSpec, NotFound, ObjectChanged, StorageError, excerpt
 from barge.paths import local_path
 from barge.settings import Settings
 
@@ -62,7 +62,9 @@ class ObjectInfo:
 class ObjectStore(Protocol):
     def head(self, uri: S3Uri) -> ObjectInfo | None: ...
     def list(self, prefix: S3Uri) -> list[ObjectInfo]: ...
-    def open(self, uri: S3Uri, start: int = 0, end: int | None = None) -> IO[bytes]: ...
+    def open(
+        self, uri: S3Uri, start: int = 0, end: int | None = None, *, if_match: str = ""
+    ) -> IO[bytes]: ...
     def get_bytes(self, uri: S3Uri) -> bytes: ...
     def put_bytes(self, uri: S3Uri, data: bytes) -> None: ...
     def put_file(self, uri: S3Uri, path: Path) -> None: ...
@@ -112,12 +114,20 @@ class LocalStore:
                         out.append(info)
         return sorted(out, key=lambda i: i.uri.key)
 
-    def open(self, uri: S3Uri, start: int = 0, end: int | None = None) -> IO[bytes]:
+    def open(
+        self, uri: S3Uri, start: int = 0, end: int | None = None, *, if_match: str = ""
+    ) -> IO[bytes]:
         path = self._path(uri)
         try:
             f = path.open("rb")
         except FileNotFoundError:
             raise NotFound(f"no object at {uri}") from None
+        if if_match:  # the file opened: a PUT replaces it by rename, never in place
+            st = os.fstat(f.fileno())
+            etag = f"{st.st_mtime_ns:x}-{st.st_size:x}"
+            if etag != if_match:
+                f.close()
+                raise ObjectChanged(uri, if_match, etag)
         f.seek(start)
         if end is None:
             return f
@@ -201,6 +211,15 @@ class _BodyReader(io.RawIOBase):
         super().close()
 
 
+def _error_code(exc: Exception) -> str | None:
+    """The S3 error code of a boto3 ``ClientError`` (None for any other exception)."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return None
+
+
 class S3Store:
     """AWS S3 or any S3-compatible server (MinIO, moto) through boto3 with standard retries."""
 
@@ -226,10 +245,8 @@ class S3Store:
         )
 
     def _wrap(self, exc: Exception, uri: S3Uri) -> Exception:
-        from botocore.exceptions import ClientError
-
-        if isinstance(exc, ClientError):
-            code = exc.response.get("Error", {}).get("Code", "")
+        code = _error_code(exc)
+        if code is not None:
             if code in ("NoSuchKey", "404", "NotFound"):
                 return NotFound(f"no object at {uri}")
             if code == "NoSuchBucket":
@@ -272,15 +289,27 @@ class S3Store:
             raise err from exc
         return sorted(out, key=lambda i: i.uri.key)
 
-    def open(self, uri: S3Uri, start: int = 0, end: int | None = None) -> IO[bytes]:
+    def open(
+        self, uri: S3Uri, start: int = 0, end: int | None = None, *, if_match: str = ""
+    ) -> IO[bytes]:
+        """The object's bytes [start, end). With ``if_match`` (an ETag) the GET is conditional
+        (``If-Match``): an object whose ETag is another now is ``ObjectChanged``, naming both
+        (one HEAD, only then, learns the new one)."""
         kwargs: dict[str, Any] = {"Bucket": uri.bucket, "Key": uri.key}
         if start or end is not None:
             if end is not None and end <= start:
                 return io.BytesIO(b"")
             kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        if if_match:
+            kwargs["IfMatch"] = f'"{if_match}"'
         try:
             body = self.client.get_object(**kwargs)["Body"]
         except Exception as exc:
+            if if_match and _error_code(exc) in ("PreconditionFailed", "412"):
+                now = self.head(uri)
+                if now is None:
+                    raise NotFound(f"no object at {uri}") from None
+                raise ObjectChanged(uri, if_match, now.etag) from None
             raise self._wrap(exc, uri) from exc
         return io.BufferedReader(_BodyReader(body), 1 << 20)
 
@@ -323,7 +352,8 @@ class S3Store:
 
 
 class SeekableObject(io.RawIOBase):
-    """A read-only seekable view of an object through range reads (for Parquet footers)."""
+    """A read-only seekable view of an object through range reads (for Parquet footers), each
+    conditional on the object's ETag (when ``info`` has one)."""
 
     def __init__(self, store: ObjectStore, info: ObjectInfo):
         self._store = store
@@ -348,7 +378,7 @@ class SeekableObject(io.RawIOBase):
         end = min(self._pos + len(b), self._info.size)
         if end <= self._pos:
             return 0
-        with self._store.open(self._info.uri, self._pos, end) as f:
+        with self._store.open(self._info.uri, self._pos, end, if_match=self._info.etag) as f:
             data = f.read()
         n = len(data)
         memoryview(b)[:n] = data

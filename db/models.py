@@ -172,7 +172,11 @@ class Shard(Base):
     index: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(32), default="pending")
     source_uri: Mapped[str] = mapped_column(Text)
+    # The object's ETag and size as planning found them: every read of the object is
+    # conditional on that ETag (a changed object fails the shard), and with the size no HEAD is
+    # needed. "" and NULL: not known (a pack's listing; shards planned before this was kept).
     source_etag: Mapped[str] = mapped_column(String(200), default="")
+    source_size: Mapped[int | None] = mapped_column(BigInteger)
     input_format: Mapped[str] = mapped_column(String(16))
     compressed: Mapped[bool] = mapped_column(default=False)
     start_record: Mapped[int] = mapped_column(BigInteger)

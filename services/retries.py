@@ -24,11 +24,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from barge.errors import Conflict, InvalidSpec, PermanentJobError
+from barge.errors import Conflict, InvalidSpec, NotFound, ObjectChanged, PermanentJobError
 from barge.records import Format, Range, Record, iter_range, packs
 from barge.specs import IMAGE_TASKS, parse_spec
 from barge.status import FINAL, SHARD_SUCCEEDED
-from barge.storage import ObjectStore, S3Uri
+from barge.storage import ObjectInfo, ObjectStore, S3Uri
 from db import repositories as repo
 from db.models import Job, Shard
 from services import audit, submission
@@ -203,21 +203,46 @@ def _records_of(
     store: ObjectStore, shard: Shard, threads: int, may_read: Callable[[str], bool] | None
 ) -> Iterator[Record]:
     """The shard's records read again: its range of its object, or a packed shard's objects
-    (each record naming its object); 409 when one is gone."""
+    (each record naming its object), every read conditional on the ETag planning recorded;
+    409 when one is gone or changed since (its records are not the ones the job read)."""
     rng = Range(
         shard.start_record, shard.record_count, shard.first_line, shard.byte_start, shard.byte_end
     )
-    if shard.input_format == packs.PACK_FORMAT:
-        try:
+    try:
+        if shard.input_format == packs.PACK_FORMAT:
             listing = S3Uri.parse(shard.source_uri)
             yield from packs.iter_pack(store, listing, rng, threads=threads, may_read=may_read)
-        except PermanentJobError as exc:
-            raise Conflict(f"{exc.message}; the job's records cannot be read again") from None
-        return
-    info = store.head(S3Uri.parse(shard.source_uri))
+            return
+        info = _planned_info(store, shard)
+        yield from iter_range(store, info, Format(shard.input_format, shard.compressed), rng)
+    except ObjectChanged as exc:
+        now = f'"{exc.current}"' if exc.current else "another"
+        raise Conflict(
+            f"the job's input object {exc.uri} changed after the job was planned (ETag "
+            f'"{exc.expected}" then, {now} now): its failed records cannot be read again as '
+            "the job read them; submit a new job to run its new contents",
+            uri=exc.uri,
+        ) from None
+    except NotFound:
+        raise Conflict(
+            f"the job's input {shard.source_uri} is gone; its records cannot be read"
+        ) from None
+    except PermanentJobError as exc:
+        raise Conflict(f"{exc.message}; the job's records cannot be read again") from None
+
+
+def _planned_info(store: ObjectStore, shard: Shard) -> ObjectInfo:
+    """The shard's object as planning found it (no HEAD when its ETag and size were kept),
+    else as a HEAD finds it now (an older shard), checked against the ETag kept."""
+    uri = S3Uri.parse(shard.source_uri)
+    if shard.source_etag and shard.source_size is not None:
+        return ObjectInfo(uri, shard.source_size, shard.source_etag)
+    info = store.head(uri)
     if info is None:
-        raise Conflict(f"the job's input {shard.source_uri} is gone; its records cannot be read")
-    yield from iter_range(store, info, Format(shard.input_format, shard.compressed), rng)
+        raise NotFound(f"no object at {uri}")
+    if shard.source_etag and info.etag != shard.source_etag:
+        raise ObjectChanged(uri, shard.source_etag, info.etag)
+    return info
 
 
 def unreadable(job: Job, rec: Record) -> dict[str, Any]:

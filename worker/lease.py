@@ -112,6 +112,10 @@ class ShardWork:
     unit_name: str | None = None
     # How messages name its input: its object, or a pack's objects (``Shard.source_shown``).
     source_shown: str = ""
+    # Its object as planning found it (``Shard.source_etag``, ``Shard.source_size``): every
+    # read of it is conditional on that ETag. "" and None: not known (a pack; an older shard).
+    source_etag: str = ""
+    source_size: int | None = None
 
     @classmethod
     def of(
@@ -130,6 +134,8 @@ class ShardWork:
             attempt=attempt,
             source=shard.source_uri,
             source_shown=shard.source_shown,
+            source_etag=shard.source_etag,
+            source_size=shard.source_size,
             fmt=Format(shard.input_format, shard.compressed),
             rng=Range(
                 shard.start_record,

@@ -28,7 +28,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from barge.errors import NotFound, PermanentJobError
+from barge.errors import NotFound, ObjectChanged, PermanentJobError
 from barge.records import Format, Limits, Record, iter_range, packs
 from barge.specs import InferenceSpec
 from barge.storage import ObjectInfo, ObjectStore, S3Uri
@@ -459,20 +459,27 @@ def read_records(ctx: WorkerContext, work: ShardWork) -> Iterator[Record]:
 
 
 def input_info(ctx: WorkerContext, work: ShardWork) -> ObjectInfo:
-    """What reading the shard's records needs to know of its object.
+    """What reading the shard's records needs to know of its object: its ETag and size as
+    planning found them, every read of it then conditional on that ETag (``ObjectChanged``
+    when it is another object now), with no HEAD.
 
-    A plain JSONL shard names its bytes exactly: planning split the object on line boundaries
-    and checked its size, so the shard reads its byte range with no HEAD first (the object as
-    far as this shard reads it; a deleted object is a NotFound on that read). Other formats
-    need the object's real size (a Parquet footer, the size check of a CSV object read from
-    its start): one HEAD."""
+    A shard planned before sizes were kept (``source_size`` NULL) still knows its bytes
+    exactly when it is plain JSONL (planning split the object on line boundaries and checked
+    its size: its byte range is all it reads); other formats need the object's real size (a
+    Parquet footer, the size check of a CSV object read from its start): one HEAD, whose ETag
+    must still be the planned one."""
     uri = S3Uri.parse(work.source)
     rng = work.rng
+    etag = work.source_etag
+    if etag and work.source_size is not None:
+        return ObjectInfo(uri, work.source_size, etag)
     if work.fmt == Format("jsonl", False) and rng.byte_start is not None and rng.byte_end:
-        return ObjectInfo(uri, rng.byte_end, "")
+        return ObjectInfo(uri, rng.byte_end, etag)
     info = ctx.store.head(uri)
     if info is None:
         raise PermanentJobError(f"input object {work.source} disappeared")
+    if etag and info.etag != etag:
+        raise ObjectChanged(uri, etag, info.etag)
     return info
 
 

@@ -89,7 +89,9 @@ class Lines:
 
 
 def open_text_source(store: ObjectStore, info: ObjectInfo, fmt: Format) -> IO[bytes]:
-    raw = store.open(info.uri)
+    """The object's bytes (decompressed), read on condition that its ETag is still
+    ``info.etag`` (when known): else ``ObjectChanged``."""
+    raw = store.open(info.uri, if_match=info.etag)
     if fmt.gzip:
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     return raw

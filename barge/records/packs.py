@@ -19,7 +19,9 @@ concurrent GETs (``BARGE_INPUT_FETCH_THREADS``), at most twice as many objects a
 (backpressure), in order; each record carries its own object (``Record.source``) and line, so a
 per-record error names the real object. An object read as it was planned (``iter_range``): a bad
 line is a per-record error of that object; an object gone since planning fails the job naming
-it, as a shard of its own does.
+it, as a shard of its own does, and so does one changed since: every GET of an object is
+conditional on the ETag its entry lists (``If-Match``; a Parquet footer is found from the
+listed size, with no HEAD).
 """
 
 from __future__ import annotations
@@ -232,15 +234,12 @@ def iter_pack(
 
 def read_object(store: ObjectStore, entry: PackEntry, limits: Limits) -> list[Record]:
     """The records of one packed object, as planned (at most its planned records), each
-    naming it; an object gone since planning fails the job naming it."""
+    naming it. Every GET is conditional on the ETag planning listed (a Parquet footer found
+    from the listed size, with no HEAD): an object changed since planning fails the shard
+    naming it (``ObjectChanged``), one gone since fails the job naming it."""
     uri = S3Uri.parse(entry.uri)
     info = ObjectInfo(uri, entry.size, entry.etag)
     try:
-        if entry.format == "parquet":  # its footer is found from its real size
-            found = store.head(uri)
-            if found is None:
-                raise NotFound(f"no object at {uri}")
-            info = found
         records = list(iter_range(store, info, entry.fmt, entry.range, limits=limits))
     except NotFound:
         raise PermanentJobError(f"input object {entry.uri} disappeared") from None

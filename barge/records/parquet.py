@@ -37,7 +37,8 @@ def _is_parquet_content_error(exc: Exception) -> bool:
 
 class HeldObject(io.RawIOBase):
     """A read-only seekable view of an object (``SeekableObject``) whose reads come from memory
-    where byte ranges read ahead (``hold``) cover them, else from a range read."""
+    where byte ranges read ahead (``hold``) cover them, else from a range read; every GET is
+    conditional on the object's ETag (``info.etag``, when known)."""
 
     def __init__(self, store: ObjectStore, info: ObjectInfo):
         self._raw = SeekableObject(store, info)
@@ -53,7 +54,7 @@ class HeldObject(io.RawIOBase):
             end = min(end, self._info.size)
             found = next((h for h in self._held if h[0] <= start and end <= h[0] + len(h[1])), None)
             if found is None and start < end:
-                with self._store.open(self._info.uri, start, end) as f:
+                with self._store.open(self._info.uri, start, end, if_match=self._info.etag) as f:
                     found = (start, f.read())
             if found is not None and found not in held:
                 held.append(found)

@@ -94,7 +94,9 @@ def iter_range(
     *,
     limits: Limits | None = None,
 ) -> Iterator[Record]:
-    """Stream the records of one range, in order, with their line numbers."""
+    """Stream the records of one range, in order, with their line numbers. Every GET is
+    conditional on ``info.etag`` (when it is not empty): an object that is another one now
+    raises ``ObjectChanged`` rather than give records that were never planned."""
     limits = resolve_limits(limits)
     with gzip_errors(info, fmt):
         if fmt.name == "parquet":
@@ -112,7 +114,7 @@ def iter_range(
                     yield rec
             return
         if rng.byte_start is not None:
-            raw = store.open(info.uri, rng.byte_start, rng.byte_end)
+            raw = store.open(info.uri, rng.byte_start, rng.byte_end, if_match=info.etag)
             skip = 0
         else:
             raw = open_text_source(store, info, fmt)

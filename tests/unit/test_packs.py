@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from barge.errors import PermanentJobError
+from barge.errors import ObjectChanged, PermanentJobError
 from barge.records import Format, Range, packs, plan_ranges
 from barge.storage import LocalStore, ObjectInfo, S3Uri
 from tests.unit.test_records import put
@@ -134,6 +134,32 @@ class TestReadingPacks:
         ):
             list(reading)
 
+    def test_an_object_changed_since_planning_fails_naming_it_and_both_etags(
+        self, store: LocalStore
+    ) -> None:
+        """A Parquet member too: its footer is found from the listed size, with no HEAD, and
+        its GETs are on condition of the listed ETag."""
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"id": ["p0", "p1"]}), buf)
+        objects = [(put(store, f"in/{i}.jsonl", b'{"a": 1}\n'), JSONL) for i in range(3)]
+        objects.append((put(store, "in/3.parquet", buf.getvalue()), Format("parquet", False)))
+        for key in ("in/1.jsonl", "in/3.parquet"):
+            planned = [(store.head(info.uri), fmt) for info, fmt in objects]
+            uri, made = _plan(store, planned, 100)  # type: ignore[arg-type]
+            assert len(list(packs.iter_pack(store, uri, _range(made[0])))) == 5
+            then = store.head(S3Uri("bucket", key))
+            assert then is not None
+            body = store.get_bytes(then.uri)
+            store.put_bytes(then.uri, body + b"\n")  # another object: another ETag
+            now = store.head(then.uri)
+            assert now is not None
+            with pytest.raises(ObjectChanged) as caught:
+                list(packs.iter_pack(store, uri, _range(made[0]), threads=2))
+            assert caught.value.message == (
+                f"input object s3://bucket/{key} changed after the job was planned (ETag "
+                f'"{then.etag}" then, "{now.etag}" now); resubmit the job to read its new contents'
+            )
+
     def test_a_listing_naming_an_object_outside_the_tenants_scopes_is_refused(
         self, store: LocalStore
     ) -> None:
@@ -164,3 +190,36 @@ class TestReadingPacks:
         # objects added to the prefix after planning are not read
         put(store, "in/02b.jsonl", b'{"a": 3}\n')
         assert len(list(packs.iter_pack(store, uri, _range(made[1])))) == 4
+
+
+class TestPlanningAChangingObject:
+    def test_an_object_changed_between_its_listing_and_its_read_fails_planning_saying_so(
+        self, store: LocalStore
+    ) -> None:
+        """Planning reads each object on condition of the ETag its listing found: one
+        overwritten in between is not counted as the object the shards will check against."""
+        import uuid
+        from types import SimpleNamespace
+
+        from barge.settings import Settings
+        from barge.specs import parse_spec
+        from worker.kinds.records import plan_objects
+
+        infos = [put(store, f"in/{i}.jsonl", b'{"text": "a"}\n') for i in range(2)]
+        store.put_bytes(infos[1].uri, b'{"text": "a"}\n{"text": "b"}\n')
+        spec = parse_spec(
+            {
+                "type": "inference",
+                "model": "s3://bucket/model/",
+                "task": "embed",
+                "input": "s3://bucket/in/",
+                "output": "s3://bucket/out/",
+            }
+        )
+        ctx = SimpleNamespace(store=store, settings=Settings())
+        with pytest.raises(PermanentJobError) as caught:
+            plan_objects(ctx, spec, uuid.uuid4(), infos, "auto", 2)  # type: ignore[arg-type]
+        assert caught.value.message == (
+            "input object s3://bucket/in/1.jsonl changed while the job was being planned; "
+            "resubmit the job once its input is written"
+        )

@@ -412,9 +412,11 @@ class CountingStore(LocalStore):
         super().__init__(root)
         self.reads: list[tuple[int, int | None]] = []
 
-    def open(self, uri: S3Uri, start: int = 0, end: int | None = None) -> Any:
+    def open(
+        self, uri: S3Uri, start: int = 0, end: int | None = None, *, if_match: str = ""
+    ) -> Any:
         self.reads.append((start, end))
-        return super().open(uri, start, end)
+        return super().open(uri, start, end, if_match=if_match)
 
 
 class TestParquetSpans:

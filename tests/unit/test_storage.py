@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from barge.errors import InvalidSpec, NotFound
+from barge.errors import InvalidSpec, NotFound, ObjectChanged
 from barge.storage import LocalStore, S3Uri, SeekableObject, iter_prefix_files
 
 
@@ -195,6 +195,23 @@ class TestLocalStoreRanges:
     def test_open_missing_is_not_found(self, store: LocalStore) -> None:
         with pytest.raises(NotFound):
             store.open(S3Uri("b", "missing"), 0, 10)
+
+    def test_a_read_on_condition_of_the_etag_refuses_an_object_replaced_since(
+        self, store: LocalStore, uri: S3Uri
+    ) -> None:
+        then = store.head(uri)
+        assert then is not None
+        with store.open(uri, 10, 20, if_match=then.etag) as f:
+            assert f.read() == self.DATA[10:20]
+        store.put_bytes(uri, b"another object")
+        now = store.head(uri)
+        assert now is not None and now.etag != then.etag
+        with pytest.raises(ObjectChanged) as caught:
+            store.open(uri, 10, 20, if_match=then.etag)
+        assert (caught.value.expected, caught.value.current) == (then.etag, now.etag)
+        assert "s3://b/blob changed after the job was planned" in caught.value.message
+        with store.open(uri, if_match="") as f:  # no ETag: no condition
+            assert f.read() == b"another object"
 
     def test_seekable_object(self, store: LocalStore, uri: S3Uri) -> None:
         info = store.head(uri)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 from sqlalchemy.orm import Session
 
+from barge.errors import NotFound, ObjectChanged
 from barge.records import Format, Range, iter_range, plan_ranges
 from barge.status import CANCELLED, SHARD_SUCCEEDED
 from barge.storage import ObjectInfo, S3Uri
@@ -123,7 +124,11 @@ def _unrun_ranges(
     for shard in shards:
         if shard.status == SHARD_SUCCEEDED:
             continue
-        found = ctx.store.head(S3Uri.parse(shard.source_uri))
+        uri = S3Uri.parse(shard.source_uri)
+        if shard.source_etag and shard.source_size is not None:  # as planned, with no HEAD
+            found: ObjectInfo | None = ObjectInfo(uri, shard.source_size, shard.source_etag)
+        else:
+            found = ctx.store.head(uri)
         if found is None:
             continue  # the input is gone: nothing to name
         rng = Range(
@@ -143,15 +148,18 @@ def _unrun_lines(
     the unfinished shards that has no line yet: read again from their input ranges, in input
     order."""
     for info, fmt, rng in _unrun_ranges(ctx, job, shards):
-        for rec in iter_range(ctx.store, info, fmt, rng):
-            custom_id = (rec.data or {}).get("custom_id")
-            if not isinstance(custom_id, str) or custom_id in seen:
-                continue
-            seen.add(custom_id)
-            line = {
-                "id": f"batch_req_{line_id(job.id, custom_id, 'line')}",
-                "custom_id": custom_id,
-                "response": None,
-                "error": error,
-            }
-            yield json.dumps(line).encode() + b"\n"
+        try:
+            for rec in iter_range(ctx.store, info, fmt, rng):
+                custom_id = (rec.data or {}).get("custom_id")
+                if not isinstance(custom_id, str) or custom_id in seen:
+                    continue
+                seen.add(custom_id)
+                line = {
+                    "id": f"batch_req_{line_id(job.id, custom_id, 'line')}",
+                    "custom_id": custom_id,
+                    "response": None,
+                    "error": error,
+                }
+                yield json.dumps(line).encode() + b"\n"
+        except (NotFound, ObjectChanged):
+            continue  # the input is gone, or another file now: nothing more to name from it

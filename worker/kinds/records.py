@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from barge.errors import PermanentJobError
+from barge.errors import ObjectChanged, PermanentJobError
 from barge.modeldirs import check_model_files, list_model_files
 from barge.records import Format, Range, format_of, packs, plan_objects_ranges, resolve_inputs
 from barge.specs import BUILTIN_MODELS, InferenceSpec
@@ -81,9 +81,14 @@ def plan_objects(
             else:
                 assert listing is not None
                 planner.add_pack(listing, [packs.entry_of(i, f, r[0]) for (i, f, r), _ in members])
-    except BaseException:
+    except BaseException as exc:
         if listing is not None:
             listing.discard()
+        if isinstance(exc, ObjectChanged):  # between its listing and its read
+            raise PermanentJobError(
+                f"input object {exc.uri} changed while the job was being planned; resubmit "
+                "the job once its input is written"
+            ) from None
         raise
     if listing is not None:
         listing.close(ctx.store)  # before any shard reading it is committed
@@ -110,7 +115,8 @@ class _Shards:
     def add_object(self, info: ObjectInfo, fmt: Format, ranges: list[Range]) -> None:
         """An object's own shards, one per range."""
         for rng in ranges:
-            self._add(str(info.uri), info.etag, fmt, rng)
+            shard = self._add(str(info.uri), info.etag, fmt, rng)
+            shard.source_size = info.size
         self.offset += sum(rng.record_count for rng in ranges)
 
     def add_pack(self, listing: packs.ListingWriter, entries: list[packs.PackEntry]) -> None:

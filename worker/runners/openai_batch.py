@@ -34,7 +34,6 @@ from celery.exceptions import SoftTimeLimitExceeded
 from barge.errors import PermanentJobError, describe
 from barge.records import Record, iter_range
 from barge.specs import InferenceSpec
-from barge.storage import S3Uri
 from services import openai_requests
 from services.openai_requests import RequestError
 from worker import metrics
@@ -47,7 +46,7 @@ from worker.models.engines import GenResult
 from worker.models.loaded import LoadedModel
 from worker.runners.generation import ShardGeneration
 from worker.runners.records import WINDOW_BATCHES
-from worker.shard import JsonlPart, ShardRun, prefetch, windows
+from worker.shard import JsonlPart, ShardRun, input_info, prefetch, windows
 
 MAX_STOP = 4
 MAX_DEFAULT_TOKENS = 4096  # max_tokens when a request names none: what is left, at most this
@@ -78,9 +77,7 @@ def run(ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
         raise PermanentJobError(
             f"model {work.model_ref} is an ONNX model; OpenAI batches need a Hugging Face model"
         )
-    info = ctx.store.head(S3Uri.parse(work.source))
-    if info is None:
-        raise PermanentJobError(f"input object {work.source} disappeared")
+    info = input_info(ctx, work)
     with ctx.scratch() as tmp:
         shard = _BatchShard(ctx, work, lease, loaded, tmp)
         window_size = spec.batch_size * WINDOW_BATCHES

@@ -1,0 +1,130 @@
+"""An input object overwritten after its job was planned. Every GET a shard makes of its input
+is conditional on the ETag planning recorded (``If-Match``): the shard that reads the changed
+object fails at once (no retries), its job failing with a message that names the object and
+both ETags and says to resubmit; what other shards wrote stays; a retry of the job is refused
+(409), since the records it would read again are not the ones the job read.
+
+Planning and running are kept apart: a worker of the control queue alone plans the job, the
+object is overwritten, and only then is a worker that runs shards started."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.faults.conftest import World
+from tests.helpers import inference_spec, put_jsonl, wait_until
+from tests.services import WorkerProcess
+
+pytestmark = pytest.mark.faults
+
+
+def _etag(s3: Any, bucket: str, key: str) -> str:
+    return str(s3.head_object(Bucket=bucket, Key=key)["ETag"]).strip('"')
+
+
+def _rows(name: str, n: int, text: str = "planned") -> list[dict[str, Any]]:
+    return [{"id": f"{name}-{i}", "text": f"{text} record {name} {i} " * 3} for i in range(n)]
+
+
+def _planned(world: World, spec: dict[str, Any]) -> str:
+    """Submit ``spec`` with only a control worker up; the job id once it is planned."""
+    planner = WorkerProcess(world.env, world.tmp / "control.log", queues="control")
+    world.workers.append(planner.start())  # plans; runs no shard
+    job_id = world.submit(spec)
+    wait_until(lambda: world.job(job_id)["status"] == "running", what="the job to be planned")
+    return job_id
+
+
+def _changed_message(bucket: str, key: str, then: str, now: str) -> str:
+    return (
+        f'input object s3://{bucket}/{key} changed after the job was planned (ETag "{then}" '
+        f'then, "{now}" now); resubmit the job to read its new contents'
+    )
+
+
+def test_an_object_overwritten_after_planning_fails_its_shard_once_naming_it(
+    world: World, s3: Any, bucket: str, minilm_uri: str
+) -> None:
+    put_jsonl(s3, bucket, "in/a.jsonl", _rows("a", 20))
+    put_jsonl(s3, bucket, "in/b.jsonl", _rows("b", 10))
+    spec = inference_spec(
+        minilm_uri, f"s3://{bucket}/in/", f"s3://{bucket}/out/", id_field="id", shard_size=10
+    )
+    job_id = _planned(world, spec)
+    then = _etag(s3, bucket, "in/b.jsonl")
+    assert [s.source_etag for s in world.shards(job_id)][2] == then
+    put_jsonl(s3, bucket, "in/b.jsonl", _rows("b", 10, "rewritten"))  # as many records, as long
+    now = _etag(s3, bucket, "in/b.jsonl")
+    assert now != then
+
+    world.worker()
+    job = world.wait_final(job_id)
+    assert job["status"] == "failed"
+    assert _changed_message(bucket, "in/b.jsonl", then, now) in job["error"]
+    a0, a1, b = world.shards(job_id)
+    assert (b.status, b.attempt, b.output_key) == ("failed", 1, None), "retried, or wrote a part"
+    # the shards of the unchanged object ran first and what they wrote stays
+    assert (a0.status, a1.status) == ("succeeded", "succeeded")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/part-")["Contents"]]
+    assert keys == ["out/part-00000.jsonl", "out/part-00001.jsonl"]
+
+    r = world.api.post(f"/v1/jobs/{job_id}/retry", json={}, headers=world.auth)
+    assert r.status_code == 409, r.text
+    body = r.json()
+    assert body["error"] == "conflict"
+    assert (
+        f"input object s3://{bucket}/in/b.jsonl changed after the job was planned"
+        in (body["message"])
+    )
+    assert f'(ETag "{then}" then, "{now}" now)' in body["message"]
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="out/retry-1")
+
+
+def _parquet(rows: list[dict[str, Any]]) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    return buf.getvalue()
+
+
+def test_one_object_of_a_pack_overwritten_after_planning_fails_its_packed_shard(
+    world: World, s3: Any, bucket: str, minilm_uri: str
+) -> None:
+    """Twenty small objects packed ten to a shard; the fourteenth, a Parquet object (read
+    with no HEAD: its footer from the listing's size), is overwritten."""
+    for i in range(20):
+        if i == 13:
+            body = _parquet(_rows(f"o{i}", 5))
+            s3.put_object(Bucket=bucket, Key=f"in/o-{i:02d}.parquet", Body=body)
+        else:
+            put_jsonl(s3, bucket, f"in/o-{i:02d}.jsonl", _rows(f"o{i}", 5))
+    spec = inference_spec(
+        minilm_uri, f"s3://{bucket}/in/", f"s3://{bucket}/out/", id_field="id", shard_size=50
+    )
+    job_id = _planned(world, spec)
+    assert [s.pack_objects for s in world.shards(job_id)] == [10, 10]
+    key = "in/o-13.parquet"
+    then = _etag(s3, bucket, key)
+    s3.put_object(Bucket=bucket, Key=key, Body=_parquet(_rows("o13", 5, "rewritten")))
+    now = _etag(s3, bucket, key)
+
+    world.worker()
+    job = world.wait_final(job_id)
+    assert job["status"] == "failed"
+    assert _changed_message(bucket, key, then, now) in job["error"]
+    first, second = world.shards(job_id)
+    assert first.status == "succeeded" and first.output_key == "out/part-00000.jsonl"
+    assert (second.status, second.attempt, second.output_key) == ("failed", 1, None)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/part-")["Contents"]]
+    assert keys == ["out/part-00000.jsonl"]
+
+    r = world.api.post(f"/v1/jobs/{job_id}/retry", json={}, headers=world.auth)
+    assert r.status_code == 409, r.text
+    assert (
+        f"input object s3://{bucket}/{key} changed after the job was planned"
+        in (r.json()["message"])
+    )

@@ -18,8 +18,8 @@ lease, settle. Every way a unit can end is decided here, once.
    (``services.jobs.pause_if_idle``). Messages go through ``ctx.unit_of_work()``: after the commit.
 
 Imports: ``barge``, ``db``, ``services.jobs`` (pause), ``services.scopes``, ``worker.context``, ``worker.kinds``,
-``worker.lease``, ``worker.metrics``, ``worker.presence`` (the warm models, noted as a unit that
-loaded one ends), ``worker.usage`` (each attempt's row and what it used); never ``worker.runners`` (the kinds name their run steps),
+``worker.lease``, ``worker.metrics``, ``worker.presence`` (in the run step's process only: the
+warm models, noted as a unit that loaded one ends), ``worker.usage`` (each attempt's row and what it used); never ``worker.runners`` (the kinds name their run steps),
 ``api`` or ``cli``.
 """
 
@@ -44,7 +44,7 @@ from db.base import utcnow
 from db.models import Job, Shard, Tenant
 from services import jobs, scopes
 from services.unit_of_work import UnitOfWork
-from worker import kinds, metrics, presence, usage
+from worker import kinds, metrics, usage
 from worker.context import WorkerContext
 from worker.lease import Lease, LeaseLost, Outcome, Result, ShardWork, Stop
 
@@ -145,7 +145,12 @@ def _run(kind: kinds.JobKind, ctx: WorkerContext, work: ShardWork, lease: Lease)
         raise PermanentJobError(work.denied)
     try:
         result = kind.run(ctx, work, lease)
-        presence.note_if_models_changed(ctx)  # a model it loaded is warm here: say so now
+        # A model it loaded is warm here: said now, before the unit settles (imported here, as
+        # ``worker_process_init`` does: presence reads the model cache, which the control
+        # worker, importing this module, never loads).
+        from worker import presence
+
+        presence.note_if_models_changed(ctx)
         return result
     except Stop as stop:
         at = "" if lease.steps_done is None else f" at step {lease.steps_done}"

@@ -1,7 +1,9 @@
 """A shard's cold start (``worker.coldstart``: a process's first import of a run step,
 fetching and loading the model) is counted apart from its processing, on a real Postgres and
 RabbitMQ with a real model load: the attempt's row says how many of its wall seconds were the
-load, and its model's throughput row sums processing seconds only, the load seconds apart."""
+load, and its model's throughput row sums processing seconds only, the load seconds apart.
+A dry run's estimate (``services.estimates``) adds a load only when no live worker holds the
+model warm."""
 
 from __future__ import annotations
 
@@ -9,13 +11,19 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from barge.settings import Settings
+from db import repositories as repo
+from db.base import utcnow
 from db.models import ShardAttempt, Throughput
 from db.session import session_scope
 from db.state import RUNNING
+from services import estimates
+from services.context import ServiceContext
 from tests.factories import build_job, inference_spec_json, make_shard, make_tenant
 from tests.helpers import minilm_dir
 from tests.integration.test_worker_lifecycle import make_context, runner, sent
@@ -91,3 +99,58 @@ def test_the_throughput_row_leaves_the_model_load_out(
     assert seconds == pytest.approx(sum(walls) - loads[0], abs=2e-3)
     assert 2 * WORK_SECONDS <= seconds < 2 * WORK_SECONDS + 1.0
     print(f"cold shard {walls[0]:.3f} s (load {loads[0]:.3f} s), warm {walls[1]:.3f} s")
+
+
+def test_an_estimate_adds_a_cold_start_only_when_no_live_worker_holds_the_model(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Four shards measured: one paid a 3 s cold start, all four processed 240 records in 2 s.
+    A job of the same size on one worker of that device takes 2 s where a worker holds the
+    model warm, 2 s and a load where none does."""
+    model, device = f"s3://models/m-{uuid.uuid4().hex[:8]}/", f"gpu-{uuid.uuid4().hex[:8]}"
+    worker = f"test-host:{uuid.uuid4().int % 100000}"
+    now = utcnow()
+    with session_scope(database_url) as session:
+        for load in (3.0, 0.0, 0.0, 0.0):
+            repo.add_throughput(session, (model, "embed", device), 60, 0.5, 0, now, load)
+        repo.note_worker(
+            session,
+            worker,
+            now,
+            host="test-host",
+            pid=1,
+            queues=["gpu"],
+            device="cuda:0",
+            device_name=device,
+            models=[{"model": "s3://other/", "task": "embed", "kind": "model"}],
+        )
+    settings = Settings(env="test", home=tmp_path)
+    counted = estimates.Counted(records=240, shards=4)
+
+    def estimate() -> dict[str, Any]:
+        with session_scope(database_url) as session:
+            ctx = ServiceContext.for_operator(session, settings)
+            found = estimates.estimate(ctx, model, "embed", counted)
+        assert found is not None
+        return found
+
+    try:
+        cold = estimate()  # the one worker alive holds another model only
+        assert (cold["model_warm"], cold["cold_start_seconds"]) == (False, 3.0)
+        assert cold["duration_seconds"] == 5.0 and cold["records_per_second"] == 120.0
+        assert cold["measured"] == {
+            "shards": 4,
+            "records": 240,
+            "seconds": 2.0,
+            "loads": 1,
+            "load_seconds": 3.0,
+        }
+        with session_scope(database_url) as session:
+            held = [{"model": model, "task": "embed", "kind": "model"}]
+            repo.note_worker(session, worker, utcnow(), models=held)
+        warm = estimate()
+        assert (warm["model_warm"], warm["cold_start_seconds"]) == (True, 0.0)
+        assert warm["duration_seconds"] == 2.0 and warm["device"] == device
+    finally:
+        with session_scope(database_url) as session:
+            repo.remove_worker(session, worker)

@@ -19,8 +19,8 @@ lease, settle. Every way a unit can end is decided here, once.
 
 Imports: ``barge``, ``db``, ``services.jobs`` (pause), ``services.scopes``, ``worker.context``, ``worker.kinds``,
 ``worker.lease``, ``worker.metrics``, ``worker.presence`` (in the run step's process only: the
-warm models, noted as a unit that loaded one ends), ``worker.usage`` (each attempt's row and what it used); never ``worker.runners`` (the kinds name their run steps),
-``api`` or ``cli``.
+warm models, noted as a unit that loaded one ends), ``worker.usage`` (each attempt's row and
+what it used); never ``worker.runners`` (the kinds name their run steps), ``api`` or ``cli``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Each worker process says it is alive: its host and pid, the queues it consumes, its device
 and the models it keeps warm, every ``BARGE_WORKER_PRESENCE_SECONDS`` from a thread of its own
 (started in ``worker_process_init``), and at once when a unit changed the models it keeps warm
-(``note_if_models_changed``, called as the unit settles), and goes when it stops cleanly. The console's workers
-page reads these rows; the reconciler forgets a worker not seen for a day.
+(``note_if_models_changed``, called as the unit's run step returns, before it settles), and
+goes when it stops cleanly. The console's workers page reads these rows; a dry run's estimate
+reads which workers hold its model warm; the reconciler forgets a worker not seen for a day.
 
 Imports: ``db``, ``worker.context``, ``worker.usage``; never ``api`` or ``cli``.
 """

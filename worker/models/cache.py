@@ -4,8 +4,8 @@ weights fit before loading them (``load_options``), load it with its family's lo
 it warm (``ModelCache``, an LRU per worker process; ``cache_for`` gives a context's).
 
 A LoRA adapter is served over a warm base (``worker.models.adapters``): one base, several
-adapters switched per batch. Imports: ``barge``, ``worker.context``, ``worker.coldstart``, ``worker.metrics``,
-``worker.models``; never ``api`` or ``cli``.
+adapters switched per batch. Imports: ``barge``, ``worker.context``, ``worker.coldstart``,
+``worker.metrics``, ``worker.models``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations

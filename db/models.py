@@ -122,7 +122,10 @@ class Job(Base):
 class Throughput(Base):
     """What a model reached on a kind of device, summed over the inference shards that
     succeeded there (fed as each settles): the records they read and the seconds their
-    attempts held the device. A dry run's estimate is made from it."""
+    attempts processed them, cold start left out; apart, the shards that paid a cold start
+    (``loads``: a process's first imports, fetching and loading the model) and its seconds.
+    A dry run's estimate is made from it. (Rows summed before 0019 hold cold starts in
+    ``seconds``.)"""
 
     __tablename__ = "throughput"
 
@@ -131,8 +134,10 @@ class Throughput(Base):
     device: Mapped[str] = mapped_column(String(200), primary_key=True)  # the device's name
     shards: Mapped[int] = mapped_column(BigInteger)
     records: Mapped[int] = mapped_column(BigInteger)
-    seconds: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)  # processing: the shards' wall less loads
     tokens_out: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    loads: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    load_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -255,6 +260,9 @@ class ShardAttempt(Base):
     device_name: Mapped[str | None] = mapped_column(String(200))  # "NVIDIA H100 80GB HBM3"
     gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     wall_seconds: Mapped[float | None] = mapped_column(Float)
+    # Of the wall seconds, the cold start's: a first import of the kind's run step, fetching
+    # and loading the model (0 when it was warm; NULL before 0019 and for attempts not measured).
+    load_seconds: Mapped[float | None] = mapped_column(Float)
     busy_seconds: Mapped[float | None] = mapped_column(Float)
     cpu_seconds: Mapped[float | None] = mapped_column(Float)
     gpu_seconds: Mapped[float | None] = mapped_column(Float)

@@ -7,6 +7,12 @@ shards succeed). The estimate is ``None`` when the model never ran the task.
 
 Which device: the kind of the GPU-queue workers alive now, where the model has run on it
 (else the kind it ran on most); the duration assumes its shards spread over those workers.
+
+Cold start: the throughput's seconds are processing only (a shard's imports, model fetch and
+load are summed apart, ``Throughput.load_seconds``). When a worker alive holds the model warm
+for the task (its presence row's models), the estimate assumes a warm fleet
+(``model_warm: true``, ``cold_start_seconds: 0``); else it adds the mean cold start measured
+(``cold_start_seconds``; null when no shard measured one, then nothing is added).
 """
 
 from __future__ import annotations
@@ -198,46 +204,76 @@ def _pick(rows: list[Throughput], alive: dict[str, int]) -> Throughput:
     return rows[0]
 
 
-def _alive_devices(ctx: ServiceContext) -> dict[str, int]:
-    """GPU-queue worker processes alive now, by the name of their device."""
+@dataclass
+class Fleet:
+    """The GPU-queue worker processes alive now, by the name of their device, and how many of
+    them hold the job's model warm for its task."""
+
+    alive: dict[str, int]
+    warm: int = 0
+
+
+def _fleet(ctx: ServiceContext, model_uri: str, task: str) -> Fleet:
+    """The GPU-queue workers seen in the last ``WORKERS_SEEN_SECONDS`` and those holding
+    ``model_uri`` warm for ``task`` (as their presence rows say: a worker notes a model it
+    loaded as the unit that loaded it ends)."""
     since = utcnow() - timedelta(seconds=WORKERS_SEEN_SECONDS)
-    alive: dict[str, int] = {}
+    fleet = Fleet({})
     for worker in repo.workers_seen_since(ctx.session, since):
         if GPU_QUEUE in (worker.queues or []):
             name = worker.device_name or worker.device or "unknown"
-            alive[name] = alive.get(name, 0) + 1
-    return alive
+            fleet.alive[name] = fleet.alive.get(name, 0) + 1
+            held = worker.models or []
+            if any(m.get("model") == model_uri and m.get("task") == task for m in held):
+                fleet.warm += 1
+    return fleet
+
+
+def cold_start(row: Throughput, fleet: Fleet) -> float | None:
+    """The seconds a worker spends loading the model before its first records: none when a
+    worker alive holds it warm, else the mean cold start of the past shards that paid one
+    (None when none did: not measured, left out of the duration)."""
+    if fleet.warm:
+        return 0.0
+    return row.load_seconds / row.loads if row.loads else None
 
 
 def estimate(
     ctx: ServiceContext, model_uri: str, task: str, counted: Counted
 ) -> dict[str, Any] | None:
     """Duration and device-hours from what ``model_uri`` reached for ``task``; None when it
-    never ran it."""
+    never ran it. Records take the processing throughput; a cold start is added when no
+    worker alive holds the model warm (once to the duration: the workers load at once; once
+    per worker to the device-hours)."""
     rows = [r for r in repo.throughput_of(ctx.session, model_uri, task) if r.seconds > 0]
     if not rows:
         return None
-    alive = _alive_devices(ctx)
-    row = _pick(rows, alive)
-    rate = row.records / row.seconds  # records per device-second
+    fleet = _fleet(ctx, model_uri, task)
+    row = _pick(rows, fleet.alive)
+    rate = row.records / row.seconds  # records per device-second of processing
     device_seconds = counted.records / rate
-    workers = max(1, min(counted.shards or 1, alive.get(row.device, 1)))
+    workers = max(1, min(counted.shards or 1, fleet.alive.get(row.device, 1)))
     # Shards run whole on one worker: the busiest worker runs ceil(shards / workers) of them.
     per_shard = device_seconds / max(counted.shards, 1)
     duration = per_shard * math.ceil(max(counted.shards, 1) / workers)
+    cold = cold_start(row, fleet)
     confidence = next(name for least, name in CONFIDENCE if row.shards >= least)
-    if row.device not in alive and confidence != "low":
+    if row.device not in fleet.alive and confidence != "low":
         confidence = "low" if confidence == "medium" else "medium"
     return {
-        "duration_seconds": round(duration, 1),
-        "device_hours": round(device_seconds / 3600, 4),
+        "duration_seconds": round(duration + (cold or 0.0), 1),
+        "device_hours": round((device_seconds + (cold or 0.0) * workers) / 3600, 4),
         "device": row.device,
         "workers": workers,
         "records_per_second": round(rate, 2),
+        "model_warm": fleet.warm > 0,
+        "cold_start_seconds": None if cold is None else round(cold, 1),
         "confidence": confidence,
         "measured": {
             "shards": row.shards,
             "records": row.records,
             "seconds": round(row.seconds, 1),
+            "loads": row.loads,
+            "load_seconds": round(row.load_seconds, 1),
         },
     }

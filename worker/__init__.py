@@ -19,8 +19,10 @@ At the top (the boundary, and what every process shares):
 - ``usage``: what each attempt used (seconds, tokens, energy from NVML), written when it
   ends; ``samples``: progress samples from the heartbeats, and their pruning; ``presence``:
   each worker process noting it is alive (queues, device, warm models);
-- ``metrics``: the worker's Prometheus metrics; ``flower``: the ``barge flower`` process
-  (Celery's ``flower`` command with Flower's open pages behind its auth).
+- ``metrics``: the worker's Prometheus metrics; ``coldstart``: the seconds this process spent
+  on first imports and model loads (what an attempt's throughput leaves out); ``flower``: the
+  ``barge flower`` process (Celery's ``flower`` command with Flower's open pages behind its
+  auth).
 
 The rooms:
 
@@ -34,6 +36,6 @@ The rooms:
 
 Direction, kept by import contracts (``pyproject.toml``): ``tasks`` → ``celery_app`` →
 ``control`` | ``lifecycle`` | ``takeover`` → ``runners`` → ``kinds`` → ``shard`` → ``lease`` →
-``models`` → ``metrics`` | ``context``; no cycle inside any package. The worker may import
-``services``, ``db`` and ``barge``; never ``api`` or ``cli``.
+``models`` → ``metrics`` | ``context`` | ``coldstart``; no cycle inside any package. The
+worker may import ``services``, ``db`` and ``barge``; never ``api`` or ``cli``.
 """

@@ -18,9 +18,9 @@ lease, settle. Every way a unit can end is decided here, once.
    (``services.jobs.pause_if_idle``). Messages go through ``ctx.unit_of_work()``: after the commit.
 
 Imports: ``barge``, ``db``, ``services.jobs`` (pause), ``services.scopes``, ``worker.context``, ``worker.kinds``,
-``worker.lease``, ``worker.metrics``, ``worker.usage`` (each attempt's row and what it
-used); never ``worker.runners`` (the kinds name their run steps),
-``api`` or ``cli``.
+``worker.lease``, ``worker.metrics``, ``worker.presence`` (in the run step's process only: the
+warm models, noted as a unit that loaded one ends), ``worker.usage`` (each attempt's row and
+what it used); never ``worker.runners`` (the kinds name their run steps), ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -144,7 +144,14 @@ def _run(kind: kinds.JobKind, ctx: WorkerContext, work: ShardWork, lease: Lease)
     if work.denied:
         raise PermanentJobError(work.denied)
     try:
-        return kind.run(ctx, work, lease)
+        result = kind.run(ctx, work, lease)
+        # A model it loaded is warm here: said now, before the unit settles (imported here, as
+        # ``worker_process_init`` does: presence reads the model cache, which the control
+        # worker, importing this module, never loads).
+        from worker import presence
+
+        presence.note_if_models_changed(ctx)
+        return result
     except Stop as stop:
         at = "" if lease.steps_done is None else f" at step {lease.steps_done}"
         return Result(

@@ -9,14 +9,18 @@ GPU, so with several processes on one GPU each attempt's figure includes the oth
 (Barge runs one worker process per GPU).
 
 A succeeded inference attempt also adds its records and seconds to its model's throughput on
-its kind of device (``throughput``: what a dry run estimates from).
+its kind of device (``throughput``: what a dry run estimates from). Its cold start (the
+seconds this process spent in it on a first import of a kind's run step and on fetching and
+loading models, ``worker.coldstart``) is its ``load_seconds``, counted apart: the
+throughput's seconds are processing only, its load seconds those of the shards that loaded.
 
 An attempt's row is ended in the transaction that settles it (``end_in``, called by
 ``worker.lifecycle``), so the job's finalize, sent after that commit, sums every attempt;
 an attempt settled otherwise (retried, handed off, its lease lost) is ended just after
 (``end_attempt``).
 
-Imports: ``barge``, ``db``, ``worker.context``, ``worker.lease``, ``worker.metrics``; torch
+Imports: ``barge``, ``db``, ``worker.context``, ``worker.lease``, ``worker.metrics``,
+``worker.coldstart``; torch
 and ``pynvml`` only inside functions, and only where the worker uses a GPU.
 """
 
@@ -36,7 +40,7 @@ from barge.settings import Settings
 from barge.specs import InferenceSpec
 from db import repositories as repo
 from db.base import utcnow
-from worker import metrics
+from worker import coldstart, metrics
 from worker.context import WorkerContext
 from worker.lease import Lease, ShardWork
 
@@ -126,13 +130,15 @@ def cpu_seconds() -> float:
 @dataclass(frozen=True)
 class Reading:
     """The counters at one moment: monotonic and CPU seconds, this process's busy (model
-    compute) seconds, and each device's energy counter (in the order of the devices)."""
+    compute) seconds, each device's energy counter (in the order of the devices), and this
+    process's cold-start (imports, model loads) seconds."""
 
     wall: float
     cpu: float
     busy: float
     batches: int
     energy_mj: tuple[int | None, ...]
+    cold: float = 0.0  # the process's cold-start seconds so far (``worker.coldstart``)
 
 
 def read(devices: Sequence[Device], counters: CounterSource) -> Reading:
@@ -142,6 +148,7 @@ def read(devices: Sequence[Device], counters: CounterSource) -> Reading:
         busy=metrics.busy_seconds(),
         batches=metrics.batches_observed(),
         energy_mj=tuple(counters.energy_millijoules(d) for d in devices),
+        cold=coldstart.seconds(),
     )
 
 
@@ -161,6 +168,7 @@ def account(
 ) -> dict[str, Any]:
     """What an attempt used between two readings, as ``shard_attempts`` columns."""
     wall = max(0.0, end.wall - start.wall)
+    load = min(wall, max(0.0, end.cold - start.cold))
     gpus = sum(1 for d in devices if d.kind == "cuda")
     measured = [_joules(a, b) for a, b in zip(start.energy_mj, end.energy_mj, strict=True)]
     per_device = [
@@ -175,6 +183,9 @@ def account(
         "device_name": ", ".join(dict.fromkeys(d.name for d in devices)) or None,
         "gpus": gpus,
         "wall_seconds": round(wall, 3),
+        # of the wall seconds, those the attempt spent on cold start (a first unit's imports,
+        # fetching and loading its model): the rest is processing
+        "load_seconds": round(load, 3),
         # None where no model batch was timed in the attempt (a fine-tune's steps are not)
         "busy_seconds": (
             round(max(0.0, end.busy - start.busy), 3) if end.batches > start.batches else None
@@ -284,15 +295,19 @@ def end_in(
 
 
 def _add_throughput(session: Session, work: ShardWork, records: int, used: dict[str, Any]) -> None:
-    """A succeeded inference shard adds its records and seconds to what its model reached on
-    this kind of device (what a dry run estimates from)."""
-    spec, seconds = work.spec, used.get("wall_seconds")
-    if not isinstance(spec, InferenceSpec) or not records or not seconds:
+    """A succeeded inference shard adds its records and processing seconds (its wall seconds
+    less its cold start) to what its model reached on this kind of device, and its cold start
+    apart (what a dry run estimates from)."""
+    spec, wall = work.spec, float(used.get("wall_seconds") or 0.0)
+    load = float(used.get("load_seconds") or 0.0)
+    if not isinstance(spec, InferenceSpec) or not records or wall <= 0:
         return
     device = str(used.get("device_name") or used.get("device") or "unknown")
     key = (work.model_ref, spec.task, device)
     tokens = int(used.get("tokens_out") or 0)
-    repo.add_throughput(session, key, records, float(seconds), tokens, utcnow())
+    repo.add_throughput(
+        session, key, records, max(0.0, wall - load), tokens, utcnow(), load_seconds=load
+    )
 
 
 def end_attempt(ctx: WorkerContext, work: ShardWork, lease: Lease, outcome: str) -> None:

@@ -136,15 +136,26 @@ class DryRunTokensOut(BaseModel):
 class MeasuredOut(BaseModel):
     shards: int
     records: int
-    seconds: float
+    seconds: float = Field(description="Processing seconds: the shards' wall less cold starts")
+    loads: int = Field(description="Shards that paid a cold start (imports, model load)")
+    load_seconds: float = Field(description="The cold starts' seconds, summed")
 
 
 class EstimateOut(BaseModel):
-    duration_seconds: float = Field(description="From the first shard's start to the last's end")
+    duration_seconds: float = Field(
+        description="From the first shard's start to the last's end, cold start included"
+    )
     device_hours: float
     device: str = Field(description="The kind of device the estimate is for")
     workers: int = Field(description="Workers of that kind its shards are spread over")
-    records_per_second: float = Field(description="Per device, as measured")
+    records_per_second: float = Field(description="Per device, as measured, processing only")
+    model_warm: bool = Field(
+        description="A live GPU worker holds the model warm for the task: no cold start assumed"
+    )
+    cold_start_seconds: float | None = Field(
+        description="Added to the duration for loading the model: 0 when warm, else the mean "
+        "cold start measured; null when none was measured (nothing added)"
+    )
     confidence: Literal["low", "medium", "high"]
     measured: MeasuredOut = Field(description="The past shards the rate was measured over")
 

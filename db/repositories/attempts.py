@@ -20,6 +20,7 @@ USAGE_FIELDS = (
     "device_name",
     "gpus",
     "wall_seconds",
+    "load_seconds",
     "busy_seconds",
     "cpu_seconds",
     "gpu_seconds",
@@ -283,10 +284,13 @@ def add_throughput(
     seconds: float,
     tokens_out: int,
     now: datetime,
+    load_seconds: float = 0.0,
 ) -> None:
-    """Add one succeeded shard's records and seconds to (model, task, device)'s throughput,
-    in one statement (two shards settling at once both count)."""
+    """Add one succeeded shard's records and processing seconds to (model, task, device)'s
+    throughput, and its cold start's ``load_seconds`` apart (a load when above zero), in one
+    statement (two shards settling at once both count)."""
     model, task, device = key
+    loads = 1 if load_seconds > 0 else 0
     values = {
         "model": model,
         "task": task,
@@ -295,6 +299,8 @@ def add_throughput(
         "records": records,
         "seconds": seconds,
         "tokens_out": tokens_out,
+        "loads": loads,
+        "load_seconds": load_seconds,
         "updated_at": now,
     }
     dialect = session.get_bind().dialect.name
@@ -312,6 +318,8 @@ def add_throughput(
                 "records": table.records + records,
                 "seconds": table.seconds + seconds,
                 "tokens_out": table.tokens_out + tokens_out,
+                "loads": table.loads + loads,
+                "load_seconds": table.load_seconds + load_seconds,
                 "updated_at": now,
             },
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy
@@ -55,3 +56,60 @@ def test_downgrade_to_base_and_upgrade_again(fresh_url: str) -> None:
     upgrade(fresh_url)
     assert tables_and_revision(fresh_url)[0] == MODEL_TABLES
     command.check(alembic_config(fresh_url))
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def any_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """A fresh database on each backend Barge runs on (the embedded stack's SQLite too)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'barge.db'}"
+        return
+    yield request.getfixturevalue("fresh_url")
+
+
+def test_0019_keeps_past_throughput_and_counts_cold_starts_apart(any_url: str) -> None:
+    """Throughput summed before 0019 keeps its rows (no loads: its seconds hold its cold
+    starts) and the schema matches the models on both backends, down and up again."""
+    upgrade(any_url, "0018_pack")
+    engine = sqlalchemy.create_engine(any_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sqlalchemy.text(
+                    "INSERT INTO throughput (model, task, device, shards, records, seconds, "
+                    "tokens_out, updated_at) VALUES ('s3://m/', 'embed', 'cpu', 4, 240, 6.5, 0, "
+                    "CURRENT_TIMESTAMP)"
+                )
+            )
+        upgrade(any_url)
+        _matches_models(any_url)
+        query = "SELECT records, seconds, loads, load_seconds FROM throughput"
+        with engine.connect() as conn:
+            assert tuple(conn.execute(sqlalchemy.text(query)).one()) == (240, 6.5, 0, 0.0)
+            columns = {c["name"] for c in sqlalchemy.inspect(conn).get_columns("shard_attempts")}
+        assert "load_seconds" in columns
+        command.downgrade(alembic_config(any_url), "0018_pack")
+        with engine.connect() as conn:
+            columns = {c["name"] for c in sqlalchemy.inspect(conn).get_columns("throughput")}
+        assert "loads" not in columns and "load_seconds" not in columns
+        upgrade(any_url)
+        _matches_models(any_url)
+    finally:
+        engine.dispose()
+
+
+def _matches_models(url: str) -> None:
+    """``alembic check`` on Postgres; on SQLite (where autogenerate cannot compare the
+    expression index ``ix_shards_pending_dispatched`` and always reports it) the columns of
+    the tables 0019 changes."""
+    if not url.startswith("sqlite"):
+        command.check(alembic_config(url))
+        return
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            for table in ("throughput", "shard_attempts"):
+                found = {c["name"] for c in sqlalchemy.inspect(conn).get_columns(table)}
+                assert found == set(Base.metadata.tables[table].columns.keys()), table
+    finally:
+        engine.dispose()

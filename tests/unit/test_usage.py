@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from barge.settings import Settings
-from worker import metrics, usage
+from worker import coldstart, metrics, usage
 from worker.usage import Device, Reading, account, read
 
 GPU0 = Device("cuda:0", "NVIDIA H100 80GB HBM3", "GPU-aaaa")
@@ -75,11 +75,24 @@ def test_busy_seconds_only_where_model_batches_were_timed() -> None:
     assert timed["busy_seconds"] == 2.5
 
 
+def test_load_seconds_are_the_cold_start_between_the_readings_never_above_the_wall() -> None:
+    start = Reading(wall=10.0, cpu=0, busy=0, batches=0, energy_mj=(None,), cold=2.0)
+    loaded = Reading(wall=16.0, cpu=0, busy=0, batches=0, energy_mj=(None,), cold=6.5)
+    assert account([CPU], start, loaded)["load_seconds"] == 4.5
+    warm = Reading(wall=16.0, cpu=0, busy=0, batches=0, energy_mj=(None,), cold=2.0)
+    assert account([CPU], start, warm)["load_seconds"] == 0.0
+    # a cold start longer than the attempt (a reading taken mid-load) counts the attempt only
+    assert account([CPU], start, Reading(11.0, 0, 0, 0, (None,), cold=9.0))["load_seconds"] == 1.0
+
+
 def test_read_takes_each_devices_counter_and_the_process_figures() -> None:
     counters = FakeCounters({"cuda:0": 7_000, "cuda:1": None})
     before = metrics.busy_seconds(), metrics.batches_observed()
+    cold = coldstart.seconds()
     metrics.note_busy(0.25)
+    coldstart.note(1.5)
     now = read([GPU0, GPU1], counters)
+    assert now.cold == pytest.approx(cold + 1.5)
     assert now.energy_mj == (7_000, None)
     assert now.busy == pytest.approx(before[0] + 0.25) and now.batches == before[1] + 1
     assert now.cpu > 0 and now.wall <= time.monotonic()

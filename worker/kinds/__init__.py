@@ -35,13 +35,16 @@ differently, its steps' module here).
 - ``finetune``: the fine-tune kind's plan and finalize; ``finetune_data``: reading and checking
   its datasets (also read by its run step).
 
-Imports: ``barge``, ``db``, ``services``, ``worker.context``, ``worker.lease``; never
+Imports: ``barge``, ``db``, ``services``, ``worker.context``, ``worker.lease``,
+``worker.coldstart`` (the first import of a run step is noted as cold start); never
 ``worker.models``, ``worker.runners`` (named, not imported), ``api`` or ``cli``.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +52,7 @@ from typing import Any
 
 from barge.specs import IMAGE_TASKS, FinetuneSpec, InferenceSpec, JobSpec
 from db.models import Shard
+from worker import coldstart
 from worker.context import WorkerContext
 from worker.kinds import finetune, images, openai_batch, records
 from worker.kinds.steps import Finalizing, Finished, Plan
@@ -99,7 +103,11 @@ class Runs:
     module: str
 
     def __call__(self, ctx: WorkerContext, work: ShardWork, lease: Lease) -> Result:
+        fresh = self.module not in sys.modules
+        started = time.monotonic()
         step: RunStep = importlib.import_module(self.module).run
+        if fresh:  # the process's first unit of the kind: its imports are its cold start
+            coldstart.note(time.monotonic() - started)
         return step(ctx, work, lease)
 
 

@@ -4,8 +4,8 @@ weights fit before loading them (``load_options``), load it with its family's lo
 it warm (``ModelCache``, an LRU per worker process; ``cache_for`` gives a context's).
 
 A LoRA adapter is served over a warm base (``worker.models.adapters``): one base, several
-adapters switched per batch. Imports: ``barge``, ``worker.context``, ``worker.metrics``,
-``worker.models``; never ``api`` or ``cli``.
+adapters switched per batch. Imports: ``barge``, ``worker.context``, ``worker.coldstart``,
+``worker.metrics``, ``worker.models``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from barge.paths import UnsafePath, local_path
 from barge.settings import Settings
 from barge.specs import BUILTIN_MODELS, IMAGE_TASKS
 from barge.storage import ObjectStore, S3Uri, local_model_dir
-from worker import metrics
+from worker import coldstart, metrics
 from worker.context import WorkerContext
 from worker.models import adapters, hf, onnx, text, vision
 from worker.models.loaded import LoadedModel, pick_device
@@ -181,7 +181,17 @@ class ModelCache:
     ) -> LoadedModel:
         """The model ``ref`` loaded for ``task``: the revision pinned to ``job_id`` while it is
         warm, else the directory's current revision (pinned to ``job_id`` from then on). With
-        ``base``, ``ref`` is a LoRA adapter applied to that base (``adapter``)."""
+        ``base``, ``ref`` is a LoRA adapter applied to that base (``adapter``). The seconds of
+        a call that loaded something (the listing, the copy from the store and the load) are
+        noted as this process's cold start (``worker.coldstart``)."""
+        started, loads = time.monotonic(), sum(self.loads.values())
+        try:
+            return self._get(ref, task, job_id, base)
+        finally:
+            if sum(self.loads.values()) != loads:  # fetched and loaded: cold start, not work
+                coldstart.note(time.monotonic() - started)
+
+    def _get(self, ref: str, task: str, job_id: uuid.UUID | None, base: str | None) -> LoadedModel:
         if base is not None:
             return self.adapter(ref, base, task, job_id)
         if job_id is not None:

@@ -18,8 +18,8 @@ worker's device, under the shard's lease.
   shard (they hold nothing between runs). vLLM loads the model's directory into an engine of its
   own, kept warm for the model (one at a time) with the adapters served so far.
 
-Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.models``; never ``api`` or
-``cli``.
+Imports: ``barge``, ``worker.context``, ``worker.lease``, ``worker.coldstart`` (building a
+vLLM engine is noted as cold start), ``worker.models``; never ``api`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from worker import coldstart
 from worker.context import WorkerContext
 from worker.lease import Lease, LeaseLost, ShardWork, Stop, job_event
 from worker.models import engines
@@ -65,20 +66,27 @@ def build_engine(ctx: WorkerContext, work: ShardWork, loaded: LoadedModel, kind:
         engine: Any = _vllm.get(str(base_dir))
         if engine is None:
             _vllm.clear()  # one vLLM engine at a time: it holds its own copy of the weights
-            engine = engines.build(
-                "vllm",
-                loaded.model,
-                loaded.tokenizer,
-                loaded.device,
-                ctx.settings,
-                model_dir=base_dir,
-                adapters={} if work.base_ref else None,
-            )
+            started = time.monotonic()
+            engine = _build_vllm(ctx, work, loaded, base_dir)
+            coldstart.note(time.monotonic() - started)  # vLLM loads its own weights
             _vllm[str(base_dir)] = engine
         if loaded.adapter is not None:
             adapter_dir, _ = fetch_model(ctx.settings, ctx.store, work.model_ref)
             engine.add_adapter(loaded.adapter, adapter_dir)
     return engine
+
+
+def _build_vllm(ctx: WorkerContext, work: ShardWork, loaded: LoadedModel, base_dir: Any) -> Any:
+    """A vLLM engine over the base model's directory (it loads the weights itself)."""
+    return engines.build(
+        "vllm",
+        loaded.model,
+        loaded.tokenizer,
+        loaded.device,
+        ctx.settings,
+        model_dir=base_dir,
+        adapters={} if work.base_ref else None,
+    )
 
 
 class ShardGeneration:

@@ -124,7 +124,7 @@ class Throughput(Base):
     succeeded there (fed as each settles): the records they read and the seconds their
     attempts processed them, cold start left out; apart, the shards that paid a cold start
     (``loads``: a process's first imports, fetching and loading the model) and its seconds.
-    A dry run's estimate is made from it. (Rows summed before 0019 hold cold starts in
+    A dry run's estimate is made from it. (Rows summed before 0020 hold cold starts in
     ``seconds``.)"""
 
     __tablename__ = "throughput"
@@ -261,7 +261,7 @@ class ShardAttempt(Base):
     gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     wall_seconds: Mapped[float | None] = mapped_column(Float)
     # Of the wall seconds, the cold start's: a first import of the kind's run step, fetching
-    # and loading the model (0 when it was warm; NULL before 0019 and for attempts not measured).
+    # and loading the model (0 when it was warm; NULL before 0020 and for attempts not measured).
     load_seconds: Mapped[float | None] = mapped_column(Float)
     busy_seconds: Mapped[float | None] = mapped_column(Float)
     cpu_seconds: Mapped[float | None] = mapped_column(Float)

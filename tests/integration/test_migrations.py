@@ -67,10 +67,10 @@ def any_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     yield request.getfixturevalue("fresh_url")
 
 
-def test_0019_keeps_past_throughput_and_counts_cold_starts_apart(any_url: str) -> None:
-    """Throughput summed before 0019 keeps its rows (no loads: its seconds hold its cold
+def test_0020_keeps_past_throughput_and_counts_cold_starts_apart(any_url: str) -> None:
+    """Throughput summed before 0020 keeps its rows (no loads: its seconds hold its cold
     starts) and the schema matches the models on both backends, down and up again."""
-    upgrade(any_url, "0018_pack")
+    upgrade(any_url, "0019_source_size")
     engine = sqlalchemy.create_engine(any_url)
     try:
         with engine.begin() as conn:
@@ -88,7 +88,7 @@ def test_0019_keeps_past_throughput_and_counts_cold_starts_apart(any_url: str) -
             assert tuple(conn.execute(sqlalchemy.text(query)).one()) == (240, 6.5, 0, 0.0)
             columns = {c["name"] for c in sqlalchemy.inspect(conn).get_columns("shard_attempts")}
         assert "load_seconds" in columns
-        command.downgrade(alembic_config(any_url), "0018_pack")
+        command.downgrade(alembic_config(any_url), "0019_source_size")
         with engine.connect() as conn:
             columns = {c["name"] for c in sqlalchemy.inspect(conn).get_columns("throughput")}
         assert "loads" not in columns and "load_seconds" not in columns
@@ -101,7 +101,7 @@ def test_0019_keeps_past_throughput_and_counts_cold_starts_apart(any_url: str) -
 def _matches_models(url: str) -> None:
     """``alembic check`` on Postgres; on SQLite (where autogenerate cannot compare the
     expression index ``ix_shards_pending_dispatched`` and always reports it) the columns of
-    the tables 0019 changes."""
+    the tables 0020 changes."""
     if not url.startswith("sqlite"):
         command.check(alembic_config(url))
         return

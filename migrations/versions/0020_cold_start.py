@@ -7,8 +7,8 @@
   start and its seconds, summed apart; ``throughput.seconds`` is processing only from now on
   (rows summed before hold cold starts in it).
 
-Revision ID: 0019_cold_start
-Revises: 0018_pack
+Revision ID: 0020_cold_start
+Revises: 0019_source_size
 Create Date: 2026-12-06 15:00:00.000000
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0019_cold_start"
-down_revision: str | None = "0018_pack"
+revision: str = "0020_cold_start"
+down_revision: str | None = "0019_source_size"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

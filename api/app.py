@@ -16,6 +16,7 @@ from api.openapi import install_openapi
 from api.routers import admin, drops, health, jobs, metrics, models, webhooks
 from api.routers.openai import MOUNT, create_openai_app
 from api.ui.app import install_console
+from api.waits import JobWaits
 from barge import __version__
 from barge.errors import BargeError
 from barge.queue import make_celery
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = make_store(settings)
     app.state.celery = make_celery(settings, name="barge-api")
+    app.state.job_waits = JobWaits(settings.resolved_database_url)
     app.add_middleware(RequestGuard, settings=settings)
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(BargeError, barge_error)  # type: ignore[arg-type]

@@ -59,8 +59,10 @@ class Client:
     def dry_run(self, spec: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/v1/jobs", json=spec, params={"dry_run": "true"})  # type: ignore[no-any-return]
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
+    def job(self, job_id: str, wait: float = 0) -> dict[str, Any]:
+        """The job; with ``wait``, as soon as it is final or after ``wait`` seconds."""
+        params = {"wait": f"{wait:g}"} if wait else None
+        return self._call("GET", f"/v1/jobs/{job_id}", params=params)  # type: ignore[no-any-return]
 
     def jobs(self, **params: Any) -> dict[str, Any]:
         params = {k: v for k, v in params.items() if v is not None}

@@ -131,12 +131,14 @@ def resolve_job_id(client: Client, given: str, pages: int = 10) -> str:
 def _polled(
     client: Client, job_id: str, interval: float
 ) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
-    """The job every ``interval`` seconds until it ends (the final one last), with the data of
-    its latest ``train`` event (a fine-tune's loss and examples/s)."""
+    """The job every ``interval`` seconds until it ends (the final one last, as soon as it
+    ends: each read waits on the server up to ``interval`` for the end), with the data of its
+    latest ``train`` event (a fine-tune's loss and examples/s)."""
     after = 0
     train: dict[str, Any] | None = None
     while True:
-        job = client.job(job_id)
+        asked = time.monotonic()
+        job = client.job(job_id, wait=interval)
         if job["type"] == "finetune":
             page = client.events(job_id, after)
             after = page["next_after"]
@@ -144,7 +146,7 @@ def _polled(
         yield job, train
         if job["status"] in FINAL:
             return
-        time.sleep(interval)
+        time.sleep(max(0.0, interval - (time.monotonic() - asked)))  # a server that never waits
 
 
 def wait_for(client: Client, job_id: str, interval: float = 1.0, out: Any = None) -> dict[str, Any]:

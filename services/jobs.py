@@ -232,6 +232,11 @@ def while_it_moves(job: Job, step: Callable[[], Job], what: str) -> Job:
 CANCEL_TRIES = 5  # a job moves at most a few times a second: a cancel racing it tries again
 
 
+def final_among(session: Session, job_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of ``job_ids`` are final (or gone): what ``GET /v1/jobs/{id}?wait=`` waits for."""
+    return repo.final_job_ids(session, job_ids)
+
+
 def shards_view(session: Session, settings: Settings, job: Job) -> list[dict[str, Any]]:
     """The job's shards as its owner sees them: the worker of each by its label
     (``usage.worker_label``), like the job's usage and the console's timeline."""

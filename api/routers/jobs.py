@@ -6,9 +6,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import Context, CurrentTenant, SettingsDep, UoW
 from api.schemas.errors import errors
@@ -28,14 +29,16 @@ from api.schemas.jobs import (
     ShardOut,
     job_out,
 )
+from api.waits import MAX_WAIT_SECONDS, JobWaits
 from barge.errors import InvalidSpec, NotFound, excerpt
 from barge.specs import JOB_TYPES
-from barge.status import JOB_STATUSES
+from barge.status import FINAL, JOB_STATUSES
 from barge.storage import ObjectInfo, ObjectStore
 from db import repositories as repo
 from db.models import Job, Tenant
 from services import estimates, job_files, retries, submission
 from services import jobs as service
+from services.context import ServiceContext
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -122,11 +125,36 @@ def list_jobs(
     )
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=errors(404))
-def get_job(job_id: str, ctx: Context) -> JobOut:
+@router.get("/{job_id}", response_model=JobOut, responses=errors(404, 422))
+async def get_job(
+    job_id: str,
+    ctx: Context,
+    request: Request,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_SECONDS,
+            allow_inf_nan=False,
+            description="Hold the answer until the job is final, at most this many seconds "
+            f"(0 to {MAX_WAIT_SECONDS:g}; 0, the default, answers at once). The answer is the "
+            "job as it is then: final, or still running when the wait ran out.",
+        ),
+    ] = 0,
+) -> JobOut:
     """The job: status, progress with rate and ETA, outputs, what it waits for, and what its
-    attempts used (`resources`: device seconds, tokens, energy, cost)."""
-    job = _job(ctx.session, ctx.tenant, job_id)
+    attempts used (`resources`: device seconds, tokens, energy, cost). With `wait`, the answer
+    comes as soon as the job ends (within about 25 ms), instead of polling."""
+    job = await run_in_threadpool(_job, ctx.session, ctx.tenant, job_id)
+    if wait > 0 and job.status not in FINAL:
+        waited = job.id  # read before the rollback expires the row: touching it would load it
+        await run_in_threadpool(ctx.session.rollback)  # no connection held while it waits
+        waits: JobWaits = request.app.state.job_waits
+        await waits.until_final(waited, wait)
+    return await run_in_threadpool(_present, ctx, job)  # the row read again, as it is now
+
+
+def _present(ctx: ServiceContext, job: Job) -> JobOut:
     return job_out(service.present_many(ctx.session, [job], ctx.settings)[0])
 
 

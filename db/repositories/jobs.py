@@ -262,6 +262,15 @@ def job_status(session: Session, job_id: uuid.UUID) -> str | None:
     return session.scalar(select(Job.status).where(Job.id == job_id))
 
 
+def final_job_ids(session: Session, job_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of ``job_ids`` are final (or gone: nothing more will happen to them); one query
+    on the primary key."""
+    if not job_ids:
+        return set()
+    live = set(session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status.not_in(FINAL))))
+    return set(job_ids) - live
+
+
 def touch_dispatched(session: Session, job_id: uuid.UUID) -> None:
     """A queued job's planning is alive: the reconciler waits a grace period from now."""
     session.execute(

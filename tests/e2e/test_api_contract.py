@@ -175,7 +175,7 @@ class TestOpenAPI:
             responses = schema["paths"][path][method.lower()]["responses"]
             return {c for c in responses if c >= "400"}
 
-        assert codes("GET", "/v1/jobs/{job_id}") == {"401", "404", "503"}
+        assert codes("GET", "/v1/jobs/{job_id}") == {"401", "404", "422", "503"}  # ?wait=
         assert codes("GET", "/v1/jobs") == {"401", "422", "503"}
         assert codes("POST", "/v1/jobs/{job_id}/cancel") == {"401", "404", "409", "503"}
         assert {"403", "409", "413", "422", "429"} <= codes("POST", "/v1/jobs")

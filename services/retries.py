@@ -187,7 +187,7 @@ def unfinished_records(
         done = {row.get("id") for row in _rows(store, job, shard.output_key)}
         id_field = job.spec.get("id_field")
         wanted = lambda rec, pos: _id_of(rec.data, id_field, pos) not in done  # noqa: E731
-    for i, rec in enumerate(_records_of(store, shard, job.output_uri, threads, may_read)):
+    for i, rec in enumerate(_records_of(store, shard, threads, may_read)):
         position = shard.record_offset + i
         if not wanted(rec, position):
             continue
@@ -200,16 +200,12 @@ def unfinished_records(
 
 
 def _records_of(
-    store: ObjectStore,
-    shard: Shard,
-    job_output: str,
-    threads: int,
-    may_read: Callable[[str], bool] | None,
+    store: ObjectStore, shard: Shard, threads: int, may_read: Callable[[str], bool] | None
 ) -> Iterator[Record]:
     """The shard's records read again: its range of its object, or a packed shard's objects
     (each record naming its object), every read conditional on the ETag planning recorded
-    (Barge's listing of the job's inputs, a pack's or an images listing, too); 409 when one is
-    gone or changed since (its records are not the ones the job read)."""
+    (a pack's listing too: an edited one is ``ListingChanged``); 409 when one is gone or
+    changed since (its records are not the ones the job read)."""
     rng = Range(
         shard.start_record, shard.record_count, shard.first_line, shard.byte_start, shard.byte_end
     )
@@ -221,10 +217,7 @@ def _records_of(
             )
             return
         info = _planned_info(store, shard)
-        records = iter_range(store, info, Format(shard.input_format, shard.compressed), rng)
-        if packs.is_listing(shard.source_uri, job_output):  # an images listing
-            records = packs.listing_records(records, info.uri)
-        yield from records
+        yield from iter_range(store, info, Format(shard.input_format, shard.compressed), rng)
     except ObjectChanged as exc:
         now = f'"{exc.current}"' if exc.current else "another"
         raise Conflict(

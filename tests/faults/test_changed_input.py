@@ -7,6 +7,7 @@ both ETags and says to resubmit; what other shards wrote stays; a retry of the j
 The same holds for Barge's own listing of a packed job's inputs (``_inputs/pack-<run>.jsonl``,
 under the job's output, where the tenant can write): its shards record the ETag and size its
 PUT wrote, and a listing edited after planning fails them saying it is Barge's listing, edited.
+So does the images listing (``_inputs/images-<run>.jsonl``) of a job over a prefix of images.
 
 Planning and running are kept apart: a worker of the control queue alone plans the job, the
 object is overwritten, and only then is a worker that runs shards started."""
@@ -21,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.faults.conftest import World
-from tests.helpers import inference_spec, put_jsonl, wait_until
+from tests.helpers import inference_spec, put_jsonl, upload_dir, wait_until
+from tests.images import encode, random_rgb, tiny_vit
 from tests.services import WorkerProcess
 
 pytestmark = pytest.mark.faults
@@ -177,3 +179,39 @@ def test_a_pack_listing_edited_after_planning_fails_its_shards_saying_so(
     assert r.status_code == 409, r.text
     assert f"s3://{bucket}/{key} is Barge's listing of the job's inputs" in r.json()["message"]
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="out/retry-1")
+
+
+def test_an_images_listing_edited_after_planning_fails_its_shard_saying_so(
+    world: World, s3: Any, bucket: str
+) -> None:
+    """Four PNG objects planned as an images listing; the listing is rewritten, as long as
+    before, naming the first image where the second was."""
+    vit = upload_dir(s3, bucket, "tiny-vit", tiny_vit(world.tmp / "vit"))
+    for i in range(4):
+        body = encode(random_rgb(16, 16, i), "PNG")
+        s3.put_object(Bucket=bucket, Key=f"img/{i}.png", Body=body)
+    spec = inference_spec(vit, f"s3://{bucket}/img/", f"s3://{bucket}/out/", task="image_classify")
+    job_id = _planned(world, spec)
+    (found,) = s3.list_objects_v2(Bucket=bucket, Prefix="out/_inputs/images-")["Contents"]
+    key = found["Key"]
+    then = _etag(s3, bucket, key)
+    (shard,) = world.shards(job_id)
+    assert (shard.source_uri, shard.source_etag, shard.source_size) == (
+        f"s3://{bucket}/{key}",
+        then,
+        found["Size"],
+    )
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=body.replace(b"img/1.png", b"img/0.png"))
+    now = _etag(s3, bucket, key)
+
+    world.worker()
+    job = world.wait_final(job_id)
+    assert job["status"] == "failed"
+    assert (
+        f"s3://{bucket}/{key} is Barge's listing of the job's inputs, written when the job was "
+        f'planned, and it was edited after planning (ETag "{then}" then, "{now}" now)'
+    ) in job["error"]
+    (shard,) = world.shards(job_id)
+    assert (shard.status, shard.attempt, shard.output_key) == ("failed", 1, None)
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="out/part-")

@@ -160,3 +160,24 @@ class ObjectChanged(PermanentJobError):
         self.uri = str(uri)
         self.expected = expected
         self.current = current
+
+
+class ListingChanged(PermanentJobError):
+    """Barge's own listing of a job's inputs (a pack listing, an images listing), written under
+    the job's output when it was planned, is not the one Barge wrote: it was edited since. Its
+    shards read only what planning listed, so the job has to be submitted again."""
+
+    status_code = 409
+    code = "input_changed"
+
+    def __init__(self, uri: object, expected: str, current: str | None):
+        now = f'"{current}"' if current else "another"
+        super().__init__(
+            f"{uri} is Barge's listing of the job's inputs, written when the job was planned, "
+            f'and it was edited after planning (ETag "{expected}" then, {now} now); Barge '
+            "reads only the listing it wrote: resubmit the job",
+            uri=str(uri),
+            expected_etag=expected,
+            current_etag=current,
+        )
+        self.uri = str(uri)

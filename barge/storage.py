@@ -60,14 +60,16 @@ class ObjectInfo:
 
 
 class ObjectStore(Protocol):
+    """A PUT returns the ETag of the object it wrote (what a later ``If-Match`` names)."""
+
     def head(self, uri: S3Uri) -> ObjectInfo | None: ...
     def list(self, prefix: S3Uri) -> list[ObjectInfo]: ...
     def open(
         self, uri: S3Uri, start: int = 0, end: int | None = None, *, if_match: str = ""
     ) -> IO[bytes]: ...
     def get_bytes(self, uri: S3Uri) -> bytes: ...
-    def put_bytes(self, uri: S3Uri, data: bytes) -> None: ...
-    def put_file(self, uri: S3Uri, path: Path) -> None: ...
+    def put_bytes(self, uri: S3Uri, data: bytes) -> str: ...
+    def put_file(self, uri: S3Uri, path: Path) -> str: ...
     def delete(self, uri: S3Uri) -> None: ...
     def copy(self, src: S3Uri, dst: S3Uri) -> None: ...
 
@@ -137,27 +139,31 @@ class LocalStore:
         with self.open(uri) as f:
             return f.read()
 
-    def put_bytes(self, uri: S3Uri, data: bytes) -> None:
-        self._atomic_write(uri, lambda f: f.write(data))
+    def put_bytes(self, uri: S3Uri, data: bytes) -> str:
+        return self._atomic_write(uri, lambda f: f.write(data))
 
-    def put_file(self, uri: S3Uri, path: Path) -> None:
+    def put_file(self, uri: S3Uri, path: Path) -> str:
         def copy(f: IO[bytes]) -> None:
             with path.open("rb") as src:
                 shutil.copyfileobj(src, f, 1 << 20)
 
-        self._atomic_write(uri, copy)
+        return self._atomic_write(uri, copy)
 
-    def _atomic_write(self, uri: S3Uri, write: Any) -> None:
+    def _atomic_write(self, uri: S3Uri, write: Any) -> str:
+        """Write to a temporary file, then rename it into place; the ETag of what was written
+        (taken from the written file before the rename, which keeps its mtime and size)."""
         path = self._path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".barge-tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
+            st = os.stat(tmp)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        return f"{st.st_mtime_ns:x}-{st.st_size:x}"
 
     def delete(self, uri: S3Uri) -> None:
         self._path(uri).unlink(missing_ok=True)
@@ -317,25 +323,29 @@ class S3Store:
         with self.open(uri) as f:
             return f.read()
 
-    def put_bytes(self, uri: S3Uri, data: bytes) -> None:
+    def put_bytes(self, uri: S3Uri, data: bytes) -> str:
         try:
-            self.client.put_object(Bucket=uri.bucket, Key=uri.key, Body=data)
+            r = self.client.put_object(Bucket=uri.bucket, Key=uri.key, Body=data)
         except Exception as exc:
             raise self._wrap(exc, uri) from exc
+        return str(r.get("ETag", "")).strip('"')
 
-    def put_file(self, uri: S3Uri, path: Path) -> None:
+    def put_file(self, uri: S3Uri, path: Path) -> str:
         # A small file is one PutObject, as upload_file would send it, without its transfer
-        # manager and thread pool (a shard's part: milliseconds per shard). upload_file switches
-        # to multipart above 8 MiB and aborts the upload if any part fails, so an object is
-        # either complete or absent.
+        # manager and thread pool (a shard's part: milliseconds per shard), and its ETag is the
+        # response's. upload_file switches to multipart above 8 MiB and aborts the upload if any
+        # part fails, so an object is either complete or absent; it returns no ETag, so one HEAD
+        # asks for it.
         try:
             if path.stat().st_size < SINGLE_PUT_BYTES:
                 with path.open("rb") as body:
-                    self.client.put_object(Bucket=uri.bucket, Key=uri.key, Body=body)
-            else:
-                self.client.upload_file(str(path), uri.bucket, uri.key)
+                    r = self.client.put_object(Bucket=uri.bucket, Key=uri.key, Body=body)
+                return str(r.get("ETag", "")).strip('"')
+            self.client.upload_file(str(path), uri.bucket, uri.key)
         except Exception as exc:
             raise self._wrap(exc, uri) from exc
+        info = self.head(uri)
+        return info.etag if info is not None else ""
 
     def delete(self, uri: S3Uri) -> None:
         try:

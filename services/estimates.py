@@ -12,7 +12,9 @@ Cold start: the throughput's seconds are processing only (a shard's imports, mod
 load are summed apart, ``Throughput.load_seconds``). When a worker alive holds the model warm
 for the task (its presence row's models), the estimate assumes a warm fleet
 (``model_warm: true``, ``cold_start_seconds: 0``); else it adds the mean cold start measured
-(``cold_start_seconds``; null when no shard measured one, then nothing is added).
+(``cold_start_seconds``; null when no shard measured one, then nothing is added). A base held
+under LoRA adapters (``kind: base``) is warm for those adapters' jobs, not for a job on the base
+model itself, which loads it apart (``serves``).
 """
 
 from __future__ import annotations
@@ -223,10 +225,21 @@ def _fleet(ctx: ServiceContext, model_uri: str, task: str) -> Fleet:
         if GPU_QUEUE in (worker.queues or []):
             name = worker.device_name or worker.device or "unknown"
             fleet.alive[name] = fleet.alive.get(name, 0) + 1
-            held = worker.models or []
-            if any(m.get("model") == model_uri and m.get("task") == task for m in held):
+            if any(serves(m, model_uri, task) for m in worker.models or []):
                 fleet.warm += 1
     return fleet
+
+
+def serves(held: dict[str, Any], model_uri: str, task: str) -> bool:
+    """Whether a model a worker holds warm (an entry of its presence row) runs a job on
+    ``model_uri`` for ``task`` with no load: a model or an adapter of that URI and task. A
+    ``base`` (loaded under LoRA adapters, with their head and layers) serves its adapters
+    only: a job on the base model itself loads it apart."""
+    return (
+        held.get("model") == model_uri
+        and held.get("task") == task
+        and held.get("kind", "model") != "base"
+    )
 
 
 def cold_start(row: Throughput, fleet: Fleet) -> float | None:

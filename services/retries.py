@@ -203,15 +203,18 @@ def _records_of(
     store: ObjectStore, shard: Shard, threads: int, may_read: Callable[[str], bool] | None
 ) -> Iterator[Record]:
     """The shard's records read again: its range of its object, or a packed shard's objects
-    (each record naming its object), every read conditional on the ETag planning recorded;
-    409 when one is gone or changed since (its records are not the ones the job read)."""
+    (each record naming its object), every read conditional on the ETag planning recorded
+    (a pack's listing too: an edited one is ``ListingChanged``); 409 when one is gone or
+    changed since (its records are not the ones the job read)."""
     rng = Range(
         shard.start_record, shard.record_count, shard.first_line, shard.byte_start, shard.byte_end
     )
     try:
         if shard.input_format == packs.PACK_FORMAT:
             listing = S3Uri.parse(shard.source_uri)
-            yield from packs.iter_pack(store, listing, rng, threads=threads, may_read=may_read)
+            yield from packs.iter_pack(
+                store, listing, rng, threads=threads, may_read=may_read, etag=shard.source_etag
+            )
             return
         info = _planned_info(store, shard)
         yield from iter_range(store, info, Format(shard.input_format, shard.compressed), rng)

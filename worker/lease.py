@@ -113,7 +113,8 @@ class ShardWork:
     # How messages name its input: its object, or a pack's objects (``Shard.source_shown``).
     source_shown: str = ""
     # Its object as planning found it (``Shard.source_etag``, ``Shard.source_size``): every
-    # read of it is conditional on that ETag. "" and None: not known (a pack; an older shard).
+    # read of it is conditional on that ETag. For a packed shard (or an images listing's) they
+    # are Barge's listing's, as its PUT wrote it. "" and None: not known (an older shard).
     source_etag: str = ""
     source_size: int | None = None
 

@@ -454,8 +454,12 @@ def read_records(ctx: WorkerContext, work: ShardWork) -> Iterator[Record]:
             threads=ctx.settings.input_fetch_threads,
             limits=limits,
             may_read=None if work.scopes is None else work.scopes.may_read,
+            etag=work.source_etag,
         )
-    return iter_range(ctx.store, input_info(ctx, work), work.fmt, work.rng, limits=limits)
+    records = iter_range(ctx.store, input_info(ctx, work), work.fmt, work.rng, limits=limits)
+    if packs.is_listing(work.source, work.output_uri):  # an images listing
+        return packs.listing_records(records, S3Uri.parse(work.source))
+    return records
 
 
 def input_info(ctx: WorkerContext, work: ShardWork) -> ObjectInfo:

@@ -6,7 +6,9 @@ A prefix of image objects is planned as a JSONL *listing* written under the job'
 (``_inputs/images-<run>.jsonl``, one ``{"id": <key relative to the prefix>, "image": <uri>}``
 line per image, in key order), so its shards are byte ranges of that listing like any JSONL
 input and a shard reads exactly the images planned for it, whatever is added to the prefix
-later.
+later. The shards record the listing's ETag and size as its PUT wrote them, and every read of
+it is conditional on that ETag: a listing edited after planning (it lies under the output,
+where the tenant can write) fails the shard (``ListingChanged``, ``packs.listing_records``).
 
 Decoding refuses, as a per-record ``ImageError`` with the reason: zero bytes, bytes Pillow
 cannot identify, an image over ``max_pixels`` (a decompression bomb: refused from its header,
@@ -79,7 +81,8 @@ def list_images(
 
 def write_listing(store: ObjectStore, input_uri: str, output_uri: str) -> tuple[ObjectInfo, int]:
     """Write the listing of the images at ``input_uri`` under ``output_uri`` (a new name per
-    planning run, so two runs never share one); the listing object and its image count."""
+    planning run, so two runs never share one); the listing object as written (its ETag the
+    PUT's: its shards' reads of it are conditional on it) and its image count."""
     images = list_images(store, input_uri)
     body = "".join(
         json.dumps({LISTING_ID_FIELD: image_id, LISTING_IMAGE_FIELD: str(uri)}) + "\n"
@@ -88,8 +91,8 @@ def write_listing(store: ObjectStore, input_uri: str, output_uri: str) -> tuple[
     listing = (
         S3Uri.parse(output_uri).as_prefix().join(f"{LISTING_DIR}images-{uuid.uuid4().hex}.jsonl")
     )
-    store.put_bytes(listing, body)
-    return ObjectInfo(listing, len(body), ""), len(images)
+    etag = store.put_bytes(listing, body)
+    return ObjectInfo(listing, len(body), etag), len(images)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,14 @@ The packs of one planning run are written as a JSONL *listing* under the job's o
 format, gzip, records and where they are (first line, byte range of plain JSONL), as planning
 found them. A packed shard is a byte range of that listing (``input_format`` ``"pack"``), so it
 reads exactly the objects planned for it, whatever is added to the prefix later, with no
-schema of its own; the shard row keeps only what views show (objects, first and last).
+schema of its own; the shard row keeps what views show (objects, first and last), and the
+listing's ETag and size as its PUT wrote them (``Shard.source_etag``, ``source_size``).
+
+The listing lies under the job's output, where its tenant can write. Every read of it is
+conditional on the ETag its PUT returned (``If-Match``): a listing edited after planning fails
+the shard (``ListingChanged``: Barge's listing of the job's inputs, edited; resubmit), so
+records are never dropped, duplicated or shifted by an edit. The same holds for an images
+listing (``barge.records.images``; ``listing_records`` says so of its reads).
 
 Reading a pack (``iter_pack``) reads its listing range, then its objects with a bounded pool of
 concurrent GETs (``BARGE_INPUT_FETCH_THREADS``), at most twice as many objects ahead as threads
@@ -35,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from barge.errors import NotFound, PermanentJobError
+from barge.errors import ListingChanged, NotFound, ObjectChanged, PermanentJobError
 from barge.records.base import Format, Limits, Range, Record, resolve_limits
 from barge.records.planning import in_order, iter_range
 from barge.storage import ObjectInfo, ObjectStore, S3Uri
@@ -157,12 +164,16 @@ class ListingWriter:
             entries[-1].uri,
         )
 
-    def close(self, store: ObjectStore) -> None:
-        """PUT the listing (when a pack was added); the local file goes either way."""
+    def close(self, store: ObjectStore) -> ObjectInfo | None:
+        """PUT the listing (when a pack was added): the listing as written (its ETag is the
+        PUT's, its size the bytes written), None when nothing was. The local file goes either
+        way."""
         try:
             self._f.close()
-            if self._entries:
-                store.put_file(self.uri, self._path)
+            if not self._entries:
+                return None
+            etag = store.put_file(self.uri, self._path)
+            return ObjectInfo(self.uri, self._offset, etag)
         finally:
             self._dir.cleanup()
 
@@ -187,14 +198,39 @@ def entry_of(info: ObjectInfo, fmt: Format, rng: Range) -> PackEntry:
     )
 
 
-def read_entries(store: ObjectStore, listing: S3Uri, rng: Range) -> list[PackEntry]:
-    """A packed shard's entries: its byte range of the listing."""
+def read_entries(store: ObjectStore, listing: S3Uri, rng: Range, etag: str = "") -> list[PackEntry]:
+    """A packed shard's entries: its byte range of the listing, read on condition that the
+    listing is still the one planning wrote (its ``etag``; "" for a shard planned before
+    listings' ETags were kept: read as it is)."""
     try:
-        with store.open(listing, rng.byte_start or 0, rng.byte_end) as f:
+        with store.open(listing, rng.byte_start or 0, rng.byte_end, if_match=etag) as f:
             body = f.read()
     except NotFound:
         raise PermanentJobError(f"the pack listing {listing} disappeared") from None
+    except ObjectChanged as exc:
+        raise ListingChanged(listing, exc.expected, exc.current) from None
     return [PackEntry.parse(line) for line in body.splitlines() if line.strip()]
+
+
+def is_listing(source: str, output_uri: str) -> bool:
+    """Whether ``source`` (a shard's input) is one of Barge's listings under the job's output
+    ``output_uri`` (``_inputs/``: a pack listing, an images listing)."""
+    if not output_uri:
+        return False
+    inputs = S3Uri.parse(output_uri).as_prefix().join(LISTING_DIR)
+    return source.startswith(str(inputs))
+
+
+def listing_records(records: Iterator[Record], listing: S3Uri) -> Iterator[Record]:
+    """``records`` read from Barge's ``listing`` (an images listing, read as JSONL on condition
+    of its planned ETag): the listing changed since planning is ``ListingChanged``, saying it
+    is Barge's listing, edited, rather than an input object changed."""
+    try:
+        yield from records
+    except ObjectChanged as exc:
+        if exc.uri != str(listing):
+            raise
+        raise ListingChanged(listing, exc.expected, exc.current) from None
 
 
 def iter_pack(
@@ -205,14 +241,17 @@ def iter_pack(
     threads: int = 1,
     limits: Limits | None = None,
     may_read: Callable[[str], bool] | None = None,
+    etag: str = "",
 ) -> Iterator[Record]:
     """Stream a packed shard's records, object by object in listing order, each with its
     object (``Record.source``) and line; the objects are read by a bounded pool of ``threads``
     concurrent GETs, at most ``2 × threads`` objects ahead of the consumer. The listing lies
-    under the job's output, where its tenant can write: with ``may_read`` (the tenant's read
-    scopes) an entry naming an object outside them fails the shard before anything is read."""
+    under the job's output, where its tenant can write: its range is read on condition of its
+    planned ``etag`` (``ListingChanged`` when it was edited since), and with ``may_read`` (the
+    tenant's read scopes) an entry naming an object outside them fails the shard before
+    anything is read."""
     limits = resolve_limits(limits)
-    entries = read_entries(store, listing, rng)
+    entries = read_entries(store, listing, rng, etag)
     outside = [e.uri for e in entries if may_read is not None and not may_read(e.uri)]
     if outside:
         raise PermanentJobError(

@@ -4,6 +4,11 @@ object fails at once (no retries), its job failing with a message that names the
 both ETags and says to resubmit; what other shards wrote stays; a retry of the job is refused
 (409), since the records it would read again are not the ones the job read.
 
+The same holds for Barge's own listing of a packed job's inputs (``_inputs/pack-<run>.jsonl``,
+under the job's output, where the tenant can write): its shards record the ETag and size its
+PUT wrote, and a listing edited after planning fails them saying it is Barge's listing, edited.
+So does the images listing (``_inputs/images-<run>.jsonl``) of a job over a prefix of images.
+
 Planning and running are kept apart: a worker of the control queue alone plans the job, the
 object is overwritten, and only then is a worker that runs shards started."""
 
@@ -17,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.faults.conftest import World
-from tests.helpers import inference_spec, put_jsonl, wait_until
+from tests.helpers import inference_spec, put_jsonl, upload_dir, wait_until
+from tests.images import encode, random_rgb, tiny_vit
 from tests.services import WorkerProcess
 
 pytestmark = pytest.mark.faults
@@ -128,3 +134,84 @@ def test_one_object_of_a_pack_overwritten_after_planning_fails_its_packed_shard(
         f"input object s3://{bucket}/{key} changed after the job was planned"
         in (r.json()["message"])
     )
+
+
+def test_a_pack_listing_edited_after_planning_fails_its_shards_saying_so(
+    world: World, s3: Any, bucket: str, minilm_uri: str
+) -> None:
+    """Twenty small objects packed ten to a shard; the listing, under the job's output, is
+    rewritten with its first entry twice and its second gone (as long as before: an unchecked
+    read would run the first object's records twice and never the second's)."""
+    for i in range(20):
+        put_jsonl(s3, bucket, f"in/o-{i:02d}.jsonl", _rows(f"o{i}", 5))
+    spec = inference_spec(
+        minilm_uri, f"s3://{bucket}/in/", f"s3://{bucket}/out/", id_field="id", shard_size=50
+    )
+    job_id = _planned(world, spec)
+    (found,) = s3.list_objects_v2(Bucket=bucket, Prefix="out/_inputs/pack-")["Contents"]
+    key = found["Key"]
+    then = _etag(s3, bucket, key)
+    shards = world.shards(job_id)
+    assert [s.pack_objects for s in shards] == [10, 10]
+    assert {(s.source_uri, s.source_etag, s.source_size) for s in shards} == {
+        (f"s3://{bucket}/{key}", then, found["Size"])
+    }
+    lines = s3.get_object(Bucket=bucket, Key=key)["Body"].read().splitlines(keepends=True)
+    edited = b"".join([lines[0], lines[0], *lines[2:]])
+    assert len(edited) == found["Size"]
+    s3.put_object(Bucket=bucket, Key=key, Body=edited)
+    now = _etag(s3, bucket, key)
+    assert now != then
+
+    world.worker()
+    job = world.wait_final(job_id)
+    assert job["status"] == "failed"
+    assert (
+        f"s3://{bucket}/{key} is Barge's listing of the job's inputs, written when the job was "
+        f'planned, and it was edited after planning (ETag "{then}" then, "{now}" now); Barge '
+        "reads only the listing it wrote: resubmit the job"
+    ) in job["error"]
+    first = world.shards(job_id)[0]
+    assert (first.status, first.attempt, first.output_key) == ("failed", 1, None)
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="out/part-")
+
+    r = world.api.post(f"/v1/jobs/{job_id}/retry", json={}, headers=world.auth)
+    assert r.status_code == 409, r.text
+    assert f"s3://{bucket}/{key} is Barge's listing of the job's inputs" in r.json()["message"]
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="out/retry-1")
+
+
+def test_an_images_listing_edited_after_planning_fails_its_shard_saying_so(
+    world: World, s3: Any, bucket: str
+) -> None:
+    """Four PNG objects planned as an images listing; the listing is rewritten, as long as
+    before, naming the first image where the second was."""
+    vit = upload_dir(s3, bucket, "tiny-vit", tiny_vit(world.tmp / "vit"))
+    for i in range(4):
+        body = encode(random_rgb(16, 16, i), "PNG")
+        s3.put_object(Bucket=bucket, Key=f"img/{i}.png", Body=body)
+    spec = inference_spec(vit, f"s3://{bucket}/img/", f"s3://{bucket}/out/", task="image_classify")
+    job_id = _planned(world, spec)
+    (found,) = s3.list_objects_v2(Bucket=bucket, Prefix="out/_inputs/images-")["Contents"]
+    key = found["Key"]
+    then = _etag(s3, bucket, key)
+    (shard,) = world.shards(job_id)
+    assert (shard.source_uri, shard.source_etag, shard.source_size) == (
+        f"s3://{bucket}/{key}",
+        then,
+        found["Size"],
+    )
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=body.replace(b"img/1.png", b"img/0.png"))
+    now = _etag(s3, bucket, key)
+
+    world.worker()
+    job = world.wait_final(job_id)
+    assert job["status"] == "failed"
+    assert (
+        f"s3://{bucket}/{key} is Barge's listing of the job's inputs, written when the job was "
+        f'planned, and it was edited after planning (ETag "{then}" then, "{now}" now)'
+    ) in job["error"]
+    (shard,) = world.shards(job_id)
+    assert (shard.status, shard.attempt, shard.output_key) == ("failed", 1, None)
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="out/part-")

@@ -3,7 +3,9 @@ fetching and loading the model) is counted apart from its processing, on a real 
 RabbitMQ with a real model load: the attempt's row says how many of its wall seconds were the
 load, and its model's throughput row sums processing seconds only, the load seconds apart.
 A dry run's estimate (``services.estimates``) adds a load only when no live worker holds the
-model warm."""
+model warm (as its presence row, written from its model cache, says: a LoRA adapter's base is
+named with its task, and is warm for the adapter's jobs, not for a job on the base model, which
+the cache loads apart)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from barge.queue import make_celery
 from barge.settings import Settings
+from barge.storage import make_store
 from db import repositories as repo
 from db.base import utcnow
 from db.models import ShardAttempt, Throughput
@@ -25,10 +29,11 @@ from db.state import RUNNING
 from services import estimates
 from services.context import ServiceContext
 from tests.factories import build_job, inference_spec_json, make_shard, make_tenant
-from tests.helpers import minilm_dir
+from tests.helpers import minilm_dir, tiny_generator
 from tests.integration.test_worker_lifecycle import make_context, runner, sent
 from tests.services import create_vhost, delete_vhost
-from worker import lifecycle
+from tests.unit.test_lora import spec as finetune_spec
+from worker import lifecycle, presence
 from worker.context import WorkerContext
 from worker.lease import Lease, Outcome, Result, ShardWork
 from worker.models.cache import cache_for
@@ -154,3 +159,82 @@ def test_an_estimate_adds_a_cold_start_only_when_no_live_worker_holds_the_model(
     finally:
         with session_scope(database_url) as session:
             repo.remove_worker(session, worker)
+
+
+def _adapter(tmp_path: Path) -> tuple[str, str]:
+    """A tiny generate base and a LoRA adapter of it trained a few steps (local paths)."""
+    import torch
+
+    from worker.runners.finetune.training import Trainer
+
+    base = tiny_generator(tmp_path / "base")
+    s = finetune_spec(
+        task="generate",
+        method={"type": "lora", "r": 4, "alpha": 32},
+        hyperparameters={"epochs": 1, "batch_size": 4, "learning_rate": 5e-2, "seed": 1},
+    )
+    trainer = Trainer(s, base, torch.device("cpu"), [(f"item {i}:", "red") for i in range(4)], [])
+    while not trainer.done:
+        trainer.train_step()
+    trainer.save_model(tmp_path / "adapter")
+    return str(base), str(tmp_path / "adapter")
+
+
+def test_a_base_held_under_an_adapter_is_named_with_its_task_and_warm_for_the_adapter_only(
+    database_url: str, vhost_url: str, tmp_path: Path
+) -> None:
+    """A worker runs a LoRA adapter's job (its cache loads the base, then the adapter onto
+    it) and notes its presence: its row names the base with its task (``kind: base``) and the
+    adapter. An estimate for the adapter says warm; one for a job on the base model says cold,
+    as it is: the cache loads the base model apart for it (a ``model`` load), and once it has,
+    the worker's row says so and the estimate is warm."""
+    base, adapter = _adapter(tmp_path)
+    settings = Settings(
+        env="test",
+        database_url=database_url,
+        broker_url=vhost_url,
+        home=tmp_path,
+        local_model_dirs=[tmp_path],
+        device="cpu",
+    )
+    ctx = WorkerContext(settings, make_store(settings), make_celery(settings), f"t:{uuid.uuid4()}")
+    cache = cache_for(ctx)
+    cache.get(adapter, "generate", uuid.uuid4(), base=base)  # as the adapter job's shard does
+
+    def noted() -> tuple[list[dict[str, str]], str]:
+        presence.note(ctx, ["gpu"], computes=True)  # as the unit's end notes a changed cache
+        with session_scope(database_url) as session:
+            (row,) = [w for w in repo.workers_seen_since(session, since) if w.name == ctx.name]
+            return list(row.models or []), row.device_name or row.device or "unknown"
+
+    def warm(model: str) -> bool:
+        with session_scope(database_url) as session:
+            found = estimates.estimate(
+                ServiceContext.for_operator(session, settings),
+                model,
+                "generate",
+                estimates.Counted(records=40, shards=1),
+            )
+        assert found is not None
+        return bool(found["model_warm"])
+
+    since = utcnow()
+    try:
+        held, device = noted()
+        assert held == [
+            {"model": base, "task": "generate", "kind": "base"},
+            {"model": adapter, "task": "generate", "kind": "adapter", "base": base},
+        ]
+        with session_scope(database_url) as session:
+            for model in (base, adapter):
+                repo.add_throughput(session, (model, "generate", device), 40, 1.0, 0, utcnow(), 0)
+        assert (warm(adapter), warm(base)) == (True, False)
+
+        cache.get(base, "generate", uuid.uuid4())  # a job on the base model itself
+        assert cache.loads == {"model": 1, "base": 1, "adapter": 1}  # loaded apart: cold
+        held, _ = noted()
+        assert {"model": base, "task": "generate", "kind": "model"} in held
+        assert warm(base)
+    finally:
+        with session_scope(database_url) as session:
+            repo.remove_worker(session, ctx.name)

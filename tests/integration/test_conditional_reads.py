@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -16,7 +17,7 @@ import pytest
 
 from barge.errors import NotFound, ObjectChanged, PermanentJobError
 from barge.records import Format, Range, iter_range
-from barge.storage import ObjectInfo, S3Store, S3Uri
+from barge.storage import SINGLE_PUT_BYTES, ObjectInfo, S3Store, S3Uri
 
 
 @pytest.fixture
@@ -71,6 +72,25 @@ class TestConditionalOpen:
             assert f.read() == b"written since\n"
         with store.open(uri) as f:  # no ETag known (a shard planned before): no condition
             assert f.read() == b"written since\n"
+
+    def test_a_put_returns_the_etag_a_read_is_then_conditional_on(
+        self, store: S3Store, s3: Any, bucket: str, tmp_path: Path
+    ) -> None:
+        """One PutObject (its response's ETag) and a multipart upload (a HEAD's after it)."""
+        uri = S3Uri(bucket, "out/_inputs/pack-1.jsonl")
+        small = tmp_path / "small.jsonl"
+        small.write_bytes(b"planned\n")
+        large = tmp_path / "large.jsonl"
+        large.write_bytes(b"x" * (SINGLE_PUT_BYTES + 1))
+        for put in (
+            lambda: store.put_bytes(uri, b"planned\n"),
+            lambda: store.put_file(uri, small),
+            lambda: store.put_file(uri, large),
+        ):
+            etag = put()
+            assert etag == _etag(s3, bucket, uri.key)
+            with store.open(uri, 0, 7, if_match=etag) as f:
+                assert f.read() in (b"planned", b"x" * 7)
 
     def test_a_deleted_object_is_not_found(self, store: S3Store, s3: Any, bucket: str) -> None:
         s3.put_object(Bucket=bucket, Key="k.jsonl", Body=b"x\n")

@@ -348,3 +348,7 @@ def test_the_model_cache_keeps_one_base_and_switches_and_drops_adapters(tmp_path
     assert cache.loads == {"model": 0, "base": 1, "adapter": 3}
     assert predict(again, ["item 3:"], params)[0]["text"] == first
     assert cache.warm() == {"models": 1, "adapters": 1}
+    assert cache.held() == [  # the base with its task (its key's head, labels=0, is not one)
+        {"model": str(base), "task": "generate", "kind": "base"},
+        {"model": ref["a"], "task": "generate", "kind": "adapter", "base": str(base)},
+    ]

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from barge.errors import ObjectChanged, PermanentJobError
-from barge.records import Format, Range, packs, plan_ranges
+from barge.errors import ListingChanged, ObjectChanged, PermanentJobError
+from barge.records import Format, Range, iter_range, packs, plan_ranges
 from barge.storage import LocalStore, ObjectInfo, S3Uri
 from tests.unit.test_records import put
 
@@ -178,6 +178,57 @@ class TestReadingPacks:
             PermanentJobError, match=r"names s3://bucket/theirs/secret.jsonl, outside"
         ):
             list(packs.iter_pack(store, uri, rng, threads=2, may_read=mine))
+
+    def test_a_listing_edited_after_planning_fails_saying_it_is_barges_listing(
+        self, store: LocalStore
+    ) -> None:
+        """The listing's ETag as its PUT wrote it is what the shard row keeps: a read on
+        condition of it reads the planned entries; an edit (here an entry dropped and another
+        repeated, as long as before) is refused before any object is read."""
+        objects = [(put(store, f"in/{i}.jsonl", b'{"a": 1}\n'), JSONL) for i in range(4)]
+        counted = [((info, fmt, plan_ranges(store, info, fmt, 100)[0]), 1) for info, fmt in objects]
+        listing = packs.ListingWriter("s3://bucket/out/")
+        (members,) = packs.group(counted, 100, 1000)
+        pack = listing.add([packs.entry_of(i, f, r[0]) for (i, f, r), _ in members])
+        written = listing.close(store)
+        assert written is not None and written == store.head(listing.uri)
+        assert written.size == pack.byte_end
+        planned = list(packs.iter_pack(store, listing.uri, _range(pack), etag=written.etag))
+        assert [r.source for r in planned] == [str(info.uri) for info, _ in objects]
+
+        lines = store.get_bytes(listing.uri).splitlines(keepends=True)
+        store.put_bytes(listing.uri, b"".join([lines[0], lines[0], *lines[2:]]))
+        now = store.head(listing.uri)
+        assert now is not None and now.size == written.size
+        unchecked = [r.source for r in packs.iter_pack(store, listing.uri, _range(pack))]
+        assert unchecked[:2] == ["s3://bucket/in/0.jsonl"] * 2  # what an unchecked read gives
+        with pytest.raises(ListingChanged) as caught:
+            list(packs.iter_pack(store, listing.uri, _range(pack), threads=2, etag=written.etag))
+        assert caught.value.message == (
+            f"{listing.uri} is Barge's listing of the job's inputs, written when the job was "
+            f'planned, and it was edited after planning (ETag "{written.etag}" then, '
+            f'"{now.etag}" now); Barge reads only the listing it wrote: resubmit the job'
+        )
+        assert caught.value.status_code == 409
+
+    def test_an_images_listing_edited_after_planning_fails_saying_so(
+        self, store: LocalStore
+    ) -> None:
+        """An images listing is read as JSONL on condition of its ETag: a change of it is
+        ``ListingChanged``; a change of another object stays ``ObjectChanged``."""
+        uri = S3Uri("bucket", "out/_inputs/images-1.jsonl")
+        assert packs.is_listing(str(uri), "s3://bucket/out")
+        assert not packs.is_listing("s3://bucket/in/images.jsonl", "s3://bucket/out/")
+        body = b'{"id": "a.png", "image": "s3://bucket/in/a.png"}\n'
+        info = ObjectInfo(uri, len(body), store.put_bytes(uri, body))
+        rng = Range(0, 1, 1, 0, len(body))
+        assert len(list(packs.listing_records(iter_range(store, info, JSONL, rng), uri))) == 1
+        store.put_bytes(uri, body.replace(b"a.png", b"b.png"))
+        with pytest.raises(ListingChanged, match=r"is Barge's listing of the job's inputs"):
+            list(packs.listing_records(iter_range(store, info, JSONL, rng), uri))
+        other = S3Uri("bucket", "out/_inputs/images-2.jsonl")
+        with pytest.raises(ObjectChanged):
+            list(packs.listing_records(iter_range(store, info, JSONL, rng), other))
 
     def test_a_shard_reads_only_its_own_entries(self, store: LocalStore) -> None:
         objects = [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from barge.errors import InvalidSpec, NotFound, ObjectChanged
-from barge.storage import LocalStore, S3Uri, SeekableObject, iter_prefix_files
+from barge.storage import LocalStore, ObjectInfo, S3Uri, SeekableObject, iter_prefix_files
 
 
 class TestS3Uri:
@@ -88,6 +88,20 @@ class TestLocalStorePutGet:
         uri = S3Uri("b", "models/x/model.safetensors")
         store.put_file(uri, src)
         assert store.get_bytes(uri) == src.read_bytes()
+
+    def test_a_put_returns_the_etag_of_what_it_wrote(
+        self, store: LocalStore, tmp_path: Path
+    ) -> None:
+        """What a later read on condition of that ETag (``If-Match``) names."""
+        uri = S3Uri("b", "out/_inputs/listing.jsonl")
+        etag = store.put_bytes(uri, b"planned\n")
+        assert store.head(uri) == ObjectInfo(uri, 8, etag)
+        with store.open(uri, if_match=etag) as f:
+            assert f.read() == b"planned\n"
+        src = tmp_path / "src.jsonl"
+        src.write_bytes(b"planned again, longer\n")
+        again = store.put_file(uri, src)
+        assert again != etag and store.head(uri) == ObjectInfo(uri, 22, again)
 
     def test_failed_put_leaves_the_old_object_and_no_temp_file(
         self, store: LocalStore, root: Path, tmp_path: Path

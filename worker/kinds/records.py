@@ -90,8 +90,8 @@ def plan_objects(
                 "the job once its input is written"
             ) from None
         raise
-    if listing is not None:
-        listing.close(ctx.store)  # before any shard reading it is committed
+    if listing is not None:  # PUT before any shard reading it is committed
+        planner.listed(listing.close(ctx.store))
     shards, offset = planner.shards, planner.offset
     message = f"planned {len(shards)} shards over {n_objects} objects, {offset} records"
     if planner.packed:
@@ -130,6 +130,15 @@ class _Shards:
         self.offset += pack.records
         self.packed += pack.objects
         self.packs += 1
+
+    def listed(self, written: ObjectInfo | None) -> None:
+        """The pack listing as its PUT wrote it: each packed shard reads it on condition of
+        its ETag (the listing lies under the job's output, where the tenant can write)."""
+        if written is None:
+            return
+        for shard in self.shards:
+            if shard.input_format == packs.PACK_FORMAT:
+                shard.source_etag, shard.source_size = written.etag, written.size
 
     def _add(self, uri: str, etag: str, fmt: Format, rng: Range, start: int | None = None) -> Shard:
         shard = Shard(

@@ -340,17 +340,23 @@ class ModelCache:
             return {"models": len(self._models), "adapters": len(self._adapters)}
 
     def held(self) -> list[dict[str, str]]:
-        """The models (``model``, or ``base`` under adapters) and adapters kept warm, for the
-        console: a snapshot taken without the lock (a load holds it as long as it takes)."""
+        """The models (``model``, or ``base`` under adapters) and adapters kept warm, each with
+        the task it was loaded for, for the console and the worker's presence row: a snapshot
+        taken without the lock (a load holds it as long as it takes).
+
+        Every key is (ref, revision, task, ...): a base's adds its head (``labels=N``), which
+        is not its task. A base is loaded for its adapters (with their head; LoRA layers
+        injected), apart from the same model loaded for a job of its own: ``kind`` says which,
+        and a job on the base model is warm only where a ``model`` entry holds it."""
         for _ in range(5):
             try:
                 adapters = list(self._adapters.items())
-                bases = {base for _, (base, _) in adapters}
                 return [
-                    {"model": k[0], "task": k[-1], "kind": "base" if k in bases else "model"}
+                    # a base's key (ref, revision, task, head) stays one when its adapters go
+                    {"model": k[0], "task": k[2], "kind": "base" if len(k) > 3 else "model"}
                     for k in list(self._models)
                 ] + [
-                    {"model": k[0], "task": k[-1], "kind": "adapter", "base": base[0]}
+                    {"model": k[0], "task": k[2], "kind": "adapter", "base": base[0]}
                     for k, (base, _) in adapters
                 ]
             except RuntimeError:  # changed while it was read: read it again

@@ -181,8 +181,10 @@ def _settle(ctx: WorkerContext, rule: DropRule) -> int:
 def _move(
     ctx: WorkerContext, rule: DropRule, drop: DropObject, folder: str, status: dict[str, Any]
 ) -> None:
-    """Copy the input (and its override) to ``folder``/, write the status file, then delete the
-    originals. Idempotent: a second scan finishing the same move finds the source gone."""
+    """Copy the input (and its override) to ``folder``/, delete the originals, then write the
+    status file last: whoever sees it sees the move complete (``incoming/`` emptied of them).
+    Idempotent: a second scan finishing the same move finds the sources gone (their copies
+    made already) and writes the status file."""
     prefix = S3Uri.parse(rule.prefix)
     source = S3Uri(prefix.bucket, drop.key)
     relative = safe_path(drop.key[len(prefix.join("incoming/").key) :])
@@ -204,9 +206,9 @@ def _move(
                 ctx.store.copy(src, dst)
         except NotFound:
             pass
+    ctx.store.delete(source)
+    ctx.store.delete(override)
     ctx.store.put_bytes(
         prefix.join(f"{folder}/{drop.name}.status.json"),
         json.dumps(body, indent=2, default=str).encode() + b"\n",
     )
-    ctx.store.delete(source)
-    ctx.store.delete(override)

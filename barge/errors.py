@@ -141,43 +141,51 @@ class PermanentJobError(BargeError):
     code = "permanent_error"
 
 
-class ObjectChanged(PermanentJobError):
-    """An input object is no longer the one its job was planned from: its ETag changed. No
-    retry can read what was planned; the job has to be submitted again."""
+def etags_then_now(expected: str, current: str | None) -> str:
+    """How an input-changed message names the two ETags: ``ETag "a" then, "b" now``."""
+    now = f'"{current}"' if current else "another"
+    return f'ETag "{expected}" then, {now} now'
+
+
+class InputChanged(PermanentJobError):
+    """What a job read is not what it was planned from: its ETag changed (``ObjectChanged``,
+    ``ListingChanged``). No retry can read what was planned; the job has to be submitted
+    again."""
 
     status_code = 409
     code = "input_changed"
 
-    def __init__(self, uri: object, expected: str, current: str | None):
-        now = f'"{current}"' if current else "another"
-        super().__init__(
-            f'input object {uri} changed after the job was planned (ETag "{expected}" then, '
-            f"{now} now); resubmit the job to read its new contents",
-            uri=str(uri),
-            expected_etag=expected,
-            current_etag=current,
-        )
+    def __init__(self, message: str, uri: object, expected: str, current: str | None):
+        super().__init__(message, uri=str(uri), expected_etag=expected, current_etag=current)
         self.uri = str(uri)
         self.expected = expected
         self.current = current
 
 
-class ListingChanged(PermanentJobError):
-    """Barge's own listing of a job's inputs (a pack listing, an images listing), written under
-    the job's output when it was planned, is not the one Barge wrote: it was edited since. Its
-    shards read only what planning listed, so the job has to be submitted again."""
-
-    status_code = 409
-    code = "input_changed"
+class ObjectChanged(InputChanged):
+    """An input object is no longer the one its job was planned from."""
 
     def __init__(self, uri: object, expected: str, current: str | None):
-        now = f'"{current}"' if current else "another"
+        super().__init__(
+            f"input object {uri} changed after the job was planned "
+            f"({etags_then_now(expected, current)}); resubmit the job to read its new contents",
+            uri,
+            expected,
+            current,
+        )
+
+
+class ListingChanged(InputChanged):
+    """Barge's own listing of a job's inputs (a pack listing, an images listing), written under
+    the job's output when it was planned, is not the one Barge wrote: it was edited since. Its
+    shards read only what planning listed."""
+
+    def __init__(self, uri: object, expected: str, current: str | None):
         super().__init__(
             f"{uri} is Barge's listing of the job's inputs, written when the job was planned, "
-            f'and it was edited after planning (ETag "{expected}" then, {now} now); Barge '
+            f"and it was edited after planning ({etags_then_now(expected, current)}); Barge "
             "reads only the listing it wrote: resubmit the job",
-            uri=str(uri),
-            expected_etag=expected,
-            current_etag=current,
+            uri,
+            expected,
+            current,
         )
-        self.uri = str(uri)

@@ -24,11 +24,18 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from barge.errors import Conflict, InvalidSpec, NotFound, ObjectChanged, PermanentJobError
-from barge.records import Format, Range, Record, iter_range, packs
+from barge.errors import (
+    Conflict,
+    InvalidSpec,
+    NotFound,
+    ObjectChanged,
+    PermanentJobError,
+    etags_then_now,
+)
+from barge.records import Format, Range, Record, iter_range, packs, planned_object
 from barge.specs import IMAGE_TASKS, parse_spec
 from barge.status import FINAL, SHARD_SUCCEEDED
-from barge.storage import ObjectInfo, ObjectStore, S3Uri
+from barge.storage import ObjectStore, S3Uri
 from db import repositories as repo
 from db.models import Job, Shard
 from services import audit, submission
@@ -106,8 +113,7 @@ def retry(ctx: ServiceContext, command: RetryJob) -> Job:
     out = S3Uri.parse(root.output_uri).as_prefix()
     target = out.join(f"retry-{number}.input.jsonl")
     threads = ctx.settings.input_fetch_threads
-    tenant = repo.tenant_by_id(session, root.tenant_id)
-    held = scope_rules.scopes_of(tenant, ctx.settings) if tenant else scope_rules.Scopes((), ())
+    held = scope_rules.scopes_for(session, ctx.settings, root.tenant_id)
     count = write_unfinished(session, ctx.store, root, source, target, threads, held.may_read)
     if not count:
         raise Conflict(f"job {source.id} has no failed or unprocessed records to retry")
@@ -216,14 +222,15 @@ def _records_of(
                 store, listing, rng, threads=threads, may_read=may_read, etag=shard.source_etag
             )
             return
-        info = _planned_info(store, shard)
-        yield from iter_range(store, info, Format(shard.input_format, shard.compressed), rng)
+        fmt = Format(shard.input_format, shard.compressed)
+        uri = S3Uri.parse(shard.source_uri)
+        info = planned_object(store, uri, shard.source_etag, shard.source_size, fmt, rng)
+        yield from iter_range(store, info, fmt, rng)
     except ObjectChanged as exc:
-        now = f'"{exc.current}"' if exc.current else "another"
         raise Conflict(
-            f"the job's input object {exc.uri} changed after the job was planned (ETag "
-            f'"{exc.expected}" then, {now} now): its failed records cannot be read again as '
-            "the job read them; submit a new job to run its new contents",
+            f"the job's input object {exc.uri} changed after the job was planned "
+            f"({etags_then_now(exc.expected, exc.current)}): its failed records cannot be read "
+            "again as the job read them; submit a new job to run its new contents",
             uri=exc.uri,
         ) from None
     except NotFound:
@@ -232,20 +239,6 @@ def _records_of(
         ) from None
     except PermanentJobError as exc:
         raise Conflict(f"{exc.message}; the job's records cannot be read again") from None
-
-
-def _planned_info(store: ObjectStore, shard: Shard) -> ObjectInfo:
-    """The shard's object as planning found it (no HEAD when its ETag and size were kept),
-    else as a HEAD finds it now (an older shard), checked against the ETag kept."""
-    uri = S3Uri.parse(shard.source_uri)
-    if shard.source_etag and shard.source_size is not None:
-        return ObjectInfo(uri, shard.source_size, shard.source_etag)
-    info = store.head(uri)
-    if info is None:
-        raise NotFound(f"no object at {uri}")
-    if shard.source_etag and info.etag != shard.source_etag:
-        raise ObjectChanged(uri, shard.source_etag, info.etag)
-    return info
 
 
 def unreadable(job: Job, rec: Record) -> dict[str, Any]:

@@ -28,8 +28,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from barge.errors import NotFound, ObjectChanged, PermanentJobError
-from barge.records import Format, Limits, Record, iter_range, packs
+from barge.errors import NotFound, PermanentJobError
+from barge.records import Limits, Record, iter_range, packs, planned_object
 from barge.specs import InferenceSpec
 from barge.storage import ObjectInfo, ObjectStore, S3Uri
 from worker.context import WorkerContext
@@ -463,28 +463,16 @@ def read_records(ctx: WorkerContext, work: ShardWork) -> Iterator[Record]:
 
 
 def input_info(ctx: WorkerContext, work: ShardWork) -> ObjectInfo:
-    """What reading the shard's records needs to know of its object: its ETag and size as
-    planning found them, every read of it then conditional on that ETag (``ObjectChanged``
-    when it is another object now), with no HEAD.
-
-    A shard planned before sizes were kept (``source_size`` NULL) still knows its bytes
-    exactly when it is plain JSONL (planning split the object on line boundaries and checked
-    its size: its byte range is all it reads); other formats need the object's real size (a
-    Parquet footer, the size check of a CSV object read from its start): one HEAD, whose ETag
-    must still be the planned one."""
+    """What reading the shard's records needs to know of its object
+    (``barge.records.planned_object``: as planning found it, with no HEAD where it can); an
+    object gone fails the job naming it."""
     uri = S3Uri.parse(work.source)
-    rng = work.rng
-    etag = work.source_etag
-    if etag and work.source_size is not None:
-        return ObjectInfo(uri, work.source_size, etag)
-    if work.fmt == Format("jsonl", False) and rng.byte_start is not None and rng.byte_end:
-        return ObjectInfo(uri, rng.byte_end, etag)
-    info = ctx.store.head(uri)
-    if info is None:
-        raise PermanentJobError(f"input object {work.source} disappeared")
-    if etag and info.etag != etag:
-        raise ObjectChanged(uri, etag, info.etag)
-    return info
+    try:
+        return planned_object(
+            ctx.store, uri, work.source_etag, work.source_size, work.fmt, work.rng
+        )
+    except NotFound:
+        raise PermanentJobError(f"input object {work.source} disappeared") from None
 
 
 def part_result(

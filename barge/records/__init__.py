@@ -37,7 +37,7 @@ from barge.records.base import (
     resolve_inputs,
 )
 from barge.records.peek import peek_fields
-from barge.records.planning import iter_range, plan_objects_ranges, plan_ranges
+from barge.records.planning import iter_range, plan_objects_ranges, plan_ranges, planned_object
 
 __all__ = [
     "DATA_SUFFIXES",
@@ -54,5 +54,6 @@ __all__ = [
     "peek_fields",
     "plan_objects_ranges",
     "plan_ranges",
+    "planned_object",
     "resolve_inputs",
 ]

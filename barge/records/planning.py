@@ -8,6 +8,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from barge.errors import NotFound, ObjectChanged
 from barge.records.base import (
     Format,
     Limits,
@@ -21,7 +22,7 @@ from barge.records.base import (
 from barge.records.csvrows import iter_csv
 from barge.records.lines import Lines, open_text_source, parse_json_line
 from barge.records.parquet import iter_parquet, parquet_file
-from barge.storage import ObjectInfo, ObjectStore
+from barge.storage import ObjectInfo, ObjectStore, S3Uri
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -84,6 +85,29 @@ def plan_ranges(
         if ranges and not fmt.gzip:
             ranges[-1].byte_end = offset
         return ranges, total
+
+
+def planned_object(
+    store: ObjectStore, uri: S3Uri, etag: str, size: int | None, fmt: Format, rng: Range
+) -> ObjectInfo:
+    """What reading a planned range needs to know of its object: its ETag and size as planning
+    found them (every read then conditional on that ETag), with no HEAD.
+
+    A range planned before sizes were kept (``size`` None) still knows its bytes exactly when
+    it is plain JSONL (planning split the object on line boundaries and checked its size: its
+    byte range is all it reads); other formats need the object's real size (a Parquet footer,
+    the size check of a CSV object read from its start): one HEAD, whose ETag must still be
+    ``etag`` (``ObjectChanged``); ``NotFound`` when the object is gone."""
+    if etag and size is not None:
+        return ObjectInfo(uri, size, etag)
+    if fmt == Format("jsonl", False) and rng.byte_start is not None and rng.byte_end:
+        return ObjectInfo(uri, rng.byte_end, etag)
+    info = store.head(uri)
+    if info is None:
+        raise NotFound(f"no object at {uri}")
+    if etag and info.etag != etag:
+        raise ObjectChanged(uri, etag, info.etag)
+    return info
 
 
 def iter_range(

@@ -32,7 +32,11 @@ def test_a_retry_of_a_job_whose_shard_killed_its_worker_completes_its_records_on
     bad = [i for i, r in enumerate(rows) if not isinstance(r, dict)]
     world.worker()
     world.start_scheduler()
-    spec = inference_spec(minilm_uri, data, f"s3://{bucket}/out/", batch_size=8, shard_size=100)
+    # The retry holds the 12 unreadable records among at most 108: 11 %, over the default
+    # ratio of 10 % when the killed shard finished none of its records before its kills.
+    spec = inference_spec(
+        minilm_uri, data, f"s3://{bucket}/out/", batch_size=8, shard_size=100, max_failed_ratio=0.2
+    )
     job_id = world.submit(spec)  # no id_field: a record's id is its position
     assert kill_shard_until_it_fails(world, job_id, 1) == 3
     parent = world.wait_final(job_id, timeout=120)
@@ -45,7 +49,7 @@ def test_a_retry_of_a_job_whose_shard_killed_its_worker_completes_its_records_on
     assert child["output"]["uri"] == f"s3://{bucket}/out/retry-1/"
     assert child["spec"]["batch_size"] == 16
     child = world.wait_final(child["id"], timeout=300)
-    assert child["status"] == "succeeded", child
+    assert child["status"] == "succeeded", child["error"]
 
     first, retried = _manifest(s3, bucket, "out/"), _manifest(s3, bucket, "out/retry-1/")
     done = _ids(s3, bucket, first["parts"]) + _ids(s3, bucket, retried["parts"])

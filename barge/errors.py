@@ -178,13 +178,16 @@ class ObjectChanged(InputChanged):
 class ListingChanged(InputChanged):
     """Barge's own listing of a job's inputs (a pack listing, an images listing), written under
     the job's output when it was planned, is not the one Barge wrote: it was edited since. Its
-    shards read only what planning listed."""
+    shards read only what planning listed. The same of Barge's ``copy`` of a pack's small
+    objects (``barge.records.packs``)."""
 
-    def __init__(self, uri: object, expected: str, current: str | None):
+    def __init__(
+        self, uri: object, expected: str, current: str | None, what: str = "listing"
+    ) -> None:
         super().__init__(
-            f"{uri} is Barge's listing of the job's inputs, written when the job was planned, "
+            f"{uri} is Barge's {what} of the job's inputs, written when the job was planned, "
             f"and it was edited after planning ({etags_then_now(expected, current)}); Barge "
-            "reads only the listing it wrote: resubmit the job",
+            f"reads only the {what} it wrote: resubmit the job",
             uri,
             expected,
             current,

@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     # Consecutive small input objects (each under the job's shard_size in records) are packed
     # into one shard of at most shard_size records and this many objects; 1 packs nothing.
     pack_max_objects: int = Field(default=1000, ge=1, le=100_000)
+    # Bytes of small objects planning keeps of what it read to count them, PUT as one copy per
+    # pack beside its listing, so the packed shard reads them with one GET; 0 keeps none.
+    pack_copy_bytes: int = Field(default=64 << 20, ge=0, le=1 << 32)
     # Pixels a worker process decodes at once, whatever its threads and shards: a decode waits
     # until its image's pixels fit (an image over the whole budget decodes alone). Decoding and
     # preparing one image peaks at 16 bytes a pixel (barge.records.images.DECODE_BYTES_PER_PIXEL)

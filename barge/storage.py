@@ -175,6 +175,53 @@ class LocalStore:
         self.put_file(dst, path)
 
 
+class HeldObjects:
+    """Objects already read, served from memory as a store serves them (byte ranges, ``If-Match``
+    against the ETag each was read at): what planning read once is parsed again, or a packed
+    shard's objects are read from Barge's copy, without another GET. Read-only."""
+
+    def __init__(self, objects: dict[str, tuple[bytes, str]] | None = None):
+        self._objects = dict(objects or {})
+
+    def hold(self, uri: S3Uri, body: bytes, etag: str) -> None:
+        self._objects[str(uri)] = (body, etag)
+
+    def head(self, uri: S3Uri) -> ObjectInfo | None:
+        held = self._objects.get(str(uri))
+        return None if held is None else ObjectInfo(uri, len(held[0]), held[1])
+
+    def list(self, prefix: S3Uri) -> list[ObjectInfo]:
+        found = [self.head(S3Uri.parse(u)) for u in sorted(self._objects)]
+        return [i for i in found if i is not None and i.uri.key.startswith(prefix.key)]
+
+    def open(
+        self, uri: S3Uri, start: int = 0, end: int | None = None, *, if_match: str = ""
+    ) -> IO[bytes]:
+        held = self._objects.get(str(uri))
+        if held is None:
+            raise NotFound(f"no object at {uri}")
+        body, etag = held
+        if if_match and etag and if_match != etag:
+            raise ObjectChanged(uri, if_match, etag)
+        return io.BytesIO(body[start:end])
+
+    def get_bytes(self, uri: S3Uri) -> bytes:
+        with self.open(uri) as f:
+            return f.read()
+
+    def put_bytes(self, uri: S3Uri, data: bytes) -> str:
+        raise StorageError(f"held objects are read-only: no PUT of {uri}")
+
+    def put_file(self, uri: S3Uri, path: Path) -> str:
+        raise StorageError(f"held objects are read-only: no PUT of {uri}")
+
+    def delete(self, uri: S3Uri) -> None:
+        raise StorageError(f"held objects are read-only: no DELETE of {uri}")
+
+    def copy(self, src: S3Uri, dst: S3Uri) -> None:
+        raise StorageError(f"held objects are read-only: no COPY to {dst}")
+
+
 class _Limited(io.RawIOBase):
     def __init__(self, f: IO[bytes], remaining: int):
         self._f = f

@@ -37,7 +37,13 @@ from barge.records.base import (
     resolve_inputs,
 )
 from barge.records.peek import peek_fields
-from barge.records.planning import iter_range, plan_objects_ranges, plan_ranges, planned_object
+from barge.records.planning import (
+    iter_range,
+    plan_objects_ranges,
+    plan_objects_read,
+    plan_ranges,
+    planned_object,
+)
 
 __all__ = [
     "DATA_SUFFIXES",
@@ -53,6 +59,7 @@ __all__ = [
     "iter_range",
     "peek_fields",
     "plan_objects_ranges",
+    "plan_objects_read",
     "plan_ranges",
     "planned_object",
     "resolve_inputs",

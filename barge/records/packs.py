@@ -33,19 +33,20 @@ listed size, with no HEAD).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from barge.errors import ListingChanged, NotFound, ObjectChanged, PermanentJobError
+from barge.errors import BargeError, ListingChanged, NotFound, ObjectChanged, PermanentJobError
 from barge.records.base import Format, Limits, Range, Record, resolve_limits
 from barge.records.planning import in_order, iter_range
-from barge.storage import ObjectInfo, ObjectStore, S3Uri
+from barge.storage import HeldObjects, ObjectInfo, ObjectStore, S3Uri
 
 PACK_FORMAT = "pack"  # a packed shard's input_format
 LISTING_DIR = "_inputs/"
@@ -65,9 +66,18 @@ class PackEntry:
     first_line: int
     byte_start: int | None = None  # plain JSONL: the bytes of its records
     byte_end: int | None = None
+    # Barge's copy of the object, as planning read it: its bytes [data_start, data_end) of the
+    # pack's copy object ``data`` (whose PUT returned ``data_etag``); None: read the object
+    data: str | None = None
+    data_etag: str = ""
+    data_start: int | None = None
+    data_end: int | None = None
 
     def line(self) -> bytes:
-        return json.dumps(self.__dict__, separators=(",", ":")).encode() + b"\n"
+        fields = self.__dict__
+        if self.data is None:  # a listing without copies reads as it did before them
+            fields = {k: v for k, v in fields.items() if not k.startswith("data")}
+        return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
 
     @classmethod
     def parse(cls, line: bytes) -> PackEntry:
@@ -146,6 +156,37 @@ class ListingWriter:
         self._f = self._path.open("wb")
         self._offset = 0
         self._entries = 0
+        self.copies: list[S3Uri] = []  # the packs' copy objects PUT so far
+
+    def copy(
+        self,
+        store: ObjectStore,
+        entries: Sequence[PackEntry],
+        bodies: Sequence[bytes | None],
+        max_bytes: int,
+    ) -> list[PackEntry]:
+        """Keep what planning read of a pack's objects (``bodies``, in order; None for one it
+        did not keep) as one copy object beside the listing, at most ``max_bytes``, PUT now:
+        the entries it holds name their bytes of it, so the packed shard reads them with one
+        GET rather than one per object. Entries past ``max_bytes`` read their objects."""
+        out, chunks, size = list(entries), [], 0
+        for i, body in enumerate(bodies):
+            if body is None or size + len(body) > max_bytes:
+                continue
+            chunks.append((i, size, body))
+            size += len(body)
+        if not chunks:
+            return out
+        uri = S3Uri(
+            self.uri.bucket, self.uri.key.removesuffix(".jsonl") + f"-{len(self.copies)}.data"
+        )
+        etag = store.put_bytes(uri, b"".join(body for _, _, body in chunks))
+        self.copies.append(uri)
+        for i, start, body in chunks:
+            out[i] = replace(
+                out[i], data=str(uri), data_etag=etag, data_start=start, data_end=start + len(body)
+            )
+        return out
 
     def add(self, entries: Sequence[PackEntry]) -> Pack:
         start, first = self._offset, self._entries
@@ -177,10 +218,16 @@ class ListingWriter:
         finally:
             self._dir.cleanup()
 
-    def discard(self) -> None:
-        """Planning failed: nothing is written."""
+    def discard(self, store: ObjectStore | None = None) -> None:
+        """Planning failed: the listing is not written, and the copies already PUT are deleted
+        (with ``store``; one that cannot be is left, under the job's output, unread)."""
         self._f.close()
         self._dir.cleanup()
+        if store is None:
+            return
+        for uri in self.copies:
+            with contextlib.suppress(BargeError):
+                store.delete(uri)
 
 
 def entry_of(info: ObjectInfo, fmt: Format, rng: Range) -> PackEntry:
@@ -259,8 +306,10 @@ def iter_pack(
             "tenant may read; nothing of the pack was read"
         )
 
+    held = read_copies(store, entries)
+
     def fetch(entry: PackEntry) -> list[Record]:
-        return read_object(store, entry, limits)
+        return read_object(held if entry.data else store, entry, limits)
 
     if threads <= 1 or len(entries) <= 1:
         for entry in entries:
@@ -269,6 +318,34 @@ def iter_pack(
     with ThreadPoolExecutor(min(threads, len(entries)), thread_name_prefix="barge-pack") as pool:
         for records in in_order(pool, fetch, entries, 2 * threads):
             yield from records
+
+
+def read_copies(store: ObjectStore, entries: Sequence[PackEntry]) -> HeldObjects:
+    """The objects of ``entries`` that Barge's copy holds, each as planning read it: one GET
+    per copy object (of the entries' bytes of it), on condition of the ETag its PUT returned
+    (``ListingChanged``, naming it as Barge's copy, when it was edited since)."""
+    held = HeldObjects()
+    spans: dict[tuple[str, str], list[PackEntry]] = {}
+    for entry in entries:
+        if entry.data is not None:
+            spans.setdefault((entry.data, entry.data_etag), []).append(entry)
+    for (data, etag), members in spans.items():
+        start = min(e.data_start or 0 for e in members)
+        end = max(e.data_end or 0 for e in members)
+        uri = S3Uri.parse(data)
+        try:
+            with store.open(uri, start, end, if_match=etag) as f:
+                body = f.read()
+        except NotFound:
+            raise PermanentJobError(
+                f"Barge's copy {data} of the job's inputs disappeared"
+            ) from None
+        except ObjectChanged as exc:
+            raise ListingChanged(uri, exc.expected, exc.current, what="copy") from None
+        for e in members:
+            piece = body[(e.data_start or 0) - start : (e.data_end or 0) - start]
+            held.hold(S3Uri.parse(e.uri), piece, e.etag)
+    return held
 
 
 def read_object(store: ObjectStore, entry: PackEntry, limits: Limits) -> list[Record]:

@@ -22,7 +22,7 @@ from barge.records.base import (
 from barge.records.csvrows import iter_csv
 from barge.records.lines import Lines, open_text_source, parse_json_line
 from barge.records.parquet import iter_parquet, parquet_file
-from barge.storage import ObjectInfo, ObjectStore, S3Uri
+from barge.storage import HeldObjects, ObjectInfo, ObjectStore, S3Uri
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -176,10 +176,36 @@ def plan_objects_ranges(
     bounded pool of ``threads`` concurrent GETs (each with the store's retries), at most
     ``2 × threads`` objects ahead of the caller (backpressure). An object that cannot be read
     raises when its turn comes, as it would read one at a time."""
+    for ranges, count, _ in plan_objects_read(
+        store, objects, shard_records, threads=threads, limits=limits
+    ):
+        yield ranges, count
+
+
+def plan_objects_read(
+    store: ObjectStore,
+    objects: Sequence[tuple[ObjectInfo, Format]],
+    shard_records: int,
+    *,
+    threads: int = 1,
+    limits: Limits | None = None,
+    keep_bytes: int = 0,
+) -> Iterator[tuple[list[Range], int, bytes | None]]:
+    """:func:`plan_objects_ranges`, each object with the bytes planning read of it: an object
+    of at most ``keep_bytes`` (other than Parquet, whose footer alone is read) is read with one
+    GET, conditional on its listed ETag, and counted from those bytes, which come back with
+    its ranges (so a packed shard can read planning's copy rather than GET it again); None for
+    any other object."""
     limits = resolve_limits(limits)
 
-    def plan(item: tuple[ObjectInfo, Format]) -> tuple[list[Range], int]:
-        return plan_ranges(store, item[0], item[1], shard_records, limits=limits)
+    def plan(item: tuple[ObjectInfo, Format]) -> tuple[list[Range], int, bytes | None]:
+        info, fmt = item
+        if fmt.name == "parquet" or info.size > keep_bytes:
+            return (*plan_ranges(store, info, fmt, shard_records, limits=limits), None)
+        with store.open(info.uri, if_match=info.etag) as f:
+            body = f.read()
+        held = HeldObjects({str(info.uri): (body, info.etag)})
+        return (*plan_ranges(held, info, fmt, shard_records, limits=limits), body)
 
     if threads <= 1 or len(objects) <= 1:
         yield from map(plan, objects)

@@ -155,6 +155,9 @@ def test_small_objects_packed_into_few_shards_then_retried(
     assert packed[0]["first_source"] == f"s3://{bucket}/in/p-00.jsonl"
     assert packed[-1]["last_source"] == f"s3://{bucket}/in/p-{PACKED - 1:02d}.jsonl"
     assert all(s["source"].startswith(f"s3://{bucket}/out/_inputs/pack-") for s in packed)
+    inputs = s3.list_objects_v2(Bucket=bucket, Prefix="out/_inputs/")["Contents"]
+    copies = [o["Key"] for o in inputs if o["Key"].endswith(".data")]
+    assert len(copies) == len(packed)  # each pack's objects, read with one GET of its copy
 
     m = manifest(s3, bucket, "out")
     parts = sorted(m["parts"], key=lambda p: p["shard"])

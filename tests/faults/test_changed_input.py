@@ -8,6 +8,8 @@ The same holds for Barge's own listing of a packed job's inputs (``_inputs/pack-
 under the job's output, where the tenant can write): its shards record the ETag and size its
 PUT wrote, and a listing edited after planning fails them saying it is Barge's listing, edited.
 So does the images listing (``_inputs/images-<run>.jsonl``) of a job over a prefix of images.
+A pack's small objects planning kept (``_inputs/pack-<run>-<n>.data``, Barge's copy) are read
+from that copy: overwritten or deleted after planning, they still read as planned.
 
 Planning and running are kept apart: a worker of the control queue alone plans the job, the
 object is overwritten, and only then is a worker that runs shards started."""
@@ -22,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.faults.conftest import World
-from tests.helpers import inference_spec, put_jsonl, upload_dir, wait_until
+from tests.helpers import inference_spec, put_jsonl, read_jsonl, upload_dir, wait_until
 from tests.images import encode, random_rgb, tiny_vit
 from tests.services import WorkerProcess
 
@@ -136,19 +138,48 @@ def test_one_object_of_a_pack_overwritten_after_planning_fails_its_packed_shard(
     )
 
 
-def test_a_pack_listing_edited_after_planning_fails_its_shards_saying_so(
+def test_small_objects_of_a_pack_changed_after_planning_are_read_from_barges_copy(
     world: World, s3: Any, bucket: str, minilm_uri: str
 ) -> None:
-    """Twenty small objects packed ten to a shard; the listing, under the job's output, is
-    rewritten with its first entry twice and its second gone (as long as before: an unchecked
-    read would run the first object's records twice and never the second's)."""
+    """Twenty small JSONL objects packed ten to a shard: planning read each to count its
+    records and kept the bytes, one copy per pack. One is overwritten, one deleted: each shard
+    reads its pack's copy, so the job runs exactly the records it planned."""
     for i in range(20):
         put_jsonl(s3, bucket, f"in/o-{i:02d}.jsonl", _rows(f"o{i}", 5))
     spec = inference_spec(
         minilm_uri, f"s3://{bucket}/in/", f"s3://{bucket}/out/", id_field="id", shard_size=50
     )
     job_id = _planned(world, spec)
-    (found,) = s3.list_objects_v2(Bucket=bucket, Prefix="out/_inputs/pack-")["Contents"]
+    assert [s.pack_objects for s in world.shards(job_id)] == [10, 10]
+    s3.put_object(Bucket=bucket, Key="in/o-03.jsonl", Body=b'{"id": "new", "text": "new"}\n')
+    s3.delete_object(Bucket=bucket, Key="in/o-14.jsonl")
+
+    world.worker()
+    job = world.wait_final(job_id)
+    assert job["status"] == "succeeded", job["error"]
+    parts = sorted(
+        o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/part-")["Contents"]
+    )
+    ids = [row["id"] for key in parts for row in read_jsonl(s3, bucket, key)]
+    assert ids == [f"o{i}-{j}" for i in range(20) for j in range(5)]
+    copies = s3.list_objects_v2(Bucket=bucket, Prefix="out/_inputs/")["Contents"]
+    assert len([o for o in copies if o["Key"].endswith(".data")]) == 2
+
+
+def test_a_pack_listing_edited_after_planning_fails_its_shards_saying_so(
+    world: World, s3: Any, bucket: str, minilm_uri: str
+) -> None:
+    """Twenty small objects packed ten to a shard; the listing, under the job's output, is
+    rewritten with its first two entries swapped (as long as before: an unchecked read would
+    run the second object's records as the first's)."""
+    for i in range(20):
+        put_jsonl(s3, bucket, f"in/o-{i:02d}.jsonl", _rows(f"o{i}", 5))
+    spec = inference_spec(
+        minilm_uri, f"s3://{bucket}/in/", f"s3://{bucket}/out/", id_field="id", shard_size=50
+    )
+    job_id = _planned(world, spec)
+    found = s3.list_objects_v2(Bucket=bucket, Prefix="out/_inputs/pack-")["Contents"]
+    (found,) = [o for o in found if o["Key"].endswith(".jsonl")]  # not the packs' copies
     key = found["Key"]
     then = _etag(s3, bucket, key)
     shards = world.shards(job_id)
@@ -157,7 +188,7 @@ def test_a_pack_listing_edited_after_planning_fails_its_shards_saying_so(
         (f"s3://{bucket}/{key}", then, found["Size"])
     }
     lines = s3.get_object(Bucket=bucket, Key=key)["Body"].read().splitlines(keepends=True)
-    edited = b"".join([lines[0], lines[0], *lines[2:]])
+    edited = b"".join([lines[1], lines[0], *lines[2:]])
     assert len(edited) == found["Size"]
     s3.put_object(Bucket=bucket, Key=key, Body=edited)
     now = _etag(s3, bucket, key)

@@ -14,7 +14,7 @@ from typing import Any
 
 from barge.errors import ObjectChanged, PermanentJobError
 from barge.modeldirs import check_model_files, list_model_files
-from barge.records import Format, Range, format_of, packs, plan_objects_ranges, resolve_inputs
+from barge.records import Format, Range, format_of, packs, plan_objects_read, resolve_inputs
 from barge.specs import BUILTIN_MODELS, InferenceSpec
 from barge.storage import ObjectInfo
 from db import state
@@ -60,30 +60,36 @@ def plan_objects(
         raise PermanentJobError(f"no input objects at {spec.input}")
     shard_records = spec.shard_size or ctx.settings.shard_records
     formats = [format_of(info.uri, declared) for info in objects]
-    planned = plan_objects_ranges(
+    max_objects = ctx.settings.pack_max_objects if pack_into else 1
+    budget = _CopyBudget(ctx.settings.pack_copy_bytes if max_objects > 1 else 0)
+    planned = plan_objects_read(
         ctx.store,
         list(zip(objects, formats, strict=True)),
         shard_records,
         threads=ctx.settings.input_fetch_threads,
+        keep_bytes=budget.limit,
     )
     counted = (
-        ((info, fmt, ranges), count)
-        for info, fmt, (ranges, count) in zip(objects, formats, planned, strict=True)
+        ((info, fmt, ranges, budget.keep(body)), count)
+        for info, fmt, (ranges, count, body) in zip(objects, formats, planned, strict=True)
     )
-    max_objects = ctx.settings.pack_max_objects if pack_into else 1
     planner = _Shards(job_id)
     listing = packs.ListingWriter(pack_into) if pack_into else None
     try:
         for members in packs.group(counted, shard_records, max_objects):
+            bodies = [body for (_, _, _, body), _ in members]
+            budget.release(bodies)
             if len(members) == 1:
-                (info, fmt, ranges), _ = members[0]
+                (info, fmt, ranges, _), _ = members[0]
                 planner.add_object(info, fmt, ranges)
-            else:
-                assert listing is not None
-                planner.add_pack(listing, [packs.entry_of(i, f, r[0]) for (i, f, r), _ in members])
+                continue
+            assert listing is not None
+            entries = [packs.entry_of(i, f, r[0]) for (i, f, r, _), _ in members]
+            entries = listing.copy(ctx.store, entries, bodies, budget.limit)
+            planner.add_pack(listing, entries)
     except BaseException as exc:
         if listing is not None:
-            listing.discard()
+            listing.discard(ctx.store)
         if isinstance(exc, ObjectChanged):  # between its listing and its read
             raise PermanentJobError(
                 f"input object {exc.uri} changed while the job was being planned; resubmit "
@@ -100,6 +106,25 @@ def plan_objects(
     if planner.packed:
         data.update(packed_objects=planner.packed, packs=planner.packs)
     return Plan(shards, offset, message, data)
+
+
+class _CopyBudget:
+    """The bytes of small objects planning keeps for the packs' copies (``limit``:
+    ``BARGE_PACK_COPY_BYTES``, 0 keeps none): a body is kept while those read and not yet
+    packed stay within the limit, so planning holds at most ``limit`` bytes of them at once."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+
+    def keep(self, body: bytes | None) -> bytes | None:
+        if body is None or self.held + len(body) > self.limit:
+            return None
+        self.held += len(body)
+        return body
+
+    def release(self, bodies: list[bytes | None]) -> None:
+        self.held -= sum(len(b) for b in bodies if b is not None)
 
 
 class _Shards:

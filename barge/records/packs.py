@@ -21,9 +21,17 @@ the shard (``ListingChanged``: Barge's listing of the job's inputs, edited; resu
 records are never dropped, duplicated or shifted by an edit. The same holds for an images
 listing (``barge.records.images``; ``listing_records`` says so of its reads).
 
-Reading a pack (``iter_pack``) reads its listing range, then its objects with a bounded pool of
-concurrent GETs (``BARGE_INPUT_FETCH_THREADS``), at most twice as many objects ahead as threads
-(backpressure), in order; each record carries its own object (``Record.source``) and line, so a
+Planning reads each small object whole to count its records, and keeps those bytes: a pack's
+objects (other than Parquet) are PUT as one *copy* beside the listing
+(``_inputs/pack-<run>-<n>.data``, ``ListingWriter.copy``, at most ``BARGE_PACK_COPY_BYTES``),
+each entry naming its bytes of it (``data``, ``data_start``, ``data_end``) and the copy's ETag.
+A packed shard reads them with one GET of the copy (``read_copies``, conditional on that ETag:
+an edited copy is ``ListingChanged``, naming Barge's copy) instead of one GET per object, so
+it reads exactly what planning counted, even of an object overwritten or deleted since.
+
+Reading a pack (``iter_pack``) reads its listing range, its copy, then the objects the copy
+does not hold with a bounded pool of concurrent GETs (``BARGE_INPUT_FETCH_THREADS``), at most
+twice as many objects ahead as threads (backpressure), in order; each record carries its own object (``Record.source``) and line, so a
 per-record error names the real object. An object read as it was planned (``iter_range``): a bad
 line is a per-record error of that object; an object gone since planning fails the job naming
 it, as a shard of its own does, and so does one changed since: every GET of an object is

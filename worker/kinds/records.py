@@ -98,14 +98,7 @@ def plan_objects(
         raise
     if listing is not None:  # PUT before any shard reading it is committed
         planner.listed(listing.close(ctx.store))
-    shards, offset = planner.shards, planner.offset
-    message = f"planned {len(shards)} shards over {n_objects} objects, {offset} records"
-    if planner.packed:
-        message += f" ({planner.packed} objects packed into {planner.packs} shards)"
-    data = {"shards": len(shards), "objects": n_objects, "records": offset}
-    if planner.packed:
-        data.update(packed_objects=planner.packed, packs=planner.packs)
-    return Plan(shards, offset, message, data)
+    return planner.plan(n_objects)
 
 
 class _CopyBudget:
@@ -136,6 +129,17 @@ class _Shards:
         self.offset = 0
         self.packed = 0  # objects in packs
         self.packs = 0
+
+    def plan(self, n_objects: int) -> Plan:
+        """The plan of these shards, its message and event data counting ``n_objects``."""
+        shards, offset = self.shards, self.offset
+        message = f"planned {len(shards)} shards over {n_objects} objects, {offset} records"
+        if self.packed:
+            message += f" ({self.packed} objects packed into {self.packs} shards)"
+        data = {"shards": len(shards), "objects": n_objects, "records": offset}
+        if self.packed:
+            data.update(packed_objects=self.packed, packs=self.packs)
+        return Plan(shards, offset, message, data)
 
     def add_object(self, info: ObjectInfo, fmt: Format, ranges: list[Range]) -> None:
         """An object's own shards, one per range."""

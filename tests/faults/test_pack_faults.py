@@ -1,7 +1,7 @@
 """Packed shards (many small objects read as one shard) under faults: a worker killed mid-pack
-and restarted leaves every record of every object exactly once in the outputs or the errors;
-an object deleted after planning fails the job naming that object; a packed shard that kills
-its worker past its attempts is retried as exactly its unfinished records."""
+and restarted leaves every record of every object exactly once in the outputs or the errors; a
+packed shard that kills its worker past its attempts is retried as exactly its unfinished
+records."""
 
 from __future__ import annotations
 

@@ -22,8 +22,9 @@ records are never dropped, duplicated or shifted by an edit. The same holds for 
 listing (``barge.records.images``; ``listing_records`` says so of its reads).
 
 Planning reads each small object whole to count its records, and keeps those bytes: a pack's
-objects (other than Parquet) are PUT as one *copy* beside the listing
-(``_inputs/pack-<run>-<n>.data``, ``ListingWriter.copy``, at most ``BARGE_PACK_COPY_BYTES``),
+objects (other than Parquet; each of at most ``COPY_OBJECT_BYTES``, 1 MiB) are PUT as one
+*copy* beside the listing (``_inputs/pack-<run>-<n>.data``, ``ListingWriter.copy``, at most
+``BARGE_PACK_COPY_BYTES``),
 each entry naming its bytes of it (``data``, ``data_start``, ``data_end``) and the copy's ETag.
 A packed shard reads them with one GET of the copy (``read_copies``, conditional on that ETag:
 an edited copy is ``ListingChanged``, naming Barge's copy) instead of one GET per object, so
@@ -58,6 +59,9 @@ from barge.storage import HeldObjects, ObjectInfo, ObjectStore, S3Uri
 
 PACK_FORMAT = "pack"  # a packed shard's input_format
 LISTING_DIR = "_inputs/"
+# The largest object planning keeps for a pack's copy: its reads run several at once, so what
+# they hold in flight stays small; a larger object's GET costs more than its request anyway.
+COPY_OBJECT_BYTES = 1 << 20
 T = TypeVar("T")
 
 

@@ -67,7 +67,7 @@ def plan_objects(
         list(zip(objects, formats, strict=True)),
         shard_records,
         threads=ctx.settings.input_fetch_threads,
-        keep_bytes=budget.limit,
+        keep_bytes=min(budget.limit, packs.COPY_OBJECT_BYTES),
     )
     counted = (
         ((info, fmt, ranges, budget.keep(body)), count)

@@ -3,12 +3,14 @@ where a record's image comes from (an ``s3://`` URI, base64 data, Parquet bytes)
 one image within bounds.
 
 A prefix of image objects is planned as a JSONL *listing* written under the job's output
-(``_inputs/images-<run>.jsonl``, one ``{"id": <key relative to the prefix>, "image": <uri>}``
-line per image, in key order), so its shards are byte ranges of that listing like any JSONL
+(``_inputs/images-<run>.jsonl``, one ``{"id": <key relative to the prefix>, "image": <uri>,
+"etag": <its ETag as listed>}`` line per image, in key order), so its shards are byte ranges of that listing like any JSONL
 input and a shard reads exactly the images planned for it, whatever is added to the prefix
 later. The shards record the listing's ETag and size as its PUT wrote them, and every read of
 it is conditional on that ETag: a listing edited after planning (it lies under the output,
 where the tenant can write) fails the shard (``ListingChanged``, ``packs.listing_records``).
+Each image's GET is conditional on the ETag its line names: an image overwritten after planning
+is that record's error, naming it and both ETags, never an image the job did not plan.
 
 Decoding refuses, as a per-record ``ImageError`` with the reason: zero bytes, bytes Pillow
 cannot identify, an image over ``max_pixels`` (a decompression bomb: refused from its header,
@@ -31,7 +33,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from barge.errors import InvalidSpec, NotFound
+from barge.errors import InvalidSpec, NotFound, ObjectChanged, etags_then_now
 from barge.records.base import is_data_object
 from barge.storage import ObjectInfo, ObjectStore, S3Uri
 from barge.uris import normalise
@@ -40,6 +42,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".g
 LISTING_DIR = "_inputs/"
 LISTING_IMAGE_FIELD = "image"  # the listing's fields: the image's URI and its id
 LISTING_ID_FIELD = "id"
+LISTING_ETAG_FIELD = "etag"  # the image's ETag as planning listed it ("" in older listings)
 # What decoding one image and preparing it for a model holds at its peak, per pixel: 4 bytes for
 # the decoded RGB image (8 while a mode conversion runs), 10 more while transformers' image
 # processor makes its NumPy and PIL copies before resizing (measured: 14), with a margin.
@@ -64,16 +67,23 @@ def list_images(
 ) -> list[tuple[str, S3Uri]]:
     """(id, uri) of every image object at ``input_uri`` in key order: one object (its id is its
     name) or a prefix (ids are keys relative to it). Other objects are not images: skipped."""
+    return [(image_id, info.uri) for image_id, info in list_image_objects(store, input_uri, field)]
+
+
+def list_image_objects(
+    store: ObjectStore, input_uri: str, field: str = "input"
+) -> list[tuple[str, ObjectInfo]]:
+    """:func:`list_images`, each image with its size and ETag as listed."""
     uri = S3Uri.parse(input_uri, field=field)
     if uri.key and not uri.key.endswith("/"):
         info = store.head(uri)
         if info is not None:
             if not is_image_key(uri.key):
                 return []
-            return [(uri.key.rsplit("/", 1)[-1], uri)]
+            return [(uri.key.rsplit("/", 1)[-1], info)]
     prefix = uri.as_prefix()
     return [
-        (o.uri.key[len(prefix.key) :], o.uri)
+        (o.uri.key[len(prefix.key) :], o)
         for o in store.list(prefix)
         if is_image_key(o.uri.key[len(prefix.key) :])
     ]
@@ -82,11 +92,19 @@ def list_images(
 def write_listing(store: ObjectStore, input_uri: str, output_uri: str) -> tuple[ObjectInfo, int]:
     """Write the listing of the images at ``input_uri`` under ``output_uri`` (a new name per
     planning run, so two runs never share one); the listing object as written (its ETag the
-    PUT's: its shards' reads of it are conditional on it) and its image count."""
-    images = list_images(store, input_uri)
+    PUT's: its shards' reads of it are conditional on it) and its image count. Each line names
+    its image's ETag as listed: the shard's GET of the image is conditional on it."""
+    images = list_image_objects(store, input_uri)
     body = "".join(
-        json.dumps({LISTING_ID_FIELD: image_id, LISTING_IMAGE_FIELD: str(uri)}) + "\n"
-        for image_id, uri in images
+        json.dumps(
+            {
+                LISTING_ID_FIELD: image_id,
+                LISTING_IMAGE_FIELD: str(info.uri),
+                LISTING_ETAG_FIELD: info.etag,
+            }
+        )
+        + "\n"
+        for image_id, info in images
     ).encode()
     listing = (
         S3Uri.parse(output_uri).as_prefix().join(f"{LISTING_DIR}images-{uuid.uuid4().hex}.jsonl")
@@ -132,15 +150,22 @@ def image_source(value: Any, field: str) -> ImageSource:
         ) from None
 
 
-def fetch_image(store: ObjectStore, uri: str, max_bytes: int) -> bytes:
-    """The bytes of one image object, refusing one over ``max_bytes`` without reading it all.
-    A missing object is an ImageError; the store's other errors (it is down) propagate."""
+def fetch_image(store: ObjectStore, uri: str, max_bytes: int, etag: str = "") -> bytes:
+    """The bytes of one image object, refusing one over ``max_bytes`` without reading it all;
+    with ``etag`` (as planning listed it) the GET is conditional on it. A missing object, and
+    one changed since it was listed, is an ImageError (that record's error, naming it and both
+    ETags); the store's other errors (it is down) propagate."""
     target = S3Uri.parse(uri)
     try:
-        with store.open(target) as f:
+        with store.open(target, if_match=etag) as f:
             data = f.read(max_bytes + 1)
     except NotFound:
         raise ImageError(f"no image object at {uri}") from None
+    except ObjectChanged as exc:
+        raise ImageError(
+            f"image object {uri} changed after the job was planned "
+            f"({etags_then_now(exc.expected, exc.current)}); resubmit the job to read it"
+        ) from None
     if len(data) > max_bytes:
         raise ImageError(
             f"image object {uri} is larger than {max_bytes} bytes (BARGE_MAX_IMAGE_BYTES)"
@@ -231,11 +256,11 @@ def _bomb(detail: str, max_pixels: int) -> str:
 
 
 def image_bytes(
-    store: ObjectStore, value: Any, field: str, *, may_read: Any, max_bytes: int
+    store: ObjectStore, value: Any, field: str, *, may_read: Any, max_bytes: int, etag: str = ""
 ) -> bytes:
     """The encoded bytes of the image a record's field names (see ``image_source``); an
-    ``s3://`` URI is fetched only when ``may_read(uri)`` (the tenant's read scopes). ImageError
-    says why not."""
+    ``s3://`` URI is fetched only when ``may_read(uri)`` (the tenant's read scopes), on
+    condition of ``etag`` when given. ImageError says why not."""
     source = image_source(value, field)
     if source.uri is None:
         assert source.data is not None
@@ -244,7 +269,7 @@ def image_bytes(
         raise ImageError(
             f"image {source.uri} is outside the storage this job's tenant may read; not fetched"
         )
-    return fetch_image(store, source.uri, max_bytes)
+    return fetch_image(store, source.uri, max_bytes, etag)
 
 
 def read_image(

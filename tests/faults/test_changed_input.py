@@ -246,3 +246,37 @@ def test_an_images_listing_edited_after_planning_fails_its_shard_saying_so(
     (shard,) = world.shards(job_id)
     assert (shard.status, shard.attempt, shard.output_key) == ("failed", 1, None)
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="out/part-")
+
+
+def test_an_image_overwritten_after_planning_is_its_records_error_naming_it(
+    world: World, s3: Any, bucket: str
+) -> None:
+    """Four PNG objects planned as an images listing, each line with the image's ETag; the
+    third is overwritten: its GET (conditional on that ETag) fails, and that record alone is
+    an error naming the image and both ETags; the other three run."""
+    vit = upload_dir(s3, bucket, "tiny-vit", tiny_vit(world.tmp / "vit"))
+    for i in range(4):
+        body = encode(random_rgb(16, 16, i), "PNG")
+        s3.put_object(Bucket=bucket, Key=f"img/{i}.png", Body=body)
+    spec = inference_spec(
+        vit,
+        f"s3://{bucket}/img/",
+        f"s3://{bucket}/out/",
+        task="image_classify",
+        max_failed_ratio=0.5,
+    )
+    job_id = _planned(world, spec)
+    then = _etag(s3, bucket, "img/2.png")
+    s3.put_object(Bucket=bucket, Key="img/2.png", Body=encode(random_rgb(16, 16, 9), "PNG"))
+    now = _etag(s3, bucket, "img/2.png")
+
+    world.worker()
+    job = world.wait_final(job_id)
+    assert job["status"] == "succeeded", job["error"]
+    rows = read_jsonl(s3, bucket, "out/part-00000.jsonl")
+    assert [r["id"] for r in rows] == ["0.png", "1.png", "3.png"]
+    (error,) = read_jsonl(s3, bucket, "out/errors/part-00000.jsonl")
+    assert error["error"] == (
+        f'image object s3://{bucket}/img/2.png changed after the job was planned (ETag "{then}" '
+        f'then, "{now}" now); resubmit the job to read it'
+    )

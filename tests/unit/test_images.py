@@ -179,7 +179,9 @@ class TestListing:
         listing, count = write_listing(store, "s3://bk/p", "s3://bk/out/")
         assert count == 3 and listing.uri.key.startswith("out/_inputs/images-")
         rows = [json.loads(line) for line in store.get_bytes(listing.uri).decode().splitlines()]
-        assert rows[0] == {"id": "a.JPG", "image": "s3://bk/p/a.JPG"}
+        a = store.head(S3Uri.parse("s3://bk/p/a.JPG"))
+        assert a is not None
+        assert rows[0] == {"id": "a.JPG", "image": "s3://bk/p/a.JPG", "etag": a.etag}
         assert not is_image_key("p/readme.md") and is_image_key("p/x.TIFF")
 
 

@@ -41,6 +41,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from barge.errors import PermanentJobError, describe
 from barge.records import Record
 from barge.records.images import (
+    LISTING_ETAG_FIELD,
     LISTING_ID_FIELD,
     LISTING_IMAGE_FIELD,
     ImageError,
@@ -176,6 +177,7 @@ class _ImageShard(ShardRun[VisionModel]):
                 self.image_field,
                 may_read=None if scopes is None else scopes.may_read,
                 max_bytes=self.ctx.settings.max_image_bytes,
+                etag=str(data.get(LISTING_ETAG_FIELD) or "") if self.listing else "",
             )
         except ImageError as exc:
             out.error = exc.message

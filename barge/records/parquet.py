@@ -27,9 +27,9 @@ T = TypeVar("T")
 
 HOLE_BYTES = 2**20  # unread bytes between two wanted column chunks read through, not a new GET
 TAIL_BYTES = 2**20  # an object's last bytes read at once: its footer, or all of a small object
-FOOTERS_KEPT = 64  # the footers a process keeps of the objects it read last (``footer_of``)
+FOOTERS_BYTES = 16 * 2**20  # the footers a process keeps of the objects it read last, at most
 
-_FOOTERS: OrderedDict[tuple[str, str, int], Any] = OrderedDict()
+_FOOTERS: OrderedDict[tuple[str, str, int], Any] = OrderedDict()  # (uri, etag, size): footer
 _FOOTERS_LOCK = threading.Lock()
 
 # --- Parquet ------------------------------------------------------------------------------------
@@ -156,9 +156,10 @@ def parquet_file(store: ObjectStore, info: ObjectInfo, limits: Limits, source: A
 
 def footer_of(info: ObjectInfo) -> Any:
     """The footer (``pyarrow.parquet.FileMetaData``) this process last read of the object
-    ``info`` names, if it is one of the last ``FOOTERS_KEPT`` read and the object had an ETag
-    then and now (None otherwise). The ETag names the object's bytes; every read of its rows
-    is still conditional on it (``If-Match``), so an object written since fails as before."""
+    ``info`` names, if it is among the last read (``FOOTERS_BYTES`` of them, serialized) and
+    the object had an ETag then and now (None otherwise). The ETag names the object's bytes;
+    every read of its rows is still conditional on it (``If-Match``), so an object written
+    since fails as before."""
     if not info.etag:
         return None
     key = (str(info.uri), info.etag, info.size)
@@ -174,8 +175,9 @@ def _remember_footer(info: ObjectInfo, meta: Any) -> None:
         return
     with _FOOTERS_LOCK:
         _FOOTERS[(str(info.uri), info.etag, info.size)] = meta
-        while len(_FOOTERS) > FOOTERS_KEPT:
-            _FOOTERS.popitem(last=False)
+        kept = sum(m.serialized_size for m in _FOOTERS.values())
+        while kept > FOOTERS_BYTES:
+            kept -= _FOOTERS.popitem(last=False)[1].serialized_size
 
 
 def _microseconds(batch: Any) -> Any:
@@ -290,18 +292,22 @@ class ChunkStream:
 
     def __init__(self, source: HeldObject, ranges: dict[int, list[tuple[int, int]]]):
         self._source = source
-        self._ranges = ranges
-        wanted = [r for rs in ranges.values() for r in rs if source.held(*r) is None]
-        self._runs = _merged(wanted)
+        size = source.info.size  # a chunk said to lie past the end: pyarrow will say so
+        self._ranges = {
+            rg: [(max(0, s), min(e, size)) for s, e in rs if max(0, s) < min(e, size)]
+            for rg, rs in ranges.items()
+        }
+        self._found = {r: source.held(*r) for rs in self._ranges.values() for r in rs}
+        self._runs = _merged(r for r, found in self._found.items() if found is None)
         self._stream: ResumedRead | None = None
         self._run_end = 0
 
     def hold(self, rg: int) -> None:
-        """Hold the ranges of row group ``rg`` (only them, the source's tail as well while
-        they need it)."""
+        """Hold the ranges of row group ``rg`` (only them: the source's tail too while they
+        lie in it)."""
         held = []
         for start, end in self._ranges[rg]:
-            found = self._source.held(start, end)
+            found = self._found[(start, end)]
             held.append(found if found is not None else (start, self._read(start, end)))
         self._source.keep(held)
 

@@ -510,7 +510,7 @@ class TestParquetSpans:
         got = row_batches(store, info, rng, Limits.from_settings(get_settings()), lambda b: b)
         ids = [i for _, b in got for i in b.column("id").to_pylist()]
         assert ids == list(range(start, 30_000))
-        assert len(store.reads) == 2  # the tail, then one stream up to it
+        assert len(store.reads) == (2 if start == 0 else 1)  # the tail, one stream up to it
 
     def test_a_small_object_is_one_get(self, tmp_path: Path, table: pa.Table) -> None:
         store = CountingStore(tmp_path / "store")

@@ -421,7 +421,6 @@ class ResumedRead(io.RawIOBase):
         self._end = end
         self._resumes = resumes
         self._body: IO[bytes] | None = None
-        self.gets = 0  # GETs opened so far
 
     def readable(self) -> bool:
         return True
@@ -438,7 +437,6 @@ class ResumedRead(io.RawIOBase):
                 self._body = self._store.open(
                     self._info.uri, self._pos, self._end, if_match=self._info.etag
                 )
-                self.gets += 1
             try:
                 n = self._body.readinto(view)  # type: ignore[attr-defined]
                 if not n:

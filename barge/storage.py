@@ -6,16 +6,18 @@ whichever backend runs it. The local backend maps ``s3://bucket/key`` to ``<dir>
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from barge.errors import InvalidSpec, NotFound, ObjectChanged, StorageError, excerpt
+from barge.errors import BargeError, InvalidSpec, NotFound, ObjectChanged, StorageError, excerpt
 from barge.paths import local_path
 from barge.settings import Settings
 
@@ -444,6 +446,70 @@ class SeekableObject(io.RawIOBase):
 
     def size(self) -> int:
         return self._info.size
+
+
+class ResumedRead(io.RawIOBase):
+    """The bytes [start, end) of an object through one streaming GET, conditional on its ETag
+    (``info.etag``, when known), read as they are asked for (memory: the reader's buffer).
+
+    When reading the body fails (a connection reset or timed out, a body cut short: real S3
+    may drop a stream its reader left idle while a model ran), the rest is read by a new GET
+    from the first byte not yet read, on the same condition: every byte comes once, in order,
+    from the same object (one changed since is ``ObjectChanged``). ``resumes`` failures in a
+    row with no byte read between them raise the last one. A failure to open a GET is the
+    store's (boto3 retries its requests) and is raised as it is."""
+
+    def __init__(
+        self, store: ObjectStore, info: ObjectInfo, start: int, end: int, resumes: int = 3
+    ):
+        self._store = store
+        self._info = info
+        self._pos = start
+        self._end = end
+        self._resumes = resumes
+        self._body: IO[bytes] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        """The offset in the object of the next byte read."""
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        failures = 0
+        view = memoryview(b)[: max(0, self._end - self._pos)]
+        while len(view):
+            if self._body is None:
+                self._body = self._store.open(
+                    self._info.uri, self._pos, self._end, if_match=self._info.etag
+                )
+            try:
+                n = self._body.readinto(view)  # type: ignore[attr-defined]
+                if not n:
+                    raise EOFError(f"{self._info.uri}: body ended at byte {self._pos}")
+            except Exception as exc:
+                if isinstance(exc, BargeError):
+                    raise
+                self._drop_body()
+                failures += 1
+                if failures > self._resumes:
+                    raise
+                time.sleep(min(1.0, 0.05 * 2**failures))
+                continue
+            self._pos += n
+            return n
+        return 0
+
+    def _drop_body(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            with contextlib.suppress(Exception):  # a broken stream may fail to close too
+                body.close()
+
+    def close(self) -> None:
+        self._drop_body()
+        super().close()
 
 
 def local_model_dir(settings: Settings, ref: str) -> Path | None:

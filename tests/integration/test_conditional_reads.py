@@ -1,8 +1,8 @@
 """Reads of an input object conditional on the ETag planning found (``If-Match``), against the
 moto S3 server: the planned object reads as before, whole or by range; an object overwritten
 since is ``ObjectChanged`` naming it and both ETags, for a whole read, a byte range, a gzip
-stream and a Parquet object's ranged GETs; a deleted one is ``NotFound``; no ETag, no
-condition."""
+stream and a Parquet object's ranged GETs (``test_parquet_gets`` for one changed between
+its footer and its rows); a deleted one is ``NotFound``; no ETag, no condition."""
 
 from __future__ import annotations
 
@@ -132,37 +132,3 @@ class TestConditionalRecords:
         s3.put_object(Bucket=bucket, Key=key, Body=changed)
         with pytest.raises(ObjectChanged, match=rf"input object s3://{bucket}/{key} changed"):
             list(iter_range(store, ObjectInfo(uri, len(body), then), fmt, rng))
-
-    def test_a_parquet_object_changed_between_its_footer_and_its_rows(
-        self, store: S3Store, s3: Any, bucket: str
-    ) -> None:
-        """The footer's GET and the row groups' GETs are one object: one overwritten between
-        them is refused, not read as a mix of two files."""
-        from barge.records.parquet import TAIL_BYTES, row_batches
-
-        rows = 300_000  # over TAIL_BYTES, so its row groups are GETs of their own
-        table = pa.table({"id": list(range(rows)), "blob": [f"{i:016x}" * 2 for i in range(rows)]})
-        buf = io.BytesIO()
-        pq.write_table(table, buf, row_group_size=50_000, compression="none")
-        body = buf.getvalue()
-        assert len(body) > TAIL_BYTES
-        s3.put_object(Bucket=bucket, Key="big.parquet", Body=body)
-        uri, then = S3Uri(bucket, "big.parquet"), _etag(s3, bucket, "big.parquet")
-        batches = row_batches(
-            store,
-            ObjectInfo(uri, len(body), then),
-            Range(0, rows, 1),
-            _limits(),
-            lambda b: b.num_rows,
-        )
-        first = next(batches)  # the footer and the first span are read
-        assert first[0] == 0
-        s3.put_object(Bucket=bucket, Key="big.parquet", Body=_parquet(50))  # another object
-        with pytest.raises(ObjectChanged):
-            list(batches)
-
-
-def _limits() -> Any:
-    from barge.records import Limits
-
-    return Limits(object_bytes=1 << 30, record_bytes=1 << 20)

@@ -36,7 +36,7 @@ from barge.records import (
     plan_ranges,
     resolve_inputs,
 )
-from barge.records.parquet import row_batches
+from barge.records.parquet import TAIL_BYTES, row_batches
 from barge.records.planning import in_order
 from barge.settings import Settings, get_settings
 from barge.storage import LocalStore, ObjectInfo, S3Uri
@@ -420,8 +420,9 @@ class CountingStore(LocalStore):
 
 
 class TestParquetSpans:
-    """``row_batches`` reads a shard's rows in few large GETs: the tail, then runs of row
-    groups' column chunks, leaving out columns it does not read."""
+    """``row_batches`` reads a shard's rows in few GETs: the tail, then one stream over its
+    row groups' column chunks, leaving out columns it does not read (a GET per run of the
+    chunks it reads); a second read of the object needs no tail."""
 
     ROWS, GROUP = 100_000, 10_000
 
@@ -478,8 +479,38 @@ class TestParquetSpans:
         if wanted:  # the blob column (most of the bytes, between row groups) is never read
             assert read < info.size / 4
             assert len(store.reads) <= 1 + groups  # the tail, then a GET per row group at most
-        else:  # the tail, then runs of row groups (the first runs smaller)
-            assert len(store.reads) <= 1 + min(groups, 4)
+        else:  # the tail, then one stream (none when the tail holds them)
+            assert len(store.reads) <= 2
+        store.reads.clear()  # again: the footer is known, the rows are one stream again
+        again = row_batches(
+            store,
+            info,
+            Range(start, count, start + 1),
+            Limits.from_settings(get_settings()),
+            lambda b: b.num_rows,
+            wanted,
+        )
+        assert sum(n for _, n in again) == count
+        assert len(store.reads) <= (groups if wanted else 1)
+
+    @pytest.mark.parametrize("start", [0, 27_500])
+    def test_row_groups_before_in_and_across_the_tail(
+        self, tmp_path: Path, table: pa.Table, start: int
+    ) -> None:
+        """The tail's GET holds the last row groups (the one it cuts is streamed): they are
+        read from it, after others were streamed, not read again."""
+        store = CountingStore(tmp_path / "store")
+        path = tmp_path / "mid.parquet"
+        pq.write_table(table.slice(0, 30_000), path, row_group_size=1_000)
+        store.put_file(S3Uri("bucket", "in/mid.parquet"), path)
+        info = store.head(S3Uri("bucket", "in/mid.parquet"))
+        assert info is not None and info.size > 4 * TAIL_BYTES
+        store.reads.clear()
+        rng = Range(start, 30_000 - start, start + 1)
+        got = row_batches(store, info, rng, Limits.from_settings(get_settings()), lambda b: b)
+        ids = [i for _, b in got for i in b.column("id").to_pylist()]
+        assert ids == list(range(start, 30_000))
+        assert len(store.reads) == (2 if start == 0 else 1)  # the tail, one stream up to it
 
     def test_a_small_object_is_one_get(self, tmp_path: Path, table: pa.Table) -> None:
         store = CountingStore(tmp_path / "store")

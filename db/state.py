@@ -6,14 +6,16 @@ too: a resume before the running shards finished). A pausing or paused job may s
 or fail: the shards running at the pause settle it. Every transition is a conditional UPDATE on
 the current status (so two processes cannot both move the same job), stamps its time and
 appends a ``job_events`` row; one to a final state also writes its webhook deliveries
-(``db.outbox``) in the same transaction.
+(``db.outbox``) in the same transaction, and on Postgres sends ``NOTIFY barge_job_final`` with
+the job's id, delivered as it commits (what ``GET /v1/jobs/{id}?wait=`` wakes on).
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -82,6 +84,20 @@ def is_legal(src: str, dst: str) -> bool:
     return dst in TRANSITIONS.get(src, frozenset())
 
 
+JOB_FINAL_CHANNEL = "barge_job_final"  # Postgres NOTIFY channel: a job id, as it commits final
+
+
+def notify_final(session: Session, job_id: uuid.UUID) -> None:
+    """On Postgres, ``NOTIFY`` the job's id on ``JOB_FINAL_CHANNEL``: delivered when (and
+    only if) this transaction commits, to the API processes waiting on the job
+    (``api.waits``); nothing on another database (they check instead)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_notify(:channel, :id)"),
+            {"channel": JOB_FINAL_CHANNEL, "id": str(job_id)},
+        )
+
+
 def transition(
     session: Session,
     job: Job,
@@ -114,6 +130,8 @@ def transition(
         )
     for key, value in values.items():
         set_committed_value(job, key, value)
+    if to in FINAL:
+        notify_final(session, job.id)
     event = JobEvent(
         job_id=job.id,
         at=now,

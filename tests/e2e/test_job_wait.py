@@ -97,6 +97,53 @@ def test_many_waiters_hold_no_connection_and_all_wake(api_url: str, database_url
     assert {a.json()["status"] for a in answers} == {SUCCEEDED}
 
 
+def test_a_final_transition_notifies_as_it_commits_and_wakes_a_waiter_at_once(
+    api_url: str, database_url: str
+) -> None:
+    """The move to a final state sends ``NOTIFY barge_job_final`` with the job's id when its
+    transaction commits (none for a move that is not final); a waiter is woken by it, in well
+    under the once-a-second check it would otherwise wait for (median of five)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from barge.status import PAUSING
+    from db import repositories
+    from db.session import session_scope
+    from db.state import JOB_FINAL_CHANNEL, transition
+
+    conninfo = make_url(database_url).set(drivername="postgresql")
+    with psycopg.connect(conninfo.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(f"LISTEN {JOB_FINAL_CHANNEL}")
+        job_id, _ = _running_job(database_url)
+        with session_scope(database_url) as session:
+            job = repositories.get_job(session, job_id)
+            assert job is not None
+            transition(session, job, PAUSING)
+        assert [n.payload for n in conn.notifies(timeout=0.5)] == []
+        _finish(database_url, job_id)
+        notes = [n.payload for n in conn.notifies(timeout=5, stop_after=1)]
+        assert notes == [str(job_id)]
+
+    took = []
+    for _ in range(5):
+        job_id, auth = _running_job(database_url)
+        committed: list[float] = []
+
+        def finish(job_id: uuid.UUID = job_id, committed: list[float] = committed) -> None:
+            _finish(database_url, job_id)
+            committed.append(time.monotonic())
+
+        with httpx.Client(base_url=api_url, headers=auth, timeout=90) as client:
+            finisher = threading.Timer(0.5, finish)
+            finisher.start()
+            r = client.get(f"/v1/jobs/{job_id}", params={"wait": 30})
+            answered = time.monotonic()
+            finisher.join()
+        assert r.json()["status"] == SUCCEEDED
+        took.append(answered - committed[0])
+    assert sorted(took)[2] < 0.35, took
+
+
 @pytest.mark.parametrize("wait", ["-1", "61", "nan", "inf", "soon"])
 def test_a_wait_out_of_range_is_a_422_naming_it(api: Any, auth: dict[str, str], wait: str) -> None:
     r = api.get(f"/v1/jobs/{uuid.uuid4()}", params={"wait": wait}, headers=auth)

@@ -144,7 +144,7 @@ async def get_job(
 ) -> JobOut:
     """The job: status, progress with rate and ETA, outputs, what it waits for, and what its
     attempts used (`resources`: device seconds, tokens, energy, cost). With `wait`, the answer
-    comes as soon as the job ends (within about 25 ms), instead of polling."""
+    comes as soon as the job ends (on Postgres, as its final state commits), instead of polling."""
     job = await run_in_threadpool(_job, ctx.session, ctx.tenant, job_id)
     if wait > 0 and job.status not in FINAL:
         waited = job.id  # read before the rollback expires the row: touching it would load it

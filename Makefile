@@ -64,7 +64,7 @@ TEST_WORKERS ?= 2
 
 test: dev services lint typecheck ## everything: services check, lint, types, all tests
 	status=0; \
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not exclusive" $(PYTEST_ARGS); \
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not exclusive" --durations=25 $(PYTEST_ARGS); \
 	code=$$?; [ $$code -eq 0 ] || [ $$code -eq 5 ] || status=$$code; \
 	$(BIN)/pytest -m exclusive $(PYTEST_ARGS); \
 	code=$$?; [ $$code -eq 0 ] || [ $$code -eq 5 ] || status=$$code; \

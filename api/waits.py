@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 CHECK_SECONDS = 0.025  # how often the awaited jobs' statuses are read, where nothing notifies
 CHECK_SECONDS_LISTENING = 1.0  # and on Postgres, beside the notifications
 ARRIVAL_SECONDS = 0.05  # the longest a new waiter waits for its job's first check
+LINGER_SECONDS = 10.0  # how long the listening thread outlives its last waiter
 MAX_WAIT_SECONDS = 60.0  # the longest a request may wait (``wait`` above it is a 422)
 
 
@@ -89,14 +90,20 @@ class JobWaits:
         for ``NOTIFY barge_job_final`` (``db.state``), and reads the statuses once at the start,
         when a waiter arrives and every ``CHECK_SECONDS_LISTENING`` (a notification missed
         while a waiter was arriving, or a job made final without one); elsewhere it reads them
-        every ``check_seconds``. Ends when no one waits (the next waiter starts it again)."""
+        every ``check_seconds``. Ends when no one waits (listening, once no one has waited for
+        ``LINGER_SECONDS``, so that waits one after another share its connection); the next
+        waiter starts it again."""
         listener = _Listener.open(self.database_url)
-        last_check = 0.0
+        last_check, idle_since = 0.0, None
         try:
             while True:
+                now = time.monotonic()
                 with self._lock:
                     ids = list(self._waiting)
-                    if not ids:
+                    idle_since = None if ids else (idle_since or now)
+                    if idle_since is not None and (
+                        listener is None or now - idle_since >= LINGER_SECONDS
+                    ):
                         self._thread = None
                         return
                     arrived, self._arrived = self._arrived, False
@@ -104,8 +111,7 @@ class JobWaits:
                     time.sleep(self.check_seconds)
                     self._wake_jobs(self._final_among(ids))
                     continue
-                now = time.monotonic()
-                if arrived or now - last_check >= CHECK_SECONDS_LISTENING:
+                if ids and (arrived or now - last_check >= CHECK_SECONDS_LISTENING):
                     last_check = now
                     self._wake_jobs(self._final_among(ids))
                 try:

@@ -28,7 +28,9 @@ objects (other than Parquet; each of at most ``COPY_OBJECT_BYTES``, 1 MiB) are P
 each entry naming its bytes of it (``data``, ``data_start``, ``data_end``) and the copy's ETag.
 A packed shard reads them with one GET of the copy (``read_copies``, conditional on that ETag:
 an edited copy is ``ListingChanged``, naming Barge's copy) instead of one GET per object, so
-it reads exactly what planning counted, even of an object overwritten or deleted since.
+it reads exactly what planning counted, even of an object overwritten or deleted since. A
+listing naming a copy that does not lie beside it is refused before anything is read (a
+listing planned before ETags were kept is read without a condition).
 
 Reading a pack (``iter_pack``) reads its listing range, its copy, then the objects the copy
 does not hold with a bounded pool of concurrent GETs (``BARGE_INPUT_FETCH_THREADS``), at most
@@ -318,6 +320,13 @@ def iter_pack(
             "tenant may read; nothing of the pack was read"
         )
 
+    beside = f"{listing.bucket}/{listing.key.removesuffix('.jsonl')}-"
+    foreign = [e.data for e in entries if e.data and not e.data.startswith(f"s3://{beside}")]
+    if foreign:  # a copy is Barge's, beside its listing: never an object the listing names
+        raise PermanentJobError(
+            f"the pack listing {listing} names {foreign[0]} as its copy of the job's inputs, "
+            "which is not Barge's copy beside it; nothing of the pack was read"
+        )
     held = read_copies(store, entries)
 
     def fetch(entry: PackEntry) -> list[Record]:

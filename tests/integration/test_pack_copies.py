@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from barge.errors import ListingChanged
+from barge.errors import ListingChanged, PermanentJobError
 from barge.records import Range, Record, format_of, packs, plan_objects_read
 from barge.storage import ObjectInfo, S3Store, S3Uri
 
@@ -156,3 +156,21 @@ def test_objects_past_the_limit_are_read_from_their_own_uri(
     assert len(copies) == len(made)
     own = [g for g in gets if "/in/" in g]
     assert len(own) >= 32 - 2 * len(made)  # the rest, each from its own URI
+
+
+def test_a_listing_naming_a_copy_that_is_not_barges_is_refused(
+    store: S3Store, s3: Any, bucket: str
+) -> None:
+    """A listing read without a condition (planned before listings' ETags were kept) cannot
+    make a shard read any object as a copy: a copy lies beside its listing, or nothing of the
+    pack is read (the tenant's read scopes check only the objects an entry names)."""
+    _objects(s3, bucket, 10)
+    uri, _, made = _plan(store, bucket, 64 << 20)
+    body = s3.get_object(Bucket=bucket, Key=uri.key)["Body"].read()
+    copy = uri.key.removesuffix(".jsonl") + "-0.data"
+    secret = "secret/" + "x" * (len(copy) - len("secret/"))  # as long: the ranges still hold
+    s3.put_object(Bucket=bucket, Key=secret, Body=b"x" * 100_000)
+    edited = body.replace(f"s3://{bucket}/{copy}".encode(), f"s3://{bucket}/{secret}".encode())
+    s3.put_object(Bucket=bucket, Key=uri.key, Body=edited)
+    with pytest.raises(PermanentJobError, match="is not Barge's copy beside it"):
+        _read(store, uri, "", made)
